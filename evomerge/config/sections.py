@@ -1,0 +1,157 @@
+"""Config sections. Each section is owned by the subsystem that reads it.
+
+Constraints live on the fields, so the CLI, ``jobs/`` and Optuna all get the same checks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from evomerge.config.base import Section
+
+
+class ExpertSpec(Section):
+    path: Path
+    name: str | None = None
+    task: str | None = Field(default=None, description="task this expert was trained for (for per-task serving)")
+
+
+class ExpertsConfig(Section):
+    """Where the pool lives. With no experts given, the built-in zoo is used."""
+
+    base: Path | None = None
+    experts: list[ExpertSpec] = Field(default_factory=list)
+    allow_bin: bool = Field(default=False, description="allow pickle .bin files (loaded with weights_only=True)")
+
+    @field_validator("experts", mode="before")
+    @classmethod
+    def _paths_as_specs(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"path": x} if isinstance(x, (str, Path)) else x for x in v]
+        return v
+
+
+class RHTConfig(Section):
+    """Reparameterized Heavy-Tailed post-processing. Defaults are evomerge's own choice."""
+
+    enabled: bool = False
+    mu: float = 0.0
+    sigma_g: float = Field(default=0.1, ge=0.0, description="std of the Gaussian difference, relative to the tensor's std")
+    gamma: float = Field(default=0.9, gt=0.0, le=1.0)
+    alpha: float = Field(default=0.1, ge=0.0)
+    beta: float = Field(default=1.0, ge=0.0)
+    preserve_norm: bool = True
+    seed: int = 0
+
+
+class MergeConfig(Section):
+    method: str = "task_arithmetic"
+    params: dict[str, Any] = Field(default_factory=dict)
+    space: Literal["delta", "ab", "concat"] = Field(
+        default="delta",
+        description="LoRA: merge products B@A (delta), factors separately (ab), or exact low-rank concat (linear methods)",
+    )
+    weights: list[float] | None = None
+    rank: int | None = Field(default=None, gt=0, description="LoRA rank of the written adapter for space=delta (SVD)")
+    output_format: Literal["auto", "peft", "full"] = "auto"
+    data: list[Path] = Field(default_factory=list, description="local task files (JSONL/Parquet) for Fisher/RegMean")
+    data_samples: int = Field(default=128, gt=0)
+
+    @model_validator(mode="after")
+    def _check_method(self) -> "MergeConfig":
+        from evomerge.merging.registry import get_merge_method
+
+        method = get_merge_method(self.method)
+        method.resolve(self.params)
+        if self.space == "concat" and not method.linear:
+            from evomerge.errors import ConfigError
+
+            raise ConfigError(f"merge space `concat` needs a linear method; `{self.method}` is not linear")
+        return self
+
+
+class EvaluationConfig(Section):
+    tasks: list[str] | None = Field(default=None, description="task names to score (default: all tasks of the pool)")
+    task_files: dict[str, Path] = Field(default_factory=dict, description="user tasks: name -> JSONL/Parquet file")
+    task_weights: dict[str, float] | None = None
+    metric: Literal["token_accuracy", "exact_match", "token_f1", "rouge_l", "bleu", "neg_cross_entropy"] = "token_accuracy"
+    max_samples: int = Field(default=200, gt=0)
+    batch_size: int = Field(default=64, gt=0)
+
+
+class GenomeConfig(Section):
+    population: int = Field(default=10, ge=2)
+    max_population: int | None = Field(default=None, ge=2)
+    generations: int = Field(default=10, ge=1)
+    cross_rate: float = Field(default=0.3, ge=0.0, le=1.0)
+    ind_mut_rate: float = Field(default=0.1, ge=0.0, le=1.0)
+    gene_mut_rate: float = Field(default=0.1, ge=0.0, le=1.0)
+    sigma: float = Field(default=0.001, ge=0.0)
+    elite_percent: float = Field(default=0.1, ge=0.0, le=1.0)
+    crossover: Literal["linear", "ties", "dare_ties", "blx"] = "linear"
+    blx_alpha: float = Field(default=1.2, ge=0.0)
+    density: float = Field(default=0.7, gt=0.0, le=1.0)
+    early_stop_iter: int = Field(default=5, ge=1)
+    succession: bool = False
+    ensemble_k: int = Field(default=3, ge=1)
+
+
+class SwarmConfig(Section):
+    max_particles: int | None = Field(default=None, ge=2, description="pad the swarm to this many particles")
+    max_iter: int = Field(default=200, ge=1)
+    inertia: float = Field(default=0.4, ge=0.0)
+    cognitive: float = Field(default=0.3, ge=0.0)
+    social: float = Field(default=0.3, ge=0.0)
+    repel: float = Field(default=0.3, ge=0.0)
+    step: float = Field(default=1.0, gt=0.0)
+    step_decay: float = Field(default=0.95, gt=0.0, le=1.0)
+    min_step: float = Field(default=0.1, ge=0.0)
+    patience: int = Field(default=10, ge=1)
+    restart_patience: float = Field(default=0.5, gt=0.0)
+    init_velocity: Literal["random", "zero", "best"] = "random"
+
+
+class RayConfig(Section):
+    address: str | None = Field(default=None, description="None: start a local Ray; 'auto': join a cluster")
+    num_actors: int | None = Field(default=None, ge=1, description="default: one per GPU, else one per CPU")
+    gpus_per_actor: float = Field(default=0.0, ge=0.0)
+    cpus_per_actor: float = Field(default=1.0, gt=0.0)
+    islands: int = Field(default=1, ge=1)
+    migration_interval: int = Field(default=3, ge=1)
+    max_restarts: int = Field(default=3, ge=0)
+
+
+class ScaleConfig(Section):
+    methods: list[str] = Field(default_factory=lambda: ["task_arithmetic", "ties", "dare_ties", "emr"])
+    search: list[Literal["genome", "swarm"]] = Field(default_factory=list)
+    with_rht: bool = True
+    seeds: list[int] = Field(default_factory=lambda: [0, 1])
+    order: Literal["given", "random", "low_correlation"] = "low_correlation"
+    k_min: int = Field(default=1, ge=1)
+    k_max: int | None = Field(default=None, ge=1)
+    delta: float | Literal["adaptive"] = "adaptive"
+    stop: bool = True
+
+
+class SearchSpaceParam(Section):
+    """One dimension of an Optuna search space."""
+
+    type: Literal["float", "int", "categorical"] = "float"
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+
+class TuneConfig(Section):
+    space: dict[str, SearchSpaceParam] = Field(default_factory=dict)
+    objective: Literal["merge", "genome", "swarm"] = "merge"
+    storage: str | None = Field(default=None, description="Optuna storage URL; default sqlite in the run dir")
+    study_name: str = "evomerge"
+    sampler: Literal["tpe", "cmaes", "random"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    n_trials: int = Field(default=20, ge=1)
+    timeout: float | None = Field(default=None, gt=0)

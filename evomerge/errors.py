@@ -1,0 +1,27 @@
+"""User-facing errors. Each message names the file or parameter and the problem.
+
+The CLI catches :class:`EvomergeError`, prints its message and exits non-zero, so
+anything a user can get wrong raises one of these (never ``assert``).
+"""
+
+from __future__ import annotations
+
+
+class EvomergeError(Exception):
+    """Base class for errors caused by input the user can fix."""
+
+
+class ConfigError(EvomergeError):
+    """An invalid configuration value, unknown method or parameter."""
+
+
+class ExpertLoadError(EvomergeError):
+    """An expert, base model or checkpoint that cannot be read or does not fit the pool."""
+
+
+class DataError(EvomergeError):
+    """A task/data file that is missing, empty or lacks required columns."""
+
+
+class OutputExistsError(EvomergeError):
+    """The output path exists and ``overwrite`` was not given."""

@@ -1,0 +1,1 @@
+"""Merge operators; importing this package registers them all."""
