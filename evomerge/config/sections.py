@@ -45,6 +45,9 @@ class RHTConfig(Section):
     beta: float = Field(default=1.0, ge=0.0)
     preserve_norm: bool = True
     seed: int = 0
+    apply_to: Literal["candidate", "final"] = Field(
+        default="final", description="evolutionary search: RHT every scored candidate, or only the final result"
+    )
 
 
 class MergeConfig(Section):
@@ -84,7 +87,7 @@ class EvaluationConfig(Section):
 
 class GenomeConfig(Section):
     population: int = Field(default=10, ge=2)
-    max_population: int | None = Field(default=None, ge=2)
+    max_population: int | None = Field(default=None, ge=2, description="GENOME+ (succession): grow to this, then select back to it")
     generations: int = Field(default=10, ge=1)
     cross_rate: float = Field(default=0.3, ge=0.0, le=1.0)
     ind_mut_rate: float = Field(default=0.1, ge=0.0, le=1.0)
@@ -97,6 +100,16 @@ class GenomeConfig(Section):
     early_stop_iter: int = Field(default=5, ge=1)
     succession: bool = False
     ensemble_k: int = Field(default=3, ge=1)
+
+    @model_validator(mode="after")
+    def _check_max_population(self) -> "GenomeConfig":
+        if self.max_population is not None and self.max_population < self.population:
+            from evomerge.errors import ConfigError
+
+            raise ConfigError(
+                f"genome: `max_population` must be >= `population` ({self.population}). Got {self.max_population} instead."
+            )
+        return self
 
 
 class SwarmConfig(Section):
@@ -117,8 +130,11 @@ class SwarmConfig(Section):
 class RayConfig(Section):
     address: str | None = Field(default=None, description="None: start a local Ray; 'auto': join a cluster")
     num_actors: int | None = Field(default=None, ge=1, description="default: one per GPU, else one per CPU")
-    gpus_per_actor: float = Field(default=0.0, ge=0.0)
+    gpus_per_actor: float | None = Field(
+        default=None, ge=0.0, description="GPUs per actor (fractions share a GPU); default: 1 when the cluster has GPUs, else 0"
+    )
     cpus_per_actor: float = Field(default=1.0, gt=0.0)
+    placement_timeout_s: float = Field(default=120.0, gt=0.0, description="give up if the actors cannot be placed by then")
     islands: int = Field(default=1, ge=1)
     migration_interval: int = Field(default=3, ge=1)
     max_restarts: int = Field(default=3, ge=0)
@@ -132,8 +148,29 @@ class ScaleConfig(Section):
     order: Literal["given", "random", "low_correlation"] = "low_correlation"
     k_min: int = Field(default=1, ge=1)
     k_max: int | None = Field(default=None, ge=1)
-    delta: float | Literal["adaptive"] = "adaptive"
+    delta: float | Literal["adaptive"] = Field(default="adaptive", description="variance-drop threshold, or 'adaptive'")
     stop: bool = True
+    search_k: list[int] | None = Field(default=None, description="k values where search methods run (default: every k >= 2)")
+    method_params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="merge method -> its parameters")
+    saturation_eps: float = Field(default=0.005, gt=0.0, description="fitted gain per added expert below which k counts as saturated")
+    hist_samples: int = Field(default=4096, ge=0, description="merged-weight entries kept per cell for histograms")
+
+    @model_validator(mode="after")
+    def _check_scale(self) -> "ScaleConfig":
+        from evomerge.errors import ConfigError
+        from evomerge.merging.registry import get_merge_method
+
+        if isinstance(self.delta, float) and not self.delta > 0:
+            raise ConfigError(f"`scale.delta` must be > 0 or 'adaptive'. Got {self.delta!r} instead.")
+        for name in self.methods:
+            get_merge_method(name)
+        for name, params in self.method_params.items():
+            if name not in self.methods:
+                raise ConfigError(f"`scale.method_params.{name}`: `{name}` is not in `scale.methods` {self.methods}")
+            get_merge_method(name).resolve(params)
+        if self.k_max is not None and self.k_max < self.k_min:
+            raise ConfigError(f"`scale.k_max` ({self.k_max}) must be >= `scale.k_min` ({self.k_min})")
+        return self
 
 
 class SearchSpaceParam(Section):

@@ -1,0 +1,175 @@
+"""PNG figures for the pool analysis and the fitness-vs-k report.
+
+Figures are built on ``matplotlib.figure.Figure`` (Agg canvas, no pyplot global state) and
+written atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from evomerge.errors import ConfigError
+from evomerge.io import atomic_file
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_file(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
+    return path
+
+
+def plot_pca_cumulative(cum: Sequence[float], out_png: str | Path, threshold: float = 0.95) -> Path:
+    """Cumulative explained variance vs number of components, with the threshold line."""
+    cum = np.asarray(cum, dtype=float)
+    fig = Figure(figsize=(5, 3.6))
+    ax = fig.add_subplot()
+    comps = np.arange(1, cum.size + 1)
+    ax.plot(comps, cum, marker="o")
+    ax.axhline(threshold, color="tab:red", ls="--", lw=1, label=f"{threshold:.0%}")
+    hits = np.flatnonzero(cum >= threshold - 1e-12)
+    if hits.size:
+        ax.axvline(hits[0] + 1, color="tab:gray", ls=":", lw=1, label=f"{hits[0] + 1} components")
+    ax.set(xlabel="principal components (experts as samples)", ylabel="cumulative explained variance",
+           ylim=(0, 1.02), title="PCA of task vectors")
+    ax.set_xticks(comps)
+    ax.legend(loc="lower right")
+    return _save(fig, out_png)
+
+
+def plot_heatmap(matrix: np.ndarray, names: Sequence[str], out_png: str | Path, *, title: str,
+                 label: str, vmin: float | None = None, vmax: float | None = None, cmap: str = "viridis") -> Path:
+    """Annotated expert x expert heatmap (e.g. mean principal angle in degrees)."""
+    m = np.asarray(matrix, dtype=float)
+    n = m.shape[0]
+    size = max(4.0, 0.55 * n + 2)
+    fig = Figure(figsize=(size, size * 0.85))
+    ax = fig.add_subplot()
+    im = ax.imshow(m, vmin=vmin, vmax=vmax, cmap=cmap)
+    fig.colorbar(im, ax=ax, label=label)
+    ax.set_xticks(range(n), [s[:14] for s in names], rotation=60, ha="right")
+    ax.set_yticks(range(n), [s[:14] for s in names])
+    if n <= 16:
+        for i in range(n):
+            for j in range(n):
+                if np.isfinite(m[i, j]):
+                    ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=7, color="w")
+    ax.set_title(title)
+    return _save(fig, out_png)
+
+
+def plot_variance_floor(rows: Sequence[Mapping[str, Any]], out_png: str | Path, *, n_stop: int,
+                        delta: float, floor: float) -> Path:
+    """Theoretical merged variance vs k, the floor ``sigma^2 rho`` and the stop point; the drop
+    per added expert against ``delta`` on a second panel."""
+    k = np.array([r["k"] for r in rows])
+    v = np.array([r["merged_variance"] for r in rows])
+    drop = np.array([r["drop"] for r in rows], dtype=float)
+    fig = Figure(figsize=(9, 3.6))
+    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    ax1.plot(k, v, marker="o", label="sigma^2 (rho + (1-rho)/k)")
+    ax1.axhline(floor, color="tab:gray", ls="--", lw=1, label="floor sigma^2 rho")
+    ax1.axvline(n_stop, color="tab:red", ls=":", lw=1.2, label=f"stop k = {n_stop}")
+    ax1.set(xlabel="experts merged (k)", ylabel="merged variance", title="variance floor (Theorem 1)")
+    ax1.legend(fontsize=8)
+    ax2.plot(k[1:], drop[1:], marker="o", label="drop from k-1 to k")
+    ax2.axhline(delta, color="tab:red", ls="--", lw=1, label=f"Delta = {delta:.3g}")
+    ax2.axvline(n_stop, color="tab:red", ls=":", lw=1.2)
+    ax2.set_yscale("log")
+    ax2.set(xlabel="experts merged (k)", ylabel="variance drop", title="marginal gain")
+    ax2.legend(fontsize=8)
+    return _save(fig, out_png)
+
+
+def plot_weight_histograms(samples: Mapping[str, np.ndarray], out_png: str | Path, bins: int = 120) -> Path:
+    """Histograms (log-y) of sampled values, e.g. the uniform merge with and without RHT."""
+    if not samples:
+        raise ConfigError("plot_weight_histograms needs at least one sample")
+    allv = np.concatenate([np.asarray(s, dtype=float).ravel() for s in samples.values()])
+    lim = float(np.quantile(np.abs(allv), 0.9999)) or 1.0
+    edges = np.linspace(-lim, lim, bins + 1)
+    fig = Figure(figsize=(5.5, 3.6))
+    ax = fig.add_subplot()
+    for label, s in samples.items():
+        ax.hist(np.clip(np.asarray(s, dtype=float).ravel(), -lim, lim), bins=edges, histtype="step", lw=1.3, label=label)
+    ax.set_yscale("log")
+    ax.set(xlabel="merged task-vector value", ylabel="count (log)", title="merged weights: tails")
+    ax.legend(fontsize=8)
+    return _save(fig, out_png)
+
+
+def _rows(df_or_rows: Any) -> list[dict[str, Any]]:
+    if hasattr(df_or_rows, "to_pylist"):  # pyarrow.Table
+        return df_or_rows.to_pylist()
+    if hasattr(df_or_rows, "to_dict"):  # pandas.DataFrame
+        return df_or_rows.to_dict("records")
+    return [dict(r) for r in df_or_rows]
+
+
+def summarize_by_k(df_or_rows: Any, *, k_col: str = "k", value_col: str = "fitness",
+                   method_col: str = "method") -> dict[str, dict[str, np.ndarray]]:
+    """Per method (sorted): arrays ``k``, ``mean``, ``min``, ``max``, ``n`` of ``value_col``
+    over the rows (seeds) at each k; non-finite values are skipped."""
+    rows = _rows(df_or_rows)
+    if not rows:
+        raise ConfigError("no rows to plot")
+    for col in (k_col, value_col):
+        if col not in rows[0]:
+            raise ConfigError(f"column `{col}` missing (have {sorted(rows[0])})")
+    groups: dict[str, dict[float, list[float]]] = {}
+    for r in rows:
+        v = r[value_col]
+        if v is None or not np.isfinite(v):
+            continue
+        groups.setdefault(str(r.get(method_col, "all")), {}).setdefault(float(r[k_col]), []).append(float(v))
+    out = {}
+    for method, by_k in sorted(groups.items()):
+        ks = np.array(sorted(by_k))
+        vals = [np.array(by_k[k]) for k in ks]
+        out[method] = {"k": ks, "mean": np.array([v.mean() for v in vals]), "min": np.array([v.min() for v in vals]),
+                       "max": np.array([v.max() for v in vals]), "n": np.array([v.size for v in vals])}
+    return out
+
+
+def plot_fitness_vs_k(
+    df_or_rows: Any,
+    out_png: str | Path,
+    *,
+    k_col: str = "k",
+    value_col: str = "fitness",
+    method_col: str = "method",
+    stop_k: int | None = None,
+    predicted_k: int | None = None,
+    fits: Mapping[str, Any] | None = None,
+    title: str = "fitness vs number of merged experts",
+    ylabel: str | None = None,
+) -> Path:
+    """Mean (line) and min-max spread (band) of ``value_col`` vs ``k`` per method; the rows of
+    one (method, k) are the seeds.
+
+    ``df_or_rows``: a pyarrow Table, a pandas DataFrame or an iterable of dicts. ``stop_k``
+    (the variance-drop stop rule) and ``predicted_k`` (e.g. from a scaling-law fit) are drawn as
+    vertical lines; ``fits`` maps a method to a fitted :class:`~evomerge.theory.ScalingFit`
+    whose ``predict_fitness`` is overlaid dashed.
+    """
+    curves = summarize_by_k(df_or_rows, k_col=k_col, value_col=value_col, method_col=method_col)
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.add_subplot()
+    for method, c in curves.items():
+        ks = c["k"]
+        line, = ax.plot(ks, c["mean"], marker="o", label=method)
+        ax.fill_between(ks, c["min"], c["max"], color=line.get_color(), alpha=0.18)
+        if fits and method in fits:
+            kk = np.linspace(max(ks.min(), 1.0), ks.max(), 100)  # the law is defined for k >= 1
+            ax.plot(kk, fits[method].predict_fitness(kk), ls="--", lw=1, color=line.get_color())
+    if stop_k is not None:
+        ax.axvline(stop_k, color="tab:red", ls=":", lw=1.3, label=f"stop rule k = {stop_k}")
+    if predicted_k is not None:
+        ax.axvline(predicted_k, color="tab:purple", ls="--", lw=1.1, label=f"predicted k = {predicted_k}")
+    ax.set(xlabel="experts merged (k)", ylabel=ylabel or value_col, title=title)
+    ax.legend(fontsize=8)
+    return _save(fig, out_png)

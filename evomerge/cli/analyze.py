@@ -1,0 +1,64 @@
+"""``evomerge analyze``: the pool's variance floor, PCA, principal angles and tails."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from evomerge.errors import ConfigError
+
+
+def _delta(text: Optional[str]) -> float | str | None:
+    if text is None or text == "adaptive":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"--delta must be a number > 0 or 'adaptive', got {text!r}") from None
+    if not value > 0:
+        raise ConfigError(f"--delta must be > 0, got {value}")
+    return value
+
+
+def analyze_command(
+    expert: list[Path] = typer.Option([], "--experts", "--expert", "-e", help="expert folder (peft adapter or HF checkpoint); repeat"),
+    base: Optional[Path] = typer.Option(None, "--base", help="base model checkpoint (needed for full fine-tunes)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config: experts, rht and scale.delta (flags override)"),
+    out: Path = typer.Option(..., "--out", "-o", help="output folder (tables, figures, summary.json)"),
+    delta: Optional[str] = typer.Option(None, "--delta", help="variance-drop threshold Delta, or 'adaptive' (default)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="seed for sampling and RHT"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output folder"),
+    allow_bin: bool = typer.Option(False, "--allow-bin", help="accept pickle .bin weights (weights_only=True)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+) -> None:
+    """Analyse an expert pool: sigma^2, rho, n_max, PCA components for 95%, principal angles."""
+    from evomerge.analysis import analyze_pool
+    from evomerge.config import load_config
+    from evomerge.experts.pool import load_pool
+
+    cfg = load_config(config)
+    paths = list(expert) or [s.path for s in cfg.experts.experts]
+    names = None if expert else [s.name for s in cfg.experts.experts]
+    if not paths:
+        raise ConfigError("no experts: pass --experts PATH (repeat) or list them under experts.experts in --config")
+    pool = load_pool(paths, base if base is not None else cfg.experts.base,
+                     allow_bin=allow_bin or cfg.experts.allow_bin, names=names)
+    d = _delta(delta) if delta is not None else (cfg.scale.delta if config is not None else None)
+    result = analyze_pool(pool, out, delta=d, rht_cfg=cfg.rht, seed=cfg.seed if seed is None else seed,
+                          overwrite=overwrite, progress=not quiet)
+    s = result.summary
+    angle = "n/a" if s["mean_principal_angle"] is None else f"{s['mean_principal_angle']:.1f} deg"
+    typer.echo(f"experts:            {s['n_experts']} {s['kind']} ({s['n_params']} task-vector entries)")
+    typer.echo(f"sigma^2:            {s['sigma2']:.4g}")
+    typer.echo(f"rho:                {s['rho']:.4f}   (variance floor sigma^2 rho = {s['variance_floor']:.4g})")
+    typer.echo(f"Delta:              {s['delta']:.4g}   ({s['delta_mode']})")
+    typer.echo(f"n_max:              {s['n_max']}   (merge {s['stop_k']} of {s['n_experts']})")
+    typer.echo(f"PCA 95% components: {s['pca_components']}")
+    typer.echo(f"mean principal angle: {angle}")
+    typer.echo(f"results:            {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("analyze")(analyze_command)

@@ -1,0 +1,141 @@
+"""``evomerge merge`` (one merge from a YAML config and/or flags) and ``evomerge methods``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from evomerge.errors import ConfigError
+
+
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--param {item!r}: expected key=value (e.g. --param density=0.5)")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
+def _parse_weights(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise ConfigError(f"--weights {text!r}: expected comma-separated numbers (e.g. 0.5,0.3,0.2)") from None
+
+
+def build_config(
+    config: Optional[Path], *, experts: list[Path], base: Optional[Path], method: Optional[str],
+    params: list[str], space: Optional[str], weights: Optional[str], rank: Optional[int], rht: Optional[bool],
+    seed: Optional[int], device: Optional[str], allow_bin: bool, fmt: Optional[str], data: list[Path],
+):
+    """The config file (if any) with the flags laid over it, validated once."""
+    import yaml
+
+    from evomerge.config import config_from_dict
+
+    raw: dict[str, Any] = {}
+    source = "flags"
+    if config is not None:
+        if not config.is_file():
+            raise ConfigError(f"{config}: config file not found")
+        try:
+            raw = yaml.safe_load(config.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{config}: not valid YAML ({err})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{config}: top level must be a mapping of sections")
+        source = f"{config} + flags"
+    ex = dict(raw.get("experts") or {})
+    mg = dict(raw.get("merge") or {})
+    if experts:
+        ex["experts"] = [{"path": str(p)} for p in experts]
+    if base is not None:
+        ex["base"] = str(base)
+    if allow_bin:
+        ex["allow_bin"] = True
+    if method is not None:
+        if mg.get("method") not in (None, method):
+            mg["params"] = {}  # the file's params belong to another method
+        mg["method"] = method
+    if params:
+        mg["params"] = {**(mg.get("params") or {}), **_parse_params(params)}
+    if space is not None:
+        mg["space"] = space
+    if weights is not None:
+        mg["weights"] = _parse_weights(weights)
+    if rank is not None:
+        mg["rank"] = rank
+    if fmt is not None:
+        mg["output_format"] = fmt
+    if data:
+        mg["data"] = [str(p) for p in data]
+    raw["experts"], raw["merge"] = ex, mg
+    if rht is not None:
+        raw["rht"] = {**(raw.get("rht") or {}), "enabled": rht}
+    if seed is not None:
+        raw["seed"] = seed
+    if device is not None:
+        raw["device"] = device
+    return config_from_dict(raw, source)
+
+
+def merge_command(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (flags override it)"),
+    expert: list[Path] = typer.Option([], "--expert", "-e", help="expert folder (peft adapter or HF checkpoint); repeat"),
+    base: Optional[Path] = typer.Option(None, "--base", help="base model checkpoint folder"),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="merge method (see `evomerge methods`)"),
+    param: list[str] = typer.Option([], "--param", "-p", help="method parameter key=value; repeat"),
+    space: Optional[str] = typer.Option(None, "--space", help="LoRA merge space: delta | ab | concat"),
+    weights: Optional[str] = typer.Option(None, "--weights", help="comma-separated weight per expert"),
+    rank: Optional[int] = typer.Option(None, "--rank", help="rank of the written adapter for space=delta (SVD)"),
+    rht: Optional[bool] = typer.Option(None, "--rht/--no-rht", help="apply RHT to the merged weights"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="random seed"),
+    data: list[Path] = typer.Option([], "--data", help="task file for Fisher/RegMean statistics; one per expert or one"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default: `output` of the config)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output folder"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | cuda:N"),
+    allow_bin: bool = typer.Option(False, "--allow-bin", help="accept pickle .bin weights (weights_only=True)"),
+    fmt: Optional[str] = typer.Option(None, "--format", help="output: peft | full | auto"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+) -> None:
+    """Merge experts into one peft adapter or full checkpoint, with a manifest of how."""
+    from evomerge.merge_job import run_merge
+
+    cfg = build_config(
+        config, experts=expert, base=base, method=method, params=param, space=space, weights=weights, rank=rank,
+        rht=rht, seed=seed, device=device, allow_bin=allow_bin, fmt=fmt, data=data,
+    )
+    target = out if out is not None else (Path(cfg.output) if cfg.output else None)
+    if target is None:
+        raise ConfigError("no output folder: pass --out PATH (or `output:` in the config)")
+    result = run_merge(cfg, target, overwrite=overwrite, device=cfg.device, progress=not quiet, log=typer.echo)
+    typer.echo(f"merged model: {result}")
+    typer.echo(f"manifest:     {result / 'evomerge_manifest.json'}")
+
+
+def methods_command() -> None:
+    """List the merge methods and their parameters (from the registry)."""
+    from evomerge.merging.registry import all_methods
+
+    for name, m in sorted(all_methods().items()):
+        flags = [f for f, on in (("linear", m.linear), ("random", m.random), ("per-task", m.per_task)) if on]
+        if m.needs:
+            flags.append("needs " + "+".join(sorted(m.needs)))
+        typer.echo(f"{name}" + (f"  [{', '.join(flags)}]" if flags else "") + (f"\n    {m.description}" if m.description else ""))
+        for p in m.params:
+            rng = f" in {p.interval()}" if p.kind in (int, float) else (f" one of {list(p.choices)}" if p.choices else "")
+            typer.echo(f"    --param {p.name}=<{p.kind.__name__}>  default {p.default!r}{rng}" + (f"  {p.help}" if p.help else ""))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("merge")(merge_command)
+    app.command("methods")(methods_command)

@@ -1,0 +1,59 @@
+"""``evomerge scale``: fitness vs. number of merged experts, with the variance-drop stop rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("scale")
+    def scale(
+        out: Path = typer.Option(..., "--out", help="run directory (tables, figures, report.md)"),
+        config: Optional[Path] = typer.Option(None, "--config", help="YAML config (default: the built-in scale config)"),
+        small: bool = typer.Option(False, "--small", help="use the small built-in zoo (quick; what the tests use)"),
+        no_stop: bool = typer.Option(False, "--no-stop", help="run to the whole pool; only record where the stop rule fires"),
+        resume: bool = typer.Option(False, "--resume", help="continue the run in --out with its saved config"),
+        overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run in --out"),
+        progress: bool = typer.Option(True, "--progress/--no-progress"),
+        print_default_config: bool = typer.Option(False, "--print-default-config", help="print the built-in config and exit"),
+    ) -> None:
+        """Merge k = 1, 2, ... experts with every configured method (and seed, with and without
+        RHT), evaluate, stop at the variance-drop rule's n_max, and write a report.
+
+        Rerunning with the same config continues from the cells already finished.
+        """
+        import yaml
+
+        from evomerge.config import load_config
+        from evomerge.driver import run_scale
+        from evomerge.errors import ConfigError
+        from evomerge.scale.defaults import DEFAULT_SCALE_CONFIG, default_config
+
+        if print_default_config:
+            typer.echo(yaml.safe_dump(DEFAULT_SCALE_CONFIG, sort_keys=False))
+            return
+        if resume:
+            if config is not None:
+                raise ConfigError("--resume uses the config saved in --out; do not pass --config as well")
+            saved = out / "config.yaml"
+            if not saved.is_file():
+                raise ConfigError(f"--resume: {saved} not found (no scale run to continue in {out})")
+            cfg = load_config(saved)
+        else:
+            cfg = load_config(config) if config is not None else default_config()
+        zoo = None
+        if not cfg.experts.experts:
+            from evomerge.zoo import ensure_zoo
+
+            zoo = ensure_zoo("small" if small else "default", cfg.zoo_dir, progress=progress)
+        result = run_scale(cfg, out, zoo=zoo, stop=False if no_stop else None, overwrite=overwrite, progress=progress)
+        s = result.stop
+        typer.echo(
+            f"scale: {result.cells_run} cells run, {result.cells_skipped} already done, {result.evaluations} evaluations, "
+            f"{result.seconds / 60:.1f} min; sigma2={s.sigma2:.3g} rho={s.rho:.3f} delta={s.delta:.3g} n_max={s.n_max}"
+            + ("" if s.enabled else " (not applied: --no-stop)")
+        )
+        typer.echo(f"report: {result.report}")

@@ -1,0 +1,35 @@
+"""``evomerge tune``: an Optuna study over any stage of the config (``tune.space``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("tune")
+    def tune(
+        config: Path = typer.Option(..., "--config", help="YAML config with a `tune:` section (tune.space)"),
+        storage: Optional[str] = typer.Option(
+            None, help="Optuna storage URL (sqlite:///x.db, postgresql://..., journal:///x.log); "
+            "default: $EVOMERGE_OPTUNA_STORAGE, tune.storage, else sqlite in --out"),
+        study_name: Optional[str] = typer.Option(None, "--study-name", help="default: tune.study_name"),
+        n_trials: Optional[int] = typer.Option(None, "--n-trials", min=1, help="total finished trials the study should hold"),
+        timeout: Optional[float] = typer.Option(None, help="stop starting trials after this many seconds"),
+        resume: bool = typer.Option(False, "--resume", help="continue an existing study (or join it as another worker)"),
+        out: Path = typer.Option(Path("runs/tune"), "--out", help="run directory (trials.parquet, figures, best_config.yaml)"),
+        small: bool = typer.Option(False, "--small", help="use the small built-in zoo when the config names no experts"),
+        worker: int = typer.Option(0, "--worker", min=0, help="worker index (varies the sampler seed across workers)"),
+    ) -> None:
+        """Search merge method/parameters, RHT, GENOME/Swarm rates or the number of experts for the best validation fitness."""
+        from evomerge.config import load_config
+        from evomerge.tuning.run import run_tune
+
+        cfg = load_config(config)
+        res = run_tune(
+            cfg, out, storage=storage, study_name=study_name, n_trials=n_trials, timeout=timeout,
+            resume=resume, small=small, worker=worker, log=lambda m: typer.echo(m, err=False),
+        )
+        typer.echo(f"best config: {res.files.get('best_config', '(no complete trial)')}")

@@ -1,0 +1,71 @@
+"""The end of a run: RHT on the result if configured, test-split scores (reported, never used
+for choosing), the GENOME top-k ensemble, and the best individual written as a peft adapter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from evomerge.config import EvomergeConfig
+from evomerge.distributed.actors import numpy_to_td
+from evomerge.distributed.inputs import EvolveInputs
+
+
+def finalize(cfg: EvomergeConfig, inputs: EvolveInputs, search: Any, rt: Any, out_dir: Path,
+             write_adapter: bool = True) -> dict[str, Any]:
+    best_id = search.best_id
+    weights = {best_id: rt.pool.snapshot[best_id]}
+    rht = cfg.rht if cfg.rht.enabled else None  # per candidate or final: the result is RHT'd
+    val = rt.evaluate_weights(weights, "validation", rht)[0]
+    splits = _splits(inputs)
+    test = rt.evaluate_weights(weights, "test", rht)[0] if "test" in splits else None
+    ensemble = None
+    if hasattr(search, "ensemble_ids"):
+        ids = search.ensemble_ids(cfg.genome.ensemble_k)
+        scores = rt.ensemble(ids, splits)
+        ensemble = {"ids": ids, "available": all(v is not None for v in scores.values()), **scores}
+    adapter_dir = None
+    if write_adapter:
+        adapter_dir = _write_best(inputs, weights[best_id], rht, best_id, out_dir)
+    return {
+        "val_per_task": val.per_task,
+        "val_fitness": val.fitness,
+        "test_per_task": test.per_task if test else {},
+        "test_fitness": test.fitness if test else None,
+        "ensemble": ensemble,
+        "adapter_dir": adapter_dir,
+    }
+
+
+def _splits(inputs: EvolveInputs) -> list[str]:
+    spec = inputs.evaluator
+    if spec.zoo_root is not None:
+        return ["validation", "test"]
+    has_test = all(Path(p).is_dir() and any(Path(p).glob("test.*")) for p in spec.task_files.values())
+    return ["validation", "test"] if has_test else ["validation"]
+
+
+def _write_best(inputs: EvolveInputs, weights: dict, rht: Any, best_id: str, out_dir: Path) -> Path:
+    """The best individual as a peft adapter (LoRA pools) or a task-vector file (full pools)."""
+    from evomerge.distributed.actors import rht_seed
+
+    td = numpy_to_td(weights)
+    if rht is not None:
+        from evomerge.rht import apply_rht
+
+        td = apply_rht(td, rht, rht_seed(rht.seed, best_id))
+    if inputs.kind == "lora":
+        from evomerge.experts.peft_io import save_peft_adapter
+        from evomerge.experts.types import ab_to_lora
+
+        template = dict(inputs.adapter_template)
+        return save_peft_adapter(ab_to_lora(td, inputs.fan_in_fan_out), out_dir / "best_adapter", template,
+                                 overwrite=True)
+    from safetensors.torch import save_file
+
+    from evomerge.io import atomic_dir
+
+    path = out_dir / "best_task_vector"
+    with atomic_dir(path, overwrite=True) as tmp:
+        save_file({k: v.contiguous() for k, v in td.items()}, str(tmp / "task_vector.safetensors"))
+    return path

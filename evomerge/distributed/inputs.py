@@ -1,0 +1,152 @@
+"""What an evolutionary run starts from: the experts (as numpy dicts the actors share through
+the object store), the task names, and a picklable recipe for building the evaluator inside
+each actor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from evomerge.config import EvomergeConfig
+from evomerge.distributed.actors import td_to_numpy
+from evomerge.errors import ConfigError
+
+NumpyDict = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class EvaluatorSpec:
+    """Builds the evaluator where it runs (an actor): only paths and settings travel."""
+
+    base_dir: Path
+    zoo_root: Path | None
+    tasks: tuple[str, ...]
+    task_files: dict[str, Path] = field(default_factory=dict)
+    metric: str = "token_accuracy"
+    max_samples: int = 200
+    batch_size: int = 64
+    task_weights: dict[str, float] | None = None
+
+    def __call__(self, device: str) -> Any:
+        from evomerge.evaluation.evaluator import Evaluator
+
+        common = dict(metric=self.metric, device=device, batch_size=self.batch_size,
+                      max_samples=self.max_samples)
+        if self.task_weights is not None:
+            common["task_weights"] = self.task_weights
+        if self.zoo_root is not None:
+            from evomerge.zoo.zoo import Zoo
+
+            return Evaluator.from_zoo(Zoo.open(self.zoo_root), tasks=list(self.tasks), **common)
+        return Evaluator(self.base_dir, {t: _task_splits(t, self.task_files[t]) for t in self.tasks}, **common)
+
+
+def _task_splits(task: str, path: Path) -> dict[str, Any]:
+    """A user task: a folder with ``validation``/``test`` files, or one file used for validation."""
+    from evomerge.data import load_examples
+    from evomerge.errors import DataError
+
+    path = Path(path)
+    if path.is_file():
+        return {"validation": load_examples(path)}
+    out = {}
+    for split in ("validation", "test"):
+        for ext in (".parquet", ".jsonl", ".json"):
+            if (path / f"{split}{ext}").is_file():
+                out[split] = load_examples(path / f"{split}{ext}")
+                break
+    if "validation" not in out:
+        raise DataError(f"{path}: task `{task}` needs a file, or a folder with validation.parquet/.jsonl")
+    return out
+
+
+@dataclass(frozen=True)
+class EvolveInputs:
+    names: list[str]
+    experts: dict[str, NumpyDict]  # expert_id(i) -> ab-dict (LoRA) or task vector (full)
+    kind: str  # "lora" | "full"
+    fan_in_fan_out: dict[str, bool]
+    adapter_template: dict[str, Any]
+    tasks: list[str]
+    evaluator: EvaluatorSpec
+
+
+def select(names: Sequence[str], wanted: Sequence[str | int] | None) -> list[int]:
+    """Indices of ``wanted`` (names or 0-based indices) in ``names``; all when None."""
+    if wanted is None:
+        return list(range(len(names)))
+    out = []
+    for w in wanted:
+        if isinstance(w, int) and not isinstance(w, bool):
+            if not 0 <= w < len(names):
+                raise ConfigError(f"`experts`: index {w} is out of range for a pool of {len(names)}")
+            out.append(w)
+        elif w in names:
+            out.append(list(names).index(w))
+        else:
+            raise ConfigError(f"`experts`: no expert named {w!r}; the pool has {', '.join(names)}")
+    if len(set(out)) != len(out):
+        raise ConfigError(f"`experts`: an expert is listed twice in {list(wanted)}")
+    if len(out) < 2:
+        raise ConfigError(f"`experts`: evolutionary merging needs at least 2 experts. Got {len(out)} instead.")
+    return out
+
+
+def prepare_inputs(
+    cfg: EvomergeConfig,
+    *,
+    experts: Sequence[str | int] | None = None,
+    tasks: Sequence[str] | None = None,
+    zoo_profile: str = "small",
+) -> EvolveInputs:
+    """Load the pool (the built-in zoo when the config names no experts) and pick experts/tasks."""
+    from evomerge.experts.pool import load_pool
+    from evomerge.search import expert_id
+
+    ev = cfg.evaluation
+    if cfg.experts.experts:
+        specs = cfg.experts.experts
+        pool = load_pool([s.path for s in specs], base=cfg.experts.base, allow_bin=cfg.experts.allow_bin,
+                         names=[s.name for s in specs])
+        if cfg.experts.base is None:
+            raise ConfigError("`experts.base`: evolutionary search evaluates merges, so it needs the base model")
+        all_tasks = list(ev.task_files)
+        zoo_root, base_dir = None, Path(cfg.experts.base)
+    else:
+        from evomerge.zoo.zoo import ensure_zoo
+
+        zoo = ensure_zoo(zoo_profile, root=cfg.zoo_dir)
+        pool = load_pool([zoo.expert_dirs[t] for t in zoo.tasks], base=zoo.base_dir, names=zoo.tasks)
+        all_tasks = list(zoo.tasks)
+        zoo_root, base_dir = zoo.root, zoo.base_dir
+    idx = select(pool.names, experts)
+    chosen = list(tasks) if tasks is not None else list(ev.tasks or all_tasks)
+    unknown = [t for t in chosen if t not in all_tasks]
+    if unknown:
+        raise ConfigError(f"`evaluation.tasks`: unknown task(s) {unknown}; available: {', '.join(all_tasks)}")
+    if not chosen:
+        raise ConfigError("`evaluation.tasks`: no tasks to evaluate on (give evaluation.task_files)")
+    from evomerge.experts.types import lora_to_ab
+
+    weights: dict[str, NumpyDict] = {}
+    fan: dict[str, bool] = {}
+    template: dict[str, Any] = {}
+    for j, i in enumerate(idx):
+        if pool.kind == "lora":
+            mods = pool.lora(i)
+            fan.update({k: m.fan_in_fan_out for k, m in mods.items()})
+            weights[expert_id(j)] = td_to_numpy(lora_to_ab(mods))
+            template = template or pool.adapter_config(i)
+        else:
+            weights[expert_id(j)] = td_to_numpy(pool.task_vector(i))
+    spec = EvaluatorSpec(
+        base_dir=base_dir, zoo_root=zoo_root, tasks=tuple(chosen),
+        task_files={t: Path(ev.task_files[t]) for t in chosen if t in ev.task_files},
+        metric=ev.metric, max_samples=ev.max_samples, batch_size=ev.batch_size, task_weights=ev.task_weights,
+    )
+    return EvolveInputs(names=[pool.names[i] for i in idx], experts=weights, kind=pool.kind,
+                        fan_in_fan_out=fan, adapter_template=template, tasks=chosen, evaluator=spec)

@@ -1,0 +1,60 @@
+"""Candidates: what the Evaluator scores, normalised to dense deltas on base parameters."""
+
+from __future__ import annotations
+
+from typing import Mapping, Union
+
+import torch
+
+from evomerge.errors import ExpertLoadError
+from evomerge.experts.types import AB_SUFFIX_A, AB_SUFFIX_B, LoraModule, ab_to_lora
+
+
+class PerTask(dict):
+    """``{task: candidate}``: each task is served by its own candidate (e.g. EMR-merging)."""
+
+
+Candidate = Union[Mapping[str, torch.Tensor], Mapping[str, LoraModule], PerTask]
+
+
+def to_deltas(
+    candidate: Mapping, params: Mapping[str, torch.Tensor], where: str = "candidate"
+) -> dict[str, torch.Tensor]:
+    """Dense deltas keyed by base parameter name, on the base's device and dtype.
+
+    Accepts a task vector TensorDict, a LoRA ``dict[str, LoraModule]`` or an "ab"-space
+    TensorDict (``name::A`` / ``name::B``). Raises :class:`ExpertLoadError` naming the first
+    key that is not a base parameter or whose shape does not fit.
+    """
+    if isinstance(candidate, PerTask):
+        raise ExpertLoadError(f"{where}: a PerTask candidate cannot be nested inside another candidate")
+    if not isinstance(candidate, Mapping):
+        raise ExpertLoadError(f"{where}: expected a dict of tensors or LoraModules, got {type(candidate).__name__}")
+    items = dict(candidate)
+    if any(k.endswith(AB_SUFFIX_A) or k.endswith(AB_SUFFIX_B) for k in items):
+        for k in items:
+            if k.endswith(AB_SUFFIX_A) and k[: -len(AB_SUFFIX_A)] + AB_SUFFIX_B not in items:
+                raise ExpertLoadError(f"{where}: `{k}` has no matching `::B` factor")
+        items = ab_to_lora(items)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in items.items():
+        if key not in params:
+            raise ExpertLoadError(
+                f"{where}: key `{key}` is not a parameter of the base model "
+                f"(base parameters look like `{next(iter(params))}`)"
+            )
+        ref = params[key]
+        if isinstance(value, LoraModule):
+            delta = value.delta(torch.float32)
+        elif isinstance(value, torch.Tensor):
+            delta = value
+        else:
+            raise ExpertLoadError(f"{where}: value of `{key}` is a {type(value).__name__}, not a tensor or LoraModule")
+        if tuple(delta.shape) != tuple(ref.shape):
+            raise ExpertLoadError(
+                f"{where}: `{key}` has shape {tuple(delta.shape)} but the base parameter has {tuple(ref.shape)}"
+            )
+        if not torch.isfinite(delta).all():
+            raise ExpertLoadError(f"{where}: `{key}` contains NaN or infinite values")
+        out[key] = delta.detach().to(device=ref.device, dtype=ref.dtype)
+    return out

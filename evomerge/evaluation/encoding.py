@@ -1,0 +1,83 @@
+"""Turn (prompt, answer) pairs into padded token tensors for teacher-forced scoring and training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from evomerge.errors import DataError
+
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    """Right-padded sequences ``prompt + answer + eos``.
+
+    ``labels`` holds the next-token targets already shifted (``labels[:, t]`` is the token to
+    predict from position ``t``), ``IGNORE`` outside the answer; ``prompt_len`` per example.
+    """
+
+    input_ids: torch.Tensor  # [N, T]
+    attention_mask: torch.Tensor  # [N, T]
+    labels: torch.Tensor  # [N, T]
+    prompt_len: torch.Tensor  # [N]
+    answers: list[str]
+    prompts: list[str]
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def slice(self, start: int, stop: int) -> "Encoded":
+        """Rows ``start:stop``, trimmed to their longest sequence."""
+        mask = self.attention_mask[start:stop]
+        width = int(mask.sum(1).max())
+        return Encoded(
+            self.input_ids[start:stop, :width], mask[:, :width], self.labels[start:stop, :width],
+            self.prompt_len[start:stop], self.answers[start:stop], self.prompts[start:stop],
+        )
+
+    def to(self, device: torch.device | str) -> "Encoded":
+        return Encoded(
+            self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device),
+            self.prompt_len.to(device), self.answers, self.prompts,
+        )
+
+
+def encode_pairs(tokenizer, prompts: Sequence[str], answers: Sequence[str], source: str = "task") -> Encoded:
+    """Tokenize prompts (with the tokenizer's special prefix) and answers (plus EOS)."""
+    if tokenizer.eos_token_id is None:
+        raise DataError(f"{source}: the tokenizer has no eos_token; evomerge needs one to end answers")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    p_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    a_ids = tokenizer(list(answers), add_special_tokens=False)["input_ids"]
+    seqs, plens = [], []
+    for i, (p, a) in enumerate(zip(p_ids, a_ids)):
+        if len(p) == 0:
+            raise DataError(f"{source}: row {i} has an empty prompt")
+        seqs.append(list(p) + list(a) + [tokenizer.eos_token_id])
+        plens.append(len(p))
+    width = max(len(s) for s in seqs)
+    n = len(seqs)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    labels = torch.full((n, width), IGNORE, dtype=torch.long)
+    for i, (s, pl) in enumerate(zip(seqs, plens)):
+        t = torch.tensor(s, dtype=torch.long)
+        ids[i, : len(s)] = t
+        mask[i, : len(s)] = 1
+        # position pl-1 (last prompt token) predicts the first answer token, etc.
+        labels[i, pl - 1 : len(s) - 1] = t[pl:]
+    return Encoded(ids, mask, labels, torch.tensor(plens), list(answers), list(prompts))
+
+
+def encode_dataset(tokenizer, ds, source: str = "task") -> Encoded:
+    """Encode a ``datasets.Dataset`` with ``prompt``/``answer`` columns."""
+    missing = [c for c in ("prompt", "answer") if c not in ds.column_names]
+    if missing:
+        raise DataError(f"{source}: missing column(s) {missing}; a task needs ['prompt', 'answer']")
+    if len(ds) == 0:
+        raise DataError(f"{source}: the split is empty")
+    return encode_pairs(tokenizer, [str(x) for x in ds["prompt"]], [str(x) for x in ds["answer"]], source)

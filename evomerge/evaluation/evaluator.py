@@ -1,0 +1,188 @@
+"""Fitness evaluation: score candidates on task splits with weights swapped in memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from evomerge.errors import ConfigError, DataError, ExpertLoadError
+from evomerge.evaluation import metrics as M
+from evomerge.evaluation.candidates import Candidate, PerTask, to_deltas
+from evomerge.evaluation.encoding import Encoded, encode_dataset
+from evomerge.evaluation.forward import linear_weights, run_model
+from evomerge.evaluation.generate import greedy_generate
+
+
+@dataclass
+class EvalResult:
+    """Scores of one candidate on one split.
+
+    ``per_task[t]`` is the chosen metric on task ``t``; ``fitness`` their weighted mean.
+    ``extra["metrics"][t]`` holds every computed metric (``cross_entropy`` in nats/token).
+    """
+
+    per_task: dict[str, float]
+    fitness: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _load_base(base_dir: Path, device: torch.device, dtype: torch.dtype | None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (base_dir / "config.json").is_file():
+        raise ExpertLoadError(f"{base_dir}: base model folder has no config.json")
+    try:
+        tok = AutoTokenizer.from_pretrained(base_dir)
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype or torch.float32)
+    except (OSError, ValueError) as err:
+        raise ExpertLoadError(f"{base_dir}: cannot load base model/tokenizer ({err})") from None
+    model.to(device).eval().requires_grad_(False)
+    return model, tok
+
+
+class Evaluator:
+    """Scores candidates (task vectors, LoRA experts, ``PerTask``) on prompt/answer tasks.
+
+    The base model stays loaded; a candidate's deltas are applied on the fly (see
+    :mod:`evomerge.evaluation.forward`), so nothing is saved or reloaded per candidate.
+    ``tasks`` maps task name to ``{split: datasets.Dataset}`` with prompt/answer columns.
+    """
+
+    def __init__(
+        self,
+        base_dir: str | Path,
+        tasks: Mapping[str, Mapping[str, Any]],
+        metric: str = "token_accuracy",
+        device: str | torch.device = "cpu",
+        batch_size: int = 64,
+        max_samples: int | None = 200,
+        *,
+        task_weights: Mapping[str, float] | None = None,
+        text_metrics: bool | None = None,
+        max_new_tokens: int | None = None,
+        dtype: torch.dtype | None = None,
+        max_rows: int = 1024,
+    ) -> None:
+        if metric not in M.METRICS:
+            raise ConfigError(f"evaluation: `metric` must be one of {list(M.METRICS)}. Got {metric!r} instead.")
+        if batch_size < 1:
+            raise ConfigError(f"evaluation: `batch_size` must be >= 1. Got {batch_size!r} instead.")
+        if not tasks:
+            raise DataError("evaluation: no tasks given")
+        self.metric = metric
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        self.max_rows = max(int(max_rows), self.batch_size)
+        self.text_metrics = metric in M.TEXT_METRICS if text_metrics is None else bool(text_metrics)
+        self.base_dir = Path(base_dir)
+        self.model, self.tokenizer = _load_base(self.base_dir, self.device, dtype)
+        self.params = {k: p for k, p in self.model.named_parameters(remove_duplicate=False)}
+        self.linears = linear_weights(self.model)
+        self.tasks = list(tasks)
+        weights = dict(task_weights or {})
+        unknown = sorted(set(weights) - set(self.tasks))
+        if unknown:
+            raise ConfigError(f"evaluation: `task_weights` names unknown task(s) {unknown}; tasks: {self.tasks}")
+        self.task_weights = {t: float(weights.get(t, 1.0)) for t in self.tasks}
+        if sum(self.task_weights.values()) <= 0:
+            raise ConfigError("evaluation: `task_weights` must not all be zero")
+        self.data: dict[str, dict[str, Encoded]] = {}
+        for name, splits in tasks.items():
+            self.data[name] = {}
+            for split, ds in splits.items():
+                if max_samples is not None and len(ds) > max_samples:
+                    ds = ds.select(range(max_samples))
+                self.data[name][split] = encode_dataset(self.tokenizer, ds, f"task `{name}` split `{split}`").to(self.device)
+        self.max_new_tokens = max_new_tokens
+
+    @classmethod
+    def from_zoo(cls, zoo, tasks: Sequence[str] | None = None, metric: str = "token_accuracy",
+                 max_samples: int | None = 200, **kwargs) -> "Evaluator":
+        """An evaluator over the zoo's base and the validation/test splits of ``tasks`` (default all)."""
+        return cls(zoo.base_dir, zoo.load_tasks(tasks), metric=metric, max_samples=max_samples, **kwargs)
+
+    # ------------------------------------------------------------------ public
+    def evaluate(self, candidate: Candidate, split: str = "validation") -> EvalResult:
+        return self.evaluate_many([candidate], split)[0]
+
+    def evaluate_many(self, candidates: Sequence[Candidate], split: str = "validation") -> list[EvalResult]:
+        """Score every candidate; candidates share forward passes (see ``forward.run_model``)."""
+        candidates = list(candidates)
+        for t in self.tasks:
+            if split not in self.data[t]:
+                raise DataError(f"evaluation: task `{t}` has no split `{split}` (has {sorted(self.data[t])})")
+        resolved = [self._resolve(c, i) for i, c in enumerate(candidates)]
+        per_metric: list[dict[str, dict[str, float]]] = [{} for _ in candidates]
+        for t in self.tasks:
+            deltas = [r[t] for r in resolved]
+            scores = self._score_task(self.data[t][split], deltas)
+            for i, s in enumerate(scores):
+                per_metric[i][t] = s
+        return [self._result(m, split) for m in per_metric]
+
+    # ----------------------------------------------------------------- helpers
+    def _resolve(self, candidate: Candidate, index: int) -> dict[str, dict[str, torch.Tensor]]:
+        where = f"candidate {index}"
+        if isinstance(candidate, PerTask):
+            missing = [t for t in self.tasks if t not in candidate]
+            if missing:
+                raise ExpertLoadError(f"{where}: PerTask candidate has no entry for task(s) {missing}")
+            return {t: to_deltas(candidate[t], self.params, f"{where} task `{t}`") for t in self.tasks}
+        d = to_deltas(candidate, self.params, where)
+        return {t: d for t in self.tasks}
+
+    def _result(self, m: dict[str, dict[str, float]], split: str) -> EvalResult:
+        key = "neg_cross_entropy" if self.metric == "neg_cross_entropy" else self.metric
+        per_task = {t: m[t][key] for t in self.tasks}
+        wsum = sum(self.task_weights.values())
+        fitness = sum(self.task_weights[t] * per_task[t] for t in self.tasks) / wsum
+        mean = {
+            k: sum(self.task_weights[t] * m[t][k] for t in self.tasks) / wsum for k in next(iter(m.values()))
+        }
+        return EvalResult(per_task, float(fitness), {"split": split, "metrics": m, "mean": mean, "metric": self.metric})
+
+    def _chunks(self, n_cand: int) -> int:
+        return max(1, self.max_rows // self.batch_size) if n_cand > 1 else 1
+
+    @torch.inference_mode()
+    def _score_task(self, data: Encoded, deltas: list[dict[str, torch.Tensor]]) -> list[dict[str, float]]:
+        n = len(deltas)
+        sums = [dict.fromkeys(("token_accuracy", "exact_match", "cross_entropy"), 0.0) for _ in range(n)]
+        texts: list[dict[str, float]] = [dict.fromkeys(M.TEXT_METRICS, 0.0) for _ in range(n)]
+        per_chunk = self._chunks(n)
+        # candidates that share the same delta object are scored once
+        uniq: dict[int, int] = {}
+        order = [uniq.setdefault(id(d), len(uniq)) for d in deltas]
+        uniq_deltas = [deltas[order.index(j)] for j in range(len(uniq))]
+        for start in range(0, len(data), self.batch_size):
+            batch = data.slice(start, start + self.batch_size)
+            for c0 in range(0, len(uniq_deltas), per_chunk):
+                group = uniq_deltas[c0 : c0 + per_chunk]
+                logits = run_model(self.model, self.params, self.linears, group,
+                                   input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+                for j in range(len(group)):
+                    s = M.teacher_forced(logits[j], batch.labels)
+                    for i in (i for i, o in enumerate(order) if o == c0 + j):
+                        for k in sums[i]:
+                            sums[i][k] += float(s[k].sum())
+                if self.text_metrics:
+                    gen = greedy_generate(self.model, self.params, self.linears, group, batch, self.tokenizer,
+                                          self.max_new_tokens)
+                    refs = [self.tokenizer.tokenize(a) for a in batch.answers]
+                    for j, preds in enumerate(gen):
+                        ts = M.text_scores(preds, refs)
+                        for i in (i for i, o in enumerate(order) if o == c0 + j):
+                            for k in texts[i]:
+                                texts[i][k] += sum(ts[k])
+        total = len(data)
+        out = []
+        for i in range(n):
+            r = {k: v / total for k, v in sums[i].items()}
+            r["neg_cross_entropy"] = -r["cross_entropy"]
+            if self.text_metrics:
+                r.update({k: v / total for k, v in texts[i].items()})
+            out.append(r)
+        return out

@@ -1,0 +1,249 @@
+"""``run_evolve``: GENOME or Model Swarms on Ray population actors, with records and resume.
+
+The loop (the driver owns it): ask every island's search for recipes -> the population actors
+materialise and score them -> tell -> append the round's rows to the Parquet history -> keep
+the individuals the searches still reference -> checkpoint (weights as safetensors + search
+state) atomically. ``resume=True`` restarts from the newest checkpoint; searches carry no RNG
+state (every draw is derived from the seed and the generation), so a resumed run ends exactly
+like an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from evomerge.config import EvomergeConfig
+from evomerge.distributed import records
+from evomerge.distributed.inputs import EvolveInputs, prepare_inputs
+from evomerge.errors import ConfigError, OutputExistsError
+from evomerge.io import write_json_atomic, write_parquet_atomic
+
+log = logging.getLogger(__name__)
+ALGOS = ("genome", "swarm")
+
+
+@dataclass(frozen=True)
+class EvolveResult:
+    best_id: str
+    best_fitness: float
+    best_val_per_task: dict[str, float]
+    best_test_per_task: dict[str, float]
+    best_test_fitness: float | None
+    history_path: Path
+    adapter_dir: Path | None
+    expert_fitness: dict[str, float] = field(default_factory=dict)
+    ensemble: dict[str, Any] | None = None
+    rounds: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RoundInfo:
+    """What ``on_generation`` callbacks receive after each round's checkpoint."""
+
+    step: int
+    generation: int
+    best_fitness: float
+    mean_fitness: float
+    n_evaluated: int
+    seconds: float
+
+
+def make_searches(cfg: EvomergeConfig, algo: str, n_experts: int) -> list[Any]:
+    """One search object per island (distinct id prefixes and seeds); validates the combination."""
+    from evomerge.search import Genome, Swarm
+
+    if algo not in ALGOS:
+        raise ConfigError(f"`--algo` must be one of {list(ALGOS)}. Got {algo!r} instead.")
+    n = cfg.ray.islands
+    if algo == "swarm" and n > 1:
+        raise ConfigError("`ray.islands` > 1 needs migration, which only GENOME supports; use islands: 1 with swarm")
+    if n_experts < 2:
+        raise ConfigError(f"evolutionary search needs at least 2 experts. Got {n_experts} instead.")
+    out = []
+    for i in range(n):
+        prefix = f"i{i}/" if n > 1 else ""
+        seed = cfg.seed + 7919 * i
+        if algo == "genome":
+            out.append(Genome(cfg.genome, n_experts, seed, swarm=cfg.swarm, prefix=prefix))
+        else:
+            out.append(Swarm(cfg.swarm, n_experts, seed, prefix=prefix))
+    return out
+
+
+def _run_meta(cfg: EvomergeConfig, algo: str, inputs: EvolveInputs) -> dict[str, Any]:
+    return {"algo": algo, "experts": inputs.names, "tasks": inputs.tasks,
+            "config": cfg.model_dump(mode="json")}
+
+
+def _prepare_out(out_dir: Path, meta: dict[str, Any], resume: bool) -> None:
+    meta_path = out_dir / "run.json"
+    if meta_path.is_file():
+        if not resume:
+            raise OutputExistsError(f"{out_dir}: already holds a run; pass --resume to continue it or choose another --out")
+        old = json.loads(meta_path.read_text())
+        for key in ("algo", "experts", "tasks", "config"):
+            if old.get(key) != meta[key]:
+                raise ConfigError(
+                    f"{meta_path}: cannot resume: `{key}` differs from the interrupted run "
+                    f"({old.get(key)!r} there, {meta[key]!r} now)"
+                )
+    elif out_dir.exists() and any(out_dir.iterdir()):
+        raise OutputExistsError(f"{out_dir}: exists and is not an evomerge run directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(meta_path, meta)
+
+
+def run_evolve(
+    cfg: EvomergeConfig,
+    algo: str,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    experts: Sequence[str | int] | None = None,
+    tasks: Sequence[str] | None = None,
+    progress: bool = True,
+    zoo_profile: str = "small",
+    write_adapter: bool = True,
+    on_generation: Callable[[RoundInfo], None] | None = None,
+    on_dispatch: Callable[[int, Any], None] | None = None,
+) -> EvolveResult:
+    """Run (or resume) an evolutionary merge; see the module docstring.
+
+    experts: names or indices of a subset of the pool (the scale driver passes k experts).
+    on_generation: called after every round's checkpoint (Optuna reports/prunes from here;
+        an exception stops the run, which ``resume=True`` continues).
+    on_dispatch: called while a round's work is in flight (fault-injection in tests).
+    """
+    from evomerge.distributed.runtime import Runtime
+
+    out_dir = Path(out_dir)
+    inputs = prepare_inputs(cfg, experts=experts, tasks=tasks, zoo_profile=zoo_profile)
+    searches = make_searches(cfg, algo, len(inputs.names))  # refuses bad combinations before work
+    meta = _run_meta(cfg, algo, inputs)
+    _prepare_out(out_dir, meta, resume)
+    with Runtime(cfg, inputs) as rt:  # refuses impossible resource requests before work
+        rt.pool.on_dispatch = on_dispatch
+        loop = _Loop(cfg, inputs, searches, rt, out_dir, progress, on_generation)
+        loop.start(resume)
+        loop.run()
+        return loop.finish(write_adapter)
+
+
+class _Loop:
+    """The generations of one run; a class only to share state between start/run/finish."""
+
+    def __init__(self, cfg, inputs, searches, rt, out_dir, progress, on_generation) -> None:
+        self.cfg, self.inputs, self.searches, self.rt = cfg, inputs, searches, rt
+        self.pool = rt.pool
+        self.out_dir, self.progress, self.on_generation = out_dir, progress, on_generation
+        self.step = 0
+        self.expert_fitness: dict[str, float] = {}
+
+    # ---------------------------------------------------------------- start / resume
+    def start(self, resume: bool) -> None:
+        ckpt = records.load_checkpoint(self.out_dir) if resume else None
+        if ckpt is None:
+            records.truncate_history(self.out_dir, -1)
+            self.expert_fitness = self.rt.score_experts()
+            return
+        step, weights, state = ckpt
+        for s, sd in zip(self.searches, state["searches"]):
+            s.load_state_dict(sd)
+        self.pool.restore(weights, state.get("location"))
+        self.expert_fitness = dict(state["expert_fitness"])
+        records.truncate_history(self.out_dir, step)
+        self.step = step + 1
+        log.info("resumed %s at round %d", self.out_dir, self.step)
+
+    # ---------------------------------------------------------------- generations
+    def run(self) -> None:
+        while True:
+            active = [i for i, s in enumerate(self.searches) if not s.done]
+            if not active:
+                return
+            t0 = time.perf_counter()
+            asked = {i: self.searches[i].ask() for i in active}
+            gens = {i: self.searches[i].generation for i in active}
+            rows = self.pool.evaluate([r for i in active for r in asked[i]])
+            for i in active:
+                self.searches[i].tell({r.id: rows[r.id].fitness for r in asked[i]})
+            self._migrate(gens)
+            table = records.history_table(
+                [self._row(i, r, rows[r.id]) for i in active for r in asked[i]], self.inputs.tasks
+            )
+            records.write_history_step(self.out_dir, self.step, table)
+            referenced = set().union(*(s.referenced_ids() for s in self.searches))
+            self.pool.sync(referenced)
+            records.save_checkpoint(self.out_dir, self.step, self.pool.snapshot, self._state())
+            info = self._round_info(active, asked, gens, time.perf_counter() - t0)
+            if self.progress:
+                print(
+                    f"round {info.step} (generation {info.generation}): best {info.best_fitness:.4f} "
+                    f"mean {info.mean_fitness:.4f} ({info.n_evaluated} evaluated, {info.seconds:.1f} s)",
+                    file=sys.stderr, flush=True,
+                )
+            self.step += 1
+            if self.on_generation is not None:
+                self.on_generation(info)
+
+    def _row(self, island: int, recipe: Any, row: Any) -> dict[str, Any]:
+        return {"step": self.step, "island": island, "generation": recipe.generation, "id": recipe.id,
+                "op": recipe.op, "parents": recipe.parents, "weights": recipe.weights, "seed": recipe.seed,
+                "params": json.dumps(recipe.params, sort_keys=True), "fitness": row.fitness,
+                "per_task": row.per_task}
+
+    def _migrate(self, gens_before: dict[int, int]) -> None:
+        """Ring migration: every ``migration_interval`` generations each island receives the
+        best of the previous island (GENOME only; islands advance in lockstep)."""
+        n = len(self.searches)
+        if n < 2:
+            return
+        every = self.cfg.ray.migration_interval
+        bests = [(s.best_id, s.best_fitness) for s in self.searches]
+        for i, s in enumerate(self.searches):
+            moved = i in gens_before and s.generation > gens_before[i]
+            if not moved or s.done or s.generation % every != 0:
+                continue
+            mid, fit = bests[(i - 1) % n]
+            if mid is None or mid in s.fitness:
+                continue
+            s.immigrate({mid: fit})
+
+    def _state(self) -> dict[str, Any]:
+        return {"step": self.step, "searches": [s.state_dict() for s in self.searches],
+                "location": dict(self.pool.location), "expert_fitness": self.expert_fitness}
+
+    def _round_info(self, active, asked, gens, seconds) -> RoundInfo:
+        best = max(s.best_fitness for s in self.searches if s.best_fitness is not None)
+        pop = [s.fitness[k] for s in self.searches for k in s.population if k in s.fitness]
+        return RoundInfo(step=self.step, generation=max(gens.values()), best_fitness=float(best),
+                         mean_fitness=float(sum(pop) / len(pop)) if pop else float("nan"),
+                         n_evaluated=sum(len(a) for a in asked.values()), seconds=seconds)
+
+    # ---------------------------------------------------------------- final
+    def finish(self, write_adapter: bool) -> EvolveResult:
+        from evomerge.distributed.final import finalize
+
+        island = max(range(len(self.searches)), key=lambda i: (self.searches[i].best_fitness, -i))
+        search = self.searches[island]
+        fin = finalize(self.cfg, self.inputs, search, self.rt, self.out_dir, write_adapter)
+        table = records.read_history(self.out_dir)
+        history_path = self.out_dir / "history.parquet"
+        if table is not None:
+            write_parquet_atomic(history_path, table)
+        result = EvolveResult(
+            best_id=search.best_id, best_fitness=float(search.best_fitness),
+            best_val_per_task=fin["val_per_task"], best_test_per_task=fin["test_per_task"],
+            best_test_fitness=fin["test_fitness"], history_path=history_path, adapter_dir=fin["adapter_dir"],
+            expert_fitness=self.expert_fitness, ensemble=fin["ensemble"], rounds=self.step,
+            stats=self.pool.stats(),
+        )
+        write_json_atomic(self.out_dir / "result.json", asdict(result))
+        return result

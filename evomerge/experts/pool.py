@@ -1,0 +1,324 @@
+"""A validated pool of experts of one base model, read per tensor.
+
+``load_pool`` checks everything it can before any merge work starts (kinds, base model, shapes,
+target modules, finite weights, readable files) and names the file at fault. The pool then
+serves task vectors one tensor at a time (``stacked``), so full fine-tunes are never all in
+memory at once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from evomerge.errors import ExpertLoadError
+from evomerge.experts.checkpoint_io import ARCH_FIELDS, CheckpointReader, is_checkpoint_dir, read_config
+from evomerge.experts.peft_io import PeftAdapter, is_peft_dir, load_peft_adapter
+from evomerge.experts.types import LoraModule, TensorDict
+
+KINDS = ("lora", "full")
+
+
+@dataclass
+class ExpertPool:
+    """Experts of one base model. ``kind`` is ``"lora"`` or ``"full"``."""
+
+    kind: str
+    names: list[str]
+    paths: list[Path]
+    base_path: Path | None = None
+    adapters: list[PeftAdapter] = field(default_factory=list)
+    readers: list[CheckpointReader] = field(default_factory=list)
+    base: CheckpointReader | None = None
+    _keys: list[str] = field(default_factory=list)
+    _shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    # --- structure -------------------------------------------------------------------------
+    def keys(self) -> list[str]:
+        """Base parameter names the experts change (LoRA: adapted weights; full: float tensors)."""
+        return list(self._keys)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._shapes[key]
+
+    def lora(self, i: int) -> dict[str, LoraModule]:
+        self._need("lora", "lora()")
+        return dict(self.adapters[i].modules)
+
+    def adapter_config(self, i: int) -> dict[str, Any]:
+        self._need("lora", "adapter_config()")
+        return dict(self.adapters[i].config)
+
+    def base_model_name(self) -> str | None:
+        if self.kind == "lora":
+            return self.adapters[0].config.get("base_model_name_or_path")
+        return str(self.base_path) if self.base_path else None
+
+    def require_base(self, why: str) -> CheckpointReader:
+        if self.base is None:
+            raise ExpertLoadError(f"{why} needs the base model checkpoint; pass --base PATH (experts.base)")
+        return self.base
+
+    def base_tensor(self, key: str, dtype: torch.dtype | None = torch.float32, device="cpu") -> torch.Tensor:
+        return self.require_base("reading base weights").get(key, dtype=dtype, device=device)
+
+    # --- task vectors ----------------------------------------------------------------------
+    def stacked(self, key: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> torch.Tensor:
+        """``Tensor[n, *shape]`` of the experts' task vectors for one base parameter."""
+        if key not in self._shapes:
+            raise KeyError(key)
+        if self.kind == "lora":
+            return torch.stack([a.modules[key].delta(torch.float32).to(device) for a in self.adapters]).to(dtype)
+        base = self.base.get(key, dtype=torch.float32, device=device)
+        out = torch.empty((len(self), *base.shape), dtype=dtype, device=device)
+        for i, r in enumerate(self.readers):
+            out[i] = r.get(key, dtype=torch.float32, device=device) - base
+        return out
+
+    def iter_stacked(
+        self, keys: Sequence[str] | None = None, dtype: torch.dtype = torch.float32, device="cpu"
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """Stream ``(key, Tensor[n, *shape])`` over ``keys`` (default: all)."""
+        for k in self._keys if keys is None else keys:
+            yield k, self.stacked(k, dtype=dtype, device=device)
+
+    def task_vector(self, i: int, dtype: torch.dtype = torch.float32, device="cpu") -> TensorDict:
+        """The whole task vector of expert ``i`` (only when a caller needs one expert at once)."""
+        if self.kind == "lora":
+            return {k: m.delta(dtype).to(device) for k, m in self.adapters[i].modules.items()}
+        return {
+            k: self.readers[i].get(k, dtype=torch.float32, device=device).sub_(self.base.get(k, torch.float32, device)).to(dtype)
+            for k in self._keys
+        }
+
+    # --- statistics ------------------------------------------------------------------------
+    def stats(self, zero_tol: float = 0.0) -> list[dict[str, Any]]:
+        """Per expert: parameter counts, task-vector norm, max |value|, sparsity, LoRA ranks."""
+        n = len(self)
+        sq = [0.0] * n
+        zeros = [0] * n
+        total = 0
+        maxabs = [0.0] * n
+        for key, st in self.iter_stacked():
+            flat = st.reshape(n, -1)
+            total += flat.shape[1]
+            for i in range(n):  # one row at a time keeps the temporaries small
+                a = flat[i].abs()
+                sq[i] += float(torch.linalg.vector_norm(a, dtype=torch.float64)) ** 2
+                zeros[i] += int((a <= zero_tol).sum())
+                maxabs[i] = max(maxabs[i], float(a.max()))
+            del st, flat
+        rows = []
+        for i in range(n):
+            row: dict[str, Any] = {
+                "name": self.names[i],
+                "path": str(self.paths[i]),
+                "kind": self.kind,
+                "tensors": len(self._keys),
+                "delta_params": total,
+                "norm": math.sqrt(sq[i]),
+                "max_abs": maxabs[i],
+                "sparsity": zeros[i] / total if total else 0.0,
+            }
+            if self.kind == "lora":
+                mods = self.adapters[i].modules
+                ranks = sorted({m.rank for m in mods.values()})
+                row["ranks"] = ranks
+                row["lora_params"] = sum(m.A.numel() + m.B.numel() for m in mods.values())
+                row["rslora"] = bool(self.adapters[i].config.get("use_rslora", False))
+                row["scales"] = sorted({round(m.scale, 6) for m in mods.values()})
+            rows.append(row)
+        return rows
+
+    def summary(self, stats: list[dict[str, Any]] | None = None) -> str:
+        """A printable table of :meth:`stats`."""
+        stats = stats if stats is not None else self.stats()
+        base = self.base_path if self.base_path else self.base_model_name()
+        head = f"pool: {len(self)} {self.kind} expert(s) of base {base}; {len(self._keys)} tensors"
+        cols = ["name", "norm", "max|x|", "sparsity"] + (["ranks", "scale"] if self.kind == "lora" else [])
+        lines = [head, "  " + " ".join(f"{c:>12}" if j else f"{c:<20}" for j, c in enumerate(cols))]
+        for r in stats:
+            cells = [f"{r['name'][:20]:<20}", f"{r['norm']:>12.4g}", f"{r['max_abs']:>12.4g}", f"{r['sparsity']:>12.3f}"]
+            if self.kind == "lora":
+                cells += [f"{','.join(map(str, r['ranks'])):>12}", f"{','.join(f'{s:g}' for s in r['scales'])[:12]:>12}"]
+            lines.append("  " + " ".join(cells))
+        return "\n".join(lines)
+
+    def _need(self, kind: str, what: str) -> None:
+        if self.kind != kind:
+            raise ExpertLoadError(f"{what} needs a {kind} pool; this pool holds {self.kind} experts")
+
+
+# --- loading and validation ------------------------------------------------------------------
+
+
+def detect_kind(path: Path) -> str:
+    if not path.exists():
+        raise ExpertLoadError(f"{path}: expert not found")
+    if not path.is_dir():
+        raise ExpertLoadError(f"{path}: an expert must be a folder (peft adapter or HF checkpoint)")
+    if is_peft_dir(path):
+        return "lora"
+    if is_checkpoint_dir(path):
+        return "full"
+    raise ExpertLoadError(
+        f"{path}: neither a peft adapter (adapter_config.json) nor a checkpoint (model.safetensors[.index.json])"
+    )
+
+
+def _check_finite(t: torch.Tensor, file: Path, key: str) -> None:
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        bad = "NaN" if bool(torch.isnan(t).any()) else "inf"
+        raise ExpertLoadError(f"{file}: tensor `{key}` contains {bad} values")
+
+
+def load_pool(
+    paths: Sequence[str | Path],
+    base: str | Path | None = None,
+    allow_bin: bool = False,
+    names: Sequence[str | None] | None = None,
+    check_finite: bool = True,
+) -> ExpertPool:
+    """Load and validate a pool of experts; raises :class:`ExpertLoadError` naming the culprit."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ExpertLoadError("empty pool: no experts given (pass --expert PATH or experts.experts in the config)")
+    names = _names(paths, names)
+    kinds = [detect_kind(p) for p in paths]
+    if len(set(kinds)) > 1:
+        lora = [str(p) for p, k in zip(paths, kinds) if k == "lora"]
+        full = [str(p) for p, k in zip(paths, kinds) if k == "full"]
+        raise ExpertLoadError(
+            f"cannot mix LoRA adapters ({', '.join(lora)}) with full fine-tunes ({', '.join(full)}) in one pool"
+        )
+    base_path = Path(base) if base is not None else None
+    base_reader = CheckpointReader(base_path, allow_bin=allow_bin) if base_path is not None else None
+    if base_reader is not None:
+        base_reader.check_readable()
+    if kinds[0] == "lora":
+        pool = _load_lora(paths, names, base_path, base_reader, allow_bin, check_finite)
+    else:
+        pool = _load_full(paths, names, base_path, base_reader, allow_bin, check_finite)
+    return pool
+
+
+def _names(paths: list[Path], names: Sequence[str | None] | None) -> list[str]:
+    if names is not None and len(names) != len(paths):
+        raise ExpertLoadError(f"{len(names)} names given for {len(paths)} experts")
+    seen_paths: dict[Path, Path] = {}
+    for p in paths:
+        rp = p.resolve()
+        if rp in seen_paths:
+            raise ExpertLoadError(f"{p}: the same expert is listed twice")
+        seen_paths[rp] = p
+    out = [(n or p.name) for p, n in zip(paths, names or [None] * len(paths))]
+    dup = sorted({n for n in out if out.count(n) > 1})
+    if dup:
+        raise ExpertLoadError(
+            f"duplicate expert name(s) {dup}: give each expert a distinct `name` (experts.experts[].name)"
+        )
+    return out
+
+
+def _load_lora(paths, names, base_path, base_reader, allow_bin, check_finite) -> ExpertPool:
+    adapters = [load_peft_adapter(p, allow_bin=allow_bin) for p in paths]
+    first = adapters[0]
+    if check_finite:
+        for ad in adapters:
+            for k, m in ad.modules.items():
+                for part, t in (("lora_A", m.A), ("lora_B", m.B)):
+                    _check_finite(t, ad.weights_file, f"{k[:-len('.weight')]}.{part}")
+    base_name = first.config.get("base_model_name_or_path")
+    for ad in adapters[1:]:
+        other = ad.config.get("base_model_name_or_path")
+        if other != base_name:
+            raise ExpertLoadError(
+                f"{ad.path / 'adapter_config.json'}: base_model_name_or_path {other!r} differs from "
+                f"{base_name!r} in {first.path / 'adapter_config.json'} (experts must share one base model)"
+            )
+    keys = sorted(first.modules)
+    shapes = {k: _delta_shape(m) for k, m in first.modules.items()}
+    for ad in adapters[1:]:
+        if set(ad.modules) != set(keys):
+            extra = sorted(set(ad.modules) - set(keys))[:3]
+            missing = sorted(set(keys) - set(ad.modules))[:3]
+            raise ExpertLoadError(
+                f"{ad.weights_file}: target modules differ from {first.weights_file} "
+                f"(extra: {extra or 'none'}; missing: {missing or 'none'})"
+            )
+        for k, m in ad.modules.items():
+            if _delta_shape(m) != shapes[k]:
+                raise ExpertLoadError(
+                    f"{ad.weights_file}: `{k}` adapts a weight of shape {_delta_shape(m)}, "
+                    f"but {first.weights_file} adapts shape {shapes[k]}"
+                )
+            if m.fan_in_fan_out != first.modules[k].fan_in_fan_out:
+                raise ExpertLoadError(f"{ad.path}: fan_in_fan_out differs from {first.path}")
+    if base_reader is not None:
+        for k in keys:
+            if k not in base_reader:
+                raise ExpertLoadError(f"{first.weights_file}: adapts `{k}`, which the base {base_path} does not have")
+            if tuple(base_reader.shape(k)) != shapes[k]:
+                raise ExpertLoadError(
+                    f"{first.weights_file}: `{k}` adapts shape {shapes[k]} but the base {base_path} has "
+                    f"{tuple(base_reader.shape(k))} (different base model?)"
+                )
+    return ExpertPool(
+        kind="lora", names=names, paths=paths, base_path=base_path, adapters=adapters,
+        base=base_reader, _keys=keys, _shapes=shapes,
+    )
+
+
+def _delta_shape(m: LoraModule) -> tuple[int, ...]:
+    out, inp = int(m.B.shape[0]), int(m.A.shape[1])
+    return (inp, out) if m.fan_in_fan_out else (out, inp)
+
+
+def _load_full(paths, names, base_path, base_reader, allow_bin, check_finite) -> ExpertPool:
+    if base_reader is None:
+        raise ExpertLoadError(
+            f"{paths[0]}: full fine-tuned experts need the base checkpoint to form task vectors; pass --base PATH"
+        )
+    base_cfg = read_config(base_path)
+    readers = []
+    for p in paths:
+        cfg = read_config(p)
+        for f in ARCH_FIELDS:
+            if (f in cfg or f in base_cfg) and cfg.get(f) != base_cfg.get(f):
+                raise ExpertLoadError(
+                    f"{p / 'config.json'}: `{f}` is {cfg.get(f)!r} but the base {base_path / 'config.json'} has "
+                    f"{base_cfg.get(f)!r} (a fine-tune of a different base model?)"
+                )
+        r = CheckpointReader(p, allow_bin=allow_bin)
+        r.check_readable()
+        readers.append(r)
+    base_keys = set(base_reader.keys())
+    keys = sorted(k for k in base_keys if base_reader.dtype(k).is_floating_point)
+    shapes = {k: tuple(base_reader.shape(k)) for k in keys}
+    for p, r in zip(paths, readers):
+        rk = set(r.keys())
+        if rk != base_keys:
+            extra = sorted(rk - base_keys)[:3]
+            missing = sorted(base_keys - rk)[:3]
+            raise ExpertLoadError(
+                f"{p}: tensor names differ from the base {base_path} (extra: {extra or 'none'}; missing: {missing or 'none'})"
+            )
+        for k in keys:
+            if tuple(r.shape(k)) != shapes[k]:
+                raise ExpertLoadError(f"{r.file_of(k)}: tensor `{k}` has shape {tuple(r.shape(k))}, base has {shapes[k]}")
+    if check_finite:
+        for k in keys:
+            _check_finite(base_reader.get(k), base_reader.file_of(k), k)
+            for r in readers:
+                _check_finite(r.get(k), r.file_of(k), k)
+    return ExpertPool(
+        kind="full", names=names, paths=paths, base_path=base_path, readers=readers,
+        base=base_reader, _keys=keys, _shapes=shapes,
+    )

@@ -1,0 +1,317 @@
+"""One merge from config to files: load and validate the pool, merge, optional RHT, write.
+
+Outputs (all written inside one :func:`evomerge.io.atomic_dir`, so a failure leaves nothing):
+
+* ``peft``: ``adapter_config.json`` + ``adapter_model.safetensors`` (``PeftModel.from_pretrained``).
+* ``full``: the base checkpoint with the merged task vector added, sharded safetensors in the
+  base's dtype, with the base's config and tokenizer files.
+* ``emr`` (per-task methods): ``emr_unified.safetensors`` (the unified task vector, fp32),
+  ``emr_masks.safetensors`` (per task and tensor, ``mask.<i>.<key>``: the bool mask flattened
+  and bit-packed into uint8, ``numpy.packbits`` order) and ``emr_tasks.json`` (task names,
+  shapes, rescalers per task and tensor). :func:`load_emr_task` rebuilds one task's vector.
+* always ``evomerge_manifest.json``: method, resolved parameters, space, seed, weights, RHT,
+  version, and every input with its sha256 content hash.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from evomerge.errors import ConfigError, ExpertLoadError
+from evomerge.experts.types import LoraModule, TensorDict, ab_to_lora, lora_to_ab
+
+MANIFEST = "evomerge_manifest.json"
+EMR_UNIFIED = "emr_unified.safetensors"
+EMR_MASKS = "emr_masks.safetensors"
+EMR_TASKS = "emr_tasks.json"
+
+
+def resolve_device(device: str) -> torch.device:
+    """A torch device; a clear error when CUDA is asked for but not available."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"--device: unknown device {device!r} (use cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__})")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device: unsupported device {device!r} (use cpu, cuda or cuda:N)")
+    return dev
+
+
+def plan_output(cfg, pool, method) -> str:
+    """``"peft" | "full" | "emr"``, or :class:`ConfigError` for a combination that cannot work."""
+    m = cfg.merge
+    fmt = m.output_format
+    if m.space != "delta" and pool.kind != "lora":
+        raise ConfigError(f"merge.space `{m.space}` applies to LoRA experts; these are full fine-tunes (use delta)")
+    if method.needs and m.space != "delta":
+        raise ConfigError(f"merge method `{method.name}` reads per-weight statistics and needs merge.space `delta`")
+    if method.per_task:
+        if m.space != "delta":
+            raise ConfigError(f"merge method `{method.name}` keeps per-task masks of full deltas; use merge.space `delta`")
+        if fmt != "auto":
+            raise ConfigError(
+                f"merge method `{method.name}` writes its own per-task layout (unified vector + masks); "
+                f"use output_format auto, not {fmt}"
+            )
+        return "emr"
+    if pool.kind == "full":
+        if fmt == "peft":
+            raise ConfigError("output_format `peft` needs LoRA experts; full fine-tunes are written as a full checkpoint")
+        return "full"
+    if fmt == "full":
+        pool.require_base("output_format `full`")
+        return "full"
+    if m.space in ("ab", "concat"):
+        return "peft"
+    if m.rank is not None:
+        return "peft"
+    if fmt == "peft":
+        raise ConfigError("writing a peft adapter from merge.space `delta` needs a rank: pass --rank R (truncated SVD)")
+    if pool.base is None:
+        raise ConfigError(
+            "merge.space `delta` without --rank writes a full checkpoint, which needs --base; "
+            "or pass --rank R for a peft adapter"
+        )
+    return "full"
+
+
+def _weights(cfg, n: int) -> torch.Tensor | None:
+    w = cfg.merge.weights
+    if w is None:
+        return None
+    if len(w) != n:
+        raise ConfigError(f"merge.weights: give one weight per expert ({n}). Got {len(w)} instead.")
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def _apply_rht(td: TensorDict, cfg) -> TensorDict:
+    from evomerge.rht import apply_rht
+
+    return apply_rht(td, cfg.rht, cfg.rht.seed)
+
+
+def run_merge(
+    cfg,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Merge the experts of ``cfg`` into ``out``; returns ``out``. Inputs are only read."""
+    from evomerge.experts.pool import load_pool
+    from evomerge.io import atomic_dir, check_output_path
+    from evomerge.merging.registry import get_merge_method
+
+    log = log or (lambda s: None)
+    out = check_output_path(out, overwrite)
+    dev = resolve_device(device or cfg.device)
+    method = get_merge_method(cfg.merge.method)
+    params = method.resolve(cfg.merge.params)
+    specs = cfg.experts.experts
+    pool = load_pool(
+        [s.path for s in specs], base=cfg.experts.base, allow_bin=cfg.experts.allow_bin, names=[s.name for s in specs]
+    )
+    weights = _weights(cfg, len(pool))
+    fmt = plan_output(cfg, pool, method)
+    pool_stats = pool.stats()
+    log(pool.summary(pool_stats))
+    for f in cfg.merge.data:
+        if not Path(f).is_file():
+            raise ConfigError(f"{f}: merge.data task file not found")
+    inputs = _input_hashes(cfg, pool)
+
+    stats = None
+    if method.needs:
+        from evomerge.experts.statistics import pool_statistics
+
+        stats = pool_statistics(pool, method.needs, cfg.merge.data, cfg.merge.data_samples, dev, progress)
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        if fmt == "emr":
+            _merge_emr(cfg, pool, method, params, weights, stats, dev, progress, tmp)
+        elif pool.kind == "lora" and cfg.merge.space in ("ab", "concat"):
+            modules = _merge_lora_factors(cfg, pool, method, params, weights)
+            if cfg.rht.enabled:
+                fans = {k: m.fan_in_fan_out for k, m in modules.items()}
+                modules = ab_to_lora(_apply_rht(lora_to_ab(modules), cfg), fans)
+            _write(fmt, cfg, pool, modules, None, tmp, progress)
+        else:
+            from evomerge.merging.apply import merge_task_vectors
+
+            merged = merge_task_vectors(
+                method, pool.iter_stacked(device=dev), weights, params, cfg.seed, stats=stats, device=dev, progress=progress
+            )
+            merged = {k: v.to("cpu") for k, v in merged.items()}
+            if cfg.rht.enabled:
+                merged = _apply_rht(merged, cfg)
+            modules = None
+            if fmt == "peft":
+                from evomerge.merging.apply import svd_to_lora
+
+                fans = _fans(pool)
+                modules = {k: svd_to_lora(v, cfg.merge.rank, fans.get(k, False)) for k, v in merged.items()}
+            _write(fmt, cfg, pool, modules, merged, tmp, progress)
+        manifest = _manifest(cfg, pool, method, params, weights, fmt, inputs, pool_stats, tmp, dev)
+        from evomerge.io import write_json_atomic
+
+        write_json_atomic(tmp / MANIFEST, manifest)
+    return out
+
+
+def _fans(pool) -> dict[str, bool]:
+    if pool.kind != "lora":
+        return {}
+    return {k: m.fan_in_fan_out for k, m in pool.adapters[0].modules.items()}
+
+
+def _merge_lora_factors(cfg, pool, method, params, weights) -> dict[str, LoraModule]:
+    from evomerge.merging.apply import merge_lora
+
+    experts = [pool.lora(i) for i in range(len(pool))]
+    return merge_lora(method, experts, weights, params, cfg.merge.space, cfg.seed, cfg.merge.rank)
+
+
+def _write(fmt, cfg, pool, modules, merged, tmp: Path, progress: bool) -> None:
+    from evomerge.experts.checkpoint_io import write_full_checkpoint
+    from evomerge.experts.peft_io import write_peft_adapter
+
+    if fmt == "peft":
+        template = pool.adapter_config(0) if pool.kind == "lora" else {}
+        write_peft_adapter(modules, tmp, template)
+        return
+    if merged is None:  # a merged LoRA written as a full checkpoint
+        merged = {k: m.delta(torch.float32) for k, m in modules.items()}
+    merged = dict(merged)
+    base = pool.require_base("output_format `full`")
+    keys = base.keys()
+
+    def tensor(k: str) -> torch.Tensor:
+        if k in merged:  # popped: each merged tensor is freed once written
+            return base.get(k, dtype=torch.float32) + merged.pop(k).to(torch.float32)
+        return base.get(k)
+
+    write_full_checkpoint(
+        tmp, keys, tensor, shapes={k: base.shape(k) for k in keys}, dtypes={k: base.dtype(k) for k in keys},
+        base_dir=pool.base_path, max_shard_bytes=_shard_bytes(pool), progress=progress,
+    )
+
+
+def _shard_bytes(pool) -> int:
+    """Shard like the base checkpoint: at most its largest shard (5 GiB for a single file)."""
+    files = pool.base.files()
+    if len(files) <= 1:
+        return 5 * 1024**3
+    return max(f.stat().st_size for f in files)
+
+
+def _merge_emr(cfg, pool, method, params, weights, stats, dev, progress, tmp: Path) -> None:
+    from safetensors.torch import save_file
+
+    from evomerge.io import write_json_atomic
+    from evomerge.merging.apply import merge_task_vectors
+
+    merged = merge_task_vectors(
+        method, pool.iter_stacked(device=dev), weights, params, cfg.seed, stats=stats, device=dev, progress=progress
+    )
+    unified = {k: v.unified.to("cpu", torch.float32).contiguous() for k, v in merged.items()}
+    if cfg.rht.enabled:
+        unified = {k: v.contiguous() for k, v in _apply_rht(unified, cfg).items()}
+    tasks = emr_task_names(cfg, pool)
+    masks: dict[str, torch.Tensor] = {}
+    rescalers: dict[str, dict[str, float]] = {t: {} for t in tasks}
+    for k, v in merged.items():
+        m = v.masks.to("cpu").reshape(len(pool), -1).numpy()
+        for i, t in enumerate(tasks):
+            masks[f"mask.{i}.{k}"] = torch.from_numpy(np.packbits(m[i]))
+            rescalers[t][k] = float(v.rescalers[i])
+    save_file(unified, str(tmp / EMR_UNIFIED), metadata={"format": "pt"})
+    save_file(masks, str(tmp / EMR_MASKS), metadata={"format": "pt"})
+    write_json_atomic(
+        tmp / EMR_TASKS,
+        {"tasks": tasks, "shapes": {k: list(v.shape) for k, v in unified.items()}, "rescalers": rescalers,
+         "layout": "task i, tensor k: rescalers[task][k] * unpack(mask.i.k) * unified[k]"},
+    )
+
+
+def emr_task_names(cfg, pool) -> list[str]:
+    names = [s.task or n for s, n in zip(cfg.experts.experts, pool.names)]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"EMR needs one distinct task per expert; got tasks {names}")
+    return names
+
+
+def load_emr_task(out_dir: str | Path, task: str | int) -> TensorDict:
+    """The task vector EMR serves for ``task`` (name or index): ``rescaler * mask * unified`` per tensor."""
+    from safetensors import safe_open
+
+    out_dir = Path(out_dir)
+    meta_path = out_dir / EMR_TASKS
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise ExpertLoadError(f"{meta_path}: not found (is {out_dir} an EMR merge output?)") from None
+    tasks = meta["tasks"]
+    if isinstance(task, int):
+        if not 0 <= task < len(tasks):
+            raise ConfigError(f"EMR task index {task} out of range (0..{len(tasks) - 1})")
+        i = task
+    elif task in tasks:
+        i = tasks.index(task)
+    else:
+        raise ConfigError(f"{meta_path}: no task {task!r}; tasks: {tasks}")
+    name = tasks[i]
+    out: TensorDict = {}
+    with safe_open(str(out_dir / EMR_UNIFIED), framework="pt") as fu, safe_open(str(out_dir / EMR_MASKS), framework="pt") as fm:
+        for k, shape in meta["shapes"].items():
+            u = fu.get_tensor(k)
+            numel = u.numel()
+            bits = np.unpackbits(fm.get_tensor(f"mask.{i}.{k}").numpy(), count=numel).astype(bool)
+            mask = torch.from_numpy(bits).reshape(shape)
+            out[k] = u * mask.to(u.dtype) * meta["rescalers"][name][k]
+    return out
+
+
+def _input_hashes(cfg, pool) -> dict[str, Any]:
+    from evomerge.io import sha256_tree
+
+    experts = []
+    for spec, name, path in zip(cfg.experts.experts, pool.names, pool.paths):
+        experts.append({"name": name, "task": spec.task, "path": str(path.resolve()), "sha256": sha256_tree(path)})
+    base = None
+    if pool.base_path is not None:
+        base = {"path": str(pool.base_path.resolve()), "sha256": sha256_tree(pool.base_path)}
+    data = [{"path": str(Path(f).resolve()), "sha256": sha256_tree(f)} for f in cfg.merge.data]
+    return {"base": base, "experts": experts, "data": data}
+
+
+def _manifest(cfg, pool, method, params, weights, fmt, inputs, pool_stats, tmp: Path, dev) -> dict[str, Any]:
+    import evomerge
+
+    return {
+        "evomerge_version": evomerge.__version__,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "method": method.name,
+        "params": params,
+        "space": cfg.merge.space,
+        "rank": cfg.merge.rank,
+        "seed": cfg.seed,
+        "weights": None if weights is None else [float(x) for x in weights],
+        "rht": cfg.rht.model_dump(mode="json"),
+        "output_format": fmt,
+        "expert_kind": pool.kind,
+        "base_model_name_or_path": pool.base_model_name(),
+        "device": str(dev),
+        "inputs": inputs,
+        "pool_stats": pool_stats,
+        "files": sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()),
+    }

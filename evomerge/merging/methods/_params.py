@@ -1,0 +1,16 @@
+"""Parameter schemas shared by several operators (one definition, so ranges agree)."""
+
+from evomerge.merging.registry import Param
+
+LAMBDA = Param(
+    "lambda", float, 1.0, low=-10.0, high=10.0,
+    help="scale of the merged task vector", tune_low=0.1, tune_high=1.5,
+)
+DENSITY = Param(
+    "density", float, 0.2, low=0.0, high=1.0, low_open=True,
+    help="fraction of each task vector kept", tune_low=0.05, tune_high=1.0,
+)
+SIGN = Param(
+    "majority_sign_method", str, "total", choices=("total", "frequency"),
+    help="elect the sign by the sum of values (total) or by counting signs (frequency)",
+)

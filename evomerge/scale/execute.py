@@ -1,0 +1,106 @@
+"""Run scale cells as Ray work: one :class:`CellWorker` actor per CPU slot (or GPU).
+
+Actors are placed with a SPREAD placement group (``evomerge.distributed.cluster``), so a run
+on a cluster uses every node; cells stream back as they finish, in whatever order. Each actor
+loads the pool and the evaluator once from paths that every node must be able to read.
+An actor that dies is restarted by Ray and its cell is sent again (a cell is idempotent).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+from evomerge.config.sections import RayConfig
+from evomerge.errors import EvomergeError
+from evomerge.scale.plan import Cell
+from evomerge.scale.work import CellOutput, CellWorker, ScaleContext
+
+MAX_CELL_ATTEMPTS = 3
+
+
+class RayCellRunner:
+    """Context manager owning the actors (and Ray itself when it started it)."""
+
+    def __init__(self, ctx: ScaleContext, ray_cfg: RayConfig):
+        self.ctx = ctx
+        self.ray_cfg = ray_cfg
+        self.actors: list = []
+        self._pg = None
+        self._started_ray = False
+
+    def __enter__(self) -> "RayCellRunner":
+        import dataclasses
+
+        import ray
+
+        from evomerge.distributed.cluster import (
+            actor_options, cluster_resources, connect, create_placement_group, plan_actors,
+        )
+
+        self._started_ray = connect(self.ray_cfg)
+        try:
+            plan = plan_actors(self.ray_cfg, cluster_resources())
+            self._pg = create_placement_group(plan, self.ray_cfg.placement_timeout_s)
+            ctx = dataclasses.replace(
+                self.ctx, threads=max(1, int(plan.num_cpus)), device="cuda" if plan.num_gpus > 0 else self.ctx.device
+            )
+            actor_cls = ray.remote(CellWorker)
+            self.actors = [
+                actor_cls.options(**actor_options(plan, self._pg, i, self.ray_cfg.max_restarts)).remote(ctx)
+                for i in range(plan.n_actors)
+            ]
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import ray
+
+        for a in self.actors:
+            try:
+                ray.kill(a)
+            except Exception:  # already dead
+                pass
+        self.actors = []
+        if self._pg is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self._pg)
+            self._pg = None
+        if self._started_ray:
+            ray.shutdown()
+            self._started_ray = False
+
+    def run(self, cells: Sequence[Cell]) -> Iterator[tuple[Cell, CellOutput]]:
+        """Yield ``(cell, output)`` as cells finish; at most one cell in flight per actor."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        todo = list(reversed(cells))  # pop() from the end keeps the given order
+        attempts: dict[str, int] = {}
+        idle = list(self.actors)
+        running: dict = {}
+        while todo or running:
+            while idle and todo:
+                cell, actor = todo.pop(), idle.pop(0)
+                running[actor.run.remote(cell)] = (cell, actor)
+            done, _ = ray.wait(list(running), num_returns=1)
+            ref = done[0]
+            cell, actor = running.pop(ref)
+            try:
+                out = ray.get(ref)
+            except RayActorError as err:
+                attempts[cell.id] = attempts.get(cell.id, 0) + 1
+                if attempts[cell.id] >= MAX_CELL_ATTEMPTS:
+                    raise EvomergeError(f"scale cell {cell.id}: its actor died {attempts[cell.id]} times ({err})") from None
+                todo.append(cell)  # Ray restarts the actor (max_restarts); send the cell again
+                idle.append(actor)
+                continue
+            except RayTaskError as err:
+                cause = err.cause if isinstance(getattr(err, "cause", None), BaseException) else None
+                if isinstance(cause, EvomergeError):
+                    raise cause from None
+                raise
+            idle.append(actor)
+            yield cell, out

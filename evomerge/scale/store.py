@@ -1,0 +1,77 @@
+"""Append-only results of a scale run: one Parquet file per finished cell.
+
+A cell's file appears atomically when the cell is done, so the set of files *is* the resume
+state: a rerun skips every cell whose file exists, and the report concatenates them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from evomerge.io import write_parquet_atomic
+
+# One row per (cell, seed, task, split). ``in_subset`` marks the tasks of the merged experts.
+SCORE_SCHEMA = pa.schema(
+    [
+        ("cell", pa.string()),
+        ("kind", pa.string()),  # base | expert | merge | search
+        ("k", pa.int32()),
+        ("method", pa.string()),
+        ("rht", pa.bool_()),
+        ("seed", pa.int64()),
+        ("experts", pa.string()),  # comma-joined names of the merged experts, in order
+        ("task", pa.string()),
+        ("in_subset", pa.bool_()),
+        ("split", pa.string()),
+        ("score", pa.float64()),
+        ("seconds", pa.float64()),  # wall time of the whole cell (merge + all evaluations)
+    ]
+)
+
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("cell", pa.string()),
+        ("k", pa.int32()),
+        ("method", pa.string()),
+        ("rht", pa.bool_()),
+        ("seed", pa.int64()),
+        ("value", pa.float32()),
+    ]
+)
+
+
+class CellStore:
+    """``run_dir/cells/<cell>.parquet`` (scores) and ``run_dir/samples/<cell>.parquet``
+    (a fixed-size random sample of the merged task vector's entries, for weight histograms)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.cells_dir = self.run_dir / "cells"
+        self.samples_dir = self.run_dir / "samples"
+
+    def done(self) -> set[str]:
+        if not self.cells_dir.is_dir():
+            return set()
+        return {p.stem for p in self.cells_dir.glob("*.parquet")}
+
+    def write(self, cell_id: str, rows: list[dict[str, Any]], sample: Iterable[dict[str, Any]] = ()) -> None:
+        sample = list(sample)
+        if sample:  # the sample first: a cell counts as done only once its scores exist
+            write_parquet_atomic(self.samples_dir / f"{cell_id}.parquet", pa.Table.from_pylist(sample, SAMPLE_SCHEMA))
+        write_parquet_atomic(self.cells_dir / f"{cell_id}.parquet", pa.Table.from_pylist(rows, SCORE_SCHEMA))
+
+    def _concat(self, folder: Path, schema: pa.Schema) -> pa.Table:
+        files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+        if not files:
+            return schema.empty_table()
+        return pa.concat_tables([pq.read_table(f, schema=schema) for f in files])
+
+    def scores(self) -> pa.Table:
+        return self._concat(self.cells_dir, SCORE_SCHEMA)
+
+    def samples(self) -> pa.Table:
+        return self._concat(self.samples_dir, SAMPLE_SCHEMA)

@@ -1,0 +1,251 @@
+"""One unit of scale work: merge the cell's experts, optionally apply RHT, evaluate.
+
+:class:`CellWorker` is a plain class (the Ray actor in :mod:`evomerge.scale.execute` wraps it),
+so a worker holds the pool and the evaluator once and serves many cells.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from evomerge.config.sections import EvaluationConfig, RHTConfig
+from evomerge.experts.types import TensorDict
+from evomerge.merging.types import PerTaskMerge, derive_seed
+from evomerge.scale.plan import Cell
+
+SPLITS = ("validation", "test")
+
+
+@dataclass(frozen=True)
+class ScaleContext:
+    """What a worker needs to rebuild the pool and the evaluator (small and picklable)."""
+
+    expert_paths: tuple[str, ...]
+    names: tuple[str, ...]
+    expert_tasks: tuple[str | None, ...]  # the task each expert was trained for
+    base_dir: str | None
+    zoo_root: str | None  # evaluate on the zoo's tasks when set
+    evaluation: EvaluationConfig
+    rht: RHTConfig
+    method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    device: str = "cpu"
+    hist_samples: int = 4096
+    threads: int = 1
+    allow_bin: bool = False
+    run_dir: str | None = None  # where search cells find their best result
+
+
+@dataclass
+class CellOutput:
+    rows: list[dict[str, Any]]
+    sample: list[dict[str, Any]]
+    evaluations: int
+    seconds: float
+
+
+def rht_seed(seed: int) -> int:
+    """RHT's noise seed for a cell, decorrelated from the merge's own (DARE) randomness."""
+    return derive_seed(seed, "scale", salt="rht") % (2**31)
+
+
+def weight_sample(td: TensorDict, n: int, seed: int) -> list[float]:
+    """About ``n`` entries drawn uniformly from all tensors of ``td`` (per tensor, in proportion
+    to its size, so the whole vector is never concatenated)."""
+    total = sum(t.numel() for t in td.values())
+    if n <= 0 or total == 0:
+        return []
+    g = torch.Generator().manual_seed(seed)
+    out: list[torch.Tensor] = []
+    for key in sorted(td):
+        t = td[key].reshape(-1)
+        m = int(round(n * t.numel() / total))
+        if m:
+            out.append(t[torch.randint(t.numel(), (m,), generator=g)].float())
+    return torch.cat(out).tolist() if out else []
+
+
+class CellWorker:
+    """Holds the expert pool and the evaluator; computes cells."""
+
+    def __init__(self, ctx: ScaleContext):
+        from evomerge.experts import load_pool
+
+        torch.set_num_threads(max(1, ctx.threads))
+        self.ctx = ctx
+        self.pool = load_pool(list(ctx.expert_paths), ctx.base_dir, allow_bin=ctx.allow_bin, names=list(ctx.names))
+        self.evaluator = make_evaluator(ctx)
+        self.tasks: list[str] = list(self.evaluator.tasks)
+        self.splits = [sp for sp in SPLITS if all(sp in self.evaluator.data[t] for t in self.tasks)]
+
+    # --- candidates ---------------------------------------------------------------------------
+    def merged(self, method_name: str, subset: tuple[int, ...], seed: int) -> TensorDict | dict[str, PerTaskMerge]:
+        """The merged task vector of ``subset`` (LoRA experts are merged as products B@A)."""
+        from evomerge.merging.apply import merge_task_vectors
+        from evomerge.merging.registry import get_merge_method
+
+        method = get_merge_method(method_name)
+        params = method.resolve(self.ctx.method_params.get(method_name, {}))
+        idx = list(subset)
+        stream = ((key, self.pool.stacked(key)[idx]) for key in self.pool.keys())
+        return merge_task_vectors(method, stream, None, params, seed)
+
+    def expert_vector(self, i: int) -> TensorDict:
+        return self.pool.task_vector(i)
+
+    def candidate(self, merged: Any, subset: tuple[int, ...], rht: bool, seed: int) -> tuple[Any, TensorDict]:
+        """(what the evaluator scores, the single vector whose entries feed the histograms).
+
+        A per-task merge (EMR) serves each merged expert's task with that expert's masked,
+        rescaled vector and every other task with the unified vector.
+        """
+        from evomerge.evaluation import PerTask
+
+        per_task = bool(merged) and isinstance(next(iter(merged.values())), PerTaskMerge)
+        if not per_task:
+            td = self._rht(merged, rht, seed)
+            return td, td
+        unified = self._rht({k: m.merged() for k, m in merged.items()}, rht, seed)
+        by_task: dict[str, TensorDict] = {}
+        for j, i in enumerate(subset):
+            task = self.ctx.expert_tasks[i]
+            if task is not None and task in self.tasks:
+                by_task[task] = self._rht({k: m.task_delta(j) for k, m in merged.items()}, rht, seed)
+        for task in self.tasks:
+            by_task.setdefault(task, unified)
+        return PerTask(by_task), unified
+
+    def _rht(self, td: TensorDict, rht: bool, seed: int) -> TensorDict:
+        if not rht:
+            return td
+        from evomerge.rht import apply_rht
+
+        return apply_rht(td, self.ctx.rht.model_copy(update={"enabled": True}), rht_seed(seed))
+
+    # --- one cell -----------------------------------------------------------------------------
+    def run(self, cell: Cell) -> CellOutput:
+        t0 = time.perf_counter()
+        if cell.kind == "base":
+            cand, vec = {}, {}
+        elif cell.kind == "expert":
+            vec = self.expert_vector(cell.experts[0])
+            cand = vec
+        elif cell.kind == "merge":
+            cand, vec = self.candidate(self.merged(cell.method, cell.experts, cell.seed), cell.experts, cell.rht, cell.seed)
+        elif cell.kind == "search":
+            return self.run_search_result(cell, t0)
+        else:
+            raise ValueError(f"CellWorker cannot run {cell.kind} cells")
+        scores = {split: self.evaluate(cand, split) for split in self.splits}
+        seconds = time.perf_counter() - t0
+        rows = self.rows(cell, cell.rht, scores, seconds)
+        sample = self.sample_rows(cell, cell.rht, vec)
+        return CellOutput(rows, sample, evaluations=len(self.splits), seconds=seconds)
+
+    def run_search_result(self, cell: Cell, t0: float) -> CellOutput:
+        """Score a finished search's best result, plain and (``cell.rht``) with RHT."""
+        from pathlib import Path
+
+        from evomerge.errors import EvomergeError
+        from evomerge.scale.search_cells import best_path
+
+        path = best_path(Path(self.ctx.run_dir or "."), cell)
+        if path is None:
+            raise EvomergeError(f"scale cell {cell.id}: its search has no best result yet")
+        td = load_best(path)
+        rows, sample, n = [], [], 0
+        for rht in (False, True) if cell.rht else (False,):
+            cand = self._rht(td, rht, cell.seed)
+            scores = {split: self.evaluate(cand, split) for split in self.splits}
+            n += len(self.splits)
+            rows += self.rows(cell, rht, scores, 0.0)
+            sample += self.sample_rows(cell, rht, cand)
+        seconds = time.perf_counter() - t0
+        for r in rows:
+            r["seconds"] = seconds
+        return CellOutput(rows, sample, evaluations=n, seconds=seconds)
+
+    def evaluate(self, candidate: Any, split: str) -> dict[str, float]:
+        return {t: float(v) for t, v in self.evaluator.evaluate(candidate, split=split).per_task.items()}
+
+    def rows(self, cell: Cell, rht: bool, scores: dict[str, dict[str, float]], seconds: float) -> list[dict[str, Any]]:
+        subset_tasks = {self.ctx.expert_tasks[i] for i in cell.experts}
+        experts = ",".join(self.ctx.names[i] for i in cell.experts)
+        method = cell.method
+        return [
+            {
+                "cell": cell.id, "kind": cell.kind, "k": cell.k, "method": method, "rht": rht, "seed": seed,
+                "experts": experts, "task": task, "in_subset": task in subset_tasks, "split": split,
+                "score": score if math.isfinite(score) else float("nan"), "seconds": seconds,
+            }
+            for seed in cell.seeds
+            for split, per_task in scores.items()
+            for task, score in sorted(per_task.items())
+        ]
+
+    def sample_rows(self, cell: Cell, rht: bool, vec: TensorDict) -> list[dict[str, Any]]:
+        if cell.kind not in ("merge", "search"):
+            return []
+        values = weight_sample(vec, self.ctx.hist_samples, derive_seed(cell.seed, cell.id, salt="hist") % (2**31))
+        return [
+            {"cell": cell.id, "k": cell.k, "method": cell.method, "rht": rht, "seed": seed, "value": v}
+            for seed in cell.seeds[:1]
+            for v in values
+        ]
+
+
+def load_best(path) -> TensorDict:
+    """A search's best result as a task vector: a peft adapter folder or ``task_vector.safetensors``."""
+    from evomerge.experts.types import lora_deltas
+
+    if (path / "adapter_config.json").is_file():
+        from evomerge.experts.peft_io import load_peft_adapter
+
+        return lora_deltas(load_peft_adapter(path).modules, torch.float32)
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "task_vector.safetensors"))
+
+
+def make_evaluator(ctx: ScaleContext):
+    """The evaluator over the zoo's tasks (or the user's task files)."""
+    from evomerge.evaluation import Evaluator
+
+    ev = ctx.evaluation
+    kwargs = dict(metric=ev.metric, device=ctx.device, batch_size=ev.batch_size, max_samples=ev.max_samples)
+    if ctx.zoo_root is not None:
+        from evomerge.zoo import Zoo
+
+        return Evaluator.from_zoo(Zoo.open(ctx.zoo_root), tasks=ev.tasks, **kwargs)
+    return Evaluator(ctx.base_dir, user_tasks(ev), task_weights=ev.task_weights, **kwargs)
+
+
+def user_tasks(ev: EvaluationConfig) -> dict[str, dict[str, Any]]:
+    """``evaluation.task_files``: a folder per task holding ``validation`` and ``test`` files
+    (.jsonl or .parquet), or a single file (validation only: no test scores are reported)."""
+    from pathlib import Path
+
+    from evomerge.data import load_examples
+    from evomerge.errors import ConfigError
+
+    if not ev.task_files:
+        raise ConfigError("evaluation.task_files: a scale run over your own experts needs its tasks (name -> file or folder)")
+    out: dict[str, dict[str, Any]] = {}
+    for name, path in ev.task_files.items():
+        path = Path(path)
+        if path.is_dir():
+            splits = {}
+            for split in SPLITS:
+                found = [p for p in (path / f"{split}.jsonl", path / f"{split}.parquet") if p.is_file()]
+                if found:
+                    splits[split] = load_examples(found[0])
+            if "validation" not in splits:
+                raise ConfigError(f"evaluation.task_files.{name}: {path} has no validation.jsonl / validation.parquet")
+            out[name] = splits
+        else:
+            out[name] = {"validation": load_examples(path)}
+    return out

@@ -1,0 +1,211 @@
+"""GENOME / GENOME+ (Zhang et al. 2025) as an ask/tell state machine.
+
+Phases per generation: ``move`` (GENOME+ only: one PSO move of every individual, each keeping
+its own personal best) then ``breed`` (crossover and mutation children). After the breed
+round the population is selected back to its size (elites, then size-3 tournaments).
+A generation with no children skips straight to the next one, so ``ask`` returns a non-empty
+batch until ``done``. Every recipe of one batch depends only on already-told ids.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from typing import Any
+
+from evomerge.config.sections import GenomeConfig, SwarmConfig
+from evomerge.errors import ConfigError
+from evomerge.search.base import AskTell
+from evomerge.search.operators import crossover_params
+from evomerge.search.pso import Particle, move_recipe, pso_coefficients, velocity_ref
+from evomerge.search.recipe import STREAM_DECIDE, Recipe, derive_rng, expert_id, velocity_key
+from evomerge.search.selection import n_elites, roulette_pair, roulette_weights, select
+
+_INIT, _MOVE, _BREED, _SELECT = 0, 1, 2, 3  # decision streams
+
+
+class Genome(AskTell):
+    kind = "genome"
+
+    def __init__(
+        self, cfg: GenomeConfig, n_experts: int, seed: int, *, swarm: SwarmConfig | None = None, prefix: str = ""
+    ) -> None:
+        if n_experts < 2:
+            raise ConfigError(f"genome: needs at least 2 experts to pair, got {n_experts}")
+        if cfg.max_population is not None and cfg.max_population < cfg.population:
+            raise ConfigError(
+                f"genome: `max_population` ({cfg.max_population}) must be >= `population` ({cfg.population})"
+            )
+        super().__init__(cfg, n_experts, seed, prefix)
+        self.swarm = swarm or SwarmConfig()
+        self._merge = {"method": cfg.crossover, **self._method_params(cfg)}
+        self.individuals: list[Particle] = []
+        self.step = float(self.swarm.step)
+        self.stale_generations = 0
+        self._gen_start_best: float | None = None
+
+    @staticmethod
+    def _method_params(cfg: GenomeConfig) -> dict[str, Any]:
+        if cfg.crossover == "blx":
+            return {"blx_alpha": float(cfg.blx_alpha)}
+        mp = crossover_params(cfg.crossover, cfg.density)
+        return {"merge_params": mp} if mp else {}
+
+    # ------------------------------------------------------------------ views
+    @property
+    def population(self) -> list[str]:
+        return [p.id for p in self.individuals]
+
+    @property
+    def target_size(self) -> int:
+        """Size the population is selected back to (GENOME+ may grow to ``max_population``)."""
+        if self.cfg.succession and self.cfg.max_population:
+            return self.cfg.max_population
+        return self.cfg.population
+
+    def ensemble_ids(self, k: int) -> list[str]:
+        """Top-k distinct individuals of the population by validation fitness."""
+        order = sorted(self.individuals, key=lambda p: -p.fit)
+        return list(dict.fromkeys(p.id for p in order))[:k]
+
+    def referenced_ids(self) -> set[str]:
+        refs = self._pending_refs()
+        for p in self.individuals:
+            refs.update((p.id, p.pbest))
+            if p.velocity == "stored":
+                refs.add(velocity_key(p.id))
+        if self.best_id:
+            refs.add(self.best_id)
+        return refs
+
+    def immigrate(self, results: dict[str, float]) -> None:
+        """Add individuals (already in the store, e.g. from another island) with their fitness."""
+        if self._pending or self.phase in ("init", "done"):
+            raise ValueError("immigrate() only between generations (nothing pending, after init, not done)")
+        clash = set(results) & (set(self.population) | {r.id for r in self._pending})
+        if clash:
+            raise ValueError(f"immigrate(): ids already in this population: {sorted(clash)}")
+        for id_, fit in results.items():
+            self.individuals.append(Particle.new(id_, float(fit)))
+            self.fitness[id_] = float(fit)
+            self.history.append({"generation": self.generation, "id": id_, "op": "immigrant", "parents": [],
+                                 "weights": [], "seed": 0, "params": "{}", "fitness": float(fit)})
+            self._offer_best(id_, float(fit))
+        self._skip_empty_generations()
+
+    # ------------------------------------------------------------------ ask
+    def _next_batch(self) -> list[Recipe]:
+        while not self.done:
+            if self.phase == "init":
+                return self._init_batch()
+            if self.phase == "move":
+                return self._move_batch()
+            batch = self._breed_batch()
+            if batch:
+                return batch
+            self._end_generation()  # no child this generation
+        return []
+
+    def _init_batch(self) -> list[Recipe]:
+        rng = derive_rng(self.seed, STREAM_DECIDE, _INIT, 0)
+        pairs = list(combinations(range(self.n_experts), 2))
+        order = rng.permutation(len(pairs))
+        out = []
+        for k in range(self.cfg.population):  # more individuals than pairs: reuse pairs, new weights
+            a, b = pairs[int(order[k % len(pairs)])]
+            r = rng.random(2)
+            out.append(self._new("init_pair", (expert_id(a), expert_id(b)), tuple(r / r.sum()), self._init_merge(), "g"))
+        return out
+
+    def _init_merge(self) -> dict[str, Any]:
+        """Init merges use the crossover method, except BLX (it ignores weights): linear then."""
+        return {"method": "linear"} if self.cfg.crossover == "blx" else dict(self._merge)
+
+    def _move_batch(self) -> list[Recipe]:
+        sw = self.swarm
+        rng = derive_rng(self.seed, STREAM_DECIDE, _MOVE, self.generation)
+        best = max(self.individuals, key=lambda p: p.fit).id
+        worst = min(self.individuals, key=lambda p: p.fit).id
+        out = []
+        for i, p in enumerate(self.individuals):
+            coeffs = pso_coefficients(rng, sw.inertia, sw.cognitive, sw.social, sw.repel)
+            ref = velocity_ref(sw.init_velocity, i, self.individuals, best, rng) if p.velocity == "init" else None
+            new_id, seed = self._next_id_seed("g")
+            out.append(move_recipe(p, new_id, gbest=best, gworst=worst, coeffs=coeffs, step=self.step,
+                                   init_velocity=sw.init_velocity, velocity_ref=ref, seed=seed,
+                                   generation=self.generation))
+        return out
+
+    def _breed_batch(self) -> list[Recipe]:
+        cfg = self.cfg
+        rng = derive_rng(self.seed, STREAM_DECIDE, _BREED, self.generation)
+        pop = self.individuals
+        fits = [p.fit for p in pop]
+        shares = roulette_weights(fits)
+        out = []
+        for _ in range(len(pop) // 2):
+            if rng.random() < cfg.cross_rate:
+                i, j = roulette_pair(fits, rng)
+                w = shares[[i, j]] / shares[[i, j]].sum()
+                out.append(self._new("crossover", (pop[i].id, pop[j].id), tuple(w), dict(self._merge), "g"))
+        for p in pop:
+            if rng.random() < cfg.ind_mut_rate:
+                params = {"sigma": float(cfg.sigma), "gene_mut_rate": float(cfg.gene_mut_rate)}
+                out.append(self._new("mutate", (p.id,), (1.0,), params, "g"))
+        return out
+
+    # ------------------------------------------------------------------ tell
+    def _absorb(self, recipes: list[Recipe], results: dict[str, float]) -> None:
+        if self.phase == "init":
+            self.individuals = [Particle.new(r.id, results[r.id]) for r in recipes]
+            self._gen_start_best = self.best_fitness
+            self.generation, self._counter = 1, 0
+            self.phase = "move" if self.cfg.succession else "breed"
+        elif self.phase == "move":
+            for p, r in zip(self.individuals, recipes):
+                p.moved(r.id, results[r.id])  # moved individuals carry their new (re-evaluated) fitness
+            self.phase = "breed"
+        else:
+            self.individuals += [Particle.new(r.id, results[r.id]) for r in recipes]
+            self._end_generation()
+        self._skip_empty_generations()
+
+    def _skip_empty_generations(self) -> None:
+        """End generations that make no child now, so ``done`` is exact right after ``tell``."""
+        while self.phase == "breed":
+            empty = not self._breed_batch()  # derived RNG: ask() will draw the same batch again
+            self._counter = 0
+            if not empty:
+                return
+            self._end_generation()
+
+    def _end_generation(self) -> None:
+        size = self.target_size
+        rng = derive_rng(self.seed, STREAM_DECIDE, _SELECT, self.generation)
+        keep = select([p.fit for p in self.individuals], size, n_elites(self.cfg.elite_percent, size), rng)
+        self.individuals = [self.individuals[i] for i in keep]
+        improved = self._gen_start_best is None or (self.best_fitness or 0.0) > self._gen_start_best
+        self.stale_generations = 0 if improved else self.stale_generations + 1
+        self._gen_start_best = self.best_fitness
+        if self.cfg.succession:
+            self.step = max(self.step * self.swarm.step_decay, self.swarm.min_step)
+        self.generation += 1
+        self._counter = 0
+        if self.generation > self.cfg.generations or self.stale_generations >= self.cfg.early_stop_iter:
+            self.phase = "done"
+        else:
+            self.phase = "move" if self.cfg.succession else "breed"
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        d = self._base_state()
+        d.update(swarm_cfg=self.swarm.model_dump(mode="json"), individuals=[p.to_dict() for p in self.individuals],
+                 step=self.step, stale_generations=self.stale_generations, gen_start_best=self._gen_start_best)
+        return d
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        if d.get("swarm_cfg") != self.swarm.model_dump(mode="json"):
+            raise ConfigError("genome checkpoint: the swarm (succession) configuration differs from this run's")
+        self._load_base(d)
+        self.individuals = [Particle(**p) for p in d["individuals"]]
+        self.step, self.stale_generations = float(d["step"]), int(d["stale_generations"])
+        self._gen_start_best = d["gen_start_best"]

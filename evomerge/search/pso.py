@@ -1,0 +1,88 @@
+"""Particle bookkeeping shared by Model Swarms and GENOME+ succession (ids and fitness only)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from evomerge.search.recipe import Recipe
+
+VelocityState = Literal["stored", "init", "zero"]
+
+
+@dataclass
+class Particle:
+    """One individual's search state.
+
+    ``id``/``fit``: current position. ``pbest``/``pbest_fit``: the best position this particle
+    has visited; a separate id, so ``p - x`` is non-zero once the particle moves away from it.
+    ``velocity``: ``stored`` (at ``velocity_key(id)``), ``init`` (never moved: use the initial
+    velocity mode) or ``zero`` (just restarted). ``stale``: moves since pbest last improved.
+    """
+
+    id: str
+    fit: float
+    pbest: str
+    pbest_fit: float
+    velocity: VelocityState = "init"
+    stale: int = 0
+
+    @classmethod
+    def new(cls, id_: str, fit: float) -> "Particle":
+        return cls(id=id_, fit=fit, pbest=id_, pbest_fit=fit)
+
+    def moved(self, new_id: str, fit: float) -> None:
+        """Record the evaluated new position; the personal best only changes if it improved."""
+        self.id, self.fit, self.velocity = new_id, fit, "stored"
+        if fit > self.pbest_fit:
+            self.pbest, self.pbest_fit, self.stale = new_id, fit, 0
+        else:
+            self.stale += 1
+
+    def restart(self) -> None:
+        """Go back to the personal best with zero velocity."""
+        self.id, self.fit, self.velocity, self.stale = self.pbest, self.pbest_fit, "zero", 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def pso_coefficients(rng: np.random.Generator, inertia: float, cognitive: float, social: float, repel: float) -> tuple[float, ...]:
+    """``[r_w*inertia, r_p*cognitive, r_s*social, r_b*repel]`` with ``r ~ U(0,1)``, normalised to sum 1."""
+    a = rng.random(4) * np.array([inertia, cognitive, social, repel], dtype=float)
+    total = float(a.sum())
+    return tuple(float(x) for x in (a / total if total > 0 else a))
+
+
+def move_recipe(
+    p: Particle, new_id: str, *, gbest: str, gworst: str, coeffs: tuple[float, ...], step: float,
+    init_velocity: str, velocity_ref: str | None, seed: int, generation: int,
+) -> Recipe:
+    """The ``pso_move`` recipe of particle ``p``.
+
+    ``velocity_ref`` is the position the initial velocity points to (``x_j`` for a random other
+    particle, or the global best); used only for a particle that has never moved.
+    """
+    params: dict[str, Any] = {"step": float(step)}
+    if p.velocity == "stored":
+        params["velocity"] = "stored"
+    elif p.velocity == "zero" or init_velocity == "zero" or velocity_ref is None:
+        params["velocity"] = "zero"
+    else:
+        params["velocity"], params["velocity_ref"] = "diff", velocity_ref
+    return Recipe(
+        id=new_id, op="pso_move", parents=(p.id, p.pbest, gbest, gworst), weights=coeffs,
+        params=params, seed=seed, generation=generation,
+    )
+
+
+def velocity_ref(mode: str, i: int, particles: list[Particle], gbest: str, rng: np.random.Generator) -> str | None:
+    """Target of the initial velocity of particle ``i``: ``x_j`` (random j != i), the best, or None."""
+    if mode == "random" and len(particles) > 1:
+        j = int(rng.integers(len(particles) - 1))
+        return particles[j if j < i else j + 1].id
+    if mode == "best":
+        return gbest
+    return None

@@ -1,0 +1,133 @@
+"""Model Swarms (Feng et al., ICML 2025) as an ask/tell state machine.
+
+Round 0 evaluates the particles (the experts, padded to ``max_particles``); every later round
+moves every particle once. Global best and worst are all-time; personal bests are separate ids.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from evomerge.config.sections import SwarmConfig
+from evomerge.errors import ConfigError
+from evomerge.search.base import AskTell
+from evomerge.search.pso import Particle, move_recipe, pso_coefficients, velocity_ref
+from evomerge.search.recipe import STREAM_DECIDE, Recipe, derive_rng, expert_id, velocity_key
+
+_INIT, _MOVE = 0, 1  # decision streams
+
+
+class Swarm(AskTell):
+    kind = "swarm"
+
+    def __init__(self, cfg: SwarmConfig, n_experts: int, seed: int, *, prefix: str = "") -> None:
+        if n_experts < 2:
+            raise ConfigError(f"swarm: needs at least 2 experts, got {n_experts}")
+        super().__init__(cfg, n_experts, seed, prefix)
+        self.particles: list[Particle] = []
+        self.step = float(cfg.step)
+        self.gbest: str | None = None
+        self.gworst: str | None = None
+        self.gworst_fit: float | None = None
+        self.g_unchanged = 0
+        self.restarts = 0
+
+    # ------------------------------------------------------------------ views
+    @property
+    def population(self) -> list[str]:
+        return [p.id for p in self.particles]
+
+    def ensemble_ids(self, k: int) -> list[str]:
+        """Top-k distinct personal bests by validation fitness."""
+        best: dict[str, float] = {}
+        for p in self.particles:
+            best[p.pbest] = p.pbest_fit
+        return sorted(best, key=lambda i: -best[i])[:k]
+
+    def referenced_ids(self) -> set[str]:
+        refs = self._pending_refs()
+        for p in self.particles:
+            refs.update((p.id, p.pbest))
+            if p.velocity == "stored":
+                refs.add(velocity_key(p.id))
+        refs.update(x for x in (self.gbest, self.gworst, self.best_id) if x)
+        return refs
+
+    # ------------------------------------------------------------------ ask
+    def _next_batch(self) -> list[Recipe]:
+        if self.phase == "init":
+            return self._init_batch()
+        return self._move_batch()
+
+    def _init_batch(self) -> list[Recipe]:
+        n_total = max(self.n_experts, self.cfg.max_particles or 0)
+        out = [self._new("expert", (expert_id(i),), (1.0,), {}, "s") for i in range(self.n_experts)]
+        rng = derive_rng(self.seed, STREAM_DECIDE, _INIT, 0)
+        for _ in range(n_total - self.n_experts):
+            a, b = (int(x) for x in rng.choice(self.n_experts, size=2, replace=False))
+            w = float(rng.uniform(0.0, 2.0))
+            out.append(self._new("pad", (expert_id(a), expert_id(b)), (w, 1.0 - w), {}, "s"))
+        return out
+
+    def _move_batch(self) -> list[Recipe]:
+        cfg = self.cfg
+        rng = derive_rng(self.seed, STREAM_DECIDE, _MOVE, self.generation)
+        out = []
+        for i, p in enumerate(self.particles):
+            coeffs = pso_coefficients(rng, cfg.inertia, cfg.cognitive, cfg.social, cfg.repel)
+            ref = velocity_ref(cfg.init_velocity, i, self.particles, self.gbest, rng) if p.velocity == "init" else None
+            new_id, seed = self._next_id_seed("s")
+            out.append(move_recipe(
+                p, new_id, gbest=self.gbest, gworst=self.gworst, coeffs=coeffs, step=self.step,
+                init_velocity=cfg.init_velocity, velocity_ref=ref, seed=seed, generation=self.generation,
+            ))
+        return out
+
+    # ------------------------------------------------------------------ tell
+    def _absorb(self, recipes: list[Recipe], results: dict[str, float]) -> None:
+        if self.phase == "init":
+            self.particles = [Particle.new(r.id, results[r.id]) for r in recipes]
+            self.phase = "move"
+        else:
+            for p, r in zip(self.particles, recipes):
+                p.moved(r.id, results[r.id])
+        g_before = self.gbest
+        for p in self.particles:
+            if self.gbest is None or p.fit > self.fitness[self.gbest]:
+                self.gbest = p.id
+            if self.gworst_fit is None or p.fit < self.gworst_fit:
+                self.gworst, self.gworst_fit = p.id, p.fit
+        if self.generation > 0:
+            self.g_unchanged = 0 if self.gbest != g_before else self.g_unchanged + 1
+            self._restart_stale()
+            self.step = max(self.step * self.cfg.step_decay, self.cfg.min_step)
+        self.generation += 1
+        self._counter = 0
+        if self.generation > self.cfg.max_iter or self.g_unchanged >= self.cfg.patience:
+            self.phase = "done"
+
+    def _restart_stale(self) -> None:
+        limit = self.cfg.restart_patience * self.cfg.patience
+        for p in self.particles:
+            if p.stale >= limit:
+                left = p.id
+                p.restart()
+                self.restarts += 1
+                self.history.append({
+                    "generation": self.generation, "id": p.id, "op": "restart", "parents": [left],
+                    "weights": [], "seed": 0, "params": "{}", "fitness": p.fit,
+                })
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        d = self._base_state()
+        d.update(particles=[p.to_dict() for p in self.particles], step=self.step, gbest=self.gbest,
+                 gworst=self.gworst, gworst_fit=self.gworst_fit, g_unchanged=self.g_unchanged,
+                 restarts=self.restarts)
+        return d
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self._load_base(d)
+        self.particles = [Particle(**p) for p in d["particles"]]
+        self.step, self.gbest, self.gworst = float(d["step"]), d["gbest"], d["gworst"]
+        self.gworst_fit, self.g_unchanged, self.restarts = d["gworst_fit"], int(d["g_unchanged"]), int(d["restarts"])

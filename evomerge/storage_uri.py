@@ -1,0 +1,100 @@
+"""Where results go: a local path, a shared file system path, or an object-store URI.
+
+Jobs compute into a local run directory and then publish it with :func:`publish_dir` to the
+configured location (``output:`` in the config or ``--output``). Anything
+``pyarrow.fs.FileSystem.from_uri`` understands works: ``/mnt/shared/runs``,
+``file:///tmp/runs``, ``s3://bucket/prefix``, ``gs://bucket/prefix``, ``hdfs://...``.
+Credentials for object stores come from the environment (the standard AWS/GCS variables or
+the machine's role), never from the config.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from evomerge.errors import ConfigError
+
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def is_uri(location: str | os.PathLike) -> bool:
+    return bool(_SCHEME.match(str(location)))
+
+
+def resolve(location: str | os.PathLike):
+    """``(pyarrow FileSystem, path inside it)`` for a local path or URI."""
+    import pyarrow.fs as pafs
+
+    loc = str(location)
+    if not is_uri(loc):
+        return pafs.LocalFileSystem(), str(Path(loc).expanduser().resolve())
+    try:
+        return pafs.FileSystem.from_uri(loc)
+    except (ValueError, OSError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise ConfigError(f"output `{mask_uri(loc)}`: cannot open this location ({err})") from None
+
+
+def join(location: str, *parts: str) -> str:
+    """Append path parts to a local path or URI."""
+    loc = str(location)
+    if not is_uri(loc):
+        return str(Path(loc, *parts))
+    return "/".join([loc.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def publish_dir(local_dir: str | os.PathLike, location: str) -> str:
+    """Copy every file under ``local_dir`` to ``location`` and return ``location``.
+
+    For a local destination equal to ``local_dir`` nothing is copied. Files are written to the
+    destination under their final names; object stores make each file appear atomically.
+    """
+    import pyarrow.fs as pafs
+
+    src = Path(local_dir).resolve()
+    fs, dest = resolve(location)
+    if isinstance(fs, pafs.LocalFileSystem) and Path(dest).resolve() == src:
+        return str(location)
+    fs.create_dir(dest, recursive=True)
+    pafs.copy_files(str(src), dest, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    return str(location)
+
+
+def fetch_dir(location: str, local_dir: str | os.PathLike) -> bool:
+    """Copy what ``location`` holds into ``local_dir`` (to resume a run kept in an object store).
+
+    Returns False when there is nothing at ``location``.
+    """
+    import pyarrow.fs as pafs
+
+    fs, src = resolve(location)
+    if fs.get_file_info(src).type != pafs.FileType.Directory:
+        return False
+    dst = Path(local_dir).resolve()
+    if isinstance(fs, pafs.LocalFileSystem) and Path(src).resolve() == dst:
+        return True
+    dst.mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(src, str(dst), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return True
+
+
+def list_files(location: str) -> list[str]:
+    """Relative paths of every file under ``location`` (sorted)."""
+    import pyarrow.fs as pafs
+
+    fs, base = resolve(location)
+    infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    base = base.rstrip("/")
+    return sorted(i.path[len(base) + 1 :] for i in infos if i.type == pafs.FileType.File)
+
+
+def read_bytes(location: str) -> bytes:
+    fs, path = resolve(location)
+    with fs.open_input_stream(path) as fh:
+        return fh.read()
+
+
+def mask_uri(url: str) -> str:
+    """Hide the password of ``scheme://user:password@host/...`` (for logs and messages)."""
+    return re.sub(r"(://[^/:@\s]*:)[^@/\s]*@", r"\1***@", str(url))

@@ -1,0 +1,58 @@
+"""Evolutionary trials: one trial = one GENOME / Model Swarms run, pruned per generation.
+
+After every round the run's best validation fitness is reported to Optuna
+(``trial.report(best, step)``); when the pruner says the trial is hopeless the callback raises
+:class:`optuna.TrialPruned`, which stops the run (its actors are released by the runtime).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from evomerge.config import EvomergeConfig
+
+
+def pruning_callback(trial) -> Callable[[Any], None]:
+    """``on_generation`` callback for :func:`evomerge.evolve.run_evolve`."""
+    import optuna
+
+    def on_generation(info) -> None:
+        trial.report(float(info.best_fitness), int(info.step))
+        if trial.should_prune():
+            trial.set_user_attr("pruned_at_step", int(info.step))
+            raise optuna.TrialPruned(f"pruned after step {info.step} (best fitness {info.best_fitness:.4f})")
+
+    return on_generation
+
+
+def evolve_objective(base: EvomergeConfig, dims, algo: str, trials_dir: Path, *, small: bool = False,
+                     keep_runs: bool = False) -> Callable[[Any], float]:
+    """``trial -> best validation fitness`` of an evolutionary run under the sampled overrides."""
+    from evomerge.evolve import run_evolve
+    from evomerge.tuning.space import apply_overrides, expert_count, suggest
+
+    def objective(trial) -> float:
+        values = suggest(trial, dims)
+        cfg = apply_overrides(base, values)
+        k = expert_count(values)
+        run_dir = Path(trials_dir) / f"{trial.study.study_name}-{trial.number:05d}"
+        if run_dir.exists():  # a retried trial number (another worker's leftover): start clean
+            shutil.rmtree(run_dir)
+        try:
+            res = run_evolve(
+                cfg, algo, run_dir, experts=None if k is None else list(range(k)), progress=False,
+                zoo_profile="small" if small else "default", write_adapter=False,
+                on_generation=pruning_callback(trial),
+            )
+        finally:
+            if not keep_runs:
+                shutil.rmtree(run_dir, ignore_errors=True)
+        trial.set_user_attr("validation_per_task", res.best_val_per_task)
+        trial.set_user_attr("test_fitness", res.best_test_fitness)
+        trial.set_user_attr("test_per_task", res.best_test_per_task)
+        trial.set_user_attr("rounds", res.rounds)
+        return float(res.best_fitness)
+
+    return objective

@@ -1,0 +1,208 @@
+"""``run_tune``: one worker of an Optuna study over an evomerge config (CLI and jobs call this)."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evomerge.config import EvomergeConfig, config_from_dict, dump_config
+from evomerge.io import write_json_atomic
+
+DEFAULT_ATTR = "default_validation_fitness"
+DEFAULT_TEST_ATTR = "default_test_fitness"
+
+
+@dataclass
+class TuneResult:
+    out_dir: Path
+    study_name: str
+    storage: str  # password masked
+    best_value: float | None
+    best_params: dict[str, Any]
+    default_fitness: float | None
+    states: dict[str, int]
+    trials_run_here: int
+    seconds: float
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def _pool_spec(cfg: EvomergeConfig, small: bool):
+    from evomerge.driver import pool_spec
+
+    if cfg.experts.experts:
+        return pool_spec(cfg)
+    from evomerge.zoo import ensure_zoo
+
+    return pool_spec(cfg, ensure_zoo("small" if small else "default", cfg.zoo_dir, progress=True))
+
+
+def best_config(base: EvomergeConfig, params: dict[str, Any], spec) -> EvomergeConfig:
+    """The best trial as a ready config for ``evomerge merge``/``evolve``: overrides applied and the
+    experts written out explicitly (the first ``experts.count`` of the pool when that was tuned)."""
+    from evomerge.tuning.space import apply_overrides, expert_count
+
+    cfg = apply_overrides(base, params)
+    k = expert_count(params) or len(spec.paths)
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    data["experts"]["experts"] = [
+        {"path": str(p), "name": n, **({"task": t} if t else {})}
+        for p, n, t in list(zip(spec.paths, spec.names, spec.tasks))[:k]
+    ]
+    if spec.base_dir is not None:
+        data["experts"]["base"] = str(spec.base_dir)
+    if data["merge"].get("weights"):
+        data["merge"]["weights"] = data["merge"]["weights"][:k]
+    data.pop("tune", None)
+    return config_from_dict(data, "best config")
+
+
+@dataclass
+class Opened:
+    """A study joined and checked, with what its trials need."""
+
+    study: Any
+    spec: Any
+    dims: list
+    url: str
+    shown: str
+
+
+def open_tune_study(cfg: EvomergeConfig, out_dir: Path, *, storage: str | None, study_name: str | None,
+                    resume: bool, small: bool, worker: int = 0) -> Opened:
+    """Check the space, reach the storage, create/join the study; nothing expensive runs before these checks
+    (except building the built-in zoo, which is needed to know the pool size)."""
+    import optuna
+
+    from evomerge.storage_uri import mask_uri
+    from evomerge.tuning.space import build_space, space_fingerprint
+    from evomerge.tuning.storage import open_storage, resolve_storage_url
+    from evomerge.tuning.study import make_pruner, make_sampler, open_study
+
+    tune = cfg.tune
+    build_space(tune, cfg)  # cheap checks first (names, ranges), before the zoo is built
+    url = resolve_storage_url(storage, tune.storage, out_dir)
+    shown = mask_uri(url)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    store = open_storage(url)
+    spec = _pool_spec(cfg, small)
+    dims = build_space(tune, cfg, n_experts=len(spec.paths))
+    max_steps = cfg.genome.generations if tune.objective == "genome" else cfg.swarm.max_iter
+    study = open_study(
+        store, study_name or tune.study_name, space_fingerprint(dims, tune.objective), resume=resume,
+        sampler=make_sampler(tune.sampler, cfg.seed * 1000 + worker), pruner=make_pruner(tune.pruner, max_steps),
+        shown_url=shown,
+    )
+    return Opened(study, spec, dims, url, shown)
+
+
+def create_or_check_study(cfg: EvomergeConfig, out_dir: str | Path, *, storage: str | None = None,
+                          study_name: str | None = None, resume: bool = False, small: bool = False) -> tuple[str, str]:
+    """Create the study (or check the one to resume) before workers start; returns ``(url, name)``."""
+    o = open_tune_study(cfg, Path(out_dir), storage=storage, study_name=study_name, resume=resume, small=small)
+    return o.url, o.study.study_name
+
+
+def write_outputs(cfg: EvomergeConfig, out_dir: str | Path, *, storage: str, study_name: str,
+                  small: bool = False, log=print) -> "TuneResult":
+    """Trials table, figures, best config and summary of a study run by other workers."""
+    out_dir = Path(out_dir)
+    o = open_tune_study(cfg, out_dir, storage=storage, study_name=study_name, resume=True, small=small)
+    return finish(o.study, cfg, o.spec, out_dir, o.shown, 0, 0.0, log)
+
+
+def run_tune(
+    cfg: EvomergeConfig,
+    out_dir: str | Path,
+    *,
+    storage: str | None = None,
+    study_name: str | None = None,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    resume: bool = False,
+    small: bool = False,
+    worker: int = 0,
+    log=print,
+) -> TuneResult:
+    """Join (or create) the study and run trials until it holds ``n_trials`` finished ones.
+
+    Everything that can be wrong with the input (space, storage, study name) is checked before
+    a trial starts.
+    """
+    from evomerge.tuning.objective import MergeScorer, merge_objective
+    from evomerge.tuning.study import recording_errors, run_study
+
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    total = n_trials or cfg.tune.n_trials
+    timeout = timeout if timeout is not None else cfg.tune.timeout
+    o = open_tune_study(cfg, out_dir, storage=storage, study_name=study_name, resume=resume, small=small,
+                        worker=worker)
+    study = o.study
+    log(f"study `{study.study_name}` in {o.shown}: {len(study.trials)} trial(s) so far, target {total}")
+    for d in o.dims:
+        log(f"  {d.describe()}")
+
+    if cfg.tune.objective == "merge":
+        scorer = MergeScorer(cfg, o.spec)
+        if DEFAULT_ATTR not in study.user_attrs:
+            base_score = scorer.score(cfg)
+            study.set_user_attr(DEFAULT_ATTR, base_score.validation)
+            study.set_user_attr(DEFAULT_TEST_ATTR, base_score.test)
+        objective = merge_objective(cfg, o.dims, scorer)
+        ran = run_study(study, recording_errors(objective), n_trials=total, timeout=timeout)
+    else:
+        ran = _run_evolutionary(study, cfg, o.dims, out_dir, small, total, timeout)
+    return finish(study, cfg, o.spec, out_dir, o.shown, ran, time.perf_counter() - t0, log)
+
+
+def _run_evolutionary(study, cfg: EvomergeConfig, dims, out_dir: Path, small: bool, total: int, timeout) -> int:
+    """Trials that are whole GENOME/Swarm runs; one Ray connection serves them all."""
+    from evomerge.distributed.cluster import connect
+    from evomerge.tuning.evolve_objective import evolve_objective
+    from evomerge.tuning.study import recording_errors, run_study
+
+    started = connect(cfg.ray)
+    try:
+        objective = evolve_objective(cfg, dims, cfg.tune.objective, out_dir / "trials", small=small)
+        return run_study(study, recording_errors(objective), n_trials=total, timeout=timeout)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def finish(study, cfg: EvomergeConfig, spec, out_dir: Path, shown: str, ran: int, seconds: float, log) -> TuneResult:
+    """Write the study's outputs (every worker may do this; each file is replaced atomically)."""
+    import optuna
+
+    from evomerge.tuning.results import export_trials, write_figures
+
+    states: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    files = {"trials": str(export_trials(study, out_dir / "trials.parquet"))}
+    files.update(write_figures(study, out_dir))
+    best_value = best_params = None
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if complete:
+        best = study.best_trial
+        best_value, best_params = best.value, dict(best.params)
+        dump_config(best_config(cfg, best_params, spec), out_dir / "best_config.yaml")
+        files["best_config"] = str(out_dir / "best_config.yaml")
+    default = study.user_attrs.get(DEFAULT_ATTR)
+    summary = {
+        "study_name": study.study_name, "storage": shown, "states": states, "best_value": best_value,
+        "best_params": best_params, "best_test_fitness": complete and study.best_trial.user_attrs.get("test_fitness"),
+        "default_validation_fitness": default, "default_test_fitness": study.user_attrs.get(DEFAULT_TEST_ATTR),
+        "dashboard": f"optuna-dashboard '{shown}'", "files": files, "worker_pid": os.getpid(),
+    }
+    write_json_atomic(out_dir / "summary.json", summary)
+    files["summary"] = str(out_dir / "summary.json")
+    log(f"trials: {states}; best validation fitness {best_value} (default config: {default})")
+    log(f"results in {out_dir}; view with: optuna-dashboard '{shown}' (the password, if any, from the environment)")
+    return TuneResult(out_dir, study.study_name, shown, best_value, best_params or {}, default, states, ran, seconds, files)

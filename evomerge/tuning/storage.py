@@ -1,0 +1,119 @@
+"""Optuna storages: where the study lives, chosen by URL; credentials only from the environment.
+
+* default: ``sqlite:///<run dir>/optuna.db`` (one machine, a few processes);
+* ``postgresql://user@host:5432/db`` or any SQLAlchemy URL: many workers, heartbeats notice a
+  dead worker and its trial is marked failed;
+* ``journal:///path/to/study.log`` (or a path ending in ``.log``/``.journal``): Optuna's
+  ``JournalStorage(JournalFileBackend)``, an append-only file that is safe on a shared file
+  system where SQLite is not.
+
+Precedence: ``--storage`` > ``$EVOMERGE_OPTUNA_STORAGE`` > ``tune.storage`` > default. ``${VAR}``
+in a URL is expanded from the environment, so a config can say
+``postgresql://evomerge:${PGPASSWORD}@db/optuna``; a literal password in a config file is
+refused. Printed URLs always have the password masked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from evomerge.errors import ConfigError
+from evomerge.storage_uri import mask_uri
+
+ENV_VAR = "EVOMERGE_OPTUNA_STORAGE"
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_LITERAL_PASSWORD = re.compile(r"://[^/:@\s]*:([^@/\s]*)@")
+
+
+def expand_env(url: str, source: str) -> str:
+    """Replace ``${VAR}`` with the environment's value; a missing variable is an error."""
+
+    def sub(m: re.Match) -> str:
+        if m.group(1) not in os.environ:
+            raise ConfigError(f"{source}: environment variable `{m.group(1)}` used in the storage URL is not set")
+        return os.environ[m.group(1)]
+
+    return _VAR.sub(sub, url)
+
+
+def resolve_storage_url(cli: str | None, config_value: str | None, run_dir: Path) -> str:
+    """The storage URL to use, following the precedence above (env vars expanded)."""
+    if config_value:
+        m = _LITERAL_PASSWORD.search(config_value)
+        if m and not _VAR.fullmatch(m.group(1)):
+            raise ConfigError(
+                "tune.storage: the URL holds a literal password; put it in the environment instead, "
+                f"e.g. `{ENV_VAR}` or `${{PGPASSWORD}}` inside the URL"
+            )
+    if cli:
+        return expand_env(cli, "--storage")
+    if os.environ.get(ENV_VAR):
+        return expand_env(os.environ[ENV_VAR], ENV_VAR)
+    if config_value:
+        return expand_env(config_value, "tune.storage")
+    return f"sqlite:///{(Path(run_dir) / 'optuna.db').resolve()}"
+
+
+def _journal_path(url: str) -> str | None:
+    if url.startswith("journal://"):
+        return url[len("journal://"):]
+    if "://" not in url and url.endswith((".log", ".journal")):
+        return url
+    return None
+
+
+def postgres_driver(url: str) -> str:
+    """Name a PostgreSQL driver that is installed: SQLAlchemy 2.1 defaults to psycopg 3, while
+    evomerge's ``postgres`` extra installs psycopg2."""
+    import importlib.util
+
+    scheme, rest = url.split("://", 1)
+    if "+" in scheme:
+        return url
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return f"postgresql+psycopg2://{rest}"
+    return f"postgresql://{rest}"
+
+
+def open_storage(url: str):
+    """An Optuna storage for ``url``; raises :class:`ConfigError` if it cannot be reached."""
+    import optuna
+
+    shown = mask_uri(url)
+    journal = _journal_path(url)
+    if journal is not None:
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = Path(journal).expanduser()
+        if not path.parent.is_dir():
+            raise ConfigError(f"Optuna storage `{shown}`: directory {path.parent} does not exist")
+        return JournalStorage(JournalFileBackend(str(path)))
+    if "://" not in url:
+        raise ConfigError(
+            f"Optuna storage `{shown}`: not a URL; use sqlite:///path.db, postgresql://host/db or journal:///path.log"
+        )
+    engine_kwargs: dict = {}
+    if url.startswith("sqlite"):
+        db = url.split(":///", 1)[-1]
+        if db and db != ":memory:" and not Path(db).parent.is_dir():
+            raise ConfigError(f"Optuna storage `{shown}`: directory {Path(db).parent} does not exist")
+        engine_kwargs = {"connect_args": {"timeout": 60}}  # several processes may write at once
+    elif url.startswith(("postgresql", "postgres")):
+        url = postgres_driver(url)
+        engine_kwargs = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=30,
+                grace_period=120,
+            )
+    except Exception as err:  # sqlalchemy errors, missing drivers
+        msg = str(err).split("\n")[0].replace(url, shown)
+        raise ConfigError(f"Optuna storage `{shown}` cannot be reached: {mask_uri(msg)}") from None

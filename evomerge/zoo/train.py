@@ -1,0 +1,66 @@
+"""Short training loops for the zoo's base model and LoRA experts (plain PyTorch, seeded)."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import torch
+
+from evomerge.evaluation.encoding import IGNORE, Encoded
+
+
+def lm_loss(model, batch: Encoded) -> torch.Tensor:
+    """Mean cross-entropy over answer tokens (``labels`` are pre-shifted)."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), batch.labels.reshape(-1), ignore_index=IGNORE
+    )
+
+
+def _gather(data: Encoded, idx: torch.Tensor) -> Encoded:
+    mask = data.attention_mask[idx]
+    width = int(mask.sum(1).max())
+    return Encoded(
+        data.input_ids[idx, :width], mask[:, :width], data.labels[idx, :width],
+        data.prompt_len[idx], [], [],
+    )
+
+
+def train(
+    model,
+    params: Iterable[torch.nn.Parameter],
+    data: Encoded,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    generator: torch.Generator,
+    on_step: Callable[[int, float], None] | None = None,
+) -> float:
+    """AdamW with linear warm-up and cosine decay; batches drawn with ``generator``.
+
+    Returns the mean loss of the last 10% of steps.
+    """
+    params = [p for p in params if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
+    warm = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
+    model.train()
+    tail: list[float] = []
+    for step in range(steps):
+        idx = torch.randint(0, len(data), (batch_size,), generator=generator)
+        loss = lm_loss(model, _gather(data, idx))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if step >= steps - max(1, steps // 10):
+            tail.append(float(loss))
+        if on_step is not None:
+            on_step(step, float(loss))
+    model.eval()
+    return sum(tail) / len(tail)

@@ -1,0 +1,61 @@
+"""The fitness-vs-k figure and its per-(method, k) summary across seeds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from matplotlib.image import imread
+
+from evomerge.analysis import plot_fitness_vs_k
+from evomerge.analysis.figures import plot_weight_histograms, summarize_by_k
+from evomerge.errors import ConfigError
+from evomerge.theory import fit_fitness_scaling
+
+ROWS = [
+    {"method": "ties", "k": 1, "seed": 0, "fitness": 0.50},
+    {"method": "ties", "k": 1, "seed": 1, "fitness": 0.54},
+    {"method": "ties", "k": 2, "seed": 0, "fitness": 0.60},
+    {"method": "ties", "k": 2, "seed": 1, "fitness": 0.64},
+    {"method": "ties", "k": 2, "seed": 2, "fitness": float("nan")},  # a failed cell is skipped
+    {"method": "task_arithmetic", "k": 1, "seed": 0, "fitness": 0.40},
+    {"method": "task_arithmetic", "k": 3, "seed": 0, "fitness": 0.70},
+]
+
+
+def test_summarize_by_k_hand_values():
+    c = summarize_by_k(ROWS)
+    assert list(c) == ["task_arithmetic", "ties"]
+    np.testing.assert_allclose(c["ties"]["k"], [1, 2])
+    np.testing.assert_allclose(c["ties"]["mean"], [0.52, 0.62])
+    np.testing.assert_allclose(c["ties"]["min"], [0.50, 0.60])
+    np.testing.assert_allclose(c["ties"]["max"], [0.54, 0.64])
+    np.testing.assert_array_equal(c["ties"]["n"], [2, 2])
+    np.testing.assert_allclose(c["task_arithmetic"]["k"], [1, 3])
+    # the same from a DataFrame and a pyarrow Table
+    for other in (pd.DataFrame(ROWS), pa.Table.from_pylist(ROWS)):
+        o = summarize_by_k(other)
+        np.testing.assert_allclose(o["ties"]["mean"], c["ties"]["mean"])
+
+
+def test_plot_fitness_vs_k_writes_png(tmp_path):
+    k = np.repeat(np.arange(0, 9), 2)
+    fit_k = k[k >= 1]
+    rows = [{"label": "ties", "k": int(a), "fitness": 0.8 - 0.3 / max(a, 1) ** 1.1 + 0.01 * (i % 2)} for i, a in enumerate(k)]
+    fit = fit_fitness_scaling(fit_k, [r["fitness"] for r in rows if r["k"] >= 1])
+    out = plot_fitness_vs_k(pd.DataFrame(rows), tmp_path / "f" / "fit.png", method_col="label", stop_k=3,
+                            predicted_k=5, fits={"ties": fit}, ylabel="accuracy")
+    img = imread(out)
+    assert out.is_file() and img.shape[0] > 200 and img.shape[1] > 300
+    assert not list((tmp_path / "f").glob(".*tmp*"))
+
+
+def test_plot_errors_and_histograms(tmp_path):
+    with pytest.raises(ConfigError, match="fitness"):
+        plot_fitness_vs_k([{"k": 1, "score": 0.3}], tmp_path / "x.png")
+    with pytest.raises(ConfigError, match="no rows"):
+        plot_fitness_vs_k([], tmp_path / "x.png")
+    rng = np.random.default_rng(0)
+    p = plot_weight_histograms({"a": rng.standard_normal(1000), "b": rng.laplace(size=1000)}, tmp_path / "h.png")
+    assert p.read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,277 @@
+"""`evomerge merge` end to end: real peft adapters / checkpoints in, loadable models out."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from evomerge.cli import main
+from evomerge.io import sha256_tree
+from evomerge.merging.registry import available_methods, get_merge_method
+from test_experts_fixtures import load_base, logits, make_base, make_full, make_lora, state_dict_of, with_delta
+
+torch.set_num_threads(1)
+IDS = torch.tensor([[1, 5, 9, 14, 20, 3, 7, 30, 11, 4]])
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("merge")
+    make_base(root / "base")
+    make_lora(root / "base", root / "l1", seed=1, r=4, alpha=8)
+    make_lora(root / "base", root / "l2", seed=2, r=8, alpha=8, use_rslora=True)  # other rank, rsLoRA
+    make_lora(root / "base", root / "l4", seed=4, r=4, alpha=16)
+    make_full(root / "base", root / "f1", seed=1)
+    make_full(root / "base", root / "f2", seed=2, max_shard_size="20KB")
+    for i, rows in enumerate([[("ab=", "ba"), ("xy=", "yx")], [("1+2=", "3"), ("4+4=", "8"), ("2+2=", "4")]]):
+        (root / f"d{i + 1}.jsonl").write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in rows))
+    return root
+
+
+def _peft_delta(root, name):
+    """Independent task vector: peft's merge_and_unload minus the base."""
+    from peft import PeftModel
+
+    base = load_base(root / "base")
+    sd0 = state_dict_of(base)
+    merged = PeftModel.from_pretrained(base, str(root / name)).merge_and_unload().state_dict()
+    return {k: merged[k] - sd0[k] for k in sd0 if float((merged[k] - sd0[k]).abs().max()) > 0}
+
+
+def _run(args, capsys):
+    capsys.readouterr()  # drop what building the fixtures printed
+    code = main(["merge", "--quiet", *map(str, args)])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def _peft_logits(root, out):
+    from peft import PeftModel
+
+    return logits(PeftModel.from_pretrained(load_base(root / "base"), str(out)), IDS)
+
+
+def test_lora_concat_task_arithmetic_roundtrip(zoo, tmp_path, capsys):
+    before = {n: sha256_tree(zoo / n) for n in ("l1", "l2", "base")}
+    out = tmp_path / "ta"
+    code, stdout, err = _run(["-e", zoo / "l1", "-e", zoo / "l2", "--method", "task_arithmetic", "--param", "lambda=0.7",
+                              "--space", "concat", "--weights", "1,0.5", "--out", out], capsys)
+    assert code == 0, err
+    assert "pool: 2 lora expert(s)" in stdout and str(out) in stdout
+    d1, d2 = _peft_delta(zoo, "l1"), _peft_delta(zoo, "l2")
+    want = with_delta(load_base(zoo / "base"), {k: 0.7 * (d1[k] + 0.5 * d2[k]) for k in d1}, IDS)
+    torch.testing.assert_close(_peft_logits(zoo, out), want, atol=2e-5, rtol=1e-4)
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["r"] == 12  # exact concat: 4 + 8
+    man = json.loads((out / "evomerge_manifest.json").read_text())
+    assert man["method"] == "task_arithmetic" and man["params"] == {"lambda": 0.7} and man["space"] == "concat"
+    assert man["weights"] == [1.0, 0.5] and man["seed"] == 0 and man["rht"]["enabled"] is False
+    assert [e["sha256"] for e in man["inputs"]["experts"]] == [before["l1"], before["l2"]]
+    assert {n: sha256_tree(zoo / n) for n in before} == before  # inputs untouched
+
+
+def test_lora_ties_delta_with_rank(zoo, tmp_path, capsys):
+    out = tmp_path / "ties"
+    code, _, err = _run(["-e", zoo / "l1", "-e", zoo / "l2", "--method", "ties", "-p", "density=0.5",
+                         "--space", "delta", "--rank", "32", "--seed", "3", "--out", out], capsys)
+    assert code == 0, err
+    d1, d2 = _peft_delta(zoo, "l1"), _peft_delta(zoo, "l2")
+    ties = get_merge_method("ties")
+    merged = {k: ties(torch.stack([d1[k], d2[k]]), None, density=0.5) for k in d1}
+    want = with_delta(load_base(zoo / "base"), merged, IDS)
+    # rank 32 >= min(out, in): the SVD is exact
+    torch.testing.assert_close(_peft_logits(zoo, out), want, atol=2e-5, rtol=1e-4)
+    man = json.loads((out / "evomerge_manifest.json").read_text())
+    assert man["params"] == {"density": 0.5, "lambda": 1.0, "majority_sign_method": "total"}
+    assert man["seed"] == 3 and man["rank"] == 32 and man["output_format"] == "peft"
+    # a low rank is a truncation: the adapter really has that rank
+    code, _, err = _run(["-e", zoo / "l1", "-e", zoo / "l2", "--method", "ties", "--rank", "2", "--out", tmp_path / "r2"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "r2" / "adapter_config.json").read_text())["r"] == 2
+
+
+def _factors(root, name, scale):
+    """(A, scale * B) per base weight, read straight from the adapter file."""
+    from safetensors.torch import load_file
+
+    sd = load_file(str(root / name / "adapter_model.safetensors"))
+    out = {}
+    for k, v in sd.items():
+        if ".lora_A." in k:
+            w = k.replace("base_model.model.", "").replace(".lora_A.weight", ".weight")
+            out[w] = (v, scale * sd[k.replace("lora_A", "lora_B")])
+    return out
+
+
+def test_lora_ab_space_merges_factors(zoo, tmp_path, capsys):
+    out = tmp_path / "ab"
+    code, _, err = _run(["-e", zoo / "l1", "-e", zoo / "l4", "--space", "ab", "--weights", "0.6,0.4", "--out", out], capsys)
+    assert code == 0, err
+    f1, f4 = _factors(zoo, "l1", 8 / 4), _factors(zoo, "l4", 16 / 4)
+    delta = {k: (0.6 * f1[k][1] + 0.4 * f4[k][1]) @ (0.6 * f1[k][0] + 0.4 * f4[k][0]) for k in f1}
+    want = with_delta(load_base(zoo / "base"), delta, IDS)
+    torch.testing.assert_close(_peft_logits(zoo, out), want, atol=2e-5, rtol=1e-4)
+    # cross terms: not the weighted sum of the two deltas
+    k = next(iter(f1))
+    lin = 0.6 * f1[k][1] @ f1[k][0] + 0.4 * f4[k][1] @ f4[k][0]
+    assert float((lin - delta[k]).abs().max()) > 1e-3
+
+
+def test_full_finetunes_to_checkpoint(zoo, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    before = {n: sha256_tree(zoo / n) for n in ("f1", "f2", "base")}
+    out = tmp_path / "full"
+    code, _, err = _run(["-e", zoo / "f1", "-e", zoo / "f2", "--base", zoo / "base", "--method", "task_arithmetic",
+                         "-p", "lambda=0.5", "--out", out], capsys)
+    assert code == 0, err
+    sd0 = state_dict_of(load_base(zoo / "base"))
+    sd1, sd2 = state_dict_of(load_base(zoo / "f1")), state_dict_of(load_base(zoo / "f2"))
+    got = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).state_dict()
+    for k in sd0:
+        torch.testing.assert_close(got[k], sd0[k] + 0.5 * ((sd1[k] - sd0[k]) + (sd2[k] - sd0[k])), atol=1e-6, rtol=1e-5)
+    assert (out / "tokenizer.json").is_file() and (out / "config.json").is_file()
+    assert {n: sha256_tree(zoo / n) for n in before} == before
+    man = json.loads((out / "evomerge_manifest.json").read_text())
+    assert man["inputs"]["base"]["sha256"] == before["base"] and man["expert_kind"] == "full"
+
+
+def test_emr_per_task_outputs(zoo, tmp_path, capsys):
+    from evomerge.merge_job import load_emr_task
+
+    out = tmp_path / "emr"
+    code, _, err = _run(["-e", zoo / "l1", "-e", zoo / "l2", "--method", "emr", "--out", out], capsys)
+    assert code == 0, err
+    d = [_peft_delta(zoo, "l1"), _peft_delta(zoo, "l2")]
+    emr = get_merge_method("emr")
+    for i, task in enumerate(["l1", "l2"]):
+        got = load_emr_task(out, task)
+        assert set(got) == set(d[0])
+        for k in d[0]:
+            ref = emr(torch.stack([d[0][k], d[1][k]]), None)
+            want = ref.rescalers[i] * ref.masks[i] * ref.unified
+            torch.testing.assert_close(got[k], want, atol=1e-6, rtol=1e-5)
+            # the task's own vector keeps its signs where the mask is on
+            assert bool(((got[k] * d[i][k]) >= 0).all())
+    torch.testing.assert_close(load_emr_task(out, 1)[k], load_emr_task(out, "l2")[k])
+
+
+def test_regmean_with_data_and_config_file(zoo, tmp_path, capsys):
+    import yaml
+
+    from evomerge.experts.pool import load_pool
+    from evomerge.experts.statistics import pool_statistics
+
+    cfg = tmp_path / "merge.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "experts": {"base": str(zoo / "base"), "experts": [str(zoo / "l1"), str(zoo / "l2")]},
+        "merge": {"method": "regmean", "params": {"alpha": 0.5}, "data": [str(zoo / "d1.jsonl"), str(zoo / "d2.jsonl")],
+                  "output_format": "full"},
+    }))
+    out = tmp_path / "rm"
+    code, _, err = _run(["--config", cfg, "-p", "alpha=0.8", "--out", out], capsys)  # flag overrides the file
+    assert code == 0, err
+    man = json.loads((out / "evomerge_manifest.json").read_text())
+    assert man["params"] == {"alpha": 0.8} and len(man["inputs"]["data"]) == 2
+    pool = load_pool([zoo / "l1", zoo / "l2"], base=zoo / "base")
+    stats = pool_statistics(pool, {"gram"}, [zoo / "d1.jsonl", zoo / "d2.jsonl"], 128)
+    rm = get_merge_method("regmean")
+    sd0 = state_dict_of(load_base(zoo / "base"))
+    got = state_dict_of(load_base(out))
+    for k in pool.keys():
+        want = sd0[k] + rm(pool.stacked(k), None, stats=stats[k], alpha=0.8)
+        torch.testing.assert_close(got[k], want, atol=1e-5, rtol=1e-4)
+
+
+# --- bad inputs: error named, exit 2, nothing written -------------------------------------------
+
+
+def _bad(zoo, tmp_path, capsys, args, match, out_name="out"):
+    import re
+
+    out = tmp_path / out_name
+    code, _, err = _run([*map(str, args), "--out", out], capsys)
+    assert code == 2, err
+    assert err.startswith("error: ") and re.search(match, err), err
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(f".{out_name}.tmp")]
+
+
+def test_bad_inputs_exit_2_and_write_nothing(zoo, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    l1, l2 = ["-e", zoo / "l1"], ["-e", zoo / "l2"]
+    _bad(zoo, tmp_path, capsys, [*l1, "-e", tmp_path / "missing"], r"missing: expert not found")
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(zoo / "l2", corrupt)
+    data = (corrupt / "adapter_model.safetensors").read_bytes()
+    (corrupt / "adapter_model.safetensors").write_bytes(data[:-100])
+    _bad(zoo, tmp_path, capsys, [*l1, "-e", corrupt], r"corrupt/adapter_model\.safetensors")
+    make_base(tmp_path / "wide", tokenizer=False, hidden_size=48)
+    make_lora(tmp_path / "wide", tmp_path / "wide_l", seed=3, base_name=str(zoo / "base"))
+    _bad(zoo, tmp_path, capsys, [*l1, "-e", tmp_path / "wide_l"], r"wide_l/adapter_model\.safetensors: .*shape")
+    make_lora(zoo / "base", tmp_path / "qk", seed=4, targets=("q_proj", "k_proj"))
+    _bad(zoo, tmp_path, capsys, [*l1, "-e", tmp_path / "qk"], r"qk/adapter_model\.safetensors: target modules differ")
+    make_lora(zoo / "base", tmp_path / "other", seed=5, base_name="someone/else")
+    _bad(zoo, tmp_path, capsys, [*l1, "-e", tmp_path / "other"], r"other/adapter_config\.json: base_model_name_or_path")
+    nan = tmp_path / "nan"
+    shutil.copytree(zoo / "f2", nan)
+    shard = nan / "model-00003-of-00005.safetensors"
+    sd = load_file(str(shard))
+    k = sorted(sd)[0]
+    sd[k][..., 0] = float("inf")
+    save_file(sd, str(shard), metadata={"format": "pt"})
+    _bad(zoo, tmp_path, capsys, ["-e", zoo / "f1", "-e", nan, "--base", zoo / "base"],
+         rf"nan/model-00003-of-00005\.safetensors: tensor `{k}` contains inf")
+    _bad(zoo, tmp_path, capsys, ["--method", "ties"], r"empty pool")
+    _bad(zoo, tmp_path, capsys, [*l1, *l2, "--method", "tie"], r"unknown merge method `tie`")
+    _bad(zoo, tmp_path, capsys, [*l1, *l2, "--method", "ties", "-p", "densty=0.5"], r"no parameter `densty`")
+    _bad(zoo, tmp_path, capsys, [*l1, *l2, "--method", "ties", "-p", "density=1.5"], r"`density` must be in \(0, 1\]")
+    _bad(zoo, tmp_path, capsys, [*l1, *l2, "--method", "breadcrumbs", "-p", "gamma=1"], r"`gamma` must be in \[0, 1\)")
+    _bad(zoo, tmp_path, capsys, [*l1, *l2, "--method", "regmean", "-p", "alpha=2"], r"`alpha` must be in \[0, 1\]")
+    rht = tmp_path / "rht.yaml"
+    rht.write_text("rht:\n  enabled: true\n  gamma: 1.5\n")
+    _bad(zoo, tmp_path, capsys, ["--config", rht, *l1, *l2], r"rht\.yaml.*`rht\.gamma`.*Got 1\.5")
+    _bad(zoo, tmp_path, capsys, [*l1, *l2, "--weights", "1,2,3"], r"one weight per expert")
+    _bad(zoo, tmp_path, capsys, [*l1, *l2, "--space", "concat", "--method", "ties"], r"concat.*linear")
+    _bad(zoo, tmp_path, capsys, [*l1, *l2, "--space", "delta"], r"--rank")
+    _bad(zoo, tmp_path, capsys, [*l1, *l2, "--method", "fisher", "--base", zoo / "base", "--rank", "4"], r"merge\.data")
+    binexp = tmp_path / "binexp"
+    binexp.mkdir()
+    shutil.copy(zoo / "l2" / "adapter_config.json", binexp)
+    torch.save(load_file(str(zoo / "l2" / "adapter_model.safetensors")), binexp / "adapter_model.bin")
+    _bad(zoo, tmp_path, capsys, [*l1, "-e", binexp, "--space", "concat"], r"binexp/adapter_model\.bin.*--allow-bin")
+    code, _, err = _run([*l1, "-e", binexp, "--space", "concat", "--allow-bin", "--out", tmp_path / "binok"], capsys)
+    assert code == 0, err
+    if not torch.cuda.is_available():
+        _bad(zoo, tmp_path, capsys, [*l1, *l2, "--space", "concat", "--device", "cuda"], r"CUDA is not available")
+
+
+def test_existing_output_kept_without_overwrite(zoo, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    args = ["-e", zoo / "l1", "-e", zoo / "l2", "--space", "concat", "--out", out]
+    code, _, err = _run(args, capsys)
+    assert code == 2 and "already exists" in err and str(out) in err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    code, _, err = _run([*args, "--overwrite"], capsys)
+    assert code == 0, err
+    assert not (out / "keep.txt").exists() and (out / "adapter_model.safetensors").is_file()
+
+
+def test_python_m_evomerge_subprocess(zoo, tmp_path):
+    res = subprocess.run([sys.executable, "-m", "evomerge", "methods"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    for name in available_methods():
+        assert name in res.stdout
+    assert "--param density=<float>" in res.stdout
+    res = subprocess.run([sys.executable, "-m", "evomerge", "merge", "-e", str(zoo / "l1"), "-e", str(tmp_path / "nope"),
+                          "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "error:" in res.stderr and "nope" in res.stderr
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,323 @@
+"""GENOME / GENOME+ ask/tell on a synthetic but real objective over small "ab" TensorDicts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from itertools import combinations
+
+import numpy as np
+import pytest
+import torch
+
+from evomerge.config.sections import GenomeConfig, SwarmConfig
+from evomerge.errors import ConfigError
+from evomerge.search import Genome, expert_id, materialize
+from evomerge.search.recipe import derive_rng
+from evomerge.search.selection import n_elites, roulette_pair, roulette_weights, select
+
+SHAPES = {"l0::A": (2, 4), "l0::B": (4, 2), "l1::A": (2, 3), "l1::B": (3, 2)}
+DIM = sum(int(np.prod(s)) for s in SHAPES.values())
+
+
+def make_problem(n: int = 6, seed: int = 0):
+    """Experts near different targets; fitness = -||x - T||^2 with T between them."""
+    g = torch.Generator().manual_seed(seed)
+    target = torch.randn(DIM, generator=g)
+    store = {}
+    for i in range(n):
+        x = target + 1.5 * torch.randn(DIM, generator=g)
+        store[expert_id(i)] = unflat(x)
+    return store, lambda td: -float(((flat(td) - target) ** 2).sum())
+
+
+def flat(td):
+    return torch.cat([td[k].flatten() for k in SHAPES])
+
+
+def unflat(x):
+    out, i = {}, 0
+    for k, s in SHAPES.items():
+        m = int(np.prod(s))
+        out[k] = x[i:i + m].reshape(s).clone()
+        i += m
+    return out
+
+
+def run(search, store, fit, *, rounds=None, gc=False):
+    store = dict(store)
+    n = 0
+    while not search.done and (rounds is None or n < rounds):
+        recipes = search.ask()
+        assert recipes, "ask() must not be empty while not done"
+        for r in recipes:
+            out = materialize(r, {k: store[k] for k in r.input_keys()})  # input_keys are all it reads
+            assert tuple(out) == r.output_keys()
+            store.update(out)
+        search.tell({r.id: fit(store[r.id]) for r in recipes})
+        if gc:
+            keep = search.referenced_ids()
+            store = {k: v for k, v in store.items() if k in keep}
+        n += 1
+    return store
+
+
+CFG = GenomeConfig(population=8, generations=15, cross_rate=0.8, ind_mut_rate=0.3, gene_mut_rate=0.3, sigma=0.05,
+                   early_stop_iter=15)
+
+
+def test_init_pairs_are_distinct_shuffled_and_weights_normalised():
+    s = Genome(GenomeConfig(population=10), 6, seed=3)
+    batch = s.ask()
+    assert len(batch) == 10 and all(r.op == "init_pair" for r in batch)
+    pairs = [tuple(sorted(r.parents)) for r in batch]
+    assert len(set(pairs)) == 10
+    assert set(pairs) <= {(expert_id(a), expert_id(b)) for a, b in combinations(range(6), 2)}
+    for r in batch:
+        assert sum(r.weights) == pytest.approx(1.0) and min(r.weights) > 0
+    assert pairs != [tuple(sorted(r.parents)) for r in Genome(GenomeConfig(population=10), 6, seed=4).ask()]
+    assert s.ask() == batch  # idempotent until tell
+    # more individuals than pairs: pairs are reused with fresh weights
+    few = Genome(GenomeConfig(population=5), 3, seed=0).ask()
+    assert len(few) == 5 and len({r.parents for r in few}) <= 3
+
+
+def test_genome_improves_over_best_expert():
+    store, fit = make_problem()
+    best_expert = max(fit(store[expert_id(i)]) for i in range(6))
+    s = Genome(CFG, 6, seed=0)
+    final = run(s, store, fit)
+    assert s.done and s.best_fitness > best_expert + 0.5 * abs(best_expert)
+    assert fit(final[s.best_id]) == pytest.approx(s.best_fitness)  # best_id's weights really score that
+    ens = s.ensemble_ids(3)
+    assert len(ens) == 3 and [s.fitness[i] for i in ens] == sorted((s.fitness[i] for i in ens), reverse=True)
+
+
+def test_genome_plus_improves_and_reevaluates_moved():
+    store, fit = make_problem(seed=1)
+    best_expert = max(fit(store[expert_id(i)]) for i in range(6))
+    s = Genome(CFG.model_copy(update={"succession": True, "max_population": 12}), 6, seed=0,
+               swarm=SwarmConfig(step=0.5))
+    final = run(s, store, fit)
+    assert s.best_fitness > best_expert + 0.5 * abs(best_expert)
+    moves = [h for h in s.history if h["op"] == "pso_move"]
+    assert moves
+    for pid in s.population:  # each individual carries the fitness of its own current weights
+        assert s.fitness[pid] == pytest.approx(fit(final[pid]))
+    assert cfg_pop(s) <= len(s.population) <= 12
+
+
+def cfg_pop(s):
+    return s.cfg.population
+
+
+def test_same_seed_same_history_different_seed_differs():
+    store, fit = make_problem()
+    a, b, c = Genome(CFG, 6, seed=5), Genome(CFG, 6, seed=5), Genome(CFG, 6, seed=6)
+    for s in (a, b, c):
+        run(s, store, fit)
+    assert a.history == b.history
+    assert a.history != c.history
+
+
+@pytest.mark.parametrize("succession", [False, True])
+def test_state_dict_round_trip_mid_run(succession):
+    store, fit = make_problem()
+    cfg = CFG.model_copy(update={"succession": succession, "max_population": 10 if succession else None})
+    full = Genome(cfg, 6, seed=2)
+    run(full, store, fit)
+    first = Genome(cfg, 6, seed=2)
+    mid = run(first, store, fit, rounds=4)
+    pending = first.ask()  # asked, not told: survives the checkpoint
+    sd = json.loads(json.dumps(first.state_dict()))
+    resumed = Genome(cfg, 6, seed=2)
+    resumed.load_state_dict(sd)
+    assert resumed.ask() == pending
+    run(resumed, mid, fit)
+    assert resumed.history == full.history and resumed.best_id == full.best_id
+
+
+def test_load_state_dict_rejects_other_config():
+    sd = Genome(CFG, 6, seed=2).state_dict()
+    with pytest.raises(ConfigError, match="seed"):
+        Genome(CFG, 6, seed=3).load_state_dict(sd)
+    with pytest.raises(ConfigError, match="cfg"):
+        Genome(CFG.model_copy(update={"sigma": 0.5}), 6, seed=2).load_state_dict(sd)
+
+
+def test_selection_keeps_elites_and_returns_to_population_size():
+    store, fit = make_problem()
+    cfg = CFG.model_copy(update={"elite_percent": 0.25})
+    s = Genome(cfg, 6, seed=1)
+    store = dict(store)
+    grew = False
+    while not s.done:
+        before = dict(zip(s.population, (s.fitness[i] for i in s.population)))
+        recipes = s.ask()
+        for r in recipes:
+            store.update(materialize(r, store))
+        res = {r.id: fit(store[r.id]) for r in recipes}
+        grew |= len(before) + len(res) > cfg.population
+        s.tell(res)
+        assert len(s.population) == cfg.population
+        if before:
+            pool = {**before, **res}
+            top = sorted(pool, key=lambda i: -pool[i])[: n_elites(0.25, cfg.population)]
+            assert set(top) <= set(s.population)
+            worst = min(pool, key=pool.get)
+            assert worst not in s.population  # can never win a size-3 tournament
+    assert grew
+
+
+def test_select_unit():
+    rng = derive_rng(0)
+    fit = [5.0, 1.0, 3.0, 9.0, 0.0, 7.0, 2.0, 4.0]
+    keep = select(fit, 4, 2, rng)
+    assert len(keep) == 4 and len(set(keep)) == 4 and keep[:2] == [3, 5]
+    assert 4 not in keep
+    assert select(fit, 10, 2, rng) == list(range(8))
+    # tournament pressure: over many draws the 3rd best survives more often than the 6th best
+    counts = np.zeros(8)
+    for t in range(400):
+        for i in select(fit, 3, 1, derive_rng(1, t)):
+            counts[i] += 1
+    assert counts[3] == 400 and counts[4] == 0 and counts[0] > counts[6]
+
+
+def test_roulette_handles_zero_and_negative_fitness():
+    assert np.allclose(roulette_weights([0.2, 0.6]), [0.2, 0.6])
+    w = roulette_weights([-3.0, -1.0, 0.0])
+    assert np.all(w > 0) and w[2] > w[1] > w[0]
+    assert np.allclose(roulette_weights([0.0, 0.0]), [1.0, 1.0])
+    rng = derive_rng(9)
+    draws = [roulette_pair([1.0, 3.0, 6.0], rng) for _ in range(4000)]
+    assert all(i != j for i, j in draws)
+    first = np.bincount([i for i, _ in draws], minlength=3) / 4000
+    assert np.allclose(first, [0.1, 0.3, 0.6], atol=0.03)
+
+
+def test_crossover_weights_are_normalised_parent_fitness():
+    store, fit = make_problem()
+    s = Genome(CFG.model_copy(update={"cross_rate": 1.0}), 6, seed=0)
+    run(s, store, fit, rounds=2)
+    rows = [h for h in s.history if h["op"] == "crossover"]
+    assert rows
+    for h in rows:
+        f = [s.fitness[p] for p in h["parents"]]
+        assert h["parents"][0] != h["parents"][1]
+        assert sum(h["weights"]) == pytest.approx(1.0)
+        # negative fitness: shifted shares, so the fitter parent gets the larger weight
+        assert (h["weights"][0] > h["weights"][1]) == (f[0] > f[1])
+
+
+def test_early_stop_when_best_does_not_improve():
+    store, _ = make_problem()
+    s = Genome(GenomeConfig(population=4, generations=50, early_stop_iter=3, cross_rate=1.0), 6, seed=0)
+    run(s, store, lambda td: 1.0)  # nothing ever improves on the initial best
+    assert s.done and s.generation == 4 and s.stale_generations == 3
+
+
+def test_generations_limit_and_empty_generations():
+    store, fit = make_problem()
+    s = Genome(GenomeConfig(population=4, generations=3, cross_rate=0.0, ind_mut_rate=0.0, early_stop_iter=9), 6, seed=0)
+    run(s, store, fit)  # no children at all: ask() skips empty generations and ends
+    assert s.done and s.ask() == [] and len(s.history) == 4
+
+
+def test_genome_plus_personal_best_not_aliased():
+    store, fit = make_problem()
+    s = Genome(GenomeConfig(population=4, succession=True, cross_rate=0.0, ind_mut_rate=0.0), 6, seed=0,
+               swarm=SwarmConfig(init_velocity="random"))
+    store = dict(store)
+    init = s.ask()
+    for r in init:
+        store.update(materialize(r, store))
+    s.tell({r.id: 0.0 for r in init})
+    moves = s.ask()
+    assert s.phase == "move" and all(r.op == "pso_move" for r in moves)
+    for r in moves:
+        store.update(materialize(r, store))
+    s.tell({r.id: -1.0 for r in moves})  # every move got worse: personal bests stay put
+    nxt = s.ask()
+    assert all(r.op == "pso_move" for r in nxt)
+    for r, first in zip(nxt, init):
+        x, p = r.parents[0], r.parents[1]
+        assert p == first.id and x != p
+        cognitive_only = dataclasses.replace(r, weights=(0.0, 1.0, 0.0, 0.0))
+        out = materialize(cognitive_only, store)
+        assert float(flat(out[r.id + "/v"]).abs().sum()) > 0  # cognitive term p - x is non-zero
+
+
+def test_referenced_ids_are_enough_to_continue():
+    store, fit = make_problem()
+    cfg = CFG.model_copy(update={"succession": True, "max_population": 10})
+    kept, full = Genome(cfg, 6, seed=4), Genome(cfg, 6, seed=4)
+    final = run(kept, store, fit, gc=True)
+    run(full, store, fit)
+    assert kept.history == full.history
+    assert kept.best_id in final and set(kept.ensemble_ids(3)) <= set(final)
+
+
+def test_immigrate_and_errors():
+    store, fit = make_problem()
+    s = Genome(CFG, 6, seed=0)
+    with pytest.raises(ValueError):
+        s.immigrate({"x": 1.0})
+    with pytest.raises(ValueError, match="pending"):
+        s.tell({"nope": 1.0})
+    batch = s.ask()
+    with pytest.raises(ValueError, match="missing"):
+        s.tell({batch[0].id: 1.0})
+    with pytest.raises(ValueError, match="finite"):
+        s.tell({r.id: float("nan") for r in batch})
+    s.tell({r.id: -1.0 for r in batch})
+    s.immigrate({"other/g3.1": 5.0})
+    assert "other/g3.1" in s.population and s.best_id == "other/g3.1"
+    with pytest.raises(ValueError, match="already"):
+        s.immigrate({"other/g3.1": 5.0})
+    with pytest.raises(ConfigError, match="max_population"):
+        Genome(GenomeConfig(population=6, max_population=4), 6, seed=0)
+    with pytest.raises(ConfigError, match="2 experts"):
+        Genome(CFG, 1, seed=0)
+
+
+def make_multitask_problem(n: int = 6, seed: int = 0):
+    """Zero-centred task vectors on disjoint coordinates; the target is their sum (every task)."""
+    g = torch.Generator().manual_seed(seed)
+    block = DIM // n
+    vecs = []
+    for i in range(n):
+        v = 0.02 * torch.randn(DIM, generator=g)
+        v[i * block:(i + 1) * block] += 2.0 * torch.randn(block, generator=g)
+        vecs.append(v)
+    target = torch.stack(vecs).sum(0)
+    store = {expert_id(i): unflat(v) for i, v in enumerate(vecs)}
+    return store, lambda td: -float(((flat(td) - target) ** 2).sum())
+
+
+@pytest.mark.parametrize("method", ["linear", "ties", "dare_ties", "blx"])
+def test_every_crossover_method_runs_and_improves(method):
+    store, fit = make_multitask_problem()
+    best_expert = max(fit(store[expert_id(i)]) for i in range(6))
+    cfg = CFG.model_copy(update={"crossover": method, "generations": 8, "density": 0.9, "blx_alpha": 0.3})
+    s = Genome(cfg, 6, seed=0)
+    final = run(s, store, fit)
+    ops = {h["op"] for h in s.history}
+    assert {"init_pair", "crossover"} <= ops
+    assert all(json.loads(h["params"]).get("method") == method for h in s.history if h["op"] == "crossover")
+    init_best = max(h["fitness"] for h in s.history if h["op"] == "init_pair")
+    assert s.best_fitness > init_best and fit(final[s.best_id]) == pytest.approx(s.best_fitness)
+    if method in ("ties", "dare_ties"):  # sign election + disjoint mean add tasks up: beats any expert
+        assert s.best_fitness > best_expert
+
+
+def test_make_search_from_top_level_config():
+    from evomerge.config import config_from_dict
+    from evomerge.search import Swarm, make_search
+
+    cfg = config_from_dict({"genome": {"population": 4, "succession": True}, "swarm": {"step": 0.25}})
+    g = make_search("genome", cfg, 5, seed=1, prefix="i0/")
+    assert isinstance(g, Genome) and g.swarm.step == 0.25 and all(r.id.startswith("i0/") for r in g.ask())
+    assert isinstance(make_search("swarm", cfg, 5, seed=1), Swarm)
+    with pytest.raises(ConfigError, match="search must be one of"):
+        make_search("cmaes", cfg, 5, seed=1)

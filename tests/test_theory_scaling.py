@@ -1,0 +1,72 @@
+"""Scaling-law fit L(k) = L_inf + A / k^b on noisy synthetic curves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from evomerge.errors import ConfigError
+from evomerge.theory import ScalingFit, fit_fitness_scaling, fit_scaling_law
+
+
+@pytest.mark.parametrize("true", [(2.0, 1.5, 1.0), (0.4, 0.8, 0.5), (1.1, 3.0, 2.0)])
+def test_fit_recovers_parameters_from_noisy_curve(true):
+    l_inf, amp, b = true
+    rng = np.random.default_rng(0)
+    k = np.repeat(np.arange(1, 17), 3)  # 3 seeds per k
+    y = l_inf + amp / k**b + rng.normal(0, 0.003, size=k.size)
+    fit = fit_scaling_law(k, y)
+    assert fit.L_inf == pytest.approx(l_inf, abs=0.02)
+    assert fit.A == pytest.approx(amp, rel=0.03)
+    assert fit.b == pytest.approx(b, rel=0.05)
+    assert fit.r2 > 0.99
+    assert fit.n_points == k.size
+
+
+def test_fit_exact_data_and_weights():
+    k = np.arange(1, 11)
+    y = 1.0 + 2.0 / k**0.7
+    fit = fit_scaling_law(k, y)
+    assert (fit.L_inf, fit.A, fit.b) == pytest.approx((1.0, 2.0, 0.7), rel=1e-5)
+    # an outlier with zero weight does not move the fit
+    y2 = y.copy()
+    y2[4] += 5.0
+    w = np.ones_like(y2)
+    w[4] = 0.0
+    fit2 = fit_scaling_law(k, y2, weights=w)
+    assert (fit2.L_inf, fit2.A, fit2.b) == pytest.approx((1.0, 2.0, 0.7), rel=1e-5)
+
+
+def test_k_for_target_and_marginal_by_hand():
+    fit = ScalingFit(L_inf=1.0, A=2.0, b=1.0, r2=1.0, n_points=0)
+    # L(k) = 1 + 2/k <= 1.25  <=>  k >= 8
+    assert fit.k_for_target(1.25) == 8
+    assert fit.k_for_target(1.2501) == 8
+    assert fit.k_for_target(1.2499) == 9
+    assert fit.k_for_target(5.0) == 1
+    assert fit.k_for_target(1.0) is None  # the floor is never reached
+    # L(k) - L(k+1) = 2/(k(k+1)) < 0.1  <=>  k(k+1) > 20  <=>  k >= 5 (4*5 = 20 is not > 20)
+    assert fit.k_marginal_below(0.1) == 5
+    assert fit.k_marginal_below(2.0) == 1  # 2/(1*2) = 1 < 2
+    assert fit.k_marginal_below(1.0) == 2
+    assert fit.predict(2) == pytest.approx(2.0)
+    np.testing.assert_allclose(fit.predict(np.array([1, 4])), [3.0, 1.5])
+
+
+def test_fitness_curve_one_minus():
+    k = np.arange(1, 13)
+    fitness = 0.8 - 0.3 / k**1.2
+    fit = fit_fitness_scaling(k, fitness)
+    assert fit.transform == "one_minus"
+    assert fit.L_inf == pytest.approx(0.2, abs=1e-6)
+    assert fit.predict_fitness(6) == pytest.approx(0.8 - 0.3 / 6**1.2, abs=1e-6)
+    assert fit.k_for_target(1 - 0.75) == int(np.ceil((0.3 / 0.05) ** (1 / 1.2)))
+    neg = fit_fitness_scaling(k, fitness, transform="negate")
+    assert neg.predict_fitness(6) == pytest.approx(0.8 - 0.3 / 6**1.2, abs=1e-6)
+
+
+def test_fit_validation():
+    with pytest.raises(ConfigError, match="3 distinct"):
+        fit_scaling_law([1, 1, 2], [1.0, 1.1, 0.9])
+    with pytest.raises(ConfigError, match="same length"):
+        fit_scaling_law([1, 2, 3], [1.0])

@@ -1,0 +1,50 @@
+"""Kurtosis, Hill tail index and the singular-value spectrum summary."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from evomerge.theory import excess_kurtosis, hill_tail_index, singular_value_tail
+from evomerge.theory.tails import kurtosis_from_moments
+
+
+def test_kurtosis_gaussian_laplace_uniform():
+    rng = np.random.default_rng(0)
+    assert excess_kurtosis(rng.standard_normal(400_000)) == pytest.approx(0.0, abs=0.05)
+    assert excess_kurtosis(rng.laplace(size=400_000)) == pytest.approx(3.0, abs=0.15)
+    assert excess_kurtosis(rng.uniform(size=400_000)) == pytest.approx(-1.2, abs=0.02)
+    assert np.isnan(excess_kurtosis(torch.ones(10)))
+
+
+def test_kurtosis_from_moments_matches_direct():
+    rng = np.random.default_rng(1)
+    x = rng.laplace(loc=0.3, size=10_000)
+    s = [float(np.sum(x**p)) for p in range(1, 5)]
+    assert kurtosis_from_moments(x.size, *s) == pytest.approx(excess_kurtosis(x), rel=1e-8)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 2.0, 3.0])
+def test_hill_recovers_pareto_index(alpha):
+    rng = np.random.default_rng(2)
+    x = (rng.pareto(alpha, size=200_000) + 1.0) * rng.choice([-1.0, 1.0], size=200_000)
+    assert hill_tail_index(x, k_frac=0.01) == pytest.approx(alpha, rel=0.08)
+
+
+def test_hill_gaussian_is_light_tailed_and_edge_cases():
+    rng = np.random.default_rng(3)
+    assert hill_tail_index(rng.standard_normal(100_000), 0.01) > 5.0
+    assert np.isnan(hill_tail_index(np.zeros(50), 0.01))
+
+
+def test_singular_value_tail_of_low_rank_delta():
+    g = torch.Generator().manual_seed(0)
+    b, a = torch.randn(64, 4, generator=g), torch.randn(4, 32, generator=g)
+    s = singular_value_tail(b @ a)
+    assert 1.0 <= s["stable_rank"] <= 4.0 + 1e-6
+    assert s["effective_rank"] <= 4.0 + 1e-6
+    diag = torch.diag(torch.tensor([4.0, 2.0, 1.0]))
+    s = singular_value_tail(diag)
+    assert s["stable_rank"] == pytest.approx(21 / 16)
+    assert s["top1_energy"] == pytest.approx(16 / 21)

@@ -1,0 +1,107 @@
+"""Search-space declaration: names, ranges and overrides checked through the config schema."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from evomerge.config import config_from_dict
+from evomerge.errors import ConfigError
+from evomerge.tuning.space import apply_overrides, build_space, expert_count, space_fingerprint, suggest
+
+
+def cfg_with(space: dict, **top):
+    return config_from_dict({**top, "tune": {"space": space}})
+
+
+def dims_of(space: dict, n_experts: int | None = 6, **top):
+    cfg = cfg_with(space, **top)
+    return build_space(cfg.tune, cfg, n_experts=n_experts)
+
+
+def test_every_stage_can_be_declared() -> None:
+    dims = dims_of({
+        "merge.method": {"type": "categorical", "choices": ["ties", "dare_ties", "task_arithmetic"]},
+        "merge.params.density": {},  # range from the registry's tune_low/tune_high
+        "merge.params.lambda": {"low": 0.5, "high": 1.5},
+        "rht.mu": {"low": -0.1, "high": 0.1}, "rht.sigma_g": {"low": 0.0, "high": 0.3},
+        "rht.gamma": {"low": 0.5, "high": 1.0}, "rht.alpha": {"low": 0.0, "high": 0.5},
+        "rht.beta": {"low": 0.5, "high": 2.0},
+        "genome.cross_rate": {"low": 0.0, "high": 1.0}, "genome.sigma": {"low": 1e-4, "high": 1e-1, "log": True},
+        "genome.population": {"type": "int", "low": 4, "high": 12},
+        "swarm.inertia": {"low": 0.1, "high": 0.9}, "swarm.init_velocity": {"type": "categorical"
+                                                                             , "choices": ["random", "zero"]},
+        "experts.count": {"type": "int", "low": 2},
+    })
+    by = {d.name: d for d in dims}
+    from evomerge.merging.registry import get_merge_method
+
+    density = get_merge_method("ties").param("density")
+    assert (by["merge.params.density"].low, by["merge.params.density"].high) == (density.tune_low, density.tune_high)
+    assert by["experts.count"].high == 6 and by["experts.count"].type == "int"
+    assert by["genome.population"].type == "int" and by["genome.sigma"].log
+
+
+@pytest.mark.parametrize(
+    "space, fragment",
+    [
+        ({"merge.params.densty": {"low": 0.1, "high": 0.9}}, "parameter `densty`"),
+        ({"rht.gama": {"low": 0.1, "high": 0.9}}, "unknown parameter `gama` of section `rht`"),
+        ({"nosuch.x": {"low": 0, "high": 1}}, "unknown parameter"),
+        ({"rht.gamma": {"low": 0.5, "high": 1.5}}, "value 1.5 is not allowed"),
+        ({"genome.cross_rate": {"low": 0.8, "high": 0.2}}, "`low` must be below `high`"),
+        ({"merge.params.density": {"low": 0.0, "high": 0.5}}, "density"),
+        ({"genome.sigma": {"low": 0.0, "high": 0.1, "log": True}}, "log-scale"),
+        ({"genome.population": {"type": "float", "low": 2, "high": 8}}, "integer field"),
+        ({"merge.method": {"type": "categorical", "choices": ["ties", "nope"]}}, "unknown merge method `nope`"),
+        ({"experts.count": {"type": "int", "low": 1, "high": 9}}, "only 6 experts"),
+        ({"ray.num_actors": {"type": "int", "low": 1, "high": 2}}, "cannot be tuned"),
+        ({"rht.gamma": {"low": 0.5}}, "needs `low` and `high`"),
+        ({}, "tune.space is empty"),
+    ],
+)
+def test_bad_space_is_refused_with_a_clear_message(space, fragment) -> None:
+    with pytest.raises(ConfigError) as err:
+        dims_of(space)
+    assert fragment in str(err.value)
+
+
+def test_overrides_are_revalidated_by_the_schema() -> None:
+    base = config_from_dict({"merge": {"method": "ties", "params": {"density": 0.5, "majority_sign_method": "total"}}})
+    cfg = apply_overrides(base, {"merge.method": "task_arithmetic", "merge.params.lambda": 0.7, "rht.gamma": 0.8,
+                                 "experts.count": 3})
+    assert cfg.merge.method == "task_arithmetic"
+    assert cfg.merge.params == {"lambda": 0.7}  # ties' own params dropped for the new method
+    assert cfg.rht.gamma == 0.8 and base.rht.gamma == 0.9  # base untouched
+    assert expert_count({"experts.count": 3}) == 3 and expert_count({"rht.gamma": 1}) is None
+    with pytest.raises(ConfigError, match="genome.cross_rate"):
+        apply_overrides(base, {"genome.cross_rate": 2.0})
+
+
+def test_conditional_merge_params_follow_the_sampled_method() -> None:
+    dims = dims_of({
+        "merge.method": {"type": "categorical", "choices": ["ties", "task_arithmetic"]},
+        "merge.params.density": {},
+    })
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    seen = set()
+    for _ in range(20):
+        trial = study.ask()
+        values = suggest(trial, dims)
+        seen.add(values["merge.method"])
+        assert ("merge.params.density" in values) == (values["merge.method"] == "ties")
+        base = config_from_dict({"merge": {"method": "ties"}})
+        cfg = apply_overrides(base, values)
+        assert cfg.merge.method == values["merge.method"]
+        if "merge.params.density" in values:
+            assert 0.05 <= cfg.merge.params["density"] <= 1.0
+        study.tell(trial, 0.0)
+    assert seen == {"ties", "task_arithmetic"}
+
+
+def test_fingerprint_changes_with_the_space() -> None:
+    a = dims_of({"rht.gamma": {"low": 0.5, "high": 1.0}})
+    b = dims_of({"rht.gamma": {"low": 0.6, "high": 1.0}})
+    assert space_fingerprint(a, "merge") == space_fingerprint(dims_of({"rht.gamma": {"low": 0.5, "high": 1.0}}), "merge")
+    assert space_fingerprint(a, "merge") != space_fingerprint(b, "merge")
+    assert space_fingerprint(a, "merge") != space_fingerprint(a, "genome")
