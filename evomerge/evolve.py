@@ -10,6 +10,7 @@ like an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -55,17 +56,22 @@ class RoundInfo:
     seconds: float
 
 
-def make_searches(cfg: EvomergeConfig, algo: str, n_experts: int) -> list[Any]:
-    """One search object per island (distinct id prefixes and seeds); validates the combination."""
-    from evomerge.search import Genome, Swarm
-
+def check_static(cfg: EvomergeConfig, algo: str) -> None:
+    """Refuse combinations the config schema alone cannot see (before Ray or any loading)."""
     if algo not in ALGOS:
         raise ConfigError(f"`--algo` must be one of {list(ALGOS)}. Got {algo!r} instead.")
-    n = cfg.ray.islands
-    if algo == "swarm" and n > 1:
+    if algo == "swarm" and cfg.ray.islands > 1:
         raise ConfigError("`ray.islands` > 1 needs migration, which only GENOME supports; use islands: 1 with swarm")
+
+
+def make_searches(cfg: EvomergeConfig, algo: str, n_experts: int) -> list[Any]:
+    """One search object per island (distinct id prefixes and seeds)."""
+    from evomerge.search import Genome, Swarm
+
+    check_static(cfg, algo)
     if n_experts < 2:
         raise ConfigError(f"evolutionary search needs at least 2 experts. Got {n_experts} instead.")
+    n = cfg.ray.islands
     out = []
     for i in range(n):
         prefix = f"i{i}/" if n > 1 else ""
@@ -78,8 +84,10 @@ def make_searches(cfg: EvomergeConfig, algo: str, n_experts: int) -> list[Any]:
 
 
 def _run_meta(cfg: EvomergeConfig, algo: str, inputs: EvolveInputs) -> dict[str, Any]:
-    return {"algo": algo, "experts": inputs.names, "tasks": inputs.tasks,
-            "config": cfg.model_dump(mode="json")}
+    """What must match for a resume (the Ray placement, e.g. actors or address, may change)."""
+    search_cfg = cfg.model_dump(mode="json", exclude={"ray", "output"})
+    search_cfg["islands"] = {"n": cfg.ray.islands, "migration_interval": cfg.ray.migration_interval}
+    return {"algo": algo, "experts": inputs.names, "tasks": inputs.tasks, "config": search_cfg}
 
 
 def _prepare_out(out_dir: Path, meta: dict[str, Any], resume: bool) -> None:
@@ -113,6 +121,7 @@ def run_evolve(
     write_adapter: bool = True,
     on_generation: Callable[[RoundInfo], None] | None = None,
     on_dispatch: Callable[[int, Any], None] | None = None,
+    runtime: Any = None,
 ) -> EvolveResult:
     """Run (or resume) an evolutionary merge; see the module docstring.
 
@@ -120,16 +129,20 @@ def run_evolve(
     on_generation: called after every round's checkpoint (Optuna reports/prunes from here;
         an exception stops the run, which ``resume=True`` continues).
     on_dispatch: called while a round's work is in flight (fault-injection in tests).
+    runtime: an open :class:`~evomerge.distributed.runtime.Runtime` whose actors (and loaded
+        evaluator) are reused, e.g. by the scale driver's many runs; its placement is used.
     """
     from evomerge.distributed.runtime import Runtime
 
     out_dir = Path(out_dir)
-    inputs = prepare_inputs(cfg, experts=experts, tasks=tasks, zoo_profile=zoo_profile)
-    searches = make_searches(cfg, algo, len(inputs.names))  # refuses bad combinations before work
-    meta = _run_meta(cfg, algo, inputs)
-    _prepare_out(out_dir, meta, resume)
-    with Runtime(cfg, inputs) as rt:  # refuses impossible resource requests before work
-        rt.pool.on_dispatch = on_dispatch
+    check_static(cfg, algo)
+    with contextlib.ExitStack() as stack:
+        # connecting checks the request against the cluster: impossible ones fail before any work
+        rt = runtime if runtime is not None else stack.enter_context(Runtime(cfg))
+        inputs = prepare_inputs(cfg, experts=experts, tasks=tasks, zoo_profile=zoo_profile)
+        searches = make_searches(cfg, algo, len(inputs.names))
+        _prepare_out(out_dir, _run_meta(cfg, algo, inputs), resume)
+        rt.start(inputs).on_dispatch = on_dispatch
         loop = _Loop(cfg, inputs, searches, rt, out_dir, progress, on_generation)
         loop.start(resume)
         loop.run()
@@ -243,7 +256,7 @@ class _Loop:
             best_val_per_task=fin["val_per_task"], best_test_per_task=fin["test_per_task"],
             best_test_fitness=fin["test_fitness"], history_path=history_path, adapter_dir=fin["adapter_dir"],
             expert_fitness=self.expert_fitness, ensemble=fin["ensemble"], rounds=self.step,
-            stats=self.pool.stats(),
+            stats={**self.pool.stats(), "actor_info": list(self.rt.infos)},
         )
         write_json_atomic(self.out_dir / "result.json", asdict(result))
         return result

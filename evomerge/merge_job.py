@@ -51,6 +51,14 @@ def plan_output(cfg, pool, method) -> str:
     fmt = m.output_format
     if m.space != "delta" and pool.kind != "lora":
         raise ConfigError(f"merge.space `{m.space}` applies to LoRA experts; these are full fine-tunes (use delta)")
+    if m.space == "ab" and pool.kind == "lora":
+        for k in pool.keys():
+            ranks = sorted({ad.modules[k].rank for ad in pool.adapters})
+            if len(ranks) > 1:
+                raise ConfigError(
+                    f"merge.space `ab` needs equal LoRA ranks, but `{k}` has ranks {ranks} across experts; "
+                    "use space `concat` (linear methods) or `delta`"
+                )
     if method.needs and m.space != "delta":
         raise ConfigError(f"merge method `{method.name}` reads per-weight statistics and needs merge.space `delta`")
     if method.per_task:
@@ -119,8 +127,10 @@ def run_merge(
     params = method.resolve(cfg.merge.params)
     specs = cfg.experts.experts
     pool = load_pool(
-        [s.path for s in specs], base=cfg.experts.base, allow_bin=cfg.experts.allow_bin, names=[s.name for s in specs]
+        [s.path for s in specs], base=cfg.experts.base, allow_bin=cfg.experts.allow_bin, names=[s.name for s in specs],
+        progress=progress,
     )
+    _check_not_overlapping(out, [*pool.paths, *([pool.base_path] if pool.base_path else []), *cfg.merge.data])
     weights = _weights(cfg, len(pool))
     fmt = plan_output(cfg, pool, method)
     pool_stats = pool.stats()
@@ -166,6 +176,15 @@ def run_merge(
 
         write_json_atomic(tmp / MANIFEST, manifest)
     return out
+
+
+def _check_not_overlapping(out: Path, inputs) -> None:
+    """Refuse an output that is, contains or sits inside an input (``--overwrite`` would destroy it)."""
+    o = Path(out).resolve()
+    for p in inputs:
+        q = Path(p).resolve()
+        if o == q or o in q.parents or q in o.parents:
+            raise ConfigError(f"{out}: the output overlaps the input {p}; inputs are never written, pick another --out")
 
 
 def _fans(pool) -> dict[str, bool]:

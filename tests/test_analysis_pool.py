@@ -14,7 +14,7 @@ import torch
 from evomerge.analysis import analyze_pool
 from evomerge.errors import ConfigError, OutputExistsError
 from evomerge.experts.types import LoraModule
-from evomerge.theory import adaptive_delta, n_max
+from evomerge.theory import adaptive_delta, n_max, singular_value_tail
 
 OUT, IN, R = 24, 20, 4
 KEYS = [f"model.layers.{layer}.self_attn.{m}.weight" for layer in range(3) for m in ("q_proj", "v_proj")]
@@ -90,11 +90,15 @@ def test_summary_numbers_match_independent_computation(result, flat):
     assert on_disk["pca_components"] == s["pca_components"]
 
 
-def test_tables_consistent(result, flat):
+def test_tables_consistent(result, flat, experts):
     x = flat.numpy()
     out = result.out_dir
-    experts = pq.read_table(out / "experts.parquet").to_pylist()
-    for i, row in enumerate(experts):
+    rows = pq.read_table(out / "experts.parquet").to_pylist()
+    for i, row in enumerate(rows):
+        spectra = [singular_value_tail(experts[i][k].delta()) for k in KEYS]
+        assert row["sv_stable_rank"] == pytest.approx(np.mean([s["stable_rank"] for s in spectra]), rel=1e-4)
+        assert row["sv_effective_rank"] == pytest.approx(np.mean([s["effective_rank"] for s in spectra]), rel=1e-4)
+        assert 1.0 <= row["sv_stable_rank"] <= R
         assert row["norm"] == pytest.approx(np.linalg.norm(x[i]), rel=1e-9)
         assert row["variance"] == pytest.approx(x[i].var(), rel=1e-9)
         assert row["kurtosis"] == pytest.approx(scipy.stats.kurtosis(x[i]), rel=1e-6)

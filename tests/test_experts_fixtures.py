@@ -72,11 +72,11 @@ def make_lora(base_dir: Path, out: Path, seed: int, r: int = 4, alpha: float = 8
             if "lora_A" in name or "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * b_scale)
     pm.save_pretrained(str(out))
-    if base_name is not None or True:
-        cfgp = out / "adapter_config.json"
-        c = json.loads(cfgp.read_text())
-        c["base_model_name_or_path"] = base_name if base_name is not None else str(base_dir)
-        cfgp.write_text(json.dumps(c))
+    # peft records the path the base was loaded from; pin it (or fake another base model)
+    cfgp = out / "adapter_config.json"
+    c = json.loads(cfgp.read_text())
+    c["base_model_name_or_path"] = base_name if base_name is not None else str(base_dir)
+    cfgp.write_text(json.dumps(c))
     return pm
 
 

@@ -141,6 +141,17 @@ def test_bin_refused_unless_allowed(zoo, tmp_path):
     pool = load_pool([d], allow_bin=True)
     ref = load_pool([zoo / "l1"])
     torch.testing.assert_close(pool.stacked(pool.keys()[0]), ref.stacked(ref.keys()[0]))
+    # a full fine-tune saved as pytorch_model.bin
+    fb = tmp_path / "fullbin"
+    fb.mkdir()
+    shutil.copy(zoo / "f1" / "config.json", fb)
+    torch.save(load_file(str(zoo / "f1" / "model.safetensors")), fb / "pytorch_model.bin")
+    with pytest.raises(ExpertLoadError, match=r"fullbin/pytorch_model\.bin.*--allow-bin"):
+        load_pool([fb], base=zoo / "base")
+    got = load_pool([fb], base=zoo / "base", allow_bin=True)
+    ref = load_pool([zoo / "f1"], base=zoo / "base")
+    for k in ref.keys():
+        torch.testing.assert_close(got.stacked(k), ref.stacked(k), atol=0, rtol=0)
 
 
 # --- bad inputs: each names the file at fault -------------------------------------------------

@@ -121,3 +121,27 @@ def test_bad_config_fails_the_job_with_a_clear_message(head, tmp_path) -> None:
     job = submit(head, ["jobs/evolve.py", "--config", str(bad), "--output", str(tmp_path / "o")])
     assert wait(head, job, timeout=180) == JobStatus.FAILED
     assert "genome.cross_rate" in head.get_job_logs(job)
+
+
+def test_tune_job_runs_two_workers_on_one_study(head, tmp_path) -> None:
+    import optuna
+    from ray.job_submission import JobStatus
+
+    cfg = yaml.safe_load((ROOT / "jobs" / "configs" / "tune_small.yaml").read_text())
+    cfg["tune"]["n_trials"] = 4
+    cfg["evaluation"]["max_samples"] = 16
+    config = tmp_path / "tune.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    out_uri = f"file://{tmp_path}/results"
+    job = submit(head, ["jobs/tune.py", "--config", str(config), "--small", "--output", out_uri, "--name", "study",
+                        "--workers", "2"])
+    assert wait(head, job) == JobStatus.SUCCEEDED, head.get_job_logs(job)
+    run = tmp_path / "results" / "study"
+    study = optuna.load_study(study_name="evomerge", storage=f"sqlite:///{run}/optuna.db")
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert 4 <= len(finished) <= 5
+    assert len({t.user_attrs["worker"] for t in finished}) == 2, "both Ray tasks ran trials"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_value"] == pytest.approx(study.best_value)
+    assert (run / "best_config.yaml").is_file() and (run / "trials.parquet").is_file()
+    assert f"evomerge job results: {out_uri}/study" in head.get_job_logs(job)

@@ -73,6 +73,11 @@ def test_lora_concat_task_arithmetic_roundtrip(zoo, tmp_path, capsys):
     assert man["weights"] == [1.0, 0.5] and man["seed"] == 0 and man["rht"]["enabled"] is False
     assert [e["sha256"] for e in man["inputs"]["experts"]] == [before["l1"], before["l2"]]
     assert {n: sha256_tree(zoo / n) for n in before} == before  # inputs untouched
+    # the same merge written as a full checkpoint (base + delta)
+    code, _, err = _run(["-e", zoo / "l1", "-e", zoo / "l2", "-p", "lambda=0.7", "--space", "concat", "--weights", "1,0.5",
+                         "--format", "full", "--base", zoo / "base", "--out", tmp_path / "ta_full"], capsys)
+    assert code == 0, err
+    torch.testing.assert_close(logits(load_base(tmp_path / "ta_full"), IDS), want, atol=2e-5, rtol=1e-4)
 
 
 def test_lora_ties_delta_with_rank(zoo, tmp_path, capsys):
@@ -141,6 +146,31 @@ def test_full_finetunes_to_checkpoint(zoo, tmp_path, capsys):
     assert man["inputs"]["base"]["sha256"] == before["base"] and man["expert_kind"] == "full"
 
 
+def test_rht_applied_to_merged_task_vector(zoo, tmp_path, capsys):
+    from evomerge.config import RHTConfig
+    from evomerge.rht import apply_rht
+
+    cfg = tmp_path / "rht.yaml"
+    cfg.write_text("rht:\n  gamma: 0.8\n  alpha: 0.2\n  sigma_g: 0.05\n  seed: 5\n")
+    out = tmp_path / "rht"
+    code, _, err = _run(["--config", cfg, "--rht", "-e", zoo / "f1", "-e", zoo / "f2", "--base", zoo / "base",
+                         "-p", "lambda=0.5", "--out", out], capsys)
+    assert code == 0, err
+    sd0 = state_dict_of(load_base(zoo / "base"))
+    sd1, sd2 = state_dict_of(load_base(zoo / "f1")), state_dict_of(load_base(zoo / "f2"))
+    merged = {k: 0.5 * ((sd1[k] - sd0[k]) + (sd2[k] - sd0[k])) for k in sd0}
+    rht = apply_rht(merged, RHTConfig(enabled=True, gamma=0.8, alpha=0.2, sigma_g=0.05, seed=5), 5)
+    got = state_dict_of(load_base(out))
+    changed = 0
+    for k in sd0:
+        torch.testing.assert_close(got[k], sd0[k] + rht[k], atol=1e-6, rtol=1e-5)
+        changed += int(float((rht[k] - merged[k]).abs().max()) > 1e-4)
+    assert changed > 0
+    man = json.loads((out / "evomerge_manifest.json").read_text())
+    assert man["rht"] == {**RHTConfig().model_dump(mode="json"), "enabled": True, "gamma": 0.8, "alpha": 0.2,
+                          "sigma_g": 0.05, "seed": 5}
+
+
 def test_emr_per_task_outputs(zoo, tmp_path, capsys):
     from evomerge.merge_job import load_emr_task
 
@@ -186,6 +216,18 @@ def test_regmean_with_data_and_config_file(zoo, tmp_path, capsys):
     for k in pool.keys():
         want = sd0[k] + rm(pool.stacked(k), None, stats=stats[k], alpha=0.8)
         torch.testing.assert_close(got[k], want, atol=1e-5, rtol=1e-4)
+    # Fisher with one shared data file, written as a rank-32 (exact) adapter
+    out = tmp_path / "fi"
+    code, _, err = _run(["-e", zoo / "l1", "-e", zoo / "l2", "--base", zoo / "base", "--method", "fisher",
+                         "--data", zoo / "d2.jsonl", "--rank", "32", "--out", out], capsys)
+    assert code == 0, err
+    fstats = pool_statistics(pool, {"fisher"}, [zoo / "d2.jsonl"], 128)
+    fi = get_merge_method("fisher")
+    merged = {k: fi(pool.stacked(k), None, stats=fstats[k]) for k in pool.keys()}
+    k = pool.keys()[0]
+    assert float((merged[k] - pool.stacked(k).mean(0)).abs().max()) > 1e-6  # not a plain average
+    want = with_delta(load_base(zoo / "base"), merged, IDS)
+    torch.testing.assert_close(_peft_logits(zoo, out), want, atol=2e-5, rtol=1e-4)
 
 
 # --- bad inputs: error named, exit 2, nothing written -------------------------------------------
@@ -240,6 +282,7 @@ def test_bad_inputs_exit_2_and_write_nothing(zoo, tmp_path, capsys):
     _bad(zoo, tmp_path, capsys, [*l1, *l2, "--weights", "1,2,3"], r"one weight per expert")
     _bad(zoo, tmp_path, capsys, [*l1, *l2, "--space", "concat", "--method", "ties"], r"concat.*linear")
     _bad(zoo, tmp_path, capsys, [*l1, *l2, "--space", "delta"], r"--rank")
+    _bad(zoo, tmp_path, capsys, [*l1, *l2, "--space", "ab"], r"space `ab` needs equal LoRA ranks.*\[4, 8\]")
     _bad(zoo, tmp_path, capsys, [*l1, *l2, "--method", "fisher", "--base", zoo / "base", "--rank", "4"], r"merge\.data")
     binexp = tmp_path / "binexp"
     binexp.mkdir()
@@ -260,6 +303,11 @@ def test_existing_output_kept_without_overwrite(zoo, tmp_path, capsys):
     code, _, err = _run(args, capsys)
     assert code == 2 and "already exists" in err and str(out) in err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    before = sha256_tree(zoo / "l1")
+    for target in (zoo / "l1", zoo / "l1" / "sub", zoo):  # the input itself, inside it, around it
+        code, _, err = _run(["-e", zoo / "l1", "-e", zoo / "l2", "--space", "concat", "--overwrite", "--out", target], capsys)
+        assert code == 2 and "overlaps the input" in err, err
+    assert sha256_tree(zoo / "l1") == before and not (zoo / "l1" / "sub").exists()
     code, _, err = _run([*args, "--overwrite"], capsys)
     assert code == 0, err
     assert not (out / "keep.txt").exists() and (out / "adapter_model.safetensors").is_file()

@@ -48,3 +48,12 @@ def test_singular_value_tail_of_low_rank_delta():
     s = singular_value_tail(diag)
     assert s["stable_rank"] == pytest.approx(21 / 16)
     assert s["top1_energy"] == pytest.approx(16 / 21)
+
+
+def test_lora_singular_values_match_full_svd():
+    from evomerge.theory.tails import lora_singular_values
+
+    g = torch.Generator().manual_seed(1)
+    b, a = torch.randn(50, 6, generator=g), torch.randn(6, 30, generator=g)
+    ref = np.linalg.svd((0.25 * b @ a).double().numpy(), compute_uv=False)[:6]
+    np.testing.assert_allclose(np.sort(lora_singular_values(b, a, 0.25))[::-1], ref, rtol=1e-5)

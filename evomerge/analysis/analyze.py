@@ -19,7 +19,7 @@ from evomerge.experts.types import LoraModule
 from evomerge.io import atomic_dir, write_json_atomic, write_parquet_atomic
 from evomerge.theory.geometry import n_components_for, pca_cumulative_variance
 from evomerge.theory.tails import hill_tail_index, kurtosis_from_moments
-from evomerge.theory.variance import adaptive_delta, n_max, stop_index, variance_curve
+from evomerge.theory.variance import adaptive_delta, n_max, sigma_rho_from_gram, stop_index, variance_curve
 
 PCA_THRESHOLD = 0.95
 
@@ -80,6 +80,15 @@ def _tail_stats(stats: PoolStats, row: int, k_frac: float) -> dict[str, float]:
     }
 
 
+def _spectrum_means(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Mean over an expert's 2-D tensors of the singular-value summaries (NaN if none)."""
+    out = {}
+    for col in ("stable_rank", "effective_rank", "top1_energy"):
+        vals = [r[col] for r in rows if math.isfinite(r[col])]
+        out[f"sv_{col}"] = float(np.mean(vals)) if vals else float("nan")
+    return out
+
+
 def _mean_angle_matrix(rows: list[dict[str, Any]], n: int) -> np.ndarray:
     tot, cnt = np.zeros((n, n)), np.zeros((n, n))
     for r in rows:
@@ -93,11 +102,17 @@ def _mean_angle_matrix(rows: list[dict[str, Any]], n: int) -> np.ndarray:
     return m
 
 
+def _check_delta(delta: float | str | None) -> None:
+    """Fail before the pass over the pool, not after it."""
+    if delta is None or delta == "adaptive":
+        return
+    if isinstance(delta, str) or not (math.isfinite(float(delta)) and float(delta) > 0):
+        raise ConfigError(f"delta must be a number > 0 or 'adaptive', got {delta!r}")
+
+
 def _resolve_delta(delta: float | str | None, sigma2: float, rho: float, n: int) -> tuple[float, str]:
     if delta is None or delta == "adaptive":
         return adaptive_delta(sigma2, rho, n, mode="mean"), "adaptive (mean drop over the pool)"
-    if isinstance(delta, str):
-        raise ConfigError(f"delta must be a number > 0 or 'adaptive', got {delta!r}")
     return float(delta), "given"
 
 
@@ -123,8 +138,10 @@ def analyze_pool(
     dicts, or a ``Tensor[n, d]``. ``delta``: the stop threshold (a number, or None/"adaptive"
     for :func:`~evomerge.theory.adaptive_delta`). ``rht_cfg``: an ``RHTConfig`` for the
     with/without-RHT comparison (default constants when None; its ``enabled`` flag is ignored:
-    both are always shown). ``seed`` drives the coordinate sample and the randomized SVD. One streaming pass over the tensors; the directory appears atomically.
+    both are always shown). ``seed`` drives the coordinate sample and the randomized SVD.
+    One streaming pass over the tensors; the directory appears atomically.
     """
+    _check_delta(delta)
     if sample_size < 100:
         raise ConfigError(f"sample_size must be >= 100, got {sample_size}")
     if angle_rank < 1:
@@ -145,10 +162,8 @@ def analyze_pool(
 
 def _write_outputs(tmp: Path, view, stats: PoolStats, delta, rht_status: str, rht_cfg, seed: int, k_frac: float) -> AnalysisResult:
     n, names = view.n, view.names
-    corr = stats.gram.correlation()
+    sigma2, rho, corr = sigma_rho_from_gram(stats.gram)
     cos = stats.gram.cosine()
-    sigma2 = float(stats.gram.variances().mean())
-    rho = float((corr.sum() - n) / (n * (n - 1)))
     delta_v, delta_mode = _resolve_delta(delta, sigma2, rho, n)
     nmax = n_max(sigma2, rho, delta_v)
     stop_k = stop_index(sigma2, rho, delta_v, n)
@@ -159,7 +174,9 @@ def _write_outputs(tmp: Path, view, stats: PoolStats, delta, rht_status: str, rh
     mean_angle = float(np.nanmean(angles[iu])) if stats.angle_rows else float("nan")
 
     tables: dict[str, pa.Table] = {}
-    tables["experts"] = pa.Table.from_pylist([{"expert": i, "name": names[i], **_tail_stats(stats, i, k_frac)} for i in range(n)])
+    tables["experts"] = pa.Table.from_pylist([
+        {"expert": i, "name": names[i], **_tail_stats(stats, i, k_frac), **_spectrum_means(stats.spectra[i])} for i in range(n)
+    ])
     tables["pairwise"] = pa.Table.from_pylist([
         {"expert_i": int(i), "expert_j": int(j), "name_i": names[i], "name_j": names[j], "correlation": float(corr[i, j]),
          "cosine": float(cos[i, j]), "mean_principal_angle": float(angles[i, j])}
@@ -186,7 +203,7 @@ def _write_outputs(tmp: Path, view, stats: PoolStats, delta, rht_status: str, rh
         figures.plot_pca_cumulative(cum, tmp / "pca_cumulative.png", PCA_THRESHOLD),
         figures.plot_heatmap(corr, names, tmp / "correlation.png", title="Pearson correlation of task vectors",
                              label="correlation", vmin=-1, vmax=1, cmap="coolwarm"),
-        figures.plot_variance_floor(curve, tmp / "variance_floor.png", n_stop=stop_k, delta=delta_v, floor=sigma2 * rho),
+        figures.plot_variance_floor(curve, tmp / "variance_floor.png", n_stop=stop_k, delta=delta_v, floor=sigma2 * max(rho, 0.0)),
     ]
     if stats.angle_rows:
         figs.append(figures.plot_heatmap(angles, names, tmp / "principal_angles.png", vmin=0, vmax=90,
@@ -204,7 +221,7 @@ def _write_outputs(tmp: Path, view, stats: PoolStats, delta, rht_status: str, rh
         "n_params": int(stats.gram.count),
         "sigma2": sigma2,
         "rho": rho,
-        "variance_floor": sigma2 * rho,
+        "variance_floor": sigma2 * max(rho, 0.0),  # rho < 0 cannot hold for an unbounded pool
         "delta": delta_v,
         "delta_mode": delta_mode,
         "n_max": nmax,

@@ -9,17 +9,28 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from evomerge.analysis.source import PoolView
-from evomerge.theory.geometry import layer_index, lora_basis, principal_angles, randomized_left_subspace
+from evomerge.errors import ExpertLoadError
+from evomerge.theory.geometry import angles_between_bases, layer_index, lora_basis, orthonormal_basis, randomized_left_subspace
 from evomerge.theory.moments import _BLOCK, GramAccumulator
+from evomerge.theory.tails import lora_singular_values, spectrum_summary
 
 RhtFn = Callable[[str, torch.Tensor], torch.Tensor]
+
+
+def _blocks(parts: list[torch.Tensor], rows: int, dtype: torch.dtype) -> Iterator[torch.Tensor]:
+    """Column blocks of the row groups stacked together (never copies a whole tensor at once)."""
+    flat = [p.reshape(p.shape[0], -1) for p in parts]
+    if sum(f.shape[0] for f in flat) != rows:
+        raise ValueError(f"expected {rows} rows, got {[f.shape[0] for f in flat]}")
+    for start in range(0, flat[0].shape[1], _BLOCK):
+        yield torch.cat([f[:, start : start + _BLOCK].to(dtype) for f in flat])
 
 
 @dataclass
@@ -39,10 +50,9 @@ class PowerSums:
         self.zeros = np.zeros(self.rows, dtype=np.int64)
         self.maxabs = np.zeros(self.rows)
 
-    def update(self, x: torch.Tensor) -> None:
-        x = x.reshape(self.rows, -1)
-        for start in range(0, x.shape[1], _BLOCK):
-            b = x[:, start : start + _BLOCK].to(torch.float64)
+    def update(self, parts: list[torch.Tensor]) -> None:
+        """Add columns; ``parts`` are row groups ``[r_i, m]`` with sum r_i = rows."""
+        for b in _blocks(parts, self.rows, torch.float64):
             p = b.clone()
             for i in range(4):
                 self.s[i] += p.sum(1).numpy()
@@ -70,10 +80,8 @@ class Reservoir:
         self.prio = torch.empty(0)
         self.values = torch.empty(self.rows, 0)
 
-    def update(self, x: torch.Tensor) -> None:
-        x = x.reshape(self.rows, -1)
-        for start in range(0, x.shape[1], _BLOCK):
-            b = x[:, start : start + _BLOCK].float()
+    def update(self, parts: list[torch.Tensor]) -> None:
+        for b in _blocks(parts, self.rows, torch.float32):
             pr = torch.rand(b.shape[1], generator=self.generator)
             prio = torch.cat([self.prio, pr])
             vals = torch.cat([self.values, b], dim=1)
@@ -93,16 +101,30 @@ class PoolStats:
     sample: Reservoir
     has_rht: bool
     angle_rows: list[dict[str, Any]]
+    spectra: list[list[dict[str, float]]]  # per expert, one spectrum summary per 2-D tensor
 
 
-def _bases(view: PoolView, key: str, x: torch.Tensor, rank: int, seed: int) -> list[torch.Tensor] | None:
-    """Per expert, an orthonormal-able basis of the delta's output subspace for a 2-D key."""
+def _bases(view: PoolView, key: str, x: torch.Tensor, rank: int, seed: int) -> list[np.ndarray] | None:
+    """Per expert, an orthonormal basis of the delta's output subspace for a 2-D key."""
     if view.lora is not None and all(key in m for m in view.lora):
-        return [lora_basis(m[key], "out") for m in view.lora]
+        return [orthonormal_basis(lora_basis(m[key], "out")) for m in view.lora]
     if x.ndim != 3:
         return None
     g = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(key.encode())) % (2**63))
     return [randomized_left_subspace(x[i], rank, g) for i in range(x.shape[0])]
+
+
+# Largest min(out, in) of a full (non-LoRA) 2-D delta whose whole spectrum is computed.
+SPECTRUM_MAX_DIM = 1024
+
+
+def _spectra(view: PoolView, key: str, x: torch.Tensor) -> list[dict[str, float]] | None:
+    """Per expert, the singular-value summary of this tensor's delta (LoRA: from the factors)."""
+    if view.lora is not None and all(key in m for m in view.lora):
+        return [spectrum_summary(lora_singular_values(m[key].B, m[key].A, m[key].scale)) for m in view.lora]
+    if x.ndim != 3 or min(x.shape[1:]) > SPECTRUM_MAX_DIM:
+        return None
+    return [spectrum_summary(np.linalg.svd(x[i].double().numpy(), compute_uv=False)) for i in range(x.shape[0])]
 
 
 def collect(
@@ -120,23 +142,25 @@ def collect(
     sums = PowerSums(rows)
     sample = Reservoir(rows, sample_size, torch.Generator().manual_seed(seed))
     angle_rows: list[dict[str, Any]] = []
+    spectra: list[list[dict[str, float]]] = [[] for _ in range(n)]
     for key in tqdm(view.keys, desc="analyze", unit="tensor", disable=not progress):
         x = view.stacked(key).float()
         if x.shape[0] != n:
-            raise ValueError(f"stacked({key!r}) returned {x.shape[0]} experts, expected {n}")
+            raise ExpertLoadError(f"tensor `{key}`: the pool returned {x.shape[0]} experts, expected {n}")
         gram.update(x)
         merged = x.mean(0)
         parts = [x.reshape(n, -1), merged.reshape(1, -1)]
         if rht:
             parts.append(rht(key, merged).reshape(1, -1).float())
-        allrows = torch.cat(parts)
-        sums.update(allrows)
-        sample.update(allrows)
+        sums.update(parts)
+        sample.update(parts)
+        for i, summary in enumerate(_spectra(view, key, x) or []):
+            spectra[i].append(summary)
         bases = _bases(view, key, x, angle_rank, seed)
         if bases is not None:
             for i in range(n):
                 for j in range(i + 1, n):
-                    ang = principal_angles(bases[i], bases[j])
+                    ang = angles_between_bases(bases[i], bases[j])
                     if ang.size:
                         angle_rows.append({
                             "key": key, "layer": layer_index(key), "expert_i": i, "expert_j": j,
@@ -144,4 +168,5 @@ def collect(
                             "mean_angle": float(ang.mean()), "min_angle": float(ang.min()),
                             "max_angle": float(ang.max()),
                         })
-    return PoolStats(gram=gram, sums=sums, sample=sample, has_rht=bool(rht), angle_rows=angle_rows)
+    return PoolStats(gram=gram, sums=sums, sample=sample, has_rht=bool(rht), angle_rows=angle_rows,
+                     spectra=spectra)

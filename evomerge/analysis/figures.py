@@ -90,12 +90,12 @@ def plot_weight_histograms(samples: Mapping[str, np.ndarray], out_png: str | Pat
     if not samples:
         raise ConfigError("plot_weight_histograms needs at least one sample")
     allv = np.concatenate([np.asarray(s, dtype=float).ravel() for s in samples.values()])
-    lim = float(np.quantile(np.abs(allv), 0.9999)) or 1.0
+    lim = float(np.abs(allv[np.isfinite(allv)]).max(initial=0.0)) or 1.0
     edges = np.linspace(-lim, lim, bins + 1)
     fig = Figure(figsize=(5.5, 3.6))
     ax = fig.add_subplot()
     for label, s in samples.items():
-        ax.hist(np.clip(np.asarray(s, dtype=float).ravel(), -lim, lim), bins=edges, histtype="step", lw=1.3, label=label)
+        ax.hist(np.asarray(s, dtype=float).ravel(), bins=edges, histtype="step", lw=1.3, label=label)
     ax.set_yscale("log")
     ax.set(xlabel="merged task-vector value", ylabel="count (log)", title="merged weights: tails")
     ax.legend(fontsize=8)

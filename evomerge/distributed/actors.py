@@ -90,16 +90,33 @@ class PopulationActor:
         if num_threads:
             torch.set_num_threads(int(num_threads))
         self.device = device or _actor_device()
+        self.evaluator: Any = None
+        self._evaluator_spec: Any = None
+        self.timings = {"materialize_s": 0.0, "evaluate_s": 0.0, "transfer_s": 0.0}
+        self.reset(experts, make_evaluator, fan_in_fan_out=fan_in_fan_out, rht=rht)
+
+    def reset(
+        self,
+        experts: Mapping[str, NumpyDict],
+        make_evaluator: Callable[[str], Any],
+        *,
+        fan_in_fan_out: Mapping[str, bool] | None = None,
+        rht: Any = None,
+    ) -> dict[str, Any]:
+        """Start over with new experts (another run on the same actors); the evaluator is
+        rebuilt only when its spec changed (loading the base model is the slow part)."""
         self.experts = {k: numpy_to_td(v, self.device) for k, v in experts.items()}
         self.store: dict[str, TensorDict] = dict(self.experts)
         self.fan = dict(fan_in_fan_out or {})
         self.rht = rht
-        self.evaluator = make_evaluator(self.device)
-        self.timings = {"materialize_s": 0.0, "evaluate_s": 0.0, "transfer_s": 0.0}
+        if self.evaluator is None or make_evaluator != self._evaluator_spec:
+            self.evaluator = make_evaluator(self.device)
+            self._evaluator_spec = make_evaluator
+        return self.info()
 
     # ---------------------------------------------------------------- introspection
     def info(self) -> dict[str, Any]:
-        """Where this actor runs (node, device, pid) and whether Ray restarted it."""
+        """Where this actor runs: node, device, GPU ids, pid (a new pid means Ray restarted it)."""
         out: dict[str, Any] = {"pid": os.getpid(), "device": str(self.device), "n_keys": len(self.store)}
         try:
             import ray
@@ -108,7 +125,6 @@ class PopulationActor:
                 ctx = ray.get_runtime_context()
                 out["node_id"] = ctx.get_node_id()
                 out["gpu_ids"] = [str(g) for g in ray.get_gpu_ids()]
-                out["reconstructed"] = bool(ctx.was_current_actor_reconstructed)
         except Exception:  # outside an actor, the runtime context has no actor
             pass
         return out

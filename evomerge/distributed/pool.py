@@ -35,12 +35,21 @@ class PopulationPool:
     """Population actors plus the map of where each individual's weights live.
 
     actors: Ray actor handles of :class:`~evomerge.distributed.actors.PopulationActor`.
-    expert_keys: keys every actor holds from its constructor.
+    expert_keys: keys every actor holds from its constructor (or last ``reset``).
     max_restarts: per actor; a death beyond this raises :class:`ActorLostError`.
+    reset_args: ``(args, kwargs)`` of ``PopulationActor.reset`` to re-send to a restarted actor.
     """
 
-    def __init__(self, actors: Sequence[Any], expert_keys: Iterable[str], *, max_restarts: int = 3) -> None:
+    def __init__(
+        self,
+        actors: Sequence[Any],
+        expert_keys: Iterable[str],
+        *,
+        max_restarts: int = 3,
+        reset_args: tuple[tuple, dict] | None = None,
+    ) -> None:
         self.actors = list(actors)
+        self.reset_args = reset_args  # ``PopulationActor.reset`` arguments for a restarted actor
         self.expert_keys = set(expert_keys)
         self.max_restarts = max_restarts
         self.location: dict[str, int] = {}
@@ -166,6 +175,9 @@ class PopulationPool:
             raise err
         for idx in dead:
             self.restarts[idx] += 1
+            if self.reset_args is not None:  # the constructor's experts may be another run's
+                args, kwargs = self.reset_args
+                ray.get(self.actors[idx].reset.remote(*args, **kwargs))
             mine = {k: v for k, v in self.snapshot.items() if self.location.get(k) == idx}
             if mine:
                 ray.get(self.actors[idx].put_weights.remote(mine))

@@ -26,38 +26,56 @@ class Runtime:
     On exit: kill the actors, remove the placement group, stop Ray if this run started it.
     """
 
-    def __init__(self, cfg: EvomergeConfig, inputs: EvolveInputs) -> None:
-        self.cfg, self.inputs = cfg, inputs
+    def __init__(self, cfg: EvomergeConfig) -> None:
+        self.cfg = cfg
+        self.inputs: EvolveInputs | None = None
         self.started_ray = False
         self.pg = None
         self.plan: ActorPlan | None = None
         self.pool: PopulationPool = None  # type: ignore[assignment]
+        self.infos: list[dict[str, Any]] = []
 
     def __enter__(self) -> "Runtime":
-        import ray
-
+        """Connect and check the request against the cluster (nothing is started yet)."""
         self.started_ray = connect(self.cfg.ray)
         try:
             self.plan = plan_actors(self.cfg.ray, cluster_resources())
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def start(self, inputs: EvolveInputs) -> PopulationPool:
+        """Start the actors for ``inputs`` (one bundle each in a SPREAD placement group), or,
+        when this runtime already has actors, reset them to ``inputs`` (a later run reuses them
+        and their loaded evaluator)."""
+        import ray
+
+        if self.plan is None:
+            raise RuntimeError("Runtime.start() outside `with Runtime(cfg) as rt:`")
+        self.inputs = inputs
+        experts_ref = ray.put(inputs.experts)
+        rht = self.cfg.rht if (self.cfg.rht.enabled and self.cfg.rht.apply_to == "candidate") else None
+        kwargs = {"fan_in_fan_out": inputs.fan_in_fan_out, "rht": rht}
+        if self.pool is None:
             self.pg = create_placement_group(self.plan, self.cfg.ray.placement_timeout_s)
-            experts_ref = ray.put(self.inputs.experts)
-            rht = self.cfg.rht if (self.cfg.rht.enabled and self.cfg.rht.apply_to == "candidate") else None
+            self._ctor_ref = experts_ref  # kept alive: Ray restarts an actor from its constructor args
             cls = ray.remote(PopulationActor)
             threads = max(1, int(self.plan.num_cpus))
             actors = [
                 cls.options(**actor_options(self.plan, self.pg, i, self.cfg.ray.max_restarts)).remote(
-                    experts_ref, self.inputs.evaluator, fan_in_fan_out=self.inputs.fan_in_fan_out,
-                    rht=rht, num_threads=threads,
+                    experts_ref, inputs.evaluator, num_threads=threads, **kwargs
                 )
                 for i in range(self.plan.n_actors)
             ]
-            self.pool = PopulationPool(actors, self.inputs.experts, max_restarts=self.cfg.ray.max_restarts)
-            self.infos = self.pool.record_pids()  # waits until every actor is up
-        except BaseException:
-            self.close()
-            raise
-        log.info("started %d population actor(s): %s", self.plan.n_actors, self.infos)
-        return self
+        else:
+            actors = self.pool.actors
+            ray.get([a.reset.remote(experts_ref, inputs.evaluator, **kwargs) for a in actors])
+        self.pool = PopulationPool(actors, inputs.experts, max_restarts=self.cfg.ray.max_restarts,
+                                   reset_args=((experts_ref, inputs.evaluator), kwargs))
+        self.infos = self.pool.record_pids()  # waits until every actor is up
+        log.info("population actors: %s", self.infos)
+        return self.pool
 
     def __exit__(self, *exc: Any) -> None:
         self.close()

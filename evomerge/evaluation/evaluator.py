@@ -35,8 +35,8 @@ def _load_base(base_dir: Path, device: torch.device, dtype: torch.dtype | None):
     if not (base_dir / "config.json").is_file():
         raise ExpertLoadError(f"{base_dir}: base model folder has no config.json")
     try:
-        tok = AutoTokenizer.from_pretrained(base_dir)
-        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype or torch.float32)
+        tok = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype or torch.float32, local_files_only=True)
     except (OSError, ValueError) as err:
         raise ExpertLoadError(f"{base_dir}: cannot load base model/tokenizer ({err})") from None
     model.to(device).eval().requires_grad_(False)

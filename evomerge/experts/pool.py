@@ -75,7 +75,7 @@ class ExpertPool:
         if key not in self._shapes:
             raise KeyError(key)
         if self.kind == "lora":
-            return torch.stack([a.modules[key].delta(torch.float32).to(device) for a in self.adapters]).to(dtype)
+            return torch.stack([_lora_delta(a.modules[key], device) for a in self.adapters]).to(dtype)
         base = self.base.get(key, dtype=torch.float32, device=device)
         out = torch.empty((len(self), *base.shape), dtype=dtype, device=device)
         for i, r in enumerate(self.readers):
@@ -92,7 +92,7 @@ class ExpertPool:
     def task_vector(self, i: int, dtype: torch.dtype = torch.float32, device="cpu") -> TensorDict:
         """The whole task vector of expert ``i`` (only when a caller needs one expert at once)."""
         if self.kind == "lora":
-            return {k: m.delta(dtype).to(device) for k, m in self.adapters[i].modules.items()}
+            return {k: _lora_delta(m, device).to(dtype) for k, m in self.adapters[i].modules.items()}
         return {
             k: self.readers[i].get(k, dtype=torch.float32, device=device).sub_(self.base.get(k, torch.float32, device)).to(dtype)
             for k in self._keys
@@ -185,6 +185,7 @@ def load_pool(
     allow_bin: bool = False,
     names: Sequence[str | None] | None = None,
     check_finite: bool = True,
+    progress: bool = False,
 ) -> ExpertPool:
     """Load and validate a pool of experts; raises :class:`ExpertLoadError` naming the culprit."""
     paths = [Path(p) for p in paths]
@@ -205,7 +206,7 @@ def load_pool(
     if kinds[0] == "lora":
         pool = _load_lora(paths, names, base_path, base_reader, allow_bin, check_finite)
     else:
-        pool = _load_full(paths, names, base_path, base_reader, allow_bin, check_finite)
+        pool = _load_full(paths, names, base_path, base_reader, allow_bin, check_finite, progress)
     return pool
 
 
@@ -276,12 +277,18 @@ def _load_lora(paths, names, base_path, base_reader, allow_bin, check_finite) ->
     )
 
 
+def _lora_delta(m: LoraModule, device) -> torch.Tensor:
+    """``scale * B @ A`` in fp32, computed on ``device`` (the factors are small to move)."""
+    d = (m.B.to(device, torch.float32) @ m.A.to(device, torch.float32)) * m.scale
+    return d.T if m.fan_in_fan_out else d
+
+
 def _delta_shape(m: LoraModule) -> tuple[int, ...]:
     out, inp = int(m.B.shape[0]), int(m.A.shape[1])
     return (inp, out) if m.fan_in_fan_out else (out, inp)
 
 
-def _load_full(paths, names, base_path, base_reader, allow_bin, check_finite) -> ExpertPool:
+def _load_full(paths, names, base_path, base_reader, allow_bin, check_finite, progress=False) -> ExpertPool:
     if base_reader is None:
         raise ExpertLoadError(
             f"{paths[0]}: full fine-tuned experts need the base checkpoint to form task vectors; pass --base PATH"
@@ -314,7 +321,9 @@ def _load_full(paths, names, base_path, base_reader, allow_bin, check_finite) ->
             if tuple(r.shape(k)) != shapes[k]:
                 raise ExpertLoadError(f"{r.file_of(k)}: tensor `{k}` has shape {tuple(r.shape(k))}, base has {shapes[k]}")
     if check_finite:
-        for k in keys:
+        from tqdm.auto import tqdm
+
+        for k in tqdm(keys, desc="checking weights", unit="tensor", disable=not progress, leave=False):
             _check_finite(base_reader.get(k), base_reader.file_of(k), k)
             for r in readers:
                 _check_finite(r.get(k), r.file_of(k), k)

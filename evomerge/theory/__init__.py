@@ -9,12 +9,13 @@ from evomerge.theory.geometry import (
 )
 from evomerge.theory.moments import GramAccumulator, gram_of
 from evomerge.theory.scaling_law import ScalingFit, fit_fitness_scaling, fit_scaling_law
-from evomerge.theory.tails import excess_kurtosis, hill_tail_index, singular_value_tail
+from evomerge.theory.tails import excess_kurtosis, hill_tail_index, lora_singular_values, singular_value_tail, spectrum_summary
 from evomerge.theory.variance import (
     adaptive_delta,
     estimate_sigma_rho,
     merged_variance,
     n_max,
+    sigma_rho_from_gram,
     stop_index,
     uniform_merged_variance,
     variance_curve,
@@ -32,8 +33,8 @@ from evomerge.theory.width import (
 __all__ = [
     "GramAccumulator", "ScalingFit", "adaptive_delta", "ellipsoid_width", "ellipsoid_width_mc",
     "estimate_sigma_rho", "excess_kurtosis", "fit_fitness_scaling", "fit_scaling_law", "gaussian_width_mc",
-    "gram_of", "hill_tail_index", "lora_subspace_angles", "merged_variance", "n_components_for", "n_max",
+    "gram_of", "hill_tail_index", "lora_singular_values", "lora_subspace_angles", "merged_variance", "n_components_for", "n_max",
     "pairwise_cosine", "pca_cumulative_variance", "principal_angles", "redundancy_rhs", "redundancy_threshold",
-    "singular_value_tail", "stop_index", "uniform_merged_variance", "variance_curve", "variance_drop",
+    "sigma_rho_from_gram", "singular_value_tail", "spectrum_summary", "stop_index", "uniform_merged_variance", "variance_curve", "variance_drop",
     "width_curve",
 ]

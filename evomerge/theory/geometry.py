@@ -67,7 +67,11 @@ def principal_angles(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray)
     """
     if a.shape[0] != b.shape[0]:
         raise ConfigError(f"matrices live in different spaces: {a.shape[0]} vs {b.shape[0]} rows")
-    qa, qb = orthonormal_basis(a), orthonormal_basis(b)
+    return angles_between_bases(orthonormal_basis(a), orthonormal_basis(b))
+
+
+def angles_between_bases(qa: np.ndarray, qb: np.ndarray) -> np.ndarray:
+    """Principal angles (degrees, ascending) between two orthonormal bases (columns)."""
     if qa.shape[1] == 0 or qb.shape[1] == 0:
         return np.zeros(0)
     s = np.clip(np.linalg.svd(qa.T @ qb, compute_uv=False), 0.0, 1.0)

@@ -63,26 +63,38 @@ def hill_tail_index(x: torch.Tensor | np.ndarray, k_frac: float = 0.01, k_min: i
     return 1.0 / mean if mean > 0 else float("inf")
 
 
-def singular_value_tail(delta: torch.Tensor, k_frac: float = 0.1) -> dict[str, float]:
-    """Spectrum summary of a 2-D delta: how concentrated and heavy-tailed its singular values are.
+def singular_value_tail(delta: torch.Tensor | np.ndarray, k_frac: float = 0.1) -> dict[str, float]:
+    """Spectrum summary of a 2-D delta: how concentrated and heavy-tailed its singular values are
+    (see :func:`spectrum_summary`)."""
+    d = np.asarray(delta.detach().cpu().to(torch.float64) if isinstance(delta, torch.Tensor) else delta, dtype=np.float64)
+    if d.ndim != 2:
+        raise ConfigError(f"singular_value_tail needs a matrix, got shape {d.shape}")
+    return spectrum_summary(np.linalg.svd(d, compute_uv=False), k_frac)
 
-    ``stable_rank = ||D||_F^2 / ||D||_2^2``; ``effective_rank = exp(entropy of s_i / sum s)``;
-    ``top1_energy`` = share of ``||D||_F^2`` in the first singular value; ``sv_kurtosis`` and
-    ``sv_hill`` (Hill index over the singular values, NaN when there are too few).
-    """
-    if delta.ndim != 2:
-        raise ConfigError(f"singular_value_tail needs a matrix, got shape {tuple(delta.shape)}")
-    s = torch.linalg.svdvals(delta.to(torch.float64))
-    s = s[s > 0]
-    if s.numel() == 0:
+
+def lora_singular_values(b: torch.Tensor, a: torch.Tensor, scale: float) -> np.ndarray:
+    """Singular values of ``scale * B @ A`` from two thin QRs and an r x r SVD (never forms
+    the full delta): ``B A = Q_B (R_B R_A^T) Q_A^T``."""
+    _, rb = np.linalg.qr(b.detach().cpu().to(torch.float64).numpy())
+    _, ra = np.linalg.qr(a.detach().cpu().to(torch.float64).numpy().T)
+    return abs(scale) * np.linalg.svd(rb @ ra.T, compute_uv=False)
+
+
+def spectrum_summary(singular_values, k_frac: float = 0.1) -> dict[str, float]:
+    """``stable_rank = sum s^2 / s_max^2``; ``effective_rank = exp(entropy of s / sum s)``;
+    ``top1_energy`` = share of ``sum s^2`` in the first singular value; ``sv_kurtosis`` and
+    ``sv_hill`` (Hill index over the singular values, NaN when there are too few)."""
+    s = np.sort(np.asarray(singular_values, dtype=np.float64).ravel())[::-1]
+    s = s[s > 1e-12 * s[0]] if s.size and s[0] > 0 else s[:0]
+    if s.size == 0:
         nan = float("nan")
         return {"stable_rank": 0.0, "effective_rank": 0.0, "top1_energy": nan, "sv_kurtosis": nan, "sv_hill": nan}
     e = s * s
     p = s / s.sum()
     return {
         "stable_rank": float(e.sum() / e[0]),
-        "effective_rank": float(torch.exp(-(p * p.log()).sum())),
+        "effective_rank": float(np.exp(-(p * np.log(p)).sum())),
         "top1_energy": float(e[0] / e.sum()),
-        "sv_kurtosis": excess_kurtosis(s) if s.numel() > 1 else float("nan"),
+        "sv_kurtosis": excess_kurtosis(s) if s.size > 1 else float("nan"),
         "sv_hill": hill_tail_index(s, k_frac=k_frac, k_min=2),
     }

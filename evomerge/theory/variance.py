@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from evomerge.errors import ConfigError
-from evomerge.theory.moments import gram_of
+from evomerge.theory.moments import GramAccumulator, gram_of
 
 
 def _check_sigma_rho(sigma2: float, rho: float) -> None:
@@ -133,9 +133,14 @@ def estimate_sigma_rho(task_vectors: torch.Tensor | list[torch.Tensor] | Iterabl
     Accepts ``Tensor[n, d]``, a list of n flat tensors, or an iterator of per-key stacked tensors
     ``[n, *shape]``; the last streams, so the full vectors are never concatenated.
     """
-    acc = gram_of(task_vectors)
+    return sigma_rho_from_gram(gram_of(task_vectors))
+
+
+def sigma_rho_from_gram(acc: GramAccumulator) -> tuple[float, float, np.ndarray]:
+    """``(sigma2, rho, corr)`` from an already filled :class:`GramAccumulator`."""
+    if acc.n < 2:
+        raise ConfigError(f"estimating rho needs at least 2 experts, got {acc.n}")
     corr = acc.correlation()
     sigma2 = float(acc.variances().mean())
     n = corr.shape[0]
-    rho = float((corr.sum() - n) / (n * (n - 1))) if n > 1 else 1.0
-    return sigma2, rho, corr
+    return sigma2, float((corr.sum() - n) / (n * (n - 1))), corr

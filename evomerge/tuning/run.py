@@ -40,13 +40,21 @@ def _pool_spec(cfg: EvomergeConfig, small: bool):
 
 
 def best_config(base: EvomergeConfig, params: dict[str, Any], spec) -> EvomergeConfig:
-    """The best trial as a ready config for ``evomerge merge``/``evolve``: overrides applied and the
-    experts written out explicitly (the first ``experts.count`` of the pool when that was tuned)."""
+    """The best trial as a ready config: overrides applied, ``tune:`` removed.
+
+    For merge studies (and pools given in the config) the experts are written out explicitly (the
+    first ``experts.count`` of the pool when that was tuned), so ``evomerge merge`` runs it as is.
+    Evolutionary studies on the built-in zoo keep the zoo (the evolve runner evaluates on its
+    tasks); the expert subset is then reported in summary.json.
+    """
     from evomerge.tuning.space import apply_overrides, expert_count
 
     cfg = apply_overrides(base, params)
     k = expert_count(params) or len(spec.paths)
     data = cfg.model_dump(mode="json", exclude_none=True)
+    data.pop("tune", None)
+    if base.tune.objective != "merge" and not base.experts.experts:
+        return config_from_dict(data, "best config")
     data["experts"]["experts"] = [
         {"path": str(p), "name": n, **({"task": t} if t else {})}
         for p, n, t in list(zip(spec.paths, spec.names, spec.tasks))[:k]
@@ -55,7 +63,6 @@ def best_config(base: EvomergeConfig, params: dict[str, Any], spec) -> EvomergeC
         data["experts"]["base"] = str(spec.base_dir)
     if data["merge"].get("weights"):
         data["merge"]["weights"] = data["merge"]["weights"][:k]
-    data.pop("tune", None)
     return config_from_dict(data, "best config")
 
 
@@ -181,23 +188,25 @@ def finish(study, cfg: EvomergeConfig, spec, out_dir: Path, shown: str, ran: int
     import optuna
 
     from evomerge.tuning.results import export_trials, write_figures
+    from evomerge.tuning.space import expert_count
 
     states: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         states[t.state.name] = states.get(t.state.name, 0) + 1
     files = {"trials": str(export_trials(study, out_dir / "trials.parquet"))}
     files.update(write_figures(study, out_dir))
-    best_value = best_params = None
+    best_value = best_params = best_test = best_experts = None
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if complete:
         best = study.best_trial
-        best_value, best_params = best.value, dict(best.params)
+        best_value, best_params, best_test = best.value, dict(best.params), best.user_attrs.get("test_fitness")
+        best_experts = list(spec.names[: expert_count(best_params) or len(spec.names)])
         dump_config(best_config(cfg, best_params, spec), out_dir / "best_config.yaml")
         files["best_config"] = str(out_dir / "best_config.yaml")
     default = study.user_attrs.get(DEFAULT_ATTR)
     summary = {
         "study_name": study.study_name, "storage": shown, "states": states, "best_value": best_value,
-        "best_params": best_params, "best_test_fitness": complete and study.best_trial.user_attrs.get("test_fitness"),
+        "best_params": best_params, "best_test_fitness": best_test, "best_experts": best_experts,
         "default_validation_fitness": default, "default_test_fitness": study.user_attrs.get(DEFAULT_TEST_ATTR),
         "dashboard": f"optuna-dashboard '{shown}'", "files": files, "worker_pid": os.getpid(),
     }

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 from evomerge.errors import ConfigError
@@ -103,17 +104,24 @@ def open_storage(url: str):
     elif url.startswith(("postgresql", "postgres")):
         url = postgres_driver(url)
         engine_kwargs = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+    # Two workers creating the same new SQLite file race on its schema: the loser retries.
+    attempts = 5 if url.startswith("sqlite") else 1
+    for attempt in range(attempts):
+        try:
+            return _rdb_storage(url, engine_kwargs)
+        except Exception as err:  # sqlalchemy errors, missing drivers
+            if attempt + 1 < attempts:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            msg = str(err).split("\n")[0].replace(url, shown)
+            raise ConfigError(f"Optuna storage `{shown}` cannot be reached: {mask_uri(msg)}") from None
+
+
+def _rdb_storage(url: str, engine_kwargs: dict):
     import warnings
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=30,
-                grace_period=120,
-            )
-    except Exception as err:  # sqlalchemy errors, missing drivers
-        msg = str(err).split("\n")[0].replace(url, shown)
-        raise ConfigError(f"Optuna storage `{shown}` cannot be reached: {mask_uri(msg)}") from None
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=30, grace_period=120)

@@ -21,7 +21,7 @@ import torch
 from evomerge.evaluation.encoding import Encoded, encode_pairs
 from evomerge.io import atomic_dir, write_json_atomic, write_parquet_atomic
 from evomerge.zoo import tasks as task_lib
-from evomerge.zoo.model import PROFILES, Profile, build_config, build_tokenizer
+from evomerge.zoo.model import PROFILES, Profile, build_config, build_tokenizer, recipe_hash
 from evomerge.zoo.train import train
 from evomerge.zoo.zoo import FORMAT_VERSION, MANIFEST, Zoo
 
@@ -85,7 +85,7 @@ def _concat(parts: list[Encoded]) -> Encoded:
 
 
 def build_zoo(out: str | os.PathLike, *, profile: str = "default", seed: int = 0, overwrite: bool = False,
-              progress: bool = True, threads: int = 2) -> Zoo:
+              progress: bool = True, threads: int = 1) -> Zoo:
     """Build a zoo folder at ``out`` and return it (see :mod:`evomerge.zoo.zoo` for the layout)."""
     from peft import LoraConfig, get_peft_model
     from tqdm.auto import tqdm
@@ -134,6 +134,7 @@ def build_zoo(out: str | os.PathLike, *, profile: str = "default", seed: int = 0
         manifest = {
             "format_version": FORMAT_VERSION,
             "profile": profile,
+            "recipe": recipe_hash(prof),
             "seed": seed,
             "tasks": [
                 {"name": n, "domain": task_lib.TASKS[n].domain, "description": task_lib.TASKS[n].description,
@@ -164,20 +165,15 @@ def _versions() -> dict[str, str]:
 
 def _measure(root: Path, manifest: dict) -> dict:
     """Base vs own-expert scores per task (validation and test), recorded in the manifest."""
+    from evomerge.evaluation.candidates import PerTask
     from evomerge.evaluation.evaluator import Evaluator
     from evomerge.experts.peft_io import load_peft_adapter
 
     zoo = Zoo(root=root, manifest=manifest)
     ev = Evaluator(zoo.base_dir, zoo.load_tasks(), metric="token_accuracy", max_samples=200)
+    own = PerTask({t: load_peft_adapter(d).modules for t, d in zoo.expert_dirs.items()})
     out: dict = {}
     for split in ("validation", "test"):
-        base = ev.evaluate({}, split=split)
-        experts = ev.evaluate_many([load_peft_adapter(d).modules for d in zoo.expert_dirs.values()], split=split)
-        out[split] = {
-            t: {
-                "base": base.extra["metrics"][t],
-                "expert": experts[i].extra["metrics"][t],
-            }
-            for i, t in enumerate(zoo.tasks)
-        }
+        base, expert = ev.evaluate_many([{}, own], split=split)
+        out[split] = {t: {"base": base.extra["metrics"][t], "expert": expert.extra["metrics"][t]} for t in zoo.tasks}
     return out

@@ -34,10 +34,10 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "small": Profile(
         name="small",
-        tasks=("rev_digits", "sort_digits", "caesar", "subst", "brackets", "majority"),
+        tasks=("rev_digits", "sort_digits", "dedup", "brackets", "majority", "greek_shift"),
         hidden=64, layers=2, heads=4, intermediate=128,
-        n_train=2000, n_eval=200, base_steps=250, base_lr=3e-3,
-        expert_steps=60, expert_lr=3e-3, batch_size=64,
+        n_train=2000, n_eval=200, base_steps=300, base_lr=4e-3,
+        expert_steps=50, expert_lr=5e-3, batch_size=64,
     ),
     "default": Profile(
         name="default",
@@ -87,3 +87,14 @@ def build_config(profile: Profile, vocab_size: int, tokenizer):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+
+
+def recipe_hash(profile: Profile) -> str:
+    """Fingerprint of everything that defines a profile's zoo (sizes, steps, task generators)."""
+    import hashlib
+    import inspect
+
+    from evomerge.zoo import tasks as task_lib
+
+    parts = [repr(profile)] + [inspect.getsource(task_lib.TASKS[t].generate) for t in profile.tasks]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

@@ -21,7 +21,7 @@ LOWER = string.ascii_lowercase
 UPPER = string.ascii_uppercase
 BRACKETS_OPEN = "([{<"
 BRACKETS_CLOSE = ")]}>"
-MARKS = "!?*#"
+MARKS = "!?*#@%"
 GREEK = "αβγδεζηθικλμ"
 SEPARATOR = "="
 
@@ -106,7 +106,7 @@ def brackets(rng: np.random.Generator) -> tuple[str, str]:
 def majority(rng: np.random.Generator) -> tuple[str, str]:
     """Classification: which mark occurs most often (ties broken by a re-draw)."""
     while True:
-        s = _word(rng, MARKS, 5, 9)
+        s = _word(rng, MARKS, 8, 14)
         counts = [s.count(m) for m in MARKS]
         top = max(counts)
         if counts.count(top) == 1:
@@ -133,7 +133,7 @@ _ALL = [
     TaskSpec("subst", "upper", subst, "fixed substitution cipher on A-Z"),
     TaskSpec("dedup", "upper", dedup, "drop repeated letters (A-H), keep first occurrences"),
     TaskSpec("brackets", "brackets", brackets, "closing brackets for an opening sequence"),
-    TaskSpec("majority", "marks", majority, "which of ! ? * # occurs most often (classification)"),
+    TaskSpec("majority", "marks", majority, "which of ! ? * # @ % occurs most often (classification)"),
     TaskSpec("greek_shift", "greek", greek_next, "shift each Greek letter by two"),
     TaskSpec("greek_ends", "greek", greek_first_last, "first and last Greek letter"),
 ]

@@ -59,8 +59,8 @@ def train(
         opt.step()
         sched.step()
         if step >= steps - max(1, steps // 10):
-            tail.append(float(loss))
+            tail.append(float(loss.detach()))
         if on_step is not None:
-            on_step(step, float(loss))
+            on_step(step, float(loss.detach()))
     model.eval()
     return sum(tail) / len(tail)

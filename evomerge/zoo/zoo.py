@@ -60,6 +60,13 @@ class Zoo:
     def seed(self) -> int:
         return int(self.manifest["seed"])
 
+    def is_current(self) -> bool:
+        """Whether this evomerge would build the same zoo (same profile recipe)."""
+        from evomerge.zoo.model import PROFILES, recipe_hash
+
+        prof = PROFILES.get(self.profile)
+        return prof is not None and self.manifest.get("recipe") == recipe_hash(prof)
+
     def task_files(self, task: str) -> dict[str, Path]:
         if task not in self.tasks:
             raise ExpertLoadError(f"{self.root}: zoo has no task `{task}`; tasks: {', '.join(self.tasks)}")
@@ -130,8 +137,10 @@ def ensure_zoo(profile: str = "default", root: str | os.PathLike | None = None, 
                progress: bool = False) -> Zoo:
     """Return the zoo at ``root`` (default: the user cache), building it first if needed.
 
-    A folder holding a zoo of another format version or profile, or an incomplete one, is
-    rebuilt; a non-empty folder that is not a zoo is refused.
+    The default root is ``default_zoo_root(profile, seed)`` (profile and seed in the name). A
+    valid zoo found at an explicit ``root`` is used whatever its profile; a zoo of another
+    format version or an incomplete one is rebuilt; a non-empty folder that is not a zoo
+    is refused. A file lock beside ``root`` makes parallel callers build only once.
     """
     from evomerge.zoo.build import build_zoo
     from evomerge.zoo.model import PROFILES
@@ -140,11 +149,12 @@ def ensure_zoo(profile: str = "default", root: str | os.PathLike | None = None, 
         from evomerge.errors import ConfigError
 
         raise ConfigError(f"zoo profile must be one of {sorted(PROFILES)}. Got {profile!r} instead.")
+    explicit = root is not None
     root = Path(root) if root is not None else default_zoo_root(profile, seed)
     with file_lock(root.parent / f".{root.name}.lock"):
         try:
             zoo = Zoo.open(root)
-            if zoo.profile == profile and zoo.seed == seed:
+            if explicit or (zoo.profile == profile and zoo.seed == seed and zoo.is_current()):
                 return zoo
         except ExpertLoadError:
             if root.exists() and any(root.iterdir()) and not (root / MANIFEST).exists():

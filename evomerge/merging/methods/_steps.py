@@ -67,12 +67,14 @@ def keep_count(density: float, numel: int) -> int:
 
 
 def kth_largest(a: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
-    """Exact ``k``-th largest value ``v`` of the 1-D tensor ``a`` (``1 <= k <= a.numel()``) and
-    the number of entries ``>= v``.
+    """Exact ``k``-th largest value ``v`` of the non-negative 1-D tensor ``a``
+    (``1 <= k <= a.numel()``) and the number of entries ``>= v``.
 
-    A strided sample brackets the answer; only the few values inside the bracket are
-    selected exactly (``kthvalue``), so the cost is a handful of linear passes instead of
-    a sort or a full ``topk``. Falls back to ``kthvalue`` on everything if the bracket misses.
+    A strided sample brackets the answer; the entries inside the bracket (about 1% of them)
+    are compacted and selected exactly with ``kthvalue``, so the cost is a few linear passes
+    instead of a sort or a full ``topk``/``kthvalue`` (3-4x faster than ``kthvalue`` on CPU).
+    (A ``bincount`` over float bit patterns was tried: slower on CPU.) Falls back to
+    ``kthvalue`` when the bracket misses.
     """
     big_n = a.numel()
     if big_n > 4 * _SAMPLE:
@@ -81,24 +83,23 @@ def kth_largest(a: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
         m = sample.numel()
         q = (big_n - k) / big_n  # fraction of values below the answer
         margin = 5.0 * math.sqrt(m * q * (1.0 - q)) + 32.0
-        lo_i, hi_i = int(q * m - margin), int(q * m + margin)
-        lo = sample[lo_i] if lo_i > 0 else None
-        hi = sample[hi_i] if hi_i < m - 1 else None
-        n_above = int(torch.count_nonzero(a > hi)) if hi is not None else 0
-        if lo is None and hi is None:
-            inside = a
-        elif lo is None:
-            inside = a[a <= hi]
-        elif hi is None:
-            inside = a[a > lo]
-        else:
-            inside = a[torch.logical_and(a > lo, a <= hi)]
-        r = k - n_above
-        if 1 <= r <= inside.numel():
-            v = torch.kthvalue(inside, inside.numel() - r + 1).values
-            return v, n_above + int(torch.count_nonzero(inside >= v))
+        lo = sample[max(0, int(q * m - margin))]
+        hi = sample[min(m - 1, int(q * m + margin))]
+        found = _select_in_bracket(a, k, lo, hi)
+        if found is not None:
+            return found
     v = torch.kthvalue(a, big_n - k + 1).values
     return v, int(torch.count_nonzero(a >= v))
+
+
+def _select_in_bracket(a: torch.Tensor, k: int, lo: torch.Tensor, hi: torch.Tensor):
+    n_above = int(torch.count_nonzero(a > hi))
+    inside = a[torch.logical_and(a >= lo, a <= hi)]
+    r = k - n_above
+    if not 1 <= r <= inside.numel():
+        return None
+    v = torch.kthvalue(inside, inside.numel() - r + 1).values
+    return v, n_above + int(torch.count_nonzero(inside >= v))
 
 
 def topk_mask(a: torch.Tensor, k: int) -> torch.Tensor:
@@ -126,9 +127,13 @@ class RowKeep:
         self.divisor = divisor
 
     def apply_(self, sub: torch.Tensor, c0: int, c1: int) -> torch.Tensor:
-        """Sparsify the column block ``sub = rows[:, c0:c1]`` in place."""
+        """Sparsify the column block ``sub = rows[:, c0:c1]`` in place.
+
+        Masks are float 0/1 tensors: on CPU, bool-producing comparisons and bool multiplies
+        on 2-D blocks are several times slower than their in-place float forms.
+        """
         if self.thresholds is not None:
-            sub.mul_(sub.abs() >= self.thresholds.view(-1, 1))
+            sub.mul_(sub.abs().ge_(self.thresholds.view(-1, 1)))
         for i, m in self.masks.items():
             sub[i].mul_(m[c0:c1])
         if self.divisor != 1.0:
@@ -148,14 +153,14 @@ def magnitude_keep(rows: torch.Tensor, density: float) -> RowKeep | None:
     for i in range(n):
         buf.copy_(rows[i]).abs_()
         if k == 0:
-            masks[i] = torch.zeros(numel, dtype=torch.bool, device=rows.device)
+            masks[i] = torch.zeros(numel, dtype=buf.dtype, device=rows.device)
             thresholds[i] = 0.0
             continue
         v, n_ge = kth_largest(buf, k)
         thresholds[i] = v
         if n_ge > k:
             thresholds[i] = 0.0
-            masks[i] = topk_mask(buf, k)
+            masks[i] = topk_mask(buf, k).to(buf.dtype)
     return RowKeep(thresholds, masks)
 
 
@@ -170,9 +175,7 @@ def dare_keep(rows: torch.Tensor, density: float, generator: torch.Generator) ->
         return None
     n, numel = rows.shape
     dtype = compute_dtype(rows.dtype)
-    masks = {
-        i: torch.rand(numel, dtype=dtype, device=rows.device, generator=generator) < density for i in range(n)
-    }
+    masks = {i: torch.rand(numel, dtype=dtype, device=rows.device, generator=generator).lt_(density) for i in range(n)}
     return RowKeep(None, masks, divisor=density)
 
 
@@ -212,11 +215,11 @@ def sparse_sign_merge(
             out[c0:c1] = _seq_sum(sub.mul_(w))
             continue
         score = _seq_sum(sub) if sign_method == "total" else _seq_sum(torch.sign(sub))
-        sign = torch.where(score >= 0, 1.0, -1.0).to(dtype)
-        agree = (sub * sign) > 0
+        sign = score.ge_(0).mul_(2).sub_(1)  # +1 / -1 (a tie elects +1)
+        agree = torch.mul(sub, sign).gt_(0)  # float 0/1: nonzero and agreeing
         count = agree.sum(dim=0).clamp_(min=1)
         sub.mul_(w).mul_(agree)
-        out[c0:c1] = _seq_sum(sub) / count
+        out[c0:c1] = _seq_sum(sub).div_(count)
     return out
 
 

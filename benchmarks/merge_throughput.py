@@ -1,0 +1,149 @@
+"""Throughput and peak memory of evomerge's TIES / DARE-TIES against peft and a memory copy.
+
+    python benchmarks/merge_throughput.py                   # 10 experts x 2048x2048 fp32, CPU
+    python benchmarks/merge_throughput.py --size 1024 --experts 4 --threads 1
+    python benchmarks/merge_throughput.py --device cuda
+
+Every timing runs in its own subprocess on the same deterministic tensors, so the peak-memory
+number (``ru_maxrss`` growth on CPU, ``torch.cuda.max_memory_allocated`` on GPU) belongs to
+that operation alone; it is printed as a ratio to the stacked input (n experts x one tensor).
+Results are then compared in one process: TIES bit for bit, DARE-TIES with the same mask
+(peft's global RNG seeded with our generator's seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+OPS = ("memcopy", "evomerge_ties", "peft_ties", "evomerge_dare_ties", "peft_dare_ties")
+
+
+def make_data(args) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(args.seed)
+    d = torch.randn((args.experts, args.size, args.size), generator=g)
+    w = torch.linspace(0.5, 1.5, args.experts)
+    return d.to(args.device), w.to(args.device)
+
+
+def run_op(name: str, d: torch.Tensor, w: torch.Tensor, args):
+    from peft.utils import merge_utils as mu
+
+    from evomerge.merging import get_merge_method
+
+    if name == "memcopy":
+        dst = torch.empty_like(d)
+        return lambda: dst.copy_(d)
+    if name == "evomerge_ties":
+        m = get_merge_method("ties")
+        return lambda: m(d, w, density=args.density)
+    if name == "peft_ties":
+        return lambda: mu.ties(list(d), w, args.density)
+    if name == "evomerge_dare_ties":
+        m = get_merge_method("dare_ties")
+        return lambda: m(d, w, density=args.density, generator=torch.Generator(d.device).manual_seed(args.seed))
+    if name == "peft_dare_ties":
+        def f():
+            torch.manual_seed(args.seed)
+            return mu.dare_ties(list(d), w, args.density)
+        return f
+    raise ValueError(name)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(name: str, args) -> dict:
+    """Time ``name`` (best of ``repeats``) and its peak extra memory, in this process."""
+    torch.set_num_threads(args.threads)
+    d, w = make_data(args)
+    fn = run_op(name, d, w, args)
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    times = []
+    for _ in range(args.repeats):
+        _sync(args.device)
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(args.device)
+        times.append(time.perf_counter() - t0)
+        del out
+    peak = (torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) - base
+    return {"op": name, "seconds": min(times), "peak_extra_bytes": max(0, peak), "input_bytes": d.numel() * d.element_size()}
+
+
+def compare(args) -> dict:
+    torch.set_num_threads(args.threads)
+    d, w = make_data(args)
+    res = {}
+    for short in ("ties", "dare_ties"):
+        ours = run_op(f"evomerge_{short}", d, w, args)()
+        ref = run_op(f"peft_{short}", d, w, args)()
+        res[short] = {
+            "identical": bool(torch.equal(ours, ref)),
+            "differing_coordinates": int((ours != ref).sum()),
+            "max_abs_diff": float((ours - ref).abs().max()),
+        }
+    return res
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=int, default=2048, help="each expert tensor is size x size")
+    p.add_argument("--experts", type=int, default=10)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--density", type=float, default=0.2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the results as JSON too")
+    p.add_argument("--_measure", choices=OPS, help=argparse.SUPPRESS)
+    p.add_argument("--_compare", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args._measure:
+        print(json.dumps(measure(args._measure, args)))
+        return
+    if args._compare:
+        print(json.dumps(compare(args)))
+        return
+    passthrough = [f"--size={args.size}", f"--experts={args.experts}", f"--device={args.device}",
+                   f"--density={args.density}", f"--repeats={args.repeats}", f"--threads={args.threads}", f"--seed={args.seed}"]
+
+    def child(extra):
+        r = subprocess.run([sys.executable, __file__, *passthrough, *extra], capture_output=True, text=True, check=True)
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    rows = {op: child([f"--_measure={op}"]) for op in OPS}
+    same = child(["--_compare"])
+    gb = rows["memcopy"]["input_bytes"] / 1e9
+    print(f"{args.experts} experts x {args.size}x{args.size} fp32 on {args.device}, density {args.density}, "
+          f"{args.threads} thread(s), best of {args.repeats}; input {gb:.2f} GB")
+    print(f"{'operation':<22}{'seconds':>9}{'GB/s':>8}{'x memcopy time':>16}{'peft/this':>11}{'peak mem / input':>18}")
+    for op in OPS:
+        r = rows[op]
+        ref = rows.get("peft_" + op.split("_", 1)[1]) if op.startswith("evomerge_") else None
+        speedup = f"{ref['seconds'] / r['seconds']:.1f}x" if ref else ""
+        print(f"{op:<22}{r['seconds']:>9.3f}{gb / r['seconds']:>8.2f}{r['seconds'] / rows['memcopy']['seconds']:>16.1f}"
+              f"{speedup:>11}{r['peak_extra_bytes'] / r['input_bytes']:>18.2f}")
+    for short, s in same.items():
+        print(f"{short}: identical to peft: {s['identical']} (differing coordinates: {s['differing_coordinates']}, "
+              f"max |diff| {s['max_abs_diff']:.3g})")
+    if args.json:
+        print(json.dumps({"timings": rows, "comparison": same}))
+
+
+if __name__ == "__main__":
+    main()
