@@ -133,11 +133,11 @@ def run_merge(
     _check_not_overlapping(out, [*pool.paths, *([pool.base_path] if pool.base_path else []), *cfg.merge.data])
     weights = _weights(cfg, len(pool))
     fmt = plan_output(cfg, pool, method)
-    pool_stats = pool.stats()
-    log(pool.summary(pool_stats))
     for f in cfg.merge.data:
         if not Path(f).is_file():
             raise ConfigError(f"{f}: merge.data task file not found")
+    pool_stats = pool.stats()
+    log(pool.summary(pool_stats))
     inputs = _input_hashes(cfg, pool)
 
     stats = None
@@ -161,7 +161,6 @@ def run_merge(
             merged = merge_task_vectors(
                 method, pool.iter_stacked(device=dev), weights, params, cfg.seed, stats=stats, device=dev, progress=progress
             )
-            merged = {k: v.to("cpu") for k, v in merged.items()}
             if cfg.rht.enabled:
                 merged = _apply_rht(merged, cfg)
             modules = None
@@ -216,7 +215,7 @@ def _write(fmt, cfg, pool, modules, merged, tmp: Path, progress: bool) -> None:
 
     def tensor(k: str) -> torch.Tensor:
         if k in merged:  # popped: each merged tensor is freed once written
-            return base.get(k, dtype=torch.float32) + merged.pop(k).to(torch.float32)
+            return base.get(k, dtype=torch.float32) + merged.pop(k).to("cpu", torch.float32)
         return base.get(k)
 
     write_full_checkpoint(
@@ -242,9 +241,10 @@ def _merge_emr(cfg, pool, method, params, weights, stats, dev, progress, tmp: Pa
     merged = merge_task_vectors(
         method, pool.iter_stacked(device=dev), weights, params, cfg.seed, stats=stats, device=dev, progress=progress
     )
-    unified = {k: v.unified.to("cpu", torch.float32).contiguous() for k, v in merged.items()}
+    unified = {k: v.unified.to(torch.float32) for k, v in merged.items()}
     if cfg.rht.enabled:
-        unified = {k: v.contiguous() for k, v in _apply_rht(unified, cfg).items()}
+        unified = _apply_rht(unified, cfg)
+    unified = {k: v.to("cpu").contiguous() for k, v in unified.items()}
     tasks = emr_task_names(cfg, pool)
     masks: dict[str, torch.Tensor] = {}
     rescalers: dict[str, dict[str, float]] = {t: {} for t in tasks}

@@ -201,3 +201,20 @@ def test_half_precision_matches_float32(name):
         assert close.float().mean() > 0.9
     else:
         assert torch.allclose(got.float(), ref, rtol=2e-2, atol=3e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", METHODS)
+def test_runs_on_cuda_like_on_cpu(name):
+    n = _n(name)
+    d = _deltas(n, shape=(64, 48))
+    stats = _stats(name, n, (64, 48), torch.Generator().manual_seed(1))
+    m = get_merge_method(name)
+    cpu = _as_tensor(m(d, None, generator=torch.Generator().manual_seed(0), stats=stats))
+    gpu = _as_tensor(
+        m(d.cuda(), None, generator=torch.Generator("cuda").manual_seed(0),
+          stats=None if stats is None else {k: v.cuda() for k, v in stats.items()})
+    )
+    assert gpu.device.type == "cuda" and gpu.shape == cpu.shape
+    if not m.random:  # random draws differ between CPU and CUDA generators
+        assert torch.allclose(gpu.cpu(), cpu, atol=1e-4, rtol=1e-4)

@@ -79,6 +79,7 @@ def _tune_cmd(config: Path, out: Path, storage: str, *extra: str) -> list[str]:
             "--storage", storage, "--small", *extra]
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_sqlite_study(small_zoo, tmp_path) -> None:
     config = tmp_path / "tune.yaml"
     config.write_text(yaml.safe_dump(study_config(8, sampler="random")))
@@ -100,6 +101,7 @@ def test_two_processes_share_one_sqlite_study(small_zoo, tmp_path) -> None:
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in finished)
 
 
+@pytest.mark.slow
 def test_resume_after_the_worker_is_killed(small_zoo, tmp_path) -> None:
     config = tmp_path / "tune.yaml"
     config.write_text(yaml.safe_dump(study_config(6, sampler="random")))

@@ -114,6 +114,8 @@ def merge_command(
         config, experts=expert, base=base, method=method, params=param, space=space, weights=weights, rank=rank,
         rht=rht, seed=seed, device=device, allow_bin=allow_bin, fmt=fmt, data=data,
     )
+    if out is None and cfg.output and "://" in cfg.output:
+        raise ConfigError(f"output {cfg.output!r}: `evomerge merge` writes to a local folder; pass --out PATH")
     target = out if out is not None else (Path(cfg.output) if cfg.output else None)
     if target is None:
         raise ConfigError("no output folder: pass --out PATH (or `output:` in the config)")

@@ -143,18 +143,21 @@ class PopulationPool:
         self.pids = [i["pid"] for i in infos]
         return infos
 
-    def _info(self, idx: int) -> dict[str, Any] | None:
-        """The actor's info (waits while Ray restarts it); None when it is gone for good."""
+    def _info(self, idx: int, wait_s: float = 600.0) -> dict[str, Any] | None:
+        """The actor's info, waiting while Ray restarts it (the constructor loads the evaluator);
+        None when it is gone for good."""
         import ray
 
-        for _ in range(5):
+        deadline = time.monotonic() + wait_s
+        while True:
             try:
-                return ray.get(self.actors[idx].info.remote(), timeout=300)
+                return ray.get(self.actors[idx].info.remote(), timeout=wait_s)
             except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    return None
                 time.sleep(0.5)
-            except ray.exceptions.RayActorError:
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
                 return None
-        return None
 
     def _recover(self, err: Exception) -> list[int]:
         """Find the actors Ray restarted (new pid), put back the individuals they owned."""

@@ -39,6 +39,15 @@ class Encoded:
             self.prompt_len[start:stop], self.answers[start:stop], self.prompts[start:stop],
         )
 
+    def sorted_by_length(self) -> "Encoded":
+        """Rows ordered by length, so batches carry little padding (metrics are order-free)."""
+        order = torch.argsort(self.attention_mask.sum(1), stable=True)
+        idx = order.tolist()
+        return Encoded(
+            self.input_ids[order], self.attention_mask[order], self.labels[order], self.prompt_len[order],
+            [self.answers[i] for i in idx], [self.prompts[i] for i in idx],
+        )
+
     def to(self, device: torch.device | str) -> "Encoded":
         return Encoded(
             self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device),

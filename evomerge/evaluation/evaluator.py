@@ -95,7 +95,8 @@ class Evaluator:
             for split, ds in splits.items():
                 if max_samples is not None and len(ds) > max_samples:
                     ds = ds.select(range(max_samples))
-                self.data[name][split] = encode_dataset(self.tokenizer, ds, f"task `{name}` split `{split}`").to(self.device)
+                enc = encode_dataset(self.tokenizer, ds, f"task `{name}` split `{split}`")
+                self.data[name][split] = enc.sorted_by_length().to(self.device)
         self.max_new_tokens = max_new_tokens
 
     @classmethod

@@ -143,8 +143,11 @@ def read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def load_peft_adapter(folder: str | Path, allow_bin: bool = False) -> PeftAdapter:
-    """Load a peft LoRA adapter folder into ``{base weight name: LoraModule}``."""
+def load_peft_adapter(folder: str | Path, allow_bin: bool = False, check_finite: bool = True) -> PeftAdapter:
+    """Load a peft LoRA adapter folder into ``{base weight name: LoraModule}``.
+
+    With ``check_finite``, a NaN/inf value raises naming the file and the tensor key.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise ExpertLoadError(f"{folder}: adapter folder not found")
@@ -156,6 +159,9 @@ def load_peft_adapter(folder: str | Path, allow_bin: bool = False) -> PeftAdapte
         for marker, what in _UNSUPPORTED.items():
             if f".{marker}" in key or key.startswith(marker):
                 raise ExpertLoadError(f"{wfile}: tensor `{key}`: {what} is not supported")
+        if check_finite and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = "NaN" if bool(torch.isnan(t).any()) else "inf"
+            raise ExpertLoadError(f"{wfile}: tensor `{key}` contains {bad} values")
         try:
             name, part = peft_key_to_weight(key)
         except ValueError:

@@ -229,13 +229,8 @@ def _names(paths: list[Path], names: Sequence[str | None] | None) -> list[str]:
 
 
 def _load_lora(paths, names, base_path, base_reader, allow_bin, check_finite) -> ExpertPool:
-    adapters = [load_peft_adapter(p, allow_bin=allow_bin) for p in paths]
+    adapters = [load_peft_adapter(p, allow_bin=allow_bin, check_finite=check_finite) for p in paths]
     first = adapters[0]
-    if check_finite:
-        for ad in adapters:
-            for k, m in ad.modules.items():
-                for part, t in (("lora_A", m.A), ("lora_B", m.B)):
-                    _check_finite(t, ad.weights_file, f"{k[:-len('.weight')]}.{part}")
     base_name = first.config.get("base_model_name_or_path")
     for ad in adapters[1:]:
         other = ad.config.get("base_model_name_or_path")

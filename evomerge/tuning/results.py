@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,9 @@ def write_figures(study, out_dir: str | Path) -> dict[str, str]:
             done[name] = "skipped: needs at least 2 complete trials"
             continue
         try:
-            ax = fn(study)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                ax = fn(study)
             fig = getattr(ax, "figure", None) or plt.gcf()
             path = out_dir / f"{name}.png"
             _save_png(fig, path)

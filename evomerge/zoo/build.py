@@ -128,6 +128,8 @@ def build_zoo(out: str | os.PathLike, *, profile: str = "default", seed: int = 0
             expert_loss[name] = train(
                 model, model.parameters(), train_sets[name], steps=prof.expert_steps, lr=prof.expert_lr,
                 batch_size=prof.batch_size, generator=g, on_step=lambda s, l: bar.update(1),
+                keep=_concat([e for n, e in train_sets.items() if n != name]) if prof.keep_weight > 0 else None,
+                keep_weight=prof.keep_weight,
             )
             model.save_pretrained(tmp / "experts" / name)
         bar.close()
@@ -146,12 +148,13 @@ def build_zoo(out: str | os.PathLike, *, profile: str = "default", seed: int = 0
                       "intermediate": prof.intermediate, "vocab": len(tokenizer),
                       "params": sum(p.numel() for p in base.parameters())},
             "training": {"base_steps": prof.base_steps, "expert_steps": prof.expert_steps, "rank": prof.rank,
-                         "alpha": prof.alpha, "target_modules": list(prof.target_modules),
+                         "alpha": prof.alpha, "keep_weight": prof.keep_weight, "target_modules": list(prof.target_modules),
                          "base_final_loss": base_loss, "expert_final_loss": expert_loss},
             "versions": {"torch": torch.__version__, **_versions()},
         }
         manifest["scores"] = _measure(tmp, manifest)
         manifest["build_seconds"] = round(time.perf_counter() - t0, 1)
+        manifest["built"] = {"at": time.time(), "pid": os.getpid()}
         write_json_atomic(tmp / MANIFEST, manifest)
     return Zoo.open(out)
 

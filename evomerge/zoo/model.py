@@ -26,6 +26,7 @@ class Profile:
     expert_steps: int
     expert_lr: float
     batch_size: int
+    keep_weight: float = 1.0  # KL-to-base on other tasks while training an expert (0: off)
     rank: int = 8
     alpha: int = 16
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -38,6 +39,14 @@ PROFILES: dict[str, Profile] = {
         hidden=64, layers=2, heads=4, intermediate=128,
         n_train=2000, n_eval=200, base_steps=300, base_lr=4e-3,
         expert_steps=50, expert_lr=5e-3, batch_size=64,
+    ),
+    # test-only: seconds to build, for checks of caching, locking and reproducibility
+    "tiny": Profile(
+        name="tiny",
+        tasks=("brackets", "majority"),
+        hidden=32, layers=1, heads=2, intermediate=64,
+        n_train=200, n_eval=40, base_steps=10, base_lr=3e-3,
+        expert_steps=5, expert_lr=3e-3, batch_size=16,
     ),
     "default": Profile(
         name="default",

@@ -37,10 +37,16 @@ def train(
     batch_size: int,
     generator: torch.Generator,
     on_step: Callable[[int, float], None] | None = None,
+    keep: Encoded | None = None,
+    keep_weight: float = 0.0,
 ) -> float:
     """AdamW with linear warm-up and cosine decay; batches drawn with ``generator``.
 
-    Returns the mean loss of the last 10% of steps.
+    With ``keep`` (other tasks' data) and a peft ``model``, each step also adds
+    ``keep_weight * KL(base || model)`` on the answer tokens of a ``keep`` batch, the base
+    being the model with its adapter disabled: the expert learns its task while leaving the
+    others alone (a specialist), so unrelated experts interfere little when merged.
+    Returns the mean task loss of the last 10% of steps.
     """
     params = [p for p in params if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
@@ -53,8 +59,12 @@ def train(
     for step in range(steps):
         idx = torch.randint(0, len(data), (batch_size,), generator=generator)
         loss = lm_loss(model, _gather(data, idx))
+        total = loss
+        if keep is not None and keep_weight > 0:
+            kb = _gather(keep, torch.randint(0, len(keep), (batch_size,), generator=generator))
+            total = loss + keep_weight * _kl_to_base(model, kb)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
@@ -64,3 +74,13 @@ def train(
             on_step(step, float(loss.detach()))
     model.eval()
     return sum(tail) / len(tail)
+
+
+def _kl_to_base(model, batch: Encoded) -> torch.Tensor:
+    """Mean KL(base || model) over answer positions; base = the peft model with adapters off."""
+    mask = batch.labels != IGNORE
+    with torch.no_grad(), model.disable_adapter():
+        ref = torch.log_softmax(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float(), -1)
+    cur = torch.log_softmax(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float(), -1)
+    kl = (ref.exp() * (ref - cur)).sum(-1)
+    return (kl * mask).sum() / mask.sum().clamp(min=1)

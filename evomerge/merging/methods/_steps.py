@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from evomerge.errors import ConfigError
@@ -70,12 +71,26 @@ def kth_largest(a: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
     """Exact ``k``-th largest value ``v`` of the non-negative 1-D tensor ``a``
     (``1 <= k <= a.numel()``) and the number of entries ``>= v``.
 
-    A strided sample brackets the answer; the entries inside the bracket (about 1% of them)
-    are compacted and selected exactly with ``kthvalue``, so the cost is a few linear passes
-    instead of a sort or a full ``topk``/``kthvalue`` (3-4x faster than ``kthvalue`` on CPU).
-    (A ``bincount`` over float bit patterns was tried: slower on CPU.) Falls back to
-    ``kthvalue`` when the bracket misses.
+    CPU: ``numpy.partition`` (introselect, linear time; ~15x faster than ``torch.kthvalue`` and
+    ~15x faster than ``torch.topk`` on a 2048x2048 tensor). Other devices: a strided sample
+    brackets the answer, the entries inside the bracket (about 1%) are compacted and selected
+    exactly with ``kthvalue``; falls back to ``kthvalue`` on everything when the bracket misses.
     """
+    if a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64):
+        return kth_largest_numpy(a, k)
+    return kth_largest_bracket(a, k)
+
+
+def kth_largest_numpy(a: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
+    """:func:`kth_largest` for CPU tensors via ``numpy.partition`` (zero-copy view)."""
+    arr = a.detach().numpy()
+    big_n = arr.size
+    v = arr.dtype.type(np.partition(arr, big_n - k)[big_n - k])
+    return torch.tensor(v, dtype=a.dtype), int(np.count_nonzero(arr >= v))
+
+
+def kth_largest_bracket(a: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
+    """:func:`kth_largest` with torch ops only (any device)."""
     big_n = a.numel()
     if big_n > 4 * _SAMPLE:
         stride = big_n // _SAMPLE
