@@ -166,7 +166,7 @@ def run_scale(
         run_analysis(spec, cfg, run_dir / "analysis", progress)
 
     store = CellStore(run_dir)
-    cells = [Cell(**{**c, "seeds": tuple(c["seeds"]), "experts": tuple(c["experts"])}) for c in plan["cells"]]
+    cells = load_cells(plan)
     done = store.done()
     todo = [c for c in cells if c.id not in done]
     fail_after = _fail_after_from_env()
@@ -180,34 +180,14 @@ def run_scale(
         if fail_after is not None and n_run >= fail_after:
             raise InjectedFailure(f"{FAIL_AFTER_ENV}={fail_after}: stopping after {n_run} cells")
 
-    ctx = ScaleContext(
-        expert_paths=tuple(str(p) for p in spec.paths), names=tuple(spec.names), expert_tasks=tuple(spec.tasks),
-        base_dir=str(spec.base_dir) if spec.base_dir else None, zoo_root=str(spec.zoo_root) if spec.zoo_root else None,
-        evaluation=cfg.evaluation, rht=cfg.rht, method_params=cfg.scale.method_params, device=cfg.device,
-        hist_samples=cfg.scale.hist_samples, allow_bin=cfg.experts.allow_bin, run_dir=str(run_dir.resolve()),
-    )
-    grid = [c for c in todo if c.kind != "search"]
+    ctx = make_context(cfg, spec, run_dir)
     searches = [c for c in todo if c.kind == "search"]
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="scale cells", unit="cell", disable=not progress)
-
-    def run_cells(batch: list[Cell]) -> None:
-        nonlocal evaluations
-        from evomerge.scale.execute import RayCellRunner
-
-        with RayCellRunner(ctx, cfg.ray) as runner:
-            for cell, out in runner.run(batch):
-                store.write(cell.id, out.rows, out.sample)
-                evaluations += out.evaluations
-                bar.update(1)
-                bar.set_postfix_str(f"k={cell.k} {cell.method}")
-                finished(cell)
-
     from evomerge.distributed.cluster import connect
 
-    started_ray = connect(cfg.ray) if todo else False  # one Ray for every phase of the run
+    started_ray = connect(cfg.ray) if todo else False  # one Ray for the whole run
     try:
-        if grid:
-            run_cells(grid)
+        # 1. the searches (each run_evolve places its own actors, so they run before ours start)
         if searches:
             from evomerge.scale.search_cells import run_search
 
@@ -215,7 +195,17 @@ def run_scale(
                 bar.set_postfix_str(f"searching k={cell.k} {cell.method} seed={cell.seed}")
                 run_search(cell, cfg, run_dir, names=spec.names, tasks=spec.tasks, all_tasks=plan["tasks"],
                            zoo_root=spec.zoo_root, zoo_profile=spec.zoo_profile, progress=False)
-            run_cells(searches)
+        # 2. every cell (merges, and scoring the searches' results) on one set of actors
+        if todo:
+            from evomerge.scale.execute import RayCellRunner
+
+            with RayCellRunner(ctx, cfg.ray) as runner:
+                for cell, out in runner.run(todo):
+                    store.write(cell.id, out.rows, out.sample)
+                    evaluations += out.evaluations
+                    bar.update(1)
+                    bar.set_postfix_str(f"k={cell.k} {cell.method}")
+                    finished(cell)
     finally:
         bar.close()
         if started_ray:
@@ -233,6 +223,20 @@ def run_scale(
         run_dir=run_dir, stop=stop_r, cells_total=len(cells), cells_run=n_run, cells_skipped=len(cells) - len(todo),
         evaluations=evaluations, seconds=seconds, report=report_path,
     )
+
+
+def make_context(cfg: EvomergeConfig, spec: PoolSpec, run_dir: Path) -> ScaleContext:
+    """What every cell worker needs (small, picklable)."""
+    return ScaleContext(
+        expert_paths=tuple(str(p) for p in spec.paths), names=tuple(spec.names), expert_tasks=tuple(spec.tasks),
+        base_dir=str(spec.base_dir) if spec.base_dir else None, zoo_root=str(spec.zoo_root) if spec.zoo_root else None,
+        evaluation=cfg.evaluation, rht=cfg.rht, method_params=cfg.scale.method_params, device=cfg.device,
+        hist_samples=cfg.scale.hist_samples, allow_bin=cfg.experts.allow_bin, run_dir=str(Path(run_dir).resolve()),
+    )
+
+
+def load_cells(plan: dict[str, Any]) -> list[Cell]:
+    return [Cell(**{**c, "seeds": tuple(c["seeds"]), "experts": tuple(c["experts"])}) for c in plan["cells"]]
 
 
 def make_plan(cfg: EvomergeConfig, spec: PoolSpec) -> dict[str, Any]:

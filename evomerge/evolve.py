@@ -38,6 +38,7 @@ class EvolveResult:
     best_test_fitness: float | None
     history_path: Path
     adapter_dir: Path | None
+    final_val_fitness: float | None = None  # validation of the written result (after a final RHT)
     expert_fitness: dict[str, float] = field(default_factory=dict)
     ensemble: dict[str, Any] | None = None
     rounds: int = 0
@@ -142,7 +143,8 @@ def run_evolve(
         inputs = prepare_inputs(cfg, experts=experts, tasks=tasks, zoo_profile=zoo_profile)
         searches = make_searches(cfg, algo, len(inputs.names))
         _prepare_out(out_dir, _run_meta(cfg, algo, inputs), resume)
-        rt.start(inputs).on_dispatch = on_dispatch
+        per_candidate = cfg.rht if (cfg.rht.enabled and cfg.rht.apply_to == "candidate") else None
+        rt.start(inputs, rht=per_candidate).on_dispatch = on_dispatch
         loop = _Loop(cfg, inputs, searches, rt, out_dir, progress, on_generation)
         loop.start(resume)
         loop.run()
@@ -255,6 +257,7 @@ class _Loop:
             best_id=search.best_id, best_fitness=float(search.best_fitness),
             best_val_per_task=fin["val_per_task"], best_test_per_task=fin["test_per_task"],
             best_test_fitness=fin["test_fitness"], history_path=history_path, adapter_dir=fin["adapter_dir"],
+            final_val_fitness=fin["val_fitness"],
             expert_fitness=self.expert_fitness, ensemble=fin["ensemble"], rounds=self.step,
             stats={**self.pool.stats(), "actor_info": list(self.rt.infos)},
         )

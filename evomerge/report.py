@@ -202,14 +202,17 @@ def _markdown(plan, cfg, s, pk_all, pk_union, fits, figures, run_dir) -> str:
         f"falls below Delta.",
         "",
     ]
-    if stop["enabled"]:
-        L.append(f"The stop criterion fired at k = {stop['n_max']}: the run stopped adding experts at k = {stop['k_end']}.")
+    if stop["enabled"] and stop["k_end"] < stop["n_max"]:
+        L.append(f"The run reached its largest k = {stop['k_end']} (pool size / `scale.k_max`) before the stop "
+                 f"criterion fired (n_max = {stop['n_max']}).")
+    elif stop["enabled"]:
+        L.append(f"The stop criterion fired at n_max = {stop['n_max']}: the run stopped adding experts at k = {stop['k_end']}.")
     else:
-        L.append(f"Run with `--no-stop` to k = {stop['k_end']}; the criterion would have fired at k = {stop['n_max']}.")
+        L.append(f"Run with `--no-stop` to k = {stop['k_end']}; the stop criterion would have fired at n_max = {stop['n_max']}.")
     L += ["", "| k | merged variance | drop from k-1 | worth adding (drop >= Delta) |", "|---|---|---|---|"]
     for r in stop["curve"]:
-        L.append(f"| {r['k']} | {r['merged_variance']:.4g} | {_fmt(r['drop'], 4) if r['k'] > 1 else '-'} | "
-                 f"{'yes' if r['worth_adding'] else 'no'} |")
+        drop = f"{r['drop']:.4g}" if r["k"] > 1 else "-"
+        L.append(f"| {r['k']} | {r['merged_variance']:.4g} | {drop} | {'yes' if r['worth_adding'] else 'no'} |")
     # --- peaks
     base_v = s["base_fitness_all"]["validation"]
     L += ["", "## Where each method peaked", "",

@@ -25,7 +25,7 @@ GENOME = {"population": 4, "generations": 3, "cross_rate": 0.8, "ind_mut_rate": 
 
 def make_cfg(**sections):
     data = {"seed": 0, "evaluation": {"max_samples": 40}, "genome": dict(GENOME),
-            "swarm": {"max_iter": 3, "patience": 5}, "ray": {"num_actors": 2}}
+            "swarm": {"max_iter": 5, "patience": 5}, "ray": {"num_actors": 2}}
     for k, v in sections.items():
         data[k] = {**data.get(k, {}), **v} if isinstance(v, dict) else v
     return config_from_dict(data)
@@ -98,16 +98,16 @@ def test_actor_materialize_matches_local_and_hand_computation(rt, inputs, local_
     assert set(got) == set(keys)
     for k in keys:
         for name, arr in got[k].items():
-            torch.testing.assert_close(torch.from_numpy(arr), local[k][name], rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(torch.from_numpy(arr.copy()), local[k][name], rtol=1e-6, atol=1e-7)
     # hand computations: the linear pair, the expert copy, the first move
     for name in experts[e0]:
         hand = 0.3 * experts[e0][name] + 0.7 * experts[e1][name]
-        torch.testing.assert_close(torch.from_numpy(got["t1"][name]), hand, rtol=1e-6, atol=1e-7)
-        assert torch.equal(torch.from_numpy(got["t2"][name]), experts[e2][name])
+        torch.testing.assert_close(torch.from_numpy(got["t1"][name].copy()), hand, rtol=1e-6, atol=1e-7)
+        assert torch.equal(torch.from_numpy(got["t2"][name].copy()), experts[e2][name])
         x, ref = experts[e0][name] * 0.3 + experts[e1][name] * 0.7, experts[e2][name]
         v = 0.4 * (ref - x) + 0.3 * (x - x) + 0.2 * (ref - x) - 0.1 * (ref - x)
-        torch.testing.assert_close(torch.from_numpy(got[velocity_key("t5")][name]), v, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(torch.from_numpy(got["t5"][name]), x + v, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(torch.from_numpy(got[velocity_key("t5")][name].copy()), v, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(torch.from_numpy(got["t5"][name].copy()), x + v, rtol=1e-5, atol=1e-6)
     # the actors' scores equal a local evaluation of the same LoRA weights
     for k in ("t1", "t6"):
         ref = local_evaluator.evaluate(ab_to_lora(local[k], inputs.fan_in_fan_out))
@@ -220,3 +220,29 @@ def test_impossible_requests_refused_before_any_work(rt, tmp_path):
     with pytest.raises(ConfigError, match="no expert named"):
         run_evolve(make_cfg(), "genome", out, experts=["nope", "rev_digits"], tasks=TASKS, progress=False, runtime=rt)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("apply_to", ["candidate", "final"])
+def test_rht_per_candidate_or_final(rt, tmp_path, local_evaluator, apply_to):
+    """With RHT per candidate the search scores RHT'd weights, so the written (RHT'd) adapter
+    scores the search's best fitness; with RHT at the end only the written result changes."""
+    from evomerge.distributed import records
+    from evomerge.experts.peft_io import load_peft_adapter
+
+    rht = {"enabled": True, "apply_to": apply_to, "sigma_g": 0.3, "gamma": 0.7, "alpha": 0.5, "seed": 3}
+    cfg = make_cfg(rht=rht, genome={"generations": 1})
+    res = run_evolve(cfg, "genome", tmp_path / "run", experts=EXPERTS, tasks=TASKS, progress=False, runtime=rt)
+    adapter = load_peft_adapter(res.adapter_dir).modules
+    written = local_evaluator.evaluate(adapter).fitness
+    assert written == pytest.approx(res.final_val_fitness, abs=1e-6)
+    _, weights, _ = records.load_checkpoint(tmp_path / "run")
+    raw = weights[res.best_id]
+    changed = [k for k, m in adapter.items() if not torch.allclose(m.A, torch.from_numpy(raw[k + "::A"].copy()))]
+    assert changed  # the written adapter is the RHT'd best, not the raw one
+    if apply_to == "candidate":
+        assert written == pytest.approx(res.best_fitness, abs=1e-6)
+    else:
+        from evomerge.experts.types import ab_to_lora
+
+        raw_fit = local_evaluator.evaluate(ab_to_lora(numpy_to_td(raw), {})).fitness
+        assert raw_fit == pytest.approx(res.best_fitness, abs=1e-6)

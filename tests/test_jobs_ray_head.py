@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -49,6 +50,26 @@ def head():
         yield client
     finally:
         subprocess.run([str(LOCAL / "stop_head.sh"), "--temp-dir", temp_dir], capture_output=True, timeout=60)
+        time.sleep(1.0)
+        left = processes_mentioning(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        assert not left, f"stop_head.sh left processes of this head running: {left}"
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs of live (non-zombie) processes whose command line contains ``text``."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (d / "stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            continue
+        if text in cmd and state != "Z":
+            out.append(int(d.name))
+    return out
 
 
 def submit(client, args: list[str], env_vars: dict | None = None) -> str:

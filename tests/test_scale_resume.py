@@ -41,56 +41,52 @@ def _table(run_dir):
     return t.sort_values(["k", "method", "rht", "seed", "task", "split"], ignore_index=True)
 
 
+def reference_table(cfg, zoo, run_dir) -> pd.DataFrame:
+    """Every cell of the plan computed directly in this process (no Ray, no store, no resume)."""
+    import json
+
+    from evomerge.driver import load_cells, make_context, pool_spec
+    from evomerge.scale.work import CellWorker
+
+    plan = json.loads((run_dir / "plan.json").read_text())
+    worker = CellWorker(make_context(cfg, pool_spec(cfg, zoo), run_dir))
+    rows = [r for cell in load_cells(plan) for r in worker.run(cell).rows]
+    t = pd.DataFrame(rows).drop(columns=["seconds"]).astype({"k": "int32", "seed": "int64"})
+    return t.sort_values(["k", "method", "rht", "seed", "task", "split"], ignore_index=True)
+
+
 def test_killed_run_resumes_from_finished_cells(small_zoo, tmp_path, ray_session, monkeypatch):
-    cfg = config_from_dict({**CFG, "zoo_dir": str(small_zoo.root)})
-    full = run_scale(cfg, tmp_path / "full", zoo=small_zoo, progress=False, analyze=False)
-    assert full.cells_run == full.cells_total
-
-    # kill after every cell with k <= 2 is done: 2 (base, expert) + 2 k-values x 4 cells
-    n_before = 2 + 2 * 4
-    seen = []
-
-    def on_done(cell, n):
-        seen.append(cell)
-        if n == n_before:
-            raise InjectedFailure("killed after k=2")
-
-    part = tmp_path / "part"
-    with pytest.raises(InjectedFailure):
-        run_scale(cfg, part, zoo=small_zoo, progress=False, analyze=False, on_cell_done=on_done)
-    done_before = CellStore(part).done()
-    assert done_before == {c.id for c in seen} and len(done_before) == n_before
-    assert max(c.k for c in seen) >= 2  # cells finish out of order across actors; k=1 is surely done
-    assert not (part / "report.md").exists()
-
-    resumed = []
-    res = run_scale(cfg, part, zoo=small_zoo, progress=False, analyze=False,
-                    on_cell_done=lambda cell, n: resumed.append(cell))
-    assert res.cells_skipped == n_before
-    assert res.cells_run == full.cells_total - n_before == len(resumed)
-    all_ids = CellStore(tmp_path / "full").done()
-    assert {c.id for c in resumed} == all_ids - done_before  # nothing recomputed, nothing missed
-    assert res.evaluations == 2 * len(resumed)  # validation + test per cell
-    pd.testing.assert_frame_equal(_table(part), _table(tmp_path / "full"))
-    assert (part / "report.md").is_file()
-
-
-def test_env_var_failure_through_the_cli_then_resume(small_zoo, tmp_path, ray_session, monkeypatch):
     import yaml
 
     from evomerge.cli import main
 
+    data = {**CFG, "zoo_dir": str(small_zoo.root)}
+    cfg = config_from_dict(data)
+    # kill the CLI run once every cell up to k=2 could be done: base, expert, 2 k-values x 4 cells
+    n_before = 2 + 2 * 4
     cfg_path = tmp_path / "c.yaml"
-    cfg = {**CFG, "zoo_dir": str(small_zoo.root),
-           "scale": {**CFG["scale"], "methods": ["task_arithmetic"], "with_rht": False, "k_max": 2}}
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    out = tmp_path / "run"
-    monkeypatch.setenv(FAIL_AFTER_ENV, "3")
+    cfg_path.write_text(yaml.safe_dump(data))
+    part = tmp_path / "part"
+    monkeypatch.setenv(FAIL_AFTER_ENV, str(n_before))
     with pytest.raises(InjectedFailure):
-        main(["scale", "--small", "--config", str(cfg_path), "--out", str(out), "--no-progress"])
-    assert len(CellStore(out).done()) == 3
+        main(["scale", "--small", "--config", str(cfg_path), "--out", str(part), "--no-progress"])
     monkeypatch.delenv(FAIL_AFTER_ENV)
-    assert main(["scale", "--small", "--out", str(out), "--resume", "--no-progress"]) == 0
-    # base, expert, k=1 and k=2 task arithmetic
-    assert len(CellStore(out).done()) == 4
-    assert (out / "report.md").is_file()
+    done_before = CellStore(part).done()
+    assert len(done_before) == n_before
+    assert not (part / "report.md").exists()
+
+    resumed = []
+    res = run_scale(cfg, part, zoo=small_zoo, progress=False, on_cell_done=lambda cell, n: resumed.append(cell))
+    assert res.cells_total == 2 + 3 * 4
+    assert res.cells_skipped == n_before
+    assert res.cells_run == res.cells_total - n_before == len(resumed)
+    assert {c.id for c in resumed} | done_before == CellStore(part).done()  # nothing missed
+    assert not {c.id for c in resumed} & done_before  # nothing recomputed
+    assert max(c.k for c in resumed) == 3
+    assert res.evaluations == 2 * len(resumed)  # validation + test per cell
+    assert (part / "report.md").is_file()
+    # the resumed table equals every cell computed in one go
+    pd.testing.assert_frame_equal(_table(part), reference_table(cfg, small_zoo, part), check_dtype=False)
+    # a finished run reruns nothing
+    again = run_scale(cfg, part, zoo=small_zoo, progress=False, report=False)
+    assert again.cells_run == 0 and again.evaluations == 0

@@ -57,3 +57,19 @@ def test_lora_singular_values_match_full_svd():
     b, a = torch.randn(50, 6, generator=g), torch.randn(6, 30, generator=g)
     ref = np.linalg.svd((0.25 * b @ a).double().numpy(), compute_uv=False)[:6]
     np.testing.assert_allclose(np.sort(lora_singular_values(b, a, 0.25))[::-1], ref, rtol=1e-5)
+
+
+def test_partial_spectrum_from_randomized_svd_matches_exact():
+    from evomerge.theory.geometry import left_subspace_and_spectrum
+    from evomerge.theory.tails import partial_spectrum_summary
+
+    g = torch.Generator().manual_seed(2)
+    d = torch.randn(120, 4, generator=g, dtype=torch.float64) @ torch.randn(4, 90, generator=g, dtype=torch.float64)
+    d = d + 0.01 * torch.randn(120, 90, generator=g, dtype=torch.float64)
+    _, s, complete = left_subspace_and_spectrum(d, 8, torch.Generator().manual_seed(0), oversample=4)
+    assert not complete
+    exact = singular_value_tail(d)
+    part = partial_spectrum_summary(s, float((d * d).sum()))
+    assert part["stable_rank"] == pytest.approx(exact["stable_rank"], rel=1e-6)
+    assert part["top1_energy"] == pytest.approx(exact["top1_energy"], rel=1e-6)
+    assert np.isnan(part["effective_rank"])

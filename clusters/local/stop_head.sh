@@ -17,7 +17,7 @@ done
 
 # The head's processes carry the temp dir in their command line; their children (dashboard
 # modules, workers, job drivers) are found through the parent links.
-table=$(ps -eo pid=,ppid=,args=)
+table=$(ps -eww -o pid=,ppid=,args=)  # -ww: never cut the command line (COLUMNS)
 roots=$(echo "$table" | awk -v d="$temp_dir" 'index($0, d) > 0 && $3 !~ /awk|stop_head/ {print $1}')
 all="$roots"
 frontier="$roots"

@@ -17,9 +17,9 @@ from tqdm.auto import tqdm
 
 from evomerge.analysis.source import PoolView
 from evomerge.errors import ExpertLoadError
-from evomerge.theory.geometry import angles_between_bases, layer_index, lora_basis, orthonormal_basis, randomized_left_subspace
+from evomerge.theory.geometry import angles_between_bases, layer_index, left_subspace_and_spectrum, lora_basis, orthonormal_basis
 from evomerge.theory.moments import _BLOCK, GramAccumulator
-from evomerge.theory.tails import lora_singular_values, spectrum_summary
+from evomerge.theory.tails import lora_singular_values, partial_spectrum_summary, spectrum_summary
 
 RhtFn = Callable[[str, torch.Tensor], torch.Tensor]
 
@@ -104,27 +104,25 @@ class PoolStats:
     spectra: list[list[dict[str, float]]]  # per expert, one spectrum summary per 2-D tensor
 
 
-def _bases(view: PoolView, key: str, x: torch.Tensor, rank: int, seed: int) -> list[np.ndarray] | None:
-    """Per expert, an orthonormal basis of the delta's output subspace for a 2-D key."""
+def _bases_and_spectra(view: PoolView, key: str, x: torch.Tensor, rank: int, seed: int
+                       ) -> tuple[list[np.ndarray], list[dict[str, float]]] | None:
+    """Per expert, an orthonormal basis of the delta's output subspace for a 2-D key and the
+    singular-value summary of the delta (LoRA: exact, from the factors; full: exact for small
+    matrices, else stable rank / top-1 energy from a seeded randomized SVD)."""
     if view.lora is not None and all(key in m for m in view.lora):
-        return [orthonormal_basis(lora_basis(m[key], "out")) for m in view.lora]
+        mods = [m[key] for m in view.lora]
+        return ([orthonormal_basis(lora_basis(m, "out")) for m in mods],
+                [spectrum_summary(lora_singular_values(m.B, m.A, m.scale)) for m in mods])
     if x.ndim != 3:
         return None
     g = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(key.encode())) % (2**63))
-    return [randomized_left_subspace(x[i], rank, g) for i in range(x.shape[0])]
-
-
-# Largest min(out, in) of a full (non-LoRA) 2-D delta whose whole spectrum is computed.
-SPECTRUM_MAX_DIM = 1024
-
-
-def _spectra(view: PoolView, key: str, x: torch.Tensor) -> list[dict[str, float]] | None:
-    """Per expert, the singular-value summary of this tensor's delta (LoRA: from the factors)."""
-    if view.lora is not None and all(key in m for m in view.lora):
-        return [spectrum_summary(lora_singular_values(m[key].B, m[key].A, m[key].scale)) for m in view.lora]
-    if x.ndim != 3 or min(x.shape[1:]) > SPECTRUM_MAX_DIM:
-        return None
-    return [spectrum_summary(np.linalg.svd(x[i].double().numpy(), compute_uv=False)) for i in range(x.shape[0])]
+    bases, spectra = [], []
+    for i in range(x.shape[0]):
+        basis, s, complete = left_subspace_and_spectrum(x[i], rank, g)
+        bases.append(basis)
+        fro2 = float(x[i].double().pow(2).sum())
+        spectra.append(spectrum_summary(s) if complete else partial_spectrum_summary(s, fro2))
+    return bases, spectra
 
 
 def collect(
@@ -154,10 +152,11 @@ def collect(
             parts.append(rht(key, merged).reshape(1, -1).float())
         sums.update(parts)
         sample.update(parts)
-        for i, summary in enumerate(_spectra(view, key, x) or []):
-            spectra[i].append(summary)
-        bases = _bases(view, key, x, angle_rank, seed)
-        if bases is not None:
+        found = _bases_and_spectra(view, key, x, angle_rank, seed)
+        if found is not None:
+            bases, summaries = found
+            for i, summary in enumerate(summaries):
+                spectra[i].append(summary)
             for i in range(n):
                 for j in range(i + 1, n):
                     ang = angles_between_bases(bases[i], bases[j])

@@ -52,6 +52,43 @@ def info_command(
     _print_info(zoo)
 
 
+@zoo_app.command("check")
+def check_command(
+    root: Optional[Path] = typer.Argument(None, help="zoo folder (default: the cached default zoo)"),
+    small: bool = typer.Option(False, "--small", help="with no folder given: the cached small zoo"),
+    max_samples: int = typer.Option(100, "--max-samples", help="validation examples per task"),
+    metric: str = typer.Option("token_accuracy", "--metric"),
+    k_max: Optional[int] = typer.Option(None, "--k-max", help="largest number of merged experts"),
+) -> None:
+    """Does merging mean something here? Gain kept by registry merges of k = 1..N experts."""
+    import torch
+
+    from evomerge.zoo import Zoo, default_zoo_root
+    from evomerge.zoo.check import check_zoo, n_unrelated, summarize, unrelated_first
+
+    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    zoo = Zoo.open(root if root is not None else default_zoo_root("small" if small else "default"))
+    rows = check_zoo(zoo, metric=metric, max_samples=max_samples, k_max=k_max)
+    order = unrelated_first(zoo)
+    n_free = n_unrelated(zoo, order)
+    s = summarize(rows, n_free)
+    typer.echo(f"{metric} on validation, {max_samples} samples per task; experts added in order: {', '.join(order)}")
+    typer.echo(f"(the first {n_free} are mutually unrelated)")
+    typer.echo(f"{'k':>2s} {'method':16s} {'params':14s} {'base':>6s} {'experts':>7s} {'merged':>6s} "
+               f"{'kept':>6s} {'all tasks':>9s}")
+    for r in rows:
+        p = ",".join(f"{k}={v:.3g}" for k, v in r.params.items())
+        mark = " *" if s["best"][r.k] is r else ""
+        typer.echo(f"{r.k:2d} {r.method:16s} {p:14s} {r.union_base:6.3f} {r.union_experts:7.3f} {r.union_merged:6.3f} "
+                   f"{r.retained:6.2f} {r.all_merged:9.3f}{mark}")
+    typer.echo("kept = (merged - base) / (experts - base) on the union of the merged experts' tasks; * best per k")
+    typer.echo("curve (best all-task score by k): " + ", ".join(f"{k}:{v:.3f}" for k, v in s["curve"].items()))
+    typer.echo(f"target 1, best merge of 2-4 unrelated experts keeps >= 50% of the gain: "
+               f"{'PASS' if s['retention_2_4_ok'] else 'FAIL'}")
+    typer.echo(f"target 2, the curve over k bends within N (peak at k={s['peak_k']}): "
+               f"{'PASS' if s['bends'] else 'FAIL'}")
+
+
 def _print_info(zoo) -> None:
     m = zoo.manifest
     model = m["model"]

@@ -184,9 +184,9 @@ class PopulationActor:
         self.timings["materialize_s"] += time.perf_counter() - t0
         return self.evaluate_keys(made, "validation")
 
-    def evaluate_keys(self, ids: Sequence[str], split: str = "validation") -> list[EvalRow]:
-        """Score stored individuals (RHT'd first when configured per candidate)."""
-        candidates = [self.candidate(self.store[k], k) for k in ids]
+    def evaluate_keys(self, ids: Sequence[str], split: str = "validation", raw: bool = False) -> list[EvalRow]:
+        """Score stored individuals (RHT'd first when configured per candidate, unless ``raw``)."""
+        candidates = [self._as_candidate(self.store[k]) if raw else self.candidate(self.store[k], k) for k in ids]
         return self._score(list(ids), candidates, split)
 
     def evaluate_weights(

@@ -45,17 +45,16 @@ class Runtime:
             raise
         return self
 
-    def start(self, inputs: EvolveInputs) -> PopulationPool:
+    def start(self, inputs: EvolveInputs, rht: Any = None) -> PopulationPool:
         """Start the actors for ``inputs`` (one bundle each in a SPREAD placement group), or,
         when this runtime already has actors, reset them to ``inputs`` (a later run reuses them
-        and their loaded evaluator)."""
+        and their loaded evaluator). ``rht``: an RHTConfig applied to every candidate, or None."""
         import ray
 
         if self.plan is None:
             raise RuntimeError("Runtime.start() outside `with Runtime(cfg) as rt:`")
         self.inputs = inputs
         experts_ref = ray.put(inputs.experts)
-        rht = self.cfg.rht if (self.cfg.rht.enabled and self.cfg.rht.apply_to == "candidate") else None
         kwargs = {"fan_in_fan_out": inputs.fan_in_fan_out, "rht": rht}
         if self.pool is None:
             self.pg = create_placement_group(self.plan, self.cfg.ray.placement_timeout_s)
@@ -105,7 +104,7 @@ class Runtime:
 
         keys = sorted(self.inputs.experts, key=lambda k: int(k[1:]))
         n = self.pool.n_actors
-        futs = [self.pool.actors[j].evaluate_keys.remote(keys[j::n], "validation") for j in range(n) if keys[j::n]]
+        futs = [self.pool.actors[j].evaluate_keys.remote(keys[j::n], "validation", True) for j in range(n) if keys[j::n]]
         rows = [r for batch in ray.get(futs) for r in batch]
         by_key = {r.id: r.fitness for r in rows}
         return {name: by_key[k] for name, k in zip(self.inputs.names, keys)}

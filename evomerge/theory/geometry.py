@@ -143,15 +143,26 @@ def pairwise_cosine(x: torch.Tensor | GramAccumulator) -> np.ndarray:
 def randomized_left_subspace(delta: torch.Tensor, rank: int, generator: torch.Generator, oversample: int = 8, power_iters: int = 2) -> np.ndarray:
     """Approximate top-``rank`` left singular vectors by a seeded randomized range finder
     (cheap for large matrices; exact SVD is used when the matrix is small)."""
+    return left_subspace_and_spectrum(delta, rank, generator, oversample, power_iters)[0]
+
+
+def left_subspace_and_spectrum(
+    delta: torch.Tensor, rank: int, generator: torch.Generator, oversample: int = 8, power_iters: int = 2
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``(basis, singular_values, complete)``: the top-``rank`` left singular subspace and the
+    singular values found on the way: all of them (``complete``) when the matrix is small
+    enough for an exact SVD, else the top ``rank + oversample`` from the randomized finder."""
     d = _np64(delta)
     m, n = d.shape
     q_cols = rank + oversample
+    rtol = _rank_rtol(delta)
     if min(m, n) <= 2 * q_cols:
-        return top_left_subspace(delta, rank)
+        u, s, _ = np.linalg.svd(d, full_matrices=False)
+        return _top_columns(u, s, rank, rtol), s, True
     omega = torch.randn(n, q_cols, generator=generator, dtype=torch.float64).numpy()
     q, _ = np.linalg.qr(d @ omega)
     for _ in range(power_iters):
         q, _ = np.linalg.qr(d.T @ q)
         q, _ = np.linalg.qr(d @ q)
     u_small, s, _ = np.linalg.svd(q.T @ d, full_matrices=False)
-    return q @ _top_columns(u_small, s, rank, _rank_rtol(delta))
+    return q @ _top_columns(u_small, s, rank, rtol), s, False

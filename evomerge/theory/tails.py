@@ -80,6 +80,17 @@ def lora_singular_values(b: torch.Tensor, a: torch.Tensor, scale: float) -> np.n
     return abs(scale) * np.linalg.svd(rb @ ra.T, compute_uv=False)
 
 
+def partial_spectrum_summary(top_singular_values, frobenius2: float) -> dict[str, float]:
+    """What the top singular values and ``||D||_F^2`` alone determine: ``stable_rank`` and
+    ``top1_energy``; the rest of :func:`spectrum_summary` is NaN."""
+    s_max = float(np.max(top_singular_values, initial=0.0))
+    nan = float("nan")
+    if s_max <= 0 or frobenius2 <= 0:
+        return {"stable_rank": 0.0, "effective_rank": nan, "top1_energy": nan, "sv_kurtosis": nan, "sv_hill": nan}
+    return {"stable_rank": frobenius2 / s_max**2, "effective_rank": nan, "top1_energy": s_max**2 / frobenius2,
+            "sv_kurtosis": nan, "sv_hill": nan}
+
+
 def spectrum_summary(singular_values, k_frac: float = 0.1) -> dict[str, float]:
     """``stable_rank = sum s^2 / s_max^2``; ``effective_rank = exp(entropy of s / sum s)``;
     ``top1_energy`` = share of ``sum s^2`` in the first singular value; ``sv_kurtosis`` and

@@ -22,7 +22,7 @@ from evomerge.evaluation.encoding import Encoded, encode_pairs
 from evomerge.io import atomic_dir, write_json_atomic, write_parquet_atomic
 from evomerge.zoo import tasks as task_lib
 from evomerge.zoo.model import PROFILES, Profile, build_config, build_tokenizer, recipe_hash
-from evomerge.zoo.train import train
+from evomerge.zoo.train import KeepSet, train
 from evomerge.zoo.zoo import FORMAT_VERSION, MANIFEST, Zoo
 
 
@@ -84,6 +84,12 @@ def _concat(parts: list[Encoded]) -> Encoded:
     )
 
 
+def _gather_rows(data: Encoded, idx: torch.Tensor) -> Encoded:
+    rows = idx.tolist()
+    return Encoded(data.input_ids[idx], data.attention_mask[idx], data.labels[idx], data.prompt_len[idx],
+                   [data.answers[i] for i in rows], [data.prompts[i] for i in rows])
+
+
 def build_zoo(out: str | os.PathLike, *, profile: str = "default", seed: int = 0, overwrite: bool = False,
               progress: bool = True, threads: int = 1) -> Zoo:
     """Build a zoo folder at ``out`` and return it (see :mod:`evomerge.zoo.zoo` for the layout)."""
@@ -115,6 +121,14 @@ def build_zoo(out: str | os.PathLike, *, profile: str = "default", seed: int = 0
             base, base.parameters(), _concat(list(train_sets.values())), steps=prof.base_steps,
             lr=prof.base_lr, batch_size=prof.batch_size, generator=gen, on_step=lambda s, l: bar.update(1),
         )
+        base.eval()
+        keep = None
+        if prof.keep_weight > 0:
+            # a fixed pool of mixed training examples with the base's predictions on them
+            mix = _concat(list(train_sets.values()))
+            owner = torch.cat([torch.full((len(e),), i) for i, e in enumerate(train_sets.values())])
+            pick = torch.randperm(len(mix), generator=gen)[: prof.keep_pool]
+            keep, keep_owner = KeepSet.from_base(base, _gather_rows(mix, pick)), owner[pick]
         base.save_pretrained(tmp / "base")
         tokenizer.save_pretrained(tmp / "base")
         expert_loss = {}
@@ -128,7 +142,7 @@ def build_zoo(out: str | os.PathLike, *, profile: str = "default", seed: int = 0
             expert_loss[name] = train(
                 model, model.parameters(), train_sets[name], steps=prof.expert_steps, lr=prof.expert_lr,
                 batch_size=prof.batch_size, generator=g, on_step=lambda s, l: bar.update(1),
-                keep=_concat([e for n, e in train_sets.items() if n != name]) if prof.keep_weight > 0 else None,
+                keep=keep.subset(torch.nonzero(keep_owner != i).squeeze(1)) if keep is not None else None,
                 keep_weight=prof.keep_weight,
             )
             model.save_pretrained(tmp / "experts" / name)

@@ -48,6 +48,15 @@ def unrelated_first(zoo: Zoo) -> list[str]:
     return chosen + [t for t in zoo.tasks if t not in chosen]
 
 
+def n_unrelated(zoo: Zoo, order: list[str]) -> int:
+    """How many tasks at the head of ``order`` are mutually unrelated."""
+    related = {frozenset(p) for p in zoo.related_pairs}
+    for i, t in enumerate(order):
+        if any(frozenset((t, c)) in related for c in order[:i]):
+            return i
+    return len(order)
+
+
 def _params(method: str, spec: str, k: int) -> dict:
     if not spec:
         return {}
@@ -72,6 +81,8 @@ def check_zoo(zoo: Zoo, *, metric: str = "token_accuracy", max_samples: int = 10
         cands, labels = [], []
         for method, spec in methods:
             params = _params(method, spec, k)
+            if (method, params) in labels:
+                continue
             cands.append(merge_lora(method, [experts[t] for t in chosen], params=params))
             labels.append((method, params))
         results = ev.evaluate_many(cands, split=split)

@@ -27,6 +27,7 @@ class Profile:
     expert_lr: float
     batch_size: int
     keep_weight: float = 1.0  # KL-to-base on other tasks while training an expert (0: off)
+    keep_pool: int = 1024  # mixed examples whose base predictions the experts must keep
     rank: int = 8
     alpha: int = 16
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -35,10 +36,10 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "small": Profile(
         name="small",
-        tasks=("rev_digits", "sort_digits", "dedup", "brackets", "majority", "greek_shift"),
+        tasks=("rev_digits", "sort_digits", "rev_letters", "brackets", "majority", "greek_shift"),
         hidden=64, layers=2, heads=4, intermediate=128,
         n_train=2000, n_eval=200, base_steps=300, base_lr=4e-3,
-        expert_steps=50, expert_lr=5e-3, batch_size=64,
+        expert_steps=60, expert_lr=5e-3, batch_size=64,
     ),
     # test-only: seconds to build, for checks of caching, locking and reproducibility
     "tiny": Profile(
@@ -53,8 +54,8 @@ PROFILES: dict[str, Profile] = {
         tasks=("rev_digits", "sort_digits", "add", "sub", "caesar", "rev_letters", "subst", "dedup",
                "brackets", "majority", "greek_shift", "greek_ends"),
         hidden=128, layers=4, heads=4, intermediate=256,
-        n_train=4000, n_eval=300, base_steps=600, base_lr=2e-3,
-        expert_steps=120, expert_lr=2e-3, batch_size=64,
+        n_train=3000, n_eval=300, base_steps=500, base_lr=2e-3,
+        expert_steps=80, expert_lr=3e-3, batch_size=64,
     ),
 }
 

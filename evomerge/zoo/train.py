@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -37,15 +38,15 @@ def train(
     batch_size: int,
     generator: torch.Generator,
     on_step: Callable[[int, float], None] | None = None,
-    keep: Encoded | None = None,
+    keep: "KeepSet | None" = None,
     keep_weight: float = 0.0,
 ) -> float:
     """AdamW with linear warm-up and cosine decay; batches drawn with ``generator``.
 
-    With ``keep`` (other tasks' data) and a peft ``model``, each step also adds
-    ``keep_weight * KL(base || model)`` on the answer tokens of a ``keep`` batch, the base
-    being the model with its adapter disabled: the expert learns its task while leaving the
-    others alone (a specialist), so unrelated experts interfere little when merged.
+    With ``keep`` (other tasks' examples and the base model's log-probabilities on them),
+    each step also adds ``keep_weight * KL(base || model)`` on the answer tokens of a
+    ``keep`` batch: the expert learns its task while leaving the others alone (a
+    specialist), so unrelated experts interfere little when merged.
     Returns the mean task loss of the last 10% of steps.
     """
     params = [p for p in params if p.requires_grad]
@@ -61,8 +62,8 @@ def train(
         loss = lm_loss(model, _gather(data, idx))
         total = loss
         if keep is not None and keep_weight > 0:
-            kb = _gather(keep, torch.randint(0, len(keep), (batch_size,), generator=generator))
-            total = loss + keep_weight * _kl_to_base(model, kb)
+            kidx = torch.randint(0, len(keep.data), (max(1, batch_size // 2),), generator=generator)
+            total = loss + keep_weight * keep.kl(model, kidx)
         opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -76,11 +77,32 @@ def train(
     return sum(tail) / len(tail)
 
 
-def _kl_to_base(model, batch: Encoded) -> torch.Tensor:
-    """Mean KL(base || model) over answer positions; base = the peft model with adapters off."""
-    mask = batch.labels != IGNORE
-    with torch.no_grad(), model.disable_adapter():
-        ref = torch.log_softmax(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float(), -1)
-    cur = torch.log_softmax(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float(), -1)
-    kl = (ref.exp() * (ref - cur)).sum(-1)
-    return (kl * mask).sum() / mask.sum().clamp(min=1)
+@dataclass
+class KeepSet:
+    """Examples of other tasks with the base model's log-probabilities at their answer tokens."""
+
+    data: Encoded
+    ref_logp: torch.Tensor  # [N, T, V] (zero outside answers)
+
+    @classmethod
+    def from_base(cls, model, data: Encoded, batch_size: int = 128) -> "KeepSet":
+        parts = []
+        with torch.no_grad():
+            for start in range(0, len(data), batch_size):
+                b = data.slice(start, start + batch_size)
+                logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits.float()
+                lp = torch.log_softmax(logits, -1) * (b.labels != IGNORE).unsqueeze(-1)
+                parts.append(torch.nn.functional.pad(lp, (0, 0, 0, data.input_ids.shape[1] - lp.shape[1])))
+        return cls(data, torch.cat(parts))
+
+    def subset(self, rows: torch.Tensor) -> "KeepSet":
+        return KeepSet(_gather(self.data, rows), self.ref_logp[rows][:, : int(self.data.attention_mask[rows].sum(1).max())])
+
+    def kl(self, model, idx: torch.Tensor) -> torch.Tensor:
+        """Mean KL(base || model) over the answer tokens of rows ``idx``."""
+        b = _gather(self.data, idx)
+        ref = self.ref_logp[idx, : b.input_ids.shape[1]]
+        mask = b.labels != IGNORE
+        cur = torch.log_softmax(model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits.float(), -1)
+        kl = (ref.exp() * (ref - cur)).sum(-1)
+        return (kl * mask).sum() / mask.sum().clamp(min=1)

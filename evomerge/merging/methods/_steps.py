@@ -166,7 +166,10 @@ def magnitude_keep(rows: torch.Tensor, density: float) -> RowKeep | None:
     thresholds = torch.empty(n, dtype=buf.dtype, device=rows.device)
     masks: dict[int, torch.Tensor] = {}
     for i in range(n):
-        buf.copy_(rows[i]).abs_()
+        if rows.dtype == buf.dtype:
+            torch.abs(rows[i], out=buf)
+        else:
+            buf.copy_(rows[i]).abs_()
         if k == 0:
             masks[i] = torch.zeros(numel, dtype=buf.dtype, device=rows.device)
             thresholds[i] = 0.0
