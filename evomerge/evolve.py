@@ -167,6 +167,7 @@ class _Loop:
         if ckpt is None:
             records.truncate_history(self.out_dir, -1)
             self.expert_fitness = self.rt.score_experts()
+            self.pool.reset_timings()  # stats cover the generations only
             return
         step, weights, state = ckpt
         for s, sd in zip(self.searches, state["searches"]):
@@ -248,6 +249,7 @@ class _Loop:
 
         island = max(range(len(self.searches)), key=lambda i: (self.searches[i].best_fitness, -i))
         search = self.searches[island]
+        stats = {**self.pool.stats(), "actor_info": list(self.rt.infos)}
         fin = finalize(self.cfg, self.inputs, search, self.rt, self.out_dir, write_adapter)
         table = records.read_history(self.out_dir)
         history_path = self.out_dir / "history.parquet"
@@ -259,7 +261,7 @@ class _Loop:
             best_test_fitness=fin["test_fitness"], history_path=history_path, adapter_dir=fin["adapter_dir"],
             final_val_fitness=fin["val_fitness"],
             expert_fitness=self.expert_fitness, ensemble=fin["ensemble"], rounds=self.step,
-            stats={**self.pool.stats(), "actor_info": list(self.rt.infos)},
+            stats=stats,
         )
         write_json_atomic(self.out_dir / "result.json", asdict(result))
         return result

@@ -25,7 +25,7 @@ import torch
 
 from evomerge.errors import ConfigError
 from evomerge.experts.types import TensorDict
-from evomerge.merging.types import key_generator
+from evomerge.merging.types import PerTaskMerge, key_generator
 
 
 def _check(mu: float, sigma_g: float, gamma: float, alpha: float, beta: float) -> None:
@@ -103,9 +103,15 @@ def apply_rht(
 
     Left unchanged (evomerge's choice): non-float tensors, and 1-D tensors (biases,
     norm scales; a handful of values where "tails" mean little) unless ``include_1d``.
+    A :class:`PerTaskMerge` value (EMR) gets RHT on its unified vector; masks and
+    rescalers are kept.
     """
     out: TensorDict = {}
     for key, t in td.items():
+        if isinstance(t, PerTaskMerge):
+            unified = apply_rht({key: t.unified}, cfg, seed, include_1d=include_1d)[key]
+            out[key] = PerTaskMerge(unified, t.masks, t.rescalers)
+            continue
         if not t.is_floating_point() or (t.dim() < 2 and not include_1d) or t.numel() < 2:
             out[key] = t
             continue

@@ -126,3 +126,14 @@ def test_out_of_range_constants_raise_config_error(kw, name):
 def test_noise_without_generator_is_config_error():
     with pytest.raises(ConfigError, match="Generator"):
         rht_transform(torch.randn(4, 4), sigma_g=0.1, gamma=0.9, alpha=0.1, beta=1.0)
+
+
+def test_apply_rht_on_per_task_merge_transforms_the_unified_vector():
+    from evomerge.merging import get_merge_method
+
+    d = torch.randn(3, 10, 12, generator=_g(8))
+    emr = get_merge_method("emr")(d)
+    cfg = RHTConfig(gamma=0.7)
+    out = apply_rht({"w": emr}, cfg, seed=1)["w"]
+    assert torch.equal(out.unified, apply_rht({"w": emr.unified}, cfg, seed=1)["w"])
+    assert torch.equal(out.masks, emr.masks) and torch.equal(out.rescalers, emr.rescalers)

@@ -184,11 +184,17 @@ class SearchSpaceParam(Section):
 
 
 class TuneConfig(Section):
-    space: dict[str, SearchSpaceParam] = Field(default_factory=dict)
-    objective: Literal["merge", "genome", "swarm"] = "merge"
-    storage: str | None = Field(default=None, description="Optuna storage URL; default sqlite in the run dir")
+    space: dict[str, SearchSpaceParam] = Field(
+        default_factory=dict, description="dotted config names (merge.params.density, rht.gamma, experts.count) -> range"
+    )
+    objective: Literal["merge", "genome", "swarm"] = Field(
+        default="merge", description="validation fitness of one merge, or of one evolutionary run per trial"
+    )
+    storage: str | None = Field(
+        default=None, description="Optuna storage URL (${VAR} read from the environment); default sqlite in the run dir"
+    )
     study_name: str = "evomerge"
     sampler: Literal["tpe", "cmaes", "random"] = "tpe"
-    pruner: Literal["median", "hyperband", "none"] = "median"
-    n_trials: int = Field(default=20, ge=1)
-    timeout: float | None = Field(default=None, gt=0)
+    pruner: Literal["median", "hyperband", "none"] = Field(default="median", description="per-generation, evolutionary trials")
+    n_trials: int = Field(default=20, ge=1, description="finished trials the study should hold in all (shared by workers)")
+    timeout: float | None = Field(default=None, gt=0, description="seconds after which a worker starts no new trial")

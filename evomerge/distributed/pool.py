@@ -234,6 +234,12 @@ class PopulationPool:
         """The actor that holds ``key`` (experts: the first actor)."""
         return self.actors[self.location.get(key, 0)]
 
+    def reset_timings(self) -> None:
+        import ray
+
+        ray.get([a.take_timings.remote() for a in self.actors])
+        self.timings = {k: 0.0 for k in self.timings}
+
     def stats(self) -> dict[str, Any]:
         import ray
 

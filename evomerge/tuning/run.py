@@ -89,6 +89,7 @@ def open_tune_study(cfg: EvomergeConfig, out_dir: Path, *, storage: str | None, 
     from evomerge.tuning.study import make_pruner, make_sampler, open_study
 
     tune = cfg.tune
+    out_dir.mkdir(parents=True, exist_ok=True)
     build_space(tune, cfg)  # cheap checks first (names, ranges), before the zoo is built
     url = resolve_storage_url(storage, tune.storage, out_dir)
     shown = mask_uri(url)

@@ -136,10 +136,17 @@ class RowKeep:
     """Which coordinates each expert keeps: ``|x_i| >= thresholds[i]``, or an explicit mask
     for rows listed in ``masks`` (threshold ties, or DARE draws); survivors are divided by ``divisor``."""
 
-    def __init__(self, thresholds: torch.Tensor | None, masks: dict[int, torch.Tensor] | None = None, divisor: float = 1.0):
+    def __init__(
+        self,
+        thresholds: torch.Tensor | None,
+        masks: dict[int, torch.Tensor] | None = None,
+        divisor: float = 1.0,
+        mask_matrix: torch.Tensor | None = None,
+    ):
         self.thresholds = thresholds
         self.masks = masks or {}
         self.divisor = divisor
+        self.mask_matrix = mask_matrix  # [n, numel] float 0/1 for all rows at once (DARE)
 
     def apply_(self, sub: torch.Tensor, c0: int, c1: int) -> torch.Tensor:
         """Sparsify the column block ``sub = rows[:, c0:c1]`` in place.
@@ -149,6 +156,8 @@ class RowKeep:
         """
         if self.thresholds is not None:
             sub.mul_(sub.abs().ge_(self.thresholds.view(-1, 1)))
+        if self.mask_matrix is not None:
+            sub.mul_(self.mask_matrix[:, c0:c1])
         for i, m in self.masks.items():
             sub[i].mul_(m[c0:c1])
         if self.divisor != 1.0:
@@ -193,8 +202,10 @@ def dare_keep(rows: torch.Tensor, density: float, generator: torch.Generator) ->
         return None
     n, numel = rows.shape
     dtype = compute_dtype(rows.dtype)
-    masks = {i: torch.rand(numel, dtype=dtype, device=rows.device, generator=generator).lt_(density) for i in range(n)}
-    return RowKeep(None, masks, divisor=density)
+    draws = torch.empty((n, numel), dtype=dtype, device=rows.device)
+    for i in range(n):  # row after row, as peft draws one tensor after another
+        torch.rand(numel, dtype=dtype, device=rows.device, generator=generator, out=draws[i])
+    return RowKeep(None, divisor=density, mask_matrix=draws.lt_(density))
 
 
 def _chunk_cols(rows: torch.Tensor) -> int:
