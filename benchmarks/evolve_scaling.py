@@ -80,7 +80,7 @@ def main() -> None:
     from evomerge.zoo import ensure_zoo
 
     ensure_zoo("small")
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     rows = []
     try:
         with tempfile.TemporaryDirectory() as tmp:

@@ -260,6 +260,7 @@ def make_plan(cfg: EvomergeConfig, spec: PoolSpec) -> dict[str, Any]:
         "experts": spec.names,
         "expert_tasks": spec.tasks,
         "tasks": eval_tasks,
+        "zoo_profile": spec.zoo_profile if spec.zoo_root is not None else None,
         "kind": pool.kind,
         "correlation": corr.tolist(),
         "orders": {str(seed): [spec.names[i] for i in o] for seed, o in orders.items()},

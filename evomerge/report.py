@@ -171,6 +171,7 @@ def _summary(plan, fitness, pk_all, pk_union, fits, figures, run_dir) -> dict[st
         "stop_rule_abs_error": (sum(abs(k - stop["n_max"]) for k in measured) / len(measured)) if measured else None,
         "wall_seconds": sum(s["seconds"] for s in timing),
         "figures": figures,
+        "zoo_profile": plan.get("zoo_profile"),
     }
 
 
@@ -246,6 +247,8 @@ def _markdown(plan, cfg, s, pk_all, pk_union, fits, figures, run_dir) -> str:
             L.append(f"| {r.label} | {r.peak_k} | (fewer than 3 k) | {stop['n_max']} | | | | |")
             continue
         sat = f.predicted_saturation_k if f.predicted_saturation_k > 0 else "never"
+        if f.A < 0:
+            sat = f"{sat} (fitted fitness falls with k)"
         L.append(f"| {r.label} | {r.peak_k} | {sat} | {stop['n_max']} | {f.L_inf:.3f} | {f.A:.3f} | {f.b:.2f} | {f.r2:.2f} |")
     # --- figures
     L += ["", "## Figures", ""]

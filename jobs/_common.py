@@ -43,12 +43,23 @@ def load(args: argparse.Namespace) -> EvomergeConfig:
     return cfg
 
 
+def submission_id() -> str | None:
+    """The Ray job's submission id (``raysubmit_...``) when running as a Ray job."""
+    import json
+
+    try:
+        meta = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("metadata", {})
+    except ValueError:
+        return None
+    return meta.get("job_submission_id")
+
+
 class RunLocation:
     """Where this run computes (``local``) and where its results end up (``final``)."""
 
     def __init__(self, cfg: EvomergeConfig, args: argparse.Namespace, kind: str) -> None:
         base = args.output or cfg.output or DEFAULT_OUTPUT
-        name = args.name or os.environ.get("RAY_JOB_SUBMISSION_ID") or kind
+        name = args.name or submission_id() or kind
         self.final = join(base, name)
         if is_uri(base) and not base.startswith("file://"):
             scratch = Path(os.environ.get("EVOMERGE_JOB_SCRATCH", tempfile.gettempdir())) / "evomerge-jobs" / name

@@ -35,7 +35,7 @@ def make_cfg(**sections):
 def rt(small_zoo):
     from evomerge.distributed.runtime import Runtime
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         with Runtime(make_cfg()) as runtime:
             yield runtime

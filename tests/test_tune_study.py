@@ -151,3 +151,18 @@ def test_changed_space_is_refused_before_trials_start(small_zoo, tmp_path) -> No
         run_tune(config_from_dict(other), tmp_path / "b", storage=storage, resume=True, small=True, log=lambda m: None)
     study = optuna.load_study(study_name="evomerge", storage=storage)
     assert len(study.trials) == 1
+
+
+def test_cmaes_sampler_runs_a_study(small_zoo, tmp_path) -> None:
+    from evomerge.tuning.run import run_tune
+
+    data = study_config(6, sampler="cmaes")
+    # CMA-ES needs a numeric space (categorical dimensions fall back to independent sampling)
+    data["merge"] = {"method": "ties"}
+    data["tune"]["space"] = {"merge.params.lambda": {"low": 0.2, "high": 1.2},
+                             "merge.params.density": {"low": 0.2, "high": 1.0}}
+    res = run_tune(config_from_dict(data), tmp_path / "run", small=True, log=lambda m: None)
+    assert res.states == {"COMPLETE": 6}
+    study = optuna.load_study(study_name="evomerge", storage=f"sqlite:///{tmp_path}/run/optuna.db")
+    by_cma = [t.number for t in study.trials if any(k.startswith("cma:") for k in t.system_attrs)]
+    assert by_cma and min(by_cma) >= 3, "after 3 start-up trials, CMA-ES samples"

@@ -48,7 +48,12 @@ def register(app: typer.Typer) -> None:
         if not cfg.experts.experts:
             from evomerge.zoo import ensure_zoo
 
-            zoo = ensure_zoo("small" if small else "default", cfg.zoo_dir, progress=progress)
+            profile = "small" if small else "default"
+            if resume and (out / "plan.json").is_file():  # continue on the zoo the run started with
+                import json
+
+                profile = json.loads((out / "plan.json").read_text()).get("zoo_profile") or profile
+            zoo = ensure_zoo(profile, cfg.zoo_dir, progress=progress)
         result = run_scale(cfg, out, zoo=zoo, stop=False if no_stop else None, overwrite=overwrite, progress=progress)
         s = result.stop
         typer.echo(

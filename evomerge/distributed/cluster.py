@@ -84,7 +84,8 @@ def connect(cfg: RayConfig) -> bool:
         except ConnectionError as err:
             raise ConfigError(f"`ray.address`: cannot connect to Ray at {cfg.address!r} ({err})") from None
     else:
-        ray.init(include_dashboard=False, log_to_driver=False)
+        # "local": a new Ray of our own, even if a `ray start` cluster runs on this machine
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
     return True
 
 

@@ -70,6 +70,7 @@ def write_figures(study, out_dir: str | Path) -> dict[str, str]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                warnings.simplefilter("ignore", UserWarning)  # importance of near-constant studies
                 ax = fn(study)
             fig = getattr(ax, "figure", None) or plt.gcf()
             path = out_dir / f"{name}.png"

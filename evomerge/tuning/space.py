@@ -113,6 +113,8 @@ def _merge_param_dim(name: str, spec, methods: list[str]) -> Dim:
     resolved = spec.model_copy(update={"low": low, "high": high, "log": log})
     default_type = "int" if param.kind is int else "float"
     kind, low, high = _check_numeric(name, resolved, default_type)
+    if param.kind is int and kind == "float":
+        raise ConfigError(f"{_where(name)}: `{pname}` is an integer parameter; use `type: int`")
     for m in owners:  # both ends must be legal values of the parameter
         for v in (low, high):
             m.param(pname).validate(int(v) if kind == "int" else float(v), f"{_where(name)} (method `{m.name}`)")

@@ -14,3 +14,13 @@ SIGN = Param(
     "majority_sign_method", str, "total", choices=("total", "frequency"),
     help="elect the sign by the sum of values (total) or by counting signs (frequency)",
 )
+DISJOINT = Param(
+    "disjoint", str, "count", choices=("count", "weighted"),
+    help="disjoint mean over the experts agreeing with the elected sign: divide by their number "
+    "(count, peft) or by the sum of their weights (weighted: a true weighted mean; 0 where that sum is 0)",
+)
+RNG = Param(
+    "rng", str, "fast", choices=("fast", "peft"),
+    help="DARE mask draws: fast (8 random bits per coordinate, exact 32-bit keep probability, depends only "
+    "on the generator's seed) or peft (torch.rand like torch.bernoulli: peft's mask bit for bit, ~10x slower)",
+)

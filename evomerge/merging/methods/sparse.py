@@ -1,6 +1,7 @@
 """Sparsifying merges: TIES, DARE (linear and TIES), magnitude pruning, Model Breadcrumbs,
 TALL-mask consensus. Semantics match ``peft.utils.merge_utils`` where peft has the method
-(``lambda`` = 1 reproduces peft bit for bit on CPU)."""
+(``lambda`` = 1 reproduces peft bit for bit on CPU; for DARE with ``rng="peft"``, and for TIES /
+DARE-TIES with ``disjoint="count"``, the defaults)."""
 
 from __future__ import annotations
 
@@ -8,39 +9,41 @@ import torch
 
 from evomerge.errors import ConfigError
 from evomerge.merging.methods import _steps as st
-from evomerge.merging.methods._params import DENSITY, LAMBDA, SIGN
+from evomerge.merging.methods._params import DENSITY, DISJOINT, LAMBDA, RNG, SIGN
 from evomerge.merging.registry import Param, register_merge
 
 
-@register_merge("ties", params=(DENSITY, LAMBDA, SIGN))
-def ties(deltas, weights, *, generator=None, stats=None, density, majority_sign_method, **kw):
+@register_merge("ties", params=(DENSITY, LAMBDA, SIGN, DISJOINT))
+def ties(deltas, weights, *, generator=None, stats=None, density, majority_sign_method, disjoint="count", **kw):
     """TIES: trim to the top `density` by magnitude, elect signs, disjoint weighted mean."""
     st.check_deltas("ties", deltas)
     w = st.prepare_weights("ties", weights, deltas)
     rows = deltas.reshape(deltas.shape[0], -1)
-    out = st.sparse_sign_merge(rows, w, st.magnitude_keep(rows, density), majority_sign_method)
+    out = st.sparse_sign_merge(rows, w, st.magnitude_keep(rows, density), majority_sign_method, disjoint)
     return st.finish(out, kw["lambda"], deltas)
 
 
-@register_merge("dare_ties", params=(DENSITY, LAMBDA, SIGN), random=True)
-def dare_ties(deltas, weights, *, generator=None, stats=None, density, majority_sign_method, **kw):
+@register_merge("dare_ties", params=(DENSITY, LAMBDA, SIGN, DISJOINT, RNG), random=True)
+def dare_ties(deltas, weights, *, generator=None, stats=None, density, majority_sign_method, disjoint="count",
+              rng="fast", **kw):
     """DARE drop (keep prob `density`, survivors / density), then TIES sign election and disjoint mean."""
     st.check_deltas("dare_ties", deltas)
     w = st.prepare_weights("dare_ties", weights, deltas)
     g = st.default_generator(generator, deltas.device)
     rows = deltas.reshape(deltas.shape[0], -1)
-    out = st.sparse_sign_merge(rows, w, st.dare_keep(rows, density, g), majority_sign_method)
+    keep = st.dare_keep(rows, density, g, rng)
+    out = st.sparse_sign_merge(rows, w, keep, majority_sign_method, disjoint, exact=rng == "peft")
     return st.finish(out, kw["lambda"], deltas)
 
 
-@register_merge("dare_linear", params=(DENSITY, LAMBDA), random=True)
-def dare_linear(deltas, weights, *, generator=None, stats=None, density, **kw):
+@register_merge("dare_linear", params=(DENSITY, LAMBDA, RNG), random=True)
+def dare_linear(deltas, weights, *, generator=None, stats=None, density, rng="fast", **kw):
     """DARE drop (keep prob `density`, survivors / density), then `lambda * sum_i w_i tau_i`."""
     st.check_deltas("dare_linear", deltas)
     w = st.prepare_weights("dare_linear", weights, deltas)
     g = st.default_generator(generator, deltas.device)
     rows = deltas.reshape(deltas.shape[0], -1)
-    out = st.sparse_sign_merge(rows, w, st.dare_keep(rows, density, g), None)
+    out = st.sparse_sign_merge(rows, w, st.dare_keep(rows, density, g, rng), None, exact=rng == "peft")
     return st.finish(out, kw["lambda"], deltas)
 
 
