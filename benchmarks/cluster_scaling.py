@@ -1,6 +1,6 @@
 """Speedup of an evolutionary run with 1, 2 and 4 simulated nodes (ray.cluster_utils.Cluster).
 
-    python benchmarks/cluster_scaling.py [--nodes 1,2,4] [--population 8] [--generations 2] [--out DIR]
+    python benchmarks/cluster_scaling.py [--nodes 1,2,4] [--population 16] [--generations 3] [--out DIR]
 
 Each simulated node is a separate raylet with one CPU and one population actor, all on this
 machine, so the figures measure Ray's placement, dispatch and weight traffic, and real
@@ -40,9 +40,10 @@ def run_with_nodes(n_nodes: int, cfg, small: bool, work: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nodes", default="1,2,4")
-    p.add_argument("--population", type=int, default=8)
-    p.add_argument("--generations", type=int, default=2)
-    p.add_argument("--max-samples", type=int, default=32)
+    p.add_argument("--population", type=int, default=16)
+    p.add_argument("--generations", type=int, default=3)
+    p.add_argument("--cross-rate", type=float, default=0.9, help="high: many new candidates per round")
+    p.add_argument("--max-samples", type=int, default=64)
     p.add_argument("--out", default="runs/bench/cluster_scaling")
     args = p.parse_args(argv)
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": 0,
         "evaluation": {"max_samples": args.max_samples},
         "genome": {"population": args.population, "generations": args.generations,
-                   "early_stop_iter": args.generations},
+                   "early_stop_iter": args.generations, "cross_rate": args.cross_rate},
         "ray": {"cpus_per_actor": 1, "max_restarts": 0},
     })
     work = Path(tempfile.mkdtemp(prefix="evomerge-bench-"))

@@ -6,6 +6,11 @@ of the base, run it over every task batch and score. In-memory: ``Evaluator.eval
 ``Evaluator.evaluate`` loop. Scores of all three are printed side by side.
 
     python benchmarks/eval_throughput.py [--zoo DIR] [--candidates 12] [--samples 64] [--threads 1]
+        [--metric exact_match|token_accuracy]
+
+exact_match is GENOME's fitness: the naive loop generates answers; the Evaluator gets the same
+numbers from one teacher-forced pass (greedy decoding reproduces the reference iff every
+reference token is the argmax given the reference prefix).
 """
 
 from __future__ import annotations
@@ -32,14 +37,19 @@ def _candidates(experts: list[dict], n: int, seed: int) -> list[dict]:
     return out
 
 
-def naive_scores(base_dir: Path, ev, candidates: list[dict], split: str) -> list[dict[str, float]]:
-    """The loop the Evaluator replaces: save, load with peft, evaluate."""
+def naive_scores(base_dir: Path, ev, candidates: list[dict], split: str, metric: str) -> list[dict[str, float]]:
+    """The loop the Evaluator replaces: save, load with peft, evaluate.
+
+    exact_match: answers generated with ``model.generate`` (greedy, left-padded batches) and
+    compared as strings; token_accuracy: one teacher-forced pass per batch.
+    """
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from evomerge.evaluation.metrics import teacher_forced
     from evomerge.experts.peft_io import save_peft_adapter
 
+    tok = ev.tokenizer
     base = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True).eval()
     out = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,8 +63,17 @@ def naive_scores(base_dir: Path, ev, candidates: list[dict], split: str) -> list
                     total = 0.0
                     for start in range(0, len(data), ev.batch_size):
                         b = data.slice(start, start + ev.batch_size)
-                        logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
-                        total += float(teacher_forced(logits, b.labels)["token_accuracy"].sum())
+                        if metric == "token_accuracy":
+                            logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+                            total += float(teacher_forced(logits, b.labels)["token_accuracy"].sum())
+                            continue
+                        tok.padding_side = "left"
+                        enc = tok(b.prompts, return_tensors="pt", padding=True)
+                        longest = max(len(tok(a, add_special_tokens=False)["input_ids"]) for a in b.answers)
+                        gen = model.generate(**enc, max_new_tokens=longest + 1, do_sample=False,
+                                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+                        texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                        total += sum(float(t == a) for t, a in zip(texts, b.answers))
                     scores[task] = total / len(data)
             out.append(scores)
     return out
@@ -67,6 +86,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=64, help="validation examples per task")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--metric", default="exact_match", choices=["exact_match", "token_accuracy"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -75,7 +95,7 @@ def main() -> None:
     from evomerge.zoo import Zoo, ensure_zoo
 
     zoo = Zoo.open(args.zoo) if args.zoo else ensure_zoo("small")
-    ev = Evaluator.from_zoo(zoo, max_samples=args.samples, device=args.device)
+    ev = Evaluator.from_zoo(zoo, max_samples=args.samples, device=args.device, metric=args.metric)
     experts = [load_peft_adapter(d).modules for d in zoo.expert_dirs.values()]
     cands = _candidates(experts, args.candidates, seed=0)
     ev.evaluate_many(cands[:2])  # warm-up
@@ -87,20 +107,20 @@ def main() -> None:
     single = [ev.evaluate(c) for c in cands]
     t_single = time.perf_counter() - t
     t = time.perf_counter()
-    naive = naive_scores(zoo.base_dir, ev, cands, "validation")
+    naive = naive_scores(zoo.base_dir, ev, cands, "validation", args.metric)
     t_naive = time.perf_counter() - t
 
     n = len(cands)
     diff_b = max(abs(b.per_task[k] - s[k]) for b, s in zip(batched, naive) for k in s)
     diff_s = max(abs(b.per_task[k] - s[k]) for b, s in zip(single, naive) for k in s)
     print(f"zoo {zoo.root} ({zoo.profile}), {n} candidates x {len(ev.tasks)} tasks x {args.samples} samples, "
-          f"{args.threads} thread(s), device {args.device}")
+          f"{args.threads} thread(s), device {args.device}, metric {args.metric}")
     print(f"{'path':34s} {'seconds':>8s} {'cand/s':>8s} {'vs naive':>9s}")
     for name, sec in (("naive: save + PeftModel.from_pretrained", t_naive),
                       ("in-memory, one by one (evaluate)", t_single),
                       ("in-memory, batched (evaluate_many)", t_batched)):
         print(f"{name:34s} {sec:8.2f} {n / sec:8.2f} {t_naive / sec:8.1f}x")
-    print(f"max |token accuracy difference| vs naive: batched {diff_b:.2e}, one by one {diff_s:.2e}")
+    print(f"max |{args.metric} difference| vs naive: batched {diff_b:.2e}, one by one {diff_s:.2e}")
     print("candidate  " + " ".join(f"{t[:10]:>10s}" for t in ev.tasks))
     for i in range(min(n, 4)):
         print(f"{i:<3d} naive   " + " ".join(f"{naive[i][t]:10.4f}" for t in ev.tasks))

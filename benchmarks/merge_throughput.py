@@ -4,13 +4,19 @@
     python benchmarks/merge_throughput.py --size 1024 --experts 4 --threads 1
     python benchmarks/merge_throughput.py --device cuda
 
+DARE runs twice in evomerge: with the default ``rng="fast"`` mask (8 random bits per
+coordinate, same keep distribution, different draws than peft) and with ``rng="peft"``
+(peft's exact ``torch.bernoulli`` draws; the pre-``rng`` behaviour).
+
 Every timing runs in its own subprocess on the same deterministic tensors (rounds of
 subprocesses interleave the operations, so load drift on a shared machine affects all alike),
 so the peak-memory
 number (``ru_maxrss`` growth on CPU, ``torch.cuda.max_memory_allocated`` on GPU) belongs to
 that operation alone; it is printed as a ratio to the stacked input (n experts x one tensor).
-Results are then compared in one process: TIES bit for bit, DARE-TIES with the same mask
-(peft's global RNG seeded with our generator's seed).
+Results are then compared in one process: TIES bit for bit, DARE with ``rng="peft"`` bit for
+bit (peft's global RNG seeded with our generator's seed), DARE with ``rng="fast"`` by the
+fraction of nonzero output coordinates (the same in expectation: ``1 - (1 - density)^n`` for
+DARE-TIES, as the masks are independent).
 """
 
 from __future__ import annotations
@@ -24,7 +30,17 @@ import time
 
 import torch
 
-OPS = ("memcopy", "evomerge_ties", "peft_ties", "evomerge_dare_ties", "peft_dare_ties")
+OPS = (
+    "memcopy",
+    "evomerge_ties", "peft_ties",
+    "evomerge_dare_ties", "evomerge_dare_ties_peftrng", "peft_dare_ties",
+    "evomerge_dare_linear", "evomerge_dare_linear_peftrng", "peft_dare_linear",
+)
+
+
+def _method_of(op: str) -> str:
+    """``evomerge_dare_ties_peftrng`` -> ``dare_ties``."""
+    return op.split("_", 1)[1].removesuffix("_peftrng")
 
 
 def make_data(args) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,18 +58,19 @@ def run_op(name: str, d: torch.Tensor, w: torch.Tensor, args):
     if name == "memcopy":
         dst = torch.empty_like(d)
         return lambda: dst.copy_(d)
-    if name == "evomerge_ties":
-        m = get_merge_method("ties")
-        return lambda: m(d, w, density=args.density)
-    if name == "peft_ties":
-        return lambda: mu.ties(list(d), w, args.density)
-    if name == "evomerge_dare_ties":
-        m = get_merge_method("dare_ties")
-        return lambda: m(d, w, density=args.density, generator=torch.Generator(d.device).manual_seed(args.seed))
-    if name == "peft_dare_ties":
+    method = _method_of(name)
+    if name.startswith("evomerge_"):
+        m = get_merge_method(method)
+        params = {"density": args.density}
+        if m.random:
+            params["rng"] = "peft" if name.endswith("_peftrng") else "fast"
+        return lambda: m(d, w, generator=torch.Generator(d.device).manual_seed(args.seed), **params)
+    if name.startswith("peft_"):
+        fn = getattr(mu, method)
+
         def f():
-            torch.manual_seed(args.seed)
-            return mu.dare_ties(list(d), w, args.density)
+            torch.manual_seed(args.seed)  # peft's DARE draws from the global RNG
+            return fn(list(d), w, args.density)
         return f
     raise ValueError(name)
 
@@ -91,13 +108,17 @@ def compare(args) -> dict:
     torch.set_num_threads(args.threads)
     d, w = make_data(args)
     res = {}
-    for short in ("ties", "dare_ties"):
-        ours = run_op(f"evomerge_{short}", d, w, args)()
-        ref = run_op(f"peft_{short}", d, w, args)()
-        res[short] = {
+    for op in OPS:
+        if not op.startswith("evomerge_"):
+            continue
+        ours = run_op(op, d, w, args)()
+        ref = run_op("peft_" + _method_of(op), d, w, args)()
+        res[op.removeprefix("evomerge_")] = {
             "identical": bool(torch.equal(ours, ref)),
             "differing_coordinates": int((ours != ref).sum()),
             "max_abs_diff": float((ours - ref).abs().max()),
+            "nonzero_fraction": float((ours != 0).float().mean()),
+            "peft_nonzero_fraction": float((ref != 0).float().mean()),
         }
     return res
 
@@ -143,16 +164,21 @@ def main(argv=None) -> None:
     gb = rows["memcopy"]["input_bytes"] / 1e9
     print(f"{args.experts} experts x {args.size}x{args.size} fp32 on {args.device}, density {args.density}, "
           f"{args.threads} thread(s), best of {args.rounds}x{args.repeats}; input {gb:.2f} GB")
-    print(f"{'operation':<22}{'seconds':>9}{'GB/s':>8}{'x memcopy time':>16}{'peft/this':>11}{'peak mem / input':>18}")
+    copy_s = rows["memcopy"]["seconds"]
+    print(f"{'operation':<30}{'seconds':>9}{'GB/s':>8}{'x memcopy time':>16}{'peft/this':>11}{'peak mem / input':>18}")
     for op in OPS:
         r = rows[op]
-        ref = rows.get("peft_" + op.split("_", 1)[1]) if op.startswith("evomerge_") else None
+        ref = rows.get("peft_" + _method_of(op)) if op.startswith("evomerge_") else None
         speedup = f"{ref['seconds'] / r['seconds']:.1f}x" if ref else ""
-        print(f"{op:<22}{r['seconds']:>9.3f}{gb / r['seconds']:>8.2f}{r['seconds'] / rows['memcopy']['seconds']:>16.1f}"
+        print(f"{op:<30}{r['seconds']:>9.3f}{gb / r['seconds']:>8.2f}{r['seconds'] / copy_s:>16.1f}"
               f"{speedup:>11}{r['peak_extra_bytes'] / r['input_bytes']:>18.2f}")
     for short, s in same.items():
-        print(f"{short}: identical to peft: {s['identical']} (differing coordinates: {s['differing_coordinates']}, "
-              f"max |diff| {s['max_abs_diff']:.3g})")
+        if short.endswith("_peftrng") or short == "ties":
+            print(f"{short}: identical to peft: {s['identical']} (differing coordinates: {s['differing_coordinates']}, "
+                  f"max |diff| {s['max_abs_diff']:.3g})")
+        else:
+            print(f"{short} (rng=fast): nonzero fraction {s['nonzero_fraction']:.5f} vs peft {s['peft_nonzero_fraction']:.5f} "
+                  f"(independent draws of the same distribution)")
     if args.json:
         print(json.dumps({"timings": rows, "comparison": same}))
 

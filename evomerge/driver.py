@@ -18,7 +18,7 @@ from typing import Any, Callable
 from evomerge.config import EvomergeConfig, config_from_dict, dump_config
 from evomerge.errors import ConfigError, OutputExistsError
 from evomerge.io import write_json_atomic
-from evomerge.scale.plan import Cell, StopRule, build_cells, stop_rule
+from evomerge.scale.plan import Cell, StopRule, build_cells, load_cells, stop_rule
 from evomerge.scale.store import CellStore
 from evomerge.scale.work import ScaleContext
 
@@ -72,8 +72,16 @@ def pool_spec(cfg: EvomergeConfig, zoo=None) -> PoolSpec:
     )
 
 
+# Keys that only change how far a run goes: a run may be continued with other values (e.g.
+# `--no-stop` on a run that stopped at n_max computes just the extra k).
+EXTENDABLE = ("stop", "k_max")
+
+
 def _comparable(cfg: EvomergeConfig) -> dict[str, Any]:
-    return cfg.model_dump(mode="json", exclude={"ray"})  # where it runs does not change results
+    data = cfg.model_dump(mode="json", exclude={"ray"})  # where it runs does not change results
+    for key in EXTENDABLE:
+        data["scale"].pop(key)
+    return data
 
 
 def prepare_run_dir(run_dir: Path, cfg: EvomergeConfig, overwrite: bool) -> bool:
@@ -91,6 +99,7 @@ def prepare_run_dir(run_dir: Path, cfg: EvomergeConfig, overwrite: bool) -> bool
                 f"{run_dir}: holds a scale run with a different config (differs in: {', '.join(diff[:8])}); "
                 "pass --overwrite to replace it, or use another --out"
             )
+        dump_config(cfg, saved)  # it may extend the earlier run (EXTENDABLE keys)
         return True
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise OutputExistsError(f"{run_dir}: exists and is not a scale run; pass --overwrite to replace it")
@@ -114,7 +123,7 @@ def _check_same_plan(path: Path, plan: dict[str, Any]) -> None:
     if not path.is_file():
         return
     old = json.loads(path.read_text())
-    for key in ("experts", "orders", "cells"):
+    for key in ("experts", "orders"):
         if old.get(key) != plan[key]:
             raise OutputExistsError(
                 f"{path.parent}: the earlier run used a different pool or plan (`{key}` differs: e.g. another zoo); "
@@ -233,10 +242,6 @@ def make_context(cfg: EvomergeConfig, spec: PoolSpec, run_dir: Path) -> ScaleCon
         evaluation=cfg.evaluation, rht=cfg.rht, method_params=cfg.scale.method_params, device=cfg.device,
         hist_samples=cfg.scale.hist_samples, allow_bin=cfg.experts.allow_bin, run_dir=str(Path(run_dir).resolve()),
     )
-
-
-def load_cells(plan: dict[str, Any]) -> list[Cell]:
-    return [Cell(**{**c, "seeds": tuple(c["seeds"]), "experts": tuple(c["experts"])}) for c in plan["cells"]]
 
 
 def make_plan(cfg: EvomergeConfig, spec: PoolSpec) -> dict[str, Any]:

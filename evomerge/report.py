@@ -29,7 +29,12 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame, pd.Data
         raise ConfigError(f"{run_dir}: not a scale run directory (plan.json missing)")
     plan = json.loads(plan_path.read_text())
     store = CellStore(run_dir)
-    return plan, store.scores().to_pandas(), store.samples().to_pandas()
+    scores, samples = store.scores().to_pandas(), store.samples().to_pandas()
+    # only the current plan's cells: a run continued with other `stop`/`k_max` keeps older files
+    from evomerge.scale.plan import load_cells
+
+    ids = {c.id for c in load_cells(plan)}
+    return plan, scores[scores["cell"].isin(ids)].reset_index(drop=True), samples[samples["cell"].isin(ids)].reset_index(drop=True)
 
 
 def scaling_fits(fitness: pd.DataFrame, eps: float, transform: str = "one_minus") -> tuple[pd.DataFrame, dict[str, Any]]:

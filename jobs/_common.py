@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -64,6 +65,7 @@ class RunLocation:
         if is_uri(base) and not base.startswith("file://"):
             scratch = Path(os.environ.get("EVOMERGE_JOB_SCRATCH", tempfile.gettempdir())) / "evomerge-jobs" / name
             self.local = scratch
+            shutil.rmtree(scratch, ignore_errors=True)  # the object store holds the truth
             if args.resume:
                 fetch_dir(self.final, scratch)
         else:

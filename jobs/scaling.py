@@ -116,6 +116,8 @@ def write_scaling(rows: list[dict], out_dir: Path, title: str = "evomerge scalin
     a2.axhline(1.0, color="k", ls="--", lw=1)
     a2.set_ylim(0, 1.2)
     a2.set_xlabel("population actors (one per node)")
+    for ax in (a1, a2):
+        ax.set_xticks(n)
     a2.set_ylabel("parallel efficiency")
     fig.suptitle(title)
     fig.tight_layout()

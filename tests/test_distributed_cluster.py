@@ -65,6 +65,7 @@ def ray_nodes(cluster):
         ray.shutdown()
 
 
+@pytest.mark.slow
 def test_more_gpus_than_the_cluster_has_is_refused(cluster, tmp_path):
     with pytest.raises(ConfigError, match=r"3 x 1 = 3 GPUs requested, but the Ray cluster has 2 GPU"):
         run_evolve(cfg_for(cluster.address, num_actors=3, gpus_per_actor=1), "genome", tmp_path / "run",

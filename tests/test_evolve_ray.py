@@ -17,10 +17,11 @@ from evomerge.search import Recipe, expert_id, materialize, velocity_key
 
 ray = pytest.importorskip("ray")
 
-EXPERTS = ["rev_digits", "sort_digits", "brackets"]
-TASKS = EXPERTS
 GENOME = {"population": 4, "generations": 3, "cross_rate": 0.8, "ind_mut_rate": 0.5, "gene_mut_rate": 0.2,
           "sigma": 0.02, "early_stop_iter": 5}
+# the GENOME run of the improvement/determinism/kill/resume tests: BLX crossover explores
+# beyond its parents, which the plain linear crossover of A and B factors does not
+GENOME_RUN = {"seed": 1, "genome": {"crossover": "blx", "population": 6, "generations": 6}}
 
 
 def make_cfg(**sections):
@@ -29,6 +30,12 @@ def make_cfg(**sections):
     for k, v in sections.items():
         data[k] = {**data.get(k, {}), **v} if isinstance(v, dict) else v
     return config_from_dict(data)
+
+
+@pytest.fixture(scope="module")
+def names(small_zoo):
+    """A multi-task target: the zoo's first three tasks and their experts."""
+    return list(small_zoo.tasks[:3])
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +51,10 @@ def rt(small_zoo):
 
 
 @pytest.fixture(scope="module")
-def inputs(small_zoo):
+def inputs(small_zoo, names):
     from evomerge.distributed.inputs import prepare_inputs
 
-    return prepare_inputs(make_cfg(), experts=EXPERTS, tasks=TASKS)
+    return prepare_inputs(make_cfg(), experts=names, tasks=names)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +123,7 @@ def test_actor_materialize_matches_local_and_hand_computation(rt, inputs, local_
     # a copy of an expert scores like the expert loaded from disk
     from evomerge.experts.peft_io import load_peft_adapter
 
-    disk = load_peft_adapter(rt_zoo_expert_dir(inputs, "brackets")).modules
+    disk = load_peft_adapter(rt_zoo_expert_dir(inputs, inputs.names[2])).modules
     assert scores["t2"].fitness == pytest.approx(local_evaluator.evaluate(disk).fitness, abs=1e-6)
 
 
@@ -126,23 +133,23 @@ def rt_zoo_expert_dir(inputs, name):
 
 # ---------------------------------------------------------------- whole runs
 @pytest.fixture(scope="module")
-def genome_run(rt, tmp_path_factory):
+def genome_run(rt, tmp_path_factory, names):
     out = tmp_path_factory.mktemp("genome") / "run"
-    return run_evolve(make_cfg(), "genome", out, experts=EXPERTS, tasks=TASKS, progress=False, runtime=rt)
+    return run_evolve(make_cfg(**GENOME_RUN), "genome", out, experts=names, tasks=names, progress=False, runtime=rt)
 
 
-def test_genome_beats_best_single_expert_and_writes_records(genome_run, inputs, local_evaluator):
+def test_genome_beats_best_single_expert_and_writes_records(genome_run, inputs, local_evaluator, names):
     from evomerge.experts.peft_io import load_peft_adapter
 
     res = genome_run
-    assert set(res.expert_fitness) == set(EXPERTS)
+    assert set(res.expert_fitness) == set(names)
     assert res.best_fitness > max(res.expert_fitness.values())
     rows = history(res.history_path)
     assert max(r["fitness"] for r in rows) == pytest.approx(res.best_fitness)
     assert {r["op"] for r in rows} >= {"init_pair", "crossover", "mutate"}
     best = next(r for r in rows if r["id"] == res.best_id)
-    assert best["fitness"] == pytest.approx(sum(best[f"val_{t}"] for t in TASKS) / len(TASKS))
-    assert set(res.best_test_per_task) == set(TASKS)
+    assert best["fitness"] == pytest.approx(sum(best[f"val_{t}"] for t in names) / len(names))
+    assert set(res.best_test_per_task) == set(names)
     # the written adapter, read back from disk, scores what the run reported (validation)
     adapter = load_peft_adapter(res.adapter_dir).modules
     again = local_evaluator.evaluate(adapter)
@@ -150,19 +157,19 @@ def test_genome_beats_best_single_expert_and_writes_records(genome_run, inputs, 
     assert res.ensemble is not None and len(res.ensemble["ids"]) == 3
 
 
-def test_same_seed_same_history_and_actor_kill_changes_nothing(genome_run, rt, tmp_path):
+def test_same_seed_same_history_and_actor_kill_changes_nothing(genome_run, rt, tmp_path, names):
     def kill_one(round_no, pool):
         if round_no == 1 and pool.redone_rounds == 0:
             ray.kill(pool.actors[1], no_restart=False)
 
-    res = run_evolve(make_cfg(), "genome", tmp_path / "run", experts=EXPERTS, tasks=TASKS, progress=False,
+    res = run_evolve(make_cfg(**GENOME_RUN), "genome", tmp_path / "run", experts=names, tasks=names, progress=False,
                      runtime=rt, on_dispatch=kill_one)
     assert res.stats["redone_rounds"] == 1 and res.stats["restarts"] == [0, 1]
     assert history(res.history_path) == history(genome_run.history_path)
     assert (res.best_id, res.best_fitness) == (genome_run.best_id, genome_run.best_fitness)
 
 
-def test_stop_and_resume_gives_the_uninterrupted_result(genome_run, rt, tmp_path):
+def test_stop_and_resume_gives_the_uninterrupted_result(genome_run, rt, tmp_path, names):
     class Stop(Exception):
         pass
 
@@ -172,18 +179,18 @@ def test_stop_and_resume_gives_the_uninterrupted_result(genome_run, rt, tmp_path
 
     out = tmp_path / "run"
     with pytest.raises(Stop):
-        run_evolve(make_cfg(), "genome", out, experts=EXPERTS, tasks=TASKS, progress=False, runtime=rt,
+        run_evolve(make_cfg(**GENOME_RUN), "genome", out, experts=names, tasks=names, progress=False, runtime=rt,
                    on_generation=stop_after_round_1)
     with pytest.raises(Exception, match="--resume"):
-        run_evolve(make_cfg(), "genome", out, experts=EXPERTS, tasks=TASKS, progress=False, runtime=rt)
-    res = run_evolve(make_cfg(), "genome", out, resume=True, experts=EXPERTS, tasks=TASKS, progress=False, runtime=rt)
+        run_evolve(make_cfg(**GENOME_RUN), "genome", out, experts=names, tasks=names, progress=False, runtime=rt)
+    res = run_evolve(make_cfg(**GENOME_RUN), "genome", out, resume=True, experts=names, tasks=names, progress=False, runtime=rt)
     assert history(res.history_path) == history(genome_run.history_path)
     assert res.best_test_per_task == genome_run.best_test_per_task
 
 
-def test_swarm_beats_best_single_expert_and_resumes(rt, tmp_path):
+def test_swarm_beats_best_single_expert_and_resumes(rt, tmp_path, names):
     cfg = make_cfg()
-    full = run_evolve(cfg, "swarm", tmp_path / "full", experts=EXPERTS, tasks=TASKS, progress=False, runtime=rt)
+    full = run_evolve(cfg, "swarm", tmp_path / "full", experts=names, tasks=names, progress=False, runtime=rt)
     assert full.best_fitness > max(full.expert_fitness.values())
     rows = history(full.history_path)
     assert {r["op"] for r in rows} >= {"expert", "pso_move"}
@@ -194,14 +201,14 @@ def test_swarm_beats_best_single_expert_and_resumes(rt, tmp_path):
 
     out = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
-        run_evolve(cfg, "swarm", out, experts=EXPERTS, tasks=TASKS, progress=False, runtime=rt, on_generation=stop)
-    res = run_evolve(cfg, "swarm", out, resume=True, experts=EXPERTS, tasks=TASKS, progress=False, runtime=rt)
+        run_evolve(cfg, "swarm", out, experts=names, tasks=names, progress=False, runtime=rt, on_generation=stop)
+    res = run_evolve(cfg, "swarm", out, resume=True, experts=names, tasks=names, progress=False, runtime=rt)
     assert history(res.history_path) == rows
 
 
-def test_islands_migrate_the_best(rt, tmp_path):
+def test_islands_migrate_the_best(rt, tmp_path, names):
     cfg = make_cfg(ray={"islands": 2, "migration_interval": 1})
-    res = run_evolve(cfg, "genome", tmp_path / "run", experts=EXPERTS, tasks=TASKS, progress=False, runtime=rt)
+    res = run_evolve(cfg, "genome", tmp_path / "run", experts=names, tasks=names, progress=False, runtime=rt)
     rows = history(res.history_path)
     assert {r["island"] for r in rows} == {0, 1}
     assert all(r["id"].startswith(f"i{r['island']}/") for r in rows)
@@ -211,19 +218,19 @@ def test_islands_migrate_the_best(rt, tmp_path):
     assert foreign
 
 
-def test_impossible_requests_refused_before_any_work(rt, tmp_path):
+def test_impossible_requests_refused_before_any_work(rt, tmp_path, names):
     out = tmp_path / "never"
     with pytest.raises(ConfigError, match="GPUs"):
-        run_evolve(make_cfg(ray={"gpus_per_actor": 1}), "genome", out, experts=EXPERTS, tasks=TASKS, progress=False)
+        run_evolve(make_cfg(ray={"gpus_per_actor": 1}), "genome", out, experts=names, tasks=names, progress=False)
     with pytest.raises(ConfigError, match="6 CPUs requested"):
-        run_evolve(make_cfg(ray={"num_actors": 6}), "genome", out, experts=EXPERTS, tasks=TASKS, progress=False)
+        run_evolve(make_cfg(ray={"num_actors": 6}), "genome", out, experts=names, tasks=names, progress=False)
     with pytest.raises(ConfigError, match="no expert named"):
-        run_evolve(make_cfg(), "genome", out, experts=["nope", "rev_digits"], tasks=TASKS, progress=False, runtime=rt)
+        run_evolve(make_cfg(), "genome", out, experts=["nope", names[0]], tasks=names, progress=False, runtime=rt)
     assert not out.exists()
 
 
 @pytest.mark.parametrize("apply_to", ["candidate", "final"])
-def test_rht_per_candidate_or_final(rt, tmp_path, local_evaluator, apply_to):
+def test_rht_per_candidate_or_final(rt, tmp_path, local_evaluator, apply_to, names):
     """With RHT per candidate the search scores RHT'd weights, so the written (RHT'd) adapter
     scores the search's best fitness; with RHT at the end only the written result changes."""
     from evomerge.distributed import records
@@ -231,7 +238,7 @@ def test_rht_per_candidate_or_final(rt, tmp_path, local_evaluator, apply_to):
 
     rht = {"enabled": True, "apply_to": apply_to, "sigma_g": 0.3, "gamma": 0.7, "alpha": 0.5, "seed": 3}
     cfg = make_cfg(rht=rht, genome={"generations": 1})
-    res = run_evolve(cfg, "genome", tmp_path / "run", experts=EXPERTS, tasks=TASKS, progress=False, runtime=rt)
+    res = run_evolve(cfg, "genome", tmp_path / "run", experts=names, tasks=names, progress=False, runtime=rt)
     adapter = load_peft_adapter(res.adapter_dir).modules
     written = local_evaluator.evaluate(adapter).fitness
     assert written == pytest.approx(res.final_val_fitness, abs=1e-6)

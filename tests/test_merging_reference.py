@@ -41,11 +41,13 @@ CASES = [
 @pytest.mark.parametrize("shape", [(4, 64, 48), (3, 512, 512)])  # the second exercises the sampled top-k path
 @pytest.mark.parametrize("name,density,sign", CASES)
 def test_bit_exact_against_peft(name, density, sign, shape):
-    # DARE: our generator seeded s draws the same uniforms as peft's torch.bernoulli after
-    # torch.manual_seed(s), so the masks are reproduced exactly (not injected).
+    # DARE with rng="peft": our generator seeded s draws the same uniforms as peft's
+    # torch.bernoulli after torch.manual_seed(s), so the masks are reproduced exactly (not injected).
     d = torch.randn(shape, generator=_g(1))
     w = torch.tensor([0.9, -0.3, 1.2, 0.5][: shape[0]])
     params = {} if density is None else {"density": density}
+    if name.startswith("dare"):
+        params["rng"] = "peft"
     if sign:
         params["majority_sign_method"] = sign
     ours = get_merge_method(name)(d, w, generator=_g(5), **params)
@@ -60,6 +62,8 @@ def test_close_to_peft_on_odd_shapes(name, density, sign):
     d = torch.randn(5, 7, 33, 17, generator=_g(2))
     w = torch.tensor([0.4, 1.0, -0.8, 0.3, 1.5])
     params = {} if density is None else {"density": density}
+    if name.startswith("dare"):
+        params["rng"] = "peft"
     if sign:
         params["majority_sign_method"] = sign
     ours = get_merge_method(name)(d, w, generator=_g(9), **params)

@@ -166,3 +166,23 @@ def test_rerun_skips_everything_and_config_change_is_refused(run, tmp_path):
     changed = cfg.model_copy(update={"seed": 5})
     with pytest.raises(OutputExistsError, match="different config"):
         run_scale(changed, out, zoo=zoo, progress=False)
+
+
+def test_no_stop_extends_the_run_past_n_max(run):
+    """`--no-stop` (here with k_max 4) on the finished run computes only the new k."""
+    out, zoo = run
+    from evomerge.config import config_from_dict, load_config
+    from evomerge.driver import run_scale
+
+    cfg = load_config(out / "config.yaml")
+    n_max_ = json.loads((out / "plan.json").read_text())["stop"]["n_max"]
+    data = cfg.model_dump(mode="json")
+    data["scale"]["k_max"] = 4
+    res = run_scale(config_from_dict(data), out, zoo=zoo, stop=False, progress=False)
+    new_k = set(range(min(3, n_max_) + 1, 5))  # the first run went to min(3, n_max)
+    per_k = 6  # task_arithmetic: plain (seed-free) + rht x 2 seeds; ties: the same
+    assert res.cells_run == per_k * len(new_k)
+    fit = _fitness(out)
+    assert fit[fit["kind"] == "merge"]["k"].max() == 4
+    md = (out / "report.md").read_text()
+    assert f"Run with `--no-stop` to k = 4; the stop criterion would have fired at n_max = {n_max_}." in md

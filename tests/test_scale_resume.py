@@ -45,7 +45,8 @@ def reference_table(cfg, zoo, run_dir) -> pd.DataFrame:
     """Every cell of the plan computed directly in this process (no Ray, no store, no resume)."""
     import json
 
-    from evomerge.driver import load_cells, make_context, pool_spec
+    from evomerge.driver import make_context, pool_spec
+    from evomerge.scale.plan import load_cells
     from evomerge.scale.work import CellWorker
 
     plan = json.loads((run_dir / "plan.json").read_text())

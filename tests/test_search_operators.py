@@ -182,9 +182,9 @@ def test_registry_crossover_matches_registry_per_key(method):
     r = Recipe("c", "crossover", ("a", "b"), (0.6, 0.4), {"method": method, "merge_params": params}, seed=3)
     got = materialize(r, store)["c"]["k"]
     fn = get_merge_method(method)
-    # crossover weights (sum 1) reach the registry rescaled to mean 1: [0.6, 0.4] * 2
-    want = fn(torch.stack([store["a"]["k"], store["b"]["k"]]), torch.tensor([1.2, 0.8]),
-              generator=torch.Generator().manual_seed(key_seed(3, "k")), stats=None, **params)
+    # crossover weights (sum 1) reach the registry as they are, with the weighted disjoint mean
+    want = fn(torch.stack([store["a"]["k"], store["b"]["k"]]), torch.tensor([0.6, 0.4]),
+              generator=torch.Generator().manual_seed(key_seed(3, "k")), stats=None, disjoint="weighted", **params)
     torch.testing.assert_close(got, want)
 
 

@@ -129,3 +129,22 @@ def test_cli_build_info_evaluate(tiny, small_zoo, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split()[:3] == ["candidate", "brackets", "majority"]
     assert [line.split()[0] for line in lines[2:]] == ["base", "brackets", "majority"]
+
+
+def test_cli_evaluate_user_task_and_adapter(small_zoo, tmp_path, capsys):
+    """A user's own base folder + task folder + adapter folder go through the same path."""
+    task_dir = small_zoo.task_files("brackets")["validation"].parent
+    out = tmp_path / "scores.parquet"
+    args = ["evaluate", "--base", str(small_zoo.base_dir), "--task", f"mine={task_dir}",
+            "--expert", str(small_zoo.expert_dirs["brackets"]), "--max-samples", "30", "--out", str(out)]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[2:4]] == ["base", "brackets"]
+    base_score, expert_score = (float(line.split()[1]) for line in lines[2:4])
+    assert expert_score > base_score
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out).to_pydict()
+    assert set(table["metric"]) >= {"token_accuracy", "exact_match", "cross_entropy"}
+    assert main(["evaluate", "--task", f"mine={task_dir}"]) == 2
+    assert "--base" in capsys.readouterr().err

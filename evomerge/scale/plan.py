@@ -112,3 +112,8 @@ def build_cells(
             for seed, group in _seed_groups(cfg.seeds, True):
                 cells.append(Cell("search", k, method, cfg.with_rht, seed, group, tuple(orders[seed][:k])))
     return cells
+
+
+def load_cells(plan: dict) -> list[Cell]:
+    """The cells listed in a run's ``plan.json``."""
+    return [Cell(**{**c, "seeds": tuple(c["seeds"]), "experts": tuple(c["experts"])}) for c in plan["cells"]]

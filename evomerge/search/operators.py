@@ -75,19 +75,17 @@ def registry_crossover(
 ) -> torch.Tensor:
     """Merge one tensor of each parent through the merge registry (the one TIES/DARE).
 
-    The registry's disjoint merge is ``sum_i w_i x_i / (number of agreeing parents)``, which is
-    a mean only for weights averaging 1. Crossover weights sum to 1, so they are rescaled by the
-    number of parents: identical parents give themselves back (not half of themselves, the
-    defect of the original GENOME code).
+    Uses the registry's ``disjoint="weighted"`` mean ``sum_i w_i x_i / sum_i w_i`` over the
+    parents agreeing with the elected sign, with the (normalised) crossover weights: identical
+    parents give themselves back (not half of themselves, the defect of the original GENOME
+    code), and a coordinate where one parent agrees takes that parent's value.
     """
     from evomerge.merging.registry import get_merge_method
 
     fn = get_merge_method(method)
     stacked = torch.stack([_work(t) for t in tensors])
-    total = sum(float(x) for x in weights)
-    scale = len(tensors) / total if total > 0 else 1.0
-    w = torch.tensor([float(x) * scale for x in weights], dtype=stacked.dtype, device=stacked.device)
-    out = fn(stacked, w, generator=generator, stats=None, **dict(params))
+    w = torch.tensor([float(x) for x in weights], dtype=stacked.dtype, device=stacked.device)
+    out = fn(stacked, w, generator=generator, stats=None, **{**dict(params), "disjoint": "weighted"})
     return out.to(tensors[0].dtype)
 
 

@@ -247,19 +247,6 @@ def _splitmix64(z: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def _flat_true(mask: np.ndarray) -> np.ndarray:
-    """``np.flatnonzero`` for a sparse bool array, ~4x faster: find the 8-byte words holding a
-    True first, then the bytes inside them (2-D ``np.nonzero`` would be ~20x slower)."""
-    flat = mask.reshape(-1)
-    full = flat.size // 8 * 8
-    words = np.flatnonzero(flat[:full].view(np.uint64))
-    inside = np.flatnonzero(flat[:full].reshape(-1, 8)[words])
-    hits = words[inside // 8] * 8 + inside % 8
-    if full < flat.size:
-        hits = np.concatenate([hits, full + np.flatnonzero(flat[full:])])
-    return hits
-
-
 class FastDareMask:
     """DARE keep-masks from 8 random bits per coordinate, with the exact 32-bit keep probability.
 
@@ -314,7 +301,7 @@ class FastDareMask:
         b = self.top_bytes(c0, c1)
         keep = np.less(b, np.uint8(self.t_hi))
         if self.t_lo:
-            flat = _flat_true(b == np.uint8(self.t_hi))
+            flat = np.flatnonzero(b == np.uint8(self.t_hi))  # 2-D np.nonzero is ~20x slower
             if flat.size:
                 ri, cj = np.divmod(flat, b.shape[1])
                 keep.reshape(-1)[flat] = self.low_bits(ri * self.numel + cj + c0) < np.uint64(self.t_lo)
