@@ -200,10 +200,12 @@ class _Loop:
             records.save_checkpoint(self.out_dir, self.step, self.pool.snapshot, self._state())
             info = self._round_info(active, asked, gens, time.perf_counter() - t0)
             if self.progress:
-                print(
+                from tqdm import tqdm
+
+                tqdm.write(
                     f"round {info.step} (generation {info.generation}): best {info.best_fitness:.4f} "
                     f"mean {info.mean_fitness:.4f} ({info.n_evaluated} evaluated, {info.seconds:.1f} s)",
-                    file=sys.stderr, flush=True,
+                    file=sys.stderr,
                 )
             self.step += 1
             if self.on_generation is not None:

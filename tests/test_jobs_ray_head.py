@@ -73,11 +73,19 @@ def processes_mentioning(text: str) -> list[int]:
 
 
 def submit(client, args: list[str], env_vars: dict | None = None) -> str:
-    return client.submit_job(
-        entrypoint=" ".join([sys.executable, *args]),
-        runtime_env={"working_dir": str(ROOT), "excludes": [".git", "runs", "*.egg-info", "__pycache__"],
-                     "env_vars": {"RAY_AUTH_MODE": "disabled", **(env_vars or {})}},
-    )
+    """Submit a job; retries while the head's job agent is still starting (slow on a busy machine)."""
+    t0 = time.time()
+    while True:
+        try:
+            return client.submit_job(
+                entrypoint=" ".join([sys.executable, *args]),
+                runtime_env={"working_dir": str(ROOT), "excludes": [".git", "runs", "*.egg-info", "__pycache__"],
+                             "env_vars": {"RAY_AUTH_MODE": "disabled", **(env_vars or {})}},
+            )
+        except RuntimeError as err:
+            if "No available agent" not in str(err) or time.time() - t0 > 180:
+                raise
+            time.sleep(2.0)
 
 
 def wait(client, job_id: str, timeout: float = 600, until=None) -> str:

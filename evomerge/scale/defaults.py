@@ -11,7 +11,7 @@ from typing import Any
 
 DEFAULT_SCALE_CONFIG: dict[str, Any] = {
     "seed": 0,
-    "evaluation": {"metric": "token_accuracy", "max_samples": 100, "batch_size": 100},
+    "evaluation": {"metric": "token_accuracy", "max_samples": 64, "batch_size": 64},
     "scale": {
         "methods": ["task_arithmetic", "ties", "dare_ties", "emr"],
         "search": ["genome", "swarm"],

@@ -161,13 +161,13 @@ def run_tune(
             study.set_user_attr(DEFAULT_ATTR, base_score.validation)
             study.set_user_attr(DEFAULT_TEST_ATTR, base_score.test)
         objective = merge_objective(cfg, o.dims, scorer)
-        ran = run_study(study, recording_errors(objective), n_trials=total, timeout=timeout)
+        ran = run_study(study, recording_errors(objective), n_trials=total, timeout=timeout, log=log)
     else:
-        ran = _run_evolutionary(study, cfg, o.dims, out_dir, small, total, timeout)
+        ran = _run_evolutionary(study, cfg, o.dims, out_dir, small, total, timeout, log)
     return finish(study, cfg, o.spec, out_dir, o.shown, ran, time.perf_counter() - t0, log)
 
 
-def _run_evolutionary(study, cfg: EvomergeConfig, dims, out_dir: Path, small: bool, total: int, timeout) -> int:
+def _run_evolutionary(study, cfg: EvomergeConfig, dims, out_dir: Path, small: bool, total: int, timeout, log) -> int:
     """Trials that are whole GENOME/Swarm runs; one Ray connection serves them all."""
     from evomerge.distributed.cluster import connect
     from evomerge.tuning.evolve_objective import evolve_objective
@@ -176,7 +176,7 @@ def _run_evolutionary(study, cfg: EvomergeConfig, dims, out_dir: Path, small: bo
     started = connect(cfg.ray)
     try:
         objective = evolve_objective(cfg, dims, cfg.tune.objective, out_dir / "trials", small=small)
-        return run_study(study, recording_errors(objective), n_trials=total, timeout=timeout)
+        return run_study(study, recording_errors(objective), n_trials=total, timeout=timeout, log=log)
     finally:
         if started:
             import ray

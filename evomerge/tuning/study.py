@@ -75,7 +75,8 @@ def n_finished(study) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def run_study(study, objective: Callable, *, n_trials: int, timeout: float | None, show_progress: bool = True) -> int:
+def run_study(study, objective: Callable, *, n_trials: int, timeout: float | None,
+              log: Callable[[str], None] | None = None) -> int:
     """Run trials until the study holds ``n_trials`` finished ones (or ``timeout``); return how many ran here.
 
     A trial that raises is recorded as FAIL (its error in the ``error`` user attribute) and the
@@ -87,18 +88,33 @@ def run_study(study, objective: Callable, *, n_trials: int, timeout: float | Non
     remaining = n_trials - n_finished(study)
     if remaining <= 0:
         return 0
-    before = len(study.trials)
+    ran = 0
+
+    def counted(trial):
+        nonlocal ran
+        ran += 1
+        return objective(trial)
+
     states = tuple(getattr(optuna.trial.TrialState, s) for s in FINISHED)
     study.optimize(
-        objective,
+        counted,
         n_trials=remaining,
         timeout=timeout,
         catch=(Exception,),
-        callbacks=[MaxTrialsCallback(n_trials, states=states)],
+        callbacks=[MaxTrialsCallback(n_trials, states=states), *([_trial_logger(log)] if log else [])],
         gc_after_trial=True,
         show_progress_bar=False,
     )
-    return len(study.trials) - before
+    return ran
+
+
+def _trial_logger(log: Callable[[str], None]):
+    def on_trial(study, trial) -> None:
+        value = "" if trial.value is None else f" validation fitness {trial.value:.4f}"
+        error = trial.user_attrs.get("error")
+        log(f"trial {trial.number}: {trial.state.name}{value}{f' ({error})' if error else ''}")
+
+    return on_trial
 
 
 def recording_errors(objective: Callable) -> Callable:
