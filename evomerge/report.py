@@ -18,7 +18,7 @@ import pyarrow as pa
 from evomerge.errors import ConfigError
 from evomerge.io import atomic_file, write_json_atomic, write_parquet_atomic
 from evomerge.scale.store import CellStore
-from evomerge.scale.tables import curve, fitness_table, method_label, peaks
+from evomerge.scale.tables import fitness_table, method_label, peaks
 
 
 def load_run(run_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
@@ -63,24 +63,6 @@ def scaling_fits(fitness: pd.DataFrame, eps: float, transform: str = "one_minus"
     return pd.DataFrame(rows, columns=cols), objs
 
 
-def curve_rows(fitness: pd.DataFrame, target: str, split: str = "validation") -> pd.DataFrame:
-    """Rows for :func:`evomerge.analysis.plot_fitness_vs_k`: one per (label, k, seed). On the
-    ``all`` target every method's line starts at the base model (k=0); the single expert is
-    its own point at k=1."""
-    f = fitness[(fitness["target"] == target) & (fitness["split"] == split)]
-    out = []
-    base = f[f["method"] == "base"]
-    for (method, rht), g in f.groupby(["method", "rht"]):
-        if method == "base":
-            continue
-        label = "single expert" if method == "expert" else method_label(method, bool(rht))
-        out.append(g.assign(label=label))
-        if method != "expert" and not base.empty:
-            out.append(base.assign(label=label))
-    cols = ["label", "k", "seed", "fitness"]
-    return pd.concat(out, ignore_index=True)[cols] if out else pd.DataFrame(columns=cols)
-
-
 def weight_histograms(samples: pd.DataFrame, fig_dir: Path) -> dict[str, str]:
     """Per method: entries of the merged task vector at the largest k, without and with RHT."""
     from evomerge.analysis.figures import plot_weight_histograms
@@ -102,8 +84,8 @@ def _fmt(x: float, nd: int = 3) -> str:
 
 def write_report(run_dir: str | Path) -> Path:
     """Write ``tables/*.parquet``, ``figures/*.png``, ``report.json`` and ``report.md``."""
-    from evomerge.analysis.figures import plot_fitness_vs_k
     from evomerge.config import load_config
+    from evomerge.scale.figures import plot_fitness_panels
 
     run_dir = Path(run_dir)
     plan, scores, samples = load_run(run_dir)
@@ -125,17 +107,10 @@ def write_report(run_dir: str | Path) -> Path:
     write_parquet_atomic(tables / "scaling_fits.parquet", pa.Table.from_pandas(fits, preserve_index=False))
 
     figures: dict[str, str] = {}
-    for target, name in (("all", "fitness_vs_k"), ("union", "fitness_vs_k_union")):
-        rows = curve_rows(fitness, target)
-        if rows.empty:
-            continue
-        plot_fitness_vs_k(
-            rows, figs / f"{name}.png", method_col="label", stop_k=stop["n_max"],
-            fits=fit_objs if target == "all" else None, ylabel=f"validation {metric} (mean over tasks)",
-            title=("all tasks of the pool" if target == "all" else "tasks of the k merged experts")
-            + f": fitness vs k (stop rule n_max = {stop['n_max']})",
-        )
-        figures[name] = f"figures/{name}.png"
+    if not fitness.empty:
+        plot_fitness_panels(fitness, figs / "fitness_vs_k.png", n_max=stop["n_max"], stop_enabled=stop["enabled"],
+                            ylabel=f"{metric} (mean over tasks)")
+        figures["fitness_vs_k"] = "figures/fitness_vs_k.png"
     if not samples.empty:
         figures.update(weight_histograms(samples, figs))
     analysis = run_dir / "analysis"
@@ -258,10 +233,10 @@ def _markdown(plan, cfg, s, pk_all, pk_union, fits, figures, run_dir) -> str:
     # --- figures
     L += ["", "## Figures", ""]
     captions = {
-        "fitness_vs_k": "Validation fitness on all tasks vs. number of merged experts: line = mean over seeds, "
-                        "band = min..max over seeds, k=0 = the base model, dashed = the fitted scaling law, "
+        "fitness_vs_k": "Validation fitness vs. number of merged experts; left: all tasks of the pool (every line "
+                        "starts at the base model, k=0), right: only the tasks of the k merged experts. Line = mean "
+                        "over seeds, band = min..max over seeds, dashed = with RHT, star = the first expert alone, "
                         "red dotted line = the stop rule's n_max.",
-        "fitness_vs_k_union": "The same on the tasks of the k merged experts only (the multi-task target).",
         "pca_cumulative": "PCA of the expert task vectors: cumulative explained variance.",
         "principal_angles": "Mean principal angle between the experts' LoRA subspaces (90 = unrelated).",
         "correlation": "Pearson correlation of the task vectors (drives the low-correlation order).",

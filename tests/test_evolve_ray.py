@@ -155,6 +155,19 @@ def test_genome_beats_best_single_expert_and_writes_records(genome_run, inputs, 
     again = local_evaluator.evaluate(adapter)
     assert again.fitness == pytest.approx(res.best_fitness, abs=1e-6)
     assert res.ensemble is not None and len(res.ensemble["ids"]) == 3
+    # top-k majority votes (k = 2, 3) on validation and test; validation re-voted locally
+    from evomerge.distributed import records
+    from evomerge.experts.types import ab_to_lora
+
+    ens = res.ensemble
+    assert ens["available"] and ens["metric"] == "exact_match" and [r["k"] for r in ens["by_k"]] == [2, 3]
+    weights = records.load_checkpoint(res.history_path.parent)[1]
+    local = local_evaluator.evaluate_ensemble(
+        [ab_to_lora(numpy_to_td(weights[i]), inputs.fan_in_fan_out) for i in ens["ids"]], "validation")
+    for row in ens["by_k"]:
+        assert row["ids"] == ens["ids"][: row["k"]] and set(row["test"]["per_task"]) == set(names)
+        assert row["validation"]["fitness"] == pytest.approx(local.extra["by_k"][row["k"]]["fitness"], abs=1e-9)
+    assert ens["validation"]["fitness"] == pytest.approx(local.fitness, abs=1e-9)
 
 
 def test_same_seed_same_history_and_actor_kill_changes_nothing(genome_run, rt, tmp_path, names):

@@ -40,7 +40,7 @@ def head():
     try:
         subprocess.run(
             [str(LOCAL / "start_head.sh"), "--port", str(port), "--dashboard-port", str(dash), "--temp-dir", temp_dir,
-             "--num-cpus", "2", "--num-gpus", "0", "--auth", "disabled"],
+             "--num-cpus", "2", "--num-gpus", "0", "--auth", "disabled", "--free-ports"],
             check=True, env=env, capture_output=True, text=True, timeout=180,
         )
         from ray.job_submission import JobSubmissionClient

@@ -3,6 +3,11 @@
 #
 #   clusters/local/start_head.sh [--port 6379] [--dashboard-port 8265] [--temp-dir DIR]
 #                                [--num-cpus N] [--num-gpus N] [--auth token|disabled]
+#                                [--free-ports]
+#
+# --free-ports picks free ports for the head's helper services too (dashboard agent, runtime-env
+# agent, metrics, Ray client), so a second Ray instance on a shared machine does not collide
+# with the first one's defaults (52365, 10001, ...).
 #
 # Prints the address to submit jobs to. Stop it with:  ray stop  (or kill the PID it prints;
 # `ray stop` stops every Ray instance of this user on the machine).
@@ -15,6 +20,7 @@ num_cpus=""
 num_gpus=""
 auth="${RAY_AUTH_MODE:-token}"
 host="127.0.0.1"
+free_ports=0
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -25,7 +31,8 @@ while [ $# -gt 0 ]; do
     --num-gpus) num_gpus="$2"; shift 2 ;;
     --auth) auth="$2"; shift 2 ;;
     --host) host="$2"; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    --free-ports) free_ports=1; shift ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "error: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -41,8 +48,16 @@ if [ -z "$num_gpus" ]; then
   fi
 fi
 
+extra=()
+if [ "$free_ports" = 1 ]; then
+  pick() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+  extra+=(--dashboard-agent-listen-port="$(pick)" --dashboard-agent-grpc-port="$(pick)"
+          --runtime-env-agent-port="$(pick)" --metrics-export-port="$(pick)" --ray-client-server-port="$(pick)"
+          --node-manager-port="$(pick)" --object-manager-port="$(pick)")
+fi
+
 export RAY_AUTH_MODE="$auth"
-ray start --head \
+ray start --head "${extra[@]}" \
   --node-ip-address="$host" \
   --port="$port" \
   --num-cpus="$num_cpus" \

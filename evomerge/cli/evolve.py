@@ -60,6 +60,11 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"test (reported only): fitness {res.best_test_fitness:.4f} ({tasks})")
         if res.ensemble is not None and not res.ensemble.get("available"):
             typer.echo("ensemble: not available (the evaluator has no majority vote)")
+        elif res.ensemble is not None:
+            for row in res.ensemble.get("by_k", []):
+                test = f", test {row['test']['fitness']:.4f}" if row.get("test") else ""
+                typer.echo(f"ensemble top-{row['k']} ({res.ensemble.get('metric')} of the majority vote): "
+                           f"validation {row['validation']['fitness']:.4f}{test}")
         typer.echo(f"history: {res.history_path}")
         if res.adapter_dir is not None:
             typer.echo(f"best adapter: {res.adapter_dir}")

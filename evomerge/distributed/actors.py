@@ -208,7 +208,11 @@ class PopulationActor:
         if fn is None:
             return None
         res = fn([self.candidate(self.store[k], k) for k in ids], split=split)
-        return {"per_task": dict(res.per_task), "fitness": float(res.fitness)}
+        extra = dict(getattr(res, "extra", {}) or {})
+        by_k = {int(k): {"per_task": dict(v["per_task"]), "fitness": float(v["fitness"])}
+                for k, v in (extra.get("by_k") or {}).items()}
+        return {"per_task": dict(res.per_task), "fitness": float(res.fitness),
+                "scored_by": extra.get("scored_by"), "by_k": by_k}
 
     # ---------------------------------------------------------------- helpers
     def candidate(self, td: TensorDict, key: str) -> Any:

@@ -24,6 +24,11 @@ def finalize(cfg: EvomergeConfig, inputs: EvolveInputs, search: Any, rt: Any, ou
         ids = search.ensemble_ids(cfg.genome.ensemble_k)
         scores = rt.ensemble(ids, splits)
         ensemble = {"ids": ids, "available": all(v is not None for v in scores.values()), **scores}
+        if ensemble["available"]:
+            ensemble["by_k"] = _ensemble_by_k(ids, scores)
+            ensemble["metric"] = scores["validation"].get("scored_by")
+            for split in scores:
+                ensemble[split] = {"per_task": scores[split]["per_task"], "fitness": scores[split]["fitness"]}
     adapter_dir = None
     if write_adapter:
         adapter_dir = _write_best(inputs, weights[best_id], rht, best_id, out_dir)
@@ -35,6 +40,19 @@ def finalize(cfg: EvomergeConfig, inputs: EvolveInputs, search: Any, rt: Any, ou
         "ensemble": ensemble,
         "adapter_dir": adapter_dir,
     }
+
+
+def _ensemble_by_k(ids: list[str], scores: dict[str, Any]) -> list[dict[str, Any]]:
+    """Top-k majority-vote ensembles for k = 2..len(ids) (just k = 1 if one id): ids and
+    per-split ``{per_task, fitness}`` (ranked by validation; test is reported only)."""
+    ks = range(2, len(ids) + 1) if len(ids) > 1 else [1]
+    out = []
+    for k in ks:
+        row: dict[str, Any] = {"k": k, "ids": list(ids[:k])}
+        for split, s in scores.items():
+            row[split] = (s.get("by_k") or {}).get(k)
+        out.append(row)
+    return out
 
 
 def _splits(inputs: EvolveInputs) -> list[str]:

@@ -124,6 +124,18 @@ class Evaluator:
                 per_metric[i][t] = s
         return [self._result(m, split) for m in per_metric]
 
+    def evaluate_ensemble(
+        self, candidates: Sequence[Candidate], split: str = "validation", sizes: Sequence[int] | None = None
+    ) -> EvalResult:
+        """Majority vote of the candidates' greedy answers (candidates ranked best first; a tie
+        goes to the higher-ranked one), scored with the text metric, or exact match of the voted
+        answer when the metric is teacher-forced (``extra["scored_by"]``, ``extra["note"]``).
+        ``extra["by_k"][k]`` scores the top-k prefix ensembles for k in ``sizes`` (default 1..n),
+        all voted from the same generations."""
+        from evomerge.evaluation.ensemble import evaluate_ensemble
+
+        return evaluate_ensemble(self, candidates, split, sizes)
+
     # ----------------------------------------------------------------- helpers
     def _resolve(self, candidate: Candidate, index: int) -> dict[str, dict[str, torch.Tensor]]:
         where = f"candidate {index}"

@@ -1,0 +1,59 @@
+"""The scale report's fitness-vs-k figure: one panel per target, one colour per method,
+solid = plain and dashed = with RHT, bands over seeds, the base model at k=0 and the stop
+rule's n_max. (Generic plots, e.g. weight histograms, come from ``evomerge.analysis.figures``.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from evomerge.io import atomic_file
+
+TITLES = {"all": "all tasks of the pool", "union": "tasks of the k merged experts"}
+
+
+def plot_fitness_panels(fitness: pd.DataFrame, out_png: str | Path, *, n_max: int, stop_enabled: bool,
+                        split: str = "validation", ylabel: str = "mean task score") -> Path:
+    f = fitness[fitness["split"] == split]
+    methods = sorted(m for m in f["method"].unique() if m not in ("base", "expert"))
+    cmap = [f"C{i}" for i in range(10)]
+    colors = {m: cmap[i % 10] for i, m in enumerate(methods)}
+    fig = Figure(figsize=(12, 4.4))
+    axes = [fig.add_subplot(1, 2, i + 1) for i in range(2)]
+    base = f[(f["method"] == "base") & (f["target"] == "all")]["fitness"]
+    for ax, target in zip(axes, ("all", "union")):
+        t = f[f["target"] == target]
+        for method in methods:
+            for rht in (False, True):
+                g = t[(t["method"] == method) & (t["rht"] == rht)]
+                if g.empty:
+                    continue
+                s = g.groupby("k")["fitness"].agg(["mean", "min", "max"]).sort_index()
+                if target == "all" and not base.empty:  # every line starts at the base model
+                    s.loc[0] = [base.mean(), base.min(), base.max()]
+                    s = s.sort_index()
+                ax.plot(s.index, s["mean"], ls="--" if rht else "-", marker="o", ms=3, color=colors[method],
+                        label=f"{method}{' + RHT' if rht else ''}")
+                ax.fill_between(s.index, s["min"], s["max"], color=colors[method], alpha=0.08 if rht else 0.15, lw=0)
+        single = t[t["method"] == "expert"]
+        if not single.empty:
+            ax.scatter([1], [single["fitness"].mean()], marker="*", s=120, color="k", zorder=5, label="first expert alone")
+        if target == "all" and not base.empty:
+            ax.axhline(base.mean(), color="0.5", ls=":", lw=1, label="base model (k=0)")
+        ax.axvline(n_max, color="tab:red", ls=":", lw=1.4,
+                   label=f"stop rule n_max = {n_max}" + ("" if stop_enabled else " (not applied)"))
+        ks = sorted(int(k) for k in t["k"].unique()) + ([0] if target == "all" and not base.empty else [])
+        if ks:
+            ax.set_xticks(range(min(ks), max(ks) + 1))
+        ax.set(xlabel="experts merged (k)", ylabel=f"{split} {ylabel}", title=TITLES[target])
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.tight_layout()
+    path = Path(out_png)
+    with atomic_file(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
+    return path
