@@ -17,7 +17,7 @@ from pathlib import Path
 
 from evomerge.config import EvomergeConfig, config_from_dict, load_config
 from evomerge.errors import EvomergeError
-from evomerge.storage_uri import fetch_dir, is_uri, join, mask_uri, publish_dir
+from evomerge.storage_uri import fetch_dir, is_uri, join, mask_uri, publish_dir, resolve
 
 DEFAULT_OUTPUT = "runs/jobs"
 
@@ -27,7 +27,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="evomerge YAML config (the shared schema)")
     p.add_argument("--output", default=None,
                    help=f"results location: a path or pyarrow URI (default: config `output`, else {DEFAULT_OUTPUT})")
-    p.add_argument("--name", default=None, help="run name under the output location (default: the job's name)")
+    p.add_argument("--name", default=None, help="run name under the output location (default: the Ray job's submission id); "
+                   "pass the same name with --resume")
     p.add_argument("--resume", action="store_true", help="continue the run found at the output location")
     p.add_argument("--small", action="store_true", help="use the small built-in zoo when the config names no experts")
     return p
@@ -69,14 +70,10 @@ class RunLocation:
             if args.resume:
                 fetch_dir(self.final, scratch)
         else:
-            from evomerge.storage_uri import resolve
-
             self.local = Path(resolve(self.final)[1])
-        self.published = False
 
     def publish(self) -> str:
         out = publish_dir(self.local, self.final)
-        self.published = True
         print(f"evomerge job results: {mask_uri(out)}", flush=True)
         return out
 

@@ -45,9 +45,15 @@ def head():
         )
         from ray.job_submission import JobSubmissionClient
 
-        os.environ["RAY_AUTH_MODE"] = "disabled"
-        client = JobSubmissionClient(f"http://127.0.0.1:{dash}")
-        yield client
+        before = os.environ.get("RAY_AUTH_MODE")
+        os.environ["RAY_AUTH_MODE"] = "disabled"  # the SDK reads it too
+        try:
+            yield JobSubmissionClient(f"http://127.0.0.1:{dash}")
+        finally:
+            if before is None:
+                os.environ.pop("RAY_AUTH_MODE", None)
+            else:
+                os.environ["RAY_AUTH_MODE"] = before
     finally:
         subprocess.run([str(LOCAL / "stop_head.sh"), "--temp-dir", temp_dir], capture_output=True, timeout=60)
         time.sleep(1.0)
