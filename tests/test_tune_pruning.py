@@ -24,7 +24,7 @@ def test_hopeless_evolutionary_trial_is_pruned_early(tmp_path) -> None:
     ensure_zoo("small")
     cfg = config_from_dict({
         "seed": 0,
-        "evaluation": {"max_samples": 8},
+        "evaluation": {"max_samples": 16},
         "genome": {"population": 4, "generations": GENERATIONS, "early_stop_iter": GENERATIONS},
         "ray": {"num_actors": 1, "cpus_per_actor": 1},
         "tune": {"objective": "genome", "pruner": "median", "sampler": "random", "n_trials": 3,
