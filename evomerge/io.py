@@ -18,6 +18,17 @@ from typing import Any, Iterator
 from evomerge.errors import OutputExistsError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _public_mode(path: str | os.PathLike, is_dir: bool) -> None:
+    """tempfile creates 0600/0700 entries; give results the usual umask-based mode."""
+    os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
+
+
 def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
     """Refuse an existing output unless ``overwrite``; return the path."""
     path = Path(path)
@@ -32,6 +43,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     path = check_output_path(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    _public_mode(tmp, is_dir=True)
     try:
         yield tmp
     except BaseException:
@@ -55,6 +67,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    _public_mode(tmp, is_dir=False)
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
@@ -80,6 +93,7 @@ def write_parquet_atomic(path: str | os.PathLike, table) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     os.close(fd)
+    _public_mode(tmp, is_dir=False)
     try:
         pq.write_table(table, tmp)
         os.replace(tmp, path)

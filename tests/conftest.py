@@ -23,3 +23,11 @@ def small_evaluator(small_zoo):
     from evomerge.evaluation import Evaluator
 
     return Evaluator.from_zoo(small_zoo, max_samples=100)
+
+
+@pytest.fixture(scope="module")
+def zoo_experts(small_zoo):
+    """``{task: LoRA modules}`` of every small-zoo expert, loaded from disk once per test module."""
+    from evomerge.experts.peft_io import load_peft_adapter
+
+    return {t: load_peft_adapter(d).modules for t, d in small_zoo.expert_dirs.items()}

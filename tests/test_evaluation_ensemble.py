@@ -13,7 +13,6 @@ from evomerge.evaluation import Evaluator
 from evomerge.evaluation.candidates import to_deltas
 from evomerge.evaluation.ensemble import vote
 from evomerge.evaluation.generate import greedy_generate
-from evomerge.experts.peft_io import load_peft_adapter
 
 torch.set_num_threads(1)
 TASKS = ["rev_digits", "brackets"]
@@ -23,11 +22,6 @@ N = 24
 @pytest.fixture(scope="module")
 def ev(small_zoo):
     return Evaluator.from_zoo(small_zoo, tasks=TASKS, max_samples=N)
-
-
-@pytest.fixture(scope="module")
-def experts(small_zoo):
-    return {t: load_peft_adapter(d).modules for t, d in small_zoo.expert_dirs.items()}
 
 
 def _own_answers(ev, candidate, task):
@@ -58,8 +52,8 @@ def test_vote_hand_cases():
     assert vote(["only"]) == 0
 
 
-def test_vote_matches_manual_majority_of_each_candidates_answers(ev, experts):
-    cands = [experts["brackets"], experts["rev_digits"], {}, experts["majority"]]
+def test_vote_matches_manual_majority_of_each_candidates_answers(ev, zoo_experts):
+    cands = [zoo_experts["brackets"], zoo_experts["rev_digits"], {}, zoo_experts["majority"]]
     res = ev.evaluate_ensemble(cands)
     answers = {t: [_own_answers(ev, c, t) for c in cands] for t in TASKS}
     for k in (1, 2, 3, 4):
@@ -75,8 +69,8 @@ def test_vote_matches_manual_majority_of_each_candidates_answers(ev, experts):
     assert len({tuple(res.extra["by_k"][k]["per_task"].values()) for k in (1, 2, 3, 4)}) > 1
 
 
-def test_two_that_agree_outvote_the_best_ranked(ev, experts):
-    a, b = experts["rev_digits"], experts["brackets"]
+def test_two_that_agree_outvote_the_best_ranked(ev, zoo_experts):
+    a, b = zoo_experts["rev_digits"], zoo_experts["brackets"]
     em = {n: r.extra["metrics"] for n, r in zip("ab", ev.evaluate_many([a, b]))}
     # a distinct copy of `a` answers exactly like `a`: two of three agree on every row
     for cands in ([b, a, copy.deepcopy(a)], [a, b, copy.deepcopy(a)]):
@@ -86,8 +80,8 @@ def test_two_that_agree_outvote_the_best_ranked(ev, experts):
         assert r.extra["agreement"] >= 2 / 3 - 1e-12
 
 
-def test_ties_go_to_the_higher_ranked_candidate(ev, experts):
-    a, b = experts["rev_digits"], experts["brackets"]
+def test_ties_go_to_the_higher_ranked_candidate(ev, zoo_experts):
+    a, b = zoo_experts["rev_digits"], zoo_experts["brackets"]
     ra, rb = ev.evaluate_many([a, b])
     em_a = {t: ra.extra["metrics"][t]["exact_match"] for t in TASKS}
     em_b = {t: rb.extra["metrics"][t]["exact_match"] for t in TASKS}
@@ -96,25 +90,25 @@ def test_ties_go_to_the_higher_ranked_candidate(ev, experts):
     assert ev.evaluate_ensemble([b, a]).per_task == pytest.approx(em_b, abs=1e-12)
 
 
-def test_single_candidate_equals_evaluate(small_zoo, experts):
+def test_single_candidate_equals_evaluate(small_zoo, zoo_experts):
     ev = Evaluator.from_zoo(small_zoo, tasks=TASKS, metric="exact_match", max_samples=N)
-    for c in (experts["brackets"], {}):
+    for c in (zoo_experts["brackets"], {}):
         one, ens = ev.evaluate(c), ev.evaluate_ensemble([c])
         assert ens.per_task == pytest.approx(one.per_task, abs=1e-12)
         assert ens.fitness == pytest.approx(one.fitness, abs=1e-12)
         assert "note" not in ens.extra
     f1 = Evaluator.from_zoo(small_zoo, tasks=["brackets"], metric="token_f1", max_samples=N)
-    one, ens = f1.evaluate(experts["brackets"]), f1.evaluate_ensemble([experts["brackets"]])
+    one, ens = f1.evaluate(zoo_experts["brackets"]), f1.evaluate_ensemble([zoo_experts["brackets"]])
     assert ens.extra["scored_by"] == "token_f1"
     for m in ("token_f1", "rouge_l", "bleu"):
         assert ens.extra["metrics"]["brackets"][m] == pytest.approx(one.extra["metrics"]["brackets"][m], abs=1e-12)
     assert ens.fitness == pytest.approx(one.fitness, abs=1e-12)
 
 
-def test_bad_input(ev, experts):
+def test_bad_input(ev, zoo_experts):
     with pytest.raises(ConfigError, match="candidates"):
         ev.evaluate_ensemble([])
     with pytest.raises(ConfigError, match="sizes"):
-        ev.evaluate_ensemble([{}, experts["brackets"]], sizes=[3])
+        ev.evaluate_ensemble([{}, zoo_experts["brackets"]], sizes=[3])
     with pytest.raises(DataError, match="split `train`"):
         ev.evaluate_ensemble([{}], split="train")

@@ -25,11 +25,6 @@ def ev(small_zoo):
     return Evaluator.from_zoo(small_zoo, tasks=TASKS, max_samples=N)
 
 
-@pytest.fixture(scope="module")
-def experts(small_zoo):
-    return {t: load_peft_adapter(d).modules for t, d in small_zoo.expert_dirs.items()}
-
-
 def _reference_scores(model, tok, ds):
     """Per-example scoring with no padding at all, plus greedy ``generate`` for exact match."""
     acc, em_tf, em_gen, ce = [], [], [], []
@@ -76,8 +71,8 @@ def test_in_memory_equals_peft_from_disk(small_zoo, ev):
     assert ev.evaluate({}).extra["metrics"]["brackets"]["token_accuracy"] == pytest.approx(plain["token_accuracy"], abs=1e-12)
 
 
-def test_batched_equals_one_by_one(ev, experts):
-    cands = [{}] + [experts[t] for t in ("rev_digits", "brackets", "majority")]
+def test_batched_equals_one_by_one(ev, zoo_experts):
+    cands = [{}] + [zoo_experts[t] for t in ("rev_digits", "brackets", "majority")]
     many = ev.evaluate_many(cands)
     for c, r in zip(cands, many):
         one = ev.evaluate(c)
@@ -87,8 +82,8 @@ def test_batched_equals_one_by_one(ev, experts):
         assert r.fitness == pytest.approx(one.fitness, abs=1e-9)
 
 
-def test_candidate_forms_agree(ev, experts):
-    lora = experts["brackets"]
+def test_candidate_forms_agree(ev, zoo_experts):
+    lora = zoo_experts["brackets"]
     a, b, c = ev.evaluate_many([lora, lora_deltas(lora), lora_to_ab(lora)])
     for r in (b, c):
         for t in TASKS:
@@ -96,13 +91,13 @@ def test_candidate_forms_agree(ev, experts):
             assert r.extra["metrics"][t]["cross_entropy"] == pytest.approx(a.extra["metrics"][t]["cross_entropy"], abs=1e-5)
 
 
-def test_per_task_serves_each_task_its_own_candidate(ev, experts):
-    own = PerTask({t: experts[t] for t in TASKS})
+def test_per_task_serves_each_task_its_own_candidate(ev, zoo_experts):
+    own = PerTask({t: zoo_experts[t] for t in TASKS})
     r = ev.evaluate(own)
     for t in TASKS:
-        assert r.per_task[t] == pytest.approx(ev.evaluate(experts[t]).per_task[t], abs=1e-9)
+        assert r.per_task[t] == pytest.approx(ev.evaluate(zoo_experts[t]).per_task[t], abs=1e-9)
     with pytest.raises(ExpertLoadError, match="brackets"):
-        ev.evaluate(PerTask({"rev_digits": experts["rev_digits"]}))
+        ev.evaluate(PerTask({"rev_digits": zoo_experts["rev_digits"]}))
 
 
 def test_full_task_vector_equals_saved_model(small_zoo, ev, tmp_path):
@@ -130,11 +125,11 @@ def test_full_task_vector_equals_saved_model(small_zoo, ev, tmp_path):
     assert got.fitness != ev.evaluate({}).fitness
 
 
-def test_greedy_generation_matches_hf_generate(small_zoo, ev, experts):
+def test_greedy_generation_matches_hf_generate(small_zoo, ev, zoo_experts):
     from transformers import AutoModelForCausalLM
 
     batch = ev.data["rev_digits"]["validation"].slice(0, 16)
-    deltas = [{}, to_deltas(experts["rev_digits"], ev.params)]
+    deltas = [{}, to_deltas(zoo_experts["rev_digits"], ev.params)]
     ours = greedy_generate(ev.model, ev.params, ev.linears, deltas, batch, ev.tokenizer)
     base = AutoModelForCausalLM.from_pretrained(small_zoo.base_dir).eval()
     tok = ev.tokenizer
@@ -147,9 +142,9 @@ def test_greedy_generation_matches_hf_generate(small_zoo, ev, experts):
         assert "".join(ours[0][i]) == want or len(ours[0][i]) >= batch.labels[i].ne(-100).sum().item() + 3
 
 
-def test_text_metrics(small_zoo, experts):
+def test_text_metrics(small_zoo, zoo_experts):
     ev = Evaluator.from_zoo(small_zoo, tasks=["brackets"], metric="token_f1", max_samples=N)
-    base, expert = ev.evaluate_many([{}, experts["brackets"]])
+    base, expert = ev.evaluate_many([{}, zoo_experts["brackets"]])
     for r in (base, expert):
         m = r.extra["metrics"]["brackets"]
         # generation reproduces the reference exactly iff the teacher-forced argmax does
@@ -159,7 +154,7 @@ def test_text_metrics(small_zoo, experts):
     assert expert.fitness > base.fitness
 
 
-def test_bad_candidates_name_the_key(ev, experts):
+def test_bad_candidates_name_the_key(ev, zoo_experts):
     with pytest.raises(ExpertLoadError, match="model.layers.9.self_attn.q_proj.weight"):
         ev.evaluate({"model.layers.9.self_attn.q_proj.weight": torch.zeros(3, 3)})
     key = "model.layers.0.self_attn.q_proj.weight"

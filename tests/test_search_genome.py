@@ -16,50 +16,7 @@ from evomerge.search import Genome, expert_id, materialize
 from evomerge.search.recipe import derive_rng
 from evomerge.search.selection import n_elites, roulette_pair, roulette_weights, select
 
-SHAPES = {"l0::A": (2, 4), "l0::B": (4, 2), "l1::A": (2, 3), "l1::B": (3, 2)}
-DIM = sum(int(np.prod(s)) for s in SHAPES.values())
-
-
-def make_problem(n: int = 6, seed: int = 0):
-    """Experts near different targets; fitness = -||x - T||^2 with T between them."""
-    g = torch.Generator().manual_seed(seed)
-    target = torch.randn(DIM, generator=g)
-    store = {}
-    for i in range(n):
-        x = target + 1.5 * torch.randn(DIM, generator=g)
-        store[expert_id(i)] = unflat(x)
-    return store, lambda td: -float(((flat(td) - target) ** 2).sum())
-
-
-def flat(td):
-    return torch.cat([td[k].flatten() for k in SHAPES])
-
-
-def unflat(x):
-    out, i = {}, 0
-    for k, s in SHAPES.items():
-        m = int(np.prod(s))
-        out[k] = x[i:i + m].reshape(s).clone()
-        i += m
-    return out
-
-
-def run(search, store, fit, *, rounds=None, gc=False):
-    store = dict(store)
-    n = 0
-    while not search.done and (rounds is None or n < rounds):
-        recipes = search.ask()
-        assert recipes, "ask() must not be empty while not done"
-        for r in recipes:
-            out = materialize(r, {k: store[k] for k in r.input_keys()})  # input_keys are all it reads
-            assert tuple(out) == r.output_keys()
-            store.update(out)
-        search.tell({r.id: fit(store[r.id]) for r in recipes})
-        if gc:
-            keep = search.referenced_ids()
-            store = {k: v for k, v in store.items() if k in keep}
-        n += 1
-    return store
+from _search_helpers import DIM, flat, make_problem, run, unflat
 
 
 CFG = GenomeConfig(population=8, generations=15, cross_rate=0.8, ind_mut_rate=0.3, gene_mut_rate=0.3, sigma=0.05,

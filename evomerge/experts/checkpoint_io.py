@@ -41,17 +41,21 @@ def is_checkpoint_dir(path: Path) -> bool:
     return any((path / f).is_file() for f in (SAFE_SINGLE, SAFE_INDEX, BIN_SINGLE, BIN_INDEX))
 
 
-def read_config(folder: Path) -> dict:
-    path = Path(folder) / CONFIG
+def read_json_object(path: Path, what: str) -> dict:
+    """The JSON object in ``path``; :class:`ExpertLoadError` (naming ``what``) if missing or malformed."""
     try:
         cfg = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ExpertLoadError(f"{path}: config.json not found") from None
+        raise ExpertLoadError(f"{path}: {what} not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ExpertLoadError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(cfg, dict):
         raise ExpertLoadError(f"{path}: expected a JSON object")
     return cfg
+
+
+def read_config(folder: Path) -> dict:
+    return read_json_object(Path(folder) / CONFIG, "config.json")
 
 
 def _weight_map(folder: Path, allow_bin: bool) -> dict[str, Path]:

@@ -10,7 +10,6 @@ Written adapters fold each module's scale into ``B`` and set ``lora_alpha = r`` 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import Counter
@@ -21,6 +20,7 @@ from typing import Any, Mapping
 import torch
 
 from evomerge.errors import ExpertLoadError
+from evomerge.experts.checkpoint_io import read_json_object
 from evomerge.experts.types import LoraModule
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -81,14 +81,7 @@ def lora_scale(alpha: float, r: int, use_rslora: bool) -> float:
 
 def read_adapter_config(folder: Path) -> dict[str, Any]:
     path = Path(folder) / ADAPTER_CONFIG
-    try:
-        cfg = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ExpertLoadError(f"{path}: adapter config not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ExpertLoadError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(cfg, dict):
-        raise ExpertLoadError(f"{path}: expected a JSON object")
+    cfg = read_json_object(path, "adapter config")
     peft_type = str(cfg.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
         raise ExpertLoadError(f"{path}: peft_type {peft_type!r} is not supported (only LORA)")
