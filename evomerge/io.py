@@ -103,6 +103,14 @@ def write_parquet_atomic(path: str | os.PathLike, table) -> None:
         raise
 
 
+def save_png_atomic(fig, path: str | os.PathLike, *, tight_bbox: bool = True, dpi: int = 110) -> Path:
+    """Write a matplotlib figure as PNG atomically; the one way evomerge saves figures."""
+    path = Path(path)
+    with atomic_file(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=dpi, **({"bbox_inches": "tight"} if tight_bbox else {}))
+    return path
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

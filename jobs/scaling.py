@@ -99,7 +99,7 @@ def write_scaling(rows: list[dict], out_dir: Path, title: str = "evomerge scalin
     import matplotlib.pyplot as plt
     import pyarrow as pa
 
-    from evomerge.io import atomic_file, write_parquet_atomic
+    from evomerge.io import save_png_atomic, write_parquet_atomic
 
     out_dir.mkdir(parents=True, exist_ok=True)
     table = pa.table({c: [r.get(c) for r in rows] for c in COLUMNS})
@@ -121,8 +121,7 @@ def write_scaling(rows: list[dict], out_dir: Path, title: str = "evomerge scalin
     a2.set_ylabel("parallel efficiency")
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic_file(out_dir / "scaling.png", "wb") as fh:
-        fig.savefig(fh, format="png", dpi=110)
+    save_png_atomic(fig, out_dir / "scaling.png", tight_bbox=False)
     plt.close(fig)
     return {"table": out_dir / "scaling.parquet", "figure": out_dir / "scaling.png"}
 

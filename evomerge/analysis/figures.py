@@ -13,14 +13,11 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from evomerge.errors import ConfigError
-from evomerge.io import atomic_file
+from evomerge.io import save_png_atomic
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    with atomic_file(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
-    return path
+    return save_png_atomic(fig, path)
 
 
 def plot_pca_cumulative(cum: Sequence[float], out_png: str | Path, threshold: float = 0.95) -> Path:

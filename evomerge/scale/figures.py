@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from evomerge.io import atomic_file
+from evomerge.io import save_png_atomic
 
 TITLES = {"all": "all tasks of the pool", "union": "tasks of the k merged experts"}
 
@@ -53,7 +52,4 @@ def plot_fitness_panels(fitness: pd.DataFrame, out_png: str | Path, *, n_max: in
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
-    path = Path(out_png)
-    with atomic_file(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
-    return path
+    return save_png_atomic(fig, out_png)

@@ -84,8 +84,7 @@ def write_figures(study, out_dir: str | Path) -> dict[str, str]:
 
 
 def _save_png(fig, path: Path) -> None:
-    from evomerge.io import atomic_file
+    from evomerge.io import save_png_atomic
 
     fig.tight_layout()
-    with atomic_file(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=110)
+    save_png_atomic(fig, path, tight_bbox=False)
