@@ -201,10 +201,17 @@ def test_stop_and_resume_gives_the_uninterrupted_result(genome_run, rt, tmp_path
     assert res.best_test_per_task == genome_run.best_test_per_task
 
 
-def test_swarm_beats_best_single_expert_and_resumes(rt, tmp_path, names):
-    cfg = make_cfg()
+# Three unrelated tasks on which a plain task-arithmetic merge beats every single expert by
+# ~0.04 on the small zoo: a target where merging has something to find. On the first three
+# tasks (two related digit tasks) no merge beats the best expert by more than noise.
+SWARM_TARGET = ["sort_digits", "rev_letters", "greek_shift"]
+
+
+def test_swarm_beats_best_single_expert_and_resumes(rt, tmp_path):
+    names = SWARM_TARGET
+    cfg = make_cfg(swarm={"max_iter": 20, "patience": 10})
     full = run_evolve(cfg, "swarm", tmp_path / "full", experts=names, tasks=names, progress=False, runtime=rt)
-    assert full.best_fitness > max(full.expert_fitness.values())
+    assert full.best_fitness > max(full.expert_fitness.values()) + 0.005
     rows = history(full.history_path)
     assert {r["op"] for r in rows} >= {"expert", "pso_move"}
 
