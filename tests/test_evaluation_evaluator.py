@@ -71,9 +71,18 @@ def test_in_memory_equals_peft_from_disk(small_zoo, ev):
     assert ev.evaluate({}).extra["metrics"]["brackets"]["token_accuracy"] == pytest.approx(plain["token_accuracy"], abs=1e-12)
 
 
-def test_batched_equals_one_by_one(ev, zoo_experts):
+@pytest.fixture(scope="module")
+def ev_stacked(small_zoo):
+    """Several candidates per forward pass (the GPU default), forced on CPU."""
+    return Evaluator.from_zoo(small_zoo, tasks=TASKS, max_samples=N, batch_size=16, max_rows=64)
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_batched_equals_one_by_one(ev, ev_stacked, zoo_experts, stacked):
     cands = [{}] + [zoo_experts[t] for t in ("rev_digits", "brackets", "majority")]
-    many = ev.evaluate_many(cands)
+    if stacked:
+        assert ev_stacked._chunks(len(cands)) == 4
+    many = (ev_stacked if stacked else ev).evaluate_many(cands)
     for c, r in zip(cands, many):
         one = ev.evaluate(c)
         for t in TASKS:
@@ -89,6 +98,20 @@ def test_candidate_forms_agree(ev, zoo_experts):
         for t in TASKS:
             assert r.extra["metrics"][t]["token_accuracy"] == pytest.approx(a.extra["metrics"][t]["token_accuracy"], abs=1e-9)
             assert r.extra["metrics"][t]["cross_entropy"] == pytest.approx(a.extra["metrics"][t]["cross_entropy"], abs=1e-5)
+
+
+def test_pooled_tasks_score_like_each_task_alone(small_zoo, ev, zoo_experts):
+    """Rows of all tasks share length-sorted batches; each task's score must equal scoring
+    that task by itself (its own evaluator), per metric."""
+    cand = zoo_experts["rev_digits"]
+    pooled = ev.evaluate(cand).extra["metrics"]
+    for t in TASKS:
+        alone = Evaluator.from_zoo(small_zoo, tasks=[t], max_samples=N, batch_size=7).evaluate(cand).extra["metrics"][t]
+        for k, v in alone.items():
+            assert pooled[t][k] == pytest.approx(v, abs=1e-5), (t, k)
+    batch = ev._pooled("validation")
+    assert sorted(batch.group.tolist()) == [0] * N + [1] * N
+    assert batch.attention_mask.sum(1).tolist() == sorted(batch.attention_mask.sum(1).tolist())
 
 
 def test_per_task_serves_each_task_its_own_candidate(ev, zoo_experts):

@@ -83,6 +83,10 @@ class EvaluationConfig(Section):
     metric: Literal["token_accuracy", "exact_match", "token_f1", "rouge_l", "bleu", "neg_cross_entropy"] = "token_accuracy"
     max_samples: int = Field(default=200, gt=0)
     batch_size: int = Field(default=64, gt=0)
+    rows_per_pass: int | None = Field(
+        default=None, gt=0,
+        description="rows per forward pass; above batch_size, several candidates share a pass "
+                    "(default: batch_size on CPU, 4096 on GPU)")
 
 
 class GenomeConfig(Section):

@@ -29,13 +29,14 @@ class EvaluatorSpec:
     metric: str = "token_accuracy"
     max_samples: int = 200
     batch_size: int = 64
+    rows_per_pass: int | None = None
     task_weights: dict[str, float] | None = None
 
     def __call__(self, device: str) -> Any:
         from evomerge.evaluation.evaluator import Evaluator
 
         common = dict(metric=self.metric, device=device, batch_size=self.batch_size,
-                      max_samples=self.max_samples)
+                      max_samples=self.max_samples, max_rows=self.rows_per_pass)
         if self.task_weights is not None:
             common["task_weights"] = self.task_weights
         if self.zoo_root is not None:
@@ -147,6 +148,7 @@ def prepare_inputs(
         base_dir=base_dir, zoo_root=zoo_root, tasks=tuple(chosen),
         task_files={t: Path(ev.task_files[t]) for t in chosen if t in ev.task_files},
         metric=ev.metric, max_samples=ev.max_samples, batch_size=ev.batch_size, task_weights=ev.task_weights,
+        rows_per_pass=ev.rows_per_pass,
     )
     return EvolveInputs(names=[pool.names[i] for i in idx], experts=weights, kind=pool.kind,
                         fan_in_fan_out=fan, adapter_template=template, tasks=chosen, evaluator=spec)

@@ -26,6 +26,7 @@ class Encoded:
     prompt_len: torch.Tensor  # [N]
     answers: list[str]
     prompts: list[str]
+    group: torch.Tensor | None = None  # [N] task index per row when several tasks are pooled
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -37,6 +38,7 @@ class Encoded:
         return Encoded(
             self.input_ids[start:stop, :width], mask[:, :width], self.labels[start:stop, :width],
             self.prompt_len[start:stop], self.answers[start:stop], self.prompts[start:stop],
+            None if self.group is None else self.group[start:stop],
         )
 
     def sorted_by_length(self) -> "Encoded":
@@ -46,13 +48,42 @@ class Encoded:
         return Encoded(
             self.input_ids[order], self.attention_mask[order], self.labels[order], self.prompt_len[order],
             [self.answers[i] for i in idx], [self.prompts[i] for i in idx],
+            None if self.group is None else self.group[order],
         )
 
     def to(self, device: torch.device | str) -> "Encoded":
         return Encoded(
             self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device),
             self.prompt_len.to(device), self.answers, self.prompts,
+            None if self.group is None else self.group.to(device),
         )
+
+    def answer_start(self) -> int:
+        """First position whose label is an answer token in any row (0 if there is none)."""
+        cols = (self.labels != IGNORE).any(0).nonzero()
+        return int(cols[0]) if len(cols) else 0
+
+
+def pool(parts: Sequence[Encoded], pad_id: int) -> Encoded:
+    """Rows of several encoded tasks in one ``Encoded``; ``group[i]`` is row i's part index.
+
+    Pooling lets one forward pass carry rows of several tasks, so that batches of similar
+    length (after ``sorted_by_length``) need almost no padding.
+    """
+    width = max(int(p.input_ids.shape[1]) for p in parts)
+
+    def widen(t: torch.Tensor, fill: int) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=fill)
+
+    return Encoded(
+        torch.cat([widen(p.input_ids, pad_id) for p in parts]),
+        torch.cat([widen(p.attention_mask, 0) for p in parts]),
+        torch.cat([widen(p.labels, IGNORE) for p in parts]),
+        torch.cat([p.prompt_len for p in parts]),
+        [a for p in parts for a in p.answers],
+        [q for p in parts for q in p.prompts],
+        torch.cat([torch.full((len(p),), i, dtype=torch.long, device=p.input_ids.device) for i, p in enumerate(parts)]),
+    )
 
 
 def encode_pairs(tokenizer, prompts: Sequence[str], answers: Sequence[str], source: str = "task") -> Encoded:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -11,7 +12,7 @@ import torch
 from evomerge.errors import ConfigError, DataError, ExpertLoadError
 from evomerge.evaluation import metrics as M
 from evomerge.evaluation.candidates import Candidate, PerTask, to_deltas
-from evomerge.evaluation.encoding import Encoded, encode_dataset
+from evomerge.evaluation.encoding import Encoded, encode_dataset, pool
 from evomerge.evaluation.forward import linear_weights, run_model
 from evomerge.evaluation.generate import greedy_generate
 
@@ -64,7 +65,7 @@ class Evaluator:
         text_metrics: bool | None = None,
         max_new_tokens: int | None = None,
         dtype: torch.dtype | None = None,
-        max_rows: int = 1024,
+        max_rows: int | None = None,
     ) -> None:
         if metric not in M.METRICS:
             raise ConfigError(f"evaluation: `metric` must be one of {list(M.METRICS)}. Got {metric!r} instead.")
@@ -75,6 +76,11 @@ class Evaluator:
         self.metric = metric
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
+        if max_rows is None:
+            # Several candidates per forward pass (``forward.stacked_weights``) pay off where a
+            # pass is launch-bound (GPU); on CPU the small model is already compute-bound and
+            # the larger activations run slower (measured: benchmarks/eval_throughput.py).
+            max_rows = 4096 if self.device.type == "cuda" else self.batch_size
         self.max_rows = max(int(max_rows), self.batch_size)
         self.text_metrics = metric in M.TEXT_METRICS if text_metrics is None else bool(text_metrics)
         self.base_dir = Path(base_dir)
@@ -98,6 +104,8 @@ class Evaluator:
                 enc = encode_dataset(self.tokenizer, ds, f"task `{name}` split `{split}`")
                 self.data[name][split] = enc.sorted_by_length().to(self.device)
         self.max_new_tokens = max_new_tokens
+        self._pool_cache: dict[str, Encoded] = {}
+        self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
     @classmethod
     def from_zoo(cls, zoo, tasks: Sequence[str] | None = None, metric: str = "token_accuracy",
@@ -117,11 +125,16 @@ class Evaluator:
                 raise DataError(f"evaluation: task `{t}` has no split `{split}` (has {sorted(self.data[t])})")
         resolved = [self._resolve(c, i) for i, c in enumerate(candidates)]
         per_metric: list[dict[str, dict[str, float]]] = [{} for _ in candidates]
-        for t in self.tasks:
-            deltas = [r[t] for r in resolved]
-            scores = self._score_task(self.data[t][split], deltas)
-            for i, s in enumerate(scores):
-                per_metric[i][t] = s
+        if not any(isinstance(c, PerTask) for c in candidates):
+            # one delta per candidate for every task: pool the tasks' rows into shared batches
+            scores = self._score(self._pooled(split), [r[self.tasks[0]] for r in resolved], len(self.tasks))
+            for i, per_task in enumerate(scores):
+                per_metric[i] = dict(zip(self.tasks, per_task))
+        else:
+            for t in self.tasks:
+                scores = self._score(self.data[t][split], [r[t] for r in resolved], 1)
+                for i, s in enumerate(scores):
+                    per_metric[i][t] = s[0]
         return [self._result(m, split) for m in per_metric]
 
     def evaluate_ensemble(
@@ -160,42 +173,66 @@ class Evaluator:
     def _chunks(self, n_cand: int) -> int:
         return max(1, self.max_rows // self.batch_size) if n_cand > 1 else 1
 
+    def _pooled(self, split: str) -> Encoded:
+        """All tasks' rows of ``split`` in one length-sorted set (built once per split)."""
+        if split not in self._pool_cache:
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+            self._pool_cache[split] = pool([self.data[t][split] for t in self.tasks], pad).sorted_by_length()
+        return self._pool_cache[split]
+
+    def _forward(self, group: Sequence[Mapping[str, torch.Tensor]], batch: Encoded, start: int) -> torch.Tensor:
+        """Logits ``[C, B, T - start, V]``: only positions from ``start`` on (where answers are)
+        go through the output layer when the model supports ``logits_to_keep``."""
+        kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        width = batch.input_ids.shape[1]
+        if self._keeps_logits and start > 0:
+            kwargs["logits_to_keep"] = width - start
+            return run_model(self.model, self.params, self.linears, group, **kwargs)
+        return run_model(self.model, self.params, self.linears, group, **kwargs)[:, :, start:]
+
     @torch.inference_mode()
-    def _score_task(self, data: Encoded, deltas: list[dict[str, torch.Tensor]]) -> list[dict[str, float]]:
+    def _score(self, data: Encoded, deltas: list[dict[str, torch.Tensor]], n_groups: int) -> list[list[dict[str, float]]]:
+        """``out[i][g]``: metric means of candidate ``i`` over the rows of group ``g`` of ``data``
+        (``data.group``; one group when it is None)."""
         n = len(deltas)
-        sums = [dict.fromkeys(("token_accuracy", "exact_match", "cross_entropy"), 0.0) for _ in range(n)]
-        texts: list[dict[str, float]] = [dict.fromkeys(M.TEXT_METRICS, 0.0) for _ in range(n)]
+        keys = ("token_accuracy", "exact_match", "cross_entropy") + (M.TEXT_METRICS if self.text_metrics else ())
+        sums = torch.zeros(n, n_groups, len(keys), dtype=torch.float64)
+        groups = data.group.cpu() if data.group is not None else torch.zeros(len(data), dtype=torch.long)
+        counts = torch.bincount(groups, minlength=n_groups).double()
         per_chunk = self._chunks(n)
         # candidates that share the same delta object are scored once
         uniq: dict[int, int] = {}
         order = [uniq.setdefault(id(d), len(uniq)) for d in deltas]
         uniq_deltas = [deltas[order.index(j)] for j in range(len(uniq))]
+        uniq_sums = torch.zeros(len(uniq_deltas), n_groups, len(keys), dtype=torch.float64)
         for start in range(0, len(data), self.batch_size):
             batch = data.slice(start, start + self.batch_size)
+            g = groups[start : start + self.batch_size]
+            first = batch.answer_start()
+            labels = batch.labels[:, first:]
             for c0 in range(0, len(uniq_deltas), per_chunk):
                 group = uniq_deltas[c0 : c0 + per_chunk]
-                logits = run_model(self.model, self.params, self.linears, group,
-                                   input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+                logits = self._forward(group, batch, first)
+                rows = torch.zeros(len(group), len(batch), len(keys), dtype=torch.float64)
                 for j in range(len(group)):
-                    s = M.teacher_forced(logits[j], batch.labels)
-                    for i in (i for i, o in enumerate(order) if o == c0 + j):
-                        for k in sums[i]:
-                            sums[i][k] += float(s[k].sum())
+                    s = M.teacher_forced(logits[j], labels)
+                    rows[j, :, :3] = torch.stack([s[k] for k in keys[:3]], -1).cpu()
                 if self.text_metrics:
                     gen = greedy_generate(self.model, self.params, self.linears, group, batch, self.tokenizer,
                                           self.max_new_tokens)
                     refs = [self.tokenizer.tokenize(a) for a in batch.answers]
                     for j, preds in enumerate(gen):
                         ts = M.text_scores(preds, refs)
-                        for i in (i for i, o in enumerate(order) if o == c0 + j):
-                            for k in texts[i]:
-                                texts[i][k] += sum(ts[k])
-        total = len(data)
+                        rows[j, :, 3:] = torch.tensor([ts[k] for k in M.TEXT_METRICS], dtype=torch.float64).T
+                uniq_sums[c0 : c0 + len(group)].index_add_(1, g, rows)
+        sums = uniq_sums[torch.tensor(order)]
+        means = sums / counts.clamp(min=1)[None, :, None]
         out = []
         for i in range(n):
-            r = {k: v / total for k, v in sums[i].items()}
-            r["neg_cross_entropy"] = -r["cross_entropy"]
-            if self.text_metrics:
-                r.update({k: v / total for k, v in texts[i].items()})
-            out.append(r)
+            per_group = []
+            for gi in range(n_groups):
+                r = dict(zip(keys, means[i, gi].tolist()))
+                r["neg_cross_entropy"] = -r["cross_entropy"]
+                per_group.append(r)
+            out.append(per_group)
         return out

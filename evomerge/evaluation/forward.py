@@ -31,7 +31,7 @@ def linear_weights(model: nn.Module) -> dict[str, nn.Module]:
 def _stacked_forward(mod: nn.Module, weight: torch.Tensor, n: int, transposed: bool):
     """A forward for ``mod`` whose input batch is ``n`` candidate blocks; ``weight`` is [n, out, in]."""
     bias = mod.bias
-    wt = weight.transpose(1, 2) if not transposed else weight  # [n, in, out]
+    wt = (weight.transpose(1, 2) if not transposed else weight).contiguous()  # [n, in, out]
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -79,18 +79,21 @@ def run_model(
     deltas: Sequence[Mapping[str, torch.Tensor]],
     *,
     per_candidate: bool = False,
+    logits_to_keep: int | None = None,
     **inputs: torch.Tensor,
 ) -> torch.Tensor:
     """Logits ``[C, B, T, V]`` of the base model under each of ``deltas`` (C of them).
 
     ``inputs`` are ``[B, ...]`` shared by all candidates, or ``[C*B, ...]`` candidate-major
-    when ``per_candidate``.
+    when ``per_candidate``. ``logits_to_keep`` (HF models that take it): logits of the last
+    that many positions only.
     """
     n = len(deltas)
+    extra = {"use_cache": False} if logits_to_keep is None else {"use_cache": False, "logits_to_keep": logits_to_keep}
     if n > 1 and can_stack(deltas, linears):
         rep = inputs if per_candidate else {k: v.repeat(n, *([1] * (v.dim() - 1))) for k, v in inputs.items()}
         with stacked_weights(model, linears, deltas):
-            logits = model(**rep, use_cache=False).logits
+            logits = model(**rep, **extra).logits
         return logits.reshape(n, -1, *logits.shape[1:])
     outs = []
     for c, d in enumerate(deltas):
@@ -99,10 +102,10 @@ def run_model(
             inp = {k: v.reshape(n, -1, *v.shape[1:])[c] for k, v in inputs.items()}
         if d:
             logits = torch.func.functional_call(
-                model, patched_params(params, d), args=(), kwargs={**inp, "use_cache": False},
+                model, patched_params(params, d), args=(), kwargs={**inp, **extra},
                 strict=False, tie_weights=True,
             ).logits
         else:
-            logits = model(**inp, use_cache=False).logits
+            logits = model(**inp, **extra).logits
         outs.append(logits)
     return torch.stack(outs)

@@ -216,7 +216,8 @@ def make_evaluator(ctx: ScaleContext):
     from evomerge.evaluation import Evaluator
 
     ev = ctx.evaluation
-    kwargs = dict(metric=ev.metric, device=ctx.device, batch_size=ev.batch_size, max_samples=ev.max_samples)
+    kwargs = dict(metric=ev.metric, device=ctx.device, batch_size=ev.batch_size, max_samples=ev.max_samples,
+                  max_rows=ev.rows_per_pass)
     if ctx.zoo_root is not None:
         from evomerge.zoo import Zoo
 
