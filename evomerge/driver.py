@@ -196,14 +196,17 @@ def run_scale(
 
     started_ray = connect(cfg.ray) if todo else False  # one Ray for the whole run
     try:
-        # 1. the searches (each run_evolve places its own actors, so they run before ours start)
+        # 1. the searches, all on one set of population actors (released before the cell
+        #    actors below are placed)
         if searches:
+            from evomerge.distributed.runtime import Runtime
             from evomerge.scale.search_cells import run_search
 
-            for cell in searches:
-                bar.set_postfix_str(f"searching k={cell.k} {cell.method} seed={cell.seed}")
-                run_search(cell, cfg, run_dir, names=spec.names, tasks=spec.tasks, all_tasks=plan["tasks"],
-                           zoo_root=spec.zoo_root, zoo_profile=spec.zoo_profile, progress=False)
+            with Runtime(cfg) as rt:
+                for cell in searches:
+                    bar.set_postfix_str(f"searching k={cell.k} {cell.method} seed={cell.seed}")
+                    run_search(cell, cfg, run_dir, names=spec.names, tasks=spec.tasks, all_tasks=plan["tasks"],
+                               zoo_root=spec.zoo_root, zoo_profile=spec.zoo_profile, progress=False, runtime=rt)
         # 2. every cell (merges, and scoring the searches' results) on one set of actors
         if todo:
             from evomerge.scale.execute import RayCellRunner

@@ -39,8 +39,12 @@ def search_config(cfg: EvomergeConfig, cell: Cell, zoo_root: Path | None) -> Evo
 
 
 def run_search(cell: Cell, cfg: EvomergeConfig, run_dir: Path, *, names: list[str], tasks: list[str | None],
-               all_tasks: list[str], zoo_root: Path | None, zoo_profile: str, progress: bool = False) -> Path:
-    """Run (or resume, or reuse) the search of one cell; return its best result's folder."""
+               all_tasks: list[str], zoo_root: Path | None, zoo_profile: str, progress: bool = False,
+               runtime=None) -> Path:
+    """Run (or resume, or reuse) the search of one cell; return its best result's folder.
+
+    ``runtime``: an open :class:`~evomerge.distributed.runtime.Runtime` whose actors every
+    search cell reuses (starting actors costs far more than a small search)."""
     from evomerge.evolve import run_evolve
 
     done = best_path(run_dir, cell)
@@ -51,7 +55,7 @@ def run_search(cell: Cell, cfg: EvomergeConfig, run_dir: Path, *, names: list[st
     run_evolve(
         search_config(cfg, cell, zoo_root), cell.method, out,
         resume=(out / "run.json").is_file(), experts=[names[i] for i in cell.experts],
-        tasks=subset_tasks or None, progress=progress, zoo_profile=zoo_profile,
+        tasks=subset_tasks or None, progress=progress, zoo_profile=zoo_profile, runtime=runtime,
     )
     found = best_path(run_dir, cell)
     if found is None:

@@ -28,8 +28,11 @@ def pruning_callback(trial) -> Callable[[Any], None]:
 
 
 def evolve_objective(base: EvomergeConfig, dims, algo: str, trials_dir: Path, *, small: bool = False,
-                     keep_runs: bool = False) -> Callable[[Any], float]:
-    """``trial -> best validation fitness`` of an evolutionary run under the sampled overrides."""
+                     keep_runs: bool = False, runtime=None) -> Callable[[Any], float]:
+    """``trial -> best validation fitness`` of an evolutionary run under the sampled overrides.
+
+    ``runtime``: an open Runtime whose actors every trial reuses, unless the trial's sampled
+    values change the ``ray`` section (then the trial places its own actors)."""
     from evomerge.evolve import run_evolve
     from evomerge.tuning.space import apply_overrides, expert_count, suggest
 
@@ -45,6 +48,7 @@ def evolve_objective(base: EvomergeConfig, dims, algo: str, trials_dir: Path, *,
                 cfg, algo, run_dir, experts=None if k is None else list(range(k)), progress=False,
                 zoo_profile="small" if small else "default", write_adapter=False,
                 on_generation=pruning_callback(trial),
+                runtime=runtime if cfg.ray == base.ray else None,
             )
         finally:
             if not keep_runs:
