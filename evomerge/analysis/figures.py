@@ -132,6 +132,21 @@ def summarize_by_k(df_or_rows: Any, *, k_col: str = "k", value_col: str = "fitne
     return out
 
 
+def draw_fitness_curves(ax, curves: Mapping[str, Mapping[str, np.ndarray]],
+                        styles: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, str]:
+    """Draw :func:`summarize_by_k` curves on ``ax``: the mean as a line with markers, the
+    min-max spread over seeds as a band. ``styles[label]`` may set ``color``, ``ls`` and
+    ``band_alpha``. Returns each label's colour."""
+    colors = {}
+    for label, c in curves.items():
+        style = dict((styles or {}).get(label, {}))
+        band_alpha = style.pop("band_alpha", 0.18)
+        line, = ax.plot(c["k"], c["mean"], marker="o", ms=style.pop("ms", 4), label=label, **style)
+        colors[label] = line.get_color()
+        ax.fill_between(c["k"], c["min"], c["max"], color=colors[label], alpha=band_alpha, lw=0)
+    return colors
+
+
 def plot_fitness_vs_k(
     df_or_rows: Any,
     out_png: str | Path,
@@ -156,13 +171,12 @@ def plot_fitness_vs_k(
     curves = summarize_by_k(df_or_rows, k_col=k_col, value_col=value_col, method_col=method_col)
     fig = Figure(figsize=(6.5, 4))
     ax = fig.add_subplot()
+    colors = draw_fitness_curves(ax, curves)
     for method, c in curves.items():
-        ks = c["k"]
-        line, = ax.plot(ks, c["mean"], marker="o", label=method)
-        ax.fill_between(ks, c["min"], c["max"], color=line.get_color(), alpha=0.18)
         if fits and method in fits:
+            ks = c["k"]
             kk = np.linspace(max(ks.min(), 1.0), ks.max(), 100)  # the law is defined for k >= 1
-            ax.plot(kk, fits[method].predict_fitness(kk), ls="--", lw=1, color=line.get_color())
+            ax.plot(kk, fits[method].predict_fitness(kk), ls="--", lw=1, color=colors[method])
     if stop_k is not None:
         ax.axvline(stop_k, color="tab:red", ls=":", lw=1.3, label=f"stop rule k = {stop_k}")
     if predicted_k is not None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from evomerge.analysis.figures import draw_fitness_curves, summarize_by_k
 from evomerge.io import save_png_atomic
 
 TITLES = {"all": "all tasks of the pool", "union": "tasks of the k merged experts"}
@@ -25,18 +26,16 @@ def plot_fitness_panels(fitness: pd.DataFrame, out_png: str | Path, *, n_max: in
     base = f[(f["method"] == "base") & (f["target"] == "all")]["fitness"]
     for ax, target in zip(axes, ("all", "union")):
         t = f[f["target"] == target]
-        for method in methods:
-            for rht in (False, True):
-                g = t[(t["method"] == method) & (t["rht"] == rht)]
-                if g.empty:
-                    continue
-                s = g.groupby("k")["fitness"].agg(["mean", "min", "max"]).sort_index()
-                if target == "all" and not base.empty:  # every line starts at the base model
-                    s.loc[0] = [base.mean(), base.min(), base.max()]
-                    s = s.sort_index()
-                ax.plot(s.index, s["mean"], ls="--" if rht else "-", marker="o", ms=3, color=colors[method],
-                        label=f"{method}{' + RHT' if rht else ''}")
-                ax.fill_between(s.index, s["min"], s["max"], color=colors[method], alpha=0.08 if rht else 0.15, lw=0)
+        merged = t[t["method"].isin(methods)].assign(label=lambda d: d["method"] + d["rht"].map({True: " + RHT", False: ""}))
+        if target == "all" and not base.empty:  # every line starts at the base model (k = 0)
+            starts = [{"label": label, "k": 0, "fitness": v} for label in merged["label"].unique() for v in base]
+            merged = pd.concat([merged, pd.DataFrame(starts)], ignore_index=True)
+        if not merged.empty:
+            curves = summarize_by_k(merged[["label", "k", "fitness"]], method_col="label")
+            order = [f"{m}{r}" for m in methods for r in ("", " + RHT") if f"{m}{r}" in curves]
+            styles = {lab: {"color": colors[lab.removesuffix(" + RHT")], "ls": "--" if lab.endswith("RHT") else "-",
+                            "ms": 3, "band_alpha": 0.08 if lab.endswith("RHT") else 0.15} for lab in order}
+            draw_fitness_curves(ax, {lab: curves[lab] for lab in order}, styles)
         single = t[t["method"] == "expert"]
         if not single.empty:
             ax.scatter([1], [single["fitness"].mean()], marker="*", s=120, color="k", zorder=5, label="first expert alone")
