@@ -12,6 +12,9 @@ per actor), one GENOME run on the small zoo, then
   wall time``: materialisation, transfers, driver bookkeeping, Parquet and checkpoints, and
   the idle time of actors waiting for a round's slowest actor.
 
+One untimed 1-actor run goes first (``--no-warmup`` skips it): the first run in a fresh Ray
+session pays one-time costs (worker processes, imports) that are not part of a generation.
+
 Ray is started with ``--cpus`` logical CPUs (default 4) so that 4 one-CPU actors can be
 placed; on a 2-core machine they share the cores, so expect no gain past 2.
 """
@@ -73,6 +76,7 @@ def main() -> None:
     p.add_argument("--cpus", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    p.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed first run")
     args = p.parse_args()
 
     import ray
@@ -84,6 +88,8 @@ def main() -> None:
     rows = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
+            if args.warmup:
+                one(1, args, Path(tmp))
             for n in args.actors:
                 rows.append(one(n, args, Path(tmp)))
                 print(json.dumps(rows[-1]), flush=True)

@@ -115,7 +115,10 @@ class PopulationPool:
         return out
 
     def _dispatch(self, groups: list[list[Any]]) -> list[tuple[Any, int]]:
-        futures = []
+        """Submit every cross-actor weight fetch of the round before any evaluation: an actor
+        runs its calls in order, so a fetch queued behind the owner's evaluation would make
+        the receiving actor wait for it and serialise the round."""
+        work = []
         for idx, group in enumerate(groups):
             if not group:
                 continue
@@ -130,9 +133,9 @@ class PopulationPool:
                     if owner != idx:
                         need[owner].add(k)
             refs = [self.actors[o].get_weights.remote(sorted(ks)) for o, ks in sorted(need.items())]
-            fut = self.actors[idx].materialize_and_evaluate.remote([r.to_dict() for r in group], *refs)
-            futures.append((fut, idx))
-        return futures
+            work.append((idx, group, refs))
+        return [(self.actors[idx].materialize_and_evaluate.remote([r.to_dict() for r in group], *refs), idx)
+                for idx, group, refs in work]
 
     # ---------------------------------------------------------------- faults
     def record_pids(self) -> list[dict[str, Any]]:
