@@ -182,6 +182,25 @@ def test_same_seed_same_history_and_actor_kill_changes_nothing(genome_run, rt, t
     assert (res.best_id, res.best_fitness) == (genome_run.best_id, genome_run.best_fitness)
 
 
+def test_actor_killed_after_scoring_before_the_driver_fetched_its_individuals(genome_run, rt, tmp_path, names):
+    """The actor finishes its part of round 1 (its info call waits behind that work), then dies:
+    the round's scores are in, but its new individuals were only on the actor. The pool must
+    rebuild them from their recipes; the run ends exactly as the undisturbed one."""
+    killed = []
+
+    def kill_after_scoring(round_no, pool):
+        if round_no == 1 and not killed:
+            ray.get(pool.actors[1].info.remote())
+            ray.kill(pool.actors[1], no_restart=False)
+            killed.append(round_no)
+
+    res = run_evolve(make_cfg(**GENOME_RUN), "genome", tmp_path / "run", experts=names, tasks=names, progress=False,
+                     runtime=rt, on_dispatch=kill_after_scoring)
+    assert killed and res.stats["restarts"] == [0, 1]
+    assert history(res.history_path) == history(genome_run.history_path)
+    assert (res.best_id, res.best_fitness) == (genome_run.best_id, genome_run.best_fitness)
+
+
 def test_stop_and_resume_gives_the_uninterrupted_result(genome_run, rt, tmp_path, names):
     class Stop(Exception):
         pass

@@ -3,6 +3,9 @@ finishes, and the result equals the undisturbed run's (ray.cluster_utils.Cluster
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -31,6 +34,20 @@ def cluster():
         c.shutdown()
 
 
+def wait_until_gone(pid: int, timeout_s: float = 60.0) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout_s:
+        try:
+            os.kill(pid, 0)
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] == "Z":  # exited, not yet reaped
+                    return
+        except (ProcessLookupError, FileNotFoundError):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"actor process {pid} still alive {timeout_s} s after its node was removed")
+
+
 def config():
     from evomerge.config import config_from_dict
 
@@ -51,13 +68,20 @@ def test_node_loss_mid_run_gives_the_same_result(cluster, tmp_path) -> None:
     ref = run_evolve(config(), "genome", tmp_path / "ref", progress=False, zoo_profile="small", write_adapter=False)
 
     killed: list[str] = []
+    victim: dict = {}
 
     def kill_node_of_actor_1(round_: int, pool) -> None:
-        if round_ == 1 and not killed:
-            node_id = ray.get(pool.actors[1].info.remote())["node_id"]
-            node = next(n for n in c.worker_nodes if n.node_id == node_id)
+        """Round 0: note where actor 1 runs (its info call queues behind the round's work).
+        Round 1, while it is in flight: remove that node, and wait until the actor's process
+        is gone, so the run must notice the loss however quickly the round's work finishes
+        (actor calls go worker to worker, so a worker outlives its raylet for a moment)."""
+        if round_ == 0 and not victim:
+            victim.update(ray.get(pool.actors[1].info.remote()))
+        elif round_ == 1 and not killed:
+            node = next(n for n in c.worker_nodes if n.node_id == victim["node_id"])
             c.remove_node(node, allow_graceful=False)
-            killed.append(node_id)
+            killed.append(victim["node_id"])
+            wait_until_gone(victim["pid"])
 
     res = run_evolve(config(), "genome", tmp_path / "cut", progress=False, zoo_profile="small", write_adapter=False,
                      on_dispatch=kill_node_of_actor_1)

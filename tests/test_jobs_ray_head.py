@@ -108,11 +108,12 @@ def wait(client, job_id: str, timeout: float = 600, until=None) -> str:
     raise TimeoutError(f"job {job_id} still {client.get_job_status(job_id)} after {timeout} s:\n{client.get_job_logs(job_id)}")
 
 
-def small_evolve_config(tmp_path: Path, generations: int) -> Path:
+def small_evolve_config(tmp_path: Path, generations: int, max_samples: int = 24, population: int = 4) -> Path:
     cfg = yaml.safe_load((ROOT / "jobs" / "configs" / "evolve_small.yaml").read_text())
     cfg["genome"]["generations"] = generations
     cfg["genome"]["early_stop_iter"] = generations
-    cfg["evaluation"]["max_samples"] = 24
+    cfg["genome"]["population"] = population
+    cfg["evaluation"]["max_samples"] = max_samples
     path = tmp_path / "evolve.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -121,7 +122,9 @@ def small_evolve_config(tmp_path: Path, generations: int) -> Path:
 def test_evolve_job_writes_results_to_a_uri_and_resumes_after_being_stopped(head, tmp_path) -> None:
     from ray.job_submission import JobStatus
 
-    config = small_evolve_config(tmp_path, generations=3)
+    # long enough (about a second a round on an idle 2-core machine) that the job is still
+    # running when it is stopped right after its first checkpoint
+    config = small_evolve_config(tmp_path, generations=10, max_samples=200, population=8)
     out_uri = f"file://{tmp_path}/results"
     # 1) an uninterrupted run: the reference
     job = submit(head, ["jobs/evolve.py", "--config", str(config), "--small", "--output", out_uri, "--name", "ref"])

@@ -58,6 +58,7 @@ class PopulationPool:
         self.pids: list[int] = [0] * len(self.actors)
         self.on_dispatch: Callable[[int, "PopulationPool"], None] | None = None
         self.rounds = 0
+        self._last_round: dict[str, Any] = {}  # output key -> recipe of the last round
         self.redone_rounds = 0
         self.timings = {"wall_s": 0.0, "fetch_s": 0.0}
 
@@ -106,10 +107,12 @@ class PopulationPool:
         for (_, idx), batch in zip(futures, rows):
             for row in batch:
                 out[row.id] = row
+        self._last_round = {}
         for idx, group in enumerate(groups):
             for r in group:
                 for key in _outputs(r):
                     self.location[key] = idx
+                    self._last_round[key] = r
         self.rounds += 1
         self.timings["wall_s"] += time.perf_counter() - t0
         return out
@@ -197,12 +200,6 @@ class PopulationPool:
 
         t0 = time.perf_counter()
         keep = set(referenced) - self.expert_keys
-        gone = [k for k in self.location if k not in keep]
-        by_owner: dict[int, list[str]] = defaultdict(list)
-        for k in gone:
-            by_owner[self.location.pop(k)].append(k)
-            self.snapshot.pop(k, None)
-        drops = [self.actors[i].drop.remote(ks) for i, ks in by_owner.items()]
         missing = [k for k in keep if k not in self.snapshot]
         unknown = [k for k in missing if k not in self.location]
         if unknown:
@@ -211,11 +208,43 @@ class PopulationPool:
         for k in missing:
             fetch[self.location[k]].append(k)
         owners = sorted(fetch)
-        got = ray.get([self.actors[i].get_weights.remote(sorted(fetch[i])) for i in owners])
+        try:
+            got = ray.get([self.actors[i].get_weights.remote(sorted(fetch[i])) for i in owners])
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
+            # an actor died after scoring its part of the round, before its new individuals
+            # reached the driver: restart it and rebuild them from their recipes (deterministic)
+            dead = self._recover(err)
+            lost = [k for k in missing if self.location[k] in dead]
+            self._rematerialize(lost)
+            got = ray.get([self.actors[i].get_weights.remote(sorted(fetch[i])) for i in owners])
         for d in got:
             self.snapshot.update(d)
-        ray.get(drops)
+        # only now drop the rest: rebuilding a lost individual above may need its parents
+        gone = [k for k in self.location if k not in keep]
+        by_owner: dict[int, list[str]] = defaultdict(list)
+        for k in gone:
+            by_owner[self.location.pop(k)].append(k)
+            self.snapshot.pop(k, None)
+        drops = [self.actors[i].drop.remote(ks) for i, ks in by_owner.items()]
+        try:
+            ray.get(drops)
+        except ray.exceptions.RayActorError:
+            pass  # a restarted actor holds none of the dropped individuals anyway
         self.timings["fetch_s"] += time.perf_counter() - t0
+
+    def _rematerialize(self, keys: Sequence[str]) -> None:
+        """Recreate last-round individuals on the actors that own them (materialisation is
+        deterministic; the scores computed on the way are discarded)."""
+        import ray
+
+        recipes = list({id(r): r for k in keys for r in [self._last_round[k]]}.values())
+        if not recipes:
+            return
+        groups: list[list[Any]] = [[] for _ in self.actors]
+        for r in recipes:
+            groups[self.location[r.id]].append(r)
+        ray.get([f for f, _ in self._dispatch(groups)])
+        log.warning("rebuilt %d individual(s) lost with their actor: %s", len(recipes), sorted(r.id for r in recipes)[:5])
 
     def restore(self, weights: Mapping[str, NumpyDict], location: Mapping[str, int] | None = None) -> None:
         """Put checkpointed individuals back on the actors: where they were when ``location``
