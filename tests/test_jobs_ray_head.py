@@ -183,3 +183,21 @@ def test_tune_job_runs_two_workers_on_one_study(head, tmp_path) -> None:
     assert summary["best_value"] == pytest.approx(study.best_value)
     assert (run / "best_config.yaml").is_file() and (run / "trials.parquet").is_file()
     assert f"evomerge job results: {out_uri}/study" in head.get_job_logs(job)
+
+
+def test_scale_job_writes_its_tables_and_a_resubmission_resumes(head, tmp_path) -> None:
+    import pyarrow.parquet as pq
+    from ray.job_submission import JobStatus
+
+    args = ["jobs/scale.py", "--config", "jobs/configs/scale_small.yaml", "--small", "--output", str(tmp_path / "out"),
+            "--name", "s1"]
+    job = submit(head, args)
+    assert wait(head, job) == JobStatus.SUCCEEDED, head.get_job_logs(job)
+    run = tmp_path / "out" / "s1"
+    assert f"evomerge job results: {run}" in head.get_job_logs(job)
+    scores = pq.read_table(run / "tables" / "scores.parquet").to_pandas()
+    assert set(scores["method"]) >= {"task_arithmetic", "ties"} and scores["k"].max() >= 2
+    assert (run / "report.md").is_file() and (run / "figures" / "fitness_vs_k.png").is_file()
+    job = submit(head, args + ["--resume"])
+    assert wait(head, job) == JobStatus.SUCCEEDED, head.get_job_logs(job)
+    assert "0 run," in head.get_job_logs(job)  # every cell was already on disk
