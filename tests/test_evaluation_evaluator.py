@@ -175,6 +175,13 @@ def test_text_metrics(small_zoo, zoo_experts):
         assert 0.0 <= m["bleu"] <= 1.0
         assert r.fitness == pytest.approx(m["token_f1"])
     assert expert.fitness > base.fitness
+    # several candidates per pass and small batches (generation inside the stacked pass, then
+    # the next batch): every metric as one candidate per pass
+    stacked = Evaluator.from_zoo(small_zoo, tasks=["brackets"], metric="token_f1", max_samples=N, batch_size=8,
+                                 max_rows=16)
+    for a, b in zip((base, expert), stacked.evaluate_many([{}, zoo_experts["brackets"]])):
+        for k, v in a.extra["metrics"]["brackets"].items():
+            assert b.extra["metrics"]["brackets"][k] == pytest.approx(v, abs=1e-5), k
 
 
 def test_bad_candidates_name_the_key(ev, zoo_experts):

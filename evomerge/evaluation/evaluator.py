@@ -13,7 +13,7 @@ from evomerge.errors import ConfigError, DataError, ExpertLoadError
 from evomerge.evaluation import metrics as M
 from evomerge.evaluation.candidates import Candidate, PerTask, to_deltas
 from evomerge.evaluation.encoding import Encoded, encode_dataset, pool
-from evomerge.evaluation.forward import linear_weights, run_model
+from evomerge.evaluation.forward import applied, linear_weights
 from evomerge.evaluation.generate import greedy_generate
 
 
@@ -118,7 +118,7 @@ class Evaluator:
         return self.evaluate_many([candidate], split)[0]
 
     def evaluate_many(self, candidates: Sequence[Candidate], split: str = "validation") -> list[EvalResult]:
-        """Score every candidate; candidates share forward passes (see ``forward.run_model``)."""
+        """Score every candidate; candidates share forward passes (see ``forward.applied``)."""
         candidates = list(candidates)
         for t in self.tasks:
             if split not in self.data[t]:
@@ -180,15 +180,32 @@ class Evaluator:
             self._pool_cache[split] = pool([self.data[t][split] for t in self.tasks], pad).sorted_by_length()
         return self._pool_cache[split]
 
-    def _forward(self, group: Sequence[Mapping[str, torch.Tensor]], batch: Encoded, start: int) -> torch.Tensor:
+    def _forward(self, forward, batch: Encoded, start: int) -> torch.Tensor:
         """Logits ``[C, B, T - start, V]``: only positions from ``start`` on (where answers are)
         go through the output layer when the model supports ``logits_to_keep``."""
         kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         width = batch.input_ids.shape[1]
         if self._keeps_logits and start > 0:
-            kwargs["logits_to_keep"] = width - start
-            return run_model(self.model, self.params, self.linears, group, **kwargs)
-        return run_model(self.model, self.params, self.linears, group, **kwargs)[:, :, start:]
+            return forward(logits_to_keep=width - start, **kwargs)
+        return forward(**kwargs)[:, :, start:]
+
+    def _score_batch(self, forward, group, batch: Encoded, g: torch.Tensor, out: torch.Tensor, keys) -> None:
+        """Add the per-row metrics of ``batch`` under each candidate of ``group`` to ``out[j, g]``."""
+        first = batch.answer_start()
+        labels = batch.labels[:, first:]
+        logits = self._forward(forward, batch, first)
+        rows = torch.zeros(len(group), len(batch), len(keys), dtype=torch.float64)
+        for j in range(len(group)):
+            s = M.teacher_forced(logits[j], labels)
+            rows[j, :, :3] = torch.stack([s[k] for k in keys[:3]], -1).cpu()
+        if self.text_metrics:
+            gen = greedy_generate(self.model, self.params, self.linears, group, batch, self.tokenizer,
+                                  self.max_new_tokens, forward=forward)
+            refs = [self.tokenizer.tokenize(a) for a in batch.answers]
+            for j, preds in enumerate(gen):
+                ts = M.text_scores(preds, refs)
+                rows[j, :, 3:] = torch.tensor([ts[k] for k in M.TEXT_METRICS], dtype=torch.float64).T
+        out.index_add_(1, g, rows)
 
     @torch.inference_mode()
     def _score(self, data: Encoded, deltas: list[dict[str, torch.Tensor]], n_groups: int) -> list[list[dict[str, float]]]:
@@ -205,26 +222,13 @@ class Evaluator:
         order = [uniq.setdefault(id(d), len(uniq)) for d in deltas]
         uniq_deltas = [deltas[order.index(j)] for j in range(len(uniq))]
         uniq_sums = torch.zeros(len(uniq_deltas), n_groups, len(keys), dtype=torch.float64)
-        for start in range(0, len(data), self.batch_size):
-            batch = data.slice(start, start + self.batch_size)
-            g = groups[start : start + self.batch_size]
-            first = batch.answer_start()
-            labels = batch.labels[:, first:]
-            for c0 in range(0, len(uniq_deltas), per_chunk):
-                group = uniq_deltas[c0 : c0 + per_chunk]
-                logits = self._forward(group, batch, first)
-                rows = torch.zeros(len(group), len(batch), len(keys), dtype=torch.float64)
-                for j in range(len(group)):
-                    s = M.teacher_forced(logits[j], labels)
-                    rows[j, :, :3] = torch.stack([s[k] for k in keys[:3]], -1).cpu()
-                if self.text_metrics:
-                    gen = greedy_generate(self.model, self.params, self.linears, group, batch, self.tokenizer,
-                                          self.max_new_tokens)
-                    refs = [self.tokenizer.tokenize(a) for a in batch.answers]
-                    for j, preds in enumerate(gen):
-                        ts = M.text_scores(preds, refs)
-                        rows[j, :, 3:] = torch.tensor([ts[k] for k in M.TEXT_METRICS], dtype=torch.float64).T
-                uniq_sums[c0 : c0 + len(group)].index_add_(1, g, rows)
+        batches = [(data.slice(s, s + self.batch_size), groups[s : s + self.batch_size])
+                    for s in range(0, len(data), self.batch_size)]
+        for c0 in range(0, len(uniq_deltas), per_chunk):
+            group = uniq_deltas[c0 : c0 + per_chunk]
+            with applied(self.model, self.params, self.linears, group) as forward:
+                for batch, g in batches:
+                    self._score_batch(forward, group, batch, g, uniq_sums[c0 : c0 + len(group)], keys)
         sums = uniq_sums[torch.tensor(order)]
         means = sums / counts.clamp(min=1)[None, :, None]
         out = []

@@ -1,7 +1,10 @@
 """Run the live base model with candidate weights swapped in, several candidates per pass.
 
-Two paths, both leaving the base model untouched:
+Three paths, all leaving the base model's parameters untouched, all applied once per
+candidate group (:func:`applied`) and reused for every batch:
 
+* ``single``: one candidate whose deltas touch ``nn.Linear`` weights only: each adapted layer
+  runs with ``W + delta`` (computed once) in place of ``W``.
 * ``stacked``: when every delta touches ``nn.Linear`` weights only (LoRA experts, merged
   LoRA deltas), the batch is repeated once per candidate and each adapted linear layer
   multiplies its slice of the batch by that candidate's weight with one ``bmm``. One forward
@@ -13,7 +16,7 @@ Two paths, both leaving the base model untouched:
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -72,6 +75,75 @@ def patched_params(params: Mapping[str, torch.Tensor], delta: Mapping[str, torch
     return {k: params[k] + v for k, v in delta.items()}
 
 
+def _single_forward(mod: nn.Module, weight: torch.Tensor, transposed: bool):
+    """``mod``'s forward with ``weight`` in place of its own (Conv1D stores ``[in, out]``)."""
+    bias = mod.bias
+    if transposed:
+        return lambda x: torch.addmm(bias, x.reshape(-1, x.shape[-1]), weight).reshape(*x.shape[:-1], weight.shape[-1])
+    return lambda x: nn.functional.linear(x, weight, bias)
+
+
+@contextlib.contextmanager
+def applied(
+    model: nn.Module,
+    params: Mapping[str, torch.Tensor],
+    linears: Mapping[str, nn.Module],
+    deltas: Sequence[Mapping[str, torch.Tensor]],
+) -> Iterator[Callable[..., torch.Tensor]]:
+    """Apply the candidates' deltas once; inside the block, ``forward(per_candidate=False,
+    logits_to_keep=None, **inputs)`` returns logits ``[C, B, T, V]`` for any number of batches.
+
+    ``inputs`` are ``[B, ...]`` shared by all candidates, or ``[C*B, ...]`` candidate-major
+    when ``per_candidate``. ``logits_to_keep`` (HF models that take it): logits of the last
+    that many positions only. The base model's parameters are never modified.
+    """
+    n = len(deltas)
+
+    def extra(logits_to_keep):
+        return {"use_cache": False} if logits_to_keep is None else {"use_cache": False, "logits_to_keep": logits_to_keep}
+
+    if can_stack(deltas, linears) and any(deltas):
+        if n > 1:
+            with stacked_weights(model, linears, deltas):
+                def forward(per_candidate=False, logits_to_keep=None, **inputs):
+                    rep = inputs if per_candidate else {k: v.repeat(n, *([1] * (v.dim() - 1))) for k, v in inputs.items()}
+                    logits = model(**rep, **extra(logits_to_keep)).logits
+                    return logits.reshape(n, -1, *logits.shape[1:])
+
+                yield forward
+            return
+        patched = []
+        try:
+            for key, d in deltas[0].items():
+                mod = linears[key]
+                mod.forward = _single_forward(mod, mod.weight + d, transposed=type(mod).__name__ == "Conv1D")
+                patched.append(mod)
+
+            def forward(per_candidate=False, logits_to_keep=None, **inputs):
+                return model(**inputs, **extra(logits_to_keep)).logits[None]
+
+            yield forward
+        finally:
+            for mod in patched:
+                del mod.forward
+        return
+    merged = [patched_params(params, d) if d else None for d in deltas]
+
+    def forward(per_candidate=False, logits_to_keep=None, **inputs):
+        outs = []
+        for c, p in enumerate(merged):
+            inp = {k: v.reshape(n, -1, *v.shape[1:])[c] for k, v in inputs.items()} if per_candidate else inputs
+            if p is None:
+                outs.append(model(**inp, **extra(logits_to_keep)).logits)
+            else:
+                outs.append(torch.func.functional_call(
+                    model, p, args=(), kwargs={**inp, **extra(logits_to_keep)}, strict=False, tie_weights=True,
+                ).logits)
+        return torch.stack(outs)
+
+    yield forward
+
+
 def run_model(
     model: nn.Module,
     params: Mapping[str, torch.Tensor],
@@ -82,30 +154,7 @@ def run_model(
     logits_to_keep: int | None = None,
     **inputs: torch.Tensor,
 ) -> torch.Tensor:
-    """Logits ``[C, B, T, V]`` of the base model under each of ``deltas`` (C of them).
-
-    ``inputs`` are ``[B, ...]`` shared by all candidates, or ``[C*B, ...]`` candidate-major
-    when ``per_candidate``. ``logits_to_keep`` (HF models that take it): logits of the last
-    that many positions only.
-    """
-    n = len(deltas)
-    extra = {"use_cache": False} if logits_to_keep is None else {"use_cache": False, "logits_to_keep": logits_to_keep}
-    if n > 1 and can_stack(deltas, linears):
-        rep = inputs if per_candidate else {k: v.repeat(n, *([1] * (v.dim() - 1))) for k, v in inputs.items()}
-        with stacked_weights(model, linears, deltas):
-            logits = model(**rep, **extra).logits
-        return logits.reshape(n, -1, *logits.shape[1:])
-    outs = []
-    for c, d in enumerate(deltas):
-        inp = inputs
-        if per_candidate:
-            inp = {k: v.reshape(n, -1, *v.shape[1:])[c] for k, v in inputs.items()}
-        if d:
-            logits = torch.func.functional_call(
-                model, patched_params(params, d), args=(), kwargs={**inp, **extra},
-                strict=False, tie_weights=True,
-            ).logits
-        else:
-            logits = model(**inp, **extra).logits
-        outs.append(logits)
-    return torch.stack(outs)
+    """Logits ``[C, B, T, V]`` of the base model under each of ``deltas`` (one call of
+    :func:`applied`)."""
+    with applied(model, params, linears, deltas) as forward:
+        return forward(per_candidate=per_candidate, logits_to_keep=logits_to_keep, **inputs)

@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 import torch
 
 from evomerge.evaluation.encoding import Encoded
-from evomerge.evaluation.forward import run_model
+from evomerge.evaluation.forward import applied
 
 
 def greedy_generate(
@@ -18,12 +18,19 @@ def greedy_generate(
     batch: Encoded,
     tokenizer,
     max_new_tokens: int | None = None,
+    *,
+    forward=None,
 ) -> list[list[list[str]]]:
     """Greedy continuations of ``batch``'s prompts: ``out[c][i]`` = tokens for candidate c, row i.
 
     Prompts are left-padded with explicit position ids; answers are short, so the model is
-    re-run on the whole sequence each step (no KV cache). Stops at EOS.
+    re-run on the whole sequence each step (no KV cache). Stops at EOS. ``forward``: the
+    callable of an open :func:`~evomerge.evaluation.forward.applied` block for ``deltas``
+    (the deltas are applied here otherwise).
     """
+    if forward is None:
+        with applied(model, params, linears, deltas) as fwd:
+            return greedy_generate(model, params, linears, deltas, batch, tokenizer, max_new_tokens, forward=fwd)
     n, b = len(deltas), len(batch)
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
@@ -43,8 +50,7 @@ def greedy_generate(
     new: list[torch.Tensor] = []
     for _ in range(max_new_tokens):
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = run_model(model, params, linears, deltas, per_candidate=True,
-                           input_ids=ids, attention_mask=mask, position_ids=pos)
+        logits = forward(per_candidate=True, input_ids=ids, attention_mask=mask, position_ids=pos)
         nxt = logits.reshape(n * b, *logits.shape[2:])[:, -1].argmax(-1)
         nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
         new.append(nxt)
