@@ -140,7 +140,8 @@ def run_evolve(
     with contextlib.ExitStack() as stack:
         # connecting checks the request against the cluster: impossible ones fail before any work
         rt = runtime if runtime is not None else stack.enter_context(Runtime(cfg))
-        inputs = prepare_inputs(cfg, experts=experts, tasks=tasks, zoo_profile=zoo_profile)
+        inputs = prepare_inputs(cfg, experts=experts, tasks=tasks, zoo_profile=zoo_profile,
+                                space=getattr(cfg, algo).space)
         searches = make_searches(cfg, algo, len(inputs.names))
         _prepare_out(out_dir, _run_meta(cfg, algo, inputs), resume)
         per_candidate = cfg.rht if (cfg.rht.enabled and cfg.rht.apply_to == "candidate") else None

@@ -245,6 +245,27 @@ def test_swarm_beats_best_single_expert_and_resumes(rt, tmp_path):
     assert history(res.history_path) == rows
 
 
+def test_swarm_in_delta_space_writes_a_task_vector_that_scores_its_fitness(rt, tmp_path, small_zoo):
+    """``swarm.space: delta``: particles are the experts' dense product deltas B@A (exact
+    weighted sums, no A/B cross terms); the best is written as a task vector."""
+    from evomerge.evaluation import Evaluator
+    from evomerge.experts.peft_io import load_peft_adapter
+    from evomerge.experts.types import lora_deltas
+    from evomerge.scale.work import load_best
+
+    names = SWARM_TARGET
+    cfg = make_cfg(swarm={"max_iter": 20, "patience": 10, "space": "delta"})
+    res = run_evolve(cfg, "swarm", tmp_path / "run", experts=names, tasks=names, progress=False, runtime=rt)
+    assert res.best_fitness > max(res.expert_fitness.values()) + 0.005
+    best = load_best(res.adapter_dir)
+    assert res.adapter_dir.name == "best_task_vector" and "::A" not in next(iter(best))
+    ev = Evaluator.from_zoo(small_zoo, tasks=names, max_samples=40)
+    assert ev.evaluate(best).fitness == pytest.approx(res.best_fitness, abs=1e-9)
+    # the experts entered as their product deltas: the first one scores as its peft adapter
+    e0 = lora_deltas(load_peft_adapter(small_zoo.expert_dirs[names[0]]).modules, torch.float32)
+    assert ev.evaluate(e0).fitness == pytest.approx(res.expert_fitness[names[0]], abs=1e-9)
+
+
 def test_islands_migrate_the_best(rt, tmp_path, names):
     cfg = make_cfg(ray={"islands": 2, "migration_interval": 1})
     res = run_evolve(cfg, "genome", tmp_path / "run", experts=names, tasks=names, progress=False, runtime=rt)

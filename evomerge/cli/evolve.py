@@ -67,4 +67,5 @@ def register(app: typer.Typer) -> None:
                            f"validation {row['validation']['fitness']:.4f}{test}")
         typer.echo(f"history: {res.history_path}")
         if res.adapter_dir is not None:
-            typer.echo(f"best adapter: {res.adapter_dir}")
+            what = "adapter" if (res.adapter_dir / "adapter_config.json").is_file() else "task vector"
+            typer.echo(f"best {what}: {res.adapter_dir}")

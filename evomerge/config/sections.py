@@ -89,6 +89,12 @@ class EvaluationConfig(Section):
                     "(default: batch_size on CPU, 4096 on GPU)")
 
 
+SearchSpaceName = Literal["ab", "delta"]
+SPACE_HELP = ("LoRA pools: 'ab' searches over the A and B factors (what GENOME and Model Swarms do; "
+              "mixing factors of different experts adds cross terms); 'delta' over the dense product "
+              "deltas B@A (exact weighted sums; memory of full task vectors; the result is a task vector)")
+
+
 class GenomeConfig(Section):
     population: int = Field(default=10, ge=2)
     max_population: int | None = Field(default=None, ge=2, description="GENOME+ (succession): grow to this, then select back to it")
@@ -104,6 +110,7 @@ class GenomeConfig(Section):
     early_stop_iter: int = Field(default=5, ge=1)
     succession: bool = False
     ensemble_k: int = Field(default=3, ge=1)
+    space: SearchSpaceName = Field(default="ab", description=SPACE_HELP)
 
     @model_validator(mode="after")
     def _check_max_population(self) -> "GenomeConfig":
@@ -129,6 +136,7 @@ class SwarmConfig(Section):
     patience: int = Field(default=10, ge=1)
     restart_patience: float = Field(default=0.5, gt=0.0)
     init_velocity: Literal["random", "zero", "best"] = "random"
+    space: SearchSpaceName = Field(default="ab", description=SPACE_HELP)
 
 
 class RayConfig(Section):

@@ -69,7 +69,7 @@ def _task_splits(task: str, path: Path) -> dict[str, Any]:
 class EvolveInputs:
     names: list[str]
     experts: dict[str, NumpyDict]  # expert_id(i) -> ab-dict (LoRA) or task vector (full)
-    kind: str  # "lora" | "full"
+    kind: str  # "lora" (A/B factors) | "delta" (LoRA product deltas) | "full" (task vectors)
     fan_in_fan_out: dict[str, bool]
     adapter_template: dict[str, Any]
     tasks: list[str]
@@ -103,8 +103,12 @@ def prepare_inputs(
     experts: Sequence[str | int] | None = None,
     tasks: Sequence[str] | None = None,
     zoo_profile: str = "small",
+    space: str = "ab",
 ) -> EvolveInputs:
-    """Load the pool (the built-in zoo when the config names no experts) and pick experts/tasks."""
+    """Load the pool (the built-in zoo when the config names no experts) and pick experts/tasks.
+
+    ``space`` (LoRA pools): "ab" gives each expert as its A/B factors, "delta" as its dense
+    product delta, so that search operators act on exact task vectors (``kind`` "delta")."""
     from evomerge.experts.pool import load_pool
     from evomerge.search import expert_id
 
@@ -136,8 +140,9 @@ def prepare_inputs(
     weights: dict[str, NumpyDict] = {}
     fan: dict[str, bool] = {}
     template: dict[str, Any] = {}
+    kind = "delta" if pool.kind == "lora" and space == "delta" else pool.kind
     for j, i in enumerate(idx):
-        if pool.kind == "lora":
+        if kind == "lora":
             mods = pool.lora(i)
             fan.update({k: m.fan_in_fan_out for k, m in mods.items()})
             weights[expert_id(j)] = td_to_numpy(lora_to_ab(mods))
@@ -150,5 +155,5 @@ def prepare_inputs(
         metric=ev.metric, max_samples=ev.max_samples, batch_size=ev.batch_size, task_weights=ev.task_weights,
         rows_per_pass=ev.rows_per_pass,
     )
-    return EvolveInputs(names=[pool.names[i] for i in idx], experts=weights, kind=pool.kind,
+    return EvolveInputs(names=[pool.names[i] for i in idx], experts=weights, kind=kind,
                         fan_in_fan_out=fan, adapter_template=template, tasks=chosen, evaluator=spec)
