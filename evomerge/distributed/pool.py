@@ -237,7 +237,7 @@ class PopulationPool:
         deterministic; the scores computed on the way are discarded)."""
         import ray
 
-        recipes = list({id(r): r for k in keys for r in [self._last_round[k]]}.values())
+        recipes = list({self._last_round[k].id: self._last_round[k] for k in keys}.values())
         if not recipes:
             return
         groups: list[list[Any]] = [[] for _ in self.actors]

@@ -86,11 +86,16 @@ def pool(parts: Sequence[Encoded], pad_id: int) -> Encoded:
     )
 
 
+def pad_id(tokenizer) -> int:
+    """The tokenizer's pad token, or EOS when it has none (as for the padding in every batch)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def encode_pairs(tokenizer, prompts: Sequence[str], answers: Sequence[str], source: str = "task") -> Encoded:
     """Tokenize prompts (with the tokenizer's special prefix) and answers (plus EOS)."""
     if tokenizer.eos_token_id is None:
         raise DataError(f"{source}: the tokenizer has no eos_token; evomerge needs one to end answers")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     p_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     a_ids = tokenizer(list(answers), add_special_tokens=False)["input_ids"]
     seqs, plens = [], []
@@ -101,7 +106,7 @@ def encode_pairs(tokenizer, prompts: Sequence[str], answers: Sequence[str], sour
         plens.append(len(p))
     width = max(len(s) for s in seqs)
     n = len(seqs)
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    ids = torch.full((n, width), pad, dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.long)
     labels = torch.full((n, width), IGNORE, dtype=torch.long)
     for i, (s, pl) in enumerate(zip(seqs, plens)):

@@ -12,7 +12,7 @@ import torch
 from evomerge.errors import ConfigError, DataError, ExpertLoadError
 from evomerge.evaluation import metrics as M
 from evomerge.evaluation.candidates import Candidate, PerTask, to_deltas
-from evomerge.evaluation.encoding import Encoded, encode_dataset, pool
+from evomerge.evaluation.encoding import Encoded, encode_dataset, pad_id, pool
 from evomerge.evaluation.forward import applied, linear_weights
 from evomerge.evaluation.generate import greedy_generate
 
@@ -176,8 +176,8 @@ class Evaluator:
     def _pooled(self, split: str) -> Encoded:
         """All tasks' rows of ``split`` in one length-sorted set (built once per split)."""
         if split not in self._pool_cache:
-            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-            self._pool_cache[split] = pool([self.data[t][split] for t in self.tasks], pad).sorted_by_length()
+            parts = [self.data[t][split] for t in self.tasks]
+            self._pool_cache[split] = pool(parts, pad_id(self.tokenizer)).sorted_by_length()
         return self._pool_cache[split]
 
     def _forward(self, forward, batch: Encoded, start: int) -> torch.Tensor:
@@ -213,7 +213,6 @@ class Evaluator:
         (``data.group``; one group when it is None)."""
         n = len(deltas)
         keys = ("token_accuracy", "exact_match", "cross_entropy") + (M.TEXT_METRICS if self.text_metrics else ())
-        sums = torch.zeros(n, n_groups, len(keys), dtype=torch.float64)
         groups = data.group.cpu() if data.group is not None else torch.zeros(len(data), dtype=torch.long)
         counts = torch.bincount(groups, minlength=n_groups).double()
         per_chunk = self._chunks(n)

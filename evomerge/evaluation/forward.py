@@ -142,19 +142,3 @@ def applied(
         return torch.stack(outs)
 
     yield forward
-
-
-def run_model(
-    model: nn.Module,
-    params: Mapping[str, torch.Tensor],
-    linears: Mapping[str, nn.Module],
-    deltas: Sequence[Mapping[str, torch.Tensor]],
-    *,
-    per_candidate: bool = False,
-    logits_to_keep: int | None = None,
-    **inputs: torch.Tensor,
-) -> torch.Tensor:
-    """Logits ``[C, B, T, V]`` of the base model under each of ``deltas`` (one call of
-    :func:`applied`)."""
-    with applied(model, params, linears, deltas) as forward:
-        return forward(per_candidate=per_candidate, logits_to_keep=logits_to_keep, **inputs)

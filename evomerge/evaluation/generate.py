@@ -6,7 +6,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from evomerge.evaluation.encoding import Encoded
+from evomerge.evaluation.encoding import Encoded, pad_id
 from evomerge.evaluation.forward import applied
 
 
@@ -33,7 +33,7 @@ def greedy_generate(
             return greedy_generate(model, params, linears, deltas, batch, tokenizer, max_new_tokens, forward=fwd)
     n, b = len(deltas), len(batch)
     eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    pad = pad_id(tokenizer)
     plen = batch.prompt_len.tolist()
     width = max(plen)
     ids = torch.full((b, width), pad, dtype=torch.long, device=batch.input_ids.device)
