@@ -210,3 +210,22 @@ def test_bad_tasks_and_options(small_zoo):
         Evaluator(small_zoo.root, {"t": {"validation": good}})
     ev = Evaluator(small_zoo.base_dir, {"t": {"validation": good}}, task_weights={"t": 2.0})
     assert 0.0 <= ev.evaluate({}).fitness <= 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_scores_match_cpu(small_zoo, ev, zoo_experts):
+    """On CUDA (several candidates stacked per pass, the GPU default) the scores are the CPU
+    scores: per-token metrics to float tolerance, exact match to at most one flipped near-tie."""
+    gpu = Evaluator.from_zoo(small_zoo, tasks=TASKS, max_samples=N, device="cuda")
+    assert gpu.max_rows > gpu.batch_size
+    cands = [{}] + [zoo_experts[t] for t in ("rev_digits", "brackets", "majority")]
+    cands.append(lora_deltas(zoo_experts["brackets"]))
+    for c, r in zip(cands, gpu.evaluate_many(cands)):
+        want = ev.evaluate(c).extra["metrics"]
+        for t in TASKS:
+            got = r.extra["metrics"][t]
+            assert got["token_accuracy"] == pytest.approx(want[t]["token_accuracy"], abs=1.0 / N)
+            assert got["exact_match"] == pytest.approx(want[t]["exact_match"], abs=1.0 / N)
+            assert got["cross_entropy"] == pytest.approx(want[t]["cross_entropy"], rel=1e-3)
+    one = gpu.evaluate(cands[2])
+    assert one.fitness == pytest.approx(gpu.evaluate_many(cands)[2].fitness, abs=1e-9)

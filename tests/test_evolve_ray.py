@@ -42,7 +42,7 @@ def names(small_zoo):
 def rt(small_zoo):
     from evomerge.distributed.runtime import Runtime
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)  # CPU actors everywhere: scores are compared with a CPU evaluator to 1e-9
     try:
         with Runtime(make_cfg()) as runtime:
             yield runtime

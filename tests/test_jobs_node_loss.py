@@ -23,8 +23,8 @@ def cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": FAST_HEALTH_CHECK})
-    workers = [c.add_node(num_cpus=1, resources={"evomerge_node": 1}) for _ in range(3)]  # 2 used + 1 spare
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "num_gpus": 0, "_system_config": FAST_HEALTH_CHECK})
+    workers = [c.add_node(num_cpus=1, num_gpus=0, resources={"evomerge_node": 1}) for _ in range(3)]  # 2 used + 1 spare
     c.wait_for_nodes()
     ray.init(address=c.address, log_to_driver=False)
     try:
