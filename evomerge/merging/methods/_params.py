@@ -21,6 +21,7 @@ DISJOINT = Param(
 )
 RNG = Param(
     "rng", str, "fast", choices=("fast", "peft"),
-    help="DARE mask draws: fast (8 random bits per coordinate, exact 32-bit keep probability, depends only "
-    "on the generator's seed) or peft (torch.rand like torch.bernoulli: peft's mask bit for bit, ~10x slower)",
+    help="DARE mask draws: fast (exact 32-bit keep probability, depends only on the generator's seed; "
+    "one stream on CPU, an in-kernel Philox stream on CUDA) or peft (torch.rand like torch.bernoulli: "
+    "peft's CPU mask bit for bit, ~3x slower)",
 )

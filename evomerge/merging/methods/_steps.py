@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from evomerge.errors import ConfigError
+from evomerge.merging.methods import _cuda
 
 _SAMPLE = 32768  # size of the strided sample that brackets the k-th magnitude
 _CHUNK_ELEMS_CPU = 1 << 18  # column block (all experts) processed at once: fits in cache
@@ -144,7 +145,8 @@ class RowKeep:
 
     ``block_mask`` (fast DARE) yields the float 0/1 mask of each column block, in column order;
     ``out_divisor`` divides the merged block instead of every survivor (one pass over ``[numel]``
-    instead of ``[n, numel]``; equal up to float rounding).
+    instead of ``[n, numel]``; equal up to float rounding). ``dare`` (``(seed, density)``) is the
+    GPU kernel's own DARE draw (:mod:`evomerge.merging.methods._cuda`).
     """
 
     def __init__(
@@ -155,6 +157,8 @@ class RowKeep:
         mask_matrix: torch.Tensor | None = None,
         block_mask: "FastDareMask | None" = None,
         out_divisor: float = 1.0,
+        dare: tuple[int, float] | None = None,
+        topk: tuple[int, torch.Tensor] | None = None,
     ):
         self.thresholds = thresholds
         self.masks = masks or {}
@@ -162,6 +166,12 @@ class RowKeep:
         self.mask_matrix = mask_matrix  # [n, numel] float 0/1 for all rows at once (DARE)
         self.block_mask = block_mask
         self.out_divisor = out_divisor
+        self.dare = dare  # (seed, density): the GPU kernel draws the keep mask itself
+        self.topk = topk  # (k, entries >= threshold per row): the GPU kernel resolves threshold ties
+
+    def kernel_ready(self) -> bool:
+        """Only per-row thresholds or an in-kernel DARE draw: what the fused GPU kernel takes."""
+        return not self.masks and self.mask_matrix is None and self.block_mask is None and self.divisor == 1.0
 
     def load(self, rows: torch.Tensor, c0: int, c1: int, buf: torch.Tensor) -> torch.Tensor:
         """The sparsified private copy of ``rows[:, c0:c1]``, written into ``buf`` (same shape)."""
@@ -193,6 +203,8 @@ def magnitude_keep(rows: torch.Tensor, density: float) -> RowKeep | None:
     k = keep_count(density, numel)
     if density >= 1 or k >= numel:
         return None
+    if k >= 1 and _cuda.usable(rows):
+        return _kernel_magnitude_keep(rows, k)
     buf = torch.empty(numel, dtype=compute_dtype(rows.dtype), device=rows.device)
     thresholds = torch.empty(n, dtype=buf.dtype, device=rows.device)
     masks: dict[int, torch.Tensor] = {}
@@ -213,6 +225,14 @@ def magnitude_keep(rows: torch.Tensor, density: float) -> RowKeep | None:
     return RowKeep(thresholds, masks)
 
 
+def _kernel_magnitude_keep(rows: torch.Tensor, k: int) -> RowKeep:
+    """:func:`magnitude_keep` with the GPU kernels' batched exact selection. The merge kernel
+    resolves a tie at the threshold ``v > 0`` itself (lowest index first); a tie at ``v = 0``
+    needs nothing (the row has fewer than ``k`` nonzeros, and keeping zeros changes nothing)."""
+    thresholds, n_ge = _cuda.row_thresholds(rows, k)
+    return RowKeep(thresholds, topk=(k, n_ge))
+
+
 def dare_keep(rows: torch.Tensor, density: float, generator: torch.Generator, rng: str = "peft") -> RowKeep | None:
     """DARE: keep each coordinate with probability ``density``; survivors are divided by it.
 
@@ -221,12 +241,16 @@ def dare_keep(rows: torch.Tensor, density: float, generator: torch.Generator, rn
     makes on CPU, so seeding the global RNG with the generator's seed reproduces peft's masks
     (costs one float32 uniform per coordinate and a full ``[n, numel]`` mask).
     ``rng="fast"``: :class:`FastDareMask`, seeded by ``generator.initial_seed()`` (so the same
-    seed gives the same mask on every device; give each tensor its own seeded generator, as
+    seed gives the same mask on every CPU, and without Triton on CUDA too; give each tensor its own seeded generator, as
     :func:`~evomerge.merging.types.key_generator` does), drawn block by block (no full-size mask).
+    Where the GPU kernels run (:func:`evomerge.merging.methods._cuda.usable`), ``"fast"`` is
+    their in-kernel Philox draw instead: same keep probability and seed, different stream.
     """
     if density >= 1:
         return None
     n, numel = rows.shape
+    if rng == "fast" and _cuda.usable(rows):
+        return RowKeep(None, dare=(generator.initial_seed(), density))
     if rng == "fast":
         return RowKeep(None, block_mask=FastDareMask(n, numel, density, generator.initial_seed()), out_divisor=density)
     dtype = compute_dtype(rows.dtype)
@@ -345,10 +369,16 @@ def sparse_sign_merge(
     materialises a full ``[n, numel]`` temporary and never writes to ``rows``.
     ``exact=True`` sums expert after expert in peft's order (bit-identical results);
     ``exact=False`` uses fewer passes (weighted sums as one matrix-vector product, the agreeing
-    values as ``relu(sign * x)``): the same maths, different float rounding.
+    values as ``relu(sign * x)``): the same maths, different float rounding. On a CUDA device
+    with Triton the fused kernel of :mod:`evomerge.merging.methods._cuda` runs instead (one read
+    of the experts; ``exact`` does not apply: GPU sums are never in peft's order).
     """
     if disjoint not in DISJOINT_MODES:
         raise ConfigError(f"`disjoint` must be one of {list(DISJOINT_MODES)}. Got {disjoint!r} instead.")
+    if _cuda.usable(rows) and (keep is None or keep.kernel_ready()):
+        if keep is None:
+            return _cuda.sign_merge(rows, weights, None, None, sign_method, disjoint)
+        return _cuda.sign_merge(rows, weights, keep.thresholds, keep.dare, sign_method, disjoint, keep.topk)
     n, numel = rows.shape
     dtype = compute_dtype(rows.dtype)
     out = torch.empty(numel, dtype=dtype, device=rows.device)
