@@ -10,7 +10,6 @@ import json
 import re
 
 import numpy as np
-import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml

@@ -194,7 +194,7 @@ def merge_lora(
     if space == "delta":
         def stream():
             for k in keys:
-                fan = _check_fan(experts, k)
+                _check_fan(experts, k)  # the experts must agree on the layout
                 ref = next(e[k] for e in experts if k in e)
                 shape = ref.delta(torch.float32).shape
                 yield k, torch.stack([e[k].delta(torch.float32) if k in e else torch.zeros(shape) for e in experts])

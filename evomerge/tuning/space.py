@@ -194,7 +194,7 @@ def build_space(tune: TuneConfig, base: EvomergeConfig, n_experts: int | None = 
         dims.append(Dim("merge.method", "categorical", choices=tuple(methods)))
     counts = [n for n in tune.space if n in COUNT_NAMES]
     if len(counts) > 1:
-        raise ConfigError(f"tune.space: `experts.count` and `scale.k` are the same dimension; give one of them")
+        raise ConfigError("tune.space: `experts.count` and `scale.k` are the same dimension; give one of them")
     for name, spec in tune.space.items():
         if name == "merge.method":
             continue

@@ -80,8 +80,6 @@ def postgres_driver(url: str) -> str:
 
 def open_storage(url: str):
     """An Optuna storage for ``url``; raises :class:`ConfigError` if it cannot be reached."""
-    import optuna
-
     shown = mask_uri(url)
     journal = _journal_path(url)
     if journal is not None:

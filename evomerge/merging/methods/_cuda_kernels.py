@@ -5,34 +5,35 @@ import triton.language as tl
 
 
 @triton.jit
-def bracket_count(x_ptr, lo_ptr, hi_ptr, above_ptr, inside_ptr, numel, nblocks, BLOCK: tl.constexpr):
-    blk = tl.program_id(0)
-    row = tl.program_id(1)
+def _abs_block(x_ptr, row, blk, numel, BLOCK: tl.constexpr):
+    """``|x|`` (float32) of column block ``blk`` of ``row``, and which lanes are in range."""
     cols = blk * BLOCK + tl.arange(0, BLOCK)
     m = cols < numel
-    a = tl.abs(tl.load(x_ptr + row.to(tl.int64) * numel + cols, mask=m, other=0.0).to(tl.float32))
+    return tl.abs(tl.load(x_ptr + row.to(tl.int64) * numel + cols, mask=m, other=0.0).to(tl.float32)), m
+
+
+@triton.jit
+def bracket_count(x_ptr, lo_ptr, hi_ptr, above_ptr, inside_ptr, numel, nblocks, BLOCK: tl.constexpr):
+    # per (column block, row): how many |x| lie above the row's bracket, and how many inside it
+    blk = tl.program_id(0)
+    row = tl.program_id(1)
+    a, m = _abs_block(x_ptr, row, blk, numel, BLOCK)
     lo = tl.load(lo_ptr + row)
     hi = tl.load(hi_ptr + row)
-    above = tl.sum((m & (a > hi)).to(tl.int32), axis=0)
-    inside = tl.sum((m & (a >= lo) & (a <= hi)).to(tl.int32), axis=0)
-    tl.store(above_ptr + row * nblocks + blk, above)
-    tl.store(inside_ptr + row * nblocks + blk, inside)
+    tl.store(above_ptr + row * nblocks + blk, tl.sum((m & (a > hi)).to(tl.int32), axis=0))
+    tl.store(inside_ptr + row * nblocks + blk, tl.sum((m & (a >= lo) & (a <= hi)).to(tl.int32), axis=0))
 
 
 @triton.jit
 def bracket_gather(x_ptr, lo_ptr, hi_ptr, offs_ptr, keys_ptr, numel, nblocks, BLOCK: tl.constexpr):
+    # the bracket's values as sortable keys row << 32 | float bits, at the offsets bracket_count implies
     blk = tl.program_id(0)
     row = tl.program_id(1)
-    cols = blk * BLOCK + tl.arange(0, BLOCK)
-    m = cols < numel
-    a = tl.abs(tl.load(x_ptr + row.to(tl.int64) * numel + cols, mask=m, other=0.0).to(tl.float32))
-    lo = tl.load(lo_ptr + row)
-    hi = tl.load(hi_ptr + row)
-    sel = m & (a >= lo) & (a <= hi)
-    pos = tl.cumsum(sel.to(tl.int32), axis=0) - 1
-    base = tl.load(offs_ptr + row * nblocks + blk)
+    a, m = _abs_block(x_ptr, row, blk, numel, BLOCK)
+    sel = m & (a >= tl.load(lo_ptr + row)) & (a <= tl.load(hi_ptr + row))
+    pos = tl.load(offs_ptr + row * nblocks + blk) + tl.cumsum(sel.to(tl.int32), axis=0) - 1
     key = (row.to(tl.int64) << 32) | a.to(tl.int32, bitcast=True).to(tl.int64)
-    tl.store(keys_ptr + base + pos, key, mask=sel)
+    tl.store(keys_ptr + pos, key, mask=sel)
 
 
 @triton.jit
@@ -40,11 +41,8 @@ def tie_count(x_ptr, rows_ptr, thr_ptr, counts_ptr, numel, nblocks, BLOCK: tl.co
     # per (column block, listed row): how many |x| equal the row's threshold
     blk = tl.program_id(0)
     row = tl.load(rows_ptr + tl.program_id(1))
-    cols = blk * BLOCK + tl.arange(0, BLOCK)
-    m = cols < numel
-    a = tl.abs(tl.load(x_ptr + row.to(tl.int64) * numel + cols, mask=m, other=0.0).to(tl.float32))
-    v = tl.load(thr_ptr + row)
-    tl.store(counts_ptr + row * nblocks + blk, tl.sum((m & (a == v)).to(tl.int32), axis=0))
+    a, m = _abs_block(x_ptr, row, blk, numel, BLOCK)
+    tl.store(counts_ptr + row * nblocks + blk, tl.sum((m & (a == tl.load(thr_ptr + row))).to(tl.int32), axis=0))
 
 
 @triton.jit
