@@ -131,3 +131,20 @@ def cluster_resources() -> dict[str, float]:
 
     return dict(ray.cluster_resources())
 
+
+def release(actors, pg, started_ray: bool) -> None:
+    """Kill ``actors`` (no restarts), remove the placement group ``pg`` (if any), and stop Ray
+    when the caller started it. Actors already gone are skipped."""
+    import ray
+
+    for a in actors:
+        try:
+            ray.kill(a, no_restart=True)
+        except Exception:  # already gone
+            pass
+    if pg is not None:
+        from ray.util.placement_group import remove_placement_group
+
+        remove_placement_group(pg)
+    if started_ray:
+        ray.shutdown()

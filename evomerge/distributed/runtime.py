@@ -9,7 +9,9 @@ import numpy as np
 
 from evomerge.config import EvomergeConfig
 from evomerge.distributed.actors import EvalRow, PopulationActor
-from evomerge.distributed.cluster import ActorPlan, actor_options, cluster_resources, connect, create_placement_group, plan_actors
+from evomerge.distributed.cluster import (
+    ActorPlan, actor_options, cluster_resources, connect, create_placement_group, plan_actors, release,
+)
 from evomerge.distributed.inputs import EvolveInputs
 from evomerge.distributed.pool import PopulationPool
 
@@ -80,22 +82,9 @@ class Runtime:
         self.close()
 
     def close(self) -> None:
-        import ray
-
-        if self.pool is not None:
-            for a in self.pool.actors:
-                try:
-                    ray.kill(a, no_restart=True)
-                except Exception:  # already gone
-                    pass
-        if self.pg is not None:
-            from ray.util.placement_group import remove_placement_group
-
-            remove_placement_group(self.pg)
-            self.pg = None
-        if self.started_ray:
-            ray.shutdown()
-            self.started_ray = False
+        release(self.pool.actors if self.pool is not None else [], self.pg, self.started_ray)
+        self.pg = None
+        self.started_ray = False
 
     # ---------------------------------------------------------------- work outside the loop
     def score_experts(self) -> dict[str, float]:

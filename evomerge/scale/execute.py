@@ -55,22 +55,10 @@ class RayCellRunner:
         return self
 
     def __exit__(self, *exc) -> None:
-        import ray
+        from evomerge.distributed.cluster import release
 
-        for a in self.actors:
-            try:
-                ray.kill(a)
-            except Exception:  # already dead
-                pass
-        self.actors = []
-        if self._pg is not None:
-            from ray.util.placement_group import remove_placement_group
-
-            remove_placement_group(self._pg)
-            self._pg = None
-        if self._started_ray:
-            ray.shutdown()
-            self._started_ray = False
+        release(self.actors, self._pg, self._started_ray)
+        self.actors, self._pg, self._started_ray = [], None, False
 
     def run(self, cells: Sequence[Cell]) -> Iterator[tuple[Cell, CellOutput]]:
         """Yield ``(cell, output)`` as cells finish; at most one cell in flight per actor."""
