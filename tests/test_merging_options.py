@@ -227,3 +227,13 @@ def test_fast_mask_on_cuda():
     else:
         assert torch.equal(gpu.cpu() != 0, cpu != 0)
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("numel,k", [(300_000, 60_000), (300_000, 1), (300_000, 299_999), (1000, 200)])
+def test_bracket_selection_is_the_exact_kth_largest(numel, k):
+    """The sampled-bracket selection used off the CPU (and by the GPU kernels' fallback) against a sort."""
+    a = torch.randn(numel, generator=_g(numel + k)).abs()
+    a[::7] = a[3]  # many ties
+    v, n_ge = st.kth_largest_bracket(a, k)
+    want = torch.sort(a, descending=True).values[k - 1]
+    assert v == want and n_ge == int((a >= want).sum())

@@ -2,16 +2,18 @@
 magnitude pruning on a CUDA device.
 
 Why: with one torch op per step, every step is a pass over ``n x numel`` values, and exact top-k
-selection costs many more (``kthvalue`` is ~50x slower than a copy on an H100). Here the whole
-merge reads the experts three times:
+selection costs many more (``kthvalue`` is ~50x slower than a copy on an H100). Here a TIES
+merge reads the experts three times (DARE once), plus once more for the rows tied at their
+threshold (kernels in :mod:`evomerge.merging.methods._cuda_kernels`):
 
-1. ``_bracket_count``: per row, how many ``|x|`` lie above a bracket ``[lo, hi]`` taken from a
-   strided sample of the row, and how many inside it (about 2% of the row).
-2. ``_bracket_gather``: the values inside the bracket, compacted as int64 keys
+1. ``bracket_count``: per row, how many ``|x|`` lie above a bracket ``[lo, hi]`` taken from a
+   strided sample of the row, and how many inside it (about 1% of a large row).
+2. ``bracket_gather``: the values inside the bracket, compacted as int64 keys
    ``row << 32 | float_bits(|x|)`` (non-negative floats order like their bits); one ``torch.sort``
    of all rows' keys then gives each row's exact k-th largest magnitude and its tie count.
-3. ``_sign_merge``: per column block, all experts at once: trim by the row thresholds or draw
-   the DARE keep mask, elect the sign, and write the disjoint (or weighted) mean.
+3. ``sign_merge``: per column block, all experts at once: trim by the row thresholds (a tied
+   row keeps its lowest-index ties, counted by ``tie_count``) or draw the DARE keep mask, elect
+   the sign, and write the disjoint (or weighted) mean.
 
 Semantics are those of :func:`evomerge.merging.methods._steps.sparse_sign_merge` with
 ``exact=False``; sums run in kernel order, so results equal the CPU path up to float rounding.
@@ -77,18 +79,15 @@ def row_thresholds(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     (``1 <= k < numel``). Rows whose bracket misses (rare) are selected with ``kthvalue``."""
     import triton
 
-    from evomerge.merging.methods._steps import kth_largest_bracket
+    from evomerge.merging.methods._steps import bracket_positions, kth_largest_bracket
 
     K = _kernels()
     n, numel = rows.shape
     dev = rows.device
     stride = max(1, numel // _SAMPLE)
     sample = torch.sort(rows[:, ::stride].float().abs(), dim=1).values
-    m = sample.shape[1]
-    q = (numel - k) / numel
-    margin = 5.0 * math.sqrt(m * q * (1.0 - q)) + 32.0
-    lo = sample[:, max(0, int(q * m - margin))].contiguous()
-    hi = sample[:, min(m - 1, int(q * m + margin))].contiguous()
+    i_lo, i_hi = bracket_positions(sample.shape[1], numel, k)
+    lo, hi = sample[:, i_lo].contiguous(), sample[:, i_hi].contiguous()
     nblocks = triton.cdiv(numel, _COUNT_BLOCK)
     above = torch.empty((n, nblocks), dtype=torch.int32, device=dev)
     inside = torch.empty((n, nblocks), dtype=torch.int32, device=dev)

@@ -102,16 +102,22 @@ def kth_largest_bracket(a: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
     if big_n > 4 * _SAMPLE:
         stride = big_n // _SAMPLE
         sample = torch.sort(a[::stride]).values
-        m = sample.numel()
-        q = (big_n - k) / big_n  # fraction of values below the answer
-        margin = 5.0 * math.sqrt(m * q * (1.0 - q)) + 32.0
-        lo = sample[max(0, int(q * m - margin))]
-        hi = sample[min(m - 1, int(q * m + margin))]
+        i_lo, i_hi = bracket_positions(sample.numel(), big_n, k)
+        lo, hi = sample[i_lo], sample[i_hi]
         found = _select_in_bracket(a, k, lo, hi)
         if found is not None:
             return found
     v = torch.kthvalue(a, big_n - k + 1).values
     return v, int(torch.count_nonzero(a >= v))
+
+
+def bracket_positions(m: int, numel: int, k: int) -> tuple[int, int]:
+    """Positions in a sorted strided sample of ``m`` of ``numel`` values whose entries bracket
+    the ``k``-th largest value: its expected sample rank, give or take 5 binomial standard
+    deviations plus 32."""
+    q = (numel - k) / numel  # fraction of values below the answer
+    margin = 5.0 * math.sqrt(m * q * (1.0 - q)) + 32.0
+    return max(0, int(q * m - margin)), min(m - 1, int(q * m + margin))
 
 
 def _select_in_bracket(a: torch.Tensor, k: int, lo: torch.Tensor, hi: torch.Tensor):
@@ -241,17 +247,18 @@ def dare_keep(rows: torch.Tensor, density: float, generator: torch.Generator, rn
     makes on CPU, so seeding the global RNG with the generator's seed reproduces peft's masks
     (costs one float32 uniform per coordinate and a full ``[n, numel]`` mask).
     ``rng="fast"``: :class:`FastDareMask`, seeded by ``generator.initial_seed()`` (so the same
-    seed gives the same mask on every CPU, and without Triton on CUDA too; give each tensor its own seeded generator, as
-    :func:`~evomerge.merging.types.key_generator` does), drawn block by block (no full-size mask).
+    seed gives the same mask on every CPU, and on CUDA without Triton; give each tensor its own
+    seeded generator, as :func:`~evomerge.merging.types.key_generator` does), drawn block by
+    block (no full-size mask).
     Where the GPU kernels run (:func:`evomerge.merging.methods._cuda.usable`), ``"fast"`` is
     their in-kernel Philox draw instead: same keep probability and seed, different stream.
     """
     if density >= 1:
         return None
     n, numel = rows.shape
-    if rng == "fast" and _cuda.usable(rows):
-        return RowKeep(None, dare=(generator.initial_seed(), density))
     if rng == "fast":
+        if _cuda.usable(rows):
+            return RowKeep(None, dare=(generator.initial_seed(), density))
         return RowKeep(None, block_mask=FastDareMask(n, numel, density, generator.initial_seed()), out_divisor=density)
     dtype = compute_dtype(rows.dtype)
     draws = torch.empty((n, numel), dtype=dtype, device=rows.device)
