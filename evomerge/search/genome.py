@@ -172,8 +172,9 @@ class Genome(AskTell):
     def _skip_empty_generations(self) -> None:
         """End generations that make no child now, so ``done`` is exact right after ``tell``."""
         while self.phase == "breed":
+            counter = self._counter  # the dry run must not use up (or reset) this generation's ids
             empty = not self._breed_batch()  # derived RNG: ask() will draw the same batch again
-            self._counter = 0
+            self._counter = counter
             if not empty:
                 return
             self._end_generation()

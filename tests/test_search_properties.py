@@ -1,0 +1,116 @@
+"""Properties of every search run, checked on hundreds of seeds with random fitness.
+
+For each run: every recipe gets a new id (never an expert's, never one used before), the
+store entry under ``best_id`` at the end holds the weights that were scored with the best
+fitness, and replaying the history's recipes from the experts alone rebuilds every scored
+individual bit for bit. Tiny tensors keep this fast.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from evomerge.config.sections import GenomeConfig, SwarmConfig
+from evomerge.search import Genome, Recipe, Swarm, expert_id, materialize
+
+SHAPES = {"a::A": (2, 3), "a::B": (3, 2)}
+
+
+def experts(n: int, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {expert_id(i): {k: torch.randn(s, generator=g) for k, s in SHAPES.items()} for i in range(n)}
+
+
+def drive(search, store, rng):
+    """Run to the end with random fitness (coarse, so ties happen); return what was scored."""
+    store = dict(store)
+    scored: dict[str, dict] = {}
+    asked: list[str] = []
+    while not search.done:
+        recipes = search.ask()
+        assert recipes
+        for r in recipes:
+            store.update(materialize(r, {k: store[k] for k in r.input_keys()}))
+        results = {}
+        for r in recipes:
+            asked.append(r.id)
+            scored[r.id] = {k: v.clone() for k, v in store[r.id].items()}
+            results[r.id] = float(np.round(rng.random(), 1))
+        search.tell(results)
+        keep = search.referenced_ids() | {expert_id(i) for i in range(search.n_experts)}
+        store = {k: v for k, v in store.items() if k in keep}
+    return store, scored, asked
+
+
+def replay(history, store):
+    """Rebuild every individual from the history rows, starting from the experts only."""
+    store = dict(store)
+    for h in history:
+        if h["op"] in ("restart", "immigrant"):
+            continue
+        r = Recipe(h["id"], h["op"], tuple(h["parents"]), tuple(h["weights"]), json.loads(h["params"]),
+                   h["seed"], h["generation"])
+        store.update(materialize(r, store))
+    return store
+
+
+def check(search, n, seed):
+    base = experts(n, seed)
+    final, scored, asked = drive(search, base, np.random.default_rng(seed))
+    assert len(asked) == len(set(asked)), f"duplicate ids: {sorted(i for i in asked if asked.count(i) > 1)}"
+    assert not set(asked) & set(base)
+    best = max(scored, key=lambda i: search.fitness[i])
+    assert search.best_fitness == search.fitness[best]
+    for k, t in scored[search.best_id].items():
+        assert torch.equal(final[search.best_id][k], t)
+    again = replay(search.history, base)
+    for id_, td in scored.items():
+        for k, t in td.items():
+            assert torch.equal(again[id_][k], t), f"{id_}/{k} differs on replay"
+
+
+CROSSOVERS = ["linear", "ties", "dare_ties", "blx"]
+
+
+def genome_case(seed: int):
+    rng = np.random.default_rng(10_000 + seed)
+    n = int(rng.integers(2, 7))
+    succession = bool(rng.random() < 0.5)
+    pop = int(rng.integers(2, 7))
+    cfg = GenomeConfig(
+        population=pop, generations=int(rng.integers(1, 5)), cross_rate=float(rng.random()),
+        ind_mut_rate=float(rng.random()), gene_mut_rate=0.5, sigma=0.1, elite_percent=float(rng.random()),
+        crossover=CROSSOVERS[seed % 4], early_stop_iter=int(rng.integers(1, 4)), succession=succession,
+        max_population=(pop + int(rng.integers(0, 3))) if succession and rng.random() < 0.5 else None,
+    )
+    sw = SwarmConfig(init_velocity=["random", "zero", "best"][int(rng.integers(3))], step=float(rng.random()) + 0.1)
+    return Genome(cfg, n, seed, swarm=sw, prefix="i1/" if seed % 5 == 0 else ""), n
+
+
+def swarm_case(seed: int):
+    rng = np.random.default_rng(20_000 + seed)
+    n = int(rng.integers(2, 6))
+    cfg = SwarmConfig(
+        max_particles=int(rng.integers(2, 8)) if rng.random() < 0.5 else None, max_iter=int(rng.integers(1, 8)),
+        patience=int(rng.integers(1, 5)), restart_patience=float(rng.random()) + 0.1,
+        init_velocity=["random", "zero", "best"][seed % 3],
+    )
+    return Swarm(cfg, n, seed), n
+
+
+@pytest.mark.parametrize("block", range(4))
+def test_genome_ids_best_and_replay_on_random_fitness(block):
+    for seed in range(block * 60, (block + 1) * 60):
+        s, n = genome_case(seed)
+        check(s, n, seed)
+
+
+@pytest.mark.parametrize("block", range(2))
+def test_swarm_ids_best_and_replay_on_random_fitness(block):
+    for seed in range(block * 100, (block + 1) * 100):
+        s, n = swarm_case(seed)
+        check(s, n, seed)
