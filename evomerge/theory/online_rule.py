@@ -1,0 +1,116 @@
+"""Stop rules read off a measured curve: evomerge's online rule and the law fitted on the first k.
+
+Both work on a *loss* measured at k merged experts (cross-entropy, or minus a task metric) and
+the scaling law ``L(k) = L_inf + A / k^b`` (:mod:`evomerge.theory.scaling_law`). A gain is a
+fall of the loss; ``tol`` is an absolute gain (the caller scales it, e.g. to a fraction of
+the first expert's gain over the base model: :func:`gain_scale`).
+
+* Online rule: after each measured k (from ``min_points`` distinct k on), fit the law to the
+  points so far; stop at k when the gain the fit predicts for the next expert AND the measured
+  gain per expert over the last ``window`` grid steps are both below ``tol``. A curve that keeps
+  rising keeps one of them above ``tol`` and the rule does not fire; a flat curve fires at the
+  first k the rule may look at (no later "peak" is invented).
+* Law on the first m: fit on k <= m only and predict where one more expert gains < ``tol``
+  (the peak, predicted before the rest is run).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from evomerge.errors import ConfigError, EvomergeError
+from evomerge.theory.scaling_law import ScalingFit, fit_scaling_law
+
+
+def gain_scale(first: float, base: float | None) -> float:
+    """``|first - base|``: the first point's gain over the base model (0 when unknown)."""
+    if base is None or not (math.isfinite(first) and math.isfinite(base)):
+        return 0.0
+    return abs(first - base)
+
+
+def _means(ks: Sequence[float], losses: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(ks, dtype=np.float64).ravel()
+    y = np.asarray(losses, dtype=np.float64).ravel()
+    if x.size != y.size:
+        raise ConfigError(f"k and loss must have the same length, got {x.size} and {y.size}")
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    grid = np.unique(x)
+    return grid, np.array([y[x == k].mean() for k in grid])
+
+
+def _fit(ks: np.ndarray, losses: np.ndarray) -> ScalingFit | None:
+    try:
+        return fit_scaling_law(ks, losses)
+    except EvomergeError:
+        return None
+
+
+@dataclass(frozen=True)
+class OnlineFire:
+    fired: bool
+    fired_k: int  # the k at which the rule stopped (the last k measured when it never fired)
+    tol: float
+    fit: ScalingFit | None  # the fit at the firing point (or on all points)
+    steps: list[dict] = field(default_factory=list)  # per k looked at: predicted and measured gain
+
+
+def online_stop(ks: Sequence[float], losses: Sequence[float], *, tol: float, window: int = 2,
+                min_points: int = 3) -> OnlineFire:
+    """Replay the online rule over a measured curve (repeated k = seeds; their mean is the curve)."""
+    if not math.isfinite(tol) or tol < 0:
+        raise ConfigError(f"the online rule's tolerance must be >= 0. Got {tol!r} instead.")
+    if window < 1:
+        raise ConfigError(f"`scale.online_window` must be >= 1. Got {window!r} instead.")
+    if min_points < 3:
+        raise ConfigError(f"the online rule fits 3 parameters: min_points must be >= 3, got {min_points}")
+    x_all = np.asarray(ks, dtype=np.float64).ravel()
+    y_all = np.asarray(losses, dtype=np.float64).ravel()
+    grid, mean = _means(x_all, y_all)
+    if grid.size < min_points:
+        raise ConfigError(f"the online rule needs at least {min_points} distinct k; got {grid.size}")
+    steps: list[dict] = []
+    fit = None
+    for j in range(min_points - 1, grid.size):
+        k = grid[j]
+        use = x_all <= k
+        fit = _fit(x_all[use], y_all[use])
+        nxt = grid[j + 1] if j + 1 < grid.size else k + (k - grid[j - 1])
+        predicted = (fit.predict(k) - fit.predict(nxt)) / (nxt - k) if fit is not None else float("inf")
+        back = max(0, j - window)
+        measured = (mean[back] - mean[j]) / (k - grid[back])
+        steps.append({"k": int(k), "predicted_gain": float(predicted), "measured_gain": float(measured)})
+        if predicted < tol and measured < tol:
+            return OnlineFire(True, int(k), float(tol), fit, steps)
+    return OnlineFire(False, int(grid[-1]), float(tol), fit, steps)
+
+
+@dataclass(frozen=True)
+class LawPeak:
+    predicted_k: int  # first k where one more expert gains < tol (capped at k_cap)
+    beyond: bool  # True when the law still gains >= tol at k_cap
+    fit: ScalingFit
+
+
+def law_peak(ks: Sequence[float], losses: Sequence[float], *, m: int, tol: float, k_cap: int) -> LawPeak:
+    """Fit the law on the points with k <= m; the predicted peak is the first k whose next expert
+    gains less than ``tol`` (a fit whose loss does not fall predicts k = 1)."""
+    if m < 3:
+        raise ConfigError(f"`scale.law_first_k` must be >= 3 (the law has 3 parameters). Got {m!r} instead.")
+    if not tol > 0:
+        raise ConfigError(f"the law's tolerance must be > 0. Got {tol!r} instead.")
+    x = np.asarray(ks, dtype=np.float64).ravel()
+    y = np.asarray(losses, dtype=np.float64).ravel()
+    use = np.isfinite(x) & np.isfinite(y) & (x <= m)
+    if np.unique(x[use]).size < 3:
+        raise ConfigError(f"the law on k <= {m} needs 3 distinct k there; got {np.unique(x[use]).size}")
+    fit = fit_scaling_law(x[use], y[use])
+    k = fit.k_marginal_below(tol, k_max=k_cap)
+    if k is None:
+        return LawPeak(int(k_cap), True, fit)
+    return LawPeak(int(min(k, k_cap)), False, fit)
