@@ -25,3 +25,15 @@ class DataError(EvomergeError):
 
 class OutputExistsError(EvomergeError):
     """The output path exists and ``overwrite`` was not given."""
+
+
+class OutputError(EvomergeError):
+    """The output cannot be written (a read-only or virtual file system, a full disk, a folder
+    where a file is expected, another run writing the same destination)."""
+
+
+def os_error_message(err: OSError, path: object = None) -> str:
+    """``PATH: reason`` for an :class:`OSError` (its own file name when it has one)."""
+    where = err.filename if err.filename is not None else path
+    reason = err.strerror or type(err).__name__
+    return f"{where}: {reason}" if where is not None else reason

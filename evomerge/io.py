@@ -1,21 +1,35 @@
 """Atomic output helpers and content hashing.
 
 Every output evomerge writes goes through these helpers: the data is written to a temporary
-sibling and renamed into place, so a crash never leaves a half-written result behind.
+sibling (``.NAME.tmp-<pid>-XXXX``) and renamed into place, so a crash never leaves a
+half-written result behind. A folder output is written under an exclusive lock on the
+destination (``.NAME.lock`` beside it), so of two runs writing one output exactly one wins; the
+lock holder also removes temporary siblings that killed runs left. Failures to write (a
+read-only or virtual file system, a full disk, a folder where a file belongs) raise
+:class:`~evomerge.errors.OutputError` naming the path.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import glob
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from evomerge.errors import OutputExistsError
+from evomerge.errors import OutputError, OutputExistsError, os_error_message
+
+#: errno values that mean "the destination cannot take this output" (reported as OutputError).
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+#: A temporary file of a dead process is removed once it is this old (seconds).
+STALE_FILE_AGE_S = 60.0
 
 
 def _umask() -> int:
@@ -29,55 +43,217 @@ def _public_mode(path: str | os.PathLike, is_dir: bool) -> None:
     os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
 
 
-def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse an existing output unless ``overwrite``; return the path."""
-    path = Path(path)
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}.tmp-{os.getpid()}-"
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _probe_writable(path: Path) -> None:
+    """Create and remove a temporary entry where ``path`` will go (before any work is done)."""
+    parent = _nearest_existing(path.parent)
+    if not parent.is_dir():
+        raise OutputError(f"{path}: cannot create the output ({parent} is not a folder)")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".evomerge-probe-", dir=parent))
+    except OSError as err:
+        raise OutputError(f"{path}: cannot write here ({os_error_message(err, parent)})") from None
+
+
+def check_output_path(path: str | os.PathLike, overwrite: bool, *, kind: str = "dir") -> Path:
+    """Refuse an output that exists (unless ``overwrite``), that cannot be written, or that would
+    replace the working folder or one of its parents; return the absolute path.
+
+    ``kind="file"``: the output is a single file, so an existing folder there is refused.
+    """
+    raw = Path(path)
+    path = _absolute(raw)
+    if kind == "file" and path.is_dir():
+        raise OutputError(f"{raw}: is a folder; name a file for this output")
     if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path}: output already exists (pass --overwrite to replace it)")
-    return path
+        raise OutputExistsError(f"{raw}: output already exists (pass --overwrite to replace it)")
+    cwd = Path.cwd().resolve()
+    if path.exists() and (path.resolve() == cwd or path.resolve() in cwd.parents):
+        raise OutputError(f"{raw}: refusing to replace the current folder or one of its parents; pick another output")
+    _probe_writable(path)
+    return raw
+
+
+def _absolute(path: Path) -> Path:
+    return Path(os.path.abspath(path.expanduser()))
+
+
+@contextlib.contextmanager
+def output_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive, non-blocking lock on output ``path`` (a ``.NAME.lock`` sibling file).
+
+    The lock file is removed on release; after a crash the kernel releases the lock and the file
+    left behind is reused by the next run.
+    """
+    lock = path.parent / f".{path.name}.lock"
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        except OSError as err:
+            raise OutputError(f"{path}: cannot create the output lock ({os_error_message(err, lock)})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputError(f"{path}: another evomerge process is writing this output now (lock {lock.name})") from None
+        try:  # the file we locked may have been removed by the previous holder: retry on the new one
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def clean_stale(path: Path) -> list[Path]:
+    """Remove what killed writers of ``path`` left beside it (call with :func:`output_lock` held).
+
+    A ``.NAME.old-*`` folder holds the previous output when a run died between the two renames of
+    a replacement: it is put back if ``path`` is missing, else removed.
+    """
+    removed = []
+    for old in sorted(path.parent.glob(f".{glob.escape(path.name)}.old-*")):
+        if not path.exists():
+            os.replace(old, path)
+            continue
+        _remove(old)
+        removed.append(old)
+    for tmp in sorted(path.parent.glob(f".{glob.escape(path.name)}.tmp-*")):
+        _remove(tmp)
+        removed.append(tmp)
+    return removed
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+def _as_output_error(err: BaseException, path: Path) -> BaseException:
+    if isinstance(err, OSError) and err.errno in _WRITE_ERRNOS:
+        return OutputError(f"{path}: cannot write the output ({os_error_message(err)})")
+    return err
 
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``path`` only if the block succeeds."""
-    path = check_output_path(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    _public_mode(tmp, is_dir=True)
+    """Yield a temporary directory that replaces ``path`` only if the block succeeds.
+
+    The destination is locked for the whole block; stale temporaries of ``path`` are removed
+    first; whether ``path`` exists is checked again under the lock.
+    """
+    path = _absolute(check_output_path(path, overwrite))
     try:
-        yield tmp
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{path}: cannot create the output folder ({os_error_message(err)})") from None
+    with output_lock(path):
+        clean_stale(path)
+        check_output_path(path, overwrite)
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), dir=path.parent))
+            _public_mode(tmp, is_dir=True)
+        except OSError as err:
+            raise OutputError(f"{path}: cannot write the output ({os_error_message(err)})") from None
+        try:
+            yield tmp
+            if path.exists():
+                old = path.parent / f".{path.name}.old-{os.getpid()}"
+                os.replace(path, old)
+                os.replace(tmp, path)
+                _remove(old)
+            else:
+                os.replace(tmp, path)
+        except BaseException as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            converted = _as_output_error(err, path)
+            if converted is err:
+                raise
+            raise converted from None
+
+
+@contextlib.contextmanager
+def removed_if_failed(path: str | os.PathLike) -> Iterator[None]:
+    """Remove the folder ``path`` again if the block fails and the folder is new and still empty
+    (a run refused by validation leaves no empty output folder behind)."""
+    path = Path(path)
+    existed = path.exists()
+    try:
+        yield
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            if not existed and path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
         raise
-    if path.exists():
-        old = path.parent / f".{path.name}.old-{os.getpid()}"
-        os.replace(path, old)
-        os.replace(tmp, path)
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
-    else:
-        os.replace(tmp, path)
+
+
+def _clean_stale_files(path: Path) -> None:
+    """Remove ``.NAME.tmp-<pid>-*`` files of processes that are gone (and old enough)."""
+    now = time.time()
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        pid = tmp.name[len(f".{path.name}.tmp-"):].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            if tmp.is_file() and now - tmp.stat().st_mtime > STALE_FILE_AGE_S:
+                tmp.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     """Open a temporary sibling of ``path`` for writing; rename it into place on success."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    _public_mode(tmp, is_dir=False)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; cannot write a file there")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _clean_stale_files(path)
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), dir=path.parent)
+        _public_mode(tmp, is_dir=False)
+    except OSError as err:
+        raise OutputError(f"{path}: cannot write the output ({os_error_message(err)})") from None
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
+        converted = _as_output_error(err, path)
+        if converted is err:
+            raise
+        raise converted from None
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
@@ -89,17 +265,21 @@ def write_parquet_atomic(path: str | os.PathLike, table) -> None:
     """Write a ``pyarrow.Table`` atomically."""
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    _public_mode(tmp, is_dir=False)
+    with atomic_file(path, "wb") as fh:
+        pq.write_table(table, fh)
+
+
+def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """``safetensors.torch.save_file``, with write failures (full disk, ...) as one :class:`OutputError`."""
+    from safetensors.torch import save_file
+
     try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        save_file(tensors, str(path), metadata=metadata)
+    except OSError as err:
+        raise _as_output_error(err, Path(path)) from None
+    except Exception as err:  # safetensors wraps I/O errors in its own type
+        if "os error" in str(err).lower() or "ioerror" in str(err).lower():
+            raise OutputError(f"{path}: cannot write the output ({' '.join(str(err).split())[:300]})") from None
         raise
 
 

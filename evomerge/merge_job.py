@@ -233,9 +233,7 @@ def _shard_bytes(pool) -> int:
 
 
 def _merge_emr(cfg, pool, method, params, weights, stats, dev, progress, tmp: Path) -> None:
-    from safetensors.torch import save_file
-
-    from evomerge.io import write_json_atomic
+    from evomerge.io import save_safetensors, write_json_atomic
     from evomerge.merging.apply import merge_task_vectors
 
     merged = merge_task_vectors(
@@ -253,8 +251,8 @@ def _merge_emr(cfg, pool, method, params, weights, stats, dev, progress, tmp: Pa
         for i, t in enumerate(tasks):
             masks[f"mask.{i}.{k}"] = torch.from_numpy(np.packbits(m[i]))
             rescalers[t][k] = float(v.rescalers[i])
-    save_file(unified, str(tmp / EMR_UNIFIED), metadata={"format": "pt"})
-    save_file(masks, str(tmp / EMR_MASKS), metadata={"format": "pt"})
+    save_safetensors(unified, str(tmp / EMR_UNIFIED), metadata={"format": "pt"})
+    save_safetensors(masks, str(tmp / EMR_MASKS), metadata={"format": "pt"})
     write_json_atomic(
         tmp / EMR_TASKS,
         {"tasks": tasks, "shapes": {k: list(v.shape) for k, v in unified.items()}, "rescalers": rescalers,

@@ -95,6 +95,34 @@ def read_bytes(location: str) -> bytes:
         return fh.read()
 
 
-def mask_uri(url: str) -> str:
-    """Hide the password of ``scheme://user:password@host/...`` (for logs and messages)."""
-    return re.sub(r"(://[^/:@\s]*:)[^@/\s]*@", r"\1***@", str(url))
+#: Query keys whose values are shown; every other query value is masked (password, token, ...).
+SHOWN_QUERY_KEYS = frozenset({"sslmode", "connect_timeout", "application_name", "target_session_attrs", "charset",
+                              "timeout", "region", "endpoint_override", "scheme"})
+_USERINFO_PASSWORD = re.compile(r"(://[^/:@\s]*:)\S*?@(?=[^@/\s]*(?:[/?#;\s]|$))")
+_DSN_PASSWORD = re.compile(r"\b(password|passwd|pwd)(\s*=\s*)(?!\$\{)[^\s&;]+", re.IGNORECASE)
+_QUERY_ITEM = re.compile(r"([?&;])([^=&;#\s?]+)=([^&;#\s]*)")
+
+
+def mask_uri(url: str, secrets: dict[str, str] | None = None) -> str:
+    """``url`` (or a message holding URLs) with every secret hidden, for logs, messages and files.
+
+    Masks the password of ``scheme://user:password@host``, every query value except the
+    harmless :data:`SHOWN_QUERY_KEYS` (``?password=...``, ``?token=...``), and each value in
+    ``secrets`` (value -> what to show instead, e.g. the ``${VAR}`` it was expanded from).
+    """
+    text = str(url)
+    for value, shown in sorted((secrets or {}).items(), key=lambda kv: -len(kv[0])):
+        if value:
+            text = text.replace(value, shown)
+    text = _USERINFO_PASSWORD.sub(lambda m: m.group(0) if m.group(0)[len(m.group(1)):-1].startswith("${")
+                                  else f"{m.group(1)}***@", text)
+
+    def query(m: re.Match) -> str:
+        key, value = m.group(2), m.group(3)
+        if key.lower() in SHOWN_QUERY_KEYS or value.startswith("${") or value == "***":
+            return m.group(0)
+        return f"{m.group(1)}{key}=***"
+
+    text = _QUERY_ITEM.sub(query, text)
+    return _DSN_PASSWORD.sub(lambda m: m.group(0) if m.group(0).endswith("***")
+                             else f"{m.group(1)}{m.group(2)}***", text)

@@ -39,26 +39,63 @@ _register_all()
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        app(args=argv, standalone_mode=False)
-    except EvomergeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except typer.Exit as e:
-        return e.exit_code
-    except typer.Abort:
-        print("aborted", file=sys.stderr)
-        return 1
-    except SystemExit as e:  # click usage errors
-        return int(e.code or 0)
-    except Exception as err:  # click.ClickException and friends
-        import click
+    """Run one command; every failure a user can cause ends as ``error: ...`` lines on stderr.
 
-        if isinstance(err, click.ClickException):
-            err.show()
-            return err.exit_code
-        raise
-    return 0
+    Exit codes: 0 success; 2 bad input (usage errors, :class:`EvomergeError`, output that cannot
+    be written); 1 other operating-system errors; 130 interrupted. Click's exceptions are
+    recognised by their interface, not their class, because typer may bundle its own copy of
+    click (typer 0.29 does), whose exceptions are not ``click.ClickException``.
+    """
+    try:
+        rv = app(args=argv, prog_name="evomerge", standalone_mode=False)
+    except EvomergeError as err:
+        _print_error(str(err))
+        return 2
+    except KeyboardInterrupt:
+        _print_error("interrupted")
+        return 130
+    except OSError as err:
+        from evomerge.errors import os_error_message
+
+        _print_error(os_error_message(err))
+        return 1
+    except SystemExit as err:
+        return err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
+    except Exception as err:
+        code = _click_error(err)
+        if code is None:
+            raise
+        return code
+    return rv if isinstance(rv, int) else 0
+
+
+def _print_error(message: str) -> None:
+    for line in str(message).splitlines() or [""]:
+        print(f"error: {line}", file=sys.stderr)
+
+
+def _click_error(err: BaseException) -> int | None:
+    """Show a click (or typer-bundled click) exception; its exit code, or None if it is not one."""
+    name = type(err).__name__
+    code = getattr(err, "exit_code", None)
+    if name == "Abort":
+        _print_error("aborted")
+        return 1
+    if not isinstance(code, int):
+        return None
+    if name == "Exit":
+        return code
+    fmt = getattr(err, "format_message", None)
+    if not callable(fmt):
+        return None
+    ctx = getattr(err, "ctx", None)
+    if name == "NoArgsIsHelpError" and ctx is not None:  # a bare group: show its help
+        print(ctx.get_help(), file=sys.stderr)
+        return code
+    where = f"{ctx.command_path}: " if ctx is not None else ""
+    hint = f" (see `{ctx.command_path} --help`)" if ctx is not None and code == 2 else ""
+    _print_error(f"{where}{' '.join(str(fmt()).split())}{hint}")
+    return code
 
 
 if __name__ == "__main__":

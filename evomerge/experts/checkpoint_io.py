@@ -240,9 +240,7 @@ def write_full_checkpoint(
     ``model.safetensors`` (one shard) or ``model-0000i-of-0000n.safetensors`` + index, and copies
     config/tokenizer files from ``base_dir``.
     """
-    from safetensors.torch import save_file
-
-    from evomerge.io import write_json_atomic
+    from evomerge.io import save_safetensors, write_json_atomic
 
     out_dir = Path(out_dir)
     keys = list(keys)
@@ -259,7 +257,7 @@ def write_full_checkpoint(
             tensors[k] = tensor_fn(k).detach().to("cpu", dtypes[k]).contiguous()
             weight_map[k] = name
             bar.update(1)
-        save_file(tensors, str(out_dir / name), metadata={"format": "pt"})
+        save_safetensors(tensors, str(out_dir / name), metadata={"format": "pt"})
         written.append(out_dir / name)
         del tensors
     bar.close()

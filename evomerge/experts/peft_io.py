@@ -236,9 +236,7 @@ def write_peft_adapter(
     dtype: torch.dtype = torch.float32,
 ) -> dict[str, Any]:
     """Write ``adapter_config.json`` + ``adapter_model.safetensors`` into an existing folder."""
-    from safetensors.torch import save_file
-
-    from evomerge.io import write_json_atomic
+    from evomerge.io import save_safetensors, write_json_atomic
 
     out_dir = Path(out_dir)
     cfg = build_adapter_config(modules, adapter_config)
@@ -246,7 +244,7 @@ def write_peft_adapter(
     for name, m in sorted(modules.items()):
         tensors[weight_to_peft_key(name, "A")] = m.A.detach().to("cpu", dtype).contiguous()
         tensors[weight_to_peft_key(name, "B")] = (m.B.detach().to("cpu", torch.float32) * m.scale).to(dtype).contiguous()
-    save_file(tensors, str(out_dir / ADAPTER_SAFETENSORS), metadata={"format": "pt"})
+    save_safetensors(tensors, str(out_dir / ADAPTER_SAFETENSORS), metadata={"format": "pt"})
     write_json_atomic(out_dir / ADAPTER_CONFIG, cfg)
     return cfg
 

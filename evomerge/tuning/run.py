@@ -78,21 +78,20 @@ class Opened:
 
 
 def open_tune_study(cfg: EvomergeConfig, out_dir: Path, *, storage: str | None, study_name: str | None,
-                    resume: bool, small: bool, worker: int = 0) -> Opened:
+                    resume: bool, small: bool, worker: int = 0, log=None) -> Opened:
     """Check the space, reach the storage, create/join the study; nothing expensive runs before these checks
     (except building the built-in zoo, which is needed to know the pool size)."""
     import optuna
 
-    from evomerge.storage_uri import mask_uri
     from evomerge.tuning.space import build_space, space_fingerprint
-    from evomerge.tuning.storage import open_storage, resolve_storage_url
-    from evomerge.tuning.study import make_pruner, make_sampler, open_study
+    from evomerge.tuning.storage import open_storage, resolve_storage_url, shown_url
+    from evomerge.tuning.study import make_pruner, make_sampler, open_study, sampler_seed
 
     tune = cfg.tune
     out_dir.mkdir(parents=True, exist_ok=True)
     build_space(tune, cfg)  # cheap checks first (names, ranges), before the zoo is built
     url = resolve_storage_url(storage, tune.storage, out_dir)
-    shown = mask_uri(url)
+    shown = shown_url(url)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     store = open_storage(url)
     spec = _pool_spec(cfg, small)
@@ -101,8 +100,10 @@ def open_tune_study(cfg: EvomergeConfig, out_dir: Path, *, storage: str | None, 
     study = open_study(
         store, study_name or tune.study_name, space_fingerprint(dims, tune.objective), resume=resume,
         sampler=make_sampler(tune.sampler, cfg.seed * 1000 + worker), pruner=make_pruner(tune.pruner, max_steps),
-        shown_url=shown,
+        shown_url=shown, log=log,
     )
+    # A joining or resumed worker continues the sampler's stream instead of repeating trial 0.
+    study.sampler = make_sampler(tune.sampler, sampler_seed(cfg.seed, worker, len(study.trials)))
     return Opened(study, spec, dims, url, shown)
 
 
@@ -148,7 +149,7 @@ def run_tune(
     total = n_trials or cfg.tune.n_trials
     timeout = timeout if timeout is not None else cfg.tune.timeout
     o = open_tune_study(cfg, out_dir, storage=storage, study_name=study_name, resume=resume, small=small,
-                        worker=worker)
+                        worker=worker, log=log)
     study = o.study
     log(f"study `{study.study_name}` in {o.shown}: {len(study.trials)} trial(s) so far, target {total}")
     for d in o.dims:

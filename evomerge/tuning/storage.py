@@ -10,7 +10,9 @@
 Precedence: ``--storage`` > ``$EVOMERGE_OPTUNA_STORAGE`` > ``tune.storage`` > default. ``${VAR}``
 in a URL is expanded from the environment, so a config can say
 ``postgresql://evomerge:${PGPASSWORD}@db/optuna``; a literal password in a config file is
-refused. Printed URLs always have the password masked.
+refused. Every URL printed or written (messages, logs, ``summary.json``) goes through
+:func:`shown_url`: values expanded from the environment are shown as their ``${VAR}``, and the
+user-info password and query values are masked (:func:`evomerge.storage_uri.mask_uri`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ from evomerge.storage_uri import mask_uri
 ENV_VAR = "EVOMERGE_OPTUNA_STORAGE"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _LITERAL_PASSWORD = re.compile(r"://[^/:@\s]*:([^@/\s]*)@")
+_QUERY_SECRET = re.compile(r"[?&;](?:password|passwd|pwd|sslpassword|token|secret|access_key|secret_key)=([^&;#\s]*)",
+                           re.IGNORECASE)
+#: value -> ``${VAR}`` for every environment value expanded into a storage URL by this process.
+_EXPANDED: dict[str, str] = {}
 
 
 def expand_env(url: str, source: str) -> str:
@@ -34,16 +40,24 @@ def expand_env(url: str, source: str) -> str:
     def sub(m: re.Match) -> str:
         if m.group(1) not in os.environ:
             raise ConfigError(f"{source}: environment variable `{m.group(1)}` used in the storage URL is not set")
-        return os.environ[m.group(1)]
+        value = os.environ[m.group(1)]
+        if len(value) >= 3:  # shorter values would mask unrelated text
+            _EXPANDED[value] = m.group(0)
+        return value
 
     return _VAR.sub(sub, url)
+
+
+def shown_url(text: str) -> str:
+    """``text`` (a URL or a message holding one) safe to print or write: see the module docstring."""
+    return mask_uri(text, _EXPANDED)
 
 
 def resolve_storage_url(cli: str | None, config_value: str | None, run_dir: Path) -> str:
     """The storage URL to use, following the precedence above (env vars expanded)."""
     if config_value:
-        m = _LITERAL_PASSWORD.search(config_value)
-        if m and not _VAR.fullmatch(m.group(1)):
+        literal = [m.group(1) for r in (_LITERAL_PASSWORD, _QUERY_SECRET) for m in r.finditer(config_value)]
+        if any(v and not _VAR.fullmatch(v) for v in literal):
             raise ConfigError(
                 "tune.storage: the URL holds a literal password; put it in the environment instead, "
                 f"e.g. `{ENV_VAR}` or `${{PGPASSWORD}}` inside the URL"
@@ -80,7 +94,7 @@ def postgres_driver(url: str) -> str:
 
 def open_storage(url: str):
     """An Optuna storage for ``url``; raises :class:`ConfigError` if it cannot be reached."""
-    shown = mask_uri(url)
+    shown = shown_url(url)
     journal = _journal_path(url)
     if journal is not None:
         from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -111,8 +125,8 @@ def open_storage(url: str):
             if attempt + 1 < attempts:
                 time.sleep(0.5 * (attempt + 1))
                 continue
-            msg = str(err).split("\n")[0].replace(url, shown)
-            raise ConfigError(f"Optuna storage `{shown}` cannot be reached: {mask_uri(msg)}") from None
+            msg = shown_url(str(err).split("\n")[0].replace(url, shown))
+            raise ConfigError(f"Optuna storage `{shown}` cannot be reached: {msg}") from None
 
 
 def _rdb_storage(url: str, engine_kwargs: dict):
@@ -122,4 +136,7 @@ def _rdb_storage(url: str, engine_kwargs: dict):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=30, grace_period=120)
+        from evomerge.tuning.study import retry_callback
+
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=30, grace_period=120,
+                                          heartbeat_stale_trial_callback=retry_callback())

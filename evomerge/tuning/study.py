@@ -3,6 +3,15 @@
 ``tune.n_trials`` is the study's total budget: each worker runs until the study holds that many
 finished (complete, pruned or failed) trials, so a resumed study only runs what is left and
 two workers split the budget instead of doubling it.
+
+A worker that dies (killed, machine lost) leaves its trial RUNNING. Such trials are marked FAIL
+and retried with the same parameters (:data:`RETRY`, at most twice): on RDB storages by Optuna's
+heartbeats (a trial whose worker stopped beating for the grace period), and, for SQLite and
+journal files, also by :func:`sweep_dead_trials` when a worker opens the study (a RUNNING trial
+whose worker process on this machine is gone). A failed trial that was retried does not count
+toward the budget. A resumed worker's sampler is seeded from the run seed, the worker index
+and the number of trials already in the study (:func:`sampler_seed`), so it continues with new
+parameters instead of repeating trial 0's.
 """
 
 from __future__ import annotations
@@ -13,6 +22,31 @@ from evomerge.errors import ConfigError
 
 SPACE_ATTR = "evomerge.space"
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+WORKER_ATTR = "worker"  # host:pid of the process running the trial
+WORKER_START_ATTR = "worker_start"  # that process's start time (tells a reused pid apart)
+MAX_RETRY = 2
+
+
+def retry_callback():
+    """Optuna's callback that re-enqueues a failed trial (same parameters) at most ``MAX_RETRY`` times."""
+    import warnings
+
+    import optuna.storages as st
+
+    cls = getattr(st, "RetryHeartbeatStaleTrialCallback", None) or st.RetryFailedTrialCallback  # renamed in 4.9
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # experimental-feature warnings
+        return cls(max_retry=MAX_RETRY)
+
+
+def sampler_seed(seed: int, worker: int, n_trials_before: int) -> int:
+    """The sampler seed of a worker joining a study that already holds ``n_trials_before`` trials."""
+    import numpy as np
+
+    if n_trials_before == 0:  # a new study: the seed it always had
+        return int(seed) * 1000 + int(worker)
+
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(worker), int(n_trials_before)]).generate_state(1)[0])
 
 
 def make_sampler(name: str, seed: int):
@@ -43,8 +77,10 @@ def _existing_names(storage) -> set[str]:
     return {s.study_name for s in storage.get_all_studies()}
 
 
-def open_study(storage, name: str, fingerprint: str, *, resume: bool, sampler, pruner, shown_url: str):
-    """Create the study, or load it with ``resume``; refuse a mismatched search space."""
+def open_study(storage, name: str, fingerprint: str, *, resume: bool, sampler, pruner, shown_url: str,
+               log: Callable[[str], None] | None = None):
+    """Create the study, or load it with ``resume``; refuse a mismatched search space; fail and
+    retry the trials of dead workers (:func:`sweep_dead_trials`)."""
     import optuna
 
     exists = name in _existing_names(storage)
@@ -65,14 +101,81 @@ def open_study(storage, name: str, fingerprint: str, *, resume: bool, sampler, p
             "use another --study-name, or the same tune.space as before.\n"
             f"  stored: {stored}\n  now:    {fingerprint}"
         )
+    if exists:
+        sweep_dead_trials(study, log)
     return study
 
 
 def n_finished(study) -> int:
+    """Finished trials that count toward the budget (a failed trial that was retried does not)."""
     import optuna
 
     states = tuple(getattr(optuna.trial.TrialState, s) for s in FINISHED)
-    return len(study.get_trials(deepcopy=False, states=states))
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return sum(1 for t in trials if t.state in states and not (t.state.name == "FAIL" and t.number in retried))
+
+
+def _process_start(pid: int) -> str | None:
+    """Start time (clock ticks since boot) of process ``pid``; None if there is no such process."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        import os
+
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return ""
+        return ""  # alive, start time unknown (no /proc)
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _worker_alive(trial) -> bool | None:
+    """Whether the process that runs ``trial`` is alive; None when it ran on another machine."""
+    import socket
+
+    host, _, pid = str(trial.user_attrs.get(WORKER_ATTR, "")).rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    start = _process_start(int(pid))
+    if start is None:
+        return False
+    recorded = trial.user_attrs.get(WORKER_START_ATTR)
+    return not (recorded and start and recorded != start)
+
+
+def sweep_dead_trials(study, log: Callable[[str], None] | None = None) -> list[int]:
+    """Mark FAIL (and retry) the RUNNING trials whose worker process on this machine is gone;
+    on heartbeat storages, also those whose heartbeat is stale. Returns the trial numbers failed here."""
+    import optuna
+
+    failed = []
+    storage = study._storage
+    callback = retry_callback()
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if _worker_alive(t) is not False:
+            continue
+        try:
+            storage.set_trial_user_attr(t._trial_id, "error", f"worker {t.user_attrs.get(WORKER_ATTR)} died during the trial")
+            if not storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker swept it first
+            continue
+        callback(study, storage.get_trial(t._trial_id))
+        failed.append(t.number)
+        if log:
+            log(f"trial {t.number}: FAIL (its worker {t.user_attrs.get(WORKER_ATTR)} is gone); retried with the same parameters")
+    import warnings
+
+    from optuna.storages import fail_stale_trials
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        fail_stale_trials(study)  # heartbeat storages: stale trials of workers on other machines
+    return failed
 
 
 def run_study(study, objective: Callable, *, n_trials: int, timeout: float | None,
@@ -82,9 +185,6 @@ def run_study(study, objective: Callable, *, n_trials: int, timeout: float | Non
     A trial that raises is recorded as FAIL (its error in the ``error`` user attribute) and the
     study goes on.
     """
-    import optuna
-    from optuna.study import MaxTrialsCallback
-
     remaining = n_trials - n_finished(study)
     if remaining <= 0:
         return 0
@@ -95,13 +195,16 @@ def run_study(study, objective: Callable, *, n_trials: int, timeout: float | Non
         ran += 1
         return objective(trial)
 
-    states = tuple(getattr(optuna.trial.TrialState, s) for s in FINISHED)
+    def budget(study, trial) -> None:  # the study's budget, shared with the other workers
+        if n_finished(study) >= n_trials:
+            study.stop()
+
     study.optimize(
         counted,
-        n_trials=remaining,
+        n_trials=remaining + 2 * MAX_RETRY,  # retried trials run on top; ``budget`` stops the loop
         timeout=timeout,
         catch=(Exception,),
-        callbacks=[MaxTrialsCallback(n_trials, states=states), *([_trial_logger(log)] if log else [])],
+        callbacks=[budget, *([_trial_logger(log)] if log else [])],
         gc_after_trial=True,
         show_progress_bar=False,
     )
@@ -125,8 +228,11 @@ def recording_errors(objective: Callable) -> Callable:
 
     import optuna
 
+    start = _process_start(os.getpid()) or ""
+
     def wrapped(trial):
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr(WORKER_START_ATTR, start)
         try:
             return objective(trial)
         except optuna.TrialPruned:
