@@ -192,7 +192,7 @@ def run_scale(
     ctx = make_context(cfg, spec, run_dir)
     searches = [c for c in todo if c.kind == "search"]
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="scale cells", unit="cell", disable=not progress)
-    from evomerge.distributed.cluster import connect
+    from evomerge.distributed.cluster import connect, disconnect
 
     started_ray = connect(cfg.ray) if todo else False  # one Ray for the whole run
     try:
@@ -220,10 +220,7 @@ def run_scale(
                     finished(cell)
     finally:
         bar.close()
-        if started_ray:
-            import ray
-
-            ray.shutdown()
+        disconnect(started_ray)
         _record_timing(run_dir, time.perf_counter() - t0, n_run, resumed)
     seconds = time.perf_counter() - t0
     report_path = None

@@ -150,6 +150,7 @@ class RayConfig(Section):
     islands: int = Field(default=1, ge=1)
     migration_interval: int = Field(default=3, ge=1)
     max_restarts: int = Field(default=3, ge=0)
+    connect_timeout_s: float = Field(default=15.0, gt=0.0, description="give up joining `address` after this many seconds")
 
 
 class ScaleConfig(Section):

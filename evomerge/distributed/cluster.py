@@ -1,4 +1,5 @@
-"""Connecting to Ray and deciding how many population actors run where.
+"""Connecting to Ray (the one place that does: :func:`connect`, :func:`ray_session`,
+:func:`release`) and deciding how many population actors run where.
 
 ``plan_actors`` is a pure function of the config and the cluster's resources, so the checks
 that refuse impossible requests (more GPUs than exist, more CPU slots than exist) are tested
@@ -7,9 +8,14 @@ without Ray and run before any work starts.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import socket
+import threading
+import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from evomerge.config import RayConfig
 from evomerge.errors import ConfigError
@@ -69,24 +75,128 @@ def plan_actors(cfg: RayConfig, resources: Mapping[str, float]) -> ActorPlan:
     return ActorPlan(n_actors=int(n), num_cpus=float(cpus), num_gpus=float(gpus))
 
 
-def connect(cfg: RayConfig) -> bool:
-    """Join the cluster at ``cfg.address`` or start a local Ray; reuse one already running.
+def connect(cfg: RayConfig, *, log_to_driver: bool = False) -> bool:
+    """Join the cluster at ``cfg.address`` (else ``$RAY_ADDRESS``, which Ray Jobs set) or start a
+    local Ray; reuse one already running.
 
-    Returns True when this call started Ray (so the caller should shut it down).
+    An address is probed first, so an unreachable head fails within ``cfg.connect_timeout_s``
+    with one clear line instead of Ray's minutes of retries. Returns True when this call
+    started Ray (the caller then stops it with :func:`disconnect`, or uses :func:`ray_session`).
     """
     import ray
 
     if ray.is_initialized():
         return False
-    if cfg.address:
+    address = cfg.address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        probe_address(address, cfg.connect_timeout_s)
         try:
-            ray.init(address=cfg.address, log_to_driver=False)
-        except ConnectionError as err:
-            raise ConfigError(f"`ray.address`: cannot connect to Ray at {cfg.address!r} ({err})") from None
+            ray.init(address=address, log_to_driver=log_to_driver)
+        except (ConnectionError, RuntimeError) as err:
+            raise ConfigError(f"`ray.address`: cannot connect to Ray at {address!r} ({_first_line(err)})") from None
     else:
         # "local": a new Ray of our own, even if a `ray start` cluster runs on this machine
-        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", include_dashboard=False, log_to_driver=log_to_driver)
     return True
+
+
+def disconnect(started_ray: bool) -> None:
+    """Stop Ray when this process started it (``connect`` returned True); else leave it running."""
+    if started_ray:
+        import ray
+
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def ray_session(cfg: RayConfig, *, log_to_driver: bool = False) -> Iterator[bool]:
+    """``with ray_session(cfg.ray):`` connect (see :func:`connect`) and release on exit."""
+    started = connect(cfg, log_to_driver=log_to_driver)
+    try:
+        yield started
+    finally:
+        disconnect(started)
+
+
+DEFAULT_CONNECT_TIMEOUT_S = 15.0
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a GCS (``host:port``) or Ray Client (``ray://host[:port]``) address;
+    None for ``auto``/``local`` (Ray resolves those itself, quickly)."""
+    if address in ("auto", "local"):
+        return None
+    rest, default_port = address, 6379
+    if "://" in address:
+        scheme, rest = address.split("://", 1)
+        if scheme != "ray":
+            raise ConfigError(
+                f"`ray.address` {address!r}: use host:port (the head's GCS port, 6379 by default), "
+                "ray://host:10001 or 'auto'; an http:// address is the job API, for `ray job submit` only"
+            )
+        default_port = 10001
+    rest = rest.split("/", 1)[0]
+    if rest.startswith("["):  # [IPv6]:port
+        host, _, port = rest[1:].partition("]")
+        port = port.lstrip(":")
+    elif rest.count(":") == 1:
+        host, port = rest.split(":")
+    else:
+        host, port = rest, ""
+    try:
+        return host, int(port) if port else default_port
+    except ValueError:
+        raise ConfigError(f"`ray.address` {address!r}: {port!r} is not a port number") from None
+
+
+def probe_address(address: str, timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S) -> None:
+    """Raise :class:`ConfigError` unless a Ray head answers at ``address`` within ``timeout_s``.
+
+    Two steps: a TCP connection (refused or silent hosts fail here, in at most ``timeout_s``),
+    then, for a GCS address, a GCS handshake run in a daemon thread and abandoned after the
+    time left (a port that accepts connections but is not Ray's GCS)."""
+    hp = _host_port(address)
+    if hp is None:
+        return
+    host, port = hp
+    t0 = time.monotonic()
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as err:
+        reason = f"no answer within {timeout_s:g} s" if isinstance(err, TimeoutError) else (
+            (err.strerror or type(err).__name__).lower())
+        raise ConfigError(
+            f"`ray.address`: no Ray head at {address!r} ({host}:{port}: {reason}); "
+            "is the head running, and is the port open from this machine?"
+        ) from None
+    if address.startswith("ray://"):
+        return
+    result: list[BaseException | None] = []
+
+    def handshake() -> None:
+        try:
+            from ray._raylet import GcsClient
+
+            GcsClient(address=f"{host}:{port}", cluster_id=None)
+            result.append(None)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            result.append(e)
+
+    thread = threading.Thread(target=handshake, name="evomerge-ray-probe", daemon=True)
+    thread.start()
+    thread.join(max(0.5, timeout_s - (time.monotonic() - t0)))
+    if not result:
+        raise ConfigError(
+            f"`ray.address`: {host}:{port} accepts connections but no Ray GCS answered within {timeout_s:g} s "
+            "(is this the head's GCS port, 6379 by default?)"
+        )
+    if result[0] is not None:
+        raise ConfigError(f"`ray.address`: {host}:{port} is not a reachable Ray GCS ({_first_line(result[0])})")
 
 
 def create_placement_group(plan: ActorPlan, timeout_s: float):
@@ -146,5 +256,4 @@ def release(actors, pg, started_ray: bool) -> None:
         from ray.util.placement_group import remove_placement_group
 
         remove_placement_group(pg)
-    if started_ray:
-        ray.shutdown()
+    disconnect(started_ray)

@@ -171,21 +171,14 @@ def run_tune(
 def _run_evolutionary(study, cfg: EvomergeConfig, dims, out_dir: Path, small: bool, total: int, timeout, log) -> int:
     """Trials that are whole GENOME/Swarm runs; one Ray connection and one set of population
     actors serve them all."""
-    from evomerge.distributed.cluster import connect
+    from evomerge.distributed.cluster import ray_session
     from evomerge.distributed.runtime import Runtime
     from evomerge.tuning.evolve_objective import evolve_objective
     from evomerge.tuning.study import recording_errors, run_study
 
-    started = connect(cfg.ray)
-    try:
-        with Runtime(cfg) as rt:
-            objective = evolve_objective(cfg, dims, cfg.tune.objective, out_dir / "trials", small=small, runtime=rt)
-            return run_study(study, recording_errors(objective), n_trials=total, timeout=timeout, log=log)
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+    with ray_session(cfg.ray), Runtime(cfg) as rt:
+        objective = evolve_objective(cfg, dims, cfg.tune.objective, out_dir / "trials", small=small, runtime=rt)
+        return run_study(study, recording_errors(objective), n_trials=total, timeout=timeout, log=log)
 
 
 def finish(study, cfg: EvomergeConfig, spec, out_dir: Path, shown: str, ran: int, seconds: float, log) -> TuneResult:
