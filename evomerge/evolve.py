@@ -26,7 +26,6 @@ from evomerge.errors import ConfigError, OutputExistsError
 from evomerge.io import write_json_atomic, write_parquet_atomic
 
 log = logging.getLogger(__name__)
-ALGOS = ("genome", "swarm")
 
 
 @dataclass(frozen=True)
@@ -57,31 +56,27 @@ class RoundInfo:
     seconds: float
 
 
-def check_static(cfg: EvomergeConfig, algo: str) -> None:
-    """Refuse combinations the config schema alone cannot see (before Ray or any loading)."""
-    if algo not in ALGOS:
-        raise ConfigError(f"`--algo` must be one of {list(ALGOS)}. Got {algo!r} instead.")
+def check_static(cfg: EvomergeConfig, algo: str, n_experts: int | None = None) -> None:
+    """Refuse combinations the config schema alone cannot see (before Ray or any loading);
+    with ``n_experts`` known, also what the search refuses for that pool size."""
+    from evomerge.search import check_search_name
+
+    check_search_name(algo, "--algo")
     if algo == "swarm" and cfg.ray.islands > 1:
         raise ConfigError("`ray.islands` > 1 needs migration, which only GENOME supports; use islands: 1 with swarm")
+    if n_experts is not None:
+        make_searches(cfg, algo, n_experts)
 
 
 def make_searches(cfg: EvomergeConfig, algo: str, n_experts: int) -> list[Any]:
     """One search object per island (distinct id prefixes and seeds)."""
-    from evomerge.search import Genome, Swarm
+    from evomerge.search import check_search_name, make_search
 
-    check_static(cfg, algo)
+    check_search_name(algo, "--algo")
     if n_experts < 2:
         raise ConfigError(f"evolutionary search needs at least 2 experts. Got {n_experts} instead.")
     n = cfg.ray.islands
-    out = []
-    for i in range(n):
-        prefix = f"i{i}/" if n > 1 else ""
-        seed = cfg.seed + 7919 * i
-        if algo == "genome":
-            out.append(Genome(cfg.genome, n_experts, seed, swarm=cfg.swarm, prefix=prefix))
-        else:
-            out.append(Swarm(cfg.swarm, n_experts, seed, prefix=prefix))
-    return out
+    return [make_search(algo, cfg, n_experts, cfg.seed + 7919 * i, prefix=f"i{i}/" if n > 1 else "") for i in range(n)]
 
 
 def _run_meta(cfg: EvomergeConfig, algo: str, inputs: EvolveInputs) -> dict[str, Any]:
@@ -136,7 +131,8 @@ def run_evolve(
     from evomerge.distributed.runtime import Runtime
 
     out_dir = Path(out_dir)
-    check_static(cfg, algo)
+    known = len(experts) if experts is not None else (len(cfg.experts.experts) or None)
+    check_static(cfg, algo, known)
     with contextlib.ExitStack() as stack:
         # connecting checks the request against the cluster: impossible ones fail before any work
         rt = runtime if runtime is not None else stack.enter_context(Runtime(cfg))

@@ -10,7 +10,7 @@ import pytest
 
 from evomerge.config import RayConfig, config_from_dict
 from evomerge.distributed import records
-from evomerge.distributed.actors import numpy_to_td, recipe_inputs, td_to_numpy
+from evomerge.distributed.actors import numpy_to_td, td_to_numpy
 from evomerge.distributed.cluster import plan_actors
 from evomerge.distributed.inputs import select
 from evomerge.errors import ConfigError
@@ -94,9 +94,12 @@ def test_select_experts_by_name_or_index():
 
 def test_recipe_inputs_include_velocities():
     move = Recipe("s1.p0", "pso_move", ("s0.p0", "s0.p0", "s0.p1", "s0.p2"), (0.25,) * 4, {"velocity": "stored", "step": 1.0})
-    assert recipe_inputs(move) == ["s0.p0", "s0.p0", "s0.p1", "s0.p2", "s0.p0/v"]
+    assert move.input_keys() == ("s0.p0", "s0.p1", "s0.p2", "s0.p0/v")
     init = Recipe("s1.p0", "pso_move", ("a", "b", "c", "d"), (0.25,) * 4, {"velocity": "diff", "velocity_ref": "e", "step": 1.0})
-    assert recipe_inputs(init)[-1] == "e"
+    assert init.input_keys()[-1] == "e"
+    # a move without a `velocity` param reads the stored velocity (what materialize does)
+    bare = Recipe("s1.p1", "pso_move", ("x", "p", "g", "w"), (0.25,) * 4, {"step": 1.0})
+    assert bare.input_keys() == ("x", "p", "g", "w", "x/v")
 
 
 def test_numpy_roundtrip_is_exact():

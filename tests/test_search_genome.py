@@ -34,9 +34,50 @@ def test_init_pairs_are_distinct_shuffled_and_weights_normalised():
         assert sum(r.weights) == pytest.approx(1.0) and min(r.weights) > 0
     assert pairs != [tuple(sorted(r.parents)) for r in Genome(GenomeConfig(population=10), 6, seed=4).ask()]
     assert s.ask() == batch  # idempotent until tell
-    # more individuals than pairs: pairs are reused with fresh weights
+    # coverage_reuse (default): more individuals than pairs reuse pairs with fresh weights
     few = Genome(GenomeConfig(population=5), 3, seed=0).ask()
-    assert len(few) == 5 and len({r.parents for r in few}) <= 3
+    assert len(few) == 5 and len({r.parents for r in few}) == 3 and len({r.weights for r in few}) == 5
+
+
+@pytest.mark.parametrize("mode", ["coverage", "coverage_reuse"])
+def test_init_pairs_cover_every_expert(mode):
+    cfg = GenomeConfig(preset="paper") if mode == "coverage" else GenomeConfig(population=10)
+    for n in range(2, 13):
+        pairs_total = n * (n - 1) // 2
+        for seed in range(30):
+            pairs = [tuple(sorted(r.parents)) for r in Genome(cfg, n, seed=seed).ask()]
+            assert len(pairs) == (min(10, pairs_total) if mode == "coverage" else 10)
+            assert {e for pr in pairs for e in pr} == {expert_id(i) for i in range(n)}  # every expert appears
+            assert len(set(pairs)) == min(len(pairs), pairs_total)  # no pair twice before every pair is used
+
+
+def test_paper_preset_clips_population_to_the_pairs_and_explicit_population_is_refused():
+    paper = GenomeConfig(preset="paper")
+    assert (paper.population, paper.generations, paper.crossover, paper.init_merge, paper.density,
+            paper.early_stop, paper.init_pairs) == (10, 10, "dare_ties", "dare_ties", 0.7, False, "coverage")
+    for n, size in [(2, 1), (3, 3), (4, 6), (5, 10), (6, 10), (12, 10)]:
+        batch = Genome(paper, n, seed=1).ask()
+        assert len(batch) == size and len({r.parents for r in batch}) == size
+        assert {e for r in batch for e in r.parents} == {expert_id(i) for i in range(n)}
+        assert all(r.params["method"] == "dare_ties" and r.params["merge_params"]["density"] == 0.7 for r in batch)
+    with pytest.raises(ConfigError, match="genome.population"):
+        Genome(GenomeConfig(population=7, init_pairs="coverage"), 4, seed=0)
+    with pytest.raises(ConfigError, match="genome.cross_rate"):
+        GenomeConfig(preset="paper", cross_rate=0.8)
+    with pytest.raises(ConfigError, match="genome.crossover"):
+        GenomeConfig(crossover="no_such_method")
+    with pytest.raises(ConfigError, match="genome.init_merge"):
+        GenomeConfig(init_merge="no_such_method")
+    again = GenomeConfig.model_validate(paper.model_dump(mode="json"))  # a dump of a preset reloads
+    assert again == paper
+
+
+def test_init_and_crossover_operators_are_separate():
+    store, fit = make_problem()
+    s = Genome(CFG.model_copy(update={"init_merge": "ties", "crossover": "linear", "cross_rate": 1.0}), 6, seed=0)
+    run(s, store, fit, rounds=2)
+    methods = {(h["op"], json.loads(h["params"]).get("method")) for h in s.history if h["op"] != "mutate"}
+    assert methods == {("init_pair", "ties"), ("crossover", "linear")}
 
 
 def test_genome_improves_over_best_expert():
@@ -171,7 +212,11 @@ def test_early_stop_when_best_does_not_improve():
     store, _ = make_problem()
     s = Genome(GenomeConfig(population=4, generations=50, early_stop_iter=3, cross_rate=1.0), 6, seed=0)
     run(s, store, lambda td: 1.0)  # nothing ever improves on the initial best
-    assert s.done and s.generation == 4 and s.stale_generations == 3
+    # the original stops once the stale count exceeds early_stop_iter (`>`): 4 stale generations
+    assert s.done and s.generation == 5 and s.stale_generations == 4
+    off = Genome(GenomeConfig(population=4, generations=7, early_stop=False, cross_rate=1.0), 6, seed=0)
+    run(off, store, lambda td: 1.0)
+    assert off.done and off.generation == 8 and off.stale_generations == 7
 
 
 def test_generations_limit_and_empty_generations():
@@ -276,5 +321,24 @@ def test_make_search_from_top_level_config():
     g = make_search("genome", cfg, 5, seed=1, prefix="i0/")
     assert isinstance(g, Genome) and g.swarm.step == 0.25 and all(r.id.startswith("i0/") for r in g.ask())
     assert isinstance(make_search("swarm", cfg, 5, seed=1), Swarm)
-    with pytest.raises(ConfigError, match="search must be one of"):
+    with pytest.raises(ConfigError, match="`search` must be one of"):
         make_search("cmaes", cfg, 5, seed=1)
+
+
+def test_genome_plus_moves_toward_all_time_best_and_away_from_all_time_worst():
+    store, _ = make_problem()
+    s = Genome(GenomeConfig(population=6, generations=6, succession=True, cross_rate=0.8, ind_mut_rate=0.5,
+                            early_stop=False), 6, seed=3)
+    rng = np.random.default_rng(0)
+    store, seen = dict(store), 0
+    while not s.done:
+        batch = s.ask()
+        if s.phase == "move":
+            told = [h["fitness"] for h in s.history]
+            for r in batch:  # the research code's global max / min: over every individual told so far
+                assert s.fitness[r.parents[2]] == max(told) and s.fitness[r.parents[3]] == min(told)
+                seen += 1
+        for r in batch:
+            store.update(materialize(r, store))
+        s.tell({r.id: float(rng.random()) for r in batch})
+    assert seen > 6

@@ -163,20 +163,13 @@ def test_seed_derivation_is_stable_and_distinct():
     assert 0 <= derive_seed(2**40, 3) < 2**63
 
 
-def _registry_has(name: str) -> bool:
-    from evomerge.merging.registry import available_methods
-
-    return name in available_methods()
-
-
 @pytest.mark.parametrize("method", ["ties", "dare_ties"])
 def test_registry_crossover_matches_registry_per_key(method):
-    if not _registry_has(method):
-        pytest.skip(f"merge registry has no `{method}` yet")
     from evomerge.merging.registry import get_merge_method
-    from evomerge.search.operators import crossover_params
+    from evomerge.search.operators import merge_spec
 
-    params = crossover_params(method, 0.5)
+    params = merge_spec(method, 0.5, 0.0)["merge_params"]
+    assert params == {"density": 0.5, "disjoint": "weighted"}
     gen = torch.Generator().manual_seed(0)
     store = {"a": {"k": torch.randn(8, 8, generator=gen)}, "b": {"k": torch.randn(8, 8, generator=gen)}}
     r = Recipe("c", "crossover", ("a", "b"), (0.6, 0.4), {"method": method, "merge_params": params}, seed=3)
@@ -184,16 +177,17 @@ def test_registry_crossover_matches_registry_per_key(method):
     fn = get_merge_method(method)
     # crossover weights (sum 1) reach the registry as they are, with the weighted disjoint mean
     want = fn(torch.stack([store["a"]["k"], store["b"]["k"]]), torch.tensor([0.6, 0.4]),
-              generator=torch.Generator().manual_seed(key_seed(3, "k")), stats=None, disjoint="weighted", **params)
+              generator=torch.Generator().manual_seed(key_seed(3, "k")), stats=None, **params)
     torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("method", ["ties", "dare_ties"])
 def test_registry_crossover_of_identical_parents_keeps_magnitude(method):
     """Defect guard: a weight-normalised sum divided by the agreeing count would halve the child."""
-    if not _registry_has(method):
-        pytest.skip(f"merge registry has no `{method}` yet")
-    from evomerge.search.operators import crossover_params
+    from evomerge.search.operators import merge_spec
+
+    def crossover_params(m, density):
+        return merge_spec(m, density, 0.0)["merge_params"]
 
     x = {"k": torch.tensor([[1.0, -2.0, 3.0, -4.0]])}
     r = Recipe("c", "crossover", ("a", "b"), (0.5, 0.5),
@@ -223,9 +217,9 @@ def test_results_stay_on_the_parents_device(op):
     elif op == "pso_move":
         r = Recipe("n", "pso_move", ("a", "b", "c", "d"), (0.1, 0.2, 0.3, 0.4), {"step": 0.5, "velocity": "stored"})
     else:
-        from evomerge.search.operators import crossover_params
+        from evomerge.search.operators import merge_spec
 
-        params = {"method": op, "blx_alpha": 0.5, "merge_params": crossover_params(op, 0.7) if "ties" in op else {}}
+        params = merge_spec(op, 0.7, 0.5)
         r = Recipe("n", "crossover", ("a", "b"), (0.6, 0.4), params, seed=2)
     out = materialize(r, gpu)
     assert all(t.device.type == "cuda" for td in out.values() for t in td.values())

@@ -126,9 +126,14 @@ def test_restart_to_personal_best_and_patience_stop():
     assert {h["id"] for h in restarts} == set(starts) and {h["parents"][0] for h in restarts} == {r.id for r in second}
     nxt = s.ask()
     assert all(r.params["velocity"] == "zero" and r.parents[0] == r.parents[1] for r in nxt)
+    # Model Swarms keeps restarting after every move until the personal best improves
+    tell_all(s, store, lambda r: -1e6)
+    assert s.restarts == 12 and s.population == starts
+    better = {r.id for r in tell_all(s, store, lambda r: 1e6 if r.parents[0] == starts[0] else -1e6)}
+    assert s.restarts == 17 and s.population[0] in better and s.population[1:] == starts[1:]
     while not s.done:
         tell_all(s, store, lambda r: -1e6)
-    assert s.generation == cfg.patience + 1 and s.g_unchanged == cfg.patience  # g unchanged for `patience` moves
+    assert s.g_unchanged == cfg.patience  # g unchanged for `patience` moves
 
 
 def test_max_iter_stop_and_ask_after_done():

@@ -43,11 +43,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Evolve a merge of the experts; print best/mean fitness per generation."""
         from evomerge.config import load_config
-        from evomerge.evolve import ALGOS, run_evolve
-        from evomerge.errors import ConfigError
+        from evomerge.evolve import run_evolve
+        from evomerge.search import check_search_name
 
-        if algo not in ALGOS:
-            raise ConfigError(f"`--algo` must be one of {list(ALGOS)}. Got {algo!r} instead.")
+        check_search_name(algo, "--algo")
         cfg = apply_overrides(load_config(config), algo, ray_address=ray_address, actors=actors,
                               generations=generations, seed=seed)
         res = run_evolve(cfg, algo, out, resume=resume, zoo_profile=zoo, progress=True)

@@ -95,7 +95,25 @@ SPACE_HELP = ("LoRA pools: 'ab' searches over the A and B factors (what GENOME a
               "deltas B@A (exact weighted sums; memory of full task vectors; the result is a task vector)")
 
 
+SearchName = Literal["genome", "swarm"]  # the one list of search algorithms (evomerge.search.SEARCHES)
+
+
+def check_search_operator(section: str, key: str, name: str) -> None:
+    """A search merge operator: ``linear``, ``blx`` (crossover only) or a merge-registry method
+    that needs no data and returns one tensor (ties, dare_ties, magnitude_ties, ...)."""
+    from evomerge.errors import ConfigError
+    from evomerge.merging.registry import available_methods, get_merge_method
+
+    if name in ("linear", "blx"):
+        return
+    ok = [m for m in available_methods() if not get_merge_method(m).needs and not get_merge_method(m).per_task]
+    if name not in ok:
+        raise ConfigError(f"`{section}.{key}` must be linear, blx or one of the merge registry's {ok}. Got {name!r} instead.")
+
+
 class GenomeConfig(Section):
+    preset: Literal["paper"] | None = Field(
+        default=None, description="'paper': the settings of the paper's runs; explicit keys may not contradict it")
     population: int = Field(default=10, ge=2)
     max_population: int | None = Field(default=None, ge=2, description="GENOME+ (succession): grow to this, then select back to it")
     generations: int = Field(default=10, ge=1)
@@ -104,16 +122,36 @@ class GenomeConfig(Section):
     gene_mut_rate: float = Field(default=0.1, ge=0.0, le=1.0)
     sigma: float = Field(default=0.001, ge=0.0)
     elite_percent: float = Field(default=0.1, ge=0.0, le=1.0)
-    crossover: Literal["linear", "ties", "dare_ties", "blx"] = "linear"
+    init_pairs: Literal["coverage", "coverage_reuse"] = Field(
+        default="coverage_reuse",
+        description="initial pairs: every expert appears, no pair twice ('coverage': the research code; the "
+                    "population must fit the pairs), or pairs reused with new weights once all are used")
+    init_merge: str | None = Field(default=None, description="operator of the initial pairs (default: the crossover's; linear for blx)")
+    crossover: str = Field(default="linear", description="linear, blx, or a merge-registry method (ties, dare_ties, ...)")
     blx_alpha: float = Field(default=1.2, ge=0.0)
     density: float = Field(default=0.7, gt=0.0, le=1.0)
-    early_stop_iter: int = Field(default=5, ge=1)
+    early_stop: bool = True
+    early_stop_iter: int = Field(default=5, ge=1, description="stop after more than this many generations without a new best")
     succession: bool = False
     ensemble_k: int = Field(default=3, ge=1)
     space: SearchSpaceName = Field(default="ab", description=SPACE_HELP)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        from evomerge.config.presets import GENOME_PRESETS, apply_preset
+
+        return apply_preset("genome", GENOME_PRESETS, data)
+
     @model_validator(mode="after")
     def _check_max_population(self) -> "GenomeConfig":
+        check_search_operator("genome", "crossover", self.crossover)
+        if self.init_merge is not None:
+            if self.init_merge == "blx":
+                from evomerge.errors import ConfigError
+
+                raise ConfigError("`genome.init_merge` cannot be blx (it ignores the pair's weights); use linear or a registry method")
+            check_search_operator("genome", "init_merge", self.init_merge)
         if self.max_population is not None and self.max_population < self.population:
             from evomerge.errors import ConfigError
 
@@ -124,6 +162,8 @@ class GenomeConfig(Section):
 
 
 class SwarmConfig(Section):
+    preset: Literal["paper"] | None = Field(
+        default=None, description="'paper': Model Swarms' defaults; explicit keys may not contradict it")
     max_particles: int | None = Field(default=None, ge=2, description="pad the swarm to this many particles")
     max_iter: int = Field(default=200, ge=1)
     inertia: float = Field(default=0.4, ge=0.0)
@@ -137,6 +177,13 @@ class SwarmConfig(Section):
     restart_patience: float = Field(default=0.5, gt=0.0)
     init_velocity: Literal["random", "zero", "best"] = "random"
     space: SearchSpaceName = Field(default="ab", description=SPACE_HELP)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        from evomerge.config.presets import SWARM_PRESETS, apply_preset
+
+        return apply_preset("swarm", SWARM_PRESETS, data)
 
 
 class RayConfig(Section):
@@ -155,7 +202,7 @@ class RayConfig(Section):
 
 class ScaleConfig(Section):
     methods: list[str] = Field(default_factory=lambda: ["task_arithmetic", "ties", "dare_ties", "emr"])
-    search: list[Literal["genome", "swarm"]] = Field(default_factory=list)
+    search: list[SearchName] = Field(default_factory=list)
     with_rht: bool = True
     seeds: list[int] = Field(default_factory=lambda: [0, 1])
     order: Literal["given", "random", "low_correlation"] = "low_correlation"
@@ -200,7 +247,7 @@ class TuneConfig(Section):
     space: dict[str, SearchSpaceParam] = Field(
         default_factory=dict, description="dotted config names (merge.params.density, rht.gamma, experts.count) -> range"
     )
-    objective: Literal["merge", "genome", "swarm"] = Field(
+    objective: Literal["merge"] | SearchName = Field(
         default="merge", description="validation fitness of one merge, or of one evolutionary run per trial"
     )
     storage: str | None = Field(

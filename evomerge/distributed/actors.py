@@ -39,20 +39,6 @@ def numpy_to_td(d: Mapping[str, np.ndarray], device: str | torch.device = "cpu")
     return {k: torch.from_numpy(np.array(a, copy=True)).to(device) for k, a in d.items()}
 
 
-def recipe_inputs(recipe: Any) -> list[str]:
-    """Every store key ``materialize(recipe, store)`` reads (parents, and a velocity for moves)."""
-    from evomerge.search.recipe import velocity_key
-
-    keys = list(recipe.parents)
-    if recipe.op == "pso_move":
-        mode = recipe.params.get("velocity", "stored")
-        if mode == "stored":
-            keys.append(velocity_key(recipe.parents[0]))
-        elif mode == "diff":
-            keys.append(recipe.params["velocity_ref"])
-    return keys
-
-
 def rht_seed(base_seed: int, key: str) -> int:
     """Seed of the RHT noise for one individual: stable across processes and runs."""
     return (int(base_seed) * 1_000_003 + zlib.crc32(key.encode())) % (1 << 62)
@@ -176,7 +162,7 @@ class PopulationActor:
         made = []
         for rd in recipes:
             recipe = Recipe.from_dict(dict(rd))
-            missing = [k for k in recipe_inputs(recipe) if k not in self.store]
+            missing = [k for k in recipe.input_keys() if k not in self.store]
             if missing:
                 raise KeyError(f"actor lacks {missing} for recipe {recipe.id} ({recipe.op})")
             self.store.update(materialize(recipe, self.store))

@@ -21,7 +21,7 @@ import time
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from evomerge.distributed.actors import EvalRow, NumpyDict, recipe_inputs
+from evomerge.distributed.actors import EvalRow, NumpyDict
 from evomerge.errors import EvomergeError
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class PopulationPool:
         groups: list[list[Any]] = [[] for _ in range(self.n_actors)]
         for r in recipes:
             held = [0] * self.n_actors
-            for k in recipe_inputs(r):
+            for k in r.input_keys():
                 if k in self.location:
                     held[self.location[k]] += 1
             open_ = [i for i in range(self.n_actors) if len(groups[i]) < cap]
@@ -110,7 +110,7 @@ class PopulationPool:
         self._last_round = {}
         for idx, group in enumerate(groups):
             for r in group:
-                for key in _outputs(r):
+                for key in r.output_keys():
                     self.location[key] = idx
                     self._last_round[key] = r
         self.rounds += 1
@@ -127,7 +127,7 @@ class PopulationPool:
                 continue
             need: dict[int, set[str]] = defaultdict(set)
             for r in group:
-                for k in recipe_inputs(r):
+                for k in r.input_keys():
                     if k in self.expert_keys:
                         continue
                     owner = self.location.get(k)
@@ -283,9 +283,3 @@ class PopulationPool:
             **self.timings,
             "actors": per_actor,
         }
-
-
-def _outputs(recipe: Any) -> list[str]:
-    from evomerge.search.recipe import velocity_key
-
-    return [recipe.id, velocity_key(recipe.id)] if recipe.op == "pso_move" else [recipe.id]

@@ -15,8 +15,6 @@ from evomerge.config.sections import ScaleConfig
 from evomerge.errors import ConfigError
 from evomerge.theory.variance import adaptive_delta, n_max, variance_curve
 
-SEARCH_METHODS = ("genome", "swarm")
-
 
 @dataclass(frozen=True)
 class StopRule:

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from evomerge.errors import ConfigError
-from evomerge.search.recipe import STREAM_RECIPE, Recipe, derive_seed
+from evomerge.search.recipe import STREAM_RECIPE, Phase, Recipe, derive_seed
 
 
 class AskTell:
@@ -25,18 +25,20 @@ class AskTell:
         self.seed = int(seed)
         self.prefix = prefix
         self.generation = 0
-        self.phase = "init"
+        self.phase = Phase.INIT
         self.fitness: dict[str, float] = {}
         self.history: list[dict[str, Any]] = []
         self.best_id: str | None = None
         self.best_fitness: float | None = None
+        self.worst_id: str | None = None  # all-time worst (GENOME+'s repel target)
+        self.worst_fitness: float | None = None
         self._pending: list[Recipe] = []
         self._counter = 0  # recipes made in the current generation (ids and seeds)
 
     # ------------------------------------------------------------------ public
     @property
     def done(self) -> bool:
-        return self.phase == "done"
+        return self.phase == Phase.DONE
 
     def ask(self) -> list[Recipe]:
         """The recipes whose fitness is needed next (the same list until :meth:`tell`)."""
@@ -88,6 +90,8 @@ class AskTell:
         self.fitness[recipe.id] = fit
         self.history.append(recipe.history_row(fit))
         self._offer_best(recipe.id, fit)
+        if self.worst_fitness is None or fit < self.worst_fitness:
+            self.worst_id, self.worst_fitness = recipe.id, fit
 
     def _offer_best(self, id_: str, fit: float) -> bool:
         if self.best_fitness is None or fit > self.best_fitness:
@@ -109,6 +113,7 @@ class AskTell:
             "generation": self.generation, "phase": self.phase, "counter": self._counter,
             "fitness": dict(self.fitness), "history": [dict(h) for h in self.history],
             "best_id": self.best_id, "best_fitness": self.best_fitness,
+            "worst_id": self.worst_id, "worst_fitness": self.worst_fitness,
             "pending": [r.to_dict() for r in self._pending],
         }
 
@@ -121,8 +126,9 @@ class AskTell:
                     f"{self.kind} checkpoint: `{key}` is {d.get(key)!r} but this run has {val!r}; "
                     "resume with the same configuration, seed and pool"
                 )
-        self.generation, self.phase, self._counter = int(d["generation"]), d["phase"], int(d["counter"])
+        self.generation, self.phase, self._counter = int(d["generation"]), Phase(d["phase"]), int(d["counter"])
         self.fitness = {k: float(v) for k, v in d["fitness"].items()}
         self.history = [dict(h) for h in d["history"]]
         self.best_id, self.best_fitness = d["best_id"], d["best_fitness"]
+        self.worst_id, self.worst_fitness = d.get("worst_id"), d.get("worst_fitness")
         self._pending = [Recipe.from_dict(r) for r in d["pending"]]

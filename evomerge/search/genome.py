@@ -12,15 +12,55 @@ from __future__ import annotations
 from itertools import combinations
 from typing import Any
 
+import numpy as np
+
 from evomerge.config.sections import GenomeConfig, SwarmConfig
 from evomerge.errors import ConfigError
 from evomerge.search.base import AskTell
-from evomerge.search.operators import crossover_params
-from evomerge.search.pso import Particle, move_recipe, pso_coefficients, velocity_ref
-from evomerge.search.recipe import STREAM_DECIDE, Recipe, derive_rng, expert_id, velocity_key
+from evomerge.search.operators import merge_spec
+from evomerge.search.pso import Particle, VelocityState, move_recipe, pso_coefficients, velocity_ref
+from evomerge.search.recipe import STREAM_DECIDE, Op, Phase, Recipe, derive_rng, expert_id, history_row, velocity_key
 from evomerge.search.selection import n_elites, roulette_pair, roulette_weights, select
 
 _INIT, _MOVE, _BREED, _SELECT = 0, 1, 2, 3  # decision streams
+
+
+def n_pairs(n_experts: int) -> int:
+    return n_experts * (n_experts - 1) // 2
+
+
+def init_population(cfg: GenomeConfig, n_experts: int) -> int:
+    """Size of the initial population. ``coverage`` never reuses a pair: the paper preset takes
+    min(N, pairs) like the research code; an explicit larger population is refused."""
+    pairs = n_pairs(n_experts)
+    if cfg.init_pairs != "coverage" or cfg.population <= pairs:
+        return cfg.population
+    if cfg.preset == "paper":
+        return pairs
+    raise ConfigError(
+        f"`genome.population` ({cfg.population}) is larger than the {pairs} pairs of {n_experts} experts, and "
+        "`genome.init_pairs: coverage` never reuses a pair; lower it or use init_pairs: coverage_reuse"
+    )
+
+
+def covering_pairs(n: int, size: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """``size`` expert pairs in which every expert appears (``size >= ceil(n/2)`` allows it).
+
+    In shuffled order: first the pairs of two experts not yet in, then pairs bringing one (at
+    most one expert is left after the first pass), then the other pairs; only when ``size``
+    exceeds the pairs does the same order repeat.
+    """
+    pairs = list(combinations(range(n), 2))
+    order = [pairs[int(i)] for i in rng.permutation(len(pairs))]
+    needed: set[int] = set(range(n))
+    first: list[tuple[int, int]] = []
+    for want in (2, 1):
+        for pair in order:
+            if pair not in first and len(needed & set(pair)) >= want:
+                first.append(pair)
+                needed -= set(pair)
+    seq = first + [p for p in order if p not in first]
+    return [seq[k % len(seq)] for k in range(size)]
 
 
 class Genome(AskTell):
@@ -37,18 +77,14 @@ class Genome(AskTell):
             )
         super().__init__(cfg, n_experts, seed, prefix)
         self.swarm = swarm or SwarmConfig()
-        self._merge = {"method": cfg.crossover, **self._method_params(cfg)}
+        self._merge = merge_spec(cfg.crossover, cfg.density, cfg.blx_alpha)
+        self._init_spec = merge_spec(cfg.init_merge or ("linear" if cfg.crossover == "blx" else cfg.crossover),
+                                     cfg.density, cfg.blx_alpha)
+        self.init_size = init_population(cfg, n_experts)
         self.individuals: list[Particle] = []
         self.step = float(self.swarm.step)
         self.stale_generations = 0
         self._gen_start_best: float | None = None
-
-    @staticmethod
-    def _method_params(cfg: GenomeConfig) -> dict[str, Any]:
-        if cfg.crossover == "blx":
-            return {"blx_alpha": float(cfg.blx_alpha)}
-        mp = crossover_params(cfg.crossover, cfg.density)
-        return {"merge_params": mp} if mp else {}
 
     # ------------------------------------------------------------------ views
     @property
@@ -71,15 +107,14 @@ class Genome(AskTell):
         refs = self._pending_refs()
         for p in self.individuals:
             refs.update((p.id, p.pbest))
-            if p.velocity == "stored":
+            if p.velocity == VelocityState.STORED:
                 refs.add(velocity_key(p.id))
-        if self.best_id:
-            refs.add(self.best_id)
+        refs.update(x for x in (self.best_id, self.worst_id if self.cfg.succession else None) if x)
         return refs
 
     def immigrate(self, results: dict[str, float]) -> None:
         """Add individuals (already in the store, e.g. from another island) with their fitness."""
-        if self._pending or self.phase in ("init", "done"):
+        if self._pending or self.phase in (Phase.INIT, Phase.DONE):
             raise ValueError("immigrate() only between generations (nothing pending, after init, not done)")
         clash = set(results) & (set(self.population) | {r.id for r in self._pending})
         if clash:
@@ -87,17 +122,16 @@ class Genome(AskTell):
         for id_, fit in results.items():
             self.individuals.append(Particle.new(id_, float(fit)))
             self.fitness[id_] = float(fit)
-            self.history.append({"generation": self.generation, "id": id_, "op": "immigrant", "parents": [],
-                                 "weights": [], "seed": 0, "params": "{}", "fitness": float(fit)})
+            self.history.append(history_row(self.generation, id_, "immigrant", float(fit)))
             self._offer_best(id_, float(fit))
         self._skip_empty_generations()
 
     # ------------------------------------------------------------------ ask
     def _next_batch(self) -> list[Recipe]:
         while not self.done:
-            if self.phase == "init":
+            if self.phase == Phase.INIT:
                 return self._init_batch()
-            if self.phase == "move":
+            if self.phase == Phase.MOVE:
                 return self._move_batch()
             batch = self._breed_batch()
             if batch:
@@ -107,28 +141,20 @@ class Genome(AskTell):
 
     def _init_batch(self) -> list[Recipe]:
         rng = derive_rng(self.seed, STREAM_DECIDE, _INIT, 0)
-        pairs = list(combinations(range(self.n_experts), 2))
-        order = rng.permutation(len(pairs))
         out = []
-        for k in range(self.cfg.population):  # more individuals than pairs: reuse pairs, new weights
-            a, b = pairs[int(order[k % len(pairs)])]
+        for a, b in covering_pairs(self.n_experts, self.init_size, rng):
             r = rng.random(2)
-            out.append(self._new("init_pair", (expert_id(a), expert_id(b)), tuple(r / r.sum()), self._init_merge(), "g"))
+            out.append(self._new(Op.INIT_PAIR, (expert_id(a), expert_id(b)), tuple(r / r.sum()), dict(self._init_spec), "g"))
         return out
-
-    def _init_merge(self) -> dict[str, Any]:
-        """Init merges use the crossover method, except BLX (it ignores weights): linear then."""
-        return {"method": "linear"} if self.cfg.crossover == "blx" else dict(self._merge)
 
     def _move_batch(self) -> list[Recipe]:
         sw = self.swarm
         rng = derive_rng(self.seed, STREAM_DECIDE, _MOVE, self.generation)
-        best = max(self.individuals, key=lambda p: p.fit).id
-        worst = min(self.individuals, key=lambda p: p.fit).id
+        best, worst = self.best_id, self.worst_id  # all-time, like the research code's global max / min
         out = []
         for i, p in enumerate(self.individuals):
             coeffs = pso_coefficients(rng, sw.inertia, sw.cognitive, sw.social, sw.repel)
-            ref = velocity_ref(sw.init_velocity, i, self.individuals, best, rng) if p.velocity == "init" else None
+            ref = velocity_ref(sw.init_velocity, i, self.individuals, best, rng) if p.velocity == VelocityState.INIT else None
             new_id, seed = self._next_id_seed("g")
             out.append(move_recipe(p, new_id, gbest=best, gworst=worst, coeffs=coeffs, step=self.step,
                                    init_velocity=sw.init_velocity, velocity_ref=ref, seed=seed,
@@ -146,24 +172,24 @@ class Genome(AskTell):
             if rng.random() < cfg.cross_rate:
                 i, j = roulette_pair(fits, rng)
                 w = shares[[i, j]] / shares[[i, j]].sum()
-                out.append(self._new("crossover", (pop[i].id, pop[j].id), tuple(w), dict(self._merge), "g"))
+                out.append(self._new(Op.CROSSOVER, (pop[i].id, pop[j].id), tuple(w), dict(self._merge), "g"))
         for p in pop:
             if rng.random() < cfg.ind_mut_rate:
                 params = {"sigma": float(cfg.sigma), "gene_mut_rate": float(cfg.gene_mut_rate)}
-                out.append(self._new("mutate", (p.id,), (1.0,), params, "g"))
+                out.append(self._new(Op.MUTATE, (p.id,), (1.0,), params, "g"))
         return out
 
     # ------------------------------------------------------------------ tell
     def _absorb(self, recipes: list[Recipe], results: dict[str, float]) -> None:
-        if self.phase == "init":
+        if self.phase == Phase.INIT:
             self.individuals = [Particle.new(r.id, results[r.id]) for r in recipes]
             self._gen_start_best = self.best_fitness
             self.generation, self._counter = 1, 0
-            self.phase = "move" if self.cfg.succession else "breed"
-        elif self.phase == "move":
+            self.phase = Phase.MOVE if self.cfg.succession else Phase.BREED
+        elif self.phase == Phase.MOVE:
             for p, r in zip(self.individuals, recipes):
                 p.moved(r.id, results[r.id])  # moved individuals carry their new (re-evaluated) fitness
-            self.phase = "breed"
+            self.phase = Phase.BREED
         else:
             self.individuals += [Particle.new(r.id, results[r.id]) for r in recipes]
             self._end_generation()
@@ -171,7 +197,7 @@ class Genome(AskTell):
 
     def _skip_empty_generations(self) -> None:
         """End generations that make no child now, so ``done`` is exact right after ``tell``."""
-        while self.phase == "breed":
+        while self.phase == Phase.BREED:
             counter = self._counter  # the dry run must not use up (or reset) this generation's ids
             empty = not self._breed_batch()  # derived RNG: ask() will draw the same batch again
             self._counter = counter
@@ -191,10 +217,11 @@ class Genome(AskTell):
             self.step = max(self.step * self.swarm.step_decay, self.swarm.min_step)
         self.generation += 1
         self._counter = 0
-        if self.generation > self.cfg.generations or self.stale_generations >= self.cfg.early_stop_iter:
-            self.phase = "done"
+        stop_early = self.cfg.early_stop and self.stale_generations > self.cfg.early_stop_iter  # `>` as the original
+        if self.generation > self.cfg.generations or stop_early:
+            self.phase = Phase.DONE
         else:
-            self.phase = "move" if self.cfg.succession else "breed"
+            self.phase = Phase.MOVE if self.cfg.succession else Phase.BREED
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

@@ -13,11 +13,9 @@ import torch
 
 from evomerge.errors import ConfigError
 from evomerge.experts.types import TensorDict
-from evomerge.search.recipe import Recipe, key_seed, velocity_key
+from evomerge.search.recipe import Op, Recipe, VelocityMode, key_seed, velocity_key
 
-CROSSOVER_METHODS = ("linear", "ties", "dare_ties", "blx")
-# crossover name -> merge registry method (linear and blx are elementwise and computed here)
-_REGISTRY_CROSSOVER = {"ties": "ties", "dare_ties": "dare_ties"}
+CROSSOVER_METHODS = ("linear", "blx")  # computed here; any other name is a merge-registry method
 
 
 def _generator(like: torch.Tensor, seed: int, key: str) -> torch.Generator:
@@ -75,33 +73,35 @@ def registry_crossover(
 ) -> torch.Tensor:
     """Merge one tensor of each parent through the merge registry (the one TIES/DARE).
 
-    Uses the registry's ``disjoint="weighted"`` mean ``sum_i w_i x_i / sum_i w_i`` over the
-    parents agreeing with the elected sign, with the (normalised) crossover weights: identical
-    parents give themselves back (not half of themselves, the defect of the original GENOME
-    code), and a coordinate where one parent agrees takes that parent's value.
+    TIES-style methods use the registry's ``disjoint="weighted"`` mean ``sum_i w_i x_i / sum_i w_i``
+    over the parents agreeing with the elected sign (set by :func:`merge_spec`), with the
+    crossover weights: identical parents give themselves back (not half of themselves, the
+    defect of the original GENOME code).
     """
     from evomerge.merging.registry import get_merge_method
 
-    fn = get_merge_method(method)
     stacked = torch.stack([_work(t) for t in tensors])
     w = torch.tensor([float(x) for x in weights], dtype=stacked.dtype, device=stacked.device)
-    out = fn(stacked, w, generator=generator, stats=None, **{**dict(params), "disjoint": "weighted"})
+    out = get_merge_method(method)(stacked, w, generator=generator, stats=None, **dict(params))
     return out.to(tensors[0].dtype)
 
 
-def crossover_params(method: str, density: float) -> dict[str, Any]:
-    """Registry parameters for a crossover method, checked against the registry's schema."""
-    if method not in CROSSOVER_METHODS:
-        raise ConfigError(f"genome: `crossover` must be one of {list(CROSSOVER_METHODS)}. Got {method!r} instead.")
-    if method not in _REGISTRY_CROSSOVER:
-        return {}
+def merge_spec(method: str, density: float, blx: float) -> dict[str, Any]:
+    """Recipe params of a pair merge: ``{"method": m}`` plus ``blx_alpha`` or the registry's
+    ``merge_params`` (density where the method has one, the weighted disjoint mean for TIES)."""
+    if method == "linear":
+        return {"method": method}
+    if method == "blx":
+        return {"method": method, "blx_alpha": float(blx)}
     from evomerge.merging.registry import get_merge_method
 
-    m = get_merge_method(_REGISTRY_CROSSOVER[method])
+    m = get_merge_method(method)  # ConfigError naming an unknown method
     names = {p.name for p in m.params}
-    params = {"density": density} if "density" in names else {}
-    m.resolve(params)  # raises ConfigError naming the bad value
-    return params
+    params: dict[str, Any] = {"density": float(density)} if "density" in names else {}
+    if "disjoint" in names:
+        params["disjoint"] = "weighted"
+    m.resolve(params)  # raises ConfigError naming a bad value
+    return {"method": method, "merge_params": params} if params else {"method": method}
 
 
 # ---------------------------------------------------------------- whole TensorDicts
@@ -112,37 +112,41 @@ def _parents(recipe: Recipe, store: Mapping[str, TensorDict]) -> list[TensorDict
     return [store[p] for p in recipe.parents]
 
 
+def _pair_linear(recipe: Recipe, key: str, ts: list[torch.Tensor]) -> torch.Tensor:
+    return linear_combine(ts, recipe.weights)
+
+
+def _pair_blx(recipe: Recipe, key: str, ts: list[torch.Tensor]) -> torch.Tensor:
+    return blx_alpha(ts, float(recipe.params["blx_alpha"]), _generator(ts[0], recipe.seed, key))
+
+
+def _pair_registry(recipe: Recipe, key: str, ts: list[torch.Tensor]) -> torch.Tensor:
+    return registry_crossover(recipe.params["method"], ts, recipe.weights, recipe.params.get("merge_params", {}),
+                              _generator(ts[0], recipe.seed, key))
+
+
+_PAIR_OPS = {"linear": _pair_linear, "blx": _pair_blx}  # anything else: the merge registry
+
+
 def _combine(recipe: Recipe, parents: list[TensorDict]) -> TensorDict:
-    method = recipe.params.get("method", "linear")
-    out: TensorDict = {}
-    for key in parents[0]:
-        ts = [p[key] for p in parents]
-        if method == "linear":
-            out[key] = linear_combine(ts, recipe.weights)
-        elif method == "blx":
-            out[key] = blx_alpha(ts, float(recipe.params["blx_alpha"]), _generator(ts[0], recipe.seed, key))
-        elif method in _REGISTRY_CROSSOVER:
-            out[key] = registry_crossover(
-                _REGISTRY_CROSSOVER[method], ts, recipe.weights, recipe.params.get("merge_params", {}),
-                _generator(ts[0], recipe.seed, key),
-            )
-        else:
-            raise ConfigError(f"recipe {recipe.id}: unknown crossover method `{method}`")
-    return out
+    op = _PAIR_OPS.get(recipe.params.get("method", "linear"), _pair_registry)
+    return {key: op(recipe, key, [p[key] for p in parents]) for key in parents[0]}
+
+
+def _velocity(recipe: Recipe, x: TensorDict, store: Mapping[str, TensorDict]) -> Mapping[str, torch.Tensor]:
+    """The particle's previous velocity (stored, ``ref - x`` for the initial one, or zero)."""
+    mode = VelocityMode(recipe.params.get("velocity", VelocityMode.STORED))
+    if mode is VelocityMode.STORED:
+        return store[velocity_key(recipe.parents[0])]
+    if mode is VelocityMode.DIFF:  # initial velocity: store[ref] - x (a random other particle, or the best)
+        ref = store[recipe.params["velocity_ref"]]
+        return {k: _work(ref[k]) - _work(x[k]) for k in x}
+    return {k: torch.zeros_like(_work(x[k])) for k in x}
 
 
 def _move(recipe: Recipe, store: Mapping[str, TensorDict]) -> dict[str, TensorDict]:
     x, p, g, gw = _parents(recipe, store)
-    mode = recipe.params.get("velocity", "stored")
-    if mode == "stored":
-        v_old = store[velocity_key(recipe.parents[0])]
-    elif mode == "diff":  # initial velocity: store[ref] - x (a random other particle, or the best)
-        ref = store[recipe.params["velocity_ref"]]
-        v_old = {k: _work(ref[k]) - _work(x[k]) for k in x}
-    elif mode == "zero":
-        v_old = {k: torch.zeros_like(_work(x[k])) for k in x}
-    else:
-        raise ValueError(f"recipe {recipe.id}: unknown velocity mode {mode!r}")
+    v_old = _velocity(recipe, x, store)
     step = float(recipe.params["step"])
     new_x: TensorDict = {}
     new_v: TensorDict = {}
@@ -153,24 +157,37 @@ def _move(recipe: Recipe, store: Mapping[str, TensorDict]) -> dict[str, TensorDi
     return {recipe.id: new_x, velocity_key(recipe.id): new_v}
 
 
-def materialize(recipe: Recipe, store: Mapping[str, TensorDict]) -> dict[str, TensorDict]:
-    """Apply ``recipe`` to the parents' weights in ``store``; return the new store entries.
+def _expert(recipe: Recipe, store: Mapping[str, TensorDict]) -> dict[str, TensorDict]:
+    (parent,) = _parents(recipe, store)
+    return {recipe.id: dict(parent)}  # store entries are immutable: share the tensors
 
-    Always ``{recipe.id: weights}``; a ``pso_move`` also returns ``{velocity_key(recipe.id): v}``.
-    ``store`` is not modified.
-    """
-    op = recipe.op
-    if op == "expert":
-        (parent,) = _parents(recipe, store)
-        return {recipe.id: dict(parent)}  # store entries are immutable: share the tensors
-    if op == "pad":
-        return {recipe.id: _combine(Recipe(recipe.id, op, recipe.parents, recipe.weights, {"method": "linear"}), _parents(recipe, store))}
-    if op in ("init_pair", "crossover"):
-        return {recipe.id: _combine(recipe, _parents(recipe, store))}
-    if op == "mutate":
-        (parent,) = _parents(recipe, store)
-        sigma, rate = float(recipe.params["sigma"]), float(recipe.params["gene_mut_rate"])
-        return {recipe.id: {k: mutate_tensor(t, sigma, rate, _generator(t, recipe.seed, k)) for k, t in parent.items()}}
-    if op == "pso_move":
-        return _move(recipe, store)
-    raise ValueError(f"recipe {recipe.id}: unknown op {op!r}")
+
+def _pad(recipe: Recipe, store: Mapping[str, TensorDict]) -> dict[str, TensorDict]:
+    parents = _parents(recipe, store)
+    return {recipe.id: {k: linear_combine([p[k] for p in parents], recipe.weights) for k in parents[0]}}
+
+
+def _pair(recipe: Recipe, store: Mapping[str, TensorDict]) -> dict[str, TensorDict]:
+    return {recipe.id: _combine(recipe, _parents(recipe, store))}
+
+
+def _mutate(recipe: Recipe, store: Mapping[str, TensorDict]) -> dict[str, TensorDict]:
+    (parent,) = _parents(recipe, store)
+    sigma, rate = float(recipe.params["sigma"]), float(recipe.params["gene_mut_rate"])
+    return {recipe.id: {k: mutate_tensor(t, sigma, rate, _generator(t, recipe.seed, k)) for k, t in parent.items()}}
+
+
+_MATERIALIZE = {
+    Op.EXPERT: _expert, Op.PAD: _pad, Op.INIT_PAIR: _pair, Op.CROSSOVER: _pair, Op.MUTATE: _mutate,
+    Op.PSO_MOVE: _move,
+}
+
+
+def materialize(recipe: Recipe, store: Mapping[str, TensorDict]) -> dict[str, TensorDict]:
+    """Apply ``recipe`` to the parents' weights in ``store``; return the new store entries
+    (exactly ``recipe.output_keys()``). ``store`` is not modified."""
+    try:
+        fn = _MATERIALIZE[Op(recipe.op)]
+    except ValueError:
+        raise ValueError(f"recipe {recipe.id}: unknown op {recipe.op!r}") from None
+    return fn(recipe, store)

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 import numpy as np
 
-from evomerge.search.recipe import Recipe
+from evomerge.search.recipe import Op, Recipe, VelocityMode
 
-VelocityState = Literal["stored", "init", "zero"]
+
+class VelocityState(StrEnum):
+    """A particle's velocity: stored at ``velocity_key(id)``, never moved yet, or just restarted (zero)."""
+
+    STORED = "stored"
+    INIT = "init"
+    ZERO = "zero"
 
 
 @dataclass
@@ -26,7 +33,7 @@ class Particle:
     fit: float
     pbest: str
     pbest_fit: float
-    velocity: VelocityState = "init"
+    velocity: VelocityState = VelocityState.INIT
     stale: int = 0
 
     @classmethod
@@ -35,15 +42,16 @@ class Particle:
 
     def moved(self, new_id: str, fit: float) -> None:
         """Record the evaluated new position; the personal best only changes if it improved."""
-        self.id, self.fit, self.velocity = new_id, fit, "stored"
+        self.id, self.fit, self.velocity = new_id, fit, VelocityState.STORED
         if fit > self.pbest_fit:
             self.pbest, self.pbest_fit, self.stale = new_id, fit, 0
         else:
             self.stale += 1
 
     def restart(self) -> None:
-        """Go back to the personal best with zero velocity."""
-        self.id, self.fit, self.velocity, self.stale = self.pbest, self.pbest_fit, "zero", 0
+        """Go back to the personal best with zero velocity. ``stale`` is kept, as in Model
+        Swarms: the particle restarts after every move until its personal best improves."""
+        self.id, self.fit, self.velocity = self.pbest, self.pbest_fit, VelocityState.ZERO
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,14 +74,14 @@ def move_recipe(
     particle, or the global best); used only for a particle that has never moved.
     """
     params: dict[str, Any] = {"step": float(step)}
-    if p.velocity == "stored":
-        params["velocity"] = "stored"
-    elif p.velocity == "zero" or init_velocity == "zero" or velocity_ref is None:
-        params["velocity"] = "zero"
+    if p.velocity == VelocityState.STORED:
+        params["velocity"] = VelocityMode.STORED.value
+    elif p.velocity == VelocityState.ZERO or init_velocity == "zero" or velocity_ref is None:
+        params["velocity"] = VelocityMode.ZERO.value
     else:
-        params["velocity"], params["velocity_ref"] = "diff", velocity_ref
+        params["velocity"], params["velocity_ref"] = VelocityMode.DIFF.value, velocity_ref
     return Recipe(
-        id=new_id, op="pso_move", parents=(p.id, p.pbest, gbest, gworst), weights=coeffs,
+        id=new_id, op=Op.PSO_MOVE.value, parents=(p.id, p.pbest, gbest, gworst), weights=coeffs,
         params=params, seed=seed, generation=generation,
     )
 

@@ -8,15 +8,55 @@ made from and a seed; whoever holds the parents' weights materialises it
 from __future__ import annotations
 
 import json
-import zlib
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
 
+from evomerge import seeding
+
 # Tags keep the random streams of different decisions independent.
 STREAM_RECIPE = 0
 STREAM_DECIDE = 1
+
+
+class Op(StrEnum):
+    """How a recipe makes its individual (the value is what histories and checkpoints hold)."""
+
+    EXPERT = "expert"  # a copy of one expert
+    PAD = "pad"  # Model Swarms padding: w*p1 + (1-w)*p2
+    INIT_PAIR = "init_pair"
+    CROSSOVER = "crossover"
+    MUTATE = "mutate"
+    PSO_MOVE = "pso_move"
+
+
+class VelocityMode(StrEnum):
+    """Where a ``pso_move`` takes the particle's previous velocity from."""
+
+    STORED = "stored"  # at velocity_key(x)
+    DIFF = "diff"  # store[params["velocity_ref"]] - x (initial velocity)
+    ZERO = "zero"
+
+
+class Phase(StrEnum):
+    """Where a search is: which batch ``ask`` hands out next."""
+
+    INIT = "init"
+    MOVE = "move"  # Model Swarms / GENOME+ PSO moves
+    BREED = "breed"  # GENOME crossover and mutation
+    DONE = "done"
+
+
+def history_row(generation: int, id_: str, op: str, fitness: float, *, parents=(), weights=(), seed: int = 0,
+                params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One row of a search's history (recipes, restarts and immigrants alike)."""
+    return {
+        "generation": int(generation), "id": id_, "op": str(op), "parents": list(parents),
+        "weights": [float(w) for w in weights], "seed": int(seed),
+        "params": json.dumps(params or {}, sort_keys=True), "fitness": float(fitness),
+    }
 
 
 def expert_id(i: int) -> str:
@@ -29,25 +69,19 @@ def velocity_key(id_: str) -> str:
     return f"{id_}/v"
 
 
-def _seq(*words: int) -> np.random.SeedSequence:
-    u = [int(w) % (1 << 64) for w in words]  # negative seeds map to distinct unsigned words
-    return np.random.SeedSequence([w & 0xFFFFFFFF for w in u] + [w >> 32 for w in u])
-
-
 def derive_seed(*words: int) -> int:
-    """A 63-bit seed derived from integers (run seed, stream, generation, index)."""
-    lo, hi = _seq(*words).generate_state(2, dtype=np.uint32)
-    return ((int(hi) << 32) | int(lo)) & 0x7FFF_FFFF_FFFF_FFFF
+    """A 63-bit seed derived from integers (run seed, stream, generation, index): :mod:`evomerge.seeding`."""
+    return seeding.derive_seed(*words)
 
 
 def derive_rng(*words: int) -> np.random.Generator:
     """A numpy Generator derived from integers; no state needs saving to reproduce it."""
-    return np.random.Generator(np.random.PCG64(_seq(*words)))
+    return seeding.derive_rng(*words)
 
 
 def key_seed(seed: int, key: str) -> int:
     """Seed for one tensor key, so results do not depend on the order keys are visited."""
-    return derive_seed(seed, zlib.crc32(key.encode()))
+    return seeding.tensor_seed(seed, key, salt="search")  # apart from the merge operators' per-key draws
 
 
 @dataclass(frozen=True)
@@ -68,17 +102,20 @@ class Recipe:
     generation: int = 0
 
     def input_keys(self) -> tuple[str, ...]:
-        """Store keys :func:`materialize` reads (parents, and a velocity or its reference)."""
+        """Store keys :func:`materialize` reads (parents, and for a move its velocity or the
+        velocity's reference). The one place that knows this: the Ray layer routes by it."""
         keys = list(self.parents)
-        if self.params.get("velocity") == "stored":
-            keys.append(velocity_key(self.parents[0]))
-        if "velocity_ref" in self.params:
-            keys.append(self.params["velocity_ref"])
+        if self.op == Op.PSO_MOVE:
+            mode = VelocityMode(self.params.get("velocity", VelocityMode.STORED))
+            if mode is VelocityMode.STORED:
+                keys.append(velocity_key(self.parents[0]))
+            elif mode is VelocityMode.DIFF:
+                keys.append(self.params["velocity_ref"])
         return tuple(dict.fromkeys(keys))
 
     def output_keys(self) -> tuple[str, ...]:
         """Store keys :func:`materialize` returns (the new id, plus its velocity for a move)."""
-        return (self.id, velocity_key(self.id)) if self.op == "pso_move" else (self.id,)
+        return (self.id, velocity_key(self.id)) if self.op == Op.PSO_MOVE else (self.id,)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -90,7 +127,7 @@ class Recipe:
     def from_dict(cls, d: dict[str, Any]) -> "Recipe":
         return cls(
             id=d["id"],
-            op=d["op"],
+            op=str(d["op"]),
             parents=tuple(d.get("parents", ())),
             weights=tuple(float(w) for w in d.get("weights", ())),
             params=dict(d.get("params", {})),
@@ -99,13 +136,5 @@ class Recipe:
         )
 
     def history_row(self, fitness: float) -> dict[str, Any]:
-        return {
-            "generation": self.generation,
-            "id": self.id,
-            "op": self.op,
-            "parents": list(self.parents),
-            "weights": list(self.weights),
-            "seed": self.seed,
-            "params": json.dumps(self.params, sort_keys=True),
-            "fitness": float(fitness),
-        }
+        return history_row(self.generation, self.id, self.op, fitness, parents=self.parents, weights=self.weights,
+                           seed=self.seed, params=self.params)

@@ -11,8 +11,8 @@ from typing import Any
 from evomerge.config.sections import SwarmConfig
 from evomerge.errors import ConfigError
 from evomerge.search.base import AskTell
-from evomerge.search.pso import Particle, move_recipe, pso_coefficients, velocity_ref
-from evomerge.search.recipe import STREAM_DECIDE, Recipe, derive_rng, expert_id, velocity_key
+from evomerge.search.pso import Particle, VelocityState, move_recipe, pso_coefficients, velocity_ref
+from evomerge.search.recipe import STREAM_DECIDE, Op, Phase, Recipe, derive_rng, expert_id, history_row, velocity_key
 
 _INIT, _MOVE = 0, 1  # decision streams
 
@@ -48,25 +48,25 @@ class Swarm(AskTell):
         refs = self._pending_refs()
         for p in self.particles:
             refs.update((p.id, p.pbest))
-            if p.velocity == "stored":
+            if p.velocity == VelocityState.STORED:
                 refs.add(velocity_key(p.id))
         refs.update(x for x in (self.gbest, self.gworst, self.best_id) if x)
         return refs
 
     # ------------------------------------------------------------------ ask
     def _next_batch(self) -> list[Recipe]:
-        if self.phase == "init":
+        if self.phase == Phase.INIT:
             return self._init_batch()
         return self._move_batch()
 
     def _init_batch(self) -> list[Recipe]:
         n_total = max(self.n_experts, self.cfg.max_particles or 0)
-        out = [self._new("expert", (expert_id(i),), (1.0,), {}, "s") for i in range(self.n_experts)]
+        out = [self._new(Op.EXPERT, (expert_id(i),), (1.0,), {}, "s") for i in range(self.n_experts)]
         rng = derive_rng(self.seed, STREAM_DECIDE, _INIT, 0)
         for _ in range(n_total - self.n_experts):
             a, b = (int(x) for x in rng.choice(self.n_experts, size=2, replace=False))
             w = float(rng.uniform(0.0, 2.0))
-            out.append(self._new("pad", (expert_id(a), expert_id(b)), (w, 1.0 - w), {}, "s"))
+            out.append(self._new(Op.PAD, (expert_id(a), expert_id(b)), (w, 1.0 - w), {}, "s"))
         return out
 
     def _move_batch(self) -> list[Recipe]:
@@ -75,7 +75,7 @@ class Swarm(AskTell):
         out = []
         for i, p in enumerate(self.particles):
             coeffs = pso_coefficients(rng, cfg.inertia, cfg.cognitive, cfg.social, cfg.repel)
-            ref = velocity_ref(cfg.init_velocity, i, self.particles, self.gbest, rng) if p.velocity == "init" else None
+            ref = velocity_ref(cfg.init_velocity, i, self.particles, self.gbest, rng) if p.velocity == VelocityState.INIT else None
             new_id, seed = self._next_id_seed("s")
             out.append(move_recipe(
                 p, new_id, gbest=self.gbest, gworst=self.gworst, coeffs=coeffs, step=self.step,
@@ -85,9 +85,9 @@ class Swarm(AskTell):
 
     # ------------------------------------------------------------------ tell
     def _absorb(self, recipes: list[Recipe], results: dict[str, float]) -> None:
-        if self.phase == "init":
+        if self.phase == Phase.INIT:
             self.particles = [Particle.new(r.id, results[r.id]) for r in recipes]
-            self.phase = "move"
+            self.phase = Phase.MOVE
         else:
             for p, r in zip(self.particles, recipes):
                 p.moved(r.id, results[r.id])
@@ -104,7 +104,7 @@ class Swarm(AskTell):
         self.generation += 1
         self._counter = 0
         if self.generation > self.cfg.max_iter or self.g_unchanged >= self.cfg.patience:
-            self.phase = "done"
+            self.phase = Phase.DONE
 
     def _restart_stale(self) -> None:
         limit = self.cfg.restart_patience * self.cfg.patience
@@ -113,10 +113,7 @@ class Swarm(AskTell):
                 left = p.id
                 p.restart()
                 self.restarts += 1
-                self.history.append({
-                    "generation": self.generation, "id": p.id, "op": "restart", "parents": [left],
-                    "weights": [], "seed": 0, "params": "{}", "fitness": p.fit,
-                })
+                self.history.append(history_row(self.generation, p.id, "restart", p.fit, parents=[left]))
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
