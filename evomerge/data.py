@@ -1,40 +1,179 @@
-"""Task data: prompt/answer examples loaded with ``datasets`` from local JSONL or Parquet files.
+"""Task data: prompt/answer examples from local JSONL or Parquet files, as ``datasets.Dataset``.
 
-Users' own tasks and the built-in zoo's generated tasks load through the same function.
+The one loader of task files: users' own tasks (``evaluate --task``, ``evaluation.task_files``,
+``merge.data``) and the built-in zoo's tasks all load through :func:`load_examples` (one file)
+or :func:`load_task` (a file or a task folder). Every row is checked before any work: text
+that is not UTF-8, a missing, null or empty prompt/answer, a line or file over the size limits
+is refused with the file, the line and the problem. Reading is streamed, so a huge line is
+refused after reading :data:`MAX_LINE_BYTES`, not after filling memory.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any, Iterable, Sequence
 
 from evomerge.errors import DataError
 
 REQUIRED_COLUMNS = ("prompt", "answer")
+#: Longest JSONL line (one example) accepted.
+MAX_LINE_BYTES = 8 << 20
+#: Largest task file accepted.
+MAX_FILE_BYTES = 4 << 30
+#: Extensions of task files, in the order a task folder is searched.
+TASK_EXTENSIONS = (".parquet", ".jsonl", ".json")
+
+
+def _check_file(path: Path) -> str:
+    if not path.is_file():
+        raise DataError(f"{path}: task file not found" + (" (it is a folder)" if path.is_dir() else ""))
+    suffix = path.suffix.lower()
+    if suffix not in TASK_EXTENSIONS:
+        raise DataError(f"{path}: unsupported task file type {suffix!r} (use .jsonl or .parquet)")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise DataError(f"{path}: {size / 2**30:.1f} GiB is over the {MAX_FILE_BYTES >> 30} GiB limit for a task file")
+    if size == 0:
+        raise DataError(f"{path}: empty file (no examples)")
+    return suffix
+
+
+def _text(value: Any, path: Path, where: str, column: str) -> str:
+    """A prompt/answer value as text; null, empty, or non-scalar values are refused."""
+    if value is None:
+        raise DataError(f"{path}: {where}: `{column}` is null")
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise DataError(f"{path}: {where}: `{column}` must be text. Got {type(value).__name__} instead.")
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > MAX_LINE_BYTES:
+        raise DataError(f"{path}: {where}: `{column}` is longer than the {MAX_LINE_BYTES >> 20} MiB limit for one example")
+    if not text.strip():
+        raise DataError(f"{path}: {where}: `{column}` is empty")
+    return text
+
+
+def _jsonl_rows(path: Path) -> Iterable[tuple[int, Any]]:
+    """``(line number, parsed JSON)`` per non-blank line, each line at most MAX_LINE_BYTES."""
+    with open(path, "rb") as fh:
+        n = 0
+        while True:
+            raw = fh.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            n += 1
+            if len(raw) > MAX_LINE_BYTES:
+                raise DataError(f"{path}: line {n} is longer than the {MAX_LINE_BYTES >> 20} MiB limit for one example")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}: line {n}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column "
+                                f"{err.start + 1}); save the file as UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}: line {n}: not valid JSON ({err.msg} at column {err.colno})") from None
+
+
+def _json_rows(path: Path) -> Iterable[tuple[int, Any]]:
+    """A ``.json`` file: a JSON array of objects, or JSON Lines."""
+    with open(path, "rb") as fh:
+        head = fh.read(64).lstrip()
+    if not head.startswith(b"["):
+        yield from _jsonl_rows(path)
+        return
+    try:
+        rows = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte offset {err.start}); save the file as UTF-8") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    yield from ((i, r) for i, r in enumerate(rows, 1))
+
+
+def _read_json(path: Path, suffix: str, limit: int | None):
+    import datasets
+
+    prompts: list[str] = []
+    answers: list[str] = []
+    unit = "line" if suffix == ".jsonl" else "row"
+    rows = _jsonl_rows(path) if suffix == ".jsonl" else _json_rows(path)
+    for n, row in rows:
+        where = f"{unit} {n}"
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: {where}: expected a JSON object with {list(REQUIRED_COLUMNS)}")
+        missing = [c for c in REQUIRED_COLUMNS if c not in row]
+        if missing:
+            raise DataError(f"{path}: {where}: missing column(s) {missing}; a task file needs {list(REQUIRED_COLUMNS)}")
+        prompts.append(_text(row["prompt"], path, where, "prompt"))
+        answers.append(_text(row["answer"], path, where, "answer"))
+        if limit is not None and len(prompts) >= limit:
+            break
+    if not prompts:
+        raise DataError(f"{path}: no examples (only blank lines)")
+    return datasets.Dataset.from_dict({"prompt": prompts, "answer": answers})
+
+
+def _read_parquet(path: Path, limit: int | None):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"{path}: cannot read the Parquet file ({' '.join(str(err).split())[:300]})") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; a task file needs {list(REQUIRED_COLUMNS)}")
+    if table.num_rows == 0:
+        raise DataError(f"{path}: no examples (0 rows)")
+    if limit is not None:
+        table = table.slice(0, limit)
+    for column in REQUIRED_COLUMNS:
+        for i, value in enumerate(table.column(column).to_pylist()):
+            _text(value, path, f"row {i + 1}", column)
+    return datasets.Dataset(table)
 
 
 def load_examples(path: str | Path, *, limit: int | None = None):
-    """Load a ``datasets.Dataset`` with ``prompt`` and ``answer`` columns from a local file."""
-    import datasets
-
+    """A ``datasets.Dataset`` with ``prompt`` and ``answer`` columns from one local file (checked)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: task file not found")
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        builder = "json"
-    elif suffix == ".parquet":
-        builder = "parquet"
-    else:
-        raise DataError(f"{path}: unsupported task file type {suffix!r} (use .jsonl or .parquet)")
-    try:
-        ds = datasets.load_dataset(builder, data_files=str(path), split="train")
-    except Exception as err:  # datasets raises many types for unreadable files
-        raise DataError(f"{path}: cannot read task file ({type(err).__name__}: {err})") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; a task file needs {list(REQUIRED_COLUMNS)}")
-    if len(ds) == 0:
-        raise DataError(f"{path}: the split is empty")
-    if limit is not None:
-        ds = ds.select(range(min(limit, len(ds))))
-    return ds
+    suffix = _check_file(path)
+    if suffix == ".parquet":
+        return _read_parquet(path, limit)
+    return _read_json(path, suffix, limit)
+
+
+def find_split(folder: Path, split: str) -> Path | None:
+    """``folder/<split>.parquet|.jsonl|.json``, the first that exists."""
+    for ext in TASK_EXTENSIONS:
+        if (folder / f"{split}{ext}").is_file():
+            return folder / f"{split}{ext}"
+    return None
+
+
+def load_task(path: str | Path, splits: Sequence[str] = ("validation",), *, required: Sequence[str] | None = None,
+              source: str | None = None) -> dict[str, Any]:
+    """A task's splits: a file is the first split's data; a folder holds ``<split>.parquet|.jsonl``.
+
+    Splits of ``required`` (default: the first) must exist; others are loaded when present.
+    ``source`` names the setting in errors (e.g. ``evaluation.task_files.qa``).
+    """
+    path = Path(path)
+    where = f"{source}: " if source else ""
+    if not path.exists():
+        raise DataError(f"{where}{path}: task file or folder not found")
+    if path.is_file():
+        return {splits[0]: load_examples(path)}
+    required = list(splits[:1]) if required is None else list(required)
+    out = {}
+    for split in splits:
+        found = find_split(path, split)
+        if found is not None:
+            out[split] = load_examples(found)
+        elif split in required:
+            raise DataError(f"{where}{path}: no {split}.parquet or {split}.jsonl in this task folder")
+    return out

@@ -24,25 +24,13 @@ import numpy as np
 import torch
 
 from evomerge.errors import ConfigError, ExpertLoadError
+from evomerge.devices import resolve_device  # noqa: F401 (re-exported: callers import it from here)
 from evomerge.experts.types import LoraModule, TensorDict, ab_to_lora, lora_to_ab
 
 MANIFEST = "evomerge_manifest.json"
 EMR_UNIFIED = "emr_unified.safetensors"
 EMR_MASKS = "emr_masks.safetensors"
 EMR_TASKS = "emr_tasks.json"
-
-
-def resolve_device(device: str) -> torch.device:
-    """A torch device; a clear error when CUDA is asked for but not available."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"--device: unknown device {device!r} (use cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__})")
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device: unsupported device {device!r} (use cpu, cuda or cuda:N)")
-    return dev
 
 
 def plan_output(cfg, pool, method) -> str:

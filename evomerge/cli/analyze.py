@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from evomerge.cli._common import set_option
 from evomerge.errors import ConfigError
 
 
@@ -32,20 +33,23 @@ def analyze_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output folder"),
     allow_bin: bool = typer.Option(False, "--allow-bin", help="accept pickle .bin weights (weights_only=True)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+    sets: list[str] = set_option(),
 ) -> None:
     """Analyse an expert pool: sigma^2, rho, n_max, PCA components for 95%, principal angles."""
     from evomerge.analysis import analyze_pool
-    from evomerge.config import load_config
+    from evomerge.cli._common import load_config_with_sets
     from evomerge.experts.pool import load_pool
+    from evomerge.io import check_output_path
 
-    cfg = load_config(config)
+    cfg = load_config_with_sets(config, sets)
+    check_output_path(out, overwrite)  # before the pool is read
     paths = list(expert) or [s.path for s in cfg.experts.experts]
     names = None if expert else [s.name for s in cfg.experts.experts]
     if not paths:
         raise ConfigError("no experts: pass --experts PATH (repeat) or list them under experts.experts in --config")
     pool = load_pool(paths, base if base is not None else cfg.experts.base,
                      allow_bin=allow_bin or cfg.experts.allow_bin, names=names)
-    d = _delta(delta) if delta is not None else (cfg.scale.delta if config is not None else None)
+    d = _delta(delta) if delta is not None else (cfg.scale.delta if config is not None or sets else None)
     result = analyze_pool(pool, out, delta=d, rht_cfg=cfg.rht, seed=cfg.seed if seed is None else seed,
                           overwrite=overwrite, progress=not quiet)
     s = result.summary

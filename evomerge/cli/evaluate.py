@@ -7,64 +7,73 @@ from typing import Optional
 
 import typer
 
-from evomerge.errors import ConfigError, DataError
+from evomerge.cli._common import small_option, zoo_option
+from evomerge.errors import ConfigError
 
 
 def _user_tasks(items: list[str], split: str) -> dict:
     """``name=FILE`` (that file is the split) or ``name=DIR`` (DIR/<split>.parquet|.jsonl)."""
-    from evomerge.data import load_examples
+    from evomerge.data import load_task
 
     tasks = {}
     for item in items:
         name, sep, path = item.partition("=")
-        if not sep or not name:
+        if not sep or not name or not path:
             raise ConfigError(f"--task {item!r}: expected name=FILE or name=DIR")
-        p = Path(path)
-        if p.is_dir():
-            found = [p / f"{split}{ext}" for ext in (".parquet", ".jsonl", ".json") if (p / f"{split}{ext}").is_file()]
-            if not found:
-                raise DataError(f"{p}: no {split}.parquet or {split}.jsonl in this task folder")
-            p = found[0]
-        tasks[name] = {split: load_examples(p)}
+        if name in tasks:
+            raise ConfigError(f"--task {item!r}: task `{name}` is given twice")
+        tasks[name] = load_task(path, (split,), source=f"--task {name}")
     return tasks
 
 
 def evaluate_command(
     experts: list[Path] = typer.Option([], "--expert", "-e", help="peft adapter folder to score (repeatable)"),
-    zoo: Optional[Path] = typer.Option(None, "--zoo", help="zoo folder: its base, tasks and (without --expert) experts"),
-    small: bool = typer.Option(False, "--small", help="use (and build if needed) the cached small zoo"),
+    zoo: Optional[str] = zoo_option(),
+    small: bool = small_option(),
     base: Optional[Path] = typer.Option(None, "--base", help="HF base model folder (with --task)"),
     task: list[str] = typer.Option([], "--task", "-t", help="user task name=FILE|DIR (repeatable)"),
     tasks: Optional[str] = typer.Option(None, "--tasks", help="comma-separated subset of the zoo's tasks"),
     split: str = typer.Option("validation", "--split", help="validation (for choices) or test (report only)"),
     metric: str = typer.Option("token_accuracy", "--metric"),
-    max_samples: int = typer.Option(200, "--max-samples"),
-    batch_size: int = typer.Option(64, "--batch-size"),
-    device: str = typer.Option("cpu", "--device"),
+    max_samples: int = typer.Option(200, "--max-samples", min=1, help="examples per task and split"),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
+    allow_bin: bool = typer.Option(False, "--allow-bin", help="accept pickle .bin adapter weights (weights_only=True)"),
     out: Optional[Path] = typer.Option(None, "--out", help="write a long Parquet table (candidate, task, metric, value)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out table"),
 ) -> None:
     """Score the base model and each expert on every task; print a table (rows: candidates)."""
+    from evomerge.devices import resolve_device
     from evomerge.evaluation import Evaluator
     from evomerge.experts.peft_io import load_peft_adapter
 
+    if out is not None:  # before any work: a folder, an existing table, an unwritable place
+        from evomerge.io import check_output_path
+
+        check_output_path(out, overwrite, kind="file")
+    dev = resolve_device(device)
     names = [t for t in (tasks or "").split(",") if t] or None
+    # every adapter is read (and checked) before the model is loaded
+    cands = {"base": {}}
+    for e in experts:
+        if e.name in cands:
+            raise ConfigError(f"--expert {e}: a candidate named `{e.name}` is already given; rename the folder")
+        cands[e.name] = load_peft_adapter(e, allow_bin=allow_bin).modules
     if task:
         if base is None:
             raise ConfigError("--task needs --base (the HF model folder the experts were trained from)")
-        ev = Evaluator(base, _user_tasks(task, split), metric=metric, device=device, batch_size=batch_size,
+        if zoo is not None or small:
+            raise ConfigError("--task scores your own tasks on --base; do not pass --zoo/--small as well")
+        ev = Evaluator(base, _user_tasks(task, split), metric=metric, device=dev, batch_size=batch_size,
                        max_samples=max_samples)
-        cands = {"base": {}}
     else:
-        from evomerge.zoo import Zoo, ensure_zoo
+        from evomerge.cli._common import open_zoo, zoo_choice
 
-        z = Zoo.open(zoo) if zoo is not None else ensure_zoo("small" if small else "default", progress=True)
-        ev = Evaluator.from_zoo(z, tasks=names, metric=metric, max_samples=max_samples, device=device,
+        z = open_zoo(zoo_choice(zoo, small), "default")
+        ev = Evaluator.from_zoo(z, tasks=names, metric=metric, max_samples=max_samples, device=dev,
                                 batch_size=batch_size)
-        cands = {"base": {}}
         if not experts:
             cands.update({t: load_peft_adapter(d).modules for t, d in z.expert_dirs.items()})
-    for e in experts:
-        cands[e.name] = load_peft_adapter(e).modules
     results = ev.evaluate_many(list(cands.values()), split=split)
     width = max(10, *(len(t) for t in ev.tasks))
     typer.echo(f"{metric} on {split} ({max_samples} samples max per task)")

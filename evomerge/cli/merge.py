@@ -7,22 +7,19 @@ from typing import Any, Optional
 
 import typer
 
+from evomerge.cli._common import set_option
 from evomerge.errors import ConfigError
 
 
 def _parse_params(items: list[str]) -> dict[str, Any]:
-    import yaml
+    """``--param key=value`` -> ``{"merge.params.key": value}`` (values are YAML 1.2)."""
+    from evomerge.config.overrides import parse_sets
 
-    out: dict[str, Any] = {}
     for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
+        key, sep, _ = item.partition("=")
+        if not sep or not key.strip() or "." in key:
             raise ConfigError(f"--param {item!r}: expected key=value (e.g. --param density=0.5)")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            out[key.strip()] = value
-    return out
+    return {f"merge.params.{k}": v for k, v in parse_sets(items, "--param").items()}
 
 
 def _parse_weights(text: str) -> list[float]:
@@ -36,56 +33,27 @@ def build_config(
     config: Optional[Path], *, experts: list[Path], base: Optional[Path], method: Optional[str],
     params: list[str], space: Optional[str], weights: Optional[str], rank: Optional[int], rht: Optional[bool],
     seed: Optional[int], device: Optional[str], allow_bin: bool, fmt: Optional[str], data: list[Path],
+    sets: list[str] | None = None,
 ):
-    """The config file (if any) with the flags laid over it, validated once."""
-    import yaml
+    """The config file (if any) with ``--set`` and then the flags laid over it, validated once."""
+    from evomerge.cli._common import load_config_with_sets
 
-    from evomerge.config import config_from_dict
-
-    raw: dict[str, Any] = {}
-    source = "flags"
-    if config is not None:
-        if not config.is_file():
-            raise ConfigError(f"{config}: config file not found")
-        try:
-            raw = yaml.safe_load(config.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{config}: not valid YAML ({err})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{config}: top level must be a mapping of sections")
-        source = f"{config} + flags"
-    ex = dict(raw.get("experts") or {})
-    mg = dict(raw.get("merge") or {})
-    if experts:
-        ex["experts"] = [{"path": str(p)} for p in experts]
-    if base is not None:
-        ex["base"] = str(base)
-    if allow_bin:
-        ex["allow_bin"] = True
-    if method is not None:
-        if mg.get("method") not in (None, method):
-            mg["params"] = {}  # the file's params belong to another method
-        mg["method"] = method
-    if params:
-        mg["params"] = {**(mg.get("params") or {}), **_parse_params(params)}
-    if space is not None:
-        mg["space"] = space
-    if weights is not None:
-        mg["weights"] = _parse_weights(weights)
-    if rank is not None:
-        mg["rank"] = rank
-    if fmt is not None:
-        mg["output_format"] = fmt
-    if data:
-        mg["data"] = [str(p) for p in data]
-    raw["experts"], raw["merge"] = ex, mg
-    if rht is not None:
-        raw["rht"] = {**(raw.get("rht") or {}), "enabled": rht}
-    if seed is not None:
-        raw["seed"] = seed
-    if device is not None:
-        raw["device"] = device
-    return config_from_dict(raw, source)
+    flags: dict[str, Any] = {
+        "experts.experts": [{"path": str(p)} for p in experts] or None,
+        "experts.base": None if base is None else str(base),
+        "experts.allow_bin": True if allow_bin else None,
+        "merge.method": method,
+        "merge.space": space,
+        "merge.weights": None if weights is None else _parse_weights(weights),
+        "merge.rank": rank,
+        "merge.output_format": fmt,
+        "merge.data": [str(p) for p in data] or None,
+        "rht.enabled": rht,
+        "seed": seed,
+        "device": device,
+        **_parse_params(params),
+    }
+    return load_config_with_sets(config, sets or [], flags)
 
 
 def merge_command(
@@ -106,13 +74,14 @@ def merge_command(
     allow_bin: bool = typer.Option(False, "--allow-bin", help="accept pickle .bin weights (weights_only=True)"),
     fmt: Optional[str] = typer.Option(None, "--format", help="output: peft | full | auto"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+    sets: list[str] = set_option(),
 ) -> None:
     """Merge experts into one peft adapter or full checkpoint, with a manifest of how."""
     from evomerge.merge_job import run_merge
 
     cfg = build_config(
         config, experts=expert, base=base, method=method, params=param, space=space, weights=weights, rank=rank,
-        rht=rht, seed=seed, device=device, allow_bin=allow_bin, fmt=fmt, data=data,
+        rht=rht, seed=seed, device=device, allow_bin=allow_bin, fmt=fmt, data=data, sets=sets,
     )
     if out is None and cfg.output and "://" in cfg.output:
         raise ConfigError(f"output {cfg.output!r}: `evomerge merge` writes to a local folder; pass --out PATH")

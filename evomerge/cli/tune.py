@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from evomerge.cli._common import set_option, small_option, zoo_option
+
 
 def register(app: typer.Typer) -> None:
     @app.command("tune")
@@ -20,16 +22,22 @@ def register(app: typer.Typer) -> None:
         timeout: Optional[float] = typer.Option(None, help="stop starting trials after this many seconds"),
         resume: bool = typer.Option(False, "--resume", help="continue an existing study (or join it as another worker)"),
         out: Path = typer.Option(Path("runs/tune"), "--out", help="run directory (trials.parquet, figures, best_config.yaml)"),
-        small: bool = typer.Option(False, "--small", help="use the small built-in zoo when the config names no experts"),
+        small: bool = small_option(),
+        zoo: Optional[str] = zoo_option(),
         worker: int = typer.Option(0, "--worker", min=0, help="worker index (varies the sampler seed across workers)"),
+        sets: list[str] = set_option(),
     ) -> None:
-        """Search merge method/parameters, RHT, GENOME/Swarm rates or the number of experts for the best validation fitness."""
-        from evomerge.config import load_config
+        """Search merge method/parameters, RHT, GENOME/Swarm rates or the number of experts for the best validation fitness.
+
+        Without experts in the config, the built-in zoo (``--zoo``, default: default) is used."""
+        from evomerge.cli._common import load_config_with_sets, zoo_choice, zoo_settings
+        from evomerge.io import removed_if_failed
         from evomerge.tuning.run import run_tune
 
-        cfg = load_config(config)
-        res = run_tune(
-            cfg, out, storage=storage, study_name=study_name, n_trials=n_trials, timeout=timeout,
-            resume=resume, small=small, worker=worker, log=lambda m: typer.echo(m, err=False),
-        )
+        profile, cfg = zoo_settings(zoo_choice(zoo, small), load_config_with_sets(config, sets), "default")
+        with removed_if_failed(out):
+            res = run_tune(
+                cfg, out, storage=storage, study_name=study_name, n_trials=n_trials, timeout=timeout,
+                resume=resume, small=profile == "small", worker=worker, log=lambda m: typer.echo(m, err=False),
+            )
         typer.echo(f"best config: {res.files.get('best_config', '(no complete trial)')}")

@@ -50,20 +50,39 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> EvomergeCo
         raise ConfigError(f"{source}: {err}") from None
 
 
-def load_config(path: str | Path | None) -> EvomergeConfig:
-    """Load and validate a YAML config; ``None`` gives the defaults."""
-    if path is None:
-        return EvomergeConfig()
+def load_config_data(path: str | Path) -> dict[str, Any]:
+    """The raw mapping of a YAML config file (YAML 1.2 scalars), not yet validated."""
+    from evomerge.config.base import yaml_load
+
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: config file not found" + (" (it is a folder)" if path.is_dir() else ""))
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte offset {err.start})") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
-    return config_from_dict(data, str(path))
+    for name, value in data.items():
+        if name in EvomergeConfig.model_fields and value is not None and not isinstance(value, dict) \
+                and issubclass(EvomergeConfig.model_fields[name].annotation or object, Section):
+            raise ConfigError(f"{path}: `{name}` must be a mapping of its keys (e.g. `{name}:` then indented "
+                              f"`key: value` lines). Got a {type(value).__name__} instead.")
+    return data
+
+
+def load_config(path: str | Path | None, sets: dict[str, Any] | None = None) -> EvomergeConfig:
+    """Load and validate a YAML config (``None``: the defaults), with dotted ``sets`` applied first."""
+    from evomerge.config.overrides import override_data
+
+    data = {} if path is None else load_config_data(path)
+    source = "config" if path is None else str(path)
+    if sets:
+        data = override_data(data, sets, f"{source} + --set" if path is not None else "--set")
+        source = f"{source} + --set" if path is not None else "--set"
+    return config_from_dict(data, source)
 
 
 def dump_config(cfg: EvomergeConfig, path: str | Path) -> None:

@@ -48,21 +48,9 @@ class EvaluatorSpec:
 
 def _task_splits(task: str, path: Path) -> dict[str, Any]:
     """A user task: a folder with ``validation``/``test`` files, or one file used for validation."""
-    from evomerge.data import load_examples
-    from evomerge.errors import DataError
+    from evomerge.data import load_task
 
-    path = Path(path)
-    if path.is_file():
-        return {"validation": load_examples(path)}
-    out = {}
-    for split in ("validation", "test"):
-        for ext in (".parquet", ".jsonl", ".json"):
-            if (path / f"{split}{ext}").is_file():
-                out[split] = load_examples(path / f"{split}{ext}")
-                break
-    if "validation" not in out:
-        raise DataError(f"{path}: task `{task}` needs a file, or a folder with validation.parquet/.jsonl")
-    return out
+    return load_task(path, ("validation", "test"), source=f"task `{task}`")
 
 
 @dataclass(frozen=True)

@@ -91,18 +91,53 @@ def pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def encode_pairs(tokenizer, prompts: Sequence[str], answers: Sequence[str], source: str = "task") -> Encoded:
-    """Tokenize prompts (with the tokenizer's special prefix) and answers (plus EOS)."""
+def _unknown_chars(tokenizer, text: str) -> list[str]:
+    """Characters of ``text`` the tokenizer maps to its unknown token (at most 5)."""
+    unk = tokenizer.unk_token_id
+    out: list[str] = []
+    for c in dict.fromkeys(text):
+        if unk in tokenizer(c, add_special_tokens=False)["input_ids"]:
+            out.append(c)
+            if len(out) == 5:
+                break
+    return out
+
+
+def _check_tokens(tokenizer, ids: list[int], text: str, source: str, i: int, what: str) -> None:
+    unk = tokenizer.unk_token_id
+    if unk is not None and unk in ids and (tokenizer.unk_token is None or tokenizer.unk_token not in text):
+        chars = _unknown_chars(tokenizer, text)
+        raise DataError(f"{source}: row {i}: the {what} holds characters outside the tokenizer's vocabulary "
+                        f"({', '.join(repr(c) for c in chars) or 'unknown'}); they would be scored as <unk>")
+
+
+def encode_pairs(tokenizer, prompts: Sequence[str], answers: Sequence[str], source: str = "task",
+                 max_len: int | None = None) -> Encoded:
+    """Tokenize prompts (with the tokenizer's special prefix) and answers (plus EOS).
+
+    Refused with the row named: an empty prompt or answer, characters the tokenizer cannot
+    represent (its unknown token), and a sequence longer than ``max_len`` (the model's
+    ``max_position_embeddings``: positions beyond it are not scored meaningfully).
+    """
     if tokenizer.eos_token_id is None:
         raise DataError(f"{source}: the tokenizer has no eos_token; evomerge needs one to end answers")
     pad = pad_id(tokenizer)
     p_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     a_ids = tokenizer(list(answers), add_special_tokens=False)["input_ids"]
+    n_special = len(tokenizer("", add_special_tokens=True)["input_ids"])
     seqs, plens = [], []
     for i, (p, a) in enumerate(zip(p_ids, a_ids)):
-        if len(p) == 0:
+        if len(p) <= n_special:
             raise DataError(f"{source}: row {i} has an empty prompt")
-        seqs.append(list(p) + list(a) + [tokenizer.eos_token_id])
+        if len(a) == 0:
+            raise DataError(f"{source}: row {i} has an empty answer")
+        _check_tokens(tokenizer, p, prompts[i], source, i, "prompt")
+        _check_tokens(tokenizer, a, answers[i], source, i, "answer")
+        seq = list(p) + list(a) + [tokenizer.eos_token_id]
+        if max_len is not None and len(seq) > max_len:
+            raise DataError(f"{source}: row {i} is {len(seq)} tokens (prompt {len(p)}, answer {len(a)}, eos), "
+                            f"longer than the model's context of {max_len} positions (max_position_embeddings)")
+        seqs.append(seq)
         plens.append(len(p))
     width = max(len(s) for s in seqs)
     n = len(seqs)
@@ -118,11 +153,23 @@ def encode_pairs(tokenizer, prompts: Sequence[str], answers: Sequence[str], sour
     return Encoded(ids, mask, labels, torch.tensor(plens), list(answers), list(prompts))
 
 
-def encode_dataset(tokenizer, ds, source: str = "task") -> Encoded:
-    """Encode a ``datasets.Dataset`` with ``prompt``/``answer`` columns."""
+def encode_dataset(tokenizer, ds, source: str = "task", max_len: int | None = None) -> Encoded:
+    """Encode a ``datasets.Dataset`` with ``prompt``/``answer`` columns (checks: :func:`encode_pairs`)."""
     missing = [c for c in ("prompt", "answer") if c not in ds.column_names]
     if missing:
         raise DataError(f"{source}: missing column(s) {missing}; a task needs ['prompt', 'answer']")
     if len(ds) == 0:
         raise DataError(f"{source}: the split is empty")
-    return encode_pairs(tokenizer, [str(x) for x in ds["prompt"]], [str(x) for x in ds["answer"]], source)
+    prompts, answers = ds["prompt"], ds["answer"]
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        for what, v in (("prompt", p), ("answer", a)):
+            if v is None:
+                raise DataError(f"{source}: row {i}: `{what}` is null")
+    return encode_pairs(tokenizer, [str(x) for x in prompts], [str(x) for x in answers], source, max_len)
+
+
+def context_length(model) -> int | None:
+    """The model's number of positions (``max_position_embeddings``), if its config names one."""
+    cfg = getattr(model, "config", None)
+    n = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    return int(n) if isinstance(n, int) and n > 0 else None

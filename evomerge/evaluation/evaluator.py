@@ -9,10 +9,11 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from evomerge.devices import resolve_device
 from evomerge.errors import ConfigError, DataError, ExpertLoadError
 from evomerge.evaluation import metrics as M
 from evomerge.evaluation.candidates import Candidate, PerTask, to_deltas
-from evomerge.evaluation.encoding import Encoded, encode_dataset, pad_id, pool
+from evomerge.evaluation.encoding import Encoded, context_length, encode_dataset, pad_id, pool
 from evomerge.evaluation.forward import applied, linear_weights
 from evomerge.evaluation.generate import greedy_generate
 
@@ -38,8 +39,8 @@ def _load_base(base_dir: Path, device: torch.device, dtype: torch.dtype | None):
     try:
         tok = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype or torch.float32, local_files_only=True)
-    except (OSError, ValueError) as err:
-        raise ExpertLoadError(f"{base_dir}: cannot load base model/tokenizer ({err})") from None
+    except Exception as err:  # OSError, ValueError, safetensors' own error for a truncated file, ...
+        raise ExpertLoadError(f"{base_dir}: cannot load base model/tokenizer ({' '.join(str(err).split())[:300]})") from None
     model.to(device).eval().requires_grad_(False)
     return model, tok
 
@@ -74,7 +75,7 @@ class Evaluator:
         if not tasks:
             raise DataError("evaluation: no tasks given")
         self.metric = metric
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.batch_size = int(batch_size)
         if max_rows is None:
             # Several candidates per forward pass (``forward.stacked_weights``) pay off where a
@@ -101,7 +102,7 @@ class Evaluator:
             for split, ds in splits.items():
                 if max_samples is not None and len(ds) > max_samples:
                     ds = ds.select(range(max_samples))
-                enc = encode_dataset(self.tokenizer, ds, f"task `{name}` split `{split}`")
+                enc = encode_dataset(self.tokenizer, ds, f"task `{name}` split `{split}`", context_length(self.model))
                 self.data[name][split] = enc.sorted_by_length().to(self.device)
         self.max_new_tokens = max_new_tokens
         self._pool_cache: dict[str, Encoded] = {}

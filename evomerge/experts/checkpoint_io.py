@@ -75,13 +75,33 @@ def _weight_map(folder: Path, allow_bin: bool) -> dict[str, Path]:
                 wm = json.loads(ipath.read_text())["weight_map"]
             except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
                 raise ExpertLoadError(f"{ipath}: not a valid checkpoint index ({err})") from None
-            out = {k: folder / v for k, v in wm.items()}
+            if not isinstance(wm, dict):
+                raise ExpertLoadError(f"{ipath}: not a valid checkpoint index (`weight_map` is not a mapping)")
+            out = {k: _shard_path(folder, ipath, v) for k, v in wm.items()}
             for f in sorted(set(out.values())):
                 if not f.is_file():
                     raise ExpertLoadError(f"{f}: shard listed in {ipath.name} not found")
             return out
         return {"": folder / single}  # keys read from the file itself
     raise ExpertLoadError(f"{folder}: no {SAFE_SINGLE} or {SAFE_INDEX} found (not a checkpoint folder)")
+
+
+def _shard_path(folder: Path, index: Path, entry: object) -> Path:
+    """A shard file named by the index, confined to the checkpoint folder: an absolute path or a
+    ``..`` that leaves it is refused (what is read must be what the manifest's folder hash covers)."""
+    import posixpath
+
+    if not isinstance(entry, str) or not entry:
+        raise ExpertLoadError(f"{index}: shard entry {entry!r} is not a file name")
+    norm = posixpath.normpath(entry.replace("\\", "/"))
+    if posixpath.isabs(norm) or norm == ".." or norm.startswith("../") or Path(entry).is_absolute():
+        raise ExpertLoadError(f"{index}: shard path {entry!r} leaves the checkpoint folder {folder}")
+    path = folder / norm
+    root = folder.resolve()
+    where = path.parent.resolve()  # a linked file is fine (the HF cache links blobs); a linked folder is not
+    if where != root and root not in where.parents:
+        raise ExpertLoadError(f"{index}: shard path {entry!r} leaves the checkpoint folder {folder} (through a link)")
+    return path
 
 
 class CheckpointReader:

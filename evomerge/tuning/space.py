@@ -20,7 +20,7 @@ import typing
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-from evomerge.config import EvomergeConfig, TuneConfig, config_from_dict
+from evomerge.config import EvomergeConfig, TuneConfig
 from evomerge.errors import ConfigError, EvomergeError
 
 COUNT_NAMES = ("experts.count", "scale.k")
@@ -244,23 +244,9 @@ def apply_overrides(base: EvomergeConfig, values: Mapping[str, Any]) -> Evomerge
     :func:`expert_count`). Changing ``merge.method`` drops base parameters the new method
     does not have.
     """
-    from evomerge.merging.registry import get_merge_method
+    from evomerge.config.overrides import override
 
-    data = base.model_dump(mode="python", exclude_none=True)
-    if "merge.method" in values:
-        new = get_merge_method(str(values["merge.method"]))
-        names = {p.name for p in new.params}
-        data["merge"]["method"] = new.name
-        data["merge"]["params"] = {k: v for k, v in data["merge"].get("params", {}).items() if k in names}
-    for name, value in values.items():
-        if name in COUNT_NAMES or name == "merge.method":
-            continue
-        parts = name.split(".")
-        node = data
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return config_from_dict(data, "tuned config")
+    return override(base, {k: v for k, v in values.items() if k not in COUNT_NAMES}, "tuned config")
 
 
 def expert_count(values: Mapping[str, Any]) -> int | None:

@@ -1,0 +1,81 @@
+"""Options every command shares: ``--set key=value`` (config overrides) and ``--zoo PROFILE|PATH``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from evomerge.errors import ConfigError
+
+SET_HELP = "set a config key, dotted, value in YAML (e.g. --set merge.params.density=0.5); repeat"
+ZOO_HELP = "built-in zoo profile (small | default) or a zoo folder"
+
+
+def set_option() -> Any:
+    return typer.Option([], "--set", "-s", help=SET_HELP, metavar="KEY=VALUE")
+
+
+def zoo_option(default: Optional[str] = None) -> Any:
+    return typer.Option(default, "--zoo", help=ZOO_HELP, metavar="PROFILE|PATH")
+
+
+def small_option() -> Any:
+    return typer.Option(False, "--small", help="same as --zoo small")
+
+
+def zoo_choice(zoo: Optional[str], small: bool) -> Optional[str]:
+    """The ``--zoo`` value, with ``--small`` as its alias (the two must not disagree)."""
+    if small:
+        if zoo not in (None, "small"):
+            raise ConfigError(f"--small and --zoo {zoo} disagree; pass one of them")
+        return "small"
+    return zoo
+
+
+def zoo_profile(choice: Optional[str]) -> Optional[str]:
+    """The profile name when ``choice`` names one, else None (a folder, or nothing)."""
+    from evomerge.zoo.model import PROFILES
+
+    return choice if choice in PROFILES else None
+
+
+def open_zoo(choice: Optional[str], default: str = "default", zoo_dir: Path | None = None, progress: bool = True):
+    """The zoo for ``--zoo``: a profile (built into the cache if needed) or an existing zoo folder."""
+    from evomerge.zoo import Zoo, ensure_zoo
+    from evomerge.zoo.model import PROFILES
+
+    choice = choice or default
+    if choice in PROFILES:
+        return ensure_zoo(choice, zoo_dir, progress=progress)
+    path = Path(choice).expanduser()
+    if not path.exists():
+        raise ConfigError(f"--zoo {choice}: neither a zoo profile ({', '.join(sorted(PROFILES))}) nor an existing folder")
+    return Zoo.open(path)
+
+
+def load_config_with_sets(config: Optional[Path], sets: list[str], flags: dict[str, Any] | None = None):
+    """The config file (or the defaults) with ``--set`` values and then the command's own flags
+    (as dotted keys) applied, validated once."""
+    from evomerge.config import config_from_dict, load_config_data
+    from evomerge.config.overrides import override_data, parse_sets
+
+    data = load_config_data(config) if config is not None else {}
+    values = parse_sets(sets)
+    values.update({k: v for k, v in (flags or {}).items() if v is not None})
+    source = str(config) if config is not None else "defaults"
+    if values:
+        source += " + flags"
+    return config_from_dict(override_data(data, values, source), source)
+
+
+def zoo_settings(choice: Optional[str], cfg: Any, default: str) -> tuple[str, Any]:
+    """``(profile, cfg)`` for a command whose runner takes a profile name: a zoo folder given to
+    ``--zoo`` becomes its profile with ``zoo_dir`` set to the folder."""
+    if choice is None or zoo_profile(choice) is not None:
+        return choice or default, cfg
+    from evomerge.config.overrides import override
+
+    zoo = open_zoo(choice)
+    return zoo.profile, override(cfg, {"zoo_dir": str(zoo.root)}, "--zoo")
