@@ -94,10 +94,13 @@ def _prepare_out(out_dir: Path, meta: dict[str, Any], resume: bool) -> None:
         old = json.loads(meta_path.read_text())
         for key in ("algo", "experts", "tasks", "config"):
             if old.get(key) != meta[key]:
-                raise ConfigError(
-                    f"{meta_path}: cannot resume: `{key}` differs from the interrupted run "
-                    f"({old.get(key)!r} there, {meta[key]!r} now)"
-                )
+                from evomerge.config.base import config_diff
+
+                what = (", ".join(config_diff(old.get(key) or {}, meta[key])[:6]) + " (there -> now)"
+                        if key == "config" else f"{old.get(key)!r} there, {meta[key]!r} now")
+                raise ConfigError(f"{meta_path}: cannot resume: `{key}` differs from the interrupted run ({what})")
+    elif resume:
+        raise ConfigError(f"--resume: {out_dir} holds no run to continue (no run.json); check --out, or drop --resume")
     elif out_dir.exists() and any(out_dir.iterdir()):
         raise OutputExistsError(f"{out_dir}: exists and is not an evomerge run directory")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -141,7 +144,12 @@ def run_evolve(
         searches = make_searches(cfg, algo, len(inputs.names))
         _prepare_out(out_dir, _run_meta(cfg, algo, inputs), resume)
         per_candidate = cfg.rht if (cfg.rht.enabled and cfg.rht.apply_to == "candidate") else None
-        rt.start(inputs, rht=per_candidate).on_dispatch = on_dispatch
+        try:
+            rt.start(inputs, rht=per_candidate).on_dispatch = on_dispatch
+        except BaseException:
+            if not resume:  # nothing ran (e.g. the actors could not be placed): a rerun needs no --resume
+                (out_dir / "run.json").unlink(missing_ok=True)
+            raise
         loop = _Loop(cfg, inputs, searches, rt, out_dir, progress, on_generation)
         loop.start(resume)
         loop.run()

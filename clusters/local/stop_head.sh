@@ -1,24 +1,32 @@
 #!/usr/bin/env bash
-# Stop only the Ray instance started with --temp-dir DIR (unlike `ray stop`, which stops every
-# Ray instance of this user on the machine).
+# Stop every process of the Ray head started by start_head.sh with --temp-dir DIR, and only
+# those (unlike `ray stop`, which stops every Ray instance of this user on the machine).
 #
 #   clusters/local/stop_head.sh --temp-dir DIR
+#
+# Found three ways, then with all their descendants: the session start_head.sh gave the head
+# (DIR/evomerge-head.sid; it includes Ray's client server, which is re-parented to PID 1 and
+# does not name DIR), every process whose command line names DIR, and their children (dashboard
+# modules, workers, job drivers). SIGTERM, then SIGKILL for what is left after 5 s.
 set -uo pipefail
 
 temp_dir=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --temp-dir) temp_dir="$2"; shift 2 ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "error: unknown option $1" >&2; exit 2 ;;
   esac
 done
 [ -n "$temp_dir" ] || { echo "error: --temp-dir is required" >&2; exit 2; }
+case "$temp_dir" in /*) ;; *) temp_dir="$PWD/$temp_dir" ;; esac
 
-# The head's processes carry the temp dir in their command line; their children (dashboard
-# modules, workers, job drivers) are found through the parent links.
-table=$(ps -eww -o pid=,ppid=,args=)  # -ww: never cut the command line (COLUMNS)
-roots=$(echo "$table" | awk -v d="$temp_dir" 'index($0, d) > 0 && $3 !~ /awk|stop_head/ {print $1}')
+sid=""
+if [ -s "$temp_dir/evomerge-head.sid" ]; then sid=$(tr -dc '0-9' < "$temp_dir/evomerge-head.sid"); fi
+
+table=$(ps -eww -o pid=,ppid=,sid=,args=)  # -ww: never cut the command line (COLUMNS)
+roots=$(echo "$table" | awk -v d="$temp_dir" -v s="${sid:--1}" -v me=$$ '
+  $1 != me && ($3 == s || (index($0, d) > 0 && $0 !~ /stop_head/)) {print $1}')
 all="$roots"
 frontier="$roots"
 while [ -n "$frontier" ]; do
@@ -30,14 +38,21 @@ while [ -n "$frontier" ]; do
   frontier=$(echo $next)
   all="$all $frontier"
 done
-all=$(echo $all | tr ' ' '\n' | grep -v "^$$\$" | sort -u)
-[ -n "$all" ] || { echo "no Ray processes found for $temp_dir"; exit 0; }
+all=$(echo $all | tr ' ' '\n' | grep -v -e "^$$\$" -e '^$' | sort -un)
+[ -n "$all" ] || { echo "no Ray processes found for $temp_dir"; rm -f "$temp_dir/evomerge-head.sid"; exit 0; }
 kill -TERM $all 2>/dev/null
+alive=""
 for _ in $(seq 1 20); do
   alive=""
-  for p in $all; do kill -0 "$p" 2>/dev/null && alive="$alive $p"; done
+  for p in $all; do
+    # a zombie has exited already (it waits for its parent to reap it)
+    if kill -0 "$p" 2>/dev/null && [ "$(sed -n 's/.*) \(.\).*/\1/p' "/proc/$p/stat" 2>/dev/null)" != Z ]; then
+      alive="$alive $p"
+    fi
+  done
   [ -z "$alive" ] && break
   sleep 0.25
 done
-[ -n "${alive:-}" ] && kill -KILL $alive 2>/dev/null
-echo "stopped $(echo $all | wc -w) process(es) of the Ray instance in $temp_dir"
+[ -n "$alive" ] && kill -KILL $alive 2>/dev/null
+rm -f "$temp_dir/evomerge-head.sid"
+echo "stopped $(echo $all | wc -w) process(es) of the Ray head in $temp_dir"
