@@ -66,7 +66,13 @@ def test_launcher_yaml_matches_ray_schema(path: Path) -> None:
             assert set(bdm.get("Ebs", {})) <= EC2_EBS_FIELDS
         if name != cfg["head_node_type"]:
             assert t["resources"].get("evomerge_node") == 1, "one population actor per worker node"
-    assert any("ray[default]" in c for c in cfg["setup_commands"]), "runtime pinned with ray[default]"
+    # the pinned runtime and the token reach every node (tests/test_clusters_pins.py checks the pins)
+    assert cfg["file_mounts"]["~/evomerge-requirements.txt"] == "clusters/requirements.txt"
+    assert any("pip install -r ~/evomerge-requirements.txt" in c for c in cfg["setup_commands"])
+    assert cfg["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    for cmd in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]:
+        if "ray start" in cmd:
+            assert "RAY_AUTH_MODE=token" in cmd, cmd
 
 
 @pytest.mark.parametrize("path", _launcher_files(), ids=lambda p: p.name)
@@ -132,6 +138,7 @@ RAYCLUSTER_SPEC = {
                           "volumeMounts": ANY, "version": ANY},
     "headGroupSpec": HEAD_GROUP, "workerGroupSpecs": _list(WORKER_GROUP),
     "headServiceAnnotations": ANY, "suspend": ANY, "managedBy": ANY, "gcsFaultToleranceOptions": ANY,
+    "authOptions": {"mode": ANY, "secretName": ANY, "enableK8sTokenAuth": ANY},
 }
 RAYJOB_SPEC = {
     "entrypoint": ANY, "runtimeEnvYAML": ANY, "jobId": ANY, "metadata": ANY,
@@ -190,6 +197,13 @@ def test_kuberay_field_check_would_catch_a_typo() -> None:
     doc = dict(next(d for _, d in _kuberay_docs() if d["kind"] == "RayJob"))
     doc["spec"] = dict(doc["spec"], shutdownAfterJobFinish=True)
     assert unknown_fields(doc, KINDS["RayJob"]) == ["spec.shutdownAfterJobFinish"]
+
+
+def test_kuberay_clusters_use_token_authentication() -> None:
+    for name, doc in _kuberay_docs():
+        spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+        assert spec["authOptions"]["mode"] == "token", name
+        assert spec["authOptions"]["secretName"] == "evomerge-ray-token", name
 
 
 def test_rayjob_runs_an_evomerge_job_with_a_pinned_runtime() -> None:
