@@ -342,3 +342,16 @@ def test_genome_plus_moves_toward_all_time_best_and_away_from_all_time_worst():
             store.update(materialize(r, store))
         s.tell({r.id: float(rng.random()) for r in batch})
     assert seen > 6
+
+
+def test_init_sums_are_task_arithmetic_points():
+    store, _ = make_problem()
+    s = Genome(GenomeConfig(population=4, init_sums=[0.5, 2.0]), 6, seed=0)
+    batch = s.ask()
+    sums = [r for r in batch if r.op == "init_sum"]
+    assert len(batch) == 6 and [r.weights[0] for r in sums] == [0.5, 2.0]
+    total = sum(flat(store[expert_id(i)]) for i in range(6))
+    for r in sums:  # hand: lambda * (e0 + ... + e5)
+        torch.testing.assert_close(flat(materialize(r, store)[r.id]), r.weights[0] * total)
+    s.tell({r.id: float(i) for i, r in enumerate(batch)})
+    assert len(s.population) == 6  # the first selection brings it back to `population`

@@ -86,7 +86,11 @@ def genome_case(seed: int):
         ind_mut_rate=float(rng.random()), gene_mut_rate=0.5, sigma=0.1, elite_percent=float(rng.random()),
         crossover=CROSSOVERS[seed % 4], early_stop_iter=int(rng.integers(1, 4)), succession=succession,
         max_population=(pop + int(rng.integers(0, 3))) if succession and rng.random() < 0.5 else None,
+        init_pairs="coverage_reuse" if seed % 3 else "coverage", init_merge=["linear", "ties", None][seed % 3],
+        init_sums=[0.5, 1.5][: int(rng.integers(0, 3))], early_stop=bool(rng.random() < 0.7),
     )
+    if cfg.init_pairs == "coverage" and cfg.population > n * (n - 1) // 2:
+        cfg = cfg.model_copy(update={"init_pairs": "coverage_reuse"})
     sw = SwarmConfig(init_velocity=["random", "zero", "best"][int(rng.integers(3))], step=float(rng.random()) + 0.1)
     return Genome(cfg, n, seed, swarm=sw, prefix="i1/" if seed % 5 == 0 else ""), n
 
@@ -97,7 +101,7 @@ def swarm_case(seed: int):
     cfg = SwarmConfig(
         max_particles=int(rng.integers(2, 8)) if rng.random() < 0.5 else None, max_iter=int(rng.integers(1, 8)),
         patience=int(rng.integers(1, 5)), restart_patience=float(rng.random()) + 0.1,
-        init_velocity=["random", "zero", "best"][seed % 3],
+        init_velocity=["random", "zero", "best"][seed % 3], init_sums=[1.0, 2.0][: int(rng.integers(0, 3))],
     )
     return Swarm(cfg, n, seed), n
 

@@ -175,3 +175,9 @@ def test_errors():
     batch = s.ask()
     with pytest.raises(ValueError, match="unexpected"):
         s.tell({**{r.id: 1.0 for r in batch}, "zz": 1.0})
+
+
+def test_init_sums_join_the_experts_and_count_toward_max_particles():
+    s = Swarm(SwarmConfig(init_sums=[1.0], max_particles=8), 4, seed=0)
+    assert [r.op for r in s.ask()] == ["expert"] * 4 + ["init_sum"] + ["pad"] * 3
+    assert [r.op for r in Swarm(SwarmConfig(init_sums=[1.0, 2.0]), 3, seed=0).ask()] == ["expert"] * 3 + ["init_sum"] * 2

@@ -128,6 +128,8 @@ class GenomeConfig(Section):
                     "population must fit the pairs), or pairs reused with new weights once all are used")
     init_merge: str | None = Field(default=None, description="operator of the initial pairs (default: the crossover's; linear for blx)")
     crossover: str = Field(default="linear", description="linear, blx, or a merge-registry method (ties, dare_ties, ...)")
+    init_sums: list[float] = Field(
+        default_factory=list, description="extra initial individuals lambda * (sum of the experts), one per lambda")
     blx_alpha: float = Field(default=1.2, ge=0.0)
     density: float = Field(default=0.7, gt=0.0, le=1.0)
     early_stop: bool = True
@@ -176,6 +178,8 @@ class SwarmConfig(Section):
     patience: int = Field(default=10, ge=1)
     restart_patience: float = Field(default=0.5, gt=0.0)
     init_velocity: Literal["random", "zero", "best"] = "random"
+    init_sums: list[float] = Field(
+        default_factory=list, description="extra initial particles lambda * (sum of the experts), one per lambda")
     space: SearchSpaceName = Field(default="ab", description=SPACE_HELP)
 
     @model_validator(mode="before")

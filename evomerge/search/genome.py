@@ -20,6 +20,7 @@ from evomerge.search.base import AskTell
 from evomerge.search.operators import merge_spec
 from evomerge.search.pso import Particle, VelocityState, move_recipe, pso_coefficients, velocity_ref
 from evomerge.search.recipe import STREAM_DECIDE, Op, Phase, Recipe, derive_rng, expert_id, history_row, velocity_key
+from evomerge.search.pso import sum_recipes
 from evomerge.search.selection import n_elites, roulette_pair, roulette_weights, select
 
 _INIT, _MOVE, _BREED, _SELECT = 0, 1, 2, 3  # decision streams
@@ -145,7 +146,7 @@ class Genome(AskTell):
         for a, b in covering_pairs(self.n_experts, self.init_size, rng):
             r = rng.random(2)
             out.append(self._new(Op.INIT_PAIR, (expert_id(a), expert_id(b)), tuple(r / r.sum()), dict(self._init_spec), "g"))
-        return out
+        return out + sum_recipes(self, self.cfg.init_sums, "g")
 
     def _move_batch(self) -> list[Recipe]:
         sw = self.swarm

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-from evomerge.search.recipe import Op, Recipe, VelocityMode
+from evomerge.search.recipe import Op, Recipe, VelocityMode, expert_id
 
 
 class VelocityState(StrEnum):
@@ -94,3 +94,10 @@ def velocity_ref(mode: str, i: int, particles: list[Particle], gbest: str, rng: 
     if mode == "best":
         return gbest
     return None
+
+
+def sum_recipes(search: Any, scales: Sequence[float], tag: str) -> list[Recipe]:
+    """Initial individuals ``lambda * sum_i expert_i``, one per ``lambda`` in ``scales``: the
+    task-arithmetic points a search can start from (weighted means of experts never reach them)."""
+    parents = tuple(expert_id(i) for i in range(search.n_experts))
+    return [search._new(Op.INIT_SUM, parents, (float(lam),) * len(parents), {}, tag) for lam in scales]

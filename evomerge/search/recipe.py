@@ -27,6 +27,7 @@ class Op(StrEnum):
     EXPERT = "expert"  # a copy of one expert
     PAD = "pad"  # Model Swarms padding: w*p1 + (1-w)*p2
     INIT_PAIR = "init_pair"
+    INIT_SUM = "init_sum"  # lambda * (sum of every expert): a task-arithmetic point
     CROSSOVER = "crossover"
     MUTATE = "mutate"
     PSO_MOVE = "pso_move"
