@@ -65,21 +65,26 @@ class PopulationActor:
 
     def __init__(
         self,
-        experts: Mapping[str, NumpyDict],
-        make_evaluator: Callable[[str], Any],
+        experts: Mapping[str, NumpyDict] | None = None,
+        make_evaluator: Callable[[str], Any] | None = None,
         *,
         fan_in_fan_out: Mapping[str, bool] | None = None,
         rht: Any = None,
         device: str | None = None,
         num_threads: int | None = None,
     ) -> None:
+        """Without ``experts`` the actor starts empty and gets them from :meth:`reset`: Ray
+        starts population actors that way, so a restarted actor needs no constructor
+        arguments from the object store (the pool re-sends ``reset`` after a restart)."""
         if num_threads:
             torch.set_num_threads(int(num_threads))
         self.device = device or _actor_device()
         self.evaluator: Any = None
         self._evaluator_spec: Any = None
         self.timings = {"materialize_s": 0.0, "evaluate_s": 0.0, "transfer_s": 0.0}
-        self.reset(experts, make_evaluator, fan_in_fan_out=fan_in_fan_out, rht=rht)
+        self.experts, self.store, self.fan, self.rht = {}, {}, {}, None
+        if experts is not None:
+            self.reset(experts, make_evaluator, fan_in_fan_out=fan_in_fan_out, rht=rht)
 
     def reset(
         self,

@@ -60,18 +60,20 @@ class Runtime:
         kwargs = {"fan_in_fan_out": inputs.fan_in_fan_out, "rht": rht}
         if self.pool is None:
             self.pg = create_placement_group(self.plan, self.cfg.ray.placement_timeout_s)
-            self._ctor_ref = experts_ref  # kept alive: Ray restarts an actor from its constructor args
             cls = ray.remote(PopulationActor)
             threads = max(1, int(self.plan.num_cpus))
+            # Constructor arguments are small and inline (no object-store references), so Ray
+            # can restart an actor from them; its experts and evaluator come with `reset`,
+            # which the pool sends again to a restarted actor.
             actors = [
                 cls.options(**actor_options(self.plan, self.pg, i, self.cfg.ray.max_restarts)).remote(
-                    experts_ref, inputs.evaluator, num_threads=threads, **kwargs
+                    num_threads=threads
                 )
                 for i in range(self.plan.n_actors)
             ]
         else:
             actors = self.pool.actors
-            ray.get([a.reset.remote(experts_ref, inputs.evaluator, **kwargs) for a in actors])
+        ray.get([a.reset.remote(experts_ref, inputs.evaluator, **kwargs) for a in actors])
         self.pool = PopulationPool(actors, inputs.experts, max_restarts=self.cfg.ray.max_restarts,
                                    reset_args=((experts_ref, inputs.evaluator), kwargs))
         self.infos = self.pool.record_pids()  # waits until every actor is up
