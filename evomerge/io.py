@@ -186,7 +186,9 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         except BaseException as err:
             shutil.rmtree(tmp, ignore_errors=True)
             converted = _as_output_error(err, path)
-            if converted is err:
+            if isinstance(converted, OutputError):  # name the output, not its temporary folder
+                converted = OutputError(str(converted).replace(str(tmp), str(path)))
+            elif converted is err:
                 raise
             raise converted from None
 
@@ -270,11 +272,13 @@ def write_parquet_atomic(path: str | os.PathLike, table) -> None:
 
 
 def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict | None = None) -> None:
-    """``safetensors.torch.save_file``, with write failures (full disk, ...) as one :class:`OutputError`."""
+    """``safetensors.torch.save_file`` with the usual umask mode, and write failures (full disk, ...)
+    as one :class:`OutputError`."""
     from safetensors.torch import save_file
 
     try:
         save_file(tensors, str(path), metadata=metadata)
+        _public_mode(path, is_dir=False)  # safetensors may create the file 0600
     except OSError as err:
         raise _as_output_error(err, Path(path)) from None
     except Exception as err:  # safetensors wraps I/O errors in its own type

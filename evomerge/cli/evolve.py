@@ -7,25 +7,17 @@ from typing import Any, Optional
 
 import typer
 
+from evomerge.cli._common import set_option, small_option, zoo_option
+
 
 def apply_overrides(cfg: Any, algo: str, *, ray_address: str | None = None, actors: int | None = None,
                     generations: int | None = None, seed: int | None = None) -> Any:
     """The config with command-line overrides, validated like a config file."""
-    from evomerge.config import config_from_dict
+    from evomerge.config.overrides import override
 
-    data = cfg.model_dump(mode="python", exclude_unset=False)
-    if ray_address is not None:
-        data["ray"]["address"] = ray_address
-    if actors is not None:
-        data["ray"]["num_actors"] = actors
-    if generations is not None:
-        if algo == "genome":
-            data["genome"]["generations"] = generations
-        else:
-            data["swarm"]["max_iter"] = generations
-    if seed is not None:
-        data["seed"] = seed
-    return config_from_dict(data, "command line")
+    values = {"ray.address": ray_address, "ray.num_actors": actors, "seed": seed,
+              ("genome.generations" if algo == "genome" else "swarm.max_iter"): generations}
+    return override(cfg, {k: v for k, v in values.items() if v is not None}, "command line")
 
 
 def register(app: typer.Typer) -> None:
@@ -39,17 +31,24 @@ def register(app: typer.Typer) -> None:
         actors: Optional[int] = typer.Option(None, "--actors", help="number of population actors"),
         generations: Optional[int] = typer.Option(None, "--generations", help="genome.generations / swarm.max_iter"),
         seed: Optional[int] = typer.Option(None, "--seed", help="run seed"),
-        zoo: str = typer.Option("small", "--zoo", help="built-in zoo profile when the config names no experts"),
+        zoo: Optional[str] = zoo_option(),
+        small: bool = small_option(),
+        sets: list[str] = set_option(),
     ) -> None:
-        """Evolve a merge of the experts; print best/mean fitness per generation."""
-        from evomerge.config import load_config
+        """Evolve a merge of the experts; print best/mean fitness per generation.
+
+        Without experts in the config, the built-in zoo (``--zoo``, default small) is used."""
+        from evomerge.cli._common import load_config_with_sets, zoo_choice, zoo_settings
         from evomerge.evolve import run_evolve
+        from evomerge.io import removed_if_failed
         from evomerge.search import check_search_name
 
         check_search_name(algo, "--algo")
-        cfg = apply_overrides(load_config(config), algo, ray_address=ray_address, actors=actors,
+        cfg = apply_overrides(load_config_with_sets(config, sets), algo, ray_address=ray_address, actors=actors,
                               generations=generations, seed=seed)
-        res = run_evolve(cfg, algo, out, resume=resume, zoo_profile=zoo, progress=True)
+        profile, cfg = zoo_settings(zoo_choice(zoo, small), cfg, "small")
+        with removed_if_failed(out):
+            res = run_evolve(cfg, algo, out, resume=resume, zoo_profile=profile, progress=True)
         typer.echo(f"best {res.best_id}: validation fitness {res.best_fitness:.4f}")
         if res.expert_fitness:
             name, fit = max(res.expert_fitness.items(), key=lambda kv: kv[1])
@@ -68,3 +67,4 @@ def register(app: typer.Typer) -> None:
         if res.adapter_dir is not None:
             what = "adapter" if (res.adapter_dir / "adapter_config.json").is_file() else "task vector"
             typer.echo(f"best {what}: {res.adapter_dir}")
+

@@ -258,6 +258,8 @@ def _load_lora(paths, names, base_path, base_reader, allow_bin, check_finite) ->
             if m.fan_in_fan_out != first.modules[k].fan_in_fan_out:
                 raise ExpertLoadError(f"{ad.path}: fan_in_fan_out differs from {first.path}")
     if base_reader is not None:
+        for ad in adapters:
+            _check_adapter_base(ad, base_path, base_reader)
         for k in keys:
             if k not in base_reader:
                 raise ExpertLoadError(f"{first.weights_file}: adapts `{k}`, which the base {base_path} does not have")
@@ -270,6 +272,38 @@ def _load_lora(paths, names, base_path, base_reader, allow_bin, check_finite) ->
         kind="lora", names=names, paths=paths, base_path=base_path, adapters=adapters,
         base=base_reader, _keys=keys, _shapes=shapes,
     )
+
+
+def _check_adapter_base(ad: PeftAdapter, base_path: Path, base_reader: CheckpointReader) -> None:
+    """The adapter's own claims about its base must fit ``--base``: a local ``base_model_name_or_path``
+    of another architecture, or a ``target_modules`` entry naming no module of the base, is refused.
+    (A hub name cannot be checked offline; the tensor shapes are checked by the caller.)"""
+    import re
+
+    cfg_file = ad.path / "adapter_config.json"
+    name = ad.config.get("base_model_name_or_path")
+    named = Path(str(name)).expanduser() if name else None
+    if named is not None and named.is_dir() and named.resolve() != base_path.resolve() and (named / "config.json").is_file():
+        theirs, ours = read_config(named), read_config(base_path)
+        for f in ARCH_FIELDS:
+            if (f in theirs or f in ours) and theirs.get(f) != ours.get(f):
+                raise ExpertLoadError(
+                    f"{cfg_file}: base_model_name_or_path {name!r} is another model than --base {base_path} "
+                    f"(`{f}`: {theirs.get(f)!r} there, {ours.get(f)!r} in the base)"
+                )
+    modules = [k[: -len(".weight")] for k in base_reader.keys() if k.endswith(".weight")]
+    targets = ad.config.get("target_modules")
+    if isinstance(targets, str):
+        try:
+            matched = any(re.fullmatch(targets, m) for m in modules)
+        except re.error as err:
+            raise ExpertLoadError(f"{cfg_file}: target_modules {targets!r} is not a valid regex ({err})") from None
+        if not matched:
+            raise ExpertLoadError(f"{cfg_file}: target_modules {targets!r} matches no module of the base {base_path}")
+    elif isinstance(targets, (list, tuple)):
+        for t in targets:
+            if not any(m == t or m.endswith(f".{t}") for m in modules):
+                raise ExpertLoadError(f"{cfg_file}: target_modules entry {t!r} names no module of the base {base_path}")
 
 
 def _lora_delta(m: LoraModule, device) -> torch.Tensor:
