@@ -47,6 +47,8 @@ def plan_output(cfg, pool, method) -> str:
                     f"merge.space `ab` needs equal LoRA ranks, but `{k}` has ranks {ranks} across experts; "
                     "use space `concat` (linear methods) or `delta`"
                 )
+    if cfg.rht.enabled and cfg.rht.domain == "factors" and (m.space == "delta" or pool.kind != "lora"):
+        raise ConfigError("rht.domain `factors` needs a LoRA factor result (merge.space ab or concat); use rht.domain delta")
     if method.needs and m.space != "delta":
         raise ConfigError(f"merge method `{method.name}` reads per-weight statistics and needs merge.space `delta`")
     if method.per_task:
@@ -66,6 +68,11 @@ def plan_output(cfg, pool, method) -> str:
         pool.require_base("output_format `full`")
         return "full"
     if m.space in ("ab", "concat"):
+        if cfg.rht.enabled and cfg.rht.domain == "delta" and m.rank is None:
+            raise ConfigError(
+                "rht.domain `delta` turns the LoRA result into dense deltas: pass --rank R (SVD back to an adapter), "
+                "output_format full (needs --base), or set rht.domain factors"
+            )
         return "peft"
     if m.rank is not None:
         return "peft"
@@ -88,10 +95,11 @@ def _weights(cfg, n: int) -> torch.Tensor | None:
     return torch.tensor(w, dtype=torch.float32)
 
 
-def _apply_rht(td: TensorDict, cfg) -> TensorDict:
+def _apply_rht(td: TensorDict, cfg, fans: dict[str, bool] | None = None) -> TensorDict:
     from evomerge.rht import apply_rht
+    from evomerge.seeding import rht_seed
 
-    return apply_rht(td, cfg.rht, cfg.rht.seed)
+    return apply_rht(td, cfg.rht, rht_seed(cfg.rht.seed), fan_in_fan_out=fans)
 
 
 def run_merge(
@@ -139,10 +147,18 @@ def run_merge(
             _merge_emr(cfg, pool, method, params, weights, stats, dev, progress, tmp)
         elif pool.kind == "lora" and cfg.merge.space in ("ab", "concat"):
             modules = _merge_lora_factors(cfg, pool, method, params, weights)
+            dense = None
             if cfg.rht.enabled:
                 fans = {k: m.fan_in_fan_out for k, m in modules.items()}
-                modules = ab_to_lora(_apply_rht(lora_to_ab(modules), cfg), fans)
-            _write(fmt, cfg, pool, modules, None, tmp, progress)
+                td = _apply_rht(lora_to_ab(modules), cfg, fans)
+                if cfg.rht.domain == "factors":
+                    modules = ab_to_lora(td, fans)
+                else:  # rht.domain delta: dense deltas, an adapter again only by truncated SVD (--rank)
+                    from evomerge.merging.apply import svd_to_lora
+
+                    dense = td
+                    modules = {k: svd_to_lora(v, cfg.merge.rank, fans[k]) for k, v in td.items()} if fmt == "peft" else None
+            _write(fmt, cfg, pool, modules, dense, tmp, progress)
         else:
             from evomerge.merging.apply import merge_task_vectors
 

@@ -296,7 +296,8 @@ def test_rht_per_candidate_or_final(rt, tmp_path, local_evaluator, apply_to, nam
     from evomerge.distributed import records
     from evomerge.experts.peft_io import load_peft_adapter
 
-    rht = {"enabled": True, "apply_to": apply_to, "sigma_g": 0.3, "gamma": 0.7, "alpha": 0.5, "seed": 3}
+    rht = {"enabled": True, "apply_to": apply_to, "sigma_g": 0.3, "gamma": 0.7, "alpha": 0.5, "seed": 3,
+           "domain": "factors"}  # on A and B, so the result stays a peft adapter
     cfg = make_cfg(rht=rht, genome={"generations": 1})
     res = run_evolve(cfg, "genome", tmp_path / "run", experts=names, tasks=names, progress=False, runtime=rt)
     adapter = load_peft_adapter(res.adapter_dir).modules

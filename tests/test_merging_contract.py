@@ -13,7 +13,7 @@ METHODS = available_methods()
 REQUIRED = {"weight_average", "task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune", "fisher", "regmean", "emr"}
 
 # How weights [1, -1] on two identical experts behave, per method (every method must be listed):
-CANCELS = {"task_arithmetic", "ties", "magnitude_prune", "breadcrumbs", "consensus", "slerp"}
+CANCELS = {"task_arithmetic", "ties", "magnitude_prune", "magnitude_ties", "breadcrumbs", "consensus", "slerp"}
 REJECTS_NEGATIVE = {"weight_average", "fisher", "regmean"}  # normalising / importance weights
 NOT_MEANINGFUL = {"dare_linear", "dare_ties", "emr"}  # independent random masks per expert; EMR keeps the max magnitude
 

@@ -7,27 +7,27 @@ of torch bring it; CI's CPU build does not, so there the module is skipped).
 
 from __future__ import annotations
 
-import os
-import sys
+import importlib.util
 
 import numpy as np
 import pytest
 import torch
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu":
-    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("Triton was imported before its interpreter could be switched on", allow_module_level=True)
-    os.environ["TRITON_INTERPRET"] = "1"  # read when Triton is imported; only these tests run kernels on CPU
-triton = pytest.importorskip("triton")
+if importlib.util.find_spec("triton") is None:  # not imported here: the fixture imports it under the interpreter
+    pytest.skip("needs Triton", allow_module_level=True)
 
 from evomerge.merging import get_merge_method  # noqa: E402
 from evomerge.merging.methods import _cuda  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def kernels(monkeypatch):
-    monkeypatch.setattr(_cuda, "ON_CPU", DEVICE == "cpu")
+def kernels():
+    """Every test here runs the kernels: on CUDA, or on CPU tensors through Triton's interpreter."""
+    with _cuda.interpreted(DEVICE == "cpu"):
+        if DEVICE == "cpu" and not _cuda.interpreter_ready():
+            pytest.skip("Triton was imported before its interpreter could be switched on")
+        yield
 
 
 def _rows(n=5, numel=150_000, seed=0, dtype=torch.float32):
@@ -38,11 +38,8 @@ def _rows(n=5, numel=150_000, seed=0, dtype=torch.float32):
 
 def _torch_path(fn):
     """Run ``fn`` (on CPU tensors) with the kernels switched off: the torch path."""
-    saved, _cuda.ON_CPU = _cuda.ON_CPU, False
-    try:
+    with _cuda.interpreted(False):
         return fn()
-    finally:
-        _cuda.ON_CPU = saved
 
 
 # ------------------------------------------------------------------ Philox4x32-10, independently
@@ -176,3 +173,12 @@ def test_inputs_are_not_modified_and_odd_shapes_work():
         out = get_merge_method(name)(d, None, generator=torch.Generator(DEVICE).manual_seed(0), density=0.2)
         assert out.shape == (4097, 3) and torch.isfinite(out).all()
     assert torch.equal(d, before)
+
+
+def test_magnitude_ties_sum_over_agreeing_experts_matches_the_torch_path():
+    """disjoint "sum" (no division): the paper code's merge in the kernel."""
+    d = _rows(4, 40_000, seed=8)
+    w = torch.tensor([1.0, 0.5, 2.0, 0.8])
+    m = get_merge_method("magnitude_ties")
+    got = m(d.to(DEVICE), w.to(DEVICE), density=0.7).cpu()
+    torch.testing.assert_close(got, _torch_path(lambda: m(d, w, density=0.7)), rtol=1e-5, atol=1e-5)

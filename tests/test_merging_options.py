@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from evomerge.merging import get_merge_method
-from evomerge.merging.methods import _steps as st
+from evomerge.merging.methods import _select
+from evomerge.merging.methods._dare import FastDareMask
 
 M64 = (1 << 64) - 1
 
@@ -140,9 +141,9 @@ def test_fast_mask_follows_its_documented_definition(density):
 
 def test_fast_mask_does_not_depend_on_blocks_or_dtype():
     n, numel = 4, 5003
-    ref = st.FastDareMask(n, numel, 0.25, 9).block(0, numel).numpy()
+    ref = FastDareMask(n, numel, 0.25, 9).block(0, numel).numpy()
     for step in (8, 64, 1000, 4096):
-        m = st.FastDareMask(n, numel, 0.25, 9)
+        m = FastDareMask(n, numel, 0.25, 9)
         starts = list(range(0, numel, step))
         parts = {c0: m.block(c0, min(numel, c0 + step)).numpy() for c0 in starts[::-1]}  # out of order too
         assert np.array_equal(np.concatenate([parts[c0] for c0 in starts], axis=1), ref)
@@ -155,9 +156,9 @@ def test_fast_mask_does_not_depend_on_blocks_or_dtype():
 def test_fast_mask_keep_rate_independence_and_exact_tie_resolution():
     n, numel = 4, 1 << 20
     density = 0.5 + 2**-9  # top byte 128 is a tie, resolved with probability exactly 1/2
-    m = st.FastDareMask(n, numel, density, 2024)
+    m = FastDareMask(n, numel, density, 2024)
     b = m.top_bytes(0, numel)
-    m = st.FastDareMask(n, numel, density, 2024)
+    m = FastDareMask(n, numel, density, 2024)
     keep = m.block(0, numel).numpy().astype(bool)
     total = keep.size
     sd = (density * (1 - density) / total) ** 0.5
@@ -188,7 +189,7 @@ def test_fast_dare_arithmetic_matches_float64_reference(disjoint, sign):
     d = torch.randn((n, *shape), generator=_g(11))
     w = torch.tensor([0.4, 1.0, -0.8, 0.3, 1.5])
     numel = d[0].numel()
-    keep = torch.from_numpy(st.FastDareMask(n, numel, density, 77).block(0, numel).numpy())
+    keep = torch.from_numpy(FastDareMask(n, numel, density, 77).block(0, numel).numpy())
     x = d.reshape(n, -1) * keep / density
     got = get_merge_method("dare_ties")(d, w, generator=_g(77), density=density, majority_sign_method=sign,
                                         disjoint=disjoint)
@@ -234,6 +235,6 @@ def test_bracket_selection_is_the_exact_kth_largest(numel, k):
     """The sampled-bracket selection used off the CPU (and by the GPU kernels' fallback) against a sort."""
     a = torch.randn(numel, generator=_g(numel + k)).abs()
     a[::7] = a[3]  # many ties
-    v, n_ge = st.kth_largest_bracket(a, k)
+    v, n_ge = _select.kth_largest_bracket(a, k)
     want = torch.sort(a, descending=True).values[k - 1]
     assert v == want and n_ge == int((a >= want).sum())

@@ -235,7 +235,7 @@ def test_lora_delta_space_with_rank_and_fan_in_fan_out():
 
 @pytest.mark.parametrize("dist", ["normal", "sparse", "duplicates", "tiny", "constant"])
 def test_exact_kth_largest_against_sort(dist):
-    from evomerge.merging.methods._steps import kth_largest_bracket, kth_largest_numpy, topk_mask
+    from evomerge.merging.methods._select import kth_largest_bracket, kth_largest_numpy, topk_mask
 
     g = _g(0)
     n = 140_000  # above the size where the sampled bracket is used

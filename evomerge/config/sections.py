@@ -35,15 +35,25 @@ class ExpertsConfig(Section):
 
 
 class RHTConfig(Section):
-    """Reparameterized Heavy-Tailed post-processing. Defaults are evomerge's own choice."""
+    """Reparameterized Heavy-Tailed post-processing (evomerge.rht; docs/merging.md). The transform
+    is the paper's; centre, units, norm restoration, domain and the constants' defaults are
+    evomerge's choices."""
 
     enabled: bool = False
-    mu: float = 0.0
-    sigma_g: float = Field(default=0.1, ge=0.0, description="std of the Gaussian difference, relative to the tensor's std")
-    gamma: float = Field(default=0.9, gt=0.0, le=1.0)
-    alpha: float = Field(default=0.1, ge=0.0)
-    beta: float = Field(default=1.0, ge=0.0)
-    preserve_norm: bool = True
+    centre: Literal["mean", "absolute"] = Field(
+        default="mean", description="centre of the Gaussian difference: the tensor's mean, or the absolute `mu`")
+    mu: float = Field(default=0.0, allow_inf_nan=False, description="the centre when centre=absolute")
+    sigma_g: float = Field(default=0.0, ge=0.0, allow_inf_nan=False,
+                           description="std of the Gaussian difference (in the tensor's std with units=std)")
+    gamma: float = Field(default=0.9, gt=0.0, le=1.0, allow_inf_nan=False)
+    alpha: float = Field(default=0.1, ge=0.0, allow_inf_nan=False)
+    beta: float = Field(default=1.0, ge=0.0, allow_inf_nan=False)
+    units: Literal["raw", "std"] = Field(
+        default="raw", description="raw: the constants act on the values as they are (the paper); std: in units of "
+                                   "each tensor's std")
+    preserve_norm: bool = Field(default=True, description="rescale each tensor to its Frobenius norm before RHT")
+    domain: Literal["delta", "factors"] = Field(
+        default="delta", description="LoRA results: transform the dense deltas B@A (delta) or the A and B factors")
     seed: int = 0
     apply_to: Literal["candidate", "final"] = Field(
         default="final", description="evolutionary search: RHT every scored candidate, or only the final result"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -37,11 +36,6 @@ def numpy_to_td(d: Mapping[str, np.ndarray], device: str | torch.device = "cpu")
     """Torch tensors on ``device`` from numpy arrays (arrays from the object store are
     read-only, so they are copied)."""
     return {k: torch.from_numpy(np.array(a, copy=True)).to(device) for k, a in d.items()}
-
-
-def rht_seed(base_seed: int, key: str) -> int:
-    """Seed of the RHT noise for one individual: stable across processes and runs."""
-    return (int(base_seed) * 1_000_003 + zlib.crc32(key.encode())) % (1 << 62)
 
 
 @dataclass(frozen=True)
@@ -213,8 +207,10 @@ class PopulationActor:
 
     def _apply_rht(self, td: TensorDict, key: str, cfg: Any) -> TensorDict:
         from evomerge.rht import apply_rht
+        from evomerge.seeding import rht_seed
 
-        return apply_rht(td, cfg, rht_seed(cfg.seed, key))
+        # one config, one noise: the same draw as merge and scale (not a function of the individual)
+        return apply_rht(td, cfg, rht_seed(cfg.seed), fan_in_fan_out=self.fan)
 
     def _as_candidate(self, td: TensorDict) -> Any:
         if any(k.endswith("::A") for k in td):

@@ -65,14 +65,14 @@ def _splits(inputs: EvolveInputs) -> list[str]:
 
 def _write_best(inputs: EvolveInputs, weights: dict, rht: Any, best_id: str, out_dir: Path) -> Path:
     """The best individual as a peft adapter (LoRA pools) or a task-vector file (full pools)."""
-    from evomerge.distributed.actors import rht_seed
+    from evomerge.seeding import rht_seed
 
     td = numpy_to_td(weights)
     if rht is not None:
         from evomerge.rht import apply_rht
 
-        td = apply_rht(td, rht, rht_seed(rht.seed, best_id))
-    if inputs.kind == "lora":
+        td = apply_rht(td, rht, rht_seed(rht.seed), fan_in_fan_out=inputs.fan_in_fan_out)
+    if inputs.kind == "lora" and any(k.endswith("::A") for k in td):  # rht.domain delta gives a task vector
         from evomerge.experts.peft_io import save_peft_adapter
         from evomerge.experts.types import ab_to_lora
 

@@ -62,7 +62,7 @@ def merge_one(
     st = None if stats is None else {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in stats.items()}
     gen = key_generator(seed, key, dev) if m.random else None
     try:
-        return m.fn(x, None if w is None else w.to(dev), generator=gen, stats=st, **resolved)
+        return m.call(x, None if w is None else w.to(dev), gen, st, resolved)
     except ConfigError as e:
         raise ConfigError(f"tensor `{key}`: {e}") from None
 
@@ -99,6 +99,8 @@ def merge_task_vectors(
     out: dict[str, Any] = {}
     for key, stacked in items:
         out[key] = merge_one(m, key, stacked, weights, params, seed, None if stats is None else stats.get(key), device)
+    if m.finalize is not None:
+        out = m.finalize(out, m.resolve(params))
     return out
 
 

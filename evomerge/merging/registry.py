@@ -10,6 +10,7 @@ Optuna search space all read methods and parameters from here, never from a copy
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -36,6 +37,11 @@ class Param:
     tune_low: float | None = None
     tune_high: float | None = None
     tune_log: bool = False
+    arg: str | None = None  # the operator's keyword for it, where ``name`` is not an identifier ("lambda")
+
+    @property
+    def keyword(self) -> str:
+        return self.arg or self.name
 
     def interval(self) -> str:
         left = "(" if self.low_open or self.low is None else "["
@@ -81,6 +87,8 @@ class MergeMethod:
     random: the operator draws random numbers and takes a ``torch.Generator``.
     per_task: the operator returns a :class:`~evomerge.merging.types.PerTaskMerge`
         (a shared vector plus per-task masks and rescalers, e.g. EMR-merging).
+    finalize: ``(merged: dict[key, result], params) -> dict`` run once on a whole model's
+        results (e.g. EMR's rescaler over all tensors), or None.
     """
 
     name: str
@@ -91,6 +99,7 @@ class MergeMethod:
     linear: bool = False
     random: bool = False
     per_task: bool = False
+    finalize: Callable[..., Any] | None = None
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -108,9 +117,14 @@ class MergeMethod:
             self.param(name)  # raises on unknown names
         return {p.name: p.validate(params.get(p.name, p.default), f"merge method `{self.name}`") for p in self.params}
 
+    def call(self, deltas, weights, generator, stats, resolved: Mapping[str, Any]):
+        """Run the operator on already resolved parameters (each passed as its keyword)."""
+        kwargs = {p.keyword: resolved[p.name] for p in self.params}
+        return self.fn(deltas, weights, generator=generator, stats=stats, **kwargs)
+
     def __call__(self, deltas, weights=None, *, generator=None, stats=None, **params):
-        resolved = self.resolve(params)
-        return self.fn(deltas, weights, generator=generator, stats=stats, **resolved)
+        """One tensor merge; ``params`` by their registry names (a stray one is a ConfigError)."""
+        return self.call(deltas, weights, generator, stats, self.resolve(params))
 
 
 _REGISTRY: dict[str, MergeMethod] = {}
@@ -125,12 +139,15 @@ def register_merge(
     linear: bool = False,
     random: bool = False,
     per_task: bool = False,
+    finalize: Callable[..., Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: register ``fn`` as merge method ``name``."""
+    """Decorator: register ``fn`` as merge method ``name``. ``fn`` takes exactly its parameters
+    as keyword-only arguments (no ``**kwargs``), so a stray keyword is an error."""
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY:
             raise ValueError(f"merge method {name!r} registered twice")
+        _check_signature(name, fn, params)
         _REGISTRY[name] = MergeMethod(
             name=name,
             fn=fn,
@@ -140,10 +157,22 @@ def register_merge(
             linear=linear,
             random=random,
             per_task=per_task,
+            finalize=finalize,
         )
         return fn
 
     return deco
+
+
+def _check_signature(name: str, fn: Callable[..., Any], params: tuple[Param, ...]) -> None:
+    """The operator's keyword-only arguments are ``generator``, ``stats`` and its parameters."""
+    sig = inspect.signature(fn)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        raise ValueError(f"merge method {name!r}: take parameters as keyword-only arguments, not **kwargs")
+    kw = {n for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    want = {"generator", "stats"} | {p.keyword for p in params}
+    if kw != want:
+        raise ValueError(f"merge method {name!r}: keyword-only arguments {sorted(kw)} must be {sorted(want)}")
 
 
 def _ensure_loaded() -> None:

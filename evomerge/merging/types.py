@@ -1,11 +1,14 @@
-"""Result types of merge operators and the deterministic per-key seeding they share."""
+"""Result types of merge operators (per-key seeding lives in :mod:`evomerge.seeding`)."""
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 from dataclasses import dataclass
 
 import torch
+
+from evomerge.seeding import tensor_generator as key_generator  # noqa: F401  (the operators' per-key seeding)
+from evomerge.seeding import tensor_seed as derive_seed  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -14,6 +17,8 @@ class PerTaskMerge:
 
     ``unified``: the shared vector ``[*shape]``; ``masks``: boolean ``[n, *shape]``;
     ``rescalers``: ``[n]``. Task ``i`` uses ``rescalers[i] * masks[i] * unified``.
+    ``task_mass`` / ``kept_mass`` (``[n]``, optional): this tensor's ``mean|tau_i|`` and
+    ``mean|masks[i] * unified|``, the terms a rescaler over the whole model sums.
     Callers that need one single-model delta use :meth:`merged` (= the unified vector,
     evomerge's convention).
     """
@@ -21,6 +26,8 @@ class PerTaskMerge:
     unified: torch.Tensor
     masks: torch.Tensor
     rescalers: torch.Tensor
+    task_mass: torch.Tensor | None = None
+    kept_mass: torch.Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -34,18 +41,11 @@ class PerTaskMerge:
         """The single-model delta (the unified vector)."""
         return self.unified
 
+    def replace(self, **changes) -> "PerTaskMerge":
+        return dataclasses.replace(self, **changes)
+
     def to(self, device: torch.device | str) -> "PerTaskMerge":
-        return PerTaskMerge(self.unified.to(device), self.masks.to(device), self.rescalers.to(device))
+        def mv(t):
+            return None if t is None else t.to(device)
 
-
-def derive_seed(seed: int, key: str, salt: str = "") -> int:
-    """A 63-bit seed from ``(seed, key, salt)``; stable across processes (unlike ``hash``)."""
-    h = hashlib.blake2b(f"{salt}\x00{int(seed)}\x00{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & ((1 << 63) - 1)
-
-
-def key_generator(seed: int, key: str, device: torch.device | str = "cpu", salt: str = "") -> torch.Generator:
-    """A ``torch.Generator`` on ``device`` seeded from ``(seed, key, salt)``."""
-    g = torch.Generator(device=torch.device(device))
-    g.manual_seed(derive_seed(seed, key, salt))
-    return g
+        return PerTaskMerge(mv(self.unified), mv(self.masks), mv(self.rescalers), mv(self.task_mass), mv(self.kept_mass))

@@ -48,11 +48,6 @@ class CellOutput:
     seconds: float
 
 
-def rht_seed(seed: int) -> int:
-    """RHT's noise seed for a cell, decorrelated from the merge's own (DARE) randomness."""
-    return derive_seed(seed, "scale", salt="rht") % (2**31)
-
-
 def weight_sample(td: TensorDict, n: int, seed: int) -> list[float]:
     """About ``n`` entries drawn uniformly from all tensors of ``td`` (per tensor, in proportion
     to its size, so the whole vector is never concatenated)."""
@@ -123,8 +118,10 @@ class CellWorker:
         if not rht:
             return td
         from evomerge.rht import apply_rht
+        from evomerge.seeding import rht_seed
 
-        return apply_rht(td, self.ctx.rht.model_copy(update={"enabled": True}), rht_seed(seed))
+        # the config's noise (replicate 0 = what merge and evolve draw); each cell seed a replicate
+        return apply_rht(td, self.ctx.rht.model_copy(update={"enabled": True}), rht_seed(self.ctx.rht.seed, seed))
 
     # --- one cell -----------------------------------------------------------------------------
     def run(self, cell: Cell) -> CellOutput:

@@ -24,16 +24,22 @@ block size or launch order, but it is not the CPU's ``FastDareMask`` stream.
 
 Used when the rows are on a CUDA device and Triton imports (it ships with CUDA builds of
 torch); otherwise the torch path runs. Tests without a GPU run the same kernels on CPU tensors
-through Triton's interpreter (see ``ON_CPU``).
+through Triton's interpreter inside :func:`interpreted`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+import importlib
 import importlib.util
 import math
+import os
 
 import torch
+
+from evomerge.merging.methods._select import bracket_positions, kth_largest_bracket
 
 MAX_EXPERTS = 64  # the merge kernel keeps all experts of a column block in registers
 _COUNT_BLOCK = 2048  # columns per program of the bracket kernels (1024-8192 measured within 10% on an H100)
@@ -41,14 +47,32 @@ _SAMPLE = 1 << 17  # strided sample per row that brackets the k-th magnitude (~1
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-# Tests without a GPU set this (with TRITON_INTERPRET=1 before Triton is imported) to run the
-# kernels on CPU tensors through Triton's interpreter.
-ON_CPU = False
+_ON_CPU = contextvars.ContextVar("evomerge_kernels_on_cpu", default=False)
+
+
+@contextlib.contextmanager
+def interpreted(on: bool = True):
+    """Inside (``on``): CPU tensors go through the kernels too, run by Triton's interpreter (tests
+    without a GPU); ``TRITON_INTERPRET=1`` is set meanwhile. Triton decorates its standard library
+    when it is first imported, so the first import must happen inside (see :func:`_kernels`).
+    ``on=False``: the torch path everywhere but CUDA."""
+    token = _ON_CPU.set(on)
+    saved = os.environ.get("TRITON_INTERPRET")
+    if on:
+        os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        yield
+    finally:
+        _ON_CPU.reset(token)
+        if saved is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = saved
 
 
 def usable(rows: torch.Tensor) -> bool:
     """Whether the kernels can run on ``rows`` (``[n, numel]``, contiguous)."""
-    if not (rows.device.type == "cuda" or (ON_CPU and rows.device.type == "cpu")):
+    if not (rows.device.type == "cuda" or (_ON_CPU.get() and rows.device.type == "cpu")):
         return False
     if rows.dtype not in _DTYPES or not rows.is_contiguous() or rows.shape[0] > MAX_EXPERTS:
         return False
@@ -62,16 +86,30 @@ def _has_triton() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+DISJOINT_CODES = {"count": 0, "weighted": 1, "sum": 2}
+
+
 def keep_threshold(density: float) -> int:
     """The 32-bit integer ``T`` with keep probability ``T / 2**32`` closest to ``density``."""
     return min(max(int(round(density * 2.0**32)), 1), 2**32 - 1)
 
 
-def _kernels():
-    """The Triton kernels, imported on first use: importing this module must not need Triton."""
-    from evomerge.merging.methods import _cuda_kernels as k
-
+def _kernels(interpret: bool = False) -> dict:
+    """The Triton kernels, imported on first use: importing this module must not need Triton.
+    ``interpret``: they must run under Triton's interpreter (CPU tensors, inside :func:`interpreted`)."""
+    k = importlib.import_module("evomerge.merging.methods._cuda_kernels")
+    if interpret and not interpreter_ready():
+        raise RuntimeError("Triton was imported outside `interpreted()`: its kernels cannot run on CPU tensors here")
     return {"count": k.bracket_count, "gather": k.bracket_gather, "ties": k.tie_count, "merge": k.sign_merge}
+
+
+def interpreter_ready() -> bool:
+    """Whether Triton (imported now if it was not) and these kernels run under its interpreter."""
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+
+    k = importlib.import_module("evomerge.merging.methods._cuda_kernels")
+    return isinstance(tl.sum, InterpretedFunction) and isinstance(k.sign_merge, InterpretedFunction)
 
 
 def row_thresholds(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,9 +117,7 @@ def row_thresholds(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     (``1 <= k < numel``). Rows whose bracket misses (rare) are selected with ``kthvalue``."""
     import triton
 
-    from evomerge.merging.methods._steps import bracket_positions, kth_largest_bracket
-
-    K = _kernels()
+    K = _kernels(rows.device.type == "cpu")
     n, numel = rows.shape
     dev = rows.device
     stride = max(1, numel // _SAMPLE)
@@ -129,8 +165,10 @@ def sign_merge(
     (from :func:`row_thresholds`) a row whose threshold ``t > 0`` is tied keeps exactly ``k``:
     everything above ``t`` and the lowest-index entries equal to it, as peft's top-k mask.
     ``dare``: ``(seed, density)``, keep by Philox draw and divide the result by ``density``.
+    ``disjoint``: over the agreeing experts, ``count`` divides their weighted sum by their number,
+    ``weighted`` by their weights' sum, ``sum`` not at all.
     """
-    K = _kernels()
+    K = _kernels(rows.device.type == "cpu")
     n, numel = rows.shape
     n_pad = max(2, 1 << (n - 1).bit_length())
     block = max(32, 4096 // n_pad)
@@ -157,6 +195,6 @@ def sign_merge(
         rows, w, thr, tie_offs, quota, out, n, numel, nblocks, int(seed) & (2**63 - 1),
         keep_threshold(density), 1.0 / density,
         N_PAD=n_pad, BLOCK=block, TRIM=thresholds is not None, TIES=ties, DARE=dare is not None,
-        SIGN=sign, WEIGHTED=disjoint == "weighted",
+        SIGN=sign, DISJOINT=DISJOINT_CODES[disjoint],
     )
     return out

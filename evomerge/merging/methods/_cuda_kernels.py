@@ -48,8 +48,9 @@ def tie_count(x_ptr, rows_ptr, thr_ptr, counts_ptr, numel, nblocks, BLOCK: tl.co
 @triton.jit
 def sign_merge(x_ptr, w_ptr, thr_ptr, tie_offs_ptr, quota_ptr, out_ptr, n, numel, nblocks, seed, keep_t, out_scale,
                N_PAD: tl.constexpr, BLOCK: tl.constexpr, TRIM: tl.constexpr, TIES: tl.constexpr,
-               DARE: tl.constexpr, SIGN: tl.constexpr, WEIGHTED: tl.constexpr):
+               DARE: tl.constexpr, SIGN: tl.constexpr, DISJOINT: tl.constexpr):
     # SIGN: 0 = no election (weighted sum), 1 = frequency (sum of signs), 2 = total (sum of values)
+    # DISJOINT (with a sign): 0 = divide by the agreeing count, 1 = by their weights' sum, 2 = no division
     blk = tl.program_id(0)
     r = tl.arange(0, N_PAD)
     c = blk * BLOCK + tl.arange(0, BLOCK)
@@ -87,10 +88,10 @@ def sign_merge(x_ptr, w_ptr, thr_ptr, tie_offs_ptr, quota_ptr, out_ptr, n, numel
         s = tl.where(score >= 0, 1.0, -1.0)
         agree = (x * s[None, :]) > 0
         res = tl.sum(tl.where(agree, x * w[:, None], 0.0), axis=0)
-        if WEIGHTED:
+        if DISJOINT == 1:
             den = tl.sum(tl.where(agree, w[:, None] + tl.zeros_like(x), 0.0), axis=0)
             res = tl.where(den == 0, 0.0, res / tl.where(den == 0, 1.0, den))
-        else:
+        elif DISJOINT == 0:
             den = tl.sum(agree.to(tl.float32), axis=0)
             res = res / tl.maximum(den, 1.0)
     tl.store(out_ptr + c, res * out_scale, mask=cm)

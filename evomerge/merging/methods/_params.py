@@ -4,7 +4,7 @@ from evomerge.merging.registry import Param
 
 LAMBDA = Param(
     "lambda", float, 1.0, low=-10.0, high=10.0,
-    help="scale of the merged task vector", tune_low=0.1, tune_high=1.5,
+    help="scale of the merged task vector", tune_low=0.1, tune_high=1.5, arg="lam",
 )
 DENSITY = Param(
     "density", float, 0.2, low=0.0, high=1.0, low_open=True,
@@ -15,7 +15,7 @@ SIGN = Param(
     help="elect the sign by the sum of values (total) or by counting signs (frequency)",
 )
 DISJOINT = Param(
-    "disjoint", str, "count", choices=("count", "weighted"),
+    "disjoint", str, "count", choices=("count", "weighted"),  # "sum" is magnitude_ties' own, not offered here
     help="disjoint mean over the experts agreeing with the elected sign: divide by their number "
     "(count, peft) or by the sum of their weights (weighted: a true weighted mean; 0 where that sum is 0)",
 )

@@ -27,8 +27,8 @@ def weight_average(deltas: torch.Tensor, weights: torch.Tensor | None, *, genera
 
 
 @register_merge("task_arithmetic", params=(LAMBDA,), linear=True)
-def task_arithmetic(deltas: torch.Tensor, weights: torch.Tensor | None, *, generator=None, stats=None, **kw) -> torch.Tensor:
+def task_arithmetic(deltas: torch.Tensor, weights: torch.Tensor | None, *, generator=None, stats=None, lam) -> torch.Tensor:
     """``lambda * sum_i w_i tau_i`` (weights default to 1)."""
     st.check_deltas("task_arithmetic", deltas)
     w = st.prepare_weights("task_arithmetic", weights, deltas)
-    return st.finish(st.weighted_sum_(st.working_copy(deltas), w), kw["lambda"], deltas)
+    return st.finish(st.weighted_sum_(st.working_copy(deltas), w), lam, deltas)

@@ -14,18 +14,17 @@ from evomerge.merging.registry import Param, register_merge
 
 
 @register_merge("ties", params=(DENSITY, LAMBDA, SIGN, DISJOINT))
-def ties(deltas, weights, *, generator=None, stats=None, density, majority_sign_method, disjoint="count", **kw):
+def ties(deltas, weights, *, generator=None, stats=None, density, lam, majority_sign_method, disjoint):
     """TIES: trim to the top `density` by magnitude, elect signs, disjoint weighted mean."""
     st.check_deltas("ties", deltas)
     w = st.prepare_weights("ties", weights, deltas)
     rows = deltas.reshape(deltas.shape[0], -1)
     out = st.sparse_sign_merge(rows, w, st.magnitude_keep(rows, density), majority_sign_method, disjoint)
-    return st.finish(out, kw["lambda"], deltas)
+    return st.finish(out, lam, deltas)
 
 
 @register_merge("dare_ties", params=(DENSITY, LAMBDA, SIGN, DISJOINT, RNG), random=True)
-def dare_ties(deltas, weights, *, generator=None, stats=None, density, majority_sign_method, disjoint="count",
-              rng="fast", **kw):
+def dare_ties(deltas, weights, *, generator=None, stats=None, density, lam, majority_sign_method, disjoint, rng):
     """DARE drop (keep prob `density`, survivors / density), then TIES sign election and disjoint mean."""
     st.check_deltas("dare_ties", deltas)
     w = st.prepare_weights("dare_ties", weights, deltas)
@@ -33,28 +32,49 @@ def dare_ties(deltas, weights, *, generator=None, stats=None, density, majority_
     rows = deltas.reshape(deltas.shape[0], -1)
     keep = st.dare_keep(rows, density, g, rng)
     out = st.sparse_sign_merge(rows, w, keep, majority_sign_method, disjoint, exact=rng == "peft")
-    return st.finish(out, kw["lambda"], deltas)
+    return st.finish(out, lam, deltas)
 
 
 @register_merge("dare_linear", params=(DENSITY, LAMBDA, RNG), random=True)
-def dare_linear(deltas, weights, *, generator=None, stats=None, density, rng="fast", **kw):
+def dare_linear(deltas, weights, *, generator=None, stats=None, density, lam, rng):
     """DARE drop (keep prob `density`, survivors / density), then `lambda * sum_i w_i tau_i`."""
     st.check_deltas("dare_linear", deltas)
     w = st.prepare_weights("dare_linear", weights, deltas)
     g = st.default_generator(generator, deltas.device)
     rows = deltas.reshape(deltas.shape[0], -1)
     out = st.sparse_sign_merge(rows, w, st.dare_keep(rows, density, g, rng), None, exact=rng == "peft")
-    return st.finish(out, kw["lambda"], deltas)
+    return st.finish(out, lam, deltas)
 
 
 @register_merge("magnitude_prune", params=(DENSITY, LAMBDA))
-def magnitude_prune(deltas, weights, *, generator=None, stats=None, density, **kw):
+def magnitude_prune(deltas, weights, *, generator=None, stats=None, density, lam):
     """Keep the top `density` of each task vector by magnitude, then `lambda * sum_i w_i tau_i`."""
     st.check_deltas("magnitude_prune", deltas)
     w = st.prepare_weights("magnitude_prune", weights, deltas)
     rows = deltas.reshape(deltas.shape[0], -1)
     out = st.sparse_sign_merge(rows, w, st.magnitude_keep(rows, density), None)
-    return st.finish(out, kw["lambda"], deltas)
+    return st.finish(out, lam, deltas)
+
+
+_MT_DENSITY = Param(
+    "density", float, 0.7, low=0.0, high=1.0, low_open=True,
+    help="fraction of each task vector kept by magnitude", tune_low=0.3, tune_high=1.0,
+)
+_MT_RESCALE = Param("rescale", bool, True, help="divide the result by `density` (the paper code's rescaler)")
+
+
+@register_merge("magnitude_ties", params=(_MT_DENSITY, _MT_RESCALE, LAMBDA, SIGN))
+def magnitude_ties(deltas, weights, *, generator=None, stats=None, density, rescale, lam, majority_sign_method):
+    """The GENOME / "more experts" paper code's merge: keep the top `density` of each task vector
+    by magnitude, divide by `density` (`rescale`), elect signs (TIES), weighted sum (not mean)
+    over the agreeing experts."""
+    st.check_deltas("magnitude_ties", deltas)
+    w = st.prepare_weights("magnitude_ties", weights, deltas)
+    rows = deltas.reshape(deltas.shape[0], -1)
+    out = st.sparse_sign_merge(rows, w, st.magnitude_keep(rows, density), majority_sign_method, "sum")
+    if rescale and density != 1.0:
+        out = out / density
+    return st.finish(out, lam, deltas)
 
 
 _BC_DENSITY = Param(
@@ -68,8 +88,9 @@ _BC_GAMMA = Param(
 
 
 @register_merge("breadcrumbs", params=(_BC_DENSITY, _BC_GAMMA, LAMBDA))
-def breadcrumbs(deltas, weights, *, generator=None, stats=None, density, gamma, **kw):
-    """Model Breadcrumbs: drop the largest `gamma` and the smallest magnitudes (keep `density`), then sum."""
+def breadcrumbs(deltas, weights, *, generator=None, stats=None, density, gamma, lam):
+    """Model Breadcrumbs: per task vector drop the int(gamma N) largest magnitudes, keep the next
+    int(density N) (mergekit's count), then `lambda * sum_i w_i tau_i`."""
     st.check_deltas("breadcrumbs", deltas)
     if density + gamma > 1.0 + 1e-12:
         raise ConfigError(
@@ -77,7 +98,7 @@ def breadcrumbs(deltas, weights, *, generator=None, stats=None, density, gamma, 
         )
     w = st.prepare_weights("breadcrumbs", weights, deltas)
     work = st.band_rows_(st.working_copy(deltas), density, gamma)
-    return st.finish(st.weighted_sum_(work, w), kw["lambda"], deltas)
+    return st.finish(st.weighted_sum_(work, w), lam, deltas)
 
 
 _TALL_LAMBDA = Param(
@@ -88,7 +109,7 @@ _MIN_AGREE = Param("k", int, 2, low=1, help="keep coordinates selected by at lea
 
 
 @register_merge("consensus", params=(_TALL_LAMBDA, _MIN_AGREE, LAMBDA))
-def consensus(deltas, weights, *, generator=None, stats=None, tall_lambda, k, **kw):
+def consensus(deltas, weights, *, generator=None, stats=None, tall_lambda, k, lam):
     """Consensus merging: task arithmetic restricted to coordinates at least `k` TALL masks select."""
     st.check_deltas("consensus", deltas)
     w = st.prepare_weights("consensus", weights, deltas)
@@ -97,4 +118,4 @@ def consensus(deltas, weights, *, generator=None, stats=None, tall_lambda, k, **
     votes = torch.zeros_like(total)
     for row in work:
         votes += row.abs() >= tall_lambda * (total - row).abs()
-    return st.finish(total.mul_(votes >= k), kw["lambda"], deltas)
+    return st.finish(total.mul_(votes >= k), lam, deltas)
