@@ -13,7 +13,11 @@ def register(app: typer.Typer) -> None:
     def scale(
         out: Path = typer.Option(..., "--out", help="run directory (tables, figures, report.md)"),
         config: Optional[Path] = typer.Option(None, "--config", help="YAML config (default: the built-in scale config)"),
-        small: bool = typer.Option(False, "--small", help="use the small built-in zoo (quick; what the tests use)"),
+        small: bool = typer.Option(False, "--small", help="same as --zoo small (quick; what the tests use)"),
+        zoo_arg: Optional[str] = typer.Option(None, "--zoo", metavar="PROFILE|PATH",
+                                              help="built-in zoo profile (small | default) or a zoo folder"),
+        sets: list[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE",
+                                       help="set a config key, dotted, value in YAML; repeat"),
         no_stop: bool = typer.Option(False, "--no-stop", help="run to the whole pool; only record where the stop rule fires"),
         resume: bool = typer.Option(False, "--resume", help="continue the run in --out with its saved config"),
         overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run in --out"),
@@ -41,14 +45,21 @@ def register(app: typer.Typer) -> None:
             saved = out / "config.yaml"
             if not saved.is_file():
                 raise ConfigError(f"--resume: {saved} not found (no scale run to continue in {out})")
+            if sets:
+                raise ConfigError("--resume uses the config saved in --out; do not pass --set as well")
             cfg = load_config(saved)
         else:
+            from evomerge.config.overrides import override, parse_sets
+
             cfg = load_config(config) if config is not None else default_config()
+            cfg = override(cfg, parse_sets(sets)) if sets else cfg
+        from evomerge.cli._common import zoo_choice, zoo_settings
+
+        profile, cfg = zoo_settings(zoo_choice(zoo_arg, small), cfg, "default")
         zoo = None
         if not cfg.experts.experts:
             from evomerge.zoo import ensure_zoo
 
-            profile = "small" if small else "default"
             if resume and (out / "plan.json").is_file():  # continue on the zoo the run started with
                 import json
 

@@ -225,25 +225,9 @@ def make_evaluator(ctx: ScaleContext):
 def user_tasks(ev: EvaluationConfig) -> dict[str, dict[str, Any]]:
     """``evaluation.task_files``: a folder per task holding ``validation`` and ``test`` files
     (.jsonl or .parquet), or a single file (validation only: no test scores are reported)."""
-    from pathlib import Path
-
-    from evomerge.data import load_examples
+    from evomerge.data import load_task
     from evomerge.errors import ConfigError
 
     if not ev.task_files:
         raise ConfigError("evaluation.task_files: a scale run over your own experts needs its tasks (name -> file or folder)")
-    out: dict[str, dict[str, Any]] = {}
-    for name, path in ev.task_files.items():
-        path = Path(path)
-        if path.is_dir():
-            splits = {}
-            for split in SPLITS:
-                found = [p for p in (path / f"{split}.jsonl", path / f"{split}.parquet") if p.is_file()]
-                if found:
-                    splits[split] = load_examples(found[0])
-            if "validation" not in splits:
-                raise ConfigError(f"evaluation.task_files.{name}: {path} has no validation.jsonl / validation.parquet")
-            out[name] = splits
-        else:
-            out[name] = {"validation": load_examples(path)}
-    return out
+    return {name: load_task(path, SPLITS, source=f"evaluation.task_files.{name}") for name, path in ev.task_files.items()}
