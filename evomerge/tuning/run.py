@@ -185,6 +185,7 @@ def finish(study, cfg: EvomergeConfig, spec, out_dir: Path, shown: str, ran: int
     """Write the study's outputs (every worker may do this; each file is replaced atomically)."""
     import optuna
 
+    from evomerge.tuning.dashboard import dashboard_command, password_hint
     from evomerge.tuning.results import export_trials, write_figures
     from evomerge.tuning.space import expert_count
 
@@ -206,10 +207,11 @@ def finish(study, cfg: EvomergeConfig, spec, out_dir: Path, shown: str, ran: int
         "study_name": study.study_name, "storage": shown, "states": states, "best_value": best_value,
         "best_params": best_params, "best_test_fitness": best_test, "best_experts": best_experts,
         "default_validation_fitness": default, "default_test_fitness": study.user_attrs.get(DEFAULT_TEST_ATTR),
-        "dashboard": f"optuna-dashboard '{shown}'", "files": files, "worker_pid": os.getpid(),
+        "dashboard": dashboard_command(shown), "files": files, "worker_pid": os.getpid(),
     }
     write_json_atomic(out_dir / "summary.json", summary)
     files["summary"] = str(out_dir / "summary.json")
     log(f"trials: {states}; best validation fitness {best_value} (default config: {default})")
-    log(f"results in {out_dir}; view with: optuna-dashboard '{shown}' (the password, if any, from the environment)")
+    hint = password_hint(shown)
+    log(f"results in {out_dir}; view with: {dashboard_command(shown)}" + (f"  ({hint})" if hint else ""))
     return TuneResult(out_dir, study.study_name, shown, best_value, best_params or {}, default, states, ran, seconds, files)
