@@ -1,14 +1,15 @@
-"""The scale experiment: fitness vs. number of merged experts, with the variance-drop stop rule.
+"""The scale experiment: fitness vs. number of merged experts, and stop rules judged against it.
 
-``run_scale(cfg, run_dir)`` estimates sigma^2 and rho from the pool, orders the experts,
-decides the last k (Theorem 1's n_max when stopping), runs every (k, method, seed, rht) cell as
-Ray work, appends one Parquet file per finished cell, runs the pool analysis and writes the
-report. Rerunning with the same config skips finished cells (resume).
+``run_scale(cfg, run_dir)`` measures each expert alone (its own-task gain orders the pool),
+estimates the per-expert variances and correlations, orders the experts, runs every registry
+merge to the pool size (so every stop rule can be judged against a measured curve), runs the
+searches over a grid of k that the chosen stop rule cuts short, appends one Parquet file per
+finished cell, runs the pool analysis and writes the report. Rerunning with the same config
+skips finished cells (resume).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -16,17 +17,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from evomerge.config import EvomergeConfig, config_from_dict, dump_config
-from evomerge.errors import ConfigError, OutputExistsError
+from evomerge.errors import OutputExistsError
 from evomerge.io import write_json_atomic
 from evomerge.scale.plan import Cell, StopRule, build_cells, load_cells, stop_rule
 from evomerge.scale.store import CellStore
 from evomerge.scale.work import ScaleContext
-
-FAIL_AFTER_ENV = "EVOMERGE_SCALE_FAIL_AFTER"  # testing aid: abort after N finished cells
-
-
-class InjectedFailure(RuntimeError):
-    """Raised on purpose (``EVOMERGE_SCALE_FAIL_AFTER``) to test resume."""
 
 
 @dataclass
@@ -39,6 +34,8 @@ class PoolSpec:
     base_dir: Path | None
     zoo_root: Path | None
     zoo_profile: str = "default"
+    domains: dict[str, str] | None = None  # expert name -> domain (the zoo's), for the correlated pairs
+    related: list[tuple[str, str]] | None = None
 
 
 @dataclass
@@ -66,9 +63,13 @@ def pool_spec(cfg: EvomergeConfig, zoo=None) -> PoolSpec:
 
         zoo = ensure_zoo("default", cfg.zoo_dir, progress=True)
     tasks = list(zoo.tasks)
+    try:
+        domains, related = zoo.domains, zoo.related_pairs
+    except (KeyError, TypeError):  # a zoo that records no domains: no correlated-pair experiment
+        domains, related = None, None
     return PoolSpec(
         paths=[zoo.expert_dirs[t] for t in tasks], names=tasks, tasks=tasks, base_dir=zoo.base_dir, zoo_root=zoo.root,
-        zoo_profile=zoo.profile,
+        zoo_profile=zoo.profile, domains=domains, related=related,
     )
 
 
@@ -131,16 +132,6 @@ def _check_same_plan(path: Path, plan: dict[str, Any]) -> None:
             )
 
 
-def _fail_after_from_env() -> int | None:
-    raw = os.environ.get(FAIL_AFTER_ENV)
-    if not raw:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{FAIL_AFTER_ENV} must be an integer, got {raw!r}") from None
-
-
 def run_scale(
     cfg: EvomergeConfig,
     run_dir: str | Path,
@@ -155,8 +146,10 @@ def run_scale(
 ) -> ScaleResult:
     """Run (or resume) the scale experiment into ``run_dir``.
 
-    ``stop`` overrides ``cfg.scale.stop`` (``False`` = the CLI's ``--no-stop``).
-    ``on_cell_done(cell, n_done_this_call)`` runs after each cell's results are on disk.
+    ``stop`` overrides ``cfg.scale.stop`` (``False`` = the CLI's ``--no-stop``: the searches run
+    over the whole k grid; the rules are only recorded).
+    ``on_cell_done(cell, n_done_this_call)`` runs after each cell's results are on disk; an
+    exception it raises stops the run there (what was written stays: the next call resumes).
     """
     from tqdm.auto import tqdm
 
@@ -165,20 +158,21 @@ def run_scale(
         cfg = config_from_dict({**cfg.model_dump(mode="json"), "scale": {**cfg.scale.model_dump(mode="json"), "stop": stop}})
     run_dir = Path(run_dir)
     spec = pool_spec(cfg, zoo)
+    check_inputs(cfg, spec)
     resumed = prepare_run_dir(run_dir, cfg, overwrite)
-    plan = make_plan(cfg, spec)
+    ctx = make_context(cfg, spec, run_dir)
+    plan = make_plan(cfg, spec, run_dir, ctx)
     if resumed:
         _check_same_plan(run_dir / "plan.json", plan)
     write_json_atomic(run_dir / "plan.json", plan)
     stop_r = StopRule(**plan["stop"])
     if analyze:
         run_analysis(spec, cfg, run_dir / "analysis", progress)
+    prepare_statistics(cfg, spec, run_dir, progress)
 
     store = CellStore(run_dir)
     cells = load_cells(plan)
     done = store.done()
-    todo = [c for c in cells if c.id not in done]
-    fail_after = _fail_after_from_env()
     n_run = evaluations = 0
 
     def finished(cell: Cell) -> None:
@@ -186,28 +180,35 @@ def run_scale(
         n_run += 1
         if on_cell_done is not None:
             on_cell_done(cell, n_run)
-        if fail_after is not None and n_run >= fail_after:
-            raise InjectedFailure(f"{FAIL_AFTER_ENV}={fail_after}: stopping after {n_run} cells")
 
-    ctx = make_context(cfg, spec, run_dir)
-    searches = [c for c in todo if c.kind == "search"]
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="scale cells", unit="cell", disable=not progress)
+    searches = [c for c in cells if c.kind == "search" and c.id not in done]
+    bar = tqdm(total=len(cells), initial=len(done & {c.id for c in cells}), desc="scale cells", unit="cell",
+               disable=not progress)
     from evomerge.distributed.cluster import connect, disconnect
 
-    started_ray = connect(cfg.ray) if todo else False  # one Ray for the whole run
+    started_ray = connect(cfg.ray) if len(done) < len(cells) else False  # one Ray for the whole run
+    skipped: set[str] = set()
     try:
-        # 1. the searches, all on one set of population actors (released before the cell
-        #    actors below are placed)
+        # 1. the searches, k by k, all on one set of population actors (released before the
+        #    cell actors below are placed); the stop rule cuts each method's k grid short
         if searches:
             from evomerge.distributed.runtime import Runtime
-            from evomerge.scale.search_cells import run_search
+            from evomerge.scale.search_cells import run_searches
 
+            gains = expert_gains(cfg, spec, run_dir, ctx)
+            all_search = [c for c in cells if c.kind == "search"]
             with Runtime(cfg) as rt:
-                for cell in searches:
-                    bar.set_postfix_str(f"searching k={cell.k} {cell.method} seed={cell.seed}")
-                    run_search(cell, cfg, run_dir, names=spec.names, tasks=spec.tasks, all_tasks=plan["tasks"],
-                               zoo_root=spec.zoo_root, zoo_profile=spec.zoo_profile, progress=False, runtime=rt)
-        # 2. every cell (merges, and scoring the searches' results) on one set of actors
+                skipped = run_searches(
+                    all_search, cfg, run_dir, names=spec.names, tasks=spec.tasks, all_tasks=plan["tasks"],
+                    zoo_root=spec.zoo_root, zoo_profile=spec.zoo_profile, gains=gains,
+                    enforce=stop_r.enabled and stop_r.rule == "online", runtime=rt,
+                    on_search=lambda c: bar.set_postfix_str(f"searched k={c.k} {c.method} seed={c.seed}"),
+                )
+        else:
+            skipped = _skipped_searches(run_dir)
+        # 2. every cell (merges, correlated pairs, scoring the searches' results) on one set of actors
+        todo = [c for c in cells if c.id not in done and c.id not in skipped]
+        bar.total = len(cells) - len(skipped)
         if todo:
             from evomerge.scale.execute import RayCellRunner
 
@@ -228,10 +229,47 @@ def run_scale(
         from evomerge.report import write_report
 
         report_path = write_report(run_dir)
+    total = len(cells) - len(skipped)
     return ScaleResult(
-        run_dir=run_dir, stop=stop_r, cells_total=len(cells), cells_run=n_run, cells_skipped=len(cells) - len(todo),
+        run_dir=run_dir, stop=stop_r, cells_total=total, cells_run=n_run, cells_skipped=total - n_run,
         evaluations=evaluations, seconds=seconds, report=report_path,
     )
+
+
+def _skipped_searches(run_dir: Path) -> set[str]:
+    import json
+
+    path = run_dir / "search_stop.json"
+    return set(json.loads(path.read_text()).get("skipped", [])) if path.is_file() else set()
+
+
+def check_inputs(cfg: EvomergeConfig, spec: PoolSpec) -> None:
+    """Refuse what the run cannot do before any work: too few experts for the rules, Fisher /
+    RegMean without task data for an expert."""
+    from evomerge.errors import ConfigError
+    from evomerge.scale.plan import min_experts
+    from evomerge.scale.statistics import needed, train_files
+
+    need = min_experts(cfg.scale)
+    if len(spec.names) < need:
+        raise ConfigError(f"the scale experiment's stop rules need at least {need} experts (the online rule fits 3 "
+                          f"parameters; `scale.law_first_k` = {cfg.scale.law_first_k}); the pool has {len(spec.names)}")
+    if needed(cfg.scale.methods):
+        train_files(spec.names, spec.tasks, spec.zoo_root, cfg.evaluation.task_files)
+
+
+def prepare_statistics(cfg: EvomergeConfig, spec: PoolSpec, run_dir: Path, progress: bool) -> None:
+    """Fisher / RegMean statistics, once per expert on its task's train split (cached in the run)."""
+    from evomerge.scale import statistics as st
+
+    needs = st.needed(cfg.scale.methods)
+    if not needs:
+        return
+    from evomerge.experts import load_pool
+
+    files = st.train_files(spec.names, spec.tasks, spec.zoo_root, cfg.evaluation.task_files)
+    pool = load_pool(spec.paths, spec.base_dir, allow_bin=cfg.experts.allow_bin, names=spec.names)
+    st.ensure(run_dir, pool, spec.names, files, needs, cfg.scale.stats_samples, progress)
 
 
 def make_context(cfg: EvomergeConfig, spec: PoolSpec, run_dir: Path) -> ScaleContext:
@@ -244,22 +282,65 @@ def make_context(cfg: EvomergeConfig, spec: PoolSpec, run_dir: Path) -> ScaleCon
     )
 
 
-def make_plan(cfg: EvomergeConfig, spec: PoolSpec) -> dict[str, Any]:
-    """sigma^2, rho and the correlation matrix of the pool, the expert orders, the stop rule
-    and every cell, as JSON-able data (``plan.json``)."""
+def correlated_pairs(spec: PoolSpec) -> dict[str, Any]:
+    """The section 4.3 experiment: pairs of related experts (the zoo's related pairs) and, for
+    each, two pairs of unrelated ones (each member with the first expert of a domain unrelated
+    to both). Empty with a note when the zoo records no domains."""
+    if not spec.domains or spec.related is None:
+        return {"related": [], "unrelated": [], "note": "the pool records no domains: no correlated-pair experiment"}
+    idx = {n: i for i, n in enumerate(spec.names)}
+    rel_names = {frozenset(p) for p in spec.related}
+    related, unrelated = [], []
+    for a, b in spec.related:
+        if a not in idx or b not in idx:
+            continue
+        related.append([idx[a], idx[b]])
+        for member in (a, b):
+            other = next((n for n in spec.names if n not in (a, b) and frozenset((member, n)) not in rel_names
+                          and spec.domains.get(n) not in (spec.domains.get(a), spec.domains.get(b))
+                          and [idx[member], idx[n]] not in unrelated), None)
+            if other is not None:
+                unrelated.append([idx[member], idx[other]])
+    return {"related": related, "unrelated": unrelated}
+
+
+def expert_gains(cfg: EvomergeConfig, spec: PoolSpec, run_dir: Path, ctx: ScaleContext | None = None) -> dict[str, Any]:
+    """Each expert alone and the base on validation (measured once per run, ``expert_gains.json``)."""
+    from evomerge.scale.gains import load_or_measure
+    from evomerge.scale.work import CellWorker
+
+    ctx = ctx or make_context(cfg, spec, run_dir)
+    return load_or_measure(run_dir, lambda: CellWorker(ctx), spec.names, spec.tasks)
+
+
+def make_plan(cfg: EvomergeConfig, spec: PoolSpec, run_dir: Path | None = None, ctx: ScaleContext | None = None) -> dict[str, Any]:
+    """Per-expert variances and the correlation matrix of the pool, each expert's own-task gain,
+    the expert orders, the stop rules' inputs and every cell, as JSON-able data (``plan.json``)."""
     from evomerge.experts import load_pool
     from evomerge.merging.registry import get_merge_method
     from evomerge.scale.ordering import order_experts
-    from evomerge.theory import estimate_sigma_rho
+    from evomerge.theory import gram_of, sigma_rho_from_gram
 
     pool = load_pool(spec.paths, spec.base_dir, allow_bin=cfg.experts.allow_bin, names=spec.names)
-    sigma2, rho, corr = estimate_sigma_rho(pool.stacked(k) for k in pool.keys())
+    acc = gram_of(pool.stacked(k) for k in pool.keys())
+    sigma2, rho, corr = sigma_rho_from_gram(acc)
+    variances = acc.variances()
     n = len(pool)
     s = cfg.scale
-    orders = {seed: order_experts(n, s.order, seed=seed, corr=corr) for seed in s.seeds}
-    rule = stop_rule(sigma2, rho, n, s)
+    gains = None
+    if run_dir is not None:
+        measured = expert_gains(cfg, spec, run_dir, ctx)
+        gains = [measured["gain"][name] for name in spec.names]
+    elif s.order in ("gain", "low_correlation"):
+        from evomerge.errors import ConfigError
+
+        raise ConfigError(f"scale.order `{s.order}` needs the experts' own-task gains (measured in a run directory)")
+    orders = {seed: order_experts(n, s.order, seed=seed, corr=corr, gains=gains) for seed in s.seeds}
+    rule = stop_rule(variances, corr, orders[s.seeds[0]], s, sigma2=sigma2, rho=rho)
     random_methods = frozenset(m for m in s.methods if get_merge_method(m).random)
-    cells = build_cells(s, orders, rule.k_end, random_methods=random_methods, order_random=s.order == "random")
+    pairs = correlated_pairs(spec) if s.pairs else {"related": [], "unrelated": [], "note": "scale.pairs is off"}
+    cells = build_cells(s, orders, rule.k_end, random_methods=random_methods, order_random=s.order == "random",
+                        search_k=rule.search_k, pairs=[tuple(p) for p in pairs["related"] + pairs["unrelated"]])
     eval_tasks = list(cfg.evaluation.tasks or (spec.names if spec.zoo_root is not None else cfg.evaluation.task_files))
     return {
         "experts": spec.names,
@@ -267,9 +348,12 @@ def make_plan(cfg: EvomergeConfig, spec: PoolSpec) -> dict[str, Any]:
         "tasks": eval_tasks,
         "zoo_profile": spec.zoo_profile if spec.zoo_root is not None else None,
         "kind": pool.kind,
+        "variances": variances.tolist(),
         "correlation": corr.tolist(),
+        "gains": gains,
         "orders": {str(seed): [spec.names[i] for i in o] for seed, o in orders.items()},
         "stop": rule.to_dict(),
+        "pairs": pairs,
         "cells": [
             {"kind": c.kind, "k": c.k, "method": c.method, "rht": c.rht, "seed": c.seed,
              "seeds": list(c.seeds), "experts": list(c.experts)}
@@ -286,7 +370,8 @@ def run_analysis(spec: PoolSpec, cfg: EvomergeConfig, out_dir: Path, progress: b
     from evomerge.experts import load_pool
 
     pool = load_pool(spec.paths, spec.base_dir, allow_bin=cfg.experts.allow_bin, names=spec.names)
-    analyze_pool(pool, out_dir, names=spec.names, delta=cfg.scale.delta, rht_cfg=cfg.rht, seed=cfg.seed,
+    analyze_pool(pool, out_dir, names=spec.names, delta=cfg.scale.delta, delta_fraction=cfg.scale.delta_fraction,
+                 rht_cfg=cfg.rht, seed=cfg.seed,
                  overwrite=True, progress=progress)
 
 

@@ -1,4 +1,4 @@
-"""The scale report: merged Parquet tables, figures and ``report.md`` from a run directory.
+"""The scale report: merged Parquet tables, figures, the stop rules judged, and ``report.md``.
 
 ``write_report(run_dir)`` needs only what the run left on disk (``plan.json``, ``cells/``,
 ``samples/``, ``analysis/``), so ``evomerge report RUN_DIR`` regenerates it at any time,
@@ -18,7 +18,7 @@ import pyarrow as pa
 from evomerge.errors import ConfigError
 from evomerge.io import atomic_file, write_json_atomic, write_parquet_atomic
 from evomerge.scale.store import CellStore
-from evomerge.scale.tables import fitness_table, method_label, peaks
+from evomerge.scale.tables import fitness_table, peaks
 
 
 def load_run(run_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
@@ -35,32 +35,6 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame, pd.Data
 
     ids = {c.id for c in load_cells(plan)}
     return plan, scores[scores["cell"].isin(ids)].reset_index(drop=True), samples[samples["cell"].isin(ids)].reset_index(drop=True)
-
-
-def scaling_fits(fitness: pd.DataFrame, eps: float, transform: str = "one_minus") -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Fit ``1 - fitness = L_inf + A / k^b`` per method on the all-tasks validation fitness
-    (every seed a point) and predict the saturation k (fitted gain per expert < ``eps``)."""
-    from evomerge.errors import EvomergeError
-    from evomerge.theory import fit_fitness_scaling
-
-    f = fitness[(fitness["target"] == "all") & (fitness["split"] == "validation") & (fitness["k"] >= 1)]
-    rows, objs = [], {}
-    for (method, rht), g in f.groupby(["method", "rht"]):
-        if method in ("base", "expert") or g["k"].nunique() < 3:
-            continue
-        try:
-            fit = fit_fitness_scaling(g["k"].to_numpy(float), g["fitness"].to_numpy(float), transform=transform)
-        except EvomergeError:
-            continue
-        sat = fit.k_marginal_below(eps, k_max=10_000)
-        objs[method_label(method, bool(rht))] = fit
-        rows.append({
-            "method": method, "rht": bool(rht), "label": method_label(method, bool(rht)),
-            "L_inf": fit.L_inf, "A": fit.A, "b": fit.b, "r2": fit.r2,
-            "predicted_saturation_k": sat if sat is not None else -1,
-        })
-    cols = ["method", "rht", "label", "L_inf", "A", "b", "r2", "predicted_saturation_k"]
-    return pd.DataFrame(rows, columns=cols), objs
 
 
 def weight_histograms(samples: pd.DataFrame, fig_dir: Path) -> dict[str, str]:
@@ -82,34 +56,44 @@ def _fmt(x: float, nd: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{nd}f}"
 
 
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write ``tables/*.parquet``, ``figures/*.png``, ``report.json`` and ``report.md``."""
     from evomerge.config import load_config
     from evomerge.scale.figures import plot_fitness_panels
+    from evomerge.scale.rules import judge, pair_summary
 
     run_dir = Path(run_dir)
     plan, scores, samples = load_run(run_dir)
     cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
-    eps = cfg.scale.saturation_eps if cfg else 0.005
-    metric = cfg.evaluation.metric if cfg else "score"
-    transform = "negate" if metric == "neg_cross_entropy" else "one_minus"
+    if cfg is None:
+        raise ConfigError(f"{run_dir}: config.yaml missing (not a scale run directory)")
+    metric = cfg.evaluation.metric
     stop = plan["stop"]
     tables, figs = run_dir / "tables", run_dir / "figures"
+    gains = _read_json(run_dir / "expert_gains.json")
+    analysis_summary = _read_json(run_dir / "analysis" / "summary.json") or {}
+    pca = analysis_summary.get("pca_components")
 
     fitness = fitness_table(scores)
     pk_all, pk_union = peaks(fitness, target="all"), peaks(fitness, target="union")
-    fits, fit_objs = scaling_fits(fitness, eps, transform)
+    records, fits = judge(plan, fitness, scale_cfg=cfg.scale, pca_count=pca, gains=gains) if not fitness.empty else ([], [])
+    pairs = pair_summary(fitness, plan, gains) if not fitness.empty else []
     write_parquet_atomic(tables / "scores.parquet", pa.Table.from_pandas(scores, preserve_index=False))
     write_parquet_atomic(tables / "fitness.parquet", pa.Table.from_pandas(fitness, preserve_index=False))
     write_parquet_atomic(tables / "theory.parquet", pa.Table.from_pylist(stop["curve"]))
     write_parquet_atomic(tables / "peaks.parquet", pa.Table.from_pandas(
         pd.concat([pk_all.assign(target="all"), pk_union.assign(target="union")], ignore_index=True), preserve_index=False))
-    write_parquet_atomic(tables / "scaling_fits.parquet", pa.Table.from_pandas(fits, preserve_index=False))
+    write_parquet_atomic(tables / "rules.parquet", pa.Table.from_pylist(records) if records else pa.table({}))
+    write_parquet_atomic(tables / "scaling_fits.parquet", pa.Table.from_pylist(fits) if fits else pa.table({}))
 
     figures: dict[str, str] = {}
     if not fitness.empty:
-        plot_fitness_panels(fitness, figs / "fitness_vs_k.png", n_max=stop["n_max"], stop_enabled=stop["enabled"],
-                            ylabel=f"{metric} (mean over tasks)")
+        plot_fitness_panels(fitness[fitness["kind"] != "pair"], figs / "fitness_vs_k.png", n_max=stop["n_max"],
+                            stop_enabled=stop["enabled"], ylabel=f"{metric} (mean over tasks)")
         figures["fitness_vs_k"] = "figures/fitness_vs_k.png"
     if not samples.empty:
         figures.update(weight_histograms(samples, figs))
@@ -118,9 +102,12 @@ def write_report(run_dir: str | Path) -> Path:
         if (analysis / f"{name}.png").is_file():
             figures[name] = f"analysis/{name}.png"
 
-    summary = _summary(plan, fitness, pk_all, pk_union, fits, figures, run_dir)
-    write_json_atomic(run_dir / "report.json", summary)
-    md = _markdown(plan, cfg, summary, pk_all, pk_union, fits, figures, run_dir)
+    summary = _summary(plan, fitness, pk_all, pk_union, records, fits, pairs, pca, figures, run_dir)
+    from evomerge.scale.report_md import markdown, rule_verdicts
+
+    summary["verdicts"] = rule_verdicts(summary["rules"], f"law_k<={cfg.scale.law_first_k}")
+    write_json_atomic(run_dir / "report.json", _jsonable(summary))
+    md = markdown(plan, cfg, summary, pk_all, pk_union, figures, run_dir)
     path = run_dir / "report.md"
     with atomic_file(path, "w") as fh:
         fh.write(md)
@@ -132,128 +119,42 @@ def _base_all(fitness: pd.DataFrame, split: str) -> float:
     return float(b["fitness"].mean()) if not b.empty else float("nan")
 
 
-def _abs_error(pk: pd.DataFrame, n_max: int) -> float | None:
-    """Mean |measured peak k - n_max| over methods."""
-    return float((pk["peak_k"] - n_max).abs().mean()) if len(pk) else None
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "item"):  # numpy scalars
+        return _jsonable(obj.item())
+    return obj
 
 
-def _summary(plan, fitness, pk_all, pk_union, fits, figures, run_dir) -> dict[str, Any]:
+def _summary(plan, fitness, pk_all, pk_union, records, fits, pairs, pca, figures, run_dir) -> dict[str, Any]:
     stop = plan["stop"]
     ks = sorted(int(k) for k in fitness["k"].unique()) if not fitness.empty else []
-    timing = json.loads((run_dir / "timing.json").read_text()) if (run_dir / "timing.json").is_file() else []
+    timing = _read_json(run_dir / "timing.json") or []
     return {
         "n_experts": len(plan["experts"]),
         "sigma2": stop["sigma2"], "rho": stop["rho"], "delta": stop["delta"], "delta_mode": stop["delta_mode"],
-        "n_max": stop["n_max"], "stop_enabled": stop["enabled"], "k_end": stop["k_end"],
+        "n_max": stop["n_max"], "stop_enabled": stop["enabled"], "stop_rule": stop["rule"], "k_end": stop["k_end"],
+        "search_k": stop["search_k"], "search_stop": _read_json(run_dir / "search_stop.json"),
         "k_measured_max": max(ks) if ks else 0,
         "cells_done": int(fitness["cell"].nunique()) if not fitness.empty else 0,
         "cells_planned": len(plan["cells"]),
         "base_fitness_all": {"validation": _base_all(fitness, "validation"), "test": _base_all(fitness, "test")},
+        "pca_components_95": pca,
+        "orders": plan["orders"],
+        "gains": dict(zip(plan["experts"], plan.get("gains") or [])),
         "peaks_all": pk_all.to_dict(orient="records"),
         "peaks_union": pk_union.to_dict(orient="records"),
-        "scaling_fits": fits.to_dict(orient="records"),
-        "stop_rule_abs_error": _abs_error(pk_all, stop["n_max"]),
-        "stop_rule_abs_error_union": _abs_error(pk_union, stop["n_max"]),
+        "rules": [{k: r[k] for k in ("rule", "method", "target", "fired_k", "peak_k", "error")} for r in records],
+        "rules_detail": records,
+        "scaling_fits": fits,
+        "pairs": pairs,
         "wall_seconds": sum(s["seconds"] for s in timing),
+        "cpu_seconds": sum(s.get("cpu_seconds", 0.0) for s in timing),
         "figures": figures,
         "zoo_profile": plan.get("zoo_profile"),
     }
-
-
-def _markdown(plan, cfg, s, pk_all, pk_union, fits, figures, run_dir) -> str:
-    stop = plan["stop"]
-    order_names = next(iter(plan["orders"].values())) if plan["orders"] else []
-    L: list[str] = ["# Scale report", ""]
-    L += [
-        f"Run `{run_dir}`: {s['n_experts']} {plan.get('kind', '')} experts "
-        f"({', '.join(plan['experts'])}); {s['cells_done']} of {s['cells_planned']} cells done; "
-        f"wall time {s['wall_seconds'] / 60:.1f} min.",
-        "",
-    ]
-    if cfg is not None:
-        sc = cfg.scale
-        L += [
-            f"Methods: {', '.join(sc.methods + list(sc.search))}; RHT variants: {'yes' if sc.with_rht else 'no'}; "
-            f"seeds: {sc.seeds}; expert order: `{sc.order}`"
-            + (f" ({' > '.join(order_names)})" if sc.order != "random" else " (a new order per seed)")
-            + f"; metric: `{cfg.evaluation.metric}`.",
-            "",
-        ]
-    # --- stop rule
-    L += ["## Variance-drop stop rule (Theorem 1)", ""]
-    L += [
-        f"From the task vectors: sigma^2 = {stop['sigma2']:.4g}, rho = {stop['rho']:.4f}. "
-        f"Delta = {stop['delta']:.4g} ({stop['delta_mode']}). "
-        f"**n_max = {stop['n_max']}**: the drop in merged variance from adding expert {stop['n_max'] + 1} "
-        f"falls below Delta.",
-        "",
-    ]
-    if stop["enabled"] and stop["k_end"] < stop["n_max"]:
-        L.append(f"The run reached its largest k = {stop['k_end']} (pool size / `scale.k_max`) before the stop "
-                 f"criterion fired (n_max = {stop['n_max']}).")
-    elif stop["enabled"]:
-        L.append(f"The stop criterion fired at n_max = {stop['n_max']}: the run stopped adding experts at k = {stop['k_end']}.")
-    else:
-        L.append(f"Run with `--no-stop` to k = {stop['k_end']}; the stop criterion would have fired at n_max = {stop['n_max']}.")
-    L += ["", "| k | merged variance | drop from k-1 | worth adding (drop >= Delta) |", "|---|---|---|---|"]
-    for r in stop["curve"]:
-        drop = f"{r['drop']:.4g}" if r["k"] > 1 else "-"
-        L.append(f"| {r['k']} | {r['merged_variance']:.4g} | {drop} | {'yes' if r['worth_adding'] else 'no'} |")
-    # --- peaks
-    base_v = s["base_fitness_all"]["validation"]
-    L += ["", "## Where each method peaked", "",
-          "Peak = the k with the best mean validation fitness over seeds (ties: smallest k); test is "
-          "reported at that k, never used to choose.", "",
-          f"### Target `all` (every task of the pool; base model: {_fmt(base_v)})", "",
-          "| method | peak k | validation (mean ± sd) | test at peak | gain vs base | largest k run |",
-          "|---|---|---|---|---|---|"]
-    for r in pk_all.itertuples():
-        L.append(f"| {r.label} | {r.peak_k} | {r.val_mean:.3f} ± {r.val_std:.3f} | {_fmt(r.test_mean)} | "
-                 f"{_fmt(r.val_mean - base_v)} | {r.k_max_run} |")
-    L += ["", "### Target `union` (only the tasks of the k merged experts)", "",
-          "| method | peak k | validation (mean ± sd) | test at peak | largest k run |", "|---|---|---|---|---|"]
-    for r in pk_union.itertuples():
-        L.append(f"| {r.label} | {r.peak_k} | {r.val_mean:.3f} ± {r.val_std:.3f} | {_fmt(r.test_mean)} | {r.k_max_run} |")
-    # --- prediction vs measurement
-    L += ["", "## How close the predictions were", ""]
-    if len(pk_all):
-        err = s["stop_rule_abs_error"]
-        L.append(f"Stop rule: n_max = {stop['n_max']} vs the measured peaks; mean |peak k - n_max| over methods = "
-                 f"{err:.2f} on target `all`, {s['stop_rule_abs_error_union']:.2f} on target `union`.")
-        if stop["enabled"]:
-            L.append("(With the stop rule on, no k beyond n_max was measured, so a later peak cannot show; "
-                     "rerun with `--no-stop` to judge the rule.)")
-    fit_by = {r.label: r for r in fits.itertuples()}
-    L += ["", f"Scaling law `1 - fitness = L_inf + A / k^b`, fitted per method on the `all` validation fitness; "
-          f"predicted saturation = first k where one more expert gains < {cfg.scale.saturation_eps if cfg else 0.005:g}.", "",
-          "| method | measured peak k | predicted saturation k | n_max | L_inf | A | b | R^2 |", "|---|---|---|---|---|---|---|---|"]
-    for r in pk_all.itertuples():
-        f = fit_by.get(r.label)
-        if f is None:
-            L.append(f"| {r.label} | {r.peak_k} | (fewer than 3 k) | {stop['n_max']} | | | | |")
-            continue
-        sat = f.predicted_saturation_k if f.predicted_saturation_k > 0 else "never"
-        if f.A < 0:
-            sat = f"{sat} (fitted fitness falls with k)"
-        L.append(f"| {r.label} | {r.peak_k} | {sat} | {stop['n_max']} | {f.L_inf:.3f} | {f.A:.3f} | {f.b:.2f} | {f.r2:.2f} |")
-    # --- figures
-    L += ["", "## Figures", ""]
-    captions = {
-        "fitness_vs_k": "Validation fitness vs. number of merged experts; left: all tasks of the pool (every line "
-                        "starts at the base model, k=0), right: only the tasks of the k merged experts. Line = mean "
-                        "over seeds, band = min..max over seeds, dashed = with RHT, star = the first expert alone, "
-                        "red dotted line = the stop rule's n_max.",
-        "pca_cumulative": "PCA of the expert task vectors: cumulative explained variance.",
-        "principal_angles": "Mean principal angle between the experts' LoRA subspaces (90 = unrelated).",
-        "correlation": "Pearson correlation of the task vectors (drives the low-correlation order).",
-        "variance_floor": "Theorem 1: merged variance and its drop per added expert against Delta.",
-        "merged_weight_hist": "Entries of the uniform merge of the whole pool, without and with RHT.",
-    }
-    for name, rel in figures.items():
-        cap = captions.get(name) or (f"Merged task-vector entries at the largest k run, without and with RHT "
-                                     f"({name.removeprefix('weight_hist_')}).")
-        L += [f"![{name}]({rel})", "", cap, ""]
-    L += ["## Tables", "",
-          "`tables/scores.parquet` (one row per k, method, rht, seed, task, split), `tables/fitness.parquet` "
-          "(mean per target), `tables/peaks.parquet`, `tables/scaling_fits.parquet`, `tables/theory.parquet`.", ""]
-    return "\n".join(L)

@@ -1,7 +1,9 @@
 """End to end: `evomerge scale` on the small zoo with a tiny config, then `evomerge report`.
 
-Checks that the Parquet tables, the PNG figures and report.md exist and agree with each other
-and with an independent recomputation (per-task scores -> fitness; sigma^2/rho -> n_max).
+Checks that the Parquet tables, the PNG figures, report.md and report.json exist and agree with
+each other and with independent recomputations: per-task scores -> fitness; the pool's
+variances and correlations (numpy) -> Theorem 1's k; the per-seed argmax of the fitness table
+-> the measured peaks of the rule table; Fisher and RegMean of one expert -> that expert.
 """
 
 from __future__ import annotations
@@ -15,20 +17,19 @@ import pytest
 import yaml
 
 from evomerge.cli import main
-from evomerge.theory import adaptive_delta, n_max
 
 pytestmark = pytest.mark.ray
 
 TINY = {
     "evaluation": {"max_samples": 24, "batch_size": 24},
     "scale": {
-        "methods": ["task_arithmetic", "ties"],
-        "with_rht": True,
+        "methods": ["task_arithmetic", "dare_ties", "fisher", "regmean"],
+        "with_rht": False,
         "seeds": [0, 1],
-        "order": "low_correlation",
-        "k_max": 3,
-        "delta": "adaptive",
-        "stop": True,
+        "order": "gain",
+        "k_max": 4,
+        "law_first_k": 3,
+        "stats_samples": 8,
         "hist_samples": 500,
     },
     "ray": {"num_actors": 2},
@@ -39,7 +40,7 @@ TINY = {
 def run(small_zoo, tmp_path_factory):
     root = tmp_path_factory.mktemp("scale")
     cfg_path = root / "tiny.yaml"
-    cfg_path.write_text(yaml.safe_dump({**TINY, "zoo_dir": str(small_zoo.root)}))
+    cfg_path.write_text(yaml.safe_dump(TINY))  # --small: the same zoo as the small_zoo fixture
     out = root / "run"
     rc = main(["scale", "--small", "--config", str(cfg_path), "--out", str(out), "--no-progress"])
     assert rc == 0
@@ -50,81 +51,146 @@ def _fitness(out):
     return pq.read_table(out / "tables" / "fitness.parquet").to_pandas()
 
 
+def _plan(out):
+    return json.loads((out / "plan.json").read_text())
+
+
 def test_outputs_exist(run):
     out, _ = run
-    for name in ("scores", "fitness", "peaks", "scaling_fits", "theory"):
+    for name in ("scores", "fitness", "peaks", "scaling_fits", "theory", "rules"):
         assert (out / "tables" / f"{name}.parquet").is_file(), name
-    for fig in ("figures/fitness_vs_k.png", "figures/weight_hist_ties.png",
+    for fig in ("figures/fitness_vs_k.png", "figures/weight_hist_dare_ties.png",
                 "analysis/pca_cumulative.png", "analysis/principal_angles.png"):
         data = (out / fig).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, fig
     md = (out / "report.md").read_text()
     for fig in ("figures/fitness_vs_k.png", "analysis/principal_angles.png"):
         assert f"]({fig})" in md
+    for name in out.joinpath("stats").iterdir():  # Fisher / RegMean statistics, one file per expert
+        assert name.suffix == ".safetensors"
+    assert sorted(p.stem for p in (out / "stats").iterdir()) == sorted(_plan(out)["experts"])
 
 
 def test_scores_table_has_one_row_per_cell_seed_task_split(run):
     out, zoo = run
     scores = pq.read_table(out / "tables" / "scores.parquet").to_pandas()
-    assert not scores.duplicated(["k", "method", "rht", "seed", "task", "split"]).any()
+    assert not scores.duplicated(["cell", "seed", "task", "split"]).any()
     assert set(scores["task"]) == set(zoo.tasks)
     assert set(scores["split"]) == {"validation", "test"}
     merges = scores[scores["kind"] == "merge"]
     per_cell = merges.groupby(["k", "method", "rht", "seed"]).size()
     assert (per_cell == 2 * len(zoo.tasks)).all()
-    assert set(merges["seed"]) == {0, 1} and set(merges["rht"]) == {False, True}
-    # the union target covers exactly the tasks of the merged experts
+    assert set(merges["seed"]) == {0, 1} and set(merges["k"]) == {1, 2, 3, 4}  # registry merges to k_max
     for _, r in merges.drop_duplicates(["k", "experts"]).iterrows():
         sub = merges[(merges["k"] == r["k"]) & (merges["experts"] == r["experts"])]
         assert set(sub[sub["in_subset"]]["task"]) == set(r["experts"].split(","))
         assert len(r["experts"].split(",")) == r["k"]
-    assert {0, 1} <= set(scores["k"])  # base model and single expert rows
+    assert {0, 1} <= set(scores["k"])
     assert scores["score"].between(0, 1).all()
+    assert (scores["cross_entropy"] > 0).all()
 
 
 def test_fitness_is_the_mean_of_the_per_task_scores(run):
     out, _ = run
     scores = pq.read_table(out / "tables" / "scores.parquet").to_pandas()
     fit = _fitness(out)
-    sel = scores[(scores["method"] == "ties") & (scores["k"] == 2) & scores["rht"] & (scores["seed"] == 1)
-                 & (scores["split"] == "test")]
-    row_all = fit[(fit["method"] == "ties") & (fit["k"] == 2) & fit["rht"] & (fit["seed"] == 1)
-                  & (fit["split"] == "test") & (fit["target"] == "all")]
-    row_union = fit[(fit["method"] == "ties") & (fit["k"] == 2) & fit["rht"] & (fit["seed"] == 1)
-                    & (fit["split"] == "test") & (fit["target"] == "union")]
-    assert row_all["fitness"].item() == pytest.approx(sel["score"].mean())
-    assert row_union["fitness"].item() == pytest.approx(sel[sel["in_subset"]]["score"].mean())
-    # deterministic method without RHT: both seeds share one computation, so identical rows
-    ta = fit[(fit["method"] == "task_arithmetic") & ~fit["rht"] & (fit["k"] == 2)]
-    assert ta.groupby(["split", "target"])["fitness"].nunique().eq(1).all()
+    sel = scores[(scores["method"] == "dare_ties") & (scores["k"] == 2) & (scores["seed"] == 1) & (scores["split"] == "test")
+                 & (scores["kind"] == "merge")]
+    row = fit[(fit["method"] == "dare_ties") & (fit["k"] == 2) & (fit["seed"] == 1) & (fit["split"] == "test")
+              & (fit["kind"] == "merge")].set_index("target")
+    assert row.loc["all", "fitness"] == pytest.approx(sel["score"].mean())
+    assert row.loc["union", "fitness"] == pytest.approx(sel[sel["in_subset"]]["score"].mean())
+    assert row.loc["all", "cross_entropy"] == pytest.approx(sel["cross_entropy"].mean())
 
 
-def test_stop_k_equals_theory_from_the_pools_sigma_rho(run):
+def test_fisher_and_regmean_of_one_expert_are_that_expert(run):
+    """k = 1: a Fisher-weighted mean of one expert, and RegMean's least squares of one, are the expert."""
+    out, _ = run
+    f = _fitness(out)
+    k1 = f[(f["k"] == 1) & (f["kind"] == "merge") & (f["target"] == "all")].groupby(["method", "split"])["fitness"].mean()
+    for split in ("validation", "test"):
+        assert k1[("fisher", split)] == pytest.approx(k1[("task_arithmetic", split)], abs=1e-6)
+        assert k1[("regmean", split)] == pytest.approx(k1[("task_arithmetic", split)], abs=2e-3)
+    k3 = f[(f["k"] == 3) & (f["kind"] == "merge") & (f["target"] == "all") & (f["split"] == "validation")]
+    by = k3.groupby("method")["fitness"].mean()
+    assert by["fisher"] != pytest.approx(by["task_arithmetic"], abs=1e-6)  # the statistics do something
+
+
+def test_gain_order_and_theorem1_from_independent_numpy(run):
     out, zoo = run
     import torch
 
     from evomerge.experts import load_pool
 
-    plan = json.loads((out / "plan.json").read_text())
-    # sigma^2 and rho recomputed independently with numpy from the flattened task vectors
+    plan = _plan(out)
+    gains = json.loads((out / "expert_gains.json").read_text())["gain"]
+    order = plan["orders"]["0"]
+    assert [gains[n] for n in order] == sorted(gains.values(), reverse=True)
     pool = load_pool([zoo.expert_dirs[t] for t in zoo.tasks], zoo.base_dir, names=zoo.tasks)
     flat = torch.cat([pool.stacked(k).reshape(len(pool), -1) for k in pool.keys()], dim=1).double().numpy()
-    sigma2 = flat.var(axis=1).mean()
-    c = np.corrcoef(flat)
-    rho = (c.sum() - len(c)) / (len(c) * (len(c) - 1))
-    assert plan["stop"]["sigma2"] == pytest.approx(sigma2, rel=1e-6)
-    assert plan["stop"]["rho"] == pytest.approx(rho, abs=1e-6)
-    expected = n_max(sigma2, rho, adaptive_delta(sigma2, rho, len(pool)))
-    assert plan["stop"]["n_max"] == expected
+    np.testing.assert_allclose(plan["variances"], flat.var(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(plan["correlation"], np.corrcoef(flat), atol=1e-6)
+    idx = [zoo.tasks.index(n) for n in order][:4]
+    cov = np.cov(flat[idx], bias=True)
+
+    def fired(weights):
+        v = [weights(k) @ cov[:k, :k] @ weights(k) for k in range(1, 5)]
+        delta = 0.1 * (v[0] - v[1])  # the default: relative, 0.1 of the first drop
+        return next((k for k in range(1, 4) if v[k - 1] - v[k] < delta), 4) if v[0] > v[1] else 1
+
+    rules = [r for r in json.loads((out / "report.json").read_text())["rules"] if r["rule"] == "theorem1"]
+    expect = {"task_arithmetic": fired(lambda k: np.ones(k)), "fisher": fired(lambda k: np.full(k, 1 / k))}
+    assert expect["task_arithmetic"] == 1  # a sum adds variance from the second expert on
+    for r in rules:
+        if r["method"] in expect:
+            assert r["fired_k"] == expect[r["method"]], r
+
+
+def test_rule_table_agrees_with_the_fitness_table(run):
+    out, _ = run
     fit = _fitness(out)
-    assert fit[fit["kind"] == "merge"]["k"].max() == min(3, expected)
     report = json.loads((out / "report.json").read_text())
-    assert report["n_max"] == expected
+    rules = report["rules"]
+    assert {r["rule"] for r in rules} == {"theorem1", "online", "law_k<=3", "pca95"}
+    assert set(rules[0]) == {"rule", "method", "target", "fired_k", "peak_k", "error"}
+    table = pq.read_table(out / "tables" / "rules.parquet").to_pandas()
+    assert len(table) == len(rules)
     md = (out / "report.md").read_text()
-    if expected <= 3:
-        assert f"The stop criterion fired at n_max = {expected}: the run stopped adding experts at k = {expected}." in md
-    else:
-        assert f"The run reached its largest k = 3 (pool size / `scale.k_max`) before the stop criterion fired (n_max = {expected})" in md
+    val = fit[(fit["split"] == "validation") & (fit["kind"] == "merge")]
+    col = {"all": ("all", "fitness"), "union": ("union", "fitness"), "all/ce": ("all", "cross_entropy")}
+    checked = 0
+    for r in rules:
+        target, value = col[r["target"]]
+        g = val[(val["method"] == r["method"]) & (val["target"] == target)]
+        per_seed = []
+        for _, s in g.groupby("seed"):
+            s = s.sort_values("k")
+            best = s[value].min() if value == "cross_entropy" else s[value].max()
+            per_seed.append(int(s[s[value] == best]["k"].min()))
+        assert r["peak_k"] == pytest.approx(np.mean(per_seed)), r
+        if r["fired_k"] is not None:
+            assert r["error"] == pytest.approx(r["fired_k"] - r["peak_k"])
+        fired = f"{r['fired_k']:g}" if isinstance(r["fired_k"], float) else str(r["fired_k"])
+        row = rf"^\| {re.escape(r['rule'])} \| {re.escape(r['method'])} \| {re.escape(r['target'])} \| {re.escape(fired)}"
+        assert re.search(row, md, re.M), row
+        checked += 1
+    assert checked >= 4 * 4 * 3 - 4  # 4 rules x 4 methods x 3 targets (the law may lack a tolerance)
+    pca = json.loads((out / "analysis" / "summary.json").read_text())["pca_components"]
+    assert all(r["fired_k"] == pca for r in rules if r["rule"] == "pca95")
+
+
+def test_correlated_pairs_come_from_the_zoo_domains(run):
+    out, zoo = run
+    plan = _plan(out)
+    names = plan["experts"]
+    related = {frozenset(p) for p in zoo.related_pairs}
+    assert {frozenset(names[i] for i in p) for p in plan["pairs"]["related"]} == related
+    for p in plan["pairs"]["unrelated"]:
+        a, b = (names[i] for i in p)
+        assert frozenset((a, b)) not in related and zoo.domains[a] != zoo.domains[b]
+    pairs = json.loads((out / "report.json").read_text())["pairs"]
+    assert {p["kind"] for p in pairs} == {"related", "unrelated"}
+    assert "## Correlated pairs" in (out / "report.md").read_text()
 
 
 def test_report_peaks_equal_the_argmax_of_the_table(run):
@@ -153,7 +219,7 @@ def test_report_command_regenerates(run):
     assert (out / "figures" / "fitness_vs_k.png").is_file()
 
 
-def test_rerun_skips_everything_and_config_change_is_refused(run, tmp_path):
+def test_rerun_skips_everything_and_config_change_is_refused(run):
     out, zoo = run
     from evomerge.config import load_config
     from evomerge.driver import run_scale
@@ -165,24 +231,3 @@ def test_rerun_skips_everything_and_config_change_is_refused(run, tmp_path):
     changed = cfg.model_copy(update={"seed": 5})
     with pytest.raises(OutputExistsError, match="different config"):
         run_scale(changed, out, zoo=zoo, progress=False)
-
-
-@pytest.mark.slow  # starts a second set of actors (~75 s on the shared 2-core machine)
-def test_no_stop_extends_the_run_past_n_max(run):
-    """`--no-stop` (here with k_max 4) on the finished run computes only the new k."""
-    out, zoo = run
-    from evomerge.config import config_from_dict, load_config
-    from evomerge.driver import run_scale
-
-    cfg = load_config(out / "config.yaml")
-    n_max_ = json.loads((out / "plan.json").read_text())["stop"]["n_max"]
-    data = cfg.model_dump(mode="json")
-    data["scale"]["k_max"] = 4
-    res = run_scale(config_from_dict(data), out, zoo=zoo, stop=False, progress=False)
-    new_k = set(range(min(3, n_max_) + 1, 5))  # the first run went to min(3, n_max)
-    per_k = 6  # task_arithmetic: plain (seed-free) + rht x 2 seeds; ties: the same
-    assert res.cells_run == per_k * len(new_k)
-    fit = _fitness(out)
-    assert fit[fit["kind"] == "merge"]["k"].max() == 4
-    md = (out / "report.md").read_text()
-    assert f"Run with `--no-stop` to k = 4; the stop criterion would have fired at n_max = {n_max_}." in md

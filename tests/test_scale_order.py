@@ -9,13 +9,10 @@ import torch
 from evomerge.config.sections import ScaleConfig
 from evomerge.errors import ConfigError
 from evomerge.scale.ordering import low_correlation_order, order_experts
-from evomerge.scale.plan import build_cells, stop_rule
+from evomerge.scale.plan import build_cells, search_grid, stop_rule
 from evomerge.theory import estimate_sigma_rho, n_max
 
 # A hand-made correlation matrix of 5 experts.
-#   least correlated pair: (1, 3) at -0.30
-#   then mean corr with {1, 3}: e0 (0.20+0.10)/2=0.15, e2 (0.50+0.40)/2=0.45, e4 (0.05+0.00)/2=0.025 -> e4
-#   then with {1, 3, 4}: e0 (0.20+0.10+0.60)/3=0.30, e2 (0.50+0.40-0.10)/3=0.2667 -> e2, then e0
 HAND = np.array(
     [
         [1.00, 0.20, 0.70, 0.10, 0.60],
@@ -27,8 +24,39 @@ HAND = np.array(
 )
 
 
-def test_low_correlation_order_matches_hand_computation():
-    assert low_correlation_order(HAND) == [1, 3, 4, 2, 0]
+def test_low_correlation_order_uses_the_absolute_correlation():
+    # least |corr|: (3, 4) at 0.00 (not the anti-aligned (1, 3) at -0.30);
+    # then mean |corr| with {3, 4}: e0 (0.10+0.60)/2=0.35, e1 (0.30+0.05)/2=0.175, e2 (0.40+0.10)/2=0.25 -> e1
+    # then with {3, 4, 1}: e0 (0.1+0.6+0.2)/3=0.30, e2 (0.4+0.1+0.5)/3=0.333 -> e0, then e2
+    assert low_correlation_order(HAND) == [3, 4, 1, 0, 2]
+
+
+def test_low_correlation_never_starts_with_an_expert_that_does_not_beat_the_base():
+    # 3 and 4 lose to the base on their own tasks: the least |corr| pair with an eligible member is
+    # (1, 4) at 0.05, eligible 1 first; then mean |corr| with {1, 4}: e0 0.40, e2 0.30, e3 0.15 -> e3;
+    # then e0 (0.2+0.6+0.1)/3=0.30 < e2 (0.5+0.1+0.4)/3=0.333 -> e0, e2
+    gains = [0.2, 0.1, 0.3, -0.1, -0.2]
+    assert low_correlation_order(HAND, gains) == [1, 4, 3, 0, 2]
+    # only 4 is eligible among the (3, 4) pair: it goes first
+    assert low_correlation_order(HAND, [0.2, 0.1, 0.3, -0.1, 0.05])[:2] == [4, 3]
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(3, 9))
+        a = rng.normal(size=(n, 2 * n))
+        corr = np.corrcoef(a)
+        g = rng.normal(size=n)
+        if (g <= 0).all():
+            with pytest.raises(ConfigError, match="no expert beats the base"):
+                low_correlation_order(corr, g)
+            continue
+        order = low_correlation_order(corr, g)
+        assert sorted(order) == list(range(n)) and g[order[0]] > 0
+
+
+def test_gain_order_is_best_first_with_ties_to_the_lower_index():
+    assert order_experts(5, "gain", seed=0, gains=[0.1, 0.3, 0.1, float("nan"), 0.5]) == [4, 1, 0, 2, 3]
+    with pytest.raises(ConfigError, match="own-task gain"):
+        order_experts(3, "gain", seed=0)
 
 
 def test_low_correlation_ties_go_to_lower_index():
@@ -38,8 +66,9 @@ def test_low_correlation_ties_go_to_lower_index():
 
 
 def test_order_from_real_task_vectors():
-    """Experts built with known correlations: e0/e1 share a component (corr ~0.9), e2 is
-    independent of both, e3 anti-correlated with e2; the estimator's matrix drives the order."""
+    """Experts built with known correlations: e0/e1 share a component (corr ~0.9), e3 is
+    anti-correlated with e2 (-0.5); e0/e1 and e2/e3 are independent. The |corr| order starts
+    with an independent pair and never pairs the 0.9 twins first."""
     g = torch.Generator().manual_seed(0)
     d = 20000
     z = torch.randn(4, d, generator=g)
@@ -50,9 +79,9 @@ def test_order_from_real_task_vectors():
     tv = torch.stack([e0, e1, e2, e3])
     _, _, corr = estimate_sigma_rho(tv)
     np.testing.assert_allclose(corr, np.corrcoef(tv.numpy()), atol=1e-9)
-    order = order_experts(4, "low_correlation", seed=0, corr=corr)
-    assert order[:2] == [2, 3]  # the -0.5 pair first
-    assert set(order[2:]) == {0, 1}
+    order = order_experts(4, "low_correlation", seed=0, corr=corr, gains=[0.1] * 4)
+    assert {order[0], order[1]} & {0, 1} and {order[0], order[1]} & {2, 3}
+    assert abs(corr[order[0], order[1]]) < 0.05
 
 
 def test_given_and_random_orders():
@@ -65,19 +94,40 @@ def test_given_and_random_orders():
         order_experts(3, "low_correlation", seed=0)
 
 
-def test_stop_rule_matches_theory_and_bounds_k():
+def _equi(n, rho):
+    c = np.full((n, n), rho)
+    np.fill_diagonal(c, 1.0)
+    return c
+
+
+def test_stop_rule_matches_theory_and_never_cuts_the_registry_merges():
     cfg = ScaleConfig(methods=["task_arithmetic"], delta=0.01, seeds=[0])
-    rule = stop_rule(0.2, 0.1, 10, cfg)
+    rule = stop_rule([0.2] * 10, _equi(10, 0.1), list(range(10)), cfg, sigma2=0.2, rho=0.1)
     # drop(n) = 0.2*0.9/(n(n-1)) >= 0.01  <=>  n(n-1) <= 18  -> n = 4 (4*3=12; 5*4=20)
     assert rule.n_max == 4 == n_max(0.2, 0.1, 0.01)
-    assert rule.k_end == 4 and rule.enabled
-    no_stop = stop_rule(0.2, 0.1, 10, cfg, stop=False)
-    assert no_stop.k_end == 10 and no_stop.n_max == 4 and not no_stop.enabled
-    adaptive = stop_rule(0.2, 0.1, 10, ScaleConfig(methods=["ties"], seeds=[0]))
+    assert rule.k_end == 10 and rule.enabled  # registry merges always run to the pool size
+    assert rule.search_k == [2, 4, 6, 8, 10] and rule.rule == "online"
+    t1 = stop_rule([0.2] * 10, _equi(10, 0.1), list(range(10)), cfg.model_copy(update={"stop_rule": "theorem1"}),
+                   sigma2=0.2, rho=0.1)
+    assert t1.search_k == [2, 4]  # the searches' grid is cut at Theorem 1's k
+    adaptive = stop_rule([0.2] * 10, _equi(10, 0.1), list(range(10)), ScaleConfig(methods=["ties"], seeds=[0], delta="adaptive"),
+                         sigma2=0.2, rho=0.1)
     # adaptive delta = sigma2 (1-rho) / N = 0.018 -> n(n-1) <= 10 -> n = 3
     assert adaptive.delta == pytest.approx(0.018) and adaptive.n_max == 3
-    with pytest.raises(ConfigError, match="at least 2 experts"):
-        stop_rule(0.2, 0.1, 1, cfg)
+    relative = stop_rule([0.2] * 10, _equi(10, 0.1), list(range(10)), ScaleConfig(methods=["ties"], seeds=[0]),
+                         sigma2=0.2, rho=0.1)
+    # relative 0.1 x first drop (0.09) = 0.009 -> n(n-1) <= 20 -> n = 5
+    assert relative.delta == pytest.approx(0.009) and relative.n_max == 5
+    with pytest.raises(ConfigError, match="at least 4 experts"):
+        stop_rule([0.2] * 3, _equi(3, 0.1), [0, 1, 2], cfg, sigma2=0.2, rho=0.1)
+    with pytest.raises(ConfigError, match="law_first_k"):
+        stop_rule([0.2] * 5, _equi(5, 0.1), list(range(5)), cfg.model_copy(update={"law_first_k": 6}), sigma2=0.2, rho=0.1)
+
+
+def test_search_grid_covers_every_other_k():
+    assert search_grid(10, None) == [2, 4, 6, 8, 10]
+    assert search_grid(7, None) == [2, 4, 6, 7]
+    assert search_grid(6, [1, 3, 9]) == [3]
 
 
 def test_cells_share_work_across_seeds_only_when_the_seed_cannot_matter():
@@ -107,6 +157,15 @@ def test_random_order_gives_each_seed_its_own_subsets():
     assert k2 == {0: (1, 0), 1: (2, 1)}
     experts = {c.seed: c.experts for c in cells if c.kind == "expert"}
     assert experts == {0: (1,), 1: (2,)}
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"delta": 0.0}, "scale.delta"), ({"delta": -0.5}, "scale.delta"), ({"delta_fraction": 1.0}, "delta_fraction"),
+    ({"delta_fraction": 0.0}, "delta_fraction"), ({"search_k": [1, 2]}, "search_k"),
+])
+def test_scale_config_refuses_bad_rule_settings(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        ScaleConfig(methods=["ties"], **kw)
 
 
 def test_scale_config_rejects_bad_values():

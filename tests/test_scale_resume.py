@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from evomerge.config import config_from_dict
-from evomerge.driver import FAIL_AFTER_ENV, InjectedFailure, run_scale
+from evomerge.driver import run_scale
 from evomerge.scale.store import CellStore
 
 pytestmark = pytest.mark.ray
@@ -20,6 +20,7 @@ CFG = {
         "seeds": [0],
         "order": "given",
         "k_max": 3,
+        "law_first_k": 3,
         "stop": False,
         "hist_samples": 200,
     },
@@ -56,29 +57,36 @@ def reference_table(cfg, zoo, run_dir) -> pd.DataFrame:
     return t.sort_values(["k", "method", "rht", "seed", "task", "split"], ignore_index=True)
 
 
-def test_killed_run_resumes_from_finished_cells(small_zoo, tmp_path, ray_session, monkeypatch):
-    import yaml
+class Killed(RuntimeError):
+    """Raised by the test's callback to stop a run after some cells."""
 
-    from evomerge.cli import main
 
-    data = {**CFG, "zoo_dir": str(small_zoo.root)}
+def kill_after(n: int):
+    """An ``on_cell_done`` callback that stops the run once ``n`` cells are on disk."""
+
+    def callback(cell, n_done):
+        if n_done >= n:
+            raise Killed(f"stopped after {n_done} cells")
+
+    return callback
+
+
+def test_killed_run_resumes_from_finished_cells(small_zoo, tmp_path, ray_session):
+    data = dict(CFG)  # the zoo is passed to run_scale
     cfg = config_from_dict(data)
-    # kill the CLI run once every cell up to k=2 could be done: base, expert, 2 k-values x 4 cells
+    # kill the run once every cell up to k=2 could be done: base, expert, 2 k-values x 4 cells
     n_before = 2 + 2 * 4
-    cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text(yaml.safe_dump(data))
     part = tmp_path / "part"
-    monkeypatch.setenv(FAIL_AFTER_ENV, str(n_before))
-    with pytest.raises(InjectedFailure):
-        main(["scale", "--small", "--config", str(cfg_path), "--out", str(part), "--no-progress"])
-    monkeypatch.delenv(FAIL_AFTER_ENV)
+    with pytest.raises(Killed):
+        run_scale(cfg, part, zoo=small_zoo, progress=False, on_cell_done=kill_after(n_before))
     done_before = CellStore(part).done()
     assert len(done_before) == n_before
     assert not (part / "report.md").exists()
 
     resumed = []
     res = run_scale(cfg, part, zoo=small_zoo, progress=False, on_cell_done=lambda cell, n: resumed.append(cell))
-    assert res.cells_total == 2 + 3 * 4
+    n_pairs = 3 * 2  # the small zoo's one related pair and two unrelated ones, x 2 methods, one seed
+    assert res.cells_total == 2 + 3 * 4 + n_pairs
     assert res.cells_skipped == n_before
     assert res.cells_run == res.cells_total - n_before == len(resumed)
     assert {c.id for c in resumed} | done_before == CellStore(part).done()  # nothing missed

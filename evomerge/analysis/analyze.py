@@ -102,17 +102,21 @@ def _mean_angle_matrix(rows: list[dict[str, Any]], n: int) -> np.ndarray:
     return m
 
 
-def _check_delta(delta: float | str | None) -> None:
+def _check_delta(delta: float | str | None, fraction: float) -> None:
     """Fail before the pass over the pool, not after it."""
-    if delta is None or delta == "adaptive":
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"delta_fraction must be in (0, 1), got {fraction!r}")
+    if delta is None or delta in ("adaptive", "relative"):
         return
     if isinstance(delta, str) or not (math.isfinite(float(delta)) and float(delta) > 0):
-        raise ConfigError(f"delta must be a number > 0 or 'adaptive', got {delta!r}")
+        raise ConfigError(f"delta must be a number > 0, 'relative' or 'adaptive', got {delta!r}")
 
 
-def _resolve_delta(delta: float | str | None, sigma2: float, rho: float, n: int) -> tuple[float, str]:
+def _resolve_delta(delta: float | str | None, sigma2: float, rho: float, n: int, fraction: float) -> tuple[float, str]:
     if delta is None or delta == "adaptive":
         return adaptive_delta(sigma2, rho, n, mode="mean"), "adaptive (mean drop over the pool)"
+    if delta == "relative":  # a fraction of the first drop, sigma2 (1 - rho) / 2
+        return fraction * sigma2 * (1.0 - rho) / 2.0, f"relative ({fraction:g} of the first drop)"
     return float(delta), "given"
 
 
@@ -122,6 +126,7 @@ def analyze_pool(
     *,
     names: Sequence[str] | None = None,
     delta: float | str | None = None,
+    delta_fraction: float = 0.1,
     rht_cfg: Any = None,
     lora_modules: Sequence[Mapping[str, LoraModule]] | None = None,
     seed: int = 0,
@@ -135,13 +140,14 @@ def analyze_pool(
 
     ``pool_or_task_vectors``: an ``ExpertPool`` (or any object with ``names``, ``keys()``,
     ``stacked(key)``, optionally ``kind == "lora"`` and ``lora(i)``), a list of task-vector
-    dicts, or a ``Tensor[n, d]``. ``delta``: the stop threshold (a number, or None/"adaptive"
-    for :func:`~evomerge.theory.adaptive_delta`). ``rht_cfg``: an ``RHTConfig`` for the
+    dicts, or a ``Tensor[n, d]``. ``delta``: the stop threshold (a number, None/"adaptive"
+    for :func:`~evomerge.theory.adaptive_delta`, or "relative": ``delta_fraction`` of the
+    first drop; equicorrelated form). ``rht_cfg``: an ``RHTConfig`` for the
     with/without-RHT comparison (default constants when None; its ``enabled`` flag is ignored:
     both are always shown). ``seed`` drives the coordinate sample and the randomized SVD.
     One streaming pass over the tensors; the directory appears atomically.
     """
-    _check_delta(delta)
+    _check_delta(delta, delta_fraction)
     if sample_size < 100:
         raise ConfigError(f"sample_size must be >= 100, got {sample_size}")
     if angle_rank < 1:
@@ -154,7 +160,7 @@ def analyze_pool(
     rht, rht_status = _rht_fn(rht_cfg)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         stats = collect(view, rht=rht, seed=seed, sample_size=sample_size, angle_rank=angle_rank, progress=progress)
-        result = _write_outputs(tmp, view, stats, delta, rht_status, rht_cfg, seed, tail_k_frac)
+        result = _write_outputs(tmp, view, stats, (delta, delta_fraction), rht_status, rht_cfg, seed, tail_k_frac)
     result.out_dir = Path(out_dir)
     result.figures = [Path(out_dir) / p.name for p in result.figures]
     return result
@@ -164,7 +170,7 @@ def _write_outputs(tmp: Path, view, stats: PoolStats, delta, rht_status: str, rh
     n, names = view.n, view.names
     sigma2, rho, corr = sigma_rho_from_gram(stats.gram)
     cos = stats.gram.cosine()
-    delta_v, delta_mode = _resolve_delta(delta, sigma2, rho, n)
+    delta_v, delta_mode = _resolve_delta(delta[0], sigma2, rho, n, delta[1])
     nmax = n_max(sigma2, rho, delta_v)
     stop_k = stop_index(sigma2, rho, delta_v, n)
     cum = pca_cumulative_variance(stats.gram)

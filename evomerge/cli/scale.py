@@ -1,4 +1,4 @@
-"""``evomerge scale``: fitness vs. number of merged experts, with the variance-drop stop rule."""
+"""``evomerge scale``: fitness vs. number of merged experts, and the stop rules judged against it."""
 
 from __future__ import annotations
 
@@ -18,14 +18,15 @@ def register(app: typer.Typer) -> None:
                                               help="built-in zoo profile (small | default) or a zoo folder"),
         sets: list[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE",
                                        help="set a config key, dotted, value in YAML; repeat"),
-        no_stop: bool = typer.Option(False, "--no-stop", help="run to the whole pool; only record where the stop rule fires"),
+        no_stop: bool = typer.Option(False, "--no-stop", help="run the searches over the whole k grid; only record where the rules fire"),
         resume: bool = typer.Option(False, "--resume", help="continue the run in --out with its saved config"),
         overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run in --out"),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
         print_default_config: bool = typer.Option(False, "--print-default-config", help="print the built-in config and exit"),
     ) -> None:
-        """Merge k = 1, 2, ... experts with every configured method (and seed, with and without
-        RHT), evaluate, stop at the variance-drop rule's n_max, and write a report.
+        """Merge k = 1, 2, ... N experts with every configured method (and seed, with and without
+        RHT), run the searches over a grid of k cut short by the stop rule, evaluate, and write a
+        report that judges the stop rules against the measured peaks.
 
         Rerunning with the same config continues from the cells already finished.
         """
@@ -69,7 +70,8 @@ def register(app: typer.Typer) -> None:
         s = result.stop
         typer.echo(
             f"scale: {result.cells_run} cells run, {result.cells_skipped} already done, {result.evaluations} evaluations, "
-            f"{result.seconds / 60:.1f} min; sigma2={s.sigma2:.3g} rho={s.rho:.3f} delta={s.delta:.3g} n_max={s.n_max}"
+            f"{result.seconds / 60:.1f} min; sigma2={s.sigma2:.3g} rho={s.rho:.3f}; Theorem 1 (eq. 18, {s.delta_mode} "
+            f"Delta={s.delta:.3g}) keeps {s.n_max}; searches stopped by the {s.rule} rule"
             + ("" if s.enabled else " (not applied: --no-stop)")
         )
         typer.echo(f"report: {result.report}")

@@ -1,4 +1,4 @@
-"""What a scale run computes: the variance-drop stop rule and the list of cells.
+"""What a scale run computes: the stop rules' inputs and the list of cells.
 
 A *cell* is one unit of Ray work: merge the first k experts (in the run's order) with one
 method, optionally apply RHT, and evaluate on validation and test. Cells whose result cannot
@@ -13,50 +13,91 @@ from typing import Literal, Sequence
 
 from evomerge.config.sections import ScaleConfig
 from evomerge.errors import ConfigError
-from evomerge.theory.variance import adaptive_delta, n_max, variance_curve
+from evomerge.theory.general_variance import covariance_from, delta_for, general_variance_curve, theorem1_stop
+
+
+def delta_mode(cfg: ScaleConfig) -> tuple[str, float | None]:
+    """``(mode, value)`` of ``scale.delta``: fixed (the number), relative (the fraction), adaptive."""
+    if cfg.delta == "adaptive":
+        return "adaptive", None
+    if cfg.delta == "relative":
+        return "relative", cfg.delta_fraction
+    return "fixed", float(cfg.delta)
+
+
+def min_experts(cfg: ScaleConfig) -> int:
+    """The pool size the rules need: 3 distinct k for the online rule, ``law_first_k`` for the law."""
+    return max(3, cfg.law_first_k)
 
 
 @dataclass(frozen=True)
 class StopRule:
-    """Theorem 1's stop rule for one pool. ``k_end`` is the largest k the run computes."""
+    """The stop rules of one pool. Registry merges always run to ``k_end`` (the pool size or
+    ``scale.k_max``) so every rule is judged against a measured curve; ``rule`` (when
+    ``enabled``) stops the searches' k grid. ``theorem1`` is Theorem 1's general form along the
+    first seed's order with uniform weights (the searches' rule when ``rule == "theorem1"``;
+    the report recomputes it with each registry method's weights)."""
 
     sigma2: float
     rho: float
-    delta: float
-    delta_mode: Literal["adaptive", "fixed"]
+    delta_mode: str
+    delta_value: float | None
     n_available: int
-    n_max: int
+    rule: str
     enabled: bool
     k_end: int
+    n_max: int  # theorem1's fired k (uniform weights, first order)
+    delta: float
+    search_k: list[int] = field(default_factory=list)
     curve: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def stop_rule(sigma2: float, rho: float, n_available: int, cfg: ScaleConfig, *, stop: bool | None = None) -> StopRule:
-    """Delta (fixed or adaptive), n_max and the last k to run (n_max when stopping, else the pool)."""
-    if n_available < 2:
-        raise ConfigError(f"the scale experiment needs at least 2 experts; the pool has {n_available}")
-    if cfg.delta == "adaptive":
-        delta, mode = adaptive_delta(sigma2, rho, n_available), "adaptive"
-    else:
-        delta, mode = float(cfg.delta), "fixed"
-    nm = n_max(sigma2, rho, delta)
+def search_grid(k_end: int, search_k: Sequence[int] | None) -> list[int]:
+    """k where the searches run: ``search_k`` (within 2..k_end) or 2, 4, ... and k_end."""
+    if search_k is not None:
+        return sorted({k for k in search_k if 2 <= k <= k_end})
+    return sorted(set(range(2, k_end + 1, 2)) | ({k_end} if k_end >= 2 else set()))
+
+
+def stop_rule(variances, corr, order: Sequence[int], cfg: ScaleConfig, *, sigma2: float, rho: float,
+              stop: bool | None = None) -> StopRule:
+    """Theorem 1 (general form, along ``order``) and the run's k range."""
+    import numpy as np
+
+    n_available = len(order)
+    need = min_experts(cfg)
+    if n_available < need:
+        raise ConfigError(f"the scale experiment's stop rules need at least {need} experts (3 distinct k for the "
+                          f"online rule, `scale.law_first_k` = {cfg.law_first_k} for the law); the pool has {n_available}")
     enabled = cfg.stop if stop is None else stop
     k_hi = min(n_available, cfg.k_max or n_available)
     if cfg.k_min > k_hi:
         raise ConfigError(f"`scale.k_min` ({cfg.k_min}) is larger than the largest k ({k_hi}: pool size / `scale.k_max`)")
-    k_end = max(cfg.k_min, min(k_hi, nm)) if enabled else k_hi
+    if k_hi < need:
+        raise ConfigError(f"`scale.k_max` ({k_hi}) is below what the stop rules need ({need} k)")
+    mode, value = delta_mode(cfg)
+    cov = covariance_from(variances, np.asarray(corr))
+    v = general_variance_curve(cov, list(order))
+    delta = delta_for(v, mode, value)
+    fire = theorem1_stop(v, delta)
+    curve = [{"k": k + 1, "merged_variance": float(v[k]), "drop": float(v[k - 1] - v[k]) if k else float("nan"),
+              "worth_adding": bool(k == 0 or v[k - 1] - v[k] >= delta * (1 - 1e-9))} for k in range(len(v))]
+    grid = search_grid(k_hi, cfg.search_k)
+    if enabled and cfg.stop_rule == "theorem1":
+        grid = [k for k in grid if k <= max(2, fire.fired_k)]
     return StopRule(
-        sigma2=float(sigma2), rho=float(rho), delta=float(delta), delta_mode=mode, n_available=n_available,
-        n_max=int(nm), enabled=bool(enabled), k_end=int(k_end), curve=variance_curve(sigma2, rho, k_hi, delta),
+        sigma2=float(sigma2), rho=float(rho), delta_mode=mode, delta_value=value, n_available=n_available,
+        rule=cfg.stop_rule, enabled=bool(enabled), k_end=int(k_hi), n_max=int(fire.fired_k), delta=float(delta),
+        search_k=grid, curve=curve,
     )
 
 
 @dataclass(frozen=True)
 class Cell:
-    kind: Literal["base", "expert", "merge", "search"]
+    kind: Literal["base", "expert", "merge", "search", "pair"]
     k: int
     method: str
     rht: bool  # search cells: True means "also evaluate the best candidate with RHT"
@@ -68,6 +109,8 @@ class Cell:
     def id(self) -> str:
         if self.kind == "search":  # one search serves both variants: rows without and (rht) with RHT
             return f"k{self.k:03d}-{self.method}-s{self.seed}"
+        if self.kind == "pair":
+            return f"pair-{self.experts[0]}-{self.experts[1]}-{self.method}-s{self.seed}"
         return f"k{self.k:03d}-{self.method}-{'rht' if self.rht else 'plain'}-s{self.seed}"
 
 
@@ -83,11 +126,15 @@ def build_cells(
     *,
     random_methods: frozenset[str],
     order_random: bool,
+    search_k: Sequence[int] | None = None,
+    pairs: Sequence[tuple[int, int]] = (),
 ) -> list[Cell]:
     """Every cell of the run, in execution order (by k, then method, rht, seed).
 
     ``orders[seed]`` is the expert order for that seed; ``random_methods`` names the registry
-    methods that draw random numbers (their seed matters even with RHT off).
+    methods that draw random numbers (their seed matters even with RHT off). ``search_k``: the
+    searches' k grid (default :func:`search_grid`); ``pairs``: expert pairs merged on their own
+    for the correlated-pair experiment (cells of kind ``pair``, no RHT).
     """
     if not cfg.seeds:
         raise ConfigError("`scale.seeds` must list at least one seed")
@@ -97,18 +144,23 @@ def build_cells(
     for seed, group in _seed_groups(cfg.seeds, order_random):
         cells.append(Cell("expert", 1, "expert", False, seed, group, tuple(orders[seed][:1])))
     rhts = (False, True) if cfg.with_rht else (False,)
-    search_k = set(cfg.search_k) if cfg.search_k is not None else None
+    grid = set(search_grid(k_end, cfg.search_k) if search_k is None else search_k)
     for k in range(cfg.k_min, k_end + 1):
         for method in cfg.methods:
             for rht in rhts:
                 matters = order_random or rht or method in random_methods
                 for seed, group in _seed_groups(cfg.seeds, matters):
                     cells.append(Cell("merge", k, method, rht, seed, group, tuple(orders[seed][:k])))
-        if k < 2 or (search_k is not None and k not in search_k):
+        if k < 2 or k not in grid:
             continue
         for method in cfg.search:
             for seed, group in _seed_groups(cfg.seeds, True):
                 cells.append(Cell("search", k, method, cfg.with_rht, seed, group, tuple(orders[seed][:k])))
+    for pair in pairs:
+        for method in cfg.methods:
+            matters = method in random_methods
+            for seed, group in _seed_groups(cfg.seeds, matters):
+                cells.append(Cell("pair", 2, method, False, seed, group, tuple(pair)))
     return cells
 
 

@@ -63,3 +63,73 @@ def run_search(cell: Cell, cfg: EvomergeConfig, run_dir: Path, *, names: list[st
 
         raise EvomergeError(f"{out}: the search finished without writing its best result")
     return found
+
+
+STOP_FILE = "search_stop.json"
+
+
+def search_fitness(run_dir: Path, cell: Cell) -> float | None:
+    """The search's best validation fitness on its k experts' tasks (``result.json``)."""
+    import json
+
+    path = search_dir(run_dir, cell) / "result.json"
+    if not path.is_file():
+        return None
+    value = json.loads(path.read_text()).get("best_fitness")
+    return None if value is None else float(value)
+
+
+def base_union(gains: dict, tasks: list[str | None], experts: tuple[int, ...]) -> float:
+    """The base model's validation score averaged over the tasks of ``experts``."""
+    import math
+
+    vals = [gains["base"][t] for t in dict.fromkeys(tasks[i] for i in experts) if t in gains.get("base", {})]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+def online_decision(points: list[tuple[int, float]], base: float, cfg) -> dict:
+    """The online rule on a search's curve so far (``(k, fitness)`` per seed)."""
+    from evomerge.theory.online_rule import gain_scale, online_stop
+
+    ks = sorted({k for k, _ in points})
+    if len(ks) < 3:
+        return {"fired": False, "k": ks[-1] if ks else None}
+    first = [f for k, f in points if k == ks[0]]
+    tol = cfg.online_tol * gain_scale(sum(first) / len(first), base)
+    fire = online_stop([k for k, _ in points], [-f for _, f in points], tol=tol, window=cfg.online_window)
+    return {"fired": fire.fired, "k": fire.fired_k, "tol": tol}
+
+
+def run_searches(cells: list[Cell], cfg: EvomergeConfig, run_dir: Path, *, names, tasks, all_tasks, zoo_root,
+                 zoo_profile, gains: dict, enforce: bool, runtime, on_search=None) -> set[str]:
+    """Run the search cells k by k (ascending) on one runtime. With ``enforce`` (the online rule),
+    a method's remaining k are skipped once the rule fires on its curve so far (fitness = the
+    search's own validation fitness); returns the ids of the skipped cells (``search_stop.json``)."""
+    from evomerge.io import write_json_atomic
+
+    skipped: set[str] = set()
+    decisions: dict[str, dict] = {}
+    by_method: dict[str, list[Cell]] = {}
+    for c in cells:
+        by_method.setdefault(c.method, []).append(c)
+    for method, mcells in by_method.items():
+        points: list[tuple[int, float]] = []
+        base = None
+        for k in sorted({c.k for c in mcells}):
+            if decisions.get(method, {}).get("fired"):
+                skipped |= {c.id for c in mcells if c.k == k}
+                continue
+            for cell in (c for c in mcells if c.k == k):
+                run_search(cell, cfg, run_dir, names=names, tasks=tasks, all_tasks=all_tasks, zoo_root=zoo_root,
+                           zoo_profile=zoo_profile, progress=False, runtime=runtime)
+                f = search_fitness(run_dir, cell)
+                if f is not None:
+                    points.append((k, f))
+                if base is None:
+                    base = base_union(gains, tasks, cell.experts[:min(c.k for c in mcells)])
+                if on_search is not None:
+                    on_search(cell)
+            if enforce:
+                decisions[method] = {**online_decision(points, base, cfg.scale), "ks_run": sorted({k for k, _ in points})}
+    write_json_atomic(Path(run_dir) / STOP_FILE, {"enforced": enforce, "methods": decisions, "skipped": sorted(skipped)})
+    return skipped

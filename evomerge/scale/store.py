@@ -29,6 +29,7 @@ SCORE_SCHEMA = pa.schema(
         ("split", pa.string()),
         ("score", pa.float64()),
         ("seconds", pa.float64()),  # wall time of the whole cell (merge + all evaluations)
+        ("cross_entropy", pa.float64()),  # answer-token cross-entropy (nats/token) on the same rows
     ]
 )
 
@@ -68,10 +69,17 @@ class CellStore:
         files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
         if not files:
             return schema.empty_table()
-        return pa.concat_tables([pq.read_table(f, schema=schema) for f in files])
+        return pa.concat_tables([_conform(pq.read_table(f), schema) for f in files])
 
     def scores(self) -> pa.Table:
         return self._concat(self.cells_dir, SCORE_SCHEMA)
 
     def samples(self) -> pa.Table:
         return self._concat(self.samples_dir, SAMPLE_SCHEMA)
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A cell file in ``schema``: columns missing in files of older runs are filled with nulls."""
+    cols = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+            for f in schema]
+    return pa.Table.from_arrays(cols, schema=schema)

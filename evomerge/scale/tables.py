@@ -13,14 +13,17 @@ GROUP = ["cell", "kind", "k", "method", "rht", "seed", "experts", "split"]
 
 
 def fitness_table(scores: pd.DataFrame) -> pd.DataFrame:
-    """One row per (cell, seed, split, target) with the unweighted mean per-task score."""
-    cols = GROUP + ["target", "fitness", "n_tasks"]
+    """One row per (cell, seed, split, target) with the unweighted mean per-task score (and
+    the mean per-task cross-entropy)."""
+    cols = GROUP + ["target", "fitness", "n_tasks", "cross_entropy"]
     if scores.empty:
         return pd.DataFrame(columns=cols)
+    if "cross_entropy" not in scores:
+        scores = scores.assign(cross_entropy=float("nan"))
     parts = []
     for target, frame in (("all", scores), ("union", scores[scores["in_subset"]])):
-        g = frame.groupby(GROUP, dropna=False)["score"].agg(["mean", "count"]).reset_index()
-        g = g.rename(columns={"mean": "fitness", "count": "n_tasks"})
+        g = frame.groupby(GROUP, dropna=False).agg(
+            fitness=("score", "mean"), n_tasks=("score", "count"), cross_entropy=("cross_entropy", "mean")).reset_index()
         g["target"] = target
         parts.append(g)
     out = pd.concat(parts, ignore_index=True)[cols]
@@ -28,8 +31,9 @@ def fitness_table(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def curve(fitness: pd.DataFrame, *, target: str, split: str) -> pd.DataFrame:
-    """Mean, std and count over seeds per (method, rht, k) for one target and split."""
-    f = fitness[(fitness["target"] == target) & (fitness["split"] == split)]
+    """Mean, std and count over seeds per (method, rht, k) for one target and split (the
+    correlated-pair cells are not on any curve)."""
+    f = fitness[(fitness["target"] == target) & (fitness["split"] == split) & (fitness["kind"] != "pair")]
     g = f.groupby(["method", "rht", "k"])["fitness"].agg(["mean", "std", "count"]).reset_index()
     g["std"] = g["std"].fillna(0.0)
     return g

@@ -87,7 +87,12 @@ class CellWorker:
         params = method.resolve(self.ctx.method_params.get(method_name, {}))
         idx = list(subset)
         stream = ((key, self.pool.stacked(key)[idx]) for key in self.pool.keys())
-        return merge_task_vectors(method, stream, None, params, seed)
+        stats = None
+        if method.needs:  # Fisher / RegMean: the run's cached per-expert statistics
+            from evomerge.scale.statistics import load_stacked
+
+            stats = load_stacked(self.ctx.run_dir or ".", self.ctx.names, idx)
+        return merge_task_vectors(method, stream, None, params, seed, stats=stats)
 
     def expert_vector(self, i: int) -> TensorDict:
         return self.pool.task_vector(i)
@@ -131,7 +136,7 @@ class CellWorker:
         elif cell.kind == "expert":
             vec = self.expert_vector(cell.experts[0])
             cand = vec
-        elif cell.kind == "merge":
+        elif cell.kind in ("merge", "pair"):
             cand, vec = self.candidate(self.merged(cell.method, cell.experts, cell.seed), cell.experts, cell.rht, cell.seed)
         elif cell.kind == "search":
             return self.run_search_result(cell, t0)
@@ -166,10 +171,13 @@ class CellWorker:
             r["seconds"] = seconds
         return CellOutput(rows, sample, evaluations=n, seconds=seconds)
 
-    def evaluate(self, candidate: Any, split: str) -> dict[str, float]:
-        return {t: float(v) for t, v in self.evaluator.evaluate(candidate, split=split).per_task.items()}
+    def evaluate(self, candidate: Any, split: str) -> dict[str, tuple[float, float]]:
+        """``{task: (metric, cross-entropy)}`` (the online rule is also judged on cross-entropy)."""
+        res = self.evaluator.evaluate(candidate, split=split)
+        metrics = res.extra.get("metrics", {})
+        return {t: (float(v), float(metrics.get(t, {}).get("cross_entropy", float("nan")))) for t, v in res.per_task.items()}
 
-    def rows(self, cell: Cell, rht: bool, scores: dict[str, dict[str, float]], seconds: float) -> list[dict[str, Any]]:
+    def rows(self, cell: Cell, rht: bool, scores: dict[str, dict[str, tuple[float, float]]], seconds: float) -> list[dict[str, Any]]:
         subset_tasks = {self.ctx.expert_tasks[i] for i in cell.experts}
         experts = ",".join(self.ctx.names[i] for i in cell.experts)
         method = cell.method
@@ -178,14 +186,15 @@ class CellWorker:
                 "cell": cell.id, "kind": cell.kind, "k": cell.k, "method": method, "rht": rht, "seed": seed,
                 "experts": experts, "task": task, "in_subset": task in subset_tasks, "split": split,
                 "score": score if math.isfinite(score) else float("nan"), "seconds": seconds,
+                "cross_entropy": ce if math.isfinite(ce) else float("nan"),
             }
             for seed in cell.seeds
             for split, per_task in scores.items()
-            for task, score in sorted(per_task.items())
+            for task, (score, ce) in sorted(per_task.items())
         ]
 
     def sample_rows(self, cell: Cell, rht: bool, vec: TensorDict) -> list[dict[str, Any]]:
-        if cell.kind not in ("merge", "search"):
+        if cell.kind not in ("merge", "search"):  # pair cells: no histograms
             return []
         values = weight_sample(vec, self.ctx.hist_samples, derive_seed(cell.seed, cell.id, salt="hist") % (2**31))
         return [

@@ -1,0 +1,187 @@
+"""``report.md`` of a scale run, from the summary :func:`evomerge.report.write_report` built."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def _fmt(x: Any, nd: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return f"{x:.{nd}f}" if isinstance(x, float) else str(x)
+
+
+def _k(x: Any) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def rule_verdicts(rules: list[dict], law_rule: str) -> dict[str, Any]:
+    """The issue's checks on the rule table: the online rule within +-1 of the peak for >= 80% of
+    (method, target) pairs and never more than 2 past it; the law on the first k within +-1 for
+    task arithmetic and TIES."""
+    online = [r for r in rules if r["rule"] == "online" and r["error"] is not None]
+    within = [r for r in online if abs(r["error"]) <= 1]
+    past = max((r["error"] for r in online), default=None)
+    law = [r for r in rules if r["rule"] == law_rule and r["method"] in ("task_arithmetic", "ties") and r["error"] is not None]
+    return {
+        "online_pairs": len(online), "online_within_1": len(within),
+        "online_share_within_1": len(within) / len(online) if online else None,
+        "online_max_past_peak": past,
+        "online_ok": bool(online) and len(within) >= 0.8 * len(online) and past is not None and past <= 2,
+        "law_pairs": len(law), "law_within_1": sum(abs(r["error"]) <= 1 for r in law),
+        "law_ok": bool(law) and all(abs(r["error"]) <= 1 for r in law),
+    }
+
+
+def markdown(plan, cfg, s, pk_all, pk_union, figures, run_dir) -> str:
+    stop = plan["stop"]
+    sc = cfg.scale
+    L: list[str] = ["# Scale report", ""]
+    L += [f"Run `{run_dir}`: {s['n_experts']} {plan.get('kind', '')} experts ({', '.join(plan['experts'])}); "
+          f"{s['cells_done']} of {s['cells_planned']} planned cells done; wall time {s['wall_seconds'] / 60:.1f} min"
+          + (f", CPU time {s['cpu_seconds'] / 60:.1f} min." if s.get("cpu_seconds") else "."), ""]
+    orders = plan["orders"]
+    first = next(iter(orders.values())) if orders else []
+    L += [f"Methods: {', '.join(sc.methods + list(sc.search))}; RHT variants: {'yes' if sc.with_rht else 'no'}; "
+          f"seeds: {sc.seeds}; expert order `{sc.order}`"
+          + (f" ({' > '.join(first)})" if sc.order != "random" else " (a new order per seed)")
+          + f"; metric `{cfg.evaluation.metric}`. Registry merges run to k = {stop['k_end']}; searches at k = "
+          f"{stop['search_k']}.", ""]
+    if s.get("gains"):
+        L += ["Own-task validation gain of each expert alone over the base: "
+              + ", ".join(f"{n} {_fmt(g)}" for n, g in s["gains"].items()) + ".", ""]
+    L += _rules_section(s, sc)
+    L += _theorem1_section(stop, s)
+    L += _peaks_section(s, pk_all, pk_union)
+    L += _fits_section(s)
+    L += _pairs_section(s)
+    L += _figures_section(figures)
+    L += ["## Tables", "",
+          "`tables/scores.parquet` (one row per k, method, rht, seed, task, split; metric and cross-entropy), "
+          "`tables/fitness.parquet` (mean per target), `tables/peaks.parquet`, `tables/rules.parquet` (the rule "
+          "table), `tables/scaling_fits.parquet`, `tables/theory.parquet`; `report.json` holds the rule table as "
+          "`rules` ({rule, method, target, fired_k, peak_k, error}).", ""]
+    return "\n".join(L)
+
+
+def _rules_section(s, sc) -> list[str]:
+    law_rule = f"law_k<={sc.law_first_k}"
+    L = ["## How many experts: the stop rules against the measured peaks", "",
+         "Measured peak = per seed the k with the best validation value (highest metric, lowest cross-entropy), "
+         "then the mean over seeds [range]. Error = fired k - measured peak. Rules: `theorem1` (eq. 18 along the "
+         f"run's order with the method's weights, Delta {s['delta_mode']}), `online` (fit L(k) = L_inf + A/k^b after "
+         f"each k; stop when the predicted and the measured gain per expert are both < {sc.online_tol:g} x the "
+         f"first point's gain over the base), `{law_rule}` (the law fitted on k <= {sc.law_first_k} only), "
+         f"`pca95` (principal components for 95% of the pool's variance: {_k(s.get('pca_components_95'))}). "
+         "Targets: `all` / `union` on the metric, `all/ce` on cross-entropy.", "",
+         "| rule | method | target | fired k | measured peak k [seeds' range] | error |", "|---|---|---|---|---|---|"]
+    for r in sorted(s["rules_detail"], key=lambda r: (r["target"], r["method"], r["rule"])):
+        rng = f" [{r['peak_min']}-{r['peak_max']}]" if r["peak_min"] is not None else ""
+        fired = _k(r["fired_k"]) + ("" if r["fired"] else " (did not fire)")
+        err = "n/a" if r["error"] is None else f"{r['error']:+.2f}"
+        L.append(f"| {r['rule']} | {r['method']} | {r['target']} | {fired} | {_k(r['peak_k'])}{rng} | {err} |")
+    v = s.get("verdicts") or rule_verdicts(s["rules"], law_rule)
+    if v["online_pairs"]:
+        L += ["", f"Online rule: within +-1 of the measured peak for {v['online_within_1']} of {v['online_pairs']} "
+              f"(method, target) pairs ({v['online_share_within_1']:.0%}; target >= 80%); at most "
+              f"{v['online_max_past_peak']:+.2f} past the peak (target <= 2): **{'met' if v['online_ok'] else 'missed'}**."]
+    if v["law_pairs"]:
+        L += [f"Law on k <= {sc.law_first_k}: within +-1 for {v['law_within_1']} of {v['law_pairs']} task arithmetic / "
+              f"TIES (method, target) pairs: **{'met' if v['law_ok'] else 'missed'}**."]
+    stop_info = s.get("search_stop")
+    if stop_info and stop_info.get("methods"):
+        L += ["", "Searches (rule enforced: online, on each search's own validation fitness): "
+              + "; ".join(f"{m}: ran k = {d.get('ks_run')}, " + (f"stopped at k = {d['k']}" if d.get("fired") else "did not fire")
+                          for m, d in stop_info["methods"].items()) + "."]
+    return L + [""]
+
+
+def _theorem1_section(stop, s) -> list[str]:
+    L = ["## Theorem 1 (general form, eq. 18)", "",
+         f"Pool: mean sigma^2 = {stop['sigma2']:.4g}, mean rho = {stop['rho']:.4f}. Along the first order with uniform "
+         f"weights: Delta = {stop['delta']:.4g} ({stop['delta_mode']}"
+         + (f", fraction {stop['delta_value']:g} of the first drop" if stop["delta_mode"] == "relative" else "")
+         + f"); the rule keeps **{stop['n_max']}** experts. The `theorem1` rows above use each method's own weights "
+         "(task arithmetic sums, so its variance rises from the second expert and the rule stops at 1).", ""]
+    if stop["delta_mode"] == "adaptive":
+        L += ["(Adaptive Delta = the mean drop over the pool: with equal variances and correlations it gives "
+              "floor(sqrt(N + 1/4) + 1/2) whatever the experts; it measures the pool's size more than its data.)", ""]
+    L += ["| k | merged variance | drop from k-1 | worth adding (drop >= Delta) |", "|---|---|---|---|"]
+    for r in stop["curve"]:
+        drop = f"{r['drop']:.4g}" if r["k"] > 1 else "-"
+        L.append(f"| {r['k']} | {r['merged_variance']:.4g} | {drop} | {'yes' if r['worth_adding'] else 'no'} |")
+    return L + [""]
+
+
+def _peaks_section(s, pk_all, pk_union) -> list[str]:
+    base_v = s["base_fitness_all"]["validation"]
+    L = ["## Where each method peaked (seed means)", "",
+         "Peak = the k with the best mean validation fitness over seeds (ties: smallest k); test is reported at that "
+         "k, never used to choose.", "",
+         f"### Target `all` (every task of the pool; base model: {_fmt(base_v)})", "",
+         "| method | peak k | validation (mean ± sd) | test at peak | gain vs base | largest k run |",
+         "|---|---|---|---|---|---|"]
+    for r in pk_all.itertuples():
+        L.append(f"| {r.label} | {r.peak_k} | {r.val_mean:.3f} ± {r.val_std:.3f} | {_fmt(r.test_mean)} | "
+                 f"{_fmt(r.val_mean - base_v)} | {r.k_max_run} |")
+    L += ["", "### Target `union` (only the tasks of the k merged experts)", "",
+          "| method | peak k | validation (mean ± sd) | test at peak | largest k run |", "|---|---|---|---|---|"]
+    for r in pk_union.itertuples():
+        L.append(f"| {r.label} | {r.peak_k} | {r.val_mean:.3f} ± {r.val_std:.3f} | {_fmt(r.test_mean)} | {r.k_max_run} |")
+    return L + [""]
+
+
+def _fits_section(s) -> list[str]:
+    if not s["scaling_fits"]:
+        return []
+    L = ["## Scaling-law fits", "", "`L(k) = L_inf + A / k^b` on the loss (minus the metric, or cross-entropy), every "
+         "seed a point.", "", "| method | target | points | L_inf | A | b | R^2 | n |", "|---|---|---|---|---|---|---|---|"]
+    for f in s["scaling_fits"]:
+        L.append(f"| {f['method']} | {f['target']} | {f['points']} | {f['L_inf']:.4f} | {f['A']:.4f} | {f['b']:.2f} | "
+                 f"{f['r2']:.2f} | {f['n_points']} |")
+    return L + [""]
+
+
+def _pairs_section(s) -> list[str]:
+    if not s["pairs"]:
+        return ["## Correlated pairs", "", "Not run: the pool records no domains (a zoo's `zoo.json` does).", ""]
+    L = ["## Correlated pairs (the paper's section 4.3)", "",
+         "Two related experts (the zoo's related pairs: same domain or shared symbols) merged alone against two "
+         "unrelated ones; validation mean over the pair's two tasks, and the share of the two experts' own gain over "
+         "the base that the merge keeps.", "", "| method | pair | kind | validation | gain kept |", "|---|---|---|---|---|"]
+    for p in sorted(s["pairs"], key=lambda p: (p["method"], p["kind"], p["pair"])):
+        L.append(f"| {p['method']} | {p['pair']} | {p['kind']} | {p['fitness']:.3f} | {_fmt(p['gain_kept'])} |")
+    by: dict[tuple[str, str], list[float]] = {}
+    for p in s["pairs"]:
+        if math.isfinite(p["gain_kept"]):
+            by.setdefault((p["method"], p["kind"]), []).append(p["gain_kept"])
+    means = [f"{m}: related {sum(v) / len(v):.2f} vs unrelated {sum(by[(m, 'unrelated')]) / len(by[(m, 'unrelated')]):.2f}"
+             for (m, kind), v in sorted(by.items()) if kind == "related" and (m, "unrelated") in by]
+    if means:
+        L += ["", "Mean gain kept: " + "; ".join(means) + "."]
+    return L + [""]
+
+
+CAPTIONS = {
+    "fitness_vs_k": "Validation fitness vs. number of merged experts; left: all tasks of the pool (every line starts at "
+                    "the base model, k=0), right: only the tasks of the k merged experts. Line = mean over seeds, band = "
+                    "min..max over seeds, dashed = with RHT, star = the first expert alone, red dotted line = Theorem 1's "
+                    "k (uniform weights).",
+    "pca_cumulative": "PCA of the expert task vectors: cumulative explained variance.",
+    "principal_angles": "Mean principal angle between the experts' LoRA subspaces (90 = unrelated).",
+    "correlation": "Pearson correlation of the task vectors (drives the low-correlation order).",
+    "variance_floor": "Equicorrelated Theorem 1: merged variance and its drop per added expert against Delta.",
+    "merged_weight_hist": "Entries of the uniform merge of the whole pool, without and with RHT.",
+}
+
+
+def _figures_section(figures) -> list[str]:
+    L = ["## Figures", ""]
+    for name, rel in figures.items():
+        cap = CAPTIONS.get(name) or (f"Merged task-vector entries at the largest k run, without and with RHT "
+                                     f"({name.removeprefix('weight_hist_')}).")
+        L += [f"![{name}]({rel})", "", cap, ""]
+    return L
