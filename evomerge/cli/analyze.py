@@ -50,7 +50,7 @@ def analyze_command(
     pool = load_pool(paths, base if base is not None else cfg.experts.base,
                      allow_bin=allow_bin or cfg.experts.allow_bin, names=names)
     d = _delta(delta) if delta is not None else (cfg.scale.delta if config is not None or sets else None)
-    result = analyze_pool(pool, out, delta=d, rht_cfg=cfg.rht, seed=cfg.seed if seed is None else seed,
+    result = analyze_pool(pool, out, delta=d, delta_fraction=cfg.scale.delta_fraction, rht_cfg=cfg.rht, seed=cfg.seed if seed is None else seed,
                           overwrite=overwrite, progress=not quiet)
     s = result.summary
     angle = "n/a" if s["mean_principal_angle"] is None else f"{s['mean_principal_angle']:.1f} deg"

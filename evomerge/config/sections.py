@@ -218,15 +218,24 @@ class ScaleConfig(Section):
     methods: list[str] = Field(default_factory=lambda: ["task_arithmetic", "ties", "dare_ties", "emr"])
     search: list[SearchName] = Field(default_factory=list)
     with_rht: bool = True
-    seeds: list[int] = Field(default_factory=lambda: [0, 1])
-    order: Literal["given", "random", "low_correlation"] = "low_correlation"
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    order: Literal["given", "random", "low_correlation", "gain"] = Field(
+        default="gain", description="expert order: given, random, low_correlation (|rho|), gain (own-task gain, best first)")
     k_min: int = Field(default=1, ge=1)
     k_max: int | None = Field(default=None, ge=1)
-    delta: float | Literal["adaptive"] = Field(default="adaptive", description="variance-drop threshold, or 'adaptive'")
+    delta: float | Literal["adaptive", "relative"] = Field(
+        default="relative", description="Theorem 1's Delta: a number (fixed), 'relative' (delta_fraction of the first drop) or 'adaptive'")
+    delta_fraction: float = Field(default=0.1, description="with delta: relative, Delta = this fraction (in (0, 1)) of the first drop")
     stop: bool = True
-    search_k: list[int] | None = Field(default=None, description="k values where search methods run (default: every k >= 2)")
+    stop_rule: Literal["online", "theorem1"] = Field(
+        default="online", description="the rule that stops the searches' k grid (registry merges always run to the pool size)")
+    online_tol: float = Field(default=0.05, gt=0.0, description="online rule: gain per expert below this fraction of the first expert's gain counts as none")
+    online_window: int = Field(default=1, ge=1, description="online rule: measured gain over this many last grid steps")
+    law_first_k: int = Field(default=4, ge=3, description="the scaling law predicted from k <= this only")
+    stats_samples: int = Field(default=64, ge=1, description="Fisher / RegMean: train examples per expert for its statistics")
+    pairs: bool = Field(default=True, description="run the correlated-pair experiment (needs a pool with domains, e.g. a zoo)")
+    search_k: list[int] | None = Field(default=None, description="k values where search methods run (default: 2, 4, ... and the pool size)")
     method_params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="merge method -> its parameters")
-    saturation_eps: float = Field(default=0.005, gt=0.0, description="fitted gain per added expert below which k counts as saturated")
     hist_samples: int = Field(default=4096, ge=0, description="merged-weight entries kept per cell for histograms")
 
     @model_validator(mode="after")
@@ -235,7 +244,11 @@ class ScaleConfig(Section):
         from evomerge.merging.registry import get_merge_method
 
         if isinstance(self.delta, float) and not self.delta > 0:
-            raise ConfigError(f"`scale.delta` must be > 0 or 'adaptive'. Got {self.delta!r} instead.")
+            raise ConfigError(f"`scale.delta` must be > 0, 'relative' or 'adaptive'. Got {self.delta!r} instead.")
+        if not 0.0 < self.delta_fraction < 1.0:
+            raise ConfigError(f"`scale.delta_fraction` must be in (0, 1). Got {self.delta_fraction!r} instead.")
+        if self.search_k is not None and any(k < 2 for k in self.search_k):
+            raise ConfigError(f"`scale.search_k`: a search merges at least 2 experts. Got {self.search_k!r}.")
         for name in self.methods:
             get_merge_method(name)
         for name, params in self.method_params.items():
