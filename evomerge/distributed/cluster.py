@@ -154,19 +154,32 @@ def _host_port(address: str) -> tuple[str, int] | None:
         raise ConfigError(f"`ray.address` {address!r}: {port!r} is not a port number") from None
 
 
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + empty SETTINGS
+
+
 def probe_address(address: str, timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S) -> None:
     """Raise :class:`ConfigError` unless a Ray head answers at ``address`` within ``timeout_s``.
 
-    Two steps: a TCP connection (refused or silent hosts fail here, in at most ``timeout_s``),
-    then, for a GCS address, a GCS handshake run in a daemon thread and abandoned after the
-    time left (a port that accepts connections but is not Ray's GCS)."""
+    Quiet socket checks first: a TCP connection (refused, unroutable or silent hosts fail
+    here), then the HTTP/2 preface every gRPC server (GCS, Ray client) answers with a SETTINGS
+    frame at once (a port that accepts but never speaks fails here). Last, for a GCS address,
+    Ray's own GCS handshake, run in a daemon thread and abandoned after the time left."""
     hp = _host_port(address)
     if hp is None:
         return
     host, port = hp
-    t0 = time.monotonic()
+    deadline = time.monotonic() + timeout_s
     try:
-        socket.create_connection((host, port), timeout=timeout_s).close()
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            sock.sendall(_H2_PREFACE)
+            try:
+                frame = sock.recv(9)
+            except TimeoutError:
+                raise ConfigError(
+                    f"`ray.address`: {host}:{port} accepts connections but did not answer within {timeout_s:g} s "
+                    "(is this the head's GCS port, 6379 by default?)"
+                ) from None
     except OSError as err:
         reason = f"no answer within {timeout_s:g} s" if isinstance(err, TimeoutError) else (
             (err.strerror or type(err).__name__).lower())
@@ -174,6 +187,8 @@ def probe_address(address: str, timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S) ->
             f"`ray.address`: no Ray head at {address!r} ({host}:{port}: {reason}); "
             "is the head running, and is the port open from this machine?"
         ) from None
+    if len(frame) < 9 or frame[3] != 4:  # frame type 4: SETTINGS
+        raise ConfigError(f"`ray.address`: {host}:{port} is not a Ray head (it does not speak gRPC)")
     if address.startswith("ray://"):
         return
     result: list[BaseException | None] = []
@@ -189,12 +204,9 @@ def probe_address(address: str, timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S) ->
 
     thread = threading.Thread(target=handshake, name="evomerge-ray-probe", daemon=True)
     thread.start()
-    thread.join(max(0.5, timeout_s - (time.monotonic() - t0)))
+    thread.join(max(0.5, deadline - time.monotonic()))
     if not result:
-        raise ConfigError(
-            f"`ray.address`: {host}:{port} accepts connections but no Ray GCS answered within {timeout_s:g} s "
-            "(is this the head's GCS port, 6379 by default?)"
-        )
+        raise ConfigError(f"`ray.address`: {host}:{port} speaks gRPC but no Ray GCS answered within {timeout_s:g} s")
     if result[0] is not None:
         raise ConfigError(f"`ray.address`: {host}:{port} is not a reachable Ray GCS ({_first_line(result[0])})")
 
