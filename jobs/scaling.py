@@ -19,10 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # evomerge from the working dir
-
-import _common  # noqa: E402
+import _common
 
 COLUMNS = ("n_actors", "n_nodes", "evaluations", "eval_seconds", "total_seconds", "evals_per_s",
            "speedup", "efficiency", "e2e_speedup", "best_fitness", "actor_busy_s")
@@ -140,24 +137,35 @@ def default_counts() -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _common.base_parser(__doc__.splitlines()[0])
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, help="evomerge YAML config")
+    p.add_argument("--out", default=None, help="results folder: absolute path or URI (default: $EVOMERGE_RUNS_DIR/scaling-<id>)")
+    p.add_argument("--small", action="store_true", help="the small built-in zoo when the config names no experts")
     p.add_argument("--algo", choices=["genome", "swarm"], default="genome")
     p.add_argument("--actors", default=None, help="comma-separated actor counts (default: 1, 2, 4, ... up to the cluster)")
     args = p.parse_args(argv)
 
-    def run() -> None:
-        import ray
+    def runner(command: str, rest: list[str]) -> int:
+        from evomerge.config import load_config
+        from evomerge.distributed.cluster import ray_session
+        from evomerge.errors import EvomergeError
 
-        cfg = _common.load(args)
-        loc = _common.RunLocation(cfg, args, "scaling")
-        ray.init(address=cfg.ray.address, log_to_driver=False)
-        counts = [int(x) for x in args.actors.split(",")] if args.actors else default_counts()
-        rows = measure_scaling(cfg, counts, args.algo, args.small, loc.local / "runs")
-        shutil.rmtree(loc.local / "runs", ignore_errors=True)
-        write_scaling(rows, loc.local)
-        loc.publish()
+        out = Path(rest[rest.index("--out") + 1])
+        try:
+            cfg = load_config(args.config)
+            with ray_session(cfg.ray):
+                counts = [int(x) for x in args.actors.split(",")] if args.actors else default_counts()
+                rows = measure_scaling(cfg, counts, args.algo, args.small, out / "runs")
+        except EvomergeError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            return 2
+        shutil.rmtree(out / "runs", ignore_errors=True)
+        write_scaling(rows, out)
+        return 0
 
-    return _common.main_guard(run)
+    return _common.run("scaling", ["--out", args.out] if args.out else [], runner=runner)
 
 
 if __name__ == "__main__":

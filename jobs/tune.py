@@ -1,74 +1,93 @@
-"""Ray job: an Optuna study run by several workers (Ray tasks) sharing one storage.
+"""Ray job: ``evomerge tune`` run by several workers (Ray tasks) that share one Optuna study.
 
     ray job submit --address http://HEAD:8265 --working-dir . -- \
-        python jobs/tune.py --config jobs/configs/tune_small.yaml --small --workers 2
+        python jobs/tune.py --workers 2 --config jobs/configs/tune_small.yaml --small --out /abs/runs/tune-1
 
-Storage: ``--storage`` / ``$EVOMERGE_OPTUNA_STORAGE`` / ``tune.storage``, else SQLite in the
-run directory (one machine). On a multi-node cluster use PostgreSQL or a journal file on a
-shared file system; the URL's password comes from the environment (``${VAR}``), never a file.
+``--workers N`` and ``--cpus-per-worker C`` are this job's own options; every other option is
+``evomerge tune``'s. The study is created (or, with ``--resume``, checked) once before the
+workers start; each worker is ``evomerge tune --resume --worker i`` with its files in
+``OUT/worker-i``; the study's tables and figures are written to ``OUT`` at the end.
+
+Storage: ``--storage`` / ``$EVOMERGE_OPTUNA_STORAGE`` / ``tune.storage``, else SQLite in ``OUT``
+(one machine). On several nodes use PostgreSQL or a journal file on shared storage; a URL with a
+password is never passed to the workers: each resolves it from its own environment (see
+docs/tuning.md for giving a job the password).
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # evomerge from the working dir
-
-import _common  # noqa: E402
+import _common
 
 
-def _worker(cfg, out_dir: str, storage: str, study_name: str, n_trials: int | None, timeout, small: bool,
-            index: int) -> dict:
-    """One study worker (runs as a Ray task); returns how many trials it ran."""
-    from evomerge.tuning.run import run_tune
+def _worker(args: list[str]) -> int:
+    """One study worker (a Ray task): ``evomerge tune ARGS`` in the task's process (which
+    imports evomerge from the job's working directory, not this folder's ``_common``)."""
+    from evomerge.cli import main
 
-    res = run_tune(cfg, Path(out_dir) / f"worker-{index}", storage=storage, study_name=study_name,
-                   n_trials=n_trials, timeout=timeout, resume=True, small=small, worker=index,
-                   log=lambda m: print(f"[worker {index}] {m}", flush=True))
-    return {"worker": index, "trials": res.trials_run_here}
+    return main(["tune", *args])
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = _common.base_parser(__doc__.splitlines()[0])
-    p.add_argument("--storage", default=None)
-    p.add_argument("--study-name", default=None)
-    p.add_argument("--n-trials", type=int, default=None)
-    p.add_argument("--timeout", type=float, default=None)
-    p.add_argument("--workers", type=int, default=2, help="Ray tasks sharing the study")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
-    args = p.parse_args(argv)
+def fan_out(workers: int, cpus_per_worker: float):
+    def runner(command: str, args: list[str]) -> int:
+        from pathlib import Path
 
-    def run() -> None:
-        import ray
-
+        from evomerge.cli._common import load_config_with_sets, zoo_choice, zoo_settings
+        from evomerge.distributed.cluster import ray_session
+        from evomerge.errors import EvomergeError
         from evomerge.storage_uri import mask_uri
         from evomerge.tuning.run import create_or_check_study, write_outputs
 
-        cfg = _common.load(args)
-        loc = _common.RunLocation(cfg, args, "tune")
-        loc.local.mkdir(parents=True, exist_ok=True)
-        # Check the space, the storage and the study name once, before any worker starts.
-        url, name = create_or_check_study(cfg, loc.local, storage=args.storage, study_name=args.study_name,
-                                          resume=args.resume, small=args.small)
-        print(f"study `{name}` in {mask_uri(url)}; {args.workers} worker(s)", flush=True)
-        ray.init(address=cfg.ray.address, log_to_driver=True)
-        task = ray.remote(num_cpus=args.cpus_per_worker, max_retries=0)(_worker)
-        # Workers get the resolved URL unless it holds a password: then they resolve it from their own
-        # environment (job runtime_env / pod env), so the secret never travels as a task argument.
-        worker_url = url if mask_uri(url) == url else args.storage
-        refs = [task.remote(cfg, str(loc.local), worker_url, name, args.n_trials, args.timeout, args.small, i)
-                for i in range(args.workers)]
-        for r in ray.get(refs):
-            print(f"worker {r['worker']}: {r['trials']} trial(s)", flush=True)
-        res = write_outputs(cfg, loc.local, storage=url, study_name=name, small=args.small)
+        p = _common.cli_params(command, args)
+        out = Path(p["out"])
+        try:  # the config exactly as `evomerge tune` builds it (--set, --zoo/--small)
+            profile, cfg = zoo_settings(zoo_choice(p["zoo"], p["small"]), load_config_with_sets(p["config"], p["sets"]),
+                                        "default")
+            small = profile == "small"
+            url, name = create_or_check_study(cfg, out, storage=p["storage"], study_name=p["study_name"],
+                                              resume=p["resume"], small=small)
+        except EvomergeError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            return 2
+        print(f"study `{name}` in {mask_uri(url)}; {workers} worker(s)", flush=True)
+        rest = list(args)
+        for opt in ("--out", "--storage", "--study-name", "--worker"):
+            _, rest = _common.take_option(rest, opt)
+        rest = [a for a in rest if a != "--resume"]
+        # the URL itself unless it holds a secret: then each worker resolves it from its own environment
+        storage = ["--storage", url] if mask_uri(url) == url else ([] if p["storage"] is None else ["--storage", p["storage"]])
+        import ray
+
+        with ray_session(cfg.ray, log_to_driver=True):
+            task = ray.remote(num_cpus=cpus_per_worker, max_retries=0)(_worker)
+            codes = ray.get([
+                task.remote([*rest, *storage, "--study-name", name, "--resume", "--worker", str(i),
+                             "--out", str(out / f"worker-{i}")])
+                for i in range(workers)
+            ])
+        for i, rc in enumerate(codes):
+            print(f"worker {i}: exit code {rc}", flush=True)
+        if any(codes):
+            return max(codes)
+        res = write_outputs(cfg, out, storage=url, study_name=name, small=small)
         print(f"best validation fitness {res.best_value} (default config {res.default_fitness}); states {res.states}",
               flush=True)
-        loc.publish()
+        return 0
 
-    return _common.main_guard(run)
+    return runner
+
+
+def main(argv: list[str]) -> int:
+    try:
+        workers, argv = _common.take_option(argv, "--workers")
+        cpus, argv = _common.take_option(argv, "--cpus-per-worker")
+        n, c = int(workers or 2), float(cpus or 1.0)
+    except (_common.JobError, ValueError) as err:
+        print(f"error: --workers / --cpus-per-worker: {err}", file=sys.stderr)
+        return 2
+    return _common.run("tune", argv, runner=fan_out(n, c))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
