@@ -7,73 +7,88 @@ from typing import Optional
 
 import typer
 
-from evomerge.cli._common import small_option, zoo_option
+from evomerge.cli._common import set_option, small_option, zoo_option
 from evomerge.errors import ConfigError
 
 
-def _user_tasks(items: list[str], split: str) -> dict:
-    """``name=FILE`` (that file is the split) or ``name=DIR`` (DIR/<split>.parquet|.jsonl)."""
-    from evomerge.data import load_task
-
-    tasks = {}
+def _task_items(items: list[str]) -> dict[str, str] | None:
+    """``--task name=FILE|DIR`` items as ``evaluation.task_files``."""
+    out: dict[str, str] = {}
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise ConfigError(f"--task {item!r}: expected name=FILE or name=DIR")
-        if name in tasks:
+        if name in out:
             raise ConfigError(f"--task {item!r}: task `{name}` is given twice")
-        tasks[name] = load_task(path, (split,), source=f"--task {name}")
-    return tasks
+        out[name] = path
+    return out or None
+
+
+def _user_tasks(task_files: dict, split: str) -> dict:
+    """``name -> FILE`` (that file is the split) or ``name -> DIR`` (DIR/<split>.parquet|.jsonl)."""
+    from evomerge.data import load_task
+
+    return {name: load_task(path, (split,), source=f"evaluation.task_files.{name}") for name, path in task_files.items()}
 
 
 def evaluate_command(
     experts: list[Path] = typer.Option([], "--expert", "-e", help="peft adapter folder to score (repeatable)"),
     zoo: Optional[str] = zoo_option(),
     small: bool = small_option(),
-    base: Optional[Path] = typer.Option(None, "--base", help="HF base model folder (with --task)"),
-    task: list[str] = typer.Option([], "--task", "-t", help="user task name=FILE|DIR (repeatable)"),
-    tasks: Optional[str] = typer.Option(None, "--tasks", help="comma-separated subset of the zoo's tasks"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (evaluation:, experts.base, device)"),
+    base: Optional[Path] = typer.Option(None, "--base", help="HF base model folder (with --task): experts.base"),
+    task: list[str] = typer.Option([], "--task", "-t", help="user task name=FILE|DIR (repeatable): evaluation.task_files"),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="comma-separated subset of the zoo's tasks: evaluation.tasks"),
     split: str = typer.Option("validation", "--split", help="validation (for choices) or test (report only)"),
-    metric: str = typer.Option("token_accuracy", "--metric"),
-    max_samples: int = typer.Option(200, "--max-samples", min=1, help="examples per task and split"),
-    batch_size: int = typer.Option(64, "--batch-size", min=1),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
+    metric: Optional[str] = typer.Option(None, "--metric", help="evaluation.metric (default token_accuracy)"),
+    max_samples: Optional[int] = typer.Option(None, "--max-samples", min=1, help="evaluation.max_samples (default 200)"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="evaluation.batch_size (default 64)"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | cuda:N (default cpu)"),
     allow_bin: bool = typer.Option(False, "--allow-bin", help="accept pickle .bin adapter weights (weights_only=True)"),
     out: Optional[Path] = typer.Option(None, "--out", help="write a long Parquet table (candidate, task, metric, value)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out table"),
+    sets: list[str] = set_option(),
 ) -> None:
     """Score the base model and each expert on every task; print a table (rows: candidates)."""
+    from evomerge.cli._common import load_config_with_sets
     from evomerge.devices import resolve_device
     from evomerge.evaluation import Evaluator
     from evomerge.experts.peft_io import load_peft_adapter
 
+    names = [t for t in (tasks or "").split(",") if t] or None
+    cfg = load_config_with_sets(config, sets, {
+        "experts.base": None if base is None else str(base), "evaluation.task_files": _task_items(task),
+        "evaluation.tasks": names, "evaluation.metric": metric, "evaluation.max_samples": max_samples,
+        "evaluation.batch_size": batch_size, "device": device,
+    })
+    ev_cfg = cfg.evaluation
     if out is not None:  # before any work: a folder, an existing table, an unwritable place
         from evomerge.io import check_output_path
 
         check_output_path(out, overwrite, kind="file")
-    dev = resolve_device(device)
-    names = [t for t in (tasks or "").split(",") if t] or None
+    dev = resolve_device(cfg.device)
     # every adapter is read (and checked) before the model is loaded
     cands = {"base": {}}
     for e in experts:
         if e.name in cands:
             raise ConfigError(f"--expert {e}: a candidate named `{e.name}` is already given; rename the folder")
         cands[e.name] = load_peft_adapter(e, allow_bin=allow_bin).modules
-    if task:
-        if base is None:
+    common = dict(metric=ev_cfg.metric, device=dev, batch_size=ev_cfg.batch_size, max_samples=ev_cfg.max_samples)
+    if ev_cfg.task_files:
+        if cfg.experts.base is None:
             raise ConfigError("--task needs --base (the HF model folder the experts were trained from)")
         if zoo is not None or small:
             raise ConfigError("--task scores your own tasks on --base; do not pass --zoo/--small as well")
-        ev = Evaluator(base, _user_tasks(task, split), metric=metric, device=dev, batch_size=batch_size,
-                       max_samples=max_samples)
+        ev = Evaluator(cfg.experts.base, _user_tasks(ev_cfg.task_files, split), task_weights=ev_cfg.task_weights,
+                       **common)
     else:
         from evomerge.cli._common import open_zoo, zoo_choice
 
-        z = open_zoo(zoo_choice(zoo, small), "default")
-        ev = Evaluator.from_zoo(z, tasks=names, metric=metric, max_samples=max_samples, device=dev,
-                                batch_size=batch_size)
+        z = open_zoo(zoo_choice(zoo, small), "default", cfg.zoo_dir)
+        ev = Evaluator.from_zoo(z, tasks=ev_cfg.tasks, task_weights=ev_cfg.task_weights, **common)
         if not experts:
             cands.update({t: load_peft_adapter(d).modules for t, d in z.expert_dirs.items()})
+    metric, max_samples = ev_cfg.metric, ev_cfg.max_samples
     results = ev.evaluate_many(list(cands.values()), split=split)
     width = max(10, *(len(t) for t in ev.tasks))
     typer.echo(f"{metric} on {split} ({max_samples} samples max per task)")
