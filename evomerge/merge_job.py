@@ -129,9 +129,12 @@ def run_merge(
     _check_not_overlapping(out, [*pool.paths, *([pool.base_path] if pool.base_path else []), *cfg.merge.data])
     weights = _weights(cfg, len(pool))
     fmt = plan_output(cfg, pool, method)
-    for f in cfg.merge.data:
+    for f in cfg.merge.data:  # every row checked (the rows the statistics read) before any work
         if not Path(f).is_file():
             raise ConfigError(f"{f}: merge.data task file not found")
+        from evomerge.data import load_examples
+
+        load_examples(f, limit=cfg.merge.data_samples)
     pool_stats = pool.stats()
     log(pool.summary(pool_stats))
     inputs = _input_hashes(cfg, pool)
