@@ -94,3 +94,17 @@ def test_progress_bar_does_not_change_results(capsys):
     a = merge_task_vectors("ties", _stream(dicts, list(dicts[0])), progress=True)
     b = merge_task_vectors("ties", _stream(dicts, list(dicts[0])))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_task_vector_leaves_the_pools_stacked_deltas_alone(small_zoo):
+    """Regression: ``ExpertPool.task_vector`` subtracted the base in place from a reader's cached
+    tensor, so every later merge of that pool (after Fisher/RegMean statistics) was wrong."""
+    from evomerge.experts import load_pool
+
+    tasks = small_zoo.tasks[:2]
+    pool = load_pool([small_zoo.full_dirs[t] for t in tasks], base=small_zoo.base_dir)
+    before = dict(pool.iter_stacked())
+    pool.task_vector(0)
+    pool.task_vector(0)
+    for k, v in pool.iter_stacked():
+        assert torch.equal(v, before[k]), k

@@ -94,7 +94,8 @@ class ExpertPool:
         if self.kind == "lora":
             return {k: _lora_delta(m, device).to(dtype) for k, m in self.adapters[i].modules.items()}
         return {
-            k: self.readers[i].get(k, dtype=torch.float32, device=device).sub_(self.base.get(k, torch.float32, device)).to(dtype)
+            # not in place: a reader may hand out its cached tensor
+            k: (self.readers[i].get(k, dtype=torch.float32, device=device) - self.base.get(k, torch.float32, device)).to(dtype)
             for k in self._keys
         }
 
