@@ -214,6 +214,10 @@ def run_scale(
 
             with RayCellRunner(ctx, cfg.ray) as runner:
                 for cell, out in runner.run(todo):
+                    if out.population_test is not None:  # before the cell's file: it marks the cell done
+                        from evomerge.scale.search_cells import search_dir
+
+                        write_json_atomic(search_dir(run_dir, cell) / "population_test.json", out.population_test)
                     store.write(cell.id, out.rows, out.sample)
                     evaluations += out.evaluations
                     bar.update(1)
@@ -254,6 +258,9 @@ def check_inputs(cfg: EvomergeConfig, spec: PoolSpec) -> None:
     if len(spec.names) < need:
         raise ConfigError(f"the scale experiment's stop rules need at least {need} experts (the online rule fits 3 "
                           f"parameters; `scale.law_first_k` = {cfg.scale.law_first_k}); the pool has {len(spec.names)}")
+    too_big = [k for k in cfg.scale.search_k or () if k > len(spec.names)]
+    if too_big:
+        raise ConfigError(f"`scale.search_k` asks for k = {too_big}, more experts than the pool's {len(spec.names)}")
     if needed(cfg.scale.methods):
         train_files(spec.names, spec.tasks, spec.zoo_root, cfg.evaluation.task_files)
 
@@ -279,6 +286,7 @@ def make_context(cfg: EvomergeConfig, spec: PoolSpec, run_dir: Path) -> ScaleCon
         base_dir=str(spec.base_dir) if spec.base_dir else None, zoo_root=str(spec.zoo_root) if spec.zoo_root else None,
         evaluation=cfg.evaluation, rht=cfg.rht, method_params=cfg.scale.method_params, device=cfg.device,
         hist_samples=cfg.scale.hist_samples, allow_bin=cfg.experts.allow_bin, run_dir=str(Path(run_dir).resolve()),
+        population_test=cfg.scale.population_test,
     )
 
 

@@ -82,6 +82,10 @@ def write_report(run_dir: str | Path) -> Path:
     pk_all, pk_union = peaks(fitness, target="all"), peaks(fitness, target="union")
     records, fits = judge(plan, fitness, scale_cfg=cfg.scale, pca_count=pca, gains=gains) if not fitness.empty else ([], [])
     pairs = pair_summary(fitness, plan, gains) if not fitness.empty else []
+    from evomerge.scale.plan import load_cells
+    from evomerge.scale.search_cells import search_scores
+
+    searches = search_scores(run_dir, load_cells(plan))
     write_parquet_atomic(tables / "scores.parquet", pa.Table.from_pandas(scores, preserve_index=False))
     write_parquet_atomic(tables / "fitness.parquet", pa.Table.from_pandas(fitness, preserve_index=False))
     write_parquet_atomic(tables / "theory.parquet", pa.Table.from_pylist(stop["curve"]))
@@ -103,6 +107,7 @@ def write_report(run_dir: str | Path) -> Path:
             figures[name] = f"analysis/{name}.png"
 
     summary = _summary(plan, fitness, pk_all, pk_union, records, fits, pairs, pca, figures, run_dir)
+    summary["searches"] = searches
     from evomerge.scale.report_md import markdown, rule_verdicts
 
     summary["verdicts"] = rule_verdicts(summary["rules"], f"law_k<={cfg.scale.law_first_k}")

@@ -136,6 +136,7 @@ def test_online_rule_fires_near_a_known_peak(peak):
     fire = online_stop(k, loss, tol=0.05 * first_gain, window=2)
     assert fire.fired
     assert peak - 1 <= fire.fired_k <= peak + 2
+    assert fire.best_k == min(peak, fire.fired_k)  # the best k measured up to the stop
 
 
 def test_online_rule_does_not_fire_on_a_curve_that_keeps_rising():

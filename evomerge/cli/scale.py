@@ -23,6 +23,8 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run in --out"),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
         print_default_config: bool = typer.Option(False, "--print-default-config", help="print the built-in config and exit"),
+        preset: Optional[str] = typer.Option(None, "--preset", metavar="paper",
+                                             help="paper: the seed paper's Table 1 protocol (k = 2, 4, ..., 10, 5 seeds)"),
     ) -> None:
         """Merge k = 1, 2, ... N experts with every configured method (and seed, with and without
         RHT), run the searches over a grid of k cut short by the stop rule, evaluate, and write a
@@ -41,6 +43,8 @@ def register(app: typer.Typer) -> None:
             typer.echo(yaml.safe_dump(DEFAULT_SCALE_CONFIG, sort_keys=False))
             return
         if resume:
+            if preset is not None:
+                raise ConfigError("--resume uses the config saved in --out; do not pass --preset as well")
             if config is not None:
                 raise ConfigError("--resume uses the config saved in --out; do not pass --config as well")
             saved = out / "config.yaml"
@@ -49,6 +53,13 @@ def register(app: typer.Typer) -> None:
             if sets:
                 raise ConfigError("--resume uses the config saved in --out; do not pass --set as well")
             cfg = load_config(saved)
+        elif preset is not None:
+            from evomerge.config import config_from_dict, load_config_data
+            from evomerge.config.overrides import parse_sets
+            from evomerge.scale.defaults import preset_data
+
+            user = load_config_data(config) if config is not None else None
+            cfg = config_from_dict(preset_data(preset, user, parse_sets(sets)), f"--preset {preset}")
         else:
             from evomerge.config.overrides import override, parse_sets
 

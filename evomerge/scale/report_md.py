@@ -58,6 +58,7 @@ def markdown(plan, cfg, s, pk_all, pk_union, figures, run_dir) -> str:
     L += _peaks_section(s, pk_all, pk_union)
     L += _fits_section(s)
     L += _pairs_section(s)
+    L += _search_section(s)
     L += _figures_section(figures)
     L += ["## Tables", "",
           "`tables/scores.parquet` (one row per k, method, rht, seed, task, split; metric and cross-entropy), "
@@ -74,13 +75,14 @@ def _rules_section(s, sc) -> list[str]:
          "then the mean over seeds [range]. Error = fired k - measured peak. Rules: `theorem1` (eq. 18 along the "
          f"run's order with the method's weights, Delta {s['delta_mode']}), `online` (fit L(k) = L_inf + A/k^b after "
          f"each k; stop when the predicted and the measured gain per expert are both < {sc.online_tol:g} x the "
-         f"first point's gain over the base), `{law_rule}` (the law fitted on k <= {sc.law_first_k} only), "
+         f"first point's gain over the base; \"keeps\" = the best k measured up to there), `{law_rule}` (the law fitted on k <= {sc.law_first_k} only), "
          f"`pca95` (principal components for 95% of the pool's variance: {_k(s.get('pca_components_95'))}). "
          "Targets: `all` / `union` on the metric, `all/ce` on cross-entropy.", "",
          "| rule | method | target | fired k | measured peak k [seeds' range] | error |", "|---|---|---|---|---|---|"]
     for r in sorted(s["rules_detail"], key=lambda r: (r["target"], r["method"], r["rule"])):
         rng = f" [{r['peak_min']}-{r['peak_max']}]" if r["peak_min"] is not None else ""
-        fired = _k(r["fired_k"]) + ("" if r["fired"] else " (did not fire)")
+        fired = _k(r["fired_k"]) + ("" if r["fired"] else " (did not fire)") + (
+            f" (keeps {r['keeps_k']})" if r.get("keeps_k") is not None and r["keeps_k"] != r["fired_k"] else "")
         err = "n/a" if r["error"] is None else f"{r['error']:+.2f}"
         L.append(f"| {r['rule']} | {r['method']} | {r['target']} | {fired} | {_k(r['peak_k'])}{rng} | {err} |")
     v = s.get("verdicts") or rule_verdicts(s["rules"], law_rule)
@@ -185,3 +187,35 @@ def _figures_section(figures) -> list[str]:
                                      f"({name.removeprefix('weight_hist_')}).")
         L += [f"![{name}]({rel})", "", cap, ""]
     return L
+
+
+def _mean_sd(vals: list) -> str:
+    v = [x for x in vals if x is not None]
+    if not v:
+        return "n/a"
+    m = sum(v) / len(v)
+    sd = (sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else 0.0
+    return f"{m:.3f} ± {sd:.3f} (n={len(v)})"
+
+
+def _search_section(s) -> list[str]:
+    rows = s.get("searches") or []
+    if not rows:
+        return []
+    flagged = any(r["test_best_in_population"] is not None for r in rows)
+    L = ["## Searches: the paper's Table 1 numbers", "",
+         "Each search optimises the validation fitness on its k experts' tasks. `test (validation-selected)` is the test "
+         "score of the individual with the best validation fitness: the honest number."
+         + (" `best test in final population` is the paper's own number: the best *test* score over the final "
+            "population, which selects on the test set (**test-set selection: not a fair estimate**)." if flagged else ""),
+         "", "| k | method | validation | test (validation-selected) |"
+         + (" best test in final population (TEST-SET SELECTION) |" if flagged else ""),
+         "|---|---|---|---|" + ("---|" if flagged else "")]
+    for key in sorted({(r["k"], r["method"]) for r in rows}):
+        g = [r for r in rows if (r["k"], r["method"]) == key]
+        line = (f"| {key[0]} | {key[1]} | {_mean_sd([r['validation'] for r in g])} | "
+                f"{_mean_sd([r['test_val_selected'] for r in g])} |")
+        if flagged:
+            line += f" {_mean_sd([r['test_best_in_population'] for r in g])} |"
+        L.append(line)
+    return L + [""]

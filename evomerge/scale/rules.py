@@ -128,9 +128,11 @@ def judge(plan: dict, fitness: pd.DataFrame, *, scale_cfg, pca_count: int | None
             tol = scale_cfg.online_tol * gain_scale(first, base)
             x, y = f["k"].to_numpy(float), _loss(f, value)
             rows = {"theorem1": (t1["fired_k"], t1["fired"]), "pca95": (pca_count, pca_count is not None)}
+            keeps = None
             if x.size and np.unique(x).size >= 3:
                 on = online_stop(x, y, tol=tol, window=scale_cfg.online_window)
                 rows["online"] = (on.fired_k, on.fired)
+                keeps = on.best_k
             if np.unique(x[x <= m]).size >= 3 and tol > 0:
                 lp = law_peak(x, y, m=m, tol=tol, k_cap=k_end)
                 rows[f"law_k<={m}"] = (lp.predicted_k, not lp.beyond)
@@ -144,7 +146,8 @@ def judge(plan: dict, fitness: pd.DataFrame, *, scale_cfg, pca_count: int | None
                 err = (fired_k - pk["peak_k"]) if fired_k is not None and math.isfinite(pk["peak_k"]) else None
                 records.append({"rule": rule, "method": label, "target": tname, "fired_k": fired_k, "fired": bool(fired),
                                 "peak_k": pk["peak_k"], "peak_min": pk["peak_min"], "peak_max": pk["peak_max"],
-                                "error": err, "tol": tol if rule in ("online",) or rule.startswith("law") else None})
+                                "error": err, "tol": tol if rule in ("online",) or rule.startswith("law") else None,
+                                "keeps_k": keeps if rule == "online" else None})
     return records, fits
 
 

@@ -133,3 +133,42 @@ def run_searches(cells: list[Cell], cfg: EvomergeConfig, run_dir: Path, *, names
                 decisions[method] = {**online_decision(points, base, cfg.scale), "ks_run": sorted({k for k, _ in points})}
     write_json_atomic(Path(run_dir) / STOP_FILE, {"enforced": enforce, "methods": decisions, "skipped": sorted(skipped)})
     return skipped
+
+
+def final_population(run_dir: Path, cell: Cell) -> dict[str, dict]:
+    """The individuals (GENOME) or particles (Model Swarms) of the search's last checkpoint, as
+    candidates the evaluator scores (LoRA modules in the ``ab`` space, task vectors otherwise)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from evomerge.experts.types import ab_to_lora
+
+    ckpt = search_dir(run_dir, cell) / "checkpoints"
+    latest = ckpt / (ckpt / "LATEST").read_text().strip()
+    state = json.loads((latest / "state.json").read_text())
+    ids = [m["id"] for s in state["searches"] for m in s.get("individuals", s.get("particles", []))]
+    tensors = load_file(str(latest / "population.safetensors"))
+    out: dict[str, dict] = {}
+    for ident in ids:
+        td = {k.split("|", 1)[1]: v for k, v in tensors.items() if k.split("|", 1)[0] == ident}
+        out[ident] = ab_to_lora(td) if any(k.endswith("::A") for k in td) else td
+    return out
+
+
+def search_scores(run_dir: Path, cells: list[Cell]) -> list[dict]:
+    """Per finished search cell: its validation fitness, the test score of the validation-selected
+    best, and (when recorded) the best test score over its final population (test-set selection)."""
+    import json
+
+    rows = []
+    for cell in cells:
+        d = search_dir(run_dir, cell)
+        if cell.kind != "search" or not (d / "result.json").is_file():
+            continue
+        res = json.loads((d / "result.json").read_text())
+        pop = json.loads((d / "population_test.json").read_text()) if (d / "population_test.json").is_file() else None
+        rows.append({"k": cell.k, "method": cell.method, "seed": cell.seed, "validation": res.get("best_fitness"),
+                     "test_val_selected": res.get("best_test_fitness"),
+                     "test_best_in_population": max(pop.values()) if pop else None})
+    return rows

@@ -38,6 +38,7 @@ class ScaleContext:
     threads: int = 1
     allow_bin: bool = False
     run_dir: str | None = None  # where search cells find their best result
+    population_test: bool = False  # also score a search's final population on test (flagged)
 
 
 @dataclass
@@ -46,6 +47,7 @@ class CellOutput:
     sample: list[dict[str, Any]]
     evaluations: int
     seconds: float
+    population_test: dict[str, float] | None = None  # search cells: test fitness per final individual
 
 
 def weight_sample(td: TensorDict, n: int, seed: int) -> list[float]:
@@ -166,10 +168,28 @@ class CellWorker:
             n += len(self.splits)
             rows += self.rows(cell, rht, scores, 0.0)
             sample += self.sample_rows(cell, rht, cand)
+        pop = None
+        if self.ctx.population_test and "test" in self.splits:
+            pop = self.population_test(cell)
+            n += len(pop)
         seconds = time.perf_counter() - t0
         for r in rows:
             r["seconds"] = seconds
-        return CellOutput(rows, sample, evaluations=n, seconds=seconds)
+        return CellOutput(rows, sample, evaluations=n, seconds=seconds, population_test=pop)
+
+    def population_test(self, cell: Cell) -> dict[str, float]:
+        """Test fitness (mean over the k experts' tasks, the search's objective tasks) of every
+        individual of the search's final population: the paper's test-set selection, reported only."""
+        from pathlib import Path
+
+        from evomerge.scale.search_cells import final_population
+
+        tasks = [t for t in dict.fromkeys(self.ctx.expert_tasks[i] for i in cell.experts) if t in self.tasks] or self.tasks
+        out = {}
+        for ident, cand in final_population(Path(self.ctx.run_dir or "."), cell).items():
+            per_task = self.evaluate(cand, "test")
+            out[ident] = sum(per_task[t][0] for t in tasks) / len(tasks)
+        return out
 
     def evaluate(self, candidate: Any, split: str) -> dict[str, tuple[float, float]]:
         """``{task: (metric, cross-entropy)}`` (the online rule is also judged on cross-entropy)."""

@@ -55,6 +55,7 @@ def _fit(ks: np.ndarray, losses: np.ndarray) -> ScalingFit | None:
 class OnlineFire:
     fired: bool
     fired_k: int  # the k at which the rule stopped (the last k measured when it never fired)
+    best_k: int  # the best measured k up to fired_k: what the rule's user would keep
     tol: float
     fit: ScalingFit | None  # the fit at the firing point (or on all points)
     steps: list[dict] = field(default_factory=list)  # per k looked at: predicted and measured gain
@@ -86,8 +87,13 @@ def online_stop(ks: Sequence[float], losses: Sequence[float], *, tol: float, win
         measured = (mean[back] - mean[j]) / (k - grid[back])
         steps.append({"k": int(k), "predicted_gain": float(predicted), "measured_gain": float(measured)})
         if predicted < tol and measured < tol:
-            return OnlineFire(True, int(k), float(tol), fit, steps)
-    return OnlineFire(False, int(grid[-1]), float(tol), fit, steps)
+            return OnlineFire(True, int(k), _best(grid, mean, j), float(tol), fit, steps)
+    return OnlineFire(False, int(grid[-1]), _best(grid, mean, grid.size - 1), float(tol), fit, steps)
+
+
+def _best(grid: np.ndarray, mean: np.ndarray, j: int) -> int:
+    """The k of the lowest mean loss among the first j+1 grid points (ties: smallest k)."""
+    return int(grid[int(np.argmin(mean[: j + 1]))])
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,7 @@ class LawPeak:
 
 def law_peak(ks: Sequence[float], losses: Sequence[float], *, m: int, tol: float, k_cap: int) -> LawPeak:
     """Fit the law on the points with k <= m; the predicted peak is the first k whose next expert
-    gains less than ``tol`` (a fit whose loss does not fall predicts k = 1)."""
+    gains less than ``tol`` (a fit whose loss does not fall predicts the smallest measured k)."""
     if m < 3:
         raise ConfigError(f"`scale.law_first_k` must be >= 3 (the law has 3 parameters). Got {m!r} instead.")
     if not tol > 0:
@@ -113,4 +119,4 @@ def law_peak(ks: Sequence[float], losses: Sequence[float], *, m: int, tol: float
     k = fit.k_marginal_below(tol, k_max=k_cap)
     if k is None:
         return LawPeak(int(k_cap), True, fit)
-    return LawPeak(int(min(k, k_cap)), False, fit)
+    return LawPeak(int(min(max(k, x[use].min()), k_cap)), False, fit)
