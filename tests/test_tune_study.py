@@ -136,6 +136,13 @@ def test_resume_after_the_worker_is_killed(small_zoo, tmp_path) -> None:
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 6
     assert all(study.trials[n].params == p for n, p in before.items())
+    # The trial killed mid-run is FAIL and was retried with its parameters; the resumed sampler did
+    # not restart (no new trial repeats trial 0's parameters).
+    retried = {n for t in study.trials for n in t.system_attrs.get("retry_history", [])}
+    assert {t.number for t in study.trials if t.state == optuna.trial.TrialState.FAIL} <= retried
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    new = [t for t in study.trials if t.number > max(before) and "retry_history" not in t.system_attrs]
+    assert new and all(t.params != study.trials[0].params for t in new)
     assert len(pq.read_table(tmp_path / "run" / "trials.parquet")) == len(study.trials)
 
 
