@@ -97,7 +97,7 @@ def write_report(run_dir: str | Path) -> Path:
     figures: dict[str, str] = {}
     if not fitness.empty:
         plot_fitness_panels(fitness[fitness["kind"] != "pair"], figs / "fitness_vs_k.png", n_max=stop["n_max"],
-                            stop_enabled=stop["enabled"], ylabel=f"{metric} (mean over tasks)")
+                            ylabel=f"{metric} (mean over tasks)")
         figures["fitness_vs_k"] = "figures/fitness_vs_k.png"
     if not samples.empty:
         figures.update(weight_histograms(samples, figs))

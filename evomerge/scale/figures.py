@@ -1,6 +1,6 @@
 """The scale report's fitness-vs-k figure: one panel per target, one colour per method,
-solid = plain and dashed = with RHT, bands over seeds, the base model at k=0 and the stop
-rule's n_max. (Generic plots, e.g. weight histograms, come from ``evomerge.analysis.figures``.)"""
+solid = plain and dashed = with RHT, bands over seeds, the base model at k=0 and Theorem 1's k
+(general form, uniform weights, the run's first order). (Generic plots, e.g. weight histograms, come from ``evomerge.analysis.figures``.)"""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from evomerge.io import save_png_atomic
 TITLES = {"all": "all tasks of the pool", "union": "tasks of the k merged experts"}
 
 
-def plot_fitness_panels(fitness: pd.DataFrame, out_png: str | Path, *, n_max: int, stop_enabled: bool,
+def plot_fitness_panels(fitness: pd.DataFrame, out_png: str | Path, *, n_max: int,
                         split: str = "validation", ylabel: str = "mean task score") -> Path:
     f = fitness[fitness["split"] == split]
     methods = sorted(m for m in f["method"].unique() if m not in ("base", "expert"))
@@ -41,8 +41,7 @@ def plot_fitness_panels(fitness: pd.DataFrame, out_png: str | Path, *, n_max: in
             ax.scatter([1], [single["fitness"].mean()], marker="*", s=120, color="k", zorder=5, label="first expert alone")
         if target == "all" and not base.empty:
             ax.axhline(base.mean(), color="0.5", ls=":", lw=1, label="base model (k=0)")
-        ax.axvline(n_max, color="tab:red", ls=":", lw=1.4,
-                   label=f"stop rule n_max = {n_max}" + ("" if stop_enabled else " (not applied)"))
+        ax.axvline(n_max, color="tab:red", ls=":", lw=1.4, label=f"Theorem 1 (eq. 18, uniform weights): k = {n_max}")
         ks = sorted(int(k) for k in t["k"].unique()) + ([0] if target == "all" and not base.empty else [])
         if ks:
             ax.set_xticks(range(min(ks), max(ks) + 1))
