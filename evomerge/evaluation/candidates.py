@@ -1,7 +1,9 @@
-"""Candidates: what the Evaluator scores, normalised to dense deltas on base parameters."""
+"""Candidates: what the Evaluator scores, normalised to deltas on base parameters (dense, or a
+LoRA's factors kept as :class:`LowRank` so that no candidate's dense delta is ever built)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping, Union
 
 import torch
@@ -14,13 +16,34 @@ class PerTask(dict):
     """``{task: candidate}``: each task is served by its own candidate (e.g. EMR-merging)."""
 
 
+@dataclass(frozen=True)
+class LowRank:
+    """A LoRA delta as its factors: ``B @ A`` (scale folded into B; ``.T`` when ``transposed``,
+    for GPT-2 ``Conv1D`` weights). A linear layer adds ``(x @ A.T) @ B.T`` to its output, so a
+    population of candidates costs its factors, not a dense copy of every adapted weight each."""
+
+    A: torch.Tensor  # [r, in_features]
+    B: torch.Tensor  # [out_features, r]
+    transposed: bool = False
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        out_f, in_f = int(self.B.shape[0]), int(self.A.shape[1])
+        return (in_f, out_f) if self.transposed else (out_f, in_f)
+
+    def dense(self) -> torch.Tensor:
+        d = self.B @ self.A
+        return d.T if self.transposed else d
+
+
 Candidate = Union[Mapping[str, torch.Tensor], Mapping[str, LoraModule], PerTask]
 
 
 def to_deltas(
     candidate: Mapping, params: Mapping[str, torch.Tensor], where: str = "candidate"
-) -> dict[str, torch.Tensor]:
-    """Dense deltas keyed by base parameter name, on the base's device and dtype.
+) -> dict[str, "torch.Tensor | LowRank"]:
+    """Deltas keyed by base parameter name, on the base's device and dtype: tensors, and
+    :class:`LowRank` factors for LoRA modules (see :mod:`evomerge.evaluation.forward`).
 
     Accepts a task vector TensorDict, a LoRA ``dict[str, LoraModule]`` or an "ab"-space
     TensorDict (``name::A`` / ``name::B``). Raises :class:`ExpertLoadError` naming the first
@@ -45,7 +68,9 @@ def to_deltas(
             )
         ref = params[key]
         if isinstance(value, LoraModule):
-            delta = value.delta(torch.float32)
+            delta = LowRank(value.A.detach().to(device=ref.device, dtype=ref.dtype),
+                            (value.B.detach().to(torch.float32) * value.scale).to(device=ref.device, dtype=ref.dtype),
+                            value.fan_in_fan_out)
         elif isinstance(value, torch.Tensor):
             delta = value
         else:
@@ -54,6 +79,11 @@ def to_deltas(
             raise ExpertLoadError(
                 f"{where}: `{key}` has shape {tuple(delta.shape)} but the base parameter has {tuple(ref.shape)}"
             )
+        if isinstance(delta, LowRank):
+            if not (torch.isfinite(delta.A).all() and torch.isfinite(delta.B).all()):
+                raise ExpertLoadError(f"{where}: `{key}` contains NaN or infinite values")
+            out[key] = delta
+            continue
         if not torch.isfinite(delta).all():
             raise ExpertLoadError(f"{where}: `{key}` contains NaN or infinite values")
         out[key] = delta.detach().to(device=ref.device, dtype=ref.dtype)

@@ -11,6 +11,12 @@ candidate group (:func:`applied`) and reused for every batch:
   pass scores C candidates, which amortises the per-layer overhead of a small model.
 * ``functional``: otherwise (embeddings, norms in a full task vector), one
   ``torch.func.functional_call`` per candidate with the patched parameters.
+
+A LoRA candidate's delta arrives as :class:`~evomerge.evaluation.candidates.LowRank` factors:
+on a linear layer it adds ``(x @ A.T) @ B.T`` to the layer's own output (stacked: one shared
+matmul with the base weight for all candidates' rows plus one small ``bmm`` pair), so memory
+grows with the factors, not with population x adapted weights. Only the functional path (and
+a layer where LoRA and dense deltas mix) makes it dense.
 """
 
 from __future__ import annotations
@@ -20,6 +26,12 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
+
+from evomerge.evaluation.candidates import LowRank
+
+
+def _dense(d):
+    return d.dense() if isinstance(d, LowRank) else d
 
 
 def linear_weights(model: nn.Module) -> dict[str, nn.Module]:
@@ -46,6 +58,32 @@ def _stacked_forward(mod: nn.Module, weight: torch.Tensor, n: int, transposed: b
     return forward
 
 
+def _stacked_lowrank_forward(mod: nn.Module, factors: Sequence[LowRank | None], n: int):
+    """A forward for ``mod`` over ``n`` candidate blocks: the layer's own weight for every row,
+    plus candidate ``c``'s ``(x @ A.T) @ B.T`` on its block (zero factors where it has none)."""
+    own = type(mod).forward.__get__(mod)
+    ref = next(f for f in factors if f is not None)
+    r = max(int(f.A.shape[0]) for f in factors if f is not None)
+    a = ref.A.new_zeros(n, ref.A.shape[1], r)
+    b = ref.B.new_zeros(n, r, ref.B.shape[0])
+    for c, f in enumerate(factors):
+        if f is not None:
+            a[c, :, : f.A.shape[0]] = f.A.T
+            b[c, : f.A.shape[0]] = f.B.T
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        y = own(x)
+        low = torch.bmm(torch.bmm(x.reshape(n, -1, x.shape[-1]), a), b)
+        return y + low.reshape(y.shape)
+
+    return forward
+
+
+def _lowrank_forward(mod: nn.Module, f: LowRank):
+    own, at, bt = type(mod).forward.__get__(mod), f.A.T, f.B.T
+    return lambda x: own(x) + (x @ at) @ bt
+
+
 @contextlib.contextmanager
 def stacked_weights(
     model: nn.Module, linears: Mapping[str, nn.Module], deltas: Sequence[Mapping[str, torch.Tensor]]
@@ -58,8 +96,12 @@ def stacked_weights(
         for key in keys:
             mod = linears[key]
             base = mod.weight
-            w = torch.stack([base + d[key] if key in d else base for d in deltas])
-            mod.forward = _stacked_forward(mod, w, n, transposed=type(mod).__name__ == "Conv1D")
+            got = [d.get(key) for d in deltas]
+            if all(v is None or isinstance(v, LowRank) for v in got):
+                mod.forward = _stacked_lowrank_forward(mod, got, n)
+            else:
+                w = torch.stack([base + _dense(v) if v is not None else base for v in got])
+                mod.forward = _stacked_forward(mod, w, n, transposed=type(mod).__name__ == "Conv1D")
             patched.append(mod)
         yield n
     finally:
@@ -72,7 +114,7 @@ def can_stack(deltas: Sequence[Mapping[str, torch.Tensor]], linears: Mapping[str
 
 
 def patched_params(params: Mapping[str, torch.Tensor], delta: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: params[k] + v for k, v in delta.items()}
+    return {k: params[k] + _dense(v) for k, v in delta.items()}
 
 
 def _single_forward(mod: nn.Module, weight: torch.Tensor, transposed: bool):
@@ -116,7 +158,10 @@ def applied(
         try:
             for key, d in deltas[0].items():
                 mod = linears[key]
-                mod.forward = _single_forward(mod, mod.weight + d, transposed=type(mod).__name__ == "Conv1D")
+                if isinstance(d, LowRank):
+                    mod.forward = _lowrank_forward(mod, d)
+                else:
+                    mod.forward = _single_forward(mod, mod.weight + d, transposed=type(mod).__name__ == "Conv1D")
                 patched.append(mod)
 
             def forward(per_candidate=False, logits_to_keep=None, **inputs):
