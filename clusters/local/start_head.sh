@@ -41,7 +41,7 @@ while [ $# -gt 0 ]; do
     --auth) auth="$2"; shift 2 ;;
     --runs-dir) runs_dir="$2"; shift 2 ;;
     --free-ports) free_ports=1; shift ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "error: unknown option $1" >&2; exit 2 ;;
   esac
 done
