@@ -38,7 +38,11 @@ def _load_base(base_dir: Path, device: torch.device, dtype: torch.dtype | None):
         raise ExpertLoadError(f"{base_dir}: base model folder has no config.json")
     try:
         tok = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype or torch.float32, local_files_only=True)
+        # default: the checkpoint's own dtype on CUDA (a bf16 base stays bf16, as transformers 5
+        # and the peft loop load it: half the memory, tensor-core matmuls); fp32 on the CPU,
+        # where bf16 matmuls are slow on many machines (benchmarks/model_scale.py)
+        auto = "auto" if device.type == "cuda" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype or auto, local_files_only=True)
     except Exception as err:  # OSError, ValueError, safetensors' own error for a truncated file, ...
         raise ExpertLoadError(f"{base_dir}: cannot load base model/tokenizer ({' '.join(str(err).split())[:300]})") from None
     model.to(device).eval().requires_grad_(False)
