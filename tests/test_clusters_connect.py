@@ -90,6 +90,17 @@ def test_ray_address_from_the_environment_is_probed_too(monkeypatch) -> None:
     check_one_line(err.value, addr)
 
 
+def test_job_api_address_in_the_environment_is_not_a_ray_address(monkeypatch) -> None:
+    """`export RAY_ADDRESS=http://HEAD:8265` is how Ray's job CLI is pointed at a head."""
+    from evomerge.distributed.cluster import target_address
+
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    assert target_address(ray_cfg(None)) is None
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert target_address(ray_cfg(None)) == "10.0.0.5:6379"
+    assert target_address(ray_cfg("auto")) == "auto"
+
+
 def test_http_address_is_refused_with_the_reason() -> None:
     with pytest.raises(ConfigError, match="job API"):
         connect(ray_cfg("http://127.0.0.1:8265"))

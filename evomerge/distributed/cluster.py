@@ -87,7 +87,7 @@ def connect(cfg: RayConfig, *, log_to_driver: bool = False) -> bool:
 
     if ray.is_initialized():
         return False
-    address = cfg.address or os.environ.get("RAY_ADDRESS") or None
+    address = target_address(cfg)
     if address:
         probe_address(address, cfg.connect_timeout_s)
         try:
@@ -98,6 +98,13 @@ def connect(cfg: RayConfig, *, log_to_driver: bool = False) -> bool:
         # "local": a new Ray of our own, even if a `ray start` cluster runs on this machine
         ray.init(address="local", include_dashboard=False, log_to_driver=log_to_driver)
     return True
+
+
+def target_address(cfg: RayConfig) -> str | None:
+    """``cfg.address``, else ``$RAY_ADDRESS`` unless that names the job API (``http://...``, as
+    exported for ``ray job submit``), else None (start a local Ray)."""
+    env = os.environ.get("RAY_ADDRESS", "")
+    return cfg.address or (env if env and not env.startswith(("http://", "https://")) else None)
 
 
 def disconnect(started_ray: bool) -> None:
