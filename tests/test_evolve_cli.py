@@ -15,7 +15,7 @@ from evomerge.cli import main
 
 def write_cfg(path, **sections):
     data = {"evaluation": {"max_samples": 20, "tasks": ["rev_digits", "sort_digits"]},
-            "genome": {"population": 3, "generations": 1, "cross_rate": 1.0, "ind_mut_rate": 0.5}}
+            "genome": {"population": 3, "generations": 1, "cross_rate": 1.0, "ind_mut_rate": 0.5, "space": "ab"}}
     data.update(sections)
     path.write_text(yaml.safe_dump(data))
     return path

@@ -22,8 +22,8 @@ def test_search_on_gpu_actors_matches_cpu_scores(small_zoo, tmp_path, algo):
     names = list(small_zoo.tasks[:3])
     cfg = config_from_dict({
         "seed": 1, "evaluation": {"max_samples": N},
-        "genome": {"population": 4, "generations": 2, "crossover": "blx"},
-        "swarm": {"max_iter": 2, "patience": 2},
+        "genome": {"population": 4, "generations": 2, "crossover": "blx", "space": "ab", "init_sums": []},
+        "swarm": {"max_iter": 2, "patience": 2, "space": "ab", "init_sums": []},
         "ray": {"num_actors": 2, "gpus_per_actor": 0.5},
     })
     ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)

@@ -19,12 +19,12 @@ from evomerge.search.selection import n_elites, roulette_pair, roulette_weights,
 from _search_helpers import DIM, flat, make_problem, run, unflat
 
 
-CFG = GenomeConfig(population=8, generations=15, cross_rate=0.8, ind_mut_rate=0.3, gene_mut_rate=0.3, sigma=0.05,
+CFG = GenomeConfig(init_sums=[], population=8, generations=15, cross_rate=0.8, ind_mut_rate=0.3, gene_mut_rate=0.3, sigma=0.05,
                    early_stop_iter=15)
 
 
 def test_init_pairs_are_distinct_shuffled_and_weights_normalised():
-    s = Genome(GenomeConfig(population=10), 6, seed=3)
+    s = Genome(GenomeConfig(init_sums=[], population=10), 6, seed=3)
     batch = s.ask()
     assert len(batch) == 10 and all(r.op == "init_pair" for r in batch)
     pairs = [tuple(sorted(r.parents)) for r in batch]
@@ -32,16 +32,16 @@ def test_init_pairs_are_distinct_shuffled_and_weights_normalised():
     assert set(pairs) <= {(expert_id(a), expert_id(b)) for a, b in combinations(range(6), 2)}
     for r in batch:
         assert sum(r.weights) == pytest.approx(1.0) and min(r.weights) > 0
-    assert pairs != [tuple(sorted(r.parents)) for r in Genome(GenomeConfig(population=10), 6, seed=4).ask()]
+    assert pairs != [tuple(sorted(r.parents)) for r in Genome(GenomeConfig(init_sums=[], population=10), 6, seed=4).ask()]
     assert s.ask() == batch  # idempotent until tell
     # coverage_reuse (default): more individuals than pairs reuse pairs with fresh weights
-    few = Genome(GenomeConfig(population=5), 3, seed=0).ask()
+    few = Genome(GenomeConfig(init_sums=[], population=5), 3, seed=0).ask()
     assert len(few) == 5 and len({r.parents for r in few}) == 3 and len({r.weights for r in few}) == 5
 
 
 @pytest.mark.parametrize("mode", ["coverage", "coverage_reuse"])
 def test_init_pairs_cover_every_expert(mode):
-    cfg = GenomeConfig(preset="paper") if mode == "coverage" else GenomeConfig(population=10)
+    cfg = GenomeConfig(preset="paper") if mode == "coverage" else GenomeConfig(init_sums=[], population=10)
     for n in range(2, 13):
         pairs_total = n * (n - 1) // 2
         for seed in range(30):
@@ -54,20 +54,22 @@ def test_init_pairs_cover_every_expert(mode):
 def test_paper_preset_clips_population_to_the_pairs_and_explicit_population_is_refused():
     paper = GenomeConfig(preset="paper")
     assert (paper.population, paper.generations, paper.crossover, paper.init_merge, paper.density,
-            paper.early_stop, paper.init_pairs) == (10, 10, "dare_ties", "dare_ties", 0.7, False, "coverage")
+            paper.early_stop, paper.init_pairs, paper.init_sums, paper.space) == (
+        10, 10, "dare_ties", "dare_ties", 0.7, False, "coverage", [], "ab")
+    assert GenomeConfig().init_sums and GenomeConfig().space == "delta"  # evomerge's own defaults differ
     for n, size in [(2, 1), (3, 3), (4, 6), (5, 10), (6, 10), (12, 10)]:
         batch = Genome(paper, n, seed=1).ask()
         assert len(batch) == size and len({r.parents for r in batch}) == size
         assert {e for r in batch for e in r.parents} == {expert_id(i) for i in range(n)}
         assert all(r.params["method"] == "dare_ties" and r.params["merge_params"]["density"] == 0.7 for r in batch)
     with pytest.raises(ConfigError, match="genome.population"):
-        Genome(GenomeConfig(population=7, init_pairs="coverage"), 4, seed=0)
+        Genome(GenomeConfig(init_sums=[], population=7, init_pairs="coverage"), 4, seed=0)
     with pytest.raises(ConfigError, match="genome.cross_rate"):
         GenomeConfig(preset="paper", cross_rate=0.8)
     with pytest.raises(ConfigError, match="genome.crossover"):
-        GenomeConfig(crossover="no_such_method")
+        GenomeConfig(init_sums=[], crossover="no_such_method")
     with pytest.raises(ConfigError, match="genome.init_merge"):
-        GenomeConfig(init_merge="no_such_method")
+        GenomeConfig(init_sums=[], init_merge="no_such_method")
     again = GenomeConfig.model_validate(paper.model_dump(mode="json"))  # a dump of a preset reloads
     assert again == paper
 
@@ -210,25 +212,25 @@ def test_crossover_weights_are_normalised_parent_fitness():
 
 def test_early_stop_when_best_does_not_improve():
     store, _ = make_problem()
-    s = Genome(GenomeConfig(population=4, generations=50, early_stop_iter=3, cross_rate=1.0), 6, seed=0)
+    s = Genome(GenomeConfig(init_sums=[], population=4, generations=50, early_stop_iter=3, cross_rate=1.0), 6, seed=0)
     run(s, store, lambda td: 1.0)  # nothing ever improves on the initial best
     # the original stops once the stale count exceeds early_stop_iter (`>`): 4 stale generations
     assert s.done and s.generation == 5 and s.stale_generations == 4
-    off = Genome(GenomeConfig(population=4, generations=7, early_stop=False, cross_rate=1.0), 6, seed=0)
+    off = Genome(GenomeConfig(init_sums=[], population=4, generations=7, early_stop=False, cross_rate=1.0), 6, seed=0)
     run(off, store, lambda td: 1.0)
     assert off.done and off.generation == 8 and off.stale_generations == 7
 
 
 def test_generations_limit_and_empty_generations():
     store, fit = make_problem()
-    s = Genome(GenomeConfig(population=4, generations=3, cross_rate=0.0, ind_mut_rate=0.0, early_stop_iter=9), 6, seed=0)
+    s = Genome(GenomeConfig(init_sums=[], population=4, generations=3, cross_rate=0.0, ind_mut_rate=0.0, early_stop_iter=9), 6, seed=0)
     run(s, store, fit)  # no children at all: ask() skips empty generations and ends
     assert s.done and s.ask() == [] and len(s.history) == 4
 
 
 def test_genome_plus_personal_best_not_aliased():
     store, fit = make_problem()
-    s = Genome(GenomeConfig(population=4, succession=True, cross_rate=0.0, ind_mut_rate=0.0), 6, seed=0,
+    s = Genome(GenomeConfig(init_sums=[], population=4, succession=True, cross_rate=0.0, ind_mut_rate=0.0), 6, seed=0,
                swarm=SwarmConfig(init_velocity="random"))
     store = dict(store)
     init = s.ask()
@@ -278,7 +280,7 @@ def test_immigrate_and_errors():
     with pytest.raises(ValueError, match="already"):
         s.immigrate({"other/g3.1": 5.0})
     with pytest.raises(ConfigError, match="max_population"):
-        Genome(GenomeConfig(population=6, max_population=4), 6, seed=0)
+        Genome(GenomeConfig(init_sums=[], population=6, max_population=4), 6, seed=0)
     with pytest.raises(ConfigError, match="2 experts"):
         Genome(CFG, 1, seed=0)
 
@@ -327,7 +329,7 @@ def test_make_search_from_top_level_config():
 
 def test_genome_plus_moves_toward_all_time_best_and_away_from_all_time_worst():
     store, _ = make_problem()
-    s = Genome(GenomeConfig(population=6, generations=6, succession=True, cross_rate=0.8, ind_mut_rate=0.5,
+    s = Genome(GenomeConfig(init_sums=[], population=6, generations=6, succession=True, cross_rate=0.8, ind_mut_rate=0.5,
                             early_stop=False), 6, seed=3)
     rng = np.random.default_rng(0)
     store, seen = dict(store), 0

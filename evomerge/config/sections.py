@@ -107,6 +107,8 @@ SPACE_HELP = ("LoRA pools: 'ab' searches over the A and B factors (what GENOME a
 
 
 SearchName = Literal["genome", "swarm"]  # the one list of search algorithms (evomerge.search.SEARCHES)
+# evomerge's own default: start searches also from task-arithmetic points (docs/search.md)
+DEFAULT_INIT_SUMS = (0.3, 0.6, 1.0, 1.5)
 
 
 def check_search_operator(section: str, key: str, name: str) -> None:
@@ -140,14 +142,15 @@ class GenomeConfig(Section):
     init_merge: str | None = Field(default=None, description="operator of the initial pairs (default: the crossover's; linear for blx)")
     crossover: str = Field(default="linear", description="linear, blx, or a merge-registry method (ties, dare_ties, ...)")
     init_sums: list[float] = Field(
-        default_factory=list, description="extra initial individuals lambda * (sum of the experts), one per lambda")
+        default_factory=lambda: list(DEFAULT_INIT_SUMS),
+        description="extra initial individuals lambda * (sum of the experts), one per lambda")
     blx_alpha: float = Field(default=1.2, ge=0.0)
     density: float = Field(default=0.7, gt=0.0, le=1.0)
     early_stop: bool = True
     early_stop_iter: int = Field(default=5, ge=1, description="stop after more than this many generations without a new best")
     succession: bool = False
     ensemble_k: int = Field(default=3, ge=1)
-    space: SearchSpaceName = Field(default="ab", description=SPACE_HELP)
+    space: SearchSpaceName = Field(default="delta", description=SPACE_HELP)
 
     @model_validator(mode="before")
     @classmethod
@@ -190,8 +193,9 @@ class SwarmConfig(Section):
     restart_patience: float = Field(default=0.5, gt=0.0)
     init_velocity: Literal["random", "zero", "best"] = "random"
     init_sums: list[float] = Field(
-        default_factory=list, description="extra initial particles lambda * (sum of the experts), one per lambda")
-    space: SearchSpaceName = Field(default="ab", description=SPACE_HELP)
+        default_factory=lambda: list(DEFAULT_INIT_SUMS),
+        description="extra initial particles lambda * (sum of the experts), one per lambda")
+    space: SearchSpaceName = Field(default="delta", description=SPACE_HELP)
 
     @model_validator(mode="before")
     @classmethod

@@ -18,9 +18,8 @@ from evomerge.config.sections import GenomeConfig, SwarmConfig
 from evomerge.errors import ConfigError
 from evomerge.search.base import AskTell
 from evomerge.search.operators import merge_spec
-from evomerge.search.pso import Particle, VelocityState, move_recipe, pso_coefficients, velocity_ref
+from evomerge.search.pso import Particle, VelocityState, move_recipe, pso_coefficients, sum_recipes, velocity_ref
 from evomerge.search.recipe import STREAM_DECIDE, Op, Phase, Recipe, derive_rng, expert_id, history_row, velocity_key
-from evomerge.search.pso import sum_recipes
 from evomerge.search.selection import n_elites, roulette_pair, roulette_weights, select
 
 _INIT, _MOVE, _BREED, _SELECT = 0, 1, 2, 3  # decision streams

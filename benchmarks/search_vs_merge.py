@@ -1,0 +1,249 @@
+"""GENOME and Model Swarms against the best single expert and the registry merges.
+
+    nice -n 10 python benchmarks/search_vs_merge.py                 # k = 2,4,...,12, seeds 0 1 2
+    python benchmarks/search_vs_merge.py --k 2 4 --seeds 0 --json   # a slice, as JSON records
+
+On the shipped default zoo (``evomerge zoo path``; else the built default profile), for each k
+and seed: k experts drawn by the seed, and two targets, the union of the k experts' tasks and
+all tasks. Per target, every method is scored on validation and test:
+
+* ``best_expert``: the single expert best on the target's validation;
+* ``ta_1``: task arithmetic, lambda = 1; ``ta_best``: the lambda of a grid best on validation;
+* ``ties`` / ``dare_ties``: the registry's defaults (lambda 1);
+* ``genome`` / ``swarm``: a search at evomerge's defaults (the scale run's search settings and
+  evaluation budget, ``evomerge.scale.defaults``), its best individual by validation;
+* ``genome_paper`` / ``swarm_paper``: the same with ``preset: paper``.
+
+The searches run in this process, one evaluator per target (what one population actor does in
+``evomerge evolve``); ``evals`` is the number of candidates a search scored and ``seconds`` its
+wall time (one torch thread). The table prints mean and sd over seeds; ``--json`` prints the
+records ``{k, method, target, split, mean, sd}`` (plus ``evals`` and ``seconds`` for searches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+LAMBDAS = (0.3, 0.5, 0.7, 1.0, 1.3, 1.6, 2.0)
+SEARCH_METHODS = ("genome", "swarm", "genome_paper", "swarm_paper")
+REGISTRY = ("ties", "dare_ties")
+
+
+def open_zoo(profile: str, folder: Path | None = None):
+    """``folder``, else the shipped default zoo when present (``evomerge zoo path``), else the built profile."""
+    from evomerge.zoo.zoo import Zoo, ensure_zoo
+
+    if folder is not None:
+        return Zoo.open(folder), f"{folder}"
+    shipped = Path(__file__).resolve().parents[1] / "evomerge" / "zoo" / "shipped" / profile
+    if (shipped / "zoo.json").is_file():
+        return Zoo.open(shipped), f"shipped {profile} ({shipped})"
+    return ensure_zoo(profile), f"built {profile} profile"
+
+
+class Bench:
+    """The pool, one evaluator per task tuple, and the configs of the compared methods."""
+
+    def __init__(self, zoo, base_cfg: dict[str, Any]) -> None:
+        from evomerge.experts.pool import load_pool
+
+        self.zoo = zoo
+        self.pool = load_pool([zoo.expert_dirs[t] for t in zoo.tasks], base=zoo.base_dir, names=zoo.tasks)
+        self.tasks = list(zoo.tasks)
+        self.base_cfg = base_cfg
+        self._evaluators: dict[tuple[str, ...], Any] = {}
+        self._tv = [self.pool.task_vector(i) for i in range(len(self.tasks))]
+        self.variants: dict[str, dict[str, Any]] = {}
+
+    def evaluator(self, tasks: tuple[str, ...]):
+        if tasks not in self._evaluators:
+            from evomerge.evaluation.evaluator import Evaluator
+
+            ev = self.base_cfg["evaluation"]
+            self._evaluators[tasks] = Evaluator.from_zoo(self.zoo, tasks=list(tasks), metric=ev["metric"],
+                                                         max_samples=ev["max_samples"], batch_size=ev["batch_size"])
+        return self._evaluators[tasks]
+
+    def score(self, tasks, candidates, split) -> list[float]:
+        return [r.fitness for r in self.evaluator(tasks).evaluate_many(candidates, split)]
+
+    # ---------------------------------------------------------------- registry merges
+    def merges(self, idx: list[int], tasks: tuple[str, ...], seed: int) -> dict[str, dict[str, float]]:
+        from evomerge.merging.apply import merge_tensordicts
+
+        tvs = [self._tv[i] for i in idx]
+        out: dict[str, dict[str, float]] = {}
+        experts = [{k: v.clone() for k, v in tv.items()} for tv in tvs]
+        val = self.score(tasks, experts, "validation")
+        b = int(np.argmax(val))
+        out["best_expert"] = {"validation": val[b], "test": self.score(tasks, [experts[b]], "test")[0]}
+        total = {k: sum(tv[k] for tv in tvs) for k in tvs[0]}
+        grid = [{k: lam * v for k, v in total.items()} for lam in LAMBDAS]
+        gval = self.score(tasks, grid, "validation")
+        one = LAMBDAS.index(1.0)
+        out["ta_1"] = {"validation": gval[one], "test": self.score(tasks, [grid[one]], "test")[0]}
+        j = int(np.argmax(gval))
+        out["ta_best"] = {"validation": gval[j], "test": self.score(tasks, [grid[j]], "test")[0],
+                          "lambda": LAMBDAS[j]}
+        for m in REGISTRY:
+            merged = merge_tensordicts(m, tvs, seed=seed)
+            out[m] = {"validation": self.score(tasks, [merged], "validation")[0],
+                      "test": self.score(tasks, [merged], "test")[0]}
+        return out
+
+    # ---------------------------------------------------------------- searches
+    def search(self, method: str, idx: list[int], tasks: tuple[str, ...], seed: int) -> dict[str, float]:
+        from evomerge.config import config_from_dict
+        from evomerge.experts.types import ab_to_lora, lora_to_ab
+        from evomerge.search import expert_id, make_search, materialize
+
+        kind, paper = method.split("_")[0], method.endswith("_paper")
+        data = {kind: {"preset": "paper"}} if paper else {kind: dict(self.base_cfg.get(kind, {}))}
+        if method in self.variants:  # --variant NAME=JSON: the defaults with these keys changed
+            data = {kind: {**self.base_cfg.get(kind, {}), **self.variants[method]}}
+        cfg = config_from_dict({**data, "seed": seed}, method)
+        space = getattr(cfg, kind).space
+        fan: dict[str, bool] = {}
+        store = {}
+        for j, i in enumerate(idx):
+            if space == "delta":
+                store[expert_id(j)] = self._tv[i]
+            else:
+                mods = self.pool.lora(i)
+                fan.update({k: m.fan_in_fan_out for k, m in mods.items()})
+                store[expert_id(j)] = lora_to_ab(mods)
+
+        def cand(td):
+            return ab_to_lora(td, fan) if space == "ab" else td
+
+        s = make_search(kind, cfg, len(idx), seed)
+        evals, t0 = 0, time.perf_counter()
+        experts = set(store)
+        while not s.done:
+            recipes = s.ask()
+            for r in recipes:
+                store.update(materialize(r, store))
+            fits = self.score(tasks, [cand(store[r.id]) for r in recipes], "validation")
+            evals += len(recipes)
+            s.tell({r.id: f for r, f in zip(recipes, fits)})
+            keep = s.referenced_ids() | experts
+            store = {k: v for k, v in store.items() if k in keep}
+        seconds = time.perf_counter() - t0
+        test = self.score(tasks, [cand(store[s.best_id])], "test")[0]
+        return {"validation": float(s.best_fitness), "test": test, "evals": evals, "seconds": seconds}
+
+
+def default_search_config() -> dict[str, Any]:
+    """The scale run's search and evaluation settings (what ``evomerge scale`` runs by default)."""
+    from evomerge.config import config_from_dict
+    from evomerge.scale.defaults import DEFAULT_SCALE_CONFIG
+
+    cfg = config_from_dict(DEFAULT_SCALE_CONFIG, "scale defaults")
+    return {"evaluation": cfg.evaluation.model_dump(mode="json"), "genome": dict(DEFAULT_SCALE_CONFIG.get("genome", {})),
+            "swarm": dict(DEFAULT_SCALE_CONFIG.get("swarm", {}))}
+
+
+def run(args) -> tuple[list[dict[str, Any]], str]:
+    torch.set_num_threads(1)
+    zoo, where = open_zoo(args.zoo, args.zoo_dir)
+    base = default_search_config()
+    bench = Bench(zoo, base)
+    for v in args.variant:
+        name, _, js = v.partition("=")
+        if name.split("_")[0] not in ("genome", "swarm"):
+            raise SystemExit(f"--variant {v}: the name must start with genome_ or swarm_")
+        bench.variants[name] = json.loads(js)
+    methods = list(args.methods) + list(bench.variants)
+    n = len(bench.tasks)
+    rows: list[dict[str, Any]] = []
+    for k in args.k:
+        if not 2 <= k <= n:
+            raise SystemExit(f"--k: {k} is outside 2..{n} (the zoo has {n} experts)")
+        for seed in args.seeds:
+            idx = sorted(int(i) for i in np.random.default_rng(seed).choice(n, size=k, replace=False))
+            targets = {"union": tuple(bench.tasks[i] for i in idx), "all": tuple(bench.tasks)}
+            for target, tasks in targets.items():
+                if target == "all" and args.union_only:
+                    continue
+                res = bench.merges(idx, tasks, seed)
+                for m in methods:
+                    res[m] = bench.search(m, idx, tasks, seed)
+                for m, r in res.items():
+                    rows.append({"k": k, "seed": seed, "method": m, "target": target, **r})
+                if args.progress:
+                    print(f"k={k} seed={seed} {target}: " + ", ".join(
+                        f"{m} {r['test']:.4f}" for m, r in res.items()), file=sys.stderr, flush=True)
+    return rows, where
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["k"], r["method"], r["target"]), []).append(r)
+    out = []
+    for (k, method, target), rs in groups.items():
+        for split in ("validation", "test"):
+            vals = [r[split] for r in rs]
+            rec = {"k": k, "method": method, "target": target, "split": split, "mean": statistics.fmean(vals),
+                   "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
+            if "evals" in rs[0]:
+                rec["evals"] = statistics.fmean(r["evals"] for r in rs)
+                rec["seconds"] = statistics.fmean(r["seconds"] for r in rs)
+            out.append(rec)
+    return out
+
+
+def table(summary: list[dict[str, Any]]) -> str:
+    """Markdown: one row per (k, target, method), validation and test as mean ± sd."""
+    by = {(s["k"], s["target"], s["method"], s["split"]): s for s in summary}
+    keys = sorted({(s["k"], s["target"], s["method"]) for s in summary},
+                  key=lambda x: (x[0], x[1] != "union", _ORDER.index(x[2]) if x[2] in _ORDER else 99, x[2]))
+    lines = ["| k | target | method | validation | test | evals | s |", "|---|---|---|---|---|---|---|"]
+    for k, target, method in keys:
+        v, t = by[(k, target, method, "validation")], by[(k, target, method, "test")]
+        extra = f"{v['evals']:.0f} | {v['seconds']:.1f}" if "evals" in v else " | "
+        lines.append(f"| {k} | {target} | {method} | {v['mean']:.4f} ± {v['sd']:.4f} | "
+                     f"{t['mean']:.4f} ± {t['sd']:.4f} | {extra} |")
+    return "\n".join(lines)
+
+
+_ORDER = ["best_expert", "ta_1", "ta_best", "ties", "dare_ties", "genome", "swarm", "genome_paper", "swarm_paper"]
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--k", type=int, nargs="+", default=[2, 4, 6, 8, 10, 12])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--methods", nargs="+", default=list(SEARCH_METHODS), choices=SEARCH_METHODS,
+                    help="search methods to run (the single expert and registry merges always run)")
+    ap.add_argument("--zoo", default="default", help="zoo profile (the shipped one is used when present)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                    help='an extra search: genome_x={"space": "delta"} runs GENOME at the defaults with those keys')
+    ap.add_argument("--zoo-dir", type=Path, default=None, help="a zoo folder (overrides --zoo)")
+    ap.add_argument("--union-only", action="store_true", help="only the union-of-k-tasks target")
+    ap.add_argument("--json", action="store_true", help="print the records as JSON instead of the table")
+    ap.add_argument("--raw", type=Path, default=None, help="also write every per-seed row to this JSON file")
+    ap.add_argument("--progress", action="store_true")
+    args = ap.parse_args(argv)
+    rows, where = run(args)
+    if args.raw is not None:
+        args.raw.write_text(json.dumps({"zoo": where, "rows": rows}, indent=1))
+    summary = summarise(rows)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(f"zoo: {where}; seeds {args.seeds}")
+        print(table(summary))
+
+
+if __name__ == "__main__":
+    main()
