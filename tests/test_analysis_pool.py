@@ -156,6 +156,11 @@ def test_other_inputs_and_given_delta(experts, flat, tmp_path, result):
     r3 = analyze_pool(flat.float(), tmp_path / "mat", progress=False)
     assert r3.summary["rho"] == pytest.approx(result.summary["rho"], abs=1e-6)
     assert r3.summary["mean_principal_angle"] is None
+    # relative Delta: a fraction of the first drop sigma2 (1 - rho) / 2
+    r4 = analyze_pool(flat.float(), tmp_path / "rel", delta="relative", delta_fraction=0.25, progress=False)
+    s4 = r4.summary
+    assert s4["delta"] == pytest.approx(0.25 * s4["sigma2"] * (1 - s4["rho"]) / 2)
+    assert s4["n_max"] == n_max(s4["sigma2"], s4["rho"], s4["delta"]) == 3  # 1/(n(n-1)) >= 0.25/2: n(n-1) <= 8
 
 
 def test_refuses_existing_output_and_leaves_nothing_on_failure(experts, tmp_path, result):
@@ -170,6 +175,8 @@ def test_refuses_existing_output_and_leaves_nothing_on_failure(experts, tmp_path
         analyze_pool(torch.randn(1, 10), tmp_path / "one", progress=False)
     with pytest.raises(ConfigError, match="delta"):
         analyze_pool(FakePool(experts), tmp_path / "bad", delta="often", progress=False)
+    with pytest.raises(ConfigError, match="delta_fraction"):
+        analyze_pool(FakePool(experts), tmp_path / "bad", delta="relative", delta_fraction=1.0, progress=False)
 
 
 def test_merged_tails_with_rht(experts, tmp_path):
