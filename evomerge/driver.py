@@ -290,28 +290,6 @@ def make_context(cfg: EvomergeConfig, spec: PoolSpec, run_dir: Path) -> ScaleCon
     )
 
 
-def correlated_pairs(spec: PoolSpec) -> dict[str, Any]:
-    """The section 4.3 experiment: pairs of related experts (the zoo's related pairs) and, for
-    each, two pairs of unrelated ones (each member with the first expert of a domain unrelated
-    to both). Empty with a note when the zoo records no domains."""
-    if not spec.domains or spec.related is None:
-        return {"related": [], "unrelated": [], "note": "the pool records no domains: no correlated-pair experiment"}
-    idx = {n: i for i, n in enumerate(spec.names)}
-    rel_names = {frozenset(p) for p in spec.related}
-    related, unrelated = [], []
-    for a, b in spec.related:
-        if a not in idx or b not in idx:
-            continue
-        related.append([idx[a], idx[b]])
-        for member in (a, b):
-            other = next((n for n in spec.names if n not in (a, b) and frozenset((member, n)) not in rel_names
-                          and spec.domains.get(n) not in (spec.domains.get(a), spec.domains.get(b))
-                          and [idx[member], idx[n]] not in unrelated), None)
-            if other is not None:
-                unrelated.append([idx[member], idx[other]])
-    return {"related": related, "unrelated": unrelated}
-
-
 def expert_gains(cfg: EvomergeConfig, spec: PoolSpec, run_dir: Path, ctx: ScaleContext | None = None) -> dict[str, Any]:
     """Each expert alone and the base on validation (measured once per run, ``expert_gains.json``)."""
     from evomerge.scale.gains import load_or_measure
@@ -346,7 +324,9 @@ def make_plan(cfg: EvomergeConfig, spec: PoolSpec, run_dir: Path | None = None, 
     orders = {seed: order_experts(n, s.order, seed=seed, corr=corr, gains=gains) for seed in s.seeds}
     rule = stop_rule(variances, corr, orders[s.seeds[0]], s, sigma2=sigma2, rho=rho)
     random_methods = frozenset(m for m in s.methods if get_merge_method(m).random)
-    pairs = correlated_pairs(spec) if s.pairs else {"related": [], "unrelated": [], "note": "scale.pairs is off"}
+    from evomerge.scale.pairs import correlated_pairs
+
+    pairs = correlated_pairs(spec.names, spec.domains, spec.related) if s.pairs else {"related": [], "unrelated": [], "note": "scale.pairs is off"}
     cells = build_cells(s, orders, rule.k_end, random_methods=random_methods, order_random=s.order == "random",
                         search_k=rule.search_k, pairs=[tuple(p) for p in pairs["related"] + pairs["unrelated"]])
     eval_tasks = list(cfg.evaluation.tasks or (spec.names if spec.zoo_root is not None else cfg.evaluation.task_files))

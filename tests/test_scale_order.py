@@ -175,3 +175,34 @@ def test_scale_config_rejects_bad_values():
         ScaleConfig(methods=["task_arithmetic"], method_params={"ties": {}})
     with pytest.raises(ConfigError, match="k_max"):
         ScaleConfig(methods=["ties"], k_min=3, k_max=2)
+
+
+def test_correlated_pairs_from_domains_and_graceful_without():
+    from evomerge.scale.pairs import correlated_pairs
+
+    names = ["a1", "a2", "b1", "c1", "b2"]
+    domains = {"a1": "A", "a2": "A", "b1": "B", "c1": "C", "b2": "B"}
+    p = correlated_pairs(names, domains, [("a1", "a2"), ("b1", "b2")])
+    assert p["related"] == [[0, 1], [2, 4]]
+    # each member with the first expert of another domain not already paired with it
+    assert p["unrelated"] == [[0, 2], [1, 2], [2, 0], [4, 0]]
+    none = correlated_pairs(names, None, None)
+    assert none["related"] == [] and "no domains" in none["note"]
+
+
+def test_fisher_regmean_need_a_train_split_per_expert(tmp_path):
+    from evomerge.scale.statistics import needed, train_files
+
+    assert needed(["ties", "fisher", "regmean"]) == ["fisher", "gram"] and needed(["ties"]) == []
+    for task in ("t1", "t2"):
+        (tmp_path / "tasks" / task).mkdir(parents=True)
+    (tmp_path / "tasks" / "t1" / "train.parquet").write_bytes(b"")
+    assert train_files(["e1"], ["t1"], tmp_path, None) == [tmp_path / "tasks" / "t1" / "train.parquet"]
+    with pytest.raises(ConfigError, match="expert `e2`"):
+        train_files(["e1", "e2"], ["t1", "t2"], tmp_path, None)
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match="expert `x`"):
+        train_files(["x"], ["mine"], None, {"mine": str(folder)})
+    (folder / "train.jsonl").write_text("")
+    assert train_files(["x"], ["mine"], None, {"mine": str(folder)}) == [folder / "train.jsonl"]

@@ -1,0 +1,28 @@
+"""The correlated-pair experiment of the paper's section 4.3: which expert pairs to merge alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def correlated_pairs(names: list[str], domains: dict[str, str] | None,
+                     related_pairs: list[tuple[str, str]] | None) -> dict[str, Any]:
+    """The section 4.3 experiment: pairs of related experts (the zoo's related pairs) and, for
+    each, two pairs of unrelated ones (each member with the first expert of a domain unrelated
+    to both). Empty with a note when the zoo records no domains."""
+    if not domains or related_pairs is None:
+        return {"related": [], "unrelated": [], "note": "the pool records no domains: no correlated-pair experiment"}
+    idx = {n: i for i, n in enumerate(names)}
+    rel_names = {frozenset(p) for p in related_pairs}
+    related, unrelated = [], []
+    for a, b in related_pairs:
+        if a not in idx or b not in idx:
+            continue
+        related.append([idx[a], idx[b]])
+        for member in (a, b):
+            other = next((n for n in names if n not in (a, b) and frozenset((member, n)) not in rel_names
+                          and domains.get(n) not in (domains.get(a), domains.get(b))
+                          and [idx[member], idx[n]] not in unrelated), None)
+            if other is not None:
+                unrelated.append([idx[member], idx[other]])
+    return {"related": related, "unrelated": unrelated}
