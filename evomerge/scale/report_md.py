@@ -41,7 +41,10 @@ def markdown(plan, cfg, s, pk_all, pk_union, figures, run_dir) -> str:
     sc = cfg.scale
     L: list[str] = ["# Scale report", ""]
     L += [f"Run `{run_dir}`: {s['n_experts']} {plan.get('kind', '')} experts ({', '.join(plan['experts'])}); "
-          f"{s['cells_done']} of {s['cells_planned']} planned cells done; wall time {s['wall_seconds'] / 60:.1f} min"
+          f"{s['cells_done']} of {s['cells_planned']} planned cells done"
+          + (f" ({len(s['search_stop']['skipped'])} search cells skipped by the stop rule)"
+             if (s.get("search_stop") or {}).get("skipped") else "")
+          + f"; wall time {s['wall_seconds'] / 60:.1f} min"
           + (f", CPU time {s['cpu_seconds'] / 60:.1f} min." if s.get("cpu_seconds") else "."), ""]
     orders = plan["orders"]
     first = next(iter(orders.values())) if orders else []
