@@ -165,20 +165,22 @@ def evolve_phase(algo: str, args, ws: dict, root: Path, idle_rss: int) -> dict[s
 
 
 def _cfg_dict(args, ws: dict) -> dict[str, Any]:
+    space = {"space": args.space}
     return {
         "seed": args.seed,
         "experts": {"base": str(ws["base"]), "experts": [{"path": str(p), "name": p.name} for p in ws["experts"]]},
         "evaluation": {"task_files": {t: str(d) for t, d in ws["tasks"].items()}, "max_samples": args.samples,
                        "batch_size": args.batch_size},
         "genome": {"population": args.population, "generations": 1, "cross_rate": 0.5, "ind_mut_rate": 0.5,
-                   "ensemble_k": 2},
-        "swarm": {"max_iter": 1, "max_particles": max(args.population, args.experts)},
+                   "ensemble_k": 2, **space},
+        "swarm": {"max_iter": 1, "max_particles": max(args.population, args.experts), **space},
         "ray": {"num_actors": args.actors, "cpus_per_actor": args.threads, "gpus_per_actor": args.gpus_per_actor},
     }
 
 
 def memory_bound(args, ws: dict) -> int:
-    """The issue's bound: base + N experts + population (A/B dicts as the actors hold them)."""
+    """The issue's bound: base + N experts + population, all as LoRA A/B dicts in fp32 (with
+    ``space: delta`` individuals are dense task vectors, far above this by design)."""
     return ws["base_bytes_stored"] + (args.experts + args.population) * ws["expert_ab_bytes"]
 
 
@@ -306,6 +308,8 @@ def run(args) -> dict[str, Any]:
         ray.shutdown()
     info = {k: (str(v) if isinstance(v, Path) else v) for k, v in ws.items() if k not in ("experts", "tasks")}
     return {"size": args.size, "experts": args.experts, "population": args.population, "device": args.device,
+            "space": args.space,
+            "individual_bytes": ws["expert_ab_bytes"] if args.space == "ab" else 4 * ws["linear_params"],
             "dtype": args.dtype, "samples": args.samples, "tasks": args.tasks, "build_s": build_s,
             "idle_actor_rss": idle_rss, "workspace": info, "phases": phases, "naive": naive}
 
@@ -314,7 +318,8 @@ def report(res: dict[str, Any]) -> None:
     ws, mb = res["workspace"], 1 << 20
     print(f"size {res['size']}: {ws['n_params'] / 1e6:.1f}M parameters ({res['dtype']}), {ws['n_linear']} adapted "
           f"linears, {res['experts']} rank-8 experts of {ws['expert_ab_bytes'] / mb:.1f} MiB, population "
-          f"{res['population']}, device {res['device']}; built in {res['build_s']:.1f} s")
+          f"{res['population']} in space {res['space']} ({res['individual_bytes'] / mb:.1f} MiB each), device "
+          f"{res['device']}; built in {res['build_s']:.1f} s")
     print(f"{'phase':<8}{'wall s':>8}{'evals':>6}{'eval/s':>8}{'merge':>7}{'swap':>7}{'fwd':>7}{'score':>7}{'ray':>7}{'other':>7}"
           f"{'outside':>8}{'peak MiB':>9}{'bound':>7}{'ratio':>6}{'dev MiB':>8}{'store/rnd':>10}  dtype")
     for p in res["phases"]:
@@ -355,6 +360,8 @@ def main(argv=None) -> dict[str, Any]:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--rel-norm", type=float, default=0.005, help="||scale B@A||_F / ||W||_F of each expert module")
+    p.add_argument("--space", choices=["ab", "delta"], default=None,
+                   help="search space of GENOME and Model Swarms (default: the config's default)")
     p.add_argument("--naive", type=int, default=2, help="candidates of the naive loop (0: skip)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default=None, help="write the model files and runs here and keep them (default: a temporary folder)")
@@ -366,6 +373,10 @@ def main(argv=None) -> dict[str, Any]:
         args.dtype = "bfloat16" if args.size in ("1b", "1.1b", "2b") else "float32"
     if not isinstance(getattr(torch, args.dtype, None), torch.dtype):
         p.error(f"--dtype: {args.dtype!r} is not a torch dtype")
+    from evomerge.config import config_from_dict
+
+    if args.space is None:
+        args.space = config_from_dict({}).genome.space
     res = run(args)
     report(res)
     if args.json:

@@ -14,6 +14,7 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 N, POP = 3, 4
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @pytest.fixture(scope="module")
@@ -114,12 +115,16 @@ def test_memory_bound_is_the_issue_formula_on_the_written_files(run):
 @pytest.mark.slow
 def test_object_store_traffic(run):
     res, wd = run
-    expert, _ = _tensor_bytes(wd / "experts" / "expert0" / "adapter_model.safetensors")
+    if res["space"] == "ab":  # an individual is an A/B dict like an expert's adapter (fp32)
+        size, _ = _tensor_bytes(wd / "experts" / "expert0" / "adapter_model.safetensors")
+    else:  # a dense fp32 delta of every adapted weight
+        size = 4 * _tensor_bytes(wd / "base" / "model.safetensors", lambda k: k.split(".")[-2] in TARGETS)[1]
+    assert res["individual_bytes"] == size
     for algo in ("genome", "swarm"):
         rounds = _phase(res, algo)["rounds"]
         assert all(r["traffic"]["cross_actor_bytes"] == 0 for r in rounds)  # one actor: nothing crosses
-        for r in rounds:  # whole individuals (A/B dicts, or velocities of the same shape) only
-            assert r["traffic"]["driver_fetch_bytes"] % expert == 0
+        for r in rounds:  # whole individuals (or velocities of the same shape) only
+            assert r["traffic"]["driver_fetch_bytes"] % size == 0
         assert rounds[0]["traffic"]["driver_fetch_bytes"] > 0
 
 
@@ -127,8 +132,7 @@ def test_object_store_traffic(run):
 @pytest.mark.slow
 def test_merge_inputs_and_naive_scores(run):
     res, wd = run
-    targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    _, linear = _tensor_bytes(wd / "base" / "model.safetensors", lambda k: k.split(".")[-2] in targets)
+    _, linear = _tensor_bytes(wd / "base" / "model.safetensors", lambda k: k.split(".")[-2] in TARGETS)
     m = _phase(res, "merge")["detail"]
     assert m["input_bytes"] == N * linear * 4 and m["merged_bytes"] == linear * 4
     assert all(m[f"{k}_s"] > 0 and m[f"peft_{k}_s"] > 0 for k in ("task_arithmetic", "ties", "dare_ties"))
