@@ -1,13 +1,15 @@
 """The seed paper's Table 4 on evomerge's zoo: every full fine-tune expert merged at once by weight
 averaging, Fisher, RegMean, TIES, task arithmetic and EMR, each without and with RHT (one draw of
-RHT's noise per seed), scored on the zoo tasks' test (and validation) splits.
+RHT's noise per seed), scored on the zoo tasks' test (and validation) splits. ``--kind lora``
+runs the same table on the zoo's LoRA experts.
 
-    nice -n 10 python benchmarks/full_param_table.py [--zoo default|small|PATH] [--seeds 5]
+    nice -n 10 python benchmarks/full_param_table.py [--zoo default|small|PATH] [--kind full|lora] [--seeds 5]
         [--samples 200] [--stats-samples 64] [--threads 2] [--rht KEY=VALUE ...]
         [--param METHOD.KEY=VALUE ...] [--json out.json]
 
 Fisher and RegMean statistics are computed once per expert on its task's train split. EMR serves
-each task with that task's masked, rescaled vector (its per-task state), as EMR-merging does.
+each task with that task's masked, rescaled vector (its per-task state), as EMR-merging does;
+RHT transforms EMR's unified vector, before the masks and rescalers.
 RHT uses the config's constants (``evomerge.config.RHTConfig`` defaults, ``--rht`` overrides) on
 the dense merged task vector; seed r draws replicate r of the config's noise
 (``evomerge.seeding.rht_seed``). Printed: a markdown table (mean test score over tasks; with RHT
@@ -63,14 +65,17 @@ def candidates(merged, tasks: list[str], rht_cfg, seed: int | None):
     def post(td):
         return td if seed is None else apply_rht(td, rht_cfg, rht_seed(rht_cfg.seed, seed))
 
+    merged = post(merged)  # EMR: RHT on the unified vector, masks and rescalers kept (as `evomerge merge`)
     if not isinstance(next(iter(merged.values())), PerTaskMerge):
-        return post(merged)
-    return PerTask({t: post({k: v.task_delta(i) for k, v in merged.items()}) for i, t in enumerate(tasks)})
+        return merged
+    return PerTask({t: {k: v.task_delta(i) for k, v in merged.items()} for i, t in enumerate(tasks)})
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--zoo", default="default")
+    ap.add_argument("--kind", choices=("full", "lora"), default="full",
+                    help="the zoo's full fine-tunes (Table 4) or its LoRA experts (merged as dense deltas B@A)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--samples", type=int, default=200, help="test/validation examples per task")
     ap.add_argument("--stats-samples", type=int, default=64, help="train examples per expert for Fisher/RegMean")
@@ -91,7 +96,8 @@ def main() -> None:
 
     zoo = open_zoo(args.zoo)
     tasks = zoo.tasks
-    if not zoo.full_dirs:
+    dirs = zoo.full_dirs if args.kind == "full" else zoo.expert_dirs
+    if not dirs:
         raise SystemExit(f"{zoo.root}: this zoo has no full fine-tune experts")
     rht_cfg = RHTConfig(**{**_kv(args.rht, "--rht"), "enabled": True})
     params = {m: dict(p) for m, p in PARAMS.items()}
@@ -99,7 +105,7 @@ def main() -> None:
         m, _, key = k.partition(".")
         params.setdefault(m, {})[key] = v
     methods = [m for m in args.methods.split(",") if m]
-    pool = load_pool([zoo.full_dirs[t] for t in tasks], base=zoo.base_dir, names=tasks)
+    pool = load_pool([dirs[t] for t in tasks], base=zoo.base_dir, names=tasks)
     ev = Evaluator.from_zoo(zoo, max_samples=args.samples)
     needs = set().union(*(get_merge_method(m).needs for m in methods))
     stats = None
@@ -127,7 +133,7 @@ def main() -> None:
 
     print()
     print(table(rows, methods))
-    out = {"zoo": str(zoo.root), "tasks": tasks, "rht": rht_cfg.model_dump(mode="json"), "params": params,
+    out = {"zoo": str(zoo.root), "kind": args.kind, "tasks": tasks, "rht": rht_cfg.model_dump(mode="json"), "params": params,
            "samples": args.samples, "stats_samples": args.stats_samples, "stats_seconds": stats_s, "rows": rows}
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))

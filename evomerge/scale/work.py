@@ -111,12 +111,13 @@ class CellWorker:
         if not per_task:
             td = self._rht(merged, rht, seed)
             return td, td
-        unified = self._rht({k: m.merged() for k, m in merged.items()}, rht, seed)
+        merged = self._rht(merged, rht, seed)  # RHT on the unified vector, masks and rescalers kept (as merge)
+        unified = {k: m.merged() for k, m in merged.items()}
         by_task: dict[str, TensorDict] = {}
         for j, i in enumerate(subset):
             task = self.ctx.expert_tasks[i]
             if task is not None and task in self.tasks:
-                by_task[task] = self._rht({k: m.task_delta(j) for k, m in merged.items()}, rht, seed)
+                by_task[task] = {k: m.task_delta(j) for k, m in merged.items()}
         for task in self.tasks:
             by_task.setdefault(task, unified)
         return PerTask(by_task), unified
