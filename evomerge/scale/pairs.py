@@ -8,8 +8,7 @@ from typing import Any
 def correlated_pairs(names: list[str], domains: dict[str, str] | None,
                      related_pairs: list[tuple[str, str]] | None) -> dict[str, Any]:
     """The section 4.3 experiment: pairs of related experts (the zoo's related pairs) and, for
-    each, two pairs of unrelated ones (each member with the first expert of a domain unrelated
-    to both). Empty with a note when the zoo records no domains."""
+    each, one pair of unrelated ones. Empty with a note when the zoo records no domains."""
     if not domains or related_pairs is None:
         return {"related": [], "unrelated": [], "note": "the pool records no domains: no correlated-pair experiment"}
     idx = {n: i for i, n in enumerate(names)}
@@ -19,10 +18,11 @@ def correlated_pairs(names: list[str], domains: dict[str, str] | None,
         if a not in idx or b not in idx:
             continue
         related.append([idx[a], idx[b]])
-        for member in (a, b):
-            other = next((n for n in names if n not in (a, b) and frozenset((member, n)) not in rel_names
-                          and domains.get(n) not in (domains.get(a), domains.get(b))
-                          and [idx[member], idx[n]] not in unrelated), None)
-            if other is not None:
-                unrelated.append([idx[member], idx[other]])
+        # the first member with the first expert of a domain unrelated to both (not yet paired
+        # with it): one member is shared, so the comparison changes only the relatedness
+        other = next((n for n in names if n not in (a, b) and frozenset((a, n)) not in rel_names
+                      and domains.get(n) not in (domains.get(a), domains.get(b))
+                      and [idx[a], idx[n]] not in unrelated), None)
+        if other is not None:
+            unrelated.append([idx[a], idx[other]])
     return {"related": related, "unrelated": unrelated}
