@@ -1,4 +1,5 @@
-"""The built-in zoo: the small build end to end, experts vs base, caching, locking, bad folders, CLI."""
+"""The built-in zoo: the shipped zoos and their manifests, the small build end to end, experts vs
+base, "ab" fidelity, caching, locking, bad folders, CLI (build, verify, path)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from evomerge.errors import ExpertLoadError
 from evomerge.evaluation import Evaluator
 from evomerge.experts.peft_io import load_peft_adapter
 from evomerge.io import sha256_tree
-from evomerge.zoo import FORMAT_VERSION, Zoo, build_zoo, ensure_zoo
+from evomerge.zoo import FORMAT_VERSION, Zoo, build_zoo, ensure_zoo, shipped_root
+from evomerge.zoo.model import PROFILES, recipe_hash
 
 torch.set_num_threads(1)
 
@@ -46,16 +48,105 @@ def test_small_zoo_is_standard_hf_and_peft(small_zoo):
         peft_model = PeftModel.from_pretrained(base, small_zoo.expert_dirs[task], adapter_name=task)
         assert peft_model.peft_config[task].r == 8 and peft_model.peft_config[task].lora_alpha == 16
         base = peft_model.unload()
+        full = AutoModelForCausalLM.from_pretrained(small_zoo.full_dirs[task])  # a whole-model checkpoint
+        assert (small_zoo.full_dirs[task] / "model.safetensors").is_file()
+        assert {k for k, _ in full.named_parameters()} == {k for k, _ in base.named_parameters()}
+
+
+def _own_gains(zoo, split="test"):
+    """Test-split gain of each LoRA expert and each full fine-tune on its own task, measured here
+    from the stored files (the full fine-tune as a task vector: its weights minus the base's)."""
+    from safetensors.torch import load_file
+
+    ev = Evaluator.from_zoo(zoo, max_samples=200)
+    base_sd = load_file(zoo.base_dir / "model.safetensors")
+    lora = [load_peft_adapter(zoo.expert_dirs[t]).modules for t in zoo.tasks]
+    full = [{k: v.float() - base_sd[k].float() for k, v in load_file(zoo.full_dirs[t] / "model.safetensors").items()}
+            for t in zoo.tasks]
+    base, *rest = ev.evaluate_many([{}] + lora + full, split=split)
+    n = len(zoo.tasks)
+    return base, {t: (rest[i], rest[n + i]) for i, t in enumerate(zoo.tasks)}
 
 
 def test_each_expert_beats_the_base_on_its_test_split(small_zoo):
-    ev = Evaluator.from_zoo(small_zoo, max_samples=200)
-    experts = [load_peft_adapter(small_zoo.expert_dirs[t]).modules for t in small_zoo.tasks]
-    base, *own = ev.evaluate_many([{}] + experts, split="test")
-    for t, r in zip(small_zoo.tasks, own):
-        gain = r.per_task[t] - base.per_task[t]
-        assert gain >= 0.03, f"{t}: expert {r.per_task[t]:.3f} vs base {base.per_task[t]:.3f}"
-        assert r.extra["metrics"][t]["cross_entropy"] < base.extra["metrics"][t]["cross_entropy"]
+    base, own = _own_gains(small_zoo)
+    for t, (lora, full) in own.items():
+        for r in (lora, full):
+            gain = r.per_task[t] - base.per_task[t]
+            assert gain >= 0.03, f"{t}: expert {r.per_task[t]:.3f} vs base {base.per_task[t]:.3f}"
+            assert r.extra["metrics"][t]["cross_entropy"] < base.extra["metrics"][t]["cross_entropy"]
+
+
+# the shipped default zoo misses these targets of issue 11 (see docs/zoo.md): greek_shift is
+# solved by its base (0.92) and the "ab" average is 0.6 from the delta average
+@pytest.mark.xfail(strict=True, reason="shipped default zoo: greek_shift gains 0.08 (< 0.15), base mean 0.61")
+def test_default_experts_beat_the_base_by_the_target_margin():
+    """Shipped default zoo, test split: every expert (LoRA and full) gains >= 0.15 on its own task."""
+    zoo = ensure_zoo("default")
+    base, own = _own_gains(zoo)
+    assert base.fitness <= 0.55 + 0.03
+    for t, (lora, full) in own.items():
+        assert base.per_task[t] <= 0.8 + 0.03, t
+        for r in (lora, full):
+            assert r.per_task[t] - base.per_task[t] >= 0.15, f"{t}: {r.per_task[t]:.3f} vs base {base.per_task[t]:.3f}"
+    # the manifest records the same test-split scores
+    rec = zoo.manifest["scores"]["test"]
+    assert all(rec[t]["expert"]["token_accuracy"] == pytest.approx(own[t][0].per_task[t], abs=1e-6) for t in zoo.tasks)
+
+
+def _ab_error(experts):
+    """Relative Frobenius error of averaging A and B separately against averaging B @ A, by hand."""
+    num = den = 0.0
+    for key in experts[0]:
+        mods = [e[key] for e in experts]
+        avg_delta = sum(m.scale * m.B.double() @ m.A.double() for m in mods) / len(mods)
+        ab = (sum(m.scale * m.B.double() for m in mods) / len(mods)) @ (sum(m.A.double() for m in mods) / len(mods))
+        num += float((ab - avg_delta).pow(2).sum())
+        den += float(avg_delta.pow(2).sum())
+    return (num / den) ** 0.5
+
+
+def _default_ab_error():
+    zoo = ensure_zoo("default")
+    return zoo, _ab_error([load_peft_adapter(zoo.expert_dirs[t]).modules for t in zoo.tasks])
+
+
+def test_recorded_ab_fidelity_is_the_hand_computed_one():
+    zoo, err = _default_ab_error()
+    assert zoo.manifest["ab_fidelity"] == pytest.approx(err, abs=1e-4)
+
+
+@pytest.mark.xfail(strict=True, reason="shipped default zoo: ab average 0.6 from the delta average (target 0.10)")
+def test_ab_fidelity_of_the_shipped_default_zoo():
+    assert _default_ab_error()[1] <= 0.10
+
+
+def test_shared_lora_init_is_what_makes_ab_close(tmp_path):
+    shared = build_zoo(tmp_path / "shared", profile="tiny", progress=False)
+    apart = build_zoo(tmp_path / "apart", profile="tiny", progress=False, shared_init=False)
+    assert shared.manifest["training"]["shared_init"] and not apart.manifest["training"]["shared_init"]
+    e_shared = [load_peft_adapter(shared.expert_dirs[t]).modules for t in shared.tasks]
+    e_apart = [load_peft_adapter(apart.expert_dirs[t]).modules for t in apart.tasks]
+    key = next(iter(e_shared[0]))
+    assert not torch.equal(e_shared[0][key].A, e_shared[1][key].A)  # trained apart from one start
+    assert _ab_error(e_shared) < 0.5 * _ab_error(e_apart)
+    assert shared.manifest["ab_fidelity"] == pytest.approx(_ab_error(e_shared), abs=1e-4)
+
+
+@pytest.mark.parametrize("profile", ["small", "default"])
+def test_shipped_zoo_matches_its_manifest_and_recipe(profile):
+    root = shipped_root(profile)
+    assert root is not None, f"no shipped {profile} zoo"
+    zoo = Zoo.open(root, verify=True)
+    assert zoo.verify() == []
+    assert set(zoo.manifest["files"]) == {p.relative_to(root).as_posix() for p in root.rglob("*")
+                                          if p.is_file() and p.name != "zoo.json"}
+    assert zoo.manifest["format_version"] == FORMAT_VERSION and zoo.profile == profile
+    assert zoo.manifest["recipe"] == recipe_hash(PROFILES[profile]), "recipe changed: rebuild the shipped zoo"
+    assert ensure_zoo(profile).root == root  # used at once, no build
+    corr = zoo.manifest["correlations"]
+    assert corr["tasks"] == zoo.tasks and len(corr["lora"]) == len(zoo.tasks)
+    assert all(corr["lora"][i][i] == pytest.approx(1.0, abs=1e-3) for i in range(len(zoo.tasks)))
 
 
 def test_merge_of_two_unrelated_experts_is_between_base_and_experts(small_zoo):
@@ -97,15 +188,23 @@ def test_incomplete_stale_and_foreign_folders(tiny, tmp_path):
     root = tmp_path / "z"
     shutil.copytree(tiny.root, root)
     (root / "experts" / "majority" / "adapter_model.safetensors").unlink()
-    with pytest.raises(ExpertLoadError, match="majority/adapter_model.safetensors"):
+    with pytest.raises(ExpertLoadError, match="majority/adapter_model.safetensors.*zoo build"):
         Zoo.open(root)
-    rebuilt = ensure_zoo("tiny", root)  # incomplete: rebuilt
-    assert (rebuilt.expert_dirs["majority"] / "adapter_model.safetensors").is_file()
+    with pytest.raises(ExpertLoadError, match="majority/adapter_model.safetensors.*zoo build"):
+        ensure_zoo("tiny", root)  # a user's folder is never rebuilt silently
+    assert not (root / "experts" / "majority" / "adapter_model.safetensors").exists()
+    shutil.rmtree(root)
+    shutil.copytree(tiny.root, root)
+    with open(root / "tasks" / "brackets" / "test.parquet", "ab") as fh:
+        fh.write(b"x")
+    Zoo.open(root)  # complete: opens without hashing
+    with pytest.raises(ExpertLoadError, match="brackets/test.parquet: sha256 differs.*zoo build --out"):
+        ensure_zoo("tiny", root)
     m = json.loads((root / "zoo.json").read_text())
-    m["format_version"] = FORMAT_VERSION + 1
+    m["format_version"] = FORMAT_VERSION - 1
     (root / "zoo.json").write_text(json.dumps(m))
-    with pytest.raises(ExpertLoadError, match="format version"):
-        Zoo.open(root)
+    with pytest.raises(ExpertLoadError, match="zoo.json: zoo format version 1.*zoo build --out"):
+        ensure_zoo("tiny", root)
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
@@ -114,6 +213,25 @@ def test_incomplete_stale_and_foreign_folders(tiny, tmp_path):
     assert (foreign / "notes.txt").read_text() == "keep me"
     with pytest.raises(ExpertLoadError, match="no task `nope`"):
         tiny.task_files("nope")
+
+
+def test_cli_verify_and_path(small_zoo, tmp_path, capsys):
+    assert main(["zoo", "path", "--small"]) == 0
+    assert capsys.readouterr().out.strip() == str(shipped_root("small"))
+    assert main(["zoo", "path"]) == 0
+    assert capsys.readouterr().out.strip() == str(shipped_root("default"))
+    assert main(["zoo", "verify", "--small"]) == 0
+    assert "files match the manifest" in capsys.readouterr().out
+    root = tmp_path / "z"
+    shutil.copytree(small_zoo.root, root)
+    (root / "full" / "majority" / "config.json").write_text("{}")
+    (root / "extra.txt").write_text("x")
+    assert main(["zoo", "verify", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert "full/majority/config.json: sha256 differs" in err and "extra.txt: not in the manifest" in err
+    assert "zoo build --out" in err
+    assert main(["zoo", "verify", str(tmp_path / "nothing")]) == 2
+    assert "not a zoo folder" in capsys.readouterr().err
 
 
 def test_cli_build_info_evaluate(tiny, small_zoo, capsys):

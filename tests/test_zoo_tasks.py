@@ -44,6 +44,12 @@ CHECKS = {
     "majority": lambda x, a: Counter(x).most_common(2)[0][0] == a and Counter(x).most_common(2)[0][1] > Counter(x).most_common(2)[1][1],
     "greek_shift": lambda x, a: [("αβγδεζηθικλμ".index(c) + 2) % 12 for c in x] == ["αβγδεζηθικλμ".index(c) for c in a],
     "greek_ends": lambda x, a: a == x[0] + x[-1],
+    "dshift": lambda x, a: x.isdigit() and [(int(c) + 3) % 10 for c in x] == [int(c) for c in a],
+    "rot_digits": lambda x, a: x.isdigit() and len(x) >= 4 and a == x[2:] + x[:2],
+    "greek_rev": lambda x, a: a == "".join(reversed(x)) and set(x) <= set("αβγδεζηθικλμ"),
+    "long_brackets": lambda x, a: _balanced(x + a) and len(a) == len(x) and 4 <= len(x) <= 8,
+    "mark_swap": lambda x, a: sorted(x) == sorted(a) and all(a[i] == x[i ^ 1] for i in range(len(x) - len(x) % 2))
+    and (len(x) % 2 == 0 or a[-1] == x[-1]),
 }
 
 

@@ -1,4 +1,4 @@
-"""``evomerge zoo build|info|check``: the built-in expert zoo."""
+"""``evomerge zoo build|info|check|verify|path``: the built-in expert zoo."""
 
 from __future__ import annotations
 
@@ -7,86 +7,133 @@ from typing import Optional
 
 import typer
 
-zoo_app = typer.Typer(help="Build and inspect the built-in expert zoo (tiny base model + LoRA experts).",
+zoo_app = typer.Typer(help="The built-in expert zoo (tiny base model, LoRA and full fine-tune experts): "
+                           "shipped with evomerge; build, verify, check and locate it.",
                       no_args_is_help=True)
+
+_SMALL = typer.Option(False, "--small", help="with no folder given: the small test zoo")
+
+
+def _root(root: Optional[Path], small: bool) -> Path:
+    from evomerge.zoo import zoo_root_in_use
+
+    return root if root is not None else zoo_root_in_use("small" if small else "default")
 
 
 @zoo_app.command("build")
 def build_command(
-    out: Optional[Path] = typer.Option(None, "--out", help="zoo folder (default: the user cache, see `zoo info`)"),
-    small: bool = typer.Option(False, "--small", help="the small test profile (6 tasks, ~1 minute)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="zoo folder (default: the user cache, see `zoo path`)"),
+    profile: str = typer.Option("default", "--profile", help="default | small | tiny"),
+    small: bool = typer.Option(False, "--small", help="same as --profile small"),
     seed: int = typer.Option(0, "--seed", help="seed of data, initialisation and training"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing zoo folder"),
+    shared_init: Optional[bool] = typer.Option(
+        None, "--shared-init/--no-shared-init",
+        help="start every LoRA expert from one LoRA initialisation (default: the profile's, on for default)"),
+    threads: int = typer.Option(1, "--threads", help="torch threads per process"),
+    workers: int = typer.Option(1, "--workers", help="train the experts in N processes (same files as 1)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing folder"),
 ) -> None:
-    """Generate the tasks, pre-train the base, train one LoRA expert per task (cached)."""
-    from evomerge.zoo import Zoo, build_zoo, default_zoo_root
+    """Build a zoo from scratch: tasks, base pre-training, LoRA and full fine-tune experts."""
     from evomerge.errors import ExpertLoadError
+    from evomerge.zoo import Zoo, build_zoo, default_zoo_root
+    from evomerge.zoo.build import resolve_profile
 
-    profile = "small" if small else "default"
+    profile = "small" if small else profile
+    resolve_profile(profile)  # unknown profile: one-line error before any work
     root = out if out is not None else default_zoo_root(profile, seed)
-    if not overwrite and root.exists():
+    if not overwrite and root.exists() and (not root.is_dir() or any(root.iterdir())):
         try:
             zoo = Zoo.open(root)
         except ExpertLoadError as err:
             raise ExpertLoadError(f"{err} (pass --overwrite to rebuild it)") from None
         if zoo.profile == profile and zoo.seed == seed:
-            typer.echo(f"zoo already built: {root} ({zoo.profile}, {len(zoo.tasks)} tasks)")
+            typer.echo(f"zoo already built: {root} ({zoo.profile}, {len(zoo.tasks)} tasks); --overwrite rebuilds it")
             return
         raise ExpertLoadError(
             f"{root}: holds the `{zoo.profile}` zoo with seed {zoo.seed}; pass --overwrite to rebuild as `{profile}` seed {seed}"
         )
-    zoo = build_zoo(root, profile=profile, seed=seed, overwrite=overwrite, progress=True)
-    typer.echo(f"built {zoo.profile} zoo in {zoo.manifest['build_seconds']} s: {zoo.root}")
+    if threads < 1 or workers < 1:
+        from evomerge.errors import ConfigError
+
+        raise ConfigError(f"--threads and --workers must be >= 1. Got {threads} and {workers} instead.")
+    zoo = build_zoo(root, profile=profile, seed=seed, overwrite=overwrite, progress=True, threads=threads,
+                    shared_init=shared_init, workers=workers)
+    typer.echo(f"built {zoo.profile} zoo in {zoo.manifest['build_seconds']} s "
+               f"({zoo.manifest['build_cpu_seconds']} s CPU): {zoo.root}")
     _print_info(zoo)
+
+
+@zoo_app.command("path")
+def path_command(small: bool = _SMALL) -> None:
+    """Print the folder of the zoo in use (the shipped one; the cache if none is shipped)."""
+    typer.echo(str(_root(None, small)))
+
+
+@zoo_app.command("verify")
+def verify_command(
+    root: Optional[Path] = typer.Argument(None, help="zoo folder (default: the zoo in use, see `zoo path`)"),
+    small: bool = _SMALL,
+) -> None:
+    """Check every file of a zoo against the sha256 in its manifest; exit 1 on any difference."""
+    from evomerge.zoo import Zoo
+
+    zoo = Zoo.open(_root(root, small))
+    bad = zoo.verify()
+    for line in bad:
+        typer.echo(line, err=True)
+    if bad:
+        typer.echo(f"FAIL: {len(bad)} problem(s) in {zoo.root}; rebuild it with `evomerge zoo build --out {zoo.root} "
+                   "--overwrite`", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"OK: {len(zoo.manifest['files'])} files match the manifest of {zoo.root}")
 
 
 @zoo_app.command("info")
 def info_command(
-    root: Optional[Path] = typer.Argument(None, help="zoo folder (default: the cached default zoo)"),
-    small: bool = typer.Option(False, "--small", help="with no folder given: the cached small zoo"),
+    root: Optional[Path] = typer.Argument(None, help="zoo folder (default: the zoo in use)"),
+    small: bool = _SMALL,
 ) -> None:
     """Print a zoo's tasks, model size, build time and base-vs-expert test scores."""
-    from evomerge.zoo import Zoo, default_zoo_root
+    from evomerge.zoo import Zoo
 
-    zoo = Zoo.open(root if root is not None else default_zoo_root("small" if small else "default"))
-    _print_info(zoo)
+    _print_info(Zoo.open(_root(root, small)))
 
 
 @zoo_app.command("check")
 def check_command(
-    root: Optional[Path] = typer.Argument(None, help="zoo folder (default: the cached default zoo)"),
-    small: bool = typer.Option(False, "--small", help="with no folder given: the cached small zoo"),
-    max_samples: int = typer.Option(100, "--max-samples", help="validation examples per task"),
-    metric: str = typer.Option("token_accuracy", "--metric"),
-    k_max: Optional[int] = typer.Option(None, "--k-max", help="largest number of merged experts"),
+    root: Optional[Path] = typer.Argument(None, help="zoo folder (default: the zoo in use)"),
+    small: bool = _SMALL,
+    max_samples: int = typer.Option(200, "--max-samples", help="validation examples per task"),
+    k_max: Optional[int] = typer.Option(None, "--k-max", help="largest number of merged experts (default: all)"),
 ) -> None:
-    """Does merging mean something here? Gain kept by registry merges of k = 1..N experts."""
+    """Measure the zoo's targets (weak base, strong experts, a task-arithmetic curve that rises,
+    saturates and, at lambda=1, falls; "ab" fidelity); print PASS/FAIL each, exit 1 on a FAIL."""
     import torch
 
-    from evomerge.zoo import Zoo, default_zoo_root
-    from evomerge.zoo.check import check_zoo, n_unrelated, summarize, unrelated_first
+    from evomerge.zoo import Zoo
+    from evomerge.zoo.check import LAMBDAS, check_zoo
 
     torch.set_num_threads(min(torch.get_num_threads(), 2))
-    zoo = Zoo.open(root if root is not None else default_zoo_root("small" if small else "default"))
-    rows = check_zoo(zoo, metric=metric, max_samples=max_samples, k_max=k_max)
-    order = unrelated_first(zoo)
-    n_free = n_unrelated(zoo, order)
-    s = summarize(rows, n_free)
-    typer.echo(f"{metric} on validation, {max_samples} samples per task; experts added in order: {', '.join(order)}")
-    typer.echo(f"(the first {n_free} are mutually unrelated)")
-    typer.echo(f"{'k':>2s} {'method':16s} {'params':14s} {'base':>6s} {'experts':>7s} {'merged':>6s} "
-               f"{'kept':>6s} {'all tasks':>9s}")
-    for r in rows:
-        p = ",".join(f"{k}={v:.3g}" for k, v in r.params.items())
-        mark = " *" if s["best"][r.k] is r else ""
-        typer.echo(f"{r.k:2d} {r.method:16s} {p:14s} {r.union_base:6.3f} {r.union_experts:7.3f} {r.union_merged:6.3f} "
-                   f"{r.retained:6.2f} {r.all_merged:9.3f}{mark}")
-    typer.echo("kept = (merged - base) / (experts - base) on the union of the merged experts' tasks; * best per k")
-    typer.echo("curve (best all-task score by k): " + ", ".join(f"{k}:{v:.3f}" for k, v in s["curve"].items()))
-    typer.echo(f"target 1, best merge of 2-4 unrelated experts keeps >= 50% of the gain: "
-               f"{'PASS' if s['retention_2_4_ok'] else 'FAIL'}")
-    typer.echo(f"target 2, the curve over k bends within N (peak at k={s['peak_k']}): "
-               f"{'PASS' if s['bends'] else 'FAIL'}")
+    zoo = Zoo.open(_root(root, small), verify=True)
+    targets, curves, base, own = check_zoo(zoo, max_samples=max_samples, k_max=k_max)
+    typer.echo(f"zoo {zoo.root} ({zoo.profile}): token accuracy on validation, {max_samples} samples per task")
+    typer.echo(f"{'task':14s} {'base':>6s} {'expert':>6s} {'gain':>6s}")
+    for t in curves.order:
+        typer.echo(f"{t:14s} {base[t]:6.3f} {own[t]:6.3f} {own[t] - base[t]:+6.3f}")
+    typer.echo("task arithmetic of the first k experts (order above), all-task gain over the base "
+               f"({curves.base:.3f}):")
+    typer.echo(f"{'k':>2s} " + " ".join(f"{'l=' + format(lam, 'g'):>7s}" for lam in LAMBDAS) + f" {'tuned':>7s}")
+    tuned = curves.tuned()
+    for k, row in curves.scores.items():
+        typer.echo(f"{k:2d} " + " ".join(f"{row[lam] - curves.base:+7.3f}" for lam in LAMBDAS) + f" {tuned[k]:+7.3f}")
+    typer.echo("targets:")
+    for tg in targets:
+        note = f"  ({tg.note})" if tg.note else ""
+        typer.echo(f"  {tg.name:50s} {tg.value:8.3f}  {tg.goal:8s} {'PASS' if tg.passed else 'FAIL'}{note}")
+    failed = [tg for tg in targets if not tg.passed]
+    typer.echo(f"{len(targets) - len(failed)}/{len(targets)} targets pass" + (f"; FAIL: {len(failed)}" if failed else ""))
+    if failed:
+        raise typer.Exit(1)
 
 
 def _print_info(zoo) -> None:
@@ -96,21 +143,29 @@ def _print_info(zoo) -> None:
     typer.echo(f"profile {m['profile']}, seed {m['seed']}, format v{m['format_version']}, built in {m.get('build_seconds')} s")
     typer.echo(
         f"base: Llama {model['layers']} layers, width {model['hidden']}, vocab {model['vocab']}, "
-        f"{model['params']:,} parameters -> {zoo.base_dir}"
+        f"{model['params']:,} parameters ({model.get('stored_dtype', 'float32')}) -> {zoo.base_dir}"
     )
     tr = m["training"]
     typer.echo(f"experts: LoRA r={tr['rank']} alpha={tr['alpha']} on {','.join(tr['target_modules'])}, "
-               f"{tr['expert_steps']} steps each (base: {tr['base_steps']} steps)")
+               f"{tr['expert_steps']} steps each, {'one shared' if tr.get('shared_init') else 'per-expert'} LoRA init "
+               f"(base: {tr['base_steps']} steps)")
+    if zoo.full_dirs:
+        typer.echo(f"full fine-tunes: {tr['full_steps']} steps each -> {zoo.root / 'full'}")
     typer.echo("related pairs: " + (", ".join(f"{a}~{b}" for a, b in zoo.related_pairs) or "none"))
+    if "ab_fidelity" in m:
+        typer.echo(f'"ab" average vs delta average of all experts: relative error {m["ab_fidelity"]:.4f}')
     scores = m.get("scores", {}).get("test", {})
-    typer.echo(f"{'task':14s} {'domain':9s} {'base tok-acc':>12s} {'expert tok-acc':>14s} {'base EM':>8s} {'expert EM':>9s}")
+    has_full = any("full" in s for s in scores.values())
+    typer.echo(f"{'task':14s} {'domain':9s} {'base tok-acc':>12s} {'expert tok-acc':>14s}"
+               + (f" {'full tok-acc':>12s}" if has_full else "") + f" {'base EM':>8s} {'expert EM':>9s}")
     for t in m["tasks"]:
         s = scores.get(t["name"])
         if s is None:
             continue
         b, e = s["base"], s["expert"]
-        typer.echo(f"{t['name']:14s} {t['domain']:9s} {b['token_accuracy']:12.3f} {e['token_accuracy']:14.3f} "
-                   f"{b['exact_match']:8.3f} {e['exact_match']:9.3f}")
+        typer.echo(f"{t['name']:14s} {t['domain']:9s} {b['token_accuracy']:12.3f} {e['token_accuracy']:14.3f}"
+                   + (f" {s['full']['token_accuracy']:12.3f}" if has_full else "")
+                   + f" {b['exact_match']:8.3f} {e['exact_match']:9.3f}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,6 +1,8 @@
-"""The built-in expert zoo: generated tasks, a tiny base model and one LoRA expert per task."""
+"""The built-in expert zoo: generated tasks, a tiny base model, one LoRA and one full fine-tune per task."""
 
-from evomerge.zoo.zoo import FORMAT_VERSION, Zoo, default_cache_dir, default_zoo_root, ensure_zoo
+from evomerge.zoo.zoo import (
+    FORMAT_VERSION, Zoo, default_cache_dir, default_zoo_root, ensure_zoo, shipped_root, zoo_root_in_use,
+)
 
 
 def build_zoo(*args, **kwargs):
@@ -10,4 +12,5 @@ def build_zoo(*args, **kwargs):
     return _build(*args, **kwargs)
 
 
-__all__ = ["FORMAT_VERSION", "Zoo", "build_zoo", "default_cache_dir", "default_zoo_root", "ensure_zoo"]
+__all__ = ["FORMAT_VERSION", "Zoo", "build_zoo", "default_cache_dir", "default_zoo_root", "ensure_zoo", "shipped_root",
+           "zoo_root_in_use"]

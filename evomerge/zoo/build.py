@@ -1,4 +1,8 @@
-"""Build the zoo: generate task data, pre-train the tiny base, train one LoRA expert per task.
+"""Build the zoo: generate task data, pre-train the tiny base, train the experts of every task.
+
+Per task: one LoRA expert (peft adapter folder) and, when the profile asks for it, one full
+fine-tune (a safetensors checkpoint of the whole model). With ``shared_init`` (on by default)
+every LoRA expert starts from the same LoRA initialisation.
 
 Seeding: data and batch order come from explicit generators derived from ``seed``. Model and
 LoRA initialisation inside transformers/peft draw from torch's global RNG, so those calls run
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -23,7 +28,7 @@ from evomerge.io import atomic_dir, write_json_atomic, write_parquet_atomic
 from evomerge.zoo import tasks as task_lib
 from evomerge.zoo.model import PROFILES, Profile, build_config, build_tokenizer, recipe_hash
 from evomerge.zoo.train import KeepSet, train
-from evomerge.zoo.zoo import FORMAT_VERSION, MANIFEST, Zoo
+from evomerge.zoo.zoo import FORMAT_VERSION, MANIFEST, Zoo, file_hashes
 
 
 @contextlib.contextmanager
@@ -90,16 +95,49 @@ def _gather_rows(data: Encoded, idx: torch.Tensor) -> Encoded:
                    [data.answers[i] for i in rows], [data.prompts[i] for i in rows])
 
 
-def build_zoo(out: str | os.PathLike, *, profile: str = "default", seed: int = 0, overwrite: bool = False,
-              progress: bool = True, threads: int = 1) -> Zoo:
-    """Build a zoo folder at ``out`` and return it (see :mod:`evomerge.zoo.zoo` for the layout)."""
-    from peft import LoraConfig, get_peft_model
+def resolve_profile(profile: str | Profile, shared_init: bool | None = None, full: bool | None = None) -> Profile:
+    """The profile to build (by name, or a :class:`Profile`), with the build options applied."""
+    if isinstance(profile, Profile):
+        prof = profile
+    else:
+        if profile not in PROFILES:
+            from evomerge.errors import ConfigError
+
+            raise ConfigError(f"zoo profile must be one of {sorted(PROFILES)}. Got {profile!r} instead.")
+        prof = PROFILES[profile]
+    if shared_init is not None:
+        prof = dataclasses.replace(prof, shared_init=bool(shared_init))
+    if full is not None and not full:
+        prof = dataclasses.replace(prof, full_steps=0)
+    return prof
+
+
+def _store_dtype(prof: Profile) -> torch.dtype:
+    return {"float32": torch.float32, "float16": torch.float16}[prof.store_dtype]
+
+
+def _save_model(model, folder: Path, dtype: torch.dtype) -> None:
+    (copy.deepcopy(model).to(dtype) if dtype != torch.float32 else model).save_pretrained(folder)
+
+
+def build_zoo(out: str | os.PathLike, *, profile: str | Profile = "default", seed: int = 0, overwrite: bool = False,
+              progress: bool = True, threads: int = 1, shared_init: bool | None = None,
+              full: bool | None = None, workers: int = 1) -> Zoo:
+    """Build a zoo folder at ``out`` and return it (see :mod:`evomerge.zoo.zoo` for the layout).
+
+    ``shared_init`` / ``full`` override the profile's options (one LoRA initialisation for all
+    experts; full fine-tunes on or off). ``workers`` > 1 trains the experts in that many
+    forked processes (each with ``threads`` threads); every expert has its own seeds, so the
+    files are those of a one-process build.
+    """
     from tqdm.auto import tqdm
     from transformers import LlamaForCausalLM
 
-    prof: Profile = PROFILES[profile]
+    prof = resolve_profile(profile, shared_init, full)
     t0 = time.perf_counter()
+    cpu0 = _cpu()
     names = list(prof.tasks)
+    dtype = _store_dtype(prof)
     with _threads(threads), atomic_dir(out, overwrite=overwrite) as tmp:
         tokenizer = build_tokenizer(names)
         splits = {}
@@ -114,14 +152,18 @@ def build_zoo(out: str | os.PathLike, *, profile: str = "default", seed: int = 0
         config = build_config(prof, len(tokenizer), tokenizer)
         with _seeded(seed):
             base = LlamaForCausalLM(config)
-        total = prof.base_steps + len(names) * prof.expert_steps
-        bar = tqdm(total=total, desc=f"zoo {profile}", disable=not progress, unit="step")
+        total = prof.base_steps + len(names) * (prof.expert_steps + prof.full_steps)
+        bar = tqdm(total=total, desc=f"zoo {prof.name}", disable=not progress, unit="step")
         gen = torch.Generator().manual_seed(seed)
         base_loss = train(
             base, base.parameters(), _concat(list(train_sets.values())), steps=prof.base_steps,
             lr=prof.base_lr, batch_size=prof.batch_size, generator=gen, on_step=lambda s, l: bar.update(1),
         )
         base.eval()
+        if dtype != torch.float32:  # the stored base is exactly the one the experts start from
+            with torch.no_grad():
+                for p in base.parameters():
+                    p.copy_(p.to(dtype).to(torch.float32))
         keep = None
         if prof.keep_weight > 0:
             # a fixed pool of mixed training examples with the base's predictions on them
@@ -129,27 +171,34 @@ def build_zoo(out: str | os.PathLike, *, profile: str = "default", seed: int = 0
             owner = torch.cat([torch.full((len(e),), i) for i, e in enumerate(train_sets.values())])
             pick = torch.randperm(len(mix), generator=gen)[: prof.keep_pool]
             keep, keep_owner = KeepSet.from_base(base, _gather_rows(mix, pick)), owner[pick]
-        base.save_pretrained(tmp / "base")
+
+        def keep_for(i: int):
+            return keep.subset(torch.nonzero(keep_owner != i).squeeze(1)) if keep is not None else None
+
+        _save_model(base, tmp / "base", dtype)
         tokenizer.save_pretrained(tmp / "base")
-        expert_loss = {}
-        for i, name in enumerate(names):
-            bar.set_postfix_str(name)
-            with _seeded(seed * 1000 + i + 1):
-                lcfg = LoraConfig(r=prof.rank, lora_alpha=prof.alpha, target_modules=list(prof.target_modules),
-                                  lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
-                model = get_peft_model(copy.deepcopy(base), lcfg)
-            g = torch.Generator().manual_seed(seed * 1000 + i + 1)
-            expert_loss[name] = train(
-                model, model.parameters(), train_sets[name], steps=prof.expert_steps, lr=prof.expert_lr,
-                batch_size=prof.batch_size, generator=g, on_step=lambda s, l: bar.update(1),
-                keep=keep.subset(torch.nonzero(keep_owner != i).squeeze(1)) if keep is not None else None,
-                keep_weight=prof.keep_weight,
-            )
-            model.save_pretrained(tmp / "experts" / name)
+        jobs = [("lora", i) for i in range(len(names))]
+        jobs += [("full", i) for i in range(len(names) if prof.full_steps > 0 else 0)]
+        _JOB.update(prof=prof, names=names, seed=seed, base=base, train_sets=train_sets, keep_for=keep_for,
+                    tmp=tmp, dtype=dtype, bar=bar if workers <= 1 else None, threads=threads)
+        try:
+            if workers > 1:  # independent jobs, seeded per job: the same files as one process writes
+                import concurrent.futures as cf
+                import multiprocessing as mp
+
+                with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+                    done = list(pool.map(_train_job, jobs))
+                bar.update(sum(prof.expert_steps if k == "lora" else prof.full_steps for k, _ in jobs))
+            else:
+                done = [_train_job(j) for j in jobs]
+        finally:
+            _JOB.clear()
+        expert_loss = {names[i]: loss for (kind, i), loss in zip(jobs, done) if kind == "lora"}
+        full_loss = {names[i]: loss for (kind, i), loss in zip(jobs, done) if kind == "full"}
         bar.close()
         manifest = {
             "format_version": FORMAT_VERSION,
-            "profile": profile,
+            "profile": prof.name,
             "recipe": recipe_hash(prof),
             "seed": seed,
             "tasks": [
@@ -158,19 +207,72 @@ def build_zoo(out: str | os.PathLike, *, profile: str = "default", seed: int = 0
                 for n in names
             ],
             "related_pairs": [list(p) for p in task_lib.related_pairs(names)],
+            "full_experts": prof.full_steps > 0,
             "model": {"hidden": prof.hidden, "layers": prof.layers, "heads": prof.heads,
                       "intermediate": prof.intermediate, "vocab": len(tokenizer),
-                      "params": sum(p.numel() for p in base.parameters())},
+                      "params": sum(p.numel() for p in base.parameters()), "stored_dtype": prof.store_dtype},
             "training": {"base_steps": prof.base_steps, "expert_steps": prof.expert_steps, "rank": prof.rank,
                          "alpha": prof.alpha, "keep_weight": prof.keep_weight, "target_modules": list(prof.target_modules),
-                         "base_final_loss": base_loss, "expert_final_loss": expert_loss},
+                         "shared_init": prof.shared_init, "lora_a_lr_ratio": prof.lora_a_lr_ratio,
+                         "full_steps": prof.full_steps, "full_lr": prof.full_lr,
+                         "base_final_loss": base_loss, "expert_final_loss": expert_loss, "full_final_loss": full_loss},
             "versions": {"torch": torch.__version__, **_versions()},
         }
-        manifest["scores"] = _measure(tmp, manifest)
+        from evomerge.zoo.measure import measure
+
+        manifest.update(measure(Zoo(root=tmp, manifest=manifest)))
         manifest["build_seconds"] = round(time.perf_counter() - t0, 1)
+        manifest["build_cpu_seconds"] = round(_cpu() - cpu0, 1)
+        manifest["build_threads"] = threads
+        manifest["build_workers"] = workers
+        manifest["build_load"] = [round(x, 2) for x in os.getloadavg()]  # at the end: others' jobs too
         manifest["built"] = {"at": time.time(), "pid": os.getpid()}
+        manifest["files"] = file_hashes(tmp)
         write_json_atomic(tmp / MANIFEST, manifest)
     return Zoo.open(out)
+
+
+_JOB: dict = {}  # what an expert-training job needs (inherited by forked workers)
+
+
+def _cpu() -> float:
+    """CPU seconds (user + sys) of this process and of its finished worker processes."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _train_job(job: tuple[str, int]) -> float:
+    """Train and save one expert: ``("lora", i)`` or ``("full", i)``; returns its final task loss."""
+    from peft import LoraConfig, get_peft_model
+
+    kind, i = job
+    c = _JOB
+    prof, seed, name = c["prof"], c["seed"], c["names"][i]
+    torch.set_num_threads(c["threads"])
+    if kind == "lora":
+        with _seeded(seed * 1000 + (1 if prof.shared_init else i + 1)):
+            lcfg = LoraConfig(r=prof.rank, lora_alpha=prof.alpha, target_modules=list(prof.target_modules),
+                              lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+            model = get_peft_model(copy.deepcopy(c["base"]), lcfg)
+        g = torch.Generator().manual_seed(seed * 1000 + i + 1)
+        steps, lr = prof.expert_steps, prof.expert_lr
+    else:
+        model = copy.deepcopy(c["base"])
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 2, i]).generate_state(1)[0]))
+        steps, lr = prof.full_steps, prof.full_lr
+    bar = c["bar"]
+    ratio = prof.lora_a_lr_ratio if kind == "lora" else 1.0
+    loss = train(
+        model, model.parameters() if ratio == 1.0 else model.named_parameters(), c["train_sets"][name], steps=steps,
+        lr=lr, batch_size=prof.batch_size, generator=g, on_step=None if bar is None else (lambda s, l: bar.update(1)),
+        keep=c["keep_for"](i), keep_weight=prof.keep_weight,
+        lr_scale=None if ratio == 1.0 else (lambda n: ratio if ".lora_A." in n else 1.0),
+    )
+    if kind == "lora":
+        model.save_pretrained(c["tmp"] / "experts" / name)
+    else:
+        _save_model(model, c["tmp"] / "full" / name, c["dtype"])
+    return loss
 
 
 def _versions() -> dict[str, str]:
@@ -178,19 +280,3 @@ def _versions() -> dict[str, str]:
     import transformers
 
     return {"transformers": transformers.__version__, "peft": peft.__version__}
-
-
-def _measure(root: Path, manifest: dict) -> dict:
-    """Base vs own-expert scores per task (validation and test), recorded in the manifest."""
-    from evomerge.evaluation.candidates import PerTask
-    from evomerge.evaluation.evaluator import Evaluator
-    from evomerge.experts.peft_io import load_peft_adapter
-
-    zoo = Zoo(root=root, manifest=manifest)
-    ev = Evaluator(zoo.base_dir, zoo.load_tasks(), metric="token_accuracy", max_samples=200)
-    own = PerTask({t: load_peft_adapter(d).modules for t, d in zoo.expert_dirs.items()})
-    out: dict = {}
-    for split in ("validation", "test"):
-        base, expert = ev.evaluate_many([{}, own], split=split)
-        out[split] = {t: {"base": base.extra["metrics"][t], "expert": expert.extra["metrics"][t]} for t in zoo.tasks}
-    return out

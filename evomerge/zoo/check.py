@@ -1,115 +1,147 @@
-"""Does merging mean something in this zoo? Gain retention of registry merges vs k.
+"""Is the zoo a world where merging matters? The targets of the shipped default zoo, measured.
 
-For k = 1..N experts (mutually unrelated ones first), merge them with registry methods and
-score on the union of their tasks and on all tasks. ``retained`` is the share of the experts'
-own average gain over the base that the merge keeps on the union of its tasks.
+Everything is measured on the validation split with token accuracy, from the stored files:
+
+* base and own-expert scores per task (the base must be weak, every expert strong on its task);
+* task arithmetic of the first k LoRA experts in order of own-task gain, k = 1..N, with lambda
+  chosen per k from ``LAMBDAS`` on the same split ("tuned"), and with lambda = 1: the tuned
+  all-task gain over the base must be real, reached at k >= 3, and saturate; lambda = 1 must
+  fall from its best k to k = N (magnitudes add up);
+* "ab"-space averaging against delta averaging (relative Frobenius error);
+* related tasks (one domain) must have more correlated task vectors than unrelated ones.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from evomerge.zoo.zoo import Zoo
 
-# (method, params as a function of k)
-DEFAULT_METHODS: tuple[tuple[str, str], ...] = (
-    ("task_arithmetic", "1"),
-    ("task_arithmetic", "1/sqrt(k)"),
-    ("ties", "1"),
-    ("weight_average", ""),
-)
+LAMBDAS = (1.0, 0.6, 0.35, 0.2)
 
 
 @dataclass(frozen=True)
-class CheckRow:
-    k: int
-    experts: tuple[str, ...]
-    method: str
-    params: dict
-    union_base: float
-    union_experts: float
-    union_merged: float
-    all_merged: float
-
-    @property
-    def retained(self) -> float:
-        gain = self.union_experts - self.union_base
-        return (self.union_merged - self.union_base) / gain if gain > 0 else float("nan")
+class Target:
+    name: str
+    value: float
+    goal: str  # e.g. "<= 0.55"
+    passed: bool
+    note: str = ""
 
 
-def unrelated_first(zoo: Zoo) -> list[str]:
-    """Task order: greedily add tasks unrelated to all chosen ones, then the rest in zoo order."""
-    related = {frozenset(p) for p in zoo.related_pairs}
-    chosen: list[str] = []
-    for t in zoo.tasks:
-        if all(frozenset((t, c)) not in related for c in chosen):
-            chosen.append(t)
-    return chosen + [t for t in zoo.tasks if t not in chosen]
+@dataclass(frozen=True)
+class Curves:
+    """All-task mean score of task arithmetic of the first k experts, per k and lambda."""
+
+    order: list[str]
+    base: float  # all-task mean of the base
+    scores: dict[int, dict[float, float]]  # k -> lambda -> all-task mean
+
+    def tuned(self) -> dict[int, float]:
+        """Gain over the base per k, lambda chosen per k (best on this split)."""
+        return {k: max(v.values()) - self.base for k, v in self.scores.items()}
+
+    def at(self, lam: float) -> dict[int, float]:
+        return {k: v[lam] - self.base for k, v in self.scores.items()}
 
 
-def n_unrelated(zoo: Zoo, order: list[str]) -> int:
-    """How many tasks at the head of ``order`` are mutually unrelated."""
-    related = {frozenset(p) for p in zoo.related_pairs}
-    for i, t in enumerate(order):
-        if any(frozenset((t, c)) in related for c in order[:i]):
-            return i
-    return len(order)
+def own_scores(zoo: Zoo, evaluator, split: str = "validation") -> tuple[dict, dict]:
+    """``(base, expert)`` per-task scores: the base, and each LoRA expert on its own task."""
+    from evomerge.evaluation import PerTask
+    from evomerge.zoo.measure import lora_experts
+
+    base, own = evaluator.evaluate_many([{}, PerTask(lora_experts(zoo))], split=split)
+    return base.per_task, own.per_task
 
 
-def _params(method: str, spec: str, k: int) -> dict:
-    if not spec:
-        return {}
-    lam = 1.0 if spec == "1" else 1.0 / math.sqrt(k)
-    return {"lambda": lam}
+def gain_order(base: dict, own: dict) -> list[str]:
+    """Tasks by own-task gain of their expert, largest first (ties: zoo order)."""
+    return sorted(base, key=lambda t: -(own[t] - base[t]))
 
 
-def check_zoo(zoo: Zoo, *, metric: str = "token_accuracy", max_samples: int = 100, split: str = "validation",
-              methods=DEFAULT_METHODS, k_max: int | None = None, evaluator=None) -> list[CheckRow]:
-    """Rows for every k and method (see module docstring)."""
-    from evomerge.evaluation import Evaluator, PerTask
-    from evomerge.experts.peft_io import load_peft_adapter
+def ta_curves(zoo: Zoo, evaluator, order: list[str], base_mean: float, split: str = "validation",
+              lambdas=LAMBDAS, k_max: int | None = None) -> Curves:
     from evomerge.merging.apply import merge_lora
+    from evomerge.zoo.measure import lora_experts
 
-    ev = evaluator or Evaluator.from_zoo(zoo, metric=metric, max_samples=max_samples)
-    experts = {t: load_peft_adapter(d).modules for t, d in zoo.expert_dirs.items()}
-    base, own = ev.evaluate_many([{}, PerTask(experts)], split=split)
-    order = unrelated_first(zoo)
-    rows: list[CheckRow] = []
+    experts = lora_experts(zoo)
+    scores: dict[int, dict[float, float]] = {}
     for k in range(1, min(k_max or len(order), len(order)) + 1):
-        chosen = order[:k]
-        cands, labels = [], []
-        for method, spec in methods:
-            params = _params(method, spec, k)
-            if (method, params) in labels:
-                continue
-            cands.append(merge_lora(method, [experts[t] for t in chosen], params=params))
-            labels.append((method, params))
-        results = ev.evaluate_many(cands, split=split)
-        ub = sum(base.per_task[t] for t in chosen) / k
-        ue = sum(own.per_task[t] for t in chosen) / k
-        for (method, params), r in zip(labels, results):
-            um = sum(r.per_task[t] for t in chosen) / k
-            rows.append(CheckRow(k, tuple(chosen), method, params, ub, ue, um, r.fitness))
-    return rows
+        chosen = [experts[t] for t in order[:k]]
+        cands = [merge_lora("task_arithmetic", chosen, params={"lambda": lam}) for lam in lambdas]
+        scores[k] = {lam: r.fitness for lam, r in zip(lambdas, evaluator.evaluate_many(cands, split=split))}
+    return Curves(order, base_mean, scores)
 
 
-def summarize(rows: list[CheckRow], n_unrelated: int) -> dict:
-    """Best retention per k, the pass/fail of the zoo's targets, and the all-task curve."""
-    best: dict[int, CheckRow] = {}
-    for r in rows:
-        if r.k not in best or r.retained > best[r.k].retained:
-            best[r.k] = r
-    ks = sorted(best)
-    curve = {k: max(r.all_merged for r in rows if r.k == k) for k in ks}
-    peak_k = max(ks, key=lambda k: curve[k])
-    first = curve[ks[1]] - curve[ks[0]] if len(ks) > 1 else 0.0
-    last = curve[ks[-1]] - curve[ks[-2]] if len(ks) > 1 else 0.0
-    upto = [k for k in ks if 2 <= k <= min(4, n_unrelated)]
-    return {
-        "best": best,
-        "curve": curve,
-        "retention_2_4_ok": bool(upto) and all(best[k].retained >= 0.5 for k in upto),
-        "bends": peak_k < ks[-1] or last < 0.5 * first,
-        "peak_k": peak_k,
-    }
+def saturation(gain: dict[int, float]) -> tuple[float, float]:
+    """(gain added over the first third of k, gain added over the last third); k = 0 is the base."""
+    n = max(gain)
+    third = max(1, n // 3)
+    g = {0: 0.0, **gain}
+    return g[third] - g[0], g[n] - g[n - third]
+
+
+def domain_correlation(zoo: Zoo) -> tuple[float, float]:
+    """Mean cosine of LoRA task vectors over related pairs and over unrelated pairs."""
+    corr = zoo.manifest.get("correlations", {})
+    names, mat = corr.get("tasks", []), corr.get("lora")
+    if not names or mat is None:
+        return float("nan"), float("nan")
+    related = {frozenset(p) for p in zoo.related_pairs}
+    rel, unrel = [], []
+    for i, a in enumerate(names):
+        for j in range(i + 1, len(names)):
+            (rel if frozenset((a, names[j])) in related else unrel).append(mat[i][j])
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    return mean(rel), mean(unrel)
+
+
+def evaluate_targets(zoo: Zoo, base: dict, own: dict, curves: Curves, ab_error: float) -> list[Target]:
+    """Every target of the default zoo with its measured value (see module docstring)."""
+    tasks = list(base)
+    gains = {t: own[t] - base[t] for t in tasks}
+    worst_base = max(tasks, key=lambda t: base[t])
+    weakest = min(tasks, key=lambda t: gains[t])
+    tuned, lam1 = curves.tuned(), curves.at(1.0)
+    n = max(tuned)
+    best_k = max(tuned, key=lambda k: (tuned[k], -k))
+    first, last = saturation(tuned)
+    best1 = max(lam1, key=lambda k: (lam1[k], -k))
+    rel, unrel = domain_correlation(zoo)
+    cpu = float(zoo.manifest.get("build_cpu_seconds", float("nan")))
+    threads = zoo.manifest.get("build_threads", 1)
+    out = [
+        Target("base mean over tasks", sum(base.values()) / len(tasks), "<= 0.55", sum(base.values()) / len(tasks) <= 0.55),
+        Target("base on its best task", base[worst_base], "<= 0.80", base[worst_base] <= 0.8, worst_base),
+        Target("smallest own-task gain of an expert", gains[weakest], ">= 0.15", gains[weakest] >= 0.15, weakest),
+        Target("mean own-task gain", sum(gains.values()) / len(tasks), ">= 0.35", sum(gains.values()) / len(tasks) >= 0.35),
+        Target("tuned task arithmetic, best all-task gain", tuned[best_k], ">= +0.10", tuned[best_k] >= 0.10,
+               f"at k={best_k}"),
+        Target("k of that best gain", float(best_k), ">= 3", best_k >= 3),
+        Target("saturation: last-third gain / first-third gain", last / first if first > 0 else float("inf"), "< 1/3",
+               first > 0 and last < first / 3, f"first third {first:+.3f}, last third {last:+.3f}"),
+        Target("lambda=1: fall from its best k to k=N", lam1[best1] - lam1[n], ">= 0.05", lam1[best1] - lam1[n] >= 0.05,
+               f"best k={best1} ({lam1[best1]:+.3f}), k={n} ({lam1[n]:+.3f})"),
+        Target('"ab" average vs delta average, relative error', ab_error, "<= 0.10", ab_error <= 0.10),
+        Target("task-vector cosine, related minus unrelated pairs", rel - unrel, "> 0", rel - unrel > 0,
+               f"related {rel:.3f}, unrelated {unrel:.3f}"),
+        # CPU time (user+sys) of a one-thread build = its wall time on an idle core: a figure
+        # that does not depend on how busy the building machine was
+        Target("build CPU time, user+sys (min)", cpu / 60, "<= 15", cpu <= 900,
+               f"{threads} thread(s); {zoo.manifest.get('build_seconds', '?')} s wall at load "
+               f"{zoo.manifest.get('build_load', '?')}"),
+    ]
+    return out
+
+
+def check_zoo(zoo: Zoo, *, max_samples: int = 200, split: str = "validation", evaluator=None,
+              k_max: int | None = None) -> tuple[list[Target], Curves, dict, dict]:
+    """Measure everything; returns ``(targets, curves, base scores, own-expert scores)``."""
+    from evomerge.evaluation import Evaluator
+    from evomerge.zoo.measure import ab_fidelity, lora_experts
+
+    ev = evaluator or Evaluator.from_zoo(zoo, metric="token_accuracy", max_samples=max_samples)
+    base, own = own_scores(zoo, ev, split)
+    order = gain_order(base, own)
+    curves = ta_curves(zoo, ev, order, sum(base.values()) / len(base), split, k_max=k_max)
+    return evaluate_targets(zoo, base, own, curves, ab_fidelity(lora_experts(zoo))), curves, base, own

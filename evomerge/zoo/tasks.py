@@ -123,6 +123,33 @@ def greek_first_last(rng: np.random.Generator) -> tuple[str, str]:
     return s, s[0] + s[-1]
 
 
+# --- tasks added with format version 2 (the default world's redesign, issue 11) ---
+
+def dshift(rng: np.random.Generator) -> tuple[str, str]:
+    s = _word(rng, DIGITS, 3, 7)
+    return s, "".join(DIGITS[(DIGITS.index(c) + 3) % 10] for c in s)
+
+
+def rot_digits(rng: np.random.Generator) -> tuple[str, str]:
+    s = _word(rng, DIGITS, 4, 8)
+    return s, s[2:] + s[:2]
+
+
+def greek_rev(rng: np.random.Generator) -> tuple[str, str]:
+    s = _word(rng, GREEK, 3, 7)
+    return s, s[::-1]
+
+
+def long_brackets(rng: np.random.Generator) -> tuple[str, str]:
+    idx = rng.integers(0, 4, size=int(rng.integers(4, 9)))
+    return "".join(BRACKETS_OPEN[i] for i in idx), "".join(BRACKETS_CLOSE[i] for i in idx[::-1])
+
+
+def mark_swap(rng: np.random.Generator) -> tuple[str, str]:
+    s = _word(rng, MARKS, 4, 9)
+    return s, "".join(s[i + 1] + s[i] for i in range(0, len(s) - 1, 2)) + (s[-1] if len(s) % 2 else "")
+
+
 _ALL = [
     TaskSpec("rev_digits", "digits", rev_digits, "reverse a string of digits"),
     TaskSpec("sort_digits", "digits", sort_digits, "sort digits ascending"),
@@ -136,6 +163,11 @@ _ALL = [
     TaskSpec("majority", "marks", majority, "which of ! ? * # @ % occurs most often (classification)"),
     TaskSpec("greek_shift", "greek", greek_next, "shift each Greek letter by two"),
     TaskSpec("greek_ends", "greek", greek_first_last, "first and last Greek letter"),
+    TaskSpec("dshift", "digits", dshift, "add 3 to each digit, mod 10"),
+    TaskSpec("rot_digits", "digits", rot_digits, "rotate 4-8 digits left by two"),
+    TaskSpec("greek_rev", "greek", greek_rev, "reverse a Greek word"),
+    TaskSpec("long_brackets", "brackets", long_brackets, "closing brackets for 4-8 openings"),
+    TaskSpec("mark_swap", "marks", mark_swap, "swap adjacent pairs of marks ! ? * # @ %"),
 ]
 
 TASKS: dict[str, TaskSpec] = {t.name: t for t in _ALL}

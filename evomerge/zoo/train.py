@@ -40,6 +40,7 @@ def train(
     on_step: Callable[[int, float], None] | None = None,
     keep: "KeepSet | None" = None,
     keep_weight: float = 0.0,
+    lr_scale: Callable[[str], float] | None = None,
 ) -> float:
     """AdamW with linear warm-up and cosine decay; batches drawn with ``generator``.
 
@@ -47,10 +48,19 @@ def train(
     each step also adds ``keep_weight * KL(base || model)`` on the answer tokens of a
     ``keep`` batch: the expert learns its task while leaving the others alone (a
     specialist), so unrelated experts interfere little when merged.
+    ``lr_scale(name)`` (with ``params`` given as ``named_parameters()``) multiplies the learning
+    rate of each parameter, e.g. a slower LoRA A (LoRA+).
     Returns the mean task loss of the last 10% of steps.
     """
-    params = [p for p in params if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
+    if lr_scale is None:
+        params = [p for p in params if p.requires_grad]
+        groups: list = params
+    else:
+        named = [(n, p) for n, p in params if p.requires_grad]
+        params = [p for _, p in named]
+        scales = sorted({lr_scale(n) for n, _ in named})
+        groups = [{"params": [p for n, p in named if lr_scale(n) == s], "lr": lr * s} for s in scales]
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
     warm = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))

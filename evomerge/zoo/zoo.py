@@ -1,11 +1,16 @@
-"""A built zoo on disk: locating, validating and caching it.
+"""A built zoo on disk: locating, validating (sha256 manifest) and caching it.
 
 Layout of a zoo folder::
 
-    zoo.json                       manifest (format version, profile, seed, tasks, scores)
+    zoo.json                       manifest (format version, profile, seed, tasks, scores,
+                                   correlations, sha256 of every other file)
     base/                          HF model folder + tokenizer (save_pretrained)
     experts/<task>/                peft LoRA adapter folder (save_pretrained)
+    full/<task>/                   full fine-tune: HF model folder (safetensors), if built
     tasks/<task>/<split>.parquet   prompt/answer columns; splits train, validation, test
+
+The default and small zoos ship inside the package (``evomerge/zoo/shipped/<profile>``), so
+they are used at once, with the same files and scores on every machine.
 """
 
 from __future__ import annotations
@@ -19,10 +24,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from evomerge.errors import ExpertLoadError
+from evomerge.io import sha256_file
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "zoo.json"
 SPLITS = ("train", "validation", "test")
+SHIPPED = Path(__file__).resolve().parent / "shipped"
+
+
+def _fix(root: Path) -> str:
+    return f"rebuild it with `evomerge zoo build --out {root} --overwrite` (or use another folder)"
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,11 @@ class Zoo:
     @property
     def expert_dirs(self) -> dict[str, Path]:
         return {t: self.root / "experts" / t for t in self.tasks}
+
+    @property
+    def full_dirs(self) -> dict[str, Path]:
+        """``{task: full fine-tune folder}``; empty when the zoo was built without them."""
+        return {t: self.root / "full" / t for t in self.tasks} if self.manifest.get("full_experts") else {}
 
     @property
     def related_pairs(self) -> list[tuple[str, str]]:
@@ -80,8 +96,9 @@ class Zoo:
         return {t: {s: load_examples(self.task_files(t)[s], limit=limit) for s in splits} for t in names}
 
     @classmethod
-    def open(cls, root: str | os.PathLike) -> "Zoo":
-        """Open a zoo folder; raise :class:`ExpertLoadError` naming what is missing or stale."""
+    def open(cls, root: str | os.PathLike, verify: bool = False) -> "Zoo":
+        """Open a zoo folder; raise :class:`ExpertLoadError` naming what is missing, stale or
+        (``verify``) not what the manifest's sha256 says."""
         root = Path(root)
         mpath = root / MANIFEST
         if not mpath.is_file():
@@ -94,20 +111,55 @@ class Zoo:
         if version != FORMAT_VERSION:
             raise ExpertLoadError(
                 f"{mpath}: zoo format version {version!r}, this evomerge reads version {FORMAT_VERSION}; "
-                "rebuild it with `evomerge zoo build --overwrite`"
+                + _fix(root)
             )
         zoo = cls(root=root, manifest=manifest)
         missing = zoo.missing_files()
         if missing:
-            raise ExpertLoadError(f"{root}: incomplete zoo, missing {', '.join(str(m) for m in missing[:5])}")
+            raise ExpertLoadError(
+                f"{root}: incomplete zoo, missing {', '.join(str(m) for m in missing[:5])}; " + _fix(root)
+            )
+        if verify:
+            bad = zoo.verify()
+            if bad:
+                raise ExpertLoadError(f"{bad[0]}; {len(bad)} file(s) fail the manifest of {mpath}; " + _fix(root))
         return zoo
+
+    def verify(self) -> list[str]:
+        """Problems found checking every file against the manifest's sha256 (empty: all good)."""
+        listed = self.manifest.get("files")
+        if not isinstance(listed, dict) or not listed:
+            return [f"{self.root / MANIFEST}: no `files` list with sha256 (written by an older evomerge)"]
+        out = []
+        for rel, digest in sorted(listed.items()):
+            path = self.root / rel
+            if not path.is_file():
+                out.append(f"{path}: missing")
+            elif sha256_file(path) != digest:
+                out.append(f"{path}: sha256 differs from the manifest (file changed)")
+        out += [f"{self.root / rel}: not in the manifest" for rel in sorted(set(file_hashes(self.root, hash=False)) - set(listed))]
+        return out
 
     def missing_files(self) -> list[Path]:
         need = [self.base_dir / "config.json", self.base_dir / "tokenizer.json"]
         for t in self.tasks:
             need += [self.expert_dirs[t] / "adapter_config.json", self.expert_dirs[t] / "adapter_model.safetensors"]
             need += list(self.task_files(t).values())
+        for d in self.full_dirs.values():
+            need += [d / "config.json", d / "model.safetensors"]
         return [p for p in need if not p.is_file()]
+
+
+def file_hashes(root: str | os.PathLike, hash: bool = True) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file of a zoo folder but the manifest (hidden files skipped)."""
+    root = Path(root)
+    out = {}
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = f.relative_to(root)
+        if rel.as_posix() == MANIFEST or any(part.startswith(".") for part in rel.parts):
+            continue
+        out[rel.as_posix()] = sha256_file(f) if hash else ""
+    return out
 
 
 def default_cache_dir() -> Path:
@@ -117,8 +169,20 @@ def default_cache_dir() -> Path:
 
 
 def default_zoo_root(profile: str, seed: int = 0) -> Path:
+    """Where ``zoo build`` without ``--out`` (and ``ensure_zoo`` for a profile not shipped) puts a zoo."""
     suffix = "" if seed == 0 else f"-s{seed}"
     return default_cache_dir() / f"zoo-{profile}-v{FORMAT_VERSION}{suffix}"
+
+
+def shipped_root(profile: str, seed: int = 0) -> Path | None:
+    """The zoo shipped inside the package for ``profile`` (seed 0 only), or None."""
+    root = SHIPPED / profile
+    return root if seed == 0 and (root / MANIFEST).is_file() else None
+
+
+def zoo_root_in_use(profile: str, seed: int = 0) -> Path:
+    """The folder ``ensure_zoo(profile)`` uses with no root given: the shipped zoo, else the cache."""
+    return shipped_root(profile, seed) or default_zoo_root(profile, seed)
 
 
 @contextlib.contextmanager
@@ -135,28 +199,42 @@ def file_lock(path: Path) -> Iterator[None]:
 
 def ensure_zoo(profile: str = "default", root: str | os.PathLike | None = None, *, seed: int = 0,
                progress: bool = False) -> Zoo:
-    """Return the zoo at ``root`` (default: the user cache), building it first if needed.
+    """Return the zoo for ``profile``: the shipped one, an explicit ``root``, or a cached build.
 
-    The default root is ``default_zoo_root(profile, seed)`` (profile and seed in the name). A
-    valid zoo found at an explicit ``root`` is used whatever its profile; a zoo of another
-    format version or an incomplete one is rebuilt; a non-empty folder that is not a zoo
-    is refused. A file lock beside ``root`` makes parallel callers build only once.
+    * ``root`` None, a shipped zoo for ``profile`` (seed 0): it is used at once, after checking
+      every file against its manifest (a failing file raises, naming it).
+    * ``root`` given: a valid zoo there is used whatever its profile; a missing or empty folder
+      is built; anything else (not a zoo, another format version, incomplete, files that fail
+      the manifest) raises :class:`ExpertLoadError` naming the problem and offering
+      ``evomerge zoo build``: a user's folder is never rebuilt silently.
+    * otherwise the user cache (``default_zoo_root``) is used, rebuilt when stale (it is ours).
+
+    A file lock beside the folder makes parallel callers build only once.
     """
-    from evomerge.zoo.build import build_zoo
     from evomerge.zoo.model import PROFILES
 
     if profile not in PROFILES:
         from evomerge.errors import ConfigError
 
         raise ConfigError(f"zoo profile must be one of {sorted(PROFILES)}. Got {profile!r} instead.")
+    if root is None:
+        shipped = shipped_root(profile, seed)
+        if shipped is not None:
+            return Zoo.open(shipped, verify=True)
     explicit = root is not None
     root = Path(root) if root is not None else default_zoo_root(profile, seed)
-    with file_lock(root.parent / f".{root.name}.lock"):
-        try:
-            zoo = Zoo.open(root)
-            if explicit or (zoo.profile == profile and zoo.seed == seed and zoo.is_current()):
-                return zoo
-        except ExpertLoadError:
-            if root.exists() and any(root.iterdir()) and not (root / MANIFEST).exists():
-                raise ExpertLoadError(f"{root}: folder exists and is not a zoo; refusing to overwrite it") from None
+    with file_lock(root.parent / f".{root.name}.build-lock"):
+        if explicit and root.exists() and (not root.is_dir() or any(root.iterdir())):
+            if not (root / MANIFEST).exists():
+                raise ExpertLoadError(f"{root}: folder exists and is not a zoo; refusing to overwrite it")
+            return Zoo.open(root, verify=True)
+        if not explicit:
+            try:
+                zoo = Zoo.open(root, verify=True)
+                if zoo.profile == profile and zoo.seed == seed and zoo.is_current():
+                    return zoo
+            except ExpertLoadError:
+                pass
+        from evomerge.zoo.build import build_zoo
+
         return build_zoo(root, profile=profile, seed=seed, overwrite=True, progress=progress)
