@@ -15,9 +15,10 @@ all tasks. Per target, every method is scored on validation and test:
 * ``genome_paper`` / ``swarm_paper``: the same with ``preset: paper``.
 
 The searches run in this process, one evaluator per target (what one population actor does in
-``evomerge evolve``); ``evals`` is the number of candidates a search scored and ``seconds`` its
-wall time (one torch thread). The table prints mean and sd over seeds; ``--json`` prints the
-records ``{k, method, target, split, mean, sd}`` (plus ``evals`` and ``seconds`` for searches).
+``evomerge evolve``); ``evals`` is the number of candidates a search scored, ``seconds`` its
+wall time and ``cpu_s`` its CPU time (one torch thread: the time of one core, robust to load).
+The table prints mean and sd over seeds; ``--json`` prints the records ``{k, method, target,
+split, mean, sd}`` (plus ``evals``, ``seconds`` and ``cpu_s`` for searches).
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ class Bench:
             return ab_to_lora(td, fan) if space == "ab" else td
 
         s = make_search(kind, cfg, len(idx), seed)
-        evals, t0 = 0, time.perf_counter()
+        evals, t0, c0 = 0, time.perf_counter(), time.process_time()
         experts = set(store)
         while not s.done:
             recipes = s.ask()
@@ -137,9 +138,9 @@ class Bench:
             s.tell({r.id: f for r, f in zip(recipes, fits)})
             keep = s.referenced_ids() | experts
             store = {k: v for k, v in store.items() if k in keep}
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         test = self.score(tasks, [cand(store[s.best_id])], "test")[0]
-        return {"validation": float(s.best_fitness), "test": test, "evals": evals, "seconds": seconds}
+        return {"validation": float(s.best_fitness), "test": test, "evals": evals, "seconds": seconds, "cpu_s": cpu}
 
 
 def default_search_config() -> dict[str, Any]:
@@ -165,18 +166,22 @@ def run(args) -> tuple[list[dict[str, Any]], str]:
     methods = list(args.methods) + list(bench.variants)
     n = len(bench.tasks)
     rows: list[dict[str, Any]] = []
-    for k in args.k:
+    for k in args.k or [k for k in (2, 4, 6, 8, 10, 12) if k <= n]:
         if not 2 <= k <= n:
             raise SystemExit(f"--k: {k} is outside 2..{n} (the zoo has {n} experts)")
         for seed in args.seeds:
             idx = sorted(int(i) for i in np.random.default_rng(seed).choice(n, size=k, replace=False))
             targets = {"union": tuple(bench.tasks[i] for i in idx), "all": tuple(bench.tasks)}
+            done: dict[tuple[str, ...], dict[str, Any]] = {}
             for target, tasks in targets.items():
                 if target == "all" and args.union_only:
                     continue
-                res = bench.merges(idx, tasks, seed)
-                for m in methods:
-                    res[m] = bench.search(m, idx, tasks, seed)
+                if tasks in done:  # k = all experts: both targets are the same tasks
+                    res = done[tasks]
+                else:
+                    res = done[tasks] = bench.merges(idx, tasks, seed)
+                    for m in methods:
+                        res[m] = bench.search(m, idx, tasks, seed)
                 for m, r in res.items():
                     rows.append({"k": k, "seed": seed, "method": m, "target": target, **r})
                 if args.progress:
@@ -198,6 +203,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if "evals" in rs[0]:
                 rec["evals"] = statistics.fmean(r["evals"] for r in rs)
                 rec["seconds"] = statistics.fmean(r["seconds"] for r in rs)
+                rec["cpu_s"] = statistics.fmean(r["cpu_s"] for r in rs)
             out.append(rec)
     return out
 
@@ -207,12 +213,25 @@ def table(summary: list[dict[str, Any]]) -> str:
     by = {(s["k"], s["target"], s["method"], s["split"]): s for s in summary}
     keys = sorted({(s["k"], s["target"], s["method"]) for s in summary},
                   key=lambda x: (x[0], x[1] != "union", _ORDER.index(x[2]) if x[2] in _ORDER else 99, x[2]))
-    lines = ["| k | target | method | validation | test | evals | s |", "|---|---|---|---|---|---|---|"]
+    lines = ["| k | target | method | validation | test | evals | CPU s |", "|---|---|---|---|---|---|---|"]
     for k, target, method in keys:
         v, t = by[(k, target, method, "validation")], by[(k, target, method, "test")]
-        extra = f"{v['evals']:.0f} | {v['seconds']:.1f}" if "evals" in v else " | "
+        extra = f"{v['evals']:.0f} | {v['cpu_s']:.1f}" if "evals" in v else " | "
         lines.append(f"| {k} | {target} | {method} | {v['mean']:.4f} ± {v['sd']:.4f} | "
                      f"{t['mean']:.4f} ± {t['sd']:.4f} | {extra} |")
+    return "\n".join(lines)
+
+
+def compact(summary: list[dict[str, Any]], split: str = "test") -> str:
+    """Markdown: one row per (k, target), one column per method (``split`` mean ± sd)."""
+    by = {(s["k"], s["target"], s["method"]): s for s in summary if s["split"] == split}
+    methods = [m for m in _ORDER if any(key[2] == m for key in by)]
+    methods += sorted({key[2] for key in by} - set(methods))
+    cells = sorted({(k, t) for k, t, _ in by}, key=lambda x: (x[0], x[1] != "union"))
+    lines = ["| k | target | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    for k, t in cells:
+        row = [f"{by[(k, t, m)]['mean']:.4f} ± {by[(k, t, m)]['sd']:.4f}" if (k, t, m) in by else "" for m in methods]
+        lines.append(f"| {k} | {t} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
@@ -221,7 +240,7 @@ _ORDER = ["best_expert", "ta_1", "ta_best", "ties", "dare_ties", "genome", "swar
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--k", type=int, nargs="+", default=[2, 4, 6, 8, 10, 12])
+    ap.add_argument("--k", type=int, nargs="+", default=None, help="default: 2, 4, ..., 12 (up to the pool size)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+", default=list(SEARCH_METHODS), choices=SEARCH_METHODS,
                     help="search methods to run (the single expert and registry merges always run)")
@@ -243,6 +262,7 @@ def main(argv=None) -> None:
     else:
         print(f"zoo: {where}; seeds {args.seeds}")
         print(table(summary))
+        print(f"\ntest, mean ± sd over seeds:\n{compact(summary)}")
 
 
 if __name__ == "__main__":
