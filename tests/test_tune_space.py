@@ -6,6 +6,7 @@ import optuna
 import pytest
 
 from evomerge.config import config_from_dict
+from evomerge.config.sections import RHTConfig
 from evomerge.errors import ConfigError
 from evomerge.tuning.space import apply_overrides, build_space, expert_count, space_fingerprint, suggest
 
@@ -72,7 +73,7 @@ def test_overrides_are_revalidated_by_the_schema() -> None:
                                  "experts.count": 3})
     assert cfg.merge.method == "task_arithmetic"
     assert cfg.merge.params == {"lambda": 0.7}  # ties' own params dropped for the new method
-    assert cfg.rht.gamma == 0.8 and base.rht.gamma == 0.9  # base untouched
+    assert cfg.rht.gamma == 0.8 and base.rht.gamma == RHTConfig().gamma  # base untouched
     assert expert_count({"experts.count": 3}) == 3 and expert_count({"rht.gamma": 1}) is None
     with pytest.raises(ConfigError, match="genome.cross_rate"):
         apply_overrides(base, {"genome.cross_rate": 2.0})

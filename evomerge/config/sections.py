@@ -44,10 +44,10 @@ class RHTConfig(Section):
         default="mean", description="centre of the Gaussian difference: the tensor's mean, or the absolute `mu`")
     mu: float = Field(default=0.0, allow_inf_nan=False, description="the centre when centre=absolute")
     # defaults: jobs/configs/tune_rht.yaml's study, frozen (docs/merging.md, RHT)
-    sigma_g: float = Field(default=0.0005, ge=0.0, allow_inf_nan=False,
+    sigma_g: float = Field(default=0.0002, ge=0.0, allow_inf_nan=False,
                            description="std of the Gaussian difference (in the tensor's std with units=std)")
-    gamma: float = Field(default=0.9, gt=0.0, le=1.0, allow_inf_nan=False)
-    alpha: float = Field(default=0.4, ge=0.0, allow_inf_nan=False)
+    gamma: float = Field(default=0.97, gt=0.0, le=1.0, allow_inf_nan=False)
+    alpha: float = Field(default=0.1, ge=0.0, allow_inf_nan=False)
     beta: float = Field(default=30.0, ge=0.0, allow_inf_nan=False)
     units: Literal["raw", "std"] = Field(
         default="raw", description="raw: the constants act on the values as they are (the paper); std: in units of "
