@@ -65,10 +65,10 @@ PROFILES: dict[str, Profile] = {
     # initialisation for all experts; a full fine-tune per task; weights stored in fp16
     "default": Profile(
         name="default",
-        tasks=("rev_digits", "dshift", "rot_digits", "caesar", "rev_letters", "subst", "dedup", "greek_shift",
+        tasks=("rev_digits", "dshift", "rot_digits", "caesar", "rev_letters", "subst", "dedup", "greek_rev",
                "long_brackets", "mark_swap"),
         hidden=256, layers=2, heads=4, intermediate=512,
-        n_train=3000, n_eval=200, base_steps=200, base_lr=2e-3,
+        n_train=3000, n_eval=200, base_steps=180, base_lr=2e-3,
         expert_steps=150, expert_lr=3e-3, batch_size=64,
         # KL to the base's predictions on other tasks while an expert trains: specialists,
         # so that merges of unrelated experts keep much of their gains
