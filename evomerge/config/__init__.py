@@ -28,7 +28,7 @@ from evomerge.errors import ConfigError
 class EvomergeConfig(Section):
     seed: int = 0
     device: str = "cpu"
-    zoo_dir: Path | None = Field(default=None, description="built-in zoo location (default: user cache)")
+    zoo_dir: Path | None = Field(default=None, description="built-in zoo folder (default: the zoo shipped with evomerge)")
     output: str | None = Field(default=None, description="where results go: a path or a pyarrow filesystem URI")
     experts: ExpertsConfig = Field(default_factory=ExpertsConfig)
     merge: MergeConfig = Field(default_factory=MergeConfig)
