@@ -216,6 +216,15 @@ def test_incomplete_stale_and_foreign_folders(tiny, tmp_path):
         tiny.task_files("nope")
 
 
+def test_an_existing_zoo_folder_is_read_without_a_lock(small_zoo, tmp_path):
+    """A zoo folder given as root is only read: nothing is written beside it (the shipped zoos
+    live in the package, which may be read-only)."""
+    root = tmp_path / "z"
+    shutil.copytree(small_zoo.root, root)
+    assert ensure_zoo("small", root).root == root
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["z"]
+
+
 def test_cli_verify_and_path(small_zoo, tmp_path, capsys):
     assert main(["zoo", "path", "--small"]) == 0
     assert capsys.readouterr().out.strip() == str(shipped_root("small"))

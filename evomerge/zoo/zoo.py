@@ -223,6 +223,8 @@ def ensure_zoo(profile: str = "default", root: str | os.PathLike | None = None, 
             return Zoo.open(shipped, verify=True)
     explicit = root is not None
     root = Path(root) if root is not None else default_zoo_root(profile, seed)
+    if explicit and (root / MANIFEST).is_file():  # written last, atomically: no lock needed to read
+        return Zoo.open(root, verify=True)
     with file_lock(root.parent / f".{root.name}.build-lock"):
         if explicit and root.exists() and (not root.is_dir() or any(root.iterdir())):
             if not (root / MANIFEST).exists():
