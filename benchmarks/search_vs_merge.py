@@ -184,6 +184,8 @@ def run(args) -> tuple[list[dict[str, Any]], str]:
                         res[m] = bench.search(m, idx, tasks, seed)
                 for m, r in res.items():
                     rows.append({"k": k, "seed": seed, "method": m, "target": target, **r})
+                if args.raw is not None:  # after every cell, so an interrupted run keeps what it measured
+                    args.raw.write_text(json.dumps({"zoo": where, "rows": rows}, indent=1))
                 if args.progress:
                     print(f"k={k} seed={seed} {target}: " + ", ".join(
                         f"{m} {r['test']:.4f}" for m, r in res.items()), file=sys.stderr, flush=True)
