@@ -27,6 +27,10 @@ class OutputExistsError(EvomergeError):
     """The output path exists and ``overwrite`` was not given."""
 
 
+class ClusterError(EvomergeError):
+    """Ray could not be started or reached (an overloaded machine, a head that is down)."""
+
+
 class OutputError(EvomergeError):
     """The output cannot be written (a read-only or virtual file system, a full disk, a folder
     where a file is expected, another run writing the same destination)."""

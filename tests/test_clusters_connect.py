@@ -119,3 +119,19 @@ def test_ray_session_starts_and_releases_a_local_ray(monkeypatch) -> None:
             assert again is False
         assert ray.is_initialized()
     assert not ray.is_initialized()
+
+
+def test_local_ray_that_fails_to_start_is_one_clear_error(monkeypatch) -> None:
+    """Ray raises a bare Exception when its node times out at start-up (an overloaded machine);
+    the user gets one ClusterError line with the remedy, not Ray's traceback."""
+    import ray
+
+    from evomerge.errors import ClusterError
+
+    def fail(*args, **kwargs):
+        raise Exception("The current node timed out during startup. This could happen because ...")
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "init", fail)
+    with pytest.raises(ClusterError, match="could not start a local Ray .*timed out during startup.*RAY_raylet_start_wait_time_s"):
+        connect(config_from_dict({}).ray)

@@ -92,7 +92,8 @@ def test_study_in_postgres_with_password_from_the_environment(postgres, tmp_path
 
     summary = (tmp_path / "run" / "summary.json").read_text()
     assert postgres["password"] not in summary and postgres["password"] not in "\n".join(lines)
-    assert json.loads(summary)["storage"] == f"postgresql://evomerge:***@127.0.0.1:{postgres['port']}/postgres"
+    # an environment-expanded secret is written as the reference it came from, never its value
+    assert json.loads(summary)["storage"] == f"postgresql://evomerge:${{EVO_TEST_PG_PASSWORD}}@127.0.0.1:{postgres['port']}/postgres"
 
     # A wrong password is a clear error before any trial starts.
     monkeypatch.setenv("EVO_TEST_PG_PASSWORD", "not-the-pw-9f3a")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 from evomerge.config import RayConfig
-from evomerge.errors import ConfigError
+from evomerge.errors import ClusterError, ConfigError
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,15 @@ def connect(cfg: RayConfig, *, log_to_driver: bool = False) -> bool:
             raise ConfigError(f"`ray.address`: cannot connect to Ray at {address!r} ({_first_line(err)})") from None
     else:
         # "local": a new Ray of our own, even if a `ray start` cluster runs on this machine
-        ray.init(address="local", include_dashboard=False, log_to_driver=log_to_driver)
+        try:
+            ray.init(address="local", include_dashboard=False, log_to_driver=log_to_driver)
+        except Exception as err:  # noqa: BLE001 - Ray raises a bare Exception on a startup timeout
+            if ray.is_initialized():
+                ray.shutdown()
+            raise ClusterError(
+                f"could not start a local Ray ({_first_line(err)}); on an overloaded machine give it "
+                "longer with RAY_raylet_start_wait_time_s=180, or join a running cluster with `ray.address`"
+            ) from None
     return True
 
 
