@@ -313,3 +313,18 @@ def sha256_tree(path: str | os.PathLike) -> str:
         h.update(str(f.relative_to(path)).encode())
         h.update(sha256_file(f).encode())
     return h.hexdigest()
+
+
+def jsonable(obj):
+    """``obj`` with NaN/inf as None (they are not JSON) and numpy scalars as Python numbers."""
+    import math
+
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "item"):  # numpy scalars
+        return jsonable(obj.item())
+    return obj

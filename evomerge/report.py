@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 
 from evomerge.errors import ConfigError
-from evomerge.io import atomic_file, write_json_atomic, write_parquet_atomic
+from evomerge.io import atomic_file, jsonable, write_json_atomic, write_parquet_atomic
 from evomerge.scale.store import CellStore
 from evomerge.scale.tables import fitness_table, peaks
 
@@ -111,7 +111,7 @@ def write_report(run_dir: str | Path) -> Path:
     from evomerge.scale.report_md import markdown, rule_verdicts
 
     summary["verdicts"] = rule_verdicts(summary["rules"], f"law_k<={cfg.scale.law_first_k}")
-    write_json_atomic(run_dir / "report.json", _jsonable(summary))
+    write_json_atomic(run_dir / "report.json", jsonable(summary))
     md = markdown(plan, cfg, summary, pk_all, pk_union, figures, run_dir)
     path = run_dir / "report.md"
     with atomic_file(path, "w") as fh:
@@ -122,18 +122,6 @@ def write_report(run_dir: str | Path) -> Path:
 def _base_all(fitness: pd.DataFrame, split: str) -> float:
     b = fitness[(fitness["method"] == "base") & (fitness["target"] == "all") & (fitness["split"] == split)]
     return float(b["fitness"].mean()) if not b.empty else float("nan")
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if hasattr(obj, "item"):  # numpy scalars
-        return _jsonable(obj.item())
-    return obj
 
 
 def _summary(plan, fitness, pk_all, pk_union, records, fits, pairs, pca, figures, run_dir) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from evomerge.analysis.collect import PoolStats, RhtFn, collect
 from evomerge.analysis.source import pool_view
 from evomerge.errors import ConfigError
 from evomerge.experts.types import LoraModule
-from evomerge.io import atomic_dir, write_json_atomic, write_parquet_atomic
+from evomerge.io import atomic_dir, jsonable, write_json_atomic, write_parquet_atomic
 from evomerge.theory.geometry import n_components_for, pca_cumulative_variance
 from evomerge.theory.tails import hill_tail_index, kurtosis_from_moments
 from evomerge.theory.variance import adaptive_delta, n_max, sigma_rho_from_gram, stop_index, variance_curve
@@ -244,16 +244,7 @@ def _write_outputs(tmp: Path, view, stats: PoolStats, delta, rht_status: str, rh
         "tables": sorted(f"{k}.parquet" for k in tables),
         "figures": sorted(p.name for p in figs),
     }
-    write_json_atomic(tmp / "summary.json", _jsonable(summary))
+    write_json_atomic(tmp / "summary.json", jsonable(summary))
     return AnalysisResult(out_dir=tmp, summary=summary, tables=tables, figures=figs)
 
 
-def _jsonable(obj: Any) -> Any:
-    """NaN/inf are not JSON: write them as null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
