@@ -41,12 +41,12 @@ def retry_callback():
 
 def sampler_seed(seed: int, worker: int, n_trials_before: int) -> int:
     """The sampler seed of a worker joining a study that already holds ``n_trials_before`` trials."""
-    import numpy as np
+    from evomerge.seeding import derive_seed
 
     if n_trials_before == 0:  # a new study: the seed it always had
         return int(seed) * 1000 + int(worker)
-
-    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(worker), int(n_trials_before)]).generate_state(1)[0])
+    # the project's one seeding rule; Optuna's samplers take seeds below 2**32
+    return derive_seed("optuna-sampler", seed, worker, n_trials_before) % (2**32)
 
 
 def make_sampler(name: str, seed: int):
