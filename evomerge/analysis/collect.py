@@ -7,7 +7,6 @@ indices and histograms) and per-key principal-angle rows.
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -17,6 +16,7 @@ from tqdm.auto import tqdm
 
 from evomerge.analysis.source import PoolView
 from evomerge.errors import ExpertLoadError
+from evomerge.seeding import tensor_generator
 from evomerge.theory.geometry import angles_between_bases, layer_index, left_subspace_and_spectrum, lora_basis, orthonormal_basis
 from evomerge.theory.moments import _BLOCK, GramAccumulator
 from evomerge.theory.tails import lora_singular_values, partial_spectrum_summary, spectrum_summary
@@ -115,7 +115,7 @@ def _bases_and_spectra(view: PoolView, key: str, x: torch.Tensor, rank: int, see
                 [spectrum_summary(lora_singular_values(m.B, m.A, m.scale)) for m in mods])
     if x.ndim != 3:
         return None
-    g = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(key.encode())) % (2**63))
+    g = tensor_generator(seed, key, salt="analysis-svd")
     bases, spectra = [], []
     for i in range(x.shape[0]):
         basis, s, complete = left_subspace_and_spectrum(x[i], rank, g)
