@@ -32,7 +32,7 @@ from pathlib import Path
 def one(n_actors: int, args, tmp: Path) -> dict:
     from evomerge.config import config_from_dict
     from evomerge.distributed.runtime import Runtime
-    from evomerge.evolve import run_evolve
+    from evomerge.pipelines.evolve.run import run_evolve
 
     cfg = config_from_dict({
         "seed": args.seed,

@@ -59,7 +59,7 @@ def candidates(merged, tasks: list[str], rht_cfg, seed: int | None):
     """What the evaluator scores: one task vector, or (EMR) each task's own vector."""
     from evomerge.evaluation import PerTask
     from evomerge.merging.types import PerTaskMerge
-    from evomerge.rht import apply_rht
+    from evomerge.merging.rht import apply_rht
     from evomerge.seeding import rht_seed
 
     def post(td):

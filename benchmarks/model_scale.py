@@ -103,7 +103,7 @@ def evolve_phase(algo: str, args, ws: dict, root: Path, idle_rss: int) -> dict[s
 
     from evomerge.config import config_from_dict
     from evomerge.distributed.runtime import Runtime
-    from evomerge.evolve import run_evolve
+    from evomerge.pipelines.evolve.run import run_evolve
 
     spec_cls = probes.spec_class()
 
@@ -208,9 +208,9 @@ def scale_phases(args, ws: dict, idle_rss: int) -> list[dict[str, Any]]:
     import ray
 
     from evomerge.config.sections import EvaluationConfig, RayConfig, RHTConfig
-    from evomerge.scale.execute import RayCellRunner
-    from evomerge.scale.plan import Cell
-    from evomerge.scale.work import ScaleContext
+    from evomerge.pipelines.scale.execute import RayCellRunner
+    from evomerge.pipelines.scale.plan import Cell
+    from evomerge.pipelines.scale.work import ScaleContext
 
     n = args.experts
     ctx = ScaleContext(
@@ -261,7 +261,7 @@ def naive_phase(args, ws: dict) -> dict[str, Any]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from eval_throughput import naive_scores
 
-    from evomerge.data import load_task
+    from evomerge.evaluation.task_data import load_task
     from evomerge.evaluation import Evaluator
     from evomerge.experts.peft_io import load_peft_adapter
 

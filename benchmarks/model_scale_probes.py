@@ -103,7 +103,7 @@ def idle_rss(actor) -> int:
 
 
 def spec_class():
-    from evomerge.distributed.inputs import EvaluatorSpec
+    from evomerge.pipelines.inputs import EvaluatorSpec
 
     @dataclasses.dataclass(frozen=True)
     class TimedSpec(EvaluatorSpec):

@@ -11,7 +11,7 @@ all tasks. Per target, every method is scored on validation and test:
 * ``ta_1``: task arithmetic, lambda = 1; ``ta_best``: the lambda of a grid best on validation;
 * ``ties`` / ``dare_ties``: the registry's defaults (lambda 1);
 * ``genome`` / ``swarm``: a search at evomerge's defaults (the scale run's search settings and
-  evaluation budget, ``evomerge.scale.defaults``), its best individual by validation;
+  evaluation budget, ``evomerge.pipelines.scale.defaults``), its best individual by validation;
 * ``genome_paper`` / ``swarm_paper``: the same with ``preset: paper``.
 
 The searches run in this process, one evaluator per target (what one population actor does in
@@ -146,7 +146,7 @@ class Bench:
 def default_search_config() -> dict[str, Any]:
     """The scale run's search and evaluation settings (what ``evomerge scale`` runs by default)."""
     from evomerge.config import config_from_dict
-    from evomerge.scale.defaults import DEFAULT_SCALE_CONFIG
+    from evomerge.pipelines.scale.defaults import DEFAULT_SCALE_CONFIG
 
     cfg = config_from_dict(DEFAULT_SCALE_CONFIG, "scale defaults")
     return {"evaluation": cfg.evaluation.model_dump(mode="json"), "genome": dict(DEFAULT_SCALE_CONFIG.get("genome", {})),

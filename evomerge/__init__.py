@@ -1,6 +1,6 @@
 """evomerge: merge many fine-tuned experts into one multi-task model.
 
-The maths (``evomerge.merging``, ``evomerge.rht``, ``evomerge.theory``) is pure tensor code;
+The maths (``evomerge.merging``, ``evomerge.merging.rht``, ``evomerge.theory``) is pure tensor code;
 Ray, I/O and the CLI are thin layers around it.
 """
 

@@ -6,7 +6,7 @@ and Python versions (unlike ``hash``) and does not depend on the order keys are 
 
 RHT noise: a config's ``rht.seed`` gives the same noise for a tensor key wherever RHT runs
 (``merge``, ``evolve``, ``scale``, ``tune``): :func:`rht_seed` maps ``(rht.seed, replicate)``
-to the seed :func:`evomerge.rht.apply_rht` takes, and replicate 0 (every pipeline's default)
+to the seed :func:`evomerge.merging.rht.apply_rht` takes, and replicate 0 (every pipeline's default)
 is ``rht.seed`` itself. ``scale`` repeats a cell with replicates 1, 2, ... for its seed spread.
 """
 

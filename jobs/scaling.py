@@ -41,7 +41,7 @@ def _count_evaluations(history: Path) -> int:
 
 def measure_one(cfg, n: int, algo: str, small: bool, work_dir: Path) -> dict:
     """One run with ``n`` actors: wall time, evaluation time, throughput, where the actors ran."""
-    from evomerge.evolve import run_evolve
+    from evomerge.pipelines.evolve.run import run_evolve
 
     run_dir = work_dir / f"actors-{n}"
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -37,7 +37,7 @@ def fan_out(workers: int, cpus_per_worker: float):
         from evomerge.distributed.cluster import ray_session
         from evomerge.errors import EvomergeError
         from evomerge.storage_uri import mask_uri
-        from evomerge.tuning.run import create_or_check_study, write_outputs
+        from evomerge.pipelines.tune.run import create_or_check_study, write_outputs
 
         p = _common.cli_params(command, args)
         out = Path(p["out"])

@@ -75,7 +75,7 @@ def test_row01_usage_error_is_one_line_exit_2(capsys, tmp_path) -> None:
 
 # --- row 2 -----------------------------------------------------------------------------------------
 def test_row02_huge_line_refused_after_reading_the_limit(zoo, tmp_path, capsys) -> None:
-    from evomerge.data import MAX_LINE_BYTES, load_examples
+    from evomerge.evaluation.task_data import MAX_LINE_BYTES, load_examples
 
     f = tmp_path / "huge.jsonl"
     with open(f, "w") as fh:
@@ -315,7 +315,7 @@ def test_row11_placement_failure_needs_no_resume(zoo, tmp_path) -> None:
     """Actors that cannot be placed (a timeout) stop the run before any round: the rerun needs no --resume."""
     from evomerge.config import EvomergeConfig
     from evomerge.errors import ConfigError
-    from evomerge.evolve import run_evolve
+    from evomerge.pipelines.evolve.run import run_evolve
 
     class Unplaceable:  # stands in for a Ray runtime whose placement group times out
         def start(self, *a, **k):
@@ -331,7 +331,7 @@ def test_row11_placement_failure_needs_no_resume(zoo, tmp_path) -> None:
 
 def test_row11_resume_mismatch_names_the_key(tmp_path) -> None:
     from evomerge.errors import ConfigError
-    from evomerge.evolve import _prepare_out
+    from evomerge.pipelines.evolve.run import _prepare_out
 
     meta = {"algo": "genome", "experts": ["a", "b"], "tasks": ["t"],
             "config": {"seed": 0, "genome": {"population": 4, "sigma": 0.001}, "merge": {"method": "ties"}}}

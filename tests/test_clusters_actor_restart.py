@@ -19,7 +19,7 @@ def test_killed_actor_restarts_and_scores_the_same(small_zoo, capfd) -> None:
     import ray
 
     from evomerge.config import config_from_dict
-    from evomerge.distributed.inputs import prepare_inputs
+    from evomerge.pipelines.inputs import prepare_inputs
     from evomerge.distributed.runtime import Runtime
     from evomerge.search import Recipe, expert_id
 

@@ -11,7 +11,7 @@ import torch
 
 from evomerge.config import config_from_dict
 from evomerge.errors import ConfigError
-from evomerge.evolve import run_evolve
+from evomerge.pipelines.evolve.run import run_evolve
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402

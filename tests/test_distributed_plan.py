@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from evomerge.config import RayConfig, config_from_dict
-from evomerge.distributed import records
+from evomerge.pipelines.evolve import records
 from evomerge.distributed.actors import numpy_to_td, td_to_numpy
 from evomerge.distributed.cluster import plan_actors
-from evomerge.distributed.inputs import select
+from evomerge.pipelines.inputs import select
 from evomerge.errors import ConfigError
-from evomerge.evolve import check_static, make_searches
+from evomerge.pipelines.evolve.run import check_static, make_searches
 from evomerge.search import Recipe
 
 

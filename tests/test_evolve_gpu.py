@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from evomerge.config import config_from_dict
-from evomerge.evolve import run_evolve
+from evomerge.pipelines.evolve.run import run_evolve
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -16,7 +16,7 @@ N = 40
 
 @pytest.mark.parametrize("algo", ["genome", "swarm"])
 def test_search_on_gpu_actors_matches_cpu_scores(small_zoo, tmp_path, algo):
-    from evomerge.distributed.inputs import prepare_inputs
+    from evomerge.pipelines.inputs import prepare_inputs
     from evomerge.experts.peft_io import load_peft_adapter
 
     names = list(small_zoo.tasks[:3])

@@ -12,7 +12,7 @@ import torch
 from evomerge.config import config_from_dict
 from evomerge.distributed.actors import numpy_to_td
 from evomerge.errors import ConfigError
-from evomerge.evolve import run_evolve
+from evomerge.pipelines.evolve.run import run_evolve
 from evomerge.search import Recipe, expert_id, materialize, velocity_key
 
 ray = pytest.importorskip("ray")
@@ -55,7 +55,7 @@ def rt(small_zoo):
 
 @pytest.fixture(scope="module")
 def inputs(small_zoo, names):
-    from evomerge.distributed.inputs import prepare_inputs
+    from evomerge.pipelines.inputs import prepare_inputs
 
     return prepare_inputs(make_cfg(), experts=names, tasks=names)
 
@@ -142,7 +142,7 @@ def genome_run(rt, tmp_path_factory, names):
 
 
 def test_genome_beats_best_single_expert_and_writes_records(genome_run, inputs, local_evaluator, names):
-    from evomerge.scale.work import load_best
+    from evomerge.pipelines.scale.work import load_best
 
     res = genome_run
     assert set(res.expert_fitness) == set(names)
@@ -162,7 +162,7 @@ def test_genome_beats_best_single_expert_and_writes_records(genome_run, inputs, 
     assert again.fitness == pytest.approx(res.best_fitness, abs=1e-6)
     assert res.ensemble is not None and len(res.ensemble["ids"]) == 3
     # top-k majority votes (k = 2, 3) on validation and test; validation re-voted locally
-    from evomerge.distributed import records
+    from evomerge.pipelines.evolve import records
 
     ens = res.ensemble
     assert ens["available"] and ens["metric"] == "exact_match" and [r["k"] for r in ens["by_k"]] == [2, 3]
@@ -256,7 +256,7 @@ def test_swarm_in_delta_space_writes_a_task_vector_that_scores_its_fitness(rt, t
     from evomerge.evaluation import Evaluator
     from evomerge.experts.peft_io import load_peft_adapter
     from evomerge.experts.types import lora_deltas
-    from evomerge.scale.work import load_best
+    from evomerge.pipelines.scale.work import load_best
 
     names = SWARM_TARGET
     cfg = make_cfg(swarm={"max_iter": 20, "patience": 10, "space": "delta"})
@@ -298,7 +298,7 @@ def test_impossible_requests_refused_before_any_work(rt, tmp_path, names):
 def test_rht_per_candidate_or_final(rt, tmp_path, local_evaluator, apply_to, names):
     """With RHT per candidate the search scores RHT'd weights, so the written (RHT'd) adapter
     scores the search's best fitness; with RHT at the end only the written result changes."""
-    from evomerge.distributed import records
+    from evomerge.pipelines.evolve import records
     from evomerge.experts.peft_io import load_peft_adapter
 
     rht = {"enabled": True, "apply_to": apply_to, "sigma_g": 0.3, "gamma": 0.7, "alpha": 0.5, "seed": 3,

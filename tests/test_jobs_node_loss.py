@@ -62,7 +62,7 @@ def config():
 def test_node_loss_mid_run_gives_the_same_result(cluster, tmp_path) -> None:
     import ray
 
-    from evomerge.evolve import run_evolve
+    from evomerge.pipelines.evolve.run import run_evolve
 
     c, workers = cluster
     ref = run_evolve(config(), "genome", tmp_path / "ref", progress=False, zoo_profile="small", write_adapter=False)

@@ -149,7 +149,7 @@ def test_full_finetunes_to_checkpoint(zoo, tmp_path, capsys):
 
 def test_rht_applied_to_merged_task_vector(zoo, tmp_path, capsys):
     from evomerge.config import RHTConfig
-    from evomerge.rht import apply_rht
+    from evomerge.merging.rht import apply_rht
 
     cfg = tmp_path / "rht.yaml"
     cfg.write_text("rht:\n  gamma: 0.8\n  alpha: 0.2\n  sigma_g: 0.05\n  seed: 5\n")
@@ -173,7 +173,7 @@ def test_rht_applied_to_merged_task_vector(zoo, tmp_path, capsys):
 
 
 def test_emr_per_task_outputs(zoo, tmp_path, capsys):
-    from evomerge.merge_job import load_emr_task
+    from evomerge.pipelines.merge.job import load_emr_task
 
     out = tmp_path / "emr"
     code, _, err = _run(["-e", zoo / "l1", "-e", zoo / "l2", "--method", "emr", "--out", out], capsys)

@@ -12,7 +12,7 @@ from evomerge.config import config_from_dict
 from evomerge.config.sections import RHTConfig
 from evomerge.errors import ConfigError
 from evomerge.experts.types import LoraModule, lora_to_ab
-from evomerge.rht import apply_rht, heavy_tail_map, rht_transform
+from evomerge.merging.rht import apply_rht, heavy_tail_map, rht_transform
 from evomerge.seeding import rht_seed, tensor_generator
 
 
@@ -217,8 +217,8 @@ def test_domain_delta_transforms_the_dense_products_and_factors_the_factors():
 
 def test_one_config_gives_the_same_noise_in_merge_evolve_and_scale():
     from evomerge.distributed.actors import PopulationActor
-    from evomerge.merge_job import _apply_rht
-    from evomerge.scale.work import CellWorker, ScaleContext
+    from evomerge.pipelines.merge.job import _apply_rht
+    from evomerge.pipelines.scale.work import CellWorker, ScaleContext
 
     td = {"l1.weight": torch.randn(10, 12, generator=_g(5)) * 1e-2}
     rht = RHTConfig(enabled=True, gamma=0.8, sigma_g=1e-3, seed=11)

@@ -222,7 +222,7 @@ def test_report_command_regenerates(run):
 def test_rerun_skips_everything_and_config_change_is_refused(run):
     out, zoo = run
     from evomerge.config import load_config
-    from evomerge.driver import run_scale
+    from evomerge.pipelines.scale.driver import run_scale
     from evomerge.errors import OutputExistsError
 
     cfg = load_config(out / "config.yaml")

@@ -8,8 +8,8 @@ import torch
 
 from evomerge.config.sections import ScaleConfig
 from evomerge.errors import ConfigError
-from evomerge.scale.ordering import low_correlation_order, order_experts
-from evomerge.scale.plan import build_cells, search_grid, stop_rule
+from evomerge.pipelines.scale.ordering import low_correlation_order, order_experts
+from evomerge.pipelines.scale.plan import build_cells, search_grid, stop_rule
 from evomerge.theory import estimate_sigma_rho, n_max
 
 # A hand-made correlation matrix of 5 experts.
@@ -178,7 +178,7 @@ def test_scale_config_rejects_bad_values():
 
 
 def test_correlated_pairs_from_domains_and_graceful_without():
-    from evomerge.scale.pairs import correlated_pairs
+    from evomerge.pipelines.scale.pairs import correlated_pairs
 
     names = ["a1", "a2", "b1", "c1", "b2"]
     domains = {"a1": "A", "a2": "A", "b1": "B", "c1": "C", "b2": "B"}
@@ -191,7 +191,7 @@ def test_correlated_pairs_from_domains_and_graceful_without():
 
 
 def test_fisher_regmean_need_a_train_split_per_expert(tmp_path):
-    from evomerge.scale.statistics import needed, train_files
+    from evomerge.pipelines.scale.statistics import needed, train_files
 
     assert needed(["ties", "fisher", "regmean"]) == ["fisher", "gram"] and needed(["ties"]) == []
     for task in ("t1", "t2"):

@@ -11,7 +11,7 @@ import pytest
 from evomerge.cli import main
 from evomerge.config import config_from_dict
 from evomerge.errors import ConfigError
-from evomerge.scale.defaults import preset_data
+from evomerge.pipelines.scale.defaults import preset_data
 
 
 def test_paper_preset_is_the_table1_protocol():
@@ -61,10 +61,10 @@ def test_paper_preset_on_a_pool_of_6_is_refused_naming_search_k(small_zoo, tmp_p
 @pytest.mark.ray
 @pytest.mark.slow  # one tiny GENOME search per k on real actors
 def test_final_population_test_scores_are_recorded(small_zoo, tmp_path):
-    from evomerge.driver import run_scale
+    from evomerge.pipelines.scale.driver import run_scale
     from evomerge.evaluation import Evaluator
-    from evomerge.scale.plan import load_cells
-    from evomerge.scale.search_cells import final_population
+    from evomerge.pipelines.scale.plan import load_cells
+    from evomerge.pipelines.scale.search_cells import final_population
 
     cfg = config_from_dict({
         "evaluation": {"max_samples": 16, "batch_size": 16},

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from evomerge.config import config_from_dict
-from evomerge.driver import run_scale
-from evomerge.scale.store import CellStore
+from evomerge.pipelines.scale.driver import run_scale
+from evomerge.pipelines.scale.store import CellStore
 
 pytestmark = pytest.mark.ray
 
@@ -46,9 +46,9 @@ def reference_table(cfg, zoo, run_dir) -> pd.DataFrame:
     """Every cell of the plan computed directly in this process (no Ray, no store, no resume)."""
     import json
 
-    from evomerge.driver import make_context, pool_spec
-    from evomerge.scale.plan import load_cells
-    from evomerge.scale.work import CellWorker
+    from evomerge.pipelines.scale.driver import make_context, pool_spec
+    from evomerge.pipelines.scale.plan import load_cells
+    from evomerge.pipelines.scale.work import CellWorker
 
     plan = json.loads((run_dir / "plan.json").read_text())
     worker = CellWorker(make_context(cfg, pool_spec(cfg, zoo), run_dir))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from evomerge.scale.store import CellStore
-from evomerge.scale.tables import fitness_table, peaks
+from evomerge.pipelines.scale.store import CellStore
+from evomerge.pipelines.scale.tables import fitness_table, peaks
 
 
 def _rows(cell, kind, k, method, rht, seed, experts, scores, split="validation"):

@@ -63,7 +63,7 @@ def studies_seen_by(command: str, env: dict | None = None, timeout_s: float = 12
 
 
 def test_sqlite_command_opens_the_study(tmp_path) -> None:
-    from evomerge.tuning.dashboard import dashboard_command, password_hint
+    from evomerge.pipelines.tune.dashboard import dashboard_command, password_hint
 
     url = f"sqlite:///{tmp_path / 'a dir' / 'optuna.db'}"  # a space: the command must quote
     (tmp_path / "a dir").mkdir()
@@ -77,7 +77,7 @@ def test_journal_command_opens_the_study(tmp_path) -> None:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    from evomerge.tuning.dashboard import dashboard_command
+    from evomerge.pipelines.tune.dashboard import dashboard_command
 
     path = tmp_path / "study.log"
     make_study(JournalStorage(JournalFileBackend(str(path))), "jr", n=2)
@@ -87,7 +87,7 @@ def test_journal_command_opens_the_study(tmp_path) -> None:
 @pytest.mark.slow  # about 20 s with the server's start and stop
 def test_postgres_command_has_no_password_and_opens_the_study(postgres) -> None:
     from evomerge.storage_uri import mask_uri
-    from evomerge.tuning.dashboard import dashboard_command, password_hint
+    from evomerge.pipelines.tune.dashboard import dashboard_command, password_hint
 
     pw = postgres["password"]
     url = f"postgresql://evomerge:{pw}@127.0.0.1:{postgres['port']}/postgres?sslmode=disable&password={pw}"

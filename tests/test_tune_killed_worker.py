@@ -16,16 +16,16 @@ import time
 import optuna
 import pytest
 
-from evomerge.tuning.storage import open_storage
-from evomerge.tuning.study import make_pruner, make_sampler, n_finished, open_study, recording_errors, run_study, \
+from evomerge.pipelines.tune.storage import open_storage
+from evomerge.pipelines.tune.study import make_pruner, make_sampler, n_finished, open_study, recording_errors, run_study, \
     sampler_seed
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 WORKER = textwrap.dedent("""
     import sys, time, pathlib
-    from evomerge.tuning.storage import open_storage
-    from evomerge.tuning.study import make_pruner, make_sampler, open_study, recording_errors, run_study
+    from evomerge.pipelines.tune.storage import open_storage
+    from evomerge.pipelines.tune.study import make_pruner, make_sampler, open_study, recording_errors, run_study
     url, marker = sys.argv[1], pathlib.Path(sys.argv[2])
     study = open_study(open_storage(url), "s", "fp", resume=False, sampler=make_sampler("random", 7),
                        pruner=make_pruner("none", 1), shown_url=url)

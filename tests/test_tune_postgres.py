@@ -69,7 +69,7 @@ def test_study_in_postgres_with_password_from_the_environment(postgres, tmp_path
     import optuna
 
     from evomerge.config import config_from_dict
-    from evomerge.tuning.run import run_tune
+    from evomerge.pipelines.tune.run import run_tune
     from evomerge.zoo import ensure_zoo
 
     ensure_zoo("small")

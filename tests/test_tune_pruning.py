@@ -18,7 +18,7 @@ GENERATIONS = 4
 
 
 def test_hopeless_evolutionary_trial_is_pruned_early(tmp_path) -> None:
-    from evomerge.tuning.run import create_or_check_study, run_tune
+    from evomerge.pipelines.tune.run import create_or_check_study, run_tune
     from evomerge.zoo import ensure_zoo
 
     ensure_zoo("small")

@@ -8,7 +8,7 @@ import pytest
 from evomerge.config import config_from_dict
 from evomerge.config.sections import RHTConfig
 from evomerge.errors import ConfigError
-from evomerge.tuning.space import apply_overrides, build_space, expert_count, space_fingerprint, suggest
+from evomerge.pipelines.tune.space import apply_overrides, build_space, expert_count, space_fingerprint, suggest
 
 
 def cfg_with(space: dict, **top):

@@ -10,8 +10,8 @@ import pytest
 
 from evomerge.errors import ConfigError
 from evomerge.storage_uri import mask_uri
-from evomerge.tuning.storage import ENV_VAR, open_storage, postgres_driver, resolve_storage_url
-from evomerge.tuning.study import n_finished, open_study, recording_errors, run_study
+from evomerge.pipelines.tune.storage import ENV_VAR, open_storage, postgres_driver, resolve_storage_url
+from evomerge.pipelines.tune.study import n_finished, open_study, recording_errors, run_study
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

@@ -47,8 +47,8 @@ def small_zoo():
 
 
 def test_study_beats_the_default_config_and_writes_its_outputs(small_zoo, tmp_path) -> None:
-    from evomerge.tuning.objective import MergeScorer
-    from evomerge.tuning.run import _pool_spec, run_tune
+    from evomerge.pipelines.tune.objective import MergeScorer
+    from evomerge.pipelines.tune.run import _pool_spec, run_tune
 
     cfg = config_from_dict(study_config(8))
     res = run_tune(cfg, tmp_path / "run", small=True, log=lambda m: None)
@@ -148,7 +148,7 @@ def test_resume_after_the_worker_is_killed(small_zoo, tmp_path) -> None:
 
 def test_changed_space_is_refused_before_trials_start(small_zoo, tmp_path) -> None:
     from evomerge.errors import ConfigError
-    from evomerge.tuning.run import run_tune
+    from evomerge.pipelines.tune.run import run_tune
 
     storage = f"sqlite:///{tmp_path}/s.db"
     run_tune(config_from_dict(study_config(1)), tmp_path / "a", storage=storage, small=True, log=lambda m: None)
@@ -161,7 +161,7 @@ def test_changed_space_is_refused_before_trials_start(small_zoo, tmp_path) -> No
 
 
 def test_cmaes_sampler_runs_a_study(small_zoo, tmp_path) -> None:
-    from evomerge.tuning.run import run_tune
+    from evomerge.pipelines.tune.run import run_tune
 
     data = study_config(6, sampler="cmaes")
     # CMA-ES needs a numeric space (categorical dimensions fall back to independent sampling)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from evomerge.cli import main
-from evomerge.data import load_examples
+from evomerge.evaluation.task_data import load_examples
 from evomerge.errors import ExpertLoadError
 from evomerge.evaluation import Evaluator
 from evomerge.experts.peft_io import load_peft_adapter

@@ -50,9 +50,9 @@ def _rht_fn(rht_cfg: Any) -> tuple[RhtFn | None, str]:
     """The RHT applied to the uniform merge (seeded by ``rht_cfg.seed`` as ``evomerge merge``
     does), or None with the reason."""
     try:
-        from evomerge.rht import apply_rht
+        from evomerge.merging.rht import apply_rht
     except ImportError as err:
-        return None, f"evomerge.rht not importable ({err})"
+        return None, f"evomerge.merging.rht not importable ({err})"
 
     def fn(key: str, merged: torch.Tensor) -> torch.Tensor:
         return apply_rht({key: merged}, rht_cfg, rht_cfg.seed)[key]

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_error(message: str) -> None:
-    from evomerge.tuning.storage import shown_url  # no secret of a storage URL reaches the terminal
+    from evomerge.pipelines.tune.storage import shown_url  # no secret of a storage URL reaches the terminal
 
     for line in shown_url(str(message)).splitlines() or [""]:
         print(f"error: {line}", file=sys.stderr)

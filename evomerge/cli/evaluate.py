@@ -26,7 +26,7 @@ def _task_items(items: list[str]) -> dict[str, str] | None:
 
 def _user_tasks(task_files: dict, split: str) -> dict:
     """``name -> FILE`` (that file is the split) or ``name -> DIR`` (DIR/<split>.parquet|.jsonl)."""
-    from evomerge.data import load_task
+    from evomerge.evaluation.task_data import load_task
 
     return {name: load_task(path, (split,), source=f"evaluation.task_files.{name}") for name, path in task_files.items()}
 

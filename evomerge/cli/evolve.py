@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
 
         Without experts in the config, the built-in zoo (``--zoo``, default small) is used."""
         from evomerge.cli._common import load_config_with_sets, zoo_choice, zoo_settings
-        from evomerge.evolve import run_evolve
+        from evomerge.pipelines.evolve.run import run_evolve
         from evomerge.io import removed_if_failed
         from evomerge.search import check_search_name
 

@@ -77,7 +77,7 @@ def merge_command(
     sets: list[str] = set_option(),
 ) -> None:
     """Merge experts into one peft adapter or full checkpoint, with a manifest of how."""
-    from evomerge.merge_job import run_merge
+    from evomerge.pipelines.merge.job import run_merge
 
     cfg = build_config(
         config, experts=expert, base=base, method=method, params=param, space=space, weights=weights, rank=rank,

@@ -11,6 +11,6 @@ def register(app: typer.Typer) -> None:
     @app.command("report")
     def report(run_dir: Path = typer.Argument(..., help="a scale run directory (evomerge scale --out)")) -> None:
         """Rebuild tables/*.parquet, figures/*.png and report.md from the run's finished cells."""
-        from evomerge.report import write_report
+        from evomerge.pipelines.scale.report import write_report
 
         typer.echo(f"report: {write_report(run_dir)}")

@@ -35,9 +35,9 @@ def register(app: typer.Typer) -> None:
         import yaml
 
         from evomerge.config import load_config
-        from evomerge.driver import run_scale
+        from evomerge.pipelines.scale.driver import run_scale
         from evomerge.errors import ConfigError
-        from evomerge.scale.defaults import DEFAULT_SCALE_CONFIG, default_config
+        from evomerge.pipelines.scale.defaults import DEFAULT_SCALE_CONFIG, default_config
 
         if print_default_config:
             typer.echo(yaml.safe_dump(DEFAULT_SCALE_CONFIG, sort_keys=False))
@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
         elif preset is not None:
             from evomerge.config import config_from_dict, load_config_data
             from evomerge.config.overrides import parse_sets
-            from evomerge.scale.defaults import preset_data
+            from evomerge.pipelines.scale.defaults import preset_data
 
             user = load_config_data(config) if config is not None else None
             cfg = config_from_dict(preset_data(preset, user, parse_sets(sets)), f"--preset {preset}")

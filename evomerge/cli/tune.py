@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
         Without experts in the config, the built-in zoo (``--zoo``, default: default) is used."""
         from evomerge.cli._common import load_config_with_sets, zoo_choice, zoo_settings
         from evomerge.io import removed_if_failed
-        from evomerge.tuning.run import run_tune
+        from evomerge.pipelines.tune.run import run_tune
 
         profile, cfg = zoo_settings(zoo_choice(zoo, small), load_config_with_sets(config, sets), "default")
         with removed_if_failed(out):

@@ -35,7 +35,7 @@ class ExpertsConfig(Section):
 
 
 class RHTConfig(Section):
-    """Reparameterized Heavy-Tailed post-processing (evomerge.rht; docs/merging.md). The transform
+    """Reparameterized Heavy-Tailed post-processing (evomerge.merging.rht; docs/merging.md). The transform
     is the paper's; centre, units, norm restoration, domain and the constants' defaults are
     evomerge's choices."""
 

@@ -206,7 +206,7 @@ class PopulationActor:
         return self._as_candidate(td)
 
     def _apply_rht(self, td: TensorDict, key: str, cfg: Any) -> TensorDict:
-        from evomerge.rht import apply_rht
+        from evomerge.merging.rht import apply_rht
         from evomerge.seeding import rht_seed
 
         # one config, one noise: the same draw as merge and scale (not a function of the individual)

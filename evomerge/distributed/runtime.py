@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -12,8 +12,10 @@ from evomerge.distributed.actors import EvalRow, PopulationActor
 from evomerge.distributed.cluster import (
     ActorPlan, actor_options, cluster_resources, connect, create_placement_group, plan_actors, release,
 )
-from evomerge.distributed.inputs import EvolveInputs
 from evomerge.distributed.pool import PopulationPool
+
+if TYPE_CHECKING:  # the pipelines' inputs (experts + evaluator recipe); a type only, no upward import
+    from evomerge.pipelines.inputs import EvolveInputs
 
 log = logging.getLogger(__name__)
 NumpyDict = dict[str, np.ndarray]

@@ -175,7 +175,7 @@ def pool_statistics(
     """
     from tqdm.auto import tqdm
 
-    from evomerge.data import load_examples
+    from evomerge.evaluation.task_data import load_examples
     from evomerge.errors import ConfigError
 
     needs = sorted(set(needs))

@@ -90,7 +90,7 @@ class Zoo:
 
     def load_tasks(self, tasks: list[str] | None = None, splits=("validation", "test"), limit: int | None = None):
         """``{task: {split: datasets.Dataset}}`` for the Evaluator."""
-        from evomerge.data import load_examples
+        from evomerge.evaluation.task_data import load_examples
 
         names = list(tasks) if tasks is not None else self.tasks
         return {t: {s: load_examples(self.task_files(t)[s], limit=limit) for s in splits} for t in names}

@@ -8,7 +8,7 @@ from typing import Any
 
 from evomerge.config import EvomergeConfig
 from evomerge.distributed.actors import numpy_to_td
-from evomerge.distributed.inputs import EvolveInputs
+from evomerge.pipelines.inputs import EvolveInputs
 
 
 def finalize(cfg: EvomergeConfig, inputs: EvolveInputs, search: Any, rt: Any, out_dir: Path,
@@ -69,7 +69,7 @@ def _write_best(inputs: EvolveInputs, weights: dict, rht: Any, best_id: str, out
 
     td = numpy_to_td(weights)
     if rht is not None:
-        from evomerge.rht import apply_rht
+        from evomerge.merging.rht import apply_rht
 
         td = apply_rht(td, rht, rht_seed(rht.seed), fan_in_fan_out=inputs.fan_in_fan_out)
     if inputs.kind == "lora" and any(k.endswith("::A") for k in td):  # rht.domain delta gives a task vector

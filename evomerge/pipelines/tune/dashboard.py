@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 def dashboard_command(url: str) -> str:
     """The shell command that opens the storage at ``url`` in optuna-dashboard."""
-    from evomerge.tuning.storage import _journal_path
+    from evomerge.pipelines.tune.storage import _journal_path
 
     journal = _journal_path(url)
     if journal is not None:

@@ -30,7 +30,7 @@ class TuneResult:
 
 
 def _pool_spec(cfg: EvomergeConfig, small: bool):
-    from evomerge.driver import pool_spec
+    from evomerge.pipelines.scale.driver import pool_spec
 
     if cfg.experts.experts:
         return pool_spec(cfg)
@@ -47,7 +47,7 @@ def best_config(base: EvomergeConfig, params: dict[str, Any], spec) -> EvomergeC
     Evolutionary studies on the built-in zoo keep the zoo (the evolve runner evaluates on its
     tasks); the expert subset is then reported in summary.json.
     """
-    from evomerge.tuning.space import apply_overrides, expert_count
+    from evomerge.pipelines.tune.space import apply_overrides, expert_count
 
     cfg = apply_overrides(base, params)
     k = expert_count(params) or len(spec.paths)
@@ -83,9 +83,9 @@ def open_tune_study(cfg: EvomergeConfig, out_dir: Path, *, storage: str | None, 
     (except building the built-in zoo, which is needed to know the pool size)."""
     import optuna
 
-    from evomerge.tuning.space import build_space, space_fingerprint
-    from evomerge.tuning.storage import open_storage, resolve_storage_url, shown_url
-    from evomerge.tuning.study import make_pruner, make_sampler, open_study, sampler_seed
+    from evomerge.pipelines.tune.space import build_space, space_fingerprint
+    from evomerge.pipelines.tune.storage import open_storage, resolve_storage_url, shown_url
+    from evomerge.pipelines.tune.study import make_pruner, make_sampler, open_study, sampler_seed
 
     tune = cfg.tune
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -140,8 +140,8 @@ def run_tune(
     Everything that can be wrong with the input (space, storage, study name) is checked before
     a trial starts.
     """
-    from evomerge.tuning.objective import MergeScorer, merge_objective
-    from evomerge.tuning.study import recording_errors, run_study
+    from evomerge.pipelines.tune.objective import MergeScorer, merge_objective
+    from evomerge.pipelines.tune.study import recording_errors, run_study
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -173,8 +173,8 @@ def _run_evolutionary(study, cfg: EvomergeConfig, dims, out_dir: Path, small: bo
     actors serve them all."""
     from evomerge.distributed.cluster import ray_session
     from evomerge.distributed.runtime import Runtime
-    from evomerge.tuning.evolve_objective import evolve_objective
-    from evomerge.tuning.study import recording_errors, run_study
+    from evomerge.pipelines.tune.evolve_objective import evolve_objective
+    from evomerge.pipelines.tune.study import recording_errors, run_study
 
     with ray_session(cfg.ray), Runtime(cfg) as rt:
         objective = evolve_objective(cfg, dims, cfg.tune.objective, out_dir / "trials", small=small, runtime=rt)
@@ -185,9 +185,9 @@ def finish(study, cfg: EvomergeConfig, spec, out_dir: Path, shown: str, ran: int
     """Write the study's outputs (every worker may do this; each file is replaced atomically)."""
     import optuna
 
-    from evomerge.tuning.dashboard import dashboard_command, password_hint
-    from evomerge.tuning.results import export_trials, write_figures
-    from evomerge.tuning.space import expert_count
+    from evomerge.pipelines.tune.dashboard import dashboard_command, password_hint
+    from evomerge.pipelines.tune.results import export_trials, write_figures
+    from evomerge.pipelines.tune.space import expert_count
 
     states: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):

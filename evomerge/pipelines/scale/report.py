@@ -17,8 +17,8 @@ import pyarrow as pa
 
 from evomerge.errors import ConfigError
 from evomerge.io import atomic_file, jsonable, write_json_atomic, write_parquet_atomic
-from evomerge.scale.store import CellStore
-from evomerge.scale.tables import fitness_table, peaks
+from evomerge.pipelines.scale.store import CellStore
+from evomerge.pipelines.scale.tables import fitness_table, peaks
 
 
 def load_run(run_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
@@ -31,7 +31,7 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame, pd.Data
     store = CellStore(run_dir)
     scores, samples = store.scores().to_pandas(), store.samples().to_pandas()
     # only the current plan's cells: a run continued with other `stop`/`k_max` keeps older files
-    from evomerge.scale.plan import load_cells
+    from evomerge.pipelines.scale.plan import load_cells
 
     ids = {c.id for c in load_cells(plan)}
     return plan, scores[scores["cell"].isin(ids)].reset_index(drop=True), samples[samples["cell"].isin(ids)].reset_index(drop=True)
@@ -63,8 +63,8 @@ def _read_json(path: Path) -> Any:
 def write_report(run_dir: str | Path) -> Path:
     """Write ``tables/*.parquet``, ``figures/*.png``, ``report.json`` and ``report.md``."""
     from evomerge.config import load_config
-    from evomerge.scale.figures import plot_fitness_panels
-    from evomerge.scale.rules import judge, pair_summary
+    from evomerge.pipelines.scale.figures import plot_fitness_panels
+    from evomerge.pipelines.scale.rules import judge, pair_summary
 
     run_dir = Path(run_dir)
     plan, scores, samples = load_run(run_dir)
@@ -82,8 +82,8 @@ def write_report(run_dir: str | Path) -> Path:
     pk_all, pk_union = peaks(fitness, target="all"), peaks(fitness, target="union")
     records, fits = judge(plan, fitness, scale_cfg=cfg.scale, pca_count=pca, gains=gains) if not fitness.empty else ([], [])
     pairs = pair_summary(fitness, plan, gains) if not fitness.empty else []
-    from evomerge.scale.plan import load_cells
-    from evomerge.scale.search_cells import search_scores
+    from evomerge.pipelines.scale.plan import load_cells
+    from evomerge.pipelines.scale.search_cells import search_scores
 
     searches = search_scores(run_dir, load_cells(plan))
     write_parquet_atomic(tables / "scores.parquet", pa.Table.from_pandas(scores, preserve_index=False))
@@ -108,7 +108,7 @@ def write_report(run_dir: str | Path) -> Path:
 
     summary = _summary(plan, fitness, pk_all, pk_union, records, fits, pairs, pca, figures, run_dir)
     summary["searches"] = searches
-    from evomerge.scale.report_md import markdown, rule_verdicts
+    from evomerge.pipelines.scale.report_md import markdown, rule_verdicts
 
     summary["verdicts"] = rule_verdicts(summary["rules"], f"law_k<={cfg.scale.law_first_k}")
     write_json_atomic(run_dir / "report.json", jsonable(summary))

@@ -15,7 +15,7 @@ from evomerge.config import EvomergeConfig
 
 
 def pruning_callback(trial) -> Callable[[Any], None]:
-    """``on_generation`` callback for :func:`evomerge.evolve.run_evolve`."""
+    """``on_generation`` callback for :func:`evomerge.pipelines.evolve.run.run_evolve`."""
     import optuna
 
     def on_generation(info) -> None:
@@ -33,8 +33,8 @@ def evolve_objective(base: EvomergeConfig, dims, algo: str, trials_dir: Path, *,
 
     ``runtime``: an open Runtime whose actors every trial reuses, unless the trial's sampled
     values change the ``ray`` section (then the trial places its own actors)."""
-    from evomerge.evolve import run_evolve
-    from evomerge.tuning.space import apply_overrides, expert_count, suggest
+    from evomerge.pipelines.evolve.run import run_evolve
+    from evomerge.pipelines.tune.space import apply_overrides, expert_count, suggest
 
     def objective(trial) -> float:
         values = suggest(trial, dims)

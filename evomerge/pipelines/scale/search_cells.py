@@ -1,6 +1,6 @@
 """GENOME / Model Swarms cells of a scale run.
 
-Each search cell runs ``evomerge.evolve.run_evolve`` on the cell's k experts (objective: the
+Each search cell runs ``evomerge.pipelines.evolve.run.run_evolve`` on the cell's k experts (objective: the
 validation fitness on those experts' tasks, RHT off) into ``run_dir/search/<cell>/``; that
 run resumes by itself if the scale run is interrupted. The best result is then scored, plain
 and with RHT, by the same cell workers as the registry merges (:meth:`CellWorker.run`).
@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from evomerge.config import EvomergeConfig, config_from_dict
-from evomerge.scale.plan import Cell
+from evomerge.pipelines.scale.plan import Cell
 
 
 def search_dir(run_dir: Path, cell: Cell) -> Path:
@@ -45,7 +45,7 @@ def run_search(cell: Cell, cfg: EvomergeConfig, run_dir: Path, *, names: list[st
 
     ``runtime``: an open :class:`~evomerge.distributed.runtime.Runtime` whose actors every
     search cell reuses (starting actors costs far more than a small search)."""
-    from evomerge.evolve import run_evolve
+    from evomerge.pipelines.evolve.run import run_evolve
 
     done = best_path(run_dir, cell)
     if done is not None:

@@ -12,8 +12,8 @@ from typing import Iterator, Sequence
 
 from evomerge.config.sections import RayConfig
 from evomerge.errors import EvomergeError
-from evomerge.scale.plan import Cell
-from evomerge.scale.work import CellOutput, CellWorker, ScaleContext
+from evomerge.pipelines.scale.plan import Cell
+from evomerge.pipelines.scale.work import CellOutput, CellWorker, ScaleContext
 
 MAX_CELL_ATTEMPTS = 3
 

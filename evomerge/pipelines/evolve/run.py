@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from evomerge.config import EvomergeConfig
-from evomerge.distributed import records
-from evomerge.distributed.inputs import EvolveInputs, prepare_inputs
+from evomerge.pipelines.evolve import records
+from evomerge.pipelines.inputs import EvolveInputs, prepare_inputs
 from evomerge.errors import ConfigError, OutputExistsError
 from evomerge.io import write_json_atomic, write_parquet_atomic
 
@@ -252,7 +252,7 @@ class _Loop:
 
     # ---------------------------------------------------------------- final
     def finish(self, write_adapter: bool) -> EvolveResult:
-        from evomerge.distributed.final import finalize
+        from evomerge.pipelines.evolve.final import finalize
 
         island = max(range(len(self.searches)), key=lambda i: (self.searches[i].best_fitness, -i))
         search = self.searches[island]

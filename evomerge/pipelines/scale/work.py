@@ -1,6 +1,6 @@
 """One unit of scale work: merge the cell's experts, optionally apply RHT, evaluate.
 
-:class:`CellWorker` is a plain class (the Ray actor in :mod:`evomerge.scale.execute` wraps it),
+:class:`CellWorker` is a plain class (the Ray actor in :mod:`evomerge.pipelines.scale.execute` wraps it),
 so a worker holds the pool and the evaluator once and serves many cells.
 """
 
@@ -16,7 +16,7 @@ import torch
 from evomerge.config.sections import EvaluationConfig, RHTConfig
 from evomerge.experts.types import TensorDict
 from evomerge.merging.types import PerTaskMerge, derive_seed
-from evomerge.scale.plan import Cell
+from evomerge.pipelines.scale.plan import Cell
 
 SPLITS = ("validation", "test")
 
@@ -91,7 +91,7 @@ class CellWorker:
         stream = ((key, self.pool.stacked(key)[idx]) for key in self.pool.keys())
         stats = None
         if method.needs:  # Fisher / RegMean: the run's cached per-expert statistics
-            from evomerge.scale.statistics import load_stacked
+            from evomerge.pipelines.scale.statistics import load_stacked
 
             stats = load_stacked(self.ctx.run_dir or ".", self.ctx.names, idx)
         return merge_task_vectors(method, stream, None, params, seed, stats=stats)
@@ -125,7 +125,7 @@ class CellWorker:
     def _rht(self, td: TensorDict, rht: bool, seed: int) -> TensorDict:
         if not rht:
             return td
-        from evomerge.rht import apply_rht
+        from evomerge.merging.rht import apply_rht
         from evomerge.seeding import rht_seed
 
         # the config's noise (replicate 0 = what merge and evolve draw); each cell seed a replicate
@@ -156,7 +156,7 @@ class CellWorker:
         from pathlib import Path
 
         from evomerge.errors import EvomergeError
-        from evomerge.scale.search_cells import best_path
+        from evomerge.pipelines.scale.search_cells import best_path
 
         path = best_path(Path(self.ctx.run_dir or "."), cell)
         if path is None:
@@ -183,7 +183,7 @@ class CellWorker:
         individual of the search's final population: the paper's test-set selection, reported only."""
         from pathlib import Path
 
-        from evomerge.scale.search_cells import final_population
+        from evomerge.pipelines.scale.search_cells import final_population
 
         tasks = [t for t in dict.fromkeys(self.ctx.expert_tasks[i] for i in cell.experts) if t in self.tasks] or self.tasks
         out = {}
@@ -255,7 +255,7 @@ def make_evaluator(ctx: ScaleContext):
 def user_tasks(ev: EvaluationConfig) -> dict[str, dict[str, Any]]:
     """``evaluation.task_files``: a folder per task holding ``validation`` and ``test`` files
     (.jsonl or .parquet), or a single file (validation only: no test scores are reported)."""
-    from evomerge.data import load_task
+    from evomerge.evaluation.task_data import load_task
     from evomerge.errors import ConfigError
 
     if not ev.task_files:

@@ -48,7 +48,7 @@ class EvaluatorSpec:
 
 def _task_splits(task: str, path: Path) -> dict[str, Any]:
     """A user task: a folder with ``validation``/``test`` files, or one file used for validation."""
-    from evomerge.data import load_task
+    from evomerge.evaluation.task_data import load_task
 
     return load_task(path, ("validation", "test"), source=f"task `{task}`")
 

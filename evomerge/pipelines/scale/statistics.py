@@ -54,7 +54,7 @@ def ensure(run_dir: Path, pool, names: Sequence[str], files: Sequence[Path], nee
     from safetensors.torch import save
 
     from evomerge.experts.statistics import fisher_diagonals, gram_matrices, load_model_and_tokenizer
-    from evomerge.data import load_examples
+    from evomerge.evaluation.task_data import load_examples
     from evomerge.io import atomic_file
 
     todo = [i for i, name in enumerate(names) if not _path(run_dir, name).is_file()]

@@ -19,9 +19,9 @@ from typing import Any, Callable
 from evomerge.config import EvomergeConfig, config_from_dict, dump_config
 from evomerge.errors import OutputExistsError
 from evomerge.io import write_json_atomic
-from evomerge.scale.plan import Cell, StopRule, build_cells, load_cells, stop_rule
-from evomerge.scale.store import CellStore
-from evomerge.scale.work import ScaleContext
+from evomerge.pipelines.scale.plan import Cell, StopRule, build_cells, load_cells, stop_rule
+from evomerge.pipelines.scale.store import CellStore
+from evomerge.pipelines.scale.work import ScaleContext
 
 
 @dataclass
@@ -193,7 +193,7 @@ def run_scale(
         #    cell actors below are placed); the stop rule cuts each method's k grid short
         if searches:
             from evomerge.distributed.runtime import Runtime
-            from evomerge.scale.search_cells import run_searches
+            from evomerge.pipelines.scale.search_cells import run_searches
 
             gains = expert_gains(cfg, spec, run_dir, ctx)
             all_search = [c for c in cells if c.kind == "search"]
@@ -210,12 +210,12 @@ def run_scale(
         todo = [c for c in cells if c.id not in done and c.id not in skipped]
         bar.total = len(cells) - len(skipped)
         if todo:
-            from evomerge.scale.execute import RayCellRunner
+            from evomerge.pipelines.scale.execute import RayCellRunner
 
             with RayCellRunner(ctx, cfg.ray) as runner:
                 for cell, out in runner.run(todo):
                     if out.population_test is not None:  # before the cell's file: it marks the cell done
-                        from evomerge.scale.search_cells import search_dir
+                        from evomerge.pipelines.scale.search_cells import search_dir
 
                         write_json_atomic(search_dir(run_dir, cell) / "population_test.json", out.population_test)
                     store.write(cell.id, out.rows, out.sample)
@@ -230,7 +230,7 @@ def run_scale(
     seconds = time.perf_counter() - t0
     report_path = None
     if report:
-        from evomerge.report import write_report
+        from evomerge.pipelines.scale.report import write_report
 
         report_path = write_report(run_dir)
     total = len(cells) - len(skipped)
@@ -251,8 +251,8 @@ def check_inputs(cfg: EvomergeConfig, spec: PoolSpec) -> None:
     """Refuse what the run cannot do before any work: too few experts for the rules, Fisher /
     RegMean without task data for an expert."""
     from evomerge.errors import ConfigError
-    from evomerge.scale.plan import min_experts
-    from evomerge.scale.statistics import needed, train_files
+    from evomerge.pipelines.scale.plan import min_experts
+    from evomerge.pipelines.scale.statistics import needed, train_files
 
     need = min_experts(cfg.scale)
     if len(spec.names) < need:
@@ -267,7 +267,7 @@ def check_inputs(cfg: EvomergeConfig, spec: PoolSpec) -> None:
 
 def prepare_statistics(cfg: EvomergeConfig, spec: PoolSpec, run_dir: Path, progress: bool) -> None:
     """Fisher / RegMean statistics, once per expert on its task's train split (cached in the run)."""
-    from evomerge.scale import statistics as st
+    from evomerge.pipelines.scale import statistics as st
 
     needs = st.needed(cfg.scale.methods)
     if not needs:
@@ -292,8 +292,8 @@ def make_context(cfg: EvomergeConfig, spec: PoolSpec, run_dir: Path) -> ScaleCon
 
 def expert_gains(cfg: EvomergeConfig, spec: PoolSpec, run_dir: Path, ctx: ScaleContext | None = None) -> dict[str, Any]:
     """Each expert alone and the base on validation (measured once per run, ``expert_gains.json``)."""
-    from evomerge.scale.gains import load_or_measure
-    from evomerge.scale.work import CellWorker
+    from evomerge.pipelines.scale.gains import load_or_measure
+    from evomerge.pipelines.scale.work import CellWorker
 
     ctx = ctx or make_context(cfg, spec, run_dir)
     return load_or_measure(run_dir, lambda: CellWorker(ctx), spec.names, spec.tasks)
@@ -304,7 +304,7 @@ def make_plan(cfg: EvomergeConfig, spec: PoolSpec, run_dir: Path | None = None, 
     the expert orders, the stop rules' inputs and every cell, as JSON-able data (``plan.json``)."""
     from evomerge.experts import load_pool
     from evomerge.merging.registry import get_merge_method
-    from evomerge.scale.ordering import order_experts
+    from evomerge.pipelines.scale.ordering import order_experts
     from evomerge.theory import gram_of, sigma_rho_from_gram
 
     pool = load_pool(spec.paths, spec.base_dir, allow_bin=cfg.experts.allow_bin, names=spec.names)
@@ -324,7 +324,7 @@ def make_plan(cfg: EvomergeConfig, spec: PoolSpec, run_dir: Path | None = None, 
     orders = {seed: order_experts(n, s.order, seed=seed, corr=corr, gains=gains) for seed in s.seeds}
     rule = stop_rule(variances, corr, orders[s.seeds[0]], s, sigma2=sigma2, rho=rho)
     random_methods = frozenset(m for m in s.methods if get_merge_method(m).random)
-    from evomerge.scale.pairs import correlated_pairs
+    from evomerge.pipelines.scale.pairs import correlated_pairs
 
     pairs = correlated_pairs(spec.names, spec.domains, spec.related) if s.pairs else {"related": [], "unrelated": [], "note": "scale.pairs is off"}
     cells = build_cells(s, orders, rule.k_end, random_methods=random_methods, order_random=s.order == "random",

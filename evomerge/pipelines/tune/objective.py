@@ -1,7 +1,7 @@
 """Trial objectives: score one configuration by the validation fitness of its merge.
 
 The pool and the evaluator are loaded once per worker process (by the scale driver's
-:class:`~evomerge.scale.work.CellWorker`, so a trial merges exactly as ``evomerge scale`` does)
+:class:`~evomerge.pipelines.scale.work.CellWorker`, so a trial merges exactly as ``evomerge scale`` does)
 and reused by every trial. Test scores are stored on the trial as user attributes and never
 returned to Optuna.
 """
@@ -27,7 +27,7 @@ class MergeScorer:
     """Merges a subset of the pool under a config and evaluates it (validation and test)."""
 
     def __init__(self, cfg: EvomergeConfig, spec) -> None:
-        from evomerge.scale.work import CellWorker, ScaleContext
+        from evomerge.pipelines.scale.work import CellWorker, ScaleContext
 
         self.spec = spec
         ctx = ScaleContext(
@@ -71,7 +71,7 @@ def record_score(trial, score: Score) -> None:
 
 def merge_objective(base: EvomergeConfig, dims, scorer: MergeScorer) -> Callable[[Any], float]:
     """``trial -> validation fitness`` of the merge under the sampled overrides."""
-    from evomerge.tuning.space import apply_overrides, expert_count, suggest
+    from evomerge.pipelines.tune.space import apply_overrides, expert_count, suggest
 
     def objective(trial) -> float:
         values = suggest(trial, dims)

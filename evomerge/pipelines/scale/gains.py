@@ -18,7 +18,7 @@ FILE = "expert_gains.json"
 
 def measure(worker, names: list[str], tasks: list[str | None]) -> dict[str, Any]:
     """``{"base": {task: score}, "experts": {name: {task: score}}, "gain": {name: own-task gain}}``
-    on validation (metric and cross-entropy). ``worker`` is a :class:`~evomerge.scale.work.CellWorker`."""
+    on validation (metric and cross-entropy). ``worker`` is a :class:`~evomerge.pipelines.scale.work.CellWorker`."""
     base = worker.evaluate({}, "validation")
     experts = {name: worker.evaluate(worker.expert_vector(i), "validation") for i, name in enumerate(names)}
     gain = {}

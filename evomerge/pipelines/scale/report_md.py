@@ -1,4 +1,4 @@
-"""``report.md`` of a scale run, from the summary :func:`evomerge.report.write_report` built."""
+"""``report.md`` of a scale run, from the summary :func:`evomerge.pipelines.scale.report.write_report` built."""
 
 from __future__ import annotations
 

@@ -96,7 +96,7 @@ def _weights(cfg, n: int) -> torch.Tensor | None:
 
 
 def _apply_rht(td: TensorDict, cfg, fans: dict[str, bool] | None = None) -> TensorDict:
-    from evomerge.rht import apply_rht
+    from evomerge.merging.rht import apply_rht
     from evomerge.seeding import rht_seed
 
     return apply_rht(td, cfg.rht, rht_seed(cfg.rht.seed), fan_in_fan_out=fans)
@@ -132,7 +132,7 @@ def run_merge(
     for f in cfg.merge.data:  # every row checked (the rows the statistics read) before any work
         if not Path(f).is_file():
             raise ConfigError(f"{f}: merge.data task file not found")
-        from evomerge.data import load_examples
+        from evomerge.evaluation.task_data import load_examples
 
         load_examples(f, limit=cfg.merge.data_samples)
     pool_stats = pool.stats()

@@ -136,7 +136,7 @@ def _rdb_storage(url: str, engine_kwargs: dict):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
-        from evomerge.tuning.study import retry_callback
+        from evomerge.pipelines.tune.study import retry_callback
 
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=30, grace_period=120,
                                           heartbeat_stale_trial_callback=retry_callback())
