@@ -89,24 +89,30 @@ def _absolute(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def output_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive, non-blocking lock on output ``path`` (a ``.NAME.lock`` sibling file).
+def file_lock(lock: Path, *, blocking: bool = True, busy: str | None = None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``lock`` (created if needed, removed on release).
 
-    The lock file is removed on release; after a crash the kernel releases the lock and the file
-    left behind is reused by the next run.
+    ``blocking=True`` waits for another holder (the zoo build: parallel processes build once);
+    ``blocking=False`` raises :class:`OutputError` with ``busy`` (an output being written by
+    another run: exactly one wins). After a crash the kernel releases the lock and the file left
+    behind is reused; a waiter that locked a file its holder then removed retries on the new one.
     """
-    lock = path.parent / f".{path.name}.lock"
+    lock = Path(lock)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{lock}: cannot create the lock's folder ({os_error_message(err)})") from None
     while True:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
         except OSError as err:
-            raise OutputError(f"{path}: cannot create the output lock ({os_error_message(err, lock)})") from None
+            raise OutputError(f"{lock}: cannot create the lock ({os_error_message(err, lock)})") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
             os.close(fd)
-            raise OutputError(f"{path}: another evomerge process is writing this output now (lock {lock.name})") from None
-        try:  # the file we locked may have been removed by the previous holder: retry on the new one
+            raise OutputError(busy or f"{lock}: held by another process") from None
+        try:
             same = os.fstat(fd).st_ino == os.stat(lock).st_ino
         except FileNotFoundError:
             same = False
@@ -121,8 +127,13 @@ def output_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def output_lock_path(path: Path) -> Path:
+    """The lock file of output ``path``: ``.NAME.lock`` beside it."""
+    return path.parent / f".{path.name}.lock"
+
+
 def clean_stale(path: Path) -> list[Path]:
-    """Remove what killed writers of ``path`` left beside it (call with :func:`output_lock` held).
+    """Remove what killed writers of ``path`` left beside it (call with its output lock held).
 
     A ``.NAME.old-*`` folder holds the previous output when a run died between the two renames of
     a replacement: it is put back if ``path`` is missing, else removed.
@@ -166,7 +177,9 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputError(f"{path}: cannot create the output folder ({os_error_message(err)})") from None
-    with output_lock(path):
+    lock = output_lock_path(path)
+    with file_lock(lock, blocking=False,
+                   busy=f"{path}: another evomerge process is writing this output now (lock {lock.name})"):
         clean_stale(path)
         check_output_path(path, overwrite)
         try:

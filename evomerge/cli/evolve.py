@@ -10,14 +10,11 @@ import typer
 from evomerge.cli._common import set_option, small_option, zoo_option
 
 
-def apply_overrides(cfg: Any, algo: str, *, ray_address: str | None = None, actors: int | None = None,
-                    generations: int | None = None, seed: int | None = None) -> Any:
-    """The config with command-line overrides, validated like a config file."""
-    from evomerge.config.overrides import override
-
-    values = {"ray.address": ray_address, "ray.num_actors": actors, "seed": seed,
-              ("genome.generations" if algo == "genome" else "swarm.max_iter"): generations}
-    return override(cfg, {k: v for k, v in values.items() if v is not None}, "command line")
+def flag_values(algo: str, *, ray_address: str | None = None, actors: int | None = None,
+                generations: int | None = None, seed: int | None = None) -> dict[str, Any]:
+    """The command's flags as dotted config keys (laid over the config and ``--set`` values)."""
+    return {"ray.address": ray_address, "ray.num_actors": actors, "seed": seed,
+            ("genome.generations" if algo == "genome" else "swarm.max_iter"): generations}
 
 
 def register(app: typer.Typer) -> None:
@@ -44,8 +41,8 @@ def register(app: typer.Typer) -> None:
         from evomerge.search import check_search_name
 
         check_search_name(algo, "--algo")
-        cfg = apply_overrides(load_config_with_sets(config, sets), algo, ray_address=ray_address, actors=actors,
-                              generations=generations, seed=seed)
+        cfg = load_config_with_sets(config, sets, flag_values(algo, ray_address=ray_address, actors=actors,
+                                                              generations=generations, seed=seed))
         profile, cfg = zoo_settings(zoo_choice(zoo, small), cfg, "small")
         with removed_if_failed(out):
             res = run_evolve(cfg, algo, out, resume=resume, zoo_profile=profile, progress=True)

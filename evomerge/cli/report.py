@@ -6,11 +6,27 @@ from pathlib import Path
 
 import typer
 
+from evomerge.cli._common import set_option
+
 
 def register(app: typer.Typer) -> None:
     @app.command("report")
-    def report(run_dir: Path = typer.Argument(..., help="a scale run directory (evomerge scale --out)")) -> None:
-        """Rebuild tables/*.parquet, figures/*.png and report.md from the run's finished cells."""
+    def report(
+        run_dir: Path = typer.Argument(..., help="a scale run directory (evomerge scale --out)"),
+        sets: list[str] = set_option(),
+    ) -> None:
+        """Rebuild tables/*.parquet, figures/*.png and report.md from the run's finished cells.
+
+        The run's saved config.yaml is used; ``--set scale.KEY=VALUE`` changes how the stop rules
+        are judged (e.g. scale.law_first_k); keys outside ``scale.`` would not match the cells
+        already run and are refused."""
+        from evomerge.config.overrides import parse_sets
+        from evomerge.errors import ConfigError
         from evomerge.pipelines.scale.report import write_report
 
-        typer.echo(f"report: {write_report(run_dir)}")
+        values = parse_sets(sets)
+        for key in values:
+            if not key.startswith("scale."):
+                raise ConfigError(f"--set {key}: `evomerge report` judges the cells already run; only scale.* keys "
+                                  "can change (rerun `evomerge scale` for the others)")
+        typer.echo(f"report: {write_report(run_dir, values or None)}")

@@ -7,17 +7,17 @@ from typing import Optional
 
 import typer
 
+from evomerge.cli._common import set_option, small_option, zoo_option
+
 
 def register(app: typer.Typer) -> None:
     @app.command("scale")
     def scale(
         out: Path = typer.Option(..., "--out", help="run directory (tables, figures, report.md)"),
         config: Optional[Path] = typer.Option(None, "--config", help="YAML config (default: the built-in scale config)"),
-        small: bool = typer.Option(False, "--small", help="same as --zoo small (quick; what the tests use)"),
-        zoo_arg: Optional[str] = typer.Option(None, "--zoo", metavar="PROFILE|PATH",
-                                              help="built-in zoo profile (small | default) or a zoo folder"),
-        sets: list[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE",
-                                       help="set a config key, dotted, value in YAML; repeat"),
+        small: bool = small_option(),
+        zoo_arg: Optional[str] = zoo_option(),
+        sets: list[str] = set_option(),
         no_stop: bool = typer.Option(False, "--no-stop", help="run the searches over the whole k grid; only record where the rules fire"),
         resume: bool = typer.Option(False, "--resume", help="continue the run in --out with its saved config"),
         overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run in --out"),

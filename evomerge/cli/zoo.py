@@ -7,17 +7,33 @@ from typing import Optional
 
 import typer
 
+from evomerge.cli._common import zoo_option
+
 zoo_app = typer.Typer(help="The built-in expert zoo (tiny base model, LoRA and full fine-tune experts): "
                            "shipped with evomerge; build, verify, check and locate it.",
                       no_args_is_help=True)
 
-_SMALL = typer.Option(False, "--small", help="with no folder given: the small test zoo")
+_SMALL = typer.Option(False, "--small", help="same as --zoo small")
+_ZOO = zoo_option()
+_FOLDER_HELP = "zoo folder (same as --zoo FOLDER; default: the zoo in use, see `zoo path`)"
 
 
-def _root(root: Optional[Path], small: bool) -> Path:
+def _root(root: Optional[Path], zoo: Optional[str], small: bool) -> Path:
+    """The folder for a positional ``root``, ``--zoo PROFILE|PATH`` or ``--small`` (the default
+    profile's zoo in use when none is given); values that name different zoos are refused."""
+    from evomerge.cli._common import zoo_choice, zoo_profile
+    from evomerge.errors import ConfigError
     from evomerge.zoo import zoo_root_in_use
 
-    return root if root is not None else zoo_root_in_use("small" if small else "default")
+    choice = zoo_choice(zoo, small)
+    named = None if choice is None else (
+        zoo_root_in_use(choice) if zoo_profile(choice) is not None else Path(choice).expanduser())
+    if root is not None and named is not None and root.expanduser().resolve() != named.resolve():
+        given = "--small" if small and zoo is None else f"--zoo {choice}"
+        raise ConfigError(f"folder {root} and {given} ({named}) name different zoos; pass one of them")
+    if root is not None:
+        return root
+    return named if named is not None else zoo_root_in_use("default")
 
 
 @zoo_app.command("build")
@@ -64,20 +80,21 @@ def build_command(
 
 
 @zoo_app.command("path")
-def path_command(small: bool = _SMALL) -> None:
+def path_command(zoo: Optional[str] = _ZOO, small: bool = _SMALL) -> None:
     """Print the folder of the zoo in use (the shipped one; the cache if none is shipped)."""
-    typer.echo(str(_root(None, small)))
+    typer.echo(str(_root(None, zoo, small)))
 
 
 @zoo_app.command("verify")
 def verify_command(
-    root: Optional[Path] = typer.Argument(None, help="zoo folder (default: the zoo in use, see `zoo path`)"),
+    root: Optional[Path] = typer.Argument(None, help=_FOLDER_HELP),
+    zoo: Optional[str] = _ZOO,
     small: bool = _SMALL,
 ) -> None:
     """Check every file of a zoo against the sha256 in its manifest; exit 1 on any difference."""
     from evomerge.zoo import Zoo
 
-    zoo = Zoo.open(_root(root, small))
+    zoo = Zoo.open(_root(root, zoo, small))
     bad = zoo.verify()
     for line in bad:
         typer.echo(line, err=True)
@@ -90,18 +107,20 @@ def verify_command(
 
 @zoo_app.command("info")
 def info_command(
-    root: Optional[Path] = typer.Argument(None, help="zoo folder (default: the zoo in use)"),
+    root: Optional[Path] = typer.Argument(None, help=_FOLDER_HELP),
+    zoo: Optional[str] = _ZOO,
     small: bool = _SMALL,
 ) -> None:
     """Print a zoo's tasks, model size, build time and base-vs-expert test scores."""
     from evomerge.zoo import Zoo
 
-    _print_info(Zoo.open(_root(root, small)))
+    _print_info(Zoo.open(_root(root, zoo, small)))
 
 
 @zoo_app.command("check")
 def check_command(
-    root: Optional[Path] = typer.Argument(None, help="zoo folder (default: the zoo in use)"),
+    root: Optional[Path] = typer.Argument(None, help=_FOLDER_HELP),
+    zoo: Optional[str] = _ZOO,
     small: bool = _SMALL,
     max_samples: int = typer.Option(200, "--max-samples", help="validation examples per task"),
     k_max: Optional[int] = typer.Option(None, "--k-max", help="largest number of merged experts (default: all)"),
@@ -114,7 +133,7 @@ def check_command(
     from evomerge.zoo.check import LAMBDAS, check_zoo
 
     torch.set_num_threads(min(torch.get_num_threads(), 2))
-    zoo = Zoo.open(_root(root, small), verify=True)
+    zoo = Zoo.open(_root(root, zoo, small), verify=True)
     targets, curves, base, own = check_zoo(zoo, max_samples=max_samples, k_max=k_max)
     typer.echo(f"zoo {zoo.root} ({zoo.profile}): token accuracy on validation, {max_samples} samples per task")
     typer.echo(f"{'task':14s} {'base':>6s} {'expert':>6s} {'gain':>6s}")

@@ -15,16 +15,14 @@ they are used at once, with the same files and scores on every machine.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from evomerge.errors import ExpertLoadError
-from evomerge.io import sha256_file
+from evomerge.io import file_lock, sha256_file
 
 FORMAT_VERSION = 2
 MANIFEST = "zoo.json"
@@ -183,18 +181,6 @@ def shipped_root(profile: str, seed: int = 0) -> Path | None:
 def zoo_root_in_use(profile: str, seed: int = 0) -> Path:
     """The folder ``ensure_zoo(profile)`` uses with no root given: the shipped zoo, else the cache."""
     return shipped_root(profile, seed) or default_zoo_root(profile, seed)
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (created if needed), so parallel processes build once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def ensure_zoo(profile: str = "default", root: str | os.PathLike | None = None, *, seed: int = 0,

@@ -60,8 +60,9 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write ``tables/*.parquet``, ``figures/*.png``, ``report.json`` and ``report.md``."""
+def write_report(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> Path:
+    """Write ``tables/*.parquet``, ``figures/*.png``, ``report.json`` and ``report.md``
+    (``overrides``: dotted ``scale.*`` keys laid over the run's config for judging, from ``--set``)."""
     from evomerge.config import load_config
     from evomerge.pipelines.scale.figures import plot_fitness_panels
     from evomerge.pipelines.scale.rules import judge, pair_summary
@@ -71,6 +72,10 @@ def write_report(run_dir: str | Path) -> Path:
     cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
     if cfg is None:
         raise ConfigError(f"{run_dir}: config.yaml missing (not a scale run directory)")
+    if overrides:
+        from evomerge.config.overrides import override
+
+        cfg = override(cfg, overrides, "--set")
     metric = cfg.evaluation.metric
     stop = plan["stop"]
     tables, figs = run_dir / "tables", run_dir / "figures"

@@ -1,0 +1,182 @@
+"""The options every command shares: ``--set key=value`` reaches the config each command runs
+with, and ``--zoo PROFILE|PATH`` (``--small`` its alias, a positional folder on the ``zoo``
+subcommands) names one zoo or is refused naming both values."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from evomerge.cli import main
+
+
+def _run(args, capsys):
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+class Captured(Exception):
+    """Raised by a pipeline stand-in once it has the config the command built (no work runs)."""
+
+
+def _capture(monkeypatch, module: str, name: str) -> dict:
+    """Replace ``module.name`` (the pipeline function a command calls) by one that records its
+    arguments and stops the command: the test reads the config the CLI built and validated."""
+    import importlib
+
+    seen: dict = {}
+
+    def stand_in(*args, **kwargs):
+        seen["args"], seen["kwargs"] = args, kwargs
+        raise Captured
+
+    monkeypatch.setattr(importlib.import_module(module), name, stand_in)
+    return seen
+
+
+def _captured_run(args) -> None:
+    with pytest.raises(Captured):
+        main([str(a) for a in args])
+
+
+# --- --set on every command that reads a config -------------------------------------------
+
+def test_every_config_command_has_set() -> None:
+    import typer.main
+
+    from evomerge.cli import app
+
+    group = typer.main.get_command(app)
+    for name in ("merge", "evaluate", "analyze", "evolve", "scale", "report", "tune"):
+        opts = {o for p in group.commands[name].params for o in p.opts}
+        assert "--set" in opts, name
+
+
+def test_merge_set_reaches_the_written_merge(small_zoo, tmp_path, capsys) -> None:
+    out = tmp_path / "m"
+    e1, e2 = list(small_zoo.expert_dirs.values())[:2]
+    code, _, err = _run(["merge", "-e", e1, "-e", e2, "--method", "ties", "--set", "merge.params.density=0.35",
+                         "--set", "seed=11", "--set", "merge.rank=4", "--out", out, "-q"], capsys)
+    assert code == 0, err
+    man = json.loads((out / "evomerge_manifest.json").read_text())
+    assert man["method"] == "ties" and man["params"]["density"] == 0.35 and man["seed"] == 11
+
+
+def test_merge_flag_wins_over_set(monkeypatch, small_zoo, tmp_path) -> None:
+    seen = _capture(monkeypatch, "evomerge.pipelines.merge.job", "run_merge")
+    e1 = next(iter(small_zoo.expert_dirs.values()))
+    _captured_run(["merge", "-e", e1, "--set", "seed=3", "--seed", "4", "--set", "rht.gamma=0.5", "--out", tmp_path / "m"])
+    cfg = seen["args"][0]
+    assert cfg.seed == 4 and cfg.rht.gamma == 0.5
+
+
+def test_evaluate_set_reaches_the_evaluation(small_zoo, capsys) -> None:
+    task = small_zoo.tasks[0]
+    code, out, err = _run(["evaluate", "--small", "--tasks", task, "--set", "evaluation.max_samples=3",
+                           "--set", "evaluation.metric=exact_match"], capsys)
+    assert code == 0, err
+    assert out.splitlines()[0] == "exact_match on validation (3 samples max per task)"
+
+
+def test_analyze_set_reaches_the_analysis(monkeypatch, small_zoo, tmp_path) -> None:
+    seen = _capture(monkeypatch, "evomerge.analysis", "analyze_pool")
+    experts = [a for d in list(small_zoo.expert_dirs.values())[:2] for a in ("-e", d)]
+    _captured_run(["analyze", *experts, "--out", tmp_path / "a", "--set", "seed=5", "--set", "rht.gamma=0.25",
+                   "--set", "scale.delta=0.125"])
+    kw = seen["kwargs"]
+    assert kw["seed"] == 5 and kw["rht_cfg"].gamma == 0.25 and kw["delta"] == 0.125
+
+
+def test_evolve_set_and_flags_reach_the_run(monkeypatch, tmp_path) -> None:
+    seen = _capture(monkeypatch, "evomerge.pipelines.evolve.run", "run_evolve")
+    _captured_run(["evolve", "--algo", "genome", "--out", tmp_path / "e", "--set", "genome.population=6",
+                   "--set", "genome.generations=9", "--generations", "2", "--set", "swarm.max_iter=7"])
+    cfg, algo = seen["args"][0], seen["args"][1]
+    assert algo == "genome" and cfg.genome.population == 6 and cfg.genome.generations == 2 and cfg.swarm.max_iter == 7
+
+
+def test_scale_set_reaches_the_run(monkeypatch, tmp_path) -> None:
+    seen = _capture(monkeypatch, "evomerge.pipelines.scale.driver", "run_scale")
+    _captured_run(["scale", "--small", "--out", tmp_path / "s", "--set", "scale.law_first_k=3", "--set", "seed=2",
+                   "--no-progress"])
+    cfg = seen["args"][0]
+    assert cfg.scale.law_first_k == 3 and cfg.seed == 2
+
+
+def test_tune_set_reaches_the_study(monkeypatch, tmp_path) -> None:
+    seen = _capture(monkeypatch, "evomerge.pipelines.tune.run", "run_tune")
+    config = tmp_path / "t.yaml"
+    config.write_text("tune:\n  n_trials: 2\n  space:\n    merge.params.lambda: {low: 0.1, high: 1.0}\n")
+    _captured_run(["tune", "--config", config, "--small", "--out", tmp_path / "t", "--set", "tune.n_trials=5",
+                   "--set", "evaluation.max_samples=7"])
+    cfg = seen["args"][0]
+    assert cfg.tune.n_trials == 5 and cfg.evaluation.max_samples == 7
+
+
+def test_report_set_reaches_the_judging(monkeypatch, tmp_path, capsys) -> None:
+    seen = _capture(monkeypatch, "evomerge.pipelines.scale.report", "write_report")
+    _captured_run(["report", tmp_path, "--set", "scale.law_first_k=2"])
+    assert seen["args"][1] == {"scale.law_first_k": 2}
+    code, _, err = _run(["report", tmp_path, "--set", "merge.method=ties"], capsys)
+    assert code == 2 and "--set merge.method" in err and "only scale.* keys" in err
+
+
+# --- --zoo PROFILE|PATH on the zoo subcommands ---------------------------------------------
+
+def test_zoo_path_takes_zoo_and_small(capsys) -> None:
+    from evomerge.zoo import zoo_root_in_use
+
+    for args, profile in ((["--zoo", "small"], "small"), (["--small"], "small"), ([], "default"),
+                          (["--zoo", "default"], "default"), (["--small", "--zoo", "small"], "small")):
+        code, out, err = _run(["zoo", "path", *args], capsys)
+        assert code == 0, err
+        assert out.strip() == str(zoo_root_in_use(profile)), args
+
+
+def test_zoo_subcommands_accept_a_folder_as_zoo(small_zoo, capsys) -> None:
+    root = str(small_zoo.root)
+    code, by_zoo, err = _run(["zoo", "info", "--zoo", root], capsys)
+    assert code == 0, err
+    code, by_arg, err = _run(["zoo", "info", root], capsys)
+    assert code == 0, err
+    code, by_small, err = _run(["zoo", "info", "--small"], capsys)
+    assert code == 0, err
+    assert by_zoo == by_arg == by_small and f"zoo: {root}" in by_zoo
+    code, out, err = _run(["zoo", "verify", "--zoo", root], capsys)
+    assert code == 0 and out.startswith("OK: ") and root in out, err
+    code, out, err = _run(["zoo", "path", "--zoo", root], capsys)
+    assert code == 0 and out.strip() == root, err
+
+
+@pytest.mark.parametrize("cmd", ["info", "verify", "check"])
+def test_zoo_disagreeing_values_are_refused_naming_both(cmd, small_zoo, tmp_path, capsys) -> None:
+    other = tmp_path / "elsewhere"
+    code, _, err = _run(["zoo", cmd, "--small", "--zoo", "default"], capsys)
+    assert code == 2 and "--small" in err and "--zoo default" in err, err
+    code, _, err = _run(["zoo", cmd, other, "--zoo", "small"], capsys)
+    assert code == 2 and str(other) in err and "--zoo small" in err, err
+    code, _, err = _run(["zoo", cmd, other, "--small"], capsys)
+    assert code == 2 and str(other) in err and "--small" in err, err
+    code, _, err = _run(["zoo", cmd, str(small_zoo.root), "--zoo", str(other)], capsys)
+    assert code == 2 and str(small_zoo.root) in err and str(other) in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_zoo_folder_and_agreeing_profile_are_one_zoo(small_zoo, capsys) -> None:
+    code, out, err = _run(["zoo", "verify", str(small_zoo.root), "--small"], capsys)
+    assert code == 0 and out.startswith("OK: "), err
+
+
+def test_zoo_missing_folder_is_one_error(tmp_path, capsys) -> None:
+    code, _, err = _run(["zoo", "info", "--zoo", tmp_path / "nope"], capsys)
+    assert code == 2 and str(tmp_path / "nope") in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_zoo_help_shows_zoo_option(capsys) -> None:
+    for cmd in ("path", "verify", "info", "check"):
+        code, out, _ = _run(["zoo", cmd, "--help"], capsys)
+        assert code == 0 and "--zoo" in out and "PROFILE|PATH" in out and "--small" in out, cmd
+
