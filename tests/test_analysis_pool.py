@@ -180,7 +180,7 @@ def test_refuses_existing_output_and_leaves_nothing_on_failure(experts, tmp_path
 
 
 def test_merged_tails_with_rht(experts, tmp_path):
-    rht = pytest.importorskip("evomerge.merging.rht")
+    from evomerge.merging import rht  # a project module: its absence is a failure, not a skip
     from evomerge.config import RHTConfig
 
     cfg = RHTConfig(enabled=False, gamma=0.7, alpha=0.2, beta=1.0, sigma_g=0.3, seed=9)
