@@ -136,11 +136,17 @@ class Bench:
             fits = self.score(tasks, [cand(store[r.id]) for r in recipes], "validation")
             evals += len(recipes)
             s.tell({r.id: f for r, f in zip(recipes, fits)})
-            keep = s.referenced_ids() | experts
+            keep = s.referenced_ids() | experts | {getattr(s, "top_id", None)}
             store = {k: v for k, v in store.items() if k in keep}
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         test = self.score(tasks, [cand(store[s.best_id])], "test")[0]
-        return {"validation": float(s.best_fitness), "test": test, "evals": evals, "seconds": seconds, "cpu_s": cpu}
+        out = {"validation": float(s.best_fitness), "test": test, "evals": evals, "seconds": seconds, "cpu_s": cpu,
+               "best_id": s.best_id}
+        top = getattr(s, "top_id", None)  # the best scored (what select_margin 0 returns): what the guard changed
+        if top is not None:
+            out["top"] = {"validation": float(s.top_fitness), "id": top, "test": test if top == s.best_id
+                          else self.score(tasks, [cand(store[top])], "test")[0]}
+        return out
 
 
 def default_search_config() -> dict[str, Any]:
@@ -174,7 +180,7 @@ def run(args) -> tuple[list[dict[str, Any]], str]:
             targets = {"union": tuple(bench.tasks[i] for i in idx), "all": tuple(bench.tasks)}
             done: dict[tuple[str, ...], dict[str, Any]] = {}
             for target, tasks in targets.items():
-                if target == "all" and args.union_only:
+                if target not in args.targets or (target == "all" and args.union_only):
                     continue
                 if tasks in done:  # k = all experts: both targets are the same tasks
                     res = done[tasks]
@@ -182,6 +188,9 @@ def run(args) -> tuple[list[dict[str, Any]], str]:
                     res = done[tasks] = bench.merges(idx, tasks, seed)
                     for m in methods:
                         res[m] = bench.search(m, idx, tasks, seed)
+                        top = res[m].pop("top", None)
+                        if top is not None and not m.endswith("_paper"):
+                            res[f"{m}@top"] = {"validation": top["validation"], "test": top["test"], "id": top["id"]}
                 for m, r in res.items():
                     rows.append({"k": k, "seed": seed, "method": m, "target": target, **r})
                 if args.raw is not None:  # after every cell, so an interrupted run keeps what it measured
@@ -251,6 +260,8 @@ def main(argv=None) -> None:
                     help='an extra search: genome_x={"space": "delta"} runs GENOME at the defaults with those keys')
     ap.add_argument("--zoo-dir", type=Path, default=None, help="a zoo folder (overrides --zoo)")
     ap.add_argument("--union-only", action="store_true", help="only the union-of-k-tasks target")
+    ap.add_argument("--targets", nargs="+", default=["union", "all"], choices=["union", "all"],
+                    help="targets to measure (split a long grid into runs)")
     ap.add_argument("--json", action="store_true", help="print the records as JSON instead of the table")
     ap.add_argument("--raw", type=Path, default=None, help="also write every per-seed row to this JSON file")
     ap.add_argument("--progress", action="store_true")

@@ -19,12 +19,12 @@ from evomerge.search.selection import n_elites, roulette_pair, roulette_weights,
 from _search_helpers import DIM, flat, make_problem, run, unflat
 
 
-CFG = GenomeConfig(init_sums=[], population=8, generations=15, cross_rate=0.8, ind_mut_rate=0.3, gene_mut_rate=0.3, sigma=0.05,
+CFG = GenomeConfig(init_sums=[], init_merges=[], population=8, generations=15, cross_rate=0.8, ind_mut_rate=0.3, gene_mut_rate=0.3, sigma=0.05,
                    early_stop_iter=15)
 
 
 def test_init_pairs_are_distinct_shuffled_and_weights_normalised():
-    s = Genome(GenomeConfig(init_sums=[], population=10), 6, seed=3)
+    s = Genome(GenomeConfig(init_sums=[], init_merges=[], population=10), 6, seed=3)
     batch = s.ask()
     assert len(batch) == 10 and all(r.op == "init_pair" for r in batch)
     pairs = [tuple(sorted(r.parents)) for r in batch]
@@ -32,16 +32,16 @@ def test_init_pairs_are_distinct_shuffled_and_weights_normalised():
     assert set(pairs) <= {(expert_id(a), expert_id(b)) for a, b in combinations(range(6), 2)}
     for r in batch:
         assert sum(r.weights) == pytest.approx(1.0) and min(r.weights) > 0
-    assert pairs != [tuple(sorted(r.parents)) for r in Genome(GenomeConfig(init_sums=[], population=10), 6, seed=4).ask()]
+    assert pairs != [tuple(sorted(r.parents)) for r in Genome(GenomeConfig(init_sums=[], init_merges=[], population=10), 6, seed=4).ask()]
     assert s.ask() == batch  # idempotent until tell
     # coverage_reuse (default): more individuals than pairs reuse pairs with fresh weights
-    few = Genome(GenomeConfig(init_sums=[], population=5), 3, seed=0).ask()
+    few = Genome(GenomeConfig(init_sums=[], init_merges=[], population=5), 3, seed=0).ask()
     assert len(few) == 5 and len({r.parents for r in few}) == 3 and len({r.weights for r in few}) == 5
 
 
 @pytest.mark.parametrize("mode", ["coverage", "coverage_reuse"])
 def test_init_pairs_cover_every_expert(mode):
-    cfg = GenomeConfig(preset="paper") if mode == "coverage" else GenomeConfig(init_sums=[], population=10)
+    cfg = GenomeConfig(preset="paper") if mode == "coverage" else GenomeConfig(init_sums=[], init_merges=[], population=10)
     for n in range(2, 13):
         pairs_total = n * (n - 1) // 2
         for seed in range(30):
@@ -63,13 +63,13 @@ def test_paper_preset_clips_population_to_the_pairs_and_explicit_population_is_r
         assert {e for r in batch for e in r.parents} == {expert_id(i) for i in range(n)}
         assert all(r.params["method"] == "dare_ties" and r.params["merge_params"]["density"] == 0.7 for r in batch)
     with pytest.raises(ConfigError, match="genome.population"):
-        Genome(GenomeConfig(init_sums=[], population=7, init_pairs="coverage"), 4, seed=0)
+        Genome(GenomeConfig(init_sums=[], init_merges=[], population=7, init_pairs="coverage"), 4, seed=0)
     with pytest.raises(ConfigError, match="genome.cross_rate"):
         GenomeConfig(preset="paper", cross_rate=0.8)
     with pytest.raises(ConfigError, match="genome.crossover"):
-        GenomeConfig(init_sums=[], crossover="no_such_method")
+        GenomeConfig(init_sums=[], init_merges=[], crossover="no_such_method")
     with pytest.raises(ConfigError, match="genome.init_merge"):
-        GenomeConfig(init_sums=[], init_merge="no_such_method")
+        GenomeConfig(init_sums=[], init_merges=[], init_merge="no_such_method")
     again = GenomeConfig.model_validate(paper.model_dump(mode="json"))  # a dump of a preset reloads
     assert again == paper
 
@@ -212,25 +212,25 @@ def test_crossover_weights_are_normalised_parent_fitness():
 
 def test_early_stop_when_best_does_not_improve():
     store, _ = make_problem()
-    s = Genome(GenomeConfig(init_sums=[], population=4, generations=50, early_stop_iter=3, cross_rate=1.0), 6, seed=0)
+    s = Genome(GenomeConfig(init_sums=[], init_merges=[], population=4, generations=50, early_stop_iter=3, cross_rate=1.0), 6, seed=0)
     run(s, store, lambda td: 1.0)  # nothing ever improves on the initial best
     # the original stops once the stale count exceeds early_stop_iter (`>`): 4 stale generations
     assert s.done and s.generation == 5 and s.stale_generations == 4
-    off = Genome(GenomeConfig(init_sums=[], population=4, generations=7, early_stop=False, cross_rate=1.0), 6, seed=0)
+    off = Genome(GenomeConfig(init_sums=[], init_merges=[], population=4, generations=7, early_stop=False, cross_rate=1.0), 6, seed=0)
     run(off, store, lambda td: 1.0)
     assert off.done and off.generation == 8 and off.stale_generations == 7
 
 
 def test_generations_limit_and_empty_generations():
     store, fit = make_problem()
-    s = Genome(GenomeConfig(init_sums=[], population=4, generations=3, cross_rate=0.0, ind_mut_rate=0.0, early_stop_iter=9), 6, seed=0)
+    s = Genome(GenomeConfig(init_sums=[], init_merges=[], population=4, generations=3, cross_rate=0.0, ind_mut_rate=0.0, early_stop_iter=9), 6, seed=0)
     run(s, store, fit)  # no children at all: ask() skips empty generations and ends
     assert s.done and s.ask() == [] and len(s.history) == 4
 
 
 def test_genome_plus_personal_best_not_aliased():
     store, fit = make_problem()
-    s = Genome(GenomeConfig(init_sums=[], population=4, succession=True, cross_rate=0.0, ind_mut_rate=0.0), 6, seed=0,
+    s = Genome(GenomeConfig(init_sums=[], init_merges=[], population=4, succession=True, cross_rate=0.0, ind_mut_rate=0.0), 6, seed=0,
                swarm=SwarmConfig(init_velocity="random"))
     store = dict(store)
     init = s.ask()
@@ -280,7 +280,7 @@ def test_immigrate_and_errors():
     with pytest.raises(ValueError, match="already"):
         s.immigrate({"other/g3.1": 5.0})
     with pytest.raises(ConfigError, match="max_population"):
-        Genome(GenomeConfig(init_sums=[], population=6, max_population=4), 6, seed=0)
+        Genome(GenomeConfig(init_sums=[], init_merges=[], population=6, max_population=4), 6, seed=0)
     with pytest.raises(ConfigError, match="2 experts"):
         Genome(CFG, 1, seed=0)
 
@@ -329,7 +329,7 @@ def test_make_search_from_top_level_config():
 
 def test_genome_plus_moves_toward_all_time_best_and_away_from_all_time_worst():
     store, _ = make_problem()
-    s = Genome(GenomeConfig(init_sums=[], population=6, generations=6, succession=True, cross_rate=0.8, ind_mut_rate=0.5,
+    s = Genome(GenomeConfig(init_sums=[], init_merges=[], population=6, generations=6, succession=True, cross_rate=0.8, ind_mut_rate=0.5,
                             early_stop=False), 6, seed=3)
     rng = np.random.default_rng(0)
     store, seen = dict(store), 0
@@ -348,7 +348,7 @@ def test_genome_plus_moves_toward_all_time_best_and_away_from_all_time_worst():
 
 def test_init_sums_are_task_arithmetic_points():
     store, _ = make_problem()
-    s = Genome(GenomeConfig(population=4, init_sums=[0.5, 2.0]), 6, seed=0)
+    s = Genome(GenomeConfig(population=4, init_sums=[0.5, 2.0], init_merges=[]), 6, seed=0)
     batch = s.ask()
     sums = [r for r in batch if r.op == "init_sum"]
     assert len(batch) == 6 and [r.weights[0] for r in sums] == [0.5, 2.0]
@@ -357,3 +357,45 @@ def test_init_sums_are_task_arithmetic_points():
         torch.testing.assert_close(flat(materialize(r, store)[r.id]), r.weights[0] * total)
     s.tell({r.id: float(i) for i, r in enumerate(batch)})
     assert len(s.population) == 6  # the first selection brings it back to `population`
+
+
+def test_init_merges_start_where_the_registry_ends():
+    """`init_merges`: the registry's merge of every expert at its defaults (what the registry's
+    TIES / DARE-TIES rows of a comparison give), beside the task-arithmetic points."""
+    from evomerge.merging.apply import merge_tensordicts
+
+    store, _ = make_problem()
+    s = Genome(GenomeConfig(population=4, init_sums=[1.0], init_merges=["ties", "dare_ties"]), 6, seed=0)
+    merges = [r for r in s.ask() if r.op == "init_merge"]
+    assert [r.params["method"] for r in merges] == ["ties", "dare_ties"]
+    experts = [store[expert_id(i)] for i in range(6)]
+    for r in merges:
+        got = materialize(r, store)[r.id]
+        want = merge_tensordicts(r.params["method"], experts, seed=r.seed)
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    ties = materialize(merges[0], store)[merges[0].id]
+    total = sum(flat(e) for e in experts)
+    assert not torch.allclose(flat(ties), total)  # trimmed and sign-elected: not the plain sum
+    paper = GenomeConfig(preset="paper")
+    assert paper.init_merges == [] and paper.select_margin == 0.0
+    with pytest.raises(ConfigError, match=r"genome\.init_merges"):
+        GenomeConfig(init_merges=["no_such_method"])
+    with pytest.raises(ConfigError, match=r"genome\.init_merges"):
+        GenomeConfig(init_merges=["linear"])
+    with pytest.raises(ConfigError, match=r"genome\.select_margin"):
+        GenomeConfig(preset="paper", select_margin=0.01)
+
+
+def test_select_margin_keeps_the_best_start_unless_clearly_beaten():
+    """Hand-made fitness: a later individual within the margin of the best initial one is not
+    returned; one beyond it is. `top_id` is the best scored either way."""
+    for margin, later, want_later in [(0.05, 0.53, False), (0.05, 0.56, True), (0.0, 0.5001, True)]:
+        s = Genome(GenomeConfig(population=2, init_sums=[1.0], init_merges=[], generations=3, cross_rate=1.0,
+                                early_stop=False, select_margin=margin), 3, seed=0)
+        init = s.ask()
+        s.tell({r.id: 0.5 if r.op == "init_sum" else 0.1 for r in init})
+        start = next(r.id for r in init if r.op == "init_sum")
+        batch = s.ask()
+        s.tell({r.id: (later if i == 0 else 0.0) for i, r in enumerate(batch)})
+        assert s.top_id == batch[0].id and s.top_fitness == later
+        assert (s.best_id, s.best_fitness) == ((batch[0].id, later) if want_later else (start, 0.5))

@@ -14,7 +14,7 @@ from evomerge.search import Swarm, expert_id, materialize, velocity_key
 from _search_helpers import flat, make_problem, run
 
 
-CFG = SwarmConfig(init_sums=[], max_iter=40, patience=10)
+CFG = SwarmConfig(init_sums=[], init_merges=[], max_iter=40, patience=10)
 
 
 def tell_all(s, store, value):
@@ -27,14 +27,14 @@ def tell_all(s, store, value):
 
 
 def test_init_pads_particles():
-    s = Swarm(SwarmConfig(init_sums=[], max_particles=10), 4, seed=1)
+    s = Swarm(SwarmConfig(init_sums=[], init_merges=[], max_particles=10), 4, seed=1)
     batch = s.ask()
     assert [r.op for r in batch] == ["expert"] * 4 + ["pad"] * 6
     assert [r.parents for r in batch[:4]] == [(expert_id(i),) for i in range(4)]
     for r in batch[4:]:
         w = r.weights[0]
         assert 0 <= w <= 2 and r.weights[1] == pytest.approx(1 - w) and r.parents[0] != r.parents[1]
-    assert len(Swarm(SwarmConfig(init_sums=[], max_particles=3), 4, seed=1).ask()) == 4
+    assert len(Swarm(SwarmConfig(init_sums=[], init_merges=[], max_particles=3), 4, seed=1).ask()) == 4
 
 
 def test_swarm_improves_over_best_expert():
@@ -113,7 +113,7 @@ def test_initial_velocity_modes(mode):
 
 def test_restart_to_personal_best_and_patience_stop():
     store, fit = make_problem()
-    cfg = SwarmConfig(init_sums=[], max_iter=100, patience=4, restart_patience=0.5)  # restart after 2 stale moves
+    cfg = SwarmConfig(init_sums=[], init_merges=[], max_iter=100, patience=4, restart_patience=0.5)  # restart after 2 stale moves
     s = Swarm(cfg, 6, seed=0)
     store = dict(store)
     init = tell_all(s, store, lambda r: fit(store[r.id]))
@@ -138,14 +138,14 @@ def test_restart_to_personal_best_and_patience_stop():
 
 def test_max_iter_stop_and_ask_after_done():
     store, fit = make_problem()
-    s = Swarm(SwarmConfig(init_sums=[], max_iter=3, patience=100), 6, seed=0)
+    s = Swarm(SwarmConfig(init_sums=[], init_merges=[], max_iter=3, patience=100), 6, seed=0)
     run(s, store, fit)
     assert s.done and s.ask() == [] and len([h for h in s.history if h["op"] == "pso_move"]) == 18
 
 
 def test_personal_best_not_aliased_after_worse_move():
     store, fit = make_problem()
-    s = Swarm(SwarmConfig(init_sums=[], max_iter=10, init_velocity="random"), 6, seed=0)
+    s = Swarm(SwarmConfig(init_sums=[], init_merges=[], max_iter=10, init_velocity="random"), 6, seed=0)
     store = dict(store)
     init = tell_all(s, store, lambda r: fit(store[r.id]))
     moved = tell_all(s, store, lambda r: -1e6)
@@ -178,6 +178,19 @@ def test_errors():
 
 
 def test_init_sums_join_the_experts_and_count_toward_max_particles():
-    s = Swarm(SwarmConfig(init_sums=[1.0], max_particles=8), 4, seed=0)
+    s = Swarm(SwarmConfig(init_sums=[1.0], init_merges=[], max_particles=8), 4, seed=0)
     assert [r.op for r in s.ask()] == ["expert"] * 4 + ["init_sum"] + ["pad"] * 3
-    assert [r.op for r in Swarm(SwarmConfig(init_sums=[1.0, 2.0]), 3, seed=0).ask()] == ["expert"] * 3 + ["init_sum"] * 2
+    assert [r.op for r in Swarm(SwarmConfig(init_sums=[1.0, 2.0], init_merges=[]), 3, seed=0).ask()] == ["expert"] * 3 + ["init_sum"] * 2
+
+
+def test_swarm_preset_and_init_merges_refusals_name_the_key():
+    paper = SwarmConfig(preset="paper")
+    assert paper.init_merges == [] and paper.select_margin == 0.0 and paper.init_sums == []
+    with pytest.raises(ConfigError, match=r"swarm\.max_iter"):
+        SwarmConfig(preset="paper", max_iter=5)
+    with pytest.raises(ConfigError, match=r"swarm\.select_margin"):
+        SwarmConfig(preset="paper", select_margin=0.01)
+    with pytest.raises(ConfigError, match=r"swarm\.init_merges"):
+        SwarmConfig(init_merges=["no_such_method"])
+    s = Swarm(SwarmConfig(init_sums=[1.0], init_merges=["ties"]), 3, seed=0)
+    assert [r.op for r in s.ask()] == ["expert"] * 3 + ["init_sum", "init_merge"]

@@ -16,7 +16,8 @@ GENOME_PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "population": 10, "generations": 10, "cross_rate": 0.3, "ind_mut_rate": 0.1, "gene_mut_rate": 0.1,
         "sigma": 0.001, "elite_percent": 0.1, "init_merge": "dare_ties", "crossover": "dare_ties", "density": 0.7,
-        "early_stop": False, "init_pairs": "coverage", "init_sums": [], "space": "ab",
+        "early_stop": False, "init_pairs": "coverage", "init_sums": [], "init_merges": [], "select_margin": 0.0,
+        "space": "ab",
     },
 }
 
@@ -25,7 +26,7 @@ SWARM_PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "max_particles": None, "max_iter": 200, "inertia": 0.4, "cognitive": 0.3, "social": 0.3, "repel": 0.3,
         "step": 1.0, "step_decay": 0.95, "min_step": 0.1, "patience": 10, "restart_patience": 0.5,
-        "init_velocity": "random", "init_sums": [], "space": "ab",
+        "init_velocity": "random", "init_sums": [], "init_merges": [], "select_margin": 0.0, "space": "ab",
     },
 }
 

@@ -107,8 +107,24 @@ SPACE_HELP = ("LoRA pools: 'ab' searches over the A and B factors (what GENOME a
 
 
 SearchName = Literal["genome", "swarm"]  # the one list of search algorithms (evomerge.search.SEARCHES)
-# evomerge's own default: start searches also from task-arithmetic points (docs/search.md)
-DEFAULT_INIT_SUMS = (0.3, 0.6, 1.0, 1.5)
+# evomerge's own defaults (docs/search.md): start searches also from the task-arithmetic points
+# of the registry's lambda grid and from the registry's TIES merges, and return a candidate the
+# search found only when it beats the best starting point by more than SELECT_MARGIN (validation)
+DEFAULT_INIT_SUMS = (0.3, 0.5, 0.7, 1.0, 1.3, 1.6, 2.0)
+DEFAULT_INIT_MERGES = ("ties", "dare_ties")
+DEFAULT_SELECT_MARGIN = 0.005
+INIT_MERGES_HELP = "extra initial individuals: these registry merges of all experts at the registry's defaults"
+SELECT_MARGIN_HELP = ("the returned individual is the best initial one unless a later one beats it by more than "
+                      "this (validation fitness); 0: the best scored")
+
+
+def check_init_merges(section: str, names: list[str]) -> None:
+    for name in names:
+        if name in ("linear", "blx"):
+            from evomerge.errors import ConfigError
+
+            raise ConfigError(f"`{section}.init_merges`: {name!r} is not a merge-registry method (a sum is `init_sums`)")
+        check_search_operator(section, "init_merges", name)
 
 
 def check_search_operator(section: str, key: str, name: str) -> None:
@@ -144,6 +160,8 @@ class GenomeConfig(Section):
     init_sums: list[float] = Field(
         default_factory=lambda: list(DEFAULT_INIT_SUMS),
         description="extra initial individuals lambda * (sum of the experts), one per lambda")
+    init_merges: list[str] = Field(default_factory=lambda: list(DEFAULT_INIT_MERGES), description=INIT_MERGES_HELP)
+    select_margin: float = Field(default=DEFAULT_SELECT_MARGIN, ge=0.0, description=SELECT_MARGIN_HELP)
     blx_alpha: float = Field(default=1.2, ge=0.0)
     density: float = Field(default=0.7, gt=0.0, le=1.0)
     early_stop: bool = True
@@ -162,6 +180,7 @@ class GenomeConfig(Section):
     @model_validator(mode="after")
     def _check_max_population(self) -> "GenomeConfig":
         check_search_operator("genome", "crossover", self.crossover)
+        check_init_merges("genome", self.init_merges)
         if self.init_merge is not None:
             if self.init_merge == "blx":
                 from evomerge.errors import ConfigError
@@ -195,6 +214,8 @@ class SwarmConfig(Section):
     init_sums: list[float] = Field(
         default_factory=lambda: list(DEFAULT_INIT_SUMS),
         description="extra initial particles lambda * (sum of the experts), one per lambda")
+    init_merges: list[str] = Field(default_factory=lambda: list(DEFAULT_INIT_MERGES), description=INIT_MERGES_HELP)
+    select_margin: float = Field(default=DEFAULT_SELECT_MARGIN, ge=0.0, description=SELECT_MARGIN_HELP)
     space: SearchSpaceName = Field(default="delta", description=SPACE_HELP)
 
     @model_validator(mode="before")
@@ -203,6 +224,11 @@ class SwarmConfig(Section):
         from evomerge.config.presets import SWARM_PRESETS, apply_preset
 
         return apply_preset("swarm", SWARM_PRESETS, data)
+
+    @model_validator(mode="after")
+    def _check_init_merges(self) -> "SwarmConfig":
+        check_init_merges("swarm", self.init_merges)
+        return self
 
 
 class RayConfig(Section):

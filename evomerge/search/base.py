@@ -28,8 +28,13 @@ class AskTell:
         self.phase = Phase.INIT
         self.fitness: dict[str, float] = {}
         self.history: list[dict[str, Any]] = []
+        # best_*: the individual a search returns (the best initial one unless a later one beats it by
+        # more than cfg.select_margin); top_*: the best scored (what the search's own moves follow)
         self.best_id: str | None = None
         self.best_fitness: float | None = None
+        self.top_id: str | None = None
+        self.top_fitness: float | None = None
+        self.init_best_fitness: float | None = None
         self.worst_id: str | None = None  # all-time worst (GENOME+'s repel target)
         self.worst_fitness: float | None = None
         self._pending: list[Recipe] = []
@@ -94,6 +99,12 @@ class AskTell:
             self.worst_id, self.worst_fitness = recipe.id, fit
 
     def _offer_best(self, id_: str, fit: float) -> bool:
+        if self.top_fitness is None or fit > self.top_fitness:
+            self.top_id, self.top_fitness = id_, fit
+        if self.phase == Phase.INIT:
+            self.init_best_fitness = max(fit, self.init_best_fitness if self.init_best_fitness is not None else fit)
+        elif self.init_best_fitness is not None and fit <= self.init_best_fitness + float(self.cfg.select_margin):
+            return False  # within the margin of the best starting point: noise on the validation samples
         if self.best_fitness is None or fit > self.best_fitness:
             self.best_id, self.best_fitness = id_, fit
             return True
@@ -112,7 +123,8 @@ class AskTell:
             "prefix": self.prefix, "cfg": self.cfg.model_dump(mode="json"),
             "generation": self.generation, "phase": self.phase, "counter": self._counter,
             "fitness": dict(self.fitness), "history": [dict(h) for h in self.history],
-            "best_id": self.best_id, "best_fitness": self.best_fitness,
+            "best_id": self.best_id, "best_fitness": self.best_fitness, "top_id": self.top_id,
+            "top_fitness": self.top_fitness, "init_best_fitness": self.init_best_fitness,
             "worst_id": self.worst_id, "worst_fitness": self.worst_fitness,
             "pending": [r.to_dict() for r in self._pending],
         }
@@ -130,5 +142,7 @@ class AskTell:
         self.fitness = {k: float(v) for k, v in d["fitness"].items()}
         self.history = [dict(h) for h in d["history"]]
         self.best_id, self.best_fitness = d["best_id"], d["best_fitness"]
+        self.top_id, self.top_fitness = d.get("top_id", self.best_id), d.get("top_fitness", self.best_fitness)
+        self.init_best_fitness = d.get("init_best_fitness")
         self.worst_id, self.worst_fitness = d.get("worst_id"), d.get("worst_fitness")
         self._pending = [Recipe.from_dict(r) for r in d["pending"]]

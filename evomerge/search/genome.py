@@ -18,7 +18,8 @@ from evomerge.config.sections import GenomeConfig, SwarmConfig
 from evomerge.errors import ConfigError
 from evomerge.search.base import AskTell
 from evomerge.search.operators import merge_spec
-from evomerge.search.pso import Particle, VelocityState, move_recipe, pso_coefficients, sum_recipes, velocity_ref
+from evomerge.search.pso import (Particle, VelocityState, merge_recipes, move_recipe, pso_coefficients, sum_recipes,
+                                 velocity_ref)
 from evomerge.search.recipe import STREAM_DECIDE, Op, Phase, Recipe, derive_rng, expert_id, history_row, velocity_key
 from evomerge.search.selection import n_elites, roulette_pair, roulette_weights, select
 
@@ -109,7 +110,8 @@ class Genome(AskTell):
             refs.update((p.id, p.pbest))
             if p.velocity == VelocityState.STORED:
                 refs.add(velocity_key(p.id))
-        refs.update(x for x in (self.best_id, self.worst_id if self.cfg.succession else None) if x)
+        refs.update(x for x in (self.best_id, self.top_id if self.cfg.succession else None,
+                                self.worst_id if self.cfg.succession else None) if x)
         return refs
 
     def immigrate(self, results: dict[str, float]) -> None:
@@ -145,12 +147,12 @@ class Genome(AskTell):
         for a, b in covering_pairs(self.n_experts, self.init_size, rng):
             r = rng.random(2)
             out.append(self._new(Op.INIT_PAIR, (expert_id(a), expert_id(b)), tuple(r / r.sum()), dict(self._init_spec), "g"))
-        return out + sum_recipes(self, self.cfg.init_sums, "g")
+        return out + sum_recipes(self, self.cfg.init_sums, "g") + merge_recipes(self, self.cfg.init_merges, "g")
 
     def _move_batch(self) -> list[Recipe]:
         sw = self.swarm
         rng = derive_rng(self.seed, STREAM_DECIDE, _MOVE, self.generation)
-        best, worst = self.best_id, self.worst_id  # all-time, like the research code's global max / min
+        best, worst = self.top_id, self.worst_id  # all-time, like the research code's global max / min
         out = []
         for i, p in enumerate(self.individuals):
             coeffs = pso_coefficients(rng, sw.inertia, sw.cognitive, sw.social, sw.repel)
@@ -183,7 +185,7 @@ class Genome(AskTell):
     def _absorb(self, recipes: list[Recipe], results: dict[str, float]) -> None:
         if self.phase == Phase.INIT:
             self.individuals = [Particle.new(r.id, results[r.id]) for r in recipes]
-            self._gen_start_best = self.best_fitness
+            self._gen_start_best = self.top_fitness
             self.generation, self._counter = 1, 0
             self.phase = Phase.MOVE if self.cfg.succession else Phase.BREED
         elif self.phase == Phase.MOVE:
@@ -210,9 +212,9 @@ class Genome(AskTell):
         rng = derive_rng(self.seed, STREAM_DECIDE, _SELECT, self.generation)
         keep = select([p.fit for p in self.individuals], size, n_elites(self.cfg.elite_percent, size), rng)
         self.individuals = [self.individuals[i] for i in keep]
-        improved = self._gen_start_best is None or (self.best_fitness or 0.0) > self._gen_start_best
+        improved = self._gen_start_best is None or (self.top_fitness or 0.0) > self._gen_start_best
         self.stale_generations = 0 if improved else self.stale_generations + 1
-        self._gen_start_best = self.best_fitness
+        self._gen_start_best = self.top_fitness
         if self.cfg.succession:
             self.step = max(self.step * self.swarm.step_decay, self.swarm.min_step)
         self.generation += 1

@@ -171,6 +171,13 @@ def _pair(recipe: Recipe, store: Mapping[str, TensorDict]) -> dict[str, TensorDi
     return {recipe.id: _combine(recipe, _parents(recipe, store))}
 
 
+def _init_merge(recipe: Recipe, store: Mapping[str, TensorDict]) -> dict[str, TensorDict]:
+    """The registry's merge of the parents at its own defaults (what ``evomerge merge`` gives)."""
+    from evomerge.merging.apply import merge_tensordicts
+
+    return {recipe.id: merge_tensordicts(recipe.params["method"], _parents(recipe, store), seed=recipe.seed)}
+
+
 def _mutate(recipe: Recipe, store: Mapping[str, TensorDict]) -> dict[str, TensorDict]:
     (parent,) = _parents(recipe, store)
     sigma, rate = float(recipe.params["sigma"]), float(recipe.params["gene_mut_rate"])
@@ -178,8 +185,8 @@ def _mutate(recipe: Recipe, store: Mapping[str, TensorDict]) -> dict[str, Tensor
 
 
 _MATERIALIZE = {
-    Op.EXPERT: _expert, Op.PAD: _pad, Op.INIT_SUM: _pad, Op.INIT_PAIR: _pair, Op.CROSSOVER: _pair, Op.MUTATE: _mutate,
-    Op.PSO_MOVE: _move,
+    Op.EXPERT: _expert, Op.PAD: _pad, Op.INIT_SUM: _pad, Op.INIT_MERGE: _init_merge, Op.INIT_PAIR: _pair,
+    Op.CROSSOVER: _pair, Op.MUTATE: _mutate, Op.PSO_MOVE: _move,
 }
 
 

@@ -101,3 +101,10 @@ def sum_recipes(search: Any, scales: Sequence[float], tag: str) -> list[Recipe]:
     task-arithmetic points a search can start from (weighted means of experts never reach them)."""
     parents = tuple(expert_id(i) for i in range(search.n_experts))
     return [search._new(Op.INIT_SUM, parents, (float(lam),) * len(parents), {}, tag) for lam in scales]
+
+
+def merge_recipes(search: Any, methods: Sequence[str], tag: str) -> list[Recipe]:
+    """Initial individuals: the registry's merge of every expert by each of ``methods`` (TIES,
+    DARE-TIES at the registry's defaults), so a search starts where the registry ends."""
+    parents = tuple(expert_id(i) for i in range(search.n_experts))
+    return [search._new(Op.INIT_MERGE, parents, (1.0,) * len(parents), {"method": m}, tag) for m in methods]

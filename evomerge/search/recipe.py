@@ -28,6 +28,7 @@ class Op(StrEnum):
     PAD = "pad"  # Model Swarms padding: w*p1 + (1-w)*p2
     INIT_PAIR = "init_pair"
     INIT_SUM = "init_sum"  # lambda * (sum of every expert): a task-arithmetic point
+    INIT_MERGE = "init_merge"  # a merge-registry method of every expert at its defaults (TIES, DARE-TIES)
     CROSSOVER = "crossover"
     MUTATE = "mutate"
     PSO_MOVE = "pso_move"

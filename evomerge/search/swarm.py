@@ -11,7 +11,8 @@ from typing import Any
 from evomerge.config.sections import SwarmConfig
 from evomerge.errors import ConfigError
 from evomerge.search.base import AskTell
-from evomerge.search.pso import Particle, VelocityState, move_recipe, pso_coefficients, sum_recipes, velocity_ref
+from evomerge.search.pso import (Particle, VelocityState, merge_recipes, move_recipe, pso_coefficients, sum_recipes,
+                                 velocity_ref)
 from evomerge.search.recipe import STREAM_DECIDE, Op, Phase, Recipe, derive_rng, expert_id, history_row, velocity_key
 
 _INIT, _MOVE = 0, 1  # decision streams
@@ -61,7 +62,7 @@ class Swarm(AskTell):
 
     def _init_batch(self) -> list[Recipe]:
         out = [self._new(Op.EXPERT, (expert_id(i),), (1.0,), {}, "s") for i in range(self.n_experts)]
-        out += sum_recipes(self, self.cfg.init_sums, "s")
+        out += sum_recipes(self, self.cfg.init_sums, "s") + merge_recipes(self, self.cfg.init_merges, "s")
         rng = derive_rng(self.seed, STREAM_DECIDE, _INIT, 0)
         for _ in range(max(0, (self.cfg.max_particles or 0) - len(out))):
             a, b = (int(x) for x in rng.choice(self.n_experts, size=2, replace=False))
