@@ -106,10 +106,10 @@ def test_stop_rule_matches_theory_and_never_cuts_the_registry_merges():
     # drop(n) = 0.2*0.9/(n(n-1)) >= 0.01  <=>  n(n-1) <= 18  -> n = 4 (4*3=12; 5*4=20)
     assert rule.n_max == 4 == n_max(0.2, 0.1, 0.01)
     assert rule.k_end == 10 and rule.enabled  # registry merges always run to the pool size
-    assert rule.search_k == [2, 4, 6, 8, 10] and rule.rule == "online"
+    assert rule.search_k == list(range(2, 11)) and rule.rule == "online"
     t1 = stop_rule([0.2] * 10, _equi(10, 0.1), list(range(10)), cfg.model_copy(update={"stop_rule": "theorem1"}),
                    sigma2=0.2, rho=0.1)
-    assert t1.search_k == [2, 4]  # the searches' grid is cut at Theorem 1's k
+    assert t1.search_k == [2, 3, 4]  # the searches' grid is cut at Theorem 1's k
     adaptive = stop_rule([0.2] * 10, _equi(10, 0.1), list(range(10)), ScaleConfig(methods=["ties"], seeds=[0], delta="adaptive"),
                          sigma2=0.2, rho=0.1)
     # adaptive delta = sigma2 (1-rho) / N = 0.018 -> n(n-1) <= 10 -> n = 3
@@ -124,9 +124,9 @@ def test_stop_rule_matches_theory_and_never_cuts_the_registry_merges():
         stop_rule([0.2] * 5, _equi(5, 0.1), list(range(5)), cfg.model_copy(update={"law_first_k": 6}), sigma2=0.2, rho=0.1)
 
 
-def test_search_grid_covers_every_other_k():
-    assert search_grid(10, None) == [2, 4, 6, 8, 10]
-    assert search_grid(7, None) == [2, 4, 6, 7]
+def test_search_grid_covers_every_k():
+    assert search_grid(10, None) == [2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert search_grid(2, None) == [2]
     assert search_grid(6, [1, 3, 9]) == [3]
 
 

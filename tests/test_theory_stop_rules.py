@@ -146,16 +146,45 @@ def test_online_rule_does_not_fire_on_a_curve_that_keeps_rising():
     assert not fire.fired and fire.fired_k == 12
 
 
-def test_online_rule_invents_no_peak_on_a_flat_curve():
+@pytest.mark.parametrize("seed", range(5))
+def test_online_rule_invents_no_peak_on_a_flat_curve(seed):
     k = np.repeat(np.arange(1, 13), 3).astype(float)
-    loss = 0.5 + np.random.default_rng(2).normal(0, 0.0005, k.size)
+    loss = 0.5 + np.random.default_rng(seed).normal(0, 0.0005, k.size)
     fire = online_stop(k, loss, tol=0.005, window=2)
-    assert fire.fired and fire.fired_k == 3  # the first k it may look at
+    # the first k it may look at; it keeps the first k (nothing gained), whatever the noise's argmin
+    assert fire.fired and fire.fired_k == 2 and fire.best_k in (1, 2)
+    assert fire.steps[0]["k"] == 2 and abs(fire.steps[0]["measured_gain"]) < 0.005
+
+
+@pytest.mark.parametrize("cost", [0.005, 0.01, 0.1, 0.2])
+def test_online_rule_stops_at_the_second_point_when_the_curve_peaks_at_one(cost):
+    """A curve whose loss rises from the first expert on (a sum of interfering experts):
+    the rule must stop at k = 2 (one past the peak), keeping k = 1."""
+    k = np.repeat(np.arange(1, 11), 3).astype(float)
+    loss = 0.3 + 0.1 / k + cost * (k - 1) + np.random.default_rng(4).normal(0, 0.001, k.size)
+    # k=1 -> 0.4; k=2 -> 0.35 + cost: the second expert loses when cost > 0.05
+    fire = online_stop(k, loss, tol=0.002)
+    if cost > 0.05:
+        assert fire.fired and fire.fired_k == 2 and fire.best_k == 1
+    else:  # the second expert gains, the peak is later (k = 4 and 3): no stop at 2
+        true_peak = int(np.argmin(0.1 / np.arange(1, 11) + cost * np.arange(10))) + 1
+        assert fire.fired_k > 2 and abs(fire.fired_k - true_peak) <= 2
+
+
+def test_two_point_prediction_is_the_law_with_b_1_through_the_points():
+    # L = 0.2 + 0.6 / k exactly: the law with b = 1 through (1, 0.8), (2, 0.5) is the curve itself
+    from evomerge.theory.online_rule import two_point_gain
+
+    assert two_point_gain(1, 0.8, 2, 0.5, 3) == pytest.approx(0.6 / 2 - 0.6 / 3)
+    assert two_point_gain(2, 0.5, 4, 0.35, 6) == pytest.approx((0.6 / 4 - 0.6 / 6) / 2)
+    assert two_point_gain(1, 0.5, 2, 0.6, 3) < 0  # a loss that rose predicts a loss
 
 
 def test_online_rule_refuses_too_few_points():
+    with pytest.raises(ConfigError, match="at least 2 distinct k"):
+        online_stop([1, 1, 1], [0.5, 0.4, 0.4], tol=0.01)
     with pytest.raises(ConfigError, match="at least 3 distinct k"):
-        online_stop([1, 2, 2], [0.5, 0.4, 0.4], tol=0.01)
+        online_stop([1, 2, 2], [0.5, 0.4, 0.4], tol=0.01, min_points=3)
     with pytest.raises(ConfigError, match="online_window"):
         online_stop([1, 2, 3], [0.5, 0.4, 0.3], tol=0.01, window=0)
 

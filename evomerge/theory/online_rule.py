@@ -5,11 +5,15 @@ the scaling law ``L(k) = L_inf + A / k^b`` (:mod:`evomerge.theory.scaling_law`).
 fall of the loss; ``tol`` is an absolute gain (the caller scales it, e.g. to a fraction of
 the first expert's gain over the base model: :func:`gain_scale`).
 
-* Online rule: after each measured k (from ``min_points`` distinct k on), fit the law to the
-  points so far; stop at k when the gain the fit predicts for the next expert AND the measured
-  gain per expert over the last ``window`` grid steps are both below ``tol``. A curve that keeps
-  rising keeps one of them above ``tol`` and the rule does not fire; a flat curve fires at the
-  first k the rule may look at (no later "peak" is invented).
+* Online rule: after each measured k from the second grid point on, predict the gain of the
+  next expert: with two points, from the law with its exponent fixed at ``b = 1`` (Theorem 1's
+  ``1/k`` fall of the merged variance: two points fix ``L_inf`` and ``A``); from three points
+  on, from the law fitted to all points so far. Stop at k when that predicted gain AND the
+  measured gain per expert over the last ``window`` grid steps are both below ``tol``. So the
+  rule can stop at the second point when the data say the second expert did not help (a
+  curve that peaks at its first k); a curve that keeps rising keeps one of them above ``tol``
+  and the rule does not fire; a flat curve fires at the second point (no later "peak" is
+  invented), and its "keeps" is the first k.
 * Law on the first m: fit on k <= m only and predict where one more expert gains < ``tol``
   (the peak, predicted before the rest is run).
 """
@@ -61,15 +65,27 @@ class OnlineFire:
     steps: list[dict] = field(default_factory=list)  # per k looked at: predicted and measured gain
 
 
-def online_stop(ks: Sequence[float], losses: Sequence[float], *, tol: float, window: int = 2,
-                min_points: int = 3) -> OnlineFire:
-    """Replay the online rule over a measured curve (repeated k = seeds; their mean is the curve)."""
+TWO_POINT_B = 1.0  # exponent of the two-point prediction: Theorem 1's 1/k
+
+
+def two_point_gain(k0: float, l0: float, k1: float, l1: float, nxt: float, b: float = TWO_POINT_B) -> float:
+    """Gain per expert from ``k1`` to ``nxt`` predicted by ``L_inf + A / k^b`` through the two
+    points ``(k0, l0)``, ``(k1, l1)`` with ``b`` fixed (a loss that rose predicts a loss)."""
+    amp = (l0 - l1) / (k0**-b - k1**-b)
+    return float(amp * (k1**-b - nxt**-b) / (nxt - k1))
+
+
+def online_stop(ks: Sequence[float], losses: Sequence[float], *, tol: float, window: int = 1,
+                min_points: int = 2) -> OnlineFire:
+    """Replay the online rule over a measured curve (repeated k = seeds; their mean is the curve).
+    ``min_points``: the first number of distinct k the rule looks at (2: the two-point
+    prediction; 3: the fitted law only)."""
     if not math.isfinite(tol) or tol < 0:
         raise ConfigError(f"the online rule's tolerance must be >= 0. Got {tol!r} instead.")
     if window < 1:
         raise ConfigError(f"`scale.online_window` must be >= 1. Got {window!r} instead.")
-    if min_points < 3:
-        raise ConfigError(f"the online rule fits 3 parameters: min_points must be >= 3, got {min_points}")
+    if min_points < 2:
+        raise ConfigError(f"the online rule needs a measured gain: min_points must be >= 2, got {min_points}")
     x_all = np.asarray(ks, dtype=np.float64).ravel()
     y_all = np.asarray(losses, dtype=np.float64).ravel()
     grid, mean = _means(x_all, y_all)
@@ -79,10 +95,13 @@ def online_stop(ks: Sequence[float], losses: Sequence[float], *, tol: float, win
     fit = None
     for j in range(min_points - 1, grid.size):
         k = grid[j]
-        use = x_all <= k
-        fit = _fit(x_all[use], y_all[use])
         nxt = grid[j + 1] if j + 1 < grid.size else k + (k - grid[j - 1])
-        predicted = (fit.predict(k) - fit.predict(nxt)) / (nxt - k) if fit is not None else float("inf")
+        if j == 1:
+            predicted = two_point_gain(grid[0], mean[0], k, mean[1], nxt)
+        else:
+            use = x_all <= k
+            fit = _fit(x_all[use], y_all[use])
+            predicted = (fit.predict(k) - fit.predict(nxt)) / (nxt - k) if fit is not None else float("inf")
         back = max(0, j - window)
         measured = (mean[back] - mean[j]) / (k - grid[back])
         steps.append({"k": int(k), "predicted_gain": float(predicted), "measured_gain": float(measured)})

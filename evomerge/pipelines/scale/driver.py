@@ -10,6 +10,7 @@ skips finished cells (resume).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from dataclasses import dataclass
@@ -189,19 +190,19 @@ def run_scale(
     started_ray = connect(cfg.ray) if len(done) < len(cells) else False  # one Ray for the whole run
     skipped: set[str] = set()
     try:
-        # 1. the searches, k by k, all on one set of population actors (released before the
-        #    cell actors below are placed); the stop rule cuts each method's k grid short
+        # 1. the searches: one per actor slot in flight at once (cells of several k, methods and
+        #    seeds), released before the cell actors below are placed; the stop rule cuts each
+        #    method's k grid short
         if searches:
-            from evomerge.distributed.runtime import Runtime
             from evomerge.pipelines.scale.search_cells import run_searches
 
             gains = expert_gains(cfg, spec, run_dir, ctx)
             all_search = [c for c in cells if c.kind == "search"]
-            with Runtime(cfg) as rt:
+            with search_slots(cfg) as slots:
                 skipped = run_searches(
                     all_search, cfg, run_dir, names=spec.names, tasks=spec.tasks, all_tasks=plan["tasks"],
                     zoo_root=spec.zoo_root, zoo_profile=spec.zoo_profile, gains=gains,
-                    enforce=stop_r.enabled and stop_r.rule == "online", runtime=rt,
+                    enforce=stop_r.enabled and stop_r.rule == "online", slots=slots,
                     on_search=lambda c: bar.set_postfix_str(f"searched k={c.k} {c.method} seed={c.seed}"),
                 )
         else:
@@ -238,6 +239,21 @@ def run_scale(
         run_dir=run_dir, stop=stop_r, cells_total=total, cells_run=n_run, cells_skipped=total - n_run,
         evaluations=evaluations, seconds=seconds, report=report_path,
     )
+
+
+@contextlib.contextmanager
+def search_slots(cfg: EvomergeConfig):
+    """One Runtime of a single population actor per actor the config's placement allows (one
+    per CPU slot or GPU): each runs one search at a time, so several searches are in flight.
+    A small population on many actors would leave most of them idle; a search's result does not
+    depend on how many actors evaluate it."""
+    from evomerge.distributed.cluster import cluster_resources, plan_actors
+    from evomerge.distributed.runtime import Runtime
+
+    n = plan_actors(cfg.ray, cluster_resources()).n_actors
+    one = config_from_dict({**cfg.model_dump(mode="json"), "ray": {**cfg.ray.model_dump(mode="json"), "num_actors": 1}})
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(Runtime(one)) for _ in range(n)]
 
 
 def _skipped_searches(run_dir: Path) -> set[str]:

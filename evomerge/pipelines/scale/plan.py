@@ -56,10 +56,11 @@ class StopRule:
 
 
 def search_grid(k_end: int, search_k: Sequence[int] | None) -> list[int]:
-    """k where the searches run: ``search_k`` (within 2..k_end) or 2, 4, ... and k_end."""
+    """k where the searches run: ``search_k`` (within 2..k_end) or every k from 2 to k_end (the
+    online rule cuts it short; a coarser grid could not stop within one k of a peak)."""
     if search_k is not None:
         return sorted({k for k in search_k if 2 <= k <= k_end})
-    return sorted(set(range(2, k_end + 1, 2)) | ({k_end} if k_end >= 2 else set()))
+    return list(range(2, k_end + 1))
 
 
 def stop_rule(variances, corr, order: Sequence[int], cfg: ScaleConfig, *, sigma2: float, rho: float,

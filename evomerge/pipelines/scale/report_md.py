@@ -76,8 +76,8 @@ def _rules_section(s, sc) -> list[str]:
     L = ["## How many experts: the stop rules against the measured peaks", "",
          "Measured peak = per seed the k with the best validation value (highest metric, lowest cross-entropy), "
          "then the mean over seeds [range]. Error = fired k - measured peak. Rules: `theorem1` (eq. 18 along the "
-         f"run's order with the method's weights, Delta {s['delta_mode']}), `online` (fit L(k) = L_inf + A/k^b after "
-         f"each k; stop when the predicted and the measured gain per expert are both < {sc.online_tol:g} x the "
+         f"run's order with the method's weights, Delta {s['delta_mode']}), `online` (after each k from the second, predict "
+         f"the next expert's gain from L(k) = L_inf + A/k^b: b = 1 through two points, fitted from three; stop when the predicted and the measured gain per expert are both < {sc.online_tol:g} x the "
          f"first point's gain over the base; \"keeps\" = the best k measured up to there), `{law_rule}` (the law fitted on k <= {sc.law_first_k} only), "
          f"`pca95` (principal components for 95% of the pool's variance: {_k(s.get('pca_components_95'))}). "
          "Targets: `all` / `union` on the metric, `all/ce` on cross-entropy.", "",

@@ -129,7 +129,7 @@ def judge(plan: dict, fitness: pd.DataFrame, *, scale_cfg, pca_count: int | None
             x, y = f["k"].to_numpy(float), _loss(f, value)
             rows = {"theorem1": (t1["fired_k"], t1["fired"]), "pca95": (pca_count, pca_count is not None)}
             keeps = None
-            if x.size and np.unique(x).size >= 3:
+            if x.size and np.unique(x).size >= 2:
                 on = online_stop(x, y, tol=tol, window=scale_cfg.online_window)
                 rows["online"] = (on.fired_k, on.fired)
                 keeps = on.best_k

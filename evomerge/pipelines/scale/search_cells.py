@@ -92,7 +92,7 @@ def online_decision(points: list[tuple[int, float]], base: float, cfg) -> dict:
     from evomerge.theory.online_rule import gain_scale, online_stop
 
     ks = sorted({k for k, _ in points})
-    if len(ks) < 3:
+    if len(ks) < 2:
         return {"fired": False, "k": ks[-1] if ks else None}
     first = [f for k, f in points if k == ks[0]]
     tol = cfg.online_tol * gain_scale(sum(first) / len(first), base)
@@ -101,37 +101,85 @@ def online_decision(points: list[tuple[int, float]], base: float, cfg) -> dict:
 
 
 def run_searches(cells: list[Cell], cfg: EvomergeConfig, run_dir: Path, *, names, tasks, all_tasks, zoo_root,
-                 zoo_profile, gains: dict, enforce: bool, runtime, on_search=None) -> set[str]:
-    """Run the search cells k by k (ascending) on one runtime. With ``enforce`` (the online rule),
-    a method's remaining k are skipped once the rule fires on its curve so far (fitness = the
-    search's own validation fitness); returns the ids of the skipped cells (``search_stop.json``)."""
+                 zoo_profile, gains: dict, enforce: bool, slots: list, on_search=None) -> set[str]:
+    """Run the search cells with one search in flight per slot (an open Runtime of its own
+    actors), every method's k grid ascending. A method's next k is queued once all seeds of its
+    current k are done; with ``enforce`` (the online rule) a method's remaining k are skipped
+    once the rule fires on its curve so far (fitness = the search's own validation fitness).
+    Each search is seeded per cell and a decision sees its points sorted by (k, seed), so the
+    results do not depend on which slot ran what, or when. Returns the ids of the skipped cells
+    (``search_stop.json``)."""
+    from collections import deque
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
     from evomerge.io import write_json_atomic
 
-    skipped: set[str] = set()
-    decisions: dict[str, dict] = {}
+    if not slots:
+        raise ValueError("run_searches needs at least one slot")
     by_method: dict[str, list[Cell]] = {}
     for c in cells:
         by_method.setdefault(c.method, []).append(c)
-    for method, mcells in by_method.items():
-        points: list[tuple[int, float]] = []
-        base = None
-        for k in sorted({c.k for c in mcells}):
-            if decisions.get(method, {}).get("fired"):
-                skipped |= {c.id for c in mcells if c.k == k}
-                continue
-            for cell in (c for c in mcells if c.k == k):
-                run_search(cell, cfg, run_dir, names=names, tasks=tasks, all_tasks=all_tasks, zoo_root=zoo_root,
-                           zoo_profile=zoo_profile, progress=False, runtime=runtime)
-                f = search_fitness(run_dir, cell)
-                if f is not None:
-                    points.append((k, f))
-                if base is None:
-                    base = base_union(gains, tasks, cell.experts[:min(c.k for c in mcells)])
-                if on_search is not None:
-                    on_search(cell)
-            if enforce:
-                decisions[method] = {**online_decision(points, base, cfg.scale), "ks_run": sorted({k for k, _ in points})}
-    write_json_atomic(Path(run_dir) / STOP_FILE, {"enforced": enforce, "methods": decisions, "skipped": sorted(skipped)})
+    grids = {m: sorted({c.k for c in mc}) for m, mc in by_method.items()}
+    step = {m: 0 for m in by_method}  # index into grids[m] of the k in flight
+    left: dict[str, int] = {}
+    fitness: dict[str, float] = {}
+    skipped: set[str] = set()
+    decisions: dict[str, dict] = {}
+    queue: deque[Cell] = deque()
+
+    def enqueue(method: str) -> None:
+        k = grids[method][step[method]]
+        batch = sorted((c for c in by_method[method] if c.k == k), key=lambda c: c.seed)
+        left[method] = len(batch)
+        queue.extend(batch)
+
+    def k_done(method: str) -> None:
+        k_min = grids[method][0]
+        mcells = sorted((c for c in by_method[method] if c.k <= grids[method][step[method]]), key=lambda c: (c.k, c.seed))
+        if enforce:
+            points = [(c.k, fitness[c.id]) for c in mcells if c.id in fitness]
+            first = next(c for c in mcells if c.k == k_min)
+            base = base_union(gains, tasks, first.experts[:k_min])
+            decisions[method] = {**online_decision(points, base, cfg.scale), "ks_run": sorted({k for k, _ in points})}
+        step[method] += 1
+        if step[method] >= len(grids[method]):
+            return
+        if decisions.get(method, {}).get("fired"):
+            skipped.update(c.id for c in by_method[method] if c.k >= grids[method][step[method]])
+            return
+        enqueue(method)
+
+    for method in by_method:
+        enqueue(method)
+    free = list(slots)
+    running: dict = {}
+    most = 0  # the most searches in flight at once (search_stop.json)
+    with ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="search") as pool:
+        try:
+            while queue or running:
+                while free and queue:
+                    cell, slot = queue.popleft(), free.pop(0)
+                    fut = pool.submit(run_search, cell, cfg, run_dir, names=names, tasks=tasks, all_tasks=all_tasks,
+                                      zoo_root=zoo_root, zoo_profile=zoo_profile, progress=False, runtime=slot)
+                    running[fut] = (cell, slot)
+                most = max(most, len(running))
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in sorted(done, key=lambda f: running[f][0].id):
+                    cell, slot = running.pop(fut)
+                    free.append(slot)
+                    fut.result()  # a failed search stops the run (the others finish first)
+                    f = search_fitness(run_dir, cell)
+                    if f is not None:
+                        fitness[cell.id] = f
+                    if on_search is not None:
+                        on_search(cell)
+                    left[cell.method] -= 1
+                    if left[cell.method] == 0:
+                        k_done(cell.method)
+        finally:
+            queue.clear()
+    write_json_atomic(Path(run_dir) / STOP_FILE, {"enforced": enforce, "methods": decisions, "skipped": sorted(skipped),
+                                                  "slots": len(slots), "most_in_flight": most})
     return skipped
 
 
