@@ -63,6 +63,7 @@ import model_scale_probes as probes  # noqa: E402
 from model_scale_build import SIZES, TASKS, build_workspace  # noqa: E402
 
 MERGE_METHODS = ("task_arithmetic", "ties", "dare_ties")
+PHASES = ("genome", "swarm", "scale", "naive")
 
 # ---------------------------------------------------------------- phases (driver side)
 def _mean(xs) -> float:
@@ -301,9 +302,10 @@ def run(args) -> dict[str, Any]:
             idle = ray.remote(PopulationActor).options(num_cpus=0).remote()
             idle_rss = ray.get(idle.__ray_call__.remote(probes.idle_rss))
             ray.kill(idle)
-            phases = [evolve_phase("genome", args, ws, root, idle_rss), evolve_phase("swarm", args, ws, root, idle_rss)]
-            phases += scale_phases(args, ws, idle_rss)
-            naive = naive_phase(args, ws) if args.naive else None
+            phases = [evolve_phase(a, args, ws, root, idle_rss) for a in ("genome", "swarm") if a in args.phases]
+            if "scale" in args.phases:
+                phases += scale_phases(args, ws, idle_rss)
+            naive = naive_phase(args, ws) if args.naive and "naive" in args.phases else None
     finally:
         ray.shutdown()
     info = {k: (str(v) if isinstance(v, Path) else v) for k, v in ws.items() if k not in ("experts", "tasks")}
@@ -330,13 +332,14 @@ def report(res: dict[str, Any]) -> None:
         print(f"{p['phase']:<8}{p['wall_s']:>8.2f}{p['evaluations']:>6}{p.get('evals_per_s', 0):>8.2f}{cells}{out}"
               f"{p['host_peak_extra'] / mb:>9.0f}{p['bound'] / mb:>7.0f}{p['host_peak_extra'] / p['bound']:>6.2f}"
               f"{p['device_peak'] / mb:>8.0f}{p['traffic_per_round'] / 1024:>8.0f}KiB  {p['eval_dtype']}")
-    m = next(p for p in res["phases"] if p["phase"] == "merge")["detail"]
-    print(f"registry merge of {m['n']} experts ({m['input_bytes'] / mb:.0f} MiB of stacked deltas; densifying "
-          f"B@A {m['stack_s']:.2f} s, a copy {m['copy_s']:.3f} s):")
-    print(f"{'method':<16}{'merged() s':>11}{'per-tensor s':>13}{'x copy':>8}{'peft s':>9}{'peft/this':>10}")
-    for k in MERGE_METHODS:
-        print(f"{k:<16}{m[f'merged_{k}_s']:>11.2f}{m[f'{k}_s']:>13.3f}{m[f'{k}_s'] / m['copy_s']:>8.1f}"
-              f"{m[f'peft_{k}_s']:>9.3f}{m[f'peft_{k}_s'] / m[f'{k}_s']:>10.1f}")
+    m = next((p["detail"] for p in res["phases"] if p["phase"] == "merge"), None)
+    if m is not None:
+        print(f"registry merge of {m['n']} experts ({m['input_bytes'] / mb:.0f} MiB of stacked deltas; densifying "
+              f"B@A {m['stack_s']:.2f} s, a copy {m['copy_s']:.3f} s):")
+        print(f"{'method':<16}{'merged() s':>11}{'per-tensor s':>13}{'x copy':>8}{'peft s':>9}{'peft/this':>10}")
+        for k in MERGE_METHODS:
+            print(f"{k:<16}{m[f'merged_{k}_s']:>11.2f}{m[f'{k}_s']:>13.3f}{m[f'{k}_s'] / m['copy_s']:>8.1f}"
+                  f"{m[f'peft_{k}_s']:>9.3f}{m[f'peft_{k}_s'] / m[f'{k}_s']:>10.1f}")
     nv = res["naive"]
     if nv:
         print(f"naive save-reload-evaluate: {nv['naive_per_s']:.2f} cand/s; evaluate_many: {nv['in_memory_per_s']:.2f}"
@@ -364,9 +367,14 @@ def main(argv=None) -> dict[str, Any]:
                    help="search space of GENOME and Model Swarms (default: the config's default)")
     p.add_argument("--naive", type=int, default=2, help="candidates of the naive loop (0: skip)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--phases", default=",".join(PHASES),
+                   help=f"comma-separated subset of {','.join(PHASES)} (to split a long run into several)")
     p.add_argument("--workdir", default=None, help="write the model files and runs here and keep them (default: a temporary folder)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
+    args.phases = [x.strip() for x in args.phases.split(",") if x.strip()]
+    if not args.phases or set(args.phases) - set(PHASES):
+        p.error(f"--phases: choose from {','.join(PHASES)}. Got {args.phases!r} instead.")
     if args.experts < 2:
         p.error("--experts: evolutionary merging needs at least 2")
     if args.dtype is None:

@@ -77,6 +77,11 @@ def memory(actor) -> dict[str, Any]:
     out: dict[str, Any] = {"rss_peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     with open("/proc/self/statm") as fh:
         out["rss_now"] = int(fh.read().split()[1]) * resource.getpagesize()
+    with open("/proc/self/status") as fh:  # resident now, split: private heap / mapped files / shared memory
+        for line in fh:
+            key, _, val = line.partition(":")
+            if key in ("RssAnon", "RssFile", "RssShmem"):
+                out[key.lower().replace("rss", "rss_")] = int(val.split()[0]) * 1024
     import evomerge
 
     out["evomerge"] = str(evomerge.__file__)

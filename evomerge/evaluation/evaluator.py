@@ -91,6 +91,9 @@ class Evaluator:
         self.base_dir = Path(base_dir)
         self.model, self.tokenizer = _load_base(self.base_dir, self.device, dtype)
         self.params = {k: p for k, p in self.model.named_parameters(remove_duplicate=False)}
+        # scores over the vocabulary model and tokenizer share: a model may carry more output
+        # rows (embeddings padded to a multiple) than there are tokens (as greedy_generate does)
+        self.vocab = len(self.tokenizer)
         self.linears = linear_weights(self.model)
         self.tasks = list(tasks)
         weights = dict(task_weights or {})
@@ -187,12 +190,15 @@ class Evaluator:
 
     def _forward(self, forward, batch: Encoded, start: int) -> torch.Tensor:
         """Logits ``[C, B, T - start, V]``: only positions from ``start`` on (where answers are)
-        go through the output layer when the model supports ``logits_to_keep``."""
+        go through the output layer when the model supports ``logits_to_keep``; ``V`` is the
+        tokenizer's vocabulary where the model's is larger."""
         kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         width = batch.input_ids.shape[1]
         if self._keeps_logits and start > 0:
-            return forward(logits_to_keep=width - start, **kwargs)
-        return forward(**kwargs)[:, :, start:]
+            logits = forward(logits_to_keep=width - start, **kwargs)
+        else:
+            logits = forward(**kwargs)[:, :, start:]
+        return logits[..., : self.vocab] if logits.shape[-1] > self.vocab else logits
 
     def _score_batch(self, forward, group, batch: Encoded, g: torch.Tensor, out: torch.Tensor, keys) -> None:
         """Add the per-row metrics of ``batch`` under each candidate of ``group`` to ``out[j, g]``."""

@@ -24,7 +24,9 @@ def greedy_generate(
     """Greedy continuations of ``batch``'s prompts: ``out[c][i]`` = tokens for candidate c, row i.
 
     Prompts are left-padded with explicit position ids; answers are short, so the model is
-    re-run on the whole sequence each step (no KV cache). Stops at EOS. ``forward``: the
+    re-run on the whole sequence each step (no KV cache). Stops at EOS. Only the tokenizer's
+    tokens are candidates (a model with a larger, padded vocabulary never emits an id that has
+    no token). ``forward``: the
     callable of an open :func:`~evomerge.evaluation.forward.applied` block for ``deltas``
     (the deltas are applied here otherwise).
     """
@@ -33,6 +35,7 @@ def greedy_generate(
             return greedy_generate(model, params, linears, deltas, batch, tokenizer, max_new_tokens, forward=fwd)
     n, b = len(deltas), len(batch)
     eos = tokenizer.eos_token_id
+    vocab = len(tokenizer)  # a model's output rows past the tokenizer's (padded embeddings) cannot be decoded
     pad = pad_id(tokenizer)
     plen = batch.prompt_len.tolist()
     width = max(plen)
@@ -51,7 +54,7 @@ def greedy_generate(
     for _ in range(max_new_tokens):
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = forward(per_candidate=True, input_ids=ids, attention_mask=mask, position_ids=pos)
-        nxt = logits.reshape(n * b, *logits.shape[2:])[:, -1].argmax(-1)
+        nxt = logits.reshape(n * b, *logits.shape[2:])[:, -1, :vocab].argmax(-1)
         nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
         new.append(nxt)
         done = done | (nxt == eos)

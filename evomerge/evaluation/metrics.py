@@ -19,18 +19,25 @@ TEXT_METRICS = ("token_f1", "rouge_l", "bleu")
 METRICS = TEACHER_FORCED + TEXT_METRICS
 
 
-def teacher_forced(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+def teacher_forced(logits: torch.Tensor, labels: torch.Tensor, chunk_elems: int = 1 << 22) -> dict[str, torch.Tensor]:
     """Per-example token accuracy, exact match and mean cross-entropy over answer tokens.
 
     ``labels`` are pre-shifted (``labels[:, t]`` is predicted from position ``t``), ``IGNORE``
     elsewhere. Exact match here means every answer token *and* the closing EOS is the argmax
     prediction given the correct prefix, which is exactly when greedy decoding reproduces the
     reference (ties aside), so it needs no generation.
+
+    The log-softmax runs over a few rows at a time (``chunk_elems`` logits each): a batch's
+    whole ``[B, T, V]`` log-probabilities (and, for bf16 logits, their fp32 copy) would double
+    the logits' memory, 50 MiB a batch at a 32k vocabulary (benchmarks/model_scale.py). Rows
+    are independent, so the values are those of one call over the whole batch.
     """
     mask = labels != IGNORE
     safe = labels.clamp(min=0)
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    nll = -logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    rows = max(1, chunk_elems // max(1, logits[0].numel())) if len(logits) else 1
+    parts = [-torch.log_softmax(logits[i : i + rows].float(), dim=-1).gather(-1, safe[i : i + rows, ..., None])[..., 0]
+             for i in range(0, len(logits), rows)]
+    nll = torch.cat(parts) if parts else torch.zeros(labels.shape, device=logits.device)
     correct = (logits.argmax(-1) == safe) & mask
     n = mask.sum(-1).clamp(min=1)
     return {

@@ -80,21 +80,25 @@ class CellWorker:
         self.splits = [sp for sp in SPLITS if all(sp in self.evaluator.data[t] for t in self.tasks)]
 
     # --- candidates ---------------------------------------------------------------------------
-    def merged(self, method_name: str, subset: tuple[int, ...], seed: int) -> TensorDict | dict[str, PerTaskMerge]:
-        """The merged task vector of ``subset`` (LoRA experts are merged as products B@A)."""
+    def merged(
+        self, method_name: str, subset: tuple[int, ...], seed: int, device: str | torch.device | None = None
+    ) -> TensorDict | dict[str, PerTaskMerge]:
+        """The merged task vector of ``subset`` (LoRA experts are merged as products B@A), densified
+        and merged on ``device`` (default: the evaluator's, so a GPU actor merges on its GPU)."""
         from evomerge.merging.apply import merge_task_vectors
         from evomerge.merging.registry import get_merge_method
 
         method = get_merge_method(method_name)
         params = method.resolve(self.ctx.method_params.get(method_name, {}))
         idx = list(subset)
-        stream = ((key, self.pool.stacked(key)[idx]) for key in self.pool.keys())
+        dev = self.evaluator.device if device is None else torch.device(device)
+        stream = ((key, self.pool.stacked(key, device=dev)[idx]) for key in self.pool.keys())
         stats = None
         if method.needs:  # Fisher / RegMean: the run's cached per-expert statistics
             from evomerge.pipelines.scale.statistics import load_stacked
 
             stats = load_stacked(self.ctx.run_dir or ".", self.ctx.names, idx)
-        return merge_task_vectors(method, stream, None, params, seed, stats=stats)
+        return merge_task_vectors(method, stream, None, params, seed, stats=stats, device=dev)
 
     def expert_vector(self, i: int) -> TensorDict:
         return self.pool.task_vector(i)
