@@ -38,7 +38,11 @@ Memory: an actor's peak host memory is its peak RSS (``ru_maxrss``) minus the pe
 idle actor with the same imports; the bound is the issue's ``base + N experts + population``
 bytes (the base in its stored dtype, so an evaluator that widens bf16 to fp32 shows; experts and
 individuals as the fp32 A/B dicts the actors hold). Activations (logits over the vocabulary
-for a batch) are not in the bound. On CUDA the device peak is ``torch.cuda.max_memory_allocated`` in the actor, and the
+for a batch) are not in the bound. RSS counts the object-store pages an actor touched (the
+experts it was sent, the individuals it returned), which Ray keeps once per node for the driver
+and every actor; a thread in each actor samples its resident memory every 5 ms, so ``own`` (heap
++ mapped files, above an idle actor's) and ``shm`` (object-store pages) are reported apart.
+On CUDA the device peak is ``torch.cuda.max_memory_allocated`` in the actor, and the
 actors take ``--gpus-per-actor`` GPUs each (fractions share one; default 1/actors).
 
 ``model_scale_build.py`` writes the files; ``model_scale_probes.py`` is what runs inside the
@@ -98,7 +102,7 @@ def _nbytes(d) -> int:
     return sum(a.nbytes for a in d.values())
 
 
-def evolve_phase(algo: str, args, ws: dict, root: Path, idle_rss: int) -> dict[str, Any]:
+def evolve_phase(algo: str, args, ws: dict, root: Path, idle: dict[str, int]) -> dict[str, Any]:
     """One run_evolve (GENOME: 1 generation; swarm: 1 iteration), measured per round."""
     import ray
 
@@ -113,6 +117,7 @@ def evolve_phase(algo: str, args, ws: dict, root: Path, idle_rss: int) -> dict[s
             spec = spec_cls(**{f.name: getattr(inputs.evaluator, f.name) for f in dataclasses.fields(inputs.evaluator)})
             pool = super().start(dataclasses.replace(inputs, evaluator=spec), rht)
             _count_traffic(pool, assigned)
+            ray.get([a.__ray_call__.remote(probes.start_sampler) for a in pool.actors])
             return pool
 
         def score_experts(self):  # the experts' own scores are not part of a round
@@ -161,7 +166,7 @@ def evolve_phase(algo: str, args, ws: dict, root: Path, idle_rss: int) -> dict[s
 
         res = run_evolve(cfg, algo, run_dir, progress=False, runtime=rt, write_adapter=False,
                          on_generation=on_generation)
-    return _phase_summary(algo, rounds, args, ws, idle_rss,
+    return _phase_summary(algo, rounds, args, ws, idle,
                           run_wall_s=time.perf_counter() - t_run, best_fitness=res.best_fitness)
 
 
@@ -185,10 +190,18 @@ def memory_bound(args, ws: dict) -> int:
     return ws["base_bytes_stored"] + (args.experts + args.population) * ws["expert_ab_bytes"]
 
 
-def _phase_summary(name: str, rounds: list[dict], args, ws: dict, idle_rss: int, **extra) -> dict[str, Any]:
+def _own(mem: dict[str, Any], idle: dict[str, int]) -> dict[str, int]:
+    """The sampled peaks: the actor's own bytes (heap + mapped files) above an idle actor's, and
+    the object-store pages it touched (shared with the driver and the other actors)."""
+    return {"own_peak_extra": mem.get("own_peak", 0) - idle["own"], "shmem_peak": mem.get("shmem_peak", 0)}
+
+
+def _phase_summary(name: str, rounds: list[dict], args, ws: dict, idle: dict[str, int], **extra) -> dict[str, Any]:
+    idle_rss = idle["rss_peak"]
     wall = sum(r["wall_s"] for r in rounds)
     mem = rounds[-1]["memory"] if rounds else []
     peak = max((m["rss_peak"] for m in mem), default=0)
+    own = max((_own(m, idle) for m in mem), key=lambda o: o["own_peak_extra"], default={})
     tot = {k: sum(r[k] for r in rounds)
            for k in ("materialize_s", "swap_s", "forward_s", "metrics_s", "transfer_s", "evaluate_s")}
     return {
@@ -197,14 +210,14 @@ def _phase_summary(name: str, rounds: list[dict], args, ws: dict, idle_rss: int,
         "shares": _shares(wall, tot["materialize_s"], tot["swap_s"], tot["forward_s"], tot["metrics_s"],
                           tot["transfer_s"]),
         "outside_eval": 1.0 - tot["evaluate_s"] / wall if wall else 0.0,
-        "host_peak": peak, "host_peak_extra": peak - idle_rss, "bound": memory_bound(args, ws),
+        "host_peak": peak, "host_peak_extra": peak - idle_rss, **own, "bound": memory_bound(args, ws),
         "device_peak": max((m.get("cuda_peak", 0) for m in mem), default=0),
         "eval_dtype": mem[0].get("eval_dtype") if mem else None,
         "traffic_per_round": _mean(r["traffic"]["bytes"] for r in rounds), **extra,
     }
 
 
-def scale_phases(args, ws: dict, idle_rss: int) -> list[dict[str, Any]]:
+def scale_phases(args, ws: dict, idle: dict[str, int]) -> list[dict[str, Any]]:
     """The registry merge of all N experts and one scale cell, on one CellWorker actor."""
     import ray
 
@@ -222,13 +235,15 @@ def scale_phases(args, ws: dict, idle_rss: int) -> list[dict[str, Any]]:
     ray_cfg = RayConfig(num_actors=1, cpus_per_actor=args.threads, gpus_per_actor=args.gpus_per_actor)
     with RayCellRunner(ctx, ray_cfg) as runner:
         actor = runner.actors[0]
+        idle_rss = idle["rss_peak"]
+        ray.get(actor.__ray_call__.remote(probes.start_sampler))
         before = ray.get(actor.__ray_call__.remote(probes.memory))
         t0 = time.perf_counter()
         m = ray.get(actor.__ray_call__.remote(probes.merge_bench, MERGE_METHODS, args.seed))
         wall = time.perf_counter() - t0
         after = ray.get(actor.__ray_call__.remote(probes.memory))
         merge = {"phase": "merge", "wall_s": wall, "evaluations": 0, "detail": m,
-                 "host_peak": after["rss_peak"], "host_peak_extra": after["rss_peak"] - idle_rss,
+                 "host_peak": after["rss_peak"], "host_peak_extra": after["rss_peak"] - idle_rss, **_own(after, idle),
                  "merge_peak_growth": after["rss_peak"] - before["rss_peak"], "bound": memory_bound(args, ws),
                  "device_peak": after.get("cuda_peak", 0), "eval_dtype": after.get("eval_dtype"),
                  "traffic_per_round": 0}
@@ -250,7 +265,8 @@ def scale_phases(args, ws: dict, idle_rss: int) -> list[dict[str, Any]]:
         "shares": _shares(wall, ct["merge_s"], swap, fwd, sum(c["metrics_s"] for c in calls),
                           max(0.0, wall - out.seconds)),
         "outside_eval": 1.0 - sum(c["total_s"] for c in calls) / wall,
-        "host_peak": mem["rss_peak"], "host_peak_extra": mem["rss_peak"] - idle_rss, "bound": memory_bound(args, ws),
+        "host_peak": mem["rss_peak"], "host_peak_extra": mem["rss_peak"] - idle_rss, **_own(mem, idle),
+        "bound": memory_bound(args, ws),
         "device_peak": mem.get("cuda_peak", 0), "eval_dtype": mem.get("eval_dtype"),
         "traffic_per_round": len(pickle.dumps(out)),
     }
@@ -300,11 +316,11 @@ def run(args) -> dict[str, Any]:
             ws = build_workspace(root, args)
             build_s = time.perf_counter() - t0
             idle = ray.remote(PopulationActor).options(num_cpus=0).remote()
-            idle_rss = ray.get(idle.__ray_call__.remote(probes.idle_rss))
+            idle_mem = ray.get(idle.__ray_call__.remote(probes.idle_rss))
             ray.kill(idle)
-            phases = [evolve_phase(a, args, ws, root, idle_rss) for a in ("genome", "swarm") if a in args.phases]
+            phases = [evolve_phase(a, args, ws, root, idle_mem) for a in ("genome", "swarm") if a in args.phases]
             if "scale" in args.phases:
-                phases += scale_phases(args, ws, idle_rss)
+                phases += scale_phases(args, ws, idle_mem)
             naive = naive_phase(args, ws) if args.naive and "naive" in args.phases else None
     finally:
         ray.shutdown()
@@ -313,7 +329,7 @@ def run(args) -> dict[str, Any]:
             "space": args.space,
             "individual_bytes": ws["expert_ab_bytes"] if args.space == "ab" else 4 * ws["linear_params"],
             "dtype": args.dtype, "samples": args.samples, "tasks": args.tasks, "build_s": build_s,
-            "idle_actor_rss": idle_rss, "workspace": info, "phases": phases, "naive": naive}
+            "idle_actor_rss": idle_mem["rss_peak"], "idle_actor_own": idle_mem["own"], "workspace": info, "phases": phases, "naive": naive}
 
 
 def report(res: dict[str, Any]) -> None:
@@ -323,7 +339,8 @@ def report(res: dict[str, Any]) -> None:
           f"{res['population']} in space {res['space']} ({res['individual_bytes'] / mb:.1f} MiB each), device "
           f"{res['device']}; built in {res['build_s']:.1f} s")
     print(f"{'phase':<8}{'wall s':>8}{'evals':>6}{'eval/s':>8}{'merge':>7}{'swap':>7}{'fwd':>7}{'score':>7}{'ray':>7}{'other':>7}"
-          f"{'outside':>8}{'peak MiB':>9}{'bound':>7}{'ratio':>6}{'dev MiB':>8}{'store/rnd':>10}  dtype")
+          f"{'outside':>8}{'peak MiB':>9}{'bound':>7}{'ratio':>6}{'own MiB':>8}{'ratio':>6}{'shm MiB':>8}{'dev MiB':>8}"
+          f"{'store/rnd':>10}  dtype")
     for p in res["phases"]:
         sh = p.get("shares", {})
         cells = "".join(f"{100 * sh[k]:>6.1f}%" if k in sh else f"{'':>7}"
@@ -331,6 +348,8 @@ def report(res: dict[str, Any]) -> None:
         out = f"{100 * p['outside_eval']:>7.1f}%" if "outside_eval" in p else f"{'':>8}"
         print(f"{p['phase']:<8}{p['wall_s']:>8.2f}{p['evaluations']:>6}{p.get('evals_per_s', 0):>8.2f}{cells}{out}"
               f"{p['host_peak_extra'] / mb:>9.0f}{p['bound'] / mb:>7.0f}{p['host_peak_extra'] / p['bound']:>6.2f}"
+              f"{p.get('own_peak_extra', 0) / mb:>8.0f}{p.get('own_peak_extra', 0) / p['bound']:>6.2f}"
+              f"{p.get('shmem_peak', 0) / mb:>8.0f}"
               f"{p['device_peak'] / mb:>8.0f}{p['traffic_per_round'] / 1024:>8.0f}KiB  {p['eval_dtype']}")
     m = next((p["detail"] for p in res["phases"] if p["phase"] == "merge"), None)
     if m is not None:

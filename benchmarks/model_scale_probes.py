@@ -72,16 +72,52 @@ def take_calls(actor) -> list[dict]:
     return out
 
 
-def memory(actor) -> dict[str, Any]:
-    """Peak RSS, current RSS, CUDA peak and the evaluator's parameter dtype/bytes of this actor."""
-    out: dict[str, Any] = {"rss_peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-    with open("/proc/self/statm") as fh:
-        out["rss_now"] = int(fh.read().split()[1]) * resource.getpagesize()
-    with open("/proc/self/status") as fh:  # resident now, split: private heap / mapped files / shared memory
+def _resident() -> dict[str, int]:
+    """Resident bytes now, split: ``anon`` (the process's own heap), ``file`` (mapped files: the
+    base model's safetensors pages, libraries), ``shmem`` (Ray's object store pages it touched)."""
+    out = {}
+    with open("/proc/self/status") as fh:
         for line in fh:
             key, _, val = line.partition(":")
             if key in ("RssAnon", "RssFile", "RssShmem"):
-                out[key.lower().replace("rss", "rss_")] = int(val.split()[0]) * 1024
+                out[key[3:].lower()] = int(val.split()[0]) * 1024
+    return out
+
+
+def _sample(actor, period: float) -> None:
+    while True:
+        r = _resident()
+        pk = actor.mem_peak
+        pk["own"] = max(pk.get("own", 0), r["anon"] + r["file"])
+        pk["shmem"] = max(pk.get("shmem", 0), r["shmem"])
+        time.sleep(period)
+
+
+def start_sampler(actor, period: float = 0.005) -> None:
+    """Sample the actor's resident memory every ``period`` s in a thread: ``ru_maxrss`` (the peak
+    RSS) cannot say how much of it was object-store pages, shared with the driver and every actor."""
+    import threading
+
+    if getattr(actor, "mem_peak", None) is None:
+        r = _resident()
+        actor.mem_peak = {"own": r["anon"] + r["file"], "shmem": r["shmem"]}
+        threading.Thread(target=_sample, args=(actor, period), daemon=True).start()
+
+
+def memory(actor) -> dict[str, Any]:
+    """Peak RSS, current RSS, CUDA peak and the evaluator's parameter dtype/bytes of this actor;
+    with :func:`start_sampler` running, the sampled peaks of its own (heap + mapped files) and
+    object-store bytes."""
+    out: dict[str, Any] = {"rss_peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    with open("/proc/self/statm") as fh:
+        out["rss_now"] = int(fh.read().split()[1]) * resource.getpagesize()
+    out.update({f"rss_{k}": v for k, v in _resident().items()})
+    if getattr(actor, "mem_peak", None) is not None:
+        out["own_peak"], out["shmem_peak"] = actor.mem_peak["own"], actor.mem_peak["shmem"]
+    store = getattr(actor, "store", None)
+    if store is not None:  # a PopulationActor: experts and individuals it holds now
+        out["store_entries"] = len(store)
+        out["store_bytes"] = sum(t.numel() * t.element_size() for td in store.values() for t in td.values())
     import evomerge
 
     out["evomerge"] = str(evomerge.__file__)
@@ -104,7 +140,8 @@ def idle_rss(actor) -> int:
     import evomerge.evaluation.evaluator  # noqa: F401
     import evomerge.search  # noqa: F401
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    r = _resident()
+    return {"rss_peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "own": r["anon"] + r["file"]}
 
 
 def spec_class():

@@ -61,3 +61,48 @@ def test_cell_merge_runs_on_the_device_asked_for(small_zoo, zoo_experts, tmp_pat
     # by default a cell merges where its evaluator runs (a GPU actor: its GPU), here pointed at meta
     worker.evaluator.device = torch.device("meta")
     assert {v.device.type for v in worker.merged("task_arithmetic", subset, 0).values()} == {"meta"}
+
+
+def test_actor_shares_read_only_experts_and_never_writes_them(small_zoo):
+    """Experts arrive from Ray's object store as read-only arrays: a CPU actor keeps them without
+    a second copy in its heap, so every operator, RHT and the evaluator must leave them as they
+    came (an in-place write would change the shared store object for the driver and every actor)."""
+    import numpy as np
+
+    from evomerge.config import config_from_dict
+    from evomerge.config.sections import RHTConfig
+    from evomerge.distributed.actors import PopulationActor
+    from evomerge.pipelines.inputs import prepare_inputs
+    from evomerge.search import Recipe, expert_id
+
+    names = list(small_zoo.tasks[:3])
+    inputs = prepare_inputs(config_from_dict({"evaluation": {"max_samples": 8}}), experts=names, tasks=names)
+    for d in inputs.experts.values():
+        for a in d.values():
+            a.flags.writeable = False  # as ray.get hands them out
+    before = {k: {n: a.copy() for n, a in d.items()} for k, d in inputs.experts.items()}
+    actor = PopulationActor(inputs.experts, inputs.evaluator, fan_in_fan_out=inputs.fan_in_fan_out,
+                            rht=RHTConfig(enabled=True, seed=3), device="cpu")
+    for k, d in inputs.experts.items():  # shared, not copied: a write through the tensor shows in the array
+        assert all(actor.experts[k][n].data_ptr() == a.ctypes.data for n, a in d.items())
+    e0, e1, e2 = (expert_id(i) for i in range(3))
+    rounds = [
+        [Recipe("t1", "init_pair", (e0, e1), (0.3, 0.7), {"method": "linear"}, seed=1),
+         Recipe("t2", "expert", (e2,), (1.0,), {}, seed=2)],
+        [Recipe("t3", "crossover", (e0, "t2"), (0.6, 0.4), {"method": "ties", "merge_params": {"density": 0.5}}, seed=3),
+         Recipe("t4", "mutate", (e2,), (), {"sigma": 0.05, "gene_mut_rate": 0.3}, seed=4),
+         Recipe("t5", "pso_move", (e0, e0, e1, e2), (0.4, 0.3, 0.2, 0.1),
+                {"velocity": "diff", "velocity_ref": e1, "step": 1.0}, seed=5)],
+        [Recipe("t6", "pso_move", ("t5", "t5", e1, e2), (0.25, 0.25, 0.25, 0.25), {"velocity": "stored", "step": 0.5}, seed=6),
+         Recipe("t7", "crossover", (e1, e2), (0.5, 0.5), {"method": "blx", "blx_alpha": 1.2}, seed=7),
+         Recipe("t8", "pad", (e0, e2), (1.3, -0.3), {}, seed=8),
+         Recipe("t9", "crossover", (e0, e1), (0.5, 0.5), {"method": "dare_ties", "merge_params": {"density": 0.5}}, seed=9)],
+    ]
+    for batch in rounds:
+        actor.materialize_and_evaluate([r.to_dict() for r in batch])
+    actor.evaluate_keys([e0, e1, e2], raw=True)
+    actor.evaluate_keys([e0, e1, e2])  # RHT'd candidates
+    actor.ensemble([e0, e1, e2], "validation")
+    for k, d in before.items():
+        for n, a in d.items():
+            assert np.array_equal(inputs.experts[k][n], a), (k, n)

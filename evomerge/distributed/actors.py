@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -33,9 +34,25 @@ def td_to_numpy(td: Mapping[str, torch.Tensor]) -> NumpyDict:
 
 
 def numpy_to_td(d: Mapping[str, np.ndarray], device: str | torch.device = "cpu") -> TensorDict:
-    """Torch tensors on ``device`` from numpy arrays (arrays from the object store are
-    read-only, so they are copied)."""
-    return {k: torch.from_numpy(np.array(a, copy=True)).to(device) for k, a in d.items()}
+    """Torch tensors on ``device`` from numpy arrays.
+
+    Read-only arrays (Ray's object store hands them out so) are shared, not copied, on the CPU:
+    a copy would hold every expert twice in the actor, once in the store pages it read and once
+    in its heap (benchmarks/model_scale.py). Nothing writes a stored tensor in place (recipes,
+    RHT and the evaluator make new tensors; tests/test_model_scale_fixes.py checks the arrays
+    after a search). Writable arrays (a caller's own) are copied, and another device gets a
+    copy made there straight from the array."""
+    dev = torch.device(device)
+    out: TensorDict = {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        for k, a in d.items():
+            a = np.asarray(a)
+            if dev.type == "cpu":
+                out[k] = torch.from_numpy(a if not a.flags.writeable else a.copy())
+            else:
+                out[k] = torch.from_numpy(a).to(dev)
+    return out
 
 
 @dataclass(frozen=True)
