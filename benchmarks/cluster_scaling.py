@@ -5,7 +5,7 @@
 Each simulated node is a separate raylet with one CPU and one population actor, all on this
 machine, so the figures measure Ray's placement, dispatch and weight traffic, and real
 parallelism only up to the machine's free cores. Writes scaling.parquet / scaling.png (the
-same format as jobs/scaling.py) and prints the table.
+same format as `evomerge evolve-scaling`) and prints the table.
 """
 
 from __future__ import annotations
@@ -15,15 +15,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "jobs"))
-sys.path.insert(1, str(ROOT))
 
-
-def run_with_nodes(n_nodes: int, cfg, small: bool, work: Path) -> dict:
+def run_with_nodes(n_nodes: int, cfg, work: Path) -> dict:
     import ray
     from ray.cluster_utils import Cluster
-    from scaling import measure_one
+
+    from evomerge.pipelines.evolve.scaling import measure_one
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     try:
@@ -31,7 +28,7 @@ def run_with_nodes(n_nodes: int, cfg, small: bool, work: Path) -> dict:
             cluster.add_node(num_cpus=1, resources={"evomerge_node": 1})
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False)
-        return measure_one(cfg, n_nodes, "genome", small, work)
+        return measure_one(cfg, n_nodes, "genome", "small", work)
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -49,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from evomerge.config import config_from_dict
     from evomerge.zoo import ensure_zoo
-    from scaling import add_speedups, write_scaling
+    from evomerge.pipelines.evolve.scaling import add_speedups, write_scaling
 
     ensure_zoo("small")
     cfg = config_from_dict({
@@ -62,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="evomerge-bench-"))
     rows = []
     for n in [int(x) for x in args.nodes.split(",")]:
-        row = run_with_nodes(n, cfg, True, work)
+        row = run_with_nodes(n, cfg, work)
         rows.append(row)
         print(f"{n} node(s): {row['evaluations']} evaluations, {row['eval_seconds']:.2f} s evaluating, "
               f"{row['total_seconds']:.2f} s end to end", flush=True)

@@ -180,3 +180,29 @@ def test_zoo_help_shows_zoo_option(capsys) -> None:
         code, out, _ = _run(["zoo", cmd, "--help"], capsys)
         assert code == 0 and "--zoo" in out and "PROFILE|PATH" in out and "--small" in out, cmd
 
+
+
+# --- evolve-scaling: the measurement behind jobs/scaling.py -----------------------------------
+
+def test_evolve_scaling_bad_actor_counts_refused_before_ray(tmp_path, capsys) -> None:
+    for bad in ("1,x", "0,2"):
+        code, _, err = _run(["evolve-scaling", "--small", "--actors", bad, "--out", tmp_path / "s"], capsys)
+        assert code == 2 and f"--actors '{bad}'" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow
+def test_evolve_scaling_runs_and_writes_the_table(tmp_path, capsys) -> None:
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "s"
+    code, stdout, err = _run(["evolve-scaling", "--small", "--actors", "1,2", "--out", out,
+                              "--set", "genome.population=4", "--set", "genome.generations=1",
+                              "--set", "evaluation.max_samples=8", "--set", "ray.cpus_per_actor=0.5"], capsys)
+    assert code == 0, err
+    t = pq.read_table(out / "scaling.parquet").to_pylist()
+    assert [r["n_actors"] for r in t] == [1, 2]
+    assert t[0]["evaluations"] == t[1]["evaluations"] > 0  # the same run, the same work
+    assert t[0]["speedup"] == 1.0 and t[1]["efficiency"] == pytest.approx(t[1]["speedup"] / 2)
+    assert (out / "scaling.png").read_bytes()[:4] == b"\x89PNG" and not (out / "runs").exists()
+    assert "table:" in stdout

@@ -1,16 +1,11 @@
-"""The scaling job's table and figure (speedup/efficiency arithmetic checked by hand)."""
+"""`evomerge evolve-scaling`'s table and figure (speedup/efficiency arithmetic checked by hand)."""
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
-
-from scaling import COLUMNS, add_speedups, write_scaling  # noqa: E402
+from evomerge.pipelines.evolve.scaling import COLUMNS, add_speedups, write_scaling
 
 
 def rows():

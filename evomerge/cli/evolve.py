@@ -65,3 +65,42 @@ def register(app: typer.Typer) -> None:
             what = "adapter" if (res.adapter_dir / "adapter_config.json").is_file() else "task vector"
             typer.echo(f"best {what}: {res.adapter_dir}")
 
+
+    @app.command("evolve-scaling")
+    def evolve_scaling(
+        out: Path = typer.Option(..., "--out", help="results folder (scaling.parquet, scaling.png)"),
+        config: Optional[Path] = typer.Option(None, "--config", help="YAML config (default: built-in small zoo)"),
+        algo: str = typer.Option("genome", "--algo", help="search algorithm: genome | swarm"),
+        actors: Optional[str] = typer.Option(None, "--actors",
+                                             help="comma-separated actor counts (default: 1, 2, 4, ... up to the cluster)"),
+        overwrite: bool = typer.Option(False, "--overwrite", help="replace existing results in --out"),
+        zoo: Optional[str] = zoo_option(),
+        small: bool = small_option(),
+        sets: list[str] = set_option(),
+    ) -> None:
+        """Run the same evolve run (same seed, same work) with 1, 2, 4, ... population actors (one per
+        node) and write speedup and parallel efficiency (scaling.parquet, scaling.png)."""
+        import shutil
+
+        from evomerge.cli._common import load_config_with_sets, zoo_choice, zoo_settings
+        from evomerge.distributed.cluster import ray_session
+        from evomerge.errors import ConfigError
+        from evomerge.io import check_output_path
+        from evomerge.pipelines.evolve.scaling import default_counts, measure_scaling, write_scaling
+        from evomerge.search import check_search_name
+
+        check_search_name(algo, "--algo")
+        try:
+            counts = [int(x) for x in actors.split(",")] if actors else None
+        except ValueError:
+            raise ConfigError(f"--actors {actors!r}: expected comma-separated integers (e.g. 1,2,4)") from None
+        if counts is not None and min(counts) < 1:
+            raise ConfigError(f"--actors {actors!r}: every count must be >= 1")
+        profile, cfg = zoo_settings(zoo_choice(zoo, small), load_config_with_sets(config, sets), "small")
+        for name in ("scaling.parquet", "scaling.png"):
+            check_output_path(out / name, overwrite, kind="file")
+        with ray_session(cfg.ray):
+            rows = measure_scaling(cfg, counts or default_counts(), algo, profile, out / "runs", log=typer.echo)
+        shutil.rmtree(out / "runs", ignore_errors=True)
+        files = write_scaling(rows, out)
+        typer.echo(f"table: {files['table']}\nfigure: {files['figure']}")
