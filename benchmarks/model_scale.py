@@ -299,37 +299,45 @@ def naive_phase(args, ws: dict) -> dict[str, Any]:
 
 
 def run(args) -> dict[str, Any]:
-    import ray
-
-    from evomerge.distributed.actors import PopulationActor
-
-    ray.cloudpickle.register_pickle_by_value(probes)  # actors cannot import benchmarks/
+    """The phases of ``args.phases``; Ray is started only for the actor phases (``naive`` alone
+    runs without it, e.g. on a GPU machine that lacks Ray)."""
     cuda = args.device.startswith("cuda")
     if args.gpus_per_actor is None:
         args.gpus_per_actor = 1.0 / args.actors if cuda else 0.0
-    ray.init(address="local", num_cpus=max(2, args.actors * args.threads + 1), num_gpus=1 if cuda else 0,
-             include_dashboard=False, log_to_driver=False)
+    on_actors = [ph for ph in args.phases if ph != "naive"]
+    if on_actors:
+        import ray
+
+        ray.cloudpickle.register_pickle_by_value(probes)  # actors cannot import benchmarks/
+        ray.init(address="local", num_cpus=max(2, args.actors * args.threads + 1), num_gpus=1 if cuda else 0,
+                 include_dashboard=False, log_to_driver=False)
+    idle_mem = {"rss_peak": 0, "own": 0}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(args.workdir or tmp)
             t0 = time.perf_counter()
             ws = build_workspace(root, args)
             build_s = time.perf_counter() - t0
-            idle = ray.remote(PopulationActor).options(num_cpus=0).remote()
-            idle_mem = ray.get(idle.__ray_call__.remote(probes.idle_rss))
-            ray.kill(idle)
+            if on_actors:
+                from evomerge.distributed.actors import PopulationActor
+
+                idle = ray.remote(PopulationActor).options(num_cpus=0).remote()
+                idle_mem = ray.get(idle.__ray_call__.remote(probes.idle_rss))
+                ray.kill(idle)
             phases = [evolve_phase(a, args, ws, root, idle_mem) for a in ("genome", "swarm") if a in args.phases]
             if "scale" in args.phases:
                 phases += scale_phases(args, ws, idle_mem)
             naive = naive_phase(args, ws) if args.naive and "naive" in args.phases else None
     finally:
-        ray.shutdown()
+        if on_actors:
+            ray.shutdown()
     info = {k: (str(v) if isinstance(v, Path) else v) for k, v in ws.items() if k not in ("experts", "tasks")}
     return {"size": args.size, "experts": args.experts, "population": args.population, "device": args.device,
             "space": args.space,
             "individual_bytes": ws["expert_ab_bytes"] if args.space == "ab" else 4 * ws["linear_params"],
             "dtype": args.dtype, "samples": args.samples, "tasks": args.tasks, "build_s": build_s,
-            "idle_actor_rss": idle_mem["rss_peak"], "idle_actor_own": idle_mem["own"], "workspace": info, "phases": phases, "naive": naive}
+            "idle_actor_rss": idle_mem["rss_peak"], "idle_actor_own": idle_mem["own"], "workspace": info,
+            "phases": phases, "naive": naive}
 
 
 def report(res: dict[str, Any]) -> None:

@@ -59,6 +59,7 @@ def build_workspace(root: Path, args) -> dict[str, Any]:
     linears = {f"{n}.weight": m.weight for n, m in model.named_modules()
                if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in TARGETS}
     r, alpha = args.rank, 2 * args.rank
+    wnorm = {key: float(w.detach().float().norm()) for key, w in linears.items()}  # once, not per expert
     experts = []
     for i in range(args.experts):
         g = torch.Generator().manual_seed(args.seed * 1000 + i + 1)
@@ -68,7 +69,7 @@ def build_workspace(root: Path, args) -> dict[str, Any]:
             a = (torch.rand(r, in_f, generator=g) * 2 - 1) / math.sqrt(in_f)  # peft: kaiming_uniform(a=sqrt(5))
             b = torch.randn(out_f, r, generator=g)
             norm = math.sqrt(float(((a @ a.T) * (b.T @ b)).sum())) * alpha / r  # ||scale B A||_F from r x r products
-            b *= args.rel_norm * float(w.detach().float().norm()) / norm
+            b *= args.rel_norm * wnorm[key] / norm
             mods[key] = LoraModule(a, b, alpha / r)
         path = root / "experts" / f"expert{i}"
         save_peft_adapter(mods, path, {"base_model_name_or_path": str(base), "task_type": "CAUSAL_LM"})
