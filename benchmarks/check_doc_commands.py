@@ -1,6 +1,6 @@
 """Run every shell command written in README.md and docs/*.md as written, from a fresh clone.
 
-    python benchmarks/check_doc_commands.py [--list] [--only REGEX] [--timeout S] [--keep]
+    python benchmarks/check_doc_commands.py [--list] [--only REGEX] [--timeout S] [--budget S] [--keep]
 
 What is a command: a line (``\\`` continuations joined) in a fenced ``bash``/``sh``/``console``
 block that starts with ``evomerge``, ``python``/``python3`` or ``NAME=VALUE`` before one of
@@ -136,7 +136,7 @@ def pages(paths: list[Path]) -> list[Page]:
     return [parse_page(p) for p in paths]
 
 
-def run_all(all_pages: list[Page], only: str | None, timeout: float, keep: bool) -> int:
+def run_all(all_pages: list[Page], only: str | None, timeout: float, keep: bool, budget: float | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="evomerge-doc-commands-"))
     clone, home = work / "clone", work / "home"
     home.mkdir()
@@ -147,7 +147,8 @@ def run_all(all_pages: list[Page], only: str | None, timeout: float, keep: bool)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EVOMERGE_", "RAY_", "PYTEST"))}
     env.update(HOME=str(home), PYTHONPATH=str(clone), MPLBACKEND="Agg",
                PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]))
-    counts = {"PASS": 0, "FAIL": 0, "SKIP": 0}
+    counts = {"PASS": 0, "FAIL": 0, "SKIP": 0, "NOT RUN": 0}
+    started = time.monotonic()
     for page in all_pages:  # each page starts from the clone as committed, with the config files written
         subprocess.run(["git", "clean", "-fdxq"], cwd=clone, check=True)
         for name, content in files.items():
@@ -163,6 +164,10 @@ def run_all(all_pages: list[Page], only: str | None, timeout: float, keep: bool)
                 counts["SKIP"] += 1
                 print(f"SKIP {where}: {cmd.text}\n     ({cmd.skip})", flush=True)
                 continue
+            if budget is not None and time.monotonic() - started > budget:
+                counts["NOT RUN"] += 1
+                print(f"NOT RUN {where}: {cmd.text}\n     (--budget {budget:g} s spent)", flush=True)
+                continue
             script = "set -e -o pipefail\n" + "\n".join(assignments + ([] if ASSIGNMENT.match(cmd.text) else [cmd.text]))
             t0 = time.monotonic()
             try:
@@ -177,7 +182,8 @@ def run_all(all_pages: list[Page], only: str | None, timeout: float, keep: bool)
             print(f"{status} {where} ({time.monotonic() - t0:.1f} s): {cmd.text}", flush=True)
             if not ok:
                 print(f"     {why}: " + " | ".join(tail), flush=True)
-    print(f"{counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['SKIP']} SKIP (commit {commit})", flush=True)
+    print(f"{counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['SKIP']} SKIP, {counts['NOT RUN']} NOT RUN "
+          f"(commit {commit})", flush=True)
     if keep:
         print(f"kept {work}")
     else:
@@ -191,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=None, help="run only the commands matching this regex")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per command")
     p.add_argument("--keep", action="store_true", help="keep the clone and its outputs")
+    p.add_argument("--budget", type=float, default=None, help="start no command after this many seconds (NOT RUN)")
     args = p.parse_args(argv)
     found = pages([ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
     if args.list:
@@ -200,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             for c in page.commands:
                 print(f"{'SKIP' if c.skip else 'RUN '} {c.page}:{c.line}: {c.text}" + (f"  ({c.skip})" if c.skip else ""))
         return 0
-    return run_all(found, args.only, args.timeout, args.keep)
+    return run_all(found, args.only, args.timeout, args.keep, args.budget)
 
 
 if __name__ == "__main__":
