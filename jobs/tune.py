@@ -33,7 +33,7 @@ def fan_out(workers: int, cpus_per_worker: float):
     def runner(command: str, args: list[str]) -> int:
         from pathlib import Path
 
-        from evomerge.cli._common import load_config_with_sets, zoo_choice, zoo_settings
+        from evomerge.cli.tune import tune_config
         from evomerge.distributed.cluster import ray_session
         from evomerge.errors import EvomergeError
         from evomerge.storage_uri import mask_uri
@@ -42,8 +42,7 @@ def fan_out(workers: int, cpus_per_worker: float):
         p = _common.cli_params(command, args)
         out = Path(p["out"])
         try:  # the config exactly as `evomerge tune` builds it (--set, --zoo/--small)
-            profile, cfg = zoo_settings(zoo_choice(p["zoo"], p["small"]), load_config_with_sets(p["config"], p["sets"]),
-                                        "default")
+            profile, cfg = tune_config(p["config"], p["sets"], p["zoo"], p["small"])
             small = profile == "small"
             url, name = create_or_check_study(cfg, out, storage=p["storage"], study_name=p["study_name"],
                                               resume=p["resume"], small=small)

@@ -10,6 +10,14 @@ import typer
 from evomerge.cli._common import set_option, small_option, zoo_option
 
 
+def tune_config(config: Path, sets: list[str], zoo: Optional[str], small: bool):
+    """``(zoo profile, config)`` as ``evomerge tune`` builds them (``--config``, ``--set``,
+    ``--zoo``/``--small``); ``jobs/tune.py`` builds its study from the same."""
+    from evomerge.cli._common import load_config_with_sets, zoo_choice, zoo_settings
+
+    return zoo_settings(zoo_choice(zoo, small), load_config_with_sets(config, sets), "default")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("tune")
     def tune(
@@ -30,11 +38,10 @@ def register(app: typer.Typer) -> None:
         """Search merge method/parameters, RHT, GENOME/Swarm rates or the number of experts for the best validation fitness.
 
         Without experts in the config, the built-in zoo (``--zoo``, default: default) is used."""
-        from evomerge.cli._common import load_config_with_sets, zoo_choice, zoo_settings
         from evomerge.io import removed_if_failed
         from evomerge.pipelines.tune.run import run_tune
 
-        profile, cfg = zoo_settings(zoo_choice(zoo, small), load_config_with_sets(config, sets), "default")
+        profile, cfg = tune_config(config, sets, zoo, small)
         with removed_if_failed(out):
             res = run_tune(
                 cfg, out, storage=storage, study_name=study_name, n_trials=n_trials, timeout=timeout,
