@@ -6,7 +6,8 @@ What is a command: a line (``\\`` continuations joined) in a fenced ``bash``/``s
 block that starts with ``evomerge``, ``python``/``python3`` or ``NAME=VALUE`` before one of
 those (``Z=$(evomerge zoo path --small)`` assignments are kept and run before the later
 commands of the same page). A fenced ``yaml`` block whose first line is ``# file: NAME`` is
-written as ``NAME`` into the clone first (the configs the commands name).
+written as ``NAME`` into the clone first (the configs the commands name). A command whose
+comment says ``(exits N`` must exit with N (``zoo check`` on the test zoo fails on purpose).
 
 How it runs: ``git clone`` of HEAD into a temporary folder (the committed tree, as a newcomer
 gets it), each page's commands in order with that clone as the working folder (cleaned back
@@ -38,6 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHELL_FENCES = {"bash", "sh", "shell", "console"}
 COMMAND = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*=\S*\s+)*(?:evomerge|python3?)\b")
+EXPECTED_EXIT = re.compile(r"#.*\(exits (\d+)")  # a command the docs say fails, e.g. `# ... (exits 1: why)`
 ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=\$\(.*\)\s*(#.*)?$")
 
 #: Commands marked long: (regex on the command, reason). The lead runs these.
@@ -169,12 +171,13 @@ def run_all(all_pages: list[Page], only: str | None, timeout: float, keep: bool,
                 print(f"NOT RUN {where}: {cmd.text}\n     (--budget {budget:g} s spent)", flush=True)
                 continue
             script = "set -e -o pipefail\n" + "\n".join(assignments + ([] if ASSIGNMENT.match(cmd.text) else [cmd.text]))
+            expected = int(m.group(1)) if (m := EXPECTED_EXIT.search(cmd.text)) else 0
             t0 = time.monotonic()
             try:
                 res = subprocess.run(["bash", "-c", script], cwd=clone, env=env, capture_output=True, text=True,
                                      timeout=timeout)
-                ok, tail = res.returncode == 0, (res.stderr.strip() or res.stdout.strip()).splitlines()[-3:]
-                why = f"exit {res.returncode}"
+                ok, tail = res.returncode == expected, (res.stderr.strip() or res.stdout.strip()).splitlines()[-3:]
+                why = f"exit {res.returncode}" + (f", the docs say {expected}" if expected else "")
             except subprocess.TimeoutExpired:
                 ok, tail, why = False, [], f"timed out after {timeout:g} s"
             status = "PASS" if ok else "FAIL"
