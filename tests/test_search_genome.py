@@ -19,7 +19,7 @@ from evomerge.search.selection import n_elites, roulette_pair, roulette_weights,
 from _search_helpers import DIM, flat, make_problem, run, unflat
 
 
-CFG = GenomeConfig(init_sums=[], init_merges=[], population=8, generations=15, cross_rate=0.8, ind_mut_rate=0.3, gene_mut_rate=0.3, sigma=0.05,
+CFG = GenomeConfig(init_sums=[], init_merges=[], mutation="gauss", population=8, generations=15, cross_rate=0.8, ind_mut_rate=0.3, gene_mut_rate=0.3, sigma=0.05,
                    early_stop_iter=15)
 
 
@@ -399,3 +399,23 @@ def test_select_margin_keeps_the_best_start_unless_clearly_beaten():
         s.tell({r.id: (later if i == 0 else 0.0) for i, r in enumerate(batch)})
         assert s.top_id == batch[0].id and s.top_fitness == later
         assert (s.best_id, s.best_fitness) == ((batch[0].id, later) if want_later else (start, 0.5))
+
+
+def test_coeff_mutation_moves_along_the_experts():
+    """`mutation: coeff` (the default in delta space): a mutant is its parent plus
+    sum_i eps_i * expert_i (hand sum), eps drawn per expert; ab space keeps the papers' gauss."""
+    store, _ = make_problem()
+    s = Genome(GenomeConfig(population=4, init_sums=[1.0], init_merges=[], cross_rate=0.0, ind_mut_rate=1.0,
+                            coeff_sigma=0.3), 6, seed=0)
+    s.tell({r.id: 0.5 for r in s.ask() if store.update(materialize(r, store)) is None})
+    mutants = s.ask()
+    assert mutants and all(r.op == "mutate_coeff" for r in mutants)
+    eps = [r.weights[1:] for r in mutants]
+    assert all(len(e) == 6 for e in eps) and 0.1 < float(np.std(np.concatenate(eps))) < 0.6
+    for r in mutants:
+        want = flat(store[r.parents[0]]) + sum(w * flat(store[expert_id(i)]) for i, w in enumerate(r.weights[1:]))
+        torch.testing.assert_close(flat(materialize(r, store)[r.id]), want)
+    ab = Genome(GenomeConfig(population=4, init_sums=[], init_merges=[], cross_rate=0.0, ind_mut_rate=1.0, space="ab"), 6, 0)
+    ab.tell({r.id: 0.5 for r in ab.ask()})
+    assert {r.op for r in ab.ask()} == {"mutate"}
+    assert GenomeConfig(preset="paper").mutation == "gauss"

@@ -17,7 +17,7 @@ GENOME_PRESETS: dict[str, dict[str, Any]] = {
         "population": 10, "generations": 10, "cross_rate": 0.3, "ind_mut_rate": 0.1, "gene_mut_rate": 0.1,
         "sigma": 0.001, "elite_percent": 0.1, "init_merge": "dare_ties", "crossover": "dare_ties", "density": 0.7,
         "early_stop": False, "init_pairs": "coverage", "init_sums": [], "init_merges": [], "select_margin": 0.0,
-        "space": "ab",
+        "mutation": "gauss", "space": "ab",
     },
 }
 

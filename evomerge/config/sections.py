@@ -147,9 +147,14 @@ class GenomeConfig(Section):
     max_population: int | None = Field(default=None, ge=2, description="GENOME+ (succession): grow to this, then select back to it")
     generations: int = Field(default=10, ge=1)
     cross_rate: float = Field(default=0.3, ge=0.0, le=1.0)
-    ind_mut_rate: float = Field(default=0.1, ge=0.0, le=1.0)
+    ind_mut_rate: float = Field(default=0.5, ge=0.0, le=1.0)
     gene_mut_rate: float = Field(default=0.1, ge=0.0, le=1.0)
     sigma: float = Field(default=0.001, ge=0.0)
+    mutation: Literal["auto", "gauss", "coeff"] = Field(
+        default="auto", description="gauss: N(0, sigma^2) on gene_mut_rate of the coordinates (the papers); coeff: "
+                                    "add sum_i eps_i * expert_i, eps_i ~ N(0, coeff_sigma^2) (a per-expert coefficient "
+                                    "gene); auto: coeff in delta space, gauss in ab space")
+    coeff_sigma: float = Field(default=0.1, gt=0.0, description="std of the per-expert coefficient mutation")
     elite_percent: float = Field(default=0.1, ge=0.0, le=1.0)
     init_pairs: Literal["coverage", "coverage_reuse"] = Field(
         default="coverage_reuse",

@@ -175,8 +175,14 @@ class Genome(AskTell):
                 i, j = roulette_pair(fits, rng)
                 w = shares[[i, j]] / shares[[i, j]].sum()
                 out.append(self._new(Op.CROSSOVER, (pop[i].id, pop[j].id), tuple(w), dict(self._merge), "g"))
+        coeff = cfg.mutation == "coeff" or (cfg.mutation == "auto" and cfg.space == "delta")
+        experts = tuple(expert_id(i) for i in range(self.n_experts))
         for p in pop:
             if rng.random() < cfg.ind_mut_rate:
+                if coeff:  # a per-expert coefficient gene: move along the experts' own directions
+                    eps = rng.normal(0.0, cfg.coeff_sigma, self.n_experts)
+                    out.append(self._new(Op.MUTATE_COEFF, (p.id, *experts), (1.0, *eps), {}, "g"))
+                    continue
                 params = {"sigma": float(cfg.sigma), "gene_mut_rate": float(cfg.gene_mut_rate)}
                 out.append(self._new(Op.MUTATE, (p.id,), (1.0,), params, "g"))
         return out

@@ -186,7 +186,7 @@ def _mutate(recipe: Recipe, store: Mapping[str, TensorDict]) -> dict[str, Tensor
 
 _MATERIALIZE = {
     Op.EXPERT: _expert, Op.PAD: _pad, Op.INIT_SUM: _pad, Op.INIT_MERGE: _init_merge, Op.INIT_PAIR: _pair,
-    Op.CROSSOVER: _pair, Op.MUTATE: _mutate, Op.PSO_MOVE: _move,
+    Op.CROSSOVER: _pair, Op.MUTATE: _mutate, Op.MUTATE_COEFF: _pad, Op.PSO_MOVE: _move,
 }
 
 

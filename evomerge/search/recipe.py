@@ -31,6 +31,7 @@ class Op(StrEnum):
     INIT_MERGE = "init_merge"  # a merge-registry method of every expert at its defaults (TIES, DARE-TIES)
     CROSSOVER = "crossover"
     MUTATE = "mutate"
+    MUTATE_COEFF = "mutate_coeff"  # x + sum_i eps_i * expert_i (parents: x, then every expert)
     PSO_MOVE = "pso_move"
 
 
