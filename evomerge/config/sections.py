@@ -271,7 +271,7 @@ class ScaleConfig(Section):
     stats_samples: int = Field(default=64, ge=1, description="Fisher / RegMean: train examples per expert for its statistics")
     pairs: bool = Field(default=True, description="run the correlated-pair experiment (needs a pool with domains, e.g. a zoo)")
     population_test: bool = Field(default=False, description="score every individual of a search's final population on test (the paper's test-set selection, reported flagged)")
-    search_k: list[int] | None = Field(default=None, description="k values where search methods run (default: 2, 4, ... and the pool size)")
+    search_k: list[int] | None = Field(default=None, description="k values where search methods run (default: every k from 2 to the pool size, cut by the stop rule)")
     method_params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="merge method -> its parameters")
     hist_samples: int = Field(default=4096, ge=0, description="merged-weight entries kept per cell for histograms")
 
