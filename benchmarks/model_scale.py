@@ -248,6 +248,7 @@ def scale_phases(args, ws: dict, idle: dict[str, int]) -> list[dict[str, Any]]:
                  "device_peak": after.get("cuda_peak", 0), "eval_dtype": after.get("eval_dtype"),
                  "traffic_per_round": 0}
         ray.get(actor.__ray_call__.remote(probes.time_merges))
+        ray.get(actor.__ray_call__.remote(probes.reset_peaks))  # the cell's peaks, not the merge benchmark's
         cell = Cell("merge", n, "ties", False, args.seed, (args.seed,), tuple(range(n)))
         t0 = time.perf_counter()
         [(_, out)] = list(runner.run([cell]))
@@ -265,7 +266,7 @@ def scale_phases(args, ws: dict, idle: dict[str, int]) -> list[dict[str, Any]]:
         "shares": _shares(wall, ct["merge_s"], swap, fwd, sum(c["metrics_s"] for c in calls),
                           max(0.0, wall - out.seconds)),
         "outside_eval": 1.0 - sum(c["total_s"] for c in calls) / wall,
-        "host_peak": mem["rss_peak"], "host_peak_extra": mem["rss_peak"] - idle_rss, **_own(mem, idle),
+        "host_peak": mem["rss_hwm"], "host_peak_extra": mem["rss_hwm"] - idle_rss, **_own(mem, idle),
         "bound": memory_bound(args, ws),
         "device_peak": mem.get("cuda_peak", 0), "eval_dtype": mem.get("eval_dtype"),
         "traffic_per_round": len(pickle.dumps(out)),
@@ -336,7 +337,8 @@ def run(args) -> dict[str, Any]:
             "space": args.space,
             "individual_bytes": ws["expert_ab_bytes"] if args.space == "ab" else 4 * ws["linear_params"],
             "dtype": args.dtype, "samples": args.samples, "tasks": args.tasks, "build_s": build_s,
-            "idle_actor_rss": idle_mem["rss_peak"], "idle_actor_own": idle_mem["own"], "workspace": info,
+            "idle_actor_rss": idle_mem["rss_peak"], "idle_actor_own": idle_mem["own"],
+            "idle_actor_anon": idle_mem.get("anon", 0), "idle_actor_file": idle_mem.get("file", 0), "workspace": info,
             "phases": phases, "naive": naive}
 
 

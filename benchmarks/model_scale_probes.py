@@ -104,6 +104,15 @@ def start_sampler(actor, period: float = 0.005) -> None:
         threading.Thread(target=_sample, args=(actor, period), daemon=True).start()
 
 
+def reset_peaks(actor) -> None:
+    """Start the actor's peaks over (sampled peaks and the kernel's VmHWM) so that the next
+    phase on the same actor reports its own."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    r = _resident()
+    actor.mem_peak = {"own": r["anon"] + r["file"], "shmem": r["shmem"]}
+
+
 def memory(actor) -> dict[str, Any]:
     """Peak RSS, current RSS, CUDA peak and the evaluator's parameter dtype/bytes of this actor;
     with :func:`start_sampler` running, the sampled peaks of its own (heap + mapped files) and
@@ -112,6 +121,8 @@ def memory(actor) -> dict[str, Any]:
     with open("/proc/self/statm") as fh:
         out["rss_now"] = int(fh.read().split()[1]) * resource.getpagesize()
     out.update({f"rss_{k}": v for k, v in _resident().items()})
+    with open("/proc/self/status") as fh:  # the peak RSS since the last reset_peaks
+        out["rss_hwm"] = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
     if getattr(actor, "mem_peak", None) is not None:
         out["own_peak"], out["shmem_peak"] = actor.mem_peak["own"], actor.mem_peak["shmem"]
     store = getattr(actor, "store", None)
@@ -141,7 +152,8 @@ def idle_rss(actor) -> int:
     import evomerge.search  # noqa: F401
 
     r = _resident()
-    return {"rss_peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "own": r["anon"] + r["file"]}
+    return {"rss_peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "own": r["anon"] + r["file"],
+            "anon": r["anon"], "file": r["file"]}
 
 
 def spec_class():
