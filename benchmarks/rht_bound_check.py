@@ -6,8 +6,9 @@ at the given constants, on validation (``--test`` adds test). Reads the run dire
     nice -n 10 python benchmarks/rht_bound_check.py RUN_DIR [--rht gamma=0.99 alpha=0.05 ...]
         [--methods task_arithmetic,ties] [--ks 8,9,10] [--test] [--json out.json]
 
-Printed per (method, k): RHT - plain on the ``all`` target (mean over every task of the pool),
-mean and sd over the cell's seeds and the worst seed; then the worst cell. Plain cells are
+Printed per cell: RHT - plain on the ``all`` target (mean over every task of the pool); then, per
+split and target (``all``, and ``union``: the merged experts' tasks), the worst (method, k) mean over
+seeds, the worst seed and each method's range over k. Plain cells are
 checked against the run's stored scores (they must agree: same code path).
 """
 
@@ -65,12 +66,18 @@ def main() -> None:
     cells = [c for c in all_cells if c.kind == "merge" and c.rht
              and (methods is None or c.method in methods) and (ks is None or c.k in ks)]
     rows, mismatch, t0 = [], 0, time.perf_counter()
-    plain_scores: dict[tuple[str, int, str], float] = {}
+    plain_scores: dict[tuple[str, int, str], dict[str, float]] = {}
+
+    def targets(per_task, cell):
+        """(all, union): mean over every task, over the merged experts' tasks."""
+        mine = {ctx.expert_tasks[i] for i in cell.experts}
+        return (statistics.mean(v for v, _ in per_task.values()),
+                statistics.mean(v for t, (v, _) in per_task.items() if t in mine))
 
     def plain(cell, seed, split):
         if (cell.id, seed, split) not in plain_scores:
             cand, _ = worker.candidate(worker.merged(cell.method, cell.experts, seed), cell.experts, False, seed)
-            plain_scores[(cell.id, seed, split)] = statistics.mean(v for v, _ in worker.evaluate(cand, split).values())
+            plain_scores[(cell.id, seed, split)] = targets(worker.evaluate(cand, split), cell)
         return plain_scores[(cell.id, seed, split)]
 
     for c in cells:
@@ -84,24 +91,24 @@ def main() -> None:
             pseed = seed if seed in plain_cell.seeds else plain_cell.seeds[0]
             rht_cand, _ = worker.candidate(worker.merged(c.method, c.experts, seed), c.experts, True, seed)
             for split in splits:
-                p = plain(plain_cell, pseed, split)
-                r = statistics.mean(v for v, _ in worker.evaluate(rht_cand, split).values())
+                (p, pu), (r, ru) = plain(plain_cell, pseed, split), targets(worker.evaluate(rht_cand, split), c)
                 ref = stored.get((plain_cell.id, pseed, False, split))
                 if ref is not None and abs(ref - p) > 1e-6:
                     mismatch += 1
-                rows.append({"method": c.method, "k": c.k, "seed": seed, "split": split, "plain": p, "rht": r, "diff": r - p})
+                rows.append({"method": c.method, "k": c.k, "seed": seed, "split": split, "plain": p, "rht": r, "diff": r - p,
+                             "diff_union": ru - pu})
         print(f"{c.id:28s} " + " ".join(f"{x['split'][:4]} {x['diff']:+.4f}" for x in rows[first:]), flush=True)
     print(f"{len(cells)} cells in {time.perf_counter() - t0:.0f} s; plain scores that differ from the run's: {mismatch}")
     print(f"rht: {json.dumps(rht.model_dump(mode='json'))}")
-    for split in splits:
+    for split, field in [(sp, f) for f in ("diff", "diff_union") for sp in splits]:
         groups: dict[tuple[str, int], list[float]] = {}
         for x in rows:
             if x["split"] == split:
-                groups.setdefault((x["method"], x["k"]), []).append(x["diff"])
+                groups.setdefault((x["method"], x["k"]), []).append(x[field])
         means = {g: statistics.mean(d) for g, d in groups.items()}
         worst_mean = min(means, key=means.get)
         worst_seed = min(groups, key=lambda g: min(groups[g]))
-        print(f"{split}: worst cell mean {means[worst_mean]:+.4f} ({worst_mean[0]} k={worst_mean[1]}); "
+        print(f"{split} ({'all' if field == 'diff' else 'union'}): worst cell mean {means[worst_mean]:+.4f} ({worst_mean[0]} k={worst_mean[1]}); "
               f"worst seed {min(groups[worst_seed]):+.4f} ({worst_seed[0]} k={worst_seed[1]})")
         for m in sorted({g[0] for g in groups}):
             ms = [v for g, v in means.items() if g[0] == m]
