@@ -21,7 +21,7 @@ dl() {  # dl DIR NAME==VERSION...
     --platform manylinux1_x86_64 --platform any -d "$dir" "$@"
 }
 dl .gpu_check/base pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
-  datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+  datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 typing-extensions==4.16.0  # pydantic needs >= 4.16
 dl .gpu_check/ray1 jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1
 dl .gpu_check/tmp ray==2.60.0
 # the ray wheel (79 MB) unpacked without what evomerge never loads, as one tar.gz in two halves
