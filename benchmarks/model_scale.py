@@ -46,7 +46,8 @@ On CUDA the device peak is ``torch.cuda.max_memory_allocated`` in the actor, and
 actors take ``--gpus-per-actor`` GPUs each (fractions share one; default 1/actors).
 
 ``model_scale_build.py`` writes the files; ``model_scale_probes.py`` is what runs inside the
-actors (through Ray's ``__ray_call__``, so the library's actors are measured unchanged).
+actors (through Ray's ``__ray_call__``, so the library's actors are measured unchanged);
+``model_scale_report.py`` prints the tables; ``gpu_check.sh`` runs the GPU checks of issue 18.
 """
 
 from __future__ import annotations
