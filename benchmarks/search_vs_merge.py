@@ -253,7 +253,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--k", type=int, nargs="+", default=None, help="default: 2, 4, ..., 12 (up to the pool size)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--methods", nargs="+", default=list(SEARCH_METHODS), choices=SEARCH_METHODS,
+    ap.add_argument("--methods", nargs="*", default=list(SEARCH_METHODS), choices=SEARCH_METHODS,
                     help="search methods to run (the single expert and registry merges always run)")
     ap.add_argument("--zoo", default="default", help="zoo profile (the shipped one is used when present)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
