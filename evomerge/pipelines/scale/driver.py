@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from evomerge.config import EvomergeConfig, config_from_dict, dump_config
+from evomerge.config import EvomergeConfig, dump_config
+from evomerge.config.overrides import override
 from evomerge.errors import OutputExistsError
 from evomerge.io import write_json_atomic
 from evomerge.pipelines.scale.plan import Cell, StopRule, build_cells, load_cells, stop_rule
@@ -156,7 +157,7 @@ def run_scale(
 
     t0 = time.perf_counter()
     if stop is not None and stop != cfg.scale.stop:
-        cfg = config_from_dict({**cfg.model_dump(mode="json"), "scale": {**cfg.scale.model_dump(mode="json"), "stop": stop}})
+        cfg = override(cfg, {"scale.stop": stop}, "--no-stop")
     run_dir = Path(run_dir)
     spec = pool_spec(cfg, zoo)
     check_inputs(cfg, spec)
@@ -251,7 +252,7 @@ def search_slots(cfg: EvomergeConfig):
     from evomerge.distributed.runtime import Runtime
 
     n = plan_actors(cfg.ray, cluster_resources()).n_actors
-    one = config_from_dict({**cfg.model_dump(mode="json"), "ray": {**cfg.ray.model_dump(mode="json"), "num_actors": 1}})
+    one = override(cfg, {"ray.num_actors": 1}, "one actor per search slot")
     with contextlib.ExitStack() as stack:
         yield [stack.enter_context(Runtime(one)) for _ in range(n)]
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evomerge.config import EvomergeConfig, config_from_dict
+from evomerge.config import EvomergeConfig
+from evomerge.config.overrides import override
 from evomerge.pipelines.scale.plan import Cell
 
 
@@ -30,12 +31,10 @@ def best_path(run_dir: Path, cell: Cell) -> Path | None:
 
 
 def search_config(cfg: EvomergeConfig, cell: Cell, zoo_root: Path | None) -> EvomergeConfig:
-    data = cfg.model_dump(mode="json")
-    data["seed"] = cell.seed
-    data["rht"] = {**data["rht"], "enabled": False}  # RHT variants are scored afterwards
+    values: dict = {"seed": cell.seed, "rht.enabled": False}  # RHT variants are scored afterwards
     if zoo_root is not None:
-        data["zoo_dir"] = str(zoo_root)
-    return config_from_dict(data, f"scale search cell {cell.id}")
+        values["zoo_dir"] = str(zoo_root)
+    return override(cfg, values, f"scale search cell {cell.id}")
 
 
 def run_search(cell: Cell, cfg: EvomergeConfig, run_dir: Path, *, names: list[str], tasks: list[str | None],
