@@ -1,12 +1,13 @@
 """Choose the online rule's tolerance on synthetic curves with known peaks (never on a real run).
 
-    python benchmarks/online_rule_synthetic.py [--fractions 0.01,0.02,0.05,0.1] [--curves 400]
+    python benchmarks/online_rule_synthetic.py [--fractions 0.01,0.02,0.05,0.1] [--curves 400] [--turning 200]
 
 Curves (10 k, 3 seeds, Gaussian noise of 0.5-3% of the first gain): a loss
 ``A / k^b + c (k - 1)`` that falls then rises (``peaked``), one without cost that keeps falling
 (``rising``: the measured peak is wherever the noise puts the flat tail), one whose cost beats
 the gain from the second expert on (``at1``), and a constant (``flat``). The first point's gain
-over the base model ``G`` sets the tolerance ``tol = fraction x G`` as in the scale run.
+over the base model ``G`` sets the tolerance ``tol = fraction x G`` as in the scale run. A second
+family (``--turning``, its own random stream) turns sharply after a peak anywhere in 1..9.
 
 Per fraction, for the online rule with the two-point start (``min_points=2``) and without it
 (``min_points=3``, the rule before), and for the law fitted on k <= 4: the share of curves where
@@ -41,37 +42,66 @@ def curves(rng: np.random.Generator, n_curves: int, fraction: float, n: int = 10
         yield kind, k, clean + rng.normal(0, sd, k.size), fraction * gain
 
 
+def turning(rng: np.random.Generator, n_curves: int, fraction: float, n: int = 10, seeds: int = 3):
+    """Curves that turn sharply: the law ``A / k^b`` up to a turning point p (uniform in 1..n-1),
+    then a loss that rises by ``s`` per extra expert (``s`` = 0.1-1 x the first gain: interference
+    that wins once the pool outgrows what the merge can hold). The peak is at p; a monotone law
+    fitted to the points so far keeps predicting a gain there. Same noise as :func:`curves`."""
+    k = np.repeat(np.arange(1, n + 1), seeds).astype(float)
+    for _ in range(n_curves):
+        amp, b = rng.uniform(0.05, 0.5), rng.uniform(0.3, 2.0)
+        p = int(rng.integers(1, n))
+        gain = amp * (1 - 2**-b) * rng.uniform(0.5, 3.0)
+        slope = gain * rng.uniform(0.1, 1.0)
+        sd = gain * rng.choice([0.005, 0.015, 0.03])
+        clean = amp / k**b + slope * np.maximum(0.0, k - p)
+        yield "turn", k, clean + rng.normal(0, sd, k.size), fraction * gain
+
+
 def measured_peak(k: np.ndarray, loss: np.ndarray) -> int:
     grid = np.unique(k)
     return int(grid[np.argmin([loss[k == g].mean() for g in grid])])
 
 
-def score(fraction: float, n_curves: int) -> dict[str, dict[str, float]]:
+def score(fraction: float, n_curves: int, family: str = "curves") -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, list]] = {}
-    for kind, k, loss, tol in curves(np.random.default_rng(0), n_curves, fraction):
+    make = curves if family == "curves" else turning
+    seed = 0 if family == "curves" else 1  # the first family's curves stay those of earlier runs
+    for kind, k, loss, tol in make(np.random.default_rng(seed), n_curves, fraction):
         peak = measured_peak(k, loss)
-        fired = {"online (2-point start)": online_stop(k, loss, tol=tol, min_points=2).fired_k,
-                 "online (3 points, before)": online_stop(k, loss, tol=tol, min_points=3).fired_k,
-                 "law k<=4": law_peak(k, loss, m=4, tol=tol, k_cap=10).predicted_k}
+        fired = {"online (2-point start)": online_stop(k, loss, tol=tol, min_points=2, turn=0).fired_k,
+                 "online (3 points, before)": online_stop(k, loss, tol=tol, min_points=3, turn=0).fired_k,
+                 "online + turned after 1 rise": online_stop(k, loss, tol=tol, turn=1).fired_k,
+                 "online + turned after 2 rises": online_stop(k, loss, tol=tol, turn=2).fired_k,
+                 "online + turned after 3 rises": online_stop(k, loss, tol=tol, turn=3).fired_k,
+                 "law k<=4 (b fitted, 0.05-4)": law_peak(k, loss, m=4, tol=tol, k_cap=10, b_fixed=None).predicted_k,
+                 "law k<=4 (b in 0.5-2)": law_peak(k, loss, m=4, tol=tol, k_cap=10, b_fixed=None,
+                                                  b_bounds=(0.5, 2.0)).predicted_k,
+                 "law k<=4 (b = 1)": law_peak(k, loss, m=4, tol=tol, k_cap=10, b_fixed=1.0).predicted_k}
         for rule, fk in fired.items():
             rec = out.setdefault(rule, {"near": [], "past2": [], "flat_first": []})
             if kind == "flat":
-                rec["flat_first"].append(fk <= (2 if rule.startswith("online (2") else 3))
+                rec["flat_first"].append(fk <= (2 if rule.startswith("online (2") or rule.startswith("online +") else 3))
             else:
                 rec["near"].append(abs(fk - peak) <= 1)
                 rec["past2"].append(fk - peak > 2)
-    return {rule: {key: float(np.mean(v)) for key, v in rec.items()} for rule, rec in out.items()}
+    return {rule: {key: float(np.mean(v)) if v else float("nan") for key, v in rec.items()} for rule, rec in out.items()}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--fractions", default="0.01,0.02,0.05,0.1")
     ap.add_argument("--curves", type=int, default=400)
+    ap.add_argument("--turning", type=int, default=200, help="curves of the sharp-turn family (0: none)")
     args = ap.parse_args()
-    print("fraction | rule | within +-1 of the measured peak (non-flat) | > 2 past | flat: stopped at once")
+    print("family | fraction | rule | within +-1 of the measured peak (non-flat) | > 2 past | flat: stopped at once")
     for fraction in (float(f) for f in args.fractions.split(",")):
-        for rule, r in score(fraction, args.curves).items():
-            print(f"{fraction:g} | {rule} | {r['near']:.2f} | {r['past2']:.3f} | {r['flat_first']:.2f}")
+        for family, n in (("curves", args.curves), ("turning", args.turning)):
+            if n <= 0:
+                continue
+            for rule, r in score(fraction, n, family).items():
+                print(f"{family} | {fraction:g} | {rule} | {r['near']:.2f} | {r['past2']:.3f} | {r['flat_first']:.2f}",
+                      flush=True)
     return 0
 
 

@@ -5,7 +5,9 @@
 Runs the command as a child process and samples, every 2 s, the CPU times of the child and
 all its descendants (the Ray head, raylet and workers), keeping each process's last reading;
 also samples the machine's load average and whole-machine CPU use (other work on the machine
-counts there). Writes ``<out>/benchmark.json`` and prints it.
+counts there). Writes ``<out>/benchmark.json`` and prints it, with the run's utilisation per
+phase (start-up and analysis, searches, cells, report), the phases read off the run's file
+times (first / last search result, first / last cell file, report.md).
 """
 
 from __future__ import annotations
@@ -33,6 +35,39 @@ def _tree_cpu(proc, seen: dict[int, float]) -> None:
             pass
 
 
+def _marks(out: str, t0: float) -> dict[str, float]:
+    """Phase boundaries (seconds since start) from the run's files."""
+    import glob
+
+    def rel(paths):
+        times = [os.path.getmtime(p) - t0 for p in paths if os.path.getmtime(p) >= t0]
+        return (min(times), max(times)) if times else (None, None)
+
+    s0, s1 = rel(glob.glob(os.path.join(out, "search", "*", "result.json")))
+    c0, c1 = rel(glob.glob(os.path.join(out, "cells", "*.parquet")))
+    marks = {"first_search_done": s0, "last_search_done": s1, "first_cell_done": c0, "last_cell_done": c1}
+    return {k: round(v, 1) for k, v in marks.items() if v is not None}
+
+
+def phases(out: str, t0: float, wall: float, timeline: list[tuple[float, float]], cores: int) -> list[dict]:
+    """Utilisation of the run's process tree between consecutive phase marks."""
+    marks = _marks(out, t0)
+    edges = [("start", 0.0)] + sorted(marks.items(), key=lambda kv: kv[1]) + [("end", wall)]
+
+    def cpu_at(t: float) -> float:
+        before = [c for s, c in timeline if s <= t]
+        return before[-1] if before else 0.0
+
+    rows = []
+    for (a, ta), (b, tb) in zip(edges, edges[1:]):
+        if tb - ta < 1:
+            continue
+        cpu = cpu_at(tb) - cpu_at(ta)
+        rows.append({"from": a, "to": b, "seconds": round(tb - ta, 1), "cpu_s": round(cpu, 1),
+                     "utilisation": round(cpu / ((tb - ta) * cores), 3)})
+    return rows
+
+
 def main() -> int:
     import psutil
 
@@ -48,8 +83,10 @@ def main() -> int:
     t0 = time.time()
     child = subprocess.Popen(cmd)
     proc = psutil.Process(child.pid)
+    timeline: list[tuple[float, float]] = []  # (seconds since start, CPU seconds of the tree so far)
     while child.poll() is None:
         _tree_cpu(proc, seen)
+        timeline.append((time.time() - t0, sum(seen.values())))
         loads.append(os.getloadavg()[0])
         machine.append(psutil.cpu_percent(None))
         time.sleep(2.0)
@@ -61,6 +98,7 @@ def main() -> int:
         "machine_cpu_percent_mean": round(sum(machine) / max(1, len(machine)), 1),
         "loadavg_1min_mean": round(sum(loads) / max(1, len(loads)), 2), "loadavg_1min_max": round(max(loads, default=0), 2),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "phases": phases(args.out, t0, wall, timeline, cores),
     }
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "benchmark.json"), "w") as fh:

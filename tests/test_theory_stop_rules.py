@@ -201,3 +201,50 @@ def test_law_on_the_first_k_predicts_the_saturation_of_a_power_law():
     assert rising.beyond and rising.predicted_k == 12
     with pytest.raises(ConfigError, match="law_first_k"):
         law_peak(k, loss, m=2, tol=tol, k_cap=12)
+
+
+def _turning(peak: int, slope: float, n: int = 10, seeds: int = 3, seed: int = 0):
+    """A power-law fall to ``peak``, then a loss that rises by ``slope`` per extra expert."""
+    k = np.repeat(np.arange(1, n + 1), seeds).astype(float)
+    clean = 0.2 + 0.4 / k**0.5 + slope * np.clip(k - peak, 0, None)
+    return k, clean + np.random.default_rng(seed).normal(0, 0.001, k.size)
+
+
+@pytest.mark.parametrize("peak", [5, 7])
+def test_online_rule_stops_within_two_past_a_sharp_turn(peak):
+    """The law is monotone: fitted to a curve that has turned it still predicts a gain, so without
+    the turn condition the rule runs on (more than 2 past these peaks); two rises beyond the tolerance stop
+    it two past the peak."""
+    k, loss = _turning(peak, slope=0.03)
+    grid = np.arange(1, 11)
+    assert int(np.argmin(0.4 / grid**0.5 + 0.03 * np.clip(grid - peak, 0, None))) + 1 == peak  # the clean curve's peak
+    tol = 0.02 * 0.4 * (1 - 2**-0.5)  # 2% of the first gain, as in the scale run
+    plain = online_stop(k, loss, tol=tol, turn=0)
+    fire = online_stop(k, loss, tol=tol, turn=2)
+    assert plain.fired_k > peak + 2
+    assert fire.fired and fire.fired_k == peak + 2 and fire.best_k == peak
+    assert fire.steps[-1]["turned"] and fire.steps[-1]["predicted_gain"] > tol  # the law alone would go on
+
+
+def test_turn_needs_rises_beyond_the_tolerance():
+    """Noise below the tolerance on a flat tail never counts as a turn."""
+    k = np.repeat(np.arange(1, 11), 3).astype(float)
+    loss = 0.2 + 0.4 / k**2 + np.random.default_rng(2).normal(0, 1e-4, k.size)
+    fire = online_stop(k, loss, tol=0.005, turn=2)
+    assert not any(s["turned"] for s in fire.steps)
+    assert fire.fired_k == online_stop(k, loss, tol=0.005, turn=0).fired_k
+    with pytest.raises(ConfigError, match="turn"):
+        online_stop(k, loss, tol=0.005, turn=-1)
+
+
+def test_law_with_a_fixed_exponent_fits_two_parameters():
+    from evomerge.theory.scaling_law import fit_scaling_law
+
+    k = np.array([1.0, 2.0, 1.0, 2.0])
+    fit = fit_scaling_law(k, 0.3 + 0.5 / k, b_fixed=1.0)  # two distinct k fix L_inf and A exactly
+    assert fit.L_inf == pytest.approx(0.3) and fit.A == pytest.approx(0.5) and fit.b == 1.0
+    assert (fit.n_points, fit.n_k, fit.n_params) == (4, 2, 2)
+    free = fit_scaling_law(np.arange(1.0, 5.0), 0.3 + 0.5 / np.arange(1.0, 5.0))
+    assert (free.n_k, free.n_params) == (4, 3)
+    with pytest.raises(ConfigError, match="b_fixed"):
+        fit_scaling_law(k, 0.3 + 0.5 / k, b_fixed=0.0)

@@ -66,6 +66,8 @@ class OnlineFire:
 
 
 TWO_POINT_B = 1.0  # exponent of the two-point prediction: Theorem 1's 1/k
+LAW_B: float | None = None  # the law on the first m k: exponent held fixed (None: fitted)
+TURN_STEPS = 0  # consecutive rises of the loss (each > tol per expert) that stop the rule; 0: off
 
 
 def two_point_gain(k0: float, l0: float, k1: float, l1: float, nxt: float, b: float = TWO_POINT_B) -> float:
@@ -76,16 +78,21 @@ def two_point_gain(k0: float, l0: float, k1: float, l1: float, nxt: float, b: fl
 
 
 def online_stop(ks: Sequence[float], losses: Sequence[float], *, tol: float, window: int = 1,
-                min_points: int = 2) -> OnlineFire:
+                min_points: int = 2, turn: int = TURN_STEPS) -> OnlineFire:
     """Replay the online rule over a measured curve (repeated k = seeds; their mean is the curve).
     ``min_points``: the first number of distinct k the rule looks at (2: the two-point
-    prediction; 3: the fitted law only)."""
+    prediction; 3: the fitted law only). ``turn``: the rule also stops once the loss rose by
+    more than ``tol`` per expert on each of the last ``turn`` grid steps (0: never): the law is
+    monotone and cannot see a curve that has turned, so its predicted gain stays positive
+    there."""
     if not math.isfinite(tol) or tol < 0:
         raise ConfigError(f"the online rule's tolerance must be >= 0. Got {tol!r} instead.")
     if window < 1:
         raise ConfigError(f"`scale.online_window` must be >= 1. Got {window!r} instead.")
     if min_points < 2:
         raise ConfigError(f"the online rule needs a measured gain: min_points must be >= 2, got {min_points}")
+    if turn < 0:
+        raise ConfigError(f"the online rule's `turn` must be >= 0 (0: off). Got {turn!r} instead.")
     x_all = np.asarray(ks, dtype=np.float64).ravel()
     y_all = np.asarray(losses, dtype=np.float64).ravel()
     grid, mean = _means(x_all, y_all)
@@ -104,8 +111,11 @@ def online_stop(ks: Sequence[float], losses: Sequence[float], *, tol: float, win
             predicted = (fit.predict(k) - fit.predict(nxt)) / (nxt - k) if fit is not None else float("inf")
         back = max(0, j - window)
         measured = (mean[back] - mean[j]) / (k - grid[back])
-        steps.append({"k": int(k), "predicted_gain": float(predicted), "measured_gain": float(measured)})
-        if predicted < tol and measured < tol:
+        turned = turn > 0 and j >= turn and all(
+            (mean[i - 1] - mean[i]) / (grid[i] - grid[i - 1]) < -tol for i in range(j - turn + 1, j + 1))
+        steps.append({"k": int(k), "predicted_gain": float(predicted), "measured_gain": float(measured),
+                      "turned": bool(turned)})
+        if (predicted < tol and measured < tol) or turned:
             return OnlineFire(True, int(k), _best(grid, mean, j), float(tol), fit, steps)
     return OnlineFire(False, int(grid[-1]), _best(grid, mean, grid.size - 1), float(tol), fit, steps)
 
@@ -122,9 +132,11 @@ class LawPeak:
     fit: ScalingFit
 
 
-def law_peak(ks: Sequence[float], losses: Sequence[float], *, m: int, tol: float, k_cap: int) -> LawPeak:
+def law_peak(ks: Sequence[float], losses: Sequence[float], *, m: int, tol: float, k_cap: int,
+             b_fixed: float | None = LAW_B, b_bounds: tuple[float, float] = (0.05, 4.0)) -> LawPeak:
     """Fit the law on the points with k <= m; the predicted peak is the first k whose next expert
-    gains less than ``tol`` (a fit whose loss does not fall predicts the smallest measured k)."""
+    gains less than ``tol`` (a fit whose loss does not fall predicts the smallest measured k).
+    ``b_fixed``: the exponent held there (``L_inf, A`` fitted); None: fitted within ``b_bounds``."""
     if m < 3:
         raise ConfigError(f"`scale.law_first_k` must be >= 3 (the law has 3 parameters). Got {m!r} instead.")
     if not tol > 0:
@@ -134,7 +146,7 @@ def law_peak(ks: Sequence[float], losses: Sequence[float], *, m: int, tol: float
     use = np.isfinite(x) & np.isfinite(y) & (x <= m)
     if np.unique(x[use]).size < 3:
         raise ConfigError(f"the law on k <= {m} needs 3 distinct k there; got {np.unique(x[use]).size}")
-    fit = fit_scaling_law(x[use], y[use])
+    fit = fit_scaling_law(x[use], y[use], b_fixed=b_fixed, b_bounds=b_bounds)
     k = fit.k_marginal_below(tol, k_max=k_cap)
     if k is None:
         return LawPeak(int(k_cap), True, fit)

@@ -31,6 +31,8 @@ class ScalingFit:
     r2: float
     n_points: int
     transform: Transform = "loss"
+    n_k: int = 0  # distinct k among the points (seeds repeat a k)
+    n_params: int = 3  # parameters fitted: 3, or 2 with the exponent held fixed
 
     def predict(self, k) -> np.ndarray | float:
         """Fitted loss-like value at k (scalar in, scalar out)."""
@@ -116,11 +118,13 @@ def fit_scaling_law(
     *,
     b_bounds: tuple[float, float] = (0.05, 4.0),
     transform: Transform = "loss",
+    b_fixed: float | None = None,
 ) -> ScalingFit:
     """Fit ``L(k) = L_inf + A / k^b``; repeated k (several seeds) are fine.
 
     ``weights`` are per-point least-squares weights (e.g. 1 / variance across seeds).
-    ``r2`` is the weighted coefficient of determination.
+    ``r2`` is the weighted coefficient of determination. ``b_fixed``: hold the exponent there
+    and fit ``L_inf, A`` only (two parameters: two distinct k suffice).
     """
     x = np.asarray(k, dtype=np.float64).ravel()
     y = np.asarray(L, dtype=np.float64).ravel()
@@ -130,8 +134,11 @@ def fit_scaling_law(
         raise ConfigError("k and L must be finite")
     if np.any(x <= 0):
         raise ConfigError("k (number of experts) must be > 0")
-    if np.unique(x).size < 3:
-        raise ConfigError(f"need at least 3 distinct k to fit L_inf, A and b; got {np.unique(x).size}")
+    need = 2 if b_fixed is not None else 3
+    if np.unique(x).size < need:
+        raise ConfigError(f"need at least {need} distinct k to fit the law's {need} parameters; got {np.unique(x).size}")
+    if b_fixed is not None and not (math.isfinite(b_fixed) and b_fixed > 0):
+        raise ConfigError(f"b_fixed must be > 0, got {b_fixed!r}")
     w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
     if w.size != x.size or np.any(~np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
         raise ConfigError("weights must be finite, >= 0, not all zero, one per point")
@@ -139,18 +146,22 @@ def fit_scaling_law(
     if not 0 < lo < hi:
         raise ConfigError(f"b_bounds must satisfy 0 < low < high, got {b_bounds}")
 
-    grid = np.geomspace(lo, hi, 200)
-    sse = [_solve_linear(x, y, w, b)[2] for b in grid]
-    i = int(np.argmin(sse))
-    a, c = grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]
-    res = minimize_scalar(lambda b: _solve_linear(x, y, w, b)[2], bounds=(a, c), method="bounded",
-                          options={"xatol": 1e-10})
-    b = float(res.x) if res.success and res.fun <= sse[i] else float(grid[i])
+    if b_fixed is not None:
+        b = float(b_fixed)
+    else:
+        grid = np.geomspace(lo, hi, 200)
+        sse = [_solve_linear(x, y, w, b)[2] for b in grid]
+        i = int(np.argmin(sse))
+        a, c = grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]
+        res = minimize_scalar(lambda b: _solve_linear(x, y, w, b)[2], bounds=(a, c), method="bounded",
+                              options={"xatol": 1e-10})
+        b = float(res.x) if res.success and res.fun <= sse[i] else float(grid[i])
     l_inf, amp, err = _solve_linear(x, y, w, b)
     ybar = np.sum(w * y) / w.sum()
     sst = float(np.sum(w * (y - ybar) ** 2))
     r2 = 1.0 - err / sst if sst > 0 else 1.0
-    return ScalingFit(L_inf=l_inf, A=amp, b=b, r2=float(r2), n_points=int(x.size), transform=transform)
+    return ScalingFit(L_inf=l_inf, A=amp, b=b, r2=float(r2), n_points=int(x.size), transform=transform,
+                      n_k=int(np.unique(x).size), n_params=2 if b_fixed is not None else 3)
 
 
 def fit_fitness_scaling(
