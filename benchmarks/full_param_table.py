@@ -71,6 +71,14 @@ def candidates(merged, tasks: list[str], rht_cfg, seed: int | None):
     return PerTask({t: {k: v.task_delta(i) for k, v in merged.items()} for i, t in enumerate(tasks)})
 
 
+def train_splits(zoo_root: Path, tasks) -> list[Path]:
+    """Each expert's train split (the zoo's experts are named by their tasks); an expert without one
+    is refused with its name (the scale driver's check)."""
+    from evomerge.pipelines.scale.statistics import train_files
+
+    return train_files(list(tasks), list(tasks), zoo_root, None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--zoo", default="default")
@@ -105,13 +113,14 @@ def main() -> None:
         m, _, key = k.partition(".")
         params.setdefault(m, {})[key] = v
     methods = [m for m in args.methods.split(",") if m]
+    needs = set().union(*(get_merge_method(m).needs for m in methods))
+    # Fisher / RegMean: every expert's train split found before any work, else refused naming the expert
+    train = train_splits(zoo.root, tasks) if needs else []
     pool = load_pool([dirs[t] for t in tasks], base=zoo.base_dir, names=tasks)
     ev = Evaluator.from_zoo(zoo, max_samples=args.samples)
-    needs = set().union(*(get_merge_method(m).needs for m in methods))
     stats = None
     t0 = time.perf_counter()
     if needs:
-        train = [zoo.root / "tasks" / t / "train.parquet" for t in tasks]
         stats = pool_statistics(pool, needs, train, args.stats_samples)
     stats_s = time.perf_counter() - t0
 

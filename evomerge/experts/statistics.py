@@ -182,13 +182,19 @@ def pool_statistics(
     unknown = [s for s in needs if s not in ("fisher", "gram")]
     if unknown:
         raise ConfigError(f"cannot compute statistics {unknown}; known: fisher, gram")
+    names = list(getattr(pool, "names", None) or [f"#{i}" for i in range(len(pool))])
     if not data_files:
         raise ConfigError(
-            f"this merge method needs data statistics ({', '.join(needs)}); give task files with "
-            "merge.data (--data FILE, one per expert or one shared)"
+            f"merge.data: this merge method needs data statistics ({', '.join(needs)}) and no expert has task data "
+            f"(experts {', '.join(f'`{n}`' for n in names)}); give task files with merge.data "
+            "(--data FILE, one per expert or one shared)"
         )
     if len(data_files) not in (1, len(pool)):
-        raise ConfigError(f"merge.data: give one task file per expert ({len(pool)}) or one shared file; got {len(data_files)}")
+        missing = names[len(data_files):]
+        why = (f"no task file for expert {', '.join(f'`{n}`' for n in missing)}" if missing
+               else f"{len(data_files) - len(pool)} more than the experts")
+        raise ConfigError(f"merge.data: give one task file per expert ({len(pool)}) or one shared file; got "
+                          f"{len(data_files)}: {why}")
     files = list(data_files) * len(pool) if len(data_files) == 1 else list(data_files)
     pool.require_base("data statistics")
     model, tok = load_model_and_tokenizer(pool.base_path, device)

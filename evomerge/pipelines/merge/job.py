@@ -129,9 +129,10 @@ def run_merge(
     _check_not_overlapping(out, [*pool.paths, *([pool.base_path] if pool.base_path else []), *cfg.merge.data])
     weights = _weights(cfg, len(pool))
     fmt = plan_output(cfg, pool, method)
-    for f in cfg.merge.data:  # every row checked (the rows the statistics read) before any work
+    for i, f in enumerate(cfg.merge.data):  # every row checked (the rows the statistics read) before any work
         if not Path(f).is_file():
-            raise ConfigError(f"{f}: merge.data task file not found")
+            whose = f" (expert `{pool.names[i]}`)" if len(cfg.merge.data) == len(pool) > 1 else ""
+            raise ConfigError(f"{f}: merge.data task file not found{whose}")
         from evomerge.evaluation.task_data import load_examples
 
         load_examples(f, limit=cfg.merge.data_samples)
