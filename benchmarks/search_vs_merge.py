@@ -64,6 +64,8 @@ class Bench:
         self._evaluators: dict[tuple[str, ...], Any] = {}
         self._tv = [self.pool.task_vector(i) for i in range(len(self.tasks))]
         self.variants: dict[str, dict[str, Any]] = {}
+        self.recheck = False
+        self._holdout: dict[tuple[str, ...], Any] = {}
 
     def evaluator(self, tasks: tuple[str, ...]):
         if tasks not in self._evaluators:
@@ -106,6 +108,7 @@ class Bench:
         from evomerge.config import config_from_dict
         from evomerge.experts.types import ab_to_lora, lora_to_ab
         from evomerge.search import expert_id, make_search, materialize
+        from evomerge.search.recipe import Phase
 
         kind, paper = method.split("_")[0], method.endswith("_paper")
         data = {kind: {"preset": "paper"}} if paper else {kind: dict(self.base_cfg.get(kind, {}))}
@@ -129,14 +132,18 @@ class Bench:
         s = make_search(kind, cfg, len(idx), seed)
         evals, t0, c0 = 0, time.perf_counter(), time.process_time()
         experts = set(store)
+        start: tuple[float, str] | None = None  # the best initial individual (what select_margin guards)
         while not s.done:
             recipes = s.ask()
+            first = s.phase == Phase.INIT
             for r in recipes:
                 store.update(materialize(r, store))
             fits = self.score(tasks, [cand(store[r.id]) for r in recipes], "validation")
             evals += len(recipes)
             s.tell({r.id: f for r, f in zip(recipes, fits)})
-            keep = s.referenced_ids() | experts | {getattr(s, "top_id", None)}
+            if first:
+                start = max((f, r.id) for r, f in zip(recipes, fits))
+            keep = s.referenced_ids() | experts | {getattr(s, "top_id", None), start[1] if start else None}
             store = {k: v for k, v in store.items() if k in keep}
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         test = self.score(tasks, [cand(store[s.best_id])], "test")[0]
@@ -146,7 +153,38 @@ class Bench:
         if top is not None:
             out["top"] = {"validation": float(s.top_fitness), "id": top, "test": test if top == s.best_id
                           else self.score(tasks, [cand(store[top])], "test")[0]}
+        if self.recheck and start is not None:
+            out["recheck"] = self._recheck(tasks, [start[1], s.best_id, top], store, cand, s.fitness)
         return out
+
+    def _recheck(self, tasks, ids, store, cand, fitness) -> dict[str, Any]:
+        """The diagnostic ``--recheck`` rule: the best start, the returned and the best scored
+        individual re-scored on the validation rows the search never saw (rows max_samples..end
+        of every task); the highest there is chosen (ties: the earlier of that order)."""
+        ids = list(dict.fromkeys(i for i in ids if i is not None))
+        c0 = time.process_time()
+        held = self.holdout(tasks)
+        scores = [r.fitness for r in held.evaluate_many([cand(store[i]) for i in ids], "validation")]
+        j = int(np.argmax(scores))
+        cpu = time.process_time() - c0
+        chosen = ids[j]
+        return {"validation": float(fitness[chosen]), "holdout": scores[j], "id": chosen, "start": ids[0],
+                "test": self.score(tasks, [cand(store[chosen])], "test")[0], "extra_evals": len(ids), "extra_cpu_s": cpu}
+
+    def holdout(self, tasks: tuple[str, ...]):
+        """An evaluator over the validation rows past ``max_samples`` (the search scores the first ones)."""
+        if tasks not in self._holdout:
+            from evomerge.evaluation.evaluator import Evaluator
+
+            ev = self.base_cfg["evaluation"]
+            n = int(ev["max_samples"])
+            data = {t: {"validation": d["validation"].select(range(n, len(d["validation"])))}
+                    for t, d in self.zoo.load_tasks(list(tasks), splits=("validation",)).items()}
+            if any(len(d["validation"]) == 0 for d in data.values()):
+                raise SystemExit(f"--recheck: a task of {tasks} has no validation rows past max_samples {n}")
+            self._holdout[tasks] = Evaluator(self.zoo.base_dir, data, metric=ev["metric"], max_samples=None,
+                                             batch_size=ev["batch_size"])
+        return self._holdout[tasks]
 
 
 def default_search_config() -> dict[str, Any]:
@@ -164,6 +202,7 @@ def run(args) -> tuple[list[dict[str, Any]], str]:
     zoo, where = open_zoo(args.zoo, args.zoo_dir)
     base = default_search_config()
     bench = Bench(zoo, base)
+    bench.recheck = args.recheck
     for v in args.variant:
         name, _, js = v.partition("=")
         if name.split("_")[0] not in ("genome", "swarm"):
@@ -191,6 +230,9 @@ def run(args) -> tuple[list[dict[str, Any]], str]:
                         top = res[m].pop("top", None)
                         if top is not None and not m.endswith("_paper"):
                             res[f"{m}@top"] = {"validation": top["validation"], "test": top["test"], "id": top["id"]}
+                        recheck = res[m].pop("recheck", None)
+                        if recheck is not None:
+                            res[f"{m}@recheck"] = recheck
                 for m, r in res.items():
                     rows.append({"k": k, "seed": seed, "method": m, "target": target, **r})
                 if args.raw is not None:  # after every cell, so an interrupted run keeps what it measured
@@ -262,6 +304,9 @@ def main(argv=None) -> None:
     ap.add_argument("--union-only", action="store_true", help="only the union-of-k-tasks target")
     ap.add_argument("--targets", nargs="+", default=["union", "all"], choices=["union", "all"],
                     help="targets to measure (split a long grid into runs)")
+    ap.add_argument("--recheck", action="store_true",
+                    help="diagnostic: also choose between the best start, the returned and the best scored "
+                         "individual on the validation rows past max_samples (method NAME@recheck)")
     ap.add_argument("--json", action="store_true", help="print the records as JSON instead of the table")
     ap.add_argument("--raw", type=Path, default=None, help="also write every per-seed row to this JSON file")
     ap.add_argument("--progress", action="store_true")
