@@ -106,3 +106,95 @@ def test_actor_shares_read_only_experts_and_never_writes_them(small_zoo):
     for k, d in before.items():
         for n, a in d.items():
             assert np.array_equal(inputs.experts[k][n], a), (k, n)
+
+
+def test_actor_rebuilds_expert_combinations_bit_for_bit(small_zoo):
+    """Individuals made from experts only by a linear combination (or BLX) are held as recipes and
+    rebuilt when read; every score, every fetched weight and every child equals what a store of
+    eagerly materialised individuals gives, and the actor's heap holds only the others."""
+    from evomerge.config import config_from_dict
+    from evomerge.distributed.actors import PopulationActor
+    from evomerge.pipelines.inputs import prepare_inputs
+    from evomerge.search import Recipe, expert_id, materialize
+
+    names = list(small_zoo.tasks[:3])
+    inputs = prepare_inputs(config_from_dict({"evaluation": {"max_samples": 8}}), experts=names, tasks=names)
+    actor = PopulationActor(inputs.experts, inputs.evaluator, fan_in_fan_out=inputs.fan_in_fan_out, device="cpu")
+    e0, e1, e2 = (expert_id(i) for i in range(3))
+    rounds = [
+        [Recipe("p1", "init_pair", (e0, e1), (0.3, 0.7), {"method": "linear"}, seed=1),
+         Recipe("p2", "init_sum", (e0, e1, e2), (0.5, 0.5, 0.5), {}, seed=2),
+         Recipe("p3", "crossover", (e1, e2), (0.5, 0.5), {"method": "blx", "blx_alpha": 1.2}, seed=3),
+         Recipe("p4", "init_merge", (e0, e1, e2), (1.0, 1.0, 1.0), {"method": "ties"}, seed=4),
+         Recipe("p5", "mutate_coeff", (e2, e0, e1, e2), (1.0, 0.1, -0.2, 0.05), {}, seed=5)],
+        [Recipe("c1", "crossover", ("p1", "p2"), (0.6, 0.4), {"method": "linear"}, seed=6),
+         Recipe("c2", "mutate", ("p3",), (), {"sigma": 0.05, "gene_mut_rate": 0.3}, seed=7),
+         Recipe("c3", "crossover", ("p4", "p1"), (0.5, 0.5), {"method": "ties", "merge_params": {"density": 0.5}}, seed=8),
+         Recipe("c4", "mutate_coeff", ("p2", e0, e1, e2), (1.0, 0.2, 0.0, -0.1), {}, seed=9)],
+    ]
+    eager = dict(actor.experts)
+    for batch in rounds:
+        rows = actor.materialize_and_evaluate([r.to_dict() for r in batch])
+        for r in batch:
+            eager.update(materialize(r, {k: eager[k] for k in r.input_keys()}))
+        want = actor.evaluator.evaluate_many([actor._as_candidate(eager[r.id]) for r in batch])
+        assert [row.id for row in rows] == [r.id for r in batch]
+        for row, w in zip(rows, want):
+            assert row.fitness == w.fitness and row.per_task == w.per_task, row.id
+    assert sorted(actor.lazy) == ["p1", "p2", "p3", "p5"]  # expert combinations: recipes only
+    assert set(actor.store) - set(actor.experts) == {"p4", "c1", "c2", "c3", "c4"}
+    assert actor.keys() == sorted(eager) and actor.info()["n_keys"] == len(eager)
+    got = actor.get_weights(sorted(eager))
+    for k, td in eager.items():
+        assert set(got[k]) == set(td) and all(torch.equal(torch.from_numpy(got[k][n]), t) for n, t in td.items()), k
+    again = actor.evaluate_keys(["p1", "c1", "p3"])
+    assert [r.fitness for r in again] == [r.fitness for r in actor.evaluator.evaluate_many(
+        [actor._as_candidate(eager[k]) for k in ("p1", "c1", "p3")])]
+    assert actor.drop(["p1", "c1", e0]) == 2 and "p1" not in actor.keys() and e0 in actor.keys()
+
+
+def test_scores_from_hidden_states_equal_the_whole_batch_logits(small_zoo, zoo_experts):
+    """The output layer applied a row at a time to the captured hidden states (no batch of
+    full-vocabulary logits) gives the scores of the whole-batch logits: LoRA candidates, stacked
+    several per pass, and a full task vector that also changes the tied embedding (which must
+    take the whole-batch path: scored with the base's output layer it would differ)."""
+    from evomerge.evaluation import Evaluator
+
+    ev = Evaluator.from_zoo(small_zoo, max_samples=24, batch_size=16, max_rows=48)
+    assert ev._head is ev.model.get_output_embeddings()
+    assert ev._head_keys == {"lm_head.weight", "model.embed_tokens.weight"}  # tied
+    emb = ev.params["model.embed_tokens.weight"]
+    full = {"model.embed_tokens.weight": 0.5 * torch.randn(emb.shape, generator=torch.Generator().manual_seed(0))}
+    cands = [zoo_experts[t] for t in list(zoo_experts)[:4]] + [full]
+    ev.logit_chunk = 1  # one row through the output layer at a time
+    split = ev.evaluate_many(cands)
+    head, ev._head = ev._head, None
+    whole = ev.evaluate_many(cands)
+    ev._head = head
+    for a, b in zip(split, whole):
+        for t in a.extra["metrics"]:
+            for k, v in b.extra["metrics"][t].items():
+                assert a.extra["metrics"][t][k] == pytest.approx(v, rel=1e-6, abs=1e-9), (t, k)
+    # the embedding candidate really differs from the base (so a wrong path would show)
+    assert whole[-1].extra["metrics"] != ev.evaluate_many([{}])[0].extra["metrics"]
+
+
+def test_output_head_refuses_a_model_that_post_processes_its_logits(small_zoo):
+    """A model whose logits are not exactly its output layer's (soft-capping, a logit scale; here
+    a hook adding 1) keeps the whole-batch path."""
+    from evomerge.evaluation import Evaluator
+    from evomerge.evaluation.head import output_head
+
+    ev = Evaluator.from_zoo(small_zoo, max_samples=8)
+    probe = ev.data[ev.tasks[0]]["validation"].slice(0, 2)
+    assert output_head(ev.model, ev.params, probe.input_ids, probe.attention_mask)[0] is ev._head
+
+    def shift(module, args, out):
+        out.logits = out.logits + 1.0
+        return out
+
+    hook = ev.model.register_forward_hook(shift)
+    try:
+        assert output_head(ev.model, ev.params, probe.input_ids, probe.attention_mask) == (None, frozenset())
+    finally:
+        hook.remove()

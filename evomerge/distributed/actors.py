@@ -4,6 +4,14 @@ evaluates them.
 A plain class (wrapped with ``ray.remote`` where it is started), so it runs and is tested
 without Ray. Weights cross process boundaries only as ``{key: {tensor name: np.ndarray}}``
 dicts, which Ray's object store shares without copying.
+
+An individual that is a linear combination of experts only (initial pairs and sums, Model
+Swarms' padding, expert copies) is held as its recipe and rebuilt, bit for bit, whenever it is
+read (as a parent, to be scored, or fetched): the initial population then costs no memory, and
+the actor holds the weights of the individuals made from other individuals only. Materialising
+is deterministic (:mod:`evomerge.search.operators`), so scores and weights are those of a
+stored copy (benchmarks/model_scale.py measured the actor's peak; tests/test_model_scale_fixes.py
+compares the two).
 """
 
 from __future__ import annotations
@@ -94,6 +102,7 @@ class PopulationActor:
         self._evaluator_spec: Any = None
         self.timings = {"materialize_s": 0.0, "evaluate_s": 0.0, "transfer_s": 0.0}
         self.experts, self.store, self.fan, self.rht = {}, {}, {}, None
+        self.lazy: dict[str, Any] = {}  # id -> Recipe of an individual rebuilt from experts when read
         if experts is not None:
             self.reset(experts, make_evaluator, fan_in_fan_out=fan_in_fan_out, rht=rht)
 
@@ -109,6 +118,7 @@ class PopulationActor:
         rebuilt only when its spec changed (loading the base model is the slow part)."""
         self.experts = {k: numpy_to_td(v, self.device) for k, v in experts.items()}
         self.store: dict[str, TensorDict] = dict(self.experts)
+        self.lazy = {}
         self.fan = dict(fan_in_fan_out or {})
         self.rht = rht
         if self.evaluator is None or make_evaluator != self._evaluator_spec:
@@ -119,7 +129,8 @@ class PopulationActor:
     # ---------------------------------------------------------------- introspection
     def info(self) -> dict[str, Any]:
         """Where this actor runs: node, device, GPU ids, pid (a new pid means Ray restarted it)."""
-        out: dict[str, Any] = {"pid": os.getpid(), "device": str(self.device), "n_keys": len(self.store)}
+        out: dict[str, Any] = {"pid": os.getpid(), "device": str(self.device),
+                               "n_keys": len(self.store) + len(self.lazy)}
         try:
             import ray
 
@@ -132,7 +143,7 @@ class PopulationActor:
         return out
 
     def keys(self) -> list[str]:
-        return sorted(self.store)
+        return sorted(set(self.store) | set(self.lazy))
 
     def take_timings(self) -> dict[str, float]:
         out, self.timings = self.timings, {k: 0.0 for k in self.timings}
@@ -145,20 +156,21 @@ class PopulationActor:
         for wd in weight_dicts:
             for key, d in wd.items():
                 self.store[key] = numpy_to_td(d, self.device)
+                self.lazy.pop(key, None)
                 n += 1
         self.timings["transfer_s"] += time.perf_counter() - t0
         return n
 
     def get_weights(self, ids: Iterable[str]) -> dict[str, NumpyDict]:
         t0 = time.perf_counter()
-        out = {k: td_to_numpy(self.store[k]) for k in ids}
+        out = {k: td_to_numpy(self._read(k)) for k in ids}
         self.timings["transfer_s"] += time.perf_counter() - t0
         return out
 
     def drop(self, ids: Iterable[str]) -> int:
         n = 0
         for k in ids:
-            if k not in self.experts and self.store.pop(k, None) is not None:
+            if k not in self.experts and (self.store.pop(k, None) is not None or self.lazy.pop(k, None) is not None):
                 n += 1
         return n
 
@@ -171,25 +183,39 @@ class PopulationActor:
         ``recipes`` are ``Recipe.to_dict()`` dicts; ``weight_dicts`` carry inputs held by other
         actors (Ray resolves the object references before the call).
         """
-        from evomerge.search import Recipe, materialize
+        from evomerge.search import Recipe
 
         self.put_weights(*weight_dicts)
-        t0 = time.perf_counter()
-        made = []
-        for rd in recipes:
-            recipe = Recipe.from_dict(dict(rd))
-            missing = [k for k in recipe.input_keys() if k not in self.store]
+        todo = [Recipe.from_dict(dict(rd)) for rd in recipes]
+        last_use = {k: i for i, r in enumerate(todo) for k in r.input_keys()}
+        cache: dict[str, TensorDict] = {}  # rebuilt parents, kept until this call's last use
+        for i, recipe in enumerate(todo):
+            missing = [k for k in recipe.input_keys() if k not in self.store and k not in self.lazy]
             if missing:
                 raise KeyError(f"actor lacks {missing} for recipe {recipe.id} ({recipe.op})")
-            self.store.update(materialize(recipe, self.store))
-            made.append(recipe.id)
-        self.timings["materialize_s"] += time.perf_counter() - t0
-        return self.evaluate_keys(made, "validation")
+            if self._rebuildable(recipe):
+                self.store.pop(recipe.id, None)
+                self.lazy[recipe.id] = recipe
+            else:
+                for k in recipe.output_keys():
+                    self.lazy.pop(k, None)
+                self.store.update(self._make(recipe, {k: self._read(k, cache) for k in recipe.input_keys()}))
+            for k in recipe.input_keys():
+                if last_use[k] == i:
+                    cache.pop(k, None)
+        return self.evaluate_keys([r.id for r in todo], "validation")
 
     def evaluate_keys(self, ids: Sequence[str], split: str = "validation", raw: bool = False) -> list[EvalRow]:
-        """Score stored individuals (RHT'd first when configured per candidate, unless ``raw``)."""
-        candidates = [self._as_candidate(self.store[k]) if raw else self.candidate(self.store[k], k) for k in ids]
-        return self._score(list(ids), candidates, split)
+        """Score stored individuals (RHT'd first when configured per candidate, unless ``raw``),
+        as many at a time as the evaluator scores together, so that individuals held as recipes
+        exist only while they are scored."""
+        ids, rows = list(ids), []
+        size = self._group_size(len(ids))
+        for s in range(0, len(ids), size):
+            part = ids[s : s + size]
+            candidates = [self._as_candidate(self._read(k)) if raw else self.candidate(self._read(k), k) for k in part]
+            rows += self._score(part, candidates, split)
+        return rows
 
     def evaluate_weights(
         self, weights: Mapping[str, NumpyDict], split: str = "validation", rht: Any = None
@@ -209,7 +235,7 @@ class PopulationActor:
         fn = getattr(self.evaluator, "evaluate_ensemble", None)
         if fn is None:
             return None
-        res = fn([self.candidate(self.store[k], k) for k in ids], split=split)
+        res = fn([self.candidate(self._read(k), k) for k in ids], split=split)
         extra = dict(getattr(res, "extra", {}) or {})
         by_k = {int(k): {"per_task": dict(v["per_task"]), "fitness": float(v["fitness"])}
                 for k, v in (extra.get("by_k") or {}).items()}
@@ -217,6 +243,39 @@ class PopulationActor:
                 "scored_by": extra.get("scored_by"), "by_k": by_k}
 
     # ---------------------------------------------------------------- helpers
+    def _rebuildable(self, recipe: Any) -> bool:
+        """Held as a recipe: a linear combination (or BLX box) of experts only, so rebuilding it
+        costs about one pass over the experts and never needs an individual that may be dropped."""
+        from evomerge.search.recipe import Op
+
+        cheap = recipe.op in (Op.EXPERT, Op.PAD, Op.INIT_SUM, Op.MUTATE_COEFF) or (
+            recipe.op in (Op.INIT_PAIR, Op.CROSSOVER) and recipe.params.get("method", "linear") in ("linear", "blx"))
+        return cheap and recipe.output_keys() == (recipe.id,) and all(k in self.experts for k in recipe.input_keys())
+
+    def _make(self, recipe: Any, inputs: Mapping[str, TensorDict]) -> dict[str, TensorDict]:
+        from evomerge.search import materialize
+
+        t0 = time.perf_counter()
+        out = materialize(recipe, inputs)
+        self.timings["materialize_s"] += time.perf_counter() - t0
+        return out
+
+    def _read(self, key: str, cache: dict[str, TensorDict] | None = None) -> TensorDict:
+        """The weights of ``key``: stored, or rebuilt from its recipe (into ``cache`` when given)."""
+        if key in self.store:
+            return self.store[key]
+        if cache is not None and key in cache:
+            return cache[key]
+        recipe = self.lazy[key]
+        td = self._make(recipe, {k: self.store[k] for k in recipe.input_keys()})[key]
+        if cache is not None:
+            cache[key] = td
+        return td
+
+    def _group_size(self, n: int) -> int:
+        fn = getattr(self.evaluator, "group_size", None)
+        return max(1, int(fn(n))) if fn is not None else max(1, n)
+
     def candidate(self, td: TensorDict, key: str) -> Any:
         if self.rht is not None:
             td = self._apply_rht(td, key, self.rht)

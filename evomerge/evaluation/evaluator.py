@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from evomerge.evaluation.candidates import Candidate, PerTask, to_deltas
 from evomerge.evaluation.encoding import Encoded, context_length, encode_dataset, pad_id, pool
 from evomerge.evaluation.forward import applied, linear_weights
 from evomerge.evaluation.generate import greedy_generate
+from evomerge.evaluation.head import hidden_out, output_head, scores_by_rows, touches
 
 
 @dataclass
@@ -114,6 +116,12 @@ class Evaluator:
         self.max_new_tokens = max_new_tokens
         self._pool_cache: dict[str, Encoded] = {}
         self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        # teacher-forced scores from hidden states, the output layer a few rows at a time
+        # (evaluation/head.py): no batch of full-vocabulary logits
+        probe = next((e.slice(0, 1) for splits in self.data.values() for e in splits.values() if len(e)), None)
+        self._head, self._head_keys = (None, frozenset()) if probe is None else output_head(
+            self.model, self.params, probe.input_ids, probe.attention_mask)
+        self.logit_chunk = 1 << 26 if self.device.type == "cuda" else 1 << 22
 
     @classmethod
     def from_zoo(cls, zoo, tasks: Sequence[str] | None = None, metric: str = "token_accuracy",
@@ -181,6 +189,11 @@ class Evaluator:
     def _chunks(self, n_cand: int) -> int:
         return max(1, self.max_rows // self.batch_size) if n_cand > 1 else 1
 
+    def group_size(self, n_cand: int) -> int:
+        """How many of ``n_cand`` candidates share forward passes: a caller that builds
+        candidates on demand (the population actor) hands them over this many at a time."""
+        return self._chunks(n_cand)
+
     def _pooled(self, split: str) -> Encoded:
         """All tasks' rows of ``split`` in one length-sorted set (built once per split)."""
         if split not in self._pool_cache:
@@ -188,26 +201,32 @@ class Evaluator:
             self._pool_cache[split] = pool(parts, pad_id(self.tokenizer)).sorted_by_length()
         return self._pool_cache[split]
 
-    def _forward(self, forward, batch: Encoded, start: int) -> torch.Tensor:
+    def _forward(self, forward, batch: Encoded, start: int, head=None) -> torch.Tensor:
         """Logits ``[C, B, T - start, V]``: only positions from ``start`` on (where answers are)
         go through the output layer when the model supports ``logits_to_keep``; ``V`` is the
-        tokenizer's vocabulary where the model's is larger."""
+        tokenizer's vocabulary where the model's is larger. With ``head`` (the output layer):
+        the hidden states ``[C, B, T - start, H]`` that it would get."""
         kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         width = batch.input_ids.shape[1]
-        if self._keeps_logits and start > 0:
-            logits = forward(logits_to_keep=width - start, **kwargs)
-        else:
-            logits = forward(**kwargs)[:, :, start:]
+        with hidden_out(head) if head is not None else contextlib.nullcontext():
+            if self._keeps_logits and start > 0:
+                logits = forward(logits_to_keep=width - start, **kwargs)
+            else:
+                logits = forward(**kwargs)[:, :, start:]
+        if head is not None:
+            return logits
         return logits[..., : self.vocab] if logits.shape[-1] > self.vocab else logits
 
     def _score_batch(self, forward, group, batch: Encoded, g: torch.Tensor, out: torch.Tensor, keys) -> None:
         """Add the per-row metrics of ``batch`` under each candidate of ``group`` to ``out[j, g]``."""
         first = batch.answer_start()
         labels = batch.labels[:, first:]
-        logits = self._forward(forward, batch, first)
+        head = self._head if self._head is not None and not touches(self._head_keys, group) else None
+        logits = self._forward(forward, batch, first, head)
         rows = torch.zeros(len(group), len(batch), len(keys), dtype=torch.float64)
         for j in range(len(group)):
-            s = M.teacher_forced(logits[j], labels)
+            s = (M.teacher_forced(logits[j], labels) if head is None
+                 else scores_by_rows(head, logits[j], labels, self.vocab, self.logit_chunk))
             rows[j, :, :3] = torch.stack([s[k] for k in keys[:3]], -1).cpu()
         if self.text_metrics:
             gen = greedy_generate(self.model, self.params, self.linears, group, batch, self.tokenizer,
