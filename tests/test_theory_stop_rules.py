@@ -213,17 +213,19 @@ def _turning(peak: int, slope: float, n: int = 10, seeds: int = 3, seed: int = 0
 @pytest.mark.parametrize("peak", [5, 7])
 def test_online_rule_stops_within_two_past_a_sharp_turn(peak):
     """The law is monotone: fitted to a curve that has turned it still predicts a gain, so without
-    the turn condition the rule runs on (more than 2 past these peaks); two rises beyond the tolerance stop
-    it two past the peak."""
+    the turn condition the rule runs on (more than 2 past these peaks); ``turn`` rises beyond the
+    tolerance in a row stop it ``turn`` past the peak."""
     k, loss = _turning(peak, slope=0.03)
     grid = np.arange(1, 11)
     assert int(np.argmin(0.4 / grid**0.5 + 0.03 * np.clip(grid - peak, 0, None))) + 1 == peak  # the clean curve's peak
     tol = 0.02 * 0.4 * (1 - 2**-0.5)  # 2% of the first gain, as in the scale run
     plain = online_stop(k, loss, tol=tol, turn=0)
-    fire = online_stop(k, loss, tol=tol, turn=2)
     assert plain.fired_k > peak + 2
-    assert fire.fired and fire.fired_k == peak + 2 and fire.best_k == peak
-    assert fire.steps[-1]["turned"] and fire.steps[-1]["predicted_gain"] > tol  # the law alone would go on
+    for turn in (1, 2):  # 1: the default (TURN_STEPS)
+        fire = online_stop(k, loss, tol=tol, turn=turn)
+        assert fire.fired and fire.fired_k == peak + turn and fire.best_k == peak
+        assert fire.steps[-1]["turned"] and fire.steps[-1]["predicted_gain"] > tol  # the law alone would go on
+    assert online_stop(k, loss, tol=tol).fired_k == peak + 1
 
 
 def test_turn_needs_rises_beyond_the_tolerance():

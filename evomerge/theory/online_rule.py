@@ -9,7 +9,10 @@ the first expert's gain over the base model: :func:`gain_scale`).
   next expert: with two points, from the law with its exponent fixed at ``b = 1`` (Theorem 1's
   ``1/k`` fall of the merged variance: two points fix ``L_inf`` and ``A``); from three points
   on, from the law fitted to all points so far. Stop at k when that predicted gain AND the
-  measured gain per expert over the last ``window`` grid steps are both below ``tol``. So the
+  measured gain per expert over the last ``window`` grid steps are both below ``tol``, or when
+  the curve has turned: the loss rose by more than ``tol`` per expert on the last grid step
+  (``turn``; the law is monotone, so fitted to a curve that has turned it still predicts a
+  gain and the rule would run on past the peak). So the
   rule can stop at the second point when the data say the second expert did not help (a
   curve that peaks at its first k); a curve that keeps rising keeps one of them above ``tol``
   and the rule does not fire; a flat curve fires at the second point (no later "peak" is
@@ -67,7 +70,10 @@ class OnlineFire:
 
 TWO_POINT_B = 1.0  # exponent of the two-point prediction: Theorem 1's 1/k
 LAW_B: float | None = None  # the law on the first m k: exponent held fixed (None: fitted)
-TURN_STEPS = 0  # consecutive rises of the loss (each > tol per expert) that stop the rule; 0: off
+# Consecutive grid steps on which the loss rose by more than tol per expert that stop the rule
+# whatever the law predicts (0: off). 1 was chosen on synthetic curves only
+# (benchmarks/online_rule_synthetic.py, docs/scale.md), never on a run's numbers.
+TURN_STEPS = 1
 
 
 def two_point_gain(k0: float, l0: float, k1: float, l1: float, nxt: float, b: float = TWO_POINT_B) -> float:
