@@ -194,7 +194,11 @@ def memory_bound(args, ws: dict) -> int:
 def _own(mem: dict[str, Any], idle: dict[str, int]) -> dict[str, int]:
     """The sampled peaks: the actor's own bytes (heap + mapped files) above an idle actor's, and
     the object-store pages it touched (shared with the driver and the other actors)."""
-    return {"own_peak_extra": mem.get("own_peak", 0) - idle["own"], "shmem_peak": mem.get("shmem_peak", 0)}
+    at = dict(mem.get("at_own_peak") or {})
+    if at:  # the peak broken down: heap and mapped files above the idle actor's, individuals held
+        at["anon_extra"], at["file_extra"] = at.pop("anon") - idle.get("anon", 0), at.pop("file") - idle.get("file", 0)
+    return {"own_peak_extra": mem.get("own_peak", 0) - idle["own"], "shmem_peak": mem.get("shmem_peak", 0),
+            "at_own_peak": at}
 
 
 def _phase_summary(name: str, rounds: list[dict], args, ws: dict, idle: dict[str, int], **extra) -> dict[str, Any]:

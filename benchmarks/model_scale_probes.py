@@ -84,11 +84,30 @@ def _resident() -> dict[str, int]:
     return out
 
 
+def _held(actor) -> dict[str, Any]:
+    """What a PopulationActor holds now: individuals with weights (count, bytes), individuals
+    held as recipes, and whether it is inside ``evaluate_many``."""
+    store, experts = getattr(actor, "store", None), getattr(actor, "experts", {})
+    if store is None:
+        return {}
+    for _ in range(3):  # the actor's thread may change the dicts meanwhile
+        try:
+            ind = [td for k, td in list(store.items()) if k not in experts]
+            return {"individuals": len(ind), "lazy": len(getattr(actor, "lazy", {})),
+                    "individual_bytes": sum(t.numel() * t.element_size() for td in ind for t in list(td.values())),
+                    "in_eval": getattr(getattr(actor, "evaluator", None), "_cur", None) is not None}
+        except RuntimeError:
+            continue
+    return {}
+
+
 def _sample(actor, period: float) -> None:
     while True:
         r = _resident()
         pk = actor.mem_peak
-        pk["own"] = max(pk.get("own", 0), r["anon"] + r["file"])
+        if r["anon"] + r["file"] > pk.get("own", 0):
+            pk["own"] = r["anon"] + r["file"]
+            pk["at_own"] = {"anon": r["anon"], "file": r["file"], **_held(actor)}
         pk["shmem"] = max(pk.get("shmem", 0), r["shmem"])
         time.sleep(period)
 
@@ -125,9 +144,11 @@ def memory(actor) -> dict[str, Any]:
         out["rss_hwm"] = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
     if getattr(actor, "mem_peak", None) is not None:
         out["own_peak"], out["shmem_peak"] = actor.mem_peak["own"], actor.mem_peak["shmem"]
+        out["at_own_peak"] = dict(actor.mem_peak.get("at_own", {}))
     store = getattr(actor, "store", None)
     if store is not None:  # a PopulationActor: experts and individuals it holds now
         out["store_entries"] = len(store)
+        out["lazy_entries"] = len(getattr(actor, "lazy", {}))
         out["store_bytes"] = sum(t.numel() * t.element_size() for td in store.values() for t in td.values())
     import evomerge
 

@@ -26,6 +26,14 @@ def report(res: dict[str, Any]) -> None:
               f"{p.get('own_peak_extra', 0) / mb:>8.0f}{p.get('own_peak_extra', 0) / p['bound']:>6.2f}"
               f"{p.get('shmem_peak', 0) / mb:>8.0f}"
               f"{p['device_peak'] / mb:>8.0f}{p['traffic_per_round'] / 1024:>8.0f}KiB  {p['eval_dtype']}")
+    for p in res["phases"]:
+        at = p.get("at_own_peak") or {}
+        if at:
+            held = (f"; {at['individuals']} individuals with weights ({at['individual_bytes'] / mb:.0f} MiB), "
+                    f"{at['lazy']} as recipes, {'inside' if at['in_eval'] else 'outside'} evaluate_many"
+                    if "individuals" in at else "")
+            print(f"  {p['phase']} at its own peak: heap {at['anon_extra'] / mb:.0f} MiB + mapped files "
+                  f"{at['file_extra'] / mb:.0f} MiB above the idle actor{held}")
     m = next((p["detail"] for p in res["phases"] if p["phase"] == "merge"), None)
     if m is not None:
         print(f"registry merge of {m['n']} experts ({m['input_bytes'] / mb:.0f} MiB of stacked deltas; densifying "

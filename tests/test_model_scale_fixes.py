@@ -108,10 +108,11 @@ def test_actor_shares_read_only_experts_and_never_writes_them(small_zoo):
             assert np.array_equal(inputs.experts[k][n], a), (k, n)
 
 
-def test_actor_rebuilds_expert_combinations_bit_for_bit(small_zoo):
-    """Individuals made from experts only by a linear combination (or BLX) are held as recipes and
-    rebuilt when read; every score, every fetched weight and every child equals what a store of
-    eagerly materialised individuals gives, and the actor's heap holds only the others."""
+def test_actor_rebuilds_individuals_held_as_recipes_bit_for_bit(small_zoo):
+    """Individuals made by elementwise operators within MAX_REBUILD materialisations are held as
+    recipes and rebuilt when read; every score, every fetched weight and every child equals what
+    a store of eagerly materialised individuals gives; the actor holds weights only for registry
+    merges, deeper chains and individuals whose inputs were dropped."""
     from evomerge.config import config_from_dict
     from evomerge.distributed.actors import PopulationActor
     from evomerge.pipelines.inputs import prepare_inputs
@@ -131,6 +132,8 @@ def test_actor_rebuilds_expert_combinations_bit_for_bit(small_zoo):
          Recipe("c2", "mutate", ("p3",), (), {"sigma": 0.05, "gene_mut_rate": 0.3}, seed=7),
          Recipe("c3", "crossover", ("p4", "p1"), (0.5, 0.5), {"method": "ties", "merge_params": {"density": 0.5}}, seed=8),
          Recipe("c4", "mutate_coeff", ("p2", e0, e1, e2), (1.0, 0.2, 0.0, -0.1), {}, seed=9)],
+        [Recipe("d1", "crossover", ("c2", "c4"), (0.5, 0.5), {"method": "linear"}, seed=10),  # 5 to rebuild
+         Recipe("d2", "mutate", ("c3",), (), {"sigma": 0.05, "gene_mut_rate": 0.3}, seed=11)],
     ]
     eager = dict(actor.experts)
     for batch in rounds:
@@ -141,8 +144,8 @@ def test_actor_rebuilds_expert_combinations_bit_for_bit(small_zoo):
         assert [row.id for row in rows] == [r.id for r in batch]
         for row, w in zip(rows, want):
             assert row.fitness == w.fitness and row.per_task == w.per_task, row.id
-    assert sorted(actor.lazy) == ["p1", "p2", "p3", "p5"]  # expert combinations: recipes only
-    assert set(actor.store) - set(actor.experts) == {"p4", "c1", "c2", "c3", "c4"}
+    assert sorted(actor.lazy) == ["c1", "c2", "c4", "d2", "p1", "p2", "p3", "p5"]  # recipes only
+    assert set(actor.store) - set(actor.experts) == {"p4", "c3", "d1"}  # TIES merges, a 5-step chain
     assert actor.keys() == sorted(eager) and actor.info()["n_keys"] == len(eager)
     got = actor.get_weights(sorted(eager))
     for k, td in eager.items():
@@ -151,6 +154,12 @@ def test_actor_rebuilds_expert_combinations_bit_for_bit(small_zoo):
     assert [r.fitness for r in again] == [r.fitness for r in actor.evaluator.evaluate_many(
         [actor._as_candidate(eager[k]) for k in ("p1", "c1", "p3")])]
     assert actor.drop(["p1", "c1", e0]) == 2 and "p1" not in actor.keys() and e0 in actor.keys()
+    # p2 goes: c4 (its mutation) stays and gets its weights first; c3 goes: d2 gets them too
+    assert actor.drop(["p2", "c3"]) == 2 and {"c4", "d2"} <= set(actor.store) and "p2" not in actor.keys()
+    assert {"c2", "p3", "p5"} <= set(actor.lazy)
+    got = actor.get_weights(["c4", "d2", "c2", "d1"])
+    for k, td in got.items():
+        assert all(torch.equal(torch.from_numpy(a), eager[k][n]) for n, a in td.items()), k
 
 
 def test_scores_from_hidden_states_equal_the_whole_batch_logits(small_zoo, zoo_experts):

@@ -5,13 +5,15 @@ A plain class (wrapped with ``ray.remote`` where it is started), so it runs and 
 without Ray. Weights cross process boundaries only as ``{key: {tensor name: np.ndarray}}``
 dicts, which Ray's object store shares without copying.
 
-An individual that is a linear combination of experts only (initial pairs and sums, Model
-Swarms' padding, expert copies) is held as its recipe and rebuilt, bit for bit, whenever it is
-read (as a parent, to be scored, or fetched): the initial population then costs no memory, and
-the actor holds the weights of the individuals made from other individuals only. Materialising
-is deterministic (:mod:`evomerge.search.operators`), so scores and weights are those of a
-stored copy (benchmarks/model_scale.py measured the actor's peak; tests/test_model_scale_fixes.py
-compares the two).
+An individual made by an elementwise operator (initial pairs and sums, linear and BLX
+crossovers, mutations, Model Swarms' padding, expert copies) is held as its recipe and rebuilt,
+bit for bit, whenever it is read (as a parent, to be scored, or fetched), as long as that takes
+at most ``MAX_REBUILD`` materialisations; when one of its inputs is dropped it gets its weights
+first. The actor then holds weights for the registry merges, Model Swarms' moves and the
+individuals that outlived their parents, not for a whole generation of parents and children.
+Materialising is deterministic (:mod:`evomerge.search.operators`), so scores and weights are
+those of a stored copy (benchmarks/model_scale.py measured the actor's peak;
+tests/test_model_scale_fixes.py compares the two).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 from evomerge.experts.types import TensorDict, ab_to_lora
 
 NumpyDict = dict[str, np.ndarray]
+MAX_REBUILD = 3  # materialisations that rebuild an individual held as its recipe, at most
 
 
 def td_to_numpy(td: Mapping[str, torch.Tensor]) -> NumpyDict:
@@ -162,17 +165,31 @@ class PopulationActor:
         return n
 
     def get_weights(self, ids: Iterable[str]) -> dict[str, NumpyDict]:
-        t0 = time.perf_counter()
+        t0, m0 = time.perf_counter(), self.timings["materialize_s"]
         out = {k: td_to_numpy(self._read(k)) for k in ids}
-        self.timings["transfer_s"] += time.perf_counter() - t0
+        # rebuilding individuals held as recipes is materialising (counted by _make), not transfer
+        self.timings["transfer_s"] += time.perf_counter() - t0 - (self.timings["materialize_s"] - m0)
         return out
 
     def drop(self, ids: Iterable[str]) -> int:
-        n = 0
-        for k in ids:
-            if k not in self.experts and (self.store.pop(k, None) is not None or self.lazy.pop(k, None) is not None):
-                n += 1
-        return n
+        """Forget ``ids`` (experts stay). An individual held as a recipe that stays but reads one
+        of them is given its weights first; each dropped one is freed once nothing left needs it."""
+        gone = [k for k in dict.fromkeys(ids) if k not in self.experts and (k in self.store or k in self.lazy)]
+        out = set(gone)
+        needs = {k: self._needs(k) for k in self.lazy if k not in out}
+        pin = [k for k, n in needs.items() if n & out]
+        for k in pin:
+            self.store[k] = self._read(k)
+            del self.lazy[k]
+            needs.pop(k)
+            still = set().union(*needs.values()) if needs else set()
+            for g in [g for g in gone if g not in still and (g in self.store or g in self.lazy)]:
+                self.store.pop(g, None)
+                self.lazy.pop(g, None)
+        for g in gone:
+            self.store.pop(g, None)
+            self.lazy.pop(g, None)
+        return len(gone)
 
     # ---------------------------------------------------------------- work
     def materialize_and_evaluate(
@@ -187,9 +204,7 @@ class PopulationActor:
 
         self.put_weights(*weight_dicts)
         todo = [Recipe.from_dict(dict(rd)) for rd in recipes]
-        last_use = {k: i for i, r in enumerate(todo) for k in r.input_keys()}
-        cache: dict[str, TensorDict] = {}  # rebuilt parents, kept until this call's last use
-        for i, recipe in enumerate(todo):
+        for recipe in todo:
             missing = [k for k in recipe.input_keys() if k not in self.store and k not in self.lazy]
             if missing:
                 raise KeyError(f"actor lacks {missing} for recipe {recipe.id} ({recipe.op})")
@@ -199,10 +214,8 @@ class PopulationActor:
             else:
                 for k in recipe.output_keys():
                     self.lazy.pop(k, None)
+                cache: dict[str, TensorDict] = {}
                 self.store.update(self._make(recipe, {k: self._read(k, cache) for k in recipe.input_keys()}))
-            for k in recipe.input_keys():
-                if last_use[k] == i:
-                    cache.pop(k, None)
         return self.evaluate_keys([r.id for r in todo], "validation")
 
     def evaluate_keys(self, ids: Sequence[str], split: str = "validation", raw: bool = False) -> list[EvalRow]:
@@ -244,13 +257,30 @@ class PopulationActor:
 
     # ---------------------------------------------------------------- helpers
     def _rebuildable(self, recipe: Any) -> bool:
-        """Held as a recipe: a linear combination (or BLX box) of experts only, so rebuilding it
-        costs about one pass over the experts and never needs an individual that may be dropped."""
+        """Held as a recipe: one output made by an elementwise operator (linear combinations,
+        BLX, mutations: about one pass over the inputs), rebuilt in at most ``MAX_REBUILD``
+        materialisations. Registry merges (TIES, DARE) and Model Swarms moves keep weights."""
         from evomerge.search.recipe import Op
 
-        cheap = recipe.op in (Op.EXPERT, Op.PAD, Op.INIT_SUM, Op.MUTATE_COEFF) or (
+        cheap = recipe.op in (Op.EXPERT, Op.PAD, Op.INIT_SUM, Op.MUTATE, Op.MUTATE_COEFF) or (
             recipe.op in (Op.INIT_PAIR, Op.CROSSOVER) and recipe.params.get("method", "linear") in ("linear", "blx"))
-        return cheap and recipe.output_keys() == (recipe.id,) and all(k in self.experts for k in recipe.input_keys())
+        return (cheap and recipe.output_keys() == (recipe.id,)
+                and 1 + sum(self._cost(k) for k in recipe.input_keys()) <= MAX_REBUILD)
+
+    def _cost(self, key: str) -> int:
+        """Materialisations to rebuild ``key`` (0 for weights held)."""
+        if key in self.store:
+            return 0
+        return 1 + sum(self._cost(k) for k in self.lazy[key].input_keys())
+
+    def _needs(self, key: str) -> set[str]:
+        """The held keys that rebuilding ``key`` reads (through other recipes)."""
+        out: set[str] = set()
+        for k in self.lazy[key].input_keys():
+            out.add(k)
+            if k in self.lazy:
+                out |= self._needs(k)
+        return out
 
     def _make(self, recipe: Any, inputs: Mapping[str, TensorDict]) -> dict[str, TensorDict]:
         from evomerge.search import materialize
@@ -261,16 +291,15 @@ class PopulationActor:
         return out
 
     def _read(self, key: str, cache: dict[str, TensorDict] | None = None) -> TensorDict:
-        """The weights of ``key``: stored, or rebuilt from its recipe (into ``cache`` when given)."""
+        """The weights of ``key``: stored, or rebuilt from its recipe (each individual once per
+        ``cache``: a call's own when none is given)."""
         if key in self.store:
             return self.store[key]
-        if cache is not None and key in cache:
-            return cache[key]
-        recipe = self.lazy[key]
-        td = self._make(recipe, {k: self.store[k] for k in recipe.input_keys()})[key]
-        if cache is not None:
-            cache[key] = td
-        return td
+        cache = {} if cache is None else cache
+        if key not in cache:
+            recipe = self.lazy[key]
+            cache[key] = self._make(recipe, {k: self._read(k, cache) for k in recipe.input_keys()})[key]
+        return cache[key]
 
     def _group_size(self, n: int) -> int:
         fn = getattr(self.evaluator, "group_size", None)
