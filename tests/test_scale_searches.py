@@ -1,5 +1,6 @@
-"""Searches of a scale run in flight at once on several actor slots give exactly the results of
-one search at a time, and the online rule cuts each method's k grid the same way."""
+"""Searches of a scale run in flight at once on several actor slots, with the merge cells running
+beside them (``overlap``), give exactly the results of one search at a time followed by the
+cells, and the online rule cuts each method's k grid the same way."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from evomerge.config import config_from_dict
 pytestmark = [pytest.mark.ray, pytest.mark.slow]  # two tiny scale runs with GENOME and Model Swarms
 
 
-def _run(small_zoo, out, actors: int):
+def _run(small_zoo, out, actors: int, overlap: bool = True):
     from evomerge.pipelines.scale.driver import run_scale
 
     cfg = config_from_dict({
@@ -25,12 +26,12 @@ def _run(small_zoo, out, actors: int):
         "swarm": {"max_iter": 1, "patience": 1},
         "ray": {"num_actors": actors},
     })
-    run_scale(cfg, out, zoo=small_zoo, progress=False, analyze=False)
+    run_scale(cfg, out, zoo=small_zoo, progress=False, analyze=False, overlap=overlap)
     return out
 
 
 def test_concurrent_searches_match_one_at_a_time(small_zoo, tmp_path):
-    one = _run(small_zoo, tmp_path / "one", 1)
+    one = _run(small_zoo, tmp_path / "one", 1, overlap=False)  # sequential: one search at a time, then the cells
     two = _run(small_zoo, tmp_path / "two", 2)
     s1 = json.loads((one / "search_stop.json").read_text())
     s2 = json.loads((two / "search_stop.json").read_text())
@@ -50,3 +51,13 @@ def test_concurrent_searches_match_one_at_a_time(small_zoo, tmp_path):
     f1, f2 = f1.sort_values(key).reset_index(drop=True), f2.sort_values(key).reset_index(drop=True)
     assert f1[key].equals(f2[key])
     assert (f1["score"] == f2["score"]).all() and (f1["cross_entropy"] == f2["cross_entropy"]).all()
+    # the sequential run wrote every cell after its last search; the overlapped one wrote merge
+    # cells while searches were still running
+    def last_search(run):
+        return max((p / "result.json").stat().st_mtime for p in (run / "search").iterdir())
+
+    def first_cell(run):
+        return min(p.stat().st_mtime for p in (run / "cells").glob("*.parquet"))
+
+    assert first_cell(one) > last_search(one)
+    assert first_cell(two) < last_search(two)

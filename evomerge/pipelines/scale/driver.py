@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from evomerge.config.overrides import override
 from evomerge.errors import OutputExistsError
 from evomerge.io import write_json_atomic
 from evomerge.pipelines.scale.plan import Cell, StopRule, build_cells, load_cells, stop_rule
+from evomerge.pipelines.scale.slots import cpu_only, search_slots
 from evomerge.pipelines.scale.store import CellStore
 from evomerge.pipelines.scale.work import ScaleContext
 
@@ -145,6 +147,7 @@ def run_scale(
     analyze: bool = True,
     report: bool = True,
     on_cell_done: Callable[[Cell, int], None] | None = None,
+    overlap: bool = True,
 ) -> ScaleResult:
     """Run (or resume) the scale experiment into ``run_dir``.
 
@@ -152,6 +155,8 @@ def run_scale(
     over the whole k grid; the rules are only recorded).
     ``on_cell_done(cell, n_done_this_call)`` runs after each cell's results are on disk; an
     exception it raises stops the run there (what was written stays: the next call resumes).
+    ``overlap``: run the merge and pair cells beside the searches (CPU plans; same results,
+    ``False`` runs the searches first, then every cell).
     """
     from tqdm.auto import tqdm
 
@@ -191,40 +196,72 @@ def run_scale(
     started_ray = connect(cfg.ray) if len(done) < len(cells) else False  # one Ray for the whole run
     skipped: set[str] = set()
     try:
-        # 1. the searches: one per actor slot in flight at once (cells of several k, methods and
-        #    seeds), released before the cell actors below are placed; the stop rule cuts each
-        #    method's k grid short
         if searches:
             from evomerge.pipelines.scale.search_cells import run_searches
 
             gains = expert_gains(cfg, spec, run_dir, ctx)
             all_search = [c for c in cells if c.kind == "search"]
-            with search_slots(cfg) as slots:
-                skipped = run_searches(
-                    all_search, cfg, run_dir, names=spec.names, tasks=spec.tasks, all_tasks=plan["tasks"],
-                    zoo_root=spec.zoo_root, zoo_profile=spec.zoo_profile, gains=gains,
-                    enforce=stop_r.enabled and stop_r.rule == "online", slots=slots,
-                    on_search=lambda c: bar.set_postfix_str(f"searched k={c.k} {c.method} seed={c.seed}"),
-                )
+            interrupted = threading.Event()
+
+            def search_phase() -> set[str] | None:
+                # one search per actor slot in flight at once (cells of several k, methods and
+                # seeds); the stop rule cuts each method's k grid short
+                with search_slots(cfg) as slots:
+                    return run_searches(
+                        all_search, cfg, run_dir, names=spec.names, tasks=spec.tasks, all_tasks=plan["tasks"],
+                        zoo_root=spec.zoo_root, zoo_profile=spec.zoo_profile, gains=gains,
+                        enforce=stop_r.enabled and stop_r.rule == "online", slots=slots,
+                        on_search=lambda c: bar.set_postfix_str(f"searched k={c.k} {c.method} seed={c.seed}"),
+                        should_stop=interrupted.is_set,
+                    )
         else:
             skipped = _skipped_searches(run_dir)
-        # 2. every cell (merges, correlated pairs, scoring the searches' results) on one set of actors
-        todo = [c for c in cells if c.id not in done and c.id not in skipped]
-        bar.total = len(cells) - len(skipped)
-        if todo:
-            from evomerge.pipelines.scale.execute import RayCellRunner
+        # the merges and correlated pairs do not depend on the searches: with `overlap` they run
+        # on cell actors that share the cores with the search slots (CPU plans), then the
+        # searches' results are scored on the same actors
+        free = [c for c in cells if c.id not in done and c.kind != "search"]
+        share = bool(searches) and overlap and cpu_only(cfg)
 
-            with RayCellRunner(ctx, cfg.ray) as runner:
-                for cell, out in runner.run(todo):
-                    if out.population_test is not None:  # before the cell's file: it marks the cell done
-                        from evomerge.pipelines.scale.search_cells import search_dir
+        def run_cells(runner, todo: list[Cell]) -> None:
+            nonlocal evaluations
+            for cell, out in runner.run(todo):
+                if out.population_test is not None:  # before the cell's file: it marks the cell done
+                    from evomerge.pipelines.scale.search_cells import search_dir
 
-                        write_json_atomic(search_dir(run_dir, cell) / "population_test.json", out.population_test)
-                    store.write(cell.id, out.rows, out.sample)
-                    evaluations += out.evaluations
-                    bar.update(1)
-                    bar.set_postfix_str(f"k={cell.k} {cell.method}")
-                    finished(cell)
+                    write_json_atomic(search_dir(run_dir, cell) / "population_test.json", out.population_test)
+                store.write(cell.id, out.rows, out.sample)
+                evaluations += out.evaluations
+                bar.update(1)
+                bar.set_postfix_str(f"k={cell.k} {cell.method}")
+                finished(cell)
+
+        from evomerge.pipelines.scale.execute import RayCellRunner
+
+        if searches and not share:  # searches first, on every slot; then the cells
+            skipped = search_phase() or set()
+        with contextlib.ExitStack() as stack:
+            runner = None
+            if share and free:
+                runner = stack.enter_context(RayCellRunner(ctx, cfg.ray, share=True))
+            if share:
+                from concurrent.futures import ThreadPoolExecutor
+
+                pool = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="searches"))
+                search_job = pool.submit(search_phase)
+                try:
+                    if runner is not None:
+                        run_cells(runner, free)
+                    skipped = search_job.result() or set()
+                except BaseException:
+                    interrupted.set()  # the searches in flight finish; no new one starts
+                    raise
+                free = []
+            todo = free + [c for c in cells if c.kind == "search" and c.id not in done and c.id not in skipped]
+            bar.total = len(cells) - len(skipped)
+            if todo:
+                if runner is None:
+                    runner = stack.enter_context(RayCellRunner(ctx, cfg.ray))
+                run_cells(runner, todo)
     finally:
         bar.close()
         disconnect(started_ray)
@@ -240,21 +277,6 @@ def run_scale(
         run_dir=run_dir, stop=stop_r, cells_total=total, cells_run=n_run, cells_skipped=total - n_run,
         evaluations=evaluations, seconds=seconds, report=report_path,
     )
-
-
-@contextlib.contextmanager
-def search_slots(cfg: EvomergeConfig):
-    """One Runtime of a single population actor per actor the config's placement allows (one
-    per CPU slot or GPU): each runs one search at a time, so several searches are in flight.
-    A small population on many actors would leave most of them idle; a search's result does not
-    depend on how many actors evaluate it."""
-    from evomerge.distributed.cluster import cluster_resources, plan_actors
-    from evomerge.distributed.runtime import Runtime
-
-    n = plan_actors(cfg.ray, cluster_resources()).n_actors
-    one = override(cfg, {"ray.num_actors": 1}, "one actor per search slot")
-    with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(Runtime(one)) for _ in range(n)]
 
 
 def _skipped_searches(run_dir: Path) -> set[str]:

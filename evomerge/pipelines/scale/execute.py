@@ -19,11 +19,18 @@ MAX_CELL_ATTEMPTS = 3
 
 
 class RayCellRunner:
-    """Context manager owning the actors (and Ray itself when it started it)."""
+    """Context manager owning the actors (and Ray itself when it started it).
 
-    def __init__(self, ctx: ScaleContext, ray_cfg: RayConfig):
+    ``share``: on a CPU-only plan, the actors reserve no CPU and no placement group, so they run
+    beside actors that hold the CPUs (the scale run's search slots): the cores that a search
+    leaves idle (its driver-side steps, the wait for a stop decision, the last search alone)
+    serve cells. A cell's result does not depend on where or beside what it runs (one thread,
+    its own seeds). On a GPU plan ``share`` is ignored: the actors wait for their GPU bundles."""
+
+    def __init__(self, ctx: ScaleContext, ray_cfg: RayConfig, *, share: bool = False):
         self.ctx = ctx
         self.ray_cfg = ray_cfg
+        self.share = share
         self.actors: list = []
         self._pg = None
         self._started_ray = False
@@ -40,19 +47,27 @@ class RayCellRunner:
         self._started_ray = connect(self.ray_cfg)
         try:
             plan = plan_actors(self.ray_cfg, cluster_resources())
-            self._pg = create_placement_group(plan, self.ray_cfg.placement_timeout_s)
+            shared = self.share and plan.num_gpus == 0
+            if not shared:
+                self._pg = create_placement_group(plan, self.ray_cfg.placement_timeout_s)
             ctx = dataclasses.replace(
                 self.ctx, threads=max(1, int(plan.num_cpus)), device="cuda" if plan.num_gpus > 0 else self.ctx.device
             )
             actor_cls = ray.remote(CellWorker)
             self.actors = [
-                actor_cls.options(**actor_options(plan, self._pg, i, self.ray_cfg.max_restarts)).remote(ctx)
+                actor_cls.options(**(_shared_options(self.ray_cfg.max_restarts) if shared else
+                                     actor_options(plan, self._pg, i, self.ray_cfg.max_restarts))).remote(ctx)
                 for i in range(plan.n_actors)
             ]
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
+
+    @property
+    def shares(self) -> bool:
+        """True when the actors run without a CPU reservation (``share`` on a CPU-only plan)."""
+        return bool(self.actors) and self._pg is None
 
     def __exit__(self, *exc) -> None:
         from evomerge.distributed.cluster import release
@@ -92,3 +107,8 @@ class RayCellRunner:
                 raise
             idle.append(actor)
             yield cell, out
+
+
+def _shared_options(max_restarts: int) -> dict:
+    """Actor options without a CPU reservation or placement group (see ``RayCellRunner.share``)."""
+    return {"num_cpus": 0, "num_gpus": 0, "max_restarts": max_restarts, "max_task_retries": 0}

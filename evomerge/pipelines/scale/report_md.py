@@ -78,7 +78,7 @@ def _rules_section(s, sc) -> list[str]:
          "then the mean over seeds [range]. Error = fired k - measured peak. Rules: `theorem1` (eq. 18 along the "
          f"run's order with the method's weights, Delta {s['delta_mode']}), `online` (after each k from the second, predict "
          f"the next expert's gain from L(k) = L_inf + A/k^b: b = 1 through two points, fitted from three; stop when the predicted and the measured gain per expert are both < {sc.online_tol:g} x the "
-         f"first point's gain over the base; \"keeps\" = the best k measured up to there), `{law_rule}` (the law fitted on k <= {sc.law_first_k} only), "
+         f"first point's gain over the base, or when the measured gain of the last step is below minus that (the curve turned); \"keeps\" = the best k measured up to there), `{law_rule}` (the law fitted on k <= {sc.law_first_k} only), "
          f"`pca95` (principal components for 95% of the pool's variance: {_k(s.get('pca_components_95'))}). "
          "Targets: `all` / `union` on the metric, `all/ce` on cross-entropy.", "",
          "| rule | method | target | fired k | measured peak k [seeds' range] | error |", "|---|---|---|---|---|---|"]
@@ -143,10 +143,14 @@ def _fits_section(s) -> list[str]:
     if not s["scaling_fits"]:
         return []
     L = ["## Scaling-law fits", "", "`L(k) = L_inf + A / k^b` on the loss (minus the metric, or cross-entropy), every "
-         "seed a point.", "", "| method | target | points | L_inf | A | b | R^2 | n |", "|---|---|---|---|---|---|---|---|"]
+         "seed a point; n = points, distinct k, parameters fitted (a deterministic method repeats one value per k: "
+         "only its distinct k inform the fit).", "",
+         "| method | target | points | L_inf | A | b | R^2 | n (k, params) |", "|---|---|---|---|---|---|---|---|"]
     for f in s["scaling_fits"]:
+        n_k = f.get("n_k")
+        shape = f" ({n_k} k, {f.get('n_params', 3)})" if n_k else ""
         L.append(f"| {f['method']} | {f['target']} | {f['points']} | {f['L_inf']:.4f} | {f['A']:.4f} | {f['b']:.2f} | "
-                 f"{f['r2']:.2f} | {f['n_points']} |")
+                 f"{f['r2']:.2f} | {f['n_points']}{shape} |")
     return L + [""]
 
 

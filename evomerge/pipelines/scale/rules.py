@@ -153,7 +153,7 @@ def judge(plan: dict, fitness: pd.DataFrame, *, scale_cfg, pca_count: int | None
 
 def _fit_row(label: str, target: str, on: str, fit) -> dict[str, Any]:
     return {"method": label, "target": target, "points": on, "L_inf": fit.L_inf, "A": fit.A, "b": fit.b,
-            "r2": fit.r2, "n_points": fit.n_points}
+            "r2": fit.r2, "n_points": fit.n_points, "n_k": fit.n_k, "n_params": fit.n_params}
 
 
 def pair_summary(fitness: pd.DataFrame, plan: dict, gains: dict | None) -> list[dict[str, Any]]:

@@ -100,14 +100,16 @@ def online_decision(points: list[tuple[int, float]], base: float, cfg) -> dict:
 
 
 def run_searches(cells: list[Cell], cfg: EvomergeConfig, run_dir: Path, *, names, tasks, all_tasks, zoo_root,
-                 zoo_profile, gains: dict, enforce: bool, slots: list, on_search=None) -> set[str]:
+                 zoo_profile, gains: dict, enforce: bool, slots: list, on_search=None,
+                 should_stop=None) -> set[str] | None:
     """Run the search cells with one search in flight per slot (an open Runtime of its own
     actors), every method's k grid ascending. A method's next k is queued once all seeds of its
     current k are done; with ``enforce`` (the online rule) a method's remaining k are skipped
     once the rule fires on its curve so far (fitness = the search's own validation fitness).
     Each search is seeded per cell and a decision sees its points sorted by (k, seed), so the
     results do not depend on which slot ran what, or when. Returns the ids of the skipped cells
-    (``search_stop.json``)."""
+    (``search_stop.json``); ``should_stop()`` true: no new search starts, those in flight
+    finish, nothing is recorded and None is returned (the run was interrupted elsewhere)."""
     from collections import deque
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
@@ -156,6 +158,10 @@ def run_searches(cells: list[Cell], cfg: EvomergeConfig, run_dir: Path, *, names
     with ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="search") as pool:
         try:
             while queue or running:
+                if should_stop is not None and should_stop():
+                    queue.clear()
+                    if not running:
+                        return None
                 while free and queue:
                     cell, slot = queue.popleft(), free.pop(0)
                     fut = pool.submit(run_search, cell, cfg, run_dir, names=names, tasks=tasks, all_tasks=all_tasks,
