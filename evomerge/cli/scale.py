@@ -20,6 +20,7 @@ def register(app: typer.Typer) -> None:
         sets: list[str] = set_option(),
         no_stop: bool = typer.Option(False, "--no-stop", help="run the searches over the whole k grid; only record where the rules fire"),
         resume: bool = typer.Option(False, "--resume", help="continue the run in --out with its saved config"),
+        no_overlap: bool = typer.Option(False, "--no-overlap", help="run the searches first, then the merge cells (same results; by default they share the cores)"),
         overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run in --out"),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
         print_default_config: bool = typer.Option(False, "--print-default-config", help="print the built-in config and exit"),
@@ -77,7 +78,8 @@ def register(app: typer.Typer) -> None:
 
                 profile = json.loads((out / "plan.json").read_text()).get("zoo_profile") or profile
             zoo = ensure_zoo(profile, cfg.zoo_dir, progress=progress)
-        result = run_scale(cfg, out, zoo=zoo, stop=False if no_stop else None, overwrite=overwrite, progress=progress)
+        result = run_scale(cfg, out, zoo=zoo, stop=False if no_stop else None, overwrite=overwrite, progress=progress,
+                           overlap=not no_overlap)
         s = result.stop
         typer.echo(
             f"scale: {result.cells_run} cells run, {result.cells_skipped} already done, {result.evaluations} evaluations, "
