@@ -68,9 +68,7 @@ class BoundCells:
     @staticmethod
     def constants(base, over: dict):
         """``base`` (an RHTConfig) with ``over`` applied; constants out of their domain refused."""
-        rht = base.model_copy(update=over)
-        type(base).model_validate(rht.model_dump())
-        return rht
+        return type(base).model_validate({**base.model_dump(), **over})  # validated: "2e-05" is a float
 
     def targets(self, per_task, cell) -> tuple[float, float]:
         """(all, union): mean over every task, over the merged experts' tasks."""

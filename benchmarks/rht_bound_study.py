@@ -5,7 +5,8 @@ every task; ``union``: the merged experts' tasks), not the mean. Objective (maxi
 change over all cell seeds and both targets. Test is never computed here.
 
     nice -n 10 python benchmarks/rht_bound_study.py RUN_DIR --out DIR [--n-trials 20]
-        [--timeout 600] [--bound 0.002] [--enqueue gamma=0.995 sigma_g=0.00002 alpha=0.01 beta=30]
+        [--timeout 600] [--bound 0.002] [--space gamma=0.999:1 beta=1:1000:log ...]
+        [--enqueue gamma=0.995,sigma_g=0.00002,alpha=0.01,beta=30 ...]
 
 Resumable: the study lives in ``DIR/study.db`` (SQLite); rerun the command to add trials. A trial
 stops at the first cell seed below ``-bound`` (infeasible; its values are those of the cells it
@@ -58,7 +59,9 @@ def main() -> None:
     ap.add_argument("--bound", type=float, default=0.002)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--enqueue", nargs="*", default=[], help="a first trial, KEY=VALUE (e.g. the current defaults)")
+    ap.add_argument("--space", nargs="*", default=[], help="ranges replacing SPACE's, KEY=LOW:HIGH[:log]")
+    ap.add_argument("--enqueue", nargs="*", default=[],
+                    help="first trials of a new study, each KEY=VALUE,KEY=VALUE (e.g. the current defaults)")
     args = ap.parse_args()
 
     import optuna
@@ -74,11 +77,17 @@ def main() -> None:
     sampler = optuna.samplers.TPESampler(seed=args.seed, constraints_func=constraint, n_startup_trials=8)
     study = optuna.create_study(study_name="rht_bound", storage=f"sqlite:///{args.out / 'study.db'}",
                                 direction="maximize", sampler=sampler, load_if_exists=True)
-    if args.enqueue and not study.trials:
-        study.enqueue_trial({k: float(v) for k, v in rht_overrides(args.enqueue).items()})
+    space = dict(SPACE)
+    for item in args.space:
+        key, _, rng = item.partition("=")
+        lo, hi, *log = rng.split(":")
+        space[key] = (float(lo), float(hi), log == ["log"])
+    if not study.trials:
+        for trial in args.enqueue:
+            study.enqueue_trial({k: float(v) for k, v in rht_overrides(trial.split(",")).items()})
 
     def objective(trial) -> float:
-        over = {k: trial.suggest_float(k, lo, hi, log=log) for k, (lo, hi, log) in SPACE.items()}
+        over = {k: trial.suggest_float(k, lo, hi, log=log) for k, (lo, hi, log) in space.items()}
         t = time.perf_counter()
         res = score_trial(cells, BoundCells.constants(base, over), args.bound)
         for k, v in res.items():
