@@ -33,7 +33,9 @@ DEFAULT_SCALE_CONFIG: dict[str, Any] = {
         "stop_rule": "online",
     },
     "genome": {"population": 4, "generations": 2, "early_stop_iter": 2},
-    "swarm": {"max_iter": 2, "patience": 2},
+    # no TIES / DARE-TIES starting particles: 3 x (k + 7) evaluations, under 20 s of one core at k = 10
+    # (benchmarks/search_vs_merge.py; docs/benchmarks.md "Search against registry merges")
+    "swarm": {"max_iter": 2, "patience": 2, "init_merges": []},
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
