@@ -130,6 +130,24 @@ def test_object_store_traffic(run):
 
 @pytest.mark.ray
 @pytest.mark.slow
+def test_peak_breakdown_counts_the_individuals_the_actor_held(run):
+    """The sampled own peak is broken down: heap and mapped files above the idle actor, and the
+    individuals whose weights the actor held then (each an A/B dict the size of an expert's
+    adapter file in "ab" space); GENOME's initial pairs and sums are held as recipes."""
+    res, wd = run
+    size, _ = _tensor_bytes(wd / "experts" / "expert0" / "adapter_model.safetensors")
+    for algo in ("genome", "swarm"):
+        p = _phase(res, algo)
+        at = p["at_own_peak"]
+        assert at["anon_extra"] + at["file_extra"] == p["own_peak_extra"]
+        if res["space"] == "ab":
+            assert at["individual_bytes"] == at["individuals"] * size
+    mem = _phase(res, "genome")["rounds"][0]["memory"][0]  # after the initial round
+    assert mem["lazy_entries"] > 0 and mem["store_entries"] + mem["lazy_entries"] > N
+
+
+@pytest.mark.ray
+@pytest.mark.slow
 def test_merge_inputs_and_naive_scores(run):
     res, wd = run
     _, linear = _tensor_bytes(wd / "base" / "model.safetensors", lambda k: k.split(".")[-2] in TARGETS)
