@@ -105,7 +105,7 @@ class PopulationActor:
         self._evaluator_spec: Any = None
         self.timings = {"materialize_s": 0.0, "evaluate_s": 0.0, "transfer_s": 0.0}
         self.experts, self.store, self.fan, self.rht = {}, {}, {}, None
-        self.lazy: dict[str, Any] = {}  # id -> Recipe of an individual rebuilt from experts when read
+        self.lazy: dict[str, Any] = {}  # id -> Recipe of an individual rebuilt when read
         if experts is not None:
             self.reset(experts, make_evaluator, fan_in_fan_out=fan_in_fan_out, rht=rht)
 
