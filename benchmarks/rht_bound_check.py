@@ -24,15 +24,6 @@ from pathlib import Path
 import yaml
 
 
-def rht_overrides(items) -> dict:
-    """``KEY=VALUE`` strings (YAML values) to an ``RHTConfig`` update."""
-    over = {}
-    for item in items:
-        k, _, v = item.partition("=")
-        over[k] = yaml.safe_load(v)
-    return over
-
-
 class BoundCells:
     """A scale run's RHT merge cells, recomputable by the scale worker at any RHT constants, each
     paired with its plain cell (same seed for random merges; a deterministic merge's one plain
@@ -44,6 +35,7 @@ class BoundCells:
 
         torch.set_num_threads(threads)
         from evomerge.config import config_from_dict
+        from evomerge.config.overrides import parse_sets
         from evomerge.pipelines.scale.driver import make_context, pool_spec
         from evomerge.pipelines.scale.plan import load_cells
         from evomerge.pipelines.scale.report import load_run
@@ -51,7 +43,7 @@ class BoundCells:
 
         plan, scores, _ = load_run(run_dir)
         cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml"))
-        self.rht = self.constants(cfg.rht, rht_overrides(rht) if not isinstance(rht, dict) else rht)
+        self.rht = self.constants(cfg.rht, rht if isinstance(rht, dict) else parse_sets(list(rht), "--rht"))
         spec = pool_spec(cfg)  # the config's experts, else the built-in zoo (plan.json's zoo_profile)
         if list(spec.names) != list(plan["experts"]):
             raise SystemExit(f"{run_dir}: its experts {plan['experts']} are not this pool's {spec.names}")

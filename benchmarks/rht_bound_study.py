@@ -23,9 +23,11 @@ import sys
 import time
 from pathlib import Path
 
+from evomerge.config.overrides import parse_sets
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rht_bound_check import BoundCells, rht_overrides  # noqa: E402
+from rht_bound_check import BoundCells  # noqa: E402
 
 SPACE = {  # a neighbourhood of the identity (gamma 1, alpha 0, sigma_g 0) holding the old defaults
     "gamma": (0.97, 1.0, False),
@@ -84,7 +86,7 @@ def main() -> None:
         space[key] = (float(lo), float(hi), log == ["log"])
     if not study.trials:
         for trial in args.enqueue:
-            study.enqueue_trial({k: float(v) for k, v in rht_overrides(trial.split(",")).items()})
+            study.enqueue_trial({k: float(v) for k, v in parse_sets(trial.split(","), "--enqueue").items()})
 
     def objective(trial) -> float:
         over = {k: trial.suggest_float(k, lo, hi, log=log) for k, (lo, hi, log) in space.items()}

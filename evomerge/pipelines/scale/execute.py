@@ -64,11 +64,6 @@ class RayCellRunner:
             raise
         return self
 
-    @property
-    def shares(self) -> bool:
-        """True when the actors run without a CPU reservation (``share`` on a CPU-only plan)."""
-        return bool(self.actors) and self._pg is None
-
     def __exit__(self, *exc) -> None:
         from evomerge.distributed.cluster import release
 
