@@ -2,7 +2,8 @@
 
     python benchmarks/model_scale_gpu_table.py OUT_DIR
 
-Reads ``merge.txt`` (``merge_throughput.py --json``: its last line), ``model_scale_1b.json``,
+Reads ``merge.txt`` (``merge_throughput.py --json``: its last line), ``model_scale_1b_naive.json``
+(the stacked evaluator), ``model_scale_1b.json`` (the actors),
 ``tests.txt``, ``status.txt`` and ``gpu.txt`` from ``OUT_DIR``; a part that did not run or
 failed is a row saying so, never a missing row.
 """
@@ -50,13 +51,22 @@ def merge_rows(out: Path, status: dict[str, str]) -> list[tuple[str, str, str, s
 
 
 def model_rows(out: Path, status: dict[str, str]) -> list[tuple[str, str, str, str]]:
-    try:
-        res = json.loads((out / "model_scale_1b.json").read_text())
-    except (OSError, ValueError):
-        why = _ran(status, "model") or "no result"
-        return [("model_scale 1b (actors on the GPU, stacked evaluator)", "-", "", why)]
+    res: dict = {"phases": [], "naive": None}
+    for name, part in (("model_scale_1b_naive.json", "model_naive"), ("model_scale_1b.json", "model")):
+        try:
+            r = json.loads((out / name).read_text())
+        except (OSError, ValueError):
+            if part in status:
+                res["phases"].append({"phase": "failed", "part": part, "why": _ran(status, part) or "no result"})
+            continue
+        res["phases"] += r["phases"]
+        res["naive"] = res["naive"] or r.get("naive")
+    if not res["phases"] and not res["naive"]:
+        return [("model_scale 1b (actors on the GPU, stacked evaluator)", "-", "", "did not run")]
     rows = []
     for p in res["phases"]:
+        if p["phase"] == "failed":
+            rows.append((f"model_scale 1b ({p['part']})", "-", "", p["why"]))
         if p["phase"] in ("genome", "swarm", "cell"):
             share = p["outside_eval"]
             rows.append((f"{p['phase']}: outside-evaluation share", f"{100 * share:.1f}%", "< 10%",
