@@ -41,6 +41,7 @@ fi
 if [ -f "$STAGE/ray.tar.gz.part00" ] && [ -f .gpu_check/ray2/ray.tar.gz.part01 ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$STAGE"/*.whl
   cat "$STAGE/ray.tar.gz.part00" .gpu_check/ray2/ray.tar.gz.part01 | tar -C "$SITE" -xzf -
+  find "$SITE/ray/core" -type f -exec chmod a+x {} +  # zipfile -e dropped the wheel's exec bits (gcs_server, raylet)
 fi
 export PYTHONPATH="$PWD:$SITE"
 $PY - <<'EOF' | tee "$OUT/env.txt"
@@ -59,14 +60,14 @@ status() { echo "$1 $2" >> "$OUT/status.txt"; }
 
 # ---- merge: fused kernels vs the copy bound (each timing in its own process: CUDA start + Triton JIT)
 echo "== merge kernels $(($(date +%s) - T0)) s"
-timeout 90 $PY benchmarks/merge_throughput.py --device cuda --size 4096 --experts 10 --rounds 1 --repeats 3 \
+timeout ${MERGE_S:-180} $PY benchmarks/merge_throughput.py --device cuda --size 4096 --experts 10 --rounds 1 --repeats 3 \
   --json > "$OUT/merge.txt"
 status merge $?
 cat "$OUT/merge.txt"
 
 # ---- tests that skip without CUDA (short: before the long model parts)
 echo "== GPU tests $(($(date +%s) - T0)) s"
-timeout 90 $PY -m pytest -m '' -q -p no:cacheprovider -o addopts='' \
+timeout ${TESTS_S:-60} $PY -m pytest -m '' -q -p no:cacheprovider -o addopts='' \
   tests/test_merging_kernels.py tests/test_evolve_gpu.py \
   "tests/test_evaluation_evaluator.py::test_cuda_scores_match_cpu" \
   "tests/test_merging_contract.py::test_runs_on_cuda_like_on_cpu" \
@@ -79,13 +80,13 @@ tail -n 25 "$OUT/tests.txt"
 # ---- model, the 1b size: first the stacked evaluator vs the naive loop (no Ray), then the actors
 # on the GPU (Ray) in a second process, so a slow part cannot take the other's result with it
 echo "== model_scale 1b, stacked evaluator vs naive loop $(($(date +%s) - T0)) s"
-timeout 130 $PY benchmarks/model_scale.py --size 1b --device cuda --naive 4 --phases naive \
+timeout ${NAIVE_S:-90} $PY benchmarks/model_scale.py --size 1b --device cuda --space ab --naive 4 --phases naive \
   --json "$OUT/model_scale_1b_naive.json" > "$OUT/model_scale_1b_naive.txt"
 status model_naive $?
 cat "$OUT/model_scale_1b_naive.txt"
 if [ "$HAVE_RAY" = 1 ]; then
   echo "== model_scale 1b, actors on the GPU $(($(date +%s) - T0)) s"
-  timeout ${ACTORS_S:-200} $PY benchmarks/model_scale.py --size 1b --device cuda --gpus-per-actor 1 --threads 4 \
+  timeout ${ACTORS_S:-160} $PY benchmarks/model_scale.py --size 1b --device cuda --gpus-per-actor 1 --threads 4 \
     --space ab --naive 0 --phases genome,swarm,scale --json "$OUT/model_scale_1b.json" > "$OUT/model_scale_1b.txt"
   status model $?
   cat "$OUT/model_scale_1b.txt"
