@@ -6,10 +6,12 @@ without Ray. Weights cross process boundaries only as ``{key: {tensor name: np.n
 dicts, which Ray's object store shares without copying.
 
 An individual made by an elementwise operator (initial pairs and sums, linear and BLX
-crossovers, mutations, Model Swarms' padding, expert copies) is held as its recipe and rebuilt,
+crossovers, mutations, Model Swarms' padding, expert copies, and Model Swarms' moves, whose
+recipes carry their inputs as coefficients over the experts: :mod:`evomerge.search.linear`)
+is held as its recipe and rebuilt,
 bit for bit, whenever it is read (as a parent, to be scored, or fetched), as long as that takes
 at most ``MAX_REBUILD`` materialisations; when one of its inputs is dropped it gets its weights
-first. The actor then holds weights for the registry merges, Model Swarms' moves and the
+first. The actor then holds weights for the registry merges, GENOME+'s moves and the
 individuals that outlived their parents, not for a whole generation of parents and children.
 Materialising is deterministic (:mod:`evomerge.search.operators`), so scores and weights are
 those of a stored copy (benchmarks/model_scale.py measured the actor's peak;
@@ -209,8 +211,9 @@ class PopulationActor:
             if missing:
                 raise KeyError(f"actor lacks {missing} for recipe {recipe.id} ({recipe.op})")
             if self._rebuildable(recipe):
-                self.store.pop(recipe.id, None)
-                self.lazy[recipe.id] = recipe
+                for k in recipe.output_keys():  # a move's velocity too: made only if read
+                    self.store.pop(k, None)
+                    self.lazy[k] = recipe
             else:
                 for k in recipe.output_keys():
                     self.lazy.pop(k, None)
@@ -259,12 +262,14 @@ class PopulationActor:
     def _rebuildable(self, recipe: Any) -> bool:
         """Held as a recipe: one output made by an elementwise operator (linear combinations,
         BLX, mutations: about one pass over the inputs), rebuilt in at most ``MAX_REBUILD``
-        materialisations. Registry merges (TIES, DARE) and Model Swarms moves keep weights."""
+        materialisations; a coefficient move (one weighted sum of its basis per output) too.
+        Registry merges (TIES, DARE) and moves on weights (GENOME+) keep weights."""
         from evomerge.search.recipe import Op
 
+        coef_move = recipe.op == Op.PSO_MOVE and "basis" in recipe.params
         cheap = recipe.op in (Op.EXPERT, Op.PAD, Op.INIT_SUM, Op.MUTATE, Op.MUTATE_COEFF) or (
             recipe.op in (Op.INIT_PAIR, Op.CROSSOVER) and recipe.params.get("method", "linear") in ("linear", "blx"))
-        return (cheap and recipe.output_keys() == (recipe.id,)
+        return ((coef_move or (cheap and recipe.output_keys() == (recipe.id,)))
                 and 1 + sum(self._cost(k) for k in recipe.input_keys()) <= MAX_REBUILD)
 
     def _cost(self, key: str) -> int:
@@ -282,11 +287,11 @@ class PopulationActor:
                 out |= self._needs(k)
         return out
 
-    def _make(self, recipe: Any, inputs: Mapping[str, TensorDict]) -> dict[str, TensorDict]:
+    def _make(self, recipe: Any, inputs: Mapping[str, TensorDict], keys: Sequence[str] | None = None) -> dict[str, TensorDict]:
         from evomerge.search import materialize
 
         t0 = time.perf_counter()
-        out = materialize(recipe, inputs)
+        out = materialize(recipe, inputs, keys)
         self.timings["materialize_s"] += time.perf_counter() - t0
         return out
 
@@ -298,7 +303,7 @@ class PopulationActor:
         cache = {} if cache is None else cache
         if key not in cache:
             recipe = self.lazy[key]
-            cache[key] = self._make(recipe, {k: self._read(k, cache) for k in recipe.input_keys()})[key]
+            cache[key] = self._make(recipe, {k: self._read(k, cache) for k in recipe.input_keys()}, (key,))[key]
         return cache[key]
 
     def _group_size(self, n: int) -> int:

@@ -190,9 +190,26 @@ _MATERIALIZE = {
 }
 
 
-def materialize(recipe: Recipe, store: Mapping[str, TensorDict]) -> dict[str, TensorDict]:
+def _coef_move(recipe: Recipe, store: Mapping[str, TensorDict], keys: Sequence[str] | None) -> dict[str, TensorDict]:
+    """A PSO move whose inputs are coefficient vectors over ``params["basis"]`` (search/linear.py):
+    the move is done on the coefficients (float64), each output is one weighted sum of the basis."""
+    from evomerge.search import linear
+
+    x, v, p, g, w = linear.unpack(recipe.params)
+    new_x, new_v = linear.move(x, v, p, g, w, recipe.weights, float(recipe.params["step"]))
+    out: dict[str, TensorDict] = {}
+    for key, coef in zip(recipe.output_keys(), (new_x, new_v)):
+        if keys is None or key in keys:
+            out[key] = linear.combine(coef or {k: 0.0 for k in recipe.params["basis"][:1]}, store)
+    return out
+
+
+def materialize(recipe: Recipe, store: Mapping[str, TensorDict], keys: Sequence[str] | None = None) -> dict[str, TensorDict]:
     """Apply ``recipe`` to the parents' weights in ``store``; return the new store entries
-    (exactly ``recipe.output_keys()``). ``store`` is not modified."""
+    (exactly ``recipe.output_keys()``; a coefficient move only those in ``keys`` when given).
+    ``store`` is not modified."""
+    if recipe.op == Op.PSO_MOVE and "basis" in recipe.params:
+        return _coef_move(recipe, store, keys)
     try:
         fn = _MATERIALIZE[Op(recipe.op)]
     except ValueError:

@@ -67,11 +67,15 @@ def pso_coefficients(rng: np.random.Generator, inertia: float, cognitive: float,
 def move_recipe(
     p: Particle, new_id: str, *, gbest: str, gworst: str, coeffs: tuple[float, ...], step: float,
     init_velocity: str, velocity_ref: str | None, seed: int, generation: int,
+    coef: dict[str, Any] | None = None,
 ) -> Recipe:
     """The ``pso_move`` recipe of particle ``p``.
 
     ``velocity_ref`` is the position the initial velocity points to (``x_j`` for a random other
-    particle, or the global best); used only for a particle that has never moved.
+    particle, or the global best); used only for a particle that has never moved. ``coef``:
+    the inputs as coefficient vectors (``x v p g w`` of :mod:`evomerge.search.linear`, the
+    velocity already resolved); the recipe then reads only their basis and makes no ``<id>/v``
+    weights a later move needs.
     """
     params: dict[str, Any] = {"step": float(step)}
     if p.velocity == VelocityState.STORED:
@@ -80,6 +84,10 @@ def move_recipe(
         params["velocity"] = VelocityMode.ZERO.value
     else:
         params["velocity"], params["velocity_ref"] = VelocityMode.DIFF.value, velocity_ref
+    if coef is not None:
+        from evomerge.search.linear import MOVE_INPUTS, pack
+
+        params.update(pack(*(coef[k] for k in MOVE_INPUTS)))
     return Recipe(
         id=new_id, op=Op.PSO_MOVE.value, parents=(p.id, p.pbest, gbest, gworst), weights=coeffs,
         params=params, seed=seed, generation=generation,

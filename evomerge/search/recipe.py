@@ -107,6 +107,8 @@ class Recipe:
     def input_keys(self) -> tuple[str, ...]:
         """Store keys :func:`materialize` reads (parents, and for a move its velocity or the
         velocity's reference). The one place that knows this: the Ray layer routes by it."""
+        if self.op == Op.PSO_MOVE and "basis" in self.params:  # a coefficient move (search/linear.py)
+            return tuple(self.params["basis"])
         keys = list(self.parents)
         if self.op == Op.PSO_MOVE:
             mode = VelocityMode(self.params.get("velocity", VelocityMode.STORED))

@@ -2,6 +2,11 @@
 
 Round 0 evaluates the particles (the experts, padded to ``max_particles``); every later round
 moves every particle once. Global best and worst are all-time; personal bests are separate ids.
+Positions and velocities are kept as coefficient vectors over the experts (and the registry
+merges, which no linear step makes), :mod:`evomerge.search.linear`: a move recipe carries its
+inputs' coefficients, so whoever materialises it needs only that basis, never a velocity or an
+earlier position as weights. A checkpoint from before (no ``coef`` in its state) goes on with
+velocities held as weights, as it was written.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from typing import Any
 
 from evomerge.config.sections import SwarmConfig
 from evomerge.errors import ConfigError
+from evomerge.search import linear
 from evomerge.search.base import AskTell
 from evomerge.search.pso import (Particle, VelocityState, merge_recipes, move_recipe, pso_coefficients, sum_recipes,
                                  velocity_ref)
@@ -32,6 +38,10 @@ class Swarm(AskTell):
         self.gworst_fit: float | None = None
         self.g_unchanged = 0
         self.restarts = 0
+        # id -> coefficients of a position / of the velocity of the particle at that position;
+        # None: velocities held as weights (a checkpoint written before coefficients)
+        self.coef: dict[str, linear.Coef] | None = {}
+        self.vel: dict[str, linear.Coef] = {}
 
     # ------------------------------------------------------------------ views
     @property
@@ -49,9 +59,12 @@ class Swarm(AskTell):
         refs = self._pending_refs()
         for p in self.particles:
             refs.update((p.id, p.pbest))
-            if p.velocity == VelocityState.STORED:
+            if p.velocity == VelocityState.STORED and self.coef is None:
                 refs.add(velocity_key(p.id))
         refs.update(x for x in (self.gbest, self.gworst, self.best_id) if x)
+        if self.coef is not None:  # the basis the referenced positions and velocities are made of
+            refs.update(k for i in list(refs) for k in self.coef.get(i, ()))
+            refs.update(k for p in self.particles for k in self.vel.get(p.id, ()))
         return refs
 
     # ------------------------------------------------------------------ ask
@@ -81,8 +94,23 @@ class Swarm(AskTell):
             out.append(move_recipe(
                 p, new_id, gbest=self.gbest, gworst=self.gworst, coeffs=coeffs, step=self.step,
                 init_velocity=cfg.init_velocity, velocity_ref=ref, seed=seed, generation=self.generation,
+                coef=self._move_inputs(p, ref),
             ))
         return out
+
+    def _move_inputs(self, p: Particle, ref: str | None) -> dict[str, linear.Coef] | None:
+        """The move's inputs as coefficients; the velocity resolved as :func:`move_recipe` and
+        :func:`~evomerge.search.operators.materialize` resolve it on weights."""
+        if self.coef is None:
+            return None
+        x = self.coef[p.id]
+        if p.velocity == VelocityState.STORED:
+            v = self.vel[p.id]
+        elif p.velocity == VelocityState.ZERO or self.cfg.init_velocity == "zero" or ref is None:
+            v = {}
+        else:  # initial velocity: ref - x
+            v = linear.axpy([(1.0, self.coef[ref]), (-1.0, x)])
+        return {"x": x, "v": v, "p": self.coef[p.pbest], "g": self.coef[self.gbest], "w": self.coef[self.gworst]}
 
     # ------------------------------------------------------------------ tell
     def _absorb(self, recipes: list[Recipe], results: dict[str, float]) -> None:
@@ -92,6 +120,7 @@ class Swarm(AskTell):
         else:
             for p, r in zip(self.particles, recipes):
                 p.moved(r.id, results[r.id])
+        self._absorb_coef(recipes)
         g_before = self.gbest
         for p in self.particles:
             if self.gbest is None or p.fit > self.fitness[self.gbest]:
@@ -102,10 +131,31 @@ class Swarm(AskTell):
             self.g_unchanged = 0 if self.gbest != g_before else self.g_unchanged + 1
             self._restart_stale()
             self.step = max(self.step * self.cfg.step_decay, self.cfg.min_step)
+        self._prune_coef()
         self.generation += 1
         self._counter = 0
         if self.generation > self.cfg.max_iter or self.g_unchanged >= self.cfg.patience:
             self.phase = Phase.DONE
+
+    def _absorb_coef(self, recipes: list[Recipe]) -> None:
+        """Coefficients of the new positions and velocities; forget those nothing refers to."""
+        if self.coef is None:
+            return
+        experts = {expert_id(i): {expert_id(i): 1.0} for i in range(self.n_experts)}
+        for r in recipes:
+            if "basis" in r.params:
+                self.coef[r.id], self.vel[r.id] = linear.move(*linear.unpack(r.params), r.weights, float(r.params["step"]))
+            else:  # an initial individual: a combination of experts, or its own basis entry (TIES, ...)
+                self.coef[r.id] = linear.init_coefficients(r, {**experts, **self.coef}) or {r.id: 1.0}
+
+    def _prune_coef(self) -> None:
+        if self.coef is None:
+            return
+        live = {x for p in self.particles for x in (p.id, p.pbest)}
+        live.update(x for x in (self.gbest, self.gworst, self.best_id, self.top_id) if x)
+        self.coef = {k: c for k, c in self.coef.items() if k in live}
+        self.vel = {p.id: self.vel[p.id] for p in self.particles
+                    if p.velocity == VelocityState.STORED and p.id in self.vel}
 
     def _restart_stale(self) -> None:
         limit = self.cfg.restart_patience * self.cfg.patience
@@ -122,6 +172,8 @@ class Swarm(AskTell):
         d.update(particles=[p.to_dict() for p in self.particles], step=self.step, gbest=self.gbest,
                  gworst=self.gworst, gworst_fit=self.gworst_fit, g_unchanged=self.g_unchanged,
                  restarts=self.restarts)
+        if self.coef is not None:
+            d.update(coef={k: dict(c) for k, c in self.coef.items()}, vel={k: dict(c) for k, c in self.vel.items()})
         return d
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
@@ -129,3 +181,6 @@ class Swarm(AskTell):
         self.particles = [Particle(**p) for p in d["particles"]]
         self.step, self.gbest, self.gworst = float(d["step"]), d["gbest"], d["gworst"]
         self.gworst_fit, self.g_unchanged, self.restarts = d["gworst_fit"], int(d["g_unchanged"]), int(d["restarts"])
+        # without ``coef`` (written before coefficients): go on with velocities held as weights
+        self.coef = {k: {b: float(c) for b, c in v.items()} for k, v in d["coef"].items()} if "coef" in d else None
+        self.vel = {k: {b: float(c) for b, c in v.items()} for k, v in d.get("vel", {}).items()}
