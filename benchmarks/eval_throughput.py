@@ -41,8 +41,11 @@ def _candidates(experts: list[dict], n: int, seed: int) -> list[dict]:
     return out
 
 
-def naive_scores(base_dir: Path, ev, candidates: list[dict], split: str, metric: str) -> list[dict[str, float]]:
-    """The loop the Evaluator replaces: save, load with peft, evaluate.
+def naive_scores(base_dir: Path, ev, candidates: list[dict], split: str, metric: str,
+                 reload_base: bool = False) -> list[dict[str, float]]:
+    """The loop the Evaluator replaces: save, load with peft, evaluate. ``reload_base``: the
+    base is read from disk for every candidate (a user's loop of one load per candidate)
+    instead of deep-copied from one loaded copy.
 
     exact_match: answers generated with ``model.generate`` (greedy, left-padded batches) and
     compared as strings; token_accuracy: one teacher-forced pass per batch.
@@ -55,12 +58,16 @@ def naive_scores(base_dir: Path, ev, candidates: list[dict], split: str, metric:
 
     tok = ev.tokenizer
     device = ev.device
-    base = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True).to(device).eval()
+    def load():
+        return AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True).to(device).eval()
+
+    base = None if reload_base else load()
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, cand in enumerate(candidates):
             path = save_peft_adapter(cand, Path(tmp) / f"c{i}")
-            model = PeftModel.from_pretrained(copy.deepcopy(base), path, torch_device=str(device)).eval()
+            fresh = load() if reload_base else copy.deepcopy(base)
+            model = PeftModel.from_pretrained(fresh, path, torch_device=str(device)).eval()
             scores = {}
             with torch.inference_mode():
                 for task in ev.tasks:

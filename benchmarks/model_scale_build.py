@@ -36,6 +36,37 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 TASKS = ("rev_digits", "sort_digits", "brackets", "majority")
 
 
+MARKER = "workspace.json"  # written last: its presence means the files under root are complete
+_KEYS = ("size", "experts", "dtype", "tasks", "samples", "rank", "rel_norm", "seed")
+
+
+def load_or_build_workspace(root: Path, args) -> tuple[dict[str, Any], bool]:
+    """:func:`build_workspace`, or the one already complete under ``root`` for the same
+    arguments (``--workdir`` reused: the 1b files take ~40 s to write on a GPU machine);
+    second value: whether it was reused. A folder with other arguments or without the marker
+    is rebuilt (its base, experts and tasks replaced)."""
+    import shutil
+
+    want = {k: getattr(args, k) for k in _KEYS}
+    marker = root / MARKER
+    if marker.is_file():
+        got = json.loads(marker.read_text())
+        if got.get("args") == want:
+            ws = got["workspace"]
+            ws["base"] = Path(ws["base"])
+            ws["experts"] = [Path(x) for x in ws["experts"]]
+            ws["tasks"] = {t: Path(x) for t, x in ws["tasks"].items()}
+            return ws, True
+        marker.unlink()
+    for sub in ("base", "experts", "tasks"):
+        shutil.rmtree(root / sub, ignore_errors=True)
+    ws = build_workspace(root, args)
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"args": want, "workspace": ws}, default=str, indent=1))
+    tmp.replace(marker)
+    return ws, False
+
+
 # ---------------------------------------------------------------- the files a user would have
 def build_workspace(root: Path, args) -> dict[str, Any]:
     """Base model, ``args.experts`` LoRA adapters and task files under ``root``; their byte counts."""

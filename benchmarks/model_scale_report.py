@@ -12,7 +12,7 @@ def report(res: dict[str, Any]) -> None:
     print(f"size {res['size']}: {ws['n_params'] / 1e6:.1f}M parameters ({res['dtype']}), {ws['n_linear']} adapted "
           f"linears, {res['experts']} rank-8 experts of {ws['expert_ab_bytes'] / mb:.1f} MiB, population "
           f"{res['population']} in space {res['space']} ({res['individual_bytes'] / mb:.1f} MiB each), device "
-          f"{res['device']}; built in {res['build_s']:.1f} s")
+          f"{res['device']}; {'reused' if res.get('reused_workdir') else 'built'} in {res['build_s']:.1f} s")
     print(f"{'phase':<8}{'wall s':>8}{'evals':>6}{'eval/s':>8}{'merge':>7}{'swap':>7}{'fwd':>7}{'score':>7}{'ray':>7}{'other':>7}"
           f"{'outside':>8}{'peak MiB':>9}{'bound':>7}{'ratio':>6}{'own MiB':>8}{'ratio':>6}{'shm MiB':>8}{'dev MiB':>8}"
           f"{'store/rnd':>10}  dtype")
@@ -44,7 +44,10 @@ def report(res: dict[str, Any]) -> None:
                   f"{m[f'peft_{k}_s']:>9.3f}{m[f'peft_{k}_s'] / m[f'{k}_s']:>10.1f}")
     nv = res["naive"]
     if nv:
-        print(f"naive save-reload-evaluate: {nv['naive_per_s']:.2f} cand/s; evaluate_many: {nv['in_memory_per_s']:.2f}"
-              f" cand/s ({nv['speedup']:.1f}x; max |score diff| {nv['max_score_diff']:.1e}); evolve rounds: "
+        loops = nv.get("loops", ["copy"])
+        extra = "".join(f"; naive ({x}): {nv[f'naive_{x}_per_s']:.2f} cand/s ({nv[f'speedup_{x}']:.1f}x)" for x in loops[1:])
+        print(f"{nv['candidates']} candidates; naive save-reload-evaluate ({loops[0]}): {nv['naive_per_s']:.2f} cand/s;"
+              f" evaluate_many: {nv['in_memory_per_s']:.2f} cand/s ({nv['speedup']:.1f}x){extra};"
+              f" max |score diff| {nv['max_score_diff']:.1e}; evolve rounds: "
               + ", ".join(f"{p['phase']} {p['evals_per_s'] / nv['naive_per_s']:.1f}x"
                           for p in res["phases"] if p["phase"] in ("genome", "swarm")))

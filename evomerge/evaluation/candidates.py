@@ -60,6 +60,7 @@ def to_deltas(
                 raise ExpertLoadError(f"{where}: `{k}` has no matching `::B` factor")
         items = ab_to_lora(items)
     out: dict[str, torch.Tensor] = {}
+    finite: list[torch.Tensor] = []  # one device sync per candidate, not two per module (GPU)
     for key, value in items.items():
         if key not in params:
             raise ExpertLoadError(
@@ -79,12 +80,24 @@ def to_deltas(
             raise ExpertLoadError(
                 f"{where}: `{key}` has shape {tuple(delta.shape)} but the base parameter has {tuple(ref.shape)}"
             )
-        if isinstance(delta, LowRank):
-            if not (torch.isfinite(delta.A).all() and torch.isfinite(delta.B).all()):
-                raise ExpertLoadError(f"{where}: `{key}` contains NaN or infinite values")
-            out[key] = delta
-            continue
-        if not torch.isfinite(delta).all():
-            raise ExpertLoadError(f"{where}: `{key}` contains NaN or infinite values")
-        out[key] = delta.detach().to(device=ref.device, dtype=ref.dtype)
+        finite.append(_all_finite(delta))  # a LoRA's factors as cast; a dense delta as given
+        out[key] = delta if isinstance(delta, LowRank) else delta.detach().to(device=ref.device, dtype=ref.dtype)
+    if not _none_false(finite):
+        bad = next(k for k, f in zip(out, finite) if not bool(f))
+        raise ExpertLoadError(f"{where}: `{bad}` contains NaN or infinite values")
     return out
+
+
+def _all_finite(delta: "torch.Tensor | LowRank") -> torch.Tensor:
+    """A 0-dim bool tensor on the delta's device (no device sync)."""
+    if isinstance(delta, LowRank):
+        return torch.isfinite(delta.A).all() & torch.isfinite(delta.B).all()
+    return torch.isfinite(delta).all()
+
+
+def _none_false(flags: list[torch.Tensor]) -> bool:
+    """Whether all 0-dim bool ``flags`` are true: one sync per device they are on."""
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for f in flags:
+        by_device.setdefault(f.device, []).append(f)
+    return all(bool(torch.stack(fs).all()) for fs in by_device.values())

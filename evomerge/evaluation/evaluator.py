@@ -224,10 +224,12 @@ class Evaluator:
         head = self._head if self._head is not None and not touches(self._head_keys, group) else None
         logits = self._forward(forward, batch, first, head)
         rows = torch.zeros(len(group), len(batch), len(keys), dtype=torch.float64)
+        per_cand = []
         for j in range(len(group)):
             s = (M.teacher_forced(logits[j], labels) if head is None
                  else scores_by_rows(head, logits[j], labels, self.vocab, self.logit_chunk))
-            rows[j, :, :3] = torch.stack([s[k] for k in keys[:3]], -1).cpu()
+            per_cand.append(torch.stack([s[k] for k in keys[:3]], -1))
+        rows[:, :, :3] = torch.stack(per_cand).cpu()  # one device sync per batch, not per candidate
         if self.text_metrics:
             gen = greedy_generate(self.model, self.params, self.linears, group, batch, self.tokenizer,
                                   self.max_new_tokens, forward=forward)

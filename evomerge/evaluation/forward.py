@@ -64,12 +64,16 @@ def _stacked_lowrank_forward(mod: nn.Module, factors: Sequence[LowRank | None], 
     own = type(mod).forward.__get__(mod)
     ref = next(f for f in factors if f is not None)
     r = max(int(f.A.shape[0]) for f in factors if f is not None)
-    a = ref.A.new_zeros(n, ref.A.shape[1], r)
-    b = ref.B.new_zeros(n, r, ref.B.shape[0])
-    for c, f in enumerate(factors):
-        if f is not None:
-            a[c, :, : f.A.shape[0]] = f.A.T
-            b[c, : f.A.shape[0]] = f.B.T
+    if all(f is not None and f.A.shape[0] == r for f in factors):  # one copy kernel each, not n
+        a = torch.stack([f.A.T for f in factors])
+        b = torch.stack([f.B.T for f in factors])
+    else:  # zero factors where a candidate has none, zero-padded ranks
+        a = ref.A.new_zeros(n, ref.A.shape[1], r)
+        b = ref.B.new_zeros(n, r, ref.B.shape[0])
+        for c, f in enumerate(factors):
+            if f is not None:
+                a[c, :, : f.A.shape[0]] = f.A.T
+                b[c, : f.A.shape[0]] = f.B.T
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         y = own(x)
