@@ -65,6 +65,7 @@ class Bench:
         self._tv = [self.pool.task_vector(i) for i in range(len(self.tasks))]
         self.variants: dict[str, dict[str, Any]] = {}
         self.recheck = False
+        self.with_holdout = False  # --holdout: every method also scored on the validation rows past max_samples
         self._holdout: dict[tuple[str, ...], Any] = {}
 
     def evaluator(self, tasks: tuple[str, ...]):
@@ -97,6 +98,8 @@ class Bench:
         j = int(np.argmax(gval))
         out["ta_best"] = {"validation": gval[j], "test": self.score(tasks, [grid[j]], "test")[0],
                           "lambda": LAMBDAS[j]}
+        if self.with_holdout:
+            out["best_expert"]["holdout"], out["ta_best"]["holdout"] = self.held(tasks, [experts[b], grid[j]])
         for m in REGISTRY:
             merged = merge_tensordicts(m, tvs, seed=seed)
             out[m] = {"validation": self.score(tasks, [merged], "validation")[0],
@@ -153,6 +156,10 @@ class Bench:
         if top is not None:
             out["top"] = {"validation": float(s.top_fitness), "id": top, "test": test if top == s.best_id
                           else self.score(tasks, [cand(store[top])], "test")[0]}
+        if self.with_holdout:
+            out["holdout"] = self.held(tasks, [cand(store[s.best_id])])[0]
+            if top is not None:
+                out["top"]["holdout"] = out["holdout"] if top == s.best_id else self.held(tasks, [cand(store[top])])[0]
         if self.recheck and start is not None:
             out["recheck"] = self._recheck(tasks, [start[1], s.best_id, top], store, cand, s.fitness)
         return out
@@ -170,6 +177,11 @@ class Bench:
         chosen = ids[j]
         return {"validation": float(fitness[chosen]), "holdout": scores[j], "id": chosen, "start": ids[0],
                 "test": self.score(tasks, [cand(store[chosen])], "test")[0], "extra_evals": len(ids), "extra_cpu_s": cpu}
+
+    def held(self, tasks: tuple[str, ...], candidates) -> list[float]:
+        """Fitness on the validation rows the search never saw (rows max_samples..end): a
+        validation-only check of what a search's choice is worth beyond the rows it chose on."""
+        return [r.fitness for r in self.holdout(tasks).evaluate_many(candidates, "validation")]
 
     def holdout(self, tasks: tuple[str, ...]):
         """An evaluator over the validation rows past ``max_samples`` (the search scores the first ones)."""
@@ -203,6 +215,7 @@ def run(args) -> tuple[list[dict[str, Any]], str]:
     base = default_search_config()
     bench = Bench(zoo, base)
     bench.recheck = args.recheck
+    bench.with_holdout = args.holdout
     for v in args.variant:
         name, _, js = v.partition("=")
         if name.split("_")[0] not in ("genome", "swarm"):
@@ -229,7 +242,7 @@ def run(args) -> tuple[list[dict[str, Any]], str]:
                         res[m] = bench.search(m, idx, tasks, seed)
                         top = res[m].pop("top", None)
                         if top is not None and not m.endswith("_paper"):
-                            res[f"{m}@top"] = {"validation": top["validation"], "test": top["test"], "id": top["id"]}
+                            res[f"{m}@top"] = {k: v for k, v in top.items()}
                         recheck = res[m].pop("recheck", None)
                         if recheck is not None:
                             res[f"{m}@recheck"] = recheck
@@ -249,7 +262,9 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault((r["k"], r["method"], r["target"]), []).append(r)
     out = []
     for (k, method, target), rs in groups.items():
-        for split in ("validation", "test"):
+        for split in ("validation", "test", "holdout"):
+            if any(split not in r for r in rs):
+                continue
             vals = [r[split] for r in rs]
             rec = {"k": k, "method": method, "target": target, "split": split, "mean": statistics.fmean(vals),
                    "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
@@ -307,6 +322,9 @@ def main(argv=None) -> None:
     ap.add_argument("--recheck", action="store_true",
                     help="diagnostic: also choose between the best start, the returned and the best scored "
                          "individual on the validation rows past max_samples (method NAME@recheck)")
+    ap.add_argument("--holdout", action="store_true",
+                    help="also score best_expert, ta_best and every search's choice on the validation rows past "
+                         "max_samples (split 'holdout'; never used for any choice)")
     ap.add_argument("--json", action="store_true", help="print the records as JSON instead of the table")
     ap.add_argument("--raw", type=Path, default=None, help="also write every per-seed row to this JSON file")
     ap.add_argument("--progress", action="store_true")
