@@ -70,6 +70,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import model_scale_probes as probes  # noqa: E402
+from model_scale_naive import naive_phase  # noqa: E402
 from model_scale_report import MERGE_METHODS, report  # noqa: E402
 from model_scale_build import SIZES, TASKS, load_or_build_workspace  # noqa: E402
 
@@ -285,48 +286,6 @@ def scale_phases(args, ws: dict, idle: dict[str, int]) -> list[dict[str, Any]]:
     return [merge, cell_row]
 
 
-def naive_phase(args, ws: dict) -> dict[str, Any]:
-    """Save-reload-evaluate (peft) vs ``evaluate_many`` on the same experts, in this process."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from eval_throughput import naive_scores
-
-    from evomerge.evaluation.task_data import load_task
-    from evomerge.evaluation import Evaluator
-    from evomerge.experts.peft_io import load_peft_adapter
-
-    tasks = {t: load_task(d, ("validation", "test")) for t, d in ws["tasks"].items()}
-    ev = Evaluator(ws["base"], tasks, device=args.device, batch_size=args.batch_size, max_samples=args.samples)
-    cands = [load_peft_adapter(p).modules for p in ws["experts"][: args.naive]]
-    _sync(args.device)
-    ev.evaluate_many(cands)  # warm-up on the same candidates: the timed calls take the same path
-    times = []
-    for _ in range(args.naive_repeats):
-        _sync(args.device)
-        t0 = time.perf_counter()
-        ours = ev.evaluate_many(cands)
-        _sync(args.device)
-        times.append(time.perf_counter() - t0)
-    t_mem = _mean(times)
-    n = len(cands)
-    res = {"phase": "naive", "candidates": n, "in_memory_s": t_mem, "in_memory_s_each": times,
-           "in_memory_per_s": n / t_mem, "loops": list(args.naive_loop)}
-    diffs = []
-    for loop in args.naive_loop:  # the first one listed is the target's reference
-        t0 = time.perf_counter()
-        naive = naive_scores(ws["base"], ev, cands, "validation", "token_accuracy", reload_base=loop == "reload")
-        t_naive = time.perf_counter() - t0
-        diffs += [abs(o.per_task[t] - s[t]) for o, s in zip(ours, naive) for t in s]
-        key = "" if loop == args.naive_loop[0] else f"_{loop}"
-        res.update({f"naive{key}_s": t_naive, f"naive{key}_per_s": n / t_naive, f"speedup{key}": t_naive / t_mem})
-    res["max_score_diff"] = max(diffs)
-    return res
-
-
-def _sync(device: str) -> None:
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def run(args) -> dict[str, Any]:
     """The phases of ``args.phases``; Ray is started only for the actor phases (``naive`` alone
     runs without it, e.g. on a GPU machine that lacks Ray)."""
@@ -353,13 +312,22 @@ def run(args) -> dict[str, Any]:
                 idle = ray.remote(PopulationActor).options(num_cpus=0).remote()
                 idle_mem = ray.get(idle.__ray_call__.remote(probes.idle_rss))
                 ray.kill(idle)
-            phases = [evolve_phase(a, args, ws, root, idle_mem) for a in ("genome", "swarm") if a in args.phases]
+            res = _result(args, ws, build_s, reused, idle_mem)
+            for algo in ("genome", "swarm"):
+                if algo in args.phases:
+                    res["phases"].append(evolve_phase(algo, args, ws, root, idle_mem))
+                    _write(args, res)  # a time limit that stops a later phase keeps this one
             if "scale" in args.phases:
-                phases += scale_phases(args, ws, idle_mem)
-            naive = naive_phase(args, ws) if args.naive and "naive" in args.phases else None
+                res["phases"] += scale_phases(args, ws, idle_mem)
+                _write(args, res)
+            res["naive"] = naive_phase(args, ws) if args.naive and "naive" in args.phases else None
     finally:
         if on_actors:
             ray.shutdown()
+    return res
+
+
+def _result(args, ws: dict, build_s: float, reused: bool, idle_mem: dict[str, int]) -> dict[str, Any]:
     info = {k: (str(v) if isinstance(v, Path) else v) for k, v in ws.items() if k not in ("experts", "tasks")}
     return {"size": args.size, "experts": args.experts, "population": args.population, "device": args.device,
             "space": args.space,
@@ -368,7 +336,15 @@ def run(args) -> dict[str, Any]:
             "reused_workdir": reused,
             "idle_actor_rss": idle_mem["rss_peak"], "idle_actor_own": idle_mem["own"],
             "idle_actor_anon": idle_mem.get("anon", 0), "idle_actor_file": idle_mem.get("file", 0), "workspace": info,
-            "phases": phases, "naive": naive}
+            "phases": [], "naive": None}
+
+
+def _write(args, res: dict[str, Any]) -> None:
+    """``--json``, atomically (also after each phase)."""
+    if args.json:
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(json.dumps(res, indent=1, default=str))
+        tmp.replace(args.json)
 
 
 def main(argv=None) -> dict[str, Any]:
@@ -421,8 +397,7 @@ def main(argv=None) -> dict[str, Any]:
         args.space = config_from_dict({}).genome.space
     res = run(args)
     report(res)
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=1, default=str))
+    _write(args, res)
     return res
 
 

@@ -3,8 +3,9 @@
     python benchmarks/model_scale_gpu_table.py OUT_DIR
 
 Reads ``merge.txt`` (``merge_throughput.py --json``: its last line), ``model_scale_1b_naive.json``
-(the stacked evaluator), ``model_scale_1b.json`` (the actors),
-``tests.txt``, ``status.txt`` and ``gpu.txt`` from ``OUT_DIR``; a part that did not run or
+(the stacked evaluator), ``model_scale_1b.json`` (the actors; written after each phase, so a
+part stopped by its time limit still shows the phases it finished), ``tests.txt``,
+``tests_ray.txt``, ``status.txt`` and ``gpu.txt`` from ``OUT_DIR``; a part that did not run or
 failed is a row saying so, never a missing row.
 """
 
@@ -61,6 +62,10 @@ def model_rows(out: Path, status: dict[str, str]) -> list[tuple[str, str, str, s
             continue
         res["phases"] += r["phases"]
         res["naive"] = res["naive"] or r.get("naive")
+        why = _ran(status, part)
+        if why and part in status:
+            done = ", ".join(p["phase"] for p in r["phases"]) or "none"
+            res["phases"].append({"phase": "failed", "part": part, "why": f"{why} (phases finished: {done})"})
     if not res["phases"] and not res["naive"]:
         return [("model_scale 1b (actors on the GPU, stacked evaluator)", "-", "", "did not run")]
     rows = []
@@ -82,20 +87,28 @@ def model_rows(out: Path, status: dict[str, str]) -> list[tuple[str, str, str, s
         rows.append(("GENOME / Model Swarms / scale cell on GPU actors", "-", "", status["model_actors"]))
     nv = res.get("naive")
     if nv:
-        rows.append((f"stacked evaluator vs naive loop ({nv['candidates']} candidates)", f"{nv['speedup']:.1f}x",
-                     ">= 20x", f"{'met' if nv['speedup'] >= 20 else 'MISSED'}; {nv['in_memory_per_s']:.2f} vs "
-                               f"{nv['naive_per_s']:.2f} cand/s, max |score diff| {nv['max_score_diff']:.1e}"))
+        loops = nv.get("loops", ["copy"])
+        others = "".join(f"; naive ({x}) {nv[f'naive_{x}_per_s']:.2f} cand/s, {nv[f'speedup_{x}']:.1f}x"
+                         for x in loops[1:])
+        rows.append((f"stacked evaluator vs naive loop ({loops[0]}, {nv['candidates']} candidates)",
+                     f"{nv['speedup']:.1f}x", ">= 20x",
+                     f"{'met' if nv['speedup'] >= 20 else 'MISSED'}; {nv['in_memory_per_s']:.2f} vs "
+                     f"{nv['naive_per_s']:.2f} cand/s{others}, max |score diff| {nv['max_score_diff']:.1e}"))
     return rows
 
 
 def test_rows(out: Path, status: dict[str, str]) -> list[tuple[str, str, str, str]]:
-    try:
-        text = (out / "tests.txt").read_text()
-    except OSError:
-        return [("GPU test modules", "-", "all pass", _ran(status, "tests") or "no result")]
-    summary = [line for line in text.splitlines() if re.search(r"\b(passed|failed|error)", line)]
-    return [("GPU test modules (pytest -m '')", summary[-1].strip("= ") if summary else "?", "all pass",
-             _ran(status, "tests") or "ok")]
+    rows = []
+    for part, name in (("tests", "GPU tests without Ray"), ("tests_ray", "GPU tests with Ray (test_evolve_gpu)")):
+        try:
+            text = (out / f"{part}.txt").read_text()
+        except OSError:
+            rows.append((name, "-", "all pass", _ran(status, part) if part in status and status[part].isdigit()
+                         else status.get(part, "did not run")))
+            continue
+        summary = [line for line in text.splitlines() if re.search(r"\b(passed|failed|error|skipped)", line)]
+        rows.append((name, summary[-1].strip("= ") if summary else "?", "all pass", _ran(status, part) or "ok"))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
