@@ -11,18 +11,20 @@
 # Parts, in this order, each under its own time limit so that the table always prints. The plan
 # is the first device runs (2026-11-27, H200, 77de5a2 + gpu_check fixes), in brackets:
 #   setup      wheels + Ray tar installed beside the image's packages              [27 s]
-#   merge      MERGE_S 45: merge_throughput.py --ops target in one process (copy, fused TIES / DARE-TIES,
-#              peft's two), 10 experts x 4096x4096 fp32           [was ten processes: killed at 90 and 180 s]
-#   tests      TESTS_S 60: the CUDA-only tests without Ray (merging kernels, evaluator, contract, options,
-#              search operators)                                   [37 passed in ~55 s with one Ray test]
-#   tests_ray  TESTS_RAY_S 90: tests/test_evolve_gpu.py (two Ray runs on GPU actors)
-#                                                                  [the first killed at the 60 s limit]
-#   naive      NAIVE_S 150: model_scale.py 1b --phases naive --naive 10: writes the 1b files once into
+#   merge      MERGE_S 60: merge_throughput.py --ops target in one process (copy, fused TIES / DARE-TIES,
+#              peft's two), 10 experts x 4096x4096 fp32; the first call of each compiles its Triton kernels
+#                                                                  [was ten processes: killed at 90 and 180 s]
+#   tests      TESTS_S 60: the 36 CUDA-only tests without Ray (merging kernels, evaluator, contract,
+#              options, search operators)                          [36 passed in 41 s, run 1]
+#   tests_ray  TESTS_RAY_S 100: tests/test_evolve_gpu.py (two Ray runs on GPU actors)
+#                                         [genome passed; swarm killed at the shared 60 s limit, run 2]
+#   naive      NAIVE_S 140: model_scale.py 1b --phases naive --naive 10: writes the 1b files once into
 #              $WS (build 39 s), then the stacked evaluator on the 10 experts against the naive loop
 #              (base reloaded from disk per candidate, and deep-copied)   [4 candidates, build included: 65 s]
-#   actors     ACTORS_S 120: model_scale.py 1b --phases genome,swarm,scale on GPU actors, reusing $WS
+#   actors     ACTORS_S 115: model_scale.py 1b --phases genome,swarm,scale on GPU actors, reusing $WS
 #              (JSON written after each phase: a limit keeps the finished ones)   [killed at 160 s, build 39 s]
-# Limits: 45 + 60 + 90 + 150 + 120 = 465 s, plus the setup: inside one 600 s call.
+# Limits: 60 + 60 + 100 + 140 + 115 = 475 s (each part SIGKILLed 10 s after its SIGTERM: Ray traps
+# SIGTERM), plus the setup: inside one 600 s call.
 # Everything lands in $OUT (the device tool returns it); the last lines are the table
 # (benchmarks/model_scale_gpu_table.py), also in $OUT/table.txt.
 set -uo pipefail
@@ -79,14 +81,14 @@ part() { echo "== $1 $(($(date +%s) - T0)) s"; }
 
 # ---- merge: fused kernels vs the copy bound, one process (imports, CUDA start and Triton load once)
 part "merge kernels"
-timeout ${MERGE_S:-45} $PY benchmarks/merge_throughput.py --device "$DEV" --size $MSIZE --experts 10 --rounds 1 \
+timeout -k 10 ${MERGE_S:-60} $PY benchmarks/merge_throughput.py --device "$DEV" --size $MSIZE --experts 10 --rounds 1 \
   --repeats 3 --ops target --no-isolate --json > "$OUT/merge.txt"
 status merge $?
 cat "$OUT/merge.txt"
 
 # ---- tests that skip without CUDA: first those without Ray, then the two Ray runs (each its own limit)
 part "GPU tests"
-timeout ${TESTS_S:-60} $PY -m pytest -m '' -q -p no:cacheprovider -o addopts='' -rs \
+timeout -k 10 ${TESTS_S:-60} $PY -m pytest -m '' -q -p no:cacheprovider -o addopts='' -rs \
   tests/test_merging_kernels.py \
   "tests/test_evaluation_evaluator.py::test_cuda_scores_match_cpu" \
   "tests/test_merging_contract.py::test_runs_on_cuda_like_on_cpu" \
@@ -96,7 +98,7 @@ status tests $?
 tail -n 15 "$OUT/tests.txt"
 if [ "$HAVE_RAY" = 1 ]; then
   part "GPU tests with Ray"
-  timeout ${TESTS_RAY_S:-90} $PY -m pytest -m '' -q -p no:cacheprovider -o addopts='' -rs \
+  timeout -k 10 ${TESTS_RAY_S:-100} $PY -m pytest -m '' -q -p no:cacheprovider -o addopts='' -rs \
     tests/test_evolve_gpu.py > "$OUT/tests_ray.txt" 2>&1
   status tests_ray $?
   tail -n 15 "$OUT/tests_ray.txt"
@@ -107,13 +109,13 @@ fi
 # ---- model: the stacked evaluator vs the naive loop (no Ray; writes the model files into $WS once),
 # then the actors on the GPU reusing them, in a second process (a limit in one keeps the other's result)
 part "model_scale $SIZE, stacked evaluator vs naive loop"
-timeout ${NAIVE_S:-150} $PY benchmarks/model_scale.py --size $SIZE --device "$DEV" --space ab --naive 10 \
+timeout -k 10 ${NAIVE_S:-140} $PY benchmarks/model_scale.py --size $SIZE --device "$DEV" --space ab --naive 10 \
   --phases naive --workdir "$WS" --json "$OUT/model_scale_1b_naive.json" > "$OUT/model_scale_1b_naive.txt"
 status model_naive $?
 cat "$OUT/model_scale_1b_naive.txt"
 if [ "$HAVE_RAY" = 1 ]; then
   part "model_scale $SIZE, actors on the $DEV"
-  timeout ${ACTORS_S:-120} $PY benchmarks/model_scale.py --size $SIZE --device "$DEV" --gpus-per-actor $GPA \
+  timeout -k 10 ${ACTORS_S:-115} $PY benchmarks/model_scale.py --size $SIZE --device "$DEV" --gpus-per-actor $GPA \
     --threads $THREADS --space ab --naive 0 --phases genome,swarm,scale --workdir "$WS" \
     --json "$OUT/model_scale_1b.json" > "$OUT/model_scale_1b.txt"
   status model $?
