@@ -68,9 +68,9 @@ def to_deltas(
                 f"(base parameters look like `{next(iter(params))}`)"
             )
         ref = params[key]
-        if isinstance(value, LoraModule):
-            delta = LowRank(value.A.detach().to(device=ref.device, dtype=ref.dtype),
-                            (value.B.detach().to(torch.float32) * value.scale).to(device=ref.device, dtype=ref.dtype),
+        if isinstance(value, LoraModule):  # cast where the factors are; moved below, all in one copy
+            delta = LowRank(value.A.detach().to(dtype=ref.dtype),
+                            (value.B.detach().to(torch.float32) * value.scale).to(dtype=ref.dtype),
                             value.fan_in_fan_out)
         elif isinstance(value, torch.Tensor):
             delta = value
@@ -85,7 +85,24 @@ def to_deltas(
     if not _none_false(finite):
         bad = next(k for k, f in zip(out, finite) if not bool(f))
         raise ExpertLoadError(f"{where}: `{bad}` contains NaN or infinite values")
+    away: dict[tuple[torch.device, torch.dtype], list[str]] = {}
+    for k, d in out.items():
+        if isinstance(d, LowRank) and d.A.device != params[k].device:
+            away.setdefault((params[k].device, d.A.dtype), []).append(k)
+    for (device, _), keys in away.items():
+        out.update(gather_factors({k: out[k] for k in keys}, device))
     return out
+
+
+def gather_factors(factors: Mapping[str, LowRank], device: torch.device) -> dict[str, LowRank]:
+    """``factors`` on ``device`` through one copy, as views of one buffer; values unchanged (a
+    LoRA on every linear of a 1b Llama has 224 factors of 8-128 KiB: one copy each is 224
+    transfers per candidate). All factors must share one dtype."""
+    parts = [t for f in factors.values() for t in (f.A, f.B)]
+    flat = torch.cat([t.reshape(-1) for t in parts]).to(device)
+    views = iter(flat.split([t.numel() for t in parts]))
+    return {k: LowRank(next(views).view(f.A.shape), next(views).view(f.B.shape), f.transposed)
+            for k, f in factors.items()}
 
 
 def _all_finite(delta: "torch.Tensor | LowRank") -> torch.Tensor:
