@@ -1,6 +1,7 @@
 """Choose the online rule's tolerance on synthetic curves with known peaks (never on a real run).
 
     python benchmarks/online_rule_synthetic.py [--fractions 0.01,0.02,0.05,0.1] [--curves 400] [--turning 200]
+    python benchmarks/online_rule_synthetic.py --law-study --fractions 0.02   # the law on k <= 4 by peak range
 
 Curves (10 k, 3 seeds, Gaussian noise of 0.5-3% of the first gain): a loss
 ``A / k^b + c (k - 1)`` that falls then rises (``peaked``), one without cost that keeps falling
@@ -88,12 +89,51 @@ def score(fraction: float, n_curves: int, family: str = "curves") -> dict[str, d
     return {rule: {key: float(np.mean(v)) if v else float("nan") for key, v in rec.items()} for rule, rec in out.items()}
 
 
+def relative_knee(k: np.ndarray, loss: np.ndarray, m: int = 4, fraction: float = 0.1, k_cap: int = 10) -> int:
+    """The law fitted on k <= m; the first k whose predicted gain of one more expert is below
+    ``fraction`` x its predicted gain of the second expert (Theorem 1's relative Delta, 0.1,
+    applied to the fitted loss instead of the merged variance). A fit that does not fall: the
+    smallest k."""
+    from evomerge.theory.scaling_law import fit_scaling_law
+
+    use = k <= m
+    fit = fit_scaling_law(k[use], loss[use])
+    first = fit.predict(1.0) - fit.predict(2.0)
+    if not first > 0:
+        return int(k.min())
+    return law_peak(k, loss, m=m, tol=fraction * first, k_cap=k_cap).predicted_k
+
+
+def law_study(fraction: float, n_curves: int, n_turning: int) -> None:
+    """The law on k <= 4, split by where the measured peak lies (1-4: inside the fitted range;
+    5-10: beyond it). Estimators: the saturation reading (the run's), the relative knee, and the
+    constant guesses 4 and 5..7 (what any estimator could do if the 4 points said nothing about a
+    later peak). In the turning family a curve that turns at p >= 5 has the same k <= 4 points
+    whatever p is, so no estimator can beat the best constant guess on those curves."""
+    print("family | peak range | n | saturation (run's rule) | relative knee 0.1 | guess 4 | guess 5 | guess 6 | guess 7")
+    for family, n, make, seed in (("curves", n_curves, curves, 0), ("turning", n_turning, turning, 1)):
+        rows: dict[str, list[list[bool]]] = {"1-4": [], "5-10": []}
+        for kind, k, loss, tol in make(np.random.default_rng(seed), n, fraction):
+            if kind == "flat":
+                continue
+            peak = measured_peak(k, loss)
+            guesses = [law_peak(k, loss, m=4, tol=tol, k_cap=10).predicted_k, relative_knee(k, loss), 4, 5, 6, 7]
+            rows["1-4" if peak <= 4 else "5-10"].append([abs(g - peak) <= 1 for g in guesses])
+        for rng_name, hits in rows.items():
+            share = np.mean(hits, axis=0) if hits else [float("nan")] * 6
+            print(f"{family} | {rng_name} | {len(hits)} | " + " | ".join(f"{v:.2f}" for v in share), flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--law-study", action="store_true", help="only the law on k <= 4 by peak range (fraction: the first)")
     ap.add_argument("--fractions", default="0.01,0.02,0.05,0.1")
     ap.add_argument("--curves", type=int, default=400)
     ap.add_argument("--turning", type=int, default=200, help="curves of the sharp-turn family (0: none)")
     args = ap.parse_args()
+    if args.law_study:
+        law_study(float(args.fractions.split(",")[0]), args.curves, args.turning)
+        return 0
     print("family | fraction | rule | within +-1 of the measured peak (non-flat) | > 2 past | flat: stopped at once")
     for fraction in (float(f) for f in args.fractions.split(",")):
         for family, n in (("curves", args.curves), ("turning", args.turning)):
