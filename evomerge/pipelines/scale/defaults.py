@@ -32,7 +32,9 @@ DEFAULT_SCALE_CONFIG: dict[str, Any] = {
         "stop": True,
         "stop_rule": "online",
     },
-    "genome": {"population": 4, "generations": 2, "early_stop_iter": 2},
+    # 5 generations (was 2): about 31 evaluations, gains over task arithmetic that hold on held-out validation
+    # rows, about 12 s of one core on ten tasks (benchmarks/search_vs_merge.py --holdout; docs/benchmarks.md)
+    "genome": {"population": 4, "generations": 5, "early_stop_iter": 2},
     # no TIES / DARE-TIES starting particles: 3 x (k + 7) evaluations, under 20 s of one core at k = 10
     # (benchmarks/search_vs_merge.py; docs/benchmarks.md "Search against registry merges")
     "swarm": {"max_iter": 2, "patience": 2, "init_merges": []},
