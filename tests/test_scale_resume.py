@@ -99,3 +99,23 @@ def test_killed_run_resumes_from_finished_cells(small_zoo, tmp_path, ray_session
     # a finished run reruns nothing
     again = run_scale(cfg, part, zoo=small_zoo, progress=False, report=False)
     assert again.cells_run == 0 and again.evaluations == 0
+
+
+def test_expert_gains_measured_once(tmp_path):
+    """``expert_gains.json`` (written with sorted keys) is read back for a pool in any order: the
+    experts are not scored alone a second time (they were, before the search phase, every run)."""
+    from evomerge.io import write_json_atomic
+    from evomerge.pipelines.scale.gains import FILE, load_or_measure
+
+    names = ["zeta", "alpha", "mid"]  # not sorted, as a pool's order usually is not
+    data = {"base": {"alpha": 0.25}, "base_cross_entropy": {"alpha": 1.5},
+            "experts": {n: {"alpha": 0.5} for n in names}, "gain": {"zeta": 0.1, "alpha": None, "mid": -0.2}}
+    write_json_atomic(tmp_path / FILE, data)
+
+    def no_worker():
+        raise AssertionError("the gains were measured again")
+
+    got = load_or_measure(tmp_path, no_worker, names, ["zeta", "alpha", "mid"])
+    assert got["gain"]["zeta"] == 0.1 and got["gain"]["mid"] == -0.2 and got["gain"]["alpha"] != got["gain"]["alpha"]
+    with pytest.raises(AssertionError, match="measured again"):  # another pool: measured
+        load_or_measure(tmp_path, no_worker, names + ["new"], names + ["new"])

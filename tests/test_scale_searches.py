@@ -14,7 +14,7 @@ from evomerge.config import config_from_dict
 pytestmark = [pytest.mark.ray, pytest.mark.slow]  # two tiny scale runs with GENOME and Model Swarms
 
 
-def _run(small_zoo, out, actors: int, overlap: bool = True):
+def _run(small_zoo, out, actors: int, overlap: bool = True, analyze: bool = False):
     from evomerge.pipelines.scale.driver import run_scale
 
     cfg = config_from_dict({
@@ -26,13 +26,20 @@ def _run(small_zoo, out, actors: int, overlap: bool = True):
         "swarm": {"max_iter": 1, "patience": 1},
         "ray": {"num_actors": actors},
     })
-    run_scale(cfg, out, zoo=small_zoo, progress=False, analyze=False, overlap=overlap)
+    run_scale(cfg, out, zoo=small_zoo, progress=False, analyze=analyze, overlap=overlap)
     return out
 
 
 def test_concurrent_searches_match_one_at_a_time(small_zoo, tmp_path):
-    one = _run(small_zoo, tmp_path / "one", 1, overlap=False)  # sequential: one search at a time, then the cells
-    two = _run(small_zoo, tmp_path / "two", 2)
+    one = _run(small_zoo, tmp_path / "one", 1, overlap=False, analyze=True)  # sequential: one step after the other
+    two = _run(small_zoo, tmp_path / "two", 2, analyze=True)  # the analysis in its own process, beside the start
+    # the pool analysis and the experts alone: the same numbers, wherever they ran
+    assert (one / "expert_gains.json").read_bytes() == (two / "expert_gains.json").read_bytes()
+    assert json.loads((one / "analysis" / "summary.json").read_text()) == json.loads((two / "analysis" / "summary.json").read_text())
+    tables = sorted(p.name for p in (one / "analysis").glob("*.parquet"))
+    assert tables == sorted(p.name for p in (two / "analysis").glob("*.parquet")) and len(tables) >= 5
+    for name in tables:
+        assert pq.read_table(one / "analysis" / name).equals(pq.read_table(two / "analysis" / name)), name
     s1 = json.loads((one / "search_stop.json").read_text())
     s2 = json.loads((two / "search_stop.json").read_text())
     assert s1["slots"] == 1 and s1["most_in_flight"] == 1

@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
         sets: list[str] = set_option(),
         no_stop: bool = typer.Option(False, "--no-stop", help="run the searches over the whole k grid; only record where the rules fire"),
         resume: bool = typer.Option(False, "--resume", help="continue the run in --out with its saved config"),
-        no_overlap: bool = typer.Option(False, "--no-overlap", help="run the searches first, then the merge cells (same results; by default they share the cores)"),
+        no_overlap: bool = typer.Option(False, "--no-overlap", help="run each step after the other: the pool analysis, the searches, then the merge cells (same results; by default they overlap)"),
         overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run in --out"),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
         print_default_config: bool = typer.Option(False, "--print-default-config", help="print the built-in config and exit"),

@@ -11,18 +11,17 @@ skips finished cells (resume).
 from __future__ import annotations
 
 import contextlib
-import shutil
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from evomerge.config import EvomergeConfig, dump_config
+from evomerge.config import EvomergeConfig
 from evomerge.config.overrides import override
-from evomerge.errors import OutputExistsError
 from evomerge.io import write_json_atomic
 from evomerge.pipelines.scale.plan import Cell, StopRule, build_cells, load_cells, stop_rule
+from evomerge.pipelines.scale.rundir import _check_same_plan, prepare_run_dir
 from evomerge.pipelines.scale.slots import cpu_only, search_slots
 from evomerge.pipelines.scale.store import CellStore
 from evomerge.pipelines.scale.work import ScaleContext
@@ -77,65 +76,6 @@ def pool_spec(cfg: EvomergeConfig, zoo=None) -> PoolSpec:
     )
 
 
-# Keys that only change how far a run goes: a run may be continued with other values (e.g.
-# `--no-stop` on a run that stopped at n_max computes just the extra k).
-EXTENDABLE = ("stop", "k_max")
-
-
-def _comparable(cfg: EvomergeConfig) -> dict[str, Any]:
-    data = cfg.model_dump(mode="json", exclude={"ray"})  # where it runs does not change results
-    for key in EXTENDABLE:
-        data["scale"].pop(key)
-    return data
-
-
-def prepare_run_dir(run_dir: Path, cfg: EvomergeConfig, overwrite: bool) -> bool:
-    """Create or reopen ``run_dir``; True when it holds an earlier run of the same config."""
-    saved = run_dir / "config.yaml"
-    if run_dir.exists() and overwrite:
-        shutil.rmtree(run_dir)
-    elif saved.is_file():
-        from evomerge.config import load_config
-
-        old = load_config(saved)
-        if _comparable(old) != _comparable(cfg):
-            diff = sorted(_diff_keys(_comparable(old), _comparable(cfg)))
-            raise OutputExistsError(
-                f"{run_dir}: holds a scale run with a different config (differs in: {', '.join(diff[:8])}); "
-                "pass --overwrite to replace it, or use another --out"
-            )
-        dump_config(cfg, saved)  # it may extend the earlier run (EXTENDABLE keys)
-        return True
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        raise OutputExistsError(f"{run_dir}: exists and is not a scale run; pass --overwrite to replace it")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, saved)
-    return False
-
-
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out: set[str] = set()
-        for k in set(a) | set(b):
-            out |= _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return set() if a == b else {prefix.rstrip(".")}
-
-
-def _check_same_plan(path: Path, plan: dict[str, Any]) -> None:
-    import json
-
-    if not path.is_file():
-        return
-    old = json.loads(path.read_text())
-    for key in ("experts", "orders"):
-        if old.get(key) != plan[key]:
-            raise OutputExistsError(
-                f"{path.parent}: the earlier run used a different pool or plan (`{key}` differs: e.g. another zoo); "
-                "pass --overwrite to replace it, or use another --out"
-            )
-
-
 def run_scale(
     cfg: EvomergeConfig,
     run_dir: str | Path,
@@ -155,8 +95,9 @@ def run_scale(
     over the whole k grid; the rules are only recorded).
     ``on_cell_done(cell, n_done_this_call)`` runs after each cell's results are on disk; an
     exception it raises stops the run there (what was written stays: the next call resumes).
-    ``overlap``: run the merge and pair cells beside the searches (CPU plans; same results,
-    ``False`` runs the searches first, then every cell).
+    ``overlap``: on a fresh run, start Ray, the pool analysis (in its own process) and the cell
+    actors while the driver scores the experts alone and plans; run the merge and pair cells
+    beside the searches (CPU plans). Same results; ``False`` runs each step after the other.
     """
     from tqdm.auto import tqdm
 
@@ -168,34 +109,55 @@ def run_scale(
     check_inputs(cfg, spec)
     resumed = prepare_run_dir(run_dir, cfg, overwrite)
     ctx = make_context(cfg, spec, run_dir)
-    plan = make_plan(cfg, spec, run_dir, ctx)
-    if resumed:
-        _check_same_plan(run_dir / "plan.json", plan)
-    write_json_atomic(run_dir / "plan.json", plan)
-    stop_r = StopRule(**plan["stop"])
-    if analyze:
-        run_analysis(spec, cfg, run_dir / "analysis", progress)
-    prepare_statistics(cfg, spec, run_dir, progress)
-
-    store = CellStore(run_dir)
-    cells = load_cells(plan)
-    done = store.done()
-    n_run = evaluations = 0
-
-    def finished(cell: Cell) -> None:
-        nonlocal n_run
-        n_run += 1
-        if on_cell_done is not None:
-            on_cell_done(cell, n_run)
-
-    searches = [c for c in cells if c.kind == "search" and c.id not in done]
-    bar = tqdm(total=len(cells), initial=len(done & {c.id for c in cells}), desc="scale cells", unit="cell",
-               disable=not progress)
     from evomerge.distributed.cluster import connect, disconnect
+    from evomerge.pipelines.scale.execute import RayCellRunner
+    from evomerge.pipelines.scale.start import run_analysis, start_analysis
 
-    started_ray = connect(cfg.ray) if len(done) < len(cells) else False  # one Ray for the whole run
+    started_ray = False
     skipped: set[str] = set()
+    n_run = evaluations = 0
+    bar = None
+    outer = contextlib.ExitStack()
+    analysis = early = None
     try:
+        if overlap and not resumed:
+            # a fresh run has cells to run: Ray, the pool analysis (its own process) and the
+            # cell actors start while the driver scores the experts alone and plans (none of
+            # them reads the plan); the analysis is awaited before the report
+            started_ray = connect(cfg.ray)
+            if analyze:
+                analysis = start_analysis(outer, spec, cfg, run_dir / "analysis")
+            if cfg.scale.search and cpu_only(cfg):
+                early = outer.enter_context(RayCellRunner(ctx, cfg.ray, share=True))
+        plan = make_plan(cfg, spec, run_dir, ctx)
+        import torch
+
+        # the driver's torch work from here on: one thread, as measuring the gains sets it (a
+        # resumed run reads them back and would otherwise keep the default)
+        torch.set_num_threads(max(1, ctx.threads))
+        if resumed:
+            _check_same_plan(run_dir / "plan.json", plan)
+        write_json_atomic(run_dir / "plan.json", plan)
+        stop_r = StopRule(**plan["stop"])
+        if analyze and analysis is None:
+            run_analysis(spec, cfg, run_dir / "analysis", progress)
+        prepare_statistics(cfg, spec, run_dir, progress)
+
+        store = CellStore(run_dir)
+        cells = load_cells(plan)
+        done = store.done()
+
+        def finished(cell: Cell) -> None:
+            nonlocal n_run
+            n_run += 1
+            if on_cell_done is not None:
+                on_cell_done(cell, n_run)
+
+        searches = [c for c in cells if c.kind == "search" and c.id not in done]
+        bar = tqdm(total=len(cells), initial=len(done & {c.id for c in cells}), desc="scale cells", unit="cell",
+                   disable=not progress)
+        if len(done) < len(cells):
+            started_ray = connect(cfg.ray) or started_ray  # one Ray for the whole run
         if searches:
             from evomerge.pipelines.scale.search_cells import run_searches
 
@@ -235,13 +197,11 @@ def run_scale(
                 bar.set_postfix_str(f"k={cell.k} {cell.method}")
                 finished(cell)
 
-        from evomerge.pipelines.scale.execute import RayCellRunner
-
         if searches and not share:  # searches first, on every slot; then the cells
             skipped = search_phase() or set()
         with contextlib.ExitStack() as stack:
-            runner = None
-            if share and free:
+            runner = early
+            if share and free and runner is None:
                 runner = stack.enter_context(RayCellRunner(ctx, cfg.ray, share=True))
             if share:
                 from concurrent.futures import ThreadPoolExecutor
@@ -262,8 +222,12 @@ def run_scale(
                 if runner is None:
                     runner = stack.enter_context(RayCellRunner(ctx, cfg.ray))
                 run_cells(runner, todo)
+        if analysis is not None:
+            analysis.result()  # its error, if any, here
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
+        outer.close()  # the early cell actors; waits for the analysis process
         disconnect(started_ray)
         _record_timing(run_dir, time.perf_counter() - t0, n_run, resumed)
     seconds = time.perf_counter() - t0
@@ -387,19 +351,6 @@ def make_plan(cfg: EvomergeConfig, spec: PoolSpec, run_dir: Path | None = None, 
             for c in cells
         ],
     }
-
-
-def run_analysis(spec: PoolSpec, cfg: EvomergeConfig, out_dir: Path, progress: bool = False) -> None:
-    """The pool analysis (PCA, principal angles, correlation, ...) once per run directory."""
-    if (out_dir / "summary.json").is_file():
-        return
-    from evomerge.analysis import analyze_pool
-    from evomerge.experts import load_pool
-
-    pool = load_pool(spec.paths, spec.base_dir, allow_bin=cfg.experts.allow_bin, names=spec.names)
-    analyze_pool(pool, out_dir, names=spec.names, delta=cfg.scale.delta, delta_fraction=cfg.scale.delta_fraction,
-                 rht_cfg=cfg.rht, seed=cfg.seed,
-                 overwrite=True, progress=progress)
 
 
 def _record_timing(run_dir: Path, seconds: float, cells: int, resumed: bool) -> None:

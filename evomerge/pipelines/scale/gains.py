@@ -41,7 +41,7 @@ def load_or_measure(run_dir: Path, make_worker, names: list[str], tasks: list[st
         import json
 
         data = json.loads(path.read_text())
-        if list(data.get("gain", {})) == list(names):
+        if sorted(data.get("gain", {})) == sorted(names):  # the file's keys are sorted
             return _floats(data)
     data = measure(make_worker(), names, tasks)
     write_json_atomic(path, _json(data))

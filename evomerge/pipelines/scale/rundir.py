@@ -1,0 +1,69 @@
+"""A scale run's folder: create it, or reopen it for a run of the same config (resume)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from evomerge.config import EvomergeConfig, dump_config
+from evomerge.errors import OutputExistsError
+
+
+# Keys that only change how far a run goes: a run may be continued with other values (e.g.
+# `--no-stop` on a run that stopped at n_max computes just the extra k).
+EXTENDABLE = ("stop", "k_max")
+
+
+def _comparable(cfg: EvomergeConfig) -> dict[str, Any]:
+    data = cfg.model_dump(mode="json", exclude={"ray"})  # where it runs does not change results
+    for key in EXTENDABLE:
+        data["scale"].pop(key)
+    return data
+
+
+def prepare_run_dir(run_dir: Path, cfg: EvomergeConfig, overwrite: bool) -> bool:
+    """Create or reopen ``run_dir``; True when it holds an earlier run of the same config."""
+    saved = run_dir / "config.yaml"
+    if run_dir.exists() and overwrite:
+        shutil.rmtree(run_dir)
+    elif saved.is_file():
+        from evomerge.config import load_config
+
+        old = load_config(saved)
+        if _comparable(old) != _comparable(cfg):
+            diff = sorted(_diff_keys(_comparable(old), _comparable(cfg)))
+            raise OutputExistsError(
+                f"{run_dir}: holds a scale run with a different config (differs in: {', '.join(diff[:8])}); "
+                "pass --overwrite to replace it, or use another --out"
+            )
+        dump_config(cfg, saved)  # it may extend the earlier run (EXTENDABLE keys)
+        return True
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise OutputExistsError(f"{run_dir}: exists and is not a scale run; pass --overwrite to replace it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, saved)
+    return False
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: set[str] = set()
+        for k in set(a) | set(b):
+            out |= _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return set() if a == b else {prefix.rstrip(".")}
+
+
+def _check_same_plan(path: Path, plan: dict[str, Any]) -> None:
+    import json
+
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    for key in ("experts", "orders"):
+        if old.get(key) != plan[key]:
+            raise OutputExistsError(
+                f"{path.parent}: the earlier run used a different pool or plan (`{key}` differs: e.g. another zoo); "
+                "pass --overwrite to replace it, or use another --out"
+            )

@@ -1,0 +1,70 @@
+"""Run a function of an importable module in a child Python process, beside the caller.
+
+The child is a fresh ``python -c`` interpreter: unlike multiprocessing's spawn it does not run
+the caller's main script again, so a plain script that calls ``run_scale`` needs no
+``if __name__ == "__main__"`` guard. It gets the caller's ``sys.path``; what the function
+prints goes to stderr; its return value (picklable) comes back through a pipe.
+"""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+from typing import Any, Callable
+
+from evomerge.errors import EvomergeError
+
+_CHILD = """
+import os, pickle, sys
+sys.path[:] = pickle.load(sys.stdin.buffer)
+out = os.fdopen(os.dup(1), "wb")
+os.dup2(2, 1)
+module, name, args = pickle.load(sys.stdin.buffer)
+try:
+    import importlib
+    result = ("ok", getattr(importlib.import_module(module), name)(*args))
+except BaseException:
+    import traceback
+    result = ("error", traceback.format_exc())
+pickle.dump(result, out)
+out.flush()
+"""
+
+
+class SideJob:
+    """One child process running ``fn(*args)``; :meth:`result` waits for it."""
+
+    def __init__(self, fn: Callable, *args: Any):
+        self.what = f"{fn.__module__}.{fn.__qualname__}"
+        self.proc = subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            pickle.dump(list(sys.path), self.proc.stdin)
+            pickle.dump((fn.__module__, fn.__qualname__, args), self.proc.stdin)
+            self.proc.stdin.close()
+        except BaseException:
+            self.proc.kill()
+            raise
+        self._result: tuple[str, Any] | None = None
+
+    def result(self) -> Any:
+        if self._result is None:
+            out = self.proc.stdout.read()
+            self.proc.stdout.close()
+            self.proc.wait()
+            try:
+                self._result = pickle.loads(out)
+            except Exception:  # noqa: BLE001 - the child died before answering
+                self._result = ("error", f"the child process exited with status {self.proc.returncode}")
+        kind, value = self._result
+        if kind != "ok":
+            raise EvomergeError(f"{self.what} (in a child process) failed:\n{value}")
+        return value
+
+    def wait(self) -> None:
+        """Wait for the child without raising its error (cleanup paths)."""
+        if self._result is None:
+            try:
+                self.result()
+            except EvomergeError:
+                pass

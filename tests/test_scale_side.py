@@ -1,0 +1,43 @@
+"""The scale run's side processes (the pool analysis at the start, the report's histograms): a
+function runs in a child interpreter, its value or its error comes back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from evomerge.errors import EvomergeError
+from evomerge.pipelines.scale.side import SideJob
+
+
+def test_value_comes_back_from_another_process():
+    job = SideJob(os.getpid)
+    assert job.result() != os.getpid()  # it ran elsewhere
+    assert SideJob(json.loads, '{"a": [1, 2.5]}').result() == {"a": [1, 2.5]}
+
+
+def test_error_comes_back_with_its_traceback():
+    job = SideJob(json.loads, "not json")
+    with pytest.raises(EvomergeError, match=r"json\.loads \(in a child process\) failed:(.|\n)*JSONDecodeError"):
+        job.result()
+    job.wait()  # a cleanup path does not raise
+
+
+def test_unguarded_script_is_not_run_again(tmp_path):
+    """A plain script (no ``if __name__ == "__main__"``) that starts a side job: the child does
+    not execute the script (multiprocessing's spawn would, and fail)."""
+    marker = tmp_path / "runs.txt"
+    script = tmp_path / "plain.py"
+    script.write_text(
+        "import os\n"
+        "from evomerge.pipelines.scale.side import SideJob\n"
+        f"open({str(marker)!r}, 'a').write('x')\n"
+        "print(SideJob(os.getpid).result() != os.getpid())\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True" and marker.read_text() == "x"
