@@ -38,8 +38,8 @@ def test_concurrent_searches_match_one_at_a_time(small_zoo, tmp_path):
     assert json.loads((one / "analysis" / "summary.json").read_text()) == json.loads((two / "analysis" / "summary.json").read_text())
     tables = sorted(p.name for p in (one / "analysis").glob("*.parquet"))
     assert tables == sorted(p.name for p in (two / "analysis").glob("*.parquet")) and len(tables) >= 5
-    for name in tables:
-        assert pq.read_table(one / "analysis" / name).equals(pq.read_table(two / "analysis" / name)), name
+    for name in tables:  # pandas' equals: NaN where the other has NaN (e.g. no drop at k = 1) is equal
+        assert pq.read_table(one / "analysis" / name).to_pandas().equals(pq.read_table(two / "analysis" / name).to_pandas()), name
     s1 = json.loads((one / "search_stop.json").read_text())
     s2 = json.loads((two / "search_stop.json").read_text())
     assert s1["slots"] == 1 and s1["most_in_flight"] == 1
