@@ -216,7 +216,8 @@ def main(argv=None) -> None:
         print("on CUDA with Triton the fused kernels sum in their own order (TIES equals peft up to float rounding)"
               " and draw the rng=fast mask with Philox; rng=peft reproduces peft's draws on the CPU only")
     if args.json:
-        print(json.dumps({"timings": rows, "comparison": same}))
+        print(json.dumps({"timings": rows, "comparison": same, "size": args.size, "experts": args.experts,
+                          "device": args.device, "isolate": args.isolate}))
 
 
 def _parse_ops(p: argparse.ArgumentParser, text: str) -> list[str]:

@@ -36,18 +36,19 @@ def _ran(status: dict[str, str], part: str) -> str:
 
 def merge_rows(out: Path, status: dict[str, str]) -> list[tuple[str, str, str, str]]:
     try:
-        last = (out / "merge.txt").read_text().strip().splitlines()[-1]
-        t = json.loads(last)["timings"]
+        last = json.loads((out / "merge.txt").read_text().strip().splitlines()[-1])
+        t = last["timings"]
     except (OSError, IndexError, ValueError, KeyError):
         return [("TIES / DARE-TIES vs copy, 10 x 4096x4096", "-", "<= 4x", _ran(status, "merge") or "no result")]
     copy = t["memcopy"]["seconds"]
+    shape = f"{last.get('experts', 10)} x {last.get('size', 4096)}x{last.get('size', 4096)}"
     rows = []
     for op, name in (("evomerge_ties", "TIES (fused kernel)"), ("evomerge_dare_ties", "DARE-TIES (fused, rng fast)")):
         x = t[op]["seconds"] / copy
         peft = t.get("peft_" + op.split("_", 1)[1], {}).get("seconds")
         note = f"{t[op]['seconds'] * 1e3:.1f} ms, copy {copy * 1e3:.2f} ms" + (
             f", peft {peft / t[op]['seconds']:.1f}x slower" if peft else "")
-        rows.append((f"{name} / copy, 10 x 4096x4096 fp32", f"{x:.1f}x", "<= 4x", ("met; " if x <= 4 else "MISSED; ") + note))
+        rows.append((f"{name} / copy, {shape} fp32", f"{x:.1f}x", "<= 4x", ("met; " if x <= 4 else "MISSED; ") + note))
     return rows
 
 
