@@ -1,5 +1,5 @@
-"""The scale run's side processes (the pool analysis at the start, the report's histograms): a
-function runs in a child interpreter, its value or its error comes back."""
+"""The scale run's side process (the pool analysis, beside the start): a function runs in a
+child interpreter, its value or its error comes back."""
 
 from __future__ import annotations
 

@@ -23,32 +23,18 @@ from evomerge.pipelines.scale.tables import fitness_table, peaks
 
 def load_run(run_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
     """(plan, per-task scores, weight samples) of a run directory."""
-    plan = load_plan(run_dir)
-    return plan, load_scores(run_dir, plan), load_samples(run_dir, plan)
-
-
-def load_plan(run_dir: str | Path) -> dict[str, Any]:
-    plan_path = Path(run_dir) / "plan.json"
+    run_dir = Path(run_dir)
+    plan_path = run_dir / "plan.json"
     if not plan_path.is_file():
         raise ConfigError(f"{run_dir}: not a scale run directory (plan.json missing)")
-    return json.loads(plan_path.read_text())
-
-
-def load_scores(run_dir: str | Path, plan: dict[str, Any]) -> pd.DataFrame:
-    scores = CellStore(Path(run_dir)).scores().to_pandas()
-    return scores[scores["cell"].isin(_cell_ids(plan))].reset_index(drop=True)
-
-
-def load_samples(run_dir: str | Path, plan: dict[str, Any]) -> pd.DataFrame:
-    samples = CellStore(Path(run_dir)).samples().to_pandas()
-    return samples[samples["cell"].isin(_cell_ids(plan))].reset_index(drop=True)
-
-
-def _cell_ids(plan: dict[str, Any]) -> set[str]:
+    plan = json.loads(plan_path.read_text())
+    store = CellStore(run_dir)
+    scores, samples = store.scores().to_pandas(), store.samples().to_pandas()
     # only the current plan's cells: a run continued with other `stop`/`k_max` keeps older files
     from evomerge.pipelines.scale.plan import load_cells
 
-    return {c.id for c in load_cells(plan)}
+    ids = {c.id for c in load_cells(plan)}
+    return plan, scores[scores["cell"].isin(ids)].reset_index(drop=True), samples[samples["cell"].isin(ids)].reset_index(drop=True)
 
 
 def weight_histograms(samples: pd.DataFrame, fig_dir: Path) -> dict[str, str]:
@@ -66,13 +52,6 @@ def weight_histograms(samples: pd.DataFrame, fig_dir: Path) -> dict[str, str]:
     return out
 
 
-def run_histograms(run_dir: str | Path, plan: dict[str, Any]) -> dict[str, str]:
-    """:func:`weight_histograms` of a run directory's samples (what the report's own process
-    runs, beside the fits and tables)."""
-    samples = load_samples(run_dir, plan)
-    return weight_histograms(samples, Path(run_dir) / "figures") if not samples.empty else {}
-
-
 def _fmt(x: float, nd: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{nd}f}"
 
@@ -85,9 +64,11 @@ def write_report(run_dir: str | Path, overrides: dict[str, Any] | None = None) -
     """Write ``tables/*.parquet``, ``figures/*.png``, ``report.json`` and ``report.md``
     (``overrides``: dotted ``scale.*`` keys laid over the run's config for judging, from ``--set``)."""
     from evomerge.config import load_config
+    from evomerge.pipelines.scale.figures import plot_fitness_panels
+    from evomerge.pipelines.scale.rules import judge, pair_summary
 
     run_dir = Path(run_dir)
-    plan = load_plan(run_dir)
+    plan, scores, samples = load_run(run_dir)
     cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
     if cfg is None:
         raise ConfigError(f"{run_dir}: config.yaml missing (not a scale run directory)")
@@ -95,28 +76,6 @@ def write_report(run_dir: str | Path, overrides: dict[str, Any] | None = None) -
         from evomerge.config.overrides import override
 
         cfg = override(cfg, overrides, "--set")
-    from evomerge.pipelines.scale.side import SideJob
-
-    # the weight histograms (a third of the report's time) are drawn in a process of their own
-    # beside the fits, tables and the fitness figure
-    histograms = SideJob(run_histograms, run_dir, plan)
-    try:
-        summary, md = _judge_and_write(run_dir, plan, load_scores(run_dir, plan), cfg, histograms)
-    finally:
-        histograms.wait()
-    write_json_atomic(run_dir / "report.json", jsonable(summary))
-    path = run_dir / "report.md"
-    with atomic_file(path, "w") as fh:
-        fh.write(md)
-    return path
-
-
-def _judge_and_write(run_dir: Path, plan, scores: pd.DataFrame, cfg, histograms) -> tuple[dict[str, Any], str]:
-    """Tables, the fitness figure and the rule table; ``histograms``: the future of the weight
-    histograms' figure paths. Returns (report.json's summary, report.md's text)."""
-    from evomerge.pipelines.scale.figures import plot_fitness_panels
-    from evomerge.pipelines.scale.rules import judge, pair_summary
-
     metric = cfg.evaluation.metric
     stop = plan["stop"]
     tables, figs = run_dir / "tables", run_dir / "figures"
@@ -145,7 +104,8 @@ def _judge_and_write(run_dir: Path, plan, scores: pd.DataFrame, cfg, histograms)
         plot_fitness_panels(fitness[fitness["kind"] != "pair"], figs / "fitness_vs_k.png", n_max=stop["n_max"],
                             ylabel=f"{metric} (mean over tasks)")
         figures["fitness_vs_k"] = "figures/fitness_vs_k.png"
-    figures.update(histograms.result())
+    if not samples.empty:
+        figures.update(weight_histograms(samples, figs))
     analysis = run_dir / "analysis"
     for name in ("pca_cumulative", "principal_angles", "correlation", "variance_floor", "merged_weight_hist"):
         if (analysis / f"{name}.png").is_file():
@@ -156,7 +116,12 @@ def _judge_and_write(run_dir: Path, plan, scores: pd.DataFrame, cfg, histograms)
     from evomerge.pipelines.scale.report_md import markdown, rule_verdicts
 
     summary["verdicts"] = rule_verdicts(summary["rules"], f"law_k<={cfg.scale.law_first_k}")
-    return summary, markdown(plan, cfg, summary, pk_all, pk_union, figures, run_dir)
+    write_json_atomic(run_dir / "report.json", jsonable(summary))
+    md = markdown(plan, cfg, summary, pk_all, pk_union, figures, run_dir)
+    path = run_dir / "report.md"
+    with atomic_file(path, "w") as fh:
+        fh.write(md)
+    return path
 
 
 def _base_all(fitness: pd.DataFrame, split: str) -> float:
