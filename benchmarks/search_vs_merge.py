@@ -18,7 +18,10 @@ The searches run in this process, one evaluator per target (what one population 
 ``evomerge evolve``); ``evals`` is the number of candidates a search scored, ``seconds`` its
 wall time and ``cpu_s`` its CPU time (one torch thread: the time of one core, robust to load).
 The table prints mean and sd over seeds; ``--json`` prints the records ``{k, method, target,
-split, mean, sd}`` (plus ``evals``, ``seconds`` and ``cpu_s`` for searches).
+split, mean, sd}`` (plus ``evals``, ``seconds`` and ``cpu_s`` for searches). ``--holdout`` adds the
+split ``holdout``: ``best_expert``, ``ta_best`` and each search's choice scored on the validation
+rows past ``max_samples``, which no search sees (how the scale run's GENOME budget was chosen
+without test: a gain that holds there is not noise of the rows the search chose on).
 """
 
 from __future__ import annotations
