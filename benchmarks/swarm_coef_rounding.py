@@ -21,13 +21,8 @@ import torch
 from evomerge.config import config_from_dict
 from evomerge.config.sections import SwarmConfig
 from evomerge.pipelines.inputs import prepare_inputs
-from evomerge.search import Recipe, Swarm, materialize
+from evomerge.search import Swarm, linear, materialize
 from evomerge.zoo.zoo import ensure_zoo
-
-
-def on_weights(r: Recipe) -> Recipe:
-    params = {k: v for k, v in r.params.items() if k not in ("basis", "coef")}
-    return Recipe(r.id, r.op, r.parents, r.weights, params, r.seed, r.generation)
 
 
 def compare(experts: dict, cfg: SwarmConfig) -> tuple[int, float, float]:
@@ -38,7 +33,7 @@ def compare(experts: dict, cfg: SwarmConfig) -> tuple[int, float, float]:
         recipes = s.ask()
         for r in recipes:
             a = materialize(r, {k: coef_store[k] for k in r.input_keys()})
-            b = materialize(on_weights(r), weight_store)
+            b = materialize(linear.on_weights(r), weight_store)
             coef_store.update(a)
             weight_store.update(b)
             if r.op == "pso_move":

@@ -16,7 +16,7 @@ import torch
 
 from evomerge.config.sections import SwarmConfig
 from evomerge.distributed.actors import PopulationActor
-from evomerge.search import Recipe, Swarm, expert_id, materialize, velocity_key
+from evomerge.search import Swarm, expert_id, materialize, velocity_key
 from evomerge.search import linear
 
 SHAPES = {"l0.a": (3, 5), "l0.b": (5, 3), "l1.a": (4, 2)}
@@ -34,12 +34,6 @@ def experts(seed: int = 0) -> dict:
 def fit_of(id_: str) -> float:
     """Random fitness, a function of the id only (so any two runs take the same decisions)."""
     return float(np.random.default_rng(zlib.crc32(id_.encode())).random())
-
-
-def legacy(r: Recipe) -> Recipe:
-    """The recipe on weights: the coefficients stripped (velocity from the store, ref - x or 0)."""
-    params = {k: v for k, v in r.params.items() if k not in ("basis", "coef")}
-    return Recipe(r.id, r.op, r.parents, r.weights, params, r.seed, r.generation)
 
 
 def flat(td) -> torch.Tensor:
@@ -74,7 +68,7 @@ def test_coefficient_path_equals_the_iterated_moves_over_a_whole_run():
         recipes = s.ask()
         for r in recipes:
             coef_out = materialize(r, {k: coef_store[k] for k in r.input_keys()})
-            iter_out = materialize(legacy(r), iter_store)
+            iter_out = materialize(linear.on_weights(r), iter_store)
             assert set(coef_out) == set(iter_out) == set(r.output_keys())
             coef_store.update(coef_out)
             iter_store.update(iter_out)
@@ -174,7 +168,7 @@ def test_checkpoint_written_before_coefficients_goes_on_with_velocities_as_weigh
     half = None
     while not old.done:
         a, b = new.ask(), old.ask()
-        assert [legacy(r).to_dict() for r in a] == [r.to_dict() for r in b]
+        assert [linear.on_weights(r).to_dict() for r in a] == [r.to_dict() for r in b]
         for r in b:
             assert "basis" not in r.params
             store.update(materialize(r, {k: store[k] for k in r.input_keys()}))

@@ -84,6 +84,13 @@ def unpack(params: Mapping[str, object]) -> tuple[Coef, ...]:
     return tuple({k: float(c) for k, c in zip(basis, row)} for row in rows)  # type: ignore[union-attr]
 
 
+def on_weights(recipe: Recipe) -> Recipe:
+    """The same recipe with its coefficients stripped: a move then reads its velocity and
+    inputs from held weights, as before coefficient moves (checkpoints written without them)."""
+    params = {k: v for k, v in recipe.params.items() if k not in ("basis", "coef")}
+    return Recipe(recipe.id, recipe.op, recipe.parents, recipe.weights, params, recipe.seed, recipe.generation)
+
+
 def combine(coef: Mapping[str, float], store: Mapping[str, TensorDict]) -> TensorDict:
     """``sum_k coef_k * store[k]`` per tensor, in the basis' canonical order, computed in float32
     at least (:func:`evomerge.search.operators.linear_combine`); zero terms are skipped."""
