@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from evomerge.distributed.heap import release_free_heap
 from evomerge.experts.types import TensorDict, ab_to_lora
 
 NumpyDict = dict[str, np.ndarray]
@@ -328,6 +329,7 @@ class PopulationActor:
         return td
 
     def _score(self, ids: list[str], candidates: list[Any], split: str) -> list[EvalRow]:
+        release_free_heap()  # what was freed since (rebuilds, transfers) not resident under the peak
         t0 = time.perf_counter()
         results = self.evaluator.evaluate_many(candidates, split=split)
         self.timings["evaluate_s"] += time.perf_counter() - t0
