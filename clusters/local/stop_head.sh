@@ -7,7 +7,7 @@
 # Found three ways, then with all their descendants: the session start_head.sh gave the head
 # (DIR/evomerge-head.sid; it includes Ray's client server, which is re-parented to PID 1 and
 # does not name DIR), every process whose command line names DIR, and their children (dashboard
-# modules, workers, job drivers). SIGTERM, then SIGKILL for what is left after 5 s.
+# modules, workers, job drivers). SIGTERM, then SIGKILL after 5 s; it returns once all have exited.
 set -uo pipefail
 
 temp_dir=""
@@ -41,18 +41,29 @@ done
 all=$(echo $all | tr ' ' '\n' | grep -v -e "^$$\$" -e '^$' | sort -un)
 [ -n "$all" ] || { echo "no Ray processes found for $temp_dir"; rm -f "$temp_dir/evomerge-head.sid"; exit 0; }
 kill -TERM $all 2>/dev/null
-alive=""
-for _ in $(seq 1 20); do
-  alive=""
-  for p in $all; do
-    # a zombie has exited already (it waits for its parent to reap it)
+still_alive() {  # the processes of "$@" that have not exited (a zombie has: it waits for its parent to reap it)
+  local p out=""
+  for p in "$@"; do
     if kill -0 "$p" 2>/dev/null && [ "$(sed -n 's/.*) \(.\).*/\1/p' "/proc/$p/stat" 2>/dev/null)" != Z ]; then
-      alive="$alive $p"
+      out="$out $p"
     fi
   done
-  [ -z "$alive" ] && break
-  sleep 0.25
-done
-[ -n "$alive" ] && kill -KILL $alive 2>/dev/null
+  echo $out
+}
+wait_gone() {  # wait_gone TRIES PID...: poll every 0.25 s until all have exited; prints those left
+  local tries=$1 left; shift
+  left=$(still_alive "$@")
+  while [ -n "$left" ] && [ "$tries" -gt 0 ]; do
+    sleep 0.25; tries=$((tries - 1)); left=$(still_alive $left)
+  done
+  echo $left
+}
+alive=$(wait_gone 20 $all)
+if [ -n "$alive" ]; then
+  kill -KILL $alive 2>/dev/null
+  # a killed process takes a moment to exit (its memory is freed first): return only when it has
+  alive=$(wait_gone 40 $alive)
+  [ -n "$alive" ] && echo "warning: processes still exiting after SIGKILL: $alive" >&2
+fi
 rm -f "$temp_dir/evomerge-head.sid"
 echo "stopped $(echo $all | wc -w) process(es) of the Ray head in $temp_dir"
