@@ -267,10 +267,9 @@ class PopulationActor:
         Registry merges (TIES, DARE) and moves on weights (GENOME+) keep weights."""
         from evomerge.search.recipe import Op
 
-        coef_move = recipe.op == Op.PSO_MOVE and "basis" in recipe.params
         cheap = recipe.op in (Op.EXPERT, Op.PAD, Op.INIT_SUM, Op.MUTATE, Op.MUTATE_COEFF) or (
             recipe.op in (Op.INIT_PAIR, Op.CROSSOVER) and recipe.params.get("method", "linear") in ("linear", "blx"))
-        return ((coef_move or (cheap and recipe.output_keys() == (recipe.id,)))
+        return ((recipe.is_coefficient_move or (cheap and recipe.output_keys() == (recipe.id,)))
                 and 1 + sum(self._cost(k) for k in recipe.input_keys()) <= MAX_REBUILD)
 
     def _cost(self, key: str) -> int:

@@ -208,7 +208,7 @@ def materialize(recipe: Recipe, store: Mapping[str, TensorDict], keys: Sequence[
     """Apply ``recipe`` to the parents' weights in ``store``; return the new store entries
     (exactly ``recipe.output_keys()``; a coefficient move only those in ``keys`` when given).
     ``store`` is not modified."""
-    if recipe.op == Op.PSO_MOVE and "basis" in recipe.params:
+    if recipe.is_coefficient_move:
         return _coef_move(recipe, store, keys)
     try:
         fn = _MATERIALIZE[Op(recipe.op)]

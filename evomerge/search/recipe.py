@@ -104,10 +104,15 @@ class Recipe:
     seed: int = 0
     generation: int = 0
 
+    @property
+    def is_coefficient_move(self) -> bool:
+        """A PSO move carrying its inputs as coefficients over ``params["basis"]`` (search/linear.py)."""
+        return self.op == Op.PSO_MOVE and "basis" in self.params
+
     def input_keys(self) -> tuple[str, ...]:
         """Store keys :func:`materialize` reads (parents, and for a move its velocity or the
         velocity's reference). The one place that knows this: the Ray layer routes by it."""
-        if self.op == Op.PSO_MOVE and "basis" in self.params:  # a coefficient move (search/linear.py)
+        if self.is_coefficient_move:
             return tuple(self.params["basis"])
         keys = list(self.parents)
         if self.op == Op.PSO_MOVE:

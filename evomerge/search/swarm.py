@@ -143,7 +143,7 @@ class Swarm(AskTell):
             return
         experts = {expert_id(i): {expert_id(i): 1.0} for i in range(self.n_experts)}
         for r in recipes:
-            if "basis" in r.params:
+            if r.is_coefficient_move:
                 self.coef[r.id], self.vel[r.id] = linear.move(*linear.unpack(r.params), r.weights, float(r.params["step"]))
             else:  # an initial individual: a combination of experts, or its own basis entry (TIES, ...)
                 self.coef[r.id] = linear.init_coefficients(r, {**experts, **self.coef}) or {r.id: 1.0}
