@@ -21,7 +21,7 @@ from evomerge.config import EvomergeConfig
 from evomerge.config.overrides import override
 from evomerge.io import write_json_atomic
 from evomerge.pipelines.scale.plan import Cell, StopRule, build_cells, load_cells, stop_rule
-from evomerge.pipelines.scale.rundir import _check_same_plan, prepare_run_dir
+from evomerge.pipelines.scale.rundir import check_same_plan, prepare_run_dir
 from evomerge.pipelines.scale.slots import cpu_only, search_slots
 from evomerge.pipelines.scale.store import CellStore
 from evomerge.pipelines.scale.work import ScaleContext
@@ -136,7 +136,7 @@ def run_scale(
         # resumed run reads them back and would otherwise keep the default)
         torch.set_num_threads(max(1, ctx.threads))
         if resumed:
-            _check_same_plan(run_dir / "plan.json", plan)
+            check_same_plan(run_dir / "plan.json", plan)
         write_json_atomic(run_dir / "plan.json", plan)
         stop_r = StopRule(**plan["stop"])
         if analyze and analysis is None:

@@ -55,7 +55,8 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
     return set() if a == b else {prefix.rstrip(".")}
 
 
-def _check_same_plan(path: Path, plan: dict[str, Any]) -> None:
+def check_same_plan(path: Path, plan: dict[str, Any]) -> None:
+    """Refuse to resume a run whose saved plan (``path``) used another pool or expert order."""
     import json
 
     if not path.is_file():
