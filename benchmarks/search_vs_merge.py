@@ -22,6 +22,11 @@ split, mean, sd}`` (plus ``evals``, ``seconds`` and ``cpu_s`` for searches). ``-
 split ``holdout``: ``best_expert``, ``ta_best`` and each search's choice scored on the validation
 rows past ``max_samples``, which no search sees (how the scale run's GENOME budget was chosen
 without test: a gain that holds there is not noise of the rows the search chose on).
+
+Test is scored on every row of each task's test split (200 on the shipped zoo); the searches and
+every choice still see only validation rows 0..max_samples-1. ``--test-rows 64`` scores test on
+the first 64 rows, as before the fifth session (the evaluation config's ``max_samples`` then also
+cut the test split); ``--test-rows all 64`` records both, the second as split ``test@64``.
 """
 
 from __future__ import annotations
@@ -70,6 +75,8 @@ class Bench:
         self.recheck = False
         self.with_holdout = False  # --holdout: every method also scored on the validation rows past max_samples
         self._holdout: dict[tuple[str, ...], Any] = {}
+        self.test_rows: list[int | None] = [None]  # test rows per task (None: all); the first is split "test"
+        self._test: dict[tuple[tuple[str, ...], int | None], Any] = {}
 
     def evaluator(self, tasks: tuple[str, ...]):
         if tasks not in self._evaluators:
@@ -83,6 +90,29 @@ class Bench:
     def score(self, tasks, candidates, split) -> list[float]:
         return [r.fitness for r in self.evaluator(tasks).evaluate_many(candidates, split)]
 
+    def test_evaluator(self, tasks: tuple[str, ...], rows: int | None):
+        """The test split's first ``rows`` rows of every task (None: all of them). At the evaluation
+        config's ``max_samples`` this is the search's own evaluator: the old measurement exactly."""
+        if rows == self.base_cfg["evaluation"]["max_samples"]:
+            return self.evaluator(tasks)
+        if (tasks, rows) not in self._test:
+            from evomerge.evaluation.evaluator import Evaluator
+
+            ev = self.base_cfg["evaluation"]
+            data = self.zoo.load_tasks(list(tasks), splits=("test",))
+            self._test[(tasks, rows)] = Evaluator(self.zoo.base_dir, data, metric=ev["metric"], max_samples=rows,
+                                                  batch_size=ev["batch_size"])
+        return self._test[(tasks, rows)]
+
+    def tests(self, tasks, candidates) -> list[dict[str, float]]:
+        """Per candidate ``{"test": ..., "test@64": ...}``: one entry per ``test_rows`` (never used to choose)."""
+        out: list[dict[str, float]] = [{} for _ in candidates]
+        for j, rows in enumerate(self.test_rows):
+            name = "test" if j == 0 else f"test@{'all' if rows is None else rows}"
+            for o, r in zip(out, self.test_evaluator(tasks, rows).evaluate_many(candidates, "test")):
+                o[name] = r.fitness
+        return out
+
     # ---------------------------------------------------------------- registry merges
     def merges(self, idx: list[int], tasks: tuple[str, ...], seed: int) -> dict[str, dict[str, float]]:
         from evomerge.merging.apply import merge_tensordicts
@@ -92,21 +122,19 @@ class Bench:
         experts = [{k: v.clone() for k, v in tv.items()} for tv in tvs]
         val = self.score(tasks, experts, "validation")
         b = int(np.argmax(val))
-        out["best_expert"] = {"validation": val[b], "test": self.score(tasks, [experts[b]], "test")[0]}
+        out["best_expert"] = {"validation": val[b], **self.tests(tasks, [experts[b]])[0]}
         total = {k: sum(tv[k] for tv in tvs) for k in tvs[0]}
         grid = [{k: lam * v for k, v in total.items()} for lam in LAMBDAS]
         gval = self.score(tasks, grid, "validation")
         one = LAMBDAS.index(1.0)
-        out["ta_1"] = {"validation": gval[one], "test": self.score(tasks, [grid[one]], "test")[0]}
+        out["ta_1"] = {"validation": gval[one], **self.tests(tasks, [grid[one]])[0]}
         j = int(np.argmax(gval))
-        out["ta_best"] = {"validation": gval[j], "test": self.score(tasks, [grid[j]], "test")[0],
-                          "lambda": LAMBDAS[j]}
+        out["ta_best"] = {"validation": gval[j], **self.tests(tasks, [grid[j]])[0], "lambda": LAMBDAS[j]}
         if self.with_holdout:
             out["best_expert"]["holdout"], out["ta_best"]["holdout"] = self.held(tasks, [experts[b], grid[j]])
         for m in REGISTRY:
             merged = merge_tensordicts(m, tvs, seed=seed)
-            out[m] = {"validation": self.score(tasks, [merged], "validation")[0],
-                      "test": self.score(tasks, [merged], "test")[0]}
+            out[m] = {"validation": self.score(tasks, [merged], "validation")[0], **self.tests(tasks, [merged])[0]}
         return out
 
     # ---------------------------------------------------------------- searches
@@ -152,13 +180,13 @@ class Bench:
             keep = s.referenced_ids() | experts | {getattr(s, "top_id", None), start[1] if start else None}
             store = {k: v for k, v in store.items() if k in keep}
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-        test = self.score(tasks, [cand(store[s.best_id])], "test")[0]
-        out = {"validation": float(s.best_fitness), "test": test, "evals": evals, "seconds": seconds, "cpu_s": cpu,
+        test = self.tests(tasks, [cand(store[s.best_id])])[0]
+        out = {"validation": float(s.best_fitness), **test, "evals": evals, "seconds": seconds, "cpu_s": cpu,
                "best_id": s.best_id}
         top = getattr(s, "top_id", None)  # the best scored (what select_margin 0 returns): what the guard changed
         if top is not None:
-            out["top"] = {"validation": float(s.top_fitness), "id": top, "test": test if top == s.best_id
-                          else self.score(tasks, [cand(store[top])], "test")[0]}
+            out["top"] = {"validation": float(s.top_fitness), "id": top,
+                          **(test if top == s.best_id else self.tests(tasks, [cand(store[top])])[0])}
         if self.with_holdout:
             out["holdout"] = self.held(tasks, [cand(store[s.best_id])])[0]
             if top is not None:
@@ -179,7 +207,7 @@ class Bench:
         cpu = time.process_time() - c0
         chosen = ids[j]
         return {"validation": float(fitness[chosen]), "holdout": scores[j], "id": chosen, "start": ids[0],
-                "test": self.score(tasks, [cand(store[chosen])], "test")[0], "extra_evals": len(ids), "extra_cpu_s": cpu}
+                **self.tests(tasks, [cand(store[chosen])])[0], "extra_evals": len(ids), "extra_cpu_s": cpu}
 
     def held(self, tasks: tuple[str, ...], candidates) -> list[float]:
         """Fitness on the validation rows the search never saw (rows max_samples..end): a
@@ -219,6 +247,9 @@ def run(args) -> tuple[list[dict[str, Any]], str]:
     bench = Bench(zoo, base)
     bench.recheck = args.recheck
     bench.with_holdout = args.holdout
+    if len(set(args.test_rows)) != len(args.test_rows):
+        raise SystemExit(f"--test-rows: a row count is given twice ({args.test_rows})")
+    bench.test_rows = args.test_rows
     for v in args.variant:
         name, _, js = v.partition("=")
         if name.split("_")[0] not in ("genome", "swarm"):
@@ -265,7 +296,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault((r["k"], r["method"], r["target"]), []).append(r)
     out = []
     for (k, method, target), rs in groups.items():
-        for split in ("validation", "test", "holdout"):
+        extra = sorted({s for r in rs for s in r if s.startswith("test@")})
+        for split in ("validation", "test", *extra, "holdout"):
             if any(split not in r for r in rs):
                 continue
             vals = [r[split] for r in rs]
@@ -306,6 +338,15 @@ def compact(summary: list[dict[str, Any]], split: str = "test") -> str:
     return "\n".join(lines)
 
 
+def _rows(text: str) -> int | None:
+    """``--test-rows``: a positive row count or ``all``."""
+    if text == "all":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"--test-rows: {text!r} is neither a positive row count nor 'all'")
+    return int(text)
+
+
 _ORDER = ["best_expert", "ta_1", "ta_best", "ties", "dare_ties", "genome", "swarm", "genome_paper", "swarm_paper"]
 
 
@@ -328,6 +369,9 @@ def main(argv=None) -> None:
     ap.add_argument("--holdout", action="store_true",
                     help="also score best_expert, ta_best and every search's choice on the validation rows past "
                          "max_samples (split 'holdout'; never used for any choice)")
+    ap.add_argument("--test-rows", type=_rows, nargs="+", default=[None], metavar="N|all",
+                    help="test rows per task (default all); `64`: the first 64 (the measurement before the fifth "
+                         "session); further values add splits test@N (e.g. `all 64`)")
     ap.add_argument("--json", action="store_true", help="print the records as JSON instead of the table")
     ap.add_argument("--raw", type=Path, default=None, help="also write every per-seed row to this JSON file")
     ap.add_argument("--progress", action="store_true")
@@ -341,7 +385,10 @@ def main(argv=None) -> None:
     else:
         print(f"zoo: {where}; seeds {args.seeds}")
         print(table(summary))
-        print(f"\ntest, mean ± sd over seeds:\n{compact(summary)}")
+        rows_name = "all rows" if args.test_rows[0] is None else f"the first {args.test_rows[0]} rows"
+        print(f"\ntest ({rows_name} per task), mean ± sd over seeds:\n{compact(summary)}")
+        for split in sorted({r["split"] for r in summary} - {"validation", "test"}):
+            print(f"\n{split}, mean ± sd over seeds:\n{compact(summary, split)}")
 
 
 if __name__ == "__main__":

@@ -47,3 +47,46 @@ def test_holdout_evaluator_scores_the_rows_past_max_samples(small_zoo):
     for t in tasks:
         assert abs(whole[t] * n[t] - (first[t] * 8 + rest[t] * (n[t] - 8))) < 1e-9
     assert bench.held(tasks, [tv])[0] == statistics.fmean(rest.values())
+
+
+def test_test_split_scored_on_every_row_and_the_old_rows_on_request(small_zoo):
+    """``--test-rows``: the default scores every test row of each task; at ``max_samples`` rows it is
+    the search's own evaluator (the measurement before the fifth session); ``tests`` names the
+    further row counts ``test@N``. Per task, the whole split's mean is the row-weighted mean of the
+    first ``max_samples`` rows' and the rest's (scored by an independent evaluator over those rows)."""
+    from evomerge.evaluation.evaluator import Evaluator
+
+    base = {"evaluation": {"metric": "token_accuracy", "max_samples": 8, "batch_size": 64}}
+    bench = search_vs_merge.Bench(small_zoo, base)
+    tasks = tuple(small_zoo.tasks[:2])
+    full = small_zoo.load_tasks(list(tasks), splits=("test",))
+    n = {t: len(full[t]["test"]) for t in tasks}
+    whole = bench.test_evaluator(tasks, None)
+    assert all(len(whole.data[t]["test"]) == n[t] > 8 for t in tasks)
+    assert bench.test_evaluator(tasks, 8) is bench.evaluator(tasks)
+    assert all(len(bench.test_evaluator(tasks, 5).data[t]["test"]) == 5 for t in tasks)
+    tv = bench.pool.task_vector(0)
+    rest_data = {t: {"test": full[t]["test"].select(range(8, n[t]))} for t in tasks}
+    rest = Evaluator(small_zoo.base_dir, rest_data, max_samples=None).evaluate(tv, "test").per_task
+    first = bench.evaluator(tasks).evaluate(tv, "test").per_task
+    all_rows = whole.evaluate(tv, "test").per_task
+    for t in tasks:
+        assert abs(all_rows[t] * n[t] - (first[t] * 8 + rest[t] * (n[t] - 8))) < 1e-9
+    bench.test_rows = [None, 8]
+    (got,) = bench.tests(tasks, [tv])
+    assert got == {"test": statistics.fmean(all_rows.values()), "test@8": statistics.fmean(first.values())}
+
+
+def test_test_rows_option_and_summary_of_the_extra_split():
+    import argparse
+
+    import pytest
+
+    assert search_vs_merge._rows("all") is None and search_vs_merge._rows("64") == 64
+    for bad in ("0", "-3", "x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--test-rows"):
+            search_vs_merge._rows(bad)
+    rows = [{"k": 2, "seed": s, "method": "ta_best", "target": "all", "validation": 0.5, "test": t, "test@64": u}
+            for s, (t, u) in enumerate([(0.6, 0.7), (0.4, 0.2)])]
+    out = {r["split"]: r for r in search_vs_merge.summarise(rows)}
+    assert out["test@64"]["mean"] == statistics.fmean([0.7, 0.2]) and out["test"]["mean"] == statistics.fmean([0.6, 0.4])
