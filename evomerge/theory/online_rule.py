@@ -3,7 +3,7 @@
 Both work on a *loss* measured at k merged experts (cross-entropy, or minus a task metric) and
 the scaling law ``L(k) = L_inf + A / k^b`` (:mod:`evomerge.theory.scaling_law`). A gain is a
 fall of the loss; ``tol`` is an absolute gain (the caller scales it, e.g. to a fraction of
-the first expert's gain over the base model: :func:`gain_scale`).
+the first expert's gain over the base model: :func:`online_tolerance`).
 
 * Online rule: after each measured k from the second grid point on, predict the gain of the
   next expert: with two points, from the law with its exponent fixed at ``b = 1`` (Theorem 1's
@@ -38,6 +38,16 @@ def gain_scale(first: float, base: float | None) -> float:
     if base is None or not (math.isfinite(first) and math.isfinite(base)):
         return 0.0
     return abs(first - base)
+
+
+def online_tolerance(fraction: float, first: Sequence[float], base: float | None) -> float:
+    """The online rule's and the law's tolerance (``scale.online_tol``): ``fraction`` of the
+    gain of the curve's first k over the base model; ``first`` holds that k's values (one per
+    seed, averaged). The search driver (each search's own curve) and the report (the measured
+    curves) both call this."""
+    vals = np.asarray(first, dtype=np.float64).ravel()
+    mean = float(vals.mean()) if vals.size else math.nan
+    return fraction * gain_scale(mean, base)
 
 
 def _means(ks: Sequence[float], losses: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:

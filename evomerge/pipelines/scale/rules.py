@@ -24,7 +24,7 @@ import pandas as pd
 
 from evomerge.errors import EvomergeError
 from evomerge.theory.general_variance import covariance_from, delta_for, general_variance_curve, theorem1_stop
-from evomerge.theory.online_rule import gain_scale, law_peak, online_stop
+from evomerge.theory.online_rule import law_peak, online_stop, online_tolerance
 from evomerge.theory.scaling_law import fit_scaling_law
 
 TARGETS = (("all", "fitness", "all"), ("union", "fitness", "union"), ("all/ce", "cross_entropy", "all"))
@@ -124,8 +124,7 @@ def judge(plan: dict, fitness: pd.DataFrame, *, scale_cfg, pca_count: int | None
             names = plan["experts"]
             first_tasks = [plan["expert_tasks"][names.index(e)] for e in str(f[f["k"] == k_first]["experts"].iloc[0]).split(",")]
             base = _base_value(fitness, gains, first_tasks, value, target)
-            first = float(f[f["k"] == k_first][value].mean())
-            tol = scale_cfg.online_tol * gain_scale(first, base)
+            tol = online_tolerance(scale_cfg.online_tol, f[f["k"] == k_first][value].to_numpy(float), base)
             x, y = f["k"].to_numpy(float), _loss(f, value)
             rows = {"theorem1": (t1["fired_k"], t1["fired"]), "pca95": (pca_count, pca_count is not None)}
             keeps = None

@@ -88,13 +88,13 @@ def base_union(gains: dict, tasks: list[str | None], experts: tuple[int, ...]) -
 
 def online_decision(points: list[tuple[int, float]], base: float, cfg) -> dict:
     """The online rule on a search's curve so far (``(k, fitness)`` per seed)."""
-    from evomerge.theory.online_rule import gain_scale, online_stop
+    from evomerge.theory.online_rule import online_stop, online_tolerance
 
     ks = sorted({k for k, _ in points})
     if len(ks) < 2:
         return {"fired": False, "k": ks[-1] if ks else None}
     first = [f for k, f in points if k == ks[0]]
-    tol = cfg.online_tol * gain_scale(sum(first) / len(first), base)
+    tol = online_tolerance(cfg.online_tol, first, base)
     fire = online_stop([k for k, _ in points], [-f for _, f in points], tol=tol, window=cfg.online_window)
     return {"fired": fire.fired, "k": fire.fired_k, "tol": tol}
 
