@@ -6,7 +6,8 @@ records the transform so :meth:`ScalingFit.predict_fitness` maps predictions bac
 
 Method: for each exponent b on a grid (then refined by a bounded scalar search) the model is
 linear in ``(L_inf, A)``, solved by weighted least squares; the b with the smallest residual
-wins. This has no starting-point sensitivity, unlike a joint nonlinear fit.
+wins (the grid is scored at once in closed form; the few points within rounding of its
+minimum are solved one by one, so the choice is that of solving every point one by one). This has no starting-point sensitivity, unlike a joint nonlinear fit.
 """
 
 from __future__ import annotations
@@ -111,6 +112,33 @@ def _solve_linear(x: np.ndarray, y: np.ndarray, w: np.ndarray, b: float) -> tupl
     return float(coef[0]), float(coef[1]), float(np.sum(w * resid * resid))
 
 
+def _grid_sse(x: np.ndarray, y: np.ndarray, w: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """:func:`_solve_linear`'s weighted SSE at every b of ``grid`` at once (closed form of the
+    two-parameter weighted least squares; equal to it up to rounding)."""
+    z = x[None, :] ** -grid[:, None]  # (grid, points)
+    sw = w.sum()
+    zbar = (z @ w) / sw
+    ybar = float(w @ y) / sw
+    zc, yc = z - zbar[:, None], y - ybar
+    szz = (zc * zc) @ w
+    with np.errstate(divide="ignore", invalid="ignore"):
+        slope = np.where(szz > 0, ((zc * yc) @ w) / szz, 0.0)
+    resid = yc[None, :] - slope[:, None] * zc
+    return (resid * resid) @ w
+
+
+def _grid_argmin(x: np.ndarray, y: np.ndarray, w: np.ndarray, grid: np.ndarray) -> tuple[int, float]:
+    """``(i, sse_i)``: the first grid index of the smallest :func:`_solve_linear` SSE, and that SSE.
+    The whole grid is scored at once; only the points within rounding of the smallest are then
+    solved one by one, so the choice is the one-by-one loop's, bit for bit."""
+    approx = _grid_sse(x, y, w, grid)
+    slack = 1e-10 * float(np.sum(w * y * y)) + 1e-300  # far above the closed form's rounding
+    near = np.flatnonzero(~(approx > approx.min() + slack))  # NaN stays a candidate
+    exact = [_solve_linear(x, y, w, grid[j])[2] for j in near]
+    j = int(np.argmin(exact))
+    return int(near[j]), exact[j]
+
+
 def fit_scaling_law(
     k: Sequence[float],
     L: Sequence[float],
@@ -150,12 +178,11 @@ def fit_scaling_law(
         b = float(b_fixed)
     else:
         grid = np.geomspace(lo, hi, 200)
-        sse = [_solve_linear(x, y, w, b)[2] for b in grid]
-        i = int(np.argmin(sse))
+        i, sse_i = _grid_argmin(x, y, w, grid)
         a, c = grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]
         res = minimize_scalar(lambda b: _solve_linear(x, y, w, b)[2], bounds=(a, c), method="bounded",
                               options={"xatol": 1e-10})
-        b = float(res.x) if res.success and res.fun <= sse[i] else float(grid[i])
+        b = float(res.x) if res.success and res.fun <= sse_i else float(grid[i])
     l_inf, amp, err = _solve_linear(x, y, w, b)
     ybar = np.sum(w * y) / w.sum()
     sst = float(np.sum(w * (y - ybar) ** 2))
