@@ -26,6 +26,7 @@ import torch
 from evomerge.evaluation.encoding import Encoded, encode_pairs
 from evomerge.io import atomic_dir, write_json_atomic, write_parquet_atomic
 from evomerge.zoo import tasks as task_lib
+from evomerge.zoo.lora_init import lora_config, set_shared_a, shared_a
 from evomerge.zoo.model import PROFILES, Profile, build_config, build_tokenizer, recipe_hash
 from evomerge.zoo.train import KeepSet, train
 from evomerge.zoo.zoo import FORMAT_VERSION, MANIFEST, Zoo, file_hashes
@@ -109,6 +110,17 @@ def resolve_profile(profile: str | Profile, shared_init: bool | None = None, ful
         prof = dataclasses.replace(prof, shared_init=bool(shared_init))
     if full is not None and not full:
         prof = dataclasses.replace(prof, full_steps=0)
+    from evomerge.zoo.lora_init import A_INITS
+
+    if prof.lora_a_init not in A_INITS:
+        from evomerge.errors import ConfigError
+
+        raise ConfigError(f"zoo profile {prof.name}: lora_a_init must be one of {A_INITS}. Got {prof.lora_a_init!r} instead.")
+    if prof.lora_a_init != "random" and not prof.shared_init:
+        from evomerge.errors import ConfigError
+
+        raise ConfigError(f"zoo profile {prof.name}: lora_a_init={prof.lora_a_init!r} is a shared initialisation; "
+                          "it needs shared_init")
     return prof
 
 
@@ -165,9 +177,9 @@ def build_zoo(out: str | os.PathLike, *, profile: str | Profile = "default", see
                 for p in base.parameters():
                     p.copy_(p.to(dtype).to(torch.float32))
         keep = None
+        mix = _concat(list(train_sets.values()))
         if prof.keep_weight > 0:
             # a fixed pool of mixed training examples with the base's predictions on them
-            mix = _concat(list(train_sets.values()))
             owner = torch.cat([torch.full((len(e),), i) for i, e in enumerate(train_sets.values())])
             pick = torch.randperm(len(mix), generator=gen)[: prof.keep_pool]
             keep, keep_owner = KeepSet.from_base(base, _gather_rows(mix, pick)), owner[pick]
@@ -175,12 +187,14 @@ def build_zoo(out: str | os.PathLike, *, profile: str | Profile = "default", see
         def keep_for(i: int):
             return keep.subset(torch.nonzero(keep_owner != i).squeeze(1)) if keep is not None else None
 
+        # after the keep pool's draw, so that "random" builds draw exactly as before
+        a0 = shared_a(prof.lora_a_init, base, mix, prof, seed * 1000 + 1)
         _save_model(base, tmp / "base", dtype)
         tokenizer.save_pretrained(tmp / "base")
         jobs = [("lora", i) for i in range(len(names))]
         jobs += [("full", i) for i in range(len(names) if prof.full_steps > 0 else 0)]
         _JOB.update(prof=prof, names=names, seed=seed, base=base, train_sets=train_sets, keep_for=keep_for,
-                    tmp=tmp, dtype=dtype, bar=bar if workers <= 1 else None, threads=threads)
+                    tmp=tmp, dtype=dtype, shared_a=a0, bar=bar if workers <= 1 else None, threads=threads)
         try:
             if workers > 1:  # independent jobs, seeded per job: the same files as one process writes
                 import concurrent.futures as cf
@@ -214,6 +228,8 @@ def build_zoo(out: str | os.PathLike, *, profile: str | Profile = "default", see
             "training": {"base_steps": prof.base_steps, "expert_steps": prof.expert_steps, "rank": prof.rank,
                          "alpha": prof.alpha, "keep_weight": prof.keep_weight, "target_modules": list(prof.target_modules),
                          "shared_init": prof.shared_init, "lora_a_lr_ratio": prof.lora_a_lr_ratio,
+                         **({} if prof.lora_a_init == "random" else
+                            {"lora_a_init": prof.lora_a_init, "lora_a_warmup_steps": prof.lora_a_warmup_steps}),
                          "full_steps": prof.full_steps, "full_lr": prof.full_lr,
                          "base_final_loss": base_loss, "expert_final_loss": expert_loss, "full_final_loss": full_loss},
             "versions": {"torch": torch.__version__, **_versions()},
@@ -243,7 +259,7 @@ def _cpu() -> float:
 
 def _train_job(job: tuple[str, int]) -> float:
     """Train and save one expert: ``("lora", i)`` or ``("full", i)``; returns its final task loss."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     kind, i = job
     c = _JOB
@@ -251,9 +267,9 @@ def _train_job(job: tuple[str, int]) -> float:
     torch.set_num_threads(c["threads"])
     if kind == "lora":
         with _seeded(seed * 1000 + (1 if prof.shared_init else i + 1)):
-            lcfg = LoraConfig(r=prof.rank, lora_alpha=prof.alpha, target_modules=list(prof.target_modules),
-                              lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
-            model = get_peft_model(copy.deepcopy(c["base"]), lcfg)
+            model = get_peft_model(copy.deepcopy(c["base"]), lora_config(prof))
+        if c.get("shared_a") is not None:  # a data-informed shared A, B = 0
+            set_shared_a(model, c["shared_a"])
         g = torch.Generator().manual_seed(seed * 1000 + i + 1)
         steps, lr = prof.expert_steps, prof.expert_lr
     else:

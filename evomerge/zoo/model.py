@@ -37,6 +37,11 @@ class Profile:
     # learning rate of LoRA A relative to B (LoRA+ trains A slower than B): with one shared
     # initialisation, a slow A keeps the experts' A factors close, hence "ab" close to delta
     lora_a_lr_ratio: float = 1.0
+    # the shared A: "random" (peft's seeded init), "eva" (peft's EVA: each layer's top principal
+    # input directions on the mixture of all tasks) or "warmup" (A of one LoRA trained
+    # `lora_a_warmup_steps` on that mixture); see evomerge/zoo/lora_init.py
+    lora_a_init: str = "random"
+    lora_a_warmup_steps: int = 100
     full_steps: int = 0  # >0: also one full fine-tune per task (whole-model safetensors checkpoint)
     full_lr: float = 1e-3
     store_dtype: str = "float32"  # "float16": base and full fine-tunes rounded to and stored in fp16
@@ -117,6 +122,20 @@ def build_config(profile: Profile, vocab_size: int, tokenizer):
     )
 
 
+# fields added after the shipped zoos were built enter the fingerprint only when set away from
+# their default, so zoos built before them stay current
+_LATER_FIELDS = {"lora_a_init": "random", "lora_a_warmup_steps": 100}
+
+
+def _profile_repr(profile: Profile) -> str:
+    """The dataclass repr of ``profile`` without the later fields left at their default."""
+    import dataclasses
+
+    shown = [f for f in dataclasses.fields(profile)
+             if not (f.name in _LATER_FIELDS and getattr(profile, f.name) == _LATER_FIELDS[f.name])]
+    return f"{type(profile).__qualname__}(" + ", ".join(f"{f.name}={getattr(profile, f.name)!r}" for f in shown) + ")"
+
+
 def recipe_hash(profile: Profile) -> str:
     """Fingerprint of everything that defines a profile's zoo (sizes, steps, task generators)."""
     import hashlib
@@ -124,5 +143,5 @@ def recipe_hash(profile: Profile) -> str:
 
     from evomerge.zoo import tasks as task_lib
 
-    parts = [repr(profile)] + [inspect.getsource(task_lib.TASKS[t].generate) for t in profile.tasks]
+    parts = [_profile_repr(profile)] + [inspect.getsource(task_lib.TASKS[t].generate) for t in profile.tasks]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
