@@ -210,13 +210,20 @@ def test_report_peaks_equal_the_argmax_of_the_table(run):
 
 
 def test_report_command_regenerates(run):
+    """`evomerge report` draws the figures in its own process; the run drew them in its side
+    process (report_figures.warm_figures): the same bytes, the same report."""
     out, _ = run
     before = (out / "report.md").read_text()
+    report_json = (out / "report.json").read_text()
+    figures = {p.name: p.read_bytes() for p in (out / "figures").glob("*.png")}
+    assert {"fitness_vs_k.png", "weight_hist_dare_ties.png"} <= set(figures)
     (out / "report.md").unlink()
-    (out / "figures" / "fitness_vs_k.png").unlink()
+    for name in figures:
+        (out / "figures" / name).unlink()
     assert main(["report", str(out)]) == 0
     assert (out / "report.md").read_text() == before
-    assert (out / "figures" / "fitness_vs_k.png").is_file()
+    assert (out / "report.json").read_text() == report_json
+    assert {p.name: p.read_bytes() for p in (out / "figures").glob("*.png")} == figures
 
 
 def test_rerun_skips_everything_and_config_change_is_refused(run):

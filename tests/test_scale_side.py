@@ -41,3 +41,30 @@ def test_unguarded_script_is_not_run_again(tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True" and marker.read_text() == "x"
+
+
+def test_warm_job_imports_first_then_runs_when_sent(tmp_path):
+    """A warm child has imported the function's module before its arguments come; it runs the
+    function once they do, and a cancelled one exits without running it."""
+    job = SideJob.warm(json.loads)
+    assert job.proc.poll() is None  # waiting for its arguments
+    job.send('{"x": 3}')
+    assert job.result() == {"x": 3}
+
+    marker = tmp_path / "ran.txt"
+    job = SideJob.warm(_write_marker)
+    job.cancel()
+    assert job.proc.returncode == 0 and not marker.exists()
+    with pytest.raises(EvomergeError, match="cancelled before it ran"):
+        job.result()
+    job.wait()  # a cleanup path does not raise
+
+    job = SideJob.warm(_write_marker)
+    job.send(str(marker))
+    assert job.result() == "done" and marker.read_text() == "x"
+
+
+def _write_marker(path: str) -> str:
+    with open(path, "a") as fh:
+        fh.write("x")
+    return "done"

@@ -37,21 +37,6 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame, pd.Data
     return plan, scores[scores["cell"].isin(ids)].reset_index(drop=True), samples[samples["cell"].isin(ids)].reset_index(drop=True)
 
 
-def weight_histograms(samples: pd.DataFrame, fig_dir: Path) -> dict[str, str]:
-    """Per method: entries of the merged task vector at the largest k, without and with RHT."""
-    from evomerge.analysis.figures import plot_weight_histograms
-
-    out = {}
-    for method, s in samples.groupby("method"):
-        k = int(s["k"].max())
-        s = s[s["k"] == k]
-        hist = {f"{method} k={k}" + (" + RHT" if rht else ""): g["value"].to_numpy()
-                for rht, g in s.groupby("rht")}
-        path = plot_weight_histograms(hist, fig_dir / f"weight_hist_{method}.png")
-        out[f"weight_hist_{method}"] = f"figures/{path.name}"
-    return out
-
-
 def _fmt(x: float, nd: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{nd}f}"
 
@@ -60,11 +45,20 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def write_report(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> Path:
+def write_report(run_dir: str | Path, overrides: dict[str, Any] | None = None, *, figures_job=None) -> Path:
     """Write ``tables/*.parquet``, ``figures/*.png``, ``report.json`` and ``report.md``
-    (``overrides``: dotted ``scale.*`` keys laid over the run's config for judging, from ``--set``)."""
+    (``overrides``: dotted ``scale.*`` keys laid over the run's config for judging, from ``--set``;
+    ``figures_job``: a :func:`~evomerge.pipelines.scale.report_figures.warm_figures` job already
+    sent this run, whose figures are awaited instead of drawn here)."""
+    try:
+        return _write_report(run_dir, overrides, figures_job)
+    finally:
+        if figures_job is not None:
+            figures_job.wait()  # an error here: the child has finished before it is raised
+
+
+def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, figures_job) -> Path:
     from evomerge.config import load_config
-    from evomerge.pipelines.scale.figures import plot_fitness_panels
     from evomerge.pipelines.scale.rules import judge, pair_summary
 
     run_dir = Path(run_dir)
@@ -99,13 +93,12 @@ def write_report(run_dir: str | Path, overrides: dict[str, Any] | None = None) -
     write_parquet_atomic(tables / "rules.parquet", pa.Table.from_pylist(records) if records else pa.table({}))
     write_parquet_atomic(tables / "scaling_fits.parquet", pa.Table.from_pylist(fits) if fits else pa.table({}))
 
-    figures: dict[str, str] = {}
-    if not fitness.empty:
-        plot_fitness_panels(fitness[fitness["kind"] != "pair"], figs / "fitness_vs_k.png", n_max=stop["n_max"],
-                            ylabel=f"{metric} (mean over tasks)")
-        figures["fitness_vs_k"] = "figures/fitness_vs_k.png"
-    if not samples.empty:
-        figures.update(weight_histograms(samples, figs))
+    if figures_job is not None:
+        figures = figures_job.result()
+    else:
+        from evomerge.pipelines.scale.report_figures import draw
+
+        figures = draw(plan, fitness, samples, figs, metric)
     analysis = run_dir / "analysis"
     for name in ("pca_cumulative", "principal_angles", "correlation", "variance_floor", "merged_weight_hist"):
         if (analysis / f"{name}.png").is_file():

@@ -4,6 +4,10 @@ The child is a fresh ``python -c`` interpreter: unlike multiprocessing's spawn i
 the caller's main script again, so a plain script that calls ``run_scale`` needs no
 ``if __name__ == "__main__"`` guard. It gets the caller's ``sys.path``; what the function
 prints goes to stderr; its return value (picklable) comes back through a pipe.
+
+:meth:`SideJob.warm` starts the child early: it imports the function's module (the imports are
+most of a small job's cost) and then waits for the arguments (:meth:`SideJob.send`), so the job
+itself starts at once when they come.
 """
 
 from __future__ import annotations
@@ -20,10 +24,15 @@ import os, pickle, sys
 sys.path[:] = pickle.load(sys.stdin.buffer)
 out = os.fdopen(os.dup(1), "wb")
 os.dup2(2, 1)
-module, name, args = pickle.load(sys.stdin.buffer)
+module, name = pickle.load(sys.stdin.buffer)
 try:
     import importlib
-    result = ("ok", getattr(importlib.import_module(module), name)(*args))
+    fn = getattr(importlib.import_module(module), name)
+    try:
+        args = pickle.load(sys.stdin.buffer)  # a warm child waits here
+    except EOFError:  # cancelled before its arguments came
+        args = None
+    result = ("cancelled", None) if args is None else ("ok", fn(*args))
 except BaseException:
     import traceback
     result = ("error", traceback.format_exc())
@@ -35,17 +44,36 @@ out.flush()
 class SideJob:
     """One child process running ``fn(*args)``; :meth:`result` waits for it."""
 
-    def __init__(self, fn: Callable, *args: Any):
+    def __init__(self, fn: Callable, *args: Any, _send: bool = True):
         self.what = f"{fn.__module__}.{fn.__qualname__}"
         self.proc = subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         try:
             pickle.dump(list(sys.path), self.proc.stdin)
-            pickle.dump((fn.__module__, fn.__qualname__, args), self.proc.stdin)
-            self.proc.stdin.close()
+            pickle.dump((fn.__module__, fn.__qualname__), self.proc.stdin)
+            self.proc.stdin.flush()
+            if _send:
+                self.send(*args)
         except BaseException:
             self.proc.kill()
             raise
         self._result: tuple[str, Any] | None = None
+
+    @classmethod
+    def warm(cls, fn: Callable) -> "SideJob":
+        """A child that imports ``fn``'s module now and runs ``fn`` once :meth:`send` gives
+        the arguments (:meth:`cancel`: it exits without running it)."""
+        return cls(fn, _send=False)
+
+    def send(self, *args: Any) -> None:
+        """The arguments of a :meth:`warm` job: the child runs the function now."""
+        pickle.dump(args, self.proc.stdin)
+        self.proc.stdin.close()
+
+    def cancel(self) -> None:
+        """A warm job that was not sent its arguments exits without running; waits for it."""
+        if not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        self.wait()
 
     def result(self) -> Any:
         if self._result is None:
@@ -57,12 +85,16 @@ class SideJob:
             except Exception:  # noqa: BLE001 - the child died before answering
                 self._result = ("error", f"the child process exited with status {self.proc.returncode}")
         kind, value = self._result
+        if kind == "cancelled":
+            raise EvomergeError(f"{self.what} (in a child process) was cancelled before it ran")
         if kind != "ok":
             raise EvomergeError(f"{self.what} (in a child process) failed:\n{value}")
         return value
 
     def wait(self) -> None:
         """Wait for the child without raising its error (cleanup paths)."""
+        if not self.proc.stdin.closed:  # a warm job never sent: it would wait for ever
+            self.proc.stdin.close()
         if self._result is None:
             try:
                 self.result()
