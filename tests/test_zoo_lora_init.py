@@ -14,7 +14,7 @@ from evomerge.evaluation.task_data import load_examples
 from evomerge.experts.peft_io import load_peft_adapter
 from evomerge.zoo import build_zoo
 from evomerge.zoo.build import _concat, resolve_profile
-from evomerge.zoo.lora_init import eva_a
+from evomerge.zoo.lora_init import contrast_a, eva_a
 from evomerge.zoo.model import PROFILES, recipe_hash
 
 torch.set_num_threads(1)
@@ -93,6 +93,53 @@ def test_eva_a_is_the_top_principal_directions_of_the_layer_inputs(eva_zoo):
         assert bool(apart[0]) and float(cos[apart].min()) > 0.999, (n, cos, gap / s[0])
         # and the same subspace as a whole
         assert float(torch.linalg.matrix_norm(got.T @ got - v.T @ v)) < 1e-3, n
+
+
+def _parts(zoo):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(zoo.base_dir)
+    return [encode_pairs(tok, list(ds["prompt"]), list(ds["answer"]), t)
+            for t in zoo.tasks for ds in [load_examples(zoo.task_files(t)["train"])]]
+
+
+def test_contrast_a_is_each_tasks_generalised_eigenvectors(eva_zoo):
+    import scipy.linalg
+    from transformers import LlamaForCausalLM
+
+    base = LlamaForCausalLM.from_pretrained(eva_zoo.base_dir).eval()
+    parts = [p.slice(0, 120) for p in _parts(eva_zoo)]
+    prof = dataclasses.replace(TINY, rank=5)  # two tasks: 3 rows for the first, 2 for the second
+    a = contrast_a(base, parts, prof, rows=120)
+    names = sorted(a)
+    # independent: each task's uncentred input second moment from forward hooks, then scipy's
+    # generalised symmetric eigensolver
+    moments = []
+    for p in parts:
+        seen: dict[str, torch.Tensor] = {}
+        mask = p.attention_mask.bool()
+        hooks = [base.get_submodule(n).register_forward_hook(
+            lambda mod, inp, out, n=n: seen.__setitem__(n, inp[0][mask].double())) for n in names]
+        with torch.no_grad():
+            base(input_ids=p.input_ids, attention_mask=p.attention_mask)
+        for h in hooks:
+            h.remove()
+        moments.append({n: (x.T @ x / len(x)).numpy() for n, x in seen.items()})
+    for n in names:
+        got = a[n].double()
+        assert got.shape == (5, base.get_submodule(n).in_features)
+        for t, (lo, hi) in enumerate([(0, 3), (3, 5)]):
+            mine, other = moments[t][n], moments[1 - t][n]
+            reg = other + 1e-3 * other.trace() / len(other) * torch.eye(len(other)).numpy()
+            w, v = scipy.linalg.eigh(mine, reg)
+            ref = torch.from_numpy(v[:, ::-1][:, : hi - lo].T.copy())
+            ref = ref / ref.norm(dim=1, keepdim=True)
+            cos = (got[lo:hi] * ref).sum(1).abs()
+            assert float(cos.min()) > 0.999, (n, t, cos, w[::-1][:4])
+            # the rows excite this task's inputs far more than the other task's (the point of it)
+            e_mine = torch.einsum("rd,de,re->r", got[lo:hi], torch.from_numpy(mine), got[lo:hi])
+            e_other = torch.einsum("rd,de,re->r", got[lo:hi], torch.from_numpy(other), got[lo:hi])
+            assert bool((e_mine > e_other).all()), (n, t)
 
 
 def test_eva_build_shares_one_a_and_ab_equals_delta(eva_zoo):

@@ -188,7 +188,7 @@ def build_zoo(out: str | os.PathLike, *, profile: str | Profile = "default", see
             return keep.subset(torch.nonzero(keep_owner != i).squeeze(1)) if keep is not None else None
 
         # after the keep pool's draw, so that "random" builds draw exactly as before
-        a0 = shared_a(prof.lora_a_init, base, mix, prof, seed * 1000 + 1)
+        a0 = shared_a(prof.lora_a_init, base, mix, prof, seed * 1000 + 1, list(train_sets.values()))
         _save_model(base, tmp / "base", dtype)
         tokenizer.save_pretrained(tmp / "base")
         jobs = [("lora", i) for i in range(len(names))]

@@ -7,7 +7,12 @@
   principal directions (right-singular vectors of the centred inputs, unit rows) of that
   layer's inputs on a mixture of every task's training rows; computed once, on the base;
 * ``"warmup"``: one LoRA trained ``lora_a_warmup_steps`` steps on that mixture (every task);
-  its A is kept.
+  its A is kept;
+* ``"contrast"``: per task, ``rank // n_tasks`` rows (the remainder to the first tasks): the
+  input directions most active on that task relative to the others (top generalised
+  eigenvectors of ``M_task v = l (M_others + d I) v``, ``M`` the uncentred second moment of the
+  layer's inputs), unit rows. Each expert can then read through rows that its own task's
+  inputs excite and the other tasks' barely do.
 
 Every expert then starts from that A with B = 0 (the base unchanged), so it starts as the base.
 Why: with a slow A (``lora_a_lr_ratio``) the experts keep A near the shared one, which keeps
@@ -23,7 +28,7 @@ import torch
 
 from evomerge.evaluation.encoding import Encoded
 
-A_INITS = ("random", "eva", "warmup")
+A_INITS = ("random", "eva", "warmup", "contrast")
 
 
 def lora_config(prof, init: bool | str = True):
@@ -97,10 +102,71 @@ def set_shared_a(peft_model, a: dict[str, torch.Tensor]) -> None:
         raise KeyError(f"shared LoRA A has entries the model lacks: {sorted(set(a) - seen)[:3]}")
 
 
-def shared_a(kind: str, base, mix: Encoded, prof, seed: int) -> dict[str, torch.Tensor] | None:
-    """The shared A for ``kind`` (None for ``"random"``: peft's seeded init is used as before)."""
+def _moments(base, parts: list[Encoded], names: list[str], rows: int, batch_size: int = 256) -> dict:
+    """``{module: [second moment of its inputs per task]}`` over every non-pad position of the
+    first ``rows`` rows of each task (float64)."""
+    acc: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    cur: dict[str, torch.Tensor] = {}
+    mask_now: list[torch.Tensor] = []
+
+    def hook(mod, inp, out, n):
+        x = inp[0][mask_now[0]].to(torch.float64)
+        cur[n] = cur.get(n, 0) + x.T @ x
+
+    handles = [base.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: hook(m, i, o, n)) for n in names]
+    try:
+        with torch.no_grad():
+            for part in parts:
+                cur.clear()
+                count = 0
+                for s in range(0, min(rows, len(part)), batch_size):
+                    b = part.slice(s, min(s + batch_size, rows, len(part)))
+                    mask_now[:] = [b.attention_mask.bool()]
+                    count += int(b.attention_mask.sum())
+                    base(input_ids=b.input_ids, attention_mask=b.attention_mask)
+                for n in names:
+                    acc[n].append(cur[n] / count)
+    finally:
+        for h in handles:
+            h.remove()
+    return acc
+
+
+def contrast_directions(mine: torch.Tensor, others: torch.Tensor, m: int, ridge: float = 1e-3) -> torch.Tensor:
+    """``m`` unit rows: the top generalised eigenvectors of ``mine v = l (others + d I) v``, with
+    ``d = ridge * trace(others) / dim``."""
+    dim = others.shape[0]
+    reg = others + ridge * torch.trace(others) / dim * torch.eye(dim, dtype=others.dtype)
+    chol = torch.linalg.cholesky(reg)
+    inv = torch.linalg.solve_triangular(chol, torch.eye(dim, dtype=others.dtype), upper=False)
+    _, w = torch.linalg.eigh(inv @ mine @ inv.T)
+    v = inv.T @ w[:, -m:].flip(1)  # largest first
+    return (v / v.norm(dim=0, keepdim=True)).T
+
+
+def contrast_a(base, parts: list[Encoded], prof, rows: int = 1024) -> dict[str, torch.Tensor]:
+    """``{module name: A}``: per task, the directions its inputs excite more than the others' do."""
+    names = [n for n, _ in base.named_modules() if n.split(".")[-1] in prof.target_modules]
+    moments = _moments(base, parts, names, rows)
+    n_tasks = len(parts)
+    per = [prof.rank // n_tasks + (1 if t < prof.rank % n_tasks else 0) for t in range(n_tasks)]
+    out = {}
+    for n in names:
+        ms = moments[n]
+        blocks = [contrast_directions(ms[t], sum(ms[s] for s in range(n_tasks) if s != t) / (n_tasks - 1), per[t])
+                  for t in range(n_tasks) if per[t] > 0]
+        out[n] = torch.cat(blocks).to(torch.float32)
+    return out
+
+
+def shared_a(kind: str, base, mix: Encoded, prof, seed: int,
+             parts: list[Encoded] | None = None) -> dict[str, torch.Tensor] | None:
+    """The shared A for ``kind`` (None for ``"random"``: peft's seeded init is used as before);
+    ``parts``: the training rows per task (``"contrast"``)."""
     if kind == "random":
         return None
+    if kind == "contrast":
+        return contrast_a(base, parts, prof)
     if kind == "eva":
         return eva_a(base, mix, prof, seed)
     if kind == "warmup":
