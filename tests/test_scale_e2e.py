@@ -210,8 +210,9 @@ def test_report_peaks_equal_the_argmax_of_the_table(run):
 
 
 def test_report_command_regenerates(run):
-    """`evomerge report` draws the figures in its own process; the run drew them in its side
-    process (report_figures.warm_figures): the same bytes, the same report."""
+    """`evomerge report` draws every figure in its own process; the run drew its weight
+    histograms in a side process (report_figures.warm_histograms): the same bytes, the same
+    report."""
     out, _ = run
     before = (out / "report.md").read_text()
     report_json = (out / "report.json").read_text()

@@ -118,7 +118,7 @@ def run_scale(
     n_run = evaluations = 0
     bar = None
     outer = contextlib.ExitStack()
-    analysis = early = figures = None
+    analysis = early = histograms = None
     try:
         if overlap and not resumed:
             # a fresh run has cells to run: Ray, the pool analysis (its own process) and the
@@ -127,11 +127,11 @@ def run_scale(
             started_ray = connect(cfg.ray)
             if analyze:
                 analysis = start_analysis(outer, spec, cfg, run_dir / "analysis")
-            if report:  # the report's figures: a child that imports now, draws once the cells are done
-                from evomerge.pipelines.scale.report_figures import warm_figures
+            if report:  # the weight histograms: a child that imports now, draws once the cells are done
+                from evomerge.pipelines.scale.report_figures import warm_histograms
 
-                figures = warm_figures()
-                outer.callback(lambda: figures.cancel() if not figures.proc.stdin.closed else None)
+                histograms = warm_histograms()
+                outer.callback(lambda: histograms.cancel() if not histograms.proc.stdin.closed else None)
             if cfg.scale.search and cpu_only(cfg):
                 early = outer.enter_context(RayCellRunner(ctx, cfg.ray, share=True))
         plan = make_plan(cfg, spec, run_dir, ctx)
@@ -229,8 +229,8 @@ def run_scale(
                 run_cells(runner, todo)
         if analysis is not None:
             analysis.result()  # its error, if any, here
-        if figures is not None:  # every cell is on disk: the figures are drawn beside Ray's shutdown and the fits
-            figures.send(str(run_dir))
+        if histograms is not None:  # every cell is on disk: the histograms are drawn beside Ray's shutdown and the fits
+            histograms.send(str(run_dir))
     finally:
         if bar is not None:
             bar.close()
@@ -242,7 +242,7 @@ def run_scale(
     if report:
         from evomerge.pipelines.scale.report import write_report
 
-        report_path = write_report(run_dir, figures_job=figures)
+        report_path = write_report(run_dir, figures_job=histograms)
     total = len(cells) - len(skipped)
     return ScaleResult(
         run_dir=run_dir, stop=stop_r, cells_total=total, cells_run=n_run, cells_skipped=total - n_run,

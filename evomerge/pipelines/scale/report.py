@@ -21,20 +21,33 @@ from evomerge.pipelines.scale.store import CellStore
 from evomerge.pipelines.scale.tables import fitness_table, peaks
 
 
-def load_run(run_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
-    """(plan, per-task scores, weight samples) of a run directory."""
+def load_run(run_dir: str | Path, *, samples: bool = True) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame | None]:
+    """(plan, per-task scores, weight samples) of a run directory (``samples=False``: None for them)."""
     run_dir = Path(run_dir)
+    plan = load_plan(run_dir)
+    scores = CellStore(run_dir).scores().to_pandas()
+    ids = _plan_cells(plan)
+    return plan, scores[scores["cell"].isin(ids)].reset_index(drop=True), load_samples(run_dir, plan) if samples else None
+
+
+def load_plan(run_dir: Path) -> dict[str, Any]:
     plan_path = run_dir / "plan.json"
     if not plan_path.is_file():
         raise ConfigError(f"{run_dir}: not a scale run directory (plan.json missing)")
-    plan = json.loads(plan_path.read_text())
-    store = CellStore(run_dir)
-    scores, samples = store.scores().to_pandas(), store.samples().to_pandas()
+    return json.loads(plan_path.read_text())
+
+
+def load_samples(run_dir: Path, plan: dict[str, Any]) -> pd.DataFrame:
+    """The weight samples of the plan's cells."""
+    samples = CellStore(run_dir).samples().to_pandas()
+    return samples[samples["cell"].isin(_plan_cells(plan))].reset_index(drop=True)
+
+
+def _plan_cells(plan: dict[str, Any]) -> set[str]:
     # only the current plan's cells: a run continued with other `stop`/`k_max` keeps older files
     from evomerge.pipelines.scale.plan import load_cells
 
-    ids = {c.id for c in load_cells(plan)}
-    return plan, scores[scores["cell"].isin(ids)].reset_index(drop=True), samples[samples["cell"].isin(ids)].reset_index(drop=True)
+    return {c.id for c in load_cells(plan)}
 
 
 def _fmt(x: float, nd: int = 3) -> str:
@@ -48,8 +61,8 @@ def _read_json(path: Path) -> Any:
 def write_report(run_dir: str | Path, overrides: dict[str, Any] | None = None, *, figures_job=None) -> Path:
     """Write ``tables/*.parquet``, ``figures/*.png``, ``report.json`` and ``report.md``
     (``overrides``: dotted ``scale.*`` keys laid over the run's config for judging, from ``--set``;
-    ``figures_job``: a :func:`~evomerge.pipelines.scale.report_figures.warm_figures` job already
-    sent this run, whose figures are awaited instead of drawn here)."""
+    ``figures_job``: a :func:`~evomerge.pipelines.scale.report_figures.warm_histograms` job already
+    sent this run, whose weight histograms are awaited instead of drawn here)."""
     try:
         return _write_report(run_dir, overrides, figures_job)
     finally:
@@ -62,7 +75,7 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, figures
     from evomerge.pipelines.scale.rules import judge, pair_summary
 
     run_dir = Path(run_dir)
-    plan, scores, samples = load_run(run_dir)
+    plan, scores, samples = load_run(run_dir, samples=figures_job is None)  # the job reads them itself
     cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
     if cfg is None:
         raise ConfigError(f"{run_dir}: config.yaml missing (not a scale run directory)")
@@ -93,12 +106,10 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, figures
     write_parquet_atomic(tables / "rules.parquet", pa.Table.from_pylist(records) if records else pa.table({}))
     write_parquet_atomic(tables / "scaling_fits.parquet", pa.Table.from_pylist(fits) if fits else pa.table({}))
 
-    if figures_job is not None:
-        figures = figures_job.result()
-    else:
-        from evomerge.pipelines.scale.report_figures import draw
+    from evomerge.pipelines.scale.report_figures import fitness_figure, weight_histograms
 
-        figures = draw(plan, fitness, samples, figs, metric)
+    figures = fitness_figure(plan, fitness, figs, metric)
+    figures.update(figures_job.result() if figures_job is not None else weight_histograms(samples, figs))
     analysis = run_dir / "analysis"
     for name in ("pca_cumulative", "principal_angles", "correlation", "variance_floor", "merged_weight_hist"):
         if (analysis / f"{name}.png").is_file():
