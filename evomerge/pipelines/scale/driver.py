@@ -111,6 +111,7 @@ def run_scale(
     ctx = make_context(cfg, spec, run_dir)
     from evomerge.distributed.cluster import connect, disconnect
     from evomerge.pipelines.scale.execute import RayCellRunner
+    from evomerge.pipelines.scale.finish import disconnect_beside
     from evomerge.pipelines.scale.start import run_analysis, start_analysis
 
     started_ray = False
@@ -119,6 +120,7 @@ def run_scale(
     bar = None
     outer = contextlib.ExitStack()
     analysis = early = histograms = None
+    ok = False
     try:
         if overlap and not resumed:
             # a fresh run has cells to run: Ray, the pool analysis (its own process) and the
@@ -231,18 +233,25 @@ def run_scale(
             analysis.result()  # its error, if any, here
         if histograms is not None:  # every cell is on disk: the histograms are drawn beside Ray's shutdown and the fits
             histograms.send(str(run_dir))
+        ok = True
     finally:
         if bar is not None:
             bar.close()
         outer.close()  # the early cell actors; waits for the analysis process
-        disconnect(started_ray)
+        # after a failure Ray is stopped before returning (the caller may resume at once); else
+        # it stops in a thread beside the report, which needs no Ray
+        stopping = disconnect_beside(started_ray) if ok and report else disconnect(started_ray)
         _record_timing(run_dir, time.perf_counter() - t0, n_run, resumed)
     seconds = time.perf_counter() - t0
     report_path = None
-    if report:
-        from evomerge.pipelines.scale.report import write_report
+    try:
+        if report:
+            from evomerge.pipelines.scale.report import write_report
 
-        report_path = write_report(run_dir, figures_job=histograms)
+            report_path = write_report(run_dir, figures_job=histograms)
+    finally:
+        if stopping is not None:
+            stopping.join()
     total = len(cells) - len(skipped)
     return ScaleResult(
         run_dir=run_dir, stop=stop_r, cells_total=total, cells_run=n_run, cells_skipped=total - n_run,
