@@ -5,7 +5,7 @@
 Runs the command as a child process and samples, every 2 s, the CPU times of the child and
 all its descendants (the Ray head, raylet and workers), keeping each process's last reading;
 also samples the machine's load average and whole-machine CPU use (other work on the machine
-counts there). Writes ``<out>/benchmark.json`` and prints it, with the run's utilisation per
+counts there). Writes ``<out>/benchmark.json`` (with the 2 s CPU timeline) and prints it, with the run's utilisation per
 phase (start-up and analysis, searches, cells, report), the phases read off the run's file
 times (first / last search result, first / last cell file, report.md).
 """
@@ -99,6 +99,7 @@ def main() -> int:
         "loadavg_1min_mean": round(sum(loads) / max(1, len(loads)), 2), "loadavg_1min_max": round(max(loads, default=0), 2),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "phases": phases(args.out, t0, wall, timeline, cores),
+        "timeline": [[round(t, 1), round(c, 1)] for t, c in timeline],  # (s since start, tree CPU s so far)
     }
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "benchmark.json"), "w") as fh:
