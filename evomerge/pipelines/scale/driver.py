@@ -129,11 +129,6 @@ def run_scale(
             started_ray = connect(cfg.ray)
             if analyze:
                 analysis = start_analysis(outer, spec, cfg, run_dir / "analysis")
-            if report:  # the weight histograms: a child that imports now, draws once the cells are done
-                from evomerge.pipelines.scale.report_figures import warm_histograms
-
-                histograms = warm_histograms()
-                outer.callback(lambda: histograms.cancel() if not histograms.proc.stdin.closed else None)
             if cfg.scale.search and cpu_only(cfg):
                 early = outer.enter_context(RayCellRunner(ctx, cfg.ray, share=True))
         plan = make_plan(cfg, spec, run_dir, ctx)
@@ -225,6 +220,13 @@ def run_scale(
                 free = []
             todo = free + [c for c in cells if c.kind == "search" and c.id not in done and c.id not in skipped]
             bar.total = len(cells) - len(skipped)
+            if report and overlap and todo:
+                # the report's weight histograms: a child that does its imports while the last
+                # cells run (the searches are over: cores to spare) and draws once they are done
+                from evomerge.pipelines.scale.report_figures import warm_histograms
+
+                histograms = warm_histograms()
+                outer.callback(lambda: histograms.cancel() if not histograms.proc.stdin.closed else None)
             if todo:
                 if runner is None:
                     runner = stack.enter_context(RayCellRunner(ctx, cfg.ray))

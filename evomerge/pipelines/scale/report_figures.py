@@ -1,8 +1,8 @@
 """The scale report's own figures: fitness vs k, and the merged weights' histograms.
 
 The histograms need only the weight samples on disk, so a fresh run draws them in a process of
-its own (:func:`warm_histograms`, started with the run: its imports happen while the cores have
-room) while the driver shuts Ray down, fits the laws, writes the tables and draws the fitness
+its own (:func:`warm_histograms`, started once the searches are over: its imports happen while
+the last cells run) while the driver shuts Ray down, fits the laws, writes the tables and draws the fitness
 figure; ``evomerge report`` draws everything in its own process. Same files either way.
 """
 
