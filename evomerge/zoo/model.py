@@ -38,8 +38,10 @@ class Profile:
     # initialisation, a slow A keeps the experts' A factors close, hence "ab" close to delta
     lora_a_lr_ratio: float = 1.0
     # the shared A: "random" (peft's seeded init), "eva" (peft's EVA: each layer's top principal
-    # input directions on the mixture of all tasks) or "warmup" (A of one LoRA trained
-    # `lora_a_warmup_steps` on that mixture); see evomerge/zoo/lora_init.py
+    # input directions on the mixture of all tasks), "warmup" (A of one LoRA trained
+    # `lora_a_warmup_steps` on that mixture) or "contrast" (per task, the input directions its
+    # inputs excite more than the others'); see evomerge/zoo/lora_init.py and docs/zoo.md
+    # (a 200-step warm-up with rank 32 and A 16x slower met every target, not shipped)
     lora_a_init: str = "random"
     lora_a_warmup_steps: int = 100
     full_steps: int = 0  # >0: also one full fine-tune per task (whole-model safetensors checkpoint)
