@@ -89,4 +89,5 @@ def test_test_rows_option_and_summary_of_the_extra_split():
     rows = [{"k": 2, "seed": s, "method": "ta_best", "target": "all", "validation": 0.5, "test": t, "test@64": u}
             for s, (t, u) in enumerate([(0.6, 0.7), (0.4, 0.2)])]
     out = {r["split"]: r for r in search_vs_merge.summarise(rows)}
-    assert out["test@64"]["mean"] == statistics.fmean([0.7, 0.2]) and out["test"]["mean"] == statistics.fmean([0.6, 0.4])
+    assert out["test@64"]["mean"] == statistics.fmean([0.7, 0.2])
+    assert out["test"]["mean"] == statistics.fmean([0.6, 0.4])
