@@ -19,6 +19,7 @@ from evomerge.experts.peft_io import load_peft_adapter
 from evomerge.io import sha256_tree
 from evomerge.zoo import FORMAT_VERSION, Zoo, build_zoo, ensure_zoo, shipped_root
 from evomerge.zoo.model import PROFILES, recipe_hash
+from _zoo_helpers import ab_error
 
 torch.set_num_threads(1)
 
@@ -92,21 +93,9 @@ def test_default_experts_beat_the_base_by_the_target_margin():
     assert all(rec[t]["expert"]["token_accuracy"] == pytest.approx(own[t][0].per_task[t], abs=1e-6) for t in zoo.tasks)
 
 
-def _ab_error(experts):
-    """Relative Frobenius error of averaging A and B separately against averaging B @ A, by hand."""
-    num = den = 0.0
-    for key in experts[0]:
-        mods = [e[key] for e in experts]
-        avg_delta = sum(m.scale * m.B.double() @ m.A.double() for m in mods) / len(mods)
-        ab = (sum(m.scale * m.B.double() for m in mods) / len(mods)) @ (sum(m.A.double() for m in mods) / len(mods))
-        num += float((ab - avg_delta).pow(2).sum())
-        den += float(avg_delta.pow(2).sum())
-    return (num / den) ** 0.5
-
-
 def _default_ab_error():
     zoo = ensure_zoo("default")
-    return zoo, _ab_error([load_peft_adapter(zoo.expert_dirs[t]).modules for t in zoo.tasks])
+    return zoo, ab_error([load_peft_adapter(zoo.expert_dirs[t]).modules for t in zoo.tasks])
 
 
 def test_recorded_ab_fidelity_is_the_hand_computed_one():
@@ -129,8 +118,8 @@ def test_shared_lora_init_is_what_makes_ab_close(tmp_path):
     e_apart = [load_peft_adapter(apart.expert_dirs[t]).modules for t in apart.tasks]
     key = next(iter(e_shared[0]))
     assert not torch.equal(e_shared[0][key].A, e_shared[1][key].A)  # trained apart from one start
-    assert _ab_error(e_shared) < 0.5 * _ab_error(e_apart)
-    assert shared.manifest["ab_fidelity"] == pytest.approx(_ab_error(e_shared), abs=1e-4)
+    assert ab_error(e_shared) < 0.5 * ab_error(e_apart)
+    assert shared.manifest["ab_fidelity"] == pytest.approx(ab_error(e_shared), abs=1e-4)
 
 
 @pytest.mark.parametrize("profile", ["small", "default"])

@@ -16,22 +16,11 @@ from evomerge.zoo import build_zoo
 from evomerge.zoo.build import _concat, resolve_profile
 from evomerge.zoo.lora_init import contrast_a, eva_a
 from evomerge.zoo.model import PROFILES, recipe_hash
+from _zoo_helpers import ab_error
 
 torch.set_num_threads(1)
 
 TINY = PROFILES["tiny"]
-
-
-def _ab_error(experts):
-    """Relative Frobenius error of averaging A and B separately against averaging B @ A, by hand."""
-    num = den = 0.0
-    for key in experts[0]:
-        mods = [e[key] for e in experts]
-        avg_delta = sum(m.scale * m.B.double() @ m.A.double() for m in mods) / len(mods)
-        ab = (sum(m.scale * m.B.double() for m in mods) / len(mods)) @ (sum(m.A.double() for m in mods) / len(mods))
-        num += float((ab - avg_delta).pow(2).sum())
-        den += float(avg_delta.pow(2).sum())
-    return (num / den) ** 0.5
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +143,7 @@ def test_eva_build_shares_one_a_and_ab_equals_delta(eva_zoo):
         assert torch.equal(mod.A, experts[1][key].A)  # one shared A, kept (lr ratio 0)
         assert torch.allclose(mod.A, a[key.removesuffix(".weight")], atol=1e-6), key
         assert not torch.equal(mod.B, experts[1][key].B)  # the experts differ through B
-    assert _ab_error(experts) < 1e-6
+    assert ab_error(experts) < 1e-6
     assert eva_zoo.manifest["ab_fidelity"] == pytest.approx(0.0, abs=1e-5)
 
 
@@ -168,7 +157,7 @@ def test_warmup_build_starts_every_expert_from_one_trained_a(tmp_path):
     assert torch.equal(ew[0][key].A, ew[1][key].A) and torch.equal(er[0][key].A, er[1][key].A)
     # the warm-up trained A away from peft's seeded init (the random build keeps that init)
     assert float((ew[0][key].A - er[0][key].A).abs().max()) > 1e-4
-    assert _ab_error(ew) < 1e-6 and warm.manifest["training"]["lora_a_warmup_steps"] == 4
+    assert ab_error(ew) < 1e-6 and warm.manifest["training"]["lora_a_warmup_steps"] == 4
     assert "lora_a_init" not in rand.manifest["training"]  # a "random" zoo's manifest is as before
 
 
