@@ -63,23 +63,26 @@ def write_figures(study, out_dir: str | Path) -> dict[str, str]:
     done: dict[str, str] = {}
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     plots = {"optimization_history": ovm.plot_optimization_history, "param_importances": ovm.plot_param_importances}
-    for name, fn in plots.items():
-        if name == "param_importances" and len(complete) < 2:
-            done[name] = "skipped: needs at least 2 complete trials"
-            continue
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                warnings.simplefilter("ignore", UserWarning)  # importance of near-constant studies
-                ax = fn(study)
-            fig = getattr(ax, "figure", None) or plt.gcf()
-            path = out_dir / f"{name}.png"
-            _save_png(fig, path)
-            plt.close("all")
-            done[name] = str(path)
-        except Exception as err:  # e.g. importance of a space whose params never varied
-            plt.close("all")
-            done[name] = f"skipped: {type(err).__name__}: {err}"
+    # optuna's matplotlib plots call plt.style.use("ggplot"), which would restyle every later
+    # figure of this process (e.g. a scale report drawn after a study): the style stays inside
+    with matplotlib.rc_context():
+        for name, fn in plots.items():
+            if name == "param_importances" and len(complete) < 2:
+                done[name] = "skipped: needs at least 2 complete trials"
+                continue
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    warnings.simplefilter("ignore", UserWarning)  # importance of near-constant studies
+                    ax = fn(study)
+                fig = getattr(ax, "figure", None) or plt.gcf()
+                path = out_dir / f"{name}.png"
+                _save_png(fig, path)
+                plt.close("all")
+                done[name] = str(path)
+            except Exception as err:  # e.g. importance of a space whose params never varied
+                plt.close("all")
+                done[name] = f"skipped: {type(err).__name__}: {err}"
     return done
 
 
