@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -117,6 +118,8 @@ def test_resume_after_the_worker_is_killed(small_zoo, tmp_path) -> None:
             study = optuna.load_study(study_name="evomerge", storage=storage)
             done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         except KeyError:  # not created yet
+            done = []
+        except sqlalchemy.exc.SQLAlchemyError:  # the worker is creating the storage's tables right now
             done = []
         if len(done) >= 2:
             break

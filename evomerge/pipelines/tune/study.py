@@ -7,8 +7,9 @@ two workers split the budget instead of doubling it.
 A worker that dies (killed, machine lost) leaves its trial RUNNING. Such trials are marked FAIL
 and retried with the same parameters (:data:`RETRY`, at most twice): on RDB storages by Optuna's
 heartbeats (a trial whose worker stopped beating for the grace period), and, for SQLite and
-journal files, also by :func:`sweep_dead_trials` when a worker opens the study (a RUNNING trial
-whose worker process on this machine is gone). A failed trial that was retried does not count
+journal files, also by :func:`sweep_dead_trials` when a worker opens the study and after each of
+its trials (a RUNNING trial whose worker process on this machine is gone, or one that no worker
+claimed: a worker killed between creating a trial and recording itself on it). A failed trial that was retried does not count
 toward the budget. A resumed worker's sampler is seeded from the run seed, the worker index
 and the number of trials already in the study (:func:`sampler_seed`), so it continues with new
 parameters instead of repeating trial 0's.
@@ -25,6 +26,9 @@ FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 WORKER_ATTR = "worker"  # host:pid of the process running the trial
 WORKER_START_ATTR = "worker_start"  # that process's start time (tells a reused pid apart)
 MAX_RETRY = 2
+# a live worker records itself on the trial it created within milliseconds; a RUNNING trial still
+# unclaimed after this long was created by a worker that died in between
+UNCLAIMED_AFTER_S = 10.0
 
 
 def retry_callback():
@@ -134,9 +138,15 @@ def _process_start(pid: int) -> str | None:
 
 
 def _worker_alive(trial) -> bool | None:
-    """Whether the process that runs ``trial`` is alive; None when it ran on another machine."""
+    """Whether the process that runs ``trial`` is alive; None when it ran on another machine
+    (False for a trial no worker claimed for :data:`UNCLAIMED_AFTER_S`)."""
+    import datetime
     import socket
 
+    if WORKER_ATTR not in trial.user_attrs:
+        started = trial.datetime_start  # Optuna records it in local time, naive
+        age = (datetime.datetime.now() - started).total_seconds() if started is not None else 0.0
+        return False if age > UNCLAIMED_AFTER_S else None
     host, _, pid = str(trial.user_attrs.get(WORKER_ATTR, "")).rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return None
@@ -196,6 +206,7 @@ def run_study(study, objective: Callable, *, n_trials: int, timeout: float | Non
         return objective(trial)
 
     def budget(study, trial) -> None:  # the study's budget, shared with the other workers
+        sweep_dead_trials(study, log)  # a trial left by a worker that died since this one started
         if n_finished(study) >= n_trials:
             study.stop()
 
