@@ -26,7 +26,7 @@ import torch
 from evomerge.evaluation.encoding import Encoded, encode_pairs
 from evomerge.io import atomic_dir, write_json_atomic, write_parquet_atomic
 from evomerge.zoo import tasks as task_lib
-from evomerge.zoo.lora_init import lora_config, set_shared_a, shared_a
+from evomerge.zoo.lora_init import A_INITS, lora_config, set_shared_a, shared_a
 from evomerge.zoo.model import PROFILES, Profile, build_config, build_tokenizer, recipe_hash
 from evomerge.zoo.train import KeepSet, train
 from evomerge.zoo.zoo import FORMAT_VERSION, MANIFEST, Zoo, file_hashes
@@ -98,27 +98,21 @@ def _gather_rows(data: Encoded, idx: torch.Tensor) -> Encoded:
 
 def resolve_profile(profile: str | Profile, shared_init: bool | None = None, full: bool | None = None) -> Profile:
     """The profile to build (by name, or a :class:`Profile`), with the build options applied."""
+    from evomerge.errors import ConfigError
+
     if isinstance(profile, Profile):
         prof = profile
     else:
         if profile not in PROFILES:
-            from evomerge.errors import ConfigError
-
             raise ConfigError(f"zoo profile must be one of {sorted(PROFILES)}. Got {profile!r} instead.")
         prof = PROFILES[profile]
     if shared_init is not None:
         prof = dataclasses.replace(prof, shared_init=bool(shared_init))
     if full is not None and not full:
         prof = dataclasses.replace(prof, full_steps=0)
-    from evomerge.zoo.lora_init import A_INITS
-
     if prof.lora_a_init not in A_INITS:
-        from evomerge.errors import ConfigError
-
         raise ConfigError(f"zoo profile {prof.name}: lora_a_init must be one of {A_INITS}. Got {prof.lora_a_init!r} instead.")
     if prof.lora_a_init != "random" and not prof.shared_init:
-        from evomerge.errors import ConfigError
-
         raise ConfigError(f"zoo profile {prof.name}: lora_a_init={prof.lora_a_init!r} is a shared initialisation; "
                           "it needs shared_init")
     return prof

@@ -126,7 +126,7 @@ def build_config(profile: Profile, vocab_size: int, tokenizer):
 
 # fields added after the shipped zoos were built enter the fingerprint only when set away from
 # their default, so zoos built before them stay current
-_LATER_FIELDS = {"lora_a_init": "random", "lora_a_warmup_steps": 100}
+_LATER_FIELDS = ("lora_a_init", "lora_a_warmup_steps")
 
 
 def _profile_repr(profile: Profile) -> str:
@@ -134,7 +134,7 @@ def _profile_repr(profile: Profile) -> str:
     import dataclasses
 
     shown = [f for f in dataclasses.fields(profile)
-             if not (f.name in _LATER_FIELDS and getattr(profile, f.name) == _LATER_FIELDS[f.name])]
+             if not (f.name in _LATER_FIELDS and getattr(profile, f.name) == f.default)]
     return f"{type(profile).__qualname__}(" + ", ".join(f"{f.name}={getattr(profile, f.name)!r}" for f in shown) + ")"
 
 
