@@ -97,7 +97,7 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, figures
     from evomerge.pipelines.scale.plan import load_cells
     from evomerge.pipelines.scale.search_cells import search_scores
 
-    searches = search_scores(run_dir, load_cells(plan))
+    searches = search_scores(run_dir, load_cells(plan), _search_tests(fitness))
     write_parquet_atomic(tables / "scores.parquet", pa.Table.from_pandas(scores, preserve_index=False))
     write_parquet_atomic(tables / "fitness.parquet", pa.Table.from_pandas(fitness, preserve_index=False))
     write_parquet_atomic(tables / "theory.parquet", pa.Table.from_pylist(stop["curve"]))
@@ -126,6 +126,15 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, figures
     with atomic_file(path, "w") as fh:
         fh.write(md)
     return path
+
+
+def _search_tests(fitness: pd.DataFrame) -> dict[str, float]:
+    """Search cell id -> the test fitness (its experts' tasks, no RHT) of the search's best."""
+    if fitness.empty:
+        return {}
+    f = fitness[(fitness["kind"] == "search") & (fitness["split"] == "test") & (fitness["target"] == "union")
+                & ~fitness["rht"].astype(bool)]
+    return {str(c): float(v) for c, v in f.groupby("cell")["fitness"].mean().items()}
 
 
 def _base_all(fitness: pd.DataFrame, split: str) -> float:

@@ -209,11 +209,16 @@ def final_population(run_dir: Path, cell: Cell) -> dict[str, dict]:
     return out
 
 
-def search_scores(run_dir: Path, cells: list[Cell]) -> list[dict]:
+def search_scores(run_dir: Path, cells: list[Cell], test: dict[str, float] | None = None) -> list[dict]:
     """Per finished search cell: its validation fitness, the test score of the validation-selected
-    best, and (when recorded) the best test score over its final population (test-set selection)."""
+    best, and (when recorded) the best test score over its final population (test-set selection).
+
+    ``test``: cell id -> the scale run's own test fitness of the cell's best (its k experts'
+    tasks, every test row, as the final population is scored); without it, the search run's
+    own end-of-run test score."""
     import json
 
+    test = test or {}
     rows = []
     for cell in cells:
         d = search_dir(run_dir, cell)
@@ -222,6 +227,6 @@ def search_scores(run_dir: Path, cells: list[Cell]) -> list[dict]:
         res = json.loads((d / "result.json").read_text())
         pop = json.loads((d / "population_test.json").read_text()) if (d / "population_test.json").is_file() else None
         rows.append({"k": cell.k, "method": cell.method, "seed": cell.seed, "validation": res.get("best_fitness"),
-                     "test_val_selected": res.get("best_test_fitness"),
+                     "test_val_selected": test.get(cell.id, res.get("best_test_fitness")),
                      "test_best_in_population": max(pop.values()) if pop else None})
     return rows

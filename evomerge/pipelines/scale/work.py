@@ -243,17 +243,32 @@ def load_best(path) -> TensorDict:
 
 
 def make_evaluator(ctx: ScaleContext):
-    """The evaluator over the zoo's tasks (or the user's task files)."""
+    """The evaluator over the zoo's tasks (or the user's task files).
+
+    Validation (every choice of the run: the experts' gains, the searches' objective, the stop
+    rules' curves) keeps the first ``evaluation.max_samples`` rows of each task; test, which is
+    only reported, is scored on every row of the split."""
     from evomerge.evaluation import Evaluator
 
     ev = ctx.evaluation
-    kwargs = dict(metric=ev.metric, device=ctx.device, batch_size=ev.batch_size, max_samples=ev.max_samples,
+    kwargs = dict(metric=ev.metric, device=ctx.device, batch_size=ev.batch_size, max_samples=None,
                   max_rows=ev.rows_per_pass)
     if ctx.zoo_root is not None:
         from evomerge.zoo import Zoo
 
-        return Evaluator.from_zoo(Zoo.open(ctx.zoo_root), tasks=ev.tasks, **kwargs)
-    return Evaluator(ctx.base_dir, user_tasks(ev), task_weights=ev.task_weights, **kwargs)
+        zoo = Zoo.open(ctx.zoo_root)
+        return Evaluator(zoo.base_dir, cut_validation(zoo.load_tasks(ev.tasks), ev.max_samples), **kwargs)
+    return Evaluator(ctx.base_dir, cut_validation(user_tasks(ev), ev.max_samples), task_weights=ev.task_weights, **kwargs)
+
+
+def cut_validation(tasks: dict[str, dict[str, Any]], max_samples: int) -> dict[str, dict[str, Any]]:
+    """Every split but test cut to its first ``max_samples`` rows (as the Evaluator's own
+    ``max_samples`` cuts every split); the test split whole."""
+    return {
+        name: {split: ds if split == "test" or len(ds) <= max_samples else ds.select(range(max_samples))
+               for split, ds in splits.items()}
+        for name, splits in tasks.items()
+    }
 
 
 def user_tasks(ev: EvaluationConfig) -> dict[str, dict[str, Any]]:
