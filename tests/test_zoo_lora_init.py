@@ -172,7 +172,10 @@ def test_bad_lora_a_init_is_refused_before_any_work(tmp_path):
 
 def test_new_profile_fields_leave_the_shipped_recipes_unchanged():
     # zoos built before `lora_a_init` existed stay current: the field enters the hash only when set
-    assert recipe_hash(PROFILES["default"]) == "bfbc78f5446c443b"
     assert recipe_hash(PROFILES["small"]) == "afacb86d5591eab1"
+    assert recipe_hash(dataclasses.replace(PROFILES["default"], lora_a_init="random", lora_a_warmup_steps=100,
+                                           rank=8, alpha=16, lora_a_lr_ratio=1.0)) == "bfbc78f5446c443b"
+    # the shipped default is the warm-up recipe of issue 11
+    assert recipe_hash(PROFILES["default"]) == "e29da81df1d99656"
     assert recipe_hash(dataclasses.replace(PROFILES["default"], lora_a_warmup_steps=50, lora_a_init="warmup")) \
         != recipe_hash(dataclasses.replace(PROFILES["default"], lora_a_init="warmup"))
