@@ -257,7 +257,7 @@ class ScaleConfig(Section):
     with_rht: bool = True
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     order: Literal["given", "random", "low_correlation", "gain"] = Field(
-        default="low_correlation", description="expert order: given, random, low_correlation (|rho|; the default: best curve on the shipped zoo, docs/scale.md), gain (own-task gain, best first)")
+        default="low_correlation", description="expert order: given, random, low_correlation (|rho|), gain (own-task gain, best first; `evomerge scale`'s built-in config uses it: best curve on the shipped zoo, docs/scale.md)")
     k_min: int = Field(default=1, ge=1)
     k_max: int | None = Field(default=None, ge=1)
     delta: float | Literal["adaptive", "relative"] = Field(
