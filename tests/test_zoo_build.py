@@ -246,6 +246,15 @@ def test_cli_build_info_evaluate(tiny, small_zoo, capsys):
     assert [line.split()[0] for line in lines[2:]] == ["base", "brackets", "majority"]
 
 
+def test_cli_info_says_how_the_shared_a_was_made(capsys):
+    assert main(["zoo", "info", "--zoo", "default"]) == 0
+    tr = ensure_zoo("default").manifest["training"]
+    assert f"A warmed up {tr['lora_a_warmup_steps']} steps on all tasks" in capsys.readouterr().out
+    assert tr["lora_a_init"] == "warmup" and tr["lora_a_lr_ratio"] == 1 / 16
+    assert main(["zoo", "info", "--small"]) == 0
+    assert "warmed up" not in capsys.readouterr().out  # the small zoo keeps peft's random A
+
+
 def test_cli_evaluate_user_task_and_adapter(small_zoo, tmp_path, capsys):
     """A user's own base folder + task folder + adapter folder go through the same path."""
     task_dir = small_zoo.task_files("brackets")["validation"].parent

@@ -155,6 +155,19 @@ def check_command(
         raise typer.Exit(1)
 
 
+def _a_init_note(tr: dict) -> str:
+    """How the shared LoRA A was made and trained, for zoos built with a non-default A."""
+    parts = []
+    if tr.get("lora_a_init", "random") == "warmup":
+        parts.append(f"A warmed up {tr['lora_a_warmup_steps']} steps on all tasks")
+    elif tr.get("lora_a_init", "random") != "random":
+        parts.append(f"A from {tr['lora_a_init']}")
+    ratio = tr.get("lora_a_lr_ratio", 1.0)
+    if ratio != 1.0:
+        parts.append(f"A trained at {ratio:g}x B's learning rate")
+    return f"({', '.join(parts)}) " if parts else ""
+
+
 def _print_info(zoo) -> None:
     m = zoo.manifest
     model = m["model"]
@@ -167,7 +180,7 @@ def _print_info(zoo) -> None:
     tr = m["training"]
     typer.echo(f"experts: LoRA r={tr['rank']} alpha={tr['alpha']} on {','.join(tr['target_modules'])}, "
                f"{tr['expert_steps']} steps each, {'one shared' if tr.get('shared_init') else 'per-expert'} LoRA init "
-               f"(base: {tr['base_steps']} steps)")
+               f"{_a_init_note(tr)}(base: {tr['base_steps']} steps)")
     if zoo.full_dirs:
         typer.echo(f"full fine-tunes: {tr['full_steps']} steps each -> {zoo.root / 'full'}")
     typer.echo("related pairs: " + (", ".join(f"{a}~{b}" for a, b in zoo.related_pairs) or "none"))

@@ -2,7 +2,7 @@
 
 ``Profile.lora_a_init`` picks it:
 
-* ``"random"``: peft's own (Kaiming-uniform) A from one seed (the shipped zoos);
+* ``"random"``: peft's own (Kaiming-uniform) A from one seed (the shipped small zoo);
 * ``"eva"``: peft's EVA (explained-variance adaptation): each layer's A is the top ``rank``
   principal directions (right-singular vectors of the centred inputs, unit rows) of that
   layer's inputs on a mixture of every task's training rows; computed once, on the base;
