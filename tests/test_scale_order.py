@@ -184,8 +184,17 @@ def test_correlated_pairs_from_domains_and_graceful_without():
     domains = {"a1": "A", "a2": "A", "b1": "B", "c1": "C", "b2": "B"}
     p = correlated_pairs(names, domains, [("a1", "a2"), ("b1", "b2")])
     assert p["related"] == [[0, 1], [2, 4]]
-    # the first member with the first expert of another domain
-    assert p["unrelated"] == [[0, 2], [2, 0]]
+    # the first member with the first expert of another domain that it is not yet paired with,
+    # in either order (b1-a1 would repeat a1-b1)
+    assert p["unrelated"] == [[0, 2], [2, 1]]
+    from evomerge.zoo import ensure_zoo
+
+    zoo = ensure_zoo("default")  # the shipped pool: five related pairs, five distinct unrelated ones
+    domains = zoo.domains
+    q = correlated_pairs(zoo.tasks, domains, zoo.related_pairs)
+    assert len(q["related"]) == len(q["unrelated"]) == 5
+    assert len({frozenset(u) for u in q["unrelated"]}) == 5
+    assert all(domains[zoo.tasks[i]] != domains[zoo.tasks[j]] for i, j in q["unrelated"])
     none = correlated_pairs(names, None, None)
     assert none["related"] == [] and "no domains" in none["note"]
 
