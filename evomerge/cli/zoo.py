@@ -158,10 +158,11 @@ def check_command(
 def _a_init_note(tr: dict) -> str:
     """How the shared LoRA A was made and trained, for zoos built with a non-default A."""
     parts = []
-    if tr.get("lora_a_init", "random") == "warmup":
+    kind = tr.get("lora_a_init", "random")
+    if kind == "warmup":
         parts.append(f"A warmed up {tr['lora_a_warmup_steps']} steps on all tasks")
-    elif tr.get("lora_a_init", "random") != "random":
-        parts.append(f"A from {tr['lora_a_init']}")
+    elif kind != "random":
+        parts.append(f"A from {kind}")
     ratio = tr.get("lora_a_lr_ratio", 1.0)
     if ratio != 1.0:
         parts.append(f"A trained at {ratio:g}x B's learning rate")

@@ -57,6 +57,8 @@ class Evaluator:
     The base model stays loaded; a candidate's deltas are applied on the fly (see
     :mod:`evomerge.evaluation.forward`), so nothing is saved or reloaded per candidate.
     ``tasks`` maps task name to ``{split: datasets.Dataset}`` with prompt/answer columns.
+    Each split keeps its first ``max_samples`` rows, except the ``whole_splits``, which keep
+    every row (e.g. a test split that is only reported, while validation drives the choices).
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class Evaluator:
         max_new_tokens: int | None = None,
         dtype: torch.dtype | None = None,
         max_rows: int | None = None,
+        whole_splits: Sequence[str] = (),
     ) -> None:
         if metric not in M.METRICS:
             raise ConfigError(f"evaluation: `metric` must be one of {list(M.METRICS)}. Got {metric!r} instead.")
@@ -109,7 +112,7 @@ class Evaluator:
         for name, splits in tasks.items():
             self.data[name] = {}
             for split, ds in splits.items():
-                if max_samples is not None and len(ds) > max_samples:
+                if max_samples is not None and split not in whole_splits and len(ds) > max_samples:
                     ds = ds.select(range(max_samples))
                 enc = encode_dataset(self.tokenizer, ds, f"task `{name}` split `{split}`", context_length(self.model))
                 self.data[name][split] = enc.sorted_by_length().to(self.device)

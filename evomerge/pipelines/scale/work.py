@@ -251,24 +251,13 @@ def make_evaluator(ctx: ScaleContext):
     from evomerge.evaluation import Evaluator
 
     ev = ctx.evaluation
-    kwargs = dict(metric=ev.metric, device=ctx.device, batch_size=ev.batch_size, max_samples=None,
-                  max_rows=ev.rows_per_pass)
+    kwargs = dict(metric=ev.metric, device=ctx.device, batch_size=ev.batch_size, max_samples=ev.max_samples,
+                  max_rows=ev.rows_per_pass, whole_splits=("test",))
     if ctx.zoo_root is not None:
         from evomerge.zoo import Zoo
 
-        zoo = Zoo.open(ctx.zoo_root)
-        return Evaluator(zoo.base_dir, cut_validation(zoo.load_tasks(ev.tasks), ev.max_samples), **kwargs)
-    return Evaluator(ctx.base_dir, cut_validation(user_tasks(ev), ev.max_samples), task_weights=ev.task_weights, **kwargs)
-
-
-def cut_validation(tasks: dict[str, dict[str, Any]], max_samples: int) -> dict[str, dict[str, Any]]:
-    """Every split but test cut to its first ``max_samples`` rows (as the Evaluator's own
-    ``max_samples`` cuts every split); the test split whole."""
-    return {
-        name: {split: ds if split == "test" or len(ds) <= max_samples else ds.select(range(max_samples))
-               for split, ds in splits.items()}
-        for name, splits in tasks.items()
-    }
+        return Evaluator.from_zoo(Zoo.open(ctx.zoo_root), tasks=ev.tasks, **kwargs)
+    return Evaluator(ctx.base_dir, user_tasks(ev), task_weights=ev.task_weights, **kwargs)
 
 
 def user_tasks(ev: EvaluationConfig) -> dict[str, dict[str, Any]]:
