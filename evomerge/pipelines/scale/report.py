@@ -72,7 +72,7 @@ def write_report(run_dir: str | Path, overrides: dict[str, Any] | None = None, *
 
 def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, figures_job) -> Path:
     from evomerge.config import load_config
-    from evomerge.pipelines.scale.rules import judge, pair_summary
+    from evomerge.pipelines.scale.rules import cut_searches, judge, pair_summary
 
     run_dir = Path(run_dir)
     plan, scores, samples = load_run(run_dir, samples=figures_job is None)  # the job reads them itself
@@ -92,7 +92,9 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, figures
 
     fitness = fitness_table(scores)
     pk_all, pk_union = peaks(fitness, target="all"), peaks(fitness, target="union")
-    records, fits = judge(plan, fitness, scale_cfg=cfg.scale, pca_count=pca, gains=gains) if not fitness.empty else ([], [])
+    cut = cut_searches(_read_json(run_dir / "search_stop.json"), stop.get("search_k"))
+    records, fits = (judge(plan, fitness, scale_cfg=cfg.scale, pca_count=pca, gains=gains, cut=cut)
+                     if not fitness.empty else ([], []))
     pairs = pair_summary(fitness, plan, gains) if not fitness.empty else []
     from evomerge.pipelines.scale.plan import load_cells
     from evomerge.pipelines.scale.search_cells import search_scores

@@ -22,6 +22,7 @@ def rule_verdicts(rules: list[dict], law_rule: str) -> dict[str, Any]:
     """The issue's checks on the rule table: the online rule within +-1 of the peak for >= 80% of
     (method, target) pairs and never more than 2 past it; the law on the first k within +-1 for
     task arithmetic and TIES."""
+    # rows without an error are not judged (no peak measured, or a search curve the stop cut)
     online = [r for r in rules if r["rule"] == "online" and r["error"] is not None]
     within = [r for r in online if abs(r["error"]) <= 1]
     past = max((r["error"] for r in online), default=None)
@@ -87,18 +88,30 @@ def _rules_section(s, sc) -> list[str]:
         fired = _k(r["fired_k"]) + ("" if r["fired"] else " (did not fire)") + (
             f" (keeps {r['keeps_k']})" if r.get("keeps_k") is not None and r["keeps_k"] != r["fired_k"] else "")
         err = "n/a" if r["error"] is None else f"{r['error']:+.2f}"
-        L.append(f"| {r['rule']} | {r['method']} | {r['target']} | {fired} | {_k(r['peak_k'])}{rng} | {err} |")
+        peak = f"{_k(r['peak_k'])}{rng}"
+        if r.get("cut_at") is not None:
+            peak += f" (curve cut at {r['cut_at']} by the stop)"
+            err = "not judged"
+        L.append(f"| {r['rule']} | {r['method']} | {r['target']} | {fired} | {peak} | {err} |")
     v = s.get("verdicts") or rule_verdicts(s["rules"], law_rule)
+    cut = sorted({r["method"] for r in s["rules_detail"] if r.get("cut_at") is not None})
+    if cut:
+        L += ["", f"Not judged: {', '.join(cut)}. The enforced stop rule cut these searches' k grid, so their curves "
+              "end where the rule fired and a rule compared with their best k cannot miss; run with "
+              "`--set scale.stop=false` to measure them to the end."]
     if v["online_pairs"]:
         L += ["", f"Online rule: within +-1 of the measured peak for {v['online_within_1']} of {v['online_pairs']} "
-              f"(method, target) pairs ({v['online_share_within_1']:.0%}; target >= 80%); at most "
+              f"judged (method, target) pairs ({v['online_share_within_1']:.0%}; target >= 80%); at most "
               f"{v['online_max_past_peak']:+.2f} past the peak (target <= 2): **{'met' if v['online_ok'] else 'missed'}**."]
     if v["law_pairs"]:
         L += [f"Law on k <= {sc.law_first_k}: within +-1 for {v['law_within_1']} of {v['law_pairs']} task arithmetic / "
               f"TIES (method, target) pairs: **{'met' if v['law_ok'] else 'missed'}**."]
     stop_info = s.get("search_stop")
     if stop_info and stop_info.get("methods"):
-        L += ["", "Searches (rule enforced: online, on each search's own validation fitness): "
+        read = {"all": "the validation fitness of each search's best on all the pool's tasks",
+                "own": "each search's own validation fitness (its k experts' tasks)"}
+        target = stop_info.get("stop_target", "own")
+        L += ["", f"Searches (rule enforced: online, on {read.get(target, target)}): "
               + "; ".join(f"{m}: ran k = {d.get('ks_run')}, " + (f"stopped at k = {d['k']}" if d.get("fired") else "did not fire")
                           for m, d in stop_info["methods"].items()) + "."]
     return L + [""]

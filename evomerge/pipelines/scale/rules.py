@@ -12,6 +12,11 @@ are reported) and each rule's k is set beside it:
 Targets: ``all`` and ``union`` on the task metric, ``all/ce`` on cross-entropy (lower is better).
 The online rule's and the law's tolerance is ``scale.online_tol`` times the first measured
 point's gain over the base model on that target.
+
+A search whose k grid the enforced stop rule cut (``search_stop.json``) has no measured curve
+beyond the cut: its "peak" is the best of the k it ran, and the online rule replayed on that
+curve fires where the enforced rule did, by construction. Its rows keep the measured values
+but carry ``cut_at`` and no ``error``: they are not judged (a check that cannot fail).
 """
 
 from __future__ import annotations
@@ -102,10 +107,26 @@ def _base_value(fitness: pd.DataFrame, gains: dict | None, first_tasks: list, va
     return float(b[value].mean()) if not b.empty else float("nan")
 
 
-def judge(plan: dict, fitness: pd.DataFrame, *, scale_cfg, pca_count: int | None, gains: dict | None
-          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def cut_searches(search_stop: dict | None, search_k: list[int] | None) -> dict[str, int]:
+    """Search method -> the last k it ran, for the searches whose grid the enforced stop rule
+    cut before its end (``search_stop.json`` and the plan's search grid)."""
+    if not search_stop or not search_stop.get("enforced") or not search_k:
+        return {}
+    out = {}
+    for method, d in (search_stop.get("methods") or {}).items():
+        ran = d.get("ks_run") or []
+        if d.get("fired") and ran and max(ran) < max(search_k):
+            out[method] = int(max(ran))
+    return out
+
+
+def judge(plan: dict, fitness: pd.DataFrame, *, scale_cfg, pca_count: int | None, gains: dict | None,
+          cut: dict[str, int] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(records, fits)``: one record per (rule, method, target) ``{rule, method, target,
-    fired_k, fired, peak_k, peak_min, peak_max, error}`` and the law's fits (all k and k <= m)."""
+    fired_k, fired, peak_k, peak_min, peak_max, error, cut_at}`` and the law's fits (all k and
+    k <= m). ``cut``: method -> the k where the enforced stop cut its curve
+    (:func:`cut_searches`); those rows get ``error`` None (not judged)."""
+    cut = cut or {}
     records, fits = [], []
     k_end = int(plan["stop"]["k_end"])
     m = scale_cfg.law_first_k
@@ -141,12 +162,15 @@ def judge(plan: dict, fitness: pd.DataFrame, *, scale_cfg, pca_count: int | None
                     fits.append(_fit_row(label, tname, "all k", fit_scaling_law(x, y)))
                 except EvomergeError:
                     pass
+            cut_at = cut.get(method)
             for rule, (fired_k, fired) in rows.items():
                 err = (fired_k - pk["peak_k"]) if fired_k is not None and math.isfinite(pk["peak_k"]) else None
+                if cut_at is not None:
+                    err = None
                 records.append({"rule": rule, "method": label, "target": tname, "fired_k": fired_k, "fired": bool(fired),
                                 "peak_k": pk["peak_k"], "peak_min": pk["peak_min"], "peak_max": pk["peak_max"],
                                 "error": err, "tol": tol if rule in ("online",) or rule.startswith("law") else None,
-                                "keeps_k": keeps if rule == "online" else None})
+                                "keeps_k": keeps if rule == "online" else None, "cut_at": cut_at})
     return records, fits
 
 
