@@ -97,8 +97,8 @@ def _rules_section(s, sc) -> list[str]:
     cut = sorted({r["method"] for r in s["rules_detail"] if r.get("cut_at") is not None})
     if cut:
         L += ["", f"Not judged: {', '.join(cut)}. The enforced stop rule cut these searches' k grid, so their curves "
-              "end where the rule fired and a rule compared with their best k cannot miss; run with "
-              "`--set scale.stop=false` to measure them to the end."]
+              "end where the rule fired and a rule compared with their best k cannot miss; `evomerge scale --out RUN "
+              "--resume --no-stop` measures them to the end."]
     if v["online_pairs"]:
         L += ["", f"Online rule: within +-1 of the measured peak for {v['online_within_1']} of {v['online_pairs']} "
               f"judged (method, target) pairs ({v['online_share_within_1']:.0%}; target >= 80%); at most "
