@@ -209,6 +209,33 @@ def test_report_peaks_equal_the_argmax_of_the_table(run):
         assert float(m.group(2)) == pytest.approx(means.max(), abs=5e-4)
 
 
+def test_glance_table_agrees_with_the_peaks_and_the_rules(run):
+    """The report's first table (all tasks, without RHT) repeats the peaks of the fitness table
+    and the k where the rule table's rules fired: nothing in it is computed a second way."""
+    out, _ = run
+    fit = _fitness(out)
+    md = (out / "report.md").read_text()
+    section = md.split("## At a glance")[1].split("\n## ")[0]
+    rules = {(r["rule"], r["method"]): r for r in json.loads((out / "report.json").read_text())["rules"]
+             if r["target"] == "all"}
+    val = fit[(fit["target"] == "all") & (fit["split"] == "validation") & (fit["kind"] == "merge") & ~fit["rht"]]
+    rows = 0
+    for method, g in val.groupby("method"):
+        means = g.groupby("k")["fitness"].mean()
+        m = re.search(rf"^\| {re.escape(method)} \| (\d+) \| ([0-9.]+) \| [^|]+ \| (\d+) \| ([^|]+) \| ([^|]+) \| ([^|]+) \|$",
+                      section, re.M)
+        assert m, method
+        assert int(m.group(1)) == int(means.index[np.argmax(means.to_numpy())])
+        assert float(m.group(2)) == pytest.approx(means.max(), abs=5e-4)
+        assert int(m.group(3)) == int(g["k"].max())
+        for col, rule in ((4, "online"), (5, "law_k<=3"), (6, "theorem1")):
+            r = rules.get((rule, method))
+            if r is not None and r["fired_k"] is not None:
+                assert m.group(col).strip().split()[0] == f"{r['fired_k']:g}", (method, rule)
+        rows += 1
+    assert rows == 4
+
+
 def test_report_command_regenerates(run):
     """`evomerge report` draws every figure in its own process; the run drew its weight
     histograms in a side process (report_figures.warm_histograms): the same bytes, the same

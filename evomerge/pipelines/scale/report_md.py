@@ -57,6 +57,7 @@ def markdown(plan, cfg, s, pk_all, pk_union, figures, run_dir) -> str:
     if s.get("gains"):
         L += ["Own-task validation gain of each expert alone over the base: "
               + ", ".join(f"{n} {_fmt(g)}" for n, g in s["gains"].items()) + ".", ""]
+    L += _glance_section(s, sc, pk_all)
     L += _rules_section(s, sc)
     L += _theorem1_section(stop, s)
     L += _peaks_section(s, pk_all, pk_union)
@@ -70,6 +71,38 @@ def markdown(plan, cfg, s, pk_all, pk_union, figures, run_dir) -> str:
           "table), `tables/scaling_fits.parquet`, `tables/theory.parquet`; `report.json` holds the rule table as "
           "`rules` ({rule, method, target, fired_k, peak_k, error}).", ""]
     return "\n".join(L)
+
+
+def _glance_section(s, sc, pk_all) -> list[str]:
+    """One row per method without RHT on all tasks: where its validation curve peaked, the test
+    score there, and where the online rule, the law on the first k and Theorem 1 stop."""
+    if pk_all is None or pk_all.empty:
+        return []
+    law_rule = f"law_k<={sc.law_first_k}"
+    rules = {(r["rule"], r["method"]): r for r in s["rules_detail"] if r["target"] == "all"}
+    base = s["base_fitness_all"]
+    L = ["## At a glance: all tasks, without RHT", "",
+         f"Base model: validation {_fmt(base['validation'])}, test {_fmt(base['test'])}. Best k = the k with the best "
+         "mean validation fitness over seeds; test at the same k (never used to choose). The rule columns give the k "
+         "where each rule stops (the full table below).", "",
+         f"| method | best k | validation there | test there | largest k run | online rule | {law_rule} | theorem1 |",
+         "|---|---|---|---|---|---|---|---|"]
+
+    def fired(rule: str, method: str) -> str:
+        r = rules.get((rule, method))
+        if r is None or r["fired_k"] is None:
+            return "-"
+        txt = _k(r["fired_k"]) + ("" if r["fired"] else " (not fired)")
+        if r.get("keeps_k") is not None and r["keeps_k"] != r["fired_k"]:
+            txt += f" (keeps {r['keeps_k']})"
+        return txt
+
+    for r in pk_all[~pk_all["rht"]].itertuples():
+        cut = next((x.get("cut_at") for x in s["rules_detail"] if x["method"] == r.label and x.get("cut_at")), None)
+        run_to = f"{r.k_max_run}" + (" (cut by the stop)" if cut is not None else "")
+        L.append(f"| {r.label} | {r.peak_k} | {r.val_mean:.3f} | {_fmt(r.test_mean)} | {run_to} | "
+                 f"{fired('online', r.label)} | {fired(law_rule, r.label)} | {fired('theorem1', r.label)} |")
+    return L + [""]
 
 
 def _rules_section(s, sc) -> list[str]:
