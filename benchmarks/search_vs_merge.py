@@ -16,7 +16,12 @@ all tasks. Per target, every method is scored on validation and test:
 
 The searches run in this process, one evaluator per target (what one population actor does in
 ``evomerge evolve``); ``evals`` is the number of candidates a search scored, ``seconds`` its
-wall time and ``cpu_s`` its CPU time (one torch thread: the time of one core, robust to load).
+wall time and ``cpu_s`` its CPU time (one torch thread: the time of one core, robust to load),
+``sys_s`` the system part of it and ``minflt`` the minor page faults (the per-search rows of
+``--raw``; ``fitness`` there is every individual's validation score). ``--trim`` hands free heap
+pages back before each scored group, as a population actor does; ``--no-merges`` times the
+searches alone. The evaluator keeps its freed pages mapped (``evomerge.evaluation.pages``;
+``EVOMERGE_KEEP_FREED_PAGES=0`` runs with glibc's defaults, to compare).
 The table prints mean and sd over seeds; ``--json`` prints the records ``{k, method, target,
 split, mean, sd}`` (plus ``evals``, ``seconds`` and ``cpu_s`` for searches). ``--holdout`` adds the
 split ``holdout``: ``best_expert``, ``ta_best`` and each search's choice scored on the validation
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import sys
 import time
@@ -77,6 +83,7 @@ class Bench:
         self._holdout: dict[tuple[str, ...], Any] = {}
         self.test_rows: list[int | None] = [None]  # test rows per task (None: all); the first is split "test"
         self._test: dict[tuple[tuple[str, ...], int | None], Any] = {}
+        self.trim = False  # --trim: free heap pages handed back before each scored group, as a population actor does
 
     def evaluator(self, tasks: tuple[str, ...]):
         if tasks not in self._evaluators:
@@ -164,7 +171,10 @@ class Bench:
             return ab_to_lora(td, fan) if space == "ab" else td
 
         s = make_search(kind, cfg, len(idx), seed)
-        evals, t0, c0 = 0, time.perf_counter(), time.process_time()
+        from evomerge.distributed.heap import release_free_heap
+        from evomerge.evaluation.pages import keep_freed_pages
+
+        evals, t0, c0, ru0 = 0, time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
         experts = set(store)
         start: tuple[float, str] | None = None  # the best initial individual (what select_margin guards)
         while not s.done:
@@ -172,6 +182,8 @@ class Bench:
             first = s.phase == Phase.INIT
             for r in recipes:
                 store.update(materialize(r, store))
+            if self.trim:
+                release_free_heap()
             fits = self.score(tasks, [cand(store[r.id]) for r in recipes], "validation")
             evals += len(recipes)
             s.tell({r.id: f for r, f in zip(recipes, fits)})
@@ -179,10 +191,11 @@ class Bench:
                 start = max((f, r.id) for r, f in zip(recipes, fits))
             keep = s.referenced_ids() | experts | {getattr(s, "top_id", None), start[1] if start else None}
             store = {k: v for k, v in store.items() if k in keep}
-        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        seconds, cpu, ru1 = time.perf_counter() - t0, time.process_time() - c0, resource.getrusage(resource.RUSAGE_SELF)
         test = self.tests(tasks, [cand(store[s.best_id])])[0]
         out = {"validation": float(s.best_fitness), **test, "evals": evals, "seconds": seconds, "cpu_s": cpu,
-               "best_id": s.best_id}
+               "sys_s": ru1.ru_stime - ru0.ru_stime, "minflt": ru1.ru_minflt - ru0.ru_minflt, "best_id": s.best_id,
+               "fitness": {k: float(v) for k, v in s.fitness.items()}, "keep_freed_pages": keep_freed_pages()}
         top = getattr(s, "top_id", None)  # the best scored (what select_margin 0 returns): what the guard changed
         if top is not None:
             out["top"] = {"validation": float(s.top_fitness), "id": top,
@@ -247,6 +260,7 @@ def run(args) -> tuple[list[dict[str, Any]], str]:
     bench = Bench(zoo, base)
     bench.recheck = args.recheck
     bench.with_holdout = args.holdout
+    bench.trim = args.trim
     if len(set(args.test_rows)) != len(args.test_rows):
         raise SystemExit(f"--test-rows: a row count is given twice ({args.test_rows})")
     bench.test_rows = args.test_rows
@@ -271,7 +285,7 @@ def run(args) -> tuple[list[dict[str, Any]], str]:
                 if tasks in done:  # k = all experts: both targets are the same tasks
                     res = done[tasks]
                 else:
-                    res = done[tasks] = bench.merges(idx, tasks, seed)
+                    res = done[tasks] = {} if args.no_merges else bench.merges(idx, tasks, seed)
                     for m in methods:
                         res[m] = bench.search(m, idx, tasks, seed)
                         top = res[m].pop("top", None)
@@ -372,6 +386,11 @@ def main(argv=None) -> None:
     ap.add_argument("--test-rows", type=_rows, nargs="+", default=[None], metavar="N|all",
                     help="test rows per task (default all); `64`: the first 64 (the measurement before the fifth "
                          "session); further values add splits test@N (e.g. `all 64`)")
+    ap.add_argument("--trim", action="store_true",
+                    help="hand free heap pages back before each scored group, as a population actor does "
+                         "(evomerge.distributed.heap)")
+    ap.add_argument("--no-merges", action="store_true",
+                    help="only the searches (to time them; the table then has no merge rows)")
     ap.add_argument("--json", action="store_true", help="print the records as JSON instead of the table")
     ap.add_argument("--raw", type=Path, default=None, help="also write every per-seed row to this JSON file")
     ap.add_argument("--progress", action="store_true")

@@ -7,32 +7,19 @@ the last batch's activations, freed from other threads' arenas) so stays residen
 amount, under the next evaluation's own peak: at 50M the GENOME actor's own peak moved by about
 45 MiB of heap from run to run (docs/benchmarks.md, "GENOME's heap noise"). ``malloc_trim(0)``
 returns every free page of every arena (``madvise(MADV_DONTNEED)``); it changes no value, only
-which pages are resident, and costs a few milliseconds.
+which pages are resident, and costs a few milliseconds. The pages an evaluator keeps for its next
+batches (:mod:`evomerge.evaluation.pages`) go too: the group's first batch faults them in again.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-from functools import lru_cache
-from typing import Callable
-
-
-@lru_cache(maxsize=1)
-def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    try:
-        fn = ctypes.CDLL(name or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
-        return None
-    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
-    return fn
+from evomerge.evaluation.pages import libc
 
 
 def release_free_heap() -> bool:
     """Return the process's free heap pages to the system; False where malloc has no trim."""
-    fn = _malloc_trim()
-    if fn is None:
+    lib = libc()
+    if lib is None:
         return False
-    fn(0)
+    lib.malloc_trim(0)
     return True

@@ -18,6 +18,7 @@ from evomerge.evaluation.encoding import Encoded, context_length, encode_dataset
 from evomerge.evaluation.forward import applied, linear_weights
 from evomerge.evaluation.generate import greedy_generate
 from evomerge.evaluation.head import hidden_out, output_head, scores_by_rows, touches
+from evomerge.evaluation.pages import keep_freed_pages
 
 
 @dataclass
@@ -84,6 +85,7 @@ class Evaluator:
         if not tasks:
             raise DataError("evaluation: no tasks given")
         self.metric = metric
+        keep_freed_pages()  # the batches' activation pages stay mapped for the next batch (pages.py)
         self.device = resolve_device(device)
         self.batch_size = int(batch_size)
         if max_rows is None:
