@@ -2,12 +2,14 @@
 
     python benchmarks/scale_default.py --out runs/scale [-- extra evomerge scale arguments]
 
-Runs the command as a child process and samples, every 2 s, the CPU times of the child and
+Runs the command as a child process and samples, every ``--interval`` s (default 2), the CPU times of the child and
 all its descendants (the Ray head, raylet and workers), keeping each process's last reading;
 also samples the machine's load average and whole-machine CPU use (other work on the machine
 counts there). Writes ``<out>/benchmark.json`` (with the 2 s CPU timeline) and prints it, with the run's utilisation per
 phase (start-up and analysis, searches, cells, report), the phases read off the run's file
-times (first / last search result, first / last cell file, report.md).
+times (first / last search result, first / last cell file, report.md), and the tail's steps
+(``tail``: when each of the report's files was written, seconds since the last cell file and
+since start) and the utilisation of the first ``--head`` seconds in 1 s steps (``head``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,36 @@ def _marks(out: str, t0: float) -> dict[str, float]:
     return {k: round(v, 1) for k, v in marks.items() if v is not None}
 
 
+TAIL_FILES = ["tables/scores.parquet", "tables/fitness.parquet", "tables/rules.parquet", "tables/scaling_fits.parquet",
+              "figures/fitness_vs_k.png", "figures/weight_hist_*.png", "report.json", "report.md", "timing.json"]
+HEAD_FILES = ["config.yaml", "expert_gains.json", "plan.json", "analysis/summary.json"]
+
+
+def file_marks(out: str, t0: float, names: list[str]) -> dict[str, float]:
+    """Seconds since start at which each file (glob: the last of them) was last written."""
+    import glob
+
+    marks = {}
+    for name in names:
+        times = [os.path.getmtime(p) - t0 for p in glob.glob(os.path.join(out, name))]
+        if times:
+            marks[name] = round(max(times), 2)
+    return marks
+
+
+def window(timeline: list[tuple[float, float]], a: float, b: float, cores: int, step: float = 1.0) -> list[list[float]]:
+    """Utilisation of the cores in [a, b) in ``step`` s windows: ``[start, cores busy]`` rows."""
+    def cpu_at(t: float) -> float:
+        before = [c for s, c in timeline if s <= t]
+        return before[-1] if before else 0.0
+
+    rows, t = [], a
+    while t + step <= b + 1e-9:
+        rows.append([round(t, 2), round((cpu_at(t + step) - cpu_at(t)) / step, 2)])
+        t += step
+    return rows
+
+
 def phases(out: str, t0: float, wall: float, timeline: list[tuple[float, float]], cores: int) -> list[dict]:
     """Utilisation of the run's process tree between consecutive phase marks."""
     marks = _marks(out, t0)
@@ -73,6 +105,10 @@ def main() -> int:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
+    ap.add_argument("--interval", type=float, default=2.0, help="CPU sampling period, seconds")
+    ap.add_argument("--head", type=float, default=12.0, help="seconds of the start shown in 1 s steps")
+    ap.add_argument("--stop-after", type=float, default=None,
+                    help="interrupt the run (SIGINT) after this many seconds: measure its start only")
     ap.add_argument("rest", nargs="*")
     args = ap.parse_args()
     cmd = [sys.executable, "-m", "evomerge", "scale", "--out", args.out, "--no-progress", *args.rest]
@@ -84,21 +120,34 @@ def main() -> int:
     child = subprocess.Popen(cmd)
     proc = psutil.Process(child.pid)
     timeline: list[tuple[float, float]] = []  # (seconds since start, CPU seconds of the tree so far)
+    interrupted = False
     while child.poll() is None:
+        if args.stop_after is not None and not interrupted and time.time() - t0 >= args.stop_after:
+            import signal
+
+            child.send_signal(signal.SIGINT)
+            interrupted = True
         _tree_cpu(proc, seen)
         timeline.append((time.time() - t0, sum(seen.values())))
         loads.append(os.getloadavg()[0])
         machine.append(psutil.cpu_percent(None))
-        time.sleep(2.0)
-    wall = time.time() - t0
-    cpu = sum(seen.values())
+        time.sleep(args.interval)
+    wall = time.time() - t0 if not interrupted else args.stop_after
+    if not interrupted:  # (the child is reaped: its last reading stands)
+        timeline.append((wall, sum(seen.values())))
+    cpu = sum(seen.values()) if not interrupted else timeline[-1][1] if timeline else 0.0
     result = {
         "command": " ".join(cmd[2:]), "returncode": child.returncode, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
         "cores": cores, "run_utilisation": round(cpu / (wall * cores), 3),
         "machine_cpu_percent_mean": round(sum(machine) / max(1, len(machine)), 1),
         "loadavg_1min_mean": round(sum(loads) / max(1, len(loads)), 2), "loadavg_1min_max": round(max(loads, default=0), 2),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "interval_s": args.interval,
         "phases": phases(args.out, t0, wall, timeline, cores),
+        "head": window(timeline, 0.0, args.head, cores),
+        "head_files": file_marks(args.out, t0, HEAD_FILES),
+        "tail_files": file_marks(args.out, t0, TAIL_FILES),
+        "tail": window(timeline, _marks(args.out, t0).get("last_cell_done", wall), wall, cores, step=0.5),
         "timeline": [[round(t, 1), round(c, 1)] for t, c in timeline],  # (s since start, tree CPU s so far)
     }
     os.makedirs(args.out, exist_ok=True)

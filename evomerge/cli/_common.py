@@ -9,6 +9,10 @@ import typer
 
 from evomerge.errors import ConfigError
 
+# set by a command whose run is over (files closed, children and its Ray stopped): `main`, run as
+# the program, then exits without the interpreter's teardown
+FAST_EXIT = False
+
 SET_HELP = "set a config key, dotted, value in YAML (e.g. --set merge.params.density=0.5); repeat"
 ZOO_HELP = "built-in zoo profile (small | default) or a zoo folder"
 

@@ -33,58 +33,75 @@ def register(app: typer.Typer) -> None:
 
         Rerunning with the same config continues from the cells already finished.
         """
-        import yaml
-
-        from evomerge.config import load_config
-        from evomerge.pipelines.scale.driver import run_scale
-        from evomerge.errors import ConfigError
-        from evomerge.pipelines.scale.defaults import DEFAULT_SCALE_CONFIG, default_config
-
         if print_default_config:
+            import yaml
+
+            from evomerge.pipelines.scale.defaults import DEFAULT_SCALE_CONFIG
+
             typer.echo(yaml.safe_dump(DEFAULT_SCALE_CONFIG, sort_keys=False))
             return
-        if resume:
-            if preset is not None:
-                raise ConfigError("--resume uses the config saved in --out; do not pass --preset as well")
-            if config is not None:
-                raise ConfigError("--resume uses the config saved in --out; do not pass --config as well")
-            saved = out / "config.yaml"
-            if not saved.is_file():
-                raise ConfigError(f"--resume: {saved} not found (no scale run to continue in {out})")
-            if sets:
-                raise ConfigError("--resume uses the config saved in --out; do not pass --set as well")
-            cfg = load_config(saved)
-        elif preset is not None:
-            from evomerge.config import config_from_dict, load_config_data
-            from evomerge.config.overrides import parse_sets
-            from evomerge.pipelines.scale.defaults import preset_data
+        from evomerge.pipelines.scale.start import discard_prewarmed, prewarm_analysis
 
-            user = load_config_data(config) if config is not None else None
-            cfg = config_from_dict(preset_data(preset, user, parse_sets(sets)), f"--preset {preset}")
-        else:
-            from evomerge.config.overrides import override, parse_sets
+        if not resume and not no_overlap and (overwrite or not (out / "config.yaml").is_file()):
+            prewarm_analysis()  # a fresh run: the analysis's child does its imports beside ours
+        try:
+            _scale(out, config, small, zoo_arg, sets, no_stop, resume, no_overlap, overwrite, progress, preset)
+        finally:
+            discard_prewarmed()
+        from evomerge.cli import _common
 
-            cfg = load_config(config) if config is not None else default_config()
-            cfg = override(cfg, parse_sets(sets)) if sets else cfg
-        from evomerge.cli._common import zoo_choice, zoo_settings
+        _common.FAST_EXIT = True  # the report is written, Ray stopped (run_scale waited for it), no child left
 
-        profile, cfg = zoo_settings(zoo_choice(zoo_arg, small), cfg, "default")
-        zoo = None
-        if not cfg.experts.experts:
-            from evomerge.zoo import ensure_zoo
 
-            if resume and (out / "plan.json").is_file():  # continue on the zoo the run started with
-                import json
+def _scale(out: Path, config: Optional[Path], small: bool, zoo_arg: Optional[str], sets: list[str], no_stop: bool,
+           resume: bool, no_overlap: bool, overwrite: bool, progress: bool, preset: Optional[str]) -> None:
+    from evomerge.config import load_config
+    from evomerge.pipelines.scale.driver import run_scale
+    from evomerge.errors import ConfigError
+    from evomerge.pipelines.scale.defaults import default_config
 
-                profile = json.loads((out / "plan.json").read_text()).get("zoo_profile") or profile
-            zoo = ensure_zoo(profile, cfg.zoo_dir, progress=progress)
-        result = run_scale(cfg, out, zoo=zoo, stop=False if no_stop else None, overwrite=overwrite, progress=progress,
-                           overlap=not no_overlap)
-        s = result.stop
-        typer.echo(
-            f"scale: {result.cells_run} cells run, {result.cells_skipped} already done, {result.evaluations} evaluations, "
-            f"{result.seconds / 60:.1f} min; sigma2={s.sigma2:.3g} rho={s.rho:.3f}; Theorem 1 (eq. 18, {s.delta_mode} "
-            f"Delta={s.delta:.3g}) keeps {s.n_max}; searches stopped by the {s.rule} rule"
-            + ("" if s.enabled else " (not applied: --no-stop)")
-        )
-        typer.echo(f"report: {result.report}")
+    if resume:
+        if preset is not None:
+            raise ConfigError("--resume uses the config saved in --out; do not pass --preset as well")
+        if config is not None:
+            raise ConfigError("--resume uses the config saved in --out; do not pass --config as well")
+        saved = out / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"--resume: {saved} not found (no scale run to continue in {out})")
+        if sets:
+            raise ConfigError("--resume uses the config saved in --out; do not pass --set as well")
+        cfg = load_config(saved)
+    elif preset is not None:
+        from evomerge.config import config_from_dict, load_config_data
+        from evomerge.config.overrides import parse_sets
+        from evomerge.pipelines.scale.defaults import preset_data
+
+        user = load_config_data(config) if config is not None else None
+        cfg = config_from_dict(preset_data(preset, user, parse_sets(sets)), f"--preset {preset}")
+    else:
+        from evomerge.config.overrides import override, parse_sets
+
+        cfg = load_config(config) if config is not None else default_config()
+        cfg = override(cfg, parse_sets(sets)) if sets else cfg
+    from evomerge.cli._common import zoo_choice, zoo_settings
+
+    profile, cfg = zoo_settings(zoo_choice(zoo_arg, small), cfg, "default")
+    zoo = None
+    if not cfg.experts.experts:
+        from evomerge.zoo import ensure_zoo
+
+        if resume and (out / "plan.json").is_file():  # continue on the zoo the run started with
+            import json
+
+            profile = json.loads((out / "plan.json").read_text()).get("zoo_profile") or profile
+        zoo = ensure_zoo(profile, cfg.zoo_dir, progress=progress)
+    result = run_scale(cfg, out, zoo=zoo, stop=False if no_stop else None, overwrite=overwrite, progress=progress,
+                       overlap=not no_overlap)
+    s = result.stop
+    typer.echo(
+        f"scale: {result.cells_run} cells run, {result.cells_skipped} already done, {result.evaluations} evaluations, "
+        f"{result.seconds / 60:.1f} min; sigma2={s.sigma2:.3g} rho={s.rho:.3f}; Theorem 1 (eq. 18, {s.delta_mode} "
+        f"Delta={s.delta:.3g}) keeps {s.n_max}; searches stopped by the {s.rule} rule"
+        + ("" if s.enabled else " (not applied: --no-stop)")
+    )
+    typer.echo(f"report: {result.report}")

@@ -47,12 +47,13 @@ os._exit(0)  # the work is done and on disk: skip the interpreter's teardown (ab
 class SideJob:
     """One child process running ``fn(*args)``; :meth:`result` waits for it."""
 
-    def __init__(self, fn: Callable, *args: Any, _send: bool = True):
-        self.what = f"{fn.__module__}.{fn.__qualname__}"
+    def __init__(self, fn: Callable | str, *args: Any, _send: bool = True):
+        module, name = fn.split(":") if isinstance(fn, str) else (fn.__module__, fn.__qualname__)
+        self.what = f"{module}.{name}"
         self.proc = subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         try:
             pickle.dump(list(sys.path), self.proc.stdin)
-            pickle.dump((fn.__module__, fn.__qualname__), self.proc.stdin)
+            pickle.dump((module, name), self.proc.stdin)
             self.proc.stdin.flush()
             if _send:
                 self.send(*args)
@@ -62,9 +63,10 @@ class SideJob:
         self._result: tuple[str, Any] | None = None
 
     @classmethod
-    def warm(cls, fn: Callable) -> "SideJob":
+    def warm(cls, fn: Callable | str) -> "SideJob":
         """A child that imports ``fn``'s module now and runs ``fn`` once :meth:`send` gives
-        the arguments (:meth:`cancel`: it exits without running it)."""
+        the arguments (:meth:`cancel`: it exits without running it). ``fn`` may be named as
+        ``"module:function"``, so the caller need not import a module that only the child needs."""
         return cls(fn, _send=False)
 
     def send(self, *args: Any) -> None:

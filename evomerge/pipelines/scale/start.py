@@ -4,16 +4,20 @@ Nothing the run computes reads it (only the report does), so a fresh run starts 
 of its own (:func:`start_analysis`) beside the driver's serial start (each expert scored alone,
 the plan) and the first cells. It always runs on one torch thread, as it did when the driver ran
 it after the gains' :class:`~evomerge.pipelines.scale.work.CellWorker` had set one thread: its
-numbers are the same wherever it runs.
+numbers are the same wherever it runs. ``evomerge scale`` starts that child (warm, its imports
+done) before its own imports (:func:`prewarm_analysis`), when one core is otherwise idle.
 """
 
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from evomerge.config import EvomergeConfig
 from evomerge.pipelines.scale.side import SideJob
+
+if TYPE_CHECKING:
+    from evomerge.config import EvomergeConfig
 
 
 def run_analysis(spec, cfg: EvomergeConfig, out_dir: Path, progress: bool = False) -> None:
@@ -35,9 +39,41 @@ def run_analysis(spec, cfg: EvomergeConfig, out_dir: Path, progress: bool = Fals
         torch.set_num_threads(threads)
 
 
+_prewarmed: SideJob | None = None
+
+
+def prewarm_analysis() -> None:
+    """Start the analysis's child now, before the caller's own imports: it does its imports
+    (about 2 s of one core, torch among them) while the caller does its, and :func:`start_analysis`
+    then hands it the arguments instead of starting a child. Call :func:`discard_prewarmed` when
+    the run is over (a child not used exits without running)."""
+    global _prewarmed
+    if _prewarmed is None:
+        _prewarmed = SideJob.warm("evomerge.pipelines.scale.analysis_job:run_analysis")
+
+
+def discard_prewarmed() -> None:
+    """End a prewarmed child that no run used (a resumed run, one without the analysis)."""
+    global _prewarmed
+    job, _prewarmed = _prewarmed, None
+    if job is not None:  # it has run nothing and written nothing: no need to wait for its imports
+        job.proc.kill()
+        job.wait()
+
+
 def start_analysis(stack: contextlib.ExitStack, spec, cfg: EvomergeConfig, out_dir: Path) -> SideJob:
-    """:func:`run_analysis` in a child process; ``stack`` waits for it on exit. Call
-    ``.result()`` on the returned job to wait and to see its error."""
-    job = SideJob(run_analysis, spec, cfg, Path(out_dir), False)
+    """:func:`run_analysis` in a child process (the prewarmed one, if any); ``stack`` waits for
+    it on exit. Call ``.result()`` on the returned job to wait and to see its error."""
+    global _prewarmed
+    job, _prewarmed = _prewarmed, None
+    args = (spec, cfg, Path(out_dir), False)
+    if job is not None:
+        try:
+            job.send(*args)
+        except OSError:  # it died while warming (its pipe is closed): a fresh child shows why
+            job.wait()
+            job = None
+    if job is None:
+        job = SideJob(run_analysis, *args)
     stack.callback(job.wait)
     return job
