@@ -125,10 +125,11 @@ def run_scale(
         if overlap and not resumed:
             # a fresh run has cells to run: Ray, the pool analysis (its own process) and the
             # cell actors start while the driver scores the experts alone and plans (none of
-            # them reads the plan); the analysis is awaited before the report
-            started_ray = connect(cfg.ray)
+            # them reads the plan); the analysis is awaited before the report. It needs no Ray,
+            # so it starts first and computes while the driver waits for Ray's start
             if analyze:
                 analysis = start_analysis(outer, spec, cfg, run_dir / "analysis")
+            started_ray = connect(cfg.ray)
             if cfg.scale.search and cpu_only(cfg):
                 early = outer.enter_context(RayCellRunner(ctx, cfg.ray, share=True))
         plan = make_plan(cfg, spec, run_dir, ctx)
