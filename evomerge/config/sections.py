@@ -266,6 +266,8 @@ class ScaleConfig(Section):
     stop: bool = True
     stop_rule: Literal["online", "theorem1"] = Field(
         default="online", description="the rule that stops the searches' k grid (registry merges always run to the pool size)")
+    stop_target: Literal["all", "own"] = Field(
+        default="all", description="the curve the online rule reads for the searches: all (each search's best on every task of the run, the report's `all` curve) or own (the search's objective: its k experts' tasks, which shrinks with k)")
     online_tol: float = Field(default=0.02, gt=0.0, description="online rule: gain per expert below this fraction of the first expert's gain counts as none (0.02: chosen on synthetic curves, benchmarks/online_rule_synthetic.py)")
     online_window: int = Field(default=1, ge=1, description="online rule: measured gain over this many last grid steps")
     law_first_k: int = Field(default=4, ge=3, description="the scaling law predicted from k <= this only")

@@ -156,40 +156,11 @@ def run_scale(
             if on_cell_done is not None:
                 on_cell_done(cell, n_run)
 
-        searches = [c for c in cells if c.kind == "search" and c.id not in done]
-        bar = tqdm(total=len(cells), initial=len(done & {c.id for c in cells}), desc="scale cells", unit="cell",
-                   disable=not progress)
-        if len(done) < len(cells):
-            started_ray = connect(cfg.ray) or started_ray  # one Ray for the whole run
-        if searches:
-            from evomerge.pipelines.scale.search_cells import run_searches
+        written = threading.Lock()  # cells are written by the cell runner and (stop target all) the search phase
 
-            gains = expert_gains(cfg, spec, run_dir, ctx)
-            all_search = [c for c in cells if c.kind == "search"]
-            interrupted = threading.Event()
-
-            def search_phase() -> set[str] | None:
-                # one search per actor slot in flight at once (cells of several k, methods and
-                # seeds); the stop rule cuts each method's k grid short
-                with search_slots(cfg) as slots:
-                    return run_searches(
-                        all_search, cfg, run_dir, names=spec.names, tasks=spec.tasks, all_tasks=plan["tasks"],
-                        zoo_root=spec.zoo_root, zoo_profile=spec.zoo_profile, gains=gains,
-                        enforce=stop_r.enabled and stop_r.rule == "online", slots=slots,
-                        on_search=lambda c: bar.set_postfix_str(f"searched k={c.k} {c.method} seed={c.seed}"),
-                        should_stop=interrupted.is_set,
-                    )
-        else:
-            skipped = _skipped_searches(run_dir)
-        # the merges and correlated pairs do not depend on the searches: with `overlap` they run
-        # on cell actors that share the cores with the search slots (CPU plans), then the
-        # searches' results are scored on the same actors
-        free = [c for c in cells if c.id not in done and c.kind != "search"]
-        share = bool(searches) and overlap and cpu_only(cfg)
-
-        def run_cells(runner, todo: list[Cell]) -> None:
+        def write_cell(cell: Cell, out) -> None:
             nonlocal evaluations
-            for cell, out in runner.run(todo):
+            with written:
                 if out.population_test is not None:  # before the cell's file: it marks the cell done
                     from evomerge.pipelines.scale.search_cells import search_dir
 
@@ -199,6 +170,50 @@ def run_scale(
                 bar.update(1)
                 bar.set_postfix_str(f"k={cell.k} {cell.method}")
                 finished(cell)
+
+        searches = [c for c in cells if c.kind == "search" and c.id not in done]
+        score_early = False
+        bar = tqdm(total=len(cells), initial=len(done & {c.id for c in cells}), desc="scale cells", unit="cell",
+                   disable=not progress)
+        if len(done) < len(cells):
+            started_ray = connect(cfg.ray) or started_ray  # one Ray for the whole run
+        if searches:
+            from evomerge.pipelines.scale.search_cells import early_scores, run_searches
+
+            gains = expert_gains(cfg, spec, run_dir, ctx)
+            all_search = [c for c in cells if c.kind == "search"]
+            interrupted = threading.Event()
+            enforce = stop_r.enabled and stop_r.rule == "online"
+            # stop target all: the rule reads each search's best on every task, so its cell (and
+            # the base cell, the tolerance's base) is scored as soon as the search finishes
+            score_early = enforce and cfg.scale.stop_target == "all"
+            base_cell = next(c for c in cells if c.kind == "base")
+
+            def search_phase() -> set[str] | None:
+                # one search per actor slot in flight at once (cells of several k, methods and
+                # seeds); the stop rule cuts each method's k grid short
+                with search_slots(cfg) as slots, contextlib.ExitStack() as scoring:
+                    score = scoring.enter_context(early_scores(cfg, ctx, run_dir, write_cell)) if score_early else None
+                    return run_searches(
+                        all_search, cfg, run_dir, names=spec.names, tasks=spec.tasks, all_tasks=plan["tasks"],
+                        zoo_root=spec.zoo_root, zoo_profile=spec.zoo_profile, gains=gains,
+                        enforce=enforce, slots=slots,
+                        on_search=lambda c: bar.set_postfix_str(f"searched k={c.k} {c.method} seed={c.seed}"),
+                        should_stop=interrupted.is_set, score=score, base_cell=base_cell,
+                    )
+        else:
+            skipped = _skipped_searches(run_dir)
+        # the merges and correlated pairs do not depend on the searches: with `overlap` they run
+        # on cell actors that share the cores with the search slots (CPU plans), then the
+        # searches' results are scored on the same actors
+        free_all = [c for c in cells if c.id not in done and c.kind != "search"]
+        # the base cell belongs to the search phase when it is scored there (stop target all)
+        free = [c for c in free_all if not (searches and score_early and c.kind == "base")]
+        share = bool(searches) and overlap and cpu_only(cfg)
+
+        def run_cells(runner, todo: list[Cell]) -> None:
+            for cell, out in runner.run(todo):
+                write_cell(cell, out)
 
         if searches and not share:  # searches first, on every slot; then the cells
             skipped = search_phase() or set()
@@ -219,7 +234,9 @@ def run_scale(
                     interrupted.set()  # the searches in flight finish; no new one starts
                     raise
                 free = []
-            todo = free + [c for c in cells if c.kind == "search" and c.id not in done and c.id not in skipped]
+            now = store.done()  # what the search phase scored (stop target all) is done
+            todo = [c for c in free_all if c.id not in now] + [
+                c for c in cells if c.kind == "search" and c.id not in now and c.id not in skipped]
             bar.total = len(cells) - len(skipped)
             if report and overlap and todo:
                 # the report's weight histograms: a child that does its imports while the last

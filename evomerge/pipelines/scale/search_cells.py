@@ -8,6 +8,7 @@ and with RHT, by the same cell workers as the registry merges (:meth:`CellWorker
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from evomerge.config import EvomergeConfig
@@ -99,13 +100,64 @@ def online_decision(points: list[tuple[int, float]], base: float, cfg) -> dict:
     return {"fired": fire.fired, "k": fire.fired_k, "tol": tol}
 
 
+def cell_value(run_dir: Path, cell_id: str) -> float | None:
+    """A scored cell's validation fitness on every task of the run, RHT off: the value the
+    report's ``all`` target shows for it (the cell's Parquet file through the report's own
+    :func:`~evomerge.pipelines.scale.tables.fitness_table`; mean over the seeds it stands for)."""
+    import pyarrow.parquet as pq
+
+    from evomerge.pipelines.scale.store import CellStore
+    from evomerge.pipelines.scale.tables import fitness_table
+
+    path = CellStore(run_dir).cells_dir / f"{cell_id}.parquet"
+    if not path.is_file():
+        return None
+    f = fitness_table(pq.read_table(path).to_pandas())
+    f = f[(f["split"] == "validation") & (f["target"] == "all") & ~f["rht"].astype(bool)]
+    return float(f["fitness"].mean()) if not f.empty else None
+
+
+@contextlib.contextmanager
+def early_scores(cfg: EvomergeConfig, ctx, run_dir: Path, write_cell):
+    """``score(cell) -> cell_value`` for the search phase (stop target all): the cell is scored by
+    one cell actor of its own (the same :class:`~evomerge.pipelines.scale.work.CellWorker` work
+    as every cell, so its rows are the ones the report reads) and written by ``write_cell(cell,
+    output)``; a cell already on disk (a resumed run) is only read. The actor reserves no CPU,
+    so it shares the cores with the search slots; on a GPU plan it runs on the CPU, since the
+    slots hold the GPUs."""
+    import dataclasses
+
+    from evomerge.pipelines.scale.execute import RayCellRunner
+    from evomerge.pipelines.scale.slots import cpu_only
+    from evomerge.pipelines.scale.store import CellStore
+
+    gpu = not cpu_only(cfg)
+    one = override(cfg, {"ray.num_actors": 1, **({"ray.gpus_per_actor": 0} if gpu else {})}, "the search phase's scorer")
+    store = CellStore(run_dir)
+    with RayCellRunner(dataclasses.replace(ctx, device="cpu") if gpu else ctx, one.ray, share=True) as runner:
+        def score(cell: Cell) -> float | None:
+            if not (store.cells_dir / f"{cell.id}.parquet").is_file():
+                for done, out in runner.run([cell]):
+                    write_cell(done, out)
+            return cell_value(run_dir, cell.id)
+
+        yield score
+
+
 def run_searches(cells: list[Cell], cfg: EvomergeConfig, run_dir: Path, *, names, tasks, all_tasks, zoo_root,
                  zoo_profile, gains: dict, enforce: bool, slots: list, on_search=None,
-                 should_stop=None) -> set[str] | None:
+                 should_stop=None, score=None, base_cell: Cell | None = None) -> set[str] | None:
     """Run the search cells with one search in flight per slot (an open Runtime of its own
     actors), every method's k grid ascending. A method's next k is queued once all seeds of its
     current k are done; with ``enforce`` (the online rule) a method's remaining k are skipped
-    once the rule fires on its curve so far (fitness = the search's own validation fitness).
+    once the rule fires on its curve so far.
+
+    The curve (``scale.stop_target``): ``own``, each search's own best validation fitness (its k
+    experts' tasks); ``all``, its best individual's validation fitness on every task of the run
+    (the report's ``all`` target), from the search cell scored by ``score(cell)`` (which writes
+    the cell's file and returns :func:`cell_value`) as soon as the search finishes, with the
+    base model's value (``score(base_cell)``) as the tolerance's base. Scores run one at a time
+    in a thread of their own, so the slots go on searching meanwhile.
     Each search is seeded per cell and a decision sees its points sorted by (k, seed), so the
     results do not depend on which slot ran what, or when. Returns the ids of the skipped cells
     (``search_stop.json``); ``should_stop()`` true: no new search starts, those in flight
@@ -117,6 +169,9 @@ def run_searches(cells: list[Cell], cfg: EvomergeConfig, run_dir: Path, *, names
 
     if not slots:
         raise ValueError("run_searches needs at least one slot")
+    target = cfg.scale.stop_target if enforce else "own"
+    if target == "all" and (score is None or base_cell is None):
+        raise ValueError("run_searches: stop_target all needs score and base_cell")
     by_method: dict[str, list[Cell]] = {}
     for c in cells:
         by_method.setdefault(c.method, []).append(c)
@@ -127,6 +182,7 @@ def run_searches(cells: list[Cell], cfg: EvomergeConfig, run_dir: Path, *, names
     skipped: set[str] = set()
     decisions: dict[str, dict] = {}
     queue: deque[Cell] = deque()
+    base_all: list[float] = []  # the base model's all-task value, once scored (target all)
 
     def enqueue(method: str) -> None:
         k = grids[method][step[method]]
@@ -138,10 +194,15 @@ def run_searches(cells: list[Cell], cfg: EvomergeConfig, run_dir: Path, *, names
         k_min = grids[method][0]
         mcells = sorted((c for c in by_method[method] if c.k <= grids[method][step[method]]), key=lambda c: (c.k, c.seed))
         if enforce:
-            points = [(c.k, fitness[c.id]) for c in mcells if c.id in fitness]
-            first = next(c for c in mcells if c.k == k_min)
-            base = base_union(gains, tasks, first.experts[:k_min])
-            decisions[method] = {**online_decision(points, base, cfg.scale), "ks_run": sorted({k for k, _ in points})}
+            read = [c for c in mcells if c.id in fitness]
+            points = [(c.k, fitness[c.id]) for c in read]
+            if target == "all":
+                base = base_all[0]
+            else:
+                first = next(c for c in mcells if c.k == k_min)
+                base = base_union(gains, tasks, first.experts[:k_min])
+            decisions[method] = {**online_decision(points, base, cfg.scale), "ks_run": sorted({k for k, _ in points}),
+                                 "base": base, "points": [[c.k, c.seed, fitness[c.id]] for c in read]}
         step[method] += 1
         if step[method] >= len(grids[method]):
             return
@@ -150,13 +211,21 @@ def run_searches(cells: list[Cell], cfg: EvomergeConfig, run_dir: Path, *, names
             return
         enqueue(method)
 
+    def counted(cell: Cell) -> None:
+        left[cell.method] -= 1
+        if left[cell.method] == 0:
+            k_done(cell.method)
+
     for method in by_method:
         enqueue(method)
     free = list(slots)
-    running: dict = {}
+    running: dict = {}  # future -> (cell, slot); slot None: the cell's score
     most = 0  # the most searches in flight at once (search_stop.json)
-    with ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="search") as pool:
+    with ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="search") as pool, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="search-score") as scorer:
         try:
+            if target == "all":
+                running[scorer.submit(score, base_cell)] = (base_cell, None)
             while queue or running:
                 if should_stop is not None and should_stop():
                     queue.clear()
@@ -167,24 +236,37 @@ def run_searches(cells: list[Cell], cfg: EvomergeConfig, run_dir: Path, *, names
                     fut = pool.submit(run_search, cell, cfg, run_dir, names=names, tasks=tasks, all_tasks=all_tasks,
                                       zoo_root=zoo_root, zoo_profile=zoo_profile, progress=False, runtime=slot)
                     running[fut] = (cell, slot)
-                most = max(most, len(running))
+                most = max(most, sum(slot is not None for _, slot in running.values()))
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                for fut in sorted(done, key=lambda f: running[f][0].id):
+                for fut in sorted(done, key=lambda f: (running[f][1] is None, running[f][0].id)):
                     cell, slot = running.pop(fut)
+                    if slot is None:  # a score (target all)
+                        value = fut.result()
+                        if value is None:
+                            from evomerge.errors import EvomergeError
+
+                            raise EvomergeError(f"scale cell {cell.id}: scored without a validation value on all tasks")
+                        if cell.kind == "base":
+                            base_all.append(value)
+                        else:
+                            fitness[cell.id] = value
+                            counted(cell)
+                        continue
                     free.append(slot)
                     fut.result()  # a failed search stops the run (the others finish first)
+                    if on_search is not None:
+                        on_search(cell)
+                    if target == "all":
+                        running[scorer.submit(score, cell)] = (cell, None)
+                        continue
                     f = search_fitness(run_dir, cell)
                     if f is not None:
                         fitness[cell.id] = f
-                    if on_search is not None:
-                        on_search(cell)
-                    left[cell.method] -= 1
-                    if left[cell.method] == 0:
-                        k_done(cell.method)
+                    counted(cell)
         finally:
             queue.clear()
-    write_json_atomic(Path(run_dir) / STOP_FILE, {"enforced": enforce, "methods": decisions, "skipped": sorted(skipped),
-                                                  "slots": len(slots), "most_in_flight": most})
+    write_json_atomic(Path(run_dir) / STOP_FILE, {"enforced": enforce, "stop_target": cfg.scale.stop_target, "methods": decisions,
+                                                  "skipped": sorted(skipped), "slots": len(slots), "most_in_flight": most})
     return skipped
 
 
