@@ -260,15 +260,30 @@ def _search_section(s) -> list[str]:
          "Each search optimises the validation fitness on its k experts' tasks. `test (validation-selected)` is the test "
          "score of the individual with the best validation fitness: the honest number."
          + (" `best test in final population` is the paper's own number: the best *test* score over the final "
-            "population, which selects on the test set (**test-set selection: not a fair estimate**)." if flagged else ""),
-         "", "| k | method | validation | test (validation-selected) |"
+            "population, which selects on the test set (**test-set selection: not a fair estimate**)." if flagged else "")
+         + " `best made by`: the operation that made each seed's best individual; generation 0 (marked *) is the "
+         "search's initial population (the experts, the scaled sums of `init_sums`, the registry merges of "
+         "`init_merges`), later generations are the search's own steps.",
+         "", "| k | method | validation | test (validation-selected) | best made by |"
          + (" best test in final population (TEST-SET SELECTION) |" if flagged else ""),
-         "|---|---|---|---|" + ("---|" if flagged else "")]
+         "|---|---|---|---|---|" + ("---|" if flagged else "")]
     for key in sorted({(r["k"], r["method"]) for r in rows}):
         g = [r for r in rows if (r["k"], r["method"]) == key]
+        made = ", ".join(_made_by(r) for r in sorted(g, key=lambda r: r["seed"]))
         line = (f"| {key[0]} | {key[1]} | {_mean_sd([r['validation'] for r in g])} | "
-                f"{_mean_sd([r['test_val_selected'] for r in g])} |")
+                f"{_mean_sd([r['test_val_selected'] for r in g])} | {made} |")
         if flagged:
             line += f" {_mean_sd([r['test_best_in_population'] for r in g])} |"
         L.append(line)
+    known = [r for r in rows if r.get("best_generation") is not None]
+    if known:
+        initial = sum(r["best_generation"] == 0 for r in known)
+        L += ["", f"{initial} of {len(known)} searches returned an individual of their initial population; "
+              f"{len(known) - initial} one their own steps made."]
     return L + [""]
+
+
+def _made_by(r: dict) -> str:
+    if r.get("best_op") is None:
+        return "n/a"
+    return f"{r['best_op']}*" if r.get("best_generation") == 0 else f"{r['best_op']} (gen {r['best_generation']})"

@@ -297,8 +297,13 @@ def search_scores(run_dir: Path, cells: list[Cell], test: dict[str, float] | Non
 
     ``test``: cell id -> the scale run's own test fitness of the cell's best (its k experts'
     tasks, every test row, as the final population is scored); without it, the search run's
-    own end-of-run test score."""
+    own end-of-run test score. ``best_op`` / ``best_generation``: the operation that made the
+    best individual and its generation (``history.parquet``): generation 0 is the initial
+    population (the experts, the scaled sums, the registry merges), so they say whether the
+    search's own steps beat its starting points."""
     import json
+
+    import pyarrow.parquet as pq
 
     test = test or {}
     rows = []
@@ -308,7 +313,14 @@ def search_scores(run_dir: Path, cells: list[Cell], test: dict[str, float] | Non
             continue
         res = json.loads((d / "result.json").read_text())
         pop = json.loads((d / "population_test.json").read_text()) if (d / "population_test.json").is_file() else None
+        best_op, best_gen = None, None
+        if (d / "history.parquet").is_file() and res.get("best_id") is not None:
+            h = pq.read_table(d / "history.parquet", columns=["id", "op", "generation"]).to_pylist()
+            row = next((r for r in h if r["id"] == res["best_id"]), None)
+            if row is not None:
+                best_op, best_gen = row["op"], int(row["generation"])
         rows.append({"k": cell.k, "method": cell.method, "seed": cell.seed, "validation": res.get("best_fitness"),
                      "test_val_selected": test.get(cell.id, res.get("best_test_fitness")),
-                     "test_best_in_population": max(pop.values()) if pop else None})
+                     "test_best_in_population": max(pop.values()) if pop else None,
+                     "best_op": best_op, "best_generation": best_gen})
     return rows
