@@ -127,6 +127,10 @@ def main() -> int:
 
             child.send_signal(signal.SIGINT)
             interrupted = True
+        elif interrupted and time.time() - t0 >= args.stop_after + 5:  # Ray's wait may swallow SIGINT
+            import signal
+
+            child.send_signal(signal.SIGTERM)
         _tree_cpu(proc, seen)
         timeline.append((time.time() - t0, sum(seen.values())))
         loads.append(os.getloadavg()[0])
