@@ -48,9 +48,14 @@ def register(app: typer.Typer) -> None:
             _scale(out, config, small, zoo_arg, sets, no_stop, resume, no_overlap, overwrite, progress, preset)
         finally:
             discard_prewarmed()
+        import sys
+
         from evomerge.cli import _common
 
-        _common.FAST_EXIT = True  # the report is written, Ray stopped (run_scale waited for it), no child left
+        ray = sys.modules.get("ray")
+        # the report is written, the Ray this run started is stopped (run_scale waited for it), no
+        # child is left; a driver still connected to a cluster it joined leaves it as usual
+        _common.FAST_EXIT = ray is None or not ray.is_initialized()
 
 
 def _scale(out: Path, config: Optional[Path], small: bool, zoo_arg: Optional[str], sets: list[str], no_stop: bool,
