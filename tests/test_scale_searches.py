@@ -58,13 +58,23 @@ def test_concurrent_searches_match_one_at_a_time(small_zoo, tmp_path):
     f1, f2 = f1.sort_values(key).reset_index(drop=True), f2.sort_values(key).reset_index(drop=True)
     assert f1[key].equals(f2[key])
     assert (f1["score"] == f2["score"]).all() and (f1["cross_entropy"] == f2["cross_entropy"]).all()
-    # the sequential run wrote every cell after its last search; the overlapped one wrote merge
-    # cells while searches were still running
+    # the sequential run wrote every merge cell after its last search; the overlapped one wrote
+    # merge cells while searches were still running (with the default stop target `all` both
+    # score each search's cell, and the base's, during the search phase: the rule reads them)
     def last_search(run):
         return max((p / "result.json").stat().st_mtime for p in (run / "search").iterdir())
 
     def first_cell(run):
-        return min(p.stat().st_mtime for p in (run / "cells").glob("*.parquet"))
+        return min(p.stat().st_mtime for p in (run / "cells").glob("k*-*-*-s*.parquet") if not p.name.startswith("k000"))
+
+    for run in (one, two):  # the searches' own cells were scored before their method's next k started
+        stop = json.loads((run / "search_stop.json").read_text())
+        assert stop["stop_target"] == "all"
+        for method, d in stop["methods"].items():
+            for k_prev, k_next in zip(d["ks_run"], d["ks_run"][1:]):
+                scored = max((run / "cells" / f"k{k_prev:03d}-{method}-s{s}.parquet").stat().st_mtime for s in (0, 1))
+                started = min((run / "search" / f"k{k_next:03d}-{method}-s{s}" / "run.json").stat().st_mtime for s in (0, 1))
+                assert scored <= started, (method, k_prev)
 
     assert first_cell(one) > last_search(one)
     assert first_cell(two) < last_search(two)
