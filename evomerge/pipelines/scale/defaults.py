@@ -2,8 +2,9 @@
 
 The default is sized to finish within about 15 minutes on 2 CPU cores for the shipped default
 zoo: registry merges at every k up to the pool size (so every stop rule is judged against a
-measured curve), GENOME / Model Swarms with small budgets on every other k, cut short by the
-online rule. Print it with ``evomerge scale --print-default-config``.
+measured curve), GENOME / Model Swarms with small budgets on every k from 2, cut short by the
+online rule reading their all-task curve (``scale.stop_target: all``; on the shipped zoo they
+run k = 2..5). Print it with ``evomerge scale --print-default-config``.
 
 ``--preset paper`` is the seed paper's Table 1 protocol on the zoo: k in 2, 4, 6, 8, 10 of a
 fixed order, GENOME and Model Swarms at the paper's settings (``genome.preset`` /
