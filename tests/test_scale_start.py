@@ -143,28 +143,3 @@ def test_scale_run_as_the_program_skips_teardown_only_when_asked(tmp_path):
     assert (slow.returncode, slow.stdout) == (0, "done\nteardown ran\n"), slow.stderr
     assert (inproc.returncode, inproc.stdout) == (0, "done\nreturned 0\nteardown ran\n"), inproc.stderr
 
-
-def test_work_beside_gives_its_value_and_the_stack_waits_for_it():
-    """The plan is built in a thread beside Ray's start (finish.beside): its value comes back
-    on join, its error is raised there, and the exit stack waits for the thread."""
-    import threading
-    import time
-
-    from evomerge.pipelines.scale.finish import beside
-
-    with contextlib.ExitStack() as stack:
-        job = beside(stack, lambda x: x * 2, 21, name="t")
-        assert job.join() == 42
-    ran = threading.Event()
-
-    def slow():
-        time.sleep(0.3)
-        ran.set()
-
-    with contextlib.ExitStack() as stack:
-        job = beside(stack, slow, name="slow")
-    assert ran.is_set()  # the stack waited
-    with contextlib.ExitStack() as stack:
-        job = beside(stack, int, "not a number", name="bad")
-        with pytest.raises(ValueError):
-            job.join()

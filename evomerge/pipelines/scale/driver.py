@@ -111,7 +111,7 @@ def run_scale(
     ctx = make_context(cfg, spec, run_dir)
     from evomerge.distributed.cluster import connect, disconnect
     from evomerge.pipelines.scale.execute import RayCellRunner
-    from evomerge.pipelines.scale.finish import beside, disconnect_beside
+    from evomerge.pipelines.scale.finish import disconnect_beside
     from evomerge.pipelines.scale.start import run_analysis, start_analysis
 
     started_ray = False
@@ -119,7 +119,7 @@ def run_scale(
     n_run = evaluations = 0
     bar = None
     outer = contextlib.ExitStack()
-    analysis = early = histograms = planning = None
+    analysis = early = histograms = None
     ok = False
     try:
         if overlap and not resumed:
@@ -129,12 +129,10 @@ def run_scale(
             # so it starts first and computes while the driver waits for Ray's start
             if analyze:
                 analysis = start_analysis(outer, spec, cfg, run_dir / "analysis")
-            # the plan (each expert scored alone) in a thread: ray.init mostly waits
-            planning = beside(outer, make_plan, cfg, spec, run_dir, ctx, name="scale-plan")
             started_ray = connect(cfg.ray)
             if cfg.scale.search and cpu_only(cfg):
                 early = outer.enter_context(RayCellRunner(ctx, cfg.ray, share=True))
-        plan = planning.join() if planning is not None else make_plan(cfg, spec, run_dir, ctx)
+        plan = make_plan(cfg, spec, run_dir, ctx)
         import torch
 
         # the driver's torch work from here on: one thread, as measuring the gains sets it (a
