@@ -52,8 +52,8 @@ def markdown(plan, cfg, s, pk_all, pk_union, figures, run_dir) -> str:
     L += [f"Methods: {', '.join(sc.methods + list(sc.search))}; RHT variants: {'yes' if sc.with_rht else 'no'}; "
           f"seeds: {sc.seeds}; expert order `{sc.order}`"
           + (f" ({' > '.join(first)})" if sc.order != "random" else " (a new order per seed)")
-          + f"; metric `{cfg.evaluation.metric}`. Registry merges run to k = {stop['k_end']}; searches at k = "
-          f"{stop['search_k']}.", ""]
+          + f"; metric `{cfg.evaluation.metric}`. Registry merges run to k = {stop['k_end']}; searches on the grid k = "
+          f"{stop['search_k']}" + _searches_ran(s.get("search_stop")) + ".", ""]
     if s.get("gains"):
         L += ["Own-task validation gain of each expert alone over the base: "
               + ", ".join(f"{n} {_fmt(g)}" for n, g in s["gains"].items()) + ".", ""]
@@ -71,6 +71,15 @@ def markdown(plan, cfg, s, pk_all, pk_union, figures, run_dir) -> str:
           "table), `tables/scaling_fits.parquet`, `tables/theory.parquet`; `report.json` holds the rule table as "
           "`rules` ({rule, method, target, fired_k, peak_k, error}).", ""]
     return "\n".join(L)
+
+
+def _searches_ran(search_stop: dict | None) -> str:
+    """``, cut by the stop rule: genome ran k = 2-5, ...`` when the enforced rule cut a search's grid."""
+    if not search_stop or not search_stop.get("enforced") or not search_stop.get("skipped"):
+        return ""
+    ran = [f"{m} ran k = {min(d['ks_run'])}-{max(d['ks_run'])}" for m, d in (search_stop.get("methods") or {}).items()
+           if d.get("ks_run")]
+    return ", cut by the stop rule: " + ", ".join(ran) if ran else ""
 
 
 def _glance_section(s, sc, pk_all) -> list[str]:
