@@ -27,6 +27,11 @@ def test_store_round_trip_and_fitness_targets(tmp_path):
     store.write("k002-ta", _rows("k002-ta", "merge", 2, "ta", False, 0, "a,b", {"a": 0.7, "b": 0.8, "c": 0.3}))
     assert store.done() == {"k000-base", "k001-ta", "k002-ta"}
     assert store.samples().num_rows == 1
+    # a subset of cells: only their rows, in the order of the whole table; unknown ids are absent
+    whole = store.scores().to_pandas()
+    part = store.scores(["k002-ta", "k000-base", "missing"]).to_pandas()
+    pd.testing.assert_frame_equal(part, whole[whole["cell"] != "k001-ta"].reset_index(drop=True))
+    assert store.samples(["k002-ta"]).num_rows == 0 and store.samples(["k001-ta"]).num_rows == 1
     f = fitness_table(store.scores().to_pandas()).set_index(["cell", "target"])["fitness"]
     assert f[("k000-base", "all")] == pytest.approx(0.4)
     assert ("k000-base", "union") not in f.index  # the base model merges no expert

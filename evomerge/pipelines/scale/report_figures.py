@@ -19,7 +19,7 @@ import pandas as pd
 from evomerge.analysis.figures import plot_weight_histograms
 from evomerge.pipelines.scale.plan import load_cells  # (torch, through the theory: imported while warm)
 from evomerge.pipelines.scale.report import load_plan
-from evomerge.pipelines.scale.store import SAMPLE_SCHEMA, CellStore, _conform
+from evomerge.pipelines.scale.store import CellStore
 from evomerge.pipelines.scale.figures import plot_fitness_panels
 from evomerge.pipelines.scale.side import SideJob
 
@@ -58,20 +58,14 @@ def histogram_samples(run_dir: Path) -> pd.DataFrame:
     """The rows of the run's samples that :func:`weight_histograms` shows (each method's cells at
     its largest k with samples), in the order the whole table has them, reading only those
     files (a default run has about 190 sample files; the histograms show about 30)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    folder = CellStore(run_dir).samples_dir
+    store = CellStore(run_dir)
+    folder = store.samples_dir
     have = {p.stem for p in folder.glob("*.parquet")} if folder.is_dir() else set()
     by_method: dict[str, dict[int, list[str]]] = {}
     for cell in load_cells(load_plan(run_dir)):
         if cell.id in have:
             by_method.setdefault(cell.method, {}).setdefault(cell.k, []).append(cell.id)
-    ids = sorted({i for ks in by_method.values() for i in ks[max(ks)]}, key=lambda i: f"{i}.parquet")  # as _concat
-    if not ids:
-        return SAMPLE_SCHEMA.empty_table().to_pandas()
-    table = pa.concat_tables([_conform(pq.read_table(folder / f"{i}.parquet"), SAMPLE_SCHEMA) for i in ids])
-    return table.to_pandas()
+    return store.samples(i for ks in by_method.values() for i in ks[max(ks)]).to_pandas()
 
 
 _warming: threading.Thread | None = None

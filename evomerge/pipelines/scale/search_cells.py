@@ -104,15 +104,13 @@ def cell_value(run_dir: Path, cell_id: str) -> float | None:
     """A scored cell's validation fitness on every task of the run, RHT off: the value the
     report's ``all`` target shows for it (the cell's Parquet file through the report's own
     :func:`~evomerge.pipelines.scale.tables.fitness_table`; mean over the seeds it stands for)."""
-    import pyarrow.parquet as pq
-
     from evomerge.pipelines.scale.store import CellStore
     from evomerge.pipelines.scale.tables import fitness_table
 
-    path = CellStore(run_dir).cells_dir / f"{cell_id}.parquet"
-    if not path.is_file():
+    rows = CellStore(run_dir).scores([cell_id])
+    if rows.num_rows == 0:
         return None
-    f = fitness_table(pq.read_table(path).to_pandas())
+    f = fitness_table(rows.to_pandas())
     f = f[(f["split"] == "validation") & (f["target"] == "all") & ~f["rht"].astype(bool)]
     return float(f["fitness"].mean()) if not f.empty else None
 

@@ -65,17 +65,25 @@ class CellStore:
             write_parquet_atomic(self.samples_dir / f"{cell_id}.parquet", pa.Table.from_pylist(sample, SAMPLE_SCHEMA))
         write_parquet_atomic(self.cells_dir / f"{cell_id}.parquet", pa.Table.from_pylist(rows, SCORE_SCHEMA))
 
-    def _concat(self, folder: Path, schema: pa.Schema) -> pa.Table:
-        files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    def _concat(self, folder: Path, schema: pa.Schema, ids: Iterable[str] | None) -> pa.Table:
+        """Every file of ``folder`` (or only those of the cells ``ids`` that exist), in file-name order."""
+        if not folder.is_dir():
+            files = []
+        elif ids is None:
+            files = sorted(folder.glob("*.parquet"))
+        else:
+            files = sorted(f for f in (folder / f"{i}.parquet" for i in set(ids)) if f.is_file())
         if not files:
             return schema.empty_table()
         return pa.concat_tables([_conform(pq.read_table(f), schema) for f in files])
 
-    def scores(self) -> pa.Table:
-        return self._concat(self.cells_dir, SCORE_SCHEMA)
+    def scores(self, ids: Iterable[str] | None = None) -> pa.Table:
+        """The score rows of every finished cell (``ids``: of those cells only)."""
+        return self._concat(self.cells_dir, SCORE_SCHEMA, ids)
 
-    def samples(self) -> pa.Table:
-        return self._concat(self.samples_dir, SAMPLE_SCHEMA)
+    def samples(self, ids: Iterable[str] | None = None) -> pa.Table:
+        """The weight samples of every cell that has them (``ids``: of those cells only)."""
+        return self._concat(self.samples_dir, SAMPLE_SCHEMA, ids)
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
