@@ -73,6 +73,14 @@ def markdown(plan, cfg, s, pk_all, pk_union, figures, run_dir) -> str:
     return "\n".join(L)
 
 
+def _fired_k(r: dict, not_fired: str) -> str:
+    """A rule record's k as the tables print it: ``not_fired`` when the rule never fired, and the
+    k the online rule keeps where it differs."""
+    keeps = r.get("keeps_k")
+    return (_k(r["fired_k"]) + ("" if r["fired"] else not_fired)
+            + (f" (keeps {keeps})" if keeps is not None and keeps != r["fired_k"] else ""))
+
+
 def _searches_ran(search_stop: dict | None) -> str:
     """``, cut by the stop rule: genome ran k = 2-5, ...`` when the enforced rule cut a search's grid."""
     if not search_stop or not search_stop.get("enforced") or not search_stop.get("skipped"):
@@ -101,10 +109,7 @@ def _glance_section(s, sc, pk_all) -> list[str]:
         r = rules.get((rule, method))
         if r is None or r["fired_k"] is None:
             return "-"
-        txt = _k(r["fired_k"]) + ("" if r["fired"] else " (not fired)")
-        if r.get("keeps_k") is not None and r["keeps_k"] != r["fired_k"]:
-            txt += f" (keeps {r['keeps_k']})"
-        return txt
+        return _fired_k(r, " (not fired)")
 
     for r in pk_all[~pk_all["rht"]].itertuples():
         cut = next((x.get("cut_at") for x in s["rules_detail"] if x["method"] == r.label and x.get("cut_at")), None)
@@ -127,8 +132,7 @@ def _rules_section(s, sc) -> list[str]:
          "| rule | method | target | fired k | measured peak k [seeds' range] | error |", "|---|---|---|---|---|---|"]
     for r in sorted(s["rules_detail"], key=lambda r: (r["target"], r["method"], r["rule"])):
         rng = f" [{r['peak_min']}-{r['peak_max']}]" if r["peak_min"] is not None else ""
-        fired = _k(r["fired_k"]) + ("" if r["fired"] else " (did not fire)") + (
-            f" (keeps {r['keeps_k']})" if r.get("keeps_k") is not None and r["keeps_k"] != r["fired_k"] else "")
+        fired = _fired_k(r, " (did not fire)")
         err = "n/a" if r["error"] is None else f"{r['error']:+.2f}"
         peak = f"{_k(r['peak_k'])}{rng}"
         if r.get("cut_at") is not None:
