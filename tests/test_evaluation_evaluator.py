@@ -91,6 +91,75 @@ def test_batched_equals_one_by_one(ev, ev_stacked, zoo_experts, stacked):
         assert r.fitness == pytest.approx(one.fitness, abs=1e-9)
 
 
+def _reference_rows(model, tok, ds):
+    """Per-example token accuracy, exact match and cross-entropy, one unpadded example at a time."""
+    out = {"token_accuracy": [], "exact_match": [], "cross_entropy": []}
+    for prompt, answer in zip(ds["prompt"], ds["answer"]):
+        p = tok(prompt)["input_ids"]
+        a = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        with torch.no_grad():
+            pred = model(input_ids=torch.tensor([p + a])).logits[0, len(p) - 1 : -1]
+        hit = pred.argmax(-1) == torch.tensor(a)
+        out["token_accuracy"].append(hit.double().mean().item())
+        out["exact_match"].append(float(hit.all()))
+        out["cross_entropy"].append(torch.nn.functional.cross_entropy(pred, torch.tensor(a)).item())
+    return out
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_per_example_values_in_split_order(small_zoo, ev, ev_stacked, zoo_experts, stacked):
+    """``per_example``: the same scores bit for bit; per task, one value per example in the split
+    file's row order (each example scored alone, unpadded, by the HF model), whose mean is the
+    task's score."""
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+
+    e = ev_stacked if stacked else ev
+    cands = [{}, zoo_experts["rev_digits"]]
+    plain = e.evaluate_many(cands)
+    rows = e.evaluate_many(cands, per_example=True)
+    base = AutoModelForCausalLM.from_pretrained(small_zoo.base_dir).eval()
+    data = small_zoo.load_tasks(TASKS, splits=("validation",), limit=N)
+    for a, b in zip(plain, rows):
+        assert a.per_task == b.per_task and a.fitness == b.fitness and a.extra["metrics"] == b.extra["metrics"]
+        assert "examples" not in a.extra and set(b.extra["examples"]) == set(TASKS)
+        for t in TASKS:
+            for key, values in b.extra["examples"][t].items():
+                assert values.dtype == np.float64 and values.shape == (N,)
+                assert abs(values.mean() - b.extra["metrics"][t][key]) <= 1e-12, (t, key)
+    for t in TASKS:  # the base candidate against the model itself, example by example
+        want = _reference_rows(base, e.tokenizer, data[t]["validation"])
+        got = rows[0].extra["examples"][t]
+        assert got["token_accuracy"].tolist() == want["token_accuracy"]
+        assert got["exact_match"].tolist() == want["exact_match"]
+        np.testing.assert_allclose(got["cross_entropy"], want["cross_entropy"], rtol=1e-4)
+        np.testing.assert_array_equal(got["neg_cross_entropy"], -got["cross_entropy"])
+
+
+def test_per_example_follows_the_file_order_and_per_task_candidates(small_zoo, ev, zoo_experts):
+    """A reversed split gives the same values reversed; a ``PerTask`` candidate (scored task by
+    task) gives each task its own candidate's values; task weights change only the fitness."""
+    import numpy as np
+
+    data = small_zoo.load_tasks(TASKS, splits=("validation",), limit=N)
+    rev = {t: {"validation": d["validation"].select(range(N - 1, -1, -1))} for t, d in data.items()}
+    weighted = Evaluator(small_zoo.base_dir, rev, max_samples=N, task_weights={"brackets": 3.0})
+    cand = zoo_experts["brackets"]
+    fwd = ev.evaluate_many([cand], per_example=True)[0].extra["examples"]
+    back = weighted.evaluate_many([cand], per_example=True)[0]
+    for t in TASKS:
+        assert back.extra["examples"][t]["exact_match"].tolist() == fwd[t]["exact_match"][::-1].tolist()
+        np.testing.assert_allclose(back.extra["examples"][t]["cross_entropy"], fwd[t]["cross_entropy"][::-1], atol=1e-5)
+        assert abs(back.extra["examples"][t]["token_accuracy"].mean() - back.per_task[t]) <= 1e-12
+    own = ev.evaluate_many([PerTask({t: zoo_experts[t] for t in TASKS})], per_example=True)[0]
+    for t in TASKS:
+        alone = ev.evaluate_many([zoo_experts[t]], per_example=True)[0].extra["examples"][t]
+        assert own.extra["examples"][t]["exact_match"].tolist() == alone["exact_match"].tolist()
+        np.testing.assert_allclose(own.extra["examples"][t]["cross_entropy"], alone["cross_entropy"], atol=1e-5)
+        for key, values in own.extra["examples"][t].items():
+            assert abs(values.mean() - own.extra["metrics"][t][key]) <= 1e-12, (t, key)
+
+
 def test_candidate_forms_agree(ev, zoo_experts):
     lora = zoo_experts["brackets"]
     a, b, c = ev.evaluate_many([lora, lora_deltas(lora), lora_to_ab(lora)])
@@ -179,9 +248,11 @@ def test_text_metrics(small_zoo, zoo_experts):
     # the next batch): every metric as one candidate per pass
     stacked = Evaluator.from_zoo(small_zoo, tasks=["brackets"], metric="token_f1", max_samples=N, batch_size=8,
                                  max_rows=16)
-    for a, b in zip((base, expert), stacked.evaluate_many([{}, zoo_experts["brackets"]])):
+    for a, b in zip((base, expert), stacked.evaluate_many([{}, zoo_experts["brackets"]], per_example=True)):
         for k, v in a.extra["metrics"]["brackets"].items():
             assert b.extra["metrics"]["brackets"][k] == pytest.approx(v, abs=1e-5), k
+            # per example too, generated metrics included: their mean is the task's score
+            assert abs(b.extra["examples"]["brackets"][k].mean() - b.extra["metrics"]["brackets"][k]) <= 1e-12, k
 
 
 def test_bad_candidates_name_the_key(ev, zoo_experts):

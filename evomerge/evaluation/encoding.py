@@ -27,6 +27,7 @@ class Encoded:
     answers: list[str]
     prompts: list[str]
     group: torch.Tensor | None = None  # [N] task index per row when several tasks are pooled
+    row: torch.Tensor | None = None  # [N] each row's index in its split, in the order it was encoded
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -39,6 +40,7 @@ class Encoded:
             self.input_ids[start:stop, :width], mask[:, :width], self.labels[start:stop, :width],
             self.prompt_len[start:stop], self.answers[start:stop], self.prompts[start:stop],
             None if self.group is None else self.group[start:stop],
+            None if self.row is None else self.row[start:stop],
         )
 
     def sorted_by_length(self) -> "Encoded":
@@ -49,6 +51,7 @@ class Encoded:
             self.input_ids[order], self.attention_mask[order], self.labels[order], self.prompt_len[order],
             [self.answers[i] for i in idx], [self.prompts[i] for i in idx],
             None if self.group is None else self.group[order],
+            None if self.row is None else self.row[order.to(self.row.device)],
         )
 
     def to(self, device: torch.device | str) -> "Encoded":
@@ -56,6 +59,7 @@ class Encoded:
             self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device),
             self.prompt_len.to(device), self.answers, self.prompts,
             None if self.group is None else self.group.to(device),
+            None if self.row is None else self.row.to(device),
         )
 
     def answer_start(self) -> int:
@@ -65,7 +69,8 @@ class Encoded:
 
 
 def pool(parts: Sequence[Encoded], pad_id: int) -> Encoded:
-    """Rows of several encoded tasks in one ``Encoded``; ``group[i]`` is row i's part index.
+    """Rows of several encoded tasks in one ``Encoded``; ``group[i]`` is row i's part index
+    (``row[i]`` its index within that part).
 
     Pooling lets one forward pass carry rows of several tasks, so that batches of similar
     length (after ``sorted_by_length``) need almost no padding.
@@ -83,6 +88,7 @@ def pool(parts: Sequence[Encoded], pad_id: int) -> Encoded:
         [a for p in parts for a in p.answers],
         [q for p in parts for q in p.prompts],
         torch.cat([torch.full((len(p),), i, dtype=torch.long, device=p.input_ids.device) for i, p in enumerate(parts)]),
+        torch.cat([p.row if p.row is not None else torch.arange(len(p), device=p.input_ids.device) for p in parts]),
     )
 
 
@@ -150,7 +156,7 @@ def encode_pairs(tokenizer, prompts: Sequence[str], answers: Sequence[str], sour
         mask[i, : len(s)] = 1
         # position pl-1 (last prompt token) predicts the first answer token, etc.
         labels[i, pl - 1 : len(s) - 1] = t[pl:]
-    return Encoded(ids, mask, labels, torch.tensor(plens), list(answers), list(prompts))
+    return Encoded(ids, mask, labels, torch.tensor(plens), list(answers), list(prompts), row=torch.arange(n))
 
 
 def encode_dataset(tokenizer, ds, source: str = "task", max_len: int | None = None) -> Encoded:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from evomerge.devices import resolve_device
@@ -27,6 +28,10 @@ class EvalResult:
 
     ``per_task[t]`` is the chosen metric on task ``t``; ``fitness`` their weighted mean.
     ``extra["metrics"][t]`` holds every computed metric (``cross_entropy`` in nats/token).
+    With ``evaluate_many(..., per_example=True)``, ``extra["examples"][t][metric]`` is a float64
+    array of that metric on each example of task ``t``, in the split's row order (element ``i``
+    is row ``i`` of the split as given): ``per_task[t]`` and ``extra["metrics"][t]`` are the
+    means of these arrays (task weights act only on ``fitness`` and ``extra["mean"]``).
     """
 
     per_task: dict[str, float]
@@ -138,25 +143,39 @@ class Evaluator:
     def evaluate(self, candidate: Candidate, split: str = "validation") -> EvalResult:
         return self.evaluate_many([candidate], split)[0]
 
-    def evaluate_many(self, candidates: Sequence[Candidate], split: str = "validation") -> list[EvalResult]:
-        """Score every candidate; candidates share forward passes (see ``forward.applied``)."""
+    def evaluate_many(self, candidates: Sequence[Candidate], split: str = "validation", *,
+                      per_example: bool = False) -> list[EvalResult]:
+        """Score every candidate; candidates share forward passes (see ``forward.applied``).
+
+        ``per_example``: also return each example's metrics (``extra["examples"]``, see
+        :class:`EvalResult`); the scores are the same bit for bit either way."""
         candidates = list(candidates)
         for t in self.tasks:
             if split not in self.data[t]:
                 raise DataError(f"evaluation: task `{t}` has no split `{split}` (has {sorted(self.data[t])})")
         resolved = [self._resolve(c, i) for i, c in enumerate(candidates)]
         per_metric: list[dict[str, dict[str, float]]] = [{} for _ in candidates]
+        examples: list[dict[str, dict[str, np.ndarray]]] = [{} for _ in candidates]
         if not any(isinstance(c, PerTask) for c in candidates):
             # one delta per candidate for every task: pool the tasks' rows into shared batches
-            scores = self._score(self._pooled(split), [r[self.tasks[0]] for r in resolved], len(self.tasks))
+            scores, rows = self._score(self._pooled(split), [r[self.tasks[0]] for r in resolved], len(self.tasks),
+                                       per_example)
             for i, per_task in enumerate(scores):
                 per_metric[i] = dict(zip(self.tasks, per_task))
+                if per_example:
+                    examples[i] = dict(zip(self.tasks, rows[i]))
         else:
             for t in self.tasks:
-                scores = self._score(self.data[t][split], [r[t] for r in resolved], 1)
+                scores, rows = self._score(self.data[t][split], [r[t] for r in resolved], 1, per_example)
                 for i, s in enumerate(scores):
                     per_metric[i][t] = s[0]
-        return [self._result(m, split) for m in per_metric]
+                    if per_example:
+                        examples[i][t] = rows[i][0]
+        results = [self._result(m, split) for m in per_metric]
+        if per_example:
+            for res, ex in zip(results, examples):
+                res.extra["examples"] = ex
+        return results
 
     def evaluate_ensemble(
         self, candidates: Sequence[Candidate], split: str = "validation", sizes: Sequence[int] | None = None
@@ -222,8 +241,10 @@ class Evaluator:
             return logits
         return logits[..., : self.vocab] if logits.shape[-1] > self.vocab else logits
 
-    def _score_batch(self, forward, group, batch: Encoded, g: torch.Tensor, out: torch.Tensor, keys) -> None:
-        """Add the per-row metrics of ``batch`` under each candidate of ``group`` to ``out[j, g]``."""
+    def _score_batch(self, forward, group, batch: Encoded, g: torch.Tensor, out: torch.Tensor, keys,
+                     per_row: torch.Tensor | None = None) -> None:
+        """Add the per-row metrics of ``batch`` under each candidate of ``group`` to ``out[j, g]``
+        (and, with ``per_row``, store them there: ``per_row[j, i]`` for row ``i`` of the batch)."""
         first = batch.answer_start()
         labels = batch.labels[:, first:]
         head = self._head if self._head is not None and not touches(self._head_keys, group) else None
@@ -243,11 +264,16 @@ class Evaluator:
                 ts = M.text_scores(preds, refs)
                 rows[j, :, 3:] = torch.tensor([ts[k] for k in M.TEXT_METRICS], dtype=torch.float64).T
         out.index_add_(1, g, rows)
+        if per_row is not None:
+            per_row.copy_(rows)
 
     @torch.inference_mode()
-    def _score(self, data: Encoded, deltas: list[dict[str, torch.Tensor]], n_groups: int) -> list[list[dict[str, float]]]:
+    def _score(self, data: Encoded, deltas: list[dict[str, torch.Tensor]], n_groups: int, per_example: bool = False
+               ) -> tuple[list[list[dict[str, float]]], list[list[dict[str, np.ndarray]]] | None]:
         """``out[i][g]``: metric means of candidate ``i`` over the rows of group ``g`` of ``data``
-        (``data.group``; one group when it is None)."""
+        (``data.group``; one group when it is None). With ``per_example``, also ``rows[i][g]``:
+        ``{metric: array}`` of those rows' values in ``data.row`` order (else None). The means
+        are the sums of the rows' values over their count either way."""
         n = len(deltas)
         keys = ("token_accuracy", "exact_match", "cross_entropy") + (M.TEXT_METRICS if self.text_metrics else ())
         groups = data.group.cpu() if data.group is not None else torch.zeros(len(data), dtype=torch.long)
@@ -258,13 +284,15 @@ class Evaluator:
         order = [uniq.setdefault(id(d), len(uniq)) for d in deltas]
         uniq_deltas = [deltas[order.index(j)] for j in range(len(uniq))]
         uniq_sums = torch.zeros(len(uniq_deltas), n_groups, len(keys), dtype=torch.float64)
-        batches = [(data.slice(s, s + self.batch_size), groups[s : s + self.batch_size])
-                    for s in range(0, len(data), self.batch_size)]
+        uniq_rows = torch.zeros(len(uniq_deltas), len(data), len(keys), dtype=torch.float64) if per_example else None
+        batches = [(s, data.slice(s, s + self.batch_size), groups[s : s + self.batch_size])
+                   for s in range(0, len(data), self.batch_size)]
         for c0 in range(0, len(uniq_deltas), per_chunk):
             group = uniq_deltas[c0 : c0 + per_chunk]
             with applied(self.model, self.params, self.linears, group) as forward:
-                for batch, g in batches:
-                    self._score_batch(forward, group, batch, g, uniq_sums[c0 : c0 + len(group)], keys)
+                for s, batch, g in batches:
+                    self._score_batch(forward, group, batch, g, uniq_sums[c0 : c0 + len(group)], keys,
+                                      None if uniq_rows is None else uniq_rows[c0 : c0 + len(group), s : s + len(batch)])
         sums = uniq_sums[torch.tensor(order)]
         means = sums / counts.clamp(min=1)[None, :, None]
         out = []
@@ -275,4 +303,20 @@ class Evaluator:
                 r["neg_cross_entropy"] = -r["cross_entropy"]
                 per_group.append(r)
             out.append(per_group)
+        if uniq_rows is None:
+            return out, None
+        return out, [[self._by_row(uniq_rows[order[i]], data, groups, gi, keys) for gi in range(n_groups)]
+                     for i in range(n)]
+
+    @staticmethod
+    def _by_row(values: torch.Tensor, data: Encoded, groups: torch.Tensor, g: int, keys) -> dict[str, np.ndarray]:
+        """``{metric: array}`` of the rows of group ``g``, element ``i`` the split's row ``i``."""
+        mask = groups == g
+        rows = data.row.cpu()[mask] if data.row is not None else torch.arange(int(mask.sum()))
+        order = torch.argsort(rows)
+        if not torch.equal(rows[order], torch.arange(len(rows))):
+            raise DataError("evaluation: per-example scores need each split's rows numbered 0..n-1")
+        v = values[mask][order].numpy()
+        out = {k: v[:, j].copy() for j, k in enumerate(keys)}
+        out["neg_cross_entropy"] = -out["cross_entropy"]
         return out

@@ -165,7 +165,7 @@ def run_scale(
                     from evomerge.pipelines.scale.search_cells import search_dir
 
                     write_json_atomic(search_dir(run_dir, cell) / "population_test.json", out.population_test)
-                store.write(cell.id, out.rows, out.sample)
+                store.write(cell.id, out.rows, out.sample, out.examples)
                 evaluations += out.evaluations
                 bar.update(1)
                 bar.set_postfix_str(f"k={cell.k} {cell.method}")

@@ -33,6 +33,21 @@ SCORE_SCHEMA = pa.schema(
     ]
 )
 
+# One row per (cell, rht, split, task, example): the values whose means are the cell's
+# ``score`` / ``cross_entropy`` of that (rht, task, split) in SCORE_SCHEMA. ``rht`` tells the
+# two variants of a search cell apart (a merge cell holds one variant, as its scores do).
+EXAMPLE_SCHEMA = pa.schema(
+    [
+        ("cell", pa.string()),
+        ("task", pa.string()),
+        ("split", pa.string()),
+        ("row", pa.int32()),  # the example's index in the task's split, in the split file's order
+        ("score", pa.float64()),  # the run's metric (evaluation.metric) on this example
+        ("cross_entropy", pa.float64()),  # mean cross-entropy per answer token (nats)
+        ("rht", pa.bool_()),
+    ]
+)
+
 SAMPLE_SCHEMA = pa.schema(
     [
         ("cell", pa.string()),
@@ -46,22 +61,29 @@ SAMPLE_SCHEMA = pa.schema(
 
 
 class CellStore:
-    """``run_dir/cells/<cell>.parquet`` (scores) and ``run_dir/samples/<cell>.parquet``
-    (a fixed-size random sample of the merged task vector's entries, for weight histograms)."""
+    """``run_dir/cells/<cell>.parquet`` (scores), ``run_dir/examples/<cell>.parquet`` (the
+    per-example values behind them) and ``run_dir/samples/<cell>.parquet`` (a fixed-size random
+    sample of the merged task vector's entries, for weight histograms)."""
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
         self.cells_dir = self.run_dir / "cells"
         self.samples_dir = self.run_dir / "samples"
+        self.examples_dir = self.run_dir / "examples"
 
     def done(self) -> set[str]:
         if not self.cells_dir.is_dir():
             return set()
         return {p.stem for p in self.cells_dir.glob("*.parquet")}
 
-    def write(self, cell_id: str, rows: list[dict[str, Any]], sample: Iterable[dict[str, Any]] = ()) -> None:
+    def write(self, cell_id: str, rows: list[dict[str, Any]], sample: Iterable[dict[str, Any]] = (),
+              examples: pa.Table | None = None) -> None:
+        """Write a finished cell: its examples and sample first, its scores last (the scores'
+        file marks the cell done, so a done cell always has the examples it was written with)."""
         sample = list(sample)
-        if sample:  # the sample first: a cell counts as done only once its scores exist
+        if examples is not None:
+            write_parquet_atomic(self.examples_dir / f"{cell_id}.parquet", _conform(examples, EXAMPLE_SCHEMA))
+        if sample:
             write_parquet_atomic(self.samples_dir / f"{cell_id}.parquet", pa.Table.from_pylist(sample, SAMPLE_SCHEMA))
         write_parquet_atomic(self.cells_dir / f"{cell_id}.parquet", pa.Table.from_pylist(rows, SCORE_SCHEMA))
 
@@ -80,6 +102,11 @@ class CellStore:
     def scores(self, ids: Iterable[str] | None = None) -> pa.Table:
         """The score rows of every finished cell (``ids``: of those cells only)."""
         return self._concat(self.cells_dir, SCORE_SCHEMA, ids)
+
+    def examples(self, ids: Iterable[str] | None = None) -> pa.Table:
+        """The per-example values of every cell that has them (``ids``: of those cells only);
+        cells of a run directory written before examples were kept are absent."""
+        return self._concat(self.examples_dir, EXAMPLE_SCHEMA, ids)
 
     def samples(self, ids: Iterable[str] | None = None) -> pa.Table:
         """The weight samples of every cell that has them (``ids``: of those cells only)."""

@@ -48,6 +48,7 @@ class CellOutput:
     evaluations: int
     seconds: float
     population_test: dict[str, float] | None = None  # search cells: test fitness per final individual
+    examples: Any = None  # pyarrow Table in store.EXAMPLE_SCHEMA: the per-example values of ``rows``
 
 
 def weight_sample(td: TensorDict, n: int, seed: int) -> list[float]:
@@ -149,11 +150,11 @@ class CellWorker:
             return self.run_search_result(cell, t0)
         else:
             raise ValueError(f"CellWorker cannot run {cell.kind} cells")
-        scores = {split: self.evaluate(cand, split) for split in self.splits}
+        scores, examples = self.score(cand, cell, cell.rht)
         seconds = time.perf_counter() - t0
         rows = self.rows(cell, cell.rht, scores, seconds)
         sample = self.sample_rows(cell, cell.rht, vec)
-        return CellOutput(rows, sample, evaluations=len(self.splits), seconds=seconds)
+        return CellOutput(rows, sample, evaluations=len(self.splits), seconds=seconds, examples=examples_table(examples))
 
     def run_search_result(self, cell: Cell, t0: float) -> CellOutput:
         """Score a finished search's best result, plain and (``cell.rht``) with RHT."""
@@ -166,10 +167,11 @@ class CellWorker:
         if path is None:
             raise EvomergeError(f"scale cell {cell.id}: its search has no best result yet")
         td = load_best(path)
-        rows, sample, n = [], [], 0
+        rows, sample, examples, n = [], [], [], 0
         for rht in (False, True) if cell.rht else (False,):
             cand = self._rht(td, rht, cell.seed)
-            scores = {split: self.evaluate(cand, split) for split in self.splits}
+            scores, ex = self.score(cand, cell, rht)
+            examples += ex
             n += len(self.splits)
             rows += self.rows(cell, rht, scores, 0.0)
             sample += self.sample_rows(cell, rht, cand)
@@ -180,7 +182,8 @@ class CellWorker:
         seconds = time.perf_counter() - t0
         for r in rows:
             r["seconds"] = seconds
-        return CellOutput(rows, sample, evaluations=n, seconds=seconds, population_test=pop)
+        return CellOutput(rows, sample, evaluations=n, seconds=seconds, population_test=pop,
+                          examples=examples_table(examples))
 
     def population_test(self, cell: Cell) -> dict[str, float]:
         """Test fitness (mean over the k experts' tasks, the search's objective tasks) of every
@@ -198,9 +201,25 @@ class CellWorker:
 
     def evaluate(self, candidate: Any, split: str) -> dict[str, tuple[float, float]]:
         """``{task: (metric, cross-entropy)}`` (the online rule is also judged on cross-entropy)."""
-        res = self.evaluator.evaluate(candidate, split=split)
-        metrics = res.extra.get("metrics", {})
-        return {t: (float(v), float(metrics.get(t, {}).get("cross_entropy", float("nan")))) for t, v in res.per_task.items()}
+        return _per_task(self.evaluator.evaluate(candidate, split=split))
+
+    def score(self, candidate: Any, cell: Cell, rht: bool) -> tuple[dict[str, dict[str, tuple[float, float]]], list[dict]]:
+        """:meth:`evaluate` on every split, and the per-example values whose means those are:
+        one column block per (split, task) (``cell``, ``task``, ``split``, ``rht``, ``row``,
+        ``score``, ``cross_entropy``; rows in the split's order), for :func:`examples_table`."""
+        import numpy as np
+
+        scores, blocks = {}, []
+        for split in self.splits:
+            res = self.evaluator.evaluate_many([candidate], split=split, per_example=True)[0]
+            scores[split] = _per_task(res)
+            for task in sorted(res.per_task):
+                ex = res.extra["examples"][task]
+                n = len(ex["cross_entropy"])
+                blocks.append({"cell": [cell.id] * n, "task": [task] * n, "split": [split] * n, "rht": [rht] * n,
+                               "row": np.arange(n, dtype=np.int32), "score": ex[self.evaluator.metric],
+                               "cross_entropy": ex["cross_entropy"]})
+        return scores, blocks
 
     def rows(self, cell: Cell, rht: bool, scores: dict[str, dict[str, tuple[float, float]]], seconds: float) -> list[dict[str, Any]]:
         subset_tasks = {self.ctx.expert_tasks[i] for i in cell.experts}
@@ -227,6 +246,22 @@ class CellWorker:
             for seed in cell.seeds[:1]
             for v in values
         ]
+
+
+def _per_task(res) -> dict[str, tuple[float, float]]:
+    metrics = res.extra.get("metrics", {})
+    return {t: (float(v), float(metrics.get(t, {}).get("cross_entropy", float("nan")))) for t, v in res.per_task.items()}
+
+
+def examples_table(blocks: list[dict]):
+    """The column blocks of :meth:`CellWorker.score` as one table in the store's example schema."""
+    import pyarrow as pa
+
+    from evomerge.pipelines.scale.store import EXAMPLE_SCHEMA
+
+    if not blocks:
+        return EXAMPLE_SCHEMA.empty_table()
+    return pa.concat_tables([pa.Table.from_pydict(b, schema=EXAMPLE_SCHEMA) for b in blocks])
 
 
 def load_best(path) -> TensorDict:
