@@ -8,6 +8,7 @@ An actor that dies is restarted by Ray and its cell is sent again (a cell is ide
 
 from __future__ import annotations
 
+import weakref
 from typing import Iterator, Sequence
 
 from evomerge.config.sections import RayConfig
@@ -16,6 +17,7 @@ from evomerge.pipelines.scale.plan import Cell
 from evomerge.pipelines.scale.work import CellOutput, CellWorker, ScaleContext
 
 MAX_CELL_ATTEMPTS = 3
+LIVE: "weakref.WeakSet[RayCellRunner]" = weakref.WeakSet()  # open runners (an interrupted run kills their actors)
 
 
 class RayCellRunner:
@@ -62,11 +64,13 @@ class RayCellRunner:
         except BaseException:
             self.__exit__(None, None, None)
             raise
+        LIVE.add(self)
         return self
 
     def __exit__(self, *exc) -> None:
         from evomerge.distributed.cluster import release
 
+        LIVE.discard(self)
         release(self.actors, self._pg, self._started_ray)
         self.actors, self._pg, self._started_ray = [], None, False
 
