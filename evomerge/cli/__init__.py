@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; every failure a user can cause ends as ``error: ...`` lines on stderr.
 
     Exit codes: 0 success; 2 bad input (usage errors, :class:`EvomergeError`, output that cannot
-    be written); 1 other operating-system errors; 130 interrupted. Click's exceptions are
+    be written); 1 other operating-system errors; 130 interrupted (typer returns it for a
+    KeyboardInterrupt, silently), 143 terminated (a command that handles SIGTERM). Click's exceptions are
     recognised by their interface, not their class, because typer may bundle its own copy of
     click (typer 0.29 does), whose exceptions are not ``click.ClickException``.
     """
@@ -53,6 +54,15 @@ def main(argv: list[str] | None = None) -> int:
         rv = app(args=argv, prog_name="evomerge", standalone_mode=False)
         if argv is None and _common.FAST_EXIT and rv in (None, 0):
             _exit_now()
+    except _common.Interrupted as err:  # the command has cleaned up (``evomerge scale``)
+        if argv is None:  # the program: whatever still runs below it is the run's (a cleanup cut short)
+            from evomerge.pipelines.scale.interrupt import descendants, end_survivors
+
+            end_survivors(descendants())
+        print(err.message, file=sys.stderr)
+        if argv is None and _common.FAST_EXIT:
+            _exit_now(err.code)
+        return err.code
     except EvomergeError as err:
         _print_error(str(err))
         return 2
@@ -74,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     return rv if isinstance(rv, int) else 0
 
 
-def _exit_now() -> None:
+def _exit_now(code: int = 0) -> None:
     """End the program at once, skipping the interpreter's teardown (about 1 s with torch and
     Ray loaded): for a command whose outputs are all written and closed, whose child processes
     have all exited and that has stopped the Ray it started (it asked with
@@ -85,7 +95,7 @@ def _exit_now() -> None:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 def _print_error(message: str) -> None:

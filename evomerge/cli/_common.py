@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import typer
 
@@ -12,6 +13,54 @@ from evomerge.errors import ConfigError
 # set by a command whose run is over (files closed, children and its Ray stopped): `main`, run as
 # the program, then exits without the interpreter's teardown
 FAST_EXIT = False
+
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cluster cancelling the job), raised where Ctrl-C raises KeyboardInterrupt so the
+    same cleanup runs."""
+
+
+class Interrupted(BaseException):
+    """A command stopped by SIGINT / SIGTERM after its cleanup: ``main`` prints ``message`` and
+    exits with ``code`` (130 / 143). A BaseException, so no ``except Exception`` swallows it, and
+    not a KeyboardInterrupt, which typer turns into a silent exit code."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[list[int]]:
+    """SIGINT raises KeyboardInterrupt and SIGTERM :class:`Terminated` in the main thread, once:
+    a second signal while the first one's cleanup runs is ignored (the cleanup is bounded), so a
+    repeated Ctrl-C does not cut it short and leave children behind. Yields the list of the
+    signal that came (empty until then): Ray's blocking calls raise a KeyboardInterrupt of their
+    own when a handler raises inside them, so the exception's class does not tell SIGTERM
+    apart. The previous handlers come back on exit. Outside the main thread (a library caller's
+    worker thread) nothing changes."""
+    import signal
+    import threading
+
+    fired: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield fired
+        return
+
+    def handler(signum, frame):
+        if fired:
+            return
+        fired.append(signum)
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    before = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield fired
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+
 
 SET_HELP = "set a config key, dotted, value in YAML (e.g. --set merge.params.density=0.5); repeat"
 ZOO_HELP = "built-in zoo profile (small | default) or a zoo folder"

@@ -40,22 +40,48 @@ def register(app: typer.Typer) -> None:
 
             typer.echo(yaml.safe_dump(DEFAULT_SCALE_CONFIG, sort_keys=False))
             return
-        from evomerge.pipelines.scale.start import discard_prewarmed, prewarm_analysis
-
-        if not resume and not no_overlap and (overwrite or not (out / "config.yaml").is_file()):
-            prewarm_analysis()  # a fresh run: the analysis's child does its imports beside ours
-        try:
-            _scale(out, config, small, zoo_arg, sets, no_stop, resume, no_overlap, overwrite, progress, preset)
-        finally:
-            discard_prewarmed()
-        import sys
-
         from evomerge.cli import _common
 
+        with _common.stop_on_signals() as fired:  # before the first child starts: SIGTERM, too, cleans up
+            _run(out, config, small, zoo_arg, sets, no_stop, resume, no_overlap, overwrite, progress, preset, fired)
+
+
+def _run(out: Path, config: Optional[Path], small: bool, zoo_arg: Optional[str], sets: list[str], no_stop: bool,
+         resume: bool, no_overlap: bool, overwrite: bool, progress: bool, preset: Optional[str],
+         fired: list[int]) -> None:
+    """The run, its prewarmed child, and what an interrupt leaves: every child ended, Ray stopped
+    (``run_scale`` sees to both), then one line saying how to resume."""
+    import sys
+
+    from evomerge.cli import _common
+    from evomerge.pipelines.scale.start import discard_prewarmed, prewarm_analysis
+
+    try:
+        if not resume and not no_overlap and (overwrite or not (out / "config.yaml").is_file()):
+            prewarm_analysis()  # a fresh run: the analysis's child does its imports beside ours
+        _scale(out, config, small, zoo_arg, sets, no_stop, resume, no_overlap, overwrite, progress, preset)
+    except KeyboardInterrupt as err:
+        import signal
+
+        code = 143 if isinstance(err, _common.Terminated) or signal.SIGTERM in fired else 130
+        raise _common.Interrupted(interrupted_message(out), code) from None
+    finally:
+        discard_prewarmed()
         ray = sys.modules.get("ray")
-        # the report is written, the Ray this run started is stopped (run_scale waited for it), no
-        # child is left; a driver still connected to a cluster it joined leaves it as usual
+        # the report is written (or the run was interrupted and cleaned up), the Ray this run
+        # started is stopped (run_scale waited for it), no child is left; a driver still
+        # connected to a cluster it joined leaves it as usual
         _common.FAST_EXIT = ray is None or not ray.is_initialized()
+
+
+def interrupted_message(out: Path) -> str:
+    """The line an interrupted run prints: how to resume it, or (no run directory yet) that
+    nothing was written."""
+    import shlex
+
+    if (out / "config.yaml").is_file():
+        return f"interrupted; resume with: evomerge scale --out {shlex.quote(str(out))} --resume"
+    return "interrupted before the run directory was written; nothing to resume (start the run again)"
 
 
 def _scale(out: Path, config: Optional[Path], small: bool, zoo_arg: Optional[str], sets: list[str], no_stop: bool,

@@ -15,12 +15,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from evomerge.config import EvomergeConfig
 from evomerge.config.overrides import override
 from evomerge.io import write_json_atomic
-from evomerge.pipelines.scale.plan import Cell, StopRule, build_cells, load_cells, stop_rule
+from evomerge.pipelines.scale.plan import Cell, StopRule, load_cells
+from evomerge.pipelines.scale.planning import expert_gains, make_plan
 from evomerge.pipelines.scale.rundir import check_same_plan, prepare_run_dir
 from evomerge.pipelines.scale.slots import cpu_only, search_slots
 from evomerge.pipelines.scale.store import CellStore
@@ -109,9 +110,10 @@ def run_scale(
     check_inputs(cfg, spec)
     resumed = prepare_run_dir(run_dir, cfg, overwrite)
     ctx = make_context(cfg, spec, run_dir)
-    from evomerge.distributed.cluster import connect, disconnect
+    from evomerge.distributed.cluster import disconnect
+    from evomerge.pipelines.scale import interrupt as intr
     from evomerge.pipelines.scale.execute import RayCellRunner
-    from evomerge.pipelines.scale.finish import disconnect_beside
+    from evomerge.pipelines.scale.finish import _Beside, disconnect_beside
     from evomerge.pipelines.scale.start import run_analysis, start_analysis
 
     started_ray = False
@@ -121,6 +123,10 @@ def run_scale(
     outer = contextlib.ExitStack()
     analysis = early = histograms = None
     ok = False
+    before = intr.descendants()  # an interrupt ends the processes this run started, not these
+    stopped: dict | None = None  # the run's processes when an interrupt came
+    live_slots: list = []  # the open search slots (an interrupt kills their actors)
+    interrupted = threading.Event()
     try:
         if overlap and not resumed:
             # a fresh run has cells to run: Ray, the pool analysis (its own process) and the
@@ -129,7 +135,7 @@ def run_scale(
             # so it starts first and computes while the driver waits for Ray's start
             if analyze:
                 analysis = start_analysis(outer, spec, cfg, run_dir / "analysis")
-            started_ray = connect(cfg.ray)
+            started_ray = intr.connect(cfg.ray)
             if cfg.scale.search and cpu_only(cfg):
                 early = outer.enter_context(RayCellRunner(ctx, cfg.ray, share=True))
         plan = make_plan(cfg, spec, run_dir, ctx)
@@ -176,13 +182,12 @@ def run_scale(
         bar = tqdm(total=len(cells), initial=len(done & {c.id for c in cells}), desc="scale cells", unit="cell",
                    disable=not progress)
         if len(done) < len(cells):
-            started_ray = connect(cfg.ray) or started_ray  # one Ray for the whole run
+            started_ray = intr.connect(cfg.ray) or started_ray  # one Ray for the whole run
         if searches:
             from evomerge.pipelines.scale.search_cells import early_scores, run_searches
 
             gains = expert_gains(cfg, spec, run_dir, ctx)
             all_search = [c for c in cells if c.kind == "search"]
-            interrupted = threading.Event()
             enforce = stop_r.enabled and stop_r.rule == "online"
             # stop target all: the rule reads each search's best on every task, so its cell (and
             # the base cell, the tolerance's base) is scored as soon as the search finishes
@@ -193,6 +198,7 @@ def run_scale(
                 # one search per actor slot in flight at once (cells of several k, methods and
                 # seeds); the stop rule cuts each method's k grid short
                 with search_slots(cfg) as slots, contextlib.ExitStack() as scoring:
+                    live_slots.extend(slots)
                     score = scoring.enter_context(early_scores(cfg, ctx, run_dir, write_cell)) if score_early else None
                     return run_searches(
                         all_search, cfg, run_dir, names=spec.names, tasks=spec.tasks, all_tasks=plan["tasks"],
@@ -215,24 +221,32 @@ def run_scale(
             for cell, out in runner.run(todo):
                 write_cell(cell, out)
 
-        if searches and not share:  # searches first, on every slot; then the cells
-            skipped = search_phase() or set()
+        def searched(job: _Beside, cells_beside: list[Cell]) -> set[str]:
+            """The search phase's skipped cells, once ``job`` ends (``cells_beside`` run here
+            meanwhile). Interrupted: no new search starts and those in flight are cut; another
+            error: those in flight finish first."""
+            try:
+                if cells_beside:
+                    run_cells(runner, cells_beside)
+                return job.join() or set()
+            except BaseException as err:
+                interrupted.set()
+                if isinstance(err, KeyboardInterrupt):  # its own error (actors killed) is moot
+                    intr.stop_searches(job.thread, live_slots)
+                else:
+                    job.thread.join()
+                raise
+
+        runner = None
+        if searches and not share:  # searches first, on every slot; then the cells (the
+            # phase runs in a thread: Ctrl-C lands in this one, which then stops it)
+            skipped = searched(_Beside(search_phase, name="searches", daemon=True), [])
         with contextlib.ExitStack() as stack:
             runner = early
             if share and free and runner is None:
                 runner = stack.enter_context(RayCellRunner(ctx, cfg.ray, share=True))
             if share:
-                from concurrent.futures import ThreadPoolExecutor
-
-                pool = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="searches"))
-                search_job = pool.submit(search_phase)
-                try:
-                    if runner is not None:
-                        run_cells(runner, free)
-                    skipped = search_job.result() or set()
-                except BaseException:
-                    interrupted.set()  # the searches in flight finish; no new one starts
-                    raise
+                skipped = searched(_Beside(search_phase, name="searches", daemon=True), free if runner else [])
                 free = []
             now = store.done()  # what the search phase scored (stop target all) is done
             todo = [c for c in free_all if c.id not in now] + [
@@ -254,6 +268,12 @@ def run_scale(
         if histograms is not None:  # every cell is on disk: the histograms are drawn beside Ray's shutdown and the fits
             histograms.send(str(run_dir))
         ok = True
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the side processes end now, not when done
+        stopped = {pid: p for pid, p in intr.descendants().items() if pid not in before}
+        for job in (analysis, histograms):
+            if job is not None:
+                job.stop()
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -262,6 +282,8 @@ def run_scale(
         # it stops in a thread beside the report, which needs no Ray
         stopping = disconnect_beside(started_ray) if ok and report else disconnect(started_ray)
         _record_timing(run_dir, time.perf_counter() - t0, n_run, resumed)
+        if stopped:
+            intr.end_survivors(stopped)
     seconds = time.perf_counter() - t0
     report_path = None
     try:
@@ -269,6 +291,14 @@ def run_scale(
             from evomerge.pipelines.scale.report import write_report
 
             report_path = write_report(run_dir, figures_job=histograms)
+    except KeyboardInterrupt:
+        stopped = {pid: p for pid, p in intr.descendants().items() if pid not in before}
+        if histograms is not None:
+            histograms.stop()
+        if stopping is not None:
+            stopping.join()
+        intr.end_survivors(stopped)
+        raise
     finally:
         if stopping is not None:
             stopping.join()
@@ -327,66 +357,6 @@ def make_context(cfg: EvomergeConfig, spec: PoolSpec, run_dir: Path) -> ScaleCon
         hist_samples=cfg.scale.hist_samples, allow_bin=cfg.experts.allow_bin, run_dir=str(Path(run_dir).resolve()),
         population_test=cfg.scale.population_test,
     )
-
-
-def expert_gains(cfg: EvomergeConfig, spec: PoolSpec, run_dir: Path, ctx: ScaleContext | None = None) -> dict[str, Any]:
-    """Each expert alone and the base on validation (measured once per run, ``expert_gains.json``)."""
-    from evomerge.pipelines.scale.gains import load_or_measure
-    from evomerge.pipelines.scale.work import CellWorker
-
-    ctx = ctx or make_context(cfg, spec, run_dir)
-    return load_or_measure(run_dir, lambda: CellWorker(ctx), spec.names, spec.tasks)
-
-
-def make_plan(cfg: EvomergeConfig, spec: PoolSpec, run_dir: Path | None = None, ctx: ScaleContext | None = None) -> dict[str, Any]:
-    """Per-expert variances and the correlation matrix of the pool, each expert's own-task gain,
-    the expert orders, the stop rules' inputs and every cell, as JSON-able data (``plan.json``)."""
-    from evomerge.experts import load_pool
-    from evomerge.merging.registry import get_merge_method
-    from evomerge.pipelines.scale.ordering import order_experts
-    from evomerge.theory import gram_of, sigma_rho_from_gram
-
-    pool = load_pool(spec.paths, spec.base_dir, allow_bin=cfg.experts.allow_bin, names=spec.names)
-    acc = gram_of(pool.stacked(k) for k in pool.keys())
-    sigma2, rho, corr = sigma_rho_from_gram(acc)
-    variances = acc.variances()
-    n = len(pool)
-    s = cfg.scale
-    gains = None
-    if run_dir is not None:
-        measured = expert_gains(cfg, spec, run_dir, ctx)
-        gains = [measured["gain"][name] for name in spec.names]
-    elif s.order in ("gain", "low_correlation"):
-        from evomerge.errors import ConfigError
-
-        raise ConfigError(f"scale.order `{s.order}` needs the experts' own-task gains (measured in a run directory)")
-    orders = {seed: order_experts(n, s.order, seed=seed, corr=corr, gains=gains) for seed in s.seeds}
-    rule = stop_rule(variances, corr, orders[s.seeds[0]], s, sigma2=sigma2, rho=rho)
-    random_methods = frozenset(m for m in s.methods if get_merge_method(m).random)
-    from evomerge.pipelines.scale.pairs import correlated_pairs
-
-    pairs = correlated_pairs(spec.names, spec.domains, spec.related) if s.pairs else {"related": [], "unrelated": [], "note": "scale.pairs is off"}
-    cells = build_cells(s, orders, rule.k_end, random_methods=random_methods, order_random=s.order == "random",
-                        search_k=rule.search_k, pairs=[tuple(p) for p in pairs["related"] + pairs["unrelated"]])
-    eval_tasks = list(cfg.evaluation.tasks or (spec.names if spec.zoo_root is not None else cfg.evaluation.task_files))
-    return {
-        "experts": spec.names,
-        "expert_tasks": spec.tasks,
-        "tasks": eval_tasks,
-        "zoo_profile": spec.zoo_profile if spec.zoo_root is not None else None,
-        "kind": pool.kind,
-        "variances": variances.tolist(),
-        "correlation": corr.tolist(),
-        "gains": gains,
-        "orders": {str(seed): [spec.names[i] for i in o] for seed, o in orders.items()},
-        "stop": rule.to_dict(),
-        "pairs": pairs,
-        "cells": [
-            {"kind": c.kind, "k": c.k, "method": c.method, "rht": c.rht, "seed": c.seed,
-             "seeds": list(c.seeds), "experts": list(c.experts)}
-            for c in cells
-        ],
-    }
 
 
 def _record_timing(run_dir: Path, seconds: float, cells: int, resumed: bool) -> None:

@@ -1,5 +1,6 @@
 """The end of a scale run: Ray stops in a thread beside the report, which needs no Ray (its
-shutdown mostly waits for Ray's processes to exit)."""
+shutdown mostly waits for Ray's processes to exit). :class:`_Beside` also runs the search phase
+in a thread of its own, so the main thread, where Ctrl-C lands, can stop it."""
 
 from __future__ import annotations
 
@@ -8,23 +9,29 @@ from typing import Any, Callable
 
 
 class _Beside:
-    """``fn(*args)`` in a thread; :meth:`join` waits and raises its error."""
+    """``fn(*args)`` in a thread; :meth:`join` waits, raises its error and returns its value.
+    ``daemon``: a thread that an interrupted run may leave behind (it must not hold up the exit)."""
 
-    def __init__(self, fn: Callable, *args: Any):
+    def __init__(self, fn: Callable, *args: Any, name: str = "ray-shutdown", daemon: bool = False):
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(fn, args), name="ray-shutdown")
+        self.value: Any = None
+        self.thread = threading.Thread(target=self._run, args=(fn, args), name=name, daemon=daemon)
         self.thread.start()
 
     def _run(self, fn, args) -> None:
         try:
-            fn(*args)
+            self.value = fn(*args)
         except BaseException as e:  # noqa: BLE001 - raised again in join
             self.error = e
 
-    def join(self) -> None:
-        self.thread.join()
+    def join(self, timeout: float | None = None) -> Any:
+        """The value (after ``timeout`` seconds with the thread still running: None)."""
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            return None
         if self.error is not None:
             raise self.error
+        return self.value
 
 
 def disconnect_beside(started_ray: bool) -> _Beside | None:

@@ -80,6 +80,30 @@ class SideJob:
             self.proc.stdin.close()
         self.wait()
 
+    def stop(self, grace: float = 3.0) -> None:
+        """End the child now (an interrupted run): SIGINT, so its atomic writers remove their
+        temporary files as on Ctrl-C; after ``grace`` seconds, SIGKILL. It has written no
+        partial file either way (every output is renamed into place when complete)."""
+        import signal
+
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGINT)
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None and not f.closed:
+                try:
+                    f.close()
+                except OSError:  # a broken pipe to a child that is gone
+                    pass
+        if self._result is None:
+            self._result = ("cancelled", None)
+
     def result(self) -> Any:
         if self._result is None:
             out = self.proc.stdout.read()  # until the child closes its end: its answer is complete

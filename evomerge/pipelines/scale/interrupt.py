@@ -1,0 +1,134 @@
+"""What a scale run does when it is interrupted (Ctrl-C: KeyboardInterrupt; SIGTERM: the CLI's
+``Terminated``, a KeyboardInterrupt too) so that it stops within seconds, leaves no process
+behind and can be resumed: the searches in flight are cut (their actors killed; a search's
+files appear only when it finishes, so a cut one runs again on resume), the side processes are
+ended, Ray is stopped. Cells already on disk stay: they are what ``--resume`` skips.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+# how long an interrupted run waits for its search thread once the searches' actors are killed
+# (it returns within a second or two; the bound only keeps a stuck call from holding the exit)
+SEARCH_STOP_WAIT_S = 20.0
+
+
+def connect(ray_cfg) -> bool:
+    """:func:`evomerge.distributed.cluster.connect`, keeping the caller's SIGTERM handler
+    (``ray.init`` replaces it with ``sys.exit(15)``, which skips the run's cleanup), and
+    stopping what a Ray start that was interrupted midway had already started (its GCS,
+    raylet and agents would otherwise outlive the run)."""
+    from evomerge.distributed.cluster import connect as _connect
+
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        return _connect(ray_cfg)
+    except BaseException:
+        import ray
+
+        if not ray.is_initialized():
+            ray.shutdown()  # kills the processes a half-done local start left (none when joining)
+        raise
+    finally:
+        if main and before is not None:
+            signal.signal(signal.SIGTERM, before)
+
+
+def stop_searches(thread: threading.Thread, slots: list[Any]) -> None:
+    """Kill the slots' actors until the search ``thread`` ends (a search that was starting its
+    actors when the first kill came gets them killed on the next round), at most
+    :data:`SEARCH_STOP_WAIT_S`; a thread still running then must not start a Ray of its own
+    once the run has stopped this one (Ray's auto-init on its next call)."""
+    import time
+
+    deadline = time.monotonic() + SEARCH_STOP_WAIT_S
+    while thread.is_alive() and time.monotonic() < deadline:
+        kill_slots(slots)
+        kill_cell_actors()  # the search phase's scorer (stop target all) and its cell
+        thread.join(0.25)
+    if thread.is_alive():
+        try:
+            import ray._private.auto_init_hook as hook
+
+            hook.enable_auto_connect = False
+        except (ImportError, AttributeError):
+            pass
+
+
+def kill_cell_actors() -> None:
+    """Kill the actors of every open :class:`~evomerge.pipelines.scale.execute.RayCellRunner`
+    (a cell cut midway runs again on resume: its file appears only when it is done)."""
+    import ray
+
+    from evomerge.pipelines.scale.execute import LIVE
+
+    for runner in list(LIVE):
+        for actor in list(runner.actors):
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+
+
+def kill_slots(slots: list[Any]) -> None:
+    """Kill the population actors of the search slots (open Runtimes), so the searches in
+    flight fail at once instead of running to their end: each slot's actors, and its placement
+    group, whose removal also kills actors a slot is still starting (their handles are not
+    the slot's yet). The Runtimes' own exit then finds them gone."""
+    import ray
+    from ray.util.placement_group import remove_placement_group
+
+    for rt in slots:
+        for actor in getattr(getattr(rt, "pool", None), "actors", None) or ():
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        pg = getattr(rt, "pg", None)
+        if pg is not None:
+            try:
+                remove_placement_group(pg)
+            except Exception:  # noqa: BLE001 - already removed
+                pass
+
+
+def descendants() -> dict[int, Any]:
+    """This process's descendants now (pid -> psutil.Process; empty without psutil)."""
+    try:
+        import psutil
+    except ImportError:  # psutil comes with peft / accelerate; without it the sweep is skipped
+        return {}
+    try:
+        return {p.pid: p for p in psutil.Process().children(recursive=True)}
+    except psutil.Error:
+        return {}
+
+
+def end_survivors(procs: dict[int, Any], grace: float = 2.0) -> list[int]:
+    """SIGTERM, then after ``grace`` seconds SIGKILL, for each of ``procs`` still running (the
+    run's children, taken when the interrupt came, that its cleanup did not end: a Ray agent
+    whose raylet is gone, say). Returns the pids it had to signal."""
+    if not procs:
+        return []
+    import psutil
+
+    alive = []
+    for p in procs.values():
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                p.terminate()
+                alive.append(p)
+        except psutil.Error:
+            pass
+    _, left = psutil.wait_procs(alive, timeout=grace)
+    for p in left:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(left, timeout=grace)
+    return [p.pid for p in alive]

@@ -1,0 +1,175 @@
+"""Interrupting ``evomerge scale`` (Ctrl-C to the driver alone, SIGTERM as a cluster cancels a
+job), as real subprocesses on the small zoo with a real Ray: the run stops within seconds with
+exit code 130 / 143 and one line saying how to resume, no process it started survives, no
+atomic writer's temporary file is left, and ``--resume`` finishes with the scores of an
+uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+psutil = pytest.importorskip("psutil")
+
+pytestmark = pytest.mark.ray
+
+CONFIG = {
+    "evaluation": {"max_samples": 8, "batch_size": 8},
+    "scale": {"methods": ["task_arithmetic", "ties"], "search": ["genome", "swarm"], "seeds": [0, 1],
+              "with_rht": False, "k_max": 4, "law_first_k": 3, "pairs": False, "order": "given",
+              "hist_samples": 20},
+    "genome": {"population": 3, "generations": 2, "early_stop_iter": 1},
+    "swarm": {"max_iter": 2, "patience": 1},
+    "ray": {"num_actors": 2},
+}
+PROGRAM = "import sys; from evomerge.cli import main; sys.exit(main())"  # as the `evomerge` script runs it
+EXIT_WITHIN_S = 15.0  # the run's stop takes 1-5 s; the bound leaves room for a loaded machine
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory, small_zoo):  # small_zoo: the zoo is built (once) before any timing
+    path = tmp_path_factory.mktemp("cfg") / "scale.yaml"
+    path.write_text(yaml.safe_dump(CONFIG))
+    return path
+
+
+def _start(out, config_file, *extra):
+    cmd = [sys.executable, "-c", PROGRAM, "scale", "--small", "--out", str(out), "--no-progress", *extra]
+    if config_file is not None:
+        cmd[7:7] = ["--config", str(config_file)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _interrupt(proc, sig, when, timeout=240.0):
+    """Wait until ``when()`` (polled), send ``sig`` to the driver alone; every descendant seen
+    before the signal, and the seconds from the signal to the exit."""
+    me = psutil.Process(proc.pid)
+    seen: dict[int, psutil.Process] = {}
+    t0 = time.monotonic()
+    while True:
+        assert proc.poll() is None, f"the run ended before the interrupt:\n{proc.stderr.read()}"
+        assert time.monotonic() - t0 < timeout, "the moment to interrupt never came"
+        for c in me.children(recursive=True):
+            if c.pid not in seen:
+                seen[c.pid] = c
+                c.seen_as = _name(c)  # its name while it runs
+        if when(seen):
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, sig)
+    t1 = time.monotonic()
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return seen, time.monotonic() - t1, out, err
+
+
+def _alive(procs) -> list[str]:
+    deadline = time.monotonic() + 5.0
+    while True:
+        left = []
+        for p in procs.values():
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    left.append(f"{p.pid} {p.name()}")
+            except psutil.NoSuchProcess:
+                pass
+        if not left or time.monotonic() > deadline:
+            for p in procs.values():  # leave the machine clean whatever the verdict
+                try:
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            return left
+
+
+def _check_stopped(proc, seen, seconds, err, code, out_dir):
+    lines = err.strip().splitlines()
+    assert proc.returncode == code, err
+    assert "Traceback" not in err, err
+    assert seconds < EXIT_WITHIN_S, (seconds, err)
+    assert _alive(seen) == [], "processes of the run outlived it"
+    assert lines and lines[-1].startswith("interrupted"), err
+    if out_dir.exists():
+        assert list(out_dir.rglob("*.tmp-*")) == [], "an atomic writer's temporary file was left"
+    return lines[-1]
+
+
+def _has(name):
+    return lambda seen: any(p.seen_as == name for p in seen.values())
+
+
+def _name(p):
+    try:
+        return p.name()
+    except psutil.NoSuchProcess:
+        return ""
+
+
+def test_sigint_during_startup_stops_the_prewarmed_child(tmp_path, config_file):
+    """Ctrl-C reaching only the driver while it does its imports (the analysis's child, started
+    first, does its own): the child is ended, nothing to resume."""
+    out = tmp_path / "run"
+    proc = _start(out, config_file)
+    seen, seconds, _, err = _interrupt(proc, signal.SIGINT, lambda seen: len(seen) >= 1)
+    line = _check_stopped(proc, seen, seconds, err, 130, out)
+    assert line in ("interrupted before the run directory was written; nothing to resume (start the run again)",
+                    f"interrupted; resume with: evomerge scale --out {out} --resume")
+
+
+def test_sigint_during_ray_start_leaves_no_ray_process(tmp_path, config_file):
+    """Ctrl-C to the driver alone while ``ray.init`` starts its GCS and raylet."""
+    out = tmp_path / "run"
+    proc = _start(out, config_file)
+    seen, seconds, _, err = _interrupt(proc, signal.SIGINT, _has("gcs_server"))
+    line = _check_stopped(proc, seen, seconds, err, 130, out)
+    assert line == f"interrupted; resume with: evomerge scale --out {out} --resume"
+
+
+def _searching(out):
+    return lambda seen: (out / "search").is_dir() and any((out / "search").iterdir())
+
+
+def test_sigterm_mid_searches_stops_cleanly(tmp_path, config_file):
+    """SIGTERM (a cluster cancelling the job) while searches and cells are in flight."""
+    out = tmp_path / "run"
+    proc = _start(out, config_file)
+    seen, seconds, _, err = _interrupt(proc, signal.SIGTERM, _searching(out))
+    line = _check_stopped(proc, seen, seconds, err, 143, out)
+    assert line == f"interrupted; resume with: evomerge scale --out {out} --resume"
+    assert any(p.seen_as == "raylet" for p in seen.values())  # Ray was up: its processes were checked
+
+
+def _scores(run):
+    from evomerge.pipelines.scale.store import CellStore
+
+    t = CellStore(run).scores().to_pandas().drop(columns=["seconds"])
+    return t.sort_values(list(t.columns), ignore_index=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_run_resumes_to_the_uninterrupted_scores(tmp_path, config_file, sig, code):
+    """Interrupted mid-searches, then ``--resume``: every score equals an uninterrupted run's."""
+    ref = tmp_path / "ref"
+    full = _start(ref, config_file)
+    _, err = full.communicate(timeout=600)
+    assert full.returncode == 0, err
+    out = tmp_path / "run"
+    proc = _start(out, config_file)
+    seen, seconds, _, err = _interrupt(proc, sig, _searching(out))
+    _check_stopped(proc, seen, seconds, err, code, out)
+    again = _start(out, None, "--resume")
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    done = _scores(out)
+    assert len(done) == len(_scores(ref)) and done.equals(_scores(ref))
+    assert (out / "report.md").is_file()
