@@ -69,17 +69,21 @@ def _matrix(task: str, cells: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     return x
 
 
-def bootstrap_points(examples: Mapping[str, np.ndarray | Sequence[np.ndarray]], tasks_of: np.ndarray,
-                     points: np.ndarray, *, replicates: int = 2000, seed: int = 0, stream: Sequence[int | str] = (),
-                     task_weights: Sequence[float] | None = None) -> Replicates:
-    """Bootstrap replicates of P curve points made of C cells.
+@dataclass(frozen=True)
+class TaskMeans:
+    """``value[c, t]``: cell c's mean on task t as measured; ``boot[t][b, c]``: on replicate b
+    (the same redrawn rows for every cell)."""
 
-    ``examples[task]``: (C, n_task) per-example values, the same rows in the same order for
-    every cell (or a sequence of C row vectors); ``tasks_of``: (C, T) bool, the tasks (in the
-    order of ``examples``) that make cell c's target value; ``points``: (P, C) non-negative
-    weights, point p = the weighted mean of its cells' values (a cell's number of seeds);
-    ``task_weights``: (T,) weights of the tasks in a cell's mean (default equal, as the scale
-    tables)."""
+    tasks: tuple[str, ...]
+    value: np.ndarray
+    boot: list[np.ndarray]
+
+
+def task_means(examples: Mapping[str, np.ndarray | Sequence[np.ndarray]], *, replicates: int = 2000, seed: int = 0,
+               stream: Sequence[int | str] = ()) -> TaskMeans:
+    """Per-task means of C cells, measured and on each replicate. ``examples[task]``: (C, n_task)
+    per-example values, the same rows in the same order for every cell (or a sequence of C row
+    vectors)."""
     tasks = list(examples)
     if not tasks:
         raise ValueError("bootstrap: no tasks")
@@ -87,31 +91,51 @@ def bootstrap_points(examples: Mapping[str, np.ndarray | Sequence[np.ndarray]], 
     n_cells = {x.shape[0] for x in xs.values()}
     if len(n_cells) != 1:
         raise ValueError(f"bootstrap: tasks hold different numbers of cells {sorted(n_cells)}")
-    (c,) = n_cells
+    counts = resample_counts({t: xs[t].shape[1] for t in tasks}, replicates=replicates, seed=seed, stream=stream)
+    value = np.stack([xs[t].mean(axis=1) for t in tasks], axis=1)
+    # (B, n) @ (n, C): each task's redrawn means of every cell at once
+    boot = [counts[t].astype(np.float64) @ xs[t].T / xs[t].shape[1] for t in tasks]
+    return TaskMeans(tuple(tasks), value, boot)
+
+
+def aggregate(means: TaskMeans, tasks_of: np.ndarray, points: np.ndarray,
+              task_weights: Sequence[float] | None = None) -> Replicates:
+    """P curve points from the cells' task means: cell c's value = the (weighted) mean over the
+    tasks ``tasks_of[c]`` ((C, T) bool), point p = the weighted mean of its cells' values
+    (``points``: (P, C) non-negative weights, e.g. a cell's number of seeds); ``task_weights``:
+    (T,) weights of the tasks in a cell's mean (default equal, as the scale tables)."""
+    c, n_tasks = means.value.shape
     mask = np.asarray(tasks_of, dtype=bool)
-    if mask.shape != (c, len(tasks)):
-        raise ValueError(f"bootstrap: `tasks_of` must be (cells, tasks) = {(c, len(tasks))}, got {mask.shape}")
-    if not mask.any(axis=1).all():
-        raise ValueError(f"bootstrap: cell(s) {np.flatnonzero(~mask.any(axis=1)).tolist()} count no task")
-    w_task = np.ones(len(tasks)) if task_weights is None else np.asarray(task_weights, dtype=np.float64)
-    if w_task.shape != (len(tasks),) or (w_task < 0).any():
-        raise ValueError(f"bootstrap: `task_weights` must be {len(tasks)} non-negative numbers")
-    w = mask * w_task  # (C, T)
+    if mask.shape != (c, n_tasks):
+        raise ValueError(f"bootstrap: `tasks_of` must be (cells, tasks) = {(c, n_tasks)}, got {mask.shape}")
+    w_task = np.ones(n_tasks) if task_weights is None else np.asarray(task_weights, dtype=np.float64)
+    if w_task.shape != (n_tasks,) or (w_task < 0).any():
+        raise ValueError(f"bootstrap: `task_weights` must be {n_tasks} non-negative numbers")
+    w = mask * w_task
     if not (w.sum(axis=1) > 0).all():
-        raise ValueError("bootstrap: a cell's tasks all have weight 0")
+        raise ValueError(f"bootstrap: cell(s) {np.flatnonzero(w.sum(axis=1) <= 0).tolist()} count no task")
     w = w / w.sum(axis=1, keepdims=True)
     pts = np.asarray(points, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != c or (pts < 0).any() or not (pts.sum(axis=1) > 0).all():
         raise ValueError(f"bootstrap: `points` must be (points, {c}) non-negative weights, each row with a cell")
     pts = pts / pts.sum(axis=1, keepdims=True)
-    counts = resample_counts({t: xs[t].shape[1] for t in tasks}, replicates=replicates, seed=seed, stream=stream)
-    value_cells = np.zeros(c)
-    boot_cells = np.zeros((int(replicates), c))
-    for j, t in enumerate(tasks):
-        x = xs[t]
-        value_cells += w[:, j] * x.mean(axis=1)
-        boot_cells += w[:, j] * (counts[t].astype(np.float64) @ x.T / x.shape[1])  # (B, C): the task's redrawn means
-    return Replicates(value=pts @ value_cells, boot=boot_cells @ pts.T)
+    used = np.flatnonzero(pts.sum(axis=0) > 0)  # only the cells some point averages
+    if used.size and used[-1] - used[0] + 1 == used.size:
+        used = slice(int(used[0]), int(used[-1]) + 1)  # a view, not a copy, of each task's replicates
+    value_cells = (means.value[used] * w[used]).sum(axis=1)
+    boot_cells = np.zeros((means.boot[0].shape[0], len(value_cells)))
+    for j in range(n_tasks):
+        boot_cells += means.boot[j][:, used] * w[used, j]
+    return Replicates(value=pts[:, used] @ value_cells, boot=boot_cells @ pts[:, used].T)
+
+
+def bootstrap_points(examples: Mapping[str, np.ndarray | Sequence[np.ndarray]], tasks_of: np.ndarray,
+                     points: np.ndarray, *, replicates: int = 2000, seed: int = 0, stream: Sequence[int | str] = (),
+                     task_weights: Sequence[float] | None = None) -> Replicates:
+    """:func:`task_means` then :func:`aggregate`: bootstrap replicates of P curve points made of
+    C cells."""
+    return aggregate(task_means(examples, replicates=replicates, seed=seed, stream=stream), tasks_of, points,
+                     task_weights)
 
 
 def percentile_interval(boot: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:

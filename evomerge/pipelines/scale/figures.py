@@ -1,5 +1,6 @@
 """The scale report's fitness-vs-k figure: one panel per target, one colour per method,
-solid = plain and dashed = with RHT, bands over seeds, the base model at k=0 and Theorem 1's k
+solid = plain and dashed = with RHT, bands over seeds (min..max), light bands the 95% evaluation-noise
+interval of the curves without RHT (where the run kept per-example scores), the base model at k=0 and Theorem 1's k
 (general form, uniform weights, the run's first order). (Generic plots, e.g. weight histograms, come from ``evomerge.analysis.figures``.)"""
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ TITLES = {"all": "all tasks of the pool", "union": "tasks of the k merged expert
 
 
 def plot_fitness_panels(fitness: pd.DataFrame, out_png: str | Path, *, n_max: int,
-                        split: str = "validation", ylabel: str = "mean task score") -> Path:
+                        split: str = "validation", ylabel: str = "mean task score",
+                        noise: pd.DataFrame | None = None) -> Path:
+    """``noise``: the rows of tables/noise.parquet; where given, each curve without RHT gets its
+    95% evaluation-noise interval as a light band (with RHT the curves lie on top of these)."""
     f = fitness[fitness["split"] == split]
     methods = sorted(m for m in f["method"].unique() if m not in ("base", "expert"))
     cmap = [f"C{i}" for i in range(10)]
@@ -36,6 +40,8 @@ def plot_fitness_panels(fitness: pd.DataFrame, out_png: str | Path, *, n_max: in
             styles = {lab: {"color": colors[lab.removesuffix(" + RHT")], "ls": "--" if lab.endswith("RHT") else "-",
                             "ms": 3, "band_alpha": 0.08 if lab.endswith("RHT") else 0.15} for lab in order}
             draw_fitness_curves(ax, {lab: curves[lab] for lab in order}, styles)
+            if _noise_bands(ax, noise, split, target, methods, colors) and target == "all":
+                ax.fill_between([], [], [], color="0.5", alpha=0.12, lw=0, label="95% evaluation-noise interval")
         single = t[t["method"] == "expert"]
         if not single.empty:
             ax.scatter([1], [single["fitness"].mean()], marker="*", s=120, color="k", zorder=5, label="first expert alone")
@@ -51,3 +57,20 @@ def plot_fitness_panels(fitness: pd.DataFrame, out_png: str | Path, *, n_max: in
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
     return save_png_atomic(fig, out_png)
+
+
+def _noise_bands(ax, noise: pd.DataFrame | None, split: str, target: str, methods: list[str], colors: dict) -> bool:
+    """Per method without RHT: low..high of its points on ``split`` / ``target`` (on `all`, from
+    the base model's interval at k = 0, where its line starts). Whether any band was drawn."""
+    if noise is None or noise.empty:
+        return False
+    drawn = False
+    n = noise[(noise["split"] == split) & (noise["target"] == target) & ~noise["rht"].astype(bool)].dropna(subset=["low"])
+    base = n[n["method"] == "base"]
+    for m in methods:
+        g = pd.concat([base, n[n["method"] == m]]) if target == "all" else n[n["method"] == m]
+        g = g.sort_values("k")
+        if len(g) > 1 and (g["method"] == m).any():
+            ax.fill_between(g["k"], g["low"], g["high"], color=colors[m], alpha=0.07, lw=0)
+            drawn = True
+    return drawn

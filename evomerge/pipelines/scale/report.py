@@ -17,8 +17,13 @@ import pyarrow as pa
 
 from evomerge.errors import ConfigError
 from evomerge.io import atomic_file, jsonable, write_json_atomic, write_parquet_atomic
+from evomerge.pipelines.scale.noise import LEVEL, REPLICATES, SEED, compare_to_reference, noise_tables, reference_method
 from evomerge.pipelines.scale.store import CellStore
 from evomerge.pipelines.scale.tables import fitness_table, peaks
+
+NOISE_SCHEMA = pa.schema([("method", pa.string()), ("rht", pa.bool_()), ("target", pa.string()), ("split", pa.string()),
+                          ("k", pa.int64()), ("value", pa.float64()), ("low", pa.float64()), ("high", pa.float64()),
+                          ("p_best", pa.float64()), ("within_noise", pa.bool_())])
 
 
 def load_run(run_dir: str | Path, *, samples: bool = True) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame | None]:
@@ -92,6 +97,9 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, figures
 
     fitness = fitness_table(scores)
     pk_all, pk_union = peaks(fitness, target="all"), peaks(fitness, target="union")
+    noise = noise_tables(scores, _examples(run_dir, scores), fitness)
+    reference = reference_method(pk_all, list(cfg.scale.methods))
+    comparisons = compare_to_reference(noise, pk_all, reference)
     cut = cut_searches(_read_json(run_dir / "search_stop.json"), stop.get("search_k"))
     records, fits = (judge(plan, fitness, scale_cfg=cfg.scale, pca_count=pca, gains=gains, cut=cut)
                      if not fitness.empty else ([], []))
@@ -107,10 +115,11 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, figures
         pd.concat([pk_all.assign(target="all"), pk_union.assign(target="union")], ignore_index=True), preserve_index=False))
     write_parquet_atomic(tables / "rules.parquet", pa.Table.from_pylist(records) if records else pa.table({}))
     write_parquet_atomic(tables / "scaling_fits.parquet", pa.Table.from_pylist(fits) if fits else pa.table({}))
+    write_parquet_atomic(tables / "noise.parquet", pa.Table.from_pandas(noise.table, NOISE_SCHEMA, preserve_index=False))
 
     from evomerge.pipelines.scale.report_figures import fitness_figure, weight_histograms
 
-    figures = fitness_figure(plan, fitness, figs, metric)
+    figures = fitness_figure(plan, fitness, figs, metric, noise.table)
     figures.update(figures_job.result() if figures_job is not None else weight_histograms(samples, figs))
     analysis = run_dir / "analysis"
     for name in ("pca_cumulative", "principal_angles", "correlation", "variance_floor", "merged_weight_hist"):
@@ -119,6 +128,7 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, figures
 
     summary = _summary(plan, fitness, pk_all, pk_union, records, fits, pairs, pca, figures, run_dir)
     summary["searches"] = searches
+    summary.update(_noise_summary(noise, reference, comparisons))
     from evomerge.pipelines.scale.report_md import markdown, rule_verdicts
 
     summary["verdicts"] = rule_verdicts(summary["rules"], f"law_k<={cfg.scale.law_first_k}")
@@ -128,6 +138,24 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, figures
     with atomic_file(path, "w") as fh:
         fh.write(md)
     return path
+
+
+def _examples(run_dir: Path, scores: pd.DataFrame) -> pd.DataFrame | None:
+    """The per-example rows of the run's curve cells (None for a run directory without them)."""
+    ids = scores.loc[scores["kind"] != "pair", "cell"].unique()
+    table = CellStore(run_dir).examples(ids)
+    return table.to_pandas() if table.num_rows else None
+
+
+def _noise_summary(noise, reference: str | None, comparisons: list[dict]) -> dict[str, Any]:
+    """report.json's evaluation noise: every point (``noise``, the rows of tables/noise.parquet),
+    the paired test comparisons with the reference merge and how they were computed."""
+    return {
+        "noise": noise.table.to_dict(orient="records"),
+        "noise_comparisons": comparisons,
+        "noise_settings": {"available": noise.available, "replicates": REPLICATES, "level": LEVEL, "seed": SEED,
+                           "reference": reference, "rows": noise.rows},
+    }
 
 
 def _search_tests(fitness: pd.DataFrame) -> dict[str, float]:

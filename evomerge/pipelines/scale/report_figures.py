@@ -24,14 +24,17 @@ from evomerge.pipelines.scale.figures import plot_fitness_panels
 from evomerge.pipelines.scale.side import SideJob
 
 
-def fitness_figure(plan: dict, fitness: pd.DataFrame, fig_dir: Path, metric: str) -> dict[str, str]:
-    """``figures/fitness_vs_k.png`` (none without scores); ``{name: path relative to RUN}``."""
+def fitness_figure(plan: dict, fitness: pd.DataFrame, fig_dir: Path, metric: str,
+                   noise: pd.DataFrame | None = None) -> dict[str, str]:
+    """``figures/fitness_vs_k.png`` (none without scores), with the validation curves' 95%
+    evaluation-noise bands where ``noise`` (tables/noise.parquet) has them; ``{name: path
+    relative to RUN}``."""
     if fitness.empty:
         return {}
     if _warming is not None:  # drawing waits for the fonts set up beside the last cells
         _warming.join()
     plot_fitness_panels(fitness[fitness["kind"] != "pair"], fig_dir / "fitness_vs_k.png", n_max=plan["stop"]["n_max"],
-                        ylabel=f"{metric} (mean over tasks)")
+                        ylabel=f"{metric} (mean over tasks)", noise=noise)
     return {"fitness_vs_k": "figures/fitness_vs_k.png"}
 
 

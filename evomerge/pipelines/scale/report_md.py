@@ -58,6 +58,7 @@ def markdown(plan, cfg, s, pk_all, pk_union, figures, run_dir) -> str:
         L += ["Own-task validation gain of each expert alone over the base: "
               + ", ".join(f"{n} {_fmt(g)}" for n, g in s["gains"].items()) + ".", ""]
     L += _glance_section(s, sc, pk_all)
+    L += _noise_section(s)
     L += _rules_section(s, sc)
     L += _theorem1_section(stop, s)
     L += _peaks_section(s, pk_all, pk_union)
@@ -68,7 +69,8 @@ def markdown(plan, cfg, s, pk_all, pk_union, figures, run_dir) -> str:
     L += ["## Tables", "",
           "`tables/scores.parquet` (one row per k, method, rht, seed, task, split; metric and cross-entropy), "
           "`tables/fitness.parquet` (mean per target), `tables/peaks.parquet`, `tables/rules.parquet` (the rule "
-          "table), `tables/scaling_fits.parquet`, `tables/theory.parquet`; `report.json` holds the rule table as "
+          "table), `tables/scaling_fits.parquet`, `tables/theory.parquet`, `tables/noise.parquet` (each curve point's "
+          "95% evaluation-noise interval, p_best and within_noise on validation); `report.json` holds the rule table as "
           "`rules` ({rule, method, target, fired_k, peak_k, error}).", ""]
     return "\n".join(L)
 
@@ -98,12 +100,17 @@ def _glance_section(s, sc, pk_all) -> list[str]:
     law_rule = f"law_k<={sc.law_first_k}"
     rules = {(r["rule"], r["method"]): r for r in s["rules_detail"] if r["target"] == "all"}
     base = s["base_fitness_all"]
+    noise = _noise_points(s)
     L = ["## At a glance: all tasks, without RHT", "",
          f"Base model: validation {_fmt(base['validation'])}, test {_fmt(base['test'])}. Best k = the k with the best "
          "mean validation fitness over seeds; test at the same k (never used to choose). The rule columns give the k "
-         "where each rule stops (the full table below).", "",
-         f"| method | best k | validation there | test there | largest k run | online rule | {law_rule} | theorem1 |",
-         "|---|---|---|---|---|---|---|---|"]
+         "where each rule stops (the full table below)."
+         + (" [95% interval] = evaluation noise (the examples drawn, not the seeds; next section); p(best) = the share "
+            "of bootstrap replicates in which the best k is best; within noise = the k whose paired difference from "
+            "the best k has a 95% interval containing 0 (these examples cannot tell them apart)." if noise else ""), "",
+         f"| method | best k | validation there{' [95% interval] | p(best) | k within noise' if noise else ''} | "
+         f"test there | largest k run | online rule | {law_rule} | theorem1 |",
+         "|---|---|---|---|---|---|---|---|" + ("---|---|" if noise else "")]
 
     def fired(rule: str, method: str) -> str:
         r = rules.get((rule, method))
@@ -114,9 +121,77 @@ def _glance_section(s, sc, pk_all) -> list[str]:
     for r in pk_all[~pk_all["rht"]].itertuples():
         cut = next((x.get("cut_at") for x in s["rules_detail"] if x["method"] == r.label and x.get("cut_at")), None)
         run_to = f"{r.k_max_run}" + (" (cut by the stop)" if cut is not None else "")
-        L.append(f"| {r.label} | {r.peak_k} | {r.val_mean:.3f} | {_fmt(r.test_mean)} | {run_to} | "
+        val = f"{r.val_mean:.3f}"
+        if noise:
+            p = noise.get((r.method, False, "all", "validation", r.peak_k)) or {}
+            near = [k for (m, rht, t, sp, k), q in sorted(noise.items())
+                    if (m, rht, t, sp) == (r.method, False, "all", "validation") and q.get("within_noise")]
+            val += (f" [{_fmt(p.get('low'))}, {_fmt(p.get('high'))}] | {_fmt(p.get('p_best'), 2)} | "
+                    f"{_ks(near) if near else 'n/a'}")
+        L.append(f"| {r.label} | {r.peak_k} | {val} | {_fmt(r.test_mean)} | {run_to} | "
                  f"{fired('online', r.label)} | {fired(law_rule, r.label)} | {fired('theorem1', r.label)} |")
     return L + [""]
+
+
+def _noise_points(s) -> dict[tuple, dict]:
+    """(method, rht, target, split, k) -> the noise record (empty when the run has no intervals)."""
+    return {(r["method"], bool(r["rht"]), r["target"], r["split"], int(r["k"])): r for r in s.get("noise") or []}
+
+
+def _ks(ks: list[int]) -> str:
+    """``[2, 3, 4, 6]`` -> ``2-4, 6``."""
+    out, run = [], [ks[0]]
+    for k in ks[1:]:
+        if k == run[-1] + 1:
+            run.append(k)
+        else:
+            out.append(run)
+            run = [k]
+    out.append(run)
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in out)
+
+
+def _noise_section(s) -> list[str]:
+    """What the intervals cover, and each method's best against the best registry merge's best
+    on test, paired, at the k validation chose."""
+    settings = s.get("noise_settings") or {}
+    L = ["## Evaluation noise", ""]
+    if not settings.get("available"):
+        return L + ["Not available: this run directory has no per-example scores (`examples/`, kept by runs made "
+                    "since they were added), so no number of this report carries its evaluation noise. Everything "
+                    "else is unaffected.", ""]
+    rows = settings.get("rows") or {}
+
+    def n(split: str) -> str:
+        per = sorted(set((rows.get(split) or {}).values()))
+        total = sum((rows.get(split) or {}).values())
+        return (f"{per[0]} per task, {total} in all" if len(per) == 1 else f"{total} in all") if per else "none"
+
+    L += [f"Every score of this report is a mean over fixed evaluation examples (validation: {n('validation')}; "
+          f"test: {n('test')}). The 95% intervals are percentile intervals of a paired, task-stratified bootstrap over "
+          f"these examples ({settings['replicates']} replicates, seed {settings['seed']}): each task's examples are "
+          "redrawn with replacement, the same draws for every cell, and each replicate's value is computed as the "
+          "tables compute it (mean over the target's tasks, then over seeds), so differences between k and between "
+          "methods are paired. They cover the choice of evaluation examples only: not the seeds (the ± sd columns "
+          "are the seeds' spread), and not a new choice of k (the k validation chose stays fixed). Every curve point "
+          "is in `tables/noise.parquet` and report.json's `noise`.", ""]
+    comps = s.get("noise_comparisons") or []
+    ref = settings.get("reference")
+    if comps and ref:
+        rk = comps[0]["reference_k"]
+        L += [f"Test, each method at the k validation chose, minus the best registry merge that gives one model "
+              f"({ref}, best k = {rk} on validation; a per-task method such as EMR keeps one model per task and is "
+              "compared, not the reference); the difference and its paired 95% interval:", "",
+              "| method | k | difference on test [95% interval] | what the data show |", "|---|---|---|---|"]
+        for c in comps:
+            if c["separated"]:
+                reading = f"{c['method']} {'above' if c['difference'] > 0 else 'below'} {ref} beyond the noise"
+            else:
+                reading = "the interval contains 0: the data cannot tell them apart"
+            L.append(f"| {c['method']} - {ref} | {c['k']} | {c['difference']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] "
+                     f"| {reading} |")
+        L.append("")
+    return L
 
 
 def _rules_section(s, sc) -> list[str]:
@@ -236,7 +311,8 @@ def _pairs_section(s) -> list[str]:
 CAPTIONS = {
     "fitness_vs_k": "Validation fitness vs. number of merged experts; left: all tasks of the pool (every line starts at "
                     "the base model, k=0), right: only the tasks of the k merged experts. Line = mean over seeds, band = "
-                    "min..max over seeds, dashed = with RHT, star = the first expert alone, red dotted line = Theorem 1's "
+                    "min..max over seeds, light band (where drawn) = the 95% evaluation-noise interval of the curves "
+                    "without RHT, dashed = with RHT, star = the first expert alone, red dotted line = Theorem 1's "
                     "k (uniform weights).",
     "pca_cumulative": "PCA of the expert task vectors: cumulative explained variance.",
     "principal_angles": "Mean principal angle between the experts' LoRA subspaces (90 = unrelated).",

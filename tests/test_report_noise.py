@@ -1,0 +1,205 @@
+"""Evaluation noise in the scale report, on a real tiny scale run of the small zoo (merges with
+and without RHT, one search holding both variants in one cell): the noise table against the
+fitness table and against a bootstrap recomputed here from the examples files, report.md and
+report.json against the table, `evomerge report` regenerating it, and a run directory without
+per-example scores."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from evomerge.config import config_from_dict
+from evomerge.evaluation.bootstrap import resample_counts
+from evomerge.pipelines.scale.tables import curve
+
+pytestmark = pytest.mark.ray
+
+B, LEVEL = 2000, 0.95
+
+
+@pytest.fixture(scope="module")
+def run(small_zoo, tmp_path_factory):
+    from evomerge.pipelines.scale.driver import run_scale
+
+    cfg = config_from_dict({
+        "evaluation": {"max_samples": 12, "batch_size": 12},
+        "scale": {"methods": ["task_arithmetic", "ties"], "search": ["genome"], "seeds": [0, 1], "with_rht": True,
+                  "k_max": 3, "law_first_k": 3, "pairs": False, "order": "given", "hist_samples": 50},
+        "genome": {"population": 3, "generations": 1, "early_stop_iter": 1},
+        "ray": {"num_actors": 2},
+    })
+    out = tmp_path_factory.mktemp("noise") / "run"
+    run_scale(cfg, out, zoo=small_zoo, progress=False, analyze=False)
+    return out
+
+
+def _noise(out) -> pd.DataFrame:
+    return pq.read_table(out / "tables" / "noise.parquet").to_pandas()
+
+
+def test_values_are_the_fitness_tables_means_and_intervals_contain_them(run):
+    noise = _noise(run)
+    fitness = pq.read_table(run / "tables" / "fitness.parquet").to_pandas()
+    n = 0
+    for target, name, col in (("all", "all", "fitness"), ("union", "union", "fitness"), ("all/ce", "all", "cross_entropy")):
+        for split in ("validation", "test"):
+            want = curve(fitness.assign(fitness=fitness[col]), target=name, split=split).set_index(["method", "rht", "k"])
+            got = noise[(noise["target"] == target) & (noise["split"] == split)].set_index(["method", "rht", "k"])
+            assert sorted(got.index) == sorted(want.index), (target, split)
+            assert np.abs(got["value"] - want["mean"].reindex(got.index)).max() < 1e-12
+            n += len(got)
+    assert n == len(noise) and n > 50
+    assert noise["low"].notna().all() and (noise["low"] <= noise["value"]).all() and (noise["value"] <= noise["high"]).all()
+    assert (noise["high"] - noise["low"] > 0.01).mean() > 0.9  # real widths, not a degenerate band
+    # every search seed holds a plain and an RHT variant under one cell id: both have their points
+    assert {True, False} <= set(noise.loc[noise["method"] == "genome", "rht"])
+
+
+def test_p_best_and_within_noise_on_validation_curves(run):
+    noise = _noise(run)
+    assert noise.loc[noise["split"] == "test", "p_best"].isna().all()
+    assert noise.loc[noise["split"] == "test", "within_noise"].isna().all()
+    val = noise[(noise["split"] == "validation") & ~noise["method"].isin(["base", "expert"])]
+    for (method, rht, target), g in val.groupby(["method", "rht", "target"]):
+        assert g["p_best"].sum() == pytest.approx(1.0), (method, rht, target)
+        best = g.loc[g["value"].idxmin() if target == "all/ce" else g["value"].idxmax()]
+        assert best["within_noise"], (method, target)
+
+
+def _examples(out, split):
+    ex = pd.concat([pq.read_table(f).to_pandas() for f in sorted((out / "examples").glob("*.parquet"))],
+                   ignore_index=True)
+    return ex[ex["split"] == split]
+
+
+def _by_hand(out, split, key, rep_counts):
+    """A point's replicate values from the examples files: per cell of the point, each task's
+    redrawn mean, the mean over the target's tasks, then over the point's seed rows."""
+    method, rht, target, k = key
+    scores = pq.read_table(out / "tables" / "scores.parquet").to_pandas()
+    s = scores[(scores["method"] == method) & (scores["rht"] == rht) & (scores["k"] == k) & (scores["split"] == split)]
+    ex = _examples(out, split)
+    col = "cross_entropy" if target == "all/ce" else "score"
+    per_row = []  # one entry per (cell, seed) row of the fitness table
+    for (cell, seed), rows in s.groupby(["cell", "seed"]):
+        tasks = sorted(rows.loc[rows["in_subset"], "task"]) if target == "union" else sorted(rows["task"])
+        e = ex[(ex["cell"] == cell) & (ex["rht"] == rht)]
+        means = []
+        for t in tasks:
+            x = e[e["task"] == t].sort_values("row")[col].to_numpy()
+            means.append(rep_counts[t] @ x / len(x))
+        per_row.append(np.mean(means, axis=0))
+    return np.mean(per_row, axis=0)
+
+
+def test_intervals_and_comparisons_equal_a_bootstrap_recomputed_from_the_examples(run):
+    noise = _noise(run).set_index(["method", "rht", "target", "split", "k"])
+    report = json.loads((run / "report.json").read_text())
+    for split in ("validation", "test"):
+        ex = _examples(run, split)
+        n_rows = ex.groupby("task")["row"].nunique().to_dict()
+        counts = resample_counts(n_rows, replicates=B, seed=0, stream=(split,))
+        for key in [("ties", False, "all", 2), ("genome", True, "union", 2), ("task_arithmetic", True, "all/ce", 3)]:
+            boot = _by_hand(run, split, key, counts)
+            lo, hi = np.quantile(boot, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+            rec = noise.loc[(key[0], key[1], key[2], split, key[3])]
+            assert rec["low"] == pytest.approx(lo, abs=1e-12) and rec["high"] == pytest.approx(hi, abs=1e-12), (split, key)
+    comps = report["noise_comparisons"]
+    assert comps and report["noise_settings"]["reference"] in ("task_arithmetic", "ties")
+    ex = _examples(run, "test")
+    counts = resample_counts(ex.groupby("task")["row"].nunique().to_dict(), replicates=B, seed=0, stream=("test",))
+    for c in comps:
+        d = (_by_hand(run, "test", (c["method"], False, "all", c["k"]), counts)
+             - _by_hand(run, "test", (c["reference"], False, "all", c["reference_k"]), counts))
+        lo, hi = np.quantile(d, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+        assert c["low"] == pytest.approx(lo, abs=1e-12) and c["high"] == pytest.approx(hi, abs=1e-12), c
+        assert c["separated"] == (lo > 0 or hi < 0)
+
+
+def test_report_md_and_json_carry_the_tables_numbers(run):
+    noise = _noise(run)
+    report = json.loads((run / "report.json").read_text())
+    as_json = pd.DataFrame(report["noise"])[noise.columns]
+    pd.testing.assert_frame_equal(as_json.astype(noise.dtypes.to_dict()), noise, check_exact=True)
+    md = (run / "report.md").read_text()
+    assert "## Evaluation noise" in md
+    peaks = {p["method"]: p for p in report["peaks_all"] if not p["rht"]}
+    rows = {m.group(1): m for m in re.finditer(
+        r"^\| (\S+) \| (\d+) \| ([\d.]+) \[([\d.]+), ([\d.]+)\] \| ([\d.]+|n/a) \| ([^|]+) \|", md, re.M)}
+    assert set(rows) == set(peaks)
+    for method, p in peaks.items():
+        m = rows[method]
+        rec = noise[(noise["method"] == method) & ~noise["rht"] & (noise["target"] == "all")
+                    & (noise["split"] == "validation") & (noise["k"] == p["peak_k"])].iloc[0]
+        assert int(m.group(2)) == p["peak_k"]
+        assert (m.group(4), m.group(5)) == (f"{rec['low']:.3f}", f"{rec['high']:.3f}")
+        assert m.group(6) == f"{rec['p_best']:.2f}"
+        near = noise[(noise["method"] == method) & ~noise["rht"] & (noise["target"] == "all")
+                     & (noise["split"] == "validation") & (noise["within_noise"] == True)]["k"]  # noqa: E712
+        listed = [int(x) for part in m.group(7).split(",") for x in
+                  (range(int(part.split("-")[0]), int(part.split("-")[1]) + 1) if "-" in part else [part])]
+        assert listed == sorted(near)
+    for c in report["noise_comparisons"]:
+        line = f"| {c['method']} - {c['reference']} | {c['k']} | {c['difference']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] |"
+        assert line in md
+        assert ("cannot tell them apart" in md.split(line)[1].splitlines()[0]) == (not c["separated"])
+
+
+def test_report_command_regenerates_the_noise_table_byte_for_byte(run):
+    from evomerge.cli import main
+
+    before = (run / "tables" / "noise.parquet").read_bytes()
+    md = (run / "report.md").read_text()
+    assert main(["report", str(run)]) == 0
+    assert (run / "tables" / "noise.parquet").read_bytes() == before
+    assert (run / "report.md").read_text() == md
+
+
+def test_a_run_without_examples_reports_no_intervals_and_everything_else_as_before(run, tmp_path):
+    from evomerge.pipelines.scale.report import write_report
+
+    old = tmp_path / "old"
+    shutil.copytree(run, old, ignore=shutil.ignore_patterns("examples"))
+    write_report(old)
+    assert _noise(old).empty and list(_noise(old).columns) == list(_noise(run).columns)
+    md = (old / "report.md").read_text()
+    assert "Not available: this run directory has no per-example scores" in md
+    assert "[95% interval]" not in md
+    report = json.loads((old / "report.json").read_text())
+    assert report["noise"] == [] and report["noise_comparisons"] == [] and not report["noise_settings"]["available"]
+    for name in ("scores", "fitness", "peaks", "rules", "scaling_fits", "theory"):
+        a = pq.read_table(run / "tables" / f"{name}.parquet").to_pandas()
+        b = pq.read_table(old / "tables" / f"{name}.parquet").to_pandas()
+        pd.testing.assert_frame_equal(a.drop(columns=["seconds"], errors="ignore"), b.drop(columns=["seconds"], errors="ignore"))
+
+
+def test_examples_that_do_not_pair_or_belong_to_other_scores_are_refused(run, tmp_path):
+    from evomerge.errors import DataError
+    from evomerge.io import write_parquet_atomic
+    from evomerge.pipelines.scale.report import write_report
+
+    for how, message in (("drop", "other cells have"), ("rows", "rows differ from the other cells' rows"),
+                         ("value", "is not the cell's")):
+        bad = tmp_path / how
+        shutil.copytree(run, bad, ignore=shutil.ignore_patterns("search"))
+        f = sorted((bad / "examples").glob("k002-ties*.parquet"))[0]
+        t = pq.read_table(f).to_pandas()
+        first = t.index[(t["split"] == "validation")][0]
+        if how == "drop":
+            t = t.drop(index=first)
+        elif how == "rows":
+            t.loc[first, "row"] = 10_000
+        else:
+            t.loc[first, "score"] += 0.5
+        write_parquet_atomic(f, pa.Table.from_pandas(t, preserve_index=False))
+        with pytest.raises(DataError) as e:
+            write_report(bad)
+        assert f"examples/{f.stem}.parquet" in str(e.value) and message in str(e.value), str(e.value)
