@@ -155,14 +155,20 @@ def _scores(run):
     return t.sort_values(list(t.columns), ignore_index=True)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupted_run_resumes_to_the_uninterrupted_scores(tmp_path, config_file, sig, code):
-    """Interrupted mid-searches, then ``--resume``: every score equals an uninterrupted run's."""
-    ref = tmp_path / "ref"
+@pytest.fixture(scope="module")
+def reference_scores(tmp_path_factory, config_file):
+    """The scores of an uninterrupted run of the same command."""
+    ref = tmp_path_factory.mktemp("ref") / "run"
     full = _start(ref, config_file)
     _, err = full.communicate(timeout=600)
     assert full.returncode == 0, err
+    return _scores(ref)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_run_resumes_to_the_uninterrupted_scores(tmp_path, config_file, reference_scores, sig, code):
+    """Interrupted mid-searches, then ``--resume``: every score equals an uninterrupted run's."""
     out = tmp_path / "run"
     proc = _start(out, config_file)
     seen, seconds, _, err = _interrupt(proc, sig, _searching(out))
@@ -171,5 +177,5 @@ def test_interrupted_run_resumes_to_the_uninterrupted_scores(tmp_path, config_fi
     _, err = again.communicate(timeout=600)
     assert again.returncode == 0, err
     done = _scores(out)
-    assert len(done) == len(_scores(ref)) and done.equals(_scores(ref))
+    assert len(done) == len(reference_scores) and done.equals(reference_scores)
     assert (out / "report.md").is_file()
