@@ -43,12 +43,17 @@ def register(app: typer.Typer) -> None:
         from evomerge.cli import _common
 
         with _common.stop_on_signals() as fired:  # before the first child starts: SIGTERM, too, cleans up
-            _run(out, config, small, zoo_arg, sets, no_stop, resume, no_overlap, overwrite, progress, preset, fired)
+            try:
+                _run(out, config, small, zoo_arg, sets, no_stop, resume, no_overlap, overwrite, progress, preset)
+            except KeyboardInterrupt as err:  # also one that came during _run's own cleanup
+                import signal
+
+                code = 143 if isinstance(err, _common.Terminated) or signal.SIGTERM in fired else 130
+                raise _common.Interrupted(interrupted_message(out), code) from None
 
 
 def _run(out: Path, config: Optional[Path], small: bool, zoo_arg: Optional[str], sets: list[str], no_stop: bool,
-         resume: bool, no_overlap: bool, overwrite: bool, progress: bool, preset: Optional[str],
-         fired: list[int]) -> None:
+         resume: bool, no_overlap: bool, overwrite: bool, progress: bool, preset: Optional[str]) -> None:
     """The run, its prewarmed child, and what an interrupt leaves: every child ended, Ray stopped
     (``run_scale`` sees to both), then one line saying how to resume."""
     import sys
@@ -60,11 +65,6 @@ def _run(out: Path, config: Optional[Path], small: bool, zoo_arg: Optional[str],
         if not resume and not no_overlap and (overwrite or not (out / "config.yaml").is_file()):
             prewarm_analysis()  # a fresh run: the analysis's child does its imports beside ours
         _scale(out, config, small, zoo_arg, sets, no_stop, resume, no_overlap, overwrite, progress, preset)
-    except KeyboardInterrupt as err:
-        import signal
-
-        code = 143 if isinstance(err, _common.Terminated) or signal.SIGTERM in fired else 130
-        raise _common.Interrupted(interrupted_message(out), code) from None
     finally:
         discard_prewarmed()
         ray = sys.modules.get("ray")
