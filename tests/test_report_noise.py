@@ -203,3 +203,15 @@ def test_examples_that_do_not_pair_or_belong_to_other_scores_are_refused(run, tm
         with pytest.raises(DataError) as e:
             write_report(bad)
         assert f"examples/{f.stem}.parquet" in str(e.value) and message in str(e.value), str(e.value)
+
+
+def test_without_cross_entropy_the_metric_intervals_stay_and_all_ce_has_none(run):
+    from evomerge.pipelines.scale.noise import noise_tables
+
+    scores = pq.read_table(run / "tables" / "scores.parquet").to_pandas()
+    ex = pd.concat([pq.read_table(f).to_pandas() for f in sorted((run / "examples").glob("*.parquet"))], ignore_index=True)
+    full = noise_tables(scores, ex).table
+    bare = noise_tables(scores.assign(cross_entropy=np.nan), ex.assign(cross_entropy=np.nan)).table
+    assert set(bare["target"]) == {"all", "union"}
+    pd.testing.assert_frame_equal(full[full["target"] != "all/ce"].reset_index(drop=True), bare, check_exact=True)
+    pd.testing.assert_frame_equal(full, _noise(run).astype(full.dtypes.to_dict()), check_exact=True)

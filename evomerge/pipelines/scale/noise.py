@@ -156,14 +156,20 @@ def _split_noise(s, ex, fitness, split, replicates, seed, level):
     units = _units(s)
     tasks, present, sc, ce = _matrices(s, ex, units, split)
     u = len(present)
-    # one bootstrap of the task means, rows 0..u-1 the units' scores, u..2u-1 their cross-entropy
-    means = task_means({t: np.vstack([sc[t], ce[t]]) for t in tasks}, replicates=replicates, seed=seed, stream=(split,))
+    # one bootstrap of the task means, rows 0..u-1 the units' scores, u..2u-1 their cross-entropy (where every
+    # example has one: a metric-only evaluation leaves it NaN, and `all/ce` then has no interval)
+    has_ce = all(np.isfinite(ce[t]).all() for t in tasks)
+    n_rows = 2 * u if has_ce else u
+    means = task_means({t: np.vstack([sc[t], ce[t]]) if has_ce else sc[t] for t in tasks}, replicates=replicates,
+                       seed=seed, stream=(split,))
     cells, rhts = units["cell"].to_numpy()[present], units["rht"].to_numpy()[present]
     subset = s.groupby(["cell", "rht", "task"])["in_subset"].first()
     pos = {unit: i for i, unit in enumerate(present)}
     keys, values, boots, complete = [], [], [], []
     for target, col, union in TARGETS:
-        mask = np.ones((2 * u, len(tasks)), bool)
+        if col == "cross_entropy" and not has_ce:
+            continue
+        mask = np.ones((n_rows, len(tasks)), bool)
         if union:  # a cell's own tasks; a cell without any (the base model) is in no `union` point
             own = subset.reindex(pd.MultiIndex.from_arrays([np.repeat(cells, len(tasks)), np.repeat(rhts, len(tasks)),
                                                             np.tile(tasks, u)])).fillna(False).to_numpy(bool)
@@ -173,7 +179,7 @@ def _split_noise(s, ex, fitness, split, replicates, seed, level):
         for (method, rht, k), g in units.groupby(["method", "rht", "k"], sort=True):
             if union and method == "base":
                 continue
-            w = np.zeros(2 * u)
+            w = np.zeros(n_rows)
             for unit, seeds in g["seeds"].items():
                 if unit in pos:
                     w[pos[unit] + (u if col == "cross_entropy" else 0)] = seeds
