@@ -132,6 +132,9 @@ def test_sigint_during_ray_start_leaves_no_ray_process(tmp_path, config_file):
     seen, seconds, _, err = _interrupt(proc, signal.SIGINT, _has("gcs_server"))
     line = _check_stopped(proc, seen, seconds, err, 130, out)
     assert line == f"interrupted; resume with: evomerge scale --out {out} --resume"
+    from evomerge.pipelines.scale.interrupt import recorded_zoo
+
+    assert recorded_zoo(out) == "small"  # the plan is not written yet: --resume (no --small) still finds the zoo
 
 
 def _searching(out):
@@ -166,12 +169,14 @@ def reference_scores(tmp_path_factory, config_file):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupted_run_resumes_to_the_uninterrupted_scores(tmp_path, config_file, reference_scores, sig, code):
-    """Interrupted mid-searches, then ``--resume``: every score equals an uninterrupted run's."""
+@pytest.mark.parametrize("sig,code,moment", [(signal.SIGINT, 130, "searches"), (signal.SIGTERM, 143, "searches"),
+                                             (signal.SIGINT, 130, "ray start")])
+def test_interrupted_run_resumes_to_the_uninterrupted_scores(tmp_path, config_file, reference_scores, sig, code, moment):
+    """Interrupted mid-searches (or before the plan exists), then ``--resume`` as the message
+    says (no zoo flag): every score equals an uninterrupted run's."""
     out = tmp_path / "run"
     proc = _start(out, config_file)
-    seen, seconds, _, err = _interrupt(proc, sig, _searching(out))
+    seen, seconds, _, err = _interrupt(proc, sig, _searching(out) if moment == "searches" else _has("gcs_server"))
     _check_stopped(proc, seen, seconds, err, code, out)
     again = _start(out, None, "--resume")
     _, err = again.communicate(timeout=600)

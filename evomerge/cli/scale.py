@@ -121,10 +121,10 @@ def _scale(out: Path, config: Optional[Path], small: bool, zoo_arg: Optional[str
     if not cfg.experts.experts:
         from evomerge.zoo import ensure_zoo
 
-        if resume and (out / "plan.json").is_file():  # continue on the zoo the run started with
-            import json
+        if resume:  # continue on the zoo the run started with
+            from evomerge.pipelines.scale.interrupt import recorded_zoo
 
-            profile = json.loads((out / "plan.json").read_text()).get("zoo_profile") or profile
+            profile = recorded_zoo(out) or profile
         zoo = ensure_zoo(profile, cfg.zoo_dir, progress=progress)
     result = run_scale(cfg, out, zoo=zoo, stop=False if no_stop else None, overwrite=overwrite, progress=progress,
                        overlap=not no_overlap)

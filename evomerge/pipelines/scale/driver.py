@@ -147,6 +147,7 @@ def run_scale(
         if resumed:
             check_same_plan(run_dir / "plan.json", plan)
         write_json_atomic(run_dir / "plan.json", plan)
+        (run_dir / intr.ZOO_FILE).unlink(missing_ok=True)  # plan.json names the zoo now
         stop_r = StopRule(**plan["stop"])
         if analyze and analysis is None:
             run_analysis(spec, cfg, run_dir / "analysis", progress)
@@ -273,6 +274,7 @@ def run_scale(
         for job in (analysis, histograms):
             if job is not None:
                 job.stop()
+        intr.record_zoo(run_dir, spec.zoo_profile if spec.zoo_root is not None else None)
         raise
     finally:
         if bar is not None:

@@ -132,3 +132,29 @@ def end_survivors(procs: dict[int, Any], grace: float = 2.0) -> list[int]:
             pass
     psutil.wait_procs(left, timeout=grace)
     return [p.pid for p in alive]
+
+
+# a run interrupted before its plan.json exists records its zoo profile here (the saved config
+# does not name it), so `--resume` continues on the same zoo; removed once plan.json is written
+ZOO_FILE = "zoo_profile.json"
+
+
+def record_zoo(run_dir, profile: str | None) -> None:
+    from pathlib import Path
+
+    from evomerge.io import write_json_atomic
+
+    if profile is not None and Path(run_dir).is_dir() and not (Path(run_dir) / "plan.json").is_file():
+        write_json_atomic(Path(run_dir) / ZOO_FILE, {"zoo_profile": profile})
+
+
+def recorded_zoo(run_dir) -> str | None:
+    """The zoo profile a run directory was started on (plan.json, else :data:`ZOO_FILE`)."""
+    import json
+    from pathlib import Path
+
+    for name in ("plan.json", ZOO_FILE):
+        path = Path(run_dir) / name
+        if path.is_file():
+            return json.loads(path.read_text()).get("zoo_profile")
+    return None
