@@ -181,7 +181,9 @@ def _noise_section(s) -> list[str]:
         rk = comps[0]["reference_k"]
         L += [f"Test, each method at the k validation chose, minus the best registry merge that gives one model "
               f"({ref}, best k = {rk} on validation; a per-task method such as EMR keeps one model per task and is "
-              "compared, not the reference); the difference and its paired 95% interval:", "",
+              "compared, not the reference); the difference and its paired 95% interval. Test, because no choice saw it: "
+              "a search picks its best individual on the validation examples, so its validation value is selected on "
+              "them.", "",
               "| method | k | difference on test [95% interval] | what the data show |", "|---|---|---|---|"]
         for c in comps:
             if c["separated"]:
