@@ -38,6 +38,7 @@ class Runtime:
         self.plan: ActorPlan | None = None
         self.pool: PopulationPool = None  # type: ignore[assignment]
         self.infos: list[dict[str, Any]] = []
+        self.starting: list = []  # the actors of a start in progress (see start)
 
     def __enter__(self) -> "Runtime":
         """Connect and check the request against the cluster (nothing is started yet)."""
@@ -75,6 +76,7 @@ class Runtime:
             ]
         else:
             actors = self.pool.actors
+        self.starting = actors  # before the pool exists: whoever must stop this runtime finds them here
         ray.get([a.reset.remote(experts_ref, inputs.evaluator, **kwargs) for a in actors])
         self.pool = PopulationPool(actors, inputs.experts, max_restarts=self.cfg.ray.max_restarts,
                                    reset_args=((experts_ref, inputs.evaluator), kwargs))

@@ -76,14 +76,16 @@ def kill_cell_actors() -> None:
 
 def kill_slots(slots: list[Any]) -> None:
     """Kill the population actors of the search slots (open Runtimes), so the searches in
-    flight fail at once instead of running to their end: each slot's actors, and its placement
-    group, whose removal also kills actors a slot is still starting (their handles are not
-    the slot's yet). The Runtimes' own exit then finds them gone."""
+    flight fail at once instead of running to their end: each slot's actors, those it is still
+    starting (``Runtime.starting``: killed without restart, or a restart would wait for ever
+    for a removed placement group), and its placement group. The Runtimes' own exit then
+    finds them gone."""
     import ray
     from ray.util.placement_group import remove_placement_group
 
     for rt in slots:
-        for actor in getattr(getattr(rt, "pool", None), "actors", None) or ():
+        pool_actors = getattr(getattr(rt, "pool", None), "actors", None) or []
+        for actor in [*pool_actors, *(getattr(rt, "starting", None) or [])]:
             try:
                 ray.kill(actor, no_restart=True)
             except Exception:  # noqa: BLE001 - already gone
