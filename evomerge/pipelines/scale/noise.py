@@ -21,7 +21,7 @@ import pandas as pd
 
 from evomerge.errors import DataError
 from evomerge.evaluation.bootstrap import (Replicates, aggregate, best_share, paired_difference, percentile_interval,
-                                           task_means)
+                                           task_means, within_noise)
 
 REPLICATES = 2000
 SEED = 0
@@ -229,8 +229,7 @@ def _curve_choices(table: pd.DataFrame, rep: Replicates, ok: np.ndarray, value: 
         lower = target == "all/ce"
         best = idx[int(np.argmin(value[idx]) if lower else np.argmax(value[idx]))]
         table.loc[idx, "p_best"] = best_share(rep.boot[:, idx], lower_is_better=lower)
-        lo, hi = percentile_interval(rep.boot[:, idx] - rep.boot[:, [best]], level)
-        table.loc[idx, "within_noise"] = pd.Series(((lo <= 0) & (hi >= 0)).tolist(), index=idx, dtype=object)
+        table.loc[idx, "within_noise"] = pd.Series(within_noise(rep, idx, best, level).tolist(), index=idx, dtype=object)
 
 
 def compare_to_reference(noise: Noise, peaks_all: pd.DataFrame, reference: str | None, *, split: str = "test",
