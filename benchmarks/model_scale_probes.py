@@ -26,11 +26,11 @@ def instrument(ev: Any) -> Any:
     return ev
 
 
-def _timed_many(self, candidates, split="validation"):
+def _timed_many(self, candidates, split="validation", **kw):
     cuda = self.device.type == "cuda"
     self._cur = dict.fromkeys(EVAL_PARTS, 0.0)
     t0 = _now(cuda)
-    out = super(type(self), self).evaluate_many(candidates, split)
+    out = super(type(self), self).evaluate_many(candidates, split, **kw)
     c = self._cur
     c["total_s"] = _now(cuda) - t0
     c["apply_s"] = max(0.0, c["total_s"] - c["resolve_s"] - c.pop("score_batch_s", 0.0))
