@@ -62,6 +62,24 @@ def stop_on_signals() -> Iterator[list[int]]:
             signal.signal(s, h)
 
 
+def quiet_progress_bars() -> None:
+    """``--no-progress`` also for the bars of the libraries (transformers' "Loading weights",
+    huggingface_hub's): the environment variable reaches the processes started after this call
+    (Ray's workers, the side processes), the calls cover what this process already imported."""
+    import os
+    import sys
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 SET_HELP = "set a config key, dotted, value in YAML (e.g. --set merge.params.density=0.5); repeat"
 ZOO_HELP = "built-in zoo profile (small | default) or a zoo folder"
 
