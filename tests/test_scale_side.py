@@ -75,13 +75,13 @@ def test_work_beside_in_a_thread_raises_its_error_on_join():
     comes back on join; without a Ray of this run's there is nothing to stop."""
     import threading
 
-    from evomerge.pipelines.scale.finish import _Beside, disconnect_beside
+    from evomerge.pipelines.scale.finish import Beside, disconnect_beside
 
     assert disconnect_beside(False) is None
     seen = []
-    job = _Beside(lambda: seen.append(threading.current_thread().name))
+    job = Beside(lambda: seen.append(threading.current_thread().name))
     job.join()
     assert seen == ["ray-shutdown"]  # it ran, in its own thread
-    job = _Beside(json.loads, "not json")
+    job = Beside(json.loads, "not json")
     with pytest.raises(json.JSONDecodeError):
         job.join()

@@ -269,9 +269,8 @@ def cluster_resources() -> dict[str, float]:
     return dict(ray.cluster_resources())
 
 
-def release(actors, pg, started_ray: bool) -> None:
-    """Kill ``actors`` (no restarts), remove the placement group ``pg`` (if any), and stop Ray
-    when the caller started it. Actors already gone are skipped."""
+def kill_actors(actors) -> None:
+    """Kill ``actors`` without restarts; actors already gone are skipped."""
     import ray
 
     for a in actors:
@@ -279,6 +278,12 @@ def release(actors, pg, started_ray: bool) -> None:
             ray.kill(a, no_restart=True)
         except Exception:  # already gone
             pass
+
+
+def release(actors, pg, started_ray: bool) -> None:
+    """Kill ``actors`` (no restarts), remove the placement group ``pg`` (if any), and stop Ray
+    when the caller started it. Actors already gone are skipped."""
+    kill_actors(actors)
     if pg is not None:
         from ray.util.placement_group import remove_placement_group
 

@@ -113,7 +113,7 @@ def run_scale(
     from evomerge.distributed.cluster import disconnect
     from evomerge.pipelines.scale import interrupt as intr
     from evomerge.pipelines.scale.execute import RayCellRunner
-    from evomerge.pipelines.scale.finish import _Beside, disconnect_beside
+    from evomerge.pipelines.scale.finish import Beside, disconnect_beside
     from evomerge.pipelines.scale.start import run_analysis, start_analysis
 
     started_ray = False
@@ -222,7 +222,7 @@ def run_scale(
             for cell, out in runner.run(todo):
                 write_cell(cell, out)
 
-        def searched(job: _Beside, cells_beside: list[Cell]) -> set[str]:
+        def searched(job: Beside, cells_beside: list[Cell]) -> set[str]:
             """The search phase's skipped cells, once ``job`` ends (``cells_beside`` run here
             meanwhile). Interrupted: no new search starts and those in flight are cut; another
             error: those in flight finish first."""
@@ -241,13 +241,13 @@ def run_scale(
         runner = None
         if searches and not share:  # searches first, on every slot; then the cells (the
             # phase runs in a thread: Ctrl-C lands in this one, which then stops it)
-            skipped = searched(_Beside(search_phase, name="searches", daemon=True), [])
+            skipped = searched(Beside(search_phase, name="searches", daemon=True), [])
         with contextlib.ExitStack() as stack:
             runner = early
             if share and free and runner is None:
                 runner = stack.enter_context(RayCellRunner(ctx, cfg.ray, share=True))
             if share:
-                skipped = searched(_Beside(search_phase, name="searches", daemon=True), free if runner else [])
+                skipped = searched(Beside(search_phase, name="searches", daemon=True), free if runner else [])
                 free = []
             now = store.done()  # what the search phase scored (stop target all) is done
             todo = [c for c in free_all if c.id not in now] + [
@@ -270,7 +270,7 @@ def run_scale(
             histograms.send(str(run_dir))
         ok = True
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the side processes end now, not when done
-        stopped = {pid: p for pid, p in intr.descendants().items() if pid not in before}
+        stopped = intr.started_since(before)
         for job in (analysis, histograms):
             if job is not None:
                 job.stop()
@@ -294,7 +294,7 @@ def run_scale(
 
             report_path = write_report(run_dir, figures_job=histograms)
     except KeyboardInterrupt:
-        stopped = {pid: p for pid, p in intr.descendants().items() if pid not in before}
+        stopped = intr.started_since(before)
         if histograms is not None:
             histograms.stop()
         if stopping is not None:

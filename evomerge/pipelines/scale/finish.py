@@ -1,5 +1,5 @@
 """The end of a scale run: Ray stops in a thread beside the report, which needs no Ray (its
-shutdown mostly waits for Ray's processes to exit). :class:`_Beside` also runs the search phase
+shutdown mostly waits for Ray's processes to exit). :class:`Beside` also runs the search phase
 in a thread of its own, so the main thread, where Ctrl-C lands, can stop it."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import threading
 from typing import Any, Callable
 
 
-class _Beside:
+class Beside:
     """``fn(*args)`` in a thread; :meth:`join` waits, raises its error and returns its value.
     ``daemon``: a thread that an interrupted run may leave behind (it must not hold up the exit)."""
 
@@ -24,20 +24,18 @@ class _Beside:
         except BaseException as e:  # noqa: BLE001 - raised again in join
             self.error = e
 
-    def join(self, timeout: float | None = None) -> Any:
-        """The value (after ``timeout`` seconds with the thread still running: None)."""
-        self.thread.join(timeout)
-        if self.thread.is_alive():
-            return None
+    def join(self) -> Any:
+        """Wait; ``fn``'s value, or its error raised here."""
+        self.thread.join()
         if self.error is not None:
             raise self.error
         return self.value
 
 
-def disconnect_beside(started_ray: bool) -> _Beside | None:
+def disconnect_beside(started_ray: bool) -> Beside | None:
     """``disconnect`` in a thread (Ray's shutdown mostly waits for its processes to exit)."""
     if not started_ray:
         return None
     from evomerge.distributed.cluster import disconnect
 
-    return _Beside(disconnect, True)
+    return Beside(disconnect, True)

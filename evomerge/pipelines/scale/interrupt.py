@@ -62,16 +62,11 @@ def stop_searches(thread: threading.Thread, slots: list[Any]) -> None:
 def kill_cell_actors() -> None:
     """Kill the actors of every open :class:`~evomerge.pipelines.scale.execute.RayCellRunner`
     (a cell cut midway runs again on resume: its file appears only when it is done)."""
-    import ray
-
+    from evomerge.distributed.cluster import kill_actors
     from evomerge.pipelines.scale.execute import LIVE
 
     for runner in list(LIVE):
-        for actor in list(runner.actors):
-            try:
-                ray.kill(actor, no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
+        kill_actors(list(runner.actors))
 
 
 def kill_slots(slots: list[Any]) -> None:
@@ -80,22 +75,25 @@ def kill_slots(slots: list[Any]) -> None:
     starting (``Runtime.starting``: killed without restart, or a restart would wait for ever
     for a removed placement group), and its placement group. The Runtimes' own exit then
     finds them gone."""
-    import ray
     from ray.util.placement_group import remove_placement_group
+
+    from evomerge.distributed.cluster import kill_actors
 
     for rt in slots:
         pool_actors = getattr(getattr(rt, "pool", None), "actors", None) or []
-        for actor in [*pool_actors, *(getattr(rt, "starting", None) or [])]:
-            try:
-                ray.kill(actor, no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
+        kill_actors([*pool_actors, *(getattr(rt, "starting", None) or [])])
         pg = getattr(rt, "pg", None)
         if pg is not None:
             try:
                 remove_placement_group(pg)
             except Exception:  # noqa: BLE001 - already removed
                 pass
+
+
+def started_since(before: dict[int, Any]) -> dict[int, Any]:
+    """The descendants now that were not among ``before`` (:func:`descendants` taken earlier):
+    the processes a run started, not those its caller had."""
+    return {pid: p for pid, p in descendants().items() if pid not in before}
 
 
 def descendants() -> dict[int, Any]:
