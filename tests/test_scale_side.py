@@ -82,6 +82,7 @@ def test_work_beside_in_a_thread_raises_its_error_on_join():
     job = Beside(lambda: seen.append(threading.current_thread().name))
     job.join()
     assert seen == ["ray-shutdown"]  # it ran, in its own thread
+    assert Beside(json.loads, "[1, 2]").join() == [1, 2]  # the search phase's skipped cells come back this way
     job = Beside(json.loads, "not json")
     with pytest.raises(json.JSONDecodeError):
         job.join()
