@@ -271,6 +271,7 @@ class ScaleConfig(Section):
     online_tol: float = Field(default=0.02, gt=0.0, description="online rule: gain per expert below this fraction of the first expert's gain counts as none (0.02: chosen on synthetic curves, benchmarks/online_rule_synthetic.py)")
     online_window: int = Field(default=1, ge=1, description="online rule: measured gain over this many last grid steps")
     law_first_k: int = Field(default=4, ge=3, description="the scaling law predicted from k <= this only")
+    law_noise_z: float = Field(default=0.0, ge=0.0, allow_inf_nan=False, description="the law on k <= law_first_k: its tolerance is at least this many standard errors of a paired one-step difference on k <= law_first_k (the run's per-example scores, validation); 0: off, the tolerance online_tol x the first gain alone (docs/scale.md)")
     stats_samples: int = Field(default=64, ge=1, description="Fisher / RegMean: train examples per expert for its statistics")
     pairs: bool = Field(default=True, description="run the correlated-pair experiment (needs a pool with domains, e.g. a zoo)")
     population_test: bool = Field(default=False, description="score every individual of a search's final population on test (the paper's test-set selection, reported flagged)")

@@ -171,3 +171,45 @@ def within_noise(rep: Replicates, curve: Sequence[int], best: int, level: float 
     idx = np.asarray(list(curve), dtype=int)
     lo, hi = percentile_interval(rep.boot[:, idx] - rep.boot[:, [best]], level)
     return (lo <= 0) & (hi >= 0)
+
+
+def paired_se(examples: Mapping[str, np.ndarray | Sequence[np.ndarray]], tasks_of: np.ndarray, points: np.ndarray,
+              pairs: Sequence[tuple[int, int]], task_weights: Sequence[float] | None = None) -> np.ndarray:
+    """Analytic standard error of point i minus point j for each ``(i, j)`` in ``pairs``: what
+    the paired, task-stratified bootstrap of :func:`bootstrap_points` (same ``examples``,
+    ``tasks_of``, ``points``, ``task_weights``) estimates, without replicates. A point's value is
+    ``sum_t sum_r y[t, r] / n_t`` with ``y[t, r]`` the weighted sum of its cells' scores on row r
+    of task t, so the difference is a sum of per-task means of ``d = y_i - y_j`` and, each task's
+    rows redrawn independently, ``SE^2 = sum_t var_t(d) / n_t`` (plug-in variance, ddof 0: the
+    bootstrap's own). Rows the two points share cancel in ``d``: the SE is paired."""
+    tasks = list(examples)
+    if not tasks:
+        raise ValueError("bootstrap: no tasks")
+    xs = [_matrix(t, examples[t]) for t in tasks]
+    c = {x.shape[0] for x in xs}
+    if len(c) != 1:
+        raise ValueError(f"bootstrap: tasks hold different numbers of cells {sorted(c)}")
+    c = c.pop()
+    mask = np.asarray(tasks_of, dtype=bool)
+    if mask.shape != (c, len(tasks)):
+        raise ValueError(f"bootstrap: `tasks_of` must be (cells, tasks) = {(c, len(tasks))}, got {mask.shape}")
+    w_task = np.ones(len(tasks)) if task_weights is None else np.asarray(task_weights, dtype=np.float64)
+    if w_task.shape != (len(tasks),) or (w_task < 0).any():
+        raise ValueError(f"bootstrap: `task_weights` must be {len(tasks)} non-negative numbers")
+    w = mask * w_task
+    if not (w.sum(axis=1) > 0).all():
+        raise ValueError(f"bootstrap: cell(s) {np.flatnonzero(w.sum(axis=1) <= 0).tolist()} count no task")
+    w = w / w.sum(axis=1, keepdims=True)
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != c or (pts < 0).any() or not (pts.sum(axis=1) > 0).all():
+        raise ValueError(f"bootstrap: `points` must be (points, {c}) non-negative weights, each row with a cell")
+    pts = pts / pts.sum(axis=1, keepdims=True)
+    pr = np.asarray(list(pairs), dtype=int).reshape(-1, 2)
+    if pr.size and (pr.min() < 0 or pr.max() >= pts.shape[0]):
+        raise ValueError(f"bootstrap: `pairs` must index the {pts.shape[0]} points")
+    coef = pts[pr[:, 0]] - pts[pr[:, 1]]  # (pairs, C): each cell's weight in the difference
+    var = np.zeros(len(pr))
+    for j, x in enumerate(xs):
+        d = (coef * w[:, j]) @ x  # (pairs, n_t): the difference's per-row values on task j
+        var += d.var(axis=1) / x.shape[1]
+    return np.sqrt(var)

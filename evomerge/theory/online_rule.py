@@ -18,7 +18,8 @@ the first expert's gain over the base model: :func:`online_tolerance`).
   and the rule does not fire; a flat curve fires at the second point (no later "peak" is
   invented), and its "keeps" is the first k.
 * Law on the first m: fit on k <= m only and predict where one more expert gains < ``tol``
-  (the peak, predicted before the rest is run).
+  (the peak, predicted before the rest is run); its tolerance may know the evaluation noise
+  (:func:`law_tolerance`: at least z standard errors of a measured one-step difference).
 """
 
 from __future__ import annotations
@@ -163,7 +164,48 @@ def law_peak(ks: Sequence[float], losses: Sequence[float], *, m: int, tol: float
     if np.unique(x[use]).size < 3:
         raise ConfigError(f"the law on k <= {m} needs 3 distinct k there; got {np.unique(x[use]).size}")
     fit = fit_scaling_law(x[use], y[use], b_fixed=b_fixed, b_bounds=b_bounds)
+    return peak_from_fit(fit, tol=tol, k_cap=k_cap, k_min=int(x[use].min()))
+
+
+def peak_from_fit(fit: ScalingFit, *, tol: float, k_cap: int, k_min: int = 1) -> LawPeak:
+    """The law's predicted peak from a fit already made: the first k whose next expert gains less
+    than ``tol``, within ``[k_min, k_cap]`` (:func:`law_peak` after its fit; one fit can be read
+    at several tolerances)."""
+    if not tol > 0:
+        raise ConfigError(f"the law's tolerance must be > 0. Got {tol!r} instead.")
     k = fit.k_marginal_below(tol, k_max=k_cap)
     if k is None:
         return LawPeak(int(k_cap), True, fit)
-    return LawPeak(int(min(max(k, x[use].min()), k_cap)), False, fit)
+    return LawPeak(int(min(max(k, k_min), k_cap)), False, fit)
+
+
+# How the law's noise tolerance combines the standard errors of the consecutive steps on k <= m
+# (:func:`step_se`); chosen on synthetic curves only (benchmarks/law_noise_synthetic.py).
+STEP_SE = "rms"
+
+
+def step_se(ses: Sequence[float], how: str = STEP_SE) -> float:
+    """One standard error of a one-step paired difference from those of the consecutive measured
+    steps on k <= m: ``rms`` (root mean square over the steps) or ``last`` (the step ending at
+    the largest k). NaN when there is none (no per-example scores)."""
+    v = np.asarray(ses, dtype=np.float64).ravel()
+    if how not in ("rms", "last"):
+        raise ConfigError(f"step_se: `how` must be 'rms' or 'last', got {how!r}")
+    if v.size == 0 or not np.isfinite(v).all():
+        return math.nan
+    return float(np.sqrt(np.mean(v**2))) if how == "rms" else float(v[-1])
+
+
+def law_tolerance(tol: float, se: float, z: float) -> float:
+    """The law's tolerance with the evaluation noise: ``max(tol, z x se)`` (``tol``: the online
+    rule's, a fraction of the first gain; ``se``: :func:`step_se`). ``z`` = 0 or an unknown SE
+    (NaN: a run without per-example scores) gives ``tol`` unchanged: the rule before. A
+    predicted gain of one more expert smaller than z standard errors of a measured one-step
+    difference is one the evaluation could not tell from none."""
+    if not math.isfinite(z) or z < 0:
+        raise ConfigError(f"`scale.law_noise_z` must be a number >= 0 (0: off). Got {z!r} instead.")
+    if z == 0 or not math.isfinite(se):
+        return float(tol)
+    if se < 0:
+        raise ConfigError(f"a standard error must be >= 0, got {se!r}")
+    return float(max(tol, z * se))

@@ -97,11 +97,15 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, figures
 
     fitness = fitness_table(scores)
     pk_all, pk_union = peaks(fitness, target="all"), peaks(fitness, target="union")
-    noise = noise_tables(scores, _examples(run_dir, scores), fitness)
+    examples = _examples(run_dir, scores)
+    noise = noise_tables(scores, examples, fitness)
     reference = reference_method(pk_all, list(cfg.scale.methods))
     comparisons = compare_to_reference(noise, pk_all, reference)
     cut = cut_searches(_read_json(run_dir / "search_stop.json"), stop.get("search_k"))
-    records, fits = (judge(plan, fitness, scale_cfg=cfg.scale, pca_count=pca, gains=gains, cut=cut)
+    from evomerge.pipelines.scale.law_noise import law_step_ses  # the law's noise tolerance (analytic, k <= m only)
+
+    law_ses = law_step_ses(scores, examples, cfg.scale.law_first_k)
+    records, fits = (judge(plan, fitness, scale_cfg=cfg.scale, pca_count=pca, gains=gains, cut=cut, law_ses=law_ses)
                      if not fitness.empty else ([], []))
     pairs = pair_summary(fitness, plan, gains) if not fitness.empty else []
     from evomerge.pipelines.scale.plan import load_cells

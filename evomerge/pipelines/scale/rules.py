@@ -11,7 +11,9 @@ are reported) and each rule's k is set beside it:
 
 Targets: ``all`` and ``union`` on the task metric, ``all/ce`` on cross-entropy (lower is better).
 The online rule's and the law's tolerance is ``scale.online_tol`` times the first measured
-point's gain over the base model on that target.
+point's gain over the base model on that target; the law's is raised to ``scale.law_noise_z``
+standard errors of a paired one-step difference on k <= m when that is larger (the run's
+per-example scores; :func:`evomerge.theory.online_rule.law_tolerance`).
 
 A search whose k grid the enforced stop rule cut (``search_stop.json``) has no measured curve
 beyond the cut: its "peak" is the best of the k it ran, and the online rule replayed on that
@@ -29,7 +31,7 @@ import pandas as pd
 
 from evomerge.errors import EvomergeError
 from evomerge.theory.general_variance import covariance_from, delta_for, general_variance_curve, theorem1_stop
-from evomerge.theory.online_rule import law_peak, online_stop, online_tolerance
+from evomerge.theory.online_rule import law_peak, law_tolerance, online_stop, online_tolerance, step_se
 from evomerge.theory.scaling_law import fit_scaling_law
 
 TARGETS = (("all", "fitness", "all"), ("union", "fitness", "union"), ("all/ce", "cross_entropy", "all"))
@@ -121,12 +123,18 @@ def cut_searches(search_stop: dict | None, search_k: list[int] | None) -> dict[s
 
 
 def judge(plan: dict, fitness: pd.DataFrame, *, scale_cfg, pca_count: int | None, gains: dict | None,
-          cut: dict[str, int] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+          cut: dict[str, int] | None = None,
+          law_ses: dict[tuple[str, bool, str], list[float]] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(records, fits)``: one record per (rule, method, target) ``{rule, method, target,
-    fired_k, fired, peak_k, peak_min, peak_max, error, cut_at}`` and the law's fits (all k and
-    k <= m). ``cut``: method -> the k where the enforced stop cut its curve
-    (:func:`cut_searches`); those rows get ``error`` None (not judged)."""
+    fired_k, fired, peak_k, peak_min, peak_max, error, cut_at, tol, se}`` and the law's fits (all
+    k and k <= m). ``cut``: method -> the k where the enforced stop cut its curve
+    (:func:`cut_searches`); those rows get ``error`` None (not judged). ``law_ses``:
+    ``(method, rht, target)`` -> the paired SEs of the consecutive steps on k <= m
+    (:func:`evomerge.pipelines.scale.law_noise.law_step_ses`; None or missing: a run without
+    per-example scores); the law's tolerance is then ``max(tol, scale.law_noise_z x SE)`` and
+    its rows carry the SE (``se``: NaN where unknown; None on the other rules)."""
     cut = cut or {}
+    z = float(scale_cfg.law_noise_z)
     records, fits = [], []
     k_end = int(plan["stop"]["k_end"])
     m = scale_cfg.law_first_k
@@ -153,8 +161,10 @@ def judge(plan: dict, fitness: pd.DataFrame, *, scale_cfg, pca_count: int | None
                 on = online_stop(x, y, tol=tol, window=scale_cfg.online_window)
                 rows["online"] = (on.fired_k, on.fired)
                 keeps = on.best_k
-            if np.unique(x[x <= m]).size >= 3 and tol > 0:
-                lp = law_peak(x, y, m=m, tol=tol, k_cap=k_end)
+            se = step_se((law_ses or {}).get((str(method), bool(rht), tname), []))
+            tol_law = law_tolerance(tol, se, z)
+            if np.unique(x[x <= m]).size >= 3 and tol_law > 0:
+                lp = law_peak(x, y, m=m, tol=tol_law, k_cap=k_end)
                 rows[f"law_k<={m}"] = (lp.predicted_k, not lp.beyond)
                 fits.append(_fit_row(label, tname, f"k<={m}", lp.fit))
             if np.unique(x).size >= 3:
@@ -169,7 +179,8 @@ def judge(plan: dict, fitness: pd.DataFrame, *, scale_cfg, pca_count: int | None
                     err = None
                 records.append({"rule": rule, "method": label, "target": tname, "fired_k": fired_k, "fired": bool(fired),
                                 "peak_k": pk["peak_k"], "peak_min": pk["peak_min"], "peak_max": pk["peak_max"],
-                                "error": err, "tol": tol if rule in ("online",) or rule.startswith("law") else None,
+                                "error": err, "tol": tol_law if rule.startswith("law") else tol if rule == "online" else None,
+                                "se": se if rule.startswith("law") else None,
                                 "keeps_k": keeps if rule == "online" else None, "cut_at": cut_at})
     return records, fits
 
