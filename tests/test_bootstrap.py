@@ -11,6 +11,7 @@ from evomerge.evaluation.bootstrap import (
     best_share,
     bootstrap_points,
     paired_difference,
+    paired_se,
     percentile_interval,
     resample_counts,
     within_noise,
@@ -130,6 +131,48 @@ def test_p_best_is_one_for_a_separated_peak_and_splits_between_equal_k():
     assert best_share(rep.boot[:, :2], lower_is_better=True)[0] == pytest.approx(1.0)
 
 
+def test_paired_se_by_hand_one_task_and_stratified():
+    # one task, two cells: the SE of the difference of means is sqrt(var(a - b) / n), plug-in variance
+    a, b = np.array([1.0, 0.0, 1.0, 1.0]), np.array([1.0, 1.0, 0.0, 1.0])
+    se = paired_se({"t": np.vstack([a, b])}, np.ones((2, 1), bool), np.eye(2), [(0, 1)])
+    d = a - b  # 0, -1, 1, 0: mean 0, plug-in variance 0.5
+    assert se[0] == pytest.approx(np.sqrt(0.5 / 4), abs=1e-15)
+    # two tasks of 3 and 2 rows, equal task weights: SE^2 = (var_1 / 3 + var_2 / 2) / 2^2
+    t1 = np.array([[0.2, 0.4, 0.9], [0.1, 0.4, 0.3]])
+    t2 = np.array([[1.0, 0.5], [0.0, 0.5]])
+    se2 = paired_se({"x": t1, "y": t2}, np.ones((2, 2), bool), np.eye(2), [(0, 1), (1, 0)])
+    d1, d2 = t1[0] - t1[1], t2[0] - t2[1]  # (0.1, 0, 0.6), (1, 0)
+    want = np.sqrt((np.mean((d1 - d1.mean()) ** 2) / 3 + np.mean((d2 - d2.mean()) ** 2) / 2) / 4)
+    assert se2 == pytest.approx([want, want], abs=1e-15)
+    # a cell against itself: exactly 0 (paired); a constant shift: 0 too
+    assert paired_se({"x": np.vstack([t1[0], t1[0] + 0.25])}, np.ones((2, 1), bool), np.eye(2), [(0, 1)])[0] == \
+        pytest.approx(0.0, abs=1e-15)
+
+
+def test_paired_se_matches_the_bootstrap_of_the_same_points():
+    # seed means and `union` masks as the scale tables build them; correlated cells (shared example difficulty)
+    rng = np.random.default_rng(11)
+    n = [64, 64, 80, 64, 100]
+    hard = {t: rng.normal(0, 1, nt) for t, nt in zip(TASKS, n)}
+    ex = {t: np.clip(0.5 + 0.3 * hard[t][None, :] + rng.normal(0, 0.15, (4, nt)) + 0.02 * np.arange(4)[:, None], 0, 1)
+          for t, nt in zip(TASKS, n)}
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [0, 1, 1, 0, 0]], bool)
+    points = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 2, 1]])  # point 2: two cells, one counted for two seeds
+    pairs = [(1, 0), (2, 1), (2, 0)]
+    rep = bootstrap_points(ex, mask, points, replicates=20000, seed=4)
+    boot_se = np.array([(rep.boot[:, i] - rep.boot[:, j]).std() for i, j in pairs])
+    se = paired_se(ex, mask, points, pairs)
+    assert se == pytest.approx(boot_se, rel=0.03)
+    # pairing matters: the unpaired SE (independent points) is about sqrt(1 / (1 - 0.8)) = 2.2 times larger here
+    unpaired = np.sqrt(rep.boot[:, 1].var() + rep.boot[:, 0].var())
+    assert unpaired > 1.8 * se[0]
+    # task weights as in bootstrap_points
+    w = [2.0, 1.0, 1.0, 0.5, 1.0]
+    rep_w = bootstrap_points(ex, mask, points, replicates=20000, seed=4, task_weights=w)
+    assert paired_se(ex, mask, points, pairs, task_weights=w) == pytest.approx(
+        [(rep_w.boot[:, i] - rep_w.boot[:, j]).std() for i, j in pairs], rel=0.03)
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
@@ -144,6 +187,10 @@ def test_p_best_is_one_for_a_separated_peak_and_splits_between_equal_k():
         (lambda: bootstrap_points({"a": np.zeros((2, 5))}, np.ones((2, 1), bool), np.eye(3)), "`points` must be"),
         (lambda: bootstrap_points({"a": np.full((1, 5), np.nan)}, np.ones((1, 1), bool), np.eye(1)), "non-finite"),
         (lambda: percentile_interval(np.zeros(200), level=1.5), "`level` must be in (0, 1)"),
+        (lambda: paired_se({"a": np.zeros((2, 5))}, np.ones((2, 1), bool), np.eye(2), [(0, 2)]), "`pairs` must index"),
+        (lambda: paired_se({"a": np.zeros((2, 5))}, np.ones((2, 2), bool), np.eye(2), [(0, 1)]), "`tasks_of` must be"),
+        (lambda: paired_se({"a": np.full((2, 5), np.inf)}, np.ones((2, 1), bool), np.eye(2), [(0, 1)]), "non-finite"),
+        (lambda: paired_se({}, np.ones((2, 1), bool), np.eye(2), [(0, 1)]), "no tasks"),
     ],
 )
 def test_bad_input_is_refused_with_a_clear_message(call, message):

@@ -196,6 +196,23 @@ def _noise_section(s) -> list[str]:
     return L
 
 
+def _law_noise_text(s, sc) -> str:
+    """How the law's tolerance knew the evaluation noise (nothing when ``scale.law_noise_z`` is 0)."""
+    z = float(getattr(sc, "law_noise_z", 0.0))
+    if z <= 0:
+        return ""
+    law = [r for r in s["rules_detail"] if str(r["rule"]).startswith("law")]
+    missing = sum(1 for r in law if r.get("se") is None or not math.isfinite(r["se"]))
+    text = (f"; its tolerance is the larger of the online rule's and {z:g} x the standard error of a paired one-step difference, "
+            f"the root mean square over the consecutive steps on k <= {sc.law_first_k}, analytic from the validation "
+            "per-example scores")
+    if law and missing == len(law):
+        text += "; **this run has no per-example scores: the law used the tolerance without the noise**"
+    elif missing:
+        text += f"; {missing} of {len(law)} curves lack per-example scores and use the tolerance without the noise"
+    return text
+
+
 def _rules_section(s, sc) -> list[str]:
     law_rule = f"law_k<={sc.law_first_k}"
     L = ["## How many experts: the stop rules against the measured peaks", "",
@@ -203,7 +220,7 @@ def _rules_section(s, sc) -> list[str]:
          "then the mean over seeds [range]. Error = fired k - measured peak. Rules: `theorem1` (eq. 18 along the "
          f"run's order with the method's weights, Delta {s['delta_mode']}), `online` (after each k from the second, predict "
          f"the next expert's gain from L(k) = L_inf + A/k^b: b = 1 through two points, fitted from three; stop when the predicted and the measured gain per expert are both < {sc.online_tol:g} x the "
-         f"first point's gain over the base, or when the measured gain of the last step is below minus that (the curve turned); \"keeps\" = the best k measured up to there), `{law_rule}` (the law fitted on k <= {sc.law_first_k} only), "
+         f"first point's gain over the base, or when the measured gain of the last step is below minus that (the curve turned); \"keeps\" = the best k measured up to there), `{law_rule}` (the law fitted on k <= {sc.law_first_k} only{_law_noise_text(s, sc)}), "
          f"`pca95` (principal components for 95% of the pool's variance: {_k(s.get('pca_components_95'))}). "
          "Targets: `all` / `union` on the metric, `all/ce` on cross-entropy.", "",
          "| rule | method | target | fired k | measured peak k [seeds' range] | error |", "|---|---|---|---|---|---|"]
