@@ -30,6 +30,10 @@ past the true peak, the mean regret (true best value minus the true value at the
 in units of G); over ``rising`` curves the share predicted >= 6 (the rule can still say
 "later"); over flat curves the share predicted <= 2. Then the criterion split by family.
 Writes nothing.
+
+Outcome (2026-11-28, commit 290a75c): every z > 0 is worse than z = 0 on the pre-registered
+criterion (0.561 at z = 0; -0.039 to -0.178 for z = 0.5-3), so `scale.law_noise_z` stays 0;
+the table and its reading are in docs/scale.md ("A tolerance that knows the evaluation noise").
 """
 
 from __future__ import annotations
