@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from evomerge.config import EvomergeConfig
 from evomerge.pipelines.scale.report_md import rule_verdicts
@@ -76,3 +77,104 @@ def test_cut_rows_are_kept_but_not_judged():
 
     uncut, _ = judge(_plan(), fitness, scale_cfg=scale, pca_count=3, gains=None)
     assert rule_verdicts(uncut, f"law_k<={scale.law_first_k}")["online_pairs"] > v["online_pairs"]
+
+
+# --- the law's noise tolerance on a real small run (the judge reads the per-example scores) -----------------
+
+@pytest.fixture(scope="module")
+def noisy_run(small_zoo, tmp_path_factory):
+    from evomerge.config import config_from_dict
+    from evomerge.pipelines.scale.driver import run_scale
+
+    cfg = config_from_dict({
+        "evaluation": {"max_samples": 12, "batch_size": 12},
+        "scale": {"methods": ["task_arithmetic", "ties"], "search": [], "seeds": [0, 1], "with_rht": False, "k_max": 4,
+                  "law_first_k": 3, "law_noise_z": 2.0, "pairs": False, "order": "given", "hist_samples": 20},
+        "ray": {"num_actors": 2},
+    })
+    out = tmp_path_factory.mktemp("law_noise") / "run"
+    run_scale(cfg, out, zoo=small_zoo, progress=False, analyze=False)
+    return out
+
+
+def _hand_ses(out, method: str, target: str, m: int) -> list[float]:
+    """The paired SEs of the steps k -> k+1 <= m recomputed from the files: per row of each
+    task, the point's value is the seed mean of its cells' per-example values weighted by the
+    cell's share of that task in the target's mean; SE^2 = sum over tasks of var(d) / n_t."""
+    import pyarrow.parquet as pq
+
+    scores = pq.read_table(out / "tables" / "scores.parquet").to_pandas()
+    ex = pd.concat([pq.read_table(f).to_pandas() for f in sorted((out / "examples").glob("*.parquet"))], ignore_index=True)
+    s = scores[(scores["split"] == "validation") & (scores["method"] == method) & (scores["kind"] == "merge")]
+    col = "cross_entropy" if target == "all/ce" else "score"
+    pts = {}
+    for k in range(1, m + 1):
+        sk = s[s["k"] == k]
+        rows = sk[["cell", "seed"]].drop_duplicates()
+        acc = None
+        for cell, seed in rows.itertuples(index=False):
+            own = sk[(sk["cell"] == cell) & (sk["seed"] == seed)].set_index("task")["in_subset"]
+            tasks = own.index[own] if target == "union" else own.index
+            e = ex[(ex["cell"] == cell) & (ex["split"] == "validation")].sort_values(["task", "row"])
+            v = e.assign(v=np.where(e["task"].isin(tasks), e[col] / len(tasks), 0.0)).set_index(["task", "row"])["v"]
+            acc = v if acc is None else acc + v
+        pts[k] = acc / len(rows)
+    out_se = []
+    for k in range(1, m):
+        d = (pts[k + 1] - pts[k]).reset_index()
+        out_se.append(math.sqrt(sum(g["v"].var(ddof=0) / len(g) for _, g in d.groupby("task"))))
+    return out_se
+
+
+@pytest.mark.ray
+def test_law_tolerance_recorded_equals_the_noise_recomputed_from_the_files(noisy_run):
+    import pyarrow.parquet as pq
+
+    rules = pq.read_table(noisy_run / "tables" / "rules.parquet").to_pandas()
+    law = rules[rules["rule"] == "law_k<=3"]
+    online = rules[rules["rule"] == "online"].set_index(["method", "target"])
+    assert len(law) == 6  # 2 methods x 3 targets
+    for r in law.itertuples():
+        ses = _hand_ses(noisy_run, r.method, r.target, 3)
+        se = math.sqrt(np.mean(np.square(ses)))
+        assert r.se == pytest.approx(se, rel=1e-9), (r.method, r.target)
+        base_tol = online.loc[(r.method, r.target), "tol"]  # 0.02 x the first gain, as before
+        assert r.tol == pytest.approx(max(base_tol, 2.0 * se), rel=1e-9), (r.method, r.target)
+    # the evaluation noise of 12 examples per task dwarfs 0.02 x the first gain somewhere: the new term acts
+    assert (law["tol"] > online.loc[list(zip(law["method"], law["target"])), "tol"].to_numpy() * 1.5).any()
+    assert rules.loc[rules["rule"] != "law_k<=3", "se"].isna().all()
+    assert "standard error of a paired one-step difference" in (noisy_run / "report.md").read_text()
+
+
+@pytest.mark.ray
+def test_law_falls_back_to_the_old_tolerance_without_examples_and_with_z_0(noisy_run, tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from evomerge.pipelines.scale.report import write_report
+
+    def law_and_online(out):
+        rules = pq.read_table(out / "tables" / "rules.parquet").to_pandas()
+        law = rules[rules["rule"] == "law_k<=3"].set_index(["method", "target"])
+        online = rules[rules["rule"] == "online"].set_index(["method", "target"])
+        return law, online
+
+    # z = 0 (`evomerge report --set scale.law_noise_z=0`): the rule before, the SE still recorded
+    copy0 = tmp_path / "z0"
+    shutil.copytree(noisy_run, copy0)
+    write_report(copy0, {"scale.law_noise_z": 0.0})
+    law, online = law_and_online(copy0)
+    assert np.allclose(law["tol"], online.loc[law.index, "tol"], rtol=0, atol=0)
+    assert law["se"].notna().all()
+    assert "standard error of a paired one-step difference" not in (copy0 / "report.md").read_text()
+
+    # no per-example scores (a run from before they were kept): the old tolerance, and the report says so
+    copy = tmp_path / "old"
+    shutil.copytree(noisy_run, copy)
+    shutil.rmtree(copy / "examples")
+    write_report(copy)
+    law, online = law_and_online(copy)
+    assert law["se"].isna().all()
+    assert np.allclose(law["tol"], online.loc[law.index, "tol"], rtol=0, atol=0)
+    assert "this run has no per-example scores: the law used the tolerance without the noise" in (copy / "report.md").read_text()
