@@ -86,3 +86,120 @@ def test_work_beside_in_a_thread_raises_its_error_on_join():
     job = Beside(json.loads, "not json")
     with pytest.raises(json.JSONDecodeError):
         job.join()
+
+
+def _sample_run(tmp_path):
+    """A run directory with a plan and the sample files of its cells (no report inputs): two
+    registry merges at k = 1..3 (both variants, two seeds) and a search at k = 2..4 whose k = 4
+    the stop rule cut. Returns (cells, the ids the run writes, a writer of one cell)."""
+    import numpy as np
+
+    from evomerge.pipelines.scale.plan import Cell
+    from evomerge.pipelines.scale.store import CellStore
+
+    cells = [Cell("merge", k, m, rht, s, (s,), tuple(range(k))) for m in ("ties", "task_arithmetic") for k in (1, 2, 3)
+             for rht in (False, True) for s in (0, 1)]
+    cells += [Cell("search", k, "genome", True, 0, (0,), tuple(range(k))) for k in (2, 3, 4)]
+    plan = {"cells": [{"kind": c.kind, "k": c.k, "method": c.method, "rht": c.rht, "seed": c.seed,
+                       "seeds": list(c.seeds), "experts": list(c.experts)} for c in cells]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    store, rng = CellStore(tmp_path), np.random.default_rng(0)
+
+    def write(c):
+        store.write(c.id, [], [{"cell": c.id, "k": c.k, "method": c.method, "rht": r, "seed": c.seed, "value": float(v)}
+                               for r in ((False, True) if c.kind == "search" else (c.rht,)) for v in rng.normal(size=50)])
+
+    return cells, {c.id for c in cells if (c.kind, c.k) != ("search", 4)}, write
+
+
+def test_histograms_drawn_while_cells_run_are_the_end_ones(tmp_path):
+    """The side process draws a method's histogram once its cells at the largest k are on disk,
+    before the run's last cell; the files are byte for byte those drawn from the finished run,
+    and a method whose top cells are missing waits for them (or for the end)."""
+    import threading
+    import time
+
+    from evomerge.pipelines.scale.report_figures import histogram_samples, weight_histograms
+    from evomerge.pipelines.scale.report_side import draw_histograms, histograms_first
+
+    cells, expected, write = _sample_run(tmp_path)
+    todo = [c for c in cells if c.id in expected]
+    first = histograms_first(cells, expected, todo)
+    assert sorted(first, key=lambda c: c.id) == sorted(todo, key=lambda c: c.id)
+    n_top = sum(c.k == 3 for c in todo)  # ties and task arithmetic at k = 3, the search at k = 3 (k = 4 is cut)
+    assert {(c.method, c.k) for c in first[:n_top]} == {("ties", 3), ("task_arithmetic", 3), ("genome", 3)}
+    late = [c for c in todo if c.method == "ties" and c.k == 3 and c.seed == 1]
+    for c in todo:
+        if c not in late:
+            write(c)
+    closed, out = threading.Event(), {}
+    worker = threading.Thread(target=lambda: out.update(draw_histograms(tmp_path, expected, closed)))
+    worker.start()
+    figs = tmp_path / "figures"
+    deadline = time.time() + 60
+    while not (figs / "weight_hist_genome.png").is_file() or not (figs / "weight_hist_task_arithmetic.png").is_file():
+        assert time.time() < deadline and worker.is_alive()
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert not (figs / "weight_hist_ties.png").exists()  # its k = 3 seed 1 cells are not on disk yet
+    for c in late:
+        write(c)
+    while not (figs / "weight_hist_ties.png").is_file():
+        assert time.time() < deadline and worker.is_alive()
+        time.sleep(0.05)
+    closed.set()  # the run's last cell is on disk
+    worker.join(30)
+    early = {p.name: p.read_bytes() for p in figs.glob("*.png")}
+    at_end = weight_histograms(histogram_samples(tmp_path), tmp_path / "end")
+    assert out == at_end  # same names, paths, order
+    assert {p.name: p.read_bytes() for p in (tmp_path / "end").glob("*.png")} == early
+    assert len(early) == 3
+
+
+def test_histograms_left_for_the_end_are_drawn_when_told(tmp_path):
+    """A method whose expected cells never came (the run says it is done): drawn from what is on
+    disk, as the end of the run would."""
+    import threading
+
+    from evomerge.pipelines.scale.report_figures import histogram_samples, weight_histograms
+    from evomerge.pipelines.scale.report_side import draw_histograms
+
+    cells, expected, write = _sample_run(tmp_path)
+    for c in cells:
+        if c.id in expected and not (c.method == "genome" and c.k == 3):
+            write(c)
+    closed = threading.Event()
+    closed.set()
+    out = draw_histograms(tmp_path, expected | {"k004-genome-s0"}, closed)
+    assert out == weight_histograms(histogram_samples(tmp_path), tmp_path / "end")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "end").glob("*.png")} == {
+        p.name: p.read_bytes() for p in (tmp_path / "figures").glob("*.png")}
+    assert "weight_hist_genome" in out  # from k = 2, the largest k with samples on disk
+
+
+def test_run_files_read_ahead_equal_the_store(tmp_path):
+    """RunFiles reads each file once, as it appears; its tables equal CellStore's, including the
+    files written after a poll and a subset of cells."""
+    from evomerge.pipelines.scale.report_side import RunFiles
+    from evomerge.pipelines.scale.store import CellStore, SCORE_SCHEMA
+    import pyarrow as pa
+
+    store = CellStore(tmp_path)
+    files = RunFiles(tmp_path)
+    assert files.scores().equals(store.scores()) and files.scores().num_rows == 0
+
+    def write(cell, value):
+        row = {f.name: None for f in SCORE_SCHEMA}
+        row.update(cell=cell, kind="merge", k=1, method="ties", task="a", split="test", score=value)
+        ex = pa.table({"cell": [cell] * 3, "task": ["a"] * 3, "split": ["test"] * 3, "row": [0, 1, 2],
+                       "score": [value, value, value], "cross_entropy": [1.0, 2.0, 3.0], "rht": [False] * 3})
+        store.write(cell, [row], [], ex)
+
+    write("k001-b", 0.5)
+    write("k001-a-x", 0.25)
+    files.poll()
+    write("k001-a", 0.75)  # after the poll; "k001-a-x" < "k001-a" as file names, not as ids
+    assert files.scores().equals(store.scores())
+    assert files.scores()["cell"].to_pylist() == ["k001-a-x", "k001-a", "k001-b"]
+    assert files.examples(["k001-b", "k001-a"]).equals(store.examples(["k001-b", "k001-a"]))
+    assert files.examples().equals(store.examples())

@@ -121,7 +121,7 @@ def run_scale(
     n_run = evaluations = 0
     bar = None
     outer = contextlib.ExitStack()
-    analysis = early = histograms = None
+    analysis = early = side = files = None
     ok = False
     before = intr.descendants()  # an interrupt ends the processes this run started, not these
     stopped: dict | None = None  # the run's processes when an interrupt came
@@ -254,24 +254,29 @@ def run_scale(
                 c for c in cells if c.kind == "search" and c.id not in now and c.id not in skipped]
             bar.total = len(cells) - len(skipped)
             if report and overlap and todo:
-                # the report's weight histograms: a child that does its imports while the last
-                # cells run (the searches are over: cores to spare) and draws once they are done
-                from evomerge.pipelines.scale.report_figures import warm_histograms
+                # the report's second core (report_side): a child that reads the cells' files
+                # and draws each method's histogram while the last cells run (those the
+                # histograms show first), then does half of the report beside this process
+                from evomerge.pipelines.scale import report_side
 
-                histograms = warm_histograms()
-                outer.callback(lambda: histograms.cancel() if not histograms.proc.stdin.closed else None)
+                expected = {c.id for c in cells if c.id in now} | {c.id for c in todo}
+                todo = report_side.histograms_first(cells, expected, todo)
+                side = report_side.start(run_dir, expected)
+                files = report_side.RunFiles(run_dir).follow()
+                outer.callback(lambda: None if ok else side.stop())
+                outer.callback(files.stop)
             if todo:
                 if runner is None:
                     runner = stack.enter_context(RayCellRunner(ctx, cfg.ray))
                 run_cells(runner, todo)
         if analysis is not None:
             analysis.result()  # its error, if any, here
-        if histograms is not None:  # every cell is on disk: the histograms are drawn beside Ray's shutdown and the fits
-            histograms.send(str(run_dir))
+        if side is not None:  # every cell is on disk: the side job does its half of the report
+            side.close_input()
         ok = True
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the side processes end now, not when done
         stopped = intr.started_since(before)
-        for job in (analysis, histograms):
+        for job in (analysis, side):
             if job is not None:
                 job.stop()
         intr.record_zoo(run_dir, spec.zoo_profile if spec.zoo_root is not None else None)
@@ -292,11 +297,11 @@ def run_scale(
         if report:
             from evomerge.pipelines.scale.report import write_report
 
-            report_path = write_report(run_dir, figures_job=histograms)
+            report_path = write_report(run_dir, side=side, files=files)
     except KeyboardInterrupt:
         stopped = intr.started_since(before)
-        if histograms is not None:
-            histograms.stop()
+        if side is not None:
+            side.stop()
         if stopping is not None:
             stopping.join()
         intr.end_survivors(stopped)

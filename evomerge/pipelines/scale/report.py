@@ -26,11 +26,13 @@ NOISE_SCHEMA = pa.schema([("method", pa.string()), ("rht", pa.bool_()), ("target
                           ("p_best", pa.float64()), ("within_noise", pa.bool_())])
 
 
-def load_run(run_dir: str | Path, *, samples: bool = True) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame | None]:
-    """(plan, per-task scores, weight samples) of a run directory (``samples=False``: None for them)."""
+def load_run(run_dir: str | Path, *, samples: bool = True,
+             files=None) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame | None]:
+    """(plan, per-task scores, weight samples) of a run directory (``samples=False``: None for them;
+    ``files``: a :class:`~evomerge.pipelines.scale.report_side.RunFiles` that has read files ahead)."""
     run_dir = Path(run_dir)
     plan = load_plan(run_dir)
-    scores = CellStore(run_dir).scores().to_pandas()
+    scores = (files or CellStore(run_dir)).scores().to_pandas()
     ids = _plan_cells(plan)
     return plan, scores[scores["cell"].isin(ids)].reset_index(drop=True), load_samples(run_dir, plan) if samples else None
 
@@ -63,24 +65,25 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def write_report(run_dir: str | Path, overrides: dict[str, Any] | None = None, *, figures_job=None) -> Path:
+def write_report(run_dir: str | Path, overrides: dict[str, Any] | None = None, *, side=None, files=None) -> Path:
     """Write ``tables/*.parquet``, ``figures/*.png``, ``report.json`` and ``report.md``
     (``overrides``: dotted ``scale.*`` keys laid over the run's config for judging, from ``--set``;
-    ``figures_job``: a :func:`~evomerge.pipelines.scale.report_figures.warm_histograms` job already
-    sent this run, whose weight histograms are awaited instead of drawn here)."""
+    ``side``: the run's :func:`~evomerge.pipelines.scale.report_side.start` job, told that every
+    cell is on disk, which draws the figures and computes the validation split's noise meanwhile;
+    ``files``: a :class:`~evomerge.pipelines.scale.report_side.RunFiles` that read files ahead)."""
     try:
-        return _write_report(run_dir, overrides, figures_job)
+        return _write_report(run_dir, overrides, side, files)
     finally:
-        if figures_job is not None:
-            figures_job.wait()  # an error here: the child has finished before it is raised
+        if side is not None:
+            side.wait()  # an error here: the child has finished before it is raised
 
 
-def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, figures_job) -> Path:
+def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, side, files) -> Path:
     from evomerge.config import load_config
     from evomerge.pipelines.scale.rules import cut_searches, judge, pair_summary
 
     run_dir = Path(run_dir)
-    plan, scores, samples = load_run(run_dir, samples=figures_job is None)  # the job reads them itself
+    plan, scores, samples = load_run(run_dir, samples=side is None, files=files)  # the side job reads them itself
     cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
     if cfg is None:
         raise ConfigError(f"{run_dir}: config.yaml missing (not a scale run directory)")
@@ -97,10 +100,16 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, figures
 
     fitness = fitness_table(scores)
     pk_all, pk_union = peaks(fitness, target="all"), peaks(fitness, target="union")
-    examples = _examples(run_dir, scores)
-    noise = noise_tables(scores, examples, fitness)
+    examples = split_examples(run_dir, scores, files)
+    if side is None:
+        noise = noise_tables(scores, examples, fitness)
+    else:  # the side job computes its splits' noise meanwhile
+        from evomerge.pipelines.scale.report_side import SIDE_SPLITS
+
+        mine = ~scores["split"].isin(SIDE_SPLITS)
+        noise = noise_tables(scores[mine], None if examples is None else examples[~examples["split"].isin(SIDE_SPLITS)],
+                             fitness)
     reference = reference_method(pk_all, list(cfg.scale.methods))
-    comparisons = compare_to_reference(noise, pk_all, reference)
     cut = cut_searches(_read_json(run_dir / "search_stop.json"), stop.get("search_k"))
     from evomerge.pipelines.scale.law_noise import law_step_ses  # the law's noise tolerance (analytic, k <= m only)
 
@@ -112,6 +121,10 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, figures
     from evomerge.pipelines.scale.search_cells import search_scores
 
     searches = search_scores(run_dir, load_cells(plan), _search_tests(fitness))
+    side_out = side.result() if side is not None else None
+    if side_out is not None:
+        noise = merge_noise([noise, side_out["noise"]])
+    comparisons = compare_to_reference(noise, pk_all, reference)
     write_parquet_atomic(tables / "scores.parquet", pa.Table.from_pandas(scores, preserve_index=False))
     write_parquet_atomic(tables / "fitness.parquet", pa.Table.from_pandas(fitness, preserve_index=False))
     write_parquet_atomic(tables / "theory.parquet", pa.Table.from_pylist(stop["curve"]))
@@ -123,8 +136,11 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, figures
 
     from evomerge.pipelines.scale.report_figures import fitness_figure, weight_histograms
 
-    figures = fitness_figure(plan, fitness, figs, metric, noise.table)
-    figures.update(figures_job.result() if figures_job is not None else weight_histograms(samples, figs))
+    if side_out is None:
+        figures = fitness_figure(plan, fitness, figs, metric, noise.table)
+        figures.update(weight_histograms(samples, figs))
+    else:
+        figures = {**side_out["fitness_figure"], **side_out["histograms"]}
     analysis = run_dir / "analysis"
     for name in ("pca_cumulative", "principal_angles", "correlation", "variance_floor", "merged_weight_hist"):
         if (analysis / f"{name}.png").is_file():
@@ -144,11 +160,25 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, figures
     return path
 
 
-def _examples(run_dir: Path, scores: pd.DataFrame) -> pd.DataFrame | None:
+def split_examples(run_dir: Path, scores: pd.DataFrame, files=None) -> pd.DataFrame | None:
     """The per-example rows of the run's curve cells (None for a run directory without them)."""
     ids = scores.loc[scores["kind"] != "pair", "cell"].unique()
-    table = CellStore(run_dir).examples(ids)
+    table = (files or CellStore(run_dir)).examples(ids)
     return table.to_pandas() if table.num_rows else None
+
+
+def merge_noise(parts: list) -> Any:
+    """One :class:`~evomerge.pipelines.scale.noise.Noise` from parts computed on disjoint splits
+    (each split's bootstrap is its own): what ``noise_tables`` gives for all of them at once."""
+    from evomerge.pipelines.scale.noise import COLUMNS, Noise, empty_table
+
+    tables = [p.table for p in parts if not p.table.empty]
+    out = Noise(pd.concat(tables, ignore_index=True)[COLUMNS].sort_values(
+        ["target", "split", "method", "rht", "k"], ignore_index=True) if tables else empty_table())
+    for split in sorted({s for p in parts for s in p.reps}):  # noise_tables' order: splits sorted
+        part = next(p for p in parts if split in p.reps)
+        out.reps[split], out.keys[split], out.rows[split] = part.reps[split], part.keys[split], part.rows[split]
+    return out
 
 
 def _noise_summary(noise, reference: str | None, comparisons: list[dict]) -> dict[str, Any]:

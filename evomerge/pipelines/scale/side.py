@@ -44,6 +44,28 @@ os._exit(0)  # the work is done and on disk: skip the interpreter's teardown (ab
 """
 
 
+def input_closed() -> "threading.Event":
+    """In a side job's child: an event set once the caller has closed the job's input
+    (:meth:`SideJob.close_input`, or the caller's exit). Only for a job sent with ``keep_open``."""
+    import threading
+
+    global _closed
+    if _closed is None:
+        _closed = threading.Event()
+
+        def wait() -> None:
+            try:
+                sys.stdin.buffer.read()  # until end of file
+            finally:
+                _closed.set()
+
+        threading.Thread(target=wait, name="side-input", daemon=True).start()
+    return _closed
+
+
+_closed = None
+
+
 class SideJob:
     """One child process running ``fn(*args)``; :meth:`result` waits for it."""
 
@@ -69,10 +91,20 @@ class SideJob:
         ``"module:function"``, so the caller need not import a module that only the child needs."""
         return cls(fn, _send=False)
 
-    def send(self, *args: Any) -> None:
-        """The arguments of a :meth:`warm` job: the child runs the function now."""
+    def send(self, *args: Any, keep_open: bool = False) -> None:
+        """The arguments of a :meth:`warm` job: the child runs the function now. ``keep_open``:
+        the pipe stays open until :meth:`close_input`, which a function that waits for
+        :func:`input_closed` (a signal from the caller: "go on") sees."""
         pickle.dump(args, self.proc.stdin)
-        self.proc.stdin.close()
+        if keep_open:
+            self.proc.stdin.flush()
+        else:
+            self.proc.stdin.close()
+
+    def close_input(self) -> None:
+        """Tell a job sent with ``keep_open`` that it may go on (:func:`input_closed` returns true)."""
+        if not self.proc.stdin.closed:
+            self.proc.stdin.close()
 
     def cancel(self) -> None:
         """A warm job that was not sent its arguments exits without running; waits for it."""
