@@ -203,3 +203,73 @@ def test_run_files_read_ahead_equal_the_store(tmp_path):
     assert files.scores()["cell"].to_pylist() == ["k001-a-x", "k001-a", "k001-b"]
     assert files.examples(["k001-b", "k001-a"]).equals(store.examples(["k001-b", "k001-a"]))
     assert files.examples().equals(store.examples())
+
+
+def test_noise_of_the_two_halves_is_the_noise_of_the_whole():
+    """The report on two cores: the side process's validation noise and the driver's test noise,
+    merged, are the Noise one noise_tables call gives (table, replicates, keys, rows)."""
+    import numpy as np
+    import pandas as pd
+
+    from evomerge.pipelines.scale.noise import noise_tables
+    from evomerge.pipelines.scale.report import merge_noise
+    from evomerge.pipelines.scale.tables import fitness_table
+
+    rng = np.random.default_rng(3)
+    tasks, rows, ex = ["a", "b", "c"], [], []
+    units = [("base", 0, "base", False)] + [("merge", k, m, r) for m in ("ties", "task_arithmetic")
+                                             for k in (1, 2, 3) for r in (False, True)]
+    for kind, k, method, rht in units:
+        cell = f"k{k:03d}-{method}-{'rht' if rht else 'plain'}-s0"
+        for split, n in (("validation", 20), ("test", 30)):
+            for task in tasks:
+                sc = rng.integers(0, 2, n).astype(float)
+                ce = rng.gamma(2.0, 0.5, n)
+                ex.append(pd.DataFrame({"cell": cell, "task": task, "split": split, "row": np.arange(n, dtype=np.int32),
+                                        "score": sc, "cross_entropy": ce, "rht": rht}))
+                rows.append({"cell": cell, "kind": kind, "k": k, "method": method, "rht": rht, "seed": 0,
+                             "experts": ",".join(tasks[:k]), "task": task, "in_subset": task in tasks[:k],
+                             "split": split, "score": sc.mean(), "seconds": 0.0, "cross_entropy": ce.mean()})
+    scores, examples = pd.DataFrame(rows), pd.concat(ex, ignore_index=True)
+    fitness = fitness_table(scores)
+    whole = noise_tables(scores, examples, fitness, replicates=300)
+    halves = [noise_tables(scores[scores["split"] == s], examples[examples["split"] == s], fitness, replicates=300)
+              for s in ("validation", "test")]
+    merged = merge_noise(halves)
+    assert len(whole.table) > 20 and whole.table["low"].notna().all()
+    pd.testing.assert_frame_equal(merged.table, whole.table, check_exact=True)
+    assert list(merged.reps) == list(whole.reps) == ["test", "validation"]
+    for split in whole.reps:
+        assert merged.keys[split] == whole.keys[split] and merged.rows[split] == whole.rows[split]
+        np.testing.assert_array_equal(merged.reps[split].boot, whole.reps[split].boot)
+        np.testing.assert_array_equal(merged.reps[split].value, whole.reps[split].value)
+    empty = merge_noise([noise_tables(scores, None, fitness)])
+    assert not empty.available and list(empty.table.columns) == list(whole.table.columns)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_sigint_while_the_side_process_draws_stops_everything(tmp_path, small_zoo):
+    """Ctrl-C to the driver alone during the last cells, once the report's side process has drawn
+    a histogram (it is alive, its input open): exit 130 with the one line, no process left."""
+    import signal
+
+    import yaml
+
+    pytest.importorskip("psutil")
+    from _signal_helpers import check_stopped, interrupt, start
+
+    cfg = tmp_path / "scale.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "evaluation": {"max_samples": 8, "batch_size": 8},
+        "scale": {"methods": ["task_arithmetic", "ties"], "search": ["genome", "swarm"], "seeds": [0, 1, 2],
+                  "with_rht": True, "k_max": 4, "law_first_k": 3, "pairs": False, "order": "given", "hist_samples": 20},
+        "genome": {"population": 3, "generations": 2, "early_stop_iter": 1},
+        "swarm": {"max_iter": 2, "patience": 1},
+        "ray": {"num_actors": 2}}))
+    out = tmp_path / "run"
+    proc = start("scale", "--small", "--config", str(cfg), "--out", str(out), "--no-progress", "--no-stop")
+    drawn = lambda seen: (out / "figures").is_dir() and any((out / "figures").glob("weight_hist_*.png"))  # noqa: E731
+    seen, seconds, _, err = interrupt(proc, signal.SIGINT, drawn, timeout=400)
+    assert check_stopped(proc, seen, seconds, err, 130, out) == f"interrupted; resume with: evomerge scale --out {out} --resume"
+    assert not (out / "report.md").exists()

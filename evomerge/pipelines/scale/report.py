@@ -73,9 +73,13 @@ def write_report(run_dir: str | Path, overrides: dict[str, Any] | None = None, *
     ``files``: a :class:`~evomerge.pipelines.scale.report_side.RunFiles` that read files ahead)."""
     try:
         return _write_report(run_dir, overrides, side, files)
+    except BaseException:
+        if side is not None:  # (Ctrl-C, or an error here): the child's work is moot
+            side.stop()
+        raise
     finally:
         if side is not None:
-            side.wait()  # an error here: the child has finished before it is raised
+            side.wait()
 
 
 def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, side, files) -> Path:

@@ -160,7 +160,8 @@ def draw_histograms(run_dir: Path, expected: set[str], closed: threading.Event, 
     levels = histogram_levels(load_cells(load_plan(run_dir)), expected)
     drawn: dict[str, dict[str, str]] = {}
     while True:
-        last = closed.is_set()  # every cell is on disk: what is not drawn yet is drawn now
+        last = closed.is_set()  # every cell is on disk (or the driver is gone: check): what is not drawn yet is drawn now
+        check()
         done = store.done()
         for method in list(levels):
             ids = _histogram_ids(store, levels[method], done, final=last)
@@ -173,7 +174,6 @@ def draw_histograms(run_dir: Path, expected: set[str], closed: threading.Event, 
             files.poll()
         if last:
             return {name: path for method in sorted(drawn) for name, path in drawn[method].items()}
-        check()
         closed.wait(POLL_S)
 
 
