@@ -52,7 +52,9 @@ def _marks(out: str, t0: float) -> dict[str, float]:
 
 
 TAIL_FILES = ["tables/scores.parquet", "tables/fitness.parquet", "tables/rules.parquet", "tables/scaling_fits.parquet",
-              "figures/fitness_vs_k.png", "figures/weight_hist_*.png", "report.json", "report.md", "timing.json"]
+              "tables/noise.parquet", "figures/fitness_vs_k.png", "figures/weight_hist_*.png", "report.json", "report.md",
+              "timing.json"]
+# (a fresh run draws the weight histograms before its last cell: report_side)
 HEAD_FILES = ["config.yaml", "expert_gains.json", "plan.json", "analysis/summary.json"]
 
 

@@ -238,8 +238,9 @@ def test_glance_table_agrees_with_the_peaks_and_the_rules(run):
 
 
 def test_report_command_regenerates(run):
-    """`evomerge report` draws every figure in its own process; the run drew its weight
-    histograms in a side process (report_figures.warm_histograms): the same bytes, the same
+    """`evomerge report` draws every figure and computes all the noise in its own process; the
+    run did part of its report in a side process (report_side: the weight histograms before the
+    last cell, the validation noise and the fitness figure after it): the same bytes, the same
     report."""
     out, _ = run
     before = (out / "report.md").read_text()

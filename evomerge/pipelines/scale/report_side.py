@@ -30,7 +30,7 @@ from evomerge.pipelines.scale.side import SideJob, input_closed
 from evomerge.pipelines.scale.store import EXAMPLE_SCHEMA, SCORE_SCHEMA, CellStore
 
 SIDE_SPLITS = ("validation",)  # the noise the side process computes; the driver's report computes the others
-POLL_S = 0.1
+POLL_S = 0.2
 
 
 class RunFiles:
