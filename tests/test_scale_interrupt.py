@@ -6,16 +6,14 @@ uninterrupted run."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import yaml
 
-psutil = pytest.importorskip("psutil")
+pytest.importorskip("psutil")
+
+from _signal_helpers import check_stopped as _check_stopped, has as _has, interrupt as _interrupt, start  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -28,8 +26,6 @@ CONFIG = {
     "swarm": {"max_iter": 2, "patience": 1},
     "ray": {"num_actors": 2},
 }
-PROGRAM = "import sys; from evomerge.cli import main; sys.exit(main())"  # as the `evomerge` script runs it
-EXIT_WITHIN_S = 15.0  # the run's stop takes 1-5 s; the bound leaves room for a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -40,78 +36,8 @@ def config_file(tmp_path_factory, small_zoo):  # small_zoo: the zoo is built (on
 
 
 def _start(out, config_file, *extra):
-    cmd = [sys.executable, "-c", PROGRAM, "scale", "--small", "--out", str(out), "--no-progress", *extra]
-    if config_file is not None:
-        cmd[7:7] = ["--config", str(config_file)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def _interrupt(proc, sig, when, timeout=240.0):
-    """Wait until ``when()`` (polled), send ``sig`` to the driver alone; every descendant seen
-    before the signal, and the seconds from the signal to the exit."""
-    me = psutil.Process(proc.pid)
-    seen: dict[int, psutil.Process] = {}
-    t0 = time.monotonic()
-    while True:
-        assert proc.poll() is None, f"the run ended before the interrupt:\n{proc.stderr.read()}"
-        assert time.monotonic() - t0 < timeout, "the moment to interrupt never came"
-        for c in me.children(recursive=True):
-            if c.pid not in seen:
-                seen[c.pid] = c
-                c.seen_as = _name(c)  # its name while it runs
-        if when(seen):
-            break
-        time.sleep(0.05)
-    os.kill(proc.pid, sig)
-    t1 = time.monotonic()
-    try:
-        out, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    return seen, time.monotonic() - t1, out, err
-
-
-def _alive(procs) -> list[str]:
-    deadline = time.monotonic() + 5.0
-    while True:
-        left = []
-        for p in procs.values():
-            try:
-                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                    left.append(f"{p.pid} {p.name()}")
-            except psutil.NoSuchProcess:
-                pass
-        if not left or time.monotonic() > deadline:
-            for p in procs.values():  # leave the machine clean whatever the verdict
-                try:
-                    p.kill()
-                except psutil.NoSuchProcess:
-                    pass
-            return left
-
-
-def _check_stopped(proc, seen, seconds, err, code, out_dir):
-    lines = err.strip().splitlines()
-    assert proc.returncode == code, err
-    assert "Traceback" not in err, err
-    assert seconds < EXIT_WITHIN_S, (seconds, err)
-    assert _alive(seen) == [], "processes of the run outlived it"
-    assert lines and lines[-1].startswith("interrupted"), err
-    if out_dir.exists():
-        assert list(out_dir.rglob("*.tmp-*")) == [], "an atomic writer's temporary file was left"
-    return lines[-1]
-
-
-def _has(name):
-    return lambda seen: any(p.seen_as == name for p in seen.values())
-
-
-def _name(p):
-    try:
-        return p.name()
-    except psutil.NoSuchProcess:
-        return ""
+    config = ["--config", str(config_file)] if config_file is not None else []
+    return start("scale", "--small", *config, "--out", str(out), "--no-progress", *extra)
 
 
 def test_sigint_during_startup_stops_the_prewarmed_child(tmp_path, config_file):

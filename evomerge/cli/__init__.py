@@ -42,19 +42,34 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; every failure a user can cause ends as ``error: ...`` lines on stderr.
 
     Exit codes: 0 success; 2 bad input (usage errors, :class:`EvomergeError`, output that cannot
-    be written); 1 other operating-system errors; 130 interrupted (typer returns it for a
-    KeyboardInterrupt, silently), 143 terminated (a command that handles SIGTERM). Click's exceptions are
-    recognised by their interface, not their class, because typer may bundle its own copy of
-    click (typer 0.29 does), whose exceptions are not ``click.ClickException``.
+    be written); 1 other operating-system errors; 130 interrupted (SIGINT, Ctrl-C), 143
+    terminated (SIGTERM), each with one line on stderr saying what stopped and how to resume it
+    (a command's own line, :func:`_common.interruptible`, else :func:`_interrupted_line`). Click's
+    exceptions are recognised by their interface, not their class, because typer may bundle its
+    own copy of click (typer 0.29 does), whose exceptions are not ``click.ClickException``.
     """
     from evomerge.cli import _common
 
     _common.FAST_EXIT = False
+    _common.ARGV = list(sys.argv[1:] if argv is None else argv)
+    # every command: SIGTERM, too, unwinds the command (its Ray session, its temporary outputs)
+    with _common.stop_on_signals() as fired:
+        return _main(argv, fired)
+
+
+def _main(argv: list[str] | None, fired: list[int]) -> int:
+    from evomerge.cli import _common
+
     try:
-        rv = app(args=argv, prog_name="evomerge", standalone_mode=False)
+        try:
+            rv = app(args=argv, prog_name="evomerge", standalone_mode=False)
+        except KeyboardInterrupt:  # outside the command's body (typer turns one inside it into 130)
+            rv = 130
+        if rv == 130:  # a command without a line of its own: typer swallowed the KeyboardInterrupt
+            raise _common.Interrupted(_interrupted_line(), _common.exit_code(KeyboardInterrupt(), fired))
         if argv is None and _common.FAST_EXIT and rv in (None, 0):
             _exit_now()
-    except _common.Interrupted as err:  # the command has cleaned up (``evomerge scale``)
+    except _common.Interrupted as err:  # the command has cleaned up
         if argv is None:  # the program: whatever still runs below it is the run's (a cleanup cut short)
             from evomerge.pipelines.scale.interrupt import descendants, end_survivors
 
@@ -66,9 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     except EvomergeError as err:
         _print_error(str(err))
         return 2
-    except KeyboardInterrupt:
-        _print_error("interrupted")
-        return 130
     except OSError as err:
         from evomerge.errors import os_error_message
 
@@ -82,6 +94,19 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return code
     return rv if isinstance(rv, int) else 0
+
+
+def _interrupted_line() -> str:
+    """The line of a command interrupted that has no resume of its own: its outputs are written
+    atomically (all or nothing), so running it again is the way on."""
+    from evomerge.cli import _common
+
+    words = []
+    for arg in _common.ARGV:
+        if arg.startswith("-"):
+            break
+        words.append(arg)
+    return f"interrupted: evomerge {' '.join(words[:2])} stopped before it finished; nothing to resume (run it again)"
 
 
 def _exit_now(code: int = 0) -> None:

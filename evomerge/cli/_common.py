@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 
@@ -31,6 +31,13 @@ class Interrupted(BaseException):
         self.message, self.code = message, code
 
 
+# the signal list of the outermost open `stop_on_signals` (None when none is open): nested ones share it
+_FIRED: list[int] | None = None
+
+# the command line `main` runs (without the program name), for the resume lines
+ARGV: list[str] = []
+
+
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[list[int]]:
     """SIGINT raises KeyboardInterrupt and SIGTERM :class:`Terminated` in the main thread, once:
@@ -39,27 +46,99 @@ def stop_on_signals() -> Iterator[list[int]]:
     signal that came (empty until then): Ray's blocking calls raise a KeyboardInterrupt of their
     own when a handler raises inside them, so the exception's class does not tell SIGTERM
     apart. The previous handlers come back on exit. Outside the main thread (a library caller's
-    worker thread) nothing changes."""
+    worker thread) nothing changes. Nested calls (``main`` holds one around every command, a
+    command may open its own) share the outermost one's handlers and list."""
     import signal
     import threading
 
+    global _FIRED
     fired: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield fired
         return
+    if _FIRED is not None:
+        yield _FIRED
+        return
+
+    import os
+    import sys
+
+    again: list[int] = []  # a signal to deliver once more: its exception was swallowed
+    in_hook: list[int] = []
+
+    def deliver_later(signum):  # from a thread, once the main thread has left the hook below
+        timer = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+        timer.daemon = True
+        timer.start()
 
     def handler(signum, frame):
-        if fired:
+        if fired and not again:
             return
-        fired.append(signum)
+        if again:
+            if in_hook:
+                deliver_later(again[0])
+                return
+            signum = again.pop()
+        else:
+            fired.append(signum)
         raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
+    hook = sys.unraisablehook
+
+    def unraisable(info):
+        # the handler raised inside a finalizer or a weakref callback (a garbage collection:
+        # SQLAlchemy's, say), where Python prints and drops the exception: the signal comes again
+        if fired and isinstance(info.exc_value, KeyboardInterrupt) and not again:
+            in_hook.append(1)
+            try:
+                again.append(fired[0])
+                deliver_later(fired[0])
+            finally:
+                in_hook.clear()
+            return
+        hook(info)
+
     before = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    sys.unraisablehook = unraisable
+    _FIRED = fired
     try:
         yield fired
     finally:
+        _FIRED = None
+        sys.unraisablehook = hook
         for s, h in before.items():
             signal.signal(s, h)
+
+
+def exit_code(err: BaseException, fired: list[int]) -> int:
+    """143 for SIGTERM (the exception, or the signal list when Ray re-raised it as a plain
+    KeyboardInterrupt), else 130."""
+    import signal
+
+    return 143 if isinstance(err, Terminated) or signal.SIGTERM in fired else 130
+
+
+@contextlib.contextmanager
+def interruptible(message: "Callable[[], str]") -> Iterator[None]:
+    """A command's body: on SIGINT / SIGTERM (its own cleanup, ``finally`` blocks and context
+    managers such as the Ray session, has run by then) raise :class:`Interrupted` with the line
+    ``message()`` builds (what stopped, how to resume), so ``main`` prints it and exits 130 / 143."""
+    with stop_on_signals() as fired:
+        try:
+            yield
+        except KeyboardInterrupt as err:
+            raise Interrupted(message(), exit_code(err, fired)) from None
+
+
+def command_line(*, resume: bool = False) -> str:
+    """The command being run, as a shell line (``evomerge ...``); with ``resume`` its ``--resume``
+    form (the same options, so a resumed run checks they match)."""
+    import shlex
+
+    args = list(ARGV)
+    if resume and "--resume" not in args:
+        args.append("--resume")
+    return shlex.join(["evomerge", *args])
 
 
 def quiet_progress_bars() -> None:

@@ -17,6 +17,16 @@ def flag_values(algo: str, *, ray_address: str | None = None, actors: int | None
             ("genome.generations" if algo == "genome" else "swarm.max_iter"): generations}
 
 
+def interrupted_message(out: Path) -> str:
+    """An interrupted run keeps its checkpointed rounds (``run.json`` and the checkpoint are
+    written atomically; the round in flight runs again on resume)."""
+    from evomerge.cli._common import command_line
+
+    if (out / "run.json").is_file():
+        return f"interrupted: evomerge evolve (the finished rounds stay in {out}); resume with: {command_line(resume=True)}"
+    return "interrupted: evomerge evolve stopped before its run directory was written; nothing to resume (run it again)"
+
+
 def register(app: typer.Typer) -> None:
     @app.command("evolve")
     def evolve(
@@ -35,7 +45,7 @@ def register(app: typer.Typer) -> None:
         """Evolve a merge of the experts; print best/mean fitness per generation.
 
         Without experts in the config, the built-in zoo (``--zoo``, default small) is used."""
-        from evomerge.cli._common import load_config_with_sets, zoo_choice, zoo_settings
+        from evomerge.cli._common import interruptible, load_config_with_sets, zoo_choice, zoo_settings
         from evomerge.pipelines.evolve.run import run_evolve
         from evomerge.io import removed_if_failed
         from evomerge.search import check_search_name
@@ -44,7 +54,7 @@ def register(app: typer.Typer) -> None:
         cfg = load_config_with_sets(config, sets, flag_values(algo, ray_address=ray_address, actors=actors,
                                                               generations=generations, seed=seed))
         profile, cfg = zoo_settings(zoo_choice(zoo, small), cfg, "small")
-        with removed_if_failed(out):
+        with interruptible(lambda: interrupted_message(out)), removed_if_failed(out):
             res = run_evolve(cfg, algo, out, resume=resume, zoo_profile=profile, progress=True)
         typer.echo(f"best {res.best_id}: validation fitness {res.best_fitness:.4f}")
         if res.expert_fitness:

@@ -88,9 +88,19 @@ def merge_command(
     target = out if out is not None else (Path(cfg.output) if cfg.output else None)
     if target is None:
         raise ConfigError("no output folder: pass --out PATH (or `output:` in the config)")
-    result = run_merge(cfg, target, overwrite=overwrite, device=cfg.device, progress=not quiet, log=typer.echo)
+    from evomerge.cli._common import interruptible
+
+    with interruptible(lambda: interrupted_message(target)):
+        result = run_merge(cfg, target, overwrite=overwrite, device=cfg.device, progress=not quiet, log=typer.echo)
     typer.echo(f"merged model: {result}")
     typer.echo(f"manifest:     {result / 'evomerge_manifest.json'}")
+
+
+def interrupted_message(target: Path) -> str:
+    """A merge writes into a temporary folder that replaces ``target`` only when it is done:
+    an interrupted one leaves ``target`` as it was."""
+    return (f"interrupted: evomerge merge stopped before it finished; {target} is as it was "
+            "(nothing to resume: run it again)")
 
 
 def methods_command() -> None:

@@ -46,10 +46,7 @@ def register(app: typer.Typer) -> None:
             try:
                 _run(out, config, small, zoo_arg, sets, no_stop, resume, no_overlap, overwrite, progress, preset)
             except KeyboardInterrupt as err:  # also one that came during _run's own cleanup
-                import signal
-
-                code = 143 if isinstance(err, _common.Terminated) or signal.SIGTERM in fired else 130
-                raise _common.Interrupted(interrupted_message(out), code) from None
+                raise _common.Interrupted(interrupted_message(out), _common.exit_code(err, fired)) from None
 
 
 def _run(out: Path, config: Optional[Path], small: bool, zoo_arg: Optional[str], sets: list[str], no_stop: bool,

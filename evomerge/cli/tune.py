@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
@@ -16,6 +17,57 @@ def tune_config(config: Path, sets: list[str], zoo: Optional[str], small: bool):
     from evomerge.cli._common import load_config_with_sets, zoo_choice, zoo_settings
 
     return zoo_settings(zoo_choice(zoo, small), load_config_with_sets(config, sets), "default")
+
+
+@contextlib.contextmanager
+def _no_interrupt_traceback() -> Iterator[None]:
+    """Optuna logs the trial an interrupt cut as failed, with the KeyboardInterrupt's traceback:
+    keep its line, drop the traceback (the command's own line says what happened)."""
+    import logging
+
+    def drop(record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+    logger = logging.getLogger("optuna.study._optimize")
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
+def interrupted_message(cfg, storage: Optional[str], study_name: Optional[str], out: Path) -> str:
+    """What an interrupted ``evomerge tune`` leaves: the study's finished trials stay in its
+    storage (Optuna records the trial in flight as failed), so ``--resume`` continues it; before
+    the study exists there is nothing to resume. A local storage file that is not there is not
+    created by the look."""
+    import optuna
+
+    from evomerge.cli._common import command_line
+    from evomerge.pipelines.tune.storage import open_storage, resolve_storage_url, shown_url
+
+    again = "nothing to resume (run it again)"
+    if cfg is None:
+        return f"interrupted: evomerge tune stopped before it read its config; {again}"
+    name = study_name or cfg.tune.study_name
+    resume = f"resume with: {command_line(resume=True)}"
+    try:
+        url = resolve_storage_url(storage, cfg.tune.storage, out)
+        path = url.split(":///", 1)[1] if url.startswith(("sqlite:///", "journal:///")) else None
+        if path is not None and not Path(path).is_file():
+            return f"interrupted: evomerge tune stopped before study `{name}` was created; {again}"
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        store = open_storage(url)
+        if name not in optuna.get_all_study_names(store):
+            return f"interrupted: evomerge tune stopped before study `{name}` was created; {again}"
+        study = optuna.load_study(study_name=name, storage=store)
+        done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    except Exception:  # noqa: BLE001 - the storage cannot be read now: say what resuming takes
+        return f"interrupted: evomerge tune (study `{name}`); {resume}"
+    return (f"interrupted: evomerge tune (study `{name}` in {shown_url(url)} keeps its {done} finished trial(s)); "
+            f"{resume}")
 
 
 def register(app: typer.Typer) -> None:
@@ -38,13 +90,18 @@ def register(app: typer.Typer) -> None:
         """Search merge method/parameters, RHT, GENOME/Swarm rates or the number of experts for the best validation fitness.
 
         Without experts in the config, the built-in zoo (``--zoo``, default: default) is used."""
+        from evomerge.cli._common import interruptible
         from evomerge.io import removed_if_failed
         from evomerge.pipelines.tune.run import run_tune
 
-        profile, cfg = tune_config(config, sets, zoo, small)
-        with removed_if_failed(out):
-            res = run_tune(
-                cfg, out, storage=storage, study_name=study_name, n_trials=n_trials, timeout=timeout,
-                resume=resume, small=profile == "small", worker=worker, log=lambda m: typer.echo(m, err=False),
-            )
+        opened: list = []  # the config, once read: the interrupted line looks for its study
+        with interruptible(lambda: interrupted_message(opened[0] if opened else None, storage, study_name, out)), \
+                _no_interrupt_traceback():
+            profile, cfg = tune_config(config, sets, zoo, small)
+            opened.append(cfg)
+            with removed_if_failed(out):
+                res = run_tune(
+                    cfg, out, storage=storage, study_name=study_name, n_trials=n_trials, timeout=timeout,
+                    resume=resume, small=profile == "small", worker=worker, log=lambda m: typer.echo(m, err=False),
+                )
         typer.echo(f"best config: {res.files.get('best_config', '(no complete trial)')}")

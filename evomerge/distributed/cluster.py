@@ -87,6 +87,28 @@ def connect(cfg: RayConfig, *, log_to_driver: bool = False) -> bool:
 
     if ray.is_initialized():
         return False
+    with _own_sigterm():
+        return _start(cfg, log_to_driver)
+
+
+@contextlib.contextmanager
+def _own_sigterm() -> Iterator[None]:
+    """Keep the caller's SIGTERM handler: ``ray.init`` replaces it with ``sys.exit(15)``, which
+    would bypass the CLI's cleanup and exit code 143 (evomerge.cli._common.stop_on_signals)."""
+    import signal
+
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
+
+
+def _start(cfg: RayConfig, log_to_driver: bool) -> bool:
+    import ray
+
     address = target_address(cfg)
     if address:
         probe_address(address, cfg.connect_timeout_s)

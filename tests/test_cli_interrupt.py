@@ -1,0 +1,225 @@
+"""Ctrl-C (SIGINT) and SIGTERM for the commands other than ``scale`` (tests/test_scale_interrupt.py),
+as real subprocesses on the small zoo: exit code 130 / 143, one line saying what stopped and how
+to resume it (or that there is nothing to resume), no traceback, no process left (Ray stopped),
+no temporary or half-written output; the resume the line prints finishes the run."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+
+import pytest
+import yaml
+
+psutil = pytest.importorskip("psutil")
+
+from _signal_helpers import check_stopped, has, interrupt, start  # noqa: E402
+
+
+def _resume_args(line: str) -> list[str]:
+    """The arguments of the ``resume with: evomerge ...`` command the line prints."""
+    cmd = shlex.split(line.split("resume with: ", 1)[1])
+    assert cmd[0] == "evomerge" and cmd[-1] == "--resume"
+    return cmd[1:]
+
+
+def _torch_loaded(proc):
+    """The command's body is running: torch is mapped into the driver (the CLI imports it only
+    inside a command)."""
+    me = psutil.Process(proc.pid)
+
+    def when(seen):
+        try:
+            return any("libtorch" in m.path for m in me.memory_maps())
+        except psutil.Error:
+            return False
+    return when
+
+
+# ------------------------------------------------------------------------------------------ merge
+@pytest.fixture(scope="module")
+def merge_args(small_zoo):
+    experts = [small_zoo.root / "experts" / n for n in ("brackets", "majority", "rev_digits", "sort_digits")]
+    args = ["merge", "--quiet", "--base", str(small_zoo.root / "base"), "-m", "ties"]
+    for e in experts:
+        args += ["-e", str(e)]
+    return args
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_merge_interrupted_while_writing_leaves_no_output(tmp_path, merge_args, sig, code):
+    """Signalled once its temporary output folder exists (the merge is being written): the
+    folder is gone, the output was never created, the line says so."""
+    out = tmp_path / "merged"
+    proc = start(*merge_args, "--out", str(out))
+    seen, seconds, _, err = interrupt(proc, sig, lambda seen: any(tmp_path.glob(".merged.tmp-*")), poll=0.002)
+    line = check_stopped(proc, seen, seconds, err, code, tmp_path)
+    assert line == f"interrupted: evomerge merge stopped before it finished; {out} is as it was (nothing to resume: run it again)"
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temporary folder, no lock file
+
+
+def test_merge_interrupted_keeps_the_previous_output(tmp_path, merge_args):
+    """With --overwrite over an earlier merge: the earlier one stays, byte for byte."""
+    out = tmp_path / "merged"
+    first = start(*merge_args, "--out", str(out))
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    proc = start(*merge_args, "--out", str(out), "--overwrite", "-m", "task_arithmetic")
+    seen, seconds, _, err = interrupt(proc, signal.SIGINT, lambda seen: any(tmp_path.glob(".merged.tmp-*")), poll=0.002)
+    check_stopped(proc, seen, seconds, err, 130, tmp_path)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
+
+
+def test_command_without_a_resume_gets_the_generic_line(tmp_path, small_zoo):
+    """A command with no line of its own (here ``evaluate``), SIGTERM inside its body: 143 and
+    the line that names it (before, typer's silent 130, and SIGTERM killed it uncleaned)."""
+    proc = start("evaluate", "--help")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    proc = start("evaluate", "--zoo", "small", "--out", str(tmp_path / "ev.parquet"))
+    seen, seconds, _, err = interrupt(proc, signal.SIGTERM, _torch_loaded(proc), poll=0.01)
+    line = check_stopped(proc, seen, seconds, err, 143, tmp_path)
+    assert line == "interrupted: evomerge evaluate stopped before it finished; nothing to resume (run it again)"
+
+
+# ----------------------------------------------------------------------------------------- evolve
+EVOLVE = {"evaluation": {"max_samples": 8, "batch_size": 8, "tasks": ["rev_digits", "sort_digits"]},
+          "genome": {"population": 3, "generations": 4, "early_stop_iter": 100, "space": "ab"}}
+
+
+def _evolve(tmp_path, *extra):
+    cfg = tmp_path / "evolve.yaml"
+    cfg.write_text(yaml.safe_dump(EVOLVE))
+    out = tmp_path / "run"
+    args = ["evolve", "--algo", "genome", "--small", "--config", str(cfg), "--out", str(out), "--actors", "1",
+            "--seed", "3", *extra]
+    return out, args
+
+
+def _round_done(out):
+    return lambda seen: (out / "checkpoints" / "LATEST").is_file()
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("sig,code", [pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow), (signal.SIGTERM, 143)])
+def test_evolve_interrupted_mid_run_resumes(tmp_path, small_zoo, sig, code):
+    """Signalled after its first checkpoint, while the next rounds run on Ray: Ray's processes
+    end with it, the line gives the exact resume command, which then finishes the run from the
+    checkpoint."""
+    out, args = _evolve(tmp_path)
+    proc = start(*args)
+    seen, seconds, _, err = interrupt(proc, sig, _round_done(out))
+    line = check_stopped(proc, seen, seconds, err, code, out)
+    assert any(p.seen_as == "raylet" for p in seen.values())  # Ray was up: its processes were checked
+    assert line == (f"interrupted: evomerge evolve (the finished rounds stay in {out}); resume with: "
+                    + shlex.join(["evomerge", *args, "--resume"]))
+    assert not (out / "result.json").exists()
+    again = start(*_resume_args(line))
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err[-3000:]
+    assert "resumed" in err or "round" in err
+    assert json.loads((out / "result.json").read_text())["best_id"]
+
+
+@pytest.mark.ray
+def test_evolve_interrupted_during_ray_start_has_nothing_to_resume(tmp_path, small_zoo):
+    """Ctrl-C while ``ray.init`` starts Ray: before the run directory is written; no Ray process
+    is left (the half-started GCS and raylet included)."""
+    out, args = _evolve(tmp_path)
+    proc = start(*args)
+    seen, seconds, _, err = interrupt(proc, signal.SIGINT, has("gcs_server"), poll=0.01)
+    line = check_stopped(proc, seen, seconds, err, 130, out)
+    assert line == "interrupted: evomerge evolve stopped before its run directory was written; nothing to resume (run it again)"
+    assert not out.exists() or not (out / "run.json").exists()
+
+
+# ------------------------------------------------------------------------------------------- tune
+TUNE = {"seed": 0, "merge": {"method": "task_arithmetic", "params": {"lambda": 1.0}},
+        "evaluation": {"max_samples": 8, "batch_size": 8},
+        "tune": {"space": {"merge.params.lambda": {"low": 0.2, "high": 1.2}}, "sampler": "random"}}
+
+
+def _finished(url, name="evomerge", states=("COMPLETE",)):
+    import optuna
+
+    from evomerge.pipelines.tune.storage import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(url))
+    except Exception:  # noqa: BLE001 - not created yet
+        return []
+    return [t for t in study.get_trials(deepcopy=False) if t.state.name in states]
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)])
+def test_tune_interrupted_keeps_its_trials_and_resumes(tmp_path, small_zoo, sig, code):
+    """Signalled once the study holds two finished trials: the line counts what the storage
+    keeps, no trial is left RUNNING (the one in flight is recorded as failed, and counts toward
+    --n-trials as any failed trial does), and the printed resume completes the study."""
+    cfg = tmp_path / "tune.yaml"
+    cfg.write_text(yaml.safe_dump(TUNE))
+    out = tmp_path / "tune"
+    url = f"sqlite:///{out / 'optuna.db'}"
+    args = ["tune", "--config", str(cfg), "--small", "--out", str(out), "--n-trials", "6"]
+    proc = start(*args)
+    seen, seconds, _, err = interrupt(proc, sig, lambda seen: len(_finished(url)) >= 2, poll=0.2)
+    line = check_stopped(proc, seen, seconds, err, code, out)
+    done = len(_finished(url))
+    assert 2 <= done < 6
+    assert line == (f"interrupted: evomerge tune (study `evomerge` in {url} keeps its {done} finished trial(s)); "
+                    f"resume with: {shlex.join(['evomerge', *args, '--resume'])}")
+    assert _finished(url, states=("RUNNING",)) == []
+    failed = _finished(url, states=("FAIL",))  # the trial in flight: failed, and counted in the budget
+    assert len(failed) <= 1
+    again = start(*_resume_args(line))
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err[-3000:]
+    assert len(_finished(url)) == 6 - len(failed)
+    assert len(_finished(url, states=("COMPLETE", "FAIL", "PRUNED"))) == 6
+    assert (out / "trials.parquet").is_file()
+
+
+def test_tune_interrupted_before_its_study_exists(tmp_path, small_zoo):
+    """Signalled inside the command before the storage is opened: nothing to resume, and the
+    look for the study created no storage file."""
+    cfg = tmp_path / "tune.yaml"
+    cfg.write_text(yaml.safe_dump(TUNE))
+    out = tmp_path / "tune"
+    proc = start("tune", "--config", str(cfg), "--small", "--out", str(out), "--n-trials", "2")
+    seen, seconds, _, err = interrupt(proc, signal.SIGINT, _torch_loaded(proc), poll=0.01)
+    line = check_stopped(proc, seen, seconds, err, 130, out)
+    if (out / "optuna.db").exists():  # the study was created in the meantime: then it says so
+        assert "resume with:" in line or "before study `evomerge` was created" in line
+    else:
+        assert line in ("interrupted: evomerge tune stopped before study `evomerge` was created; nothing to resume (run it again)",
+                        "interrupted: evomerge tune stopped before it read its config; nothing to resume (run it again)")
+
+
+# ---------------------------------------------------------------------------------- the mechanism
+def test_a_signal_swallowed_by_a_finalizer_is_raised_again():
+    """The handler's exception raised inside a finalizer (a garbage collection's, as SQLAlchemy's
+    weakref callbacks run during ``evomerge tune``) is dropped by Python; the signal is then
+    delivered once more, so the command still stops (it ran on to its end before)."""
+    import os
+    import time
+
+    from evomerge.cli._common import stop_on_signals
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            deadline = time.monotonic() + 0.5
+            while time.monotonic() < deadline:  # the handler runs here, inside the finalizer
+                pass
+
+    with pytest.raises(KeyboardInterrupt):
+        with stop_on_signals() as fired:
+            Finalized()
+            time.sleep(5)  # reached only if the signal was lost
+            pytest.fail("the signal raised in the finalizer was lost")
+    assert fired == [signal.SIGTERM]
