@@ -98,13 +98,9 @@ def task_means(examples: Mapping[str, np.ndarray | Sequence[np.ndarray]], *, rep
     return TaskMeans(tuple(tasks), value, boot)
 
 
-def aggregate(means: TaskMeans, tasks_of: np.ndarray, points: np.ndarray,
-              task_weights: Sequence[float] | None = None) -> Replicates:
-    """P curve points from the cells' task means: cell c's value = the (weighted) mean over the
-    tasks ``tasks_of[c]`` ((C, T) bool), point p = the weighted mean of its cells' values
-    (``points``: (P, C) non-negative weights, e.g. a cell's number of seeds); ``task_weights``:
-    (T,) weights of the tasks in a cell's mean (default equal, as the scale tables)."""
-    c, n_tasks = means.value.shape
+def _weights(c: int, n_tasks: int, tasks_of, points, task_weights) -> tuple[np.ndarray, np.ndarray]:
+    """Checked and normalised ``(w, pts)``: ``w[c, t]`` task t's weight in cell c's mean (rows sum
+    to 1) and ``pts[p, c]`` cell c's weight in point p (rows sum to 1)."""
     mask = np.asarray(tasks_of, dtype=bool)
     if mask.shape != (c, n_tasks):
         raise ValueError(f"bootstrap: `tasks_of` must be (cells, tasks) = {(c, n_tasks)}, got {mask.shape}")
@@ -118,7 +114,17 @@ def aggregate(means: TaskMeans, tasks_of: np.ndarray, points: np.ndarray,
     pts = np.asarray(points, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != c or (pts < 0).any() or not (pts.sum(axis=1) > 0).all():
         raise ValueError(f"bootstrap: `points` must be (points, {c}) non-negative weights, each row with a cell")
-    pts = pts / pts.sum(axis=1, keepdims=True)
+    return w, pts / pts.sum(axis=1, keepdims=True)
+
+
+def aggregate(means: TaskMeans, tasks_of: np.ndarray, points: np.ndarray,
+              task_weights: Sequence[float] | None = None) -> Replicates:
+    """P curve points from the cells' task means: cell c's value = the (weighted) mean over the
+    tasks ``tasks_of[c]`` ((C, T) bool), point p = the weighted mean of its cells' values
+    (``points``: (P, C) non-negative weights, e.g. a cell's number of seeds); ``task_weights``:
+    (T,) weights of the tasks in a cell's mean (default equal, as the scale tables)."""
+    c, n_tasks = means.value.shape
+    w, pts = _weights(c, n_tasks, tasks_of, points, task_weights)
     used = np.flatnonzero(pts.sum(axis=0) > 0)  # only the cells some point averages
     if used.size and used[-1] - used[0] + 1 == used.size:
         used = slice(int(used[0]), int(used[-1]) + 1)  # a view, not a copy, of each task's replicates
@@ -189,21 +195,7 @@ def paired_se(examples: Mapping[str, np.ndarray | Sequence[np.ndarray]], tasks_o
     c = {x.shape[0] for x in xs}
     if len(c) != 1:
         raise ValueError(f"bootstrap: tasks hold different numbers of cells {sorted(c)}")
-    c = c.pop()
-    mask = np.asarray(tasks_of, dtype=bool)
-    if mask.shape != (c, len(tasks)):
-        raise ValueError(f"bootstrap: `tasks_of` must be (cells, tasks) = {(c, len(tasks))}, got {mask.shape}")
-    w_task = np.ones(len(tasks)) if task_weights is None else np.asarray(task_weights, dtype=np.float64)
-    if w_task.shape != (len(tasks),) or (w_task < 0).any():
-        raise ValueError(f"bootstrap: `task_weights` must be {len(tasks)} non-negative numbers")
-    w = mask * w_task
-    if not (w.sum(axis=1) > 0).all():
-        raise ValueError(f"bootstrap: cell(s) {np.flatnonzero(w.sum(axis=1) <= 0).tolist()} count no task")
-    w = w / w.sum(axis=1, keepdims=True)
-    pts = np.asarray(points, dtype=np.float64)
-    if pts.ndim != 2 or pts.shape[1] != c or (pts < 0).any() or not (pts.sum(axis=1) > 0).all():
-        raise ValueError(f"bootstrap: `points` must be (points, {c}) non-negative weights, each row with a cell")
-    pts = pts / pts.sum(axis=1, keepdims=True)
+    w, pts = _weights(c.pop(), len(tasks), tasks_of, points, task_weights)
     pr = np.asarray(list(pairs), dtype=int).reshape(-1, 2)
     if pr.size and (pr.min() < 0 or pr.max() >= pts.shape[0]):
         raise ValueError(f"bootstrap: `pairs` must index the {pts.shape[0]} points")
