@@ -15,7 +15,6 @@ import pytest
 from evomerge.errors import ConfigError
 from evomerge.evaluation.bootstrap import paired_se
 from evomerge.theory.online_rule import law_peak, law_tolerance, online_tolerance, peak_from_fit, step_se
-from evomerge.theory.scaling_law import fit_scaling_law
 
 T, N, K, M = 10, 64, 10, 4
 
