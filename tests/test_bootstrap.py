@@ -135,7 +135,7 @@ def test_paired_se_by_hand_one_task_and_stratified():
     # one task, two cells: the SE of the difference of means is sqrt(var(a - b) / n), plug-in variance
     a, b = np.array([1.0, 0.0, 1.0, 1.0]), np.array([1.0, 1.0, 0.0, 1.0])
     se = paired_se({"t": np.vstack([a, b])}, np.ones((2, 1), bool), np.eye(2), [(0, 1)])
-    d = a - b  # 0, -1, 1, 0: mean 0, plug-in variance 0.5
+    assert np.array_equal(a - b, [0.0, -1.0, 1.0, 0.0])  # mean 0, plug-in variance 0.5
     assert se[0] == pytest.approx(np.sqrt(0.5 / 4), abs=1e-15)
     # two tasks of 3 and 2 rows, equal task weights: SE^2 = (var_1 / 3 + var_2 / 2) / 2^2
     t1 = np.array([[0.2, 0.4, 0.9], [0.1, 0.4, 0.3]])
