@@ -114,8 +114,9 @@ def _sample_run(tmp_path):
 
 def test_histograms_drawn_while_cells_run_are_the_end_ones(tmp_path):
     """The side process draws a method's histogram once its cells at the largest k are on disk,
-    before the run's last cell; the files are byte for byte those drawn from the finished run,
-    and a method whose top cells are missing waits for them (or for the end)."""
+    before the run's last cell; the files are byte for byte those drawn from the finished run;
+    a method whose top cells are missing waits for them, or for the driver's word that they will
+    not come (the searches' stop skipped them), or for the end."""
     import threading
     import time
 
@@ -132,15 +133,22 @@ def test_histograms_drawn_while_cells_run_are_the_end_ones(tmp_path):
     for c in todo:
         if c not in late:
             write(c)
-    closed, out = threading.Event(), {}
-    worker = threading.Thread(target=lambda: out.update(draw_histograms(tmp_path, expected, closed)))
+    closed, out, news = threading.Event(), {}, []
+    # at first the driver expects the search at k = 4 too (the stop rule has not cut it yet)
+    worker = threading.Thread(target=lambda: out.update(draw_histograms(
+        tmp_path, expected | {"k004-genome-s0"}, closed, news=lambda: [news.pop()] if news else [])))
     worker.start()
     figs = tmp_path / "figures"
     deadline = time.time() + 60
-    while not (figs / "weight_hist_genome.png").is_file() or not (figs / "weight_hist_task_arithmetic.png").is_file():
+    while not (figs / "weight_hist_task_arithmetic.png").is_file():
         assert time.time() < deadline and worker.is_alive()
         time.sleep(0.05)
-    time.sleep(0.3)
+    time.sleep(0.5)
+    assert not (figs / "weight_hist_genome.png").exists()  # k = 4 may still come
+    news.append(sorted(expected))  # the searches' stop skipped it
+    while not (figs / "weight_hist_genome.png").is_file():
+        assert time.time() < deadline and worker.is_alive()
+        time.sleep(0.05)
     assert not (figs / "weight_hist_ties.png").exists()  # its k = 3 seed 1 cells are not on disk yet
     for c in late:
         write(c)

@@ -239,6 +239,18 @@ def run_scale(
                 raise
 
         runner = None
+        expected = {c.id for c in cells} - skipped  # on disk at the end (the searches' stop may skip more)
+        if report and overlap and not expected <= done:
+            # the report's second core (report_side): a child that reads the cells' files and
+            # draws each method's histogram as soon as its largest-k cells are on disk (those
+            # first), then does half of the report beside this process
+            from evomerge.pipelines.scale import report_side
+
+            free = report_side.histograms_first(cells, expected, free)
+            side = report_side.start(run_dir, expected)
+            files = report_side.RunFiles(run_dir).follow()
+            outer.callback(lambda: None if ok else side.stop())
+            outer.callback(files.stop)
         if searches and not share:  # searches first, on every slot; then the cells (the
             # phase runs in a thread: Ctrl-C lands in this one, which then stops it)
             skipped = searched(Beside(search_phase, name="searches", daemon=True), [])
@@ -253,18 +265,10 @@ def run_scale(
             todo = [c for c in free_all if c.id not in now] + [
                 c for c in cells if c.kind == "search" and c.id not in now and c.id not in skipped]
             bar.total = len(cells) - len(skipped)
-            if report and overlap and todo:
-                # the report's second core (report_side): a child that reads the cells' files
-                # and draws each method's histogram while the last cells run (those the
-                # histograms show first), then does half of the report beside this process
-                from evomerge.pipelines.scale import report_side
-
-                expected = {c.id for c in cells if c.id in now} | {c.id for c in todo}
+            if side is not None:  # the cells the searches' stop skipped will not come
+                expected -= skipped
+                side.tell(sorted(expected))
                 todo = report_side.histograms_first(cells, expected, todo)
-                side = report_side.start(run_dir, expected)
-                files = report_side.RunFiles(run_dir).follow()
-                outer.callback(lambda: None if ok else side.stop())
-                outer.callback(files.stop)
             if todo:
                 if runner is None:
                     runner = stack.enter_context(RayCellRunner(ctx, cfg.ray))

@@ -26,7 +26,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 
 from evomerge.pipelines.scale.plan import Cell, load_cells
-from evomerge.pipelines.scale.side import SideJob, input_closed
+from evomerge.pipelines.scale.side import Inbox, SideJob
 from evomerge.pipelines.scale.store import EXAMPLE_SCHEMA, SCORE_SCHEMA, CellStore
 
 SIDE_SPLITS = ("validation",)  # the noise the side process computes; the driver's report computes the others
@@ -57,10 +57,13 @@ class RunFiles:
 
     def poll(self) -> None:
         for folder in (self.store.cells_dir, self.store.examples_dir):
-            if folder.is_dir():
-                for path in sorted(folder.glob("*.parquet")):
-                    if path not in self._tables:
-                        self._read(path)
+            try:
+                names = os.listdir(folder)
+            except FileNotFoundError:
+                continue
+            for name in sorted(names):
+                if _is_table(name) and folder / name not in self._tables:
+                    self._read(folder / name)
 
     def follow(self, every: float = 0.25) -> "RunFiles":
         """Poll in a thread until :meth:`stop`."""
@@ -136,33 +139,38 @@ def _import_report() -> None:
 
 def run_side(run_dir: str, expected: list[str]) -> dict[str, Any]:
     """What the child does (see the module's docstring): ``{"histograms": {name: path},
-    "fitness_figure": {name: path}, "noise": Noise of SIDE_SPLITS}``."""
+    "fitness_figure": {name: path}, "noise": Noise of SIDE_SPLITS}``. Messages from the driver
+    (:meth:`SideJob.tell`): the cells it will have written, anew (the searches' stop skipped some)."""
     run_dir, parent = Path(run_dir), os.getppid()
-    files = RunFiles(run_dir)
+    files, inbox = RunFiles(run_dir), Inbox()
 
     def driver_gone() -> None:
         if os.getppid() != parent:
             raise RuntimeError("the scale run's driver exited before its cells were done")
 
-    histograms = draw_histograms(run_dir, set(expected), input_closed(), files, check=driver_gone)
+    histograms = draw_histograms(run_dir, set(expected), inbox.closed, files, news=inbox.take, check=driver_gone)
     return {"histograms": histograms, **report_part(run_dir, files)}
 
 
 def draw_histograms(run_dir: Path, expected: set[str], closed: threading.Event, files: RunFiles | None = None,
-                    check=lambda: None) -> dict[str, str]:
+                    news=lambda: [], check=lambda: None) -> dict[str, str]:
     """Each method's weight histogram as soon as it is known (:func:`histogram_levels`), every
-    one left once ``closed`` is set (every cell on disk); ``files`` reads the cells' files
-    meanwhile; ``check()`` between polls may raise to give up. ``{name: path}`` as
-    :func:`~evomerge.pipelines.scale.report_figures.weight_histograms` gives it."""
+    one left once ``closed`` is set (every cell on disk); ``news()``: new ``expected`` sets
+    (the last counts); ``files`` reads the cells' files meanwhile; ``check()`` may raise to give
+    up. ``{name: path}`` as :func:`~evomerge.pipelines.scale.report_figures.weight_histograms` gives it."""
     from evomerge.pipelines.scale.report import load_plan
 
     store = CellStore(run_dir)
-    levels = histogram_levels(load_cells(load_plan(run_dir)), expected)
+    cells = load_cells(load_plan(run_dir))
+    levels = histogram_levels(cells, expected)
     drawn: dict[str, dict[str, str]] = {}
     while True:
         last = closed.is_set()  # every cell is on disk (or the driver is gone: check): what is not drawn yet is drawn now
         check()
-        done = store.done()
+        update = news()
+        if update:
+            levels = {m: lv for m, lv in histogram_levels(cells, set(update[-1])).items() if m in levels}
+        done = _done(store)
         for method in list(levels):
             ids = _histogram_ids(store, levels[method], done, final=last)
             if ids is None:
@@ -175,6 +183,19 @@ def draw_histograms(run_dir: Path, expected: set[str], closed: threading.Event, 
         if last:
             return {name: path for method in sorted(drawn) for name, path in drawn[method].items()}
         closed.wait(POLL_S)
+
+
+def _done(store: CellStore) -> set[str]:
+    """The done cells (as CellStore.done, from one directory listing)."""
+    try:
+        names = os.listdir(store.cells_dir)
+    except FileNotFoundError:
+        return set()
+    return {n[:-8] for n in names if _is_table(n)}
+
+
+def _is_table(name: str) -> bool:
+    return name.endswith(".parquet") and not name.startswith(".")  # (an atomic writer's temporary: .NAME.tmp-*)
 
 
 def _histogram_ids(store: CellStore, levels, done: set[str], *, final: bool) -> list[str] | None:

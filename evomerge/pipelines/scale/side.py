@@ -44,26 +44,35 @@ os._exit(0)  # the work is done and on disk: skip the interpreter's teardown (ab
 """
 
 
-def input_closed() -> "threading.Event":
-    """In a side job's child: an event set once the caller has closed the job's input
-    (:meth:`SideJob.close_input`, or the caller's exit). Only for a job sent with ``keep_open``."""
-    import threading
+class Inbox:
+    """In a side job's child (a job sent with ``keep_open``): the caller's messages
+    (:meth:`SideJob.tell`, :meth:`take`) and ``closed``, set once the caller has closed the
+    input (:meth:`SideJob.close_input`, or the caller's exit), after every message came."""
 
-    global _closed
-    if _closed is None:
-        _closed = threading.Event()
+    def __init__(self):
+        import threading
 
-        def wait() -> None:
-            try:
-                sys.stdin.buffer.read()  # until end of file
-            finally:
-                _closed.set()
+        self.closed = threading.Event()
+        self._messages: list = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, name="side-input", daemon=True).start()
 
-        threading.Thread(target=wait, name="side-input", daemon=True).start()
-    return _closed
+    def _read(self) -> None:
+        try:
+            while True:
+                message = pickle.load(sys.stdin.buffer)
+                with self._lock:
+                    self._messages.append(message)
+        except BaseException:  # noqa: BLE001 - end of file (or a broken pipe): the caller is done
+            pass
+        finally:
+            self.closed.set()
 
-
-_closed = None
+    def take(self) -> list:
+        """The messages that came since the last call, in order."""
+        with self._lock:
+            out, self._messages = self._messages, []
+        return out
 
 
 class SideJob:
@@ -94,17 +103,28 @@ class SideJob:
     def send(self, *args: Any, keep_open: bool = False) -> None:
         """The arguments of a :meth:`warm` job: the child runs the function now. ``keep_open``:
         the pipe stays open until :meth:`close_input`, which a function that waits for
-        :func:`input_closed` (a signal from the caller: "go on") sees."""
+        :class:`Inbox` (messages, then "go on") sees."""
         pickle.dump(args, self.proc.stdin)
         if keep_open:
             self.proc.stdin.flush()
         else:
             self.proc.stdin.close()
 
+    def tell(self, message: Any) -> None:
+        """A message to a job sent with ``keep_open`` (its :class:`Inbox`)."""
+        try:
+            pickle.dump(message, self.proc.stdin)
+            self.proc.stdin.flush()
+        except OSError:  # the child is gone: its error comes with result()
+            pass
+
     def close_input(self) -> None:
-        """Tell a job sent with ``keep_open`` that it may go on (:func:`input_closed` returns true)."""
+        """Tell a job sent with ``keep_open`` that it may go on (its :class:`Inbox` is closed)."""
         if not self.proc.stdin.closed:
-            self.proc.stdin.close()
+            try:
+                self.proc.stdin.close()
+            except OSError:  # the child is gone: its error comes with result()
+                pass
 
     def cancel(self) -> None:
         """A warm job that was not sent its arguments exits without running; waits for it."""
