@@ -178,3 +178,31 @@ def test_law_falls_back_to_the_old_tolerance_without_examples_and_with_z_0(noisy
     assert law["se"].isna().all()
     assert np.allclose(law["tol"], online.loc[law.index, "tol"], rtol=0, atol=0)
     assert "this run has no per-example scores: the law used the tolerance without the noise" in (copy / "report.md").read_text()
+
+
+@pytest.mark.ray
+def test_law_uses_the_old_tolerance_only_on_curves_missing_a_cells_examples(noisy_run, tmp_path):
+    """A run resumed from a directory made before examples/ were kept has them for some cells only."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from evomerge.pipelines.scale.report import write_report
+
+    copy = tmp_path / "part"
+    shutil.copytree(noisy_run, copy)
+    scores = pq.read_table(noisy_run / "tables" / "scores.parquet").to_pandas()
+    gone = scores[(scores["method"] == "ties") & (scores["k"] == 2) & (scores["kind"] == "merge")]["cell"].unique()
+    assert len(gone) >= 1
+    for cell in gone:
+        (copy / "examples" / f"{cell}.parquet").unlink()
+    write_report(copy)
+    rules = pq.read_table(copy / "tables" / "rules.parquet").to_pandas()
+    law = rules[rules["rule"] == "law_k<=3"].set_index(["method", "target"])
+    online = rules[rules["rule"] == "online"].set_index(["method", "target"])
+    ties, ta = law.loc["ties"], law.loc["task_arithmetic"]
+    assert ties["se"].isna().all() and np.allclose(ties["tol"], online.loc["ties", "tol"].reindex(ties.index), rtol=0, atol=0)
+    full = pq.read_table(noisy_run / "tables" / "rules.parquet").to_pandas()
+    full = full[full["rule"] == "law_k<=3"].set_index(["method", "target"]).loc["task_arithmetic"]
+    assert np.array_equal(ta["se"].to_numpy(), full["se"].reindex(ta.index).to_numpy())  # the other curves keep theirs
+    assert "3 of 6 curves lack per-example scores and use the tolerance without the noise" in (copy / "report.md").read_text()
