@@ -121,7 +121,6 @@ def test_evolve_interrupted_mid_run_resumes(tmp_path, small_zoo, sig, code):
     again = start(*_resume_args(line))
     _, err = again.communicate(timeout=600)
     assert again.returncode == 0, err[-3000:]
-    assert "resumed" in err or "round" in err
     assert json.loads((out / "result.json").read_text())["best_id"]
 
 
