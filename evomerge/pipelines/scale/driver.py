@@ -201,13 +201,16 @@ def run_scale(
                 with search_slots(cfg) as slots, contextlib.ExitStack() as scoring:
                     live_slots.extend(slots)
                     score = scoring.enter_context(early_scores(cfg, ctx, run_dir, write_cell)) if score_early else None
-                    return run_searches(
+                    cut = run_searches(
                         all_search, cfg, run_dir, names=spec.names, tasks=spec.tasks, all_tasks=plan["tasks"],
                         zoo_root=spec.zoo_root, zoo_profile=spec.zoo_profile, gains=gains,
                         enforce=enforce, slots=slots,
                         on_search=lambda c: bar.set_postfix_str(f"searched k={c.k} {c.method} seed={c.seed}"),
                         should_stop=interrupted.is_set, score=score, base_cell=base_cell,
                     )
+                if side is not None:  # now, not after the cells beside: the searches' histograms need not wait
+                    side.tell(sorted(expected - (cut or set())))
+                return cut
         else:
             skipped = _skipped_searches(run_dir)
         # the merges and correlated pairs do not depend on the searches: with `overlap` they run
@@ -242,11 +245,10 @@ def run_scale(
         expected = {c.id for c in cells} - skipped  # on disk at the end (the searches' stop may skip more)
         if report and overlap and not expected <= done:
             # the report's second core (report_side): a child that reads the cells' files and
-            # draws each method's histogram as soon as its largest-k cells are on disk (those
-            # first), then does half of the report beside this process
+            # draws each method's histogram as soon as its largest-k cells are on disk, then
+            # does half of the report beside this process
             from evomerge.pipelines.scale import report_side
 
-            free = report_side.histograms_first(cells, expected, free)
             side = report_side.start(run_dir, expected)
             files = report_side.RunFiles(run_dir).follow()
             outer.callback(lambda: None if ok else side.stop())
@@ -268,7 +270,6 @@ def run_scale(
             if side is not None:  # the cells the searches' stop skipped will not come
                 expected -= skipped
                 side.tell(sorted(expected))
-                todo = report_side.histograms_first(cells, expected, todo)
             if todo:
                 if runner is None:
                     runner = stack.enter_context(RayCellRunner(ctx, cfg.ray))

@@ -1,12 +1,12 @@
-"""The report's second core on a fresh run: a side process that does the report's work that can
+"""The report's second core on a run with cells to do: a side process that does the report's work that can
 start before the last cell, and half of the rest after it.
 
-From the moment the searches are over (:func:`start`), the child
+From the start of the search phase (:func:`start`), the child
 
 - reads each cell's scores and examples file as it appears (:class:`RunFiles`: a file never
   changes once written, so reading it early is reading it at the end);
 - draws each method's weight histogram as soon as that method's cells at its largest k are on
-  disk (the driver scores those cells first, :func:`histograms_first`), while the other cells run;
+  disk, while the other cells run (the driver tells it which search cells the stop skipped);
 - once the driver says every cell is on disk (:meth:`SideJob.close_input`), computes the
   evaluation noise of the validation split and draws the fitness figure, which shows it.
 
@@ -108,16 +108,6 @@ def histogram_levels(cells: list[Cell], expected: set[str]) -> dict[str, list[tu
         if c.id in expected:
             exp.append(c.id)
     return {m: [(k, *ks[k]) for k in sorted(ks, reverse=True)] for m, ks in by.items()}
-
-
-def histograms_first(cells: list[Cell], expected: set[str], todo: list[Cell]) -> list[Cell]:
-    """``todo`` with the cells the histograms show first (each method's largest expected k; the
-    rest in their order): the side process draws them while the other cells run."""
-    top: dict[str, int] = {}
-    for c in cells:
-        if c.id in expected:
-            top[c.method] = max(top.get(c.method, c.k), c.k)
-    return sorted(todo, key=lambda c: c.k != top.get(c.method))
 
 
 def start(run_dir: Path, expected: set[str]) -> SideJob:
