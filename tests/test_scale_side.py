@@ -106,8 +106,9 @@ def _sample_run(tmp_path):
     store, rng = CellStore(tmp_path), np.random.default_rng(0)
 
     def write(c):
+        variants = (False, True) if c.kind == "search" else (c.rht,)
         store.write(c.id, [], [{"cell": c.id, "k": c.k, "method": c.method, "rht": r, "seed": c.seed, "value": float(v)}
-                               for r in ((False, True) if c.kind == "search" else (c.rht,)) for v in rng.normal(size=50)])
+                               for r in variants for v in rng.normal(size=50)])
 
     return cells, {c.id for c in cells if (c.kind, c.k) != ("search", 4)}, write
 
@@ -275,5 +276,6 @@ def test_sigint_while_the_side_process_draws_stops_everything(tmp_path, small_zo
     proc = start("scale", "--small", "--config", str(cfg), "--out", str(out), "--no-progress", "--no-stop")
     drawn = lambda seen: (out / "figures").is_dir() and any((out / "figures").glob("weight_hist_*.png"))  # noqa: E731
     seen, seconds, _, err = interrupt(proc, signal.SIGINT, drawn, timeout=400)
-    assert check_stopped(proc, seen, seconds, err, 130, out) == f"interrupted; resume with: evomerge scale --out {out} --resume"
+    line = check_stopped(proc, seen, seconds, err, 130, out)
+    assert line == f"interrupted; resume with: evomerge scale --out {out} --resume"
     assert not (out / "report.md").exists()

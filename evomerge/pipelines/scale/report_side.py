@@ -1,5 +1,5 @@
-"""The report's second core on a run with cells to do: a side process that does the report's work that can
-start before the last cell, and half of the rest after it.
+"""The report's second core on a run with cells to do: a side process that does the report's
+work that can start before the last cell, and half of the rest after it.
 
 From the start of the search phase (:func:`start`), the child
 
@@ -155,7 +155,7 @@ def draw_histograms(run_dir: Path, expected: set[str], closed: threading.Event, 
     levels = histogram_levels(cells, expected)
     drawn: dict[str, dict[str, str]] = {}
     while True:
-        last = closed.is_set()  # every cell is on disk (or the driver is gone: check): what is not drawn yet is drawn now
+        last = closed.is_set()  # every cell is on disk (or the driver is gone: check): draw what is left
         check()
         update = news()
         if update:
