@@ -17,11 +17,12 @@ from evomerge.errors import OutputError
 from evomerge.pipelines.scale.store import EXAMPLE_SCHEMA, CellStore
 
 MAX_SAMPLES = 8
+BATCH = 64  # test rows are all scored (200 per task): 19 forward passes per cell and variant, not 150
 
 
 def _cfg():
     return config_from_dict({
-        "evaluation": {"max_samples": MAX_SAMPLES, "batch_size": 8},
+        "evaluation": {"max_samples": MAX_SAMPLES, "batch_size": BATCH},
         "scale": {"methods": ["task_arithmetic", "emr"], "search": ["genome", "swarm"], "seeds": [0],
                   "with_rht": True, "k_max": 3, "law_first_k": 3, "pairs": True, "order": "given",
                   "hist_samples": 20, "stop_target": "all"},
@@ -99,7 +100,7 @@ def test_rows_are_the_split_files_rows(run, small_zoo):
         v = splits["validation"].select(range(MAX_SAMPLES))
         rev[t] = {"validation": v.select(range(len(v) - 1, -1, -1)),
                   "test": splits["test"].select(range(len(splits["test"]) - 1, -1, -1))}
-    ev = Evaluator(small_zoo.base_dir, rev, max_samples=None, batch_size=8)
+    ev = Evaluator(small_zoo.base_dir, rev, max_samples=None, batch_size=BATCH)
     for split in ("validation", "test"):
         res = ev.evaluate_many([{}], split, per_example=True)[0].extra["examples"]
         for t in tasks:
