@@ -178,6 +178,9 @@ def test_a_run_without_examples_reports_no_intervals_and_everything_else_as_befo
     for name in ("scores", "fitness", "peaks", "rules", "scaling_fits", "theory"):
         a = pq.read_table(run / "tables" / f"{name}.parquet").to_pandas()
         b = pq.read_table(old / "tables" / f"{name}.parquet").to_pandas()
+        if name == "rules":  # `se`: the law's noise (pipelines/scale/law_noise.py), read from the examples too
+            assert b["se"].isna().all() and a["se"].notna().any()
+            a, b = a.drop(columns=["se"]), b.drop(columns=["se"])
         pd.testing.assert_frame_equal(a.drop(columns=["seconds"], errors="ignore"), b.drop(columns=["seconds"], errors="ignore"))
 
 
@@ -215,3 +218,56 @@ def test_without_cross_entropy_the_metric_intervals_stay_and_all_ce_has_none(run
     assert set(bare["target"]) == {"all", "union"}
     pd.testing.assert_frame_equal(full[full["target"] != "all/ce"].reset_index(drop=True), bare, check_exact=True)
     pd.testing.assert_frame_equal(full, _noise(run).astype(full.dtypes.to_dict()), check_exact=True)
+
+
+def test_a_run_resumed_from_one_without_examples_has_intervals_where_all_cells_have_them(run, tmp_path):
+    """A run directory made before examples/ existed, then resumed: only the cells run since have
+    their examples. Here TIES with RHT at k = 2 loses seed 0's file (seed 1's stays), and task
+    arithmetic at k = 3 every file (plain: one cell for both seeds, it is deterministic; RHT: one
+    per seed): those points keep their value and have no interval, their curves no p(best), and
+    report.md lists them; every other point, TIES plain at k = 2 included, has the interval of
+    the complete run."""
+    from evomerge.pipelines.scale.report import write_report
+
+    old = tmp_path / "resumed"
+    shutil.copytree(run, old, ignore=shutil.ignore_patterns("search"))
+    scores = pq.read_table(run / "tables" / "scores.parquet").to_pandas()
+    ties2 = sorted(scores.loc[(scores["method"] == "ties") & (scores["k"] == 2) & scores["rht"], "cell"].unique())
+    ta3 = sorted(scores.loc[(scores["method"] == "task_arithmetic") & (scores["k"] == 3), "cell"].unique())
+    assert len(ties2) == 2 and len(ta3) == 3  # RHT: a cell per seed; plain: one cell for both seeds
+    for cell in [ties2[0], *ta3]:
+        (old / "examples" / f"{cell}.parquet").unlink()
+    write_report(old)
+
+    full = _noise(run).set_index(["method", "rht", "target", "split", "k"]).sort_index()
+    part = _noise(old).set_index(["method", "rht", "target", "split", "k"]).sort_index()
+    assert part.index.equals(full.index)  # every point has its row, with the fitness table's value
+    assert (part["value"] == full["value"]).all()
+    method, rht, k = (part.index.get_level_values(n).to_numpy() for n in ("method", "rht", "k"))
+    rht = rht.astype(bool)
+    lacking = ((method == "ties") & rht & (k == 2)) | ((method == "task_arithmetic") & (k == 3))
+    assert lacking.sum() == 3 * 2 + 2 * 3 * 2  # targets x splits (TIES with RHT), x variants (task arithmetic)
+    assert part.loc[lacking, ["low", "high", "p_best"]].isna().all().all()
+    assert part.loc[lacking, "within_noise"].isna().all()
+    # the others: the complete run's intervals (the replicates redraw the same rows; fewer cells in the
+    # bootstrap's matrix change only the floating-point order of its sums)
+    pd.testing.assert_frame_equal(part.loc[~lacking, ["low", "high"]], full.loc[~lacking, ["low", "high"]],
+                                  check_exact=False, rtol=0, atol=1e-12)
+    assert part.loc[("ties", False, "all", "validation", 2), "low"] == pytest.approx(
+        full.loc[("ties", False, "all", "validation", 2), "low"], abs=1e-12)
+    # p(best) only on the curves whose points all have their interval
+    on_lacking_curve = ((method == "ties") & rht) | (method == "task_arithmetic")
+    assert np.isnan(part["p_best"].to_numpy(float)[on_lacking_curve]).all()
+    split = part.index.get_level_values("split").to_numpy()
+    other = ~on_lacking_curve & (split == "validation") & ~np.isin(method, ["base", "expert"]) & (k >= 1)
+    assert other.sum() > 0 and ((method == "ties") & ~rht & other).any()
+    np.testing.assert_allclose(part["p_best"].to_numpy(float)[other], full["p_best"].to_numpy(float)[other], rtol=0, atol=1e-12)
+    # the report says which points and why; report.json carries the rows without interval as null
+    md = (old / "report.md").read_text()
+    assert "18 curve point(s) have no interval: some of their cells have no per-example scores" in md
+    assert ("The points (method, targets; splits): task_arithmetic plain and with RHT (all, all/ce, union; test, "
+            "validation): k = 3; ties with RHT (all, all/ce, union; test, validation): k = 2.") in md
+    report = json.loads((old / "report.json").read_text())
+    assert sum(r["low"] is None for r in report["noise"]) == 18
+    assert report["noise_settings"]["available"]
+    assert "no interval" not in (run / "report.md").read_text()  # the complete run says nothing of the kind

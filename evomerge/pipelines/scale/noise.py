@@ -7,6 +7,11 @@ rht, target, k) is computed as :func:`evomerge.pipelines.scale.tables.curve` com
 mean over the target's tasks (``all``: every task, ``union``: the cell's merged experts' tasks,
 ``all/ce``: cross-entropy over every task), then over the point's seed rows.
 
+A point whose cells lack their examples (a run resumed from a directory made before
+``examples/`` existed: the old cells have none, the new ones have them) has a row with its
+value and no interval, and its curve no ``p_best`` / ``within_noise``; the report lists those
+points (:func:`lacking_text`). A point all of whose cells have them gets its interval as usual.
+
 Validation chooses k, so ``p_best`` (the share of replicates in which a k is its curve's best)
 and ``within_noise`` (the k whose paired difference from the measured best k has a 95% interval
 containing 0) are given on validation only; test points carry their interval.
@@ -71,11 +76,10 @@ def noise_tables(scores: pd.DataFrame, examples: pd.DataFrame | None, fitness: p
     tables = []
     for split, s in scores.groupby("split", sort=True):
         ex = examples[examples["split"] == split]
-        if ex.empty:
-            continue
         split = str(split)
-        table, out.reps[split], out.keys[split], out.rows[split] = _split_noise(
-            s, ex, fitness[fitness["split"] == split], split, replicates, seed, level)
+        table, rep, keys, rows = _split_noise(s, ex, fitness[fitness["split"] == split], split, replicates, seed, level)
+        if rep is not None:
+            out.reps[split], out.keys[split], out.rows[split] = rep, keys, rows
         tables.append(table)
     if tables:
         out.table = pd.concat(tables, ignore_index=True)[COLUMNS].sort_values(
@@ -153,24 +157,33 @@ def _matrices(s: pd.DataFrame, ex: pd.DataFrame, units: pd.DataFrame, split: str
 
 
 def _split_noise(s, ex, fitness, split, replicates, seed, level):
+    """The split's points: an interval for each point all of whose cells have their examples;
+    a row without one (``low``/``high`` NaN) for a point some of whose cells lack them (a run
+    resumed from a directory made before ``examples/`` existed); the replicates of the points
+    with any examples (None when no cell of the split has them)."""
     units = _units(s)
-    tasks, present, sc, ce = _matrices(s, ex, units, split)
+    if ex.empty:
+        tasks, present, sc, ce = sorted(s["task"].unique()), [], {}, {}
+        has_ce = bool(np.isfinite(s["cross_entropy"].to_numpy(np.float64)).all())
+    else:
+        tasks, present, sc, ce = _matrices(s, ex, units, split)
+        # cross-entropy where every example has one: a metric-only evaluation leaves it NaN, and
+        # `all/ce` then has no interval
+        has_ce = all(np.isfinite(ce[t]).all() for t in tasks)
     u = len(present)
-    # one bootstrap of the task means, rows 0..u-1 the units' scores, u..2u-1 their cross-entropy (where every
-    # example has one: a metric-only evaluation leaves it NaN, and `all/ce` then has no interval)
-    has_ce = all(np.isfinite(ce[t]).all() for t in tasks)
+    # one bootstrap of the task means, rows 0..u-1 the units' scores, u..2u-1 their cross-entropy
     n_rows = 2 * u if has_ce else u
-    means = task_means({t: np.vstack([sc[t], ce[t]]) if has_ce else sc[t] for t in tasks}, replicates=replicates,
-                       seed=seed, stream=(split,))
     cells, rhts = units["cell"].to_numpy()[present], units["rht"].to_numpy()[present]
     subset = s.groupby(["cell", "rht", "task"])["in_subset"].first()
     pos = {unit: i for i, unit in enumerate(present)}
-    keys, values, boots, complete = [], [], [], []
+    means = (task_means({t: np.vstack([sc[t], ce[t]]) if has_ce else sc[t] for t in tasks}, replicates=replicates,
+                        seed=seed, stream=(split,)) if u else None)
+    keys, values, boots, complete, lacking = [], [], [], [], []
     for target, col, union in TARGETS:
         if col == "cross_entropy" and not has_ce:
             continue
         mask = np.ones((n_rows, len(tasks)), bool)
-        if union:  # a cell's own tasks; a cell without any (the base model) is in no `union` point
+        if union and u:  # a cell's own tasks; a cell without any (the base model) is in no `union` point
             own = subset.reindex(pd.MultiIndex.from_arrays([np.repeat(cells, len(tasks)), np.repeat(rhts, len(tasks)),
                                                             np.tile(tasks, u)])).fillna(False).to_numpy(bool)
             own = own.reshape(u, len(tasks))
@@ -179,32 +192,67 @@ def _split_noise(s, ex, fitness, split, replicates, seed, level):
         for (method, rht, k), g in units.groupby(["method", "rht", "k"], sort=True):
             if union and method == "base":
                 continue
+            key = (method, bool(rht), target, int(k))
             w = np.zeros(n_rows)
             for unit, seeds in g["seeds"].items():
                 if unit in pos:
                     w[pos[unit] + (u if col == "cross_entropy" else 0)] = seeds
             if w.sum() == 0:
-                continue  # no cell of this point has examples
+                lacking.append(key)  # no cell of this point has examples: no replicates either
+                continue
             complete.append(all(unit in pos for unit in g.index))
-            tkeys.append((method, bool(rht), target, int(k)))
+            tkeys.append(key)
             pts.append(w)
         if pts:
             rep = aggregate(means, mask, np.array(pts))
             keys += tkeys
             values.append(rep.value)
             boots.append(rep.boot)
-    rep = Replicates(np.concatenate(values), np.concatenate(boots, axis=1))
-    ok = np.array(complete)
-    lo, hi = percentile_interval(rep.boot, level)
-    table = pd.DataFrame(keys, columns=["method", "rht", "target", "k"])
+    rep = Replicates(np.concatenate(values), np.concatenate(boots, axis=1)) if keys else None
+    ok = np.array(complete, bool)
+    table = pd.DataFrame(keys + lacking, columns=["method", "rht", "target", "k"])
     table["split"] = split
-    table["value"] = _values(fitness, keys)
-    table["low"], table["high"] = np.where(ok, lo, np.nan), np.where(ok, hi, np.nan)
+    table["value"] = _values(fitness, keys + lacking)
+    low, high = np.full(len(table), np.nan), np.full(len(table), np.nan)
+    if rep is not None:
+        lo, hi = percentile_interval(rep.boot, level)
+        low[:len(keys)], high[:len(keys)] = np.where(ok, lo, np.nan), np.where(ok, hi, np.nan)
+    table["low"], table["high"] = low, high
     table["p_best"] = np.nan
     table["within_noise"] = pd.Series([None] * len(table), dtype=object)
-    if split == "validation":
-        _curve_choices(table, rep, ok, table["value"].to_numpy(), level)
-    return table, rep, keys, {t: int(sc[t].shape[1]) for t in tasks}
+    if split == "validation" and rep is not None:
+        _curve_choices(table, rep, np.concatenate([ok, np.zeros(len(lacking), bool)]), table["value"].to_numpy(), level)
+    return table, rep, keys, {t: int(sc[t].shape[1]) for t in sc}
+
+
+def lacking_text(records: list[dict]) -> str | None:
+    """The report's sentence on the points without an interval (``records``: the noise table's
+    rows, ``low`` NaN or None where a point has none: some of its cells have no per-example
+    scores, the only reason a row lacks one), or None when every point has its interval."""
+    import math
+
+    by_method: dict[str, dict[tuple, list[int]]] = {}
+    for r in records:
+        if r.get("low") is None or (isinstance(r["low"], float) and math.isnan(r["low"])):
+            by_method.setdefault(r["method"], {}).setdefault((bool(r["rht"]), r["target"], r["split"]), []).append(int(r["k"]))
+    if not by_method:
+        return None
+    n = sum(len(ks) for m in by_method.values() for ks in m.values())
+    parts = []
+    for method, where in sorted(by_method.items()):
+        ks = {tuple(sorted(v)) for v in where.values()}
+        if len(ks) == 1:  # the same k on every variant, target and split listed: one entry
+            rhts = sorted({w[0] for w in where})
+            variant = {(False,): "", (True,): " with RHT", (False, True): " plain and with RHT"}[tuple(rhts)]
+            parts.append(f"{method}{variant} ({', '.join(sorted({w[1] for w in where}))}; "
+                         f"{', '.join(sorted({w[2] for w in where}))}): k = {', '.join(map(str, ks.pop()))}")
+        else:
+            parts += [f"{method}{' with RHT' if rht else ''} ({target}; {split}): k = {', '.join(map(str, sorted(v)))}"
+                      for (rht, target, split), v in sorted(where.items())]
+    return (f"{n} curve point(s) have no interval: some of their cells have no per-example scores (`examples/`; "
+            "this run directory was made before they were kept, and those cells were not run again), so their "
+            "replicates cannot be drawn; a curve with such a point has no p(best) and no k within noise either. "
+            f"The points (method, targets; splits): {'; '.join(parts)}.")
 
 
 def _values(f: pd.DataFrame, keys: list) -> np.ndarray:

@@ -175,6 +175,10 @@ def _noise_section(s) -> list[str]:
           "methods are paired. They cover the choice of evaluation examples only: not the seeds (the ± sd columns "
           "are the seeds' spread), and not a new choice of k (the k validation chose stays fixed). Every curve point "
           "is in `tables/noise.parquet` and report.json's `noise`.", ""]
+    from evomerge.pipelines.scale.noise import lacking_text
+
+    lacking = lacking_text(s.get("noise") or [])  # a run resumed from a directory made before examples/
+    L += [lacking, ""] if lacking else []
     comps = s.get("noise_comparisons") or []
     ref = settings.get("reference")
     if comps and ref:
