@@ -38,7 +38,10 @@ def interrupt(proc, sig, when, timeout=240.0, poll=0.05):
         for c in children:
             if c.pid not in seen:
                 seen[c.pid] = c
-                c.seen_as = name_of(c)  # its name while it runs
+                c.seen_as = ""
+            # its name while it runs, read again each poll: a child caught between fork and exec
+            # (Ray's raylet, under load) still bears its parent's name the first time
+            seen[c.pid].seen_as = name_of(seen[c.pid]) or seen[c.pid].seen_as
         if when(seen):
             break
         time.sleep(poll)
