@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -27,7 +26,7 @@ import pyarrow as pa
 
 from evomerge.pipelines.scale.plan import Cell, load_cells
 from evomerge.pipelines.scale.side import Inbox, SideJob
-from evomerge.pipelines.scale.store import EXAMPLE_SCHEMA, SCORE_SCHEMA, CellStore
+from evomerge.pipelines.scale.store import EXAMPLE_SCHEMA, SCORE_SCHEMA, CellStore, table_files
 
 SIDE_SPLITS = ("validation",)  # the noise the side process computes; the driver's report computes the others
 POLL_S = 0.2
@@ -81,12 +80,7 @@ class RunFiles:
             self._thread.join()
 
     def _concat(self, folder: Path, schema: pa.Schema, ids: Iterable[str] | None) -> pa.Table:
-        if not folder.is_dir():
-            files = []
-        elif ids is None:
-            files = sorted(folder.glob("*.parquet"))
-        else:
-            files = sorted(f for f in (folder / f"{i}.parquet" for i in set(ids)) if f.is_file())
+        files = table_files(folder, ids)
         return pa.concat_tables([self._read(f) for f in files]) if files else schema.empty_table()
 
     def scores(self, ids: Iterable[str] | None = None) -> pa.Table:

@@ -89,12 +89,7 @@ class CellStore:
 
     def _concat(self, folder: Path, schema: pa.Schema, ids: Iterable[str] | None) -> pa.Table:
         """Every file of ``folder`` (or only those of the cells ``ids`` that exist), in file-name order."""
-        if not folder.is_dir():
-            files = []
-        elif ids is None:
-            files = sorted(folder.glob("*.parquet"))
-        else:
-            files = sorted(f for f in (folder / f"{i}.parquet" for i in set(ids)) if f.is_file())
+        files = table_files(folder, ids)
         if not files:
             return schema.empty_table()
         return pa.concat_tables([_conform(pq.read_table(f), schema) for f in files])
@@ -118,3 +113,13 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     cols = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
             for f in schema]
     return pa.Table.from_arrays(cols, schema=schema)
+
+
+def table_files(folder: Path, ids: Iterable[str] | None) -> list[Path]:
+    """The cells' Parquet files of ``folder`` (every one, or those of the cells ``ids`` that
+    exist), in file-name order: the order every reader of a run concatenates them in."""
+    if not folder.is_dir():
+        return []
+    if ids is None:
+        return sorted(folder.glob("*.parquet"))
+    return sorted(f for f in (folder / f"{i}.parquet" for i in set(ids)) if f.is_file())
