@@ -15,10 +15,9 @@ import numpy as np
 import pandas as pd
 
 from evomerge.evaluation.bootstrap import paired_se
-from evomerge.pipelines.scale.noise import _matrices, _units
+from evomerge.pipelines.scale.noise import TARGETS, cell_units, example_matrices
 
 SPLIT = "validation"
-TARGETS = (("all", "score", False), ("union", "score", True), ("all/ce", "cross_entropy", False))
 
 
 def law_step_ses(scores: pd.DataFrame, examples: pd.DataFrame | None, m: int) -> dict[tuple[str, bool, str], list[float]]:
@@ -32,8 +31,8 @@ def law_step_ses(scores: pd.DataFrame, examples: pd.DataFrame | None, m: int) ->
     ex = examples[(examples["split"] == SPLIT) & examples["cell"].isin(s["cell"].unique())]
     if s.empty or ex.empty:
         return {}
-    units = _units(s)
-    tasks, present, sc, ce = _matrices(s, ex, units, SPLIT)
+    units = cell_units(s)
+    tasks, present, sc, ce = example_matrices(s, ex, units, SPLIT)
     pos = {unit: i for i, unit in enumerate(present)}
     has_ce = all(np.isfinite(ce[t]).all() for t in tasks)
     subset = s.groupby(["cell", "rht", "task"])["in_subset"].first()

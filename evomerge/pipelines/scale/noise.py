@@ -97,7 +97,7 @@ def reference_method(peaks_all: pd.DataFrame, registry_methods: list[str]) -> st
     return None if pk.empty else str(pk.loc[pk["val_mean"].idxmax(), "method"])
 
 
-def _units(s: pd.DataFrame) -> pd.DataFrame:
+def cell_units(s: pd.DataFrame) -> pd.DataFrame:
     """One row per (cell, rht) of a split: method, k, the number of seed rows (its weight in the
     seed mean) and its tasks."""
     g = s.groupby(["cell", "rht"], sort=True)
@@ -105,7 +105,7 @@ def _units(s: pd.DataFrame) -> pd.DataFrame:
                          "seeds": g["seed"].nunique()}).reset_index()
 
 
-def _matrices(s: pd.DataFrame, ex: pd.DataFrame, units: pd.DataFrame, split: str):
+def example_matrices(s: pd.DataFrame, ex: pd.DataFrame, units: pd.DataFrame, split: str):
     """Per task: the units' per-example scores and cross-entropies ((U', n) each, U' = the
     units with examples, in ``present`` order), after checking every unit has the same rows and
     that their means are the unit's scores."""
@@ -161,12 +161,12 @@ def _split_noise(s, ex, fitness, split, replicates, seed, level):
     a row without one (``low``/``high`` NaN) for a point some of whose cells lack them (a run
     resumed from a directory made before ``examples/`` existed); the replicates of the points
     with any examples (None when no cell of the split has them)."""
-    units = _units(s)
+    units = cell_units(s)
     if ex.empty:
         tasks, present, sc, ce = sorted(s["task"].unique()), [], {}, {}
         has_ce = bool(np.isfinite(s["cross_entropy"].to_numpy(np.float64)).all())
     else:
-        tasks, present, sc, ce = _matrices(s, ex, units, split)
+        tasks, present, sc, ce = example_matrices(s, ex, units, split)
         # cross-entropy where every example has one: a metric-only evaluation leaves it NaN, and
         # `all/ce` then has no interval
         has_ce = all(np.isfinite(ce[t]).all() for t in tasks)
