@@ -154,7 +154,7 @@ def draw_histograms(run_dir: Path, expected: set[str], closed: threading.Event, 
         update = news()
         if update:
             levels = {m: lv for m, lv in histogram_levels(cells, set(update[-1])).items() if m in levels}
-        done = _done(store)
+        done = store.done()
         for method in list(levels):
             ids = _histogram_ids(store, levels[method], done, final=last)
             if ids is None:
@@ -167,15 +167,6 @@ def draw_histograms(run_dir: Path, expected: set[str], closed: threading.Event, 
         if last:
             return {name: path for method in sorted(drawn) for name, path in drawn[method].items()}
         closed.wait(POLL_S)
-
-
-def _done(store: CellStore) -> set[str]:
-    """The done cells (as CellStore.done, from one directory listing)."""
-    try:
-        names = os.listdir(store.cells_dir)
-    except FileNotFoundError:
-        return set()
-    return {n[:-8] for n in names if _is_table(n)}
 
 
 def _is_table(name: str) -> bool:
