@@ -222,3 +222,30 @@ def test_a_signal_swallowed_by_a_finalizer_is_raised_again():
             time.sleep(5)  # reached only if the signal was lost
             pytest.fail("the signal raised in the finalizer was lost")
     assert fired == [signal.SIGTERM]
+
+
+def test_tune_interrupted_line_finds_a_journal_storage(tmp_path, monkeypatch):
+    """The interrupted line reads the storage the run used, whatever its kind: an absolute
+    ``journal:///`` path (its leading slash is part of the path) with one finished trial is found
+    and counted; a journal file that is not there is not created by the look."""
+    import optuna
+
+    from evomerge.cli import _common
+    from evomerge.cli.tune import interrupted_message
+    from evomerge.config import load_config
+    from evomerge.pipelines.tune.storage import local_storage_path, open_storage
+
+    monkeypatch.chdir(tmp_path / "..")  # a relative reading of the path would look elsewhere
+    monkeypatch.setattr(_common, "ARGV", ["tune", "--out", str(tmp_path / "out")])
+    cfg = load_config(None)
+    url = f"journal://{tmp_path / 'study.log'}"
+    assert local_storage_path(url) == tmp_path / "study.log"
+    assert local_storage_path("sqlite:///:memory:") is None and local_storage_path("postgresql://h/db") is None
+    study = optuna.create_study(study_name=cfg.tune.study_name, storage=open_storage(url))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    line = interrupted_message(cfg, url, None, tmp_path / "out")
+    assert f"keeps its 1 finished trial(s)); resume with: evomerge tune --out {tmp_path / 'out'} --resume" in line, line
+    missing = f"journal://{tmp_path / 'none.log'}"
+    assert interrupted_message(cfg, missing, None, tmp_path / "out").startswith(
+        f"interrupted: evomerge tune stopped before study `{cfg.tune.study_name}` was created")
+    assert not (tmp_path / "none.log").exists()

@@ -46,7 +46,7 @@ def interrupted_message(cfg, storage: Optional[str], study_name: Optional[str], 
     import optuna
 
     from evomerge.cli._common import command_line
-    from evomerge.pipelines.tune.storage import open_storage, resolve_storage_url, shown_url
+    from evomerge.pipelines.tune.storage import local_storage_path, open_storage, resolve_storage_url, shown_url
 
     again = "nothing to resume (run it again)"
     if cfg is None:
@@ -55,8 +55,8 @@ def interrupted_message(cfg, storage: Optional[str], study_name: Optional[str], 
     resume = f"resume with: {command_line(resume=True)}"
     try:
         url = resolve_storage_url(storage, cfg.tune.storage, out)
-        path = url.split(":///", 1)[1] if url.startswith(("sqlite:///", "journal:///")) else None
-        if path is not None and not Path(path).is_file():
+        path = local_storage_path(url)
+        if path is not None and not path.is_file():
             return f"interrupted: evomerge tune stopped before study `{name}` was created; {again}"
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         store = open_storage(url)

@@ -79,6 +79,18 @@ def _journal_path(url: str) -> str | None:
     return None
 
 
+def local_storage_path(url: str) -> Path | None:
+    """The file a local storage names (SQLite's database, Optuna's journal), else None (a
+    database server, or SQLite in memory)."""
+    journal = _journal_path(url)
+    if journal is not None:
+        return Path(journal).expanduser()
+    if url.startswith("sqlite"):
+        db = url.split(":///", 1)[-1]
+        return Path(db) if db and db != ":memory:" else None
+    return None
+
+
 def postgres_driver(url: str) -> str:
     """Name a PostgreSQL driver that is installed: SQLAlchemy 2.1 defaults to psycopg 3, while
     evomerge's ``postgres`` extra installs psycopg2."""
@@ -109,9 +121,9 @@ def open_storage(url: str):
         )
     engine_kwargs: dict = {}
     if url.startswith("sqlite"):
-        db = url.split(":///", 1)[-1]
-        if db and db != ":memory:" and not Path(db).parent.is_dir():
-            raise ConfigError(f"Optuna storage `{shown}`: directory {Path(db).parent} does not exist")
+        db = local_storage_path(url)
+        if db is not None and not db.parent.is_dir():
+            raise ConfigError(f"Optuna storage `{shown}`: directory {db.parent} does not exist")
         engine_kwargs = {"connect_args": {"timeout": 60}}  # several processes may write at once
     elif url.startswith(("postgresql", "postgres")):
         url = postgres_driver(url)
