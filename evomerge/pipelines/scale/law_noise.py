@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from evomerge.evaluation.bootstrap import paired_se
-from evomerge.pipelines.scale.noise import TARGETS, cell_units, example_matrices
+from evomerge.pipelines.scale.noise import TARGETS, cell_units, example_matrices, union_mask
 
 SPLIT = "validation"
 
@@ -35,10 +35,7 @@ def law_step_ses(scores: pd.DataFrame, examples: pd.DataFrame | None, m: int) ->
     tasks, present, sc, ce = example_matrices(s, ex, units, SPLIT)
     pos = {unit: i for i, unit in enumerate(present)}
     has_ce = all(np.isfinite(ce[t]).all() for t in tasks)
-    subset = s.groupby(["cell", "rht", "task"])["in_subset"].first()
-    own = subset.reindex(pd.MultiIndex.from_arrays([
-        np.repeat(units["cell"].to_numpy()[present], len(tasks)), np.repeat(units["rht"].to_numpy()[present], len(tasks)),
-        np.tile(tasks, len(present))])).fillna(False).to_numpy(bool).reshape(len(present), len(tasks))
+    union = union_mask(s, units, present, tasks)
     out: dict[tuple[str, bool, str], list[float]] = {}
     for (method, rht), g in units.groupby(["method", "rht"], sort=True):
         ks = sorted(int(k) for k in g["k"].unique())
@@ -56,12 +53,10 @@ def law_step_ses(scores: pd.DataFrame, examples: pd.DataFrame | None, m: int) ->
         pairs = [(j + 1, j) for j in range(len(ks) - 1)]
         ok = [complete[i] and complete[j] for i, j in pairs]
         use = np.array([p if c else np.ones(len(present)) for p, c in zip(pts, complete)])  # placeholders, dropped
-        for target, col, union in TARGETS:
+        for target, col, in_union in TARGETS:
             if col == "cross_entropy" and not has_ce:
                 continue
-            mask = np.ones((len(present), len(tasks)), bool)
-            if union:
-                mask = own | ~own.any(axis=1, keepdims=True)
+            mask = union if in_union else np.ones((len(present), len(tasks)), bool)
             ses = paired_se(sc if col == "score" else ce, mask, use, pairs)
             out[(str(method), bool(rht), target)] = [float(v) if c else float("nan") for v, c in zip(ses, ok)]
     return out

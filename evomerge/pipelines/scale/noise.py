@@ -156,6 +156,17 @@ def example_matrices(s: pd.DataFrame, ex: pd.DataFrame, units: pd.DataFrame, spl
     return tasks, present, sc, ce
 
 
+def union_mask(s: pd.DataFrame, units: pd.DataFrame, present: list, tasks: list) -> np.ndarray:
+    """``(len(present), len(tasks))``: the tasks that count in each unit's ``union`` value (its
+    merged experts' tasks); a unit without any (the base model) keeps every task."""
+    subset = s.groupby(["cell", "rht", "task"])["in_subset"].first()
+    u = len(present)
+    cells, rhts = units["cell"].to_numpy()[present], units["rht"].to_numpy()[present]
+    own = subset.reindex(pd.MultiIndex.from_arrays([np.repeat(cells, len(tasks)), np.repeat(rhts, len(tasks)),
+                                                    np.tile(tasks, u)])).fillna(False).to_numpy(bool).reshape(u, len(tasks))
+    return own | ~own.any(axis=1, keepdims=True)
+
+
 def _split_noise(s, ex, fitness, split, replicates, seed, level):
     """The split's points: an interval for each point all of whose cells have their examples;
     a row without one (``low``/``high`` NaN) for a point some of whose cells lack them (a run
@@ -173,8 +184,6 @@ def _split_noise(s, ex, fitness, split, replicates, seed, level):
     u = len(present)
     # one bootstrap of the task means, rows 0..u-1 the units' scores, u..2u-1 their cross-entropy
     n_rows = 2 * u if has_ce else u
-    cells, rhts = units["cell"].to_numpy()[present], units["rht"].to_numpy()[present]
-    subset = s.groupby(["cell", "rht", "task"])["in_subset"].first()
     pos = {unit: i for i, unit in enumerate(present)}
     means = (task_means({t: np.vstack([sc[t], ce[t]]) if has_ce else sc[t] for t in tasks}, replicates=replicates,
                         seed=seed, stream=(split,)) if u else None)
@@ -184,10 +193,7 @@ def _split_noise(s, ex, fitness, split, replicates, seed, level):
             continue
         mask = np.ones((n_rows, len(tasks)), bool)
         if union and u:  # a cell's own tasks; a cell without any (the base model) is in no `union` point
-            own = subset.reindex(pd.MultiIndex.from_arrays([np.repeat(cells, len(tasks)), np.repeat(rhts, len(tasks)),
-                                                            np.tile(tasks, u)])).fillna(False).to_numpy(bool)
-            own = own.reshape(u, len(tasks))
-            mask[:u] = own | ~own.any(axis=1, keepdims=True)
+            mask[:u] = union_mask(s, units, present, tasks)
         pts, tkeys = [], []
         for (method, rht, k), g in units.groupby(["method", "rht", "k"], sort=True):
             if union and method == "base":
