@@ -158,8 +158,9 @@ def _finished(url, name="evomerge", states=("COMPLETE",)):
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)])
 def test_tune_interrupted_keeps_its_trials_and_resumes(tmp_path, small_zoo, sig, code):
     """Signalled once the study holds two finished trials: the line counts what the storage
-    keeps, no trial is left RUNNING (the one in flight is recorded as failed, and counts toward
-    --n-trials as any failed trial does), and the printed resume completes the study."""
+    keeps, no trial is left RUNNING (the one in flight is recorded as failed and enqueued again
+    with its parameters), and the printed resume runs that trial first and completes the study
+    with --n-trials finished trials besides it."""
     cfg = tmp_path / "tune.yaml"
     cfg.write_text(yaml.safe_dump(TUNE))
     out = tmp_path / "tune"
@@ -173,13 +174,21 @@ def test_tune_interrupted_keeps_its_trials_and_resumes(tmp_path, small_zoo, sig,
     assert line == (f"interrupted: evomerge tune (study `evomerge` in {url} keeps its {done} finished trial(s)); "
                     f"resume with: {shlex.join(['evomerge', *args, '--resume'])}")
     assert _finished(url, states=("RUNNING",)) == []
-    failed = _finished(url, states=("FAIL",))  # the trial in flight: failed, and counted in the budget
-    assert len(failed) <= 1
+    failed = _finished(url, states=("FAIL",))  # the trial in flight: failed, its parameters enqueued again
+    waiting = _finished(url, states=("WAITING",))
+    assert len(failed) <= 1 and len(waiting) == len(failed)
+    for f, w in zip(failed, waiting):
+        assert f.user_attrs["error"].startswith("interrupted") and w.params == f.params
+        assert w.system_attrs["retry_history"] == [f.number]
     again = start(*_resume_args(line))
     _, err = again.communicate(timeout=600)
     assert again.returncode == 0, err[-3000:]
-    assert len(_finished(url)) == 6 - len(failed)
-    assert len(_finished(url, states=("COMPLETE", "FAIL", "PRUNED"))) == 6
+    assert len(_finished(url)) == 6  # the cut trial does not count toward --n-trials
+    for w in waiting:  # the retry ran, on the parameters the cut trial had drawn (if any: it may
+        # have been cut before its first suggestion)
+        rerun = next(t for t in _finished(url, states=("COMPLETE", "FAIL", "PRUNED")) if t.number == w.number)
+        assert rerun.state.name == "COMPLETE" and w.params.items() <= rerun.params.items()
+    assert len(_finished(url, states=("COMPLETE", "FAIL", "PRUNED"))) == 6 + len(failed)
     assert (out / "trials.parquet").is_file()
 
 

@@ -82,3 +82,49 @@ def test_killed_trial_is_failed_retried_and_the_sampler_continues(tmp_path, kind
     # Reseeding with the old seed would have repeated trial 0 (the defect this guards against).
     fresh = optuna.create_study(sampler=make_sampler("random", 7))
     assert fresh.ask().suggest_float("x", 0.0, 1.0) == first_x
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_interrupted_trial_is_retried_and_not_counted(tmp_path, kind) -> None:
+    """Ctrl-C (KeyboardInterrupt) in trial 2: Optuna records it FAIL; run_study marks it
+    interrupted and enqueues its parameters, so it does not count toward the budget and the
+    resumed study runs it first, then only the trials still missing."""
+    url = f"sqlite:///{tmp_path}/s.db" if kind == "sqlite" else f"journal://{tmp_path}/s.log"
+    kw = dict(sampler=make_sampler("random", 3), pruner=make_pruner("none", 1), shown_url=url)
+    seen: dict[int, float] = {}
+
+    def objective(trial):
+        x = trial.suggest_float("x", 0.0, 1.0)
+        seen[trial.number] = x
+        if trial.number == 2 and len(seen) == 3:
+            raise KeyboardInterrupt
+        return x
+
+    study = open_study(open_storage(url), "s", "fp", resume=False, **kw)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(study, recording_errors(objective), n_trials=5, timeout=None)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "WAITING"]
+    assert trials[2].user_attrs["error"].startswith("interrupted")
+    assert trials[3].params == {"x": seen[2]} and trials[3].system_attrs["retry_history"] == [2]
+    assert n_finished(study) == 2  # the cut trial is not a finished one
+
+    again = open_study(open_storage(url), "s", "fp", resume=True, **kw)
+    assert run_study(again, recording_errors(objective), n_trials=5, timeout=None) == 3
+    trials = again.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL"] + ["COMPLETE"] * 3
+    assert trials[3].value == seen[2]  # the retry ran first, on the cut trial's parameters
+    assert n_finished(again) == 5
+
+
+def test_a_trial_finished_before_the_interrupt_is_not_retried(tmp_path) -> None:
+    """An interrupt that lands between trials (here: in a callback after trial 0 completed)
+    leaves nothing to retry."""
+    from evomerge.pipelines.tune.study import retry_interrupted
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = open_study(open_storage(url), "s", "fp", resume=False, sampler=make_sampler("random", 3),
+                       pruner=make_pruner("none", 1), shown_url=url)
+    study.optimize(_objective, n_trials=1)
+    assert retry_interrupted(study, study.trials[0]._trial_id) is False
+    assert [t.state.name for t in study.get_trials(deepcopy=False)] == ["COMPLETE"]

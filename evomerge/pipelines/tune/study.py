@@ -10,7 +10,8 @@ heartbeats (a trial whose worker stopped beating for the grace period), and, for
 journal files, also by :func:`sweep_dead_trials` when a worker opens the study and after each of
 its trials (a RUNNING trial whose worker process on this machine is gone, or one that no worker
 claimed: a worker killed between creating a trial and recording itself on it). A failed trial that was retried does not count
-toward the budget. A resumed worker's sampler is seeded from the run seed, the worker index
+toward the budget; nor does a trial cut by Ctrl-C or SIGTERM, which is retried the same way
+(:func:`retry_interrupted`). A resumed worker's sampler is seeded from the run seed, the worker index
 and the number of trials already in the study (:func:`sampler_seed`), so it continues with new
 parameters instead of repeating trial 0's.
 """
@@ -26,6 +27,7 @@ FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 WORKER_ATTR = "worker"  # host:pid of the process running the trial
 WORKER_START_ATTR = "worker_start"  # that process's start time (tells a reused pid apart)
 MAX_RETRY = 2
+INTERRUPTED = "interrupted (Ctrl-C or SIGTERM); retried on resume"  # the ``error`` of a trial an interrupt cut
 # a live worker records itself on the trial it created within milliseconds; a RUNNING trial still
 # unclaimed after this long was created by a worker that died in between
 UNCLAIMED_AFTER_S = 10.0
@@ -199,10 +201,12 @@ def run_study(study, objective: Callable, *, n_trials: int, timeout: float | Non
     if remaining <= 0:
         return 0
     ran = 0
+    current: list[int] = []  # the trial this worker runs now
 
     def counted(trial):
         nonlocal ran
         ran += 1
+        current[:] = [trial._trial_id]
         return objective(trial)
 
     def budget(study, trial) -> None:  # the study's budget, shared with the other workers
@@ -210,16 +214,39 @@ def run_study(study, objective: Callable, *, n_trials: int, timeout: float | Non
         if n_finished(study) >= n_trials:
             study.stop()
 
-    study.optimize(
-        counted,
-        n_trials=remaining + 2 * MAX_RETRY,  # retried trials run on top; ``budget`` stops the loop
-        timeout=timeout,
-        catch=(Exception,),
-        callbacks=[budget, *([_trial_logger(log)] if log else [])],
-        gc_after_trial=True,
-        show_progress_bar=False,
-    )
+    try:
+        study.optimize(
+            counted,
+            n_trials=remaining + 2 * MAX_RETRY,  # retried trials run on top; ``budget`` stops the loop
+            timeout=timeout,
+            catch=(Exception,),
+            callbacks=[budget, *([_trial_logger(log)] if log else [])],
+            gc_after_trial=True,
+            show_progress_bar=False,
+        )
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (the CLI's Terminated)
+        if current:
+            retry_interrupted(study, current[0])
+        raise
     return ran
+
+
+def retry_interrupted(study, trial_id: int) -> bool:
+    """A trial cut by an interrupt says nothing about its parameters: Optuna has recorded it as
+    FAIL (:func:`recording_errors` noted why); enqueue its parameters again, so a resumed study runs it first and it does
+    not count toward the budget. True when it was re-enqueued."""
+    import optuna
+
+    storage = study._storage
+    try:
+        trial = storage.get_trial(trial_id)
+        if trial.state != optuna.trial.TrialState.FAIL:  # it had finished before the interrupt
+            return False
+        before = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+        retry_callback()(study, storage.get_trial(trial_id))
+        return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))) > before
+    except Exception:  # the storage is unreachable: the trial stays a plain failure
+        return False
 
 
 def _trial_logger(log: Callable[[str], None]):
@@ -233,7 +260,9 @@ def _trial_logger(log: Callable[[str], None]):
 
 def recording_errors(objective: Callable) -> Callable:
     """Wrap ``objective`` so a crash is stored on the trial (user attr ``error``) before Optuna marks it
-    failed; every trial also records which worker ran it (``worker`` = host:pid)."""
+    failed (an interrupt: :data:`INTERRUPTED`); every trial also records which worker ran it
+    (``worker`` = host:pid)."""
+    import contextlib
     import os
     import socket
 
@@ -242,11 +271,15 @@ def recording_errors(objective: Callable) -> Callable:
     start = _process_start(os.getpid()) or ""
 
     def wrapped(trial):
-        trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
-        trial.set_user_attr(WORKER_START_ATTR, start)
         try:
+            trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
+            trial.set_user_attr(WORKER_START_ATTR, start)
             return objective(trial)
         except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:  # Ctrl-C / SIGTERM: noted while the trial can still be written
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("error", INTERRUPTED)
             raise
         except Exception as err:
             trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:2000])
