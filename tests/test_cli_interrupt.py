@@ -86,6 +86,21 @@ def test_command_without_a_resume_gets_the_generic_line(tmp_path, small_zoo):
     assert line == "interrupted: evomerge evaluate stopped before it finished; nothing to resume (run it again)"
 
 
+# -------------------------------------------------------------------------------------------- zoo
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)])
+def test_zoo_build_with_workers_stops_its_workers(tmp_path, sig, code):
+    """``zoo build --workers 2`` signalled as its forked workers start training: the command
+    stops at once (it waited for the experts in training before: 9 s here, tens of seconds on
+    the default profile), no worker outlives it, no folder is left."""
+    out = tmp_path / "zoo"
+    proc = start("zoo", "build", "--profile", "small", "--workers", "2", "--out", str(out))
+    seen, seconds, _, err = interrupt(proc, sig, lambda seen: len(seen) >= 2, poll=0.05)
+    line = check_stopped(proc, seen, seconds, err, code, tmp_path)
+    assert seconds < 5.0, (seconds, err)  # a small expert trains for about 9 s
+    assert line == "interrupted: evomerge zoo build stopped before it finished; nothing to resume (run it again)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither the zoo nor its temporary folder
+
+
 # ----------------------------------------------------------------------------------------- evolve
 EVOLVE = {"evaluation": {"max_samples": 8, "batch_size": 8, "tasks": ["rev_digits", "sort_digits"]},
           "genome": {"population": 3, "generations": 4, "early_stop_iter": 100, "space": "ab"}}
