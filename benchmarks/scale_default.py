@@ -10,6 +10,12 @@ phase (start-up and analysis, searches, cells, report), the phases read off the 
 times (first / last search result, first / last cell file, report.md), and the tail's steps
 (``tail``: when each of the report's files was written, seconds since the last cell file and
 since start) and the utilisation of the first ``--head`` seconds in 1 s steps (``head``).
+
+"All cores busy" is read two ways: ``run_utilisation`` (the run's own process tree: CPU
+seconds / (wall x cores)) and ``machine_busy`` (the cores not idle, from /proc/stat, whoever
+used them: the run, this sampler, whose own CPU is ``harness_cpu_s``, or other work), with
+``idle_windows``: every 1 s window with more than 0.2 cores idle. Windows interpolate the
+cumulative readings between samples (:func:`at`).
 """
 
 from __future__ import annotations
@@ -70,36 +76,69 @@ def file_marks(out: str, t0: float, names: list[str]) -> dict[str, float]:
     return marks
 
 
+def at(timeline: list[tuple[float, float]], t: float) -> float:
+    """A cumulative reading at time ``t``, linear between samples. (Taking the last sample
+    before ``t`` instead made short windows alias with the sampling period: samples about
+    0.254 s apart put one interval instead of two in a 0.5 s window every ~17 s, a false
+    periodic "dip" to 1 core with its surplus in the neighbouring window.)"""
+    import bisect
+
+    if not timeline:
+        return 0.0
+    i = bisect.bisect_right([s for s, _ in timeline], t)
+    if i == 0:
+        return timeline[0][1] * t / timeline[0][0] if timeline[0][0] > 0 else 0.0
+    if i == len(timeline):
+        return timeline[-1][1]
+    (s0, c0), (s1, c1) = timeline[i - 1], timeline[i]
+    return c0 + (c1 - c0) * (t - s0) / (s1 - s0) if s1 > s0 else c1
+
+
 def window(timeline: list[tuple[float, float]], a: float, b: float, cores: int, step: float = 1.0) -> list[list[float]]:
     """Utilisation of the cores in [a, b) in ``step`` s windows: ``[start, cores busy]`` rows."""
-    def cpu_at(t: float) -> float:
-        before = [c for s, c in timeline if s <= t]
-        return before[-1] if before else 0.0
-
     rows, t = [], a
     while t + step <= b + 1e-9:
-        rows.append([round(t, 2), round((cpu_at(t + step) - cpu_at(t)) / step, 2)])
+        rows.append([round(t, 2), round((at(timeline, t + step) - at(timeline, t)) / step, 2)])
         t += step
     return rows
 
 
-def phases(out: str, t0: float, wall: float, timeline: list[tuple[float, float]], cores: int) -> list[dict]:
-    """Utilisation of the run's process tree between consecutive phase marks."""
+def phases(out: str, t0: float, wall: float, timeline: list[tuple[float, float]], cores: int,
+           idle: list[tuple[float, float]] | None = None) -> list[dict]:
+    """Utilisation of the run's process tree between consecutive phase marks, and (``idle``:
+    the machine's idle CPU seconds so far, from /proc/stat) how busy the machine's cores were."""
     marks = _marks(out, t0)
     edges = [("start", 0.0)] + sorted(marks.items(), key=lambda kv: kv[1]) + [("end", wall)]
-
-    def cpu_at(t: float) -> float:
-        before = [c for s, c in timeline if s <= t]
-        return before[-1] if before else 0.0
-
     rows = []
     for (a, ta), (b, tb) in zip(edges, edges[1:]):
         if tb - ta < 1:
             continue
-        cpu = cpu_at(tb) - cpu_at(ta)
-        rows.append({"from": a, "to": b, "seconds": round(tb - ta, 1), "cpu_s": round(cpu, 1),
-                     "utilisation": round(cpu / ((tb - ta) * cores), 3)})
+        cpu = at(timeline, tb) - at(timeline, ta)
+        row = {"from": a, "to": b, "seconds": round(tb - ta, 1), "cpu_s": round(cpu, 1),
+               "utilisation": round(cpu / ((tb - ta) * cores), 3)}
+        if idle:
+            row["machine_busy"] = round(1 - (at(idle, tb) - at(idle, ta)) / ((tb - ta) * cores), 3)
+        rows.append(row)
     return rows
+
+
+def reaped_cpu_s() -> float:
+    """CPU seconds of this process's reaped children and their reaped descendants."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def machine_idle_s() -> float | None:
+    """Idle CPU seconds of the machine since boot, all cores (idle + iowait in /proc/stat;
+    None where there is no /proc/stat)."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = fh.readline().split()
+    except OSError:
+        return None
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
@@ -122,6 +161,8 @@ def main() -> int:
     child = subprocess.Popen(cmd)
     proc = psutil.Process(child.pid)
     timeline: list[tuple[float, float]] = []  # (seconds since start, CPU seconds of the tree so far)
+    idle0 = machine_idle_s()
+    idle: list[tuple[float, float]] = []  # (seconds since start, machine idle CPU seconds since start)
     interrupted = False
     while child.poll() is None:
         if args.stop_after is not None and not interrupted and time.time() - t0 >= args.stop_after:
@@ -135,6 +176,8 @@ def main() -> int:
             child.send_signal(signal.SIGTERM)
         _tree_cpu(proc, seen)
         timeline.append((time.time() - t0, sum(seen.values())))
+        if idle0 is not None:
+            idle.append((timeline[-1][0], machine_idle_s() - idle0))
         loads.append(os.getloadavg()[0])
         machine.append(psutil.cpu_percent(None))
         time.sleep(args.interval)
@@ -149,11 +192,18 @@ def main() -> int:
         "loadavg_1min_mean": round(sum(loads) / max(1, len(loads)), 2), "loadavg_1min_max": round(max(loads, default=0), 2),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "interval_s": args.interval,
-        "phases": phases(args.out, t0, wall, timeline, cores),
+        # the machine's cores: busy = not idle, whoever used them (the run, this harness, others)
+        "machine_busy": round(1 - at(idle, wall) / (wall * cores), 4) if idle else None,
+        "harness_cpu_s": round(time.process_time(), 1),  # this sampler's own CPU (not the run's)
+        # every reaped descendant's CPU, short-lived ones too (sampling misses a process that
+        # starts and ends between two samples); processes left to init are not in it
+        "run_cpu_s_rusage": round(reaped_cpu_s(), 1),
+        "phases": phases(args.out, t0, wall, timeline, cores, idle),
         "head": window(timeline, 0.0, args.head, cores),
         "head_files": file_marks(args.out, t0, HEAD_FILES),
         "tail_files": file_marks(args.out, t0, TAIL_FILES),
         "tail": window(timeline, _marks(args.out, t0).get("last_cell_done", wall), wall, cores, step=0.5),
+        "idle_windows": [r for r in window(idle, 0.0, wall, cores) if r[1] > 0.2],  # 1 s with > 0.2 cores idle
         "timeline": [[round(t, 1), round(c, 1)] for t, c in timeline],  # (s since start, tree CPU s so far)
     }
     os.makedirs(args.out, exist_ok=True)

@@ -67,6 +67,11 @@ class RayCellRunner:
         LIVE.add(self)
         return self
 
+    @property
+    def in_flight(self) -> int:
+        """Cells sent to the actors and not yet yielded by :meth:`run`."""
+        return len(getattr(self, "_running", ()))
+
     def __exit__(self, *exc) -> None:
         from evomerge.distributed.cluster import release
 
@@ -75,7 +80,9 @@ class RayCellRunner:
         self.actors, self._pg, self._started_ray = [], None, False
 
     def run(self, cells: Sequence[Cell]) -> Iterator[tuple[Cell, CellOutput]]:
-        """Yield ``(cell, output)`` as cells finish; at most one cell in flight per actor."""
+        """Yield ``(cell, output)`` as cells finish; at most one cell in flight per actor. An
+        actor gets its next cell before the finished one is yielded, so it computes while the
+        caller writes the result (it sat idle for that time before)."""
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
@@ -83,10 +90,15 @@ class RayCellRunner:
         attempts: dict[str, int] = {}
         idle = list(self.actors)
         running: dict = {}
-        while todo or running:
+        self._running = running  # (``in_flight`` reads it)
+
+        def dispatch() -> None:
             while idle and todo:
                 cell, actor = todo.pop(), idle.pop(0)
                 running[actor.run.remote(cell)] = (cell, actor)
+
+        while todo or running:
+            dispatch()
             done, _ = ray.wait(list(running), num_returns=1)
             ref = done[0]
             cell, actor = running.pop(ref)
@@ -105,6 +117,7 @@ class RayCellRunner:
                     raise cause from None
                 raise
             idle.append(actor)
+            dispatch()
             yield cell, out
 
 
