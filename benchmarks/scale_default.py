@@ -122,14 +122,6 @@ def phases(out: str, t0: float, wall: float, timeline: list[tuple[float, float]]
     return rows
 
 
-def reaped_cpu_s() -> float:
-    """CPU seconds of this process's reaped children and their reaped descendants."""
-    import resource
-
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
 def machine_idle_s() -> float | None:
     """Idle CPU seconds of the machine since boot, all cores (idle + iowait in /proc/stat;
     None where there is no /proc/stat)."""
@@ -195,9 +187,6 @@ def main() -> int:
         # the machine's cores: busy = not idle, whoever used them (the run, this harness, others)
         "machine_busy": round(1 - at(idle, wall) / (wall * cores), 4) if idle else None,
         "harness_cpu_s": round(time.process_time(), 1),  # this sampler's own CPU (not the run's)
-        # every reaped descendant's CPU, short-lived ones too (sampling misses a process that
-        # starts and ends between two samples); processes left to init are not in it
-        "run_cpu_s_rusage": round(reaped_cpu_s(), 1),
         "phases": phases(args.out, t0, wall, timeline, cores, idle),
         "head": window(timeline, 0.0, args.head, cores),
         "head_files": file_marks(args.out, t0, HEAD_FILES),
