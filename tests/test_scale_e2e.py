@@ -268,3 +268,23 @@ def test_rerun_skips_everything_and_config_change_is_refused(run):
     changed = cfg.model_copy(update={"seed": 5})
     with pytest.raises(OutputExistsError, match="different config"):
         run_scale(changed, out, zoo=zoo, progress=False)
+
+
+def test_scaling_fit_rows_say_what_each_law_reads(run):
+    """Every row of report.md's scaling-law table ends with its reading, as the fit's numbers
+    in scaling_fits.parquet say: A < 0 rises (more experts hurt), b on either end of its range
+    is flagged, R^2 < 0.5 is a poor fit."""
+    out, _ = run
+    fits = pq.read_table(out / "tables" / "scaling_fits.parquet").to_pandas()
+    md = (out / "report.md").read_text()
+    section = md.split("## Scaling-law fits", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == len(fits)
+    for cells, (_, f) in zip(rows, fits.iterrows()):
+        assert cells[0] == f"| {f['method']}" and cells[1] == f["target"]
+        want = ["rises" if f["A"] < 0 else "falls"]
+        if abs(f["b"] - 0.05) < 1e-6 or abs(f["b"] - 4.0) < 1e-6:
+            want.append("b at bound")
+        if f["r2"] < 0.5:
+            want.append("poor fit")
+        assert cells[-1] == ", ".join(want) + " |"

@@ -70,3 +70,24 @@ def test_fit_validation():
         fit_scaling_law([1, 1, 2], [1.0, 1.1, 0.9])
     with pytest.raises(ConfigError, match="same length"):
         fit_scaling_law([1, 2, 3], [1.0])
+
+
+def test_report_reading_of_fits():
+    """The report's words for a fit: a loss falling as 1 + 2/k 'falls'; one growing with k
+    'rises'; a curve that drops at once and is flat after (best b beyond the range) has b at
+    its bound."""
+    from evomerge.pipelines.scale.report_md import fit_reading
+    from evomerge.theory.scaling_law import B_BOUNDS
+
+    k = np.arange(1, 9, dtype=float)
+
+    def reading(y):
+        f = fit_scaling_law(k, y)
+        return fit_reading({"A": f.A, "b": f.b, "r2": f.r2, "n_params": f.n_params})
+
+    assert reading(1 + 2 / k) == "falls"
+    assert reading(1 + 0.1 * k).startswith("rises")
+    flat = np.where(k == 1, 2.0, 1.0)  # all the gain at the second expert: a step, b -> infinity
+    assert fit_scaling_law(k, flat).b == pytest.approx(B_BOUNDS[1])
+    assert "b at bound" in reading(flat)
+    assert fit_reading({"A": 0.3, "b": 1.0, "r2": 0.2}) == "falls, poor fit"

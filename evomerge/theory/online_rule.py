@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from evomerge.errors import ConfigError, EvomergeError
-from evomerge.theory.scaling_law import ScalingFit, fit_scaling_law
+from evomerge.theory.scaling_law import B_BOUNDS, ScalingFit, fit_scaling_law
 
 
 def gain_scale(first: float, base: float | None) -> float:
@@ -150,7 +150,7 @@ class LawPeak:
 
 
 def law_peak(ks: Sequence[float], losses: Sequence[float], *, m: int, tol: float, k_cap: int,
-             b_fixed: float | None = LAW_B, b_bounds: tuple[float, float] = (0.05, 4.0)) -> LawPeak:
+             b_fixed: float | None = LAW_B, b_bounds: tuple[float, float] = B_BOUNDS) -> LawPeak:
     """Fit the law on the points with k <= m; the predicted peak is the first k whose next expert
     gains less than ``tol`` (a fit whose loss does not fall predicts the smallest measured k).
     ``b_fixed``: the exponent held there (``L_inf, A`` fitted); None: fitted within ``b_bounds``."""

@@ -24,6 +24,9 @@ from evomerge.errors import ConfigError
 Transform = Literal["loss", "one_minus", "negate"]
 
 
+B_BOUNDS = (0.05, 4.0)  # the exponent b is fitted within these (a fit at either end: the law's shape is not pinned down)
+
+
 @dataclass(frozen=True)
 class ScalingFit:
     L_inf: float
@@ -144,7 +147,7 @@ def fit_scaling_law(
     L: Sequence[float],
     weights: Sequence[float] | None = None,
     *,
-    b_bounds: tuple[float, float] = (0.05, 4.0),
+    b_bounds: tuple[float, float] = B_BOUNDS,
     transform: Transform = "loss",
     b_fixed: float | None = None,
 ) -> ScalingFit:
@@ -193,7 +196,7 @@ def fit_scaling_law(
 
 def fit_fitness_scaling(
     k: Sequence[float], fitness: Sequence[float], weights: Sequence[float] | None = None,
-    *, transform: Literal["one_minus", "negate"] = "one_minus", b_bounds: tuple[float, float] = (0.05, 4.0),
+    *, transform: Literal["one_minus", "negate"] = "one_minus", b_bounds: tuple[float, float] = B_BOUNDS,
 ) -> ScalingFit:
     """Fit a rising fitness curve by fitting the loss-like ``1 - fitness`` (for scores in
     [0, 1]) or ``-fitness``. ``k_for_target`` and ``predict`` then work in that loss space;

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from evomerge.theory.scaling_law import B_BOUNDS
+
 
 def _fmt(x: Any, nd: int = 3) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
@@ -299,16 +301,32 @@ def _peaks_section(s, pk_all, pk_union) -> list[str]:
 def _fits_section(s) -> list[str]:
     if not s["scaling_fits"]:
         return []
+    lo, hi = B_BOUNDS
     L = ["## Scaling-law fits", "", "`L(k) = L_inf + A / k^b` on the loss (minus the metric, or cross-entropy), every "
          "seed a point; n = points, distinct k, parameters fitted (a deterministic method repeats one value per k: "
-         "only its distinct k inform the fit).", "",
-         "| method | target | points | L_inf | A | b | R^2 | n (k, params) |", "|---|---|---|---|---|---|---|---|"]
+         f"only its distinct k inform the fit). b is fitted within [{lo:g}, {hi:g}]. Reading: `falls` (A > 0: the loss "
+         "falls with k, toward L_inf), `rises` (A < 0: the loss grows with k, so more experts hurt and L_inf is no "
+         "floor), `b at bound` (the best exponent lies outside the range: the curve's shape is not a power law "
+         "there), `poor fit` (R^2 < 0.5).", "",
+         "| method | target | points | L_inf | A | b | R^2 | n (k, params) | reading |",
+         "|---|---|---|---|---|---|---|---|---|"]
     for f in s["scaling_fits"]:
         n_k = f.get("n_k")
         shape = f" ({n_k} k, {f.get('n_params', 3)})" if n_k else ""
         L.append(f"| {f['method']} | {f['target']} | {f['points']} | {f['L_inf']:.4f} | {f['A']:.4f} | {f['b']:.2f} | "
-                 f"{f['r2']:.2f} | {f['n_points']}{shape} |")
+                 f"{f['r2']:.2f} | {f['n_points']}{shape} | {fit_reading(f)} |")
     return L + [""]
+
+
+def fit_reading(f: dict) -> str:
+    """What a fitted law says of its curve, in words (see the section's legend)."""
+    lo, hi = B_BOUNDS
+    words = ["rises" if f["A"] < 0 else "falls"]
+    if f.get("n_params", 3) == 3 and min(abs(f["b"] - lo), abs(f["b"] - hi)) < 1e-6:
+        words.append("b at bound")
+    if f["r2"] < 0.5:
+        words.append("poor fit")
+    return ", ".join(words)
 
 
 def _pairs_section(s) -> list[str]:
