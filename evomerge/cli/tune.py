@@ -41,9 +41,8 @@ def _no_interrupt_traceback() -> Iterator[None]:
 def interrupted_message(cfg, storage: Optional[str], study_name: Optional[str], out: Path) -> str:
     """What an interrupted ``evomerge tune`` leaves: the study's finished trials stay in its
     storage (the trial in flight is recorded as failed and enqueued again: ``run_study``), so
-    ``--resume`` continues it; before
-    the study exists there is nothing to resume. A local storage file that is not there is not
-    created by the look."""
+    ``--resume`` continues it; before the study exists there is nothing to resume. A local
+    storage file that is not there is not created by the look."""
     import optuna
 
     from evomerge.cli._common import command_line

@@ -9,11 +9,11 @@ and retried with the same parameters (:data:`RETRY`, at most twice): on RDB stor
 heartbeats (a trial whose worker stopped beating for the grace period), and, for SQLite and
 journal files, also by :func:`sweep_dead_trials` when a worker opens the study and after each of
 its trials (a RUNNING trial whose worker process on this machine is gone, or one that no worker
-claimed: a worker killed between creating a trial and recording itself on it). A failed trial that was retried does not count
-toward the budget; nor does a trial cut by Ctrl-C or SIGTERM, which is retried the same way
-(:func:`retry_interrupted`). A resumed worker's sampler is seeded from the run seed, the worker index
-and the number of trials already in the study (:func:`sampler_seed`), so it continues with new
-parameters instead of repeating trial 0's.
+claimed: a worker killed between creating a trial and recording itself on it). A failed trial
+that was retried does not count toward the budget; nor does a trial cut by Ctrl-C or SIGTERM,
+which is retried the same way (:func:`retry_interrupted`). A resumed worker's sampler is seeded
+from the run seed, the worker index and the number of trials already in the study
+(:func:`sampler_seed`), so it continues with new parameters instead of repeating trial 0's.
 """
 
 from __future__ import annotations
@@ -233,8 +233,8 @@ def run_study(study, objective: Callable, *, n_trials: int, timeout: float | Non
 
 def retry_interrupted(study, trial_id: int) -> bool:
     """A trial cut by an interrupt says nothing about its parameters: Optuna has recorded it as
-    FAIL (:func:`recording_errors` noted why); enqueue its parameters again, so a resumed study runs it first and it does
-    not count toward the budget. True when it was re-enqueued."""
+    FAIL (:func:`recording_errors` noted why); enqueue its parameters again, so a resumed study
+    runs it first and it does not count toward the budget. True when it was re-enqueued."""
     import optuna
 
     storage = study._storage
