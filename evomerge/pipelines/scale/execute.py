@@ -36,6 +36,7 @@ class RayCellRunner:
         self.actors: list = []
         self._pg = None
         self._started_ray = False
+        self._running: dict = {}  # the cells in flight of the current run(): ref -> (cell, actor)
 
     def __enter__(self) -> "RayCellRunner":
         import dataclasses
@@ -70,7 +71,7 @@ class RayCellRunner:
     @property
     def in_flight(self) -> int:
         """Cells sent to the actors and not yet yielded by :meth:`run`."""
-        return len(getattr(self, "_running", ()))
+        return len(self._running)
 
     def __exit__(self, *exc) -> None:
         from evomerge.distributed.cluster import release
@@ -89,8 +90,7 @@ class RayCellRunner:
         todo = list(reversed(cells))  # pop() from the end keeps the given order
         attempts: dict[str, int] = {}
         idle = list(self.actors)
-        running: dict = {}
-        self._running = running  # (``in_flight`` reads it)
+        running = self._running = {}
 
         def dispatch() -> None:
             while idle and todo:
