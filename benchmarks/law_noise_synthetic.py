@@ -24,8 +24,8 @@ on the per-example values of k <= 4 only, combined over the 3 steps as ``rms`` o
 (:func:`evomerge.theory.online_rule.step_se`). z = 0 is the rule before.
 
 Printed per (SE definition, z): over non-flat curves, within +-1 of the true peak (the
-pre-registered criterion; docs/scale.md), its paired difference from z = 0 with the
-Monte-Carlo SE of that difference, within +-1 of the measured (noisy argmax) peak, more than 2
+pre-registered criterion; docs/scale.md, "A tolerance that knows the evaluation noise"), its
+paired difference from z = 0 with the Monte-Carlo SE of that difference, within +-1 of the measured (noisy argmax) peak, more than 2
 past the true peak, the mean regret (true best value minus the true value at the predicted k,
 in units of G); over ``rising`` curves the share predicted >= 6 (the rule can still say
 "later"); over flat curves the share predicted <= 2. Then the criterion split by family.
@@ -33,7 +33,7 @@ Writes nothing.
 
 Outcome (2026-11-28, commit 290a75c): every z > 0 is worse than z = 0 on the pre-registered
 criterion (0.561 at z = 0; -0.039 to -0.178 for z = 0.5-3), so `scale.law_noise_z` stays 0;
-the table and its reading are in docs/scale.md ("A tolerance that knows the evaluation noise").
+the table is in docs/benchmarks.md ("The law's noise floor"), the reading in docs/scale.md.
 """
 
 from __future__ import annotations
