@@ -157,7 +157,8 @@ TUNE = {"seed": 0, "merge": {"method": "task_arithmetic", "params": {"lambda": 1
         "tune": {"space": {"merge.params.lambda": {"low": 0.2, "high": 1.2}}, "sampler": "random"}}
 
 
-def _finished(url, name="evomerge", states=("COMPLETE",)):
+def _trials_in(url, name="evomerge", states=("COMPLETE",)):
+    """The study's trials in ``states`` (none before the study exists)."""
     import optuna
 
     from evomerge.pipelines.tune.storage import open_storage
@@ -182,15 +183,15 @@ def test_tune_interrupted_keeps_its_trials_and_resumes(tmp_path, small_zoo, sig,
     url = f"sqlite:///{out / 'optuna.db'}"
     args = ["tune", "--config", str(cfg), "--small", "--out", str(out), "--n-trials", "6"]
     proc = start(*args)
-    seen, seconds, _, err = interrupt(proc, sig, lambda seen: len(_finished(url)) >= 2, poll=0.2)
+    seen, seconds, _, err = interrupt(proc, sig, lambda seen: len(_trials_in(url)) >= 2, poll=0.2)
     line = check_stopped(proc, seen, seconds, err, code, out)
-    done = len(_finished(url))
+    done = len(_trials_in(url))
     assert 2 <= done < 6
     assert line == (f"interrupted: evomerge tune (study `evomerge` in {url} keeps its {done} finished trial(s)); "
                     f"resume with: {shlex.join(['evomerge', *args, '--resume'])}")
-    assert _finished(url, states=("RUNNING",)) == []
-    failed = _finished(url, states=("FAIL",))  # the trial in flight: failed, its parameters enqueued again
-    waiting = _finished(url, states=("WAITING",))
+    assert _trials_in(url, states=("RUNNING",)) == []
+    failed = _trials_in(url, states=("FAIL",))  # the trial in flight: failed, its parameters enqueued again
+    waiting = _trials_in(url, states=("WAITING",))
     assert len(failed) <= 1 and len(waiting) == len(failed)
     for f, w in zip(failed, waiting):
         assert f.user_attrs["error"].startswith("interrupted") and w.params == f.params
@@ -198,12 +199,12 @@ def test_tune_interrupted_keeps_its_trials_and_resumes(tmp_path, small_zoo, sig,
     again = start(*_resume_args(line))
     _, err = again.communicate(timeout=600)
     assert again.returncode == 0, err[-3000:]
-    assert len(_finished(url)) == 6  # the cut trial does not count toward --n-trials
+    assert len(_trials_in(url)) == 6  # the cut trial does not count toward --n-trials
     for w in waiting:  # the retry ran, on the parameters the cut trial had drawn (if any: it may
         # have been cut before its first suggestion)
-        rerun = next(t for t in _finished(url, states=("COMPLETE", "FAIL", "PRUNED")) if t.number == w.number)
+        rerun = next(t for t in _trials_in(url, states=("COMPLETE", "FAIL", "PRUNED")) if t.number == w.number)
         assert rerun.state.name == "COMPLETE" and w.params.items() <= rerun.params.items()
-    assert len(_finished(url, states=("COMPLETE", "FAIL", "PRUNED"))) == 6 + len(failed)
+    assert len(_trials_in(url, states=("COMPLETE", "FAIL", "PRUNED"))) == 6 + len(failed)
     assert (out / "trials.parquet").is_file()
 
 
