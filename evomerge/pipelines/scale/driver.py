@@ -22,7 +22,7 @@ from evomerge.config.overrides import override
 from evomerge.io import write_json_atomic
 from evomerge.pipelines.scale.plan import Cell, StopRule, load_cells
 from evomerge.pipelines.scale.planning import expert_gains, make_plan
-from evomerge.pipelines.scale.rundir import check_same_plan, prepare_run_dir
+from evomerge.pipelines.scale.rundir import check_same_plan, discard_unstarted, prepare_run_dir
 from evomerge.pipelines.scale.slots import cpu_only, search_slots
 from evomerge.pipelines.scale.store import CellStore
 from evomerge.pipelines.scale.work import ScaleContext
@@ -100,7 +100,7 @@ def run_scale(
     actors while the driver scores the experts alone and plans; run the merge and pair cells
     beside the searches (CPU plans). Same results; ``False`` runs each step after the other.
     """
-    from tqdm.auto import tqdm
+    from evomerge.errors import EvomergeError
 
     t0 = time.perf_counter()
     if stop is not None and stop != cfg.scale.stop:
@@ -108,7 +108,22 @@ def run_scale(
     run_dir = Path(run_dir)
     spec = pool_spec(cfg, zoo)
     check_inputs(cfg, spec)
+    existed = run_dir.is_dir()
     resumed = prepare_run_dir(run_dir, cfg, overwrite)
+    try:
+        return _run(cfg, run_dir, spec, resumed, t0, progress=progress, analyze=analyze, report=report,
+                    on_cell_done=on_cell_done, overlap=overlap)
+    except EvomergeError:
+        if not resumed:  # refused before its first cell: no folder is left behind
+            discard_unstarted(run_dir, keep_folder=existed and not overwrite)
+        raise
+
+
+def _run(cfg: EvomergeConfig, run_dir: Path, spec: PoolSpec, resumed: bool, t0: float, *, progress: bool,
+         analyze: bool, report: bool, on_cell_done, overlap: bool) -> ScaleResult:
+    """:func:`run_scale` once its folder is ready."""
+    from tqdm.auto import tqdm
+
     ctx = make_context(cfg, spec, run_dir)
     from evomerge.distributed.cluster import disconnect
     from evomerge.pipelines.scale import interrupt as intr
@@ -329,12 +344,25 @@ def _skipped_searches(run_dir: Path) -> set[str]:
 
 
 def check_inputs(cfg: EvomergeConfig, spec: PoolSpec) -> None:
-    """Refuse what the run cannot do before any work: too few experts for the rules, Fisher /
-    RegMean without task data for an expert."""
+    """Refuse what the run cannot do before any work: your own experts or task files that cannot
+    be read or do not fit together (a zoo's files are checked against its manifest), too few
+    experts for the rules, Fisher / RegMean without task data for an expert."""
     from evomerge.errors import ConfigError
     from evomerge.pipelines.scale.plan import min_experts
     from evomerge.pipelines.scale.statistics import needed, train_files
 
+    if spec.zoo_root is None:
+        from evomerge.experts import load_pool
+        from evomerge.pipelines.scale.work import user_tasks
+
+        # headers, shapes and the shared base only: the workers check the values as they load them
+        load_pool(spec.paths, spec.base_dir, allow_bin=cfg.experts.allow_bin, names=spec.names, check_finite=False)
+        user_tasks(cfg.evaluation)
+    elif cfg.evaluation.tasks:
+        unknown = [t for t in cfg.evaluation.tasks if t not in spec.tasks]
+        if unknown:
+            raise ConfigError(f"`evaluation.tasks`: the zoo {spec.zoo_root} has no task(s) {', '.join(unknown)}; "
+                              f"its tasks: {', '.join(spec.tasks)}")
     need = min_experts(cfg.scale)
     if len(spec.names) < need:
         raise ConfigError(f"the scale experiment's stop rules need at least {need} experts (the online rule fits 3 "

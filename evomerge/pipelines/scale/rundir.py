@@ -46,6 +46,17 @@ def prepare_run_dir(run_dir: Path, cfg: EvomergeConfig, overwrite: bool) -> bool
     return False
 
 
+def discard_unstarted(run_dir: Path, keep_folder: bool = False) -> None:
+    """Remove what a new run wrote when it holds no finished cell (the run was refused): its
+    config, timings and pool analysis would only block the corrected run. ``keep_folder``: the
+    folder was there (empty) before the run, so it stays, empty."""
+    if any((run_dir / "cells").glob("*.parquet")):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    if keep_folder:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out: set[str] = set()

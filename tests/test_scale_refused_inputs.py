@@ -1,0 +1,90 @@
+"""`evomerge scale` refuses bad input with one line naming the file or key, exit code 2, and
+leaves no output folder behind (an earlier one blocked the corrected run: "holds a scale run
+with a different config"); inputs are never modified."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import pytest
+import yaml
+
+from evomerge.cli import main
+
+
+def _sha(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _user_pool(small_zoo, tmp_path, n=4, task_files=True):
+    """A config over ``n`` of the small zoo's LoRA experts, copied, as a user's own pool."""
+    experts = []
+    for task in small_zoo.tasks[:n]:
+        dst = tmp_path / "pool" / task
+        shutil.copytree(small_zoo.expert_dirs[task], dst)
+        experts.append({"path": str(dst), "name": task, "task": task})
+    data = {"experts": {"base": str(small_zoo.base_dir), "experts": experts}}
+    if task_files:
+        data["evaluation"] = {"task_files": {t: str(small_zoo.task_files(t)["validation"].parent)
+                                             for t in small_zoo.tasks[:n]}}
+    cfg = tmp_path / "scale.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    return cfg, [tmp_path / "pool" / t for t in small_zoo.tasks[:n]]
+
+
+def _refused(args, capsys):
+    code = main(["scale", *args, "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, [line for line in err if line.startswith("error:")]
+
+
+def test_a_pool_without_task_files_is_refused_and_leaves_no_folder(small_zoo, tmp_path, capsys):
+    cfg, _ = _user_pool(small_zoo, tmp_path, task_files=False)
+    out = tmp_path / "run"
+    code, errors = _refused(["--config", str(cfg), "--out", str(out)], capsys)
+    assert code == 2 and len(errors) == 1 and "evaluation.task_files" in errors[0]
+    assert not out.exists()
+
+
+def test_a_corrupt_expert_is_named_before_the_pool_size(small_zoo, tmp_path, capsys):
+    """Three experts (too few for the rules), one of them truncated: the file is named first, and
+    nothing is written or changed."""
+    cfg, dirs = _user_pool(small_zoo, tmp_path, n=3)
+    weights = dirs[1] / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    before = _sha(tmp_path / "pool")
+    out = tmp_path / "run"
+    code, errors = _refused(["--config", str(cfg), "--out", str(out)], capsys)
+    assert code == 2 and len(errors) == 1 and str(weights) in errors[0]
+    assert not out.exists() and _sha(tmp_path / "pool") == before
+
+
+def test_an_empty_out_folder_given_by_the_user_stays_empty(small_zoo, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    code, errors = _refused(["--small", "--out", str(out), "--set", "evaluation.tasks=[nope]"], capsys)
+    assert code == 2 and "evaluation.tasks" in errors[0] and "nope" in errors[0]
+    assert out.is_dir() and not any(out.iterdir())
+
+
+def test_a_refusal_after_the_folder_is_made_removes_it(small_zoo, tmp_path, monkeypatch):
+    """The last line of defence: an input error raised once the run has its folder (here the
+    expert order's refusal, raised while planning) leaves nothing; a resumed run's folder stays."""
+    from evomerge.config import config_from_dict
+    from evomerge.errors import ConfigError
+    from evomerge.pipelines.scale import driver
+
+    def refuse(*args, **kwargs):
+        raise ConfigError("`scale.order`: refused while planning")
+
+    monkeypatch.setattr(driver, "make_plan", refuse)
+    cfg = config_from_dict({"scale": {"methods": ["task_arithmetic"], "search": [], "seeds": [0]}})
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match="scale.order"):
+        driver.run_scale(cfg, out, zoo=small_zoo, progress=False, overlap=False, analyze=False, report=False)
+    assert not out.exists()
+    (out / "cells").mkdir(parents=True)
+    (out / "cells" / "k001-x.parquet").write_bytes(b"")  # a cell on disk: the run has started
+    driver.discard_unstarted(out)
+    assert (out / "cells" / "k001-x.parquet").is_file()
