@@ -299,7 +299,7 @@ def test_row11_yaml_1_2_numbers_and_booleans(zoo, tmp_path, capsys) -> None:
     yes_no = tmp_path / "w.yaml"
     yes_no.write_text("merge:\n  weights: [yes, 0.5]\n")  # one problem, one line
     bad(capsys, ["merge", "--config", yes_no, *_experts(zoo), "--out", tmp_path / "o"],
-        r"w\.yaml \+ flags: `merge\.weights\.0`: Input should be a valid number.*Got 'yes'", code=2, out=tmp_path / "o")
+        r"w\.yaml: `merge\.weights\.0`: Input should be a valid number.*Got 'yes'", code=2, out=tmp_path / "o")
 
 
 def test_row11_failed_validation_leaves_no_output_folder(zoo, tmp_path, capsys) -> None:

@@ -124,6 +124,56 @@ def test_report_set_reaches_the_judging(monkeypatch, tmp_path, capsys) -> None:
     assert code == 2 and "--set merge.method" in err and "only scale.* keys" in err
 
 
+# --- a refused value names where it came from: the file, --set or the flag -------------------
+
+def _one_error(args, capsys) -> str:
+    code, out, err = _run(args, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err + out, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", [["merge"], ["evaluate", "--small"], ["analyze"], ["evolve", "--algo", "genome"],
+                                     ["evolve-scaling"], ["tune", "--config", "CONFIG"]])
+def test_set_errors_name_set_on_every_command(command, tmp_path, capsys) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("seed: 1\n")
+    args = [config if a == "CONFIG" else a for a in command]
+    line = _one_error([*args, "--set", "merge.densty=0.5", "--out", tmp_path / "o"], capsys)
+    assert line == "error: --set: `merge.densty`: unknown key.", line
+    assert not (tmp_path / "o").exists() and config.read_text() == "seed: 1\n"
+
+
+def test_merge_errors_name_the_flag_the_file_or_both(small_zoo, tmp_path, capsys) -> None:
+    experts = ["-e", small_zoo.expert_dirs["brackets"], "-e", small_zoo.expert_dirs["majority"]]
+    out = tmp_path / "o"
+    config, typo = tmp_path / "ties.yaml", tmp_path / "typo.yaml"
+    config.write_text("merge:\n  method: ties\n  params: {density: 0.5}\n")
+    typo.write_text("merge:\n  rnk: 4\n")
+    cases = [
+        (["--rank", "0"], "error: --rank: `merge.rank`: Input should be greater than 0. Got 0 instead."),
+        (["--format", "f"], "error: --format: `merge.output_format`: Input should be 'auto', 'peft' or 'full'. Got 'f' instead."),
+        (["--method", "nope"], "error: --method: unknown merge method `nope`;"),
+        (["--param", "densty=0.5"], "error: --param: merge method `task_arithmetic` has no parameter `densty`;"),
+        (["--config", typo, "--rank", "4"], f"error: {typo}: `merge.rnk`: unknown key."),
+        # a check across keys: the method from one source, its parameter from another
+        (["--set", "merge.params.density=1.5", "--method", "ties"], "error: --set + --method: merge method `ties`: `density`"),
+        (["--config", config, "--param", "density=2"],
+         f"error: {config} + --param: merge method `ties`: `density` must be in (0, 1]. Got 2.0 instead."),
+    ]
+    for args, start in cases:
+        line = _one_error(["merge", *experts, *args, "--out", out], capsys)
+        assert line.startswith(start), (args, line)
+        assert not out.exists()
+
+
+def test_evaluate_errors_name_the_flag(capsys) -> None:
+    line = _one_error(["evaluate", "--small", "--set", "evaluation.batch_size=0"], capsys)
+    assert line.startswith("error: --set: `evaluation.batch_size`: Input should be greater than 0."), line
+    line = _one_error(["evaluate", "--small", "--metric", "x"], capsys)
+    assert line.startswith("error: --metric: `evaluation.metric`: Input should be 'token_accuracy'"), line
+
+
 # --- --zoo PROFILE|PATH on the zoo subcommands ---------------------------------------------
 
 def test_zoo_path_takes_zoo_and_small(capsys) -> None:

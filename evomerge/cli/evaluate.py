@@ -56,11 +56,14 @@ def evaluate_command(
     from evomerge.experts.peft_io import load_peft_adapter
 
     names = [t for t in (tasks or "").split(",") if t] or None
-    cfg = load_config_with_sets(config, sets, {
-        "experts.base": None if base is None else str(base), "evaluation.task_files": _task_items(task),
-        "evaluation.tasks": names, "evaluation.metric": metric, "evaluation.max_samples": max_samples,
-        "evaluation.batch_size": batch_size, "device": device,
-    })
+    given = [  # (flag, config key, value)
+        ("--base", "experts.base", None if base is None else str(base)), ("--task", "evaluation.task_files", _task_items(task)),
+        ("--tasks", "evaluation.tasks", names), ("--metric", "evaluation.metric", metric),
+        ("--max-samples", "evaluation.max_samples", max_samples), ("--batch-size", "evaluation.batch_size", batch_size),
+        ("--device", "device", device),
+    ]
+    cfg = load_config_with_sets(config, sets, {key: value for _, key, value in given},
+                                {key: flag for flag, key, _ in given})
     ev_cfg = cfg.evaluation
     if out is not None:  # before any work: a folder, an existing table, an unwritable place
         from evomerge.io import check_output_path

@@ -38,22 +38,23 @@ def build_config(
     """The config file (if any) with ``--set`` and then the flags laid over it, validated once."""
     from evomerge.cli._common import load_config_with_sets
 
-    flags: dict[str, Any] = {
-        "experts.experts": [{"path": str(p)} for p in experts] or None,
-        "experts.base": None if base is None else str(base),
-        "experts.allow_bin": True if allow_bin else None,
-        "merge.method": method,
-        "merge.space": space,
-        "merge.weights": None if weights is None else _parse_weights(weights),
-        "merge.rank": rank,
-        "merge.output_format": fmt,
-        "merge.data": [str(p) for p in data] or None,
-        "rht.enabled": rht,
-        "seed": seed,
-        "device": device,
-        **_parse_params(params),
-    }
-    return load_config_with_sets(config, sets or [], flags)
+    given = [  # (flag, config key, value): the flags are shorthands for these keys
+        ("--expert", "experts.experts", [{"path": str(p)} for p in experts] or None),
+        ("--base", "experts.base", None if base is None else str(base)),
+        ("--allow-bin", "experts.allow_bin", True if allow_bin else None),
+        ("--method", "merge.method", method),
+        ("--space", "merge.space", space),
+        ("--weights", "merge.weights", None if weights is None else _parse_weights(weights)),
+        ("--rank", "merge.rank", rank),
+        ("--format", "merge.output_format", fmt),
+        ("--data", "merge.data", [str(p) for p in data] or None),
+        ("--rht" if rht else "--no-rht", "rht.enabled", rht),
+        ("--seed", "seed", seed),
+        ("--device", "device", device),
+        *(("--param", key, value) for key, value in _parse_params(params).items()),
+    ]
+    flags = {key: value for _, key, value in given}
+    return load_config_with_sets(config, sets or [], flags, {key: flag for flag, key, _ in given})
 
 
 def merge_command(
