@@ -1,4 +1,4 @@
-"""``evomerge evaluate``: score the base model and adapters on task splits."""
+"""``evomerge evaluate``: score the base model and experts (peft adapters, full fine-tunes) on task splits."""
 
 from __future__ import annotations
 
@@ -31,8 +31,18 @@ def _user_tasks(task_files: dict, split: str) -> dict:
     return {name: load_task(path, (split,), source=f"evaluation.task_files.{name}") for name, path in task_files.items()}
 
 
+def _full_task_vector(folder: Path, base_dir: Path, allow_bin: bool) -> dict:
+    """A full fine-tune's task vector against ``base_dir``, read and checked as ``evomerge merge``
+    reads a pool (same architecture, tensor names and shapes, finite weights); the tensors it
+    leaves unchanged are left out (the evaluator applies the rest to the base)."""
+    from evomerge.experts.pool import load_pool
+
+    return {k: v for k, v in load_pool([folder], base=base_dir, allow_bin=allow_bin).task_vector(0).items()
+            if bool(v.any())}
+
+
 def evaluate_command(
-    experts: list[Path] = typer.Option([], "--expert", "-e", help="peft adapter folder to score (repeatable)"),
+    experts: list[Path] = typer.Option([], "--expert", "-e", help="expert folder to score: a peft adapter or a full fine-tune (HF checkpoint of the base); repeatable"),
     zoo: Optional[str] = zoo_option(),
     small: bool = small_option(),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (evaluation:, experts.base, device)"),
@@ -54,6 +64,7 @@ def evaluate_command(
     from evomerge.devices import resolve_device
     from evomerge.evaluation import Evaluator
     from evomerge.experts.peft_io import load_peft_adapter
+    from evomerge.experts.pool import detect_kind
 
     names = [t for t in (tasks or "").split(",") if t] or None
     given = [  # (flag, config key, value)
@@ -70,24 +81,32 @@ def evaluate_command(
 
         check_output_path(out, overwrite, kind="file")
     dev = resolve_device(cfg.device)
-    # every adapter is read (and checked) before the model is loaded
-    cands = {"base": {}}
+    # every expert is read (and checked) before the model is loaded: adapters at once, full
+    # fine-tunes once the base they are compared with is known
+    cands: dict = {"base": {}}
+    full: list[Path] = []
     for e in experts:
         if e.name in cands:
             raise ConfigError(f"--expert {e}: a candidate named `{e.name}` is already given; rename the folder")
-        cands[e.name] = load_peft_adapter(e, allow_bin=allow_bin).modules
+        if detect_kind(e) == "full":
+            full.append(e)
+            cands[e.name] = None  # its task vector below, in this order
+        else:
+            cands[e.name] = load_peft_adapter(e, allow_bin=allow_bin).modules
     common = dict(metric=ev_cfg.metric, device=dev, batch_size=ev_cfg.batch_size, max_samples=ev_cfg.max_samples)
     if ev_cfg.task_files:
         if cfg.experts.base is None:
             raise ConfigError("--task needs --base (the HF model folder the experts were trained from)")
         if zoo is not None or small:
             raise ConfigError("--task scores your own tasks on --base; do not pass --zoo/--small as well")
-        ev = Evaluator(cfg.experts.base, _user_tasks(ev_cfg.task_files, split), task_weights=ev_cfg.task_weights,
-                       **common)
+        task_data = _user_tasks(ev_cfg.task_files, split)
+        cands.update({e.name: _full_task_vector(e, Path(cfg.experts.base), allow_bin) for e in full})
+        ev = Evaluator(cfg.experts.base, task_data, task_weights=ev_cfg.task_weights, **common)
     else:
         from evomerge.cli._common import open_zoo, zoo_choice
 
         z = open_zoo(zoo_choice(zoo, small), "default", cfg.zoo_dir)
+        cands.update({e.name: _full_task_vector(e, z.base_dir, allow_bin) for e in full})
         ev = Evaluator.from_zoo(z, tasks=ev_cfg.tasks, task_weights=ev_cfg.task_weights, **common)
         if not experts:
             cands.update({t: load_peft_adapter(d).modules for t, d in z.expert_dirs.items()})
