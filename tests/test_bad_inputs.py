@@ -374,3 +374,28 @@ def test_row11_outputs_get_umask_permissions(zoo, tmp_path, capsys) -> None:
     modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
     assert modes and all(m == 0o644 for m in modes.values()), modes
     assert out.stat().st_mode & 0o777 == 0o755
+
+
+# --- a method that cannot take these experts or options: refused before the pool is read ---------
+def test_row11_merge_method_refusals_come_before_any_work(zoo, tmp_path, capsys, monkeypatch) -> None:
+    import evomerge.experts.pool as pool_module
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("the pool was read before the refusal")
+
+    monkeypatch.setattr(pool_module, "load_pool", no_pool)
+    out, experts = tmp_path / "o", [zoo.expert_dirs[n] for n in ("brackets", "majority", "sort_digits")]
+    three = _experts(zoo, "brackets", "majority", "sort_digits")
+    cases = [
+        ([*three, "--method", "slerp", "--rank", "4"], r"^error: merge method `slerp` merges exactly 2 experts\. Got 3 instead\.$"),
+        ([*_experts(zoo), "--method", "emr", "--rank", "8"],
+         r"^error: --rank 8 \(merge\.rank\): merge method `emr` writes its own per-task layout .* drop --rank$"),
+        ([*_experts(zoo), "--method", "breadcrumbs", "-p", "density=0.8", "-p", "gamma=0.5", "--rank", "4"],
+         r"`density` \+ `gamma` must be <= 1\. Got 0\.8 \+ 0\.5 instead\."),
+    ]
+    for args, match in cases:
+        bad(capsys, ["merge", *args, "--out", out], match, out=out, inputs=experts)
+    monkeypatch.undo()  # the same methods, where they fit, still merge
+    assert main(["merge", "-q", *_experts(zoo), "--method", "slerp", "--rank", "4", "--out", str(out)]) == 0
+    assert main(["merge", "-q", *_experts(zoo), "--method", "emr", "--out", str(tmp_path / "emr")]) == 0
+    assert (tmp_path / "emr" / "emr_unified.safetensors").is_file()

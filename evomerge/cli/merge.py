@@ -84,6 +84,7 @@ def merge_command(
         config, experts=expert, base=base, method=method, params=param, space=space, weights=weights, rank=rank,
         rht=rht, seed=seed, device=device, allow_bin=allow_bin, fmt=fmt, data=data, sets=sets,
     )
+    check_method_fits(cfg)
     if out is None and cfg.output and "://" in cfg.output:
         raise ConfigError(f"output {cfg.output!r}: `evomerge merge` writes to a local folder; pass --out PATH")
     target = out if out is not None else (Path(cfg.output) if cfg.output else None)
@@ -95,6 +96,30 @@ def merge_command(
         result = run_merge(cfg, target, overwrite=overwrite, device=cfg.device, progress=not quiet, log=typer.echo)
     typer.echo(f"merged model: {result}")
     typer.echo(f"manifest:     {result / 'evomerge_manifest.json'}")
+
+
+def check_method_fits(cfg) -> None:
+    """Before any work: the method takes this many experts (the registry's operator run on a
+    stack of zero task vectors, one per expert, with the config's parameters and weights: its
+    own refusal, e.g. slerp's "exactly 2 experts", comes now rather than at the first tensor),
+    and a per-task method (EMR, whose layout is a unified vector plus masks, not an adapter) is
+    not given a rank."""
+    import torch
+
+    from evomerge.merging.registry import get_merge_method
+
+    method = get_merge_method(cfg.merge.method)
+    if method.per_task and cfg.merge.rank is not None:
+        raise ConfigError(
+            f"--rank {cfg.merge.rank} (merge.rank): merge method `{method.name}` writes its own per-task layout "
+            "(unified vector + masks, docs/merging.md), not a LoRA adapter, so there is no rank to write; drop --rank"
+        )
+    n = len(cfg.experts.experts)
+    if n == 0 or method.needs:  # no pool (refused when it is loaded) / the operator reads statistics of the data
+        return
+    weights = cfg.merge.weights
+    weights = torch.tensor(weights, dtype=torch.float32) if weights is not None and len(weights) == n else None
+    method.call(torch.zeros(n, 4), weights, torch.Generator().manual_seed(0), None, method.resolve(cfg.merge.params))
 
 
 def interrupted_message(target: Path) -> str:
