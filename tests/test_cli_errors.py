@@ -51,6 +51,29 @@ def test_unknown_option_is_one_line_and_exit_2(path, capsys) -> None:
     assert "--bogus-flag" in lines[0] and "Traceback" not in err + out
 
 
+def _value_option(path) -> str | None:
+    """An option of the command at ``path`` that takes a value (None if it has none)."""
+    import typer.main
+
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    return next((o for p in command.params if getattr(p, "opts", None) and not getattr(p, "is_flag", True)
+                 and p.param_type_name == "option" for o in p.opts if o.startswith("--")), None)
+
+
+VALUED = [(c, _value_option(c)) for c in COMMANDS if _value_option(c)]
+
+
+@pytest.mark.parametrize("path, option", VALUED, ids=[" ".join(c) for c, _ in VALUED])
+def test_option_without_its_value_names_the_command(path, option, capsys) -> None:
+    """Click raises this one without its context: the line still names the command, as every usage error does."""
+    code, out, err = _run([*path, option], capsys)
+    assert code == 2, err
+    assert err.strip() == (f"error: evomerge {' '.join(path)}: Option '{option}' requires an argument. "
+                           f"(see `evomerge {' '.join(path)} --help`)"), err
+
+
 @pytest.mark.parametrize("args, words", [
     (["nosuchcommand"], ["No such command", "nosuchcommand"]),
     (["evolve", "--out", "x"], ["Missing option", "--algo"]),

@@ -326,6 +326,27 @@ def test_methods_lists_the_registry(capsys):
             assert f"--param {p.name}=<{p.kind.__name__}>  default {p.default!r}" in text
 
 
+def test_methods_prints_each_description_whole(capsys):
+    """The docstring's first paragraph, joined onto one line: a sentence wrapped in the source is not cut."""
+    assert main(["methods"]) == 0
+    text = capsys.readouterr().out
+    described = [ln.strip() for ln in text.splitlines() if ln.startswith("    ") and not ln.strip().startswith("--param")]
+    assert len(described) == len(all_methods()) and all(d.endswith(".") for d in described), described
+    assert ("drop the int(gamma N) largest magnitudes, keep the next int(density N) (mergekit's count), "
+            "then `lambda * sum_i w_i tau_i`.") in text
+    assert "keep the top `density` of each task vector by magnitude, divide by `density` (`rescale`)" in text
+
+
+def test_pool_line_says_what_is_known_of_the_base(small_zoo, tmp_path, capsys):
+    experts = ["-e", small_zoo.expert_dirs["brackets"], "-e", small_zoo.expert_dirs["majority"], "--rank", "4"]
+    code, out, err = _run([*experts, "--out", tmp_path / "a"], capsys)  # the zoo's adapters name no base
+    assert code == 0, err
+    assert out.splitlines()[0] == "pool: 2 lora expert(s), base not given (the adapters name none); 14 tensors", out
+    code, out, err = _run([*experts, "--base", small_zoo.base_dir, "--out", tmp_path / "b"], capsys)
+    assert code == 0, err
+    assert out.splitlines()[0] == f"pool: 2 lora expert(s) of base {small_zoo.base_dir}; 14 tensors", out
+
+
 def test_python_m_evomerge_subprocess(zoo, tmp_path):
     res = subprocess.run([sys.executable, "-m", "evomerge", "merge", "-e", str(zoo / "l1"), "-e", str(tmp_path / "nope"),
                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)

@@ -148,10 +148,28 @@ def _click_error(err: BaseException) -> int | None:
     if name == "NoArgsIsHelpError" and ctx is not None:  # a bare group: show its help
         print(ctx.get_help(), file=sys.stderr)
         return code
-    where = f"{ctx.command_path}: " if ctx is not None else ""
-    hint = f" (see `{ctx.command_path} --help`)" if ctx is not None and code == 2 else ""
+    path = ctx.command_path if ctx is not None else _command_path()  # click raises some without one
+    where = f"{path}: " if path else ""
+    hint = f" (see `{path} --help`)" if path and code == 2 else ""
     _print_error(f"{where}{' '.join(str(fmt()).split())}{hint}")
     return code
+
+
+def _command_path() -> str:
+    """``evomerge COMMAND [SUBCOMMAND]`` of the command line being run, for a usage error click
+    raises without its context (an option given without its value: ``--out`` last)."""
+    import typer.main
+
+    from evomerge.cli import _common
+
+    command, words = typer.main.get_command(app), ["evomerge"]
+    for arg in _common.ARGV:
+        sub = getattr(command, "commands", None)
+        if not sub or arg not in sub:
+            break
+        command = sub[arg]
+        words.append(arg)
+    return " ".join(words)
 
 
 if __name__ == "__main__":

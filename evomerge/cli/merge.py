@@ -74,12 +74,15 @@ def merge_command(
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | cuda:N"),
     allow_bin: bool = typer.Option(False, "--allow-bin", help="accept pickle .bin weights (weights_only=True)"),
     fmt: Optional[str] = typer.Option(None, "--format", help="output: peft | full | auto"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars (also the libraries' own)"),
     sets: list[str] = set_option(),
 ) -> None:
     """Merge experts into one peft adapter or full checkpoint, with a manifest of how."""
+    from evomerge.cli._common import quiet_progress_bars
     from evomerge.pipelines.merge.job import run_merge
 
+    if quiet:  # also the libraries' bars (transformers' "Loading weights" of the statistics' model)
+        quiet_progress_bars()
     cfg = build_config(
         config, experts=expert, base=base, method=method, params=param, space=space, weights=weights, rank=rank,
         rht=rht, seed=seed, device=device, allow_bin=allow_bin, fmt=fmt, data=data, sets=sets,

@@ -141,8 +141,13 @@ class ExpertPool:
     def summary(self, stats: list[dict[str, Any]] | None = None) -> str:
         """A printable table of :meth:`stats`."""
         stats = stats if stats is not None else self.stats()
-        base = self.base_path if self.base_path else self.base_model_name()
-        head = f"pool: {len(self)} {self.kind} expert(s) of base {base}; {len(self._keys)} tensors"
+        if self.base_path:
+            of = f" of base {self.base_path}"
+        elif self.base_model_name():
+            of = f" of base {self.base_model_name()} (as the adapters name it; --base not given)"
+        else:
+            of = ", base not given (the adapters name none)"
+        head = f"pool: {len(self)} {self.kind} expert(s){of}; {len(self._keys)} tensors"
         cols = ["name", "norm", "max|x|", "sparsity"] + (["ranks", "scale"] if self.kind == "lora" else [])
         lines = [head, "  " + " ".join(f"{c:>12}" if j else f"{c:<20}" for j, c in enumerate(cols))]
         for r in stats:

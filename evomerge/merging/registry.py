@@ -152,7 +152,7 @@ def register_merge(
             name=name,
             fn=fn,
             params=tuple(params),
-            description=description or (fn.__doc__ or "").strip().splitlines()[0] if (description or fn.__doc__) else "",
+            description=description or _first_paragraph(fn.__doc__),
             needs=frozenset(needs),
             linear=linear,
             random=random,
@@ -162,6 +162,11 @@ def register_merge(
         return fn
 
     return deco
+
+
+def _first_paragraph(doc: str | None) -> str:
+    """A docstring's first paragraph on one line (a sentence may wrap onto several lines)."""
+    return " ".join((doc or "").strip().split("\n\n")[0].split())
 
 
 def _check_signature(name: str, fn: Callable[..., Any], params: tuple[Param, ...]) -> None:
