@@ -72,3 +72,43 @@ def test_cli_run_prints_progress_and_writes_adapter(tmp_path, small_zoo):
     resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((out / "result.json").read_text())["best_fitness"] == result["best_fitness"]
+
+
+@pytest.mark.slow
+def test_cli_run_over_lora_experts_in_delta_space_writes_a_peft_adapter(tmp_path, small_zoo):
+    """The default space (delta) over the six rank-8 LoRA experts: ``best_adapter/`` is a peft
+    adapter (rank 48) that loads on the zoo's base and changes its weights by the written task
+    vector, up to the error reported."""
+    import shutil
+
+    from safetensors.torch import load_file
+    from test_evolve_outputs import peft_delta, relative_error
+
+    cfg = write_cfg(tmp_path / "cfg.yaml", genome={"population": 3, "generations": 1, "init_sums": [1.0],
+                                                     "init_merges": ["ties"]})
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "evomerge", "evolve", "--algo", "genome", "--config", str(cfg), "--out", str(out),
+           "--actors", "1", "--seed", "3"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    svd = result["adapter_svd"]
+    assert f"best adapter: {out / 'best_adapter'} (rank 48, SVD of the task vector: relative error" in p.stdout
+    assert f"best task vector: {out / 'best_task_vector'}" in p.stdout
+    assert result["adapter_dir"] == str(out / "best_adapter")
+    assert result["task_vector_dir"] == str(out / "best_task_vector")
+    dense = load_file(str(out / "best_task_vector" / "task_vector.safetensors"))
+    err = relative_error(peft_delta(small_zoo.base_dir, out / "best_adapter"), dense)  # same keys, or it fails
+    assert err == pytest.approx(svd["relative_error"], rel=1e-3, abs=1e-6)
+    # a run directory of an older evomerge (no best_adapter/, `adapter_dir` naming the task vector):
+    # --resume writes the adapter and a result.json whose keys name what they point to
+    shutil.rmtree(out / "best_adapter")
+    old = {k: v for k, v in result.items() if k not in ("task_vector_dir", "adapter_svd")}
+    (out / "result.json").write_text(json.dumps({**old, "adapter_dir": str(out / "best_task_vector")}))
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = json.loads((out / "result.json").read_text())
+    assert {k: again[k] for k in ("adapter_dir", "task_vector_dir", "adapter_svd", "best_id")} == {
+        k: result[k] for k in ("adapter_dir", "task_vector_dir", "adapter_svd", "best_id")}
+    assert (out / "best_adapter" / "adapter_config.json").is_file()

@@ -160,9 +160,13 @@ def test_genome_beats_best_single_expert_and_writes_records(genome_run, inputs, 
     assert [r["weights"] for r in sums] == [[lam] * 3 for lam in (0.3, 0.6, 1.0, 1.5)]
     assert res.best_fitness >= max(r["fitness"] for r in sums)
     # the written task vector, read back from disk, scores what the run reported (validation)
-    assert res.adapter_dir.name == "best_task_vector"
-    again = local_evaluator.evaluate(load_best(res.adapter_dir))
+    assert res.task_vector_dir.name == "best_task_vector"
+    again = local_evaluator.evaluate(load_best(res.task_vector_dir))
     assert again.fitness == pytest.approx(res.best_fitness, abs=1e-6)
+    # beside it the peft adapter (its SVD at 3 x rank 8), which scores the fitness reported for it
+    assert res.adapter_dir.name == "best_adapter" and res.adapter_svd["ranks"] == [24]
+    adapter = local_evaluator.evaluate(load_best(res.adapter_dir))
+    assert adapter.fitness == pytest.approx(res.adapter_svd["val_fitness"], abs=1e-6)
     assert res.ensemble is not None and len(res.ensemble["ids"]) == 3
     # top-k majority votes (k = 2, 3) on validation and test; validation re-voted locally
     from evomerge.pipelines.evolve import records
@@ -255,7 +259,8 @@ def test_swarm_beats_best_single_expert_and_resumes(rt, tmp_path):
 
 def test_swarm_in_delta_space_writes_a_task_vector_that_scores_its_fitness(rt, tmp_path, small_zoo):
     """``swarm.space: delta``: particles are the experts' dense product deltas B@A (exact
-    weighted sums, no A/B cross terms); the best is written as a task vector."""
+    weighted sums, no A/B cross terms); the best is written as a task vector and as a peft
+    adapter (its SVD, exact for a weighted sum of the experts)."""
     from evomerge.evaluation import Evaluator
     from evomerge.experts.peft_io import load_peft_adapter
     from evomerge.experts.types import lora_deltas
@@ -265,8 +270,9 @@ def test_swarm_in_delta_space_writes_a_task_vector_that_scores_its_fitness(rt, t
     cfg = make_cfg(swarm={"max_iter": 20, "patience": 10, "space": "delta"})
     res = run_evolve(cfg, "swarm", tmp_path / "run", experts=names, tasks=names, progress=False, runtime=rt)
     assert res.best_fitness > max(res.expert_fitness.values()) + 0.005
-    best = load_best(res.adapter_dir)
-    assert res.adapter_dir.name == "best_task_vector" and "::A" not in next(iter(best))
+    best = load_best(res.task_vector_dir)
+    assert res.task_vector_dir.name == "best_task_vector" and "::A" not in next(iter(best))
+    assert res.adapter_dir.name == "best_adapter" and res.adapter_svd["relative_error"] < 1e-5  # a sum: exact
     ev = Evaluator.from_zoo(small_zoo, tasks=names, max_samples=40)
     assert ev.evaluate(best).fitness == pytest.approx(res.best_fitness, abs=1e-9)
     # the experts entered as their product deltas: the first one scores as its peft adapter

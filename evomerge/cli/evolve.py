@@ -27,11 +27,22 @@ def interrupted_message(out: Path) -> str:
     return "interrupted: evomerge evolve stopped before its run directory was written; nothing to resume (run it again)"
 
 
+def svd_note(svd: dict[str, Any] | None) -> str:
+    """What the truncated SVD of a dense result lost, for the ``best adapter`` line."""
+    if svd is None:
+        return ""
+    ranks = svd["ranks"]
+    rank = str(ranks[0]) if len(ranks) == 1 else f"{ranks[0]}-{ranks[-1]}"
+    return (f" (rank {rank}, SVD of the task vector: relative error {svd['relative_error']:.2g}, "
+            f"validation fitness {svd['val_fitness']:.4f})")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("evolve")
     def evolve(
         algo: str = typer.Option(..., "--algo", help="search algorithm: genome | swarm"),
-        out: Path = typer.Option(..., "--out", help="run directory (history, checkpoints, best adapter)"),
+        out: Path = typer.Option(..., "--out", help="run directory (history, checkpoints, result.json; best_adapter/: "
+                                 "the best as a peft LoRA adapter, best_task_vector/: as a dense task vector)"),
         config: Optional[Path] = typer.Option(None, "--config", help="YAML config (default: built-in small zoo)"),
         resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in --out"),
         ray_address: Optional[str] = typer.Option(None, "--ray-address", help="'auto' to join a running cluster"),
@@ -44,7 +55,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Evolve a merge of the experts; print best/mean fitness per generation.
 
-        Without experts in the config, the built-in zoo (``--zoo``, default small) is used."""
+        Without experts in the config, the built-in zoo (``--zoo``, default small) is used. The best
+        individual of LoRA experts is written as a peft adapter (best_adapter/, loads with
+        PeftModel.from_pretrained on the base); in delta space (the default) also as the exact dense
+        task vector (best_task_vector/), the adapter being its truncated SVD at the sum of the
+        experts' ranks. Full fine-tunes give best_task_vector/."""
         from evomerge.cli._common import interruptible, load_config_with_sets, zoo_choice, zoo_settings
         from evomerge.pipelines.evolve.run import run_evolve
         from evomerge.io import removed_if_failed
@@ -72,8 +87,9 @@ def register(app: typer.Typer) -> None:
                            f"validation {row['validation']['fitness']:.4f}{test}")
         typer.echo(f"history: {res.history_path}")
         if res.adapter_dir is not None:
-            what = "adapter" if (res.adapter_dir / "adapter_config.json").is_file() else "task vector"
-            typer.echo(f"best {what}: {res.adapter_dir}")
+            typer.echo(f"best adapter: {res.adapter_dir}{svd_note(res.adapter_svd)}")
+        if res.task_vector_dir is not None:
+            typer.echo(f"best task vector: {res.task_vector_dir}")
 
 
     @app.command("evolve-scaling")

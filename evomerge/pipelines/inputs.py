@@ -58,10 +58,13 @@ class EvolveInputs:
     names: list[str]
     experts: dict[str, NumpyDict]  # expert_id(i) -> ab-dict (LoRA) or task vector (full)
     kind: str  # "lora" (A/B factors) | "delta" (LoRA product deltas) | "full" (task vectors)
-    fan_in_fan_out: dict[str, bool]
-    adapter_template: dict[str, Any]
+    fan_in_fan_out: dict[str, bool]  # LoRA pools (either space): each adapted weight's stored layout
+    adapter_template: dict[str, Any]  # LoRA pools: the first chosen expert's adapter config
     tasks: list[str]
     evaluator: EvaluatorSpec
+    # LoRA pools: per adapted weight, the sum of the chosen experts' ranks (the rank of any
+    # linear combination of their deltas; the rank of a dense result written as an adapter)
+    lora_ranks: dict[str, int] = field(default_factory=dict)
 
 
 def select(names: Sequence[str], wanted: Sequence[str | int] | None) -> list[int]:
@@ -128,15 +131,16 @@ def prepare_inputs(
     weights: dict[str, NumpyDict] = {}
     fan: dict[str, bool] = {}
     template: dict[str, Any] = {}
+    ranks: dict[str, int] = {}
     kind = "delta" if pool.kind == "lora" and space == "delta" else pool.kind
     for j, i in enumerate(idx):
-        if kind == "lora":
+        if pool.kind == "lora":
             mods = pool.lora(i)
             fan.update({k: m.fan_in_fan_out for k, m in mods.items()})
-            weights[expert_id(j)] = td_to_numpy(lora_to_ab(mods))
             template = template or pool.adapter_config(i)
-        else:
-            weights[expert_id(j)] = td_to_numpy(pool.task_vector(i))
+            for k, m in mods.items():
+                ranks[k] = ranks.get(k, 0) + m.rank
+        weights[expert_id(j)] = td_to_numpy(lora_to_ab(mods) if kind == "lora" else pool.task_vector(i))
     spec = EvaluatorSpec(
         base_dir=base_dir, zoo_root=zoo_root, tasks=tuple(chosen),
         task_files={t: Path(ev.task_files[t]) for t in chosen if t in ev.task_files},
@@ -144,4 +148,5 @@ def prepare_inputs(
         rows_per_pass=ev.rows_per_pass,
     )
     return EvolveInputs(names=[pool.names[i] for i in idx], experts=weights, kind=kind,
-                        fan_in_fan_out=fan, adapter_template=template, tasks=chosen, evaluator=spec)
+                        fan_in_fan_out=fan, adapter_template=template, tasks=chosen, evaluator=spec,
+                        lora_ranks=ranks)

@@ -36,8 +36,12 @@ class EvolveResult:
     best_test_per_task: dict[str, float]
     best_test_fitness: float | None
     history_path: Path
-    adapter_dir: Path | None
+    adapter_dir: Path | None  # best_adapter/: a peft LoRA adapter (LoRA pools); None for full fine-tunes
     final_val_fitness: float | None = None  # validation of the written result (after a final RHT)
+    # best_task_vector/task_vector.safetensors: the dense result (full fine-tunes, LoRA delta space)
+    task_vector_dir: Path | None = None
+    # an adapter made from the dense result by truncated SVD: ranks, relative error, its validation fitness
+    adapter_svd: dict[str, Any] | None = None
     expert_fitness: dict[str, float] = field(default_factory=dict)
     ensemble: dict[str, Any] | None = None
     rounds: int = 0
@@ -266,7 +270,8 @@ class _Loop:
             best_id=search.best_id, best_fitness=float(search.best_fitness),
             best_val_per_task=fin["val_per_task"], best_test_per_task=fin["test_per_task"],
             best_test_fitness=fin["test_fitness"], history_path=history_path, adapter_dir=fin["adapter_dir"],
-            final_val_fitness=fin["val_fitness"],
+            final_val_fitness=fin["val_fitness"], task_vector_dir=fin["task_vector_dir"],
+            adapter_svd=fin["adapter_svd"],
             expert_fitness=self.expert_fitness, ensemble=fin["ensemble"], rounds=self.step,
             stats=stats,
         )
