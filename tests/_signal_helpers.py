@@ -22,9 +22,10 @@ def start(*args: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def interrupt(proc, sig, when, timeout=240.0, poll=0.05):
-    """Wait until ``when(seen)`` (polled), send ``sig`` to the driver alone; every descendant seen
-    before the signal, and the seconds from the signal to the exit."""
+def interrupt(proc, sig, when, timeout=240.0, poll=0.05, group=False):
+    """Wait until ``when(seen)`` (polled), send ``sig`` to the driver alone (``group``: to its
+    whole process group, as ``timeout`` and job schedulers do); every descendant seen before the
+    signal, and the seconds from the signal to the exit."""
     me = psutil.Process(proc.pid)
     seen: dict[int, psutil.Process] = {}
     t0 = time.monotonic()
@@ -45,7 +46,7 @@ def interrupt(proc, sig, when, timeout=240.0, poll=0.05):
         if when(seen):
             break
         time.sleep(poll)
-    os.kill(proc.pid, sig)
+    (os.killpg if group else os.kill)(proc.pid, sig)  # start(): the driver leads its own group
     t1 = time.monotonic()
     try:
         out, err = proc.communicate(timeout=60)

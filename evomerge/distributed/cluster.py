@@ -113,13 +113,15 @@ def _start(cfg: RayConfig, log_to_driver: bool) -> bool:
     if address:
         probe_address(address, cfg.connect_timeout_s)
         try:
-            ray.init(address=address, log_to_driver=log_to_driver)
+            with _ray_processes_in_own_session():  # `local` starts one; joining a cluster starts none
+                ray.init(address=address, log_to_driver=log_to_driver)
         except (ConnectionError, RuntimeError) as err:
             raise ConfigError(f"`ray.address`: cannot connect to Ray at {address!r} ({_first_line(err)})") from None
     else:
         # "local": a new Ray of our own, even if a `ray start` cluster runs on this machine
         try:
-            ray.init(address="local", include_dashboard=False, log_to_driver=log_to_driver)
+            with _ray_processes_in_own_session():
+                ray.init(address="local", include_dashboard=False, log_to_driver=log_to_driver)
         except Exception as err:  # noqa: BLE001 - Ray raises a bare Exception on a startup timeout
             if ray.is_initialized():
                 ray.shutdown()
@@ -128,6 +130,40 @@ def _start(cfg: RayConfig, log_to_driver: bool) -> bool:
                 "longer with RAY_raylet_start_wait_time_s=180, or join a running cluster with `ray.address`"
             ) from None
     return True
+
+
+@contextlib.contextmanager
+def _ray_processes_in_own_session() -> Iterator[None]:
+    """Start the local Ray's processes (GCS, raylet, their workers) in a session of their own.
+
+    A signal sent to the driver's process group (``timeout``'s, or a scheduler's SIGTERM to the
+    job) then reaches the driver only, which stops Ray itself as it unwinds. With Ray in the
+    driver's group the signal killed Ray first, and the driver's cleanup then waited a minute
+    for a GCS that was gone (exit 1, no resume line). Ray still ends with the driver: it ties
+    each process to it through the kernel (PR_SET_PDEATHSIG). Only where Ray does so is the
+    session changed: its fallback, a reaper, needs the processes in the driver's group."""
+    try:
+        from ray._private import services, utils
+
+        base = services.ConsolePopen
+        kernel_fate_share = utils.detect_fate_sharing_support()
+    except (ImportError, AttributeError):  # another Ray layout: leave its processes as they are
+        yield
+        return
+    if os.name != "posix" or not kernel_fate_share:
+        yield
+        return
+
+    class OwnSession(base):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("start_new_session", True)
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = OwnSession
+    try:
+        yield
+    finally:
+        services.ConsolePopen = base
 
 
 def target_address(cfg: RayConfig) -> str | None:
