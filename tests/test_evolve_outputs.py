@@ -100,3 +100,14 @@ def test_full_fine_tunes_keep_their_task_vector(small_zoo, tmp_path):
     out = write_best(inputs, td_to_numpy({k: e0[k] - e1[k] for k in e0}), None, tmp_path)
     assert out == {"adapter_dir": None, "task_vector_dir": tmp_path / "best_task_vector", "adapter_svd": None}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best_task_vector"]
+
+
+def test_without_svd_adapter_the_exact_dense_result_alone(delta_inputs, tmp_path):
+    """The scale driver's search cells (``svd_adapter=False``): no SVD, no adapter, the task vector bit for bit."""
+    e0, e1 = experts(delta_inputs)
+    best = {k: 0.7 * e0[k] + 0.6 * e1[k] for k in e0}
+    out = write_best(delta_inputs, td_to_numpy(best), None, tmp_path, svd_adapter=False)
+    assert out == {"adapter_dir": None, "task_vector_dir": tmp_path / "best_task_vector", "adapter_svd": None}
+    assert not (tmp_path / "best_adapter").exists()
+    dense = load_file(str(out["task_vector_dir"] / "task_vector.safetensors"))
+    assert all(torch.equal(dense[k], best[k]) for k in best)

@@ -52,6 +52,8 @@ def test_concurrent_searches_match_one_at_a_time(small_zoo, tmp_path):
         r2 = json.loads((two / "search" / name / "result.json").read_text())
         assert r1["best_id"] == r2["best_id"] and r1["best_fitness"] == r2["best_fitness"], name
         assert r1["best_test_fitness"] == r2["best_test_fitness"], name
+        # the cell is scored on the exact dense result: no SVD'd adapter is made for it
+        assert (one / "search" / name / "best_task_vector").is_dir() and not (one / "search" / name / "best_adapter").exists()
     f1 = pq.read_table(one / "tables" / "scores.parquet").to_pandas()
     f2 = pq.read_table(two / "tables" / "scores.parquet").to_pandas()
     key = ["cell", "seed", "task", "split"]

@@ -15,7 +15,7 @@ from evomerge.pipelines.inputs import EvolveInputs
 
 
 def finalize(cfg: EvomergeConfig, inputs: EvolveInputs, search: Any, rt: Any, out_dir: Path,
-             write_adapter: bool = True) -> dict[str, Any]:
+             write_adapter: bool = True, svd_adapter: bool = True) -> dict[str, Any]:
     best_id = search.best_id
     weights = {best_id: rt.pool.snapshot[best_id]}
     rht = cfg.rht if cfg.rht.enabled else None  # per candidate or final: the result is RHT'd
@@ -34,7 +34,7 @@ def finalize(cfg: EvomergeConfig, inputs: EvolveInputs, search: Any, rt: Any, ou
                 ensemble[split] = {"per_task": scores[split]["per_task"], "fitness": scores[split]["fitness"]}
     written = {"adapter_dir": None, "task_vector_dir": None, "adapter_svd": None}
     if write_adapter:
-        written = write_best(inputs, weights[best_id], rht, out_dir)
+        written = write_best(inputs, weights[best_id], rht, out_dir, svd_adapter)
     if written["adapter_svd"] is not None:  # the adapter as a user loads it, scored like the result (reported only)
         written["adapter_svd"]["val_fitness"] = _adapter_fitness(rt, written["adapter_dir"], best_id)
     return {
@@ -68,14 +68,15 @@ def _splits(inputs: EvolveInputs) -> list[str]:
     return ["validation", "test"] if has_test else ["validation"]
 
 
-def write_best(inputs: EvolveInputs, weights: dict, rht: Any, out_dir: Path) -> dict[str, Any]:
+def write_best(inputs: EvolveInputs, weights: dict, rht: Any, out_dir: Path, svd_adapter: bool = True) -> dict[str, Any]:
     """Write the best individual; returns ``adapter_dir``, ``task_vector_dir``, ``adapter_svd``.
 
     * LoRA result in factor space (``space: ab``, RHT off or on the factors): ``best_adapter/``.
     * Dense LoRA result (``space: delta``, or RHT on the deltas): ``best_task_vector/`` (the exact
       result) and ``best_adapter/``, the truncated SVD ``evomerge merge --rank`` writes, at the
       sum of the experts' ranks per module: exact for a linear combination of the experts, a
-      best rank-r approximation otherwise (``adapter_svd`` holds its relative error).
+      best rank-r approximation otherwise (``adapter_svd`` holds its relative error); without
+      ``svd_adapter``, ``best_task_vector/`` alone.
     * Full fine-tunes: ``best_task_vector/``.
     """
     from evomerge.experts.types import ab_to_lora
@@ -91,7 +92,7 @@ def write_best(inputs: EvolveInputs, weights: dict, rht: Any, out_dir: Path) -> 
         adapter = _save_adapter(ab_to_lora(td, inputs.fan_in_fan_out), inputs, out_dir)
         return {"adapter_dir": adapter, "task_vector_dir": None, "adapter_svd": None}
     task_vector = _save_task_vector(td, out_dir / "best_task_vector")
-    if not inputs.lora_ranks:  # full fine-tunes
+    if not inputs.lora_ranks or not svd_adapter:  # full fine-tunes, or the dense result alone
         return {"adapter_dir": None, "task_vector_dir": task_vector, "adapter_svd": None}
     from evomerge.merging.apply import svd_to_lora
 

@@ -122,6 +122,7 @@ def run_evolve(
     progress: bool = True,
     zoo_profile: str = "small",
     write_adapter: bool = True,
+    svd_adapter: bool = True,
     on_generation: Callable[[RoundInfo], None] | None = None,
     on_dispatch: Callable[[int, Any], None] | None = None,
     runtime: Any = None,
@@ -134,6 +135,9 @@ def run_evolve(
     on_dispatch: called while a round's work is in flight (fault-injection in tests).
     runtime: an open :class:`~evomerge.distributed.runtime.Runtime` whose actors (and loaded
         evaluator) are reused, e.g. by the scale driver's many runs; its placement is used.
+    write_adapter: write the best individual at all; svd_adapter: also turn a dense LoRA result
+        into ``best_adapter/`` (an SVD and one more evaluation; the scale driver reads the exact
+        ``best_task_vector/`` and skips it).
     """
     from evomerge.distributed.runtime import Runtime
 
@@ -157,7 +161,7 @@ def run_evolve(
         loop = _Loop(cfg, inputs, searches, rt, out_dir, progress, on_generation)
         loop.start(resume)
         loop.run()
-        return loop.finish(write_adapter)
+        return loop.finish(write_adapter, svd_adapter)
 
 
 class _Loop:
@@ -255,13 +259,13 @@ class _Loop:
                          n_evaluated=sum(len(a) for a in asked.values()), seconds=seconds)
 
     # ---------------------------------------------------------------- final
-    def finish(self, write_adapter: bool) -> EvolveResult:
+    def finish(self, write_adapter: bool, svd_adapter: bool = True) -> EvolveResult:
         from evomerge.pipelines.evolve.final import finalize
 
         island = max(range(len(self.searches)), key=lambda i: (self.searches[i].best_fitness, -i))
         search = self.searches[island]
         stats = {**self.pool.stats(), "actor_info": list(self.rt.infos)}
-        fin = finalize(self.cfg, self.inputs, search, self.rt, self.out_dir, write_adapter)
+        fin = finalize(self.cfg, self.inputs, search, self.rt, self.out_dir, write_adapter, svd_adapter)
         table = records.read_history(self.out_dir)
         history_path = self.out_dir / "history.parquet"
         if table is not None:
