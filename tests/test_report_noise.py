@@ -163,6 +163,19 @@ def test_report_command_regenerates_the_noise_table_byte_for_byte(run):
     assert (run / "report.md").read_text() == md
 
 
+def test_report_refuses_a_law_fitted_on_every_k_the_run_measured(run, capsys):
+    """`--set scale.law_first_k` of the run's last k (3 here) or beyond would label a fit on the
+    whole curve a prediction: refused naming the key, and the report stays as it was."""
+    from evomerge.cli import main
+
+    md = (run / "report.md").read_text()
+    for m in (3, 99):
+        assert main(["report", str(run), "--set", f"scale.law_first_k={m}"]) == 2
+        err = capsys.readouterr().err
+        assert f"--set scale.law_first_k={m}" in err and "fewer k than the run measured (3)" in err
+    assert (run / "report.md").read_text() == md
+
+
 def test_a_run_without_examples_reports_no_intervals_and_everything_else_as_before(run, tmp_path):
     from evomerge.pipelines.scale.report import write_report
 

@@ -88,3 +88,29 @@ def test_a_refusal_after_the_folder_is_made_removes_it(small_zoo, tmp_path, monk
     (out / "cells" / "k001-x.parquet").write_bytes(b"")  # a cell on disk: the run has started
     driver.discard_unstarted(out)
     assert (out / "cells" / "k001-x.parquet").is_file()
+
+
+def test_resume_refuses_another_zoo_than_the_run_started_on(tmp_path, capsys):
+    """`--resume --zoo default` on a run of the small zoo used to continue on the small zoo
+    silently; the same zoo (or none named) still resumes."""
+    import json
+
+    from evomerge.config import dump_config
+    from evomerge.pipelines.scale.defaults import default_config
+
+    out = tmp_path / "run"
+    out.mkdir()
+    dump_config(default_config(), out / "config.yaml")
+    (out / "plan.json").write_text(json.dumps({"zoo_profile": "small"}))
+    before = _sha(out)
+    code, errors = _refused(["--out", str(out), "--resume", "--zoo", "default"], capsys)
+    assert code == 2 and len(errors) == 1
+    assert "started on the `small` zoo, not `default`" in errors[0] and str(out) in errors[0]
+    assert _sha(out) == before
+
+
+def test_print_default_config_needs_no_out(capsys):
+    assert main(["scale", "--print-default-config"]) == 0
+    data = yaml.safe_load(capsys.readouterr().out)
+    assert data["scale"]["order"] == "gain"
+    assert main(["scale"]) == 2 and "Missing option '--out'" in capsys.readouterr().err

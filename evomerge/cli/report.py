@@ -6,20 +6,19 @@ from pathlib import Path
 
 import typer
 
-from evomerge.cli._common import set_option
-
 
 def register(app: typer.Typer) -> None:
-    @app.command("report")
+    @app.command("report", help=(
+        "Rebuild tables/*.parquet, figures/*.png and report.md from the run's finished cells.\n\n"
+        "The run's saved config.yaml is used; --set scale.KEY=VALUE changes how the stop rules are judged "
+        "(e.g. scale.law_first_k); keys outside scale.* would not match the cells already run and are refused."))
     def report(
         run_dir: Path = typer.Argument(..., help="a scale run directory (evomerge scale --out)"),
-        sets: list[str] = set_option(),
+        sets: list[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE",
+                                       help="judge the rules with another scale.* setting, e.g. "
+                                            "scale.law_first_k=3 (repeatable)"),
     ) -> None:
-        """Rebuild tables/*.parquet, figures/*.png and report.md from the run's finished cells.
-
-        The run's saved config.yaml is used; ``--set scale.KEY=VALUE`` changes how the stop rules
-        are judged (e.g. scale.law_first_k); keys outside ``scale.`` would not match the cells
-        already run and are refused."""
+        """The command's help is its ``help=`` (one line per paragraph: the help keeps line breaks)."""
         from evomerge.config.overrides import parse_sets
         from evomerge.errors import ConfigError
         from evomerge.pipelines.scale.report import write_report

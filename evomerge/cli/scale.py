@@ -13,7 +13,7 @@ from evomerge.cli._common import set_option, small_option, zoo_option
 def register(app: typer.Typer) -> None:
     @app.command("scale")
     def scale(
-        out: Path = typer.Option(..., "--out", help="run directory (tables, figures, report.md)"),
+        out: Optional[Path] = typer.Option(None, "--out", help="run directory (tables, figures, report.md); required"),
         config: Optional[Path] = typer.Option(None, "--config", help="YAML config (default: the built-in scale config)"),
         small: bool = small_option(),
         zoo_arg: Optional[str] = zoo_option(),
@@ -40,6 +40,10 @@ def register(app: typer.Typer) -> None:
 
             typer.echo(yaml.safe_dump(DEFAULT_SCALE_CONFIG, sort_keys=False))
             return
+        if out is None:  # required, but not to print the config
+            import click
+
+            raise click.MissingParameter(param_hint="'--out'", param_type="option")
         from evomerge.cli import _common
 
         with _common.stop_on_signals() as fired:  # before the first child starts: SIGTERM, too, cleans up
@@ -115,7 +119,8 @@ def _scale(out: Path, config: Optional[Path], small: bool, zoo_arg: Optional[str
         cfg = override(cfg, parse_sets(sets)) if sets else cfg
     from evomerge.cli._common import zoo_choice, zoo_settings
 
-    profile, cfg = zoo_settings(zoo_choice(zoo_arg, small), cfg, "default")
+    asked = zoo_choice(zoo_arg, small)
+    profile, cfg = zoo_settings(asked, cfg, "default")
     zoo = None
     if not cfg.experts.experts:
         from evomerge.zoo import ensure_zoo
@@ -123,7 +128,11 @@ def _scale(out: Path, config: Optional[Path], small: bool, zoo_arg: Optional[str
         if resume:  # continue on the zoo the run started with
             from evomerge.pipelines.scale.interrupt import recorded_zoo
 
-            profile = recorded_zoo(out) or profile
+            recorded = recorded_zoo(out)
+            if asked is not None and recorded is not None and profile != recorded:
+                raise ConfigError(f"--resume: the run in {out} was started on the `{recorded}` zoo, not `{profile}`; "
+                                  "drop --zoo / --small to continue it, or use another --out")
+            profile = recorded or profile
         zoo = ensure_zoo(profile, cfg.zoo_dir, progress=progress)
     result = run_scale(cfg, out, zoo=zoo, stop=False if no_stop else None, overwrite=overwrite, progress=progress,
                        overlap=not no_overlap)
@@ -131,7 +140,8 @@ def _scale(out: Path, config: Optional[Path], small: bool, zoo_arg: Optional[str
     typer.echo(
         f"scale: {result.cells_run} cells run, {result.cells_skipped} already done, {result.evaluations} evaluations, "
         f"{result.seconds / 60:.1f} min; sigma2={s.sigma2:.3g} rho={s.rho:.3f}; Theorem 1 (eq. 18, {s.delta_mode} "
-        f"Delta={s.delta:.3g}) keeps {s.n_max}; searches stopped by the {s.rule} rule"
-        + ("" if s.enabled else " (not applied: --no-stop)")
+        f"Delta={s.delta:.3g}) keeps {s.n_max}"
+        + ((f"; searches stopped by the {s.rule} rule" + ("" if s.enabled else " (not applied: --no-stop)"))
+           if cfg.scale.search else "; no searches")
     )
     typer.echo(f"report: {result.report}")

@@ -97,6 +97,10 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, side, f
         cfg = override(cfg, overrides, "--set")
     metric = cfg.evaluation.metric
     stop = plan["stop"]
+    if overrides and "scale.law_first_k" in overrides and cfg.scale.law_first_k >= stop["k_end"]:
+        # fitted on every k the run measured, the law would predict nothing
+        raise ConfigError(f"--set scale.law_first_k={cfg.scale.law_first_k}: the law must be fitted on fewer k than "
+                          f"the run measured ({stop['k_end']}) to predict the rest")
     tables, figs = run_dir / "tables", run_dir / "figures"
     gains = _read_json(run_dir / "expert_gains.json")
     analysis_summary = _read_json(run_dir / "analysis" / "summary.json") or {}

@@ -54,8 +54,9 @@ def markdown(plan, cfg, s, pk_all, pk_union, figures, run_dir) -> str:
     L += [f"Methods: {', '.join(sc.methods + list(sc.search))}; RHT variants: {'yes' if sc.with_rht else 'no'}; "
           f"seeds: {sc.seeds}; expert order `{sc.order}`"
           + (f" ({' > '.join(first)})" if sc.order != "random" else " (a new order per seed)")
-          + f"; metric `{cfg.evaluation.metric}`. Registry merges run to k = {stop['k_end']}; searches on the grid k = "
-          f"{stop['search_k']}" + _searches_ran(s.get("search_stop")) + ".", ""]
+          + f"; metric `{cfg.evaluation.metric}`. Registry merges run to k = {stop['k_end']}"
+          + (f"; searches on the grid k = {stop['search_k']}" + _searches_ran(s.get("search_stop")) if sc.search
+             else "; no searches") + ".", ""]
     if s.get("gains"):
         L += ["Own-task validation gain of each expert alone over the base: "
               + ", ".join(f"{n} {_fmt(g)}" for n, g in s["gains"].items()) + ".", ""]
