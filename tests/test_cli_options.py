@@ -174,6 +174,15 @@ def test_evaluate_errors_name_the_flag(capsys) -> None:
     assert line.startswith("error: --metric: `evaluation.metric`: Input should be 'token_accuracy'"), line
 
 
+def test_evolve_errors_name_the_flag(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    for args, start in ((["--actors", "0"], "error: --actors: `ray.num_actors`"),
+                        (["--generations", "0"], "error: --generations: `genome.generations`")):
+        line = _one_error(["evolve", "--algo", "genome", "--small", *args, "--out", out], capsys)
+        assert line.startswith(start), (args, line)
+        assert not out.exists()
+
+
 # --- --zoo PROFILE|PATH on the zoo subcommands ---------------------------------------------
 
 def test_zoo_path_takes_zoo_and_small(capsys) -> None:

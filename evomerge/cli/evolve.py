@@ -10,6 +10,10 @@ import typer
 from evomerge.cli._common import set_option, small_option, zoo_option
 
 
+FLAG_NAMES = {"ray.address": "--ray-address", "ray.num_actors": "--actors", "seed": "--seed",
+              "genome.generations": "--generations", "swarm.max_iter": "--generations"}
+
+
 def flag_values(algo: str, *, ray_address: str | None = None, actors: int | None = None,
                 generations: int | None = None, seed: int | None = None) -> dict[str, Any]:
     """The command's flags as dotted config keys (laid over the config and ``--set`` values)."""
@@ -67,7 +71,7 @@ def register(app: typer.Typer) -> None:
 
         check_search_name(algo, "--algo")
         cfg = load_config_with_sets(config, sets, flag_values(algo, ray_address=ray_address, actors=actors,
-                                                              generations=generations, seed=seed))
+                                                              generations=generations, seed=seed), FLAG_NAMES)
         profile, cfg = zoo_settings(zoo_choice(zoo, small), cfg, "small")
         with interruptible(lambda: interrupted_message(out)), removed_if_failed(out):
             res = run_evolve(cfg, algo, out, resume=resume, zoo_profile=profile, progress=True)

@@ -211,7 +211,11 @@ def finish(study, cfg: EvomergeConfig, spec, out_dir: Path, shown: str, ran: int
     }
     write_json_atomic(out_dir / "summary.json", summary)
     files["summary"] = str(out_dir / "summary.json")
-    log(f"trials: {states}; best validation fitness {best_value} (default config: {default})")
+    log(f"trials: {states}; best validation fitness {_fmt(best_value)} (default config: {_fmt(default)})")
     hint = password_hint(shown)
     log(f"results in {out_dir}; view with: {dashboard_command(shown)}" + (f"  ({hint})" if hint else ""))
     return TuneResult(out_dir, study.study_name, shown, best_value, best_params or {}, default, states, ran, seconds, files)
+
+
+def _fmt(value: float | None) -> str:
+    return "none" if value is None else f"{value:.4f}"
