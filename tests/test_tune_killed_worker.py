@@ -128,3 +128,29 @@ def test_a_trial_finished_before_the_interrupt_is_not_retried(tmp_path) -> None:
     study.optimize(_objective, n_trials=1)
     assert retry_interrupted(study, study.trials[0]._trial_id) is False
     assert [t.state.name for t in study.get_trials(deepcopy=False)] == ["COMPLETE"]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_an_interrupt_while_optuna_records_the_end_still_retries_the_trial(tmp_path, kind, monkeypatch) -> None:
+    """Ctrl-C landing in Optuna's own write of trial 2's end (seen under load: the trial stayed
+    RUNNING): run_study fails it as interrupted and enqueues its parameters, as for a cut objective."""
+    url = f"sqlite:///{tmp_path}/s.db" if kind == "sqlite" else f"journal://{tmp_path}/s.log"
+    study = open_study(open_storage(url), "s", "fp", resume=False, sampler=make_sampler("random", 3),
+                       pruner=make_pruner("none", 1), shown_url=url)
+    storage, write = study._storage, study._storage.set_trial_state_values
+    cut: list[int] = []
+
+    def interrupted_once(trial_id, state, values=None):
+        if storage.get_trial(trial_id).number == 2 and not cut:
+            cut.append(trial_id)
+            raise KeyboardInterrupt
+        return write(trial_id, state, values)
+
+    monkeypatch.setattr(storage, "set_trial_state_values", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(study, recording_errors(_objective), n_trials=5, timeout=None)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "WAITING"]
+    assert trials[2].user_attrs["error"].startswith("interrupted")
+    assert trials[3].params == trials[2].params and trials[3].system_attrs["retry_history"] == [2]
+    assert n_finished(study) == 2

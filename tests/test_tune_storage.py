@@ -98,3 +98,33 @@ def test_crashing_trial_is_recorded_as_failed_and_the_study_goes_on(tmp_path) ->
     states = [t.state.name for t in study.trials]
     assert states == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
     assert study.trials[1].user_attrs["error"] == "RuntimeError: merge blew up"
+
+
+def test_sqlite_storage_writes_while_a_read_is_left_open(tmp_path) -> None:
+    """WAL mode: a read that Ctrl-C cut mid-fetch (its transaction left open) no longer blocks
+    the worker's next write, which used to wait out the 60 s busy timeout."""
+    import sqlite3
+    import threading
+    import time
+
+    import optuna
+
+    db = tmp_path / "s.db"
+    storage = open_storage(f"sqlite:///{db}")
+    study = optuna.create_study(storage=storage, study_name="s")
+    trial = study.ask()
+    assert sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    reader = sqlite3.connect(db, check_same_thread=False)
+    reader.execute("BEGIN")
+    reader.execute("SELECT * FROM trials").fetchone()  # a read transaction, left open
+    release = threading.Timer(10.0, reader.rollback)
+    release.start()
+    try:
+        t0 = time.monotonic()
+        trial.set_user_attr("error", "interrupted")
+        waited = time.monotonic() - t0
+    finally:
+        release.cancel()
+        reader.close()
+    assert waited < 5.0
+    assert storage.get_trial(trial._trial_id).user_attrs["error"] == "interrupted"

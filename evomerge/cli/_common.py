@@ -38,6 +38,14 @@ _FIRED: list[int] | None = None
 ARGV: list[str] = []
 
 
+def _quiet_cleanup_logs() -> None:
+    """Once interrupted, a storage cut mid-read is expected: SQLAlchemy (Optuna's RDB storage)
+    would log a traceback for the cursor it then cannot close, beside the command's one line."""
+    import logging
+
+    logging.getLogger("sqlalchemy").setLevel(logging.CRITICAL)
+
+
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[list[int]]:
     """SIGINT raises KeyboardInterrupt and SIGTERM :class:`Terminated` in the main thread, once:
@@ -81,6 +89,7 @@ def stop_on_signals() -> Iterator[list[int]]:
             signum = again.pop()
         else:
             fired.append(signum)
+            _quiet_cleanup_logs()
         raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
     hook = sys.unraisablehook

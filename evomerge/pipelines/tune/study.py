@@ -224,23 +224,44 @@ def run_study(study, objective: Callable, *, n_trials: int, timeout: float | Non
             gc_after_trial=True,
             show_progress_bar=False,
         )
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (the CLI's Terminated)
+    except BaseException as err:  # Ctrl-C or SIGTERM (the CLI's Terminated)
+        cut = _interrupt_behind(err)
+        if cut is None:
+            raise
         if current:
             retry_interrupted(study, current[0])
-        raise
+        if cut is err:
+            raise
+        raise cut from None  # see _interrupt_behind
     return ran
+
+
+def _interrupt_behind(err: BaseException) -> KeyboardInterrupt | None:
+    """The interrupt ``err`` is, or the one it was raised while handling: an interrupt inside
+    Optuna's write of a trial's end surfaces as an UnboundLocalError from its ``finally``
+    (Optuna 5.0), which would otherwise leave the trial RUNNING and hide the interrupt."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, KeyboardInterrupt):
+            return err
+        err, seen = err.__context__, seen + 1
+    return None
 
 
 def retry_interrupted(study, trial_id: int) -> bool:
     """A trial cut by an interrupt says nothing about its parameters: Optuna has recorded it as
-    FAIL (:func:`recording_errors` noted why); enqueue its parameters again, so a resumed study
-    runs it first and it does not count toward the budget. True when it was re-enqueued."""
+    FAIL (:func:`recording_errors` noted why), or, cut while Optuna wrote that, it is still
+    RUNNING and is failed here; enqueue its parameters again, so a resumed study runs it first
+    and it does not count toward the budget. True when it was re-enqueued."""
     import optuna
 
     storage = study._storage
     try:
         trial = storage.get_trial(trial_id)
-        if trial.state != optuna.trial.TrialState.FAIL:  # it had finished before the interrupt
+        if trial.state == optuna.trial.TrialState.RUNNING:  # cut while Optuna recorded its end
+            storage.set_trial_user_attr(trial_id, "error", INTERRUPTED)
+            storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+        elif trial.state != optuna.trial.TrialState.FAIL:  # it had finished before the interrupt
             return False
         before = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
         retry_callback()(study, storage.get_trial(trial_id))
