@@ -91,3 +91,10 @@ def test_report_reading_of_fits():
     assert fit_scaling_law(k, flat).b == pytest.approx(B_BOUNDS[1])
     assert "b at bound" in reading(flat)
     assert fit_reading({"A": 0.3, "b": 1.0, "r2": 0.2}) == "falls, poor fit"
+
+
+def test_report_prints_a_mean_k_to_two_decimals():
+    """A measured peak is a mean over seeds: 3.67, not 3.66667; whole k as integers."""
+    from evomerge.pipelines.scale.report_md import _k
+
+    assert [_k(v) for v in (11 / 3, 4.0, 10.0, 3, 2.5, float("nan"), None)] == ["3.67", "4", "10", "3", "2.5", "n/a", "n/a"]

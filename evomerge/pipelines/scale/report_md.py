@@ -15,9 +15,10 @@ def _fmt(x: Any, nd: int = 3) -> str:
 
 
 def _k(x: Any) -> str:
+    """A k, or a mean of k over seeds (to 2 decimals: 3.67, not 3.66667)."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
-    return f"{x:g}" if isinstance(x, float) else str(x)
+    return f"{x:.2f}".rstrip("0").rstrip(".") if isinstance(x, float) else str(x)
 
 
 def rule_verdicts(rules: list[dict], law_rule: str) -> dict[str, Any]:
