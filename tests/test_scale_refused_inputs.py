@@ -114,3 +114,29 @@ def test_print_default_config_needs_no_out(capsys):
     data = yaml.safe_load(capsys.readouterr().out)
     assert data["scale"]["order"] == "gain"
     assert main(["scale"]) == 2 and "Missing option '--out'" in capsys.readouterr().err
+
+
+def test_a_method_that_cannot_merge_every_k_is_refused_before_any_work(small_zoo, tmp_path, capsys):
+    """slerp merges exactly 2 experts: the curve's k = 1 (and 3 ..) cannot be run. It used to fail
+    at its first cell, after Ray, the analysis and the expert cell had run, leaving the folder."""
+    out = tmp_path / "run"
+    code, errors = _refused(["--small", "--out", str(out), "--set", "scale.methods=[ties, slerp]",
+                             "--set", "scale.search=[]"], capsys)
+    assert code == 2 and len(errors) == 1
+    assert "`scale.methods`: `slerp` cannot merge the first k = 1 experts" in errors[0] and "exactly 2" in errors[0]
+    assert not out.exists()
+
+
+def test_only_slerp_refuses_a_pool_size():
+    """Which registry methods a scale run can use on every k: all but slerp (2 experts only)."""
+    from evomerge.errors import ConfigError
+    from evomerge.merging.registry import all_methods
+
+    refused = set()
+    for name, method in all_methods().items():
+        for n in range(1, 11):
+            try:
+                method.check_pool_size(n)
+            except ConfigError:
+                refused.add((name, n))
+    assert refused == {("slerp", n) for n in range(1, 11) if n != 2}

@@ -107,8 +107,6 @@ def check_method_fits(cfg) -> None:
     own refusal, e.g. slerp's "exactly 2 experts", comes now rather than at the first tensor),
     and a per-task method (EMR, whose layout is a unified vector plus masks, not an adapter) is
     not given a rank."""
-    import torch
-
     from evomerge.merging.registry import get_merge_method
 
     method = get_merge_method(cfg.merge.method)
@@ -117,12 +115,8 @@ def check_method_fits(cfg) -> None:
             f"--rank {cfg.merge.rank} (merge.rank): merge method `{method.name}` writes its own per-task layout "
             "(unified vector + masks, docs/merging.md), not a LoRA adapter, so there is no rank to write; drop --rank"
         )
-    n = len(cfg.experts.experts)
-    if n == 0 or method.needs:  # no pool (refused when it is loaded) / the operator reads statistics of the data
-        return
-    weights = cfg.merge.weights
-    weights = torch.tensor(weights, dtype=torch.float32) if weights is not None and len(weights) == n else None
-    method.call(torch.zeros(n, 4), weights, torch.Generator().manual_seed(0), None, method.resolve(cfg.merge.params))
+    # no pool: refused when it is loaded
+    method.check_pool_size(len(cfg.experts.experts), cfg.merge.params, cfg.merge.weights)
 
 
 def interrupted_message(target: Path) -> str:

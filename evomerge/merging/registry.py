@@ -122,6 +122,17 @@ class MergeMethod:
         kwargs = {p.keyword: resolved[p.name] for p in self.params}
         return self.fn(deltas, weights, generator=generator, stats=stats, **kwargs)
 
+    def check_pool_size(self, n: int, params: Mapping[str, Any] | None = None, weights=None) -> None:
+        """Refuse, before any work, ``n`` experts the method cannot merge: the operator runs once on
+        ``n`` zero task vectors, so its own check (slerp's "exactly 2") fires now, not at the first
+        real tensor. Methods that read data statistics (Fisher, RegMean) are not run."""
+        if n < 1 or self.needs:
+            return
+        import torch
+
+        w = torch.tensor(weights, dtype=torch.float32) if weights is not None and len(weights) == n else None
+        self.call(torch.zeros(n, 4), w, torch.Generator().manual_seed(0), None, self.resolve(params))
+
     def __call__(self, deltas, weights=None, *, generator=None, stats=None, **params):
         """One tensor merge; ``params`` by their registry names (a stray one is a ConfigError)."""
         return self.call(deltas, weights, generator, stats, self.resolve(params))

@@ -364,6 +364,18 @@ def check_inputs(cfg: EvomergeConfig, spec: PoolSpec) -> None:
             raise ConfigError(f"`evaluation.tasks`: the zoo {spec.zoo_root} has no task(s) {', '.join(unknown)}; "
                               f"its tasks: {', '.join(spec.tasks)}")
     need = min_experts(cfg.scale)
+    if len(spec.names) >= need:  # every registry method merges the first k experts, k = k_min .. k_end
+        from evomerge.merging.registry import get_merge_method
+
+        k_end = min(len(spec.names), cfg.scale.k_max or len(spec.names))
+        for name in cfg.scale.methods:
+            method = get_merge_method(name)
+            for k in range(cfg.scale.k_min, k_end + 1):
+                try:
+                    method.check_pool_size(k, cfg.scale.method_params.get(name))
+                except ConfigError as err:
+                    raise ConfigError(f"`scale.methods`: `{name}` cannot merge the first k = {k} experts, which the "
+                                      f"run's curve needs for k = {cfg.scale.k_min} .. {k_end} ({err})") from None
     if len(spec.names) < need:
         raise ConfigError(f"the scale experiment's stop rules need at least {need} experts (the online rule fits 3 "
                           f"parameters; `scale.law_first_k` = {cfg.scale.law_first_k}); the pool has {len(spec.names)}")
