@@ -348,6 +348,7 @@ def check_inputs(cfg: EvomergeConfig, spec: PoolSpec) -> None:
     be read or do not fit together (a zoo's files are checked against its manifest), too few
     experts for the rules, Fisher / RegMean without task data for an expert."""
     from evomerge.errors import ConfigError
+    from evomerge.merging.registry import get_merge_method
     from evomerge.pipelines.scale.plan import min_experts
     from evomerge.pipelines.scale.statistics import needed, train_files
 
@@ -364,21 +365,18 @@ def check_inputs(cfg: EvomergeConfig, spec: PoolSpec) -> None:
             raise ConfigError(f"`evaluation.tasks`: the zoo {spec.zoo_root} has no task(s) {', '.join(unknown)}; "
                               f"its tasks: {', '.join(spec.tasks)}")
     need = min_experts(cfg.scale)
-    if len(spec.names) >= need:  # every registry method merges the first k experts, k = k_min .. k_end
-        from evomerge.merging.registry import get_merge_method
-
-        k_end = min(len(spec.names), cfg.scale.k_max or len(spec.names))
-        for name in cfg.scale.methods:
-            method = get_merge_method(name)
-            for k in range(cfg.scale.k_min, k_end + 1):
-                try:
-                    method.check_pool_size(k, cfg.scale.method_params.get(name))
-                except ConfigError as err:
-                    raise ConfigError(f"`scale.methods`: `{name}` cannot merge the first k = {k} experts, which the "
-                                      f"run's curve needs for k = {cfg.scale.k_min} .. {k_end} ({err})") from None
     if len(spec.names) < need:
         raise ConfigError(f"the scale experiment's stop rules need at least {need} experts (the online rule fits 3 "
                           f"parameters; `scale.law_first_k` = {cfg.scale.law_first_k}); the pool has {len(spec.names)}")
+    k_end = min(len(spec.names), cfg.scale.k_max or len(spec.names))
+    for name in cfg.scale.methods:  # every registry method merges the first k experts, k = k_min .. k_end
+        method = get_merge_method(name)
+        for k in range(cfg.scale.k_min, k_end + 1):
+            try:
+                method.check_pool_size(k, cfg.scale.method_params.get(name))
+            except ConfigError as err:
+                raise ConfigError(f"`scale.methods`: `{name}` cannot merge the first k = {k} experts, which the "
+                                  f"run's curve needs for k = {cfg.scale.k_min} .. {k_end} ({err})") from None
     too_big = [k for k in cfg.scale.search_k or () if k > len(spec.names)]
     if too_big:
         raise ConfigError(f"`scale.search_k` asks for k = {too_big}, more experts than the pool's {len(spec.names)}")
