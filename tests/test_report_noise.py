@@ -32,7 +32,7 @@ def run(small_zoo, tmp_path_factory):
     cfg = config_from_dict({
         "evaluation": {"max_samples": 12, "batch_size": 12},
         "scale": {"methods": ["task_arithmetic", "ties"], "search": ["genome"], "seeds": [0, 1], "with_rht": True,
-                  "k_max": 3, "law_first_k": 3, "pairs": False, "order": "given", "hist_samples": 50},
+                  "k_max": 4, "law_first_k": 3, "pairs": False, "order": "given", "hist_samples": 50},
         "genome": {"population": 3, "generations": 1, "early_stop_iter": 1},
         "ray": {"num_actors": 2},
     })
@@ -164,16 +164,42 @@ def test_report_command_regenerates_the_noise_table_byte_for_byte(run):
 
 
 def test_report_refuses_a_law_fitted_on_every_k_the_run_measured(run, capsys):
-    """`--set scale.law_first_k` of the run's last k (3 here) or beyond would label a fit on the
+    """`--set scale.law_first_k` of the run's last k (4 here) or beyond would label a fit on the
     whole curve a prediction: refused naming the key, and the report stays as it was."""
     from evomerge.cli import main
 
     md = (run / "report.md").read_text()
-    for m in (3, 99):
+    for m in (4, 99):  # the run's k_max is 4: the config itself refuses it
         assert main(["report", str(run), "--set", f"scale.law_first_k={m}"]) == 2
         err = capsys.readouterr().err
-        assert f"--set scale.law_first_k={m}" in err and "fewer k than the run measured (3)" in err
+        assert f"error: --set: `scale.law_first_k` ({m}) must be below `scale.k_max` (4)" in err
     assert (run / "report.md").read_text() == md
+
+
+def test_report_refuses_a_run_configured_to_fit_the_law_on_every_k(run, tmp_path, capsys):
+    """A run whose own config.yaml fits the law on every k it measured (`scale` refuses that
+    now; a run made before could hold it, on a pool of law_first_k experts): refused naming the
+    file and the key, with the `--set` that reports it; nothing is written."""
+    import shutil
+
+    import yaml
+
+    from evomerge.cli import main
+
+    copy = tmp_path / "old_run"
+    shutil.copytree(run, copy)
+    data = yaml.safe_load((copy / "config.yaml").read_text())
+    data["scale"]["law_first_k"], data["scale"]["k_max"] = 4, None  # k_end stays the plan's 4
+    (copy / "config.yaml").write_text(yaml.safe_dump(data))
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    assert main(["report", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert f"{copy / 'config.yaml'}: `scale.law_first_k` = 4" in err and "fewer k than the run measured (4)" in err
+    assert "report it with --set scale.law_first_k=3" in err
+    assert main(["report", str(copy), "--set", "scale.law_first_k=5"]) == 2  # no k_max: the run's last k decides
+    err = capsys.readouterr().err
+    assert "--set scale.law_first_k=5: the law must be fitted on fewer k than the run measured (4)" in err
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
 
 
 def test_a_run_without_examples_reports_no_intervals_and_everything_else_as_before(run, tmp_path):

@@ -118,8 +118,9 @@ def test_stop_rule_matches_theory_and_never_cuts_the_registry_merges():
                          sigma2=0.2, rho=0.1)
     # relative 0.1 x first drop (0.09) = 0.009 -> n(n-1) <= 20 -> n = 5
     assert relative.delta == pytest.approx(0.009) and relative.n_max == 5
-    with pytest.raises(ConfigError, match="at least 4 experts"):
-        stop_rule([0.2] * 3, _equi(3, 0.1), [0, 1, 2], cfg, sigma2=0.2, rho=0.1)
+    for n in (3, 4):  # law_first_k = 4: the law needs its 4 points and a fifth k to predict
+        with pytest.raises(ConfigError, match="at least 5 experts"):
+            stop_rule([0.2] * n, _equi(n, 0.1), list(range(n)), cfg, sigma2=0.2, rho=0.1)
     with pytest.raises(ConfigError, match="law_first_k"):
         stop_rule([0.2] * 5, _equi(5, 0.1), list(range(5)), cfg.model_copy(update={"law_first_k": 6}), sigma2=0.2, rho=0.1)
 
@@ -175,6 +176,11 @@ def test_scale_config_rejects_bad_values():
         ScaleConfig(methods=["task_arithmetic"], method_params={"ties": {}})
     with pytest.raises(ConfigError, match="k_max"):
         ScaleConfig(methods=["ties"], k_min=3, k_max=2)
+    # a law fitted on every k the run measures would predict nothing (and be labelled a prediction)
+    for law_first_k, k_max in ((4, 4), (5, 4)):
+        with pytest.raises(ConfigError, match=rf"`scale.law_first_k` \({law_first_k}\) must be below `scale.k_max` \(4\)"):
+            ScaleConfig(methods=["ties"], law_first_k=law_first_k, k_max=k_max)
+    assert ScaleConfig(methods=["ties"], law_first_k=3, k_max=4).k_max == 4
 
 
 def test_correlated_pairs_from_domains_and_graceful_without():

@@ -19,7 +19,7 @@ CFG = {
         "with_rht": True,
         "seeds": [0],
         "order": "given",
-        "k_max": 3,
+        "k_max": 4,
         "law_first_k": 3,
         "stop": False,
         "hist_samples": 200,
@@ -86,12 +86,12 @@ def test_killed_run_resumes_from_finished_cells(small_zoo, tmp_path, ray_session
     resumed = []
     res = run_scale(cfg, part, zoo=small_zoo, progress=False, on_cell_done=lambda cell, n: resumed.append(cell))
     n_pairs = 2 * 2  # the small zoo's one related pair and one unrelated, x 2 methods, one seed
-    assert res.cells_total == 2 + 3 * 4 + n_pairs
+    assert res.cells_total == 2 + 4 * 4 + n_pairs
     assert res.cells_skipped == n_before
     assert res.cells_run == res.cells_total - n_before == len(resumed)
     assert {c.id for c in resumed} | done_before == CellStore(part).done()  # nothing missed
     assert not {c.id for c in resumed} & done_before  # nothing recomputed
-    assert max(c.k for c in resumed) == 3
+    assert max(c.k for c in resumed) == 4
     assert res.evaluations == 2 * len(resumed)  # validation + test per cell
     assert (part / "report.md").is_file()
     # the resumed table equals every cell computed in one go

@@ -24,7 +24,7 @@ def _cfg():
     return config_from_dict({
         "evaluation": {"max_samples": MAX_SAMPLES, "batch_size": BATCH},
         "scale": {"methods": ["task_arithmetic", "emr"], "search": ["genome", "swarm"], "seeds": [0],
-                  "with_rht": True, "k_max": 3, "law_first_k": 3, "pairs": True, "order": "given",
+                  "with_rht": True, "k_max": 4, "law_first_k": 3, "pairs": True, "order": "given",
                   "hist_samples": 20, "stop_target": "all"},
         "genome": {"population": 3, "generations": 1, "early_stop_iter": 1},
         "swarm": {"max_iter": 1, "patience": 1},

@@ -298,6 +298,10 @@ class ScaleConfig(Section):
             get_merge_method(name).resolve(params)
         if self.k_max is not None and self.k_max < self.k_min:
             raise ConfigError(f"`scale.k_max` ({self.k_max}) must be >= `scale.k_min` ({self.k_min})")
+        if self.k_max is not None and self.law_first_k >= self.k_max:
+            raise ConfigError(f"`scale.law_first_k` ({self.law_first_k}) must be below `scale.k_max` ({self.k_max}): "
+                              "the law fitted on k <= law_first_k predicts the k beyond it, and fitted on every k "
+                              "the run measures it would predict nothing")
         return self
 
 

@@ -367,7 +367,7 @@ def check_inputs(cfg: EvomergeConfig, spec: PoolSpec) -> None:
     need = min_experts(cfg.scale)
     if len(spec.names) < need:
         raise ConfigError(f"the scale experiment's stop rules need at least {need} experts (the online rule fits 3 "
-                          f"parameters; `scale.law_first_k` = {cfg.scale.law_first_k}); the pool has {len(spec.names)}")
+                          f"parameters; the law fitted on k <= `scale.law_first_k` = {cfg.scale.law_first_k} and a k beyond it to predict); the pool has {len(spec.names)}")
     k_end = min(len(spec.names), cfg.scale.k_max or len(spec.names))
     for name in cfg.scale.methods:  # every registry method merges the first k experts, k = k_min .. k_end
         method = get_merge_method(name)

@@ -26,8 +26,9 @@ def delta_mode(cfg: ScaleConfig) -> tuple[str, float | None]:
 
 
 def min_experts(cfg: ScaleConfig) -> int:
-    """The pool size the rules need: 3 distinct k for the online rule, ``law_first_k`` for the law."""
-    return max(3, cfg.law_first_k)
+    """The pool size the rules need: 3 distinct k for the online rule; for the law, its
+    ``law_first_k`` points and at least one k beyond them to predict."""
+    return max(3, cfg.law_first_k + 1)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def stop_rule(variances, corr, order: Sequence[int], cfg: ScaleConfig, *, sigma2
     need = min_experts(cfg)
     if n_available < need:
         raise ConfigError(f"the scale experiment's stop rules need at least {need} experts (3 distinct k for the "
-                          f"online rule, `scale.law_first_k` = {cfg.law_first_k} for the law); the pool has {n_available}")
+                          f"online rule; the law fitted on k <= `scale.law_first_k` = {cfg.law_first_k} and a k beyond it to predict); the pool has {n_available}")
     enabled = cfg.stop if stop is None else stop
     k_hi = min(n_available, cfg.k_max or n_available)
     if cfg.k_min > k_hi:

@@ -97,10 +97,15 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, side, f
         cfg = override(cfg, overrides, "--set")
     metric = cfg.evaluation.metric
     stop = plan["stop"]
-    if overrides and "scale.law_first_k" in overrides and cfg.scale.law_first_k >= stop["k_end"]:
-        # fitted on every k the run measured, the law would predict nothing
-        raise ConfigError(f"--set scale.law_first_k={cfg.scale.law_first_k}: the law must be fitted on fewer k than "
-                          f"the run measured ({stop['k_end']}) to predict the rest")
+    if cfg.scale.law_first_k >= stop["k_end"]:
+        # fitted on every k the run measured, the law would predict nothing (`scale` refuses such
+        # a config; a run made before it did is reported with a smaller law_first_k)
+        source = (f"--set scale.law_first_k={cfg.scale.law_first_k}" if overrides and "scale.law_first_k" in overrides
+                  else f"{run_dir / 'config.yaml'}: `scale.law_first_k` = {cfg.scale.law_first_k}")
+        hint = (f"report it with --set scale.law_first_k={stop['k_end'] - 1}" if stop["k_end"] > 3
+                else "the law needs 3 points and a k beyond them")
+        raise ConfigError(f"{source}: the law must be fitted on fewer k than the run measured ({stop['k_end']}) "
+                          f"to predict the rest ({hint})")
     tables, figs = run_dir / "tables", run_dir / "figures"
     gains = _read_json(run_dir / "expert_gains.json")
     analysis_summary = _read_json(run_dir / "analysis" / "summary.json") or {}
