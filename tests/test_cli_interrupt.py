@@ -232,7 +232,7 @@ def test_a_signal_swallowed_by_a_finalizer_is_raised_again():
     import os
     import time
 
-    from evomerge.cli._common import stop_on_signals
+    from evomerge.interrupts import stop_on_signals
 
     class Finalized:
         def __del__(self):
@@ -247,6 +247,79 @@ def test_a_signal_swallowed_by_a_finalizer_is_raised_again():
             time.sleep(5)  # reached only if the signal was lost
             pytest.fail("the signal raised in the finalizer was lost")
     assert fired == [signal.SIGTERM]
+
+
+def test_a_callback_runs_on_the_first_signal_only_and_before_the_unwinding():
+    """``when_interrupted``: called once, inside the handler of the first signal (the signal is
+    recorded, the exception not raised yet), not for a second one, and not after its block."""
+    import os
+    import time
+
+    from evomerge.interrupts import stop_on_signals, when_interrupted
+
+    calls: list = []
+    with pytest.raises(KeyboardInterrupt):
+        with stop_on_signals() as fired, when_interrupted(lambda: calls.append(list(fired))):
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)  # reached only if the signal was lost
+                pytest.fail("the signal was lost")
+            finally:
+                os.kill(os.getpid(), signal.SIGTERM)  # a second signal, while the first one unwinds
+                time.sleep(0.2)
+    assert calls == [[signal.SIGINT]] and fired == [signal.SIGINT]
+    with pytest.raises(KeyboardInterrupt):
+        with stop_on_signals():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+    assert calls == [[signal.SIGINT]]
+
+
+def test_a_signal_inside_a_deferred_block_is_raised_at_its_end():
+    """``deferred``: the signal is recorded inside the block and raised when it ends (SIGTERM as
+    :class:`Terminated`); outside any ``stop_on_signals`` the block changes nothing."""
+    import os
+    import time
+
+    from evomerge.interrupts import Terminated, deferred, stop_on_signals
+
+    reached = []
+    with pytest.raises(Terminated):
+        with stop_on_signals() as fired:
+            with deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.3)  # the handler ran in here without raising
+                reached.append(list(fired))
+            pytest.fail("the deferred signal was lost")
+    assert reached == [[signal.SIGTERM]]
+    with deferred():
+        reached.append("no handler of ours")
+    assert reached[-1] == "no handler of ours"
+
+
+def test_tune_quiets_the_storage_log_once_interrupted_only():
+    """``evomerge tune``: SQLAlchemy's log (the traceback of a read the interrupt cut) goes quiet
+    on the interrupt, not before it."""
+    import logging
+    import os
+    import time
+
+    from evomerge.cli.tune import _no_interrupt_traceback
+    from evomerge.interrupts import stop_on_signals
+
+    logger = logging.getLogger("sqlalchemy")
+    level = logger.level
+    try:
+        with stop_on_signals(), _no_interrupt_traceback():
+            pass
+        assert logger.level == level != logging.CRITICAL
+        with pytest.raises(KeyboardInterrupt):
+            with stop_on_signals(), _no_interrupt_traceback():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+        assert logger.level == logging.CRITICAL
+    finally:
+        logger.setLevel(level)
 
 
 def test_tune_interrupted_line_finds_a_journal_storage(tmp_path, monkeypatch):

@@ -65,6 +65,36 @@ def test_merge_set_reaches_the_written_merge(small_zoo, tmp_path, capsys) -> Non
     assert man["method"] == "ties" and man["params"]["density"] == 0.35 and man["seed"] == 11
 
 
+def test_merge_quiet_turns_the_libraries_bars_off_for_the_command_only(monkeypatch, small_zoo, tmp_path, capsys) -> None:
+    """-q: transformers' and huggingface_hub's bars are off while the merge runs, and as they were
+    afterwards, with no environment variable left: an in-process caller (a notebook) keeps its bars."""
+    import os
+
+    from huggingface_hub import utils as hub
+    from transformers.utils import logging as hf_logging
+
+    import evomerge.pipelines.merge.job as job
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    hub.enable_progress_bars()
+    hf_logging.enable_progress_bar()
+    before = (hub.are_progress_bars_disabled(), hf_logging.is_progress_bar_enabled())
+    assert before[1]
+    seen, real = [], job.run_merge
+
+    def watched(*args, **kwargs):
+        seen.append((hub.are_progress_bars_disabled(), hf_logging.is_progress_bar_enabled()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(job, "run_merge", watched)
+    e1, e2 = list(small_zoo.expert_dirs.values())[:2]
+    code, _, err = _run(["merge", "-e", e1, "-e", e2, "--method", "ties", "--rank", "4", "--out", tmp_path / "m", "-q"], capsys)
+    assert code == 0, err
+    assert seen == [(True, False)]
+    assert (hub.are_progress_bars_disabled(), hf_logging.is_progress_bar_enabled()) == before
+    assert "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ
+
+
 def test_merge_flag_wins_over_set(monkeypatch, small_zoo, tmp_path) -> None:
     seen = _capture(monkeypatch, "evomerge.pipelines.merge.job", "run_merge")
     e1 = next(iter(small_zoo.expert_dirs.values()))

@@ -70,6 +70,49 @@ def _write_marker(path: str) -> str:
     return "done"
 
 
+class _WaitsInItsFinalizer:
+    """Its finalizer says that it runs (the file ``ready``), then waits there for a signal."""
+
+    def __init__(self, ready: str):
+        self.ready = ready
+
+    def __del__(self):
+        import time
+
+        open(self.ready, "w").close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # the signal's handler raises here, inside the finalizer
+            pass
+
+
+def _signalled_in_a_finalizer(ready: str) -> str:
+    import time
+
+    _WaitsInItsFinalizer(ready)  # dropped at once: its finalizer runs now
+    time.sleep(30)
+    return "the signal was lost"
+
+
+def test_a_stop_that_lands_in_a_finalizer_still_ends_the_child(tmp_path, capfd):
+    """SIGINT (``stop``) raised inside a finalizer of the child's, where Python prints the
+    exception ("Exception ignored in ...") and goes on: the child raises it again, so it ends in
+    its own cleanup at once (not by SIGKILL after the grace), and prints nothing."""
+    import time
+
+    ready = tmp_path / "ready"
+    job = SideJob(_signalled_in_a_finalizer, str(ready))
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert time.monotonic() < deadline and job.proc.poll() is None, "the child did not reach its finalizer"
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    job.stop(grace=10.0)
+    seconds = time.monotonic() - t0
+    err = capfd.readouterr().err
+    assert "Exception ignored" not in err and "KeyboardInterrupt" not in err, err
+    assert job.proc.returncode == 0 and seconds < 5.0, (job.proc.returncode, seconds)
+
+
 def test_work_beside_in_a_thread_raises_its_error_on_join():
     """Ray's shutdown runs in a thread beside the report (finish.disconnect_beside): its error
     comes back on join; without a Ray of this run's there is nothing to stop."""

@@ -48,16 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     exceptions are recognised by their interface, not their class, because typer may bundle its
     own copy of click (typer 0.29 does), whose exceptions are not ``click.ClickException``.
     """
+    from evomerge import interrupts
     from evomerge.cli import _common
 
     _common.FAST_EXIT = False
     _common.ARGV = list(sys.argv[1:] if argv is None else argv)
     # every command: SIGTERM, too, unwinds the command (its Ray session, its temporary outputs)
-    with _common.stop_on_signals() as fired:
+    with interrupts.stop_on_signals() as fired:
         return _main(argv, fired)
 
 
 def _main(argv: list[str] | None, fired: list[int]) -> int:
+    from evomerge import interrupts
     from evomerge.cli import _common
 
     try:
@@ -66,7 +68,7 @@ def _main(argv: list[str] | None, fired: list[int]) -> int:
         except KeyboardInterrupt:  # outside the command's body (typer turns one inside it into 130)
             rv = 130
         if rv == 130:  # a command without a line of its own: typer swallowed the KeyboardInterrupt
-            raise _common.Interrupted(_interrupted_line(), _common.exit_code(KeyboardInterrupt(), fired))
+            raise _common.Interrupted(_interrupted_line(), interrupts.exit_code(KeyboardInterrupt(), fired))
         if argv is None and _common.FAST_EXIT and rv in (None, 0):
             _exit_now()
     except _common.Interrupted as err:  # the command has cleaned up

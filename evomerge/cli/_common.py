@@ -9,16 +9,11 @@ from typing import Any, Callable, Iterator, Optional
 import typer
 
 from evomerge.errors import ConfigError
+from evomerge.interrupts import exit_code, stop_on_signals
 
 # set by a command whose run is over (files closed, children and its Ray stopped): `main`, run as
 # the program, then exits without the interpreter's teardown
 FAST_EXIT = False
-
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a cluster cancelling the job), raised where Ctrl-C raises KeyboardInterrupt so the
-    same cleanup runs."""
 
 
 class Interrupted(BaseException):
@@ -31,100 +26,8 @@ class Interrupted(BaseException):
         self.message, self.code = message, code
 
 
-# the signal list of the outermost open `stop_on_signals` (None when none is open): nested ones share it
-_FIRED: list[int] | None = None
-
 # the command line `main` runs (without the program name), for the resume lines
 ARGV: list[str] = []
-
-
-def _quiet_cleanup_logs() -> None:
-    """Once interrupted, a storage cut mid-read is expected: SQLAlchemy (Optuna's RDB storage)
-    would log a traceback for the cursor it then cannot close, beside the command's one line."""
-    import logging
-
-    logging.getLogger("sqlalchemy").setLevel(logging.CRITICAL)
-
-
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[list[int]]:
-    """SIGINT raises KeyboardInterrupt and SIGTERM :class:`Terminated` in the main thread, once:
-    a second signal while the first one's cleanup runs is ignored (the cleanup is bounded), so a
-    repeated Ctrl-C does not cut it short and leave children behind. Yields the list of the
-    signal that came (empty until then): Ray's blocking calls raise a KeyboardInterrupt of their
-    own when a handler raises inside them, so the exception's class does not tell SIGTERM
-    apart. The previous handlers come back on exit. Outside the main thread (a library caller's
-    worker thread) nothing changes. Nested calls (``main`` holds one around every command, a
-    command may open its own) share the outermost one's handlers and list."""
-    import signal
-    import threading
-
-    global _FIRED
-    fired: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield fired
-        return
-    if _FIRED is not None:
-        yield _FIRED
-        return
-
-    import os
-    import sys
-
-    again: list[int] = []  # a signal to deliver once more: its exception was swallowed
-    in_hook: list[int] = []
-
-    def deliver_later(signum):  # from a thread, once the main thread has left the hook below
-        timer = threading.Timer(0.05, os.kill, (os.getpid(), signum))
-        timer.daemon = True
-        timer.start()
-
-    def handler(signum, frame):
-        if fired and not again:
-            return
-        if again:
-            if in_hook:
-                deliver_later(again[0])
-                return
-            signum = again.pop()
-        else:
-            fired.append(signum)
-            _quiet_cleanup_logs()
-        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
-
-    hook = sys.unraisablehook
-
-    def unraisable(info):
-        # the handler raised inside a finalizer or a weakref callback (a garbage collection:
-        # SQLAlchemy's, say), where Python prints and drops the exception: the signal comes again
-        if fired and isinstance(info.exc_value, KeyboardInterrupt) and not again:
-            in_hook.append(1)
-            try:
-                again.append(fired[0])
-                deliver_later(fired[0])
-            finally:
-                in_hook.clear()
-            return
-        hook(info)
-
-    before = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    sys.unraisablehook = unraisable
-    _FIRED = fired
-    try:
-        yield fired
-    finally:
-        _FIRED = None
-        sys.unraisablehook = hook
-        for s, h in before.items():
-            signal.signal(s, h)
-
-
-def exit_code(err: BaseException, fired: list[int]) -> int:
-    """143 for SIGTERM (the exception, or the signal list when Ray re-raised it as a plain
-    KeyboardInterrupt), else 130."""
-    import signal
-
-    return 143 if isinstance(err, Terminated) or signal.SIGTERM in fired else 130
 
 
 @contextlib.contextmanager
@@ -152,8 +55,10 @@ def command_line(*, resume: bool = False) -> str:
 
 def quiet_progress_bars() -> None:
     """``--no-progress`` also for the bars of the libraries (transformers' "Loading weights",
-    huggingface_hub's): the environment variable reaches the processes started after this call
-    (Ray's workers, the side processes), the calls cover what this process already imported."""
+    huggingface_hub's), for the rest of the process: the environment variable reaches the
+    processes started after this call (Ray's workers, the side processes), the calls cover what
+    this process already imported. For ``scale``, whose children need it; a command that starts
+    none uses :func:`library_bars_off`, which undoes itself."""
     import os
     import sys
 
@@ -166,6 +71,26 @@ def quiet_progress_bars() -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+
+
+@contextlib.contextmanager
+def library_bars_off() -> Iterator[None]:
+    """The libraries' progress bars (transformers', huggingface_hub's) off in this process for the
+    block only, as they were afterwards: a caller of :func:`evomerge.cli.main` in a notebook
+    keeps its own bars after ``merge -q``."""
+    from huggingface_hub import utils as hub
+    from transformers.utils import logging as hf_logging
+
+    hub_off, hf_on = hub.are_progress_bars_disabled(), hf_logging.is_progress_bar_enabled()
+    hub.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if not hub_off:
+            hub.enable_progress_bars()
+        if hf_on:
+            hf_logging.enable_progress_bar()
 
 
 SET_HELP = "set a config key, dotted, value in YAML (e.g. --set merge.params.density=0.5); repeat"

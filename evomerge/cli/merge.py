@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Optional
 
@@ -78,11 +79,8 @@ def merge_command(
     sets: list[str] = set_option(),
 ) -> None:
     """Merge experts into one peft adapter or full checkpoint, with a manifest of how."""
-    from evomerge.cli._common import quiet_progress_bars
     from evomerge.pipelines.merge.job import run_merge
 
-    if quiet:  # also the libraries' bars (transformers' "Loading weights" of the statistics' model)
-        quiet_progress_bars()
     cfg = build_config(
         config, experts=expert, base=base, method=method, params=param, space=space, weights=weights, rank=rank,
         rht=rht, seed=seed, device=device, allow_bin=allow_bin, fmt=fmt, data=data, sets=sets,
@@ -93,9 +91,10 @@ def merge_command(
     target = out if out is not None else (Path(cfg.output) if cfg.output else None)
     if target is None:
         raise ConfigError("no output folder: pass --out PATH (or `output:` in the config)")
-    from evomerge.cli._common import interruptible
+    from evomerge.cli._common import interruptible, library_bars_off
 
-    with interruptible(lambda: interrupted_message(target)):
+    # -q: also the libraries' bars (transformers' "Loading weights" of the statistics' model)
+    with interruptible(lambda: interrupted_message(target)), library_bars_off() if quiet else contextlib.nullcontext():
         result = run_merge(cfg, target, overwrite=overwrite, device=cfg.device, progress=not quiet, log=typer.echo)
     typer.echo(f"merged model: {result}")
     typer.echo(f"manifest:     {result / 'evomerge_manifest.json'}")

@@ -44,13 +44,14 @@ def register(app: typer.Typer) -> None:
             import click
 
             raise click.MissingParameter(param_hint="'--out'", param_type="option")
+        from evomerge import interrupts
         from evomerge.cli import _common
 
-        with _common.stop_on_signals() as fired:  # before the first child starts: SIGTERM, too, cleans up
+        with interrupts.stop_on_signals() as fired:  # before the first child starts: SIGTERM, too, cleans up
             try:
                 _run(out, config, small, zoo_arg, sets, no_stop, resume, no_overlap, overwrite, progress, preset)
             except KeyboardInterrupt as err:  # also one that came during _run's own cleanup
-                raise _common.Interrupted(interrupted_message(out), _common.exit_code(err, fired)) from None
+                raise _common.Interrupted(interrupted_message(out), interrupts.exit_code(err, fired)) from None
 
 
 def _run(out: Path, config: Optional[Path], small: bool, zoo_arg: Optional[str], sets: list[str], no_stop: bool,

@@ -9,6 +9,7 @@ from typing import Iterator, Optional
 import typer
 
 from evomerge.cli._common import set_option, small_option, zoo_option
+from evomerge.interrupts import when_interrupted
 
 
 def tune_config(config: Path, sets: list[str], zoo: Optional[str], small: bool):
@@ -22,7 +23,8 @@ def tune_config(config: Path, sets: list[str], zoo: Optional[str], small: bool):
 @contextlib.contextmanager
 def _no_interrupt_traceback() -> Iterator[None]:
     """Optuna logs the trial an interrupt cut as failed, with the KeyboardInterrupt's traceback:
-    keep its line, drop the traceback (the command's own line says what happened)."""
+    keep its line, drop the traceback (the command's own line says what happened); SQLAlchemy's
+    traceback of the cut read is not logged (:func:`_quiet_storage_log`)."""
     import logging
 
     def drop(record: logging.LogRecord) -> bool:
@@ -33,9 +35,20 @@ def _no_interrupt_traceback() -> Iterator[None]:
     logger = logging.getLogger("optuna.study._optimize")
     logger.addFilter(drop)
     try:
-        yield
+        with when_interrupted(_quiet_storage_log):
+            yield
     finally:
         logger.removeFilter(drop)
+
+
+def _quiet_storage_log() -> None:
+    """Once interrupted, a storage read cut mid-fetch is expected: SQLAlchemy (Optuna's RDB
+    storage) would log a traceback for the cursor it then cannot close, beside the command's one
+    line. Its logger's level is set before the interrupt unwinds (the log comes while it does,
+    from a pool logger whose name depends on the pool class): the process ends after the command."""
+    import logging
+
+    logging.getLogger("sqlalchemy").setLevel(logging.CRITICAL)
 
 
 def interrupted_message(cfg, storage: Optional[str], study_name: Optional[str], out: Path) -> str:

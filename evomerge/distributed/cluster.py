@@ -94,7 +94,7 @@ def connect(cfg: RayConfig, *, log_to_driver: bool = False) -> bool:
 @contextlib.contextmanager
 def _own_sigterm() -> Iterator[None]:
     """Keep the caller's SIGTERM handler: ``ray.init`` replaces it with ``sys.exit(15)``, which
-    would bypass the CLI's cleanup and exit code 143 (evomerge.cli._common.stop_on_signals)."""
+    would bypass the CLI's cleanup and exit code 143 (evomerge.interrupts.stop_on_signals)."""
     import signal
 
     main = threading.current_thread() is threading.main_thread()

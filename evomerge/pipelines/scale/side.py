@@ -8,6 +8,11 @@ prints goes to stderr; its return value (picklable) comes back through a pipe.
 :meth:`SideJob.warm` starts the child early: it imports the function's module (the imports are
 most of a small job's cost) and then waits for the arguments (:meth:`SideJob.send`), so the job
 itself starts at once when they come.
+
+SIGINT (:meth:`SideJob.stop`, or a Ctrl-C that reaches the whole process group) and SIGTERM
+raise in the child as in the command line's process (:func:`evomerge.interrupts.stop_on_signals`):
+once, so a second signal does not cut its cleanup short, and again if the first landed in a
+finalizer, where Python would print it and go on.
 """
 
 from __future__ import annotations
@@ -20,26 +25,29 @@ from typing import Any, Callable
 from evomerge.errors import EvomergeError
 
 _CHILD = """
-import os, pickle, sys
+import os, pickle, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # until stop_on_signals: its caller is still writing
 sys.path[:] = pickle.load(sys.stdin.buffer)
 out = os.fdopen(os.dup(1), "wb")
 os.dup2(2, 1)
 module, name = pickle.load(sys.stdin.buffer)
-try:
-    import importlib
-    fn = getattr(importlib.import_module(module), name)
+from evomerge.interrupts import stop_on_signals
+with stop_on_signals():  # one exception per stop, even inside a garbage collection's callback
     try:
-        args = pickle.load(sys.stdin.buffer)  # a warm child waits here
-    except EOFError:  # cancelled before its arguments came
-        args = None
-    result = ("cancelled", None) if args is None else ("ok", fn(*args))
-except BaseException:
-    import traceback
-    result = ("error", traceback.format_exc())
-pickle.dump(result, out)
-out.close()  # the caller has the answer now
-sys.stdout.flush()
-sys.stderr.flush()
+        import importlib
+        fn = getattr(importlib.import_module(module), name)
+        try:
+            args = pickle.load(sys.stdin.buffer)  # a warm child waits here
+        except EOFError:  # cancelled before its arguments came
+            args = None
+        result = ("cancelled", None) if args is None else ("ok", fn(*args))
+    except BaseException:
+        import traceback
+        result = ("error", traceback.format_exc())
+    pickle.dump(result, out)
+    out.close()  # the caller has the answer now
+    sys.stdout.flush()
+    sys.stderr.flush()
 os._exit(0)  # the work is done and on disk: skip the interpreter's teardown (about 1 s with torch)
 """
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Callable
 
 from evomerge.errors import ConfigError
+from evomerge.interrupts import deferred
 
 SPACE_ATTR = "evomerge.space"
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
@@ -206,14 +207,24 @@ def run_study(study, objective: Callable, *, n_trials: int, timeout: float | Non
     def counted(trial):
         nonlocal ran
         ran += 1
-        current[:] = [trial._trial_id]
         return objective(trial)
+
+    ask = study.ask
+
+    def ask_known(*args, **kwargs):
+        # an interrupt inside ask() (storage I/O after the trial exists) would leave a RUNNING
+        # trial this worker cannot name: it is raised once the trial is known
+        with deferred():
+            trial = ask(*args, **kwargs)
+            current[:] = [trial._trial_id]
+        return trial
 
     def budget(study, trial) -> None:  # the study's budget, shared with the other workers
         sweep_dead_trials(study, log)  # a trial left by a worker that died since this one started
         if n_finished(study) >= n_trials:
             study.stop()
 
+    study.ask = ask_known  # the study's own object, for this loop (the instance attribute goes after)
     try:
         study.optimize(
             counted,
@@ -233,6 +244,8 @@ def run_study(study, objective: Callable, *, n_trials: int, timeout: float | Non
         if cut is err:
             raise
         raise cut from None  # see _interrupt_behind
+    finally:
+        del study.ask
     return ran
 
 

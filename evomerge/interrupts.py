@@ -1,0 +1,154 @@
+"""SIGINT / SIGTERM as exceptions in the main thread, so that every ``finally`` and context
+manager of a run (its Ray session, its children, its atomic writers) cleans up, in the command
+line's process and in the child processes it starts (:mod:`evomerge.pipelines.scale.side`).
+
+Standard library only: a child imports this before the heavy modules it is about to import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cluster cancelling the job), raised where Ctrl-C raises KeyboardInterrupt so the
+    same cleanup runs."""
+
+
+# the signal list of the outermost open `stop_on_signals` (None when none is open): nested ones share it
+_FIRED: list[int] | None = None
+# called once, on the first signal, before its exception is raised (`when_interrupted`)
+_ON_FIRST: list[Callable[[], None]] = []
+# how many `deferred` blocks are open, and the signal that came in them (raised at their end)
+_DEFER_DEPTH = 0
+_DEFERRED: list[int] = []
+
+
+@contextlib.contextmanager
+def when_interrupted(callback: Callable[[], None]) -> Iterator[None]:
+    """Call ``callback`` on the first SIGINT / SIGTERM that an open :func:`stop_on_signals`
+    turns into an exception, before it is raised: for what must change before the unwinding
+    starts (a library that would log the cut it causes, say). The callback runs inside the
+    signal handler: keep it short, and let it not raise."""
+    _ON_FIRST.append(callback)
+    try:
+        yield
+    finally:
+        _ON_FIRST.remove(callback)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """A signal that comes inside the block is raised at its end, not inside it: for a few calls
+    whose outcome the cleanup must know (a trial a storage call creates, say; cut inside the
+    call, it would exist without the caller knowing its id). Only in the main thread under an
+    open :func:`stop_on_signals`; elsewhere nothing changes. Keep the block short: the
+    interrupt waits for it."""
+    import threading
+
+    global _DEFER_DEPTH
+    if _FIRED is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _DEFER_DEPTH += 1
+    try:
+        yield
+    finally:
+        _DEFER_DEPTH -= 1
+        if _DEFER_DEPTH == 0 and _DEFERRED:
+            _raise(_DEFERRED.pop())
+
+
+def _raise(signum: int) -> None:
+    import signal
+
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[list[int]]:
+    """SIGINT raises KeyboardInterrupt and SIGTERM :class:`Terminated` in the main thread, once:
+    a second signal while the first one's cleanup runs is ignored (the cleanup is bounded), so a
+    repeated Ctrl-C does not cut it short and leave children behind. Yields the list of the
+    signal that came (empty until then): Ray's blocking calls raise a KeyboardInterrupt of their
+    own when a handler raises inside them, so the exception's class does not tell SIGTERM
+    apart. The previous handlers come back on exit. Outside the main thread (a library caller's
+    worker thread) nothing changes. Nested calls (``main`` holds one around every command, a
+    command may open its own) share the outermost one's handlers and list.
+
+    The exception raised inside a finalizer or a weakref callback (a garbage collection's) is
+    printed and dropped by Python ("Exception ignored in ..."): it is then delivered once more,
+    from a thread, so the run still stops and nothing is printed."""
+    import signal
+    import threading
+
+    global _FIRED
+    fired: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield fired
+        return
+    if _FIRED is not None:
+        yield _FIRED
+        return
+
+    import os
+    import sys
+
+    again: list[int] = []  # a signal to deliver once more: its exception was swallowed
+    in_hook: list[int] = []
+
+    def deliver_later(signum):  # from a thread, once the main thread has left the hook below
+        timer = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+        timer.daemon = True
+        timer.start()
+
+    def handler(signum, frame):
+        if fired and not again:
+            return
+        if again:
+            if in_hook:
+                deliver_later(again[0])
+                return
+            signum = again.pop()
+        else:
+            fired.append(signum)
+            for callback in list(_ON_FIRST):
+                callback()
+            if _DEFER_DEPTH:
+                _DEFERRED.append(signum)
+                return
+        _raise(signum)
+
+    hook = sys.unraisablehook
+
+    def unraisable(info):
+        if fired and isinstance(info.exc_value, KeyboardInterrupt) and not again:
+            in_hook.append(1)
+            try:
+                again.append(fired[0])
+                deliver_later(fired[0])
+            finally:
+                in_hook.clear()
+            return
+        hook(info)
+
+    before = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    sys.unraisablehook = unraisable
+    _FIRED = fired
+    try:
+        yield fired
+    finally:
+        _FIRED = None
+        _DEFERRED.clear()
+        sys.unraisablehook = hook
+        for s, h in before.items():
+            signal.signal(s, h)
+
+
+def exit_code(err: BaseException, fired: list[int]) -> int:
+    """143 for SIGTERM (the exception, or the signal list when Ray re-raised it as a plain
+    KeyboardInterrupt), else 130."""
+    import signal
+
+    return 143 if isinstance(err, Terminated) or signal.SIGTERM in fired else 130
