@@ -88,20 +88,40 @@ def connect(cfg: RayConfig, *, log_to_driver: bool = False) -> bool:
     if ray.is_initialized():
         return False
     with _own_sigterm():
-        return _start(cfg, log_to_driver)
+        try:
+            return _start(cfg, log_to_driver)
+        except BaseException:
+            # an interrupt (or a failure) midway: stop what the start had already started (a
+            # local GCS, raylet and agents would outlive the caller); joining, it disconnects
+            ray.shutdown()
+            raise
 
 
 @contextlib.contextmanager
 def _own_sigterm() -> Iterator[None]:
     """Keep the caller's SIGTERM handler: ``ray.init`` replaces it with ``sys.exit(15)``, which
-    would bypass the CLI's cleanup and exit code 143 (evomerge.interrupts.stop_on_signals)."""
+    would bypass the CLI's cleanup and exit code 143 (evomerge.interrupts.stop_on_signals). A
+    handler of the caller's own stays in place during the start too (a SIGTERM then raises
+    where the caller expects it, instead of a SystemExit that a finalizer may swallow); with
+    Python's default, Ray's stands in while it starts, and the default comes back after."""
     import signal
 
     main = threading.current_thread() is threading.main_thread()
     before = signal.getsignal(signal.SIGTERM) if main else None
+    keep = None
+    if callable(before):
+        try:
+            from ray._private import utils
+
+            keep = utils.set_sigterm_handler
+            utils.set_sigterm_handler = lambda handler: None
+        except (ImportError, AttributeError):  # another Ray layout: its handler, restored below
+            keep = None
     try:
         yield
     finally:
+        if keep is not None:
+            utils.set_sigterm_handler = keep
         if before is not None:
             signal.signal(signal.SIGTERM, before)
 

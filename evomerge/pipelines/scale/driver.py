@@ -125,7 +125,7 @@ def _run(cfg: EvomergeConfig, run_dir: Path, spec: PoolSpec, resumed: bool, t0: 
     from tqdm.auto import tqdm
 
     ctx = make_context(cfg, spec, run_dir)
-    from evomerge.distributed.cluster import disconnect
+    from evomerge.distributed.cluster import connect, disconnect
     from evomerge.pipelines.scale import interrupt as intr
     from evomerge.pipelines.scale.execute import RayCellRunner
     from evomerge.pipelines.scale.finish import Beside, disconnect_beside
@@ -150,7 +150,7 @@ def _run(cfg: EvomergeConfig, run_dir: Path, spec: PoolSpec, resumed: bool, t0: 
             # so it starts first and computes while the driver waits for Ray's start
             if analyze:
                 analysis = start_analysis(outer, spec, cfg, run_dir / "analysis")
-            started_ray = intr.connect(cfg.ray)
+            started_ray = connect(cfg.ray)
             if cfg.scale.search and cpu_only(cfg):
                 early = outer.enter_context(RayCellRunner(ctx, cfg.ray, share=True))
         plan = make_plan(cfg, spec, run_dir, ctx)
@@ -198,7 +198,7 @@ def _run(cfg: EvomergeConfig, run_dir: Path, spec: PoolSpec, resumed: bool, t0: 
         bar = tqdm(total=len(cells), initial=len(done & {c.id for c in cells}), desc="scale cells", unit="cell",
                    disable=not progress)
         if len(done) < len(cells):
-            started_ray = intr.connect(cfg.ray) or started_ray  # one Ray for the whole run
+            started_ray = connect(cfg.ray) or started_ray  # one Ray for the whole run
         if searches:
             from evomerge.pipelines.scale.search_cells import early_scores, run_searches
 

@@ -7,35 +7,12 @@ ended, Ray is stopped. Cells already on disk stay: they are what ``--resume`` sk
 
 from __future__ import annotations
 
-import signal
 import threading
 from typing import Any
 
 # how long an interrupted run waits for its search thread once the searches' actors are killed
 # (it returns within a second or two; the bound only keeps a stuck call from holding the exit)
 SEARCH_STOP_WAIT_S = 20.0
-
-
-def connect(ray_cfg) -> bool:
-    """:func:`evomerge.distributed.cluster.connect`, keeping the caller's SIGTERM handler
-    (``ray.init`` replaces it with ``sys.exit(15)``, which skips the run's cleanup), and
-    stopping what a Ray start that was interrupted midway had already started (its GCS,
-    raylet and agents would otherwise outlive the run)."""
-    from evomerge.distributed.cluster import connect as _connect
-
-    main = threading.current_thread() is threading.main_thread()
-    before = signal.getsignal(signal.SIGTERM) if main else None
-    try:
-        return _connect(ray_cfg)
-    except BaseException:
-        import ray
-
-        if not ray.is_initialized():
-            ray.shutdown()  # kills the processes a half-done local start left (none when joining)
-        raise
-    finally:
-        if main and before is not None:
-            signal.signal(signal.SIGTERM, before)
 
 
 def stop_searches(thread: threading.Thread, slots: list[Any]) -> None:
