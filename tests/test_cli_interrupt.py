@@ -139,14 +139,22 @@ def test_evolve_interrupted_mid_run_resumes(tmp_path, small_zoo, sig, code):
     assert json.loads((out / "result.json").read_text())["best_id"]
 
 
+def _agent_started(seen):
+    return any("agent" in p.seen_as.lower() for p in seen.values())
+
+
 @pytest.mark.ray
-def test_evolve_interrupted_during_ray_start_has_nothing_to_resume(tmp_path, small_zoo):
-    """Ctrl-C while ``ray.init`` starts Ray: before the run directory is written; no Ray process
-    is left (the half-started GCS and raylet included)."""
+@pytest.mark.parametrize("sig,code,moment", [(signal.SIGINT, 130, "gcs"), (signal.SIGTERM, 143, "gcs"),
+                                             (signal.SIGINT, 130, "agents"), (signal.SIGTERM, 143, "agents")])
+def test_evolve_interrupted_during_ray_start_has_nothing_to_resume(tmp_path, small_zoo, sig, code, moment):
+    """Ctrl-C or SIGTERM while ``ray.init`` starts Ray (its GCS up, or its agents too):
+    before the run directory is written; no Ray process is left (the half-started GCS, raylet
+    and agents included). SIGTERM: the CLI's handler stays in place during the start (Ray's
+    own, ``sys.exit(15)``, exited 15 without the line, or was swallowed and the run went on)."""
     out, args = _evolve(tmp_path)
     proc = start(*args)
-    seen, seconds, _, err = interrupt(proc, signal.SIGINT, has("gcs_server"), poll=0.01)
-    line = check_stopped(proc, seen, seconds, err, 130, out)
+    seen, seconds, _, err = interrupt(proc, sig, has("gcs_server") if moment == "gcs" else _agent_started, poll=0.01)
+    line = check_stopped(proc, seen, seconds, err, code, out)
     assert line == "interrupted: evomerge evolve stopped before its run directory was written; nothing to resume (run it again)"
     assert not out.exists() or not (out / "run.json").exists()
 
