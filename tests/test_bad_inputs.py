@@ -399,3 +399,14 @@ def test_row11_merge_method_refusals_come_before_any_work(zoo, tmp_path, capsys,
     assert main(["merge", "-q", *_experts(zoo), "--method", "slerp", "--rank", "4", "--out", str(out)]) == 0
     assert main(["merge", "-q", *_experts(zoo), "--method", "emr", "--out", str(tmp_path / "emr")]) == 0
     assert (tmp_path / "emr" / "emr_unified.safetensors").is_file()
+
+
+def test_report_names_what_is_wrong_with_its_folder(tmp_path, capsys):
+    """``evomerge report RUN``: a folder that is not there, a file, and a folder that is not a
+    scale run each get their own line (the first was told "plan.json missing")."""
+    bad(capsys, ["report", tmp_path / "nope"], r"nope: no such folder \(the scale run's --out\)$")
+    (tmp_path / "file").write_text("x")
+    bad(capsys, ["report", tmp_path / "file"], r"file: not a folder", inputs=[tmp_path / "file"])
+    (tmp_path / "other").mkdir()
+    bad(capsys, ["report", tmp_path / "other"], r"other: not a scale run directory \(plan.json missing\)$")
+    assert not (tmp_path / "nope").exists() and list((tmp_path / "other").iterdir()) == []

@@ -56,7 +56,7 @@ def analyze_command(
     angle = "n/a" if s["mean_principal_angle"] is None else f"{s['mean_principal_angle']:.1f} deg"
     typer.echo(f"experts:            {s['n_experts']} {s['kind']} ({s['n_params']} task-vector entries)")
     typer.echo(f"sigma^2:            {s['sigma2']:.4g}")
-    typer.echo(f"rho:                {s['rho']:.4f}   (variance floor sigma^2 rho = {s['variance_floor']:.4g})")
+    typer.echo(f"rho:                {s['rho']:.4f}   (variance floor sigma^2 max(rho, 0) = {s['variance_floor']:.4g})")
     typer.echo(f"Delta:              {s['delta']:.4g}   ({s['delta_mode']})")
     typer.echo(f"n_max:              {s['n_max']}   (merge {s['stop_k']} of {s['n_experts']})")
     typer.echo(f"PCA 95% components: {s['pca_components']}")

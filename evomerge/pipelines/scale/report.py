@@ -39,6 +39,9 @@ def load_run(run_dir: str | Path, *, samples: bool = True,
 
 def load_plan(run_dir: Path) -> dict[str, Any]:
     plan_path = run_dir / "plan.json"
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such folder (the scale run's --out)" if not run_dir.exists()
+                          else f"{run_dir}: not a folder (the scale run's --out)")
     if not plan_path.is_file():
         raise ConfigError(f"{run_dir}: not a scale run directory (plan.json missing)")
     return json.loads(plan_path.read_text())
