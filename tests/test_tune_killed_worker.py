@@ -70,6 +70,8 @@ def test_killed_trial_is_failed_retried_and_the_sampler_continues(tmp_path, kind
     trials = study.trials
     assert trials[2].state.name == "FAIL" and "died" in trials[2].user_attrs["error"]
     assert trials[3].state.name == "WAITING" and trials[3].params == {"x": killed_x}  # the retry
+    # the retry does not inherit the failure's error nor the dead worker's name
+    assert not {"error", "worker", "worker_start"} & set(trials[3].user_attrs)
     assert n_finished(study) == 2  # the retried failure does not use up the budget
 
     ran = run_study(study, recording_errors(_objective), n_trials=5, timeout=None)
@@ -77,6 +79,8 @@ def test_killed_trial_is_failed_retried_and_the_sampler_continues(tmp_path, kind
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     assert len(complete) == 5 and ran == 3  # nothing lost: the retry plus two new trials
     assert trials[3].state.name == "COMPLETE" and trials[3].params["x"] == killed_x
+    assert "error" not in trials[3].user_attrs and trials[3].system_attrs["retry_history"] == [2]
+    assert trials[3].user_attrs["worker"].endswith(f":{os.getpid()}")  # the worker that ran the retry
     new_x = [t.params["x"] for t in trials[4:]]
     assert first_x not in new_x and trials[1].params["x"] not in new_x  # the sampler did not restart
     # Reseeding with the old seed would have repeated trial 0 (the defect this guards against).
@@ -110,11 +114,20 @@ def test_interrupted_trial_is_retried_and_not_counted(tmp_path, kind) -> None:
     assert n_finished(study) == 2  # the cut trial is not a finished one
 
     again = open_study(open_storage(url), "s", "fp", resume=True, **kw)
-    assert run_study(again, recording_errors(objective), n_trials=5, timeout=None) == 3
+    lines: list[str] = []
+    assert run_study(again, recording_errors(objective), n_trials=5, timeout=None, log=lines.append) == 3
     trials = again.get_trials(deepcopy=False)
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL"] + ["COMPLETE"] * 3
     assert trials[3].value == seen[2]  # the retry ran first, on the cut trial's parameters
     assert n_finished(again) == 5
+    # the completed retry is not flagged with the cut trial's error (trials.parquet's attr.error,
+    # the log line); its link to the failed trial stays
+    assert trials[2].user_attrs["error"].startswith("interrupted")
+    assert "error" not in trials[3].user_attrs and trials[3].system_attrs["retry_history"] == [2]
+    assert lines[0] == f"trial 3: COMPLETE validation fitness {seen[2]:.4f}", lines
+    from evomerge.pipelines.tune.results import trials_table
+
+    assert trials_table(again).column("attr.error").to_pylist() == [None, None, trials[2].user_attrs["error"], None, None, None]
 
 
 def test_a_trial_finished_before_the_interrupt_is_not_retried(tmp_path) -> None:

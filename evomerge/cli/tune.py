@@ -52,7 +52,8 @@ def _quiet_storage_log() -> None:
 
 
 def interrupted_message(cfg, storage: Optional[str], study_name: Optional[str], out: Path) -> str:
-    """What an interrupted ``evomerge tune`` leaves: the study's finished trials stay in its
+    """What an interrupted ``evomerge tune`` leaves: the study's finished trials (those that use
+    up ``--n-trials``, counted as the resumed run's first line counts them) stay in its
     storage (the trial in flight is recorded as failed and enqueued again: ``run_study``), so
     ``--resume`` continues it; before the study exists there is nothing to resume. A local
     storage file that is not there is not created by the look."""
@@ -60,6 +61,7 @@ def interrupted_message(cfg, storage: Optional[str], study_name: Optional[str], 
 
     from evomerge.cli._common import command_line
     from evomerge.pipelines.tune.storage import local_storage_path, open_storage, resolve_storage_url, shown_url
+    from evomerge.pipelines.tune.study import n_finished
 
     again = "nothing to resume (run it again)"
     if cfg is None:
@@ -75,8 +77,9 @@ def interrupted_message(cfg, storage: Optional[str], study_name: Optional[str], 
         store = open_storage(url)
         if name not in optuna.get_all_study_names(store):
             return f"interrupted: evomerge tune stopped before study `{name}` was created; {again}"
-        study = optuna.load_study(study_name=name, storage=store)
-        done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        # finished as the resumed run counts them (:func:`run.progress_line`): complete, pruned, or
+        # failed without a retry, the trials that use up --n-trials
+        done = n_finished(optuna.load_study(study_name=name, storage=store))
     except Exception:  # noqa: BLE001 - the storage cannot be read now: say what resuming takes
         return f"interrupted: evomerge tune (study `{name}`); {resume}"
     return (f"interrupted: evomerge tune (study `{name}` in {shown_url(url)} keeps its {done} finished trial(s)); "

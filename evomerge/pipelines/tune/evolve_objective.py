@@ -7,6 +7,7 @@ After every round the run's best validation fitness is reported to Optuna
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -31,6 +32,9 @@ def evolve_objective(base: EvomergeConfig, dims, algo: str, trials_dir: Path, *,
                      keep_runs: bool = False, runtime=None) -> Callable[[Any], float]:
     """``trial -> best validation fitness`` of an evolutionary run under the sampled overrides.
 
+    Each trial's run writes into ``trials_dir/<study>-<number>`` while it runs; unless
+    ``keep_runs``, that folder is removed when the trial ends, and ``trials_dir`` with it once empty.
+
     ``runtime``: an open Runtime whose actors every trial reuses, unless the trial's sampled
     values change the ``ray`` section (then the trial places its own actors)."""
     from evomerge.pipelines.evolve.run import run_evolve
@@ -53,6 +57,8 @@ def evolve_objective(base: EvomergeConfig, dims, algo: str, trials_dir: Path, *,
         finally:
             if not keep_runs:
                 shutil.rmtree(run_dir, ignore_errors=True)
+                with contextlib.suppress(OSError):  # not empty: another worker's trial runs in it
+                    Path(trials_dir).rmdir()  # no empty trials/ left in --out
         trial.set_user_attr("validation_per_task", res.best_val_per_task)
         trial.set_user_attr("test_fitness", res.best_test_fitness)
         trial.set_user_attr("test_per_task", res.best_test_per_task)

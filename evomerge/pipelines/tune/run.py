@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +124,81 @@ def write_outputs(cfg: EvomergeConfig, out_dir: str | Path, *, storage: str, stu
     return finish(o.study, cfg, o.spec, out_dir, o.shown, 0, 0.0, log)
 
 
+#: what ``evomerge tune`` writes into ``--out`` (``jobs/tune.py`` adds ``worker-<i>``): a folder
+#: holding only these (and atomic writes' ``.NAME.tmp-*`` files) is a tune run's
+TUNE_FILES = frozenset({
+    "optuna.db", "optuna.db-wal", "optuna.db-shm", "optuna.db-journal", "summary.json", "trials.parquet",
+    "best_config.yaml", "optimization_history.png", "param_importances.png", "trials",
+})
+
+
+def _is_tune_entry(path: Path) -> bool:
+    name = path.name
+    if name == "summary.json":  # other commands write a summary.json too: tune's names its study
+        try:
+            return "study_name" in json.loads(path.read_text())
+        except (OSError, ValueError, TypeError):
+            return False
+    return name in TUNE_FILES or name.startswith(".") and ".tmp-" in name or re.fullmatch(r"worker-\d+", name) is not None
+
+
+def check_out_dir(cfg: EvomergeConfig, out_dir: Path, *, storage: str | None, study_name: str | None,
+                  resume: bool) -> None:
+    """Refuse, before anything is written or built, an ``--out`` that is not tune's to write:
+
+    * a file, or a non-empty folder holding anything tune does not write (another command's run:
+      ``run.json``, ``checkpoints/``, ...); a tune run's folder (only :data:`TUNE_FILES`) is fine;
+    * ``--resume`` with the default storage (``optuna.db`` in ``--out``) when that file does not
+      hold the study: nothing to resume. With a storage named by ``--storage``,
+      ``$EVOMERGE_OPTUNA_STORAGE`` or ``tune.storage`` (shared by several workers), ``--resume``
+      still joins the study or, for the first worker, creates it (docs/tuning.md).
+    """
+    import optuna
+
+    from evomerge.errors import ConfigError
+    from evomerge.pipelines.tune.storage import ENV_VAR, resolve_storage_url
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir}: is a file, not a folder; choose another --out")
+    if out_dir.is_dir():
+        foreign = sorted(p.name + ("/" if p.is_dir() else "") for p in out_dir.iterdir() if not _is_tune_entry(p))
+        if foreign:
+            shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+            raise ConfigError(f"--out {out_dir}: exists and is not an evomerge tune run (it holds {shown}); "
+                              "choose a new or empty folder, or a tune run's folder")
+    if not resume:
+        return
+    if storage or os.environ.get(ENV_VAR) or cfg.tune.storage:  # a storage named, maybe shared
+        return
+    url = resolve_storage_url(None, None, out_dir)
+    name = study_name or cfg.tune.study_name
+    db = out_dir / "optuna.db"
+    if not db.is_file():
+        raise ConfigError(f"--resume: {out_dir} holds no tune study (no optuna.db); nothing to resume: "
+                          "drop --resume to start the study, or check --out")
+    from evomerge.pipelines.tune.storage import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    names = sorted(optuna.get_all_study_names(open_storage(url)))
+    if name not in names:
+        held = f"it holds {', '.join(f'`{n}`' for n in names)}" if names else "it holds none"
+        raise ConfigError(f"--resume: {db} holds no study `{name}` ({held}); nothing to resume: "
+                          "drop --resume to start it, or check --out / --study-name")
+
+
+def progress_line(study, shown: str, total: int) -> str:
+    """The first line of a run: the study's finished trials (complete, pruned, or failed without
+    a retry: those that use up ``--n-trials``, as an interrupted run's line counts them), and the
+    retries waiting to run first."""
+    import optuna
+
+    from evomerge.pipelines.tune.study import n_finished
+
+    waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+    retry = f"; {waiting} enqueued trial(s) run first" if waiting else ""
+    return f"study `{study.study_name}` in {shown}: {n_finished(study)} finished trial(s) so far, target {total}{retry}"
+
+
 def run_tune(
     cfg: EvomergeConfig,
     out_dir: str | Path,
@@ -145,13 +222,14 @@ def run_tune(
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
+    check_out_dir(cfg, out_dir, storage=storage, study_name=study_name, resume=resume)
     out_dir.mkdir(parents=True, exist_ok=True)
     total = n_trials or cfg.tune.n_trials
     timeout = timeout if timeout is not None else cfg.tune.timeout
     o = open_tune_study(cfg, out_dir, storage=storage, study_name=study_name, resume=resume, small=small,
                         worker=worker, log=log)
     study = o.study
-    log(f"study `{study.study_name}` in {o.shown}: {len(study.trials)} trial(s) so far, target {total}")
+    log(progress_line(study, o.shown, total))
     for d in o.dims:
         log(f"  {d.describe()}")
 
@@ -203,15 +281,21 @@ def finish(study, cfg: EvomergeConfig, spec, out_dir: Path, shown: str, ran: int
         dump_config(best_config(cfg, best_params, spec), out_dir / "best_config.yaml")
         files["best_config"] = str(out_dir / "best_config.yaml")
     default = study.user_attrs.get(DEFAULT_ATTR)
+    # genome/swarm studies do not measure the default config: it would be one more whole
+    # evolutionary run, as costly as a trial (docs/tuning.md)
+    no_default = None if default is not None else (
+        f"not measured for tune.objective {cfg.tune.objective} (it would cost one more evolutionary run)"
+        if cfg.tune.objective != "merge" else "not measured yet")
     summary = {
         "study_name": study.study_name, "storage": shown, "states": states, "best_value": best_value,
         "best_params": best_params, "best_test_fitness": best_test, "best_experts": best_experts,
         "default_validation_fitness": default, "default_test_fitness": study.user_attrs.get(DEFAULT_TEST_ATTR),
+        **({"default_fitness_note": no_default} if no_default else {}),
         "dashboard": dashboard_command(shown), "files": files, "worker_pid": os.getpid(),
     }
     write_json_atomic(out_dir / "summary.json", summary)
     files["summary"] = str(out_dir / "summary.json")
-    log(f"trials: {states}; best validation fitness {_fmt(best_value)} (default config: {_fmt(default)})")
+    log(f"trials: {states}; best validation fitness {_fmt(best_value)} (default config: {no_default or _fmt(default)})")
     hint = password_hint(shown)
     log(f"results in {out_dir}; view with: {dashboard_command(shown)}" + (f"  ({hint})" if hint else ""))
     return TuneResult(out_dir, study.study_name, shown, best_value, best_params or {}, default, states, ran, seconds, files)

@@ -34,8 +34,16 @@ INTERRUPTED = "interrupted (Ctrl-C or SIGTERM); retried on resume"  # the ``erro
 UNCLAIMED_AFTER_S = 10.0
 
 
+#: user attributes of a failed trial that describe its failure or its worker, not its parameters:
+#: its retry does not inherit them (a retry that completes would otherwise carry the failure's
+#: ``error``, and a RUNNING retry the dead worker's name until its own worker records itself)
+NOT_RETRIED_ATTRS = ("error", WORKER_ATTR, WORKER_START_ATTR)
+
+
 def retry_callback():
-    """Optuna's callback that re-enqueues a failed trial (same parameters) at most ``MAX_RETRY`` times."""
+    """Optuna's callback that re-enqueues a failed trial (same parameters) at most ``MAX_RETRY``
+    times; the retry keeps Optuna's link to the failed trial (system attributes ``failed_trial``,
+    ``retry_history``) and the failed trial's user attributes except :data:`NOT_RETRIED_ATTRS`."""
     import warnings
 
     import optuna.storages as st
@@ -43,7 +51,16 @@ def retry_callback():
     cls = getattr(st, "RetryHeartbeatStaleTrialCallback", None) or st.RetryFailedTrialCallback  # renamed in 4.9
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # experimental-feature warnings
-        return cls(max_retry=MAX_RETRY)
+        optuna_retry = cls(max_retry=MAX_RETRY)
+
+    def retry(study, trial) -> None:
+        import copy
+
+        clean = copy.copy(trial)  # a FrozenTrial; Optuna's callback copies its user attributes
+        clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in NOT_RETRIED_ATTRS}
+        optuna_retry(study, clean)
+
+    return retry
 
 
 def sampler_seed(seed: int, worker: int, n_trials_before: int) -> int:
