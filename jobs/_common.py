@@ -136,17 +136,110 @@ def cli_params(command: str, args: Sequence[str]) -> dict:
     return group.commands[command].make_context(command, list(args)).params
 
 
-def run(command: str, argv: Sequence[str], runner: Callable[[str, list[str]], int] = cli) -> int:
+# options a resumed run must not be given again (``evomerge scale --resume`` reads its saved config)
+NOT_ON_RESUME = {"scale": ("--config", "--preset", "--set")}
+
+
+def job_command(command: str, job_argv: Sequence[str], out: str | None = None, *, resume: bool = False) -> str:
+    """The job's own command line (``python jobs/NAME.py ARGS``); with ``resume`` the line an
+    interrupted job prints: the same arguments with ``--out`` naming the run (the one the job
+    chose when none was given) and ``--resume`` (without what the command refuses on resume)."""
+    import shlex
+
+    args = list(job_argv)
+    if resume:
+        for name in NOT_ON_RESUME.get(command, ()):
+            while take_option(args, name)[0] is not None:
+                args = take_option(args, name)[1]
+        if out is not None and take_option(args, "--out")[0] is None:
+            args += ["--out", out]
+        if "--resume" not in args:
+            args.append("--resume")
+    script = sys.argv[0] if Path(sys.argv[0]).parent.name == "jobs" else f"jobs/{JOB_FILES.get(command, command)}.py"
+    return shlex.join(["python", script, *args])
+
+
+JOB_FILES = {"evolve-scaling": "scaling"}  # the job file of a command, where the names differ
+
+
+class _ResumeLine:
+    """``sys.stderr`` while the CLI runs in this process: the ``interrupted ...; resume with:
+    evomerge ...`` line the command prints gets the job's own resume command instead (the
+    command's one names the job's resolved local ``--out`` and not the job)."""
+
+    def __init__(self, stream, resume: str) -> None:
+        self._stream, self._resume = stream, resume
+
+    def write(self, text: str) -> int:
+        if text.startswith("interrupted") and "resume with: " in text:
+            text = text.split("resume with: ", 1)[0] + "resume with: " + self._resume
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def run(command: str, argv: Sequence[str], runner: Callable[[str, list[str]], int] = cli,
+        job_argv: Sequence[str] | None = None) -> int:
     """Resolve the run's location from ``--out``/``--resume``, run ``runner(command, args with
-    --out LOCAL)``, and publish the results when it succeeds."""
-    try:
-        out, rest = take_option(argv, "--out")
-        loc = RunLocation(command, out, "--resume" in rest)
-    except JobError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
-    print(f"evomerge job: {command} in {loc.local}", flush=True)
-    rc = runner(command, [*rest, "--out", str(loc.local)])
+    --out LOCAL)``, and publish the results when it succeeds.
+
+    SIGINT / SIGTERM (Ctrl-C, a cancelled job) end it as the ``evomerge`` CLI ends: every
+    cleanup runs (the Ray session it started is stopped; a cluster it joined stays), one line
+    on stderr says what stopped and gives the job's resume command (``job_argv``, the job's
+    own arguments, default ``argv``, plus ``--resume``), exit code 130 / 143, no traceback, and
+    no process the job started is left (a Ray agent whose raylet is gone, say). A runner that
+    raises the interrupt gets the generic line; one may give ``runner.resumable()`` (is there
+    anything to resume?), else a non-empty local run folder counts."""
+    from evomerge import interrupts
+
+    job_argv = list(argv if job_argv is None else job_argv)
+    resume_cmd = job_command(command, job_argv, resume=True)
+    seen: dict = {}
+
+    def snapshot() -> None:  # the job's processes when the signal came (before any is re-parented)
+        from evomerge.pipelines.scale.interrupt import descendants
+
+        seen.update(descendants())
+
+    with interrupts.stop_on_signals() as fired, interrupts.when_interrupted(snapshot):
+        loc = None
+        try:
+            try:
+                out, rest = take_option(argv, "--out")
+                loc = RunLocation(command, out, "--resume" in rest)
+            except JobError as err:
+                print(f"error: {err}", file=sys.stderr, flush=True)
+                return 2
+            resume_cmd = job_command(command, job_argv, loc.final, resume=True)
+            print(f"evomerge job: {command} in {loc.local}", flush=True)
+            stderr, sys.stderr = sys.stderr, _ResumeLine(sys.stderr, resume_cmd)
+            try:
+                rc = runner(command, [*rest, "--out", str(loc.local)])
+            finally:
+                sys.stderr = stderr
+        except KeyboardInterrupt as err:  # a runner of its own (jobs/tune.py), or while resolving --out
+            rc = interrupts.exit_code(err, fired)
+            resumable = getattr(runner, "resumable", None)
+            if loc is not None and (resumable() if resumable is not None
+                                    else loc.local.is_dir() and any(loc.local.iterdir())):
+                line = f"interrupted: {command} job (what it finished stays in {loc.local}); resume with: {resume_cmd}"
+            else:
+                line = f"interrupted: {command} job stopped before it wrote anything; nothing to resume (run it again)"
+            _end_leftovers(seen)
+            print(line, file=sys.stderr, flush=True)
+            return rc
+        if fired:  # the CLI stopped on the signal and printed its line
+            _end_leftovers(seen)
+            return rc
     if rc == 0:
         loc.publish()
     return rc
+
+
+def _end_leftovers(seen: dict) -> None:
+    """End what the job started and its cleanup did not: those of its processes seen when the
+    signal came, and its descendants now. A cluster it joined is no descendant of it."""
+    from evomerge.pipelines.scale.interrupt import descendants, end_survivors
+
+    end_survivors({**seen, **descendants()})

@@ -29,7 +29,29 @@ def _worker(args: list[str]) -> int:
     return main(["tune", *args])
 
 
+def _stop_workers(refs) -> None:
+    """Cancel the study workers (a KeyboardInterrupt in each: ``evomerge tune`` records its trial
+    in flight as failed and enqueues it again) and wait for them a little; a local Ray stopped
+    next ends any still running."""
+    import ray
+
+    for ref in refs:
+        try:
+            ray.cancel(ref)
+        except Exception:  # noqa: BLE001 - finished already, or Ray going away
+            pass
+    try:
+        ray.wait(refs, num_returns=len(refs), timeout=WORKER_STOP_WAIT_S)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+WORKER_STOP_WAIT_S = 5.0
+
+
 def fan_out(workers: int, cpus_per_worker: float):
+    state = {"study": False}
+
     def runner(command: str, args: list[str]) -> int:
         from pathlib import Path
 
@@ -56,15 +78,25 @@ def fan_out(workers: int, cpus_per_worker: float):
         rest = [a for a in rest if a != "--resume"]
         # the URL itself unless it holds a secret: then each worker resolves it from its own environment
         storage = ["--storage", url] if mask_uri(url) == url else ([] if p["storage"] is None else ["--storage", p["storage"]])
+        import signal
+
         import ray
 
+        state["study"] = True  # from here on, --resume continues the study
+        sigterm = signal.getsignal(signal.SIGTERM)
         with ray_session(cfg.ray, log_to_driver=True):
+            signal.signal(signal.SIGTERM, sigterm)  # ray.init's own handler would skip the cleanup
             task = ray.remote(num_cpus=cpus_per_worker, max_retries=0)(_worker)
-            codes = ray.get([
+            refs = [
                 task.remote([*rest, *storage, "--study-name", name, "--resume", "--worker", str(i),
                              "--out", str(out / f"worker-{i}")])
                 for i in range(workers)
-            ])
+            ]
+            try:
+                codes = ray.get(refs)
+            except KeyboardInterrupt:
+                _stop_workers(refs)  # on a cluster it joined, the workers would run on
+                raise
         for i, rc in enumerate(codes):
             print(f"worker {i}: exit code {rc}", flush=True)
         if any(codes):
@@ -74,18 +106,19 @@ def fan_out(workers: int, cpus_per_worker: float):
               flush=True)
         return 0
 
+    runner.resumable = lambda: state["study"]  # what an interrupted job says (jobs/_common.run)
     return runner
 
 
 def main(argv: list[str]) -> int:
     try:
-        workers, argv = _common.take_option(argv, "--workers")
-        cpus, argv = _common.take_option(argv, "--cpus-per-worker")
+        workers, rest = _common.take_option(argv, "--workers")
+        cpus, rest = _common.take_option(rest, "--cpus-per-worker")
         n, c = int(workers or 2), float(cpus or 1.0)
     except (_common.JobError, ValueError) as err:
         print(f"error: --workers / --cpus-per-worker: {err}", file=sys.stderr)
         return 2
-    return _common.run("tune", argv, runner=fan_out(n, c))
+    return _common.run("tune", rest, runner=fan_out(n, c), job_argv=argv)
 
 
 if __name__ == "__main__":

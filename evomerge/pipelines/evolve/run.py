@@ -83,32 +83,47 @@ def make_searches(cfg: EvomergeConfig, algo: str, n_experts: int) -> list[Any]:
     return [make_search(algo, cfg, n_experts, cfg.seed + 7919 * i, prefix=f"i{i}/" if n > 1 else "") for i in range(n)]
 
 
-def _run_meta(cfg: EvomergeConfig, algo: str, inputs: EvolveInputs) -> dict[str, Any]:
-    """What must match for a resume (the Ray placement, e.g. actors or address, may change)."""
+def _run_meta(cfg: EvomergeConfig, algo: str, inputs: EvolveInputs | None) -> dict[str, Any]:
+    """What must match for a resume (the Ray placement, e.g. actors or address, may change);
+    without ``inputs`` (not resolved yet) the experts and tasks are left out."""
     search_cfg = cfg.model_dump(mode="json", exclude={"ray", "output"})
     search_cfg["islands"] = {"n": cfg.ray.islands, "migration_interval": cfg.ray.migration_interval}
-    return {"algo": algo, "experts": inputs.names, "tasks": inputs.tasks, "config": search_cfg}
+    meta = {"algo": algo, "config": search_cfg}
+    if inputs is not None:
+        meta.update(experts=inputs.names, tasks=inputs.tasks)
+    return meta
 
 
-def _prepare_out(out_dir: Path, meta: dict[str, Any], resume: bool) -> None:
+def _check_out(out_dir: Path, meta: dict[str, Any], resume: bool) -> None:
+    """Refuse an ``--out`` the run cannot use, writing nothing: an existing run without
+    ``resume``, a resume where no run is (a folder of another command, say a tune run, or none),
+    a folder that is not a run, a resume whose recorded ``meta`` differs. Only the keys present
+    in ``meta`` are compared: before Ray starts, ``run_evolve`` checks ``algo`` and ``config``
+    (known from the arguments alone); the experts and tasks once the inputs are resolved."""
     meta_path = out_dir / "run.json"
     if meta_path.is_file():
         if not resume:
             raise OutputExistsError(f"{out_dir}: already holds a run; pass --resume to continue it or choose another --out")
         old = json.loads(meta_path.read_text())
         for key in ("algo", "experts", "tasks", "config"):
-            if old.get(key) != meta[key]:
+            if key in meta and old.get(key) != meta[key]:
                 from evomerge.config.base import config_diff
 
                 what = (", ".join(config_diff(old.get(key) or {}, meta[key])[:6]) + " (there -> now)"
                         if key == "config" else f"{old.get(key)!r} there, {meta[key]!r} now")
                 raise ConfigError(f"{meta_path}: cannot resume: `{key}` differs from the interrupted run ({what})")
     elif resume:
-        raise ConfigError(f"--resume: {out_dir} holds no run to continue (no run.json); check --out, or drop --resume")
+        raise ConfigError(f"--resume: {out_dir} holds no evolve run to continue (no run.json); check --out, or drop --resume")
+    elif out_dir.exists() and not out_dir.is_dir():
+        raise OutputExistsError(f"{out_dir}: exists and is not a directory")
     elif out_dir.exists() and any(out_dir.iterdir()):
-        raise OutputExistsError(f"{out_dir}: exists and is not an evomerge run directory")
+        raise OutputExistsError(f"{out_dir}: exists and is not an evomerge evolve run directory (no run.json)")
+
+
+def _prepare_out(out_dir: Path, meta: dict[str, Any], resume: bool) -> None:
+    _check_out(out_dir, meta, resume)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(meta_path, meta)
+    write_json_atomic(out_dir / "run.json", meta)
 
 
 def run_evolve(
@@ -144,6 +159,8 @@ def run_evolve(
     out_dir = Path(out_dir)
     known = len(experts) if experts is not None else (len(cfg.experts.experts) or None)
     check_static(cfg, algo, known)
+    # the output checks that need no inputs, before Ray starts (seconds) or anything loads
+    _check_out(out_dir, _run_meta(cfg, algo, None), resume)
     with contextlib.ExitStack() as stack:
         # connecting checks the request against the cluster: impossible ones fail before any work
         rt = runtime if runtime is not None else stack.enter_context(Runtime(cfg))
