@@ -49,3 +49,32 @@ def test_help_lists_the_options(capsys) -> None:
     out = capsys.readouterr().out
     for opt in ("--config", "--storage", "--study-name", "--n-trials", "--timeout", "--resume", "--out", "--small"):
         assert opt in out
+
+
+def test_set_reaches_a_space_dimension_by_its_dotted_name(tmp_path) -> None:
+    from evomerge.cli.tune import tune_config
+
+    cfg_path = write(tmp_path, {"space": {"rht.gamma": {"low": 0.7, "high": 1.0},
+                                          "merge.params.lambda": {"low": 0.1, "high": 1.0}}})
+    _, cfg = tune_config(cfg_path, ["tune.space.rht.gamma={low: 0.5, high: 0.9}"], None, False)
+    assert (cfg.tune.space["rht.gamma"].low, cfg.tune.space["rht.gamma"].high) == (0.5, 0.9)
+    assert cfg.tune.space["merge.params.lambda"].high == 1.0  # the other dimensions stay
+    _, cfg = tune_config(cfg_path, ["tune.space.rht.gamma.low=0.6", "tune.space.rht.alpha={low: 0.0, high: 0.3}",
+                                    "tune.space.merge.params.lambda=null"], None, False)
+    assert (cfg.tune.space["rht.gamma"].low, cfg.tune.space["rht.gamma"].high) == (0.6, 1.0)
+    assert list(cfg.tune.space) == ["rht.gamma", "rht.alpha"]
+    _, cfg = tune_config(cfg_path, ["tune.space={rht.beta: {low: 1.0, high: 2.0}}"], None, False)  # the whole space
+    assert list(cfg.tune.space) == ["rht.beta"]
+
+
+def test_a_bad_space_dimension_set_on_the_command_line_is_named(tmp_path, capsys) -> None:
+    cfg_path = write(tmp_path, {"space": {"rht.gamma": {"low": 0.7, "high": 1.0}}})
+    rc = main(["tune", "--config", str(cfg_path), "--out", str(tmp_path / "out"),
+               "--set", "tune.space.rht.gamma={low: 0.5, high: 3.0}", "--set", "tune.space.genome.sigmaa={low: 0, high: 1}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown key" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 2, err
+    assert lines[0].startswith("error: tune.space.`rht.gamma`: value 3.0 is not allowed")
+    assert lines[1].startswith("error: tune.space.`genome.sigmaa`: unknown parameter `sigmaa`")
+    assert not (tmp_path / "out" / "optuna.db").exists()

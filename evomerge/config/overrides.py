@@ -48,6 +48,9 @@ def override_data(data: dict[str, Any], values: Mapping[str, Any], source: str =
     for name, value in values.items():
         if name == "merge.method":
             continue
+        if name.startswith(_SPACE_PREFIX):
+            _set_space_dim(data, name, value, source)
+            continue
         parts = name.split(".")
         node = data
         for i, p in enumerate(parts[:-1]):
@@ -60,6 +63,41 @@ def override_data(data: dict[str, Any], values: Mapping[str, Any], source: str =
             node = nxt
         node[parts[-1]] = value
     return data
+
+
+_SPACE_PREFIX = "tune.space."
+
+
+def _set_space_dim(data: dict[str, Any], name: str, value: Any, source: str) -> None:
+    """``tune.space.<dimension>``: the dimensions of ``tune.space`` are named by dotted config
+    names (``rht.gamma``), so the rest of the key after ``tune.space.`` is one dimension's name,
+    not a path: its whole mapping is set (``null`` drops it). ``tune.space.<dimension>.<key>``
+    with ``key`` one of a dimension's keys (``low``, ``high``, ...) and ``<dimension>`` already
+    in the space sets that key."""
+    from evomerge.config.sections import SearchSpaceParam
+
+    tune = data.get("tune")
+    if tune is None:
+        tune = data["tune"] = {}
+    if not isinstance(tune, dict):
+        raise ConfigError(f"{source}: cannot set `{name}`: `tune` is {type(tune).__name__}, not a section")
+    space = tune.get("space")
+    if space is None:
+        space = tune["space"] = {}
+    if not isinstance(space, dict):
+        raise ConfigError(f"{source}: cannot set `{name}`: `tune.space` is {type(space).__name__}, not a mapping")
+    dim = name[len(_SPACE_PREFIX):]
+    head, _, key = dim.rpartition(".")
+    if dim not in space and head in space and key in SearchSpaceParam.model_fields:
+        spec = space[head]
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{source}: cannot set `{name}`: `tune.space.{head}` is {type(spec).__name__}, "
+                              "not a mapping")
+        space[head] = {**spec, key: value}
+    elif value is None:
+        space.pop(dim, None)
+    else:
+        space[dim] = value
 
 
 def _kept_params(method: str, params: Mapping[str, Any]) -> dict[str, Any]:

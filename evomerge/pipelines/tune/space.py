@@ -176,34 +176,89 @@ def _field_dim(name: str, spec, base: EvomergeConfig) -> Dim:
     return dim
 
 
+#: the search each config section drives: a dimension of another section than the objective's
+#: search reaches no trial (a ``swarm.*`` value is never read by a GENOME run, nor either by a merge)
+_SEARCH_SECTIONS = {"genome": "genome", "swarm": "swarm"}
+#: GENOME fields read by one mutation only (evomerge.search.genome: ``coeff`` draws
+#: ``coeff_sigma``; ``gauss`` reads ``sigma`` and ``gene_mut_rate``)
+_MUTATION_FIELDS = {"genome.sigma": "gauss", "genome.gene_mut_rate": "gauss", "genome.coeff_sigma": "coeff"}
+
+
+def _mutations(tune: TuneConfig, base: EvomergeConfig) -> set[str]:
+    """The mutations GENOME trials can use: ``genome.mutation``/``genome.space`` as the base config
+    sets them or as the space samples them (``auto``: coeff in delta space, gauss in ab space)."""
+
+    def values(name: str, default) -> list:
+        spec = tune.space.get(name)
+        return list(spec.choices) if spec is not None and spec.choices else [default]
+
+    return {m if m != "auto" else ("coeff" if sp == "delta" else "gauss")
+            for m in values("genome.mutation", base.genome.mutation) for sp in values("genome.space", base.genome.space)}
+
+
+def _check_used(name: str, objective: str, mutations: set[str]) -> None:
+    """Refuse a dimension the objective's trials never read (it would change nothing, silently)."""
+    section = name.split(".", 1)[0]
+    if section in _SEARCH_SECTIONS and objective != _SEARCH_SECTIONS[section]:
+        what = "one merge" if objective == "merge" else f"a {objective} run"
+        raise ConfigError(
+            f"{_where(name)}: has no effect with tune.objective `{objective}` (each trial is {what}, which "
+            f"never reads `{section}.*`); drop it, or set tune.objective: {_SEARCH_SECTIONS[section]}"
+        )
+    needs = _MUTATION_FIELDS.get(name)
+    if objective == "genome" and needs is not None and needs not in mutations:
+        raise ConfigError(
+            f"{_where(name)}: has no effect: only the `{needs}` mutation reads it and these trials use "
+            f"`{'/'.join(sorted(mutations))}` (genome.mutation auto is coeff in delta space, gauss in ab space); "
+            f"drop it, or set genome.mutation: {needs}"
+        )
+
+
 def build_space(tune: TuneConfig, base: EvomergeConfig, n_experts: int | None = None) -> list[Dim]:
-    """Resolve and check ``tune.space`` against the schema and the merge registry."""
+    """Resolve and check ``tune.space`` against the schema, the merge registry and the objective.
+
+    Every invalid dimension is reported, one line each (one :class:`ConfigError` whose message
+    has a line per problem, as the config loader reports several invalid keys)."""
     from evomerge.merging.registry import get_merge_method
 
     if not tune.space:
         raise ConfigError("tune.space is empty: declare at least one parameter to search (e.g. `merge.params.density`)")
     dims: list[Dim] = []
-    methods = [base.merge.method]
+    problems: list[str] = []
+    methods: list[str] | None = [base.merge.method]
     spec_method = tune.space.get("merge.method")
     if spec_method is not None:
-        if not spec_method.choices:
-            raise ConfigError(f"{_where('merge.method')}: give `choices` (merge method names)")
-        for m in spec_method.choices:
-            get_merge_method(str(m))
-        methods = [str(m) for m in spec_method.choices]
-        dims.append(Dim("merge.method", "categorical", choices=tuple(methods)))
+        try:
+            if not spec_method.choices:
+                raise ConfigError(f"{_where('merge.method')}: give `choices` (merge method names)")
+            for m in spec_method.choices:
+                get_merge_method(str(m))
+            methods = [str(m) for m in spec_method.choices]
+            dims.append(Dim("merge.method", "categorical", choices=tuple(methods)))
+        except ConfigError as err:
+            problems.append(str(err))
+            methods = None  # the merge.params.* dimensions cannot be checked against unknown methods
     counts = [n for n in tune.space if n in COUNT_NAMES]
     if len(counts) > 1:
-        raise ConfigError("tune.space: `experts.count` and `scale.k` are the same dimension; give one of them")
+        problems.append("tune.space: `experts.count` and `scale.k` are the same dimension; give one of them")
+    mutations = _mutations(tune, base)
     for name, spec in tune.space.items():
         if name == "merge.method":
             continue
-        if name in COUNT_NAMES:
-            dims.append(_count_dim(name, spec, n_experts))
-        elif name.startswith("merge.params."):
-            dims.append(_merge_param_dim(name, spec, methods))
-        else:
-            dims.append(_field_dim(name, spec, base))
+        try:
+            if name in COUNT_NAMES:
+                dims.append(_count_dim(name, spec, n_experts))
+            elif name.startswith("merge.params."):
+                if methods is None:
+                    continue
+                dims.append(_merge_param_dim(name, spec, methods))
+            else:
+                dims.append(_field_dim(name, spec, base))
+                _check_used(name, tune.objective, mutations)
+        except ConfigError as err:
+            problems.append(str(err))
+    if problems:
+        raise ConfigError("\n".join(problems))
     return dims
 
 

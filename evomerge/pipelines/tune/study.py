@@ -2,7 +2,10 @@
 
 ``tune.n_trials`` is the study's total budget: each worker runs until the study holds that many
 finished (complete, pruned or failed) trials, so a resumed study only runs what is left and
-two workers split the budget instead of doubling it.
+two workers split the budget instead of doubling it. Each worker checks the budget after its
+own trial, so workers that start their trials while ``n_trials - 1`` are finished all finish
+them: the total can exceed ``n_trials`` by up to ``workers - 1`` (docs/tuning.md says why it is
+not made exact).
 
 A worker that dies (killed, machine lost) leaves its trial RUNNING. Such trials are marked FAIL
 and retried with the same parameters (:data:`RETRY`, at most twice): on RDB storages by Optuna's
