@@ -162,23 +162,6 @@ def job_command(command: str, job_argv: Sequence[str], out: str | None = None, *
 JOB_FILES = {"evolve-scaling": "scaling"}  # the job file of a command, where the names differ
 
 
-class _ResumeLine:
-    """``sys.stderr`` while the CLI runs in this process: the ``interrupted ...; resume with:
-    evomerge ...`` line the command prints gets the job's own resume command instead (the
-    command's one names the job's resolved local ``--out`` and not the job)."""
-
-    def __init__(self, stream, resume: str) -> None:
-        self._stream, self._resume = stream, resume
-
-    def write(self, text: str) -> int:
-        if text.startswith("interrupted") and "resume with: " in text:
-            text = text.split("resume with: ", 1)[0] + "resume with: " + self._resume
-        return self._stream.write(text)
-
-    def __getattr__(self, name: str):
-        return getattr(self._stream, name)
-
-
 def run(command: str, argv: Sequence[str], runner: Callable[[str, list[str]], int] = cli,
         job_argv: Sequence[str] | None = None) -> int:
     """Resolve the run's location from ``--out``/``--resume``, run ``runner(command, args with
@@ -213,11 +196,14 @@ def run(command: str, argv: Sequence[str], runner: Callable[[str, list[str]], in
                 return 2
             resume_cmd = job_command(command, job_argv, loc.final, resume=True)
             print(f"evomerge job: {command} in {loc.local}", flush=True)
-            stderr, sys.stderr = sys.stderr, _ResumeLine(sys.stderr, resume_cmd)
+            from evomerge.cli import _common as cli_common
+
+            # the command's line names the job's own resume command, not `evomerge ...`
+            before, cli_common.RESUME_COMMAND = cli_common.RESUME_COMMAND, lambda: resume_cmd
             try:
                 rc = runner(command, [*rest, "--out", str(loc.local)])
             finally:
-                sys.stderr = stderr
+                cli_common.RESUME_COMMAND = before
         except KeyboardInterrupt as err:  # a runner of its own (jobs/tune.py), or while resolving --out
             rc = interrupts.exit_code(err, fired)
             resumable = getattr(runner, "resumable", None)

@@ -78,14 +78,10 @@ def fan_out(workers: int, cpus_per_worker: float):
         rest = [a for a in rest if a != "--resume"]
         # the URL itself unless it holds a secret: then each worker resolves it from its own environment
         storage = ["--storage", url] if mask_uri(url) == url else ([] if p["storage"] is None else ["--storage", p["storage"]])
-        import signal
-
         import ray
 
         state["study"] = True  # from here on, --resume continues the study
-        sigterm = signal.getsignal(signal.SIGTERM)
-        with ray_session(cfg.ray, log_to_driver=True):
-            signal.signal(signal.SIGTERM, sigterm)  # ray.init's own handler would skip the cleanup
+        with ray_session(cfg.ray, log_to_driver=True):  # keeps the job's SIGTERM handler (cluster.connect)
             task = ray.remote(num_cpus=cpus_per_worker, max_retries=0)(_worker)
             refs = [
                 task.remote([*rest, *storage, "--study-name", name, "--resume", "--worker", str(i),

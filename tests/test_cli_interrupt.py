@@ -355,3 +355,17 @@ def test_tune_interrupted_line_finds_a_journal_storage(tmp_path, monkeypatch):
     assert interrupted_message(cfg, missing, None, tmp_path / "out").startswith(
         f"interrupted: evomerge tune stopped before study `{cfg.tune.study_name}` was created")
     assert not (tmp_path / "none.log").exists()
+
+
+def test_an_interrupted_line_names_the_callers_resume_command(monkeypatch):
+    """A program that runs a command for itself (jobs/*.py) sets ``RESUME_COMMAND``: the line's
+    resume command becomes its own; a line without one, or no caller's command, is unchanged."""
+    from evomerge.cli import _common
+
+    line = "interrupted: evomerge evolve (the finished rounds stay in /r); resume with: evomerge evolve --out /r --resume"
+    assert _common.interrupted_line(line) == line
+    monkeypatch.setattr(_common, "RESUME_COMMAND", lambda: "python jobs/evolve.py --out s3://b/r --resume")
+    assert _common.interrupted_line(line) == ("interrupted: evomerge evolve (the finished rounds stay in /r); "
+                                              "resume with: python jobs/evolve.py --out s3://b/r --resume")
+    plain = "interrupted before the run directory was written; nothing to resume (start the run again)"
+    assert _common.interrupted_line(plain) == plain

@@ -76,7 +76,7 @@ def _main(argv: list[str] | None, fired: list[int]) -> int:
             from evomerge.pipelines.scale.interrupt import descendants, end_survivors
 
             end_survivors(descendants())
-        print(err.message, file=sys.stderr)
+        print(_common.interrupted_line(err.message), file=sys.stderr)
         if argv is None and _common.FAST_EXIT:
             _exit_now(err.code)
         return err.code

@@ -29,6 +29,19 @@ class Interrupted(BaseException):
 # the command line `main` runs (without the program name), for the resume lines
 ARGV: list[str] = []
 
+# a caller that runs a command for a program of its own (jobs/*.py) may set this: the resume
+# command (``evomerge ... --resume``) of an interrupted command's line is replaced by its result
+RESUME_COMMAND: "Callable[[], str] | None" = None
+
+
+def interrupted_line(message: str) -> str:
+    """``message`` (an interrupted command's line) as ``main`` prints it: with the caller's own
+    resume command when :data:`RESUME_COMMAND` is set."""
+    marker = "resume with: "
+    if RESUME_COMMAND is None or marker not in message:
+        return message
+    return message.split(marker, 1)[0] + marker + RESUME_COMMAND()
+
 
 @contextlib.contextmanager
 def interruptible(message: "Callable[[], str]") -> Iterator[None]:
