@@ -149,8 +149,7 @@ def job_command(command: str, job_argv: Sequence[str], out: str | None = None, *
     args = list(job_argv)
     if resume:
         for name in NOT_ON_RESUME.get(command, ()):
-            while take_option(args, name)[0] is not None:
-                args = take_option(args, name)[1]
+            args = take_option(args, name)[1]  # every occurrence (--set repeats)
         if out is not None and take_option(args, "--out")[0] is None:
             args += ["--out", out]
         if "--resume" not in args:

@@ -349,7 +349,7 @@ def check_inputs(cfg: EvomergeConfig, spec: PoolSpec) -> None:
     experts for the rules, Fisher / RegMean without task data for an expert."""
     from evomerge.errors import ConfigError
     from evomerge.merging.registry import get_merge_method
-    from evomerge.pipelines.scale.plan import min_experts
+    from evomerge.pipelines.scale.plan import check_pool_for_rules
     from evomerge.pipelines.scale.statistics import needed, train_files
 
     if spec.zoo_root is None:
@@ -364,10 +364,7 @@ def check_inputs(cfg: EvomergeConfig, spec: PoolSpec) -> None:
         if unknown:
             raise ConfigError(f"`evaluation.tasks`: the zoo {spec.zoo_root} has no task(s) {', '.join(unknown)}; "
                               f"its tasks: {', '.join(spec.tasks)}")
-    need = min_experts(cfg.scale)
-    if len(spec.names) < need:
-        raise ConfigError(f"the scale experiment's stop rules need at least {need} experts (the online rule fits 3 "
-                          f"parameters; the law fitted on k <= `scale.law_first_k` = {cfg.scale.law_first_k} and a k beyond it to predict); the pool has {len(spec.names)}")
+    check_pool_for_rules(cfg.scale, len(spec.names))
     k_end = min(len(spec.names), cfg.scale.k_max or len(spec.names))
     for name in cfg.scale.methods:  # every registry method merges the first k experts, k = k_min .. k_end
         method = get_merge_method(name)

@@ -31,6 +31,15 @@ def min_experts(cfg: ScaleConfig) -> int:
     return max(3, cfg.law_first_k + 1)
 
 
+def check_pool_for_rules(cfg: ScaleConfig, n_available: int) -> None:
+    """Refuse a pool smaller than :func:`min_experts`, naming what each rule needs."""
+    need = min_experts(cfg)
+    if n_available < need:
+        raise ConfigError(f"the scale experiment's stop rules need at least {need} experts (3 distinct k for the "
+                          f"online rule's 3 parameters; the law fitted on k <= `scale.law_first_k` = "
+                          f"{cfg.law_first_k} and a k beyond it to predict); the pool has {n_available}")
+
+
 @dataclass(frozen=True)
 class StopRule:
     """The stop rules of one pool. Registry merges always run to ``k_end`` (the pool size or
@@ -70,10 +79,8 @@ def stop_rule(variances, corr, order: Sequence[int], cfg: ScaleConfig, *, sigma2
     import numpy as np
 
     n_available = len(order)
+    check_pool_for_rules(cfg, n_available)
     need = min_experts(cfg)
-    if n_available < need:
-        raise ConfigError(f"the scale experiment's stop rules need at least {need} experts (3 distinct k for the "
-                          f"online rule; the law fitted on k <= `scale.law_first_k` = {cfg.law_first_k} and a k beyond it to predict); the pool has {n_available}")
     enabled = cfg.stop if stop is None else stop
     k_hi = min(n_available, cfg.k_max or n_available)
     if cfg.k_min > k_hi:
