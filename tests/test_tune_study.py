@@ -49,7 +49,7 @@ def small_zoo():
 
 def test_study_beats_the_default_config_and_writes_its_outputs(small_zoo, tmp_path) -> None:
     from evomerge.pipelines.tune.objective import MergeScorer
-    from evomerge.pipelines.tune.run import _pool_spec, run_tune
+    from evomerge.pipelines.tune.run import TUNE_FILES, _pool_spec, run_tune
 
     cfg = config_from_dict(study_config(8))
     res = run_tune(cfg, tmp_path / "run", small=True, log=lambda m: None)
@@ -65,6 +65,9 @@ def test_study_beats_the_default_config_and_writes_its_outputs(small_zoo, tmp_pa
         assert (tmp_path / "run" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["storage"].startswith("sqlite:///") and "optuna-dashboard" in summary["dashboard"]
+    # everything the writers put in --out is a name TUNE_FILES knows (check_out_dir accepts the folder)
+    written = {p.name for p in (tmp_path / "run").iterdir()} | {Path(f).name for f in summary["files"].values()}
+    assert written <= TUNE_FILES and {"summary.json", "optuna.db", "param_importances.png"} <= written
 
     # The best config is a ready config: it loads, and re-scoring it reproduces the best trial.
     best = load_config(tmp_path / "run" / "best_config.yaml")

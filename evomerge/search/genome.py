@@ -25,6 +25,18 @@ from evomerge.search.selection import n_elites, roulette_pair, roulette_weights,
 
 _INIT, _MOVE, _BREED, _SELECT = 0, 1, 2, 3  # decision streams
 
+#: the GenomeConfig fields each mutation reads, and no other part of a GENOME run does (tune
+#: refuses a ``genome.<field>`` dimension whose mutation its trials never make);
+#: tests/test_genome_mutation_fields.py checks it against what the mutants actually depend on
+MUTATION_FIELDS: dict[str, tuple[str, ...]] = {"gauss": ("sigma", "gene_mut_rate"), "coeff": ("coeff_sigma",)}
+
+
+def resolve_mutation(mutation: str, space: str) -> str:
+    """The mutation ``genome.mutation`` makes in ``genome.space`` (one rule for the search and for
+    tune's checks): ``auto`` is ``coeff`` in delta space (it moves the experts' coefficients, what a
+    merge of task vectors can change; docs/search.md), ``gauss`` in ab space (the papers')."""
+    return mutation if mutation != "auto" else ("coeff" if space == "delta" else "gauss")
+
 
 def n_pairs(n_experts: int) -> int:
     return n_experts * (n_experts - 1) // 2
@@ -175,7 +187,7 @@ class Genome(AskTell):
                 i, j = roulette_pair(fits, rng)
                 w = shares[[i, j]] / shares[[i, j]].sum()
                 out.append(self._new(Op.CROSSOVER, (pop[i].id, pop[j].id), tuple(w), dict(self._merge), "g"))
-        coeff = cfg.mutation == "coeff" or (cfg.mutation == "auto" and cfg.space == "delta")
+        coeff = resolve_mutation(cfg.mutation, cfg.space) == "coeff"
         experts = tuple(expert_id(i) for i in range(self.n_experts))
         for p in pop:
             if rng.random() < cfg.ind_mut_rate:

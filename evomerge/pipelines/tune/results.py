@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.io import write_parquet_atomic
+from evomerge.pipelines.tune.files import HISTORY_FIGURE, IMPORTANCE_FIGURE, figure_file
 
 
 def trials_table(study):
@@ -62,12 +63,12 @@ def write_figures(study, out_dir: str | Path) -> dict[str, str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     done: dict[str, str] = {}
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    plots = {"optimization_history": ovm.plot_optimization_history, "param_importances": ovm.plot_param_importances}
+    plots = {HISTORY_FIGURE: ovm.plot_optimization_history, IMPORTANCE_FIGURE: ovm.plot_param_importances}
     # optuna's matplotlib plots call plt.style.use("ggplot"), which would restyle every later
     # figure of this process (e.g. a scale report drawn after a study): the style stays inside
     with matplotlib.rc_context():
         for name, fn in plots.items():
-            if name == "param_importances" and len(complete) < 2:
+            if name == IMPORTANCE_FIGURE and len(complete) < 2:
                 done[name] = "skipped: needs at least 2 complete trials"
                 continue
             try:
@@ -76,7 +77,7 @@ def write_figures(study, out_dir: str | Path) -> dict[str, str]:
                     warnings.simplefilter("ignore", UserWarning)  # importance of near-constant studies
                     ax = fn(study)
                 fig = getattr(ax, "figure", None) or plt.gcf()
-                path = out_dir / f"{name}.png"
+                path = out_dir / figure_file(name)
                 _save_png(fig, path)
                 plt.close("all")
                 done[name] = str(path)

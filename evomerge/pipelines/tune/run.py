@@ -12,6 +12,7 @@ from typing import Any
 
 from evomerge.config import EvomergeConfig, config_from_dict, dump_config
 from evomerge.io import write_json_atomic
+from evomerge.pipelines.tune.files import BEST_CONFIG, OPTUNA_DB, SUMMARY, TRIALS_DIR, TRIALS_TABLE, TUNE_FILES
 
 DEFAULT_ATTR = "default_validation_fitness"
 DEFAULT_TEST_ATTR = "default_test_fitness"
@@ -124,17 +125,9 @@ def write_outputs(cfg: EvomergeConfig, out_dir: str | Path, *, storage: str, stu
     return finish(o.study, cfg, o.spec, out_dir, o.shown, 0, 0.0, log)
 
 
-#: what ``evomerge tune`` writes into ``--out`` (``jobs/tune.py`` adds ``worker-<i>``): a folder
-#: holding only these (and atomic writes' ``.NAME.tmp-*`` files) is a tune run's
-TUNE_FILES = frozenset({
-    "optuna.db", "optuna.db-wal", "optuna.db-shm", "optuna.db-journal", "summary.json", "trials.parquet",
-    "best_config.yaml", "optimization_history.png", "param_importances.png", "trials",
-})
-
-
 def _is_tune_entry(path: Path) -> bool:
     name = path.name
-    if name == "summary.json":  # other commands write a summary.json too: tune's names its study
+    if name == SUMMARY:  # other commands write a summary.json too: tune's names its study
         try:
             return "study_name" in json.loads(path.read_text())
         except (OSError, ValueError, TypeError):
@@ -172,9 +165,9 @@ def check_out_dir(cfg: EvomergeConfig, out_dir: Path, *, storage: str | None, st
         return
     url = resolve_storage_url(None, None, out_dir)
     name = study_name or cfg.tune.study_name
-    db = out_dir / "optuna.db"
+    db = out_dir / OPTUNA_DB
     if not db.is_file():
-        raise ConfigError(f"--resume: {out_dir} holds no tune study (no optuna.db); nothing to resume: "
+        raise ConfigError(f"--resume: {out_dir} holds no tune study (no {OPTUNA_DB}); nothing to resume: "
                           "drop --resume to start the study, or check --out")
     from evomerge.pipelines.tune.storage import open_storage
 
@@ -255,7 +248,7 @@ def _run_evolutionary(study, cfg: EvomergeConfig, dims, out_dir: Path, small: bo
     from evomerge.pipelines.tune.study import recording_errors, run_study
 
     with ray_session(cfg.ray), Runtime(cfg) as rt:
-        objective = evolve_objective(cfg, dims, cfg.tune.objective, out_dir / "trials", small=small, runtime=rt)
+        objective = evolve_objective(cfg, dims, cfg.tune.objective, out_dir / TRIALS_DIR, small=small, runtime=rt)
         return run_study(study, recording_errors(objective), n_trials=total, timeout=timeout, log=log)
 
 
@@ -270,7 +263,7 @@ def finish(study, cfg: EvomergeConfig, spec, out_dir: Path, shown: str, ran: int
     states: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         states[t.state.name] = states.get(t.state.name, 0) + 1
-    files = {"trials": str(export_trials(study, out_dir / "trials.parquet"))}
+    files = {"trials": str(export_trials(study, out_dir / TRIALS_TABLE))}
     files.update(write_figures(study, out_dir))
     best_value = best_params = best_test = best_experts = None
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -278,8 +271,8 @@ def finish(study, cfg: EvomergeConfig, spec, out_dir: Path, shown: str, ran: int
         best = study.best_trial
         best_value, best_params, best_test = best.value, dict(best.params), best.user_attrs.get("test_fitness")
         best_experts = list(spec.names[: expert_count(best_params) or len(spec.names)])
-        dump_config(best_config(cfg, best_params, spec), out_dir / "best_config.yaml")
-        files["best_config"] = str(out_dir / "best_config.yaml")
+        dump_config(best_config(cfg, best_params, spec), out_dir / BEST_CONFIG)
+        files["best_config"] = str(out_dir / BEST_CONFIG)
     default = study.user_attrs.get(DEFAULT_ATTR)
     # genome/swarm studies do not measure the default config: it would be one more whole
     # evolutionary run, as costly as a trial (docs/tuning.md)
@@ -293,8 +286,8 @@ def finish(study, cfg: EvomergeConfig, spec, out_dir: Path, shown: str, ran: int
         **({"default_fitness_note": no_default} if no_default else {}),
         "dashboard": dashboard_command(shown), "files": files, "worker_pid": os.getpid(),
     }
-    write_json_atomic(out_dir / "summary.json", summary)
-    files["summary"] = str(out_dir / "summary.json")
+    write_json_atomic(out_dir / SUMMARY, summary)
+    files["summary"] = str(out_dir / SUMMARY)
     log(f"trials: {states}; best validation fitness {_fmt(best_value)} (default config: {no_default or _fmt(default)})")
     hint = password_hint(shown)
     log(f"results in {out_dir}; view with: {dashboard_command(shown)}" + (f"  ({hint})" if hint else ""))

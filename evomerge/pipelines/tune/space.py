@@ -179,10 +179,6 @@ def _field_dim(name: str, spec, base: EvomergeConfig) -> Dim:
 #: the search each config section drives: a dimension of another section than the objective's
 #: search reaches no trial (a ``swarm.*`` value is never read by a GENOME run, nor either by a merge)
 _SEARCH_SECTIONS = {"genome": "genome", "swarm": "swarm"}
-#: GENOME fields read by one mutation only (evomerge.search.genome: ``coeff`` draws
-#: ``coeff_sigma``; ``gauss`` reads ``sigma`` and ``gene_mut_rate``)
-_MUTATION_FIELDS = {"genome.sigma": "gauss", "genome.gene_mut_rate": "gauss", "genome.coeff_sigma": "coeff"}
-
 
 def _mutations(tune: TuneConfig, base: EvomergeConfig) -> set[str]:
     """The mutations GENOME trials can use: ``genome.mutation``/``genome.space`` as the base config
@@ -192,7 +188,9 @@ def _mutations(tune: TuneConfig, base: EvomergeConfig) -> set[str]:
         spec = tune.space.get(name)
         return list(spec.choices) if spec is not None and spec.choices else [default]
 
-    return {m if m != "auto" else ("coeff" if sp == "delta" else "gauss")
+    from evomerge.search.genome import resolve_mutation  # not at import: evomerge.search loads torch
+
+    return {resolve_mutation(m, sp)
             for m in values("genome.mutation", base.genome.mutation) for sp in values("genome.space", base.genome.space)}
 
 
@@ -205,7 +203,9 @@ def _check_used(name: str, objective: str, mutations: set[str]) -> None:
             f"{_where(name)}: has no effect with tune.objective `{objective}` (each trial is {what}, which "
             f"never reads `{section}.*`); drop it, or set tune.objective: {_SEARCH_SECTIONS[section]}"
         )
-    needs = _MUTATION_FIELDS.get(name)
+    from evomerge.search.genome import MUTATION_FIELDS  # the search declares what each mutation reads
+
+    needs = next((kind for kind, fields in MUTATION_FIELDS.items() if name in (f"genome.{f}" for f in fields)), None)
     if objective == "genome" and needs is not None and needs not in mutations:
         raise ConfigError(
             f"{_where(name)}: has no effect: only the `{needs}` mutation reads it and these trials use "

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from evomerge.errors import ConfigError
+from evomerge.pipelines.tune.files import OPTUNA_DB
 from evomerge.storage_uri import mask_uri
 
 ENV_VAR = "EVOMERGE_OPTUNA_STORAGE"
@@ -69,7 +70,7 @@ def resolve_storage_url(cli: str | None, config_value: str | None, run_dir: Path
         return expand_env(os.environ[ENV_VAR], ENV_VAR)
     if config_value:
         return expand_env(config_value, "tune.storage")
-    return f"sqlite:///{(Path(run_dir) / 'optuna.db').resolve()}"
+    return f"sqlite:///{(Path(run_dir) / OPTUNA_DB).resolve()}"
 
 
 def _journal_path(url: str) -> str | None:
