@@ -16,6 +16,7 @@ import contextlib
 import copy
 import dataclasses
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Iterator
@@ -191,12 +192,7 @@ def build_zoo(out: str | os.PathLike, *, profile: str | Profile = "default", see
                     tmp=tmp, dtype=dtype, shared_a=a0, bar=bar if workers <= 1 else None, threads=threads)
         try:
             if workers > 1:  # independent jobs, seeded per job: the same files as one process writes
-                import multiprocessing as mp
-
-                # a Pool, not a ProcessPoolExecutor: leaving the block terminates the workers, so
-                # an interrupt stops the build at once (the executor waited for the experts in
-                # training to finish, tens of seconds each on the default profile)
-                with mp.get_context("fork").Pool(workers, initializer=_worker_signals) as pool:
+                with _training_pool(workers) as pool:
                     done = pool.map(_train_job, jobs, chunksize=1)
                 bar.update(sum(prof.expert_steps if k == "lora" else prof.full_steps for k, _ in jobs))
             else:
@@ -253,14 +249,44 @@ def _cpu() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
+_STOPS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _training_pool(workers: int) -> Iterator:
+    """A fork pool of ``workers`` training processes, terminated when the block ends, however
+    it ends. A Pool, not a ProcessPoolExecutor: terminating it stops the build at once (the
+    executor waited for the experts in training, tens of seconds each on the default profile).
+
+    Interrupts are held back while the pool starts. Raised inside ``Pool()``, before anything
+    owns the pool, the exception left its worker-handler thread running: it re-forked the
+    workers that the exit killed, and one was left behind, blocked on the task queue forever
+    (8 in 180 SIGTERMs at a random moment of the start; docs/benchmarks.md). The workers
+    and the pool's threads are created with the signals blocked and inherit that: each worker
+    unblocks them once its own handlers are set (:func:`_worker_signals`)."""
+    import multiprocessing as mp
+
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+    try:
+        pool = mp.get_context("fork").Pool(workers, initializer=_worker_signals)
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        raise
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a signal that came meanwhile is raised here
+        yield pool
+    finally:
+        pool.terminate()
+
+
 def _worker_signals() -> None:
     """A training worker leaves interrupts to the build's process: Ctrl-C (sent to the whole
     terminal group) is ignored, SIGTERM (the pool's terminate) ends it at once instead of
-    raising the CLI's exception inside a job."""
-    import signal
-
+    raising the CLI's exception inside a job. The worker starts with both blocked (see
+    :func:`_training_pool`); a SIGTERM that came before this point ends it here."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
 
 
 def _train_job(job: tuple[str, int]) -> float:
