@@ -113,11 +113,18 @@ def _check_delta(delta: float | str | None, fraction: float) -> None:
 
 
 def _resolve_delta(delta: float | str | None, sigma2: float, rho: float, n: int, fraction: float) -> tuple[float, str]:
+    """The threshold and how it was chosen. A pool-derived Delta is 0 when no expert lowers the
+    variance (rho = 1, e.g. identical experts, or sigma2 = 0): n_max is then 1, and the mode says why."""
     if delta is None or delta == "adaptive":
-        return adaptive_delta(sigma2, rho, n, mode="mean"), "adaptive (mean drop over the pool)"
-    if delta == "relative":  # a fraction of the first drop, sigma2 (1 - rho) / 2
-        return fraction * sigma2 * (1.0 - rho) / 2.0, f"relative ({fraction:g} of the first drop)"
-    return float(delta), "given"
+        value, mode = adaptive_delta(sigma2, rho, n, mode="mean"), "adaptive (mean drop over the pool)"
+    elif delta == "relative":  # a fraction of the first drop, sigma2 (1 - rho) / 2
+        value, mode = fraction * sigma2 * (1.0 - rho) / 2.0, f"relative ({fraction:g} of the first drop)"
+    else:
+        return float(delta), "given"
+    if value <= 0:
+        why = f"rho = {rho:g}: the experts' task vectors are perfectly correlated (identical?)" if sigma2 > 0 else "sigma^2 = 0"
+        mode = mode[:-1] + f"; 0 because {why}, so no expert after the first lowers the variance: n_max = 1)"
+    return value, mode
 
 
 def analyze_pool(

@@ -61,7 +61,7 @@ def plot_heatmap(matrix: np.ndarray, names: Sequence[str], out_png: str | Path, 
 
 def plot_variance_floor(rows: Sequence[Mapping[str, Any]], out_png: str | Path, *, n_stop: int,
                         delta: float, floor: float) -> Path:
-    """Theoretical merged variance vs k, the floor ``sigma^2 rho`` and the stop point; the drop
+    """Theoretical merged variance vs k, the floor ``sigma^2 max(rho, 0)`` and the stop point; the drop
     per added expert against ``delta`` on a second panel."""
     k = np.array([r["k"] for r in rows])
     v = np.array([r["merged_variance"] for r in rows])
@@ -69,14 +69,15 @@ def plot_variance_floor(rows: Sequence[Mapping[str, Any]], out_png: str | Path, 
     fig = Figure(figsize=(9, 3.6))
     ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     ax1.plot(k, v, marker="o", label="sigma^2 (rho + (1-rho)/k)")
-    ax1.axhline(floor, color="tab:gray", ls="--", lw=1, label="floor sigma^2 rho")
+    ax1.axhline(floor, color="tab:gray", ls="--", lw=1, label="floor sigma^2 max(rho, 0)")
     ax1.axvline(n_stop, color="tab:red", ls=":", lw=1.2, label=f"stop k = {n_stop}")
     ax1.set(xlabel="experts merged (k)", ylabel="merged variance", title="variance floor (Theorem 1)")
     ax1.legend(fontsize=8)
     ax2.plot(k[1:], drop[1:], marker="o", label="drop from k-1 to k")
     ax2.axhline(delta, color="tab:red", ls="--", lw=1, label=f"Delta = {delta:.3g}")
     ax2.axvline(n_stop, color="tab:red", ls=":", lw=1.2)
-    ax2.set_yscale("log")
+    if np.any(drop[1:] > 0):  # all drops 0 (rho = 1: identical experts): no log scale to draw
+        ax2.set_yscale("log")
     ax2.set(xlabel="experts merged (k)", ylabel="variance drop", title="marginal gain")
     ax2.legend(fontsize=8)
     return _save(fig, out_png)

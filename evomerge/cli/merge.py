@@ -55,7 +55,28 @@ def build_config(
         *(("--param", key, value) for key, value in _parse_params(params).items()),
     ]
     flags = {key: value for _, key, value in given}
+    check_param_flags(method, flags)
     return load_config_with_sets(config, sets or [], flags, {key: flag for flag, key, _ in given})
+
+
+def check_param_flags(method: Optional[str], flags: dict[str, Any]) -> None:
+    """``--param`` values checked against the schema of the ``--method`` flag's method before the
+    config is assembled, so a refusal names the flags that carry the value (``--method + --param``),
+    not every flag that set a key of the merge section (``--rank``, ``--space``, ...)."""
+    params = {k[len("merge.params."):]: v for k, v in flags.items() if k.startswith("merge.params.")}
+    if method is None or not params:
+        return
+    from evomerge.merging.registry import get_merge_method
+
+    try:
+        m = get_merge_method(method)
+    except ConfigError:
+        return  # an unknown method: refused by the config check, which names --method
+    try:
+        for name, value in params.items():
+            m.param(name).validate(value, f"merge method `{m.name}`")
+    except ConfigError as err:
+        raise ConfigError(f"--method + --param: {err}") from None
 
 
 def merge_command(

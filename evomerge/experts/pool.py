@@ -9,9 +9,11 @@ memory at once.
 from __future__ import annotations
 
 import math
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -36,6 +38,7 @@ class ExpertPool:
     base: CheckpointReader | None = None
     _keys: list[str] = field(default_factory=list)
     _shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    duplicates: list[tuple[int, int]] = field(default_factory=list)  # (i, j): experts with identical weights
 
     def __len__(self) -> int:
         return len(self.names)
@@ -84,10 +87,10 @@ class ExpertPool:
 
     def iter_stacked(
         self, keys: Sequence[str] | None = None, dtype: torch.dtype = torch.float32, device="cpu"
-    ) -> Iterator[tuple[str, torch.Tensor]]:
-        """Stream ``(key, Tensor[n, *shape])`` over ``keys`` (default: all)."""
-        for k in self._keys if keys is None else keys:
-            yield k, self.stacked(k, dtype=dtype, device=device)
+    ) -> "StackedStream":
+        """Stream ``(key, Tensor[n, *shape])`` over ``keys`` (default: all); ``len()`` gives the
+        number of tensors (a progress bar's total)."""
+        return StackedStream(self, list(self._keys if keys is None else keys), dtype, device)
 
     def task_vector(self, i: int, dtype: torch.dtype = torch.float32, device="cpu") -> TensorDict:
         """The whole task vector of expert ``i`` (only when a caller needs one expert at once)."""
@@ -162,6 +165,25 @@ class ExpertPool:
             raise ExpertLoadError(f"{what} needs a {kind} pool; this pool holds {self.kind} experts")
 
 
+class StackedStream:
+    """:meth:`ExpertPool.iter_stacked`'s stream: an iterator of ``(key, Tensor[n, *shape])`` that
+    reads one tensor at a time and knows its length."""
+
+    def __init__(self, pool: ExpertPool, keys: list[str], dtype: torch.dtype, device) -> None:
+        self._pool, self._keys, self._dtype, self._device = pool, keys, dtype, device
+        self._it = iter(keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __iter__(self) -> "StackedStream":
+        return self
+
+    def __next__(self) -> tuple[str, torch.Tensor]:
+        k = next(self._it)
+        return k, self._pool.stacked(k, dtype=self._dtype, device=self._device)
+
+
 # --- loading and validation ------------------------------------------------------------------
 
 
@@ -185,6 +207,13 @@ def _check_finite(t: torch.Tensor, file: Path, key: str) -> None:
         raise ExpertLoadError(f"{file}: tensor `{key}` contains {bad} values")
 
 
+_WARNED: set[tuple[Any, str, str]] = set()
+
+
+def warn_stderr(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def load_pool(
     paths: Sequence[str | Path],
     base: str | Path | None = None,
@@ -192,8 +221,13 @@ def load_pool(
     names: Sequence[str | None] | None = None,
     check_finite: bool = True,
     progress: bool = False,
+    warn: Callable[[str], None] | None = warn_stderr,
 ) -> ExpertPool:
-    """Load and validate a pool of experts; raises :class:`ExpertLoadError` naming the culprit."""
+    """Load and validate a pool of experts; raises :class:`ExpertLoadError` naming the culprit.
+
+    Experts with identical weights under different names or folders (a copy of another expert)
+    are kept, listed in ``pool.duplicates`` and reported through ``warn`` (``warning: ...`` on
+    stderr by default; None: silent): merged, such a pair counts one expert twice."""
     paths = [Path(p) for p in paths]
     if not paths:
         raise ExpertLoadError("empty pool: no experts given (pass --expert PATH or experts.experts in the config)")
@@ -213,7 +247,70 @@ def load_pool(
         pool = _load_lora(paths, names, base_path, base_reader, allow_bin, check_finite)
     else:
         pool = _load_full(paths, names, base_path, base_reader, allow_bin, check_finite, progress)
+    if warn is not None:
+        for i, j in pool.duplicates:
+            said = (warn, str(pool.paths[i].resolve()), str(pool.paths[j].resolve()))
+            if said in _WARNED:  # once per process (the scale run loads its pool several times)
+                continue
+            _WARNED.add(said)
+            warn(
+                f"experts `{pool.names[i]}` ({pool.paths[i]}) and `{pool.names[j]}` ({pool.paths[j]}) have identical "
+                "weights (a copy under another name?): the pool counts one expert twice"
+            )
     return pool
+
+
+def _same_lora(a: PeftAdapter, b: PeftAdapter) -> bool:
+    """The two adapters have the same modules with equal factors, scales and layout."""
+    if set(a.modules) != set(b.modules):
+        return False
+    for k, m in a.modules.items():
+        o = b.modules[k]
+        if m.scale != o.scale or m.fan_in_fan_out != o.fan_in_fan_out or m.A.shape != o.A.shape or m.B.shape != o.B.shape:
+            return False
+        if not (torch.equal(m.A, o.A) and torch.equal(m.B, o.B)):
+            return False
+    return True
+
+
+def _matches_modules(spec: Any, module: str) -> bool:
+    """peft's rule for ``target_modules`` / ``exclude_modules``: a string is a regex that must match
+    the whole module name; a list names modules exactly or by their last dotted parts."""
+    if isinstance(spec, str):
+        return re.fullmatch(spec, module) is not None
+    return module in spec or any(module.endswith(f".{t}") for t in spec)
+
+
+def _check_target_modules(ad: PeftAdapter) -> None:
+    """The modules the adapter's weights hold must be the ones its ``adapter_config.json`` targets
+    (``target_modules``: a list of names / name suffixes or a regex, peft's semantics) and not
+    ones it excludes (``exclude_modules``). ``all-linear`` and ``layers_to_transform`` are not checked."""
+    cfg_file = ad.path / "adapter_config.json"
+    targets = ad.config.get("target_modules")
+    excluded = ad.config.get("exclude_modules")
+    modules = sorted(k[: -len(".weight")] for k in ad.modules)
+    for key, spec in (("target_modules", targets), ("exclude_modules", excluded)):
+        if isinstance(spec, str):
+            try:
+                re.compile(spec)
+            except re.error as err:
+                raise ExpertLoadError(f"{cfg_file}: {key} {spec!r} is not a valid regex ({err})") from None
+        elif spec is not None and not (isinstance(spec, (list, tuple)) and all(isinstance(t, str) for t in spec)):
+            raise ExpertLoadError(f"{cfg_file}: {key} must be a list of module names or a regex string. Got {spec!r} instead.")
+    if targets is not None and targets != "all-linear":
+        stray = [m for m in modules if not _matches_modules(targets, m)]
+        if stray:
+            raise ExpertLoadError(
+                f"{cfg_file}: target_modules {targets!r} does not name {len(stray)} of the {len(modules)} modules whose "
+                f"LoRA factors {ad.weights_file.name} holds (e.g. {stray[:3]}); the config and the weights disagree"
+            )
+    if excluded:
+        hit = [m for m in modules if _matches_modules(excluded, m)]
+        if hit:
+            raise ExpertLoadError(
+                f"{cfg_file}: exclude_modules {excluded!r} excludes {len(hit)} module(s) whose LoRA factors "
+                f"{ad.weights_file.name} holds (e.g. {hit[:3]}); the config and the weights disagree"
+            )
 
 
 def _names(paths: list[Path], names: Sequence[str | None] | None) -> list[str]:
@@ -236,6 +333,8 @@ def _names(paths: list[Path], names: Sequence[str | None] | None) -> list[str]:
 
 def _load_lora(paths, names, base_path, base_reader, allow_bin, check_finite) -> ExpertPool:
     adapters = [load_peft_adapter(p, allow_bin=allow_bin, check_finite=check_finite) for p in paths]
+    for ad in adapters:
+        _check_target_modules(ad)
     first = adapters[0]
     base_name = first.config.get("base_model_name_or_path")
     for ad in adapters[1:]:
@@ -274,9 +373,10 @@ def _load_lora(paths, names, base_path, base_reader, allow_bin, check_finite) ->
                     f"{first.weights_file}: `{k}` adapts shape {shapes[k]} but the base {base_path} has "
                     f"{tuple(base_reader.shape(k))} (different base model?)"
                 )
+    dups = [(i, j) for i in range(len(adapters)) for j in range(i + 1, len(adapters)) if _same_lora(adapters[i], adapters[j])]
     return ExpertPool(
         kind="lora", names=names, paths=paths, base_path=base_path, adapters=adapters,
-        base=base_reader, _keys=keys, _shapes=shapes,
+        base=base_reader, _keys=keys, _shapes=shapes, duplicates=dups,
     )
 
 
@@ -284,8 +384,6 @@ def _check_adapter_base(ad: PeftAdapter, base_path: Path, base_reader: Checkpoin
     """The adapter's own claims about its base must fit ``--base``: a local ``base_model_name_or_path``
     of another architecture, or a ``target_modules`` entry naming no module of the base, is refused.
     (A hub name cannot be checked offline; the tensor shapes are checked by the caller.)"""
-    import re
-
     cfg_file = ad.path / "adapter_config.json"
     name = ad.config.get("base_model_name_or_path")
     named = Path(str(name)).expanduser() if name else None
@@ -355,14 +453,26 @@ def _load_full(paths, names, base_path, base_reader, allow_bin, check_finite, pr
         for k in keys:
             if tuple(r.shape(k)) != shapes[k]:
                 raise ExpertLoadError(f"{r.file_of(k)}: tensor `{k}` has shape {tuple(r.shape(k))}, base has {shapes[k]}")
-    if check_finite:
+    # pairs that may hold identical weights (equal file sizes); each tensor read drops the pairs it tells apart
+    sizes = [sum(f.stat().st_size for f in r.files()) for r in readers]
+    dups = [(i, j) for i in range(len(readers)) for j in range(i + 1, len(readers)) if sizes[i] == sizes[j]]
+    if check_finite or dups:
         from tqdm.auto import tqdm
 
-        for k in tqdm(keys, desc="checking weights", unit="tensor", disable=not progress, leave=False):
-            _check_finite(base_reader.get(k), base_reader.file_of(k), k)
-            for r in readers:
-                _check_finite(r.get(k), r.file_of(k), k)
+        desc = "checking weights" if check_finite else "comparing experts"
+        for k in tqdm(keys, desc=desc, unit="tensor", disable=not progress, leave=False):
+            if not check_finite and not dups:
+                break
+            if check_finite:
+                _check_finite(base_reader.get(k), base_reader.file_of(k), k)
+            got: dict[int, torch.Tensor] = {}
+            for i, r in enumerate(readers):
+                if check_finite or any(i in p for p in dups):
+                    got[i] = r.get(k)
+                    if check_finite:
+                        _check_finite(got[i], r.file_of(k), k)
+            dups = [(i, j) for i, j in dups if got[i].dtype == got[j].dtype and torch.equal(got[i], got[j])]
     return ExpertPool(
         kind="full", names=names, paths=paths, base_path=base_path, readers=readers,
-        base=base_reader, _keys=keys, _shapes=shapes,
+        base=base_reader, _keys=keys, _shapes=shapes, duplicates=dups,
     )

@@ -76,9 +76,13 @@ def merge_task_vectors(
     stats: Stats | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    total: int | None = None,
 ) -> dict[str, Any]:
     """Merge a stream of stacked task vectors; returns ``{key: merged delta}`` (``PerTaskMerge``
     values for per-task methods such as ``emr``), each on ``device``.
+
+    ``total``: the number of tensors, for the progress bar (default: ``len(stream)`` when the
+    stream has one, as :meth:`ExpertPool.iter_stacked` has).
 
     ``stats`` maps a key to that tensor's statistics (``{"fisher": [n,*shape]}``,
     ``{"gram": [n,in,in]}``); a method that needs statistics raises :class:`ConfigError`
@@ -95,7 +99,9 @@ def merge_task_vectors(
     if progress:
         from tqdm.auto import tqdm
 
-        items = tqdm(stream, desc=f"merge ({m.name})", unit="tensor")
+        if total is None and hasattr(stream, "__len__"):
+            total = len(stream)  # type: ignore[arg-type]
+        items = tqdm(stream, desc=f"merge ({m.name})", unit="tensor", total=total)
     out: dict[str, Any] = {}
     for key, stacked in items:
         out[key] = merge_one(m, key, stacked, weights, params, seed, None if stats is None else stats.get(key), device)
@@ -201,7 +207,7 @@ def merge_lora(
                 shape = ref.delta(torch.float32).shape
                 yield k, torch.stack([e[k].delta(torch.float32) if k in e else torch.zeros(shape) for e in experts])
 
-        merged = merge_task_vectors(m, stream(), weights, params, seed, stats=stats)
+        merged = merge_task_vectors(m, stream(), weights, params, seed, stats=stats, total=len(keys))
         if rank is None:
             return merged
         if m.per_task:

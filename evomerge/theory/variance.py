@@ -66,14 +66,18 @@ def n_max(sigma2: float, rho: float, delta: float) -> int:
 
     Closed form ``floor(sqrt(sigma2 (1 - rho) / delta + 1/4) + 1/2)``, then nudged by one step
     where floating point rounding put it on the wrong side of an exact boundary.
-    With ``rho == 1`` or ``sigma2 == 0`` no expert after the first lowers the variance: 1.
+    With ``rho == 1`` or ``sigma2 == 0`` no expert after the first lowers the variance: 1, for
+    every ``delta >= 0`` (the adaptive Delta ``sigma2 (1 - rho) / N`` is 0 there: identical
+    experts add nothing). Otherwise ``delta`` must be > 0.
     """
     _check_sigma_rho(sigma2, rho)
-    if not math.isfinite(delta) or delta <= 0:
+    if not math.isfinite(delta) or delta < 0:
+        raise ConfigError(f"delta must be a finite number > 0 (the smallest variance drop worth an expert), got {delta}")
+    if sigma2 * (1.0 - rho) <= 0:  # every drop is 0: only the first expert counts
+        return 1
+    if delta == 0:
         raise ConfigError(f"delta must be a finite number > 0 (the smallest variance drop worth an expert), got {delta}")
     c = sigma2 * (1.0 - rho) / delta
-    if c <= 0:
-        return 1
     if not math.isfinite(c) or c > 1e30:
         raise ConfigError(f"delta={delta} is too small relative to sigma2*(1-rho)={sigma2 * (1 - rho)}: n_max overflows")
     n = max(1, int(math.floor(math.sqrt(c + 0.25) + 0.5)))
@@ -111,7 +115,8 @@ def stop_index(sigma2: float, rho: float, delta: float, n_available: int) -> int
 
 def variance_curve(sigma2: float, rho: float, k_max: int, delta: float | None = None) -> list[dict[str, float]]:
     """Rows ``k, merged_variance, drop`` (drop from k-1 to k; NaN at k=1) and
-    ``worth_adding`` (drop >= delta) for k = 1..k_max."""
+    ``worth_adding`` (drop >= delta, and drop > 0: an expert that lowers nothing is never worth
+    adding, as :func:`n_max` counts with a zero Delta) for k = 1..k_max."""
     k_max = _check_n(k_max, "k_max")
     rows = []
     for k in range(1, k_max + 1):
@@ -120,7 +125,7 @@ def variance_curve(sigma2: float, rho: float, k_max: int, delta: float | None = 
             "k": k,
             "merged_variance": uniform_merged_variance(sigma2, rho, k),
             "drop": drop,
-            "worth_adding": bool(k == 1 or (delta is not None and drop >= delta)),
+            "worth_adding": bool(k == 1 or (delta is not None and drop >= delta and drop > 0)),
         })
     return rows
 

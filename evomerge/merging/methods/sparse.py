@@ -112,6 +112,12 @@ _MIN_AGREE = Param("k", int, 2, low=1, help="keep coordinates selected by at lea
 def consensus(deltas, weights, *, generator=None, stats=None, tall_lambda, k, lam):
     """Consensus merging: task arithmetic restricted to coordinates at least `k` TALL masks select."""
     st.check_deltas("consensus", deltas)
+    n = deltas.shape[0]
+    if k > n:  # no coordinate could gather k votes: the merge would be all zero (the base model)
+        raise ConfigError(
+            f"merge method `consensus`: `k` must be <= the number of experts ({n}); "
+            f"a coordinate needs k of the {n} task masks. Got {k} instead."
+        )
     w = st.prepare_weights("consensus", weights, deltas)
     work = st.working_copy(deltas).mul_(w.view(-1, 1))
     total = work.sum(dim=0)
