@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from evomerge.errors import OutputError, OutputExistsError, os_error_message
+from evomerge.errors import ConfigError, OutputError, OutputExistsError, os_error_message
 
 #: errno values that mean "the destination cannot take this output" (reported as OutputError).
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
@@ -82,6 +82,33 @@ def check_output_path(path: str | os.PathLike, overwrite: bool, *, kind: str = "
         raise OutputError(f"{raw}: refusing to replace the current folder or one of its parents; pick another output")
     _probe_writable(path)
     return raw
+
+
+def _enclosing_zoo(path: Path) -> Path | None:
+    """The zoo folder (one holding ``zoo.json``) that ``path`` is or lies in, if any."""
+    from evomerge.zoo.zoo import MANIFEST
+
+    for d in (path, *path.parents):
+        if (d / MANIFEST).is_file():
+            return d
+    return None
+
+
+def check_not_overlapping(out: str | os.PathLike, inputs, *, flag: str = "--out") -> None:
+    """Refuse an output that is, contains or sits inside an input (``--overwrite`` would destroy
+    it, or the command would write into it). ``inputs``: files and folders the command reads
+    (experts, base, task/data files, zoo folders; None entries are skipped). An input inside a zoo
+    folder (``zoo.json``) stands for its whole zoo: no output is written into a zoo that is read.
+    Call it before any work; raises :class:`ConfigError` naming the output and the input."""
+    o = _absolute(Path(out)).resolve()
+    for p in inputs:
+        if p is None:
+            continue
+        q = _absolute(Path(p)).resolve()
+        zoo = _enclosing_zoo(q)
+        for what, r in ((f"the input {p}", q), (f"the zoo {zoo} (input {p} lies in it)", zoo)):
+            if r is not None and (o == r or o in r.parents or r in o.parents):
+                raise ConfigError(f"{out}: the output overlaps {what}; inputs are never written, pick another {flag}")
 
 
 def _absolute(path: Path) -> Path:

@@ -39,7 +39,7 @@ def analyze_command(
     from evomerge.analysis import analyze_pool
     from evomerge.cli._common import load_config_with_sets
     from evomerge.experts.pool import load_pool
-    from evomerge.io import check_output_path
+    from evomerge.io import check_not_overlapping, check_output_path
 
     cfg = load_config_with_sets(config, sets)
     check_output_path(out, overwrite)  # before the pool is read
@@ -47,8 +47,9 @@ def analyze_command(
     names = None if expert else [s.name for s in cfg.experts.experts]
     if not paths:
         raise ConfigError("no experts: pass --experts PATH (repeat) or list them under experts.experts in --config")
-    pool = load_pool(paths, base if base is not None else cfg.experts.base,
-                     allow_bin=allow_bin or cfg.experts.allow_bin, names=names)
+    base_dir = base if base is not None else cfg.experts.base
+    check_not_overlapping(out, [*paths, base_dir, config])  # --overwrite would delete an input
+    pool = load_pool(paths, base_dir, allow_bin=allow_bin or cfg.experts.allow_bin, names=names)
     d = _delta(delta) if delta is not None else (cfg.scale.delta if config is not None or sets else None)
     result = analyze_pool(pool, out, delta=d, delta_fraction=cfg.scale.delta_fraction, rht_cfg=cfg.rht, seed=cfg.seed if seed is None else seed,
                           overwrite=overwrite, progress=not quiet)

@@ -41,6 +41,28 @@ def _full_task_vector(folder: Path, base_dir: Path, allow_bin: bool) -> dict:
             if bool(v.any())}
 
 
+def _candidate(folder: Path, base_dir: Path, allow_bin: bool) -> dict:
+    """An expert as the evaluator applies it: a full fine-tune's task vector (:func:`_full_task_vector`)
+    or a LoRA adapter's modules, both read and checked against ``base_dir`` by the pool loader
+    (an adapter of another base is refused naming its adapter file, before any model is loaded)."""
+    from evomerge.experts.pool import detect_kind, load_pool
+
+    if detect_kind(folder) == "full":
+        return _full_task_vector(folder, base_dir, allow_bin)
+    return load_pool([folder], base=base_dir, allow_bin=allow_bin).lora(0)
+
+
+def _zoo_root(zoo: Optional[str], small: bool, zoo_dir) -> Path:
+    """The folder the zoo for ``--zoo``/``--small`` is read from (as ``open_zoo`` picks it), without opening it."""
+    from evomerge.cli._common import zoo_choice, zoo_profile
+    from evomerge.zoo import zoo_root_in_use
+
+    choice = zoo_choice(zoo, small) or "default"
+    if zoo_profile(choice) is None:
+        return Path(choice).expanduser()
+    return Path(zoo_dir) if zoo_dir is not None else zoo_root_in_use(choice)
+
+
 def evaluate_command(
     experts: list[Path] = typer.Option([], "--expert", "-e", help="expert folder to score: a peft adapter or a full fine-tune (HF checkpoint of the base); repeatable"),
     zoo: Optional[str] = zoo_option(),
@@ -76,37 +98,35 @@ def evaluate_command(
     cfg = load_config_with_sets(config, sets, {key: value for _, key, value in given},
                                 {key: flag for flag, key, _ in given})
     ev_cfg = cfg.evaluation
-    if out is not None:  # before any work: a folder, an existing table, an unwritable place
-        from evomerge.io import check_output_path
+    if out is not None:  # before any work: a folder, an existing table, an unwritable place, an input
+        from evomerge.io import check_not_overlapping, check_output_path
 
         check_output_path(out, overwrite, kind="file")
+        zoo_input = None if ev_cfg.task_files else _zoo_root(zoo, small, cfg.zoo_dir)
+        check_not_overlapping(out, [*experts, cfg.experts.base, *(ev_cfg.task_files or {}).values(), zoo_input, config])
     dev = resolve_device(cfg.device)
-    # every expert is read (and checked) before the model is loaded: adapters at once, full
-    # fine-tunes once the base they are compared with is known
-    cands: dict = {"base": {}}
-    full: list[Path] = []
     for e in experts:
-        if e.name in cands:
-            raise ConfigError(f"--expert {e}: a candidate named `{e.name}` is already given; rename the folder")
-        if detect_kind(e) == "full":
-            full.append(e)
-            cands[e.name] = None  # its task vector below, in this order
-        else:
-            cands[e.name] = load_peft_adapter(e, allow_bin=allow_bin).modules
+        detect_kind(e)  # exists, and is an adapter or a checkpoint
+    seen = [e.name for e in experts]
+    dup = next((e for i, e in enumerate(experts) if e.name in ("base", *seen[:i])), None)
+    if dup is not None:
+        raise ConfigError(f"--expert {dup}: a candidate named `{dup.name}` is already given; rename the folder")
     common = dict(metric=ev_cfg.metric, device=dev, batch_size=ev_cfg.batch_size, max_samples=ev_cfg.max_samples)
+    # every expert is read and checked against the base (as `evomerge merge` reads a pool: tensor
+    # names and shapes, target modules, finite weights) before the model is loaded
     if ev_cfg.task_files:
         if cfg.experts.base is None:
             raise ConfigError("--task needs --base (the HF model folder the experts were trained from)")
         if zoo is not None or small:
             raise ConfigError("--task scores your own tasks on --base; do not pass --zoo/--small as well")
         task_data = _user_tasks(ev_cfg.task_files, split)
-        cands.update({e.name: _full_task_vector(e, Path(cfg.experts.base), allow_bin) for e in full})
+        cands = {"base": {}, **{e.name: _candidate(e, Path(cfg.experts.base), allow_bin) for e in experts}}
         ev = Evaluator(cfg.experts.base, task_data, task_weights=ev_cfg.task_weights, **common)
     else:
         from evomerge.cli._common import open_zoo, zoo_choice
 
         z = open_zoo(zoo_choice(zoo, small), "default", cfg.zoo_dir)
-        cands.update({e.name: _full_task_vector(e, z.base_dir, allow_bin) for e in full})
+        cands = {"base": {}, **{e.name: _candidate(e, z.base_dir, allow_bin) for e in experts}}
         ev = Evaluator.from_zoo(z, tasks=ev_cfg.tasks, task_weights=ev_cfg.task_weights, **common)
         if not experts:
             cands.update({t: load_peft_adapter(d).modules for t, d in z.expert_dirs.items()})

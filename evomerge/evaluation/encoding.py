@@ -179,3 +179,28 @@ def context_length(model) -> int | None:
     cfg = getattr(model, "config", None)
     n = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
     return int(n) if isinstance(n, int) and n > 0 else None
+
+
+def load_tokenizer(base_dir):
+    """The tokenizer of a local base model folder, as the evaluator loads it (refused naming the folder)."""
+    from transformers import AutoTokenizer
+
+    from evomerge.errors import ExpertLoadError
+
+    try:
+        return AutoTokenizer.from_pretrained(str(base_dir), local_files_only=True)
+    except Exception as err:  # OSError, ValueError, ...
+        raise ExpertLoadError(f"{base_dir}: cannot load the tokenizer ({' '.join(str(err).split())[:300]})") from None
+
+
+def base_context_length(base_dir) -> int | None:
+    """:func:`context_length` of a local base model folder, read from its config (no weights loaded)."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(str(base_dir), local_files_only=True)
+    except Exception:  # an unreadable config is reported by whoever loads the model
+        return None
+    return context_length(SimpleNamespace(config=cfg))

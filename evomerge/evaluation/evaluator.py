@@ -42,6 +42,8 @@ class EvalResult:
 def _load_base(base_dir: Path, device: torch.device, dtype: torch.dtype | None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if base_dir.exists() and not base_dir.is_dir():
+        raise ExpertLoadError(f"{base_dir}: is a file, not a folder; the base model is a folder (config.json, weights, tokenizer)")
     if not (base_dir / "config.json").is_file():
         raise ExpertLoadError(f"{base_dir}: base model folder has no config.json")
     try:

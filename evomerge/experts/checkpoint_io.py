@@ -109,6 +109,9 @@ class CheckpointReader:
 
     def __init__(self, folder: str | Path, allow_bin: bool = False):
         self.folder = Path(folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ExpertLoadError(f"{self.folder}: is a file, not a folder; a checkpoint is a folder (config.json, "
+                                  "model.safetensors); pass the folder that holds it")
         if not self.folder.is_dir():
             raise ExpertLoadError(f"{self.folder}: checkpoint folder not found")
         self.allow_bin = allow_bin

@@ -9,8 +9,9 @@ Outputs (all written inside one :func:`evomerge.io.atomic_dir`, so a failure lea
   ``emr_masks.safetensors`` (per task and tensor, ``mask.<i>.<key>``: the bool mask flattened
   and bit-packed into uint8, ``numpy.packbits`` order) and ``emr_tasks.json`` (task names,
   shapes, rescalers per task and tensor). :func:`load_emr_task` rebuilds one task's vector.
-* always ``evomerge_manifest.json``: method, resolved parameters, space, seed, weights, RHT,
-  version, and every input with its sha256 content hash.
+* always ``evomerge_manifest.json``: method, resolved parameters, space, the written adapter's
+  rank (``--rank`` capped by the matrix sizes; ``rank_requested`` is ``--rank``), seed, weights,
+  RHT, version, and every input with its sha256 content hash.
 """
 
 from __future__ import annotations
@@ -63,8 +64,14 @@ def plan_output(cfg, pool, method) -> str:
     if pool.kind == "full":
         if fmt == "peft":
             raise ConfigError("output_format `peft` needs LoRA experts; full fine-tunes are written as a full checkpoint")
+        if m.rank is not None:
+            raise ConfigError(f"merge.rank ({m.rank}) truncates a result written as a peft adapter; these are full "
+                              "fine-tunes, written as a full checkpoint, which has no rank: drop --rank")
         return "full"
     if fmt == "full":
+        if m.rank is not None:
+            raise ConfigError(f"merge.rank ({m.rank}) truncates a result written as a peft adapter; output_format "
+                              "`full` writes a full checkpoint, which has no rank: drop --rank or --format full")
         pool.require_base("output_format `full`")
         return "full"
     if m.space in ("ab", "concat"):
@@ -113,29 +120,23 @@ def run_merge(
 ) -> Path:
     """Merge the experts of ``cfg`` into ``out``; returns ``out``. Inputs are only read."""
     from evomerge.experts.pool import load_pool
-    from evomerge.io import atomic_dir, check_output_path
+    from evomerge.io import atomic_dir, check_not_overlapping, check_output_path
     from evomerge.merging.registry import get_merge_method
 
     log = log or (lambda s: None)
     out = check_output_path(out, overwrite)
+    specs = cfg.experts.experts
+    check_not_overlapping(out, [*(s.path for s in specs), cfg.experts.base, *cfg.merge.data])
     dev = resolve_device(device or cfg.device)
     method = get_merge_method(cfg.merge.method)
     params = method.resolve(cfg.merge.params)
-    specs = cfg.experts.experts
     pool = load_pool(
         [s.path for s in specs], base=cfg.experts.base, allow_bin=cfg.experts.allow_bin, names=[s.name for s in specs],
         progress=progress,
     )
-    _check_not_overlapping(out, [*pool.paths, *([pool.base_path] if pool.base_path else []), *cfg.merge.data])
     weights = _weights(cfg, len(pool))
     fmt = plan_output(cfg, pool, method)
-    for i, f in enumerate(cfg.merge.data):  # every row checked (the rows the statistics read) before any work
-        if not Path(f).is_file():
-            whose = f" (expert `{pool.names[i]}`)" if len(cfg.merge.data) == len(pool) > 1 else ""
-            raise ConfigError(f"{f}: merge.data task file not found{whose}")
-        from evomerge.evaluation.task_data import load_examples
-
-        load_examples(f, limit=cfg.merge.data_samples)
+    _check_data(cfg, pool)
     pool_stats = pool.stats()
     log(pool.summary(pool_stats))
     inputs = _input_hashes(cfg, pool)
@@ -146,6 +147,7 @@ def run_merge(
 
         stats = pool_statistics(pool, method.needs, cfg.merge.data, cfg.merge.data_samples, dev, progress)
 
+    modules = None
     with atomic_dir(out, overwrite=overwrite) as tmp:
         if fmt == "emr":
             _merge_emr(cfg, pool, method, params, weights, stats, dev, progress, tmp)
@@ -178,20 +180,43 @@ def run_merge(
                 fans = _fans(pool)
                 modules = {k: svd_to_lora(v, cfg.merge.rank, fans.get(k, False)) for k, v in merged.items()}
             _write(fmt, cfg, pool, modules, merged, tmp, progress)
-        manifest = _manifest(cfg, pool, method, params, weights, fmt, inputs, pool_stats, tmp, dev)
+        rank = _effective_rank(modules) if fmt == "peft" else None
+        manifest = _manifest(cfg, pool, method, params, weights, fmt, inputs, pool_stats, tmp, dev, rank)
         from evomerge.io import write_json_atomic
 
         write_json_atomic(tmp / MANIFEST, manifest)
     return out
 
 
-def _check_not_overlapping(out: Path, inputs) -> None:
-    """Refuse an output that is, contains or sits inside an input (``--overwrite`` would destroy it)."""
-    o = Path(out).resolve()
-    for p in inputs:
-        q = Path(p).resolve()
-        if o == q or o in q.parents or q in o.parents:
-            raise ConfigError(f"{out}: the output overlaps the input {p}; inputs are never written, pick another --out")
+def _check_data(cfg, pool) -> None:
+    """Every ``merge.data`` row the statistics read is checked before any work: the file (as
+    ``load_examples`` reads it) and, with a base, its encoding as ``evaluate --task`` checks it
+    (characters outside the tokenizer's vocabulary, rows longer than the base's context)."""
+    from evomerge.evaluation.task_data import load_examples
+
+    files = list(cfg.merge.data)
+    if not files:
+        return
+    for i, f in enumerate(files):
+        if not Path(f).is_file():
+            whose = f" (expert `{pool.names[i]}`)" if len(files) == len(pool) > 1 else ""
+            raise ConfigError(f"{f}: merge.data task file not found{whose}")
+    tok = ctx = None
+    if pool.base_path is not None:  # without a base the statistics are refused later (they need it)
+        from evomerge.evaluation.encoding import base_context_length, load_tokenizer
+
+        tok, ctx = load_tokenizer(pool.base_path), base_context_length(pool.base_path)
+    for f in files:
+        ds = load_examples(f, limit=cfg.merge.data_samples)
+        if tok is not None:
+            from evomerge.evaluation.encoding import encode_dataset
+
+            encode_dataset(tok, ds, f"{f} (merge.data)", ctx)
+
+
+def _effective_rank(modules) -> int | None:
+    """The rank the written adapter has (``--rank`` capped by each matrix's size): the largest module rank."""
+    return max((m.rank for m in modules.values()), default=None) if modules else None
 
 
 def _fans(pool) -> dict[str, bool]:
@@ -319,7 +344,7 @@ def _input_hashes(cfg, pool) -> dict[str, Any]:
     return {"base": base, "experts": experts, "data": data}
 
 
-def _manifest(cfg, pool, method, params, weights, fmt, inputs, pool_stats, tmp: Path, dev) -> dict[str, Any]:
+def _manifest(cfg, pool, method, params, weights, fmt, inputs, pool_stats, tmp: Path, dev, rank) -> dict[str, Any]:
     import evomerge
 
     return {
@@ -328,7 +353,8 @@ def _manifest(cfg, pool, method, params, weights, fmt, inputs, pool_stats, tmp: 
         "method": method.name,
         "params": params,
         "space": cfg.merge.space,
-        "rank": cfg.merge.rank,
+        "rank": rank,  # the written adapter's rank (--rank capped by each matrix's size); None: no adapter
+        "rank_requested": cfg.merge.rank,
         "seed": cfg.seed,
         "weights": None if weights is None else [float(x) for x in weights],
         "rht": cfg.rht.model_dump(mode="json"),
