@@ -101,6 +101,9 @@ def test_merge_rank_with_full_fine_tunes_is_refused(zoo, tmp_path, capsys) -> No
     lora = [a for n in ("brackets", "majority") for a in ("-e", zoo.expert_dirs[n])]
     bad(capsys, ["merge", "-q", "--base", zoo.base_dir, *lora, "--rank", "4", "--format", "full",
                  "--out", tmp_path / "of"], r"merge\.rank \(4\) .*output_format `full`", out=tmp_path / "of")
+    for space in ("ab", "concat"):  # the factors are written as they are: --rank would be ignored
+        bad(capsys, ["merge", "-q", *lora, "--space", space, "--rank", "4", "--out", tmp_path / space],
+            rf"merge\.rank \(4\) .*merge\.space `{space}` writes the merged LoRA factors as they are", out=tmp_path / space)
 
 
 def test_merge_manifest_records_the_effective_rank(zoo, tmp_path, capsys) -> None:

@@ -75,10 +75,16 @@ def plan_output(cfg, pool, method) -> str:
         pool.require_base("output_format `full`")
         return "full"
     if m.space in ("ab", "concat"):
-        if cfg.rht.enabled and cfg.rht.domain == "delta" and m.rank is None:
+        dense = cfg.rht.enabled and cfg.rht.domain == "delta"
+        if dense and m.rank is None:
             raise ConfigError(
                 "rht.domain `delta` turns the LoRA result into dense deltas: pass --rank R (SVD back to an adapter), "
                 "output_format full (needs --base), or set rht.domain factors"
+            )
+        if not dense and m.rank is not None:
+            raise ConfigError(
+                f"merge.rank ({m.rank}) truncates a dense delta, but merge.space `{m.space}` writes the merged LoRA "
+                "factors as they are (no SVD): drop --rank, or use merge.space delta"
             )
         return "peft"
     if m.rank is not None:
