@@ -6,7 +6,7 @@ Constraints live on the fields, so the CLI, ``jobs/`` and Optuna all get the sam
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -252,6 +252,13 @@ class RayConfig(Section):
 
 
 class ScaleConfig(Section):
+    # The keys `evomerge report RUN --set` may change: how the report judges the cells already run
+    # (the online rule's tolerance and window, the law's fit and its noise tolerance; read by
+    # pipelines/scale/rules.py and law_noise.py). Every other key describes the cells themselves
+    # (methods, seeds, the k grid, RHT, searches, order, merge parameters, the stop that cut the
+    # searches: the plan and search_stop.json recorded what it did), so the report refuses it.
+    REPORT_KEYS: ClassVar[frozenset[str]] = frozenset({"online_tol", "online_window", "law_first_k", "law_noise_z"})
+
     methods: list[str] = Field(default_factory=lambda: ["task_arithmetic", "ties", "dare_ties", "emr"])
     search: list[SearchName] = Field(default_factory=list)
     with_rht: bool = True

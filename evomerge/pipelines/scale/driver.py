@@ -11,6 +11,7 @@ skips finished cells (resume).
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -170,6 +171,9 @@ def _run(cfg: EvomergeConfig, run_dir: Path, spec: PoolSpec, resumed: bool, t0: 
 
         store = CellStore(run_dir)
         cells = load_cells(plan)
+        if resumed:  # a cell file that cannot be read (a disk fault, a copy cut short): that cell runs again
+            for line in store.drop_damaged(store.done() & {c.id for c in cells}):
+                print(f"scale: {line}; removed, the cell is computed again", file=sys.stderr, flush=True)
         done = store.done()
 
         def finished(cell: Cell) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from evomerge.errors import ConfigError
+from evomerge.errors import ConfigError, DataError
 from evomerge.io import atomic_file, jsonable, write_json_atomic, write_parquet_atomic
 from evomerge.pipelines.scale.noise import LEVEL, REPLICATES, SEED, compare_to_reference, noise_tables, reference_method
 from evomerge.pipelines.scale.store import CellStore
@@ -32,9 +32,12 @@ def load_run(run_dir: str | Path, *, samples: bool = True,
     ``files``: a :class:`~evomerge.pipelines.scale.report_side.RunFiles` that has read files ahead)."""
     run_dir = Path(run_dir)
     plan = load_plan(run_dir)
-    scores = (files or CellStore(run_dir)).scores().to_pandas()
-    ids = _plan_cells(plan)
-    return plan, scores[scores["cell"].isin(ids)].reset_index(drop=True), load_samples(run_dir, plan) if samples else None
+    # only the plan's cells are read: an unreadable file of an older plan's cell does not matter
+    scores = (files or CellStore(run_dir)).scores(_plan_cells(plan)).to_pandas()
+    if scores.empty:
+        raise DataError(f"{run_dir / 'cells'}: no finished cells of the run's plan (`evomerge scale --out {run_dir} "
+                        "--resume` computes them)")
+    return plan, scores, load_samples(run_dir, plan) if samples else None
 
 
 def load_plan(run_dir: Path) -> dict[str, Any]:
@@ -49,8 +52,7 @@ def load_plan(run_dir: Path) -> dict[str, Any]:
 
 def load_samples(run_dir: Path, plan: dict[str, Any]) -> pd.DataFrame:
     """The weight samples of the plan's cells."""
-    samples = CellStore(run_dir).samples().to_pandas()
-    return samples[samples["cell"].isin(_plan_cells(plan))].reset_index(drop=True)
+    return CellStore(run_dir).samples(_plan_cells(plan)).to_pandas()
 
 
 def _plan_cells(plan: dict[str, Any]) -> set[str]:
@@ -70,7 +72,8 @@ def _read_json(path: Path) -> Any:
 
 def write_report(run_dir: str | Path, overrides: dict[str, Any] | None = None, *, side=None, files=None) -> Path:
     """Write ``tables/*.parquet``, ``figures/*.png``, ``report.json`` and ``report.md``
-    (``overrides``: dotted ``scale.*`` keys laid over the run's config for judging, from ``--set``;
+    (``overrides``: dotted keys laid over the run's config for judging, from ``--set``: only
+    :attr:`~evomerge.config.sections.ScaleConfig.REPORT_KEYS`, :func:`check_report_sets` refuses the others;
     ``side``: the run's :func:`~evomerge.pipelines.scale.report_side.start` job, told that every
     cell is on disk, which draws the figures and computes the validation split's noise meanwhile;
     ``files``: a :class:`~evomerge.pipelines.scale.report_side.RunFiles` that read files ahead)."""
@@ -85,10 +88,34 @@ def write_report(run_dir: str | Path, overrides: dict[str, Any] | None = None, *
             side.wait()
 
 
+def check_report_sets(values: dict[str, Any]) -> None:
+    """Refuse the ``--set`` keys the report cannot change (one line per key): only
+    :attr:`~evomerge.config.sections.ScaleConfig.REPORT_KEYS` change how it judges the cells; every
+    other key describes the cells already run, and the report would describe a run that was not made."""
+    from evomerge.config.sections import ScaleConfig
+
+    allowed = sorted(f"scale.{k}" for k in ScaleConfig.REPORT_KEYS)
+    lines = []
+    for key in values:
+        section, _, name = key.partition(".")
+        if key in allowed:
+            continue
+        if section == "scale" and name.split(".")[0] not in ScaleConfig.model_fields:
+            why = "unknown key"
+        else:
+            why = "describes the cells already run, not how they are judged (run `evomerge scale` into another --out)"
+        lines.append(f"--set {key}: {why}; `evomerge report` can change only how the cells are judged: "
+                     + ", ".join(allowed))
+    if lines:
+        raise ConfigError("\n".join(lines))
+
+
 def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, side, files) -> Path:
     from evomerge.config import load_config
     from evomerge.pipelines.scale.rules import cut_searches, judge, pair_summary
 
+    if overrides:
+        check_report_sets(overrides)  # before any work
     run_dir = Path(run_dir)
     plan, scores, samples = load_run(run_dir, samples=side is None, files=files)  # the side job reads them itself
     cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None

@@ -1,7 +1,10 @@
 """Append-only results of a scale run: one Parquet file per finished cell.
 
 A cell's file appears atomically when the cell is done, so the set of files *is* the resume
-state: a rerun skips every cell whose file exists, and the report concatenates them.
+state: a rerun skips every cell whose file exists, and the report concatenates them. A file that
+cannot be read (a disk fault, a copy cut short, a file replaced by hand) is refused by name
+(:class:`DamagedCellFile`); a resumed run removes it and computes its cell again
+(:meth:`CellStore.drop_damaged`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from evomerge.errors import DataError
 from evomerge.io import write_parquet_atomic
 
 # One row per (cell, seed, task, split). ``in_subset`` marks the tasks of the merged experts.
@@ -60,6 +64,32 @@ SAMPLE_SCHEMA = pa.schema(
 )
 
 
+class DamagedCellFile(DataError):
+    """A cell's file (``cells/``, ``examples/`` or ``samples/``) that cannot be read: ``path``,
+    ``problem`` (what pyarrow found) and how to recover."""
+
+    def __init__(self, path: Path, problem: str):
+        self.path, self.problem = path, problem
+        super().__init__(f"{path}: not a readable cell file ({problem}); `evomerge scale --out {path.parent.parent} "
+                         "--resume` computes that cell again (it replaces unreadable cell files)")
+
+
+def read_cell_file(path: Path, schema: pa.Schema) -> pa.Table:
+    """One cell's file in ``schema`` (:class:`DamagedCellFile`, naming it, when it cannot be read)."""
+    try:
+        return _conform(pq.read_table(path), schema)
+    except pa.ArrowException as err:  # (ArrowInvalid: not Parquet, cut short; a cast that fails)
+        raise DamagedCellFile(path, damage(err)) from None
+
+
+def damage(err: Exception) -> str:
+    """What pyarrow found wrong with a file, without the path it repeats: ``Parquet magic bytes not found in footer``."""
+    text = str(err).strip()
+    if text.startswith("Could not open Parquet input source") and "': " in text:
+        text = text.split("': ", 1)[1]
+    return text.split(". ")[0].rstrip(".").splitlines()[0] if text else type(err).__name__
+
+
 class CellStore:
     """``run_dir/cells/<cell>.parquet`` (scores), ``run_dir/examples/<cell>.parquet`` (the
     per-example values behind them) and ``run_dir/samples/<cell>.parquet`` (a fixed-size random
@@ -92,7 +122,7 @@ class CellStore:
         files = table_files(folder, ids)
         if not files:
             return schema.empty_table()
-        return pa.concat_tables([_conform(pq.read_table(f), schema) for f in files])
+        return pa.concat_tables([read_cell_file(f, schema) for f in files])
 
     def scores(self, ids: Iterable[str] | None = None) -> pa.Table:
         """The score rows of every finished cell (``ids``: of those cells only)."""
@@ -106,6 +136,28 @@ class CellStore:
     def samples(self, ids: Iterable[str] | None = None) -> pa.Table:
         """The weight samples of every cell that has them (``ids``: of those cells only)."""
         return self._concat(self.samples_dir, SAMPLE_SCHEMA, ids)
+
+    def drop_damaged(self, ids: Iterable[str]) -> list[str]:
+        """Remove every file of the finished cells ``ids`` that cannot be read, and the cell's
+        score file with it (it marks the cell done): a resumed run computes those cells again.
+        One ``PATH: problem`` line per file removed."""
+        lines = []
+        for cell_id in sorted(set(ids)):
+            bad = []
+            for folder, schema in ((self.cells_dir, SCORE_SCHEMA), (self.examples_dir, EXAMPLE_SCHEMA),
+                                   (self.samples_dir, SAMPLE_SCHEMA)):
+                path = folder / f"{cell_id}.parquet"
+                if path.is_file():
+                    try:
+                        read_cell_file(path, schema)
+                    except DamagedCellFile as err:
+                        bad.append(path)
+                        lines.append(f"{path}: not a readable cell file ({err.problem})")
+            if bad:
+                for path in bad:
+                    path.unlink(missing_ok=True)
+                (self.cells_dir / f"{cell_id}.parquet").unlink(missing_ok=True)
+        return lines
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
