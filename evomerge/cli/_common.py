@@ -123,12 +123,22 @@ def small_option() -> Any:
 
 
 def zoo_choice(zoo: Optional[str], small: bool) -> Optional[str]:
-    """The ``--zoo`` value, with ``--small`` as its alias (the two must not disagree)."""
+    """The ``--zoo`` value, with ``--small`` as its alias (the two must not disagree: a folder
+    given to ``--zoo`` agrees when it is the small zoo's folder in use, see ``zoo path --small``)."""
     if small:
-        if zoo not in (None, "small"):
+        if zoo not in (None, "small") and not _is_small_zoo_folder(zoo):
             raise ConfigError(f"--small and --zoo {zoo} disagree; pass one of them")
         return "small"
     return zoo
+
+
+def _is_small_zoo_folder(zoo: str) -> bool:
+    """Whether ``zoo`` (a ``--zoo`` value that is no profile) is the folder of the small zoo in use."""
+    from evomerge.zoo import zoo_root_in_use
+
+    if zoo_profile(zoo) is not None:
+        return False
+    return Path(zoo).expanduser().resolve() == zoo_root_in_use("small").expanduser().resolve()
 
 
 def zoo_profile(choice: Optional[str]) -> Optional[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Optional
 
@@ -39,9 +40,9 @@ def _root(root: Optional[Path], zoo: Optional[str], small: bool) -> Path:
 @zoo_app.command("build")
 def build_command(
     out: Optional[Path] = typer.Option(None, "--out", help="zoo folder (default: the user cache, see `zoo path`)"),
-    profile: str = typer.Option("default", "--profile", help="default | small | tiny"),
+    profile: Optional[str] = typer.Option(None, "--profile", help="default | small | tiny  [default: default]"),
     small: bool = typer.Option(False, "--small", help="same as --profile small"),
-    seed: int = typer.Option(0, "--seed", help="seed of data, initialisation and training"),
+    seed: int = typer.Option(0, "--seed", help="seed of data, initialisation and training (>= 0)"),
     shared_init: Optional[bool] = typer.Option(
         None, "--shared-init/--no-shared-init",
         help="start every LoRA expert from one LoRA initialisation (default: the profile's, on for default)"),
@@ -50,28 +51,41 @@ def build_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing folder"),
 ) -> None:
     """Build a zoo from scratch: tasks, base pre-training, LoRA and full fine-tune experts."""
-    from evomerge.errors import ExpertLoadError
+    from evomerge.errors import ConfigError, ExpertLoadError
     from evomerge.zoo import Zoo, build_zoo, default_zoo_root
     from evomerge.zoo.build import resolve_profile
+    from evomerge.zoo.zoo import build_out_refusal
 
-    profile = "small" if small else profile
-    resolve_profile(profile)  # unknown profile: one-line error before any work
+    # every refusal of the options comes before any work
+    if small and profile not in (None, "small"):
+        raise ConfigError(f"--small and --profile {profile} disagree; pass one of them")
+    profile = "small" if small else (profile or "default")
+    resolve_profile(profile)  # unknown profile: one-line error
+    if seed < 0:
+        raise ConfigError(f"--seed must be >= 0. Got {seed} instead.")
+    if threads < 1 or workers < 1:
+        raise ConfigError(f"--threads and --workers must be >= 1. Got {threads} and {workers} instead.")
     root = out if out is not None else default_zoo_root(profile, seed)
+    refusal = build_out_refusal(root, profile, seed)
+    existing, open_error = None, None
     if not overwrite and root.exists() and (not root.is_dir() or any(root.iterdir())):
         try:
-            zoo = Zoo.open(root)
+            existing = Zoo.open(root)
         except ExpertLoadError as err:
-            raise ExpertLoadError(f"{err} (pass --overwrite to rebuild it)") from None
-        if zoo.profile == profile and zoo.seed == seed:
-            typer.echo(f"zoo already built: {root} ({zoo.profile}, {len(zoo.tasks)} tasks); --overwrite rebuilds it")
+            open_error = err
+        if existing is not None and existing.profile == profile and existing.seed == seed:  # nothing to write
+            typer.echo(f"zoo already built: {root} ({existing.profile}, {len(existing.tasks)} tasks); "
+                       "--overwrite rebuilds it")
             return
+    if refusal is not None:
+        raise ConfigError(refusal)
+    if open_error is not None:
+        raise ExpertLoadError(f"{open_error} (pass --overwrite to rebuild it)") from None
+    if existing is not None:
         raise ExpertLoadError(
-            f"{root}: holds the `{zoo.profile}` zoo with seed {zoo.seed}; pass --overwrite to rebuild as `{profile}` seed {seed}"
+            f"{root}: holds the `{existing.profile}` zoo with seed {existing.seed}; pass --overwrite to rebuild as "
+            f"`{profile}` seed {seed}"
         )
-    if threads < 1 or workers < 1:
-        from evomerge.errors import ConfigError
-
-        raise ConfigError(f"--threads and --workers must be >= 1. Got {threads} and {workers} instead.")
     zoo = build_zoo(root, profile=profile, seed=seed, overwrite=overwrite, progress=True, threads=threads,
                     shared_init=shared_init, workers=workers)
     typer.echo(f"built {zoo.profile} zoo in {zoo.manifest['build_seconds']} s "
@@ -124,6 +138,7 @@ def check_command(
     small: bool = _SMALL,
     max_samples: int = typer.Option(200, "--max-samples", help="validation examples per task"),
     k_max: Optional[int] = typer.Option(None, "--k-max", help="largest number of merged experts (default: all)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars (also the libraries' own)"),
 ) -> None:
     """Measure the zoo's targets (weak base, strong experts, a task-arithmetic curve that rises,
     saturates and, at lambda=1, falls; "ab" fidelity); print PASS/FAIL each, exit 1 on a FAIL."""
@@ -132,9 +147,12 @@ def check_command(
     from evomerge.zoo import Zoo
     from evomerge.zoo.check import LAMBDAS, check_zoo
 
+    from evomerge.cli._common import library_bars_off
+
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     zoo = Zoo.open(_root(root, zoo, small), verify=True)
-    targets, curves, base, own = check_zoo(zoo, max_samples=max_samples, k_max=k_max)
+    with library_bars_off() if quiet else contextlib.nullcontext():
+        targets, curves, base, own = check_zoo(zoo, max_samples=max_samples, k_max=k_max, progress=not quiet)
     typer.echo(f"zoo {zoo.root} ({zoo.profile}): token accuracy on validation, {max_samples} samples per task")
     typer.echo(f"{'task':14s} {'base':>6s} {'expert':>6s} {'gain':>6s}")
     for t in curves.order:

@@ -27,7 +27,7 @@ import torch
 from evomerge.evaluation.encoding import Encoded, encode_pairs
 from evomerge.io import atomic_dir, write_json_atomic, write_parquet_atomic
 from evomerge.zoo import tasks as task_lib
-from evomerge.zoo.lora_init import A_INITS, lora_config, set_shared_a, shared_a
+from evomerge.zoo.lora_init import A_INITS, lora_config, new_peft_model, set_shared_a, shared_a
 from evomerge.zoo.model import PROFILES, Profile, build_config, build_tokenizer, recipe_hash
 from evomerge.zoo.train import KeepSet, train
 from evomerge.zoo.zoo import FORMAT_VERSION, MANIFEST, Zoo, file_hashes
@@ -140,7 +140,15 @@ def build_zoo(out: str | os.PathLike, *, profile: str | Profile = "default", see
     from tqdm.auto import tqdm
     from transformers import LlamaForCausalLM
 
+    from evomerge.errors import ConfigError
+    from evomerge.zoo.zoo import shipped_refusal
+
     prof = resolve_profile(profile, shared_init, full)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"zoo seed must be an integer >= 0. Got {seed!r} instead.")
+    why = shipped_refusal(out)
+    if why is not None:
+        raise ConfigError(why)
     t0 = time.perf_counter()
     cpu0 = _cpu()
     names = list(prof.tasks)
@@ -291,15 +299,13 @@ def _worker_signals() -> None:
 
 def _train_job(job: tuple[str, int]) -> float:
     """Train and save one expert: ``("lora", i)`` or ``("full", i)``; returns its final task loss."""
-    from peft import get_peft_model
-
     kind, i = job
     c = _JOB
     prof, seed, name = c["prof"], c["seed"], c["names"][i]
     torch.set_num_threads(c["threads"])
     if kind == "lora":
         with _seeded(seed * 1000 + (1 if prof.shared_init else i + 1)):
-            model = get_peft_model(copy.deepcopy(c["base"]), lora_config(prof))
+            model = new_peft_model(copy.deepcopy(c["base"]), lora_config(prof))
         if c.get("shared_a") is not None:  # a data-informed shared A, B = 0
             set_shared_a(model, c["shared_a"])
         g = torch.Generator().manual_seed(seed * 1000 + i + 1)

@@ -14,6 +14,7 @@ Everything is measured on the validation split with token accuracy, from the sto
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from evomerge.zoo.zoo import Zoo
 
@@ -60,17 +61,25 @@ def gain_order(base: dict, own: dict) -> list[str]:
 
 
 def ta_curves(zoo: Zoo, evaluator, order: list[str], base_mean: float, split: str = "validation",
-              lambdas=LAMBDAS, k_max: int | None = None) -> Curves:
+              lambdas=LAMBDAS, k_max: int | None = None, on_k: Callable[[int], None] | None = None) -> Curves:
+    """Task arithmetic of the first k experts of ``order`` for every k up to ``k_max``;
+    ``on_k(k)`` is called after each k is scored."""
     from evomerge.merging.apply import merge_lora
     from evomerge.zoo.measure import lora_experts
 
     experts = lora_experts(zoo)
     scores: dict[int, dict[float, float]] = {}
-    for k in range(1, min(k_max or len(order), len(order)) + 1):
+    for k in range(1, _k_top(order, k_max) + 1):
         chosen = [experts[t] for t in order[:k]]
         cands = [merge_lora("task_arithmetic", chosen, params={"lambda": lam}) for lam in lambdas]
         scores[k] = {lam: r.fitness for lam, r in zip(lambdas, evaluator.evaluate_many(cands, split=split))}
+        if on_k is not None:
+            on_k(k)
     return Curves(order, base_mean, scores)
+
+
+def _k_top(order: list[str], k_max: int | None) -> int:
+    return min(k_max or len(order), len(order))
 
 
 def saturation(gain: dict[int, float]) -> tuple[float, float]:
@@ -135,13 +144,31 @@ def evaluate_targets(zoo: Zoo, base: dict, own: dict, curves: Curves, ab_error: 
 
 
 def check_zoo(zoo: Zoo, *, max_samples: int = 200, split: str = "validation", evaluator=None,
-              k_max: int | None = None) -> tuple[list[Target], Curves, dict, dict]:
-    """Measure everything; returns ``(targets, curves, base scores, own-expert scores)``."""
+              k_max: int | None = None, progress: bool = False) -> tuple[list[Target], Curves, dict, dict]:
+    """Measure everything; returns ``(targets, curves, base scores, own-expert scores)``.
+
+    ``progress``: a tqdm bar on stderr, one step per phase: loading the tasks and the base,
+    scoring the base and the experts, task arithmetic per k, the "ab" fidelity (the default zoo
+    takes minutes on a CPU)."""
+    from tqdm.auto import tqdm
+
     from evomerge.evaluation import Evaluator
     from evomerge.zoo.measure import ab_fidelity, lora_experts
 
-    ev = evaluator or Evaluator.from_zoo(zoo, metric="token_accuracy", max_samples=max_samples)
-    base, own = own_scores(zoo, ev, split)
-    order = gain_order(base, own)
-    curves = ta_curves(zoo, ev, order, sum(base.values()) / len(base), split, k_max=k_max)
-    return evaluate_targets(zoo, base, own, curves, ab_fidelity(lora_experts(zoo))), curves, base, own
+    n_k = _k_top(zoo.tasks, k_max)
+    with tqdm(total=3 + n_k, desc="zoo check", unit="step", disable=not progress) as bar:
+        def step(what: str) -> None:
+            bar.set_postfix_str(what, refresh=False)
+            bar.update(1)
+
+        bar.set_postfix_str("loading the base and the tasks")
+        ev = evaluator or Evaluator.from_zoo(zoo, metric="token_accuracy", max_samples=max_samples)
+        step("base and experts")
+        base, own = own_scores(zoo, ev, split)
+        order = gain_order(base, own)
+        step(f"task arithmetic k=1/{n_k}")
+        curves = ta_curves(zoo, ev, order, sum(base.values()) / len(base), split, k_max=k_max,
+                           on_k=lambda k: step(f"task arithmetic k={k + 1}/{n_k}" if k < n_k else '"ab" fidelity'))
+        ab = ab_fidelity(lora_experts(zoo))
+        step("done")
+    return evaluate_targets(zoo, base, own, curves, ab), curves, base, own

@@ -41,6 +41,19 @@ def lora_config(prof, init: bool | str = True):
                       eva_config=EvaConfig(rho=1.0, use_label_mask=False) if init == "eva" else None)
 
 
+def new_peft_model(model, config):
+    """``peft.get_peft_model(model, config)`` without the ``FutureWarning`` it makes transformers
+    (>= 5) print: peft reads the deprecated ``model.is_gradient_checkpointing`` (transformers'
+    new name: ``is_activation_checkpointing``). Only that warning is silenced, only for the call."""
+    import warnings
+
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, config)
+
+
 def _batches(mix: Encoded, batch_size: int, generator: torch.Generator) -> list[dict]:
     """The mixture's rows in one seeded order, as model-input dicts trimmed to their longest row."""
     order = torch.randperm(len(mix), generator=generator)
@@ -65,13 +78,11 @@ def eva_a(base, mix: Encoded, prof, seed: int, batch_size: int = 256) -> dict[st
 
 def warmup_a(base, mix: Encoded, prof, seed: int) -> dict[str, torch.Tensor]:
     """``{module name: A}`` of one LoRA trained on ``mix`` (all tasks) for ``lora_a_warmup_steps``."""
-    from peft import get_peft_model
-
     from evomerge.zoo.train import train
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = get_peft_model(copy.deepcopy(base), lora_config(prof))
+        model = new_peft_model(copy.deepcopy(base), lora_config(prof))
     train(model, model.parameters(), mix, steps=prof.lora_a_warmup_steps, lr=prof.expert_lr,
           batch_size=prof.batch_size, generator=torch.Generator().manual_seed(seed))
     return lora_a_of(model)

@@ -99,6 +99,11 @@ class Zoo:
         (``verify``) not what the manifest's sha256 says."""
         root = Path(root)
         mpath = root / MANIFEST
+        if not root.exists():
+            raise ExpertLoadError(f"{root}: folder does not exist (not a zoo folder); build one there with "
+                                  f"`evomerge zoo build --out {root}`")
+        if not root.is_dir():
+            raise ExpertLoadError(f"{root}: is a file, not a zoo folder")
         if not mpath.is_file():
             raise ExpertLoadError(f"{root}: not a zoo folder ({MANIFEST} missing); build one with `evomerge zoo build`")
         try:
@@ -181,6 +186,55 @@ def shipped_root(profile: str, seed: int = 0) -> Path | None:
 def zoo_root_in_use(profile: str, seed: int = 0) -> Path:
     """The folder ``ensure_zoo(profile)`` uses with no root given: the shipped zoo, else the cache."""
     return shipped_root(profile, seed) or default_zoo_root(profile, seed)
+
+
+def _relation(path: Path, place: Path) -> str | None:
+    """How ``path`` stands to ``place`` (both resolved): "is", "is inside", "contains", or None."""
+    if path == place:
+        return "is"
+    if place in path.parents:
+        return "is inside"
+    if path in place.parents:
+        return "contains"
+    return None
+
+
+def shipped_refusal(out: str | os.PathLike) -> str | None:
+    """Why a zoo must not be built at ``out`` because that would write into, over or around the
+    zoos shipped inside the package (``evomerge/zoo/shipped``); None when it may be."""
+    path, shipped = Path(out).expanduser().resolve(), SHIPPED.resolve()
+    how = _relation(path, shipped)
+    if how is None:
+        return None
+    return (f"{out}: {how} the folder of the zoos shipped with evomerge ({shipped}); refusing to build there "
+            "(every --small and default command reads them); pick another --out")
+
+
+def build_out_refusal(out: str | os.PathLike, profile: str, seed: int = 0) -> str | None:
+    """Why ``zoo build --out out`` (of ``profile``, ``seed``) must not write there, or None.
+
+    Refused: the package's shipped zoos (:func:`shipped_refusal`); the zoo cache
+    (:func:`default_cache_dir`) itself or a folder holding it; a cache zoo folder
+    (``zoo-*``) or a folder inside one, unless it is the one this build would use without
+    ``--out`` (:func:`default_zoo_root` of its own profile and seed): the cache's other zoos are
+    what ``ensure_zoo`` opens for their profiles."""
+    why = shipped_refusal(out)
+    if why is not None:
+        return why
+    path, cache = Path(out).expanduser().resolve(), default_cache_dir().expanduser().resolve()
+    natural = default_zoo_root(profile, seed).expanduser().resolve()
+    if path == natural:
+        return None
+    how = _relation(path, cache)
+    if how in ("is", "contains"):
+        return f"{out}: {how} the zoo cache ({cache}); refusing to build there; pick another --out"
+    if how == "is inside":
+        top = cache / path.relative_to(cache).parts[0]
+        if top.name.startswith("zoo-"):
+            return (f"{out}: {'is' if path == top else 'is inside'} the cached zoo {top}, which is not where a "
+                    f"`{profile}` zoo with seed {seed} is cached ({natural}); refusing to build there; "
+                    "pick another --out (or leave --out out)")
+    return None
 
 
 def ensure_zoo(profile: str = "default", root: str | os.PathLike | None = None, *, seed: int = 0,
