@@ -128,7 +128,8 @@ def test_a_method_that_cannot_merge_every_k_is_refused_before_any_work(small_zoo
 
 
 def test_only_slerp_refuses_a_pool_size():
-    """Which registry methods a scale run can use on every k: all but slerp (2 experts only)."""
+    """Which registry methods a scale run can use on every k: all but slerp (2 experts only) and
+    consensus at k = 1 (its default ``k`` = 2 masks must agree; one expert would merge to the base)."""
     from evomerge.errors import ConfigError
     from evomerge.merging.registry import all_methods
 
@@ -139,4 +140,4 @@ def test_only_slerp_refuses_a_pool_size():
                 method.check_pool_size(n)
             except ConfigError:
                 refused.add((name, n))
-    assert refused == {("slerp", n) for n in range(1, 11) if n != 2}
+    assert refused == {("slerp", n) for n in range(1, 11) if n != 2} | {("consensus", 1)}

@@ -167,7 +167,8 @@ def test_zoo_check_shows_progress_on_stderr_and_q_hides_it(small_zoo, capsys):
     args = ["zoo", "check", "--small", "--max-samples", "20", "--k-max", "2"]
     code, out, err = _run(args, capsys)
     assert code == 1 and "targets pass" in out, err  # the small zoo fails some targets by design
-    assert "zoo check" in err and "5/5" in err and "task arithmetic k=2/2" in err, err
+    # the bar's last state (tqdm may skip the steps between when they come within its 0.1 s)
+    assert "zoo check" in err and "5/5" in err, err
     assert "zoo check" not in out
     code, quiet_out, err = _run([*args, "-q"], capsys)
     assert code == 1 and err == "", err
