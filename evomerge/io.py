@@ -94,6 +94,18 @@ def _enclosing_zoo(path: Path) -> Path | None:
     return None
 
 
+def path_relation(path: Path, place: Path) -> str | None:
+    """How ``path`` stands to ``place`` (both resolved): "is", "is inside", "contains", or None
+    when they do not overlap."""
+    if path == place:
+        return "is"
+    if place in path.parents:
+        return "is inside"
+    if path in place.parents:
+        return "contains"
+    return None
+
+
 def check_not_overlapping(out: str | os.PathLike, inputs, *, flag: str = "--out") -> None:
     """Refuse an output that is, contains or sits inside an input (``--overwrite`` would destroy
     it, or the command would write into it). ``inputs``: files and folders the command reads
@@ -107,7 +119,7 @@ def check_not_overlapping(out: str | os.PathLike, inputs, *, flag: str = "--out"
         q = _absolute(Path(p)).resolve()
         zoo = _enclosing_zoo(q)
         for what, r in ((f"the input {p}", q), (f"the zoo {zoo} (input {p} lies in it)", zoo)):
-            if r is not None and (o == r or o in r.parents or r in o.parents):
+            if r is not None and path_relation(o, r) is not None:
                 raise ConfigError(f"{out}: the output overlaps {what}; inputs are never written, pick another {flag}")
 
 

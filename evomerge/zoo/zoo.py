@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.errors import ExpertLoadError
-from evomerge.io import file_lock, sha256_file
+from evomerge.io import file_lock, path_relation, sha256_file
 
 FORMAT_VERSION = 2
 MANIFEST = "zoo.json"
@@ -188,22 +188,11 @@ def zoo_root_in_use(profile: str, seed: int = 0) -> Path:
     return shipped_root(profile, seed) or default_zoo_root(profile, seed)
 
 
-def _relation(path: Path, place: Path) -> str | None:
-    """How ``path`` stands to ``place`` (both resolved): "is", "is inside", "contains", or None."""
-    if path == place:
-        return "is"
-    if place in path.parents:
-        return "is inside"
-    if path in place.parents:
-        return "contains"
-    return None
-
-
 def shipped_refusal(out: str | os.PathLike) -> str | None:
     """Why a zoo must not be built at ``out`` because that would write into, over or around the
     zoos shipped inside the package (``evomerge/zoo/shipped``); None when it may be."""
     path, shipped = Path(out).expanduser().resolve(), SHIPPED.resolve()
-    how = _relation(path, shipped)
+    how = path_relation(path, shipped)
     if how is None:
         return None
     return (f"{out}: {how} the folder of the zoos shipped with evomerge ({shipped}); refusing to build there "
@@ -225,7 +214,7 @@ def build_out_refusal(out: str | os.PathLike, profile: str, seed: int = 0) -> st
     natural = default_zoo_root(profile, seed).expanduser().resolve()
     if path == natural:
         return None
-    how = _relation(path, cache)
+    how = path_relation(path, cache)
     if how in ("is", "contains"):
         return f"{out}: {how} the zoo cache ({cache}); refusing to build there; pick another --out"
     if how == "is inside":
