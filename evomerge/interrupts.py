@@ -60,6 +60,42 @@ def deferred() -> Iterator[None]:
             _raise(_DEFERRED.pop())
 
 
+STOPS = ("SIGINT", "SIGTERM")
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """SIGINT / SIGTERM that come inside the block reach their handlers at its end, whatever
+    handlers are installed (this module's, Python's default, a caller's): for a block that
+    creates something the caller must own before an exception may be raised (a process pool
+    half built is left running by nobody). Processes forked inside the block start with both
+    signals blocked: each unblocks them (``signal.pthread_sigmask(SIG_UNBLOCK, ...)``) once its
+    own handlers are set. Main thread only (the only one where Python raises them); elsewhere
+    nothing changes.
+
+    Blocking the signals in the main thread is not enough on its own: the kernel hands a signal
+    to any thread that does not block it (torch's, a progress bar's) and Python then runs the
+    handler in the main thread anyway. The handlers are swapped for recorders too."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stops = [getattr(signal, name) for name in STOPS]
+    came: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: came.append(signum)) for s in stops}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # one that was pending is recorded here
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in came:
+            signal.raise_signal(s)
+
+
 def _raise(signum: int) -> None:
     import signal
 

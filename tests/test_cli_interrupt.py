@@ -305,6 +305,36 @@ def test_a_signal_inside_a_deferred_block_is_raised_at_its_end():
     assert reached[-1] == "no handler of ours"
 
 
+def test_a_signal_inside_a_held_block_reaches_its_handler_at_the_end():
+    """``held``: with Python's default SIGINT handler and with ours, the signal is recorded inside
+    the block (also when another thread takes it from the kernel) and raised once it ends; the
+    caller's handlers are back afterwards."""
+    import os
+    import threading
+    import time
+
+    from evomerge.interrupts import Terminated, held, stop_on_signals
+
+    threading.Thread(target=time.sleep, args=(2,), daemon=True).start()  # a thread the kernel may pick
+    before = signal.getsignal(signal.SIGINT)
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with held():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.3)  # any handler would have run in here
+            reached.append("end of block")
+        pytest.fail("the held signal was lost")
+    assert reached == ["end of block"] and signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(Terminated):
+        with stop_on_signals() as fired:
+            with held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.3)
+                reached.append(list(fired))
+            pytest.fail("the held signal was lost")
+    assert reached[-1] == [] and fired == [signal.SIGTERM]
+
+
 def test_tune_quiets_the_storage_log_once_interrupted_only():
     """``evomerge tune``: SQLAlchemy's log (the traceback of a read the interrupt cut) goes quiet
     on the interrupt, not before it."""

@@ -17,7 +17,7 @@ psutil = pytest.importorskip("psutil")
 # the signal is sent inside `Pool()` (a wrapper around the fork context's Pool, which is what
 # `_training_pool` calls) and given time to be handled there, as a signal landing mid-start is
 CHILD = textwrap.dedent("""
-    import multiprocessing as mp, os, signal, sys, time
+    import multiprocessing as mp, os, signal, sys, threading, time
     import psutil
     from evomerge.interrupts import stop_on_signals
     from evomerge.zoo.build import _training_pool
@@ -32,6 +32,9 @@ CHILD = textwrap.dedent("""
         return pool
 
     ctx.Pool = pool_hit_while_starting
+    # another thread, started before the pool: the kernel hands it a signal the main thread
+    # blocks, and Python still runs the handler in the main thread (torch's threads in a build)
+    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
     with stop_on_signals():
         try:
             with _training_pool(2) as pool:

@@ -257,34 +257,29 @@ def _cpu() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-_STOPS = (signal.SIGINT, signal.SIGTERM)
-
-
 @contextlib.contextmanager
 def _training_pool(workers: int) -> Iterator:
     """A fork pool of ``workers`` training processes, terminated when the block ends, however
     it ends. A Pool, not a ProcessPoolExecutor: terminating it stops the build at once (the
     executor waited for the experts in training, tens of seconds each on the default profile).
 
-    Interrupts are held back while the pool starts. Raised inside ``Pool()``, before anything
-    owns the pool, the exception left its worker-handler thread running: it re-forked the
-    workers that the exit killed, and one was left behind, blocked on the task queue forever
-    (8 in 180 SIGTERMs at a random moment of the start; docs/benchmarks.md). The workers
-    and the pool's threads are created with the signals blocked and inherit that: each worker
-    unblocks them once its own handlers are set (:func:`_worker_signals`)."""
+    Interrupts are held back while the pool starts (:func:`evomerge.interrupts.held`). Raised
+    inside ``Pool()``, before anything owned the pool, the exception left its worker-handler
+    thread running: it re-forked the workers the exit killed, and one was left behind, blocked
+    on the task queue for good (docs/benchmarks.md). The workers start with the signals blocked
+    and unblock them once their own handlers are set (:func:`_worker_signals`)."""
     import multiprocessing as mp
 
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+    from evomerge.interrupts import held
+
+    pool = None
     try:
-        pool = mp.get_context("fork").Pool(workers, initializer=_worker_signals)
-    except BaseException:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
-        raise
-    try:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a signal that came meanwhile is raised here
+        with held():  # a signal that came meanwhile is raised at the end, the pool owned
+            pool = mp.get_context("fork").Pool(workers, initializer=_worker_signals)
         yield pool
     finally:
-        pool.terminate()
+        if pool is not None:
+            pool.terminate()
 
 
 def _worker_signals() -> None:
@@ -294,7 +289,7 @@ def _worker_signals() -> None:
     :func:`_training_pool`); a SIGTERM that came before this point ends it here."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM))
 
 
 def _train_job(job: tuple[str, int]) -> float:
