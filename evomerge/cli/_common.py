@@ -162,6 +162,17 @@ def open_zoo(choice: Optional[str], default: str = "default", zoo_dir: Path | No
     return Zoo.open(path)
 
 
+def zoo_folder(choice: Optional[str], default: str = "default", zoo_dir: Path | None = None) -> Path:
+    """The folder :func:`open_zoo` reads for the same arguments, without opening or building it
+    (for checks that must come before any work: an output that would overlap the zoo read)."""
+    from evomerge.zoo import zoo_root_in_use
+
+    choice = choice or default
+    if zoo_profile(choice) is None:
+        return Path(choice).expanduser()
+    return Path(zoo_dir) if zoo_dir is not None else zoo_root_in_use(choice)
+
+
 def load_config_with_sets(config: Optional[Path], sets: list[str], flags: dict[str, Any] | None = None,
                           names: dict[str, str] | None = None):
     """The config file (or the defaults) with ``--set`` values and then the command's own flags

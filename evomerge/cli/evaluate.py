@@ -52,17 +52,6 @@ def _candidate(folder: Path, base_dir: Path, allow_bin: bool) -> dict:
     return load_pool([folder], base=base_dir, allow_bin=allow_bin).lora(0)
 
 
-def _zoo_root(zoo: Optional[str], small: bool, zoo_dir) -> Path:
-    """The folder the zoo for ``--zoo``/``--small`` is read from (as ``open_zoo`` picks it), without opening it."""
-    from evomerge.cli._common import zoo_choice, zoo_profile
-    from evomerge.zoo import zoo_root_in_use
-
-    choice = zoo_choice(zoo, small) or "default"
-    if zoo_profile(choice) is None:
-        return Path(choice).expanduser()
-    return Path(zoo_dir) if zoo_dir is not None else zoo_root_in_use(choice)
-
-
 def evaluate_command(
     experts: list[Path] = typer.Option([], "--expert", "-e", help="expert folder to score: a peft adapter or a full fine-tune (HF checkpoint of the base); repeatable"),
     zoo: Optional[str] = zoo_option(),
@@ -99,10 +88,11 @@ def evaluate_command(
                                 {key: flag for flag, key, _ in given})
     ev_cfg = cfg.evaluation
     if out is not None:  # before any work: a folder, an existing table, an unwritable place, an input
+        from evomerge.cli._common import zoo_choice, zoo_folder
         from evomerge.io import check_not_overlapping, check_output_path
 
         check_output_path(out, overwrite, kind="file")
-        zoo_input = None if ev_cfg.task_files else _zoo_root(zoo, small, cfg.zoo_dir)
+        zoo_input = None if ev_cfg.task_files else zoo_folder(zoo_choice(zoo, small), "default", cfg.zoo_dir)
         check_not_overlapping(out, [*experts, cfg.experts.base, *(ev_cfg.task_files or {}).values(), zoo_input, config])
     dev = resolve_device(cfg.device)
     for e in experts:
