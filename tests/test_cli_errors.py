@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from evomerge.cli import app, main
+from _cli_helpers import run_cli
+from evomerge.cli import app
 
 
 def _commands() -> list[list[str]]:
@@ -35,16 +36,9 @@ def test_every_command_is_covered() -> None:
         assert expected in names
 
 
-def _run(args, capsys):
-    capsys.readouterr()
-    code = main(args)
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
-
-
 @pytest.mark.parametrize("path", COMMANDS, ids=[" ".join(c) for c in COMMANDS])
 def test_unknown_option_is_one_line_and_exit_2(path, capsys) -> None:
-    code, out, err = _run([*path, "--bogus-flag"], capsys)
+    code, out, err = run_cli([*path, "--bogus-flag"], capsys)
     assert code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: evomerge {' '.join(path)}: "), err
@@ -68,7 +62,7 @@ VALUED = [(c, _value_option(c)) for c in COMMANDS if _value_option(c)]
 @pytest.mark.parametrize("path, option", VALUED, ids=[" ".join(c) for c, _ in VALUED])
 def test_option_without_its_value_names_the_command(path, option, capsys) -> None:
     """Click raises this one without its context: the line still names the command, as every usage error does."""
-    code, out, err = _run([*path, option], capsys)
+    code, out, err = run_cli([*path, option], capsys)
     assert code == 2, err
     assert err.strip() == (f"error: evomerge {' '.join(path)}: Option '{option}' requires an argument. "
                            f"(see `evomerge {' '.join(path)} --help`)"), err
@@ -84,7 +78,7 @@ def test_option_without_its_value_names_the_command(path, option, capsys) -> Non
     (["merge", "--set", "novalue"], ["--set 'novalue'", "dotted.key=value"]),
 ])
 def test_usage_errors(args, words, capsys) -> None:
-    code, _, err = _run(args, capsys)
+    code, _, err = run_cli(args, capsys)
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
     for w in words:
@@ -92,9 +86,9 @@ def test_usage_errors(args, words, capsys) -> None:
 
 
 def test_help_and_bare_group_exit_codes(capsys) -> None:
-    assert _run(["--help"], capsys)[0] == 0
-    assert _run(["merge", "--help"], capsys)[0] == 0
-    code, out, err = _run([], capsys)  # no command: the help, as click does, exit 2
+    assert run_cli(["--help"], capsys)[0] == 0
+    assert run_cli(["merge", "--help"], capsys)[0] == 0
+    code, out, err = run_cli([], capsys)  # no command: the help, as click does, exit 2
     assert code == 2 and "Usage" in out + err and "Traceback" not in out + err
 
 
@@ -113,6 +107,6 @@ def test_unreadable_config_is_one_line(tmp_path, capsys) -> None:
 
     if os.access(config, os.R_OK):  # root reads anything: use a path whose parent is a file instead
         config = tmp_path / "unreadable.yaml" / "x.yaml"
-    code, _, err = _run(["analyze", "--config", str(config), "--out", str(tmp_path / "o")], capsys)
+    code, _, err = run_cli(["analyze", "--config", str(config), "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o").exists()

@@ -8,14 +8,8 @@ import json
 
 import pytest
 
+from _cli_helpers import run_cli
 from evomerge.cli import main
-
-
-def _run(args, capsys):
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 class Captured(Exception):
@@ -58,8 +52,8 @@ def test_every_config_command_has_set() -> None:
 def test_merge_set_reaches_the_written_merge(small_zoo, tmp_path, capsys) -> None:
     out = tmp_path / "m"
     e1, e2 = list(small_zoo.expert_dirs.values())[:2]
-    code, _, err = _run(["merge", "-e", e1, "-e", e2, "--method", "ties", "--set", "merge.params.density=0.35",
-                         "--set", "seed=11", "--set", "merge.rank=4", "--out", out, "-q"], capsys)
+    code, _, err = run_cli(["merge", "-e", e1, "-e", e2, "--method", "ties", "--set", "merge.params.density=0.35",
+                            "--set", "seed=11", "--set", "merge.rank=4", "--out", out, "-q"], capsys)
     assert code == 0, err
     man = json.loads((out / "evomerge_manifest.json").read_text())
     assert man["method"] == "ties" and man["params"]["density"] == 0.35 and man["seed"] == 11
@@ -88,7 +82,7 @@ def test_merge_quiet_turns_the_libraries_bars_off_for_the_command_only(monkeypat
 
     monkeypatch.setattr(job, "run_merge", watched)
     e1, e2 = list(small_zoo.expert_dirs.values())[:2]
-    code, _, err = _run(["merge", "-e", e1, "-e", e2, "--method", "ties", "--rank", "4", "--out", tmp_path / "m", "-q"], capsys)
+    code, _, err = run_cli(["merge", "-e", e1, "-e", e2, "--method", "ties", "--rank", "4", "--out", tmp_path / "m", "-q"], capsys)
     assert code == 0, err
     assert seen == [(True, False)]
     assert (hub.are_progress_bars_disabled(), hf_logging.is_progress_bar_enabled()) == before
@@ -105,8 +99,8 @@ def test_merge_flag_wins_over_set(monkeypatch, small_zoo, tmp_path) -> None:
 
 def test_evaluate_set_reaches_the_evaluation(small_zoo, capsys) -> None:
     task = small_zoo.tasks[0]
-    code, out, err = _run(["evaluate", "--small", "--tasks", task, "--set", "evaluation.max_samples=3",
-                           "--set", "evaluation.metric=exact_match"], capsys)
+    code, out, err = run_cli(["evaluate", "--small", "--tasks", task, "--set", "evaluation.max_samples=3",
+                              "--set", "evaluation.metric=exact_match"], capsys)
     assert code == 0, err
     assert out.splitlines()[0] == "exact_match on validation (3 samples max per task)"
 
@@ -150,14 +144,14 @@ def test_report_set_reaches_the_judging(monkeypatch, tmp_path, capsys) -> None:
     seen = _capture(monkeypatch, "evomerge.pipelines.scale.report", "write_report")
     _captured_run(["report", tmp_path, "--set", "scale.law_first_k=2"])
     assert seen["args"][1] == {"scale.law_first_k": 2}
-    code, _, err = _run(["report", tmp_path, "--set", "merge.method=ties"], capsys)
+    code, _, err = run_cli(["report", tmp_path, "--set", "merge.method=ties"], capsys)
     assert code == 2 and "--set merge.method" in err and "only how the cells are judged" in err
 
 
 # --- a refused value names where it came from: the file, --set or the flag -------------------
 
 def _one_error(args, capsys) -> str:
-    code, out, err = _run(args, capsys)
+    code, out, err = run_cli(args, capsys)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "Traceback" not in err + out, err
     return lines[0]
@@ -220,53 +214,53 @@ def test_zoo_path_takes_zoo_and_small(capsys) -> None:
 
     for args, profile in ((["--zoo", "small"], "small"), (["--small"], "small"), ([], "default"),
                           (["--zoo", "default"], "default"), (["--small", "--zoo", "small"], "small")):
-        code, out, err = _run(["zoo", "path", *args], capsys)
+        code, out, err = run_cli(["zoo", "path", *args], capsys)
         assert code == 0, err
         assert out.strip() == str(zoo_root_in_use(profile)), args
 
 
 def test_zoo_subcommands_accept_a_folder_as_zoo(small_zoo, capsys) -> None:
     root = str(small_zoo.root)
-    code, by_zoo, err = _run(["zoo", "info", "--zoo", root], capsys)
+    code, by_zoo, err = run_cli(["zoo", "info", "--zoo", root], capsys)
     assert code == 0, err
-    code, by_arg, err = _run(["zoo", "info", root], capsys)
+    code, by_arg, err = run_cli(["zoo", "info", root], capsys)
     assert code == 0, err
-    code, by_small, err = _run(["zoo", "info", "--small"], capsys)
+    code, by_small, err = run_cli(["zoo", "info", "--small"], capsys)
     assert code == 0, err
     assert by_zoo == by_arg == by_small and f"zoo: {root}" in by_zoo
-    code, out, err = _run(["zoo", "verify", "--zoo", root], capsys)
+    code, out, err = run_cli(["zoo", "verify", "--zoo", root], capsys)
     assert code == 0 and out.startswith("OK: ") and root in out, err
-    code, out, err = _run(["zoo", "path", "--zoo", root], capsys)
+    code, out, err = run_cli(["zoo", "path", "--zoo", root], capsys)
     assert code == 0 and out.strip() == root, err
 
 
 @pytest.mark.parametrize("cmd", ["info", "verify", "check"])
 def test_zoo_disagreeing_values_are_refused_naming_both(cmd, small_zoo, tmp_path, capsys) -> None:
     other = tmp_path / "elsewhere"
-    code, _, err = _run(["zoo", cmd, "--small", "--zoo", "default"], capsys)
+    code, _, err = run_cli(["zoo", cmd, "--small", "--zoo", "default"], capsys)
     assert code == 2 and "--small" in err and "--zoo default" in err, err
-    code, _, err = _run(["zoo", cmd, other, "--zoo", "small"], capsys)
+    code, _, err = run_cli(["zoo", cmd, other, "--zoo", "small"], capsys)
     assert code == 2 and str(other) in err and "--zoo small" in err, err
-    code, _, err = _run(["zoo", cmd, other, "--small"], capsys)
+    code, _, err = run_cli(["zoo", cmd, other, "--small"], capsys)
     assert code == 2 and str(other) in err and "--small" in err, err
-    code, _, err = _run(["zoo", cmd, str(small_zoo.root), "--zoo", str(other)], capsys)
+    code, _, err = run_cli(["zoo", cmd, str(small_zoo.root), "--zoo", str(other)], capsys)
     assert code == 2 and str(small_zoo.root) in err and str(other) in err, err
     assert len(err.strip().splitlines()) == 1
 
 
 def test_zoo_folder_and_agreeing_profile_are_one_zoo(small_zoo, capsys) -> None:
-    code, out, err = _run(["zoo", "verify", str(small_zoo.root), "--small"], capsys)
+    code, out, err = run_cli(["zoo", "verify", str(small_zoo.root), "--small"], capsys)
     assert code == 0 and out.startswith("OK: "), err
 
 
 def test_zoo_missing_folder_is_one_error(tmp_path, capsys) -> None:
-    code, _, err = _run(["zoo", "info", "--zoo", tmp_path / "nope"], capsys)
+    code, _, err = run_cli(["zoo", "info", "--zoo", tmp_path / "nope"], capsys)
     assert code == 2 and str(tmp_path / "nope") in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_zoo_help_shows_zoo_option(capsys) -> None:
     for cmd in ("path", "verify", "info", "check"):
-        code, out, _ = _run(["zoo", cmd, "--help"], capsys)
+        code, out, _ = run_cli(["zoo", cmd, "--help"], capsys)
         assert code == 0 and "--zoo" in out and "PROFILE|PATH" in out and "--small" in out, cmd
 
 
@@ -275,7 +269,7 @@ def test_zoo_help_shows_zoo_option(capsys) -> None:
 
 def test_evolve_scaling_bad_actor_counts_refused_before_ray(tmp_path, capsys) -> None:
     for bad in ("1,x", "0,2"):
-        code, _, err = _run(["evolve-scaling", "--small", "--actors", bad, "--out", tmp_path / "s"], capsys)
+        code, _, err = run_cli(["evolve-scaling", "--small", "--actors", bad, "--out", tmp_path / "s"], capsys)
         assert code == 2 and f"--actors '{bad}'" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "s").exists()
 
@@ -285,9 +279,9 @@ def test_evolve_scaling_runs_and_writes_the_table(tmp_path, capsys) -> None:
     import pyarrow.parquet as pq
 
     out = tmp_path / "s"
-    code, stdout, err = _run(["evolve-scaling", "--small", "--actors", "1,2", "--out", out,
-                              "--set", "genome.population=4", "--set", "genome.generations=1",
-                              "--set", "evaluation.max_samples=8", "--set", "ray.cpus_per_actor=0.5"], capsys)
+    code, stdout, err = run_cli(["evolve-scaling", "--small", "--actors", "1,2", "--out", out,
+                                 "--set", "genome.population=4", "--set", "genome.generations=1",
+                                 "--set", "evaluation.max_samples=8", "--set", "ray.cpus_per_actor=0.5"], capsys)
     assert code == 0, err
     t = pq.read_table(out / "scaling.parquet").to_pylist()
     assert [r["n_actors"] for r in t] == [1, 2]

@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from _cli_helpers import run_cli
 from evomerge.cli import main
 from evomerge.io import sha256_tree
 from evomerge.merging.registry import all_methods, get_merge_method
@@ -43,11 +44,9 @@ def _peft_delta(root, name):
     return {k: merged[k] - sd0[k] for k in sd0 if float((merged[k] - sd0[k]).abs().max()) > 0}
 
 
-def _run(args, capsys):
-    capsys.readouterr()  # drop what building the fixtures printed
-    code = main(["merge", "--quiet", *map(str, args)])
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+def _merge(args, capsys):
+    """``evomerge merge --quiet ARGS`` in-process: ``(exit code, stdout, stderr)``."""
+    return run_cli(["merge", "--quiet", *args], capsys)
 
 
 def _peft_logits(root, out):
@@ -59,8 +58,8 @@ def _peft_logits(root, out):
 def test_lora_concat_task_arithmetic_roundtrip(zoo, tmp_path, capsys):
     before = {n: sha256_tree(zoo / n) for n in ("l1", "l2", "base")}
     out = tmp_path / "ta"
-    code, stdout, err = _run(["-e", zoo / "l1", "-e", zoo / "l2", "--method", "task_arithmetic", "--param", "lambda=0.7",
-                              "--space", "concat", "--weights", "1,0.5", "--out", out], capsys)
+    code, stdout, err = _merge(["-e", zoo / "l1", "-e", zoo / "l2", "--method", "task_arithmetic", "--param", "lambda=0.7",
+                                "--space", "concat", "--weights", "1,0.5", "--out", out], capsys)
     assert code == 0, err
     assert "pool: 2 lora expert(s)" in stdout and str(out) in stdout
     d1, d2 = _peft_delta(zoo, "l1"), _peft_delta(zoo, "l2")
@@ -74,16 +73,16 @@ def test_lora_concat_task_arithmetic_roundtrip(zoo, tmp_path, capsys):
     assert [e["sha256"] for e in man["inputs"]["experts"]] == [before["l1"], before["l2"]]
     assert {n: sha256_tree(zoo / n) for n in before} == before  # inputs untouched
     # the same merge written as a full checkpoint (base + delta)
-    code, _, err = _run(["-e", zoo / "l1", "-e", zoo / "l2", "-p", "lambda=0.7", "--space", "concat", "--weights", "1,0.5",
-                         "--format", "full", "--base", zoo / "base", "--out", tmp_path / "ta_full"], capsys)
+    code, _, err = _merge(["-e", zoo / "l1", "-e", zoo / "l2", "-p", "lambda=0.7", "--space", "concat", "--weights", "1,0.5",
+                           "--format", "full", "--base", zoo / "base", "--out", tmp_path / "ta_full"], capsys)
     assert code == 0, err
     torch.testing.assert_close(logits(load_base(tmp_path / "ta_full"), IDS), want, atol=2e-5, rtol=1e-4)
 
 
 def test_lora_ties_delta_with_rank(zoo, tmp_path, capsys):
     out = tmp_path / "ties"
-    code, _, err = _run(["-e", zoo / "l1", "-e", zoo / "l2", "--method", "ties", "-p", "density=0.5",
-                         "--space", "delta", "--rank", "32", "--seed", "3", "--out", out], capsys)
+    code, _, err = _merge(["-e", zoo / "l1", "-e", zoo / "l2", "--method", "ties", "-p", "density=0.5",
+                           "--space", "delta", "--rank", "32", "--seed", "3", "--out", out], capsys)
     assert code == 0, err
     d1, d2 = _peft_delta(zoo, "l1"), _peft_delta(zoo, "l2")
     ties = get_merge_method("ties")
@@ -96,7 +95,7 @@ def test_lora_ties_delta_with_rank(zoo, tmp_path, capsys):
         "density": 0.5, "lambda": 1.0, "majority_sign_method": "total"}
     assert man["seed"] == 3 and man["rank"] == 32 and man["output_format"] == "peft"
     # a low rank is a truncation: the adapter really has that rank
-    code, _, err = _run(["-e", zoo / "l1", "-e", zoo / "l2", "--method", "ties", "--rank", "2", "--out", tmp_path / "r2"], capsys)
+    code, _, err = _merge(["-e", zoo / "l1", "-e", zoo / "l2", "--method", "ties", "--rank", "2", "--out", tmp_path / "r2"], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "r2" / "adapter_config.json").read_text())["r"] == 2
 
@@ -116,7 +115,7 @@ def _factors(root, name, scale):
 
 def test_lora_ab_space_merges_factors(zoo, tmp_path, capsys):
     out = tmp_path / "ab"
-    code, _, err = _run(["-e", zoo / "l1", "-e", zoo / "l4", "--space", "ab", "--weights", "0.6,0.4", "--out", out], capsys)
+    code, _, err = _merge(["-e", zoo / "l1", "-e", zoo / "l4", "--space", "ab", "--weights", "0.6,0.4", "--out", out], capsys)
     assert code == 0, err
     f1, f4 = _factors(zoo, "l1", 8 / 4), _factors(zoo, "l4", 16 / 4)
     delta = {k: (0.6 * f1[k][1] + 0.4 * f4[k][1]) @ (0.6 * f1[k][0] + 0.4 * f4[k][0]) for k in f1}
@@ -133,8 +132,8 @@ def test_full_finetunes_to_checkpoint(zoo, tmp_path, capsys):
 
     before = {n: sha256_tree(zoo / n) for n in ("f1", "f2", "base")}
     out = tmp_path / "full"
-    code, _, err = _run(["-e", zoo / "f1", "-e", zoo / "f2", "--base", zoo / "base", "--method", "task_arithmetic",
-                         "-p", "lambda=0.5", "--out", out], capsys)
+    code, _, err = _merge(["-e", zoo / "f1", "-e", zoo / "f2", "--base", zoo / "base", "--method", "task_arithmetic",
+                           "-p", "lambda=0.5", "--out", out], capsys)
     assert code == 0, err
     sd0 = state_dict_of(load_base(zoo / "base"))
     sd1, sd2 = state_dict_of(load_base(zoo / "f1")), state_dict_of(load_base(zoo / "f2"))
@@ -154,8 +153,8 @@ def test_rht_applied_to_merged_task_vector(zoo, tmp_path, capsys):
     cfg = tmp_path / "rht.yaml"
     cfg.write_text("rht:\n  gamma: 0.8\n  alpha: 0.2\n  sigma_g: 0.05\n  seed: 5\n")
     out = tmp_path / "rht"
-    code, _, err = _run(["--config", cfg, "--rht", "-e", zoo / "f1", "-e", zoo / "f2", "--base", zoo / "base",
-                         "-p", "lambda=0.5", "--out", out], capsys)
+    code, _, err = _merge(["--config", cfg, "--rht", "-e", zoo / "f1", "-e", zoo / "f2", "--base", zoo / "base",
+                           "-p", "lambda=0.5", "--out", out], capsys)
     assert code == 0, err
     sd0 = state_dict_of(load_base(zoo / "base"))
     sd1, sd2 = state_dict_of(load_base(zoo / "f1")), state_dict_of(load_base(zoo / "f2"))
@@ -176,7 +175,7 @@ def test_emr_per_task_outputs(zoo, tmp_path, capsys):
     from evomerge.pipelines.merge.job import load_emr_task
 
     out = tmp_path / "emr"
-    code, _, err = _run(["-e", zoo / "l1", "-e", zoo / "l2", "--method", "emr", "--out", out], capsys)
+    code, _, err = _merge(["-e", zoo / "l1", "-e", zoo / "l2", "--method", "emr", "--out", out], capsys)
     assert code == 0, err
     from evomerge.merging.apply import merge_task_vectors
 
@@ -208,7 +207,7 @@ def test_regmean_with_data_and_config_file(zoo, tmp_path, capsys):
                   "output_format": "full"},
     }))
     out = tmp_path / "rm"
-    code, _, err = _run(["--config", cfg, "-p", "alpha=0.8", "--out", out], capsys)  # flag overrides the file
+    code, _, err = _merge(["--config", cfg, "-p", "alpha=0.8", "--out", out], capsys)  # flag overrides the file
     assert code == 0, err
     man = json.loads((out / "evomerge_manifest.json").read_text())
     assert man["params"] == {"alpha": 0.8} and len(man["inputs"]["data"]) == 2
@@ -222,8 +221,8 @@ def test_regmean_with_data_and_config_file(zoo, tmp_path, capsys):
         torch.testing.assert_close(got[k], want, atol=1e-5, rtol=1e-4)
     # Fisher with one shared data file, written as a rank-32 (exact) adapter
     out = tmp_path / "fi"
-    code, _, err = _run(["-e", zoo / "l1", "-e", zoo / "l2", "--base", zoo / "base", "--method", "fisher",
-                         "--data", zoo / "d2.jsonl", "--rank", "32", "--out", out], capsys)
+    code, _, err = _merge(["-e", zoo / "l1", "-e", zoo / "l2", "--base", zoo / "base", "--method", "fisher",
+                           "--data", zoo / "d2.jsonl", "--rank", "32", "--out", out], capsys)
     assert code == 0, err
     fstats = pool_statistics(pool, {"fisher"}, [zoo / "d2.jsonl"], 128)
     fi = get_merge_method("fisher")
@@ -241,7 +240,7 @@ def _bad(zoo, tmp_path, capsys, args, match, out_name="out"):
     import re
 
     out = tmp_path / out_name
-    code, _, err = _run([*map(str, args), "--out", out], capsys)
+    code, _, err = _merge([*map(str, args), "--out", out], capsys)
     assert code == 2, err
     assert err.startswith("error: ") and re.search(match, err), err
     assert not out.exists()
@@ -293,7 +292,7 @@ def test_bad_inputs_exit_2_and_write_nothing(zoo, tmp_path, capsys):
     shutil.copy(zoo / "l2" / "adapter_config.json", binexp)
     torch.save(load_file(str(zoo / "l2" / "adapter_model.safetensors")), binexp / "adapter_model.bin")
     _bad(zoo, tmp_path, capsys, [*l1, "-e", binexp, "--space", "concat"], r"binexp/adapter_model\.bin.*--allow-bin")
-    code, _, err = _run([*l1, "-e", binexp, "--space", "concat", "--allow-bin", "--out", tmp_path / "binok"], capsys)
+    code, _, err = _merge([*l1, "-e", binexp, "--space", "concat", "--allow-bin", "--out", tmp_path / "binok"], capsys)
     assert code == 0, err
     if not torch.cuda.is_available():
         _bad(zoo, tmp_path, capsys, [*l1, *l2, "--space", "concat", "--device", "cuda"], r"CUDA is not available")
@@ -304,15 +303,15 @@ def test_existing_output_kept_without_overwrite(zoo, tmp_path, capsys):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     args = ["-e", zoo / "l1", "-e", zoo / "l2", "--space", "concat", "--out", out]
-    code, _, err = _run(args, capsys)
+    code, _, err = _merge(args, capsys)
     assert code == 2 and "already exists" in err and str(out) in err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     before = sha256_tree(zoo / "l1")
     for target in (zoo / "l1", zoo / "l1" / "sub", zoo):  # the input itself, inside it, around it
-        code, _, err = _run(["-e", zoo / "l1", "-e", zoo / "l2", "--space", "concat", "--overwrite", "--out", target], capsys)
+        code, _, err = _merge(["-e", zoo / "l1", "-e", zoo / "l2", "--space", "concat", "--overwrite", "--out", target], capsys)
         assert code == 2 and "overlaps the input" in err, err
     assert sha256_tree(zoo / "l1") == before and not (zoo / "l1" / "sub").exists()
-    code, _, err = _run([*args, "--overwrite"], capsys)
+    code, _, err = _merge([*args, "--overwrite"], capsys)
     assert code == 0, err
     assert not (out / "keep.txt").exists() and (out / "adapter_model.safetensors").is_file()
 
@@ -339,10 +338,10 @@ def test_methods_prints_each_description_whole(capsys):
 
 def test_pool_line_says_what_is_known_of_the_base(small_zoo, tmp_path, capsys):
     experts = ["-e", small_zoo.expert_dirs["brackets"], "-e", small_zoo.expert_dirs["majority"], "--rank", "4"]
-    code, out, err = _run([*experts, "--out", tmp_path / "a"], capsys)  # the zoo's adapters name no base
+    code, out, err = _merge([*experts, "--out", tmp_path / "a"], capsys)  # the zoo's adapters name no base
     assert code == 0, err
     assert out.splitlines()[0] == "pool: 2 lora expert(s), base not given (the adapters name none); 14 tensors", out
-    code, out, err = _run([*experts, "--base", small_zoo.base_dir, "--out", tmp_path / "b"], capsys)
+    code, out, err = _merge([*experts, "--base", small_zoo.base_dir, "--out", tmp_path / "b"], capsys)
     assert code == 0, err
     assert out.splitlines()[0] == f"pool: 2 lora expert(s) of base {small_zoo.base_dir}; 14 tensors", out
 

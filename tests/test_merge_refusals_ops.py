@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from evomerge.cli import main
+from _cli_helpers import run_cli
 from evomerge.errors import ConfigError, ExpertLoadError
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -23,12 +23,6 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 @pytest.fixture(scope="module")
 def zoo(small_zoo):
     return small_zoo
-
-
-def _run(capsys, args):
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    return rc, capsys.readouterr()
 
 
 def _errors(err: str) -> list[str]:
@@ -54,12 +48,12 @@ def _edit_config(folder: Path, **changes) -> None:
 # --- 1: consensus `k` larger than the pool -----------------------------------------------------
 def test_consensus_refuses_k_above_the_pool_size_before_any_work(zoo, tmp_path, capsys) -> None:
     out = tmp_path / "cons5"
-    rc, cap = _run(capsys, ["merge", "-q", "-e", zoo.expert_dirs["rev_digits"], "-e", zoo.expert_dirs["brackets"],
-                            "--method", "consensus", "-p", "k=5", "--rank", "8", "--out", out])
-    assert rc == 2, cap.err
-    lines = _errors(cap.err)
-    assert len(lines) == 1 and "`k` must be <= the number of experts (2)" in lines[0], cap.err
-    assert "pool:" not in cap.out  # refused before the pool is read
+    rc, stdout, err = run_cli(["merge", "-q", "-e", zoo.expert_dirs["rev_digits"], "-e", zoo.expert_dirs["brackets"],
+                               "--method", "consensus", "-p", "k=5", "--rank", "8", "--out", out], capsys)
+    assert rc == 2, err
+    lines = _errors(err)
+    assert len(lines) == 1 and "`k` must be <= the number of experts (2)" in lines[0], err
+    assert "pool:" not in stdout  # refused before the pool is read
     assert not out.exists()
 
 
@@ -93,28 +87,28 @@ def test_n_max_is_one_when_no_expert_lowers_the_variance() -> None:
 def test_analyze_identical_experts_gives_n_max_1(zoo, tmp_path, capsys) -> None:
     copy = _copy(zoo, "rev_digits", tmp_path / "rd_copy")
     out = tmp_path / "an"
-    rc, cap = _run(capsys, ["analyze", "-q", "-e", copy, "-e", zoo.expert_dirs["rev_digits"], "-o", out])
-    assert rc == 0, cap.err
+    rc, _, err = run_cli(["analyze", "-q", "-e", copy, "-e", zoo.expert_dirs["rev_digits"], "-o", out], capsys)
+    assert rc == 0, err
     s = json.loads((out / "summary.json").read_text())
     assert s["rho"] == pytest.approx(1.0) and s["delta"] == 0.0
     assert s["n_max"] == 1 and s["stop_k"] == 1
     assert "rho = 1" in s["delta_mode"] and "n_max = 1" in s["delta_mode"]
-    assert "UserWarning" not in cap.err  # the drop panel is not log-scaled when every drop is 0
+    assert "UserWarning" not in err  # the drop panel is not log-scaled when every drop is 0
 
 
 def test_merge_warns_on_identical_experts_under_different_names(zoo, tmp_path, capsys) -> None:
     copy = _copy(zoo, "rev_digits", tmp_path / "rd_copy")
-    rc, cap = _run(capsys, ["merge", "-q", "-e", copy, "-e", zoo.expert_dirs["rev_digits"], "-e",
-                            zoo.expert_dirs["brackets"], "--method", "task_arithmetic", "--rank", "8",
-                            "--out", tmp_path / "o"])
-    assert rc == 0, cap.err
-    warns = _warnings(cap.err)
-    assert len(warns) == 1, cap.err
+    rc, _, err = run_cli(["merge", "-q", "-e", copy, "-e", zoo.expert_dirs["rev_digits"], "-e",
+                          zoo.expert_dirs["brackets"], "--method", "task_arithmetic", "--rank", "8",
+                          "--out", tmp_path / "o"], capsys)
+    assert rc == 0, err
+    warns = _warnings(err)
+    assert len(warns) == 1, err
     assert "`rd_copy`" in warns[0] and "`rev_digits`" in warns[0] and "identical weights" in warns[0]
     assert "brackets" not in warns[0]
-    rc, cap = _run(capsys, ["merge", "-q", "-e", zoo.expert_dirs["rev_digits"], "-e", zoo.expert_dirs["brackets"],
-                            "--method", "task_arithmetic", "--rank", "8", "--out", tmp_path / "o2"])
-    assert rc == 0 and _warnings(cap.err) == [], cap.err
+    rc, _, err = run_cli(["merge", "-q", "-e", zoo.expert_dirs["rev_digits"], "-e", zoo.expert_dirs["brackets"],
+                          "--method", "task_arithmetic", "--rank", "8", "--out", tmp_path / "o2"], capsys)
+    assert rc == 0 and _warnings(err) == [], err
 
 
 def test_full_pool_lists_identical_experts(tmp_path) -> None:
@@ -140,10 +134,10 @@ def test_target_modules_list_must_name_every_module_of_the_weights(zoo, tmp_path
     narrow = _copy(zoo, "rev_digits", tmp_path / "narrow")
     _edit_config(narrow, target_modules=["q_proj"])
     out = tmp_path / "o"
-    rc, cap = _run(capsys, ["merge", "-q", "-e", narrow, "-e", zoo.expert_dirs["brackets"], "--rank", "8", "--out", out])
-    assert rc == 2, cap.err
-    lines = _errors(cap.err)
-    assert len(lines) == 1, cap.err
+    rc, _, err = run_cli(["merge", "-q", "-e", narrow, "-e", zoo.expert_dirs["brackets"], "--rank", "8", "--out", out], capsys)
+    assert rc == 2, err
+    lines = _errors(err)
+    assert len(lines) == 1, err
     assert re.search(r"narrow/adapter_config\.json: target_modules \['q_proj'\] does not name 12 of the 14 modules "
                      r"whose LoRA factors adapter_model\.safetensors holds", lines[0]), lines[0]
     assert not out.exists()
@@ -171,10 +165,10 @@ def test_target_modules_regex_and_exclude_modules(zoo, tmp_path) -> None:
 
 # --- 4: the merge progress bar's total -----------------------------------------------------------
 def test_merge_progress_bar_has_a_total(zoo, tmp_path, capsys) -> None:
-    rc, cap = _run(capsys, ["merge", "-e", zoo.expert_dirs["rev_digits"], "-e", zoo.expert_dirs["brackets"],
-                            "--method", "ties", "--rank", "8", "--out", tmp_path / "o"])
-    assert rc == 0, cap.err
-    assert re.search(r"merge \(ties\): 100%\|[^|]*\| 14/14 ", cap.err), cap.err
+    rc, _, err = run_cli(["merge", "-e", zoo.expert_dirs["rev_digits"], "-e", zoo.expert_dirs["brackets"],
+                          "--method", "ties", "--rank", "8", "--out", tmp_path / "o"], capsys)
+    assert rc == 0, err
+    assert re.search(r"merge \(ties\): 100%\|[^|]*\| 14/14 ", err), err
 
 
 def test_pool_stream_knows_its_length(zoo) -> None:
@@ -189,15 +183,15 @@ def test_pool_stream_knows_its_length(zoo) -> None:
 
 # --- 5: an error names the flags that carry the bad value ---------------------------------------
 def test_param_refusal_names_only_the_flags_that_carry_the_value(zoo, tmp_path, capsys) -> None:
-    rc, cap = _run(capsys, ["merge", "-q", "-e", zoo.expert_dirs["rev_digits"], "-e", zoo.expert_dirs["brackets"],
-                            "--method", "slerp", "-p", "t=2", "--rank", "8", "--space", "delta", "--out", tmp_path / "o"])
-    assert rc == 2, cap.err
-    lines = _errors(cap.err)
+    rc, _, err = run_cli(["merge", "-q", "-e", zoo.expert_dirs["rev_digits"], "-e", zoo.expert_dirs["brackets"],
+                          "--method", "slerp", "-p", "t=2", "--rank", "8", "--space", "delta", "--out", tmp_path / "o"], capsys)
+    assert rc == 2, err
+    lines = _errors(err)
     assert len(lines) == 1 and lines[0].startswith("error: --method + --param: merge method `slerp`: `t` must be in [0, 1]")
     assert "--rank" not in lines[0] and "--space" not in lines[0]
-    rc, cap = _run(capsys, ["merge", "-q", "-e", zoo.expert_dirs["rev_digits"], "-e", zoo.expert_dirs["brackets"],
-                            "--method", "slerp", "-p", "density=0.5", "--rank", "8", "--out", tmp_path / "o"])
-    assert rc == 2 and _errors(cap.err)[0].startswith("error: --method + --param: merge method `slerp` has no parameter")
+    rc, _, err = run_cli(["merge", "-q", "-e", zoo.expert_dirs["rev_digits"], "-e", zoo.expert_dirs["brackets"],
+                          "--method", "slerp", "-p", "density=0.5", "--rank", "8", "--out", tmp_path / "o"], capsys)
+    assert rc == 2 and _errors(err)[0].startswith("error: --method + --param: merge method `slerp` has no parameter")
 
 
 # --- 6: the variance floor: code and docs agree --------------------------------------------------

@@ -16,19 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from _cli_helpers import run_cli
 from evomerge.cli import main
 from evomerge.io import sha256_tree
 from evomerge.zoo import shipped_root, zoo_root_in_use
 from evomerge.zoo.zoo import SHIPPED
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _run(args, capsys):
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 class Built(Exception):
@@ -60,7 +54,7 @@ def _shipped_listing() -> list[str]:
 def test_build_refuses_the_shipped_zoo_folders(where, builds, capsys):
     out = SHIPPED / where
     before = _shipped_listing()
-    code, _, err = _run(["zoo", "build", "--profile", "tiny", "--out", out, "--overwrite"], capsys)
+    code, _, err = run_cli(["zoo", "build", "--profile", "tiny", "--out", out, "--overwrite"], capsys)
     assert code == 2 and str(out) in err and "shipped" in err, err
     assert len(err.strip().splitlines()) == 1, err
     assert builds == []  # refused before any work
@@ -71,7 +65,7 @@ def test_build_over_the_shipped_small_zoo_changes_nothing(capsys):
     """The reported command, for real (no stand-in): refused, the shipped files untouched."""
     small = shipped_root("small")
     digest = sha256_tree(small)
-    code, _, err = _run(["zoo", "build", "--profile", "tiny", "--out", small, "--overwrite"], capsys)
+    code, _, err = run_cli(["zoo", "build", "--profile", "tiny", "--out", small, "--overwrite"], capsys)
     assert code == 2 and str(small) in err, err
     assert sha256_tree(small) == digest
     assert main(["zoo", "verify", "--small"]) == 0
@@ -93,7 +87,7 @@ def test_build_library_refuses_the_shipped_folder(monkeypatch, tmp_path):
 
 
 def test_build_into_the_shipped_zoo_it_already_is_stays_a_no_op(builds, capsys):
-    code, out, err = _run(["zoo", "build", "--small", "--out", shipped_root("small")], capsys)
+    code, out, err = run_cli(["zoo", "build", "--small", "--out", shipped_root("small")], capsys)
     assert code == 0 and "already built" in out, err
     assert builds == []
 
@@ -103,7 +97,7 @@ def test_build_refuses_the_cache_but_for_its_own_cached_folder(builds, monkeypat
     (cache / "zoo-small-v2").mkdir(parents=True)
     monkeypatch.setenv("EVOMERGE_CACHE", str(cache))
     for out in (cache / "zoo-small-v2", cache / "zoo-small-v2" / "sub", cache / "zoo-default-v2-s3", cache, tmp_path):
-        code, _, err = _run(["zoo", "build", "--profile", "tiny", "--out", out, "--overwrite"], capsys)
+        code, _, err = run_cli(["zoo", "build", "--profile", "tiny", "--out", out, "--overwrite"], capsys)
         assert code == 2 and str(out) in err and "cache" in err, (out, err)
     assert builds == []
     # the folder the build uses without --out, named: allowed; and a folder of the cache not a zoo's
@@ -119,7 +113,7 @@ def test_build_refuses_the_cache_but_for_its_own_cached_folder(builds, monkeypat
 # --- 2. contradicting and agreeing flags --------------------------------------------------------
 
 def test_build_small_and_profile_disagree(builds, tmp_path, capsys):
-    code, _, err = _run(["zoo", "build", "--small", "--profile", "tiny", "--out", tmp_path / "z"], capsys)
+    code, _, err = run_cli(["zoo", "build", "--small", "--profile", "tiny", "--out", tmp_path / "z"], capsys)
     assert code == 2 and "--small" in err and "--profile tiny" in err, err
     assert builds == []
     with pytest.raises(Built):
@@ -132,22 +126,22 @@ def test_build_small_and_profile_disagree(builds, tmp_path, capsys):
 
 def test_small_and_the_small_zoo_folder_agree(small_zoo, tmp_path, capsys):
     folder = zoo_root_in_use("small")
-    code, out, err = _run(["evaluate", "--small", "--zoo", folder, "--max-samples", "5"], capsys)
+    code, out, err = run_cli(["evaluate", "--small", "--zoo", folder, "--max-samples", "5"], capsys)
     assert code == 0 and "disagree" not in err, err
     assert out.splitlines()[2].split()[0] == "base"
-    code, out, err = _run(["zoo", "info", "--small", "--zoo", folder], capsys)
+    code, out, err = run_cli(["zoo", "info", "--small", "--zoo", folder], capsys)
     assert code == 0 and f"zoo: {folder}" in out, err
     # another folder (a copy of the small zoo) is another zoo: still refused, naming both
     other = tmp_path / "copy"
     shutil.copytree(small_zoo.root, other)
-    code, _, err = _run(["evaluate", "--small", "--zoo", other, "--max-samples", "5"], capsys)
+    code, _, err = run_cli(["evaluate", "--small", "--zoo", other, "--max-samples", "5"], capsys)
     assert code == 2 and "--small" in err and str(other) in err and "disagree" in err, err
 
 
 # --- 3. --seed ----------------------------------------------------------------------------------
 
 def test_build_negative_seed_is_refused_before_any_work(builds, tmp_path, capsys):
-    code, _, err = _run(["zoo", "build", "--profile", "tiny", "--seed", "-1", "--out", tmp_path / "z"], capsys)
+    code, _, err = run_cli(["zoo", "build", "--profile", "tiny", "--seed", "-1", "--out", tmp_path / "z"], capsys)
     assert code == 2 and err.startswith("error: ") and "--seed must be >= 0" in err, err
     assert "Traceback" not in err and builds == [] and not (tmp_path / "z").exists()
 
@@ -165,12 +159,12 @@ def test_build_zoo_refuses_a_negative_seed(tmp_path):
 
 def test_zoo_check_shows_progress_on_stderr_and_q_hides_it(small_zoo, capsys):
     args = ["zoo", "check", "--small", "--max-samples", "20", "--k-max", "2"]
-    code, out, err = _run(args, capsys)
+    code, out, err = run_cli(args, capsys)
     assert code == 1 and "targets pass" in out, err  # the small zoo fails some targets by design
     # the bar's last state (tqdm may skip the steps between when they come within its 0.1 s)
     assert "zoo check" in err and "5/5" in err, err
     assert "zoo check" not in out
-    code, quiet_out, err = _run([*args, "-q"], capsys)
+    code, quiet_out, err = run_cli([*args, "-q"], capsys)
     assert code == 1 and err == "", err
     assert quiet_out == out
 
@@ -179,14 +173,14 @@ def test_zoo_check_shows_progress_on_stderr_and_q_hides_it(small_zoo, capsys):
 
 def test_zoo_info_of_a_missing_folder_says_it_does_not_exist(tmp_path, capsys):
     for cmd in ("info", "verify", "check"):
-        code, _, err = _run(["zoo", cmd, tmp_path / "nope"], capsys)
+        code, _, err = run_cli(["zoo", cmd, tmp_path / "nope"], capsys)
         assert code == 2 and f"{tmp_path / 'nope'}: folder does not exist" in err, err
         assert "zoo.json missing" not in err
     (tmp_path / "file").write_text("x")
-    code, _, err = _run(["zoo", "info", tmp_path / "file"], capsys)
+    code, _, err = run_cli(["zoo", "info", tmp_path / "file"], capsys)
     assert code == 2 and "is a file" in err, err
     (tmp_path / "empty").mkdir()
-    code, _, err = _run(["zoo", "info", tmp_path / "empty"], capsys)
+    code, _, err = run_cli(["zoo", "info", tmp_path / "empty"], capsys)
     assert code == 2 and "zoo.json missing" in err, err
 
 
