@@ -96,6 +96,39 @@ def held() -> Iterator[None]:
             signal.raise_signal(s)
 
 
+def interrupt_behind(err: BaseException) -> KeyboardInterrupt | None:
+    """The interrupt ``err`` is, or the one it was raised while handling (its ``__context__``
+    chain): an interrupt inside Optuna's write of a trial's end surfaces as an UnboundLocalError
+    from its ``finally`` (Optuna 5.0)."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, KeyboardInterrupt):
+            return err
+        err, seen = err.__context__, seen + 1
+    return None
+
+
+def caused_by_stop(err: BaseException) -> bool:
+    """Whether ``err`` is what a SIGINT / SIGTERM made of the code it cut: an interrupt (or an
+    exception raised while one was handled, :func:`interrupt_behind`) or, once a signal has come
+    under an open :func:`stop_on_signals`, any exception. A library that calls Python from C or
+    Rust may report the KeyboardInterrupt raised in its call as an error of its own, with no
+    chain back to it: pydantic-core, interrupted while it builds a model's schema, raises a
+    ``SchemaError`` whose message only names it."""
+    return interrupt_behind(err) is not None or bool(_FIRED)
+
+
+def as_interrupt(err: BaseException) -> KeyboardInterrupt:
+    """The interrupt behind ``err`` (:func:`caused_by_stop` is true of it), or a new one for
+    the signal that came when a library hid it."""
+    cut = interrupt_behind(err)
+    if cut is not None:
+        return cut
+    import signal
+
+    return Terminated() if _FIRED and _FIRED[0] == signal.SIGTERM else KeyboardInterrupt()
+
+
 def _raise(signum: int) -> None:
     import signal
 

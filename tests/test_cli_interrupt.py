@@ -305,6 +305,68 @@ def test_a_signal_inside_a_deferred_block_is_raised_at_its_end():
     assert reached[-1] == "no handler of ours"
 
 
+def _cut_and_hidden(sig):
+    """What a library that calls Python from C or Rust can make of a signal (pydantic-core while
+    it builds a model's schema, as a CI run of ``scale`` met): the KeyboardInterrupt raised in
+    its call comes out as an error of its own, with no chain back to it."""
+    import os
+    import time
+
+    try:
+        os.kill(os.getpid(), sig)
+        time.sleep(5)
+        pytest.fail("the signal was lost")
+    except KeyboardInterrupt:
+        pass
+    raise RuntimeError("Error building `literal` serializer: KeyboardInterrupt:")
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_librarys_error_for_the_cut_ends_as_the_interrupt(sig, code):
+    """Once a signal has come, an error that hides its interrupt still ends the command as
+    interrupted (the command's line, its exit code); without a signal the same error is an error."""
+    from evomerge.cli import _common
+    from evomerge.interrupts import as_interrupt, caused_by_stop, stop_on_signals, Terminated
+
+    with pytest.raises(_common.Interrupted) as got:
+        with _common.interruptible(lambda: "interrupted; resume with: evomerge x --resume"):
+            _cut_and_hidden(sig)
+    assert (got.value.message, got.value.code) == ("interrupted; resume with: evomerge x --resume", code)
+    with pytest.raises(RuntimeError, match="serializer"):
+        with _common.interruptible(lambda: "never"):
+            raise RuntimeError("Error building `literal` serializer")
+    with stop_on_signals():
+        err = RuntimeError("no signal")
+        assert not caused_by_stop(err)
+        try:
+            _cut_and_hidden(sig)
+        except RuntimeError as hidden:
+            assert caused_by_stop(hidden)
+            assert type(as_interrupt(hidden)) is (Terminated if sig == signal.SIGTERM else KeyboardInterrupt)
+    try:  # an error raised while an interrupt was handled leads back to it, signal or not
+        try:
+            raise KeyboardInterrupt()
+        except KeyboardInterrupt:
+            raise ValueError("in a finally")
+    except ValueError as chained:
+        assert caused_by_stop(chained) and isinstance(as_interrupt(chained), KeyboardInterrupt)
+
+
+def test_scale_interrupted_inside_a_library_prints_its_line(tmp_path, monkeypatch, capsys):
+    """``evomerge scale`` signalled while a library hides the interrupt (the CI run's
+    pydantic-core SchemaError during the config's import): exit 130, the run's own line, no
+    traceback."""
+    from evomerge import cli
+    from evomerge.cli import scale as scale_cli
+
+    monkeypatch.setattr(scale_cli, "_scale", lambda *a, **k: _cut_and_hidden(signal.SIGINT))
+    monkeypatch.setattr("evomerge.pipelines.scale.start.prewarm_analysis", lambda: None)
+    out = tmp_path / "run"
+    assert cli.main(["scale", "--small", "--out", str(out), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "interrupted before the run directory was written; nothing to resume (start the run again)"
+
+
 def test_a_signal_inside_a_held_block_reaches_its_handler_at_the_end():
     """``held``: with Python's default SIGINT handler and with ours, the signal is recorded inside
     the block (also when another thread takes it from the kernel) and raised once it ends; the

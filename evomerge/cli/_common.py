@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator, Optional
 import typer
 
 from evomerge.errors import ConfigError
-from evomerge.interrupts import exit_code, stop_on_signals
+from evomerge.interrupts import caused_by_stop, exit_code, stop_on_signals
 
 # set by a command whose run is over (files closed, children and its Ray stopped): `main`, run as
 # the program, then exits without the interpreter's teardown
@@ -51,6 +51,10 @@ def interruptible(message: "Callable[[], str]") -> Iterator[None]:
     with stop_on_signals() as fired:
         try:
             yield
+        except Exception as err:
+            if isinstance(err, Interrupted) or not caused_by_stop(err):
+                raise
+            raise Interrupted(message(), exit_code(err, fired)) from None  # a library's error for the cut
         except KeyboardInterrupt as err:
             raise Interrupted(message(), exit_code(err, fired)) from None
 

@@ -50,7 +50,9 @@ def register(app: typer.Typer) -> None:
         with interrupts.stop_on_signals() as fired:  # before the first child starts: SIGTERM, too, cleans up
             try:
                 _run(out, config, small, zoo_arg, sets, no_stop, resume, no_overlap, overwrite, progress, preset)
-            except KeyboardInterrupt as err:  # also one that came during _run's own cleanup
+            except BaseException as err:  # also one that came during _run's own cleanup
+                if isinstance(err, (_common.Interrupted, SystemExit)) or not interrupts.caused_by_stop(err):
+                    raise
                 raise _common.Interrupted(interrupted_message(out), interrupts.exit_code(err, fired)) from None
 
 

@@ -20,6 +20,7 @@ from typing import Callable
 
 from evomerge.config import EvomergeConfig
 from evomerge.config.overrides import override
+from evomerge.interrupts import caused_by_stop
 from evomerge.io import write_json_atomic
 from evomerge.pipelines.scale.plan import Cell, StopRule, load_cells
 from evomerge.pipelines.scale.planning import expert_gains, make_plan
@@ -254,7 +255,7 @@ def _run(cfg: EvomergeConfig, run_dir: Path, spec: PoolSpec, resumed: bool, t0: 
                 return job.join() or set()
             except BaseException as err:
                 interrupted.set()
-                if isinstance(err, KeyboardInterrupt):  # its own error (actors killed) is moot
+                if caused_by_stop(err):  # its own error (actors killed) is moot
                     intr.stop_searches(job.thread, live_slots)
                 else:
                     job.thread.join()
@@ -298,7 +299,9 @@ def _run(cfg: EvomergeConfig, run_dir: Path, spec: PoolSpec, resumed: bool, t0: 
         if side is not None:  # every cell is on disk: the side job does its half of the report
             side.close_input()
         ok = True
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the side processes end now, not when done
+    except BaseException as err:  # Ctrl-C or SIGTERM: the side processes end now, not when done
+        if not caused_by_stop(err):
+            raise
         stopped = intr.started_since(before)
         for job in (analysis, side):
             if job is not None:
@@ -322,7 +325,9 @@ def _run(cfg: EvomergeConfig, run_dir: Path, spec: PoolSpec, resumed: bool, t0: 
             from evomerge.pipelines.scale.report import write_report
 
             report_path = write_report(run_dir, side=side, files=files)
-    except KeyboardInterrupt:
+    except BaseException as err:
+        if not caused_by_stop(err):
+            raise
         stopped = intr.started_since(before)
         if side is not None:
             side.stop()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from evomerge import interrupts
 from evomerge.errors import ConfigError
 from evomerge.interrupts import deferred
 
@@ -256,29 +257,17 @@ def run_study(study, objective: Callable, *, n_trials: int, timeout: float | Non
             show_progress_bar=False,
         )
     except BaseException as err:  # Ctrl-C or SIGTERM (the CLI's Terminated)
-        cut = _interrupt_behind(err)
-        if cut is None:
+        if not interrupts.caused_by_stop(err):
             raise
         if current:
             retry_interrupted(study, current[0])
+        cut = interrupts.as_interrupt(err)
         if cut is err:
             raise
-        raise cut from None  # see _interrupt_behind
+        raise cut from None  # an interrupt inside Optuna's write of a trial's end hides behind its own error
     finally:
         del study.ask
     return ran
-
-
-def _interrupt_behind(err: BaseException) -> KeyboardInterrupt | None:
-    """The interrupt ``err`` is, or the one it was raised while handling: an interrupt inside
-    Optuna's write of a trial's end surfaces as an UnboundLocalError from its ``finally``
-    (Optuna 5.0), which would otherwise leave the trial RUNNING and hide the interrupt."""
-    seen = 0
-    while err is not None and seen < 10:
-        if isinstance(err, KeyboardInterrupt):
-            return err
-        err, seen = err.__context__, seen + 1
-    return None
 
 
 def retry_interrupted(study, trial_id: int) -> bool:
