@@ -20,9 +20,6 @@ class Terminated(KeyboardInterrupt):
 _FIRED: list[int] | None = None
 # called once, on the first signal, before its exception is raised (`when_interrupted`)
 _ON_FIRST: list[Callable[[], None]] = []
-# how many `deferred` blocks are open, and the signal that came in them (raised at their end)
-_DEFER_DEPTH = 0
-_DEFERRED: list[int] = []
 
 
 @contextlib.contextmanager
@@ -38,28 +35,6 @@ def when_interrupted(callback: Callable[[], None]) -> Iterator[None]:
         _ON_FIRST.remove(callback)
 
 
-@contextlib.contextmanager
-def deferred() -> Iterator[None]:
-    """A signal that comes inside the block is raised at its end, not inside it: for a few calls
-    whose outcome the cleanup must know (a trial a storage call creates, say; cut inside the
-    call, it would exist without the caller knowing its id). Only in the main thread under an
-    open :func:`stop_on_signals`; elsewhere nothing changes. Keep the block short: the
-    interrupt waits for it."""
-    import threading
-
-    global _DEFER_DEPTH
-    if _FIRED is None or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    _DEFER_DEPTH += 1
-    try:
-        yield
-    finally:
-        _DEFER_DEPTH -= 1
-        if _DEFER_DEPTH == 0 and _DEFERRED:
-            _raise(_DEFERRED.pop())
-
-
 STOPS = ("SIGINT", "SIGTERM")
 
 
@@ -68,7 +43,9 @@ def held() -> Iterator[None]:
     """SIGINT / SIGTERM that come inside the block reach their handlers at its end, whatever
     handlers are installed (this module's, Python's default, a caller's): for a block that
     creates something the caller must own before an exception may be raised (a process pool
-    half built is left running by nobody). Processes forked inside the block start with both
+    half built is left running by nobody; a trial a storage call creates, which cut inside the
+    call would exist without the caller knowing its id). Keep the block short: the interrupt
+    waits for it. Processes forked inside the block start with both
     signals blocked: each unblocks them (``signal.pthread_sigmask(SIG_UNBLOCK, ...)``) once its
     own handlers are set. Main thread only (the only one where Python raises them); elsewhere
     nothing changes.
@@ -184,9 +161,6 @@ def stop_on_signals() -> Iterator[list[int]]:
             fired.append(signum)
             for callback in list(_ON_FIRST):
                 callback()
-            if _DEFER_DEPTH:
-                _DEFERRED.append(signum)
-                return
         _raise(signum)
 
     hook = sys.unraisablehook
@@ -209,7 +183,6 @@ def stop_on_signals() -> Iterator[list[int]]:
         yield fired
     finally:
         _FIRED = None
-        _DEFERRED.clear()
         sys.unraisablehook = hook
         for s, h in before.items():
             signal.signal(s, h)

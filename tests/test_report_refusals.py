@@ -66,10 +66,16 @@ def _cut_short(path):
     path.write_bytes(path.read_bytes()[:200])
 
 
+def _another_tables(path):
+    """Valid Parquet, but the cell's samples file copied over its scores (was read, nulls filled in)."""
+    path.write_bytes((path.parent.parent / "samples" / path.name).read_bytes())
+
+
 @pytest.mark.parametrize("folder,damage,problem", [
     ("cells", _garbage, "magic bytes not found"),
     ("examples", _empty, "0 bytes"),
     ("samples", _cut_short, "magic bytes not found"),
+    ("cells", _another_tables, "no column kind, experts, task, in_subset, split, score, seconds: not a file of this table"),
 ])
 def test_a_cell_file_that_cannot_be_read_is_refused_by_name(copy, capsys, folder, damage, problem):
     path = copy / folder / f"{CELL}.parquet"
@@ -79,6 +85,18 @@ def test_a_cell_file_that_cannot_be_read_is_refused_by_name(copy, capsys, folder
     assert line.startswith(f"error: {path}: not a readable cell file (") and problem in line, line
     assert f"`evomerge scale --out {copy} --resume` computes that cell again" in line
     assert (copy / "report.md").read_bytes() == report
+
+
+def test_a_score_file_of_an_older_run_without_cross_entropy_is_read(copy):
+    """The one column older runs' score files lack is filled with nulls; the rest is the file's."""
+    from evomerge.pipelines.scale.store import SCORE_SCHEMA, read_cell_file
+
+    path = copy / "cells" / f"{CELL}.parquet"
+    full = pq.read_table(path)
+    pq.write_table(full.drop_columns(["cross_entropy"]), path)
+    got = read_cell_file(path, SCORE_SCHEMA)
+    assert got.column("cross_entropy").null_count == got.num_rows
+    assert got.drop_columns(["cross_entropy"]).equals(full.drop_columns(["cross_entropy"]))
 
 
 def test_no_finished_cells_is_refused(copy, capsys):

@@ -160,8 +160,16 @@ class CellStore:
         return lines
 
 
+# the columns a cell file of an older run may lack (score files before cross-entropy was kept)
+_ADDED_LATER = frozenset({"cross_entropy"})
+
+
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """A cell file in ``schema``: columns missing in files of older runs are filled with nulls."""
+    """A cell file in ``schema``: columns missing in files of older runs are filled with nulls;
+    a file without one of the others is another table's (pa.ArrowInvalid, naming them)."""
+    missing = [f.name for f in schema if f.name not in table.column_names and f.name not in _ADDED_LATER]
+    if missing:
+        raise pa.ArrowInvalid(f"no column {', '.join(missing)}: not a file of this table")
     cols = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
             for f in schema]
     return pa.Table.from_arrays(cols, schema=schema)

@@ -25,7 +25,6 @@ from typing import Callable
 
 from evomerge import interrupts
 from evomerge.errors import ConfigError
-from evomerge.interrupts import deferred
 
 SPACE_ATTR = "evomerge.space"
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
@@ -235,7 +234,7 @@ def run_study(study, objective: Callable, *, n_trials: int, timeout: float | Non
     def ask_known(*args, **kwargs):
         # an interrupt inside ask() (storage I/O after the trial exists) would leave a RUNNING
         # trial this worker cannot name: it is raised once the trial is known
-        with deferred():
+        with interrupts.held():
             trial = ask(*args, **kwargs)
             current[:] = [trial._trial_id]
         return trial
