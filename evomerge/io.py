@@ -54,8 +54,10 @@ def _nearest_existing(path: Path) -> Path:
     return p
 
 
-def _probe_writable(path: Path) -> None:
-    """Create and remove a temporary entry where ``path`` will go (before any work is done)."""
+def check_writable(path: Path) -> None:
+    """Refuse (:class:`OutputError`, naming ``path``) an output that cannot be created where it
+    will go: a temporary entry is created and removed in its nearest existing parent. For a
+    command's output before any work is done, also one that continues a run (``--resume``)."""
     parent = _nearest_existing(path.parent)
     if not parent.is_dir():
         raise OutputError(f"{path}: cannot create the output ({parent} is not a folder)")
@@ -80,7 +82,7 @@ def check_output_path(path: str | os.PathLike, overwrite: bool, *, kind: str = "
     cwd = Path.cwd().resolve()
     if path.exists() and (path.resolve() == cwd or path.resolve() in cwd.parents):
         raise OutputError(f"{raw}: refusing to replace the current folder or one of its parents; pick another output")
-    _probe_writable(path)
+    check_writable(path)
     return raw
 
 
