@@ -16,7 +16,6 @@ import contextlib
 import copy
 import dataclasses
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Iterator
@@ -27,6 +26,7 @@ import torch
 from evomerge.evaluation.encoding import Encoded, encode_pairs
 from evomerge.io import atomic_dir, write_json_atomic, write_parquet_atomic
 from evomerge.zoo import tasks as task_lib
+from evomerge.zoo.forked import run_forked
 from evomerge.zoo.lora_init import A_INITS, lora_config, new_peft_model, set_shared_a, shared_a
 from evomerge.zoo.model import PROFILES, Profile, build_config, build_tokenizer, recipe_hash
 from evomerge.zoo.train import KeepSet, train
@@ -200,8 +200,7 @@ def build_zoo(out: str | os.PathLike, *, profile: str | Profile = "default", see
                     tmp=tmp, dtype=dtype, shared_a=a0, bar=bar if workers <= 1 else None, threads=threads)
         try:
             if workers > 1:  # independent jobs, seeded per job: the same files as one process writes
-                with _training_pool(workers) as pool:
-                    done = pool.map(_train_job, jobs, chunksize=1)
+                done = run_forked(_train_job, jobs, workers)
                 bar.update(sum(prof.expert_steps if k == "lora" else prof.full_steps for k, _ in jobs))
             else:
                 done = [_train_job(j) for j in jobs]
@@ -255,41 +254,6 @@ def _cpu() -> float:
     """CPU seconds (user + sys) of this process and of its finished worker processes."""
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
-
-
-@contextlib.contextmanager
-def _training_pool(workers: int) -> Iterator:
-    """A fork pool of ``workers`` training processes, terminated when the block ends, however
-    it ends. A Pool, not a ProcessPoolExecutor: terminating it stops the build at once (the
-    executor waited for the experts in training, tens of seconds each on the default profile).
-
-    Interrupts are held back while the pool starts (:func:`evomerge.interrupts.held`). Raised
-    inside ``Pool()``, before anything owned the pool, the exception left its worker-handler
-    thread running: it re-forked the workers the exit killed, and one was left behind, blocked
-    on the task queue for good (docs/benchmarks.md). The workers start with the signals blocked
-    and unblock them once their own handlers are set (:func:`_worker_signals`)."""
-    import multiprocessing as mp
-
-    from evomerge.interrupts import held
-
-    pool = None
-    try:
-        with held():  # a signal that came meanwhile is raised at the end, the pool owned
-            pool = mp.get_context("fork").Pool(workers, initializer=_worker_signals)
-        yield pool
-    finally:
-        if pool is not None:
-            pool.terminate()
-
-
-def _worker_signals() -> None:
-    """A training worker leaves interrupts to the build's process: Ctrl-C (sent to the whole
-    terminal group) is ignored, SIGTERM (the pool's terminate) ends it at once instead of
-    raising the CLI's exception inside a job. The worker starts with both blocked (see
-    :func:`_training_pool`); a SIGTERM that came before this point ends it here."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM))
 
 
 def _train_job(job: tuple[str, int]) -> float:
