@@ -210,8 +210,10 @@ def load_config_with_sets(config: Optional[Path], sets: list[str], flags: dict[s
             raise ConfigError(format_validation_error(err, _sources("", base, data, layers))) from None
         raise ConfigError("\n".join(_sources(".".join(map(str, e["loc"])), base, data, layers) + line
                                      for e, line in zip(err.errors(), lines))) from None
-    except ConfigError as err:  # a check across keys (a method and its parameters): the section's sources
-        raise ConfigError(f"{_sources(_failing_section(merged), base, data, layers)}: {err}") from None
+    except ConfigError as err:  # a check across keys (a method and its parameters): the section's sources,
+        # or the sources of the one key whose value it refuses (``err.key``, config.sections.key_error)
+        where = getattr(err, "key", None) or _failing_section(merged)
+        raise ConfigError(f"{_sources(where, base, data, layers)}: {err}") from None
 
 
 def _sources(loc: str, base: str, data: dict[str, Any], layers: list[tuple[str, dict[str, Any]]]) -> str:

@@ -119,26 +119,44 @@ SELECT_MARGIN_HELP = ("the returned individual is the best initial one unless a 
                       "this (validation fitness); 0: the best scored")
 
 
-def check_init_merges(section: str, names: list[str]) -> None:
-    for name in names:
-        if name in ("linear", "blx"):
-            from evomerge.errors import ConfigError
+def key_error(key: str, message: str):
+    """A :class:`ConfigError` of one key's value (dotted, e.g. ``swarm.init_merges``): the CLI
+    blames where that key was set, not everything that set a key of its section."""
+    from evomerge.errors import ConfigError
 
-            raise ConfigError(f"`{section}.init_merges`: {name!r} is not a merge-registry method (a sum is `init_sums`)")
-        check_search_operator(section, "init_merges", name)
+    err = ConfigError(message)
+    err.key = key
+    return err
+
+
+def _registry_operators() -> list[str]:
+    """Merge-registry methods a search can apply to individuals: no data, one tensor out."""
+    from evomerge.merging.registry import available_methods, get_merge_method
+
+    return [m for m in available_methods() if not get_merge_method(m).needs and not get_merge_method(m).per_task]
+
+
+def check_init_merges(section: str, names: list[str]) -> None:
+    """Each starting merge is a registry method: ``linear`` and ``blx`` are the searches' own
+    operators on two parents, not merges of every expert (a sum of the experts is ``init_sums``)."""
+    ok = _registry_operators()
+    for name in names:
+        if name not in ok:
+            why = (" (linear/blx are not registry merges: a sum of the experts is `init_sums`)"
+                   if name in ("linear", "blx") else "")
+            raise key_error(f"{section}.init_merges", f"`{section}.init_merges` must list merge-registry methods "
+                            f"{ok}{why}. Got {name!r} instead.")
 
 
 def check_search_operator(section: str, key: str, name: str) -> None:
     """A search merge operator: ``linear``, ``blx`` (crossover only) or a merge-registry method
     that needs no data and returns one tensor (ties, dare_ties, magnitude_ties, ...)."""
-    from evomerge.errors import ConfigError
-    from evomerge.merging.registry import available_methods, get_merge_method
-
     if name in ("linear", "blx"):
         return
-    ok = [m for m in available_methods() if not get_merge_method(m).needs and not get_merge_method(m).per_task]
+    ok = _registry_operators()
     if name not in ok:
-        raise ConfigError(f"`{section}.{key}` must be linear, blx or one of the merge registry's {ok}. Got {name!r} instead.")
+        raise key_error(f"{section}.{key}", f"`{section}.{key}` must be linear, blx or one of the merge registry's {ok}. "
+                        f"Got {name!r} instead.")
 
 
 class GenomeConfig(Section):
@@ -189,9 +207,8 @@ class GenomeConfig(Section):
         check_init_merges("genome", self.init_merges)
         if self.init_merge is not None:
             if self.init_merge == "blx":
-                from evomerge.errors import ConfigError
-
-                raise ConfigError("`genome.init_merge` cannot be blx (it ignores the pair's weights); use linear or a registry method")
+                raise key_error("genome.init_merge", "`genome.init_merge` cannot be blx (it ignores the pair's weights); "
+                                "use linear or a registry method")
             check_search_operator("genome", "init_merge", self.init_merge)
         if self.max_population is not None and self.max_population < self.population:
             from evomerge.errors import ConfigError

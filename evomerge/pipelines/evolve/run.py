@@ -23,7 +23,7 @@ from evomerge.config import EvomergeConfig
 from evomerge.pipelines.evolve import records
 from evomerge.pipelines.inputs import EvolveInputs, prepare_inputs
 from evomerge.errors import ConfigError, OutputExistsError
-from evomerge.io import write_json_atomic, write_parquet_atomic
+from evomerge.io import check_writable, write_json_atomic, write_parquet_atomic
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +97,15 @@ def _run_meta(cfg: EvomergeConfig, algo: str, inputs: EvolveInputs | None) -> di
 def _check_out(out_dir: Path, meta: dict[str, Any], resume: bool) -> None:
     """Refuse an ``--out`` the run cannot use, writing nothing: an existing run without
     ``resume``, a resume where no run is (a folder of another command, say a tune run, or none),
-    a folder that is not a run, a resume whose recorded ``meta`` differs. Only the keys present
+    a folder that is not a run, a resume whose recorded ``meta`` differs or whose ``run.json`` is
+    not a run's record, a place that cannot be written (:func:`evomerge.io.check_writable`). Only the keys present
     in ``meta`` are compared: before Ray starts, ``run_evolve`` checks ``algo`` and ``config``
     (known from the arguments alone); the experts and tasks once the inputs are resolved."""
     meta_path = out_dir / "run.json"
     if meta_path.is_file():
         if not resume:
             raise OutputExistsError(f"{out_dir}: already holds a run; pass --resume to continue it or choose another --out")
-        old = json.loads(meta_path.read_text())
+        old = _read_meta(meta_path)
         for key in ("algo", "experts", "tasks", "config"):
             if key in meta and old.get(key) != meta[key]:
                 from evomerge.config.base import config_diff
@@ -118,6 +119,36 @@ def _check_out(out_dir: Path, meta: dict[str, Any], resume: bool) -> None:
         raise OutputExistsError(f"{out_dir}: exists and is not a directory")
     elif out_dir.exists() and any(out_dir.iterdir()):
         raise OutputExistsError(f"{out_dir}: exists and is not an evomerge evolve run directory (no run.json)")
+    # a place the run cannot write (under /proc or /sys, read-only): the folder itself when it
+    # exists (a resume writes into it), else the nearest existing folder above it
+    check_writable(out_dir / "run.json" if out_dir.is_dir() else out_dir)
+
+
+def _read_meta(meta_path: Path) -> dict[str, Any]:
+    """``run.json`` of an earlier run; one that cannot be read as a run's record is refused."""
+    try:
+        old = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"{meta_path}: cannot resume: not a readable evolve run record ({err})") from None
+    if not isinstance(old, dict) or "algo" not in old or not isinstance(old.get("config"), dict):
+        raise ConfigError(f"{meta_path}: cannot resume: not an evolve run record (no `algo` and `config`)")
+    return old
+
+
+def check_experts(cfg: EvomergeConfig) -> None:
+    """The config's own experts, before Ray starts (seconds) or the actors load them: they exist,
+    are adapters or checkpoints of one kind that fit each other and the base (the pool loader's
+    checks of headers, shapes, target modules and base, without reading every value: the actors
+    do as they load), and the base is given. The built-in zoo needs none of this."""
+    if not cfg.experts.experts:
+        return
+    from evomerge.experts.pool import load_pool
+
+    specs = cfg.experts.experts
+    load_pool([s.path for s in specs], base=cfg.experts.base, allow_bin=cfg.experts.allow_bin,
+              names=[s.name for s in specs], check_finite=False, warn=None)
+    if cfg.experts.base is None:
+        raise ConfigError("`experts.base`: evolutionary search evaluates merges, so it needs the base model")
 
 
 def _prepare_out(out_dir: Path, meta: dict[str, Any], resume: bool) -> None:
@@ -161,6 +192,8 @@ def run_evolve(
     check_static(cfg, algo, known)
     # the output checks that need no inputs, before Ray starts (seconds) or anything loads
     _check_out(out_dir, _run_meta(cfg, algo, None), resume)
+    if runtime is None:  # (a runtime given: Ray is up and the inputs are read right away)
+        check_experts(cfg)
     with contextlib.ExitStack() as stack:
         # connecting checks the request against the cluster: impossible ones fail before any work
         rt = runtime if runtime is not None else stack.enter_context(Runtime(cfg))

@@ -1,0 +1,134 @@
+"""``evomerge evolve`` refuses, before Ray starts (2.5-5.5 s here) and with exit code 2, an
+``--out`` it cannot write (docs/cli.md: "Before any work"), the config's own experts that the
+pool loader refuses (a missing folder, no base), a ``--resume`` over a ``run.json`` that is no
+run's record; and a bad ``init_merges`` entry is refused with a message that matches what is
+accepted, blaming where that key was set. No test here starts Ray (each checks that it did not)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from _cli_helpers import run_cli
+
+RAY_STARTED = "Started a local Ray instance"
+
+
+def _refused_early(args, capsys, *words):
+    """Exit 2, one ``error:`` line holding ``words``, in well under Ray's start-up, Ray not started."""
+    import ray
+
+    t0 = time.monotonic()
+    code, out, err = run_cli(["evolve", *args], capsys)
+    seconds = time.monotonic() - t0
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 2, (code, err[-3000:])
+    assert len(lines) == 1, err[-3000:]
+    for w in words:
+        assert w in lines[0], lines[0]
+    assert RAY_STARTED not in out + err and not ray.is_initialized()
+    assert seconds < 5.0, (seconds, err)
+    return lines[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and /sys are Linux's")
+@pytest.mark.parametrize("out", ["/proc/evo", "/sys/evo"])
+def test_unwritable_out_is_refused_before_ray(capsys, out):
+    _refused_early(["--algo", "genome", "--small", "--out", out, "--actors", "1"], capsys, out, "cannot write here")
+    assert not Path(out).exists()
+
+
+def test_unwritable_out_is_refused_on_resume_too(tmp_path, capsys, monkeypatch):
+    """A resume writes into the run's folder: that folder is probed (root writes anywhere, so the
+    probe is made to fail the way a read-only file system fails it)."""
+    import evomerge.io as io
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = {"genome": {"population": 2}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    from evomerge.cli._common import load_config_with_sets
+    from evomerge.pipelines.evolve.run import _run_meta
+
+    meta = _run_meta(load_config_with_sets(tmp_path / "cfg.yaml", []), "genome", None)
+    (run / "run.json").write_text(json.dumps(meta))
+    real = io.tempfile.mkdtemp
+
+    def mkdtemp(*a, dir=None, **k):
+        if Path(dir) == run:
+            raise OSError(30, "Read-only file system", str(run))
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr(io.tempfile, "mkdtemp", mkdtemp)
+    _refused_early(["--algo", "genome", "--small", "--config", tmp_path / "cfg.yaml", "--out", run, "--resume"],
+                   capsys, str(run), "cannot write here", "Read-only file system")
+
+
+def _experts_cfg(tmp_path, small_zoo, experts, base=True):
+    data = {"experts": {"experts": [str(e) for e in experts]}, "genome": {"population": 2}}
+    if base:
+        data["experts"]["base"] = str(small_zoo.base_dir)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_missing_expert_is_refused_before_ray(tmp_path, capsys, small_zoo):
+    nope = tmp_path / "nope"
+    cfg = _experts_cfg(tmp_path, small_zoo, [small_zoo.expert_dirs["rev_digits"], nope])
+    _refused_early(["--algo", "genome", "--config", cfg, "--out", tmp_path / "run"], capsys, f"{nope}: expert not found")
+    assert not (tmp_path / "run").exists()
+
+
+def test_expert_that_is_no_adapter_is_refused_before_ray(tmp_path, capsys, small_zoo):
+    """The pool loader's header checks (here: a folder that is neither an adapter nor a checkpoint)."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "readme.txt").write_text("not an expert")
+    cfg = _experts_cfg(tmp_path, small_zoo, [small_zoo.expert_dirs["rev_digits"], notes])
+    _refused_early(["--algo", "genome", "--config", cfg, "--out", tmp_path / "run"], capsys,
+                   str(notes), "neither a peft adapter")
+
+
+def test_experts_without_base_are_refused_before_ray(tmp_path, capsys, small_zoo):
+    cfg = _experts_cfg(tmp_path, small_zoo, [small_zoo.expert_dirs["rev_digits"], small_zoo.expert_dirs["sort_digits"]],
+                       base=False)
+    _refused_early(["--algo", "swarm", "--config", cfg, "--out", tmp_path / "run"], capsys, "`experts.base`")
+
+
+@pytest.mark.parametrize("content", ["{", "[1, 2]", "{\"seed\": 3}"])
+def test_resume_over_a_damaged_run_json_is_refused(tmp_path, capsys, content):
+    """A ``run.json`` that is not JSON, or not a run's record: one error line, no traceback."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(content)
+    _refused_early(["--algo", "genome", "--small", "--out", run, "--resume"], capsys,
+                   f"{run / 'run.json'}: cannot resume", "evolve run record")
+    assert (run / "run.json").read_text() == content
+
+
+@pytest.mark.parametrize("name", ["bar", "linear", "blx"])
+@pytest.mark.parametrize("generations", [None, "2"])
+def test_bad_init_merges_entry_names_what_is_accepted_and_its_source(tmp_path, capsys, name, generations):
+    """The accepted set is the merge registry's (a `linear` start would be a sum: `init_sums`),
+    and the message names that set, not one that lists `linear`; the file that set the key is
+    blamed, not ``--generations`` (which set another key of the section)."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"swarm": {"init_merges": [name]}}))
+    args = ["--algo", "swarm", "--small", "--config", cfg, "--out", tmp_path / "run"]
+    if generations:
+        args += ["--generations", generations]
+    line = _refused_early(args, capsys, f"error: {cfg}: `swarm.init_merges`", "merge-registry", "ties", f"Got {name!r}")
+    assert "--generations" not in line and "must be linear" not in line
+    if name != "bar":
+        assert "`init_sums`" in line
+
+
+def test_init_merges_set_on_the_command_line_blames_set(tmp_path, capsys):
+    _refused_early(["--algo", "genome", "--small", "--out", tmp_path / "run", "--generations", "2",
+                    "--set", "genome.init_merges=[linear]"], capsys, "error: --set: `genome.init_merges`")
