@@ -64,7 +64,8 @@ def check_writable(path: Path) -> None:
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".evomerge-probe-", dir=parent))
     except OSError as err:
-        raise OutputError(f"{path}: cannot write here ({os_error_message(err, parent)})") from None
+        reason = err.strerror or type(err).__name__  # not the probe's own name: the folder it was made in
+        raise OutputError(f"{path}: cannot write here ({parent}: {reason})") from None
 
 
 def check_output_path(path: str | os.PathLike, overwrite: bool, *, kind: str = "dir") -> Path:
