@@ -12,7 +12,7 @@ from evomerge.cli import main
 
 def write(tmp_path, tune: dict):
     path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump({"tune": tune}))
+    path.write_text(yaml.safe_dump({"rht": {"enabled": True}, "tune": tune}))  # rht.* dimensions: read with RHT on
     return path
 
 

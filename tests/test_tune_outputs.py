@@ -63,11 +63,14 @@ def test_an_unrelated_summary_json_is_not_a_tune_run(tmp_path) -> None:
     (out / "summary.json").write_text(json.dumps({"experts": 6}))  # `evomerge analyze` writes one too
     with pytest.raises(ConfigError, match="is not an evomerge tune run .it holds summary.json"):
         check_out_dir(cfg, out, storage=None, study_name=None, resume=False)
-    # a tune run's own files (and an empty folder) are fine: a rerun reaches the study's own checks
+    # a tune run's own files (and an empty folder) are tune's: its study continues there (--resume), and a
+    # new study with its name is refused as the study's own check refuses it (test_tune_refusals.py)
     (out / "summary.json").write_text(json.dumps({"study_name": "evomerge"}))
     for name in ("optuna.db", "trials.parquet", "best_config.yaml", "optimization_history.png"):
         (out / name).write_bytes(b"")
-    check_out_dir(cfg, out, storage=None, study_name=None, resume=False)
+    check_out_dir(cfg, out, storage=f"sqlite:///{tmp_path}/shared.db", study_name=None, resume=True)
+    with pytest.raises(ConfigError, match="already holds study `evomerge` .summary.json.; pass --resume"):
+        check_out_dir(cfg, out, storage=None, study_name=None, resume=False)
     (tmp_path / "empty").mkdir()
     check_out_dir(cfg, tmp_path / "empty", storage=None, study_name=None, resume=False)
 

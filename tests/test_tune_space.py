@@ -29,12 +29,12 @@ def test_every_stage_can_be_declared() -> None:
         "rht.gamma": {"low": 0.5, "high": 1.0}, "rht.alpha": {"low": 0.0, "high": 0.5},
         "rht.beta": {"low": 0.5, "high": 2.0},
         "experts.count": {"type": "int", "low": 2},
-    })
+    }, rht={"enabled": True})  # rht.*: read with RHT on
     genome = dims_of({  # GENOME's fields: with objective genome (sigma: with the gauss mutation)
         "genome.cross_rate": {"low": 0.0, "high": 1.0}, "genome.sigma": {"low": 1e-4, "high": 1e-1, "log": True},
         "genome.population": {"type": "int", "low": 4, "high": 12}, "rht.gamma": {"low": 0.5, "high": 1.0},
         "experts.count": {"type": "int", "low": 2},
-    }, genome={"mutation": "gauss"}, tune_extra={"objective": "genome"})
+    }, genome={"mutation": "gauss"}, rht={"enabled": True, "apply_to": "candidate"}, tune_extra={"objective": "genome"})
     swarm = dims_of({
         "swarm.inertia": {"low": 0.1, "high": 0.9}, "swarm.init_velocity": {"type": "categorical",
                                                                             "choices": ["random", "zero"]},
@@ -107,9 +107,10 @@ def test_conditional_merge_params_follow_the_sampled_method() -> None:
 
 
 def test_fingerprint_changes_with_the_space() -> None:
-    a = dims_of({"rht.gamma": {"low": 0.5, "high": 1.0}})
-    b = dims_of({"rht.gamma": {"low": 0.6, "high": 1.0}})
-    assert space_fingerprint(a, "merge") == space_fingerprint(dims_of({"rht.gamma": {"low": 0.5, "high": 1.0}}), "merge")
+    a = dims_of({"rht.gamma": {"low": 0.5, "high": 1.0}}, rht={"enabled": True})
+    b = dims_of({"rht.gamma": {"low": 0.6, "high": 1.0}}, rht={"enabled": True})
+    same = dims_of({"rht.gamma": {"low": 0.5, "high": 1.0}}, rht={"enabled": True})
+    assert space_fingerprint(a, "merge") == space_fingerprint(same, "merge")
     assert space_fingerprint(a, "merge") != space_fingerprint(b, "merge")
     assert space_fingerprint(a, "merge") != space_fingerprint(a, "genome")
 
@@ -117,7 +118,7 @@ def test_fingerprint_changes_with_the_space() -> None:
 def test_every_invalid_dimension_is_reported_one_line_each() -> None:
     with pytest.raises(ConfigError) as err:
         dims_of({"evaluation.max_samples": {"type": "int", "low": 8, "high": 64},
-                 "rht.gamma": {"low": 0.5, "high": 1.0},  # a valid one in between: no line
+                 "genome.cross_rate": {"low": 0.1, "high": 0.9},  # a valid one in between: no line
                  "genome.sigmaa": {"low": 0.1, "high": 0.2},
                  "merge.params.densty": {"low": 0.1, "high": 0.9}}, tune_extra={"objective": "genome"})
     lines = str(err.value).splitlines()
@@ -138,7 +139,7 @@ def test_every_invalid_dimension_is_reported_one_line_each() -> None:
 )
 def test_a_dimension_the_objective_never_reads_is_refused(objective, name, spec) -> None:
     with pytest.raises(ConfigError) as err:
-        dims_of({name: spec, "rht.gamma": {"low": 0.5, "high": 1.0}}, tune_extra={"objective": objective})
+        dims_of({name: spec, "experts.count": {"type": "int", "low": 2}}, tune_extra={"objective": objective})
     msg = str(err.value)
     assert "\n" not in msg
     assert msg.startswith(f"tune.space.`{name}`: has no effect with tune.objective `{objective}`")

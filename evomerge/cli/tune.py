@@ -12,12 +12,14 @@ from evomerge.cli._common import set_option, small_option, zoo_option
 from evomerge.interrupts import when_interrupted
 
 
-def tune_config(config: Path, sets: list[str], zoo: Optional[str], small: bool):
+def tune_config(config: Path, sets: list[str], zoo: Optional[str], small: bool, *, timeout: Optional[float] = None):
     """``(zoo profile, config)`` as ``evomerge tune`` builds them (``--config``, ``--set``,
-    ``--zoo``/``--small``); ``jobs/tune.py`` builds its study from the same."""
+    ``--zoo``/``--small``, ``--timeout`` as ``tune.timeout``: validated by the same schema, an error
+    names the flag); ``jobs/tune.py`` builds its study from the same."""
     from evomerge.cli._common import load_config_with_sets, zoo_choice, zoo_settings
 
-    return zoo_settings(zoo_choice(zoo, small), load_config_with_sets(config, sets), "default")
+    cfg = load_config_with_sets(config, sets, {"tune.timeout": timeout}, {"tune.timeout": "--timeout"})
+    return zoo_settings(zoo_choice(zoo, small), cfg, "default")
 
 
 @contextlib.contextmanager
@@ -95,7 +97,10 @@ def register(app: typer.Typer) -> None:
             "default: $EVOMERGE_OPTUNA_STORAGE, tune.storage, else sqlite in --out"),
         study_name: Optional[str] = typer.Option(None, "--study-name", help="default: tune.study_name"),
         n_trials: Optional[int] = typer.Option(None, "--n-trials", min=1, help="total finished trials the study should hold"),
-        timeout: Optional[float] = typer.Option(None, help="stop starting trials after this many seconds"),
+        timeout: Optional[float] = typer.Option(
+            None, help="seconds (> 0; default: tune.timeout) after which this worker starts no new trial (Optuna's "
+            "timeout: counted from when its trials begin, checked before each): a started trial always finishes, "
+            "so a timeout shorter than one trial still runs one"),
         resume: bool = typer.Option(False, "--resume", help="continue an existing study (or join it as another worker)"),
         out: Path = typer.Option(Path("runs/tune"), "--out", help="run directory (trials.parquet, figures, best_config.yaml)"),
         small: bool = small_option(),
@@ -113,11 +118,11 @@ def register(app: typer.Typer) -> None:
         opened: list = []  # the config, once read: the interrupted line looks for its study
         with interruptible(lambda: interrupted_message(opened[0] if opened else None, storage, study_name, out)), \
                 _no_interrupt_traceback():
-            profile, cfg = tune_config(config, sets, zoo, small)
+            profile, cfg = tune_config(config, sets, zoo, small, timeout=timeout)
             opened.append(cfg)
             with removed_if_failed(out):
                 res = run_tune(
-                    cfg, out, storage=storage, study_name=study_name, n_trials=n_trials, timeout=timeout,
+                    cfg, out, storage=storage, study_name=study_name, n_trials=n_trials, timeout=None,  # in cfg
                     resume=resume, small=profile == "small", worker=worker, log=lambda m: typer.echo(m, err=False),
                 )
         typer.echo(f"best config: {res.files.get('best_config', '(no complete trial)')}")

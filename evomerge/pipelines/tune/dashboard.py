@@ -1,6 +1,6 @@
 """The ``optuna-dashboard`` command for a study's storage: safe to print, and it runs as printed.
 
-* SQLite: ``optuna-dashboard 'sqlite:////abs/optuna.db'``;
+* SQLite: ``optuna-dashboard 'sqlite:////abs/optuna.db'`` (a relative ``sqlite:///x.db`` made absolute);
 * a journal file: ``optuna-dashboard /abs/study.log`` (the dashboard opens a plain file as a
   journal);
 * PostgreSQL: ``optuna-dashboard 'postgresql+psycopg2://user@host:5432/db'``, with the password
@@ -43,7 +43,7 @@ def _without_secrets(url: str) -> str:
     from evomerge.storage_uri import SHOWN_QUERY_KEYS
 
     if url.startswith("sqlite"):
-        return url
+        return _absolute_sqlite(url)
     parts = urlsplit(url)
     scheme = parts.scheme
     if scheme in ("postgresql", "postgres"):
@@ -54,3 +54,13 @@ def _without_secrets(url: str) -> str:
     query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
                        if k.lower() in SHOWN_QUERY_KEYS and "$" not in v and v != "***"])
     return urlunsplit((scheme, netloc, parts.path, query, ""))
+
+
+def _absolute_sqlite(url: str) -> str:
+    """``sqlite:///relative.db`` (relative to the cwd of the command that ran) as
+    ``sqlite:////abs/relative.db``, so the printed command opens the study from any folder."""
+    head, sep, rest = url.partition(":///")
+    path, q, query = rest.partition("?")
+    if not sep or not path or path == ":memory:" or Path(path).is_absolute():
+        return url
+    return f"{head}:///{Path(path).resolve()}{q}{query}"

@@ -28,6 +28,20 @@ def pruning_callback(trial) -> Callable[[Any], None]:
     return on_generation
 
 
+def trial_dir(trials_dir: Path, study_name: str, number: int) -> Path:
+    """``trials_dir/<study>-<number>``, the folder a trial's run works in (and that is removed when it
+    ends); a study name that would put it anywhere but directly in ``trials_dir`` is refused
+    (:func:`~evomerge.pipelines.tune.study.check_study_name`, which ``run_tune`` applies before any work)."""
+    from evomerge.errors import ConfigError
+    from evomerge.pipelines.tune.study import check_study_name
+
+    check_study_name(study_name, "study name")
+    run_dir = Path(trials_dir) / f"{study_name}-{number:05d}"
+    if run_dir.parent != Path(trials_dir) or run_dir.resolve().parent != Path(trials_dir).resolve():
+        raise ConfigError(f"study name {study_name!r}: trial folder {run_dir} would not lie in {trials_dir}")
+    return run_dir
+
+
 def evolve_objective(base: EvomergeConfig, dims, algo: str, trials_dir: Path, *, small: bool = False,
                      keep_runs: bool = False, runtime=None) -> Callable[[Any], float]:
     """``trial -> best validation fitness`` of an evolutionary run under the sampled overrides.
@@ -44,7 +58,7 @@ def evolve_objective(base: EvomergeConfig, dims, algo: str, trials_dir: Path, *,
         values = suggest(trial, dims)
         cfg = apply_overrides(base, values)
         k = expert_count(values)
-        run_dir = Path(trials_dir) / f"{trial.study.study_name}-{trial.number:05d}"
+        run_dir = trial_dir(trials_dir, trial.study.study_name, trial.number)
         if run_dir.exists():  # a retried trial number (another worker's leftover): start clean
             shutil.rmtree(run_dir)
         try:

@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evomerge.config import EvomergeConfig, config_from_dict, dump_config
+from evomerge.config import EvomergeConfig, config_from_dict
 from evomerge.io import write_json_atomic
-from evomerge.pipelines.tune.files import BEST_CONFIG, OPTUNA_DB, SUMMARY, TRIALS_DIR, TRIALS_TABLE, TUNE_FILES
+from evomerge.pipelines.tune.files import (
+    BEST_CONFIG, OPTUNA_DB, SUMMARY, TRIALS_DIR, TRIALS_TABLE, TUNE_FILES, figure_file,
+)
 
 DEFAULT_ATTR = "default_validation_fitness"
 DEFAULT_TEST_ATTR = "default_test_fitness"
@@ -43,7 +45,8 @@ def _pool_spec(cfg: EvomergeConfig, small: bool):
 
 
 def best_config(base: EvomergeConfig, params: dict[str, Any], spec) -> EvomergeConfig:
-    """The best trial as a ready config: overrides applied, ``tune:`` removed.
+    """The best trial as a ready config: overrides applied, ``tune:`` back at its defaults (a config
+    always has the section; :func:`write_best_config` leaves it out of the file).
 
     For merge studies (and pools given in the config) the experts are written out explicitly (the
     first ``experts.count`` of the pool when that was tuned), so ``evomerge merge`` runs it as is.
@@ -69,6 +72,19 @@ def best_config(base: EvomergeConfig, params: dict[str, Any], spec) -> EvomergeC
     return config_from_dict(data, "best config")
 
 
+def write_best_config(cfg: EvomergeConfig, path: Path) -> None:
+    """``cfg`` as YAML without its ``tune:`` section (docs/tuning.md: the file is a config to merge or
+    evolve with, not another study); it loads back as the same config."""
+    import yaml
+
+    from evomerge.io import atomic_file
+
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    data.pop("tune", None)
+    with atomic_file(path, "w") as fh:
+        yaml.safe_dump(data, fh, sort_keys=False)
+
+
 @dataclass
 class Opened:
     """A study joined and checked, with what its trials need."""
@@ -91,6 +107,7 @@ def open_tune_study(cfg: EvomergeConfig, out_dir: Path, *, storage: str | None, 
     from evomerge.pipelines.tune.study import make_pruner, make_sampler, open_study, sampler_seed
 
     tune = cfg.tune
+    name = study_name_of(cfg, study_name)
     out_dir.mkdir(parents=True, exist_ok=True)
     build_space(tune, cfg)  # cheap checks first (names, ranges), before the zoo is built
     url = resolve_storage_url(storage, tune.storage, out_dir)
@@ -101,7 +118,7 @@ def open_tune_study(cfg: EvomergeConfig, out_dir: Path, *, storage: str | None, 
     dims = build_space(tune, cfg, n_experts=len(spec.paths))
     max_steps = cfg.genome.generations if tune.objective == "genome" else cfg.swarm.max_iter
     study = open_study(
-        store, study_name or tune.study_name, space_fingerprint(dims, tune.objective), resume=resume,
+        store, name, space_fingerprint(dims, tune.objective), resume=resume,
         sampler=make_sampler(tune.sampler, cfg.seed * 1000 + worker), pruner=make_pruner(tune.pruner, max_steps),
         shown_url=shown, log=log,
     )
@@ -112,8 +129,13 @@ def open_tune_study(cfg: EvomergeConfig, out_dir: Path, *, storage: str | None, 
 
 def create_or_check_study(cfg: EvomergeConfig, out_dir: str | Path, *, storage: str | None = None,
                           study_name: str | None = None, resume: bool = False, small: bool = False) -> tuple[str, str]:
-    """Create the study (or check the one to resume) before workers start; returns ``(url, name)``."""
-    o = open_tune_study(cfg, Path(out_dir), storage=storage, study_name=study_name, resume=resume, small=small)
+    """Create the study (or check the one to resume) before workers start; returns ``(url, name)``.
+    ``out_dir`` must be writable and hold no other study's outputs (:func:`check_study_owner`)."""
+    out_dir = Path(out_dir)
+    name = study_name_of(cfg, study_name)
+    check_out_writable(out_dir)
+    check_study_owner(out_dir, name, resume)
+    o = open_tune_study(cfg, out_dir, storage=storage, study_name=study_name, resume=resume, small=small)
     return o.url, o.study.study_name
 
 
@@ -144,7 +166,10 @@ def check_out_dir(cfg: EvomergeConfig, out_dir: Path, *, storage: str | None, st
     * ``--resume`` with the default storage (``optuna.db`` in ``--out``) when that file does not
       hold the study: nothing to resume. With a storage named by ``--storage``,
       ``$EVOMERGE_OPTUNA_STORAGE`` or ``tune.storage`` (shared by several workers), ``--resume``
-      still joins the study or, for the first worker, creates it (docs/tuning.md).
+      still joins the study or, for the first worker, creates it (docs/tuning.md);
+    * a folder that cannot be written (:func:`check_out_writable`), a study name that cannot name
+      the trials' folders (:func:`study_name_of`), a folder holding another study's outputs, or this
+      study's without ``--resume`` (:func:`check_study_owner`).
     """
     import optuna
 
@@ -159,24 +184,83 @@ def check_out_dir(cfg: EvomergeConfig, out_dir: Path, *, storage: str | None, st
             shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
             raise ConfigError(f"--out {out_dir}: exists and is not an evomerge tune run (it holds {shown}); "
                               "choose a new or empty folder, or a tune run's folder")
-    if not resume:
-        return
-    if storage or os.environ.get(ENV_VAR) or cfg.tune.storage:  # a storage named, maybe shared
-        return
-    url = resolve_storage_url(None, None, out_dir)
-    name = study_name or cfg.tune.study_name
-    db = out_dir / OPTUNA_DB
-    if not db.is_file():
-        raise ConfigError(f"--resume: {out_dir} holds no tune study (no {OPTUNA_DB}); nothing to resume: "
-                          "drop --resume to start the study, or check --out")
-    from evomerge.pipelines.tune.storage import open_storage
+    check_out_writable(out_dir)
+    name = study_name_of(cfg, study_name)
+    if resume and not (storage or os.environ.get(ENV_VAR) or cfg.tune.storage):  # the default storage, in --out
+        url = resolve_storage_url(None, None, out_dir)
+        db = out_dir / OPTUNA_DB
+        if not db.is_file():
+            raise ConfigError(f"--resume: {out_dir} holds no tune study (no {OPTUNA_DB}); nothing to resume: "
+                              "drop --resume to start the study, or check --out")
+        from evomerge.pipelines.tune.storage import open_storage
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    names = sorted(optuna.get_all_study_names(open_storage(url)))
-    if name not in names:
-        held = f"it holds {', '.join(f'`{n}`' for n in names)}" if names else "it holds none"
-        raise ConfigError(f"--resume: {db} holds no study `{name}` ({held}); nothing to resume: "
-                          "drop --resume to start it, or check --out / --study-name")
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        names = sorted(optuna.get_all_study_names(open_storage(url)))
+        if name not in names:
+            held = f"it holds {', '.join(f'`{n}`' for n in names)}" if names else "it holds none"
+            raise ConfigError(f"--resume: {db} holds no study `{name}` ({held}); nothing to resume: "
+                              "drop --resume to start it, or check --out / --study-name")
+    check_study_owner(out_dir, name, resume)
+
+
+def study_name_of(cfg: EvomergeConfig, study_name: str | None) -> str:
+    """The run's study name (``--study-name``, else ``tune.study_name``), checked
+    (:func:`~evomerge.pipelines.tune.study.check_study_name`)."""
+    from evomerge.pipelines.tune.study import check_study_name
+
+    if study_name:
+        return check_study_name(study_name, "--study-name")
+    return check_study_name(cfg.tune.study_name, "tune.study_name")
+
+
+def check_out_writable(out_dir: Path) -> None:
+    """Refuse (:class:`~evomerge.errors.OutputError`, naming the path) an ``--out`` that cannot be
+    written, before any work: tune writes into the folder, so an existing one is probed itself."""
+    from evomerge.io import check_writable
+
+    check_writable(out_dir / SUMMARY if out_dir.is_dir() else out_dir)
+
+
+def held_studies(out_dir: Path) -> dict[str, str]:
+    """The studies whose outputs or default storage ``out_dir`` holds: ``{study: where}``, where is
+    ``summary.json`` (its outputs) and/or ``optuna.db`` (studies in it; read only, no Optuna schema created)."""
+    import contextlib
+    import sqlite3
+
+    held: dict[str, list[str]] = {}
+    summary = out_dir / SUMMARY
+    if summary.is_file() and _is_tune_entry(summary):
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            held.setdefault(str(json.loads(summary.read_text())["study_name"]), []).append(SUMMARY)
+    db = out_dir / OPTUNA_DB
+    if db.is_file() and db.stat().st_size:
+        try:
+            with contextlib.closing(sqlite3.connect(str(db), timeout=60)) as con:  # (read-only would leave -wal/-shm)
+                names = [r[0] for r in con.execute("SELECT study_name FROM studies")]
+        except sqlite3.Error:  # not an Optuna database (yet): the storage's own checks speak for it
+            names = []
+        for n in names:
+            held.setdefault(str(n), []).append(OPTUNA_DB)
+    return {n: ", ".join(w) for n, w in held.items()}
+
+
+def check_study_owner(out_dir: Path, name: str, resume: bool) -> None:
+    """One ``--out``, one study: its summary, figures, trials table and best config describe one study, so
+    a folder that holds another study's outputs or default storage (:func:`held_studies`) is refused (a
+    second study would replace the first one's outputs and leave its stale ones), and so is starting
+    (without ``--resume``) a study in a folder that already holds one of its name."""
+    from evomerge.errors import ConfigError
+
+    held = held_studies(out_dir) if out_dir.is_dir() else {}
+    others = [n for n in held if n != name]
+    if others:
+        listed = ", ".join(f"`{n}` ({held[n]})" for n in others)
+        raise ConfigError(
+            f"--out {out_dir}: holds the outputs of study {listed}, not of study `{name}`; a tune --out holds one "
+            f"study: give `{name}` another --out, or continue `{others[0]}` with --study-name {others[0]} --resume")
+    if held and not resume:
+        raise ConfigError(f"--out {out_dir}: already holds study `{name}` ({held[name]}); pass --resume to continue "
+                          "it (or join it as another worker), or choose another --out")
 
 
 def progress_line(study, shown: str, total: int) -> str:
@@ -215,10 +299,15 @@ def run_tune(
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
+    study_name_of(cfg, study_name)
+    if timeout is not None:  # checked as `tune.timeout` is (> 0), by the one schema
+        from evomerge.config.overrides import override
+
+        cfg = override(cfg, {"tune.timeout": timeout}, "timeout")
     check_out_dir(cfg, out_dir, storage=storage, study_name=study_name, resume=resume)
     out_dir.mkdir(parents=True, exist_ok=True)
     total = n_trials or cfg.tune.n_trials
-    timeout = timeout if timeout is not None else cfg.tune.timeout
+    timeout = cfg.tune.timeout
     o = open_tune_study(cfg, out_dir, storage=storage, study_name=study_name, resume=resume, small=small,
                         worker=worker, log=log)
     study = o.study
@@ -264,15 +353,21 @@ def finish(study, cfg: EvomergeConfig, spec, out_dir: Path, shown: str, ran: int
     for t in study.get_trials(deepcopy=False):
         states[t.state.name] = states.get(t.state.name, 0) + 1
     files = {"trials": str(export_trials(study, out_dir / TRIALS_TABLE))}
-    files.update(write_figures(study, out_dir))
+    figures = write_figures(study, out_dir)
+    for name, where in figures.items():
+        if where.startswith("skipped"):  # an earlier run's figure would stay beside a summary saying skipped
+            (out_dir / figure_file(name)).unlink(missing_ok=True)
+    files.update(figures)
     best_value = best_params = best_test = best_experts = None
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if complete:
         best = study.best_trial
         best_value, best_params, best_test = best.value, dict(best.params), best.user_attrs.get("test_fitness")
         best_experts = list(spec.names[: expert_count(best_params) or len(spec.names)])
-        dump_config(best_config(cfg, best_params, spec), out_dir / BEST_CONFIG)
+        write_best_config(best_config(cfg, best_params, spec), out_dir / BEST_CONFIG)
         files["best_config"] = str(out_dir / BEST_CONFIG)
+    else:  # none yet: no best config from an earlier study may stay beside this summary
+        (out_dir / BEST_CONFIG).unlink(missing_ok=True)
     default = study.user_attrs.get(DEFAULT_ATTR)
     # genome/swarm studies do not measure the default config: it would be one more whole
     # evolutionary run, as costly as a trial (docs/tuning.md)

@@ -10,7 +10,9 @@ Names are dotted paths into the one config schema:
 * any scalar field of a section: ``rht.gamma``, ``genome.cross_rate``, ``swarm.inertia``, ...
 
 Every bound and choice is checked through the schema before a trial starts, and every trial's
-config is re-validated by the schema after the overrides are applied.
+config is re-validated by the schema after the overrides are applied. A dimension the study's
+trials never read (``rht.*`` with RHT off, ``merge.*`` in an evolutionary study, ...) is refused
+(:func:`_check_used`).
 """
 
 from __future__ import annotations
@@ -184,19 +186,62 @@ def _mutations(tune: TuneConfig, base: EvomergeConfig) -> set[str]:
     """The mutations GENOME trials can use: ``genome.mutation``/``genome.space`` as the base config
     sets them or as the space samples them (``auto``: coeff in delta space, gauss in ab space)."""
 
-    def values(name: str, default) -> list:
-        spec = tune.space.get(name)
-        return list(spec.choices) if spec is not None and spec.choices else [default]
-
     from evomerge.search.genome import resolve_mutation  # not at import: evomerge.search loads torch
 
-    return {resolve_mutation(m, sp)
-            for m in values("genome.mutation", base.genome.mutation) for sp in values("genome.space", base.genome.space)}
+    return {resolve_mutation(m, sp) for m in _values(tune, "genome.mutation", base.genome.mutation)
+            for sp in _values(tune, "genome.space", base.genome.space)}
 
 
-def _check_used(name: str, objective: str, mutations: set[str]) -> None:
+def _values(tune: TuneConfig, name: str, default) -> list:
+    """The values a field takes in the study's trials: the choices of its dimension (a bool one
+    without choices: both), else the base config's value."""
+    spec = tune.space.get(name)
+    if spec is None:
+        return [default]
+    if spec.choices:
+        return list(spec.choices)
+    return [True, False] if isinstance(default, bool) else [default]
+
+
+def _unread(name: str, tune: TuneConfig, base: EvomergeConfig) -> str | None:
+    """Why the objective's trials never read ``merge.*``, ``rht.*`` or ``scale.*`` dimension ``name``
+    (None when they do). A merge trial merges as ``evomerge scale``'s cells do (only
+    ``merge.method``/``merge.params``, then RHT when enabled); an evolutionary trial never reads
+    ``merge.*`` (the search makes its own weights) and returns the search's best validation fitness,
+    which RHT reaches only when it is applied to every candidate (``rht.apply_to: candidate``)."""
+    section, field = (name.split(".") + [""])[:2]  # merge.params.<name>: field `params`
+    objective = tune.objective
+    if section == "scale":  # (scale.k is experts.count, not a field)
+        return "no tune trial reads `scale.*` (only `evomerge scale` does); drop it"
+    if section == "merge":
+        if objective != "merge":
+            return (f"each trial is a {objective} run, which never reads `merge.*` (the search makes its own merge "
+                    "weights); drop it, or set tune.objective: merge")
+        if field not in ("method", "params"):
+            return (f"a merge trial merges with `merge.method` and `merge.params` only (as `evomerge scale`'s cells "
+                    f"do), never reading `merge.{field}`; drop it")
+        return None
+    if section != "rht":
+        return None
+    if objective == "merge" and field == "apply_to":
+        return "only evolutionary runs read it (a merge trial applies RHT to its one result); drop it"
+    if field != "enabled" and True not in _values(tune, "rht.enabled", base.rht.enabled):
+        return ("RHT is off in every trial (rht.enabled: false), so no trial reads `rht.*`; set rht.enabled: true "
+                "(or tune `rht.enabled`), or drop it")
+    if objective != "merge" and "candidate" not in _values(tune, "rht.apply_to", base.rht.apply_to):
+        return (f"with rht.apply_to: final RHT changes only the {objective} run's written result, not the search's "
+                "validation fitness a trial returns; set rht.apply_to: candidate (RHT on every scored candidate), "
+                "or drop it")
+    return None
+
+
+def _check_used(name: str, tune: TuneConfig, base: EvomergeConfig, mutations: set[str]) -> None:
     """Refuse a dimension the objective's trials never read (it would change nothing, silently)."""
+    objective = tune.objective
     section = name.split(".", 1)[0]
+    why = _unread(name, tune, base)
+    if why is not None:
+        raise ConfigError(f"{_where(name)}: has no effect: {why}")
     if section in _SEARCH_SECTIONS and objective != _SEARCH_SECTIONS[section]:
         what = "one merge" if objective == "merge" else f"a {objective} run"
         raise ConfigError(
@@ -226,6 +271,7 @@ def build_space(tune: TuneConfig, base: EvomergeConfig, n_experts: int | None = 
     dims: list[Dim] = []
     problems: list[str] = []
     methods: list[str] | None = [base.merge.method]
+    mutations = _mutations(tune, base)
     spec_method = tune.space.get("merge.method")
     if spec_method is not None:
         try:
@@ -234,6 +280,7 @@ def build_space(tune: TuneConfig, base: EvomergeConfig, n_experts: int | None = 
             for m in spec_method.choices:
                 get_merge_method(str(m))
             methods = [str(m) for m in spec_method.choices]
+            _check_used("merge.method", tune, base, mutations)
             dims.append(Dim("merge.method", "categorical", choices=tuple(methods)))
         except ConfigError as err:
             problems.append(str(err))
@@ -241,7 +288,6 @@ def build_space(tune: TuneConfig, base: EvomergeConfig, n_experts: int | None = 
     counts = [n for n in tune.space if n in COUNT_NAMES]
     if len(counts) > 1:
         problems.append("tune.space: `experts.count` and `scale.k` are the same dimension; give one of them")
-    mutations = _mutations(tune, base)
     for name, spec in tune.space.items():
         if name == "merge.method":
             continue
@@ -252,9 +298,10 @@ def build_space(tune: TuneConfig, base: EvomergeConfig, n_experts: int | None = 
                 if methods is None:
                     continue
                 dims.append(_merge_param_dim(name, spec, methods))
+                _check_used(name, tune, base, mutations)
             else:
                 dims.append(_field_dim(name, spec, base))
-                _check_used(name, tune.objective, mutations)
+                _check_used(name, tune, base, mutations)
         except ConfigError as err:
             problems.append(str(err))
     if problems:

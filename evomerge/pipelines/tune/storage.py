@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sqlite3
 import time
 from pathlib import Path
 
@@ -128,7 +129,10 @@ def open_storage(url: str):
             raise ConfigError(f"Optuna storage `{shown}`: directory {db.parent} does not exist")
         engine_kwargs = {"connect_args": {"timeout": 60}}  # several processes may write at once
         if db is not None:
-            _write_ahead_log(db)
+            try:
+                _write_ahead_log(db)
+            except sqlite3.Error as err:  # a folder SQLite cannot write (/proc, read-only), a file that is no database
+                raise ConfigError(f"Optuna storage `{shown}` cannot be opened: {shown_url(str(err))}") from None
     elif url.startswith(("postgresql", "postgres")):
         url = postgres_driver(url)
         engine_kwargs = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
@@ -150,8 +154,6 @@ def _write_ahead_log(db: Path) -> None:
     In the default rollback journal, a read cut by Ctrl-C kept its lock while the heartbeat
     thread waited to write, and the interrupted worker's last writes (the cut trial's error, its
     retry) waited out the 60 s busy timeout instead of taking milliseconds."""
-    import sqlite3
-
     with contextlib.closing(sqlite3.connect(str(db), timeout=60)) as con:
         con.execute("PRAGMA journal_mode=WAL")
 

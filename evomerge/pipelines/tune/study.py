@@ -123,14 +123,66 @@ def open_study(storage, name: str, fingerprint: str, *, resume: bool, sampler, p
     if stored is None:
         study.set_user_attr(SPACE_ATTR, fingerprint)
     elif stored != fingerprint:
+        changed = "; ".join(space_changes(stored, fingerprint)[:6])
         raise ConfigError(
-            f"study `{name}` in {shown_url} was created with a different search space or objective; "
-            "use another --study-name, or the same tune.space as before.\n"
-            f"  stored: {stored}\n  now:    {fingerprint}"
+            f"study `{name}` in {shown_url} was created with a different search space or objective"
+            f"{f' ({changed}; there -> now)' if changed else ''}; resume it with the space it was created with, "
+            "or use another --study-name"
         )
     if exists:
         sweep_dead_trials(study, log)
     return study
+
+
+def space_changes(stored: str, now: str) -> list[str]:
+    """What differs between two space fingerprints (:func:`~evomerge.pipelines.tune.space.space_fingerprint`),
+    one entry per key, as the config names it: ``tune.space.`rht.gamma`: low 0.7 -> 0.5``,
+    ``tune.space.`rht.alpha`: added``, ``tune.objective: merge -> genome``. Empty when a fingerprint
+    cannot be read (one written by something else)."""
+    import json
+
+    try:
+        a, b = json.loads(stored), json.loads(now)
+        dims_a = {d["name"]: d for d in a["dims"]}
+        dims_b = {d["name"]: d for d in b["dims"]}
+    except (ValueError, TypeError, KeyError):
+        return []
+
+    def shown(v) -> str:
+        return "none" if v is None else str(list(v) if isinstance(v, tuple) else v)
+
+    out = [] if a.get("objective") == b.get("objective") else [
+        f"tune.objective: {a.get('objective')} -> {b.get('objective')}"]
+    for name in [*dims_a, *(n for n in dims_b if n not in dims_a)]:
+        where = f"tune.space.`{name}`"
+        if name not in dims_b:
+            out.append(f"{where}: removed")
+        elif name not in dims_a:
+            out.append(f"{where}: added")
+        else:
+            keys = [k for k in ("type", "low", "high", "log", "choices") if dims_a[name].get(k) != dims_b[name].get(k)]
+            if keys:
+                out.append(f"{where}: " + ", ".join(f"{k} {shown(dims_a[name].get(k))} -> {shown(dims_b[name].get(k))}"
+                                                     for k in keys))
+    return out
+
+
+def check_study_name(name: str, source: str) -> str:
+    """``name`` if it can name a study, else :class:`ConfigError` naming ``source`` (``--study-name`` or
+    ``tune.study_name``). A study name is an Optuna key and also the start of each evolutionary trial's
+    folder name, ``--out/trials/<study>-<number>``, which is removed when the trial ends: it may not be
+    empty, hold ``/``, ``\\``, ``..`` or a NUL, or start with ``.`` (a name that would put that folder
+    outside ``trials/``, or hide it). Anything else is allowed."""
+    if not name:
+        raise ConfigError(f"{source}: the study name is empty; give one")
+    found = [what for what, bad in (("`/`", "/" in name), ("`\\`", "\\" in name), ("`..`", ".." in name),
+                                    ("a NUL character", "\0" in name)) if bad]
+    if found or name.startswith("."):
+        what = f"holds {' and '.join(found)}" if found else "starts with `.`"
+        raise ConfigError(
+            f"{source}: study name {name!r} {what}; a study name also names its trials' folders in --out/trials, "
+            "so it may not hold `/`, `\\`, `..` or NUL, nor start with `.`: choose another")
+    return name
 
 
 def n_finished(study) -> int:
