@@ -7,8 +7,11 @@ every changed upload, gone with the Ray session. So a job's ``--out`` must be du
 * an absolute path on the head or on shared storage (used directly; a resubmission with the
   same ``--out`` and ``--resume`` continues the run whatever the upload), or
 * an object-store URI (``s3://``, ``gs://``, ...): the command writes to a local scratch folder
-  (``$EVOMERGE_JOB_SCRATCH``, else the system's temp folder), which is copied there when it
-  ends; ``--resume`` fetches it back first;
+  (``$EVOMERGE_JOB_SCRATCH``, else the system's temp folder), which is copied there while it
+  runs (every ``$EVOMERGE_JOB_PUBLISH_INTERVAL_S`` seconds, default 60; 0: only at the end) and when it
+  ends, whether it succeeded, failed or was interrupted (``jobs/_mirror.py``: only what changed,
+  in the order it was written, each file atomically); ``--resume`` fetches it back first, and a
+  new run refuses a URI that already holds one;
 * nothing: ``$EVOMERGE_RUNS_DIR/<command>-<submission id>`` (``clusters/local/start_head.sh``
   sets ``EVOMERGE_RUNS_DIR`` for the head's processes; set it in the image or pod elsewhere).
 
@@ -18,16 +21,26 @@ is ``--resume`` where no run exists. Everything else is the CLI's own options an
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 RUNS_DIR_ENV = "EVOMERGE_RUNS_DIR"
 SCRATCH_ENV = "EVOMERGE_JOB_SCRATCH"
+PUBLISH_INTERVAL_ENV = "EVOMERGE_JOB_PUBLISH_INTERVAL_S"
+DEFAULT_PUBLISH_INTERVAL_S = 60.0
+DIRTY = "NOT-YET-COPIED"  # in a URI run's scratch folder while it may hold what the URI does not
+# a job's own working folders in the run folder, never copied to a URI (jobs/tune.py's workers)
+PRIVATE = {"tune": re.compile(r"worker-\d+(/|$)")}
+DATABASES = {"tune": ("optuna.db",)}  # SQLite databases in the run folder, live while it runs
 
 
 class JobError(Exception):
@@ -63,12 +76,15 @@ def take_option(argv: Sequence[str], name: str) -> tuple[str | None, list[str]]:
 
 
 class RunLocation:
-    """Where the command writes (``local``) and where its results end up (``final``)."""
+    """Where the command writes (``local``) and where its results end up (``final``); for a URI,
+    ``mirror`` keeps it a copy of ``local`` (``jobs/_mirror.py``)."""
 
-    def __init__(self, command: str, out: str | None, resume: bool) -> None:
+    def __init__(self, command: str, out: str | None, resume: bool, overwrite: bool = False) -> None:
         from evomerge.storage_uri import is_uri
 
         job = submission_id()
+        self.mirror = None
+        self._held = contextlib.ExitStack()
         if out is None:
             base = os.environ.get(RUNS_DIR_ENV)
             if resume:
@@ -93,26 +109,125 @@ class RunLocation:
             )
         self.final = out
         if is_uri(out):
-            scratch = Path(os.environ.get(SCRATCH_ENV) or tempfile.gettempdir()) / "evomerge-jobs" / (job or command)
-            shutil.rmtree(scratch, ignore_errors=True)  # the object store holds the truth
-            self.local = scratch / "run"
-            if resume:
-                from evomerge.storage_uri import fetch_dir
-
-                if not fetch_dir(out, self.local):
-                    raise JobError(f"--resume: nothing at {out} to continue (is --out the one of the first submission?)")
+            try:
+                self._scratch(command, out, resume, overwrite)
+            except BaseException:
+                self.release()
+                raise
         else:
             self.local = Path(out).expanduser().resolve()
             if resume and not (self.local.is_dir() and any(self.local.iterdir())):
                 raise JobError(f"--resume: no run at {self.local} to continue (is --out the one of the first submission?)")
 
-    def publish(self) -> str:
-        from evomerge.storage_uri import mask_uri, publish_dir
+    def _scratch(self, command: str, out: str, resume: bool, overwrite: bool) -> None:
+        """The local copy of the URI's run: one scratch folder per URI (locked while a job uses it)."""
+        from _mirror import Mirror
 
-        if self.local.is_dir():
-            publish_dir(self.local, self.final)
+        from evomerge.errors import EvomergeError
+        from evomerge.io import file_lock
+        from evomerge.storage_uri import mask_uri
+
+        shown = mask_uri(out)
+        interval = publish_interval()
+        base = Path(os.environ.get(SCRATCH_ENV) or tempfile.gettempdir()).expanduser().resolve() / "evomerge-jobs"
+        self.scratch = base / f"{command}-{hashlib.sha256(out.encode()).hexdigest()[:12]}"
+        lock = base / f".{self.scratch.name}.lock"
+        try:
+            self._held.enter_context(file_lock(lock, blocking=False, busy=(
+                f"--out {shown}: another job on this machine is writing this run now (its scratch folder "
+                f"{self.scratch} is locked)")))
+        except EvomergeError as err:
+            raise JobError(str(err)) from None
+        self.local = self.scratch / "run"
+        if self.local.exists():  # an earlier job's copy
+            if (self.scratch / DIRTY).exists():  # ... that may hold what the URI does not: keep it
+                kept = self.scratch / f"not-copied-{time.strftime('%Y%m%d-%H%M%S')}"
+                os.replace(self.local, kept)
+                print(f"evomerge job: an earlier job's run folder for {shown} was not wholly copied there "
+                      f"(the job was killed?); kept in {kept}", flush=True)
+            else:
+                shutil.rmtree(self.local)
+        (self.scratch / DIRTY).unlink(missing_ok=True)
+        private = PRIVATE.get(command)
+        try:
+            self.mirror = Mirror(self.local, out, self.scratch,
+                                 skip=(lambda rel: bool(private.match(rel))) if private else (lambda rel: False),
+                                 databases=DATABASES.get(command, ()))
+            held = self.mirror.remote_files()
+            if resume and not held:
+                raise JobError(f"--resume: nothing at {shown} to continue (is --out the one of the first submission?)")
+            if held and not (resume or overwrite):
+                raise JobError(f"--out {shown} already holds a run ({len(held)} file(s), e.g. {held[0]}); "
+                               "pass --resume to continue it, or choose another --out")
+            if held:
+                self.mirror.fetch()
+        except EvomergeError as err:  # a URI pyarrow cannot open
+            raise JobError(str(err)) from None
+        self.interval = interval
+
+    def start(self) -> None:
+        """The command starts writing: from here on the scratch folder may hold what the URI does not."""
+        if self.mirror is not None:
+            from _mirror import Periodic
+
+            self.scratch.mkdir(parents=True, exist_ok=True)
+            (self.scratch / DIRTY).touch()
+            self._periodic = Periodic(self.mirror, self.interval)
+
+    def copy(self) -> str | None:
+        """For a URI: stop the periodic copies and copy what the run folder holds now; None when
+        all of it is at the URI, else why not (an ``error:`` line says so)."""
+        if self.mirror is None:
+            return None
+        from evomerge.storage_uri import mask_uri
+
+        periodic = getattr(self, "_periodic", None)
+        if periodic is not None:
+            periodic.stop()
+        try:
+            if not self.mirror.publish():
+                raise OSError("the run folder kept changing while it was copied")
+        except Exception as err:  # noqa: BLE001 - the store, the network
+            why = mask_uri(str(err)) or type(err).__name__
+            print(f"error: could not copy the run to {mask_uri(self.final)} ({why}); what it wrote stays in "
+                  f"{self.local}", file=sys.stderr, flush=True)
+            return why
+        (self.scratch / DIRTY).unlink(missing_ok=True)
+        return None
+
+    def publish(self) -> str:
+        """The results' location, printed (a plain path is written in place; a URI is copied)."""
+        from evomerge.storage_uri import mask_uri
+
         print(f"evomerge job results: {mask_uri(self.final)}", flush=True)
         return self.final
+
+    def shown(self) -> str:
+        from evomerge.storage_uri import mask_uri
+
+        return mask_uri(self.final) if self.mirror is not None else str(self.local)
+
+    def release(self, done: bool = False) -> None:
+        """Unlock the scratch folder; ``done`` (the run is complete at the URI): remove it."""
+        if done and self.mirror is not None and not (self.scratch / DIRTY).exists():
+            shutil.rmtree(self.local, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self.scratch.rmdir()  # unless an earlier job's folder is kept there
+        self._held.close()
+
+
+def publish_interval() -> float:
+    """Seconds between two copies of a URI run while it runs (``$EVOMERGE_JOB_PUBLISH_INTERVAL_S``)."""
+    raw = os.environ.get(PUBLISH_INTERVAL_ENV)
+    if raw is None or raw.strip() == "":
+        return DEFAULT_PUBLISH_INTERVAL_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 0 and value != float("inf")):
+        raise JobError(f"${PUBLISH_INTERVAL_ENV}={raw!r}: expected seconds >= 0 (0: copy only when the job ends)")
+    return value
 
 
 def _join(base: str, name: str) -> str:
@@ -164,7 +279,11 @@ JOB_FILES = {"evolve-scaling": "scaling"}  # the job file of a command, where th
 def run(command: str, argv: Sequence[str], runner: Callable[[str, list[str]], int] = cli,
         job_argv: Sequence[str] | None = None) -> int:
     """Resolve the run's location from ``--out``/``--resume``, run ``runner(command, args with
-    --out LOCAL)``, and publish the results when it succeeds.
+    --out LOCAL)``, and publish the results.
+
+    A URI ``--out`` gets what the run folder holds however the command ends (success, failure,
+    interrupt) and, while it runs, every ``$EVOMERGE_JOB_PUBLISH_INTERVAL_S`` seconds, so the
+    resume command an interrupted job prints finds the run there.
 
     SIGINT / SIGTERM (Ctrl-C, a cancelled job) end it as the ``evomerge`` CLI ends: every
     cleanup runs (the Ray session it started is stopped; a cluster it joined stays), one line
@@ -184,42 +303,62 @@ def run(command: str, argv: Sequence[str], runner: Callable[[str, list[str]], in
 
         seen.update(descendants())
 
-    with interrupts.stop_on_signals() as fired, interrupts.when_interrupted(snapshot):
-        loc = None
-        try:
+    loc = None
+    done = False
+    try:
+        with interrupts.stop_on_signals() as fired, interrupts.when_interrupted(snapshot):
             try:
-                out, rest = take_option(argv, "--out")
-                loc = RunLocation(command, out, "--resume" in rest)
-            except JobError as err:
-                print(f"error: {err}", file=sys.stderr, flush=True)
-                return 2
-            resume_cmd = job_command(command, job_argv, loc.final, resume=True)
-            print(f"evomerge job: {command} in {loc.local}", flush=True)
-            from evomerge.cli import _common as cli_common
+                try:
+                    out, rest = take_option(argv, "--out")
+                    loc = RunLocation(command, out, "--resume" in rest, overwrite="--overwrite" in rest)
+                except JobError as err:
+                    print(f"error: {err}", file=sys.stderr, flush=True)
+                    return 2
+                resume_cmd = job_command(command, job_argv, loc.final, resume=True)
+                print(f"evomerge job: {command} in {loc.local}", flush=True)
+                from evomerge.cli import _common as cli_common
 
-            # the command's line names the job's own resume command, not `evomerge ...`
-            before, cli_common.RESUME_COMMAND = cli_common.RESUME_COMMAND, lambda: resume_cmd
+                # the command's line names the job's own resume command, not `evomerge ...`
+                before, cli_common.RESUME_COMMAND = cli_common.RESUME_COMMAND, lambda: resume_cmd
+                loc.start()
+                try:
+                    rc = runner(command, [*rest, "--out", str(loc.local)])
+                finally:
+                    cli_common.RESUME_COMMAND = before
+            except KeyboardInterrupt as err:  # a runner of its own (jobs/tune.py), or while resolving --out
+                rc = interrupts.exit_code(err, fired)
+                resumable = getattr(runner, "resumable", None)
+                _end_leftovers(seen)
+                failed = loc.copy() if loc is not None else None
+                if loc is not None and (resumable() if resumable is not None
+                                        else loc.local.is_dir() and any(loc.local.iterdir())):
+                    at_uri = loc.mirror is not None and failed is None  # copied there just now
+                    line = (f"interrupted: {command} job (what it finished {'is' if at_uri else 'stays'} in "
+                            f"{loc.shown() if at_uri else loc.local}); resume with: {resume_cmd}")
+                else:
+                    line = f"interrupted: {command} job stopped before it wrote anything; nothing to resume (run it again)"
+                print(line, file=sys.stderr, flush=True)
+                return rc
+            if fired:  # the CLI stopped on the signal and printed its line
+                _end_leftovers(seen)
+                if loc.copy() is None and loc.mirror is not None:
+                    loc.publish()
+                return rc
             try:
-                rc = runner(command, [*rest, "--out", str(loc.local)])
-            finally:
-                cli_common.RESUME_COMMAND = before
-        except KeyboardInterrupt as err:  # a runner of its own (jobs/tune.py), or while resolving --out
-            rc = interrupts.exit_code(err, fired)
-            resumable = getattr(runner, "resumable", None)
-            if loc is not None and (resumable() if resumable is not None
-                                    else loc.local.is_dir() and any(loc.local.iterdir())):
-                line = f"interrupted: {command} job (what it finished stays in {loc.local}); resume with: {resume_cmd}"
-            else:
-                line = f"interrupted: {command} job stopped before it wrote anything; nothing to resume (run it again)"
-            _end_leftovers(seen)
-            print(line, file=sys.stderr, flush=True)
+                failed = loc.copy()
+            except KeyboardInterrupt as err:  # while copying a finished run
+                print(f"interrupted: {command} job while it copied its run to {loc.shown()} (the rest stays in "
+                      f"{loc.local}); resume with: {resume_cmd}", file=sys.stderr, flush=True)
+                return interrupts.exit_code(err, fired)
+            if failed is not None:
+                return rc or 1
+            if rc == 0 or loc.mirror is not None:
+                loc.publish()
+            done = rc == 0
             return rc
-        if fired:  # the CLI stopped on the signal and printed its line
-            _end_leftovers(seen)
-            return rc
-    if rc == 0:
-        loc.publish()
-    return rc
+    finally:
+        if loc is not None:
+            loc.release(done=done)
 
 
 def _end_leftovers(seen: dict) -> None:
