@@ -3,10 +3,12 @@
     ray job submit --address http://HEAD:8265 --working-dir . -- \
         python jobs/tune.py --workers 2 --config jobs/configs/tune_small.yaml --small --out /abs/runs/tune-1
 
-``--workers N`` and ``--cpus-per-worker C`` are this job's own options; every other option is
-``evomerge tune``'s. The study is created (or, with ``--resume``, checked) once before the
-workers start; each worker is ``evomerge tune --resume --worker i`` with its files in
-``OUT/worker-i``; the study's tables and figures are written to ``OUT`` at the end.
+``--workers N`` (at least 1, default 2) and ``--cpus-per-worker C`` (above 0, default 1) are this
+job's own options; every other option is ``evomerge tune``'s (checked here too, before anything
+starts). The study is created (or, with ``--resume``, checked) once before the workers start;
+each worker is ``evomerge tune --resume --worker i`` working in ``OUT/worker-i`` (its trials'
+run folders), which it removes when it ends; the study's tables and figures are written to
+``OUT`` at the end.
 
 Storage: ``--storage`` / ``$EVOMERGE_OPTUNA_STORAGE`` / ``tune.storage``, else SQLite in ``OUT``
 (one machine). On several nodes use PostgreSQL or a journal file on shared storage; a URL with a
@@ -21,12 +23,21 @@ import sys
 import _common
 
 
-def _worker(args: list[str]) -> int:
-    """One study worker (a Ray task): ``evomerge tune ARGS`` in the task's process (which
-    imports evomerge from the job's working directory, not this folder's ``_common``)."""
+def _worker(args: list[str], folder: str) -> int:
+    """One study worker (a Ray task): ``evomerge tune ARGS --out FOLDER`` in the task's process
+    (which imports evomerge from the job's working directory, not this folder's ``_common``).
+    ``FOLDER`` is the worker's workspace (its GENOME/Swarm trials' run folders, its copy of the
+    study's tables and figures): nobody needs it once the worker ends (the study is in the
+    storage, a cut trial starts afresh, and the job writes the study's outputs to ``--out``), so
+    the worker removes it, on whichever node it ran."""
+    import shutil
+
     from evomerge.cli import main
 
-    return main(["tune", *args])
+    try:
+        return main(["tune", *args, "--out", folder])
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _stop_workers(refs) -> None:
@@ -63,9 +74,10 @@ def fan_out(workers: int, cpus_per_worker: float):
 
         p = _common.cli_params(command, args)
         out = Path(p["out"])
-        try:  # the config exactly as `evomerge tune` builds it (--set, --zoo/--small)
-            profile, cfg = tune_config(p["config"], p["sets"], p["zoo"], p["small"])
+        try:  # the config exactly as `evomerge tune` builds it (--set, --zoo/--small, --timeout)
+            profile, cfg = tune_config(p["config"], p["sets"], p["zoo"], p["small"], timeout=p["timeout"])
             small = profile == "small"
+            _check_fits(cfg, cpus_per_worker)
             url, name = create_or_check_study(cfg, out, storage=p["storage"], study_name=p["study_name"],
                                               resume=p["resume"], small=small)
         except EvomergeError as err:
@@ -81,18 +93,21 @@ def fan_out(workers: int, cpus_per_worker: float):
         import ray
 
         state["study"] = True  # from here on, --resume continues the study
-        with ray_session(cfg.ray, log_to_driver=True):  # keeps the job's SIGTERM handler (cluster.connect)
-            task = ray.remote(num_cpus=cpus_per_worker, max_retries=0)(_worker)
-            refs = [
-                task.remote([*rest, *storage, "--study-name", name, "--resume", "--worker", str(i),
-                             "--out", str(out / f"worker-{i}")])
-                for i in range(workers)
-            ]
-            try:
-                codes = ray.get(refs)
-            except KeyboardInterrupt:
-                _stop_workers(refs)  # on a cluster it joined, the workers would run on
-                raise
+        try:
+            with ray_session(cfg.ray, log_to_driver=True):  # keeps the job's SIGTERM handler (cluster.connect)
+                task = ray.remote(num_cpus=cpus_per_worker, max_retries=0)(_worker)
+                refs = [
+                    task.remote([*rest, *storage, "--study-name", name, "--resume", "--worker", str(i)],
+                                str(out / f"worker-{i}"))
+                    for i in range(workers)
+                ]
+                try:
+                    codes = ray.get(refs)
+                except KeyboardInterrupt:
+                    _stop_workers(refs)  # on a cluster it joined, the workers would run on
+                    raise
+        finally:
+            _remove_workspaces(out)  # those of workers ended before they could (a local Ray stopped above)
         for i, rc in enumerate(codes):
             print(f"worker {i}: exit code {rc}", flush=True)
         if any(codes):
@@ -106,13 +121,76 @@ def fan_out(workers: int, cpus_per_worker: float):
     return runner
 
 
+def _check_fits(cfg, cpus_per_worker: float) -> None:
+    """Refuse ``--cpus-per-worker`` above the CPUs of the Ray the job starts itself (no
+    ``ray.address``): no worker could ever start, and Ray would wait for one forever. A cluster
+    it joins is left to judge (its autoscaler may add a node that fits)."""
+    from evomerge.distributed.cluster import target_address
+    from evomerge.errors import ConfigError
+
+    if target_address(cfg.ray):
+        return
+    try:
+        from ray._private.utils import get_num_cpus  # what a local Ray gives itself (cgroup limits included)
+
+        have = float(get_num_cpus())
+    except Exception:  # noqa: BLE001 - another Ray layout
+        import os
+
+        have = float(os.cpu_count() or 1)
+    if cpus_per_worker > have:
+        raise ConfigError(f"--cpus-per-worker {cpus_per_worker:g}: more than the {have:g} CPU(s) of the local Ray this "
+                          "job starts, so no worker could start; lower it, or join a larger cluster (`ray.address`)")
+
+
+def _remove_workspaces(out) -> None:
+    import re
+    import shutil
+
+    if out.is_dir():
+        for d in out.iterdir():
+            if d.is_dir() and re.fullmatch(r"worker-\d+", d.name):
+                shutil.rmtree(d, ignore_errors=True)
+
+
+def job_options(argv: list[str]) -> tuple[int, float, list[str]]:
+    """``(workers, cpus per worker, the other arguments)``; a value out of range, or an argument
+    ``evomerge tune`` would refuse, raises :class:`_common.JobError` naming the option (before
+    anything is started or written)."""
+    import math
+
+    workers, rest = _common.take_option(argv, "--workers")
+    cpus, rest = _common.take_option(rest, "--cpus-per-worker")
+    import re
+
+    if workers is None:
+        n = 2
+    else:
+        n = int(workers) if re.fullmatch(r"\s*\+?\d+\s*", workers) else 0
+    if n < 1:
+        raise _common.JobError(f"--workers {workers!r}: expected a whole number of study workers, at least 1")
+    try:
+        c = float(cpus) if cpus is not None else 1.0
+    except ValueError:
+        c = float("nan")
+    if not (c > 0 and math.isfinite(c)):
+        raise _common.JobError(f"--cpus-per-worker {cpus!r}: expected a number of CPUs above 0 (a fraction such as "
+                               "0.5 lets workers share a CPU)")
+    try:  # usage errors of the options for `evomerge tune` (--n-trials 0, say): said here, not by each worker
+        _common.cli_params("tune", rest)
+    except Exception as err:  # noqa: BLE001 - click's own classes (typer may bundle its copy)
+        fmt = getattr(err, "format_message", None)
+        if not callable(fmt):
+            raise
+        raise _common.JobError(" ".join(str(fmt()).split())) from None
+    return n, c, rest
+
+
 def main(argv: list[str]) -> int:
     try:
-        workers, rest = _common.take_option(argv, "--workers")
-        cpus, rest = _common.take_option(rest, "--cpus-per-worker")
-        n, c = int(workers or 2), float(cpus or 1.0)
-    except (_common.JobError, ValueError) as err:
-        print(f"error: --workers / --cpus-per-worker: {err}", file=sys.stderr)
+        n, c, rest = job_options(argv)
+    except _common.JobError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
     return _common.run("tune", rest, runner=fan_out(n, c), job_argv=argv)
 

@@ -304,6 +304,7 @@ def test_tune_job_runs_two_workers_on_one_study(head, repo, tmp_path) -> None:
     summary = json.loads((run / "summary.json").read_text())
     assert summary["best_value"] == pytest.approx(study.best_value)
     assert (run / "best_config.yaml").is_file() and (run / "trials.parquet").is_file()
+    assert not list(run.glob("worker-*")), "each worker removed its working folder"
     assert f"evomerge job results: {run}" in head.logs(job)
 
 
