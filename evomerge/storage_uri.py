@@ -1,7 +1,7 @@
 """Where results go: a local path, a shared file system path, or an object-store URI.
 
-Jobs compute into a local run directory and then publish it with :func:`publish_dir` to the
-configured location (``output:`` in the config or ``--output``). Anything
+Jobs compute into a local run directory and copy it to the location their ``--out`` names while
+they run and however they end (``jobs/_mirror.py``, over :func:`resolve`). Anything
 ``pyarrow.fs.FileSystem.from_uri`` understands works: ``/mnt/shared/runs``,
 ``file:///tmp/runs``, ``s3://bucket/prefix``, ``gs://bucket/prefix``, ``hdfs://...``.
 Credentials for object stores come from the environment (the standard AWS/GCS variables or
@@ -34,65 +34,6 @@ def resolve(location: str | os.PathLike):
         return pafs.FileSystem.from_uri(loc)
     except (ValueError, OSError) as err:  # pyarrow's ArrowInvalid is a ValueError
         raise ConfigError(f"output `{mask_uri(loc)}`: cannot open this location ({err})") from None
-
-
-def join(location: str, *parts: str) -> str:
-    """Append path parts to a local path or URI."""
-    loc = str(location)
-    if not is_uri(loc):
-        return str(Path(loc, *parts))
-    return "/".join([loc.rstrip("/"), *(p.strip("/") for p in parts)])
-
-
-def publish_dir(local_dir: str | os.PathLike, location: str) -> str:
-    """Copy every file under ``local_dir`` to ``location`` and return ``location``.
-
-    For a local destination equal to ``local_dir`` nothing is copied. Files are written to the
-    destination under their final names; object stores make each file appear atomically.
-    """
-    import pyarrow.fs as pafs
-
-    src = Path(local_dir).resolve()
-    fs, dest = resolve(location)
-    if isinstance(fs, pafs.LocalFileSystem) and Path(dest).resolve() == src:
-        return str(location)
-    fs.create_dir(dest, recursive=True)
-    pafs.copy_files(str(src), dest, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-    return str(location)
-
-
-def fetch_dir(location: str, local_dir: str | os.PathLike) -> bool:
-    """Copy what ``location`` holds into ``local_dir`` (to resume a run kept in an object store).
-
-    Returns False when there is nothing at ``location``.
-    """
-    import pyarrow.fs as pafs
-
-    fs, src = resolve(location)
-    if fs.get_file_info(src).type != pafs.FileType.Directory:
-        return False
-    dst = Path(local_dir).resolve()
-    if isinstance(fs, pafs.LocalFileSystem) and Path(src).resolve() == dst:
-        return True
-    dst.mkdir(parents=True, exist_ok=True)
-    pafs.copy_files(src, str(dst), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-    return True
-
-
-def list_files(location: str) -> list[str]:
-    """Relative paths of every file under ``location`` (sorted)."""
-    import pyarrow.fs as pafs
-
-    fs, base = resolve(location)
-    infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-    base = base.rstrip("/")
-    return sorted(i.path[len(base) + 1 :] for i in infos if i.type == pafs.FileType.File)
-
-
-def read_bytes(location: str) -> bytes:
-    fs, path = resolve(location)
-    with fs.open_input_stream(path) as fh:
-        return fh.read()
 
 
 #: Query keys whose values are shown; every other query value is masked (password, token, ...).
