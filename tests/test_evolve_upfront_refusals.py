@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,19 +19,17 @@ RAY_STARTED = "Started a local Ray instance"
 
 
 def _refused_early(args, capsys, *words):
-    """Exit 2, one ``error:`` line holding ``words``, in well under Ray's start-up, Ray not started."""
+    """Exit 2, one ``error:`` line holding ``words``, Ray not started (no wall-time bound: the first
+    call in a process pays the imports, and speed lives in benchmarks/)."""
     import ray
 
-    t0 = time.monotonic()
     code, out, err = run_cli(["evolve", *args], capsys)
-    seconds = time.monotonic() - t0
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert code == 2, (code, err[-3000:])
     assert len(lines) == 1, err[-3000:]
     for w in words:
         assert w in lines[0], lines[0]
     assert RAY_STARTED not in out + err and not ray.is_initialized()
-    assert seconds < 5.0, (seconds, err)
     return lines[0]
 
 
