@@ -85,11 +85,13 @@ def load_config(path: str | Path | None, sets: dict[str, Any] | None = None) -> 
     return config_from_dict(data, source)
 
 
-def dump_config(cfg: EvomergeConfig, path: str | Path) -> None:
+def dump_config(cfg: EvomergeConfig, path: str | Path, *, exclude: set[str] | None = None) -> None:
+    """``cfg`` as YAML at ``path`` (atomically); ``exclude``: top-level sections left out of the file
+    (it still loads as a config: they come back at their defaults)."""
     from evomerge.io import atomic_file
 
     with atomic_file(path, "w") as fh:
-        yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), fh, sort_keys=False)
+        yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True, exclude=exclude), fh, sort_keys=False)
 
 
 __all__ = [

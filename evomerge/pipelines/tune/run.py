@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evomerge.config import EvomergeConfig, config_from_dict
+from evomerge.config import EvomergeConfig, config_from_dict, dump_config
 from evomerge.io import write_json_atomic
 from evomerge.pipelines.tune.files import (
     BEST_CONFIG, OPTUNA_DB, SUMMARY, TRIALS_DIR, TRIALS_TABLE, TUNE_FILES, figure_file,
@@ -46,7 +46,7 @@ def _pool_spec(cfg: EvomergeConfig, small: bool):
 
 def best_config(base: EvomergeConfig, params: dict[str, Any], spec) -> EvomergeConfig:
     """The best trial as a ready config: overrides applied, ``tune:`` back at its defaults (a config
-    always has the section; :func:`write_best_config` leaves it out of the file).
+    always has the section; :func:`finish` leaves it out of the file).
 
     For merge studies (and pools given in the config) the experts are written out explicitly (the
     first ``experts.count`` of the pool when that was tuned), so ``evomerge merge`` runs it as is.
@@ -70,19 +70,6 @@ def best_config(base: EvomergeConfig, params: dict[str, Any], spec) -> EvomergeC
     if data["merge"].get("weights"):
         data["merge"]["weights"] = data["merge"]["weights"][:k]
     return config_from_dict(data, "best config")
-
-
-def write_best_config(cfg: EvomergeConfig, path: Path) -> None:
-    """``cfg`` as YAML without its ``tune:`` section (docs/tuning.md: the file is a config to merge or
-    evolve with, not another study); it loads back as the same config."""
-    import yaml
-
-    from evomerge.io import atomic_file
-
-    data = cfg.model_dump(mode="json", exclude_none=True)
-    data.pop("tune", None)
-    with atomic_file(path, "w") as fh:
-        yaml.safe_dump(data, fh, sort_keys=False)
 
 
 @dataclass
@@ -299,7 +286,6 @@ def run_tune(
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    study_name_of(cfg, study_name)
     if timeout is not None:  # checked as `tune.timeout` is (> 0), by the one schema
         from evomerge.config.overrides import override
 
@@ -364,7 +350,8 @@ def finish(study, cfg: EvomergeConfig, spec, out_dir: Path, shown: str, ran: int
         best = study.best_trial
         best_value, best_params, best_test = best.value, dict(best.params), best.user_attrs.get("test_fitness")
         best_experts = list(spec.names[: expert_count(best_params) or len(spec.names)])
-        write_best_config(best_config(cfg, best_params, spec), out_dir / BEST_CONFIG)
+        # without `tune:` (docs/tuning.md: a config to merge or evolve with, not another study)
+        dump_config(best_config(cfg, best_params, spec), out_dir / BEST_CONFIG, exclude={"tune"})
         files["best_config"] = str(out_dir / BEST_CONFIG)
     else:  # none yet: no best config from an earlier study may stay beside this summary
         (out_dir / BEST_CONFIG).unlink(missing_ok=True)
