@@ -65,12 +65,11 @@ def _main(argv: list[str] | None, fired: list[int]) -> int:
     try:
         try:
             rv = app(args=argv, prog_name="evomerge", standalone_mode=False)
-        except KeyboardInterrupt:  # outside the command's body (typer turns one inside it into 130)
-            rv = 130
-        except Exception as err:
-            if isinstance(err, _common.Interrupted) or not interrupts.caused_by_stop(err):
+        except (Exception, KeyboardInterrupt) as err:  # outside the command's body (typer turns one
+            # inside it into 130), or a library's error for it (interrupts.caused_by_stop)
+            if not interrupts.caused_by_stop(err):  # (Interrupted, a BaseException, passes by)
                 raise
-            rv = 130  # a library's error for the cut (interrupts.caused_by_stop)
+            rv = 130
         if rv == 130:  # a command without a line of its own: typer swallowed the KeyboardInterrupt
             raise _common.Interrupted(_interrupted_line(), interrupts.exit_code(KeyboardInterrupt(), fired))
         if argv is None and _common.FAST_EXIT and rv in (None, 0):

@@ -51,11 +51,9 @@ def interruptible(message: "Callable[[], str]") -> Iterator[None]:
     with stop_on_signals() as fired:
         try:
             yield
-        except Exception as err:
-            if isinstance(err, Interrupted) or not caused_by_stop(err):
+        except (Exception, KeyboardInterrupt) as err:  # the interrupt, or a library's error for it
+            if not caused_by_stop(err):  # (Interrupted, a BaseException, passes by)
                 raise
-            raise Interrupted(message(), exit_code(err, fired)) from None  # a library's error for the cut
-        except KeyboardInterrupt as err:
             raise Interrupted(message(), exit_code(err, fired)) from None
 
 

@@ -44,16 +44,12 @@ def register(app: typer.Typer) -> None:
             import click
 
             raise click.MissingParameter(param_hint="'--out'", param_type="option")
-        from evomerge import interrupts
         from evomerge.cli import _common
 
-        with interrupts.stop_on_signals() as fired:  # before the first child starts: SIGTERM, too, cleans up
-            try:
-                _run(out, config, small, zoo_arg, sets, no_stop, resume, no_overlap, overwrite, progress, preset)
-            except BaseException as err:  # also one that came during _run's own cleanup
-                if isinstance(err, (_common.Interrupted, SystemExit)) or not interrupts.caused_by_stop(err):
-                    raise
-                raise _common.Interrupted(interrupted_message(out), interrupts.exit_code(err, fired)) from None
+        # before the first child starts: SIGTERM, too, cleans up; the line is built once the
+        # interrupt (also one during _run's own cleanup) has come: resume, or nothing written yet
+        with _common.interruptible(lambda: interrupted_message(out)):
+            _run(out, config, small, zoo_arg, sets, no_stop, resume, no_overlap, overwrite, progress, preset)
 
 
 def _run(out: Path, config: Optional[Path], small: bool, zoo_arg: Optional[str], sets: list[str], no_stop: bool,
