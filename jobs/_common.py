@@ -38,9 +38,6 @@ SCRATCH_ENV = "EVOMERGE_JOB_SCRATCH"
 PUBLISH_INTERVAL_ENV = "EVOMERGE_JOB_PUBLISH_INTERVAL_S"
 DEFAULT_PUBLISH_INTERVAL_S = 60.0
 DIRTY = "NOT-YET-COPIED"  # in a URI run's scratch folder while it may hold what the URI does not
-# a job's own working folders in the run folder, never copied to a URI (jobs/tune.py's workers)
-PRIVATE = {"tune": re.compile(r"worker-\d+(/|$)")}
-DATABASES = {"tune": ("optuna.db",)}  # SQLite databases in the run folder, live while it runs
 
 
 class JobError(Exception):
@@ -124,14 +121,14 @@ class RunLocation:
         from _mirror import Mirror
 
         from evomerge.errors import EvomergeError
-        from evomerge.io import file_lock
+        from evomerge.io import file_lock, output_lock_path
         from evomerge.storage_uri import mask_uri
 
         shown = mask_uri(out)
         interval = publish_interval()
         base = Path(os.environ.get(SCRATCH_ENV) or tempfile.gettempdir()).expanduser().resolve() / "evomerge-jobs"
         self.scratch = base / f"{command}-{hashlib.sha256(out.encode()).hexdigest()[:12]}"
-        lock = base / f".{self.scratch.name}.lock"
+        lock = output_lock_path(self.scratch)
         try:
             self._held.enter_context(file_lock(lock, blocking=False, busy=(
                 f"--out {shown}: another job on this machine is writing this run now (its scratch folder "
@@ -148,11 +145,14 @@ class RunLocation:
             else:
                 shutil.rmtree(self.local)
         (self.scratch / DIRTY).unlink(missing_ok=True)
-        private = PRIVATE.get(command)
+        skip, databases = lambda rel: False, ()
+        if command == "tune":  # its workers' own folders are never copied; its SQLite study is live while it runs
+            from evomerge.pipelines.tune.files import OPTUNA_DB, WORKER_DIR
+
+            private = re.compile(rf"{WORKER_DIR.pattern}(/|$)")
+            skip, databases = (lambda rel: bool(private.match(rel))), (OPTUNA_DB,)
         try:
-            self.mirror = Mirror(self.local, out, self.scratch,
-                                 skip=(lambda rel: bool(private.match(rel))) if private else (lambda rel: False),
-                                 databases=DATABASES.get(command, ()))
+            self.mirror = Mirror(self.local, out, self.scratch, skip=skip, databases=databases)
             held = self.mirror.remote_files()
             if resume and not held:
                 raise JobError(f"--resume: nothing at {shown} to continue (is --out the one of the first submission?)")
@@ -160,7 +160,7 @@ class RunLocation:
                 raise JobError(f"--out {shown} already holds a run ({len(held)} file(s), e.g. {held[0]}); "
                                "pass --resume to continue it, or choose another --out")
             if held:
-                self.mirror.fetch()
+                self.mirror.fetch(held)
         except EvomergeError as err:  # a URI pyarrow cannot open
             raise JobError(str(err)) from None
         self.interval = interval

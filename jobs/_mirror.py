@@ -36,7 +36,8 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterable
 
-SQLITE_SIDE = ("-wal", "-shm", "-journal")
+from evomerge.pipelines.tune.files import SQLITE_SIDE_SUFFIXES as SQLITE_SIDE
+
 SQLITE_PAGE_MIN = 512  # a smaller file is no SQLite database (copied as it is)
 COPY_BELOW = 1 << 20  # files smaller than this are copied into the snapshot, larger ones hard-linked
 SNAPSHOT_TRIES = 5
@@ -88,23 +89,16 @@ class Mirror:
         return sorted(i.path[n:] for i in infos
                       if i.type == pafs.FileType.File and not temporary(i.path.rsplit("/", 1)[-1]))
 
-    def fetch(self) -> int:
-        """Copy the URI's files into ``local`` (each under a temporary name, then renamed); how many."""
-        files = self.remote_files()
+    def fetch(self, files: Iterable[str]) -> None:
+        """Copy ``files`` (relative, as :meth:`remote_files` lists them) from the URI into ``local``,
+        each written atomically (:func:`evomerge.io.atomic_file`)."""
+        from evomerge.io import atomic_file
+
         for rel in files:
             dst = self.local / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-            try:
-                with self.fs.open_input_stream(self._path(rel)) as src, open(tmp, "wb") as out:
-                    while chunk := src.read(CHUNK):
-                        out.write(chunk)
-                os.replace(tmp, dst)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
+            with self.fs.open_input_stream(self._path(rel)) as src, atomic_file(dst) as out:
+                shutil.copyfileobj(src, out, CHUNK)
             self.remote[rel] = self._signature(rel, dst.stat())
-        return len(files)
 
     def _put(self, src: Path, rel: str) -> None:
         dest = self._path(rel)
@@ -132,8 +126,7 @@ class Mirror:
 
     def _stream(self, src: Path, dest: str) -> None:
         with open(src, "rb") as fh, self.fs.open_output_stream(dest) as out:
-            while chunk := fh.read(CHUNK):
-                out.write(chunk)
+            shutil.copyfileobj(fh, out, CHUNK)
 
     def _remove(self, rels: Iterable[str], kept: set[str]) -> None:
         import pyarrow.fs as pafs

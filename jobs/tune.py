@@ -70,6 +70,7 @@ def fan_out(workers: int, cpus_per_worker: float):
         from evomerge.distributed.cluster import ray_session
         from evomerge.errors import EvomergeError
         from evomerge.storage_uri import mask_uri
+        from evomerge.pipelines.tune.files import worker_dir
         from evomerge.pipelines.tune.run import create_or_check_study, write_outputs
 
         p = _common.cli_params(command, args)
@@ -98,7 +99,7 @@ def fan_out(workers: int, cpus_per_worker: float):
                 task = ray.remote(num_cpus=cpus_per_worker, max_retries=0)(_worker)
                 refs = [
                     task.remote([*rest, *storage, "--study-name", name, "--resume", "--worker", str(i)],
-                                str(out / f"worker-{i}"))
+                                str(out / worker_dir(i)))
                     for i in range(workers)
                 ]
                 try:
@@ -144,12 +145,13 @@ def _check_fits(cfg, cpus_per_worker: float) -> None:
 
 
 def _remove_workspaces(out) -> None:
-    import re
     import shutil
+
+    from evomerge.pipelines.tune.files import WORKER_DIR
 
     if out.is_dir():
         for d in out.iterdir():
-            if d.is_dir() and re.fullmatch(r"worker-\d+", d.name):
+            if d.is_dir() and WORKER_DIR.fullmatch(d.name):
                 shutil.rmtree(d, ignore_errors=True)
 
 

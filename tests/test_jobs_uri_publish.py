@@ -173,7 +173,7 @@ def test_a_copy_cut_anywhere_leaves_a_run_the_resume_can_read(tmp_path) -> None:
         back = tmp_path / f"back{cut}"
         fetcher = _mirror.Mirror(back, "x", tmp_path / f"w{cut}")
         fetcher.fs, fetcher.root = fake_fs(again), "r"
-        fetcher.fetch()
+        fetcher.fetch(fetcher.remote_files())
         step, weights, state = records.load_checkpoint(back)
         assert state["step"] == step and sorted(weights) == state["population"]
         assert weights[f"g{step}.0"]["w"][0] == step

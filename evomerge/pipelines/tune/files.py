@@ -3,9 +3,18 @@
 
 from __future__ import annotations
 
+import re
+
 OPTUNA_DB = "optuna.db"  # the default storage (SQLite)
-#: SQLite's own files beside the database (write-ahead log, shared memory, rollback journal)
-OPTUNA_DB_SIDE_FILES = tuple(OPTUNA_DB + suffix for suffix in ("-wal", "-shm", "-journal"))
+#: SQLite's own files beside a database (write-ahead log, shared memory, rollback journal)
+SQLITE_SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
+OPTUNA_DB_SIDE_FILES = tuple(OPTUNA_DB + suffix for suffix in SQLITE_SIDE_SUFFIXES)
+#: ``jobs/tune.py``'s workers' own folders in ``--out``: ``worker-<i>``
+WORKER_DIR = re.compile(r"worker-\d+")
+
+
+def worker_dir(i: int) -> str:
+    return f"worker-{i}"
 SUMMARY = "summary.json"
 TRIALS_TABLE = "trials.parquet"
 BEST_CONFIG = "best_config.yaml"

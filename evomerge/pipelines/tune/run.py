@@ -13,7 +13,7 @@ from typing import Any
 from evomerge.config import EvomergeConfig, config_from_dict, dump_config
 from evomerge.io import write_json_atomic
 from evomerge.pipelines.tune.files import (
-    BEST_CONFIG, OPTUNA_DB, SUMMARY, TRIALS_DIR, TRIALS_TABLE, TUNE_FILES, figure_file,
+    BEST_CONFIG, OPTUNA_DB, SUMMARY, TRIALS_DIR, TRIALS_TABLE, TUNE_FILES, WORKER_DIR, figure_file,
 )
 
 DEFAULT_ATTR = "default_validation_fitness"
@@ -141,7 +141,7 @@ def _is_tune_entry(path: Path) -> bool:
             return "study_name" in json.loads(path.read_text())
         except (OSError, ValueError, TypeError):
             return False
-    return name in TUNE_FILES or name.startswith(".") and ".tmp-" in name or re.fullmatch(r"worker-\d+", name) is not None
+    return name in TUNE_FILES or name.startswith(".") and ".tmp-" in name or WORKER_DIR.fullmatch(name) is not None
 
 
 def check_out_dir(cfg: EvomergeConfig, out_dir: Path, *, storage: str | None, study_name: str | None,
