@@ -184,6 +184,13 @@ def test_merge_errors_name_the_flag_the_file_or_both(small_zoo, tmp_path, capsys
         (["--set", "merge.params.density=1.5", "--method", "ties"], "error: --set + --method: merge method `ties`: `density`"),
         (["--config", config, "--param", "density=2"],
          f"error: {config} + --param: merge method `ties`: `density` must be in (0, 1]. Got 2.0 instead."),
+        # flags that set other keys of the merge section are not blamed for a parameter
+        (["--set", "merge.params.densty=0.5", "--rank", "4", "--space", "ab"],
+         "error: --set: merge method `task_arithmetic` has no parameter `densty`;"),
+        (["--config", config, "--set", "merge.params.density=2", "--rank", "4"],
+         f"error: {config} + --set: merge method `ties`: `density` must be in (0, 1]. Got 2.0 instead."),
+        (["--method", "ties", "--space", "concat", "--rank", "4"],
+         "error: --space + --method: merge space `concat` needs a linear method"),
     ]
     for args, start in cases:
         line = _one_error(["merge", *experts, *args, "--out", out], capsys)

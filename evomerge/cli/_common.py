@@ -214,11 +214,19 @@ def load_config_with_sets(config: Optional[Path], sets: list[str], flags: dict[s
         raise ConfigError(f"{_sources(where, base, data, layers)}: {err}") from None
 
 
-def _sources(loc: str, base: str, data: dict[str, Any], layers: list[tuple[str, dict[str, Any]]]) -> str:
+def _sources(loc: str | tuple[str, ...], base: str, data: dict[str, Any],
+             layers: list[tuple[str, dict[str, Any]]]) -> str:
     """Who set the value at the dotted ``loc`` ("" = the whole config): the last layer that set it
     or a section above it (else the file, or the defaults), plus the later layers that set keys
-    inside it; e.g. ``--set`` or ``merge.yaml + --method``."""
+    inside it; e.g. ``--set`` or ``merge.yaml + --method``. Several keys (a check that reads them
+    together): each one's sources in order, each named once, the defaults only if nothing else."""
+    who: list[str] = []
+    for key in (loc,) if isinstance(loc, str) else loc:
+        who += [label for label in _key_sources(key, base, data, layers) if label not in who]
+    return " + ".join([w for w in who if w != "defaults"] or who)
 
+
+def _key_sources(loc: str, base: str, data: dict[str, Any], layers: list[tuple[str, dict[str, Any]]]) -> list[str]:
     def above(key: str) -> bool:
         return bool(loc) and (loc == key or loc.startswith(key + "."))
 
@@ -232,7 +240,7 @@ def _sources(loc: str, base: str, data: dict[str, Any], layers: list[tuple[str, 
                 who = [label]
             elif (not loc or key.startswith(loc + ".")) and label not in who:
                 who.append(label)
-    return " + ".join(who or [base])
+    return who or [base]
 
 
 def _failing_section(data: dict[str, Any]) -> str:

@@ -79,12 +79,18 @@ class MergeConfig(Section):
     def _check_method(self) -> "MergeConfig":
         from evomerge.merging.registry import get_merge_method
 
-        method = get_merge_method(self.method)
-        method.resolve(self.params)
-        if self.space == "concat" and not method.linear:
-            from evomerge.errors import ConfigError
+        from evomerge.errors import ConfigError
 
-            raise ConfigError(f"merge space `concat` needs a linear method; `{self.method}` is not linear")
+        try:  # each refusal blames where its own key was set (key_error), not every flag of the section
+            method = get_merge_method(self.method)
+        except ConfigError as err:
+            raise key_error("merge.method", str(err)) from None
+        try:
+            method.resolve(self.params)
+        except ConfigError as err:
+            raise key_error(("merge.params", "merge.method"), str(err)) from None
+        if self.space == "concat" and not method.linear:
+            raise key_error(("merge.space", "merge.method"), f"merge space `concat` needs a linear method; `{self.method}` is not linear")
         return self
 
 
@@ -119,9 +125,10 @@ SELECT_MARGIN_HELP = ("the returned individual is the best initial one unless a 
                       "this (validation fitness); 0: the best scored")
 
 
-def key_error(key: str, message: str):
-    """A :class:`ConfigError` of one key's value (dotted, e.g. ``swarm.init_merges``): the CLI
-    blames where that key was set, not everything that set a key of its section."""
+def key_error(key: str | tuple[str, ...], message: str):
+    """A :class:`ConfigError` of one key's value (dotted, e.g. ``swarm.init_merges``), or of a few
+    keys read together (a method's parameters and the method): the CLI blames where those keys
+    were set, not everything that set a key of their section."""
     from evomerge.errors import ConfigError
 
     err = ConfigError(message)
