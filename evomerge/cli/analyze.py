@@ -63,6 +63,9 @@ def analyze_command(
     typer.echo(f"PCA 95% components: {s['pca_components']}")
     typer.echo(f"mean principal angle: {angle}")
     typer.echo(f"results:            {out}")
+    from evomerge.cli import _common
+
+    _common.FAST_EXIT = True  # written atomically, closed, no child: skip the interpreter's teardown
 
 
 def register(app: typer.Typer) -> None:

@@ -139,6 +139,9 @@ def evaluate_command(
             "value": [r[3] for r in rows], "split": [split] * len(rows),
         }))
         typer.echo(f"wrote {out}")
+    from evomerge.cli import _common
+
+    _common.FAST_EXIT = True  # the table is written atomically and closed: skip the interpreter's teardown
 
 
 def register(app: typer.Typer) -> None:

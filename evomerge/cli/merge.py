@@ -112,6 +112,7 @@ def merge_command(
     target = out if out is not None else (Path(cfg.output) if cfg.output else None)
     if target is None:
         raise ConfigError("no output folder: pass --out PATH (or `output:` in the config)")
+    from evomerge.cli import _common
     from evomerge.cli._common import interruptible, library_bars_off
 
     # -q: also the libraries' bars (transformers' "Loading weights" of the statistics' model)
@@ -119,6 +120,7 @@ def merge_command(
         result = run_merge(cfg, target, overwrite=overwrite, device=cfg.device, progress=not quiet, log=typer.echo)
     typer.echo(f"merged model: {result}")
     typer.echo(f"manifest:     {result / 'evomerge_manifest.json'}")
+    _common.FAST_EXIT = True  # written atomically, closed, no child: skip the interpreter's teardown
 
 
 def check_method_fits(cfg) -> None:
