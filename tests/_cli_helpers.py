@@ -12,3 +12,12 @@ def run_cli(args, capsys) -> tuple[int, str, str]:
     code = main([str(a) for a in args])
     cap = capsys.readouterr()
     return code, cap.out, cap.err
+
+
+def one_error(args, capsys) -> str:
+    """``evomerge ARGS`` refused as bad input: exit 2, exactly one ``error: ...`` line on stderr,
+    no traceback anywhere; that line."""
+    code, out, err = run_cli(args, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in out + err, err
+    return lines[0]

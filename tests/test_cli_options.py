@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from _cli_helpers import run_cli
+from _cli_helpers import one_error, run_cli
 from evomerge.cli import main
 
 
@@ -150,20 +150,13 @@ def test_report_set_reaches_the_judging(monkeypatch, tmp_path, capsys) -> None:
 
 # --- a refused value names where it came from: the file, --set or the flag -------------------
 
-def _one_error(args, capsys) -> str:
-    code, out, err = run_cli(args, capsys)
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err + out, err
-    return lines[0]
-
-
 @pytest.mark.parametrize("command", [["merge"], ["evaluate", "--small"], ["analyze"], ["evolve", "--algo", "genome"],
                                      ["evolve-scaling"], ["tune", "--config", "CONFIG"]])
 def test_set_errors_name_set_on_every_command(command, tmp_path, capsys) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("seed: 1\n")
     args = [config if a == "CONFIG" else a for a in command]
-    line = _one_error([*args, "--set", "merge.densty=0.5", "--out", tmp_path / "o"], capsys)
+    line = one_error([*args, "--set", "merge.densty=0.5", "--out", tmp_path / "o"], capsys)
     assert line == "error: --set: `merge.densty`: unknown key.", line
     assert not (tmp_path / "o").exists() and config.read_text() == "seed: 1\n"
 
@@ -193,15 +186,15 @@ def test_merge_errors_name_the_flag_the_file_or_both(small_zoo, tmp_path, capsys
          "error: --space + --method: merge space `concat` needs a linear method"),
     ]
     for args, start in cases:
-        line = _one_error(["merge", *experts, *args, "--out", out], capsys)
+        line = one_error(["merge", *experts, *args, "--out", out], capsys)
         assert line.startswith(start), (args, line)
         assert not out.exists()
 
 
 def test_evaluate_errors_name_the_flag(capsys) -> None:
-    line = _one_error(["evaluate", "--small", "--set", "evaluation.batch_size=0"], capsys)
+    line = one_error(["evaluate", "--small", "--set", "evaluation.batch_size=0"], capsys)
     assert line.startswith("error: --set: `evaluation.batch_size`: Input should be greater than 0."), line
-    line = _one_error(["evaluate", "--small", "--metric", "x"], capsys)
+    line = one_error(["evaluate", "--small", "--metric", "x"], capsys)
     assert line.startswith("error: --metric: `evaluation.metric`: Input should be 'token_accuracy'"), line
 
 
@@ -209,7 +202,7 @@ def test_evolve_errors_name_the_flag(tmp_path, capsys) -> None:
     out = tmp_path / "run"
     for args, start in ((["--actors", "0"], "error: --actors: `ray.num_actors`"),
                         (["--generations", "0"], "error: --generations: `genome.generations`")):
-        line = _one_error(["evolve", "--algo", "genome", "--small", *args, "--out", out], capsys)
+        line = one_error(["evolve", "--algo", "genome", "--small", *args, "--out", out], capsys)
         assert line.startswith(start), (args, line)
         assert not out.exists()
 
@@ -260,7 +253,7 @@ def test_zoo_folder_and_agreeing_profile_are_one_zoo(small_zoo, capsys) -> None:
     assert code == 0 and out.startswith("OK: "), err
 
 
-def test_zoo_missing_folder_is_one_error(tmp_path, capsys) -> None:
+def test_zoo_missing_folder_isone_error(tmp_path, capsys) -> None:
     code, _, err = run_cli(["zoo", "info", "--zoo", tmp_path / "nope"], capsys)
     assert code == 2 and str(tmp_path / "nope") in err and len(err.strip().splitlines()) == 1, err
 

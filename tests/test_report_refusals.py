@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from _cli_helpers import one_error
 from evomerge.cli import main
 
 pytestmark = pytest.mark.ray
@@ -45,15 +46,6 @@ def copy(run, tmp_path):
     return dst
 
 
-def _one_error(args, capsys) -> str:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in out + err, err
-    return lines[0]
-
-
 def _garbage(path):
     path.write_text("garbage\n")
 
@@ -81,7 +73,7 @@ def test_a_cell_file_that_cannot_be_read_is_refused_by_name(copy, capsys, folder
     path = copy / folder / f"{CELL}.parquet"
     damage(path)
     report = (copy / "report.md").read_bytes()
-    line = _one_error(["report", copy], capsys)
+    line = one_error(["report", copy], capsys)
     assert line.startswith(f"error: {path}: not a readable cell file (") and problem in line, line
     assert f"`evomerge scale --out {copy} --resume` computes that cell again" in line
     assert (copy / "report.md").read_bytes() == report
@@ -102,7 +94,7 @@ def test_a_score_file_of_an_older_run_without_cross_entropy_is_read(copy):
 def test_no_finished_cells_is_refused(copy, capsys):
     for f in (copy / "cells").glob("*.parquet"):
         f.unlink()
-    line = _one_error(["report", copy], capsys)
+    line = one_error(["report", copy], capsys)
     assert line.startswith(f"error: {copy / 'cells'}: no finished cells"), line
 
 
@@ -139,7 +131,7 @@ def test_resume_computes_a_cell_whose_file_cannot_be_read_again(copy, small_zoo,
 ])
 def test_report_set_refuses_keys_that_describe_the_cells(run, capsys, key):
     report = (run / "report.md").read_bytes()
-    line = _one_error(["report", run, "--set", key], capsys)
+    line = one_error(["report", run, "--set", key], capsys)
     name = key.partition("=")[0]
     assert line.startswith(f"error: --set {name}: ") and "scale.law_first_k" in line, line
     assert (run / "report.md").read_bytes() == report

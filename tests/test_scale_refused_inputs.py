@@ -10,6 +10,7 @@ import shutil
 import pytest
 import yaml
 
+from _cli_helpers import run_cli
 from evomerge.cli import main
 
 
@@ -34,9 +35,8 @@ def _user_pool(small_zoo, tmp_path, n=4, task_files=True):
 
 
 def _refused(args, capsys):
-    code = main(["scale", *args, "--no-progress"])
-    err = capsys.readouterr().err.strip().splitlines()
-    return code, [line for line in err if line.startswith("error:")]
+    code, _, err = run_cli(["scale", *args, "--no-progress"], capsys)
+    return code, [line for line in err.strip().splitlines() if line.startswith("error:")]
 
 
 def test_a_pool_without_task_files_is_refused_and_leaves_no_folder(small_zoo, tmp_path, capsys):
