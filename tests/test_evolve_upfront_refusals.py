@@ -52,7 +52,7 @@ def test_unwritable_out_is_refused_on_resume_too(tmp_path, capsys, monkeypatch):
     from evomerge.cli._common import load_config_with_sets
     from evomerge.pipelines.evolve.run import _run_meta
 
-    meta = _run_meta(load_config_with_sets(tmp_path / "cfg.yaml", []), "genome", None)
+    meta = _run_meta(load_config_with_sets(tmp_path / "cfg.yaml", []), "genome", None, "small")
     (run / "run.json").write_text(json.dumps(meta))
     real = io.tempfile.mkdtemp
 
@@ -107,6 +107,43 @@ def test_resume_over_a_damaged_run_json_is_refused(tmp_path, capsys, content):
     _refused_early(["--algo", "genome", "--small", "--out", run, "--resume"], capsys,
                    f"{run / 'run.json'}: cannot resume", "evolve run record")
     assert (run / "run.json").read_text() == content
+
+
+def test_resume_with_another_zoo_is_refused_before_ray(tmp_path, capsys):
+    """A run on the small zoo resumed with ``--zoo default``: its record names the zoo, so the
+    refusal comes before Ray starts (it came once the actors had loaded the other zoo's experts)."""
+    from evomerge.config import load_config
+    from evomerge.pipelines.evolve.run import _run_meta
+
+    run = tmp_path / "run"
+    run.mkdir()
+    record = json.dumps(_run_meta(load_config(None), "genome", None, "small"))
+    (run / "run.json").write_text(record)
+    line = _refused_early(["--algo", "genome", "--zoo", "default", "--out", run, "--resume"], capsys,
+                          f"{run / 'run.json'}: cannot resume", "`zoo` differs", "'small' there, 'default' now")
+    assert (run / "run.json").read_text() == record, line
+
+
+def test_a_record_from_before_the_zoo_was_recorded_still_resumes(tmp_path):
+    """Records written before ``zoo`` was: no zoo to compare (their experts are compared once
+    resolved, as before); the same record with its zoo passes, another zoo is refused."""
+    from evomerge.config import load_config
+    from evomerge.errors import ConfigError
+    from evomerge.pipelines.evolve import run as evolve_run
+
+    cfg = load_config(None)
+    now = evolve_run._run_meta(cfg, "genome", None, "small")
+    assert now["zoo"] == "small"
+    old = {k: v for k, v in now.items() if k != "zoo"}
+    for i, (record, ok) in enumerate(((old, True), (now, True), ({**now, "zoo": "default"}, False))):
+        tmp = tmp_path / f"run{i}"
+        tmp.mkdir()
+        (tmp / "run.json").write_text(json.dumps(record))
+        if ok:
+            evolve_run._check_out(tmp, now, resume=True)
+        else:
+            with pytest.raises(ConfigError, match="`zoo` differs"):
+                evolve_run._check_out(tmp, now, resume=True)
 
 
 @pytest.mark.parametrize("name", ["bar", "linear", "blx"])

@@ -83,12 +83,16 @@ def make_searches(cfg: EvomergeConfig, algo: str, n_experts: int) -> list[Any]:
     return [make_search(algo, cfg, n_experts, cfg.seed + 7919 * i, prefix=f"i{i}/" if n > 1 else "") for i in range(n)]
 
 
-def _run_meta(cfg: EvomergeConfig, algo: str, inputs: EvolveInputs | None) -> dict[str, Any]:
+def _run_meta(cfg: EvomergeConfig, algo: str, inputs: EvolveInputs | None, zoo_profile: str) -> dict[str, Any]:
     """What must match for a resume (the Ray placement, e.g. actors or address, may change);
-    without ``inputs`` (not resolved yet) the experts and tasks are left out."""
+    without ``inputs`` (not resolved yet) the experts and tasks are left out. The built-in zoo's
+    profile (no experts in the config) is recorded so that another ``--zoo`` is refused before
+    Ray starts."""
     search_cfg = cfg.model_dump(mode="json", exclude={"ray", "output"})
     search_cfg["islands"] = {"n": cfg.ray.islands, "migration_interval": cfg.ray.migration_interval}
     meta = {"algo": algo, "config": search_cfg}
+    if not cfg.experts.experts:
+        meta["zoo"] = zoo_profile
     if inputs is not None:
         meta.update(experts=inputs.names, tasks=inputs.tasks)
     return meta
@@ -106,8 +110,9 @@ def _check_out(out_dir: Path, meta: dict[str, Any], resume: bool) -> None:
         if not resume:
             raise OutputExistsError(f"{out_dir}: already holds a run; pass --resume to continue it or choose another --out")
         old = _read_meta(meta_path)
-        for key in ("algo", "experts", "tasks", "config"):
-            if key in meta and old.get(key) != meta[key]:
+        for key in ("algo", "zoo", "experts", "tasks", "config"):
+            # (a run recorded before `zoo` was: its experts, once resolved, tell)
+            if key in meta and (key in old or key != "zoo") and old.get(key) != meta[key]:
                 from evomerge.config.base import config_diff
 
                 what = (", ".join(config_diff(old.get(key) or {}, meta[key])[:6]) + " (there -> now)"
@@ -191,7 +196,7 @@ def run_evolve(
     known = len(experts) if experts is not None else (len(cfg.experts.experts) or None)
     check_static(cfg, algo, known)
     # the output checks that need no inputs, before Ray starts (seconds) or anything loads
-    _check_out(out_dir, _run_meta(cfg, algo, None), resume)
+    _check_out(out_dir, _run_meta(cfg, algo, None, zoo_profile), resume)
     if runtime is None:  # (a runtime given: Ray is up and the inputs are read right away)
         check_experts(cfg)
     with contextlib.ExitStack() as stack:
@@ -200,7 +205,7 @@ def run_evolve(
         inputs = prepare_inputs(cfg, experts=experts, tasks=tasks, zoo_profile=zoo_profile,
                                 space=getattr(cfg, algo).space)
         searches = make_searches(cfg, algo, len(inputs.names))
-        _prepare_out(out_dir, _run_meta(cfg, algo, inputs), resume)
+        _prepare_out(out_dir, _run_meta(cfg, algo, inputs, zoo_profile), resume)
         per_candidate = cfg.rht if (cfg.rht.enabled and cfg.rht.apply_to == "candidate") else None
         try:
             rt.start(inputs, rht=per_candidate).on_dispatch = on_dispatch
