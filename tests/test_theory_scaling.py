@@ -53,6 +53,23 @@ def test_k_for_target_and_marginal_by_hand():
     np.testing.assert_allclose(fit.predict(np.array([1, 4])), [3.0, 1.5])
 
 
+def test_marginal_below_agrees_with_a_scan_up_to_k_max():
+    """Against a plain scan of k = 1..k_max: an answer between the last power of two and k_max
+    (9 with k_max 10) is found, and none beyond k_max is returned."""
+    # by hand: 2/(k(k+1)) < 0.025 <=> k(k+1) > 80 <=> k >= 9 (8*9 = 72)
+    fit = ScalingFit(L_inf=1.0, A=2.0, b=1.0, r2=1.0, n_points=0)
+    assert fit.k_marginal_below(0.025, k_max=10) == 9
+    assert fit.k_marginal_below(0.025, k_max=9) == 9
+    assert fit.k_marginal_below(0.025, k_max=8) is None
+    assert fit.k_marginal_below(1.0, k_max=1) is None and fit.k_marginal_below(2.0, k_max=1) == 1
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        fit = ScalingFit(L_inf=0.5, A=float(rng.uniform(0.01, 3)), b=float(rng.uniform(0.05, 4)), r2=1.0, n_points=0)
+        tol, k_max = float(10 ** rng.uniform(-5, -0.5)), int(rng.integers(1, 40))
+        scan = next((k for k in range(1, k_max + 1) if fit.predict(k) - fit.predict(k + 1) < tol), None)
+        assert fit.k_marginal_below(tol, k_max=k_max) == scan, (fit, tol, k_max)
+
+
 def test_fitness_curve_one_minus():
     k = np.arange(1, 13)
     fitness = 0.8 - 0.3 / k**1.2

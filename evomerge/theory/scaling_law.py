@@ -76,13 +76,15 @@ class ScalingFit:
 
         if gain(1) < tol:
             return 1
-        # the gain is decreasing in k when A > 0, b > 0: bracket then bisect
-        hi = 2
-        while gain(hi) >= tol:
-            hi *= 2
-            if hi > k_max:
+        # the gain is decreasing in k when A > 0, b > 0: bracket (doubling, capped at k_max, so
+        # an answer between the last power of two and k_max is found) then bisect
+        lo, hi = 1, 2  # gain(lo) >= tol
+        while hi <= k_max and gain(hi) >= tol:
+            if hi == k_max:
                 return None
-        lo = hi // 2  # gain(lo) >= tol
+            lo, hi = hi, min(2 * hi, k_max)
+        if hi > k_max:
+            return None
         while hi - lo > 1:
             mid = (lo + hi) // 2
             if gain(mid) >= tol:
