@@ -173,6 +173,8 @@ def test_rule_table_agrees_with_the_fitness_table(run):
         fired = f"{r['fired_k']:g}" if isinstance(r["fired_k"], float) else str(r["fired_k"])
         row = rf"^\| {re.escape(r['rule'])} \| {re.escape(r['method'])} \| {re.escape(r['target'])} \| {re.escape(fired)}"
         assert re.search(row, md, re.M), row
+        detail = table[(table["rule"] == r["rule"]) & (table["method"] == r["method"]) & (table["target"] == r["target"])]
+        assert (detail["k_first"].item(), detail["k_last"].item()) == (g["k"].min(), g["k"].max()), r
         checked += 1
     assert checked >= 4 * 4 * 3 - 4  # 4 rules x 4 methods x 3 targets (the law may lack a tolerance)
     pca = json.loads((out / "analysis" / "summary.json").read_text())["pca_components"]

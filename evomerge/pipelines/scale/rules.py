@@ -126,7 +126,8 @@ def judge(plan: dict, fitness: pd.DataFrame, *, scale_cfg, pca_count: int | None
           cut: dict[str, int] | None = None,
           law_ses: dict[tuple[str, bool, str], list[float]] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(records, fits)``: one record per (rule, method, target) ``{rule, method, target,
-    fired_k, fired, peak_k, peak_min, peak_max, error, cut_at, tol, se}`` and the law's fits (all
+    fired_k, fired, peak_k, peak_min, peak_max, error, cut_at, tol, se, k_first, k_last}`` (the
+    last two: the curve's first and last measured k) and the law's fits (all
     k and k <= m). ``cut``: method -> the k where the enforced stop cut its curve
     (:func:`cut_searches`); those rows get ``error`` None (not judged). ``law_ses``:
     ``(method, rht, target)`` -> the paired SEs of the consecutive steps on k <= m
@@ -181,7 +182,8 @@ def judge(plan: dict, fitness: pd.DataFrame, *, scale_cfg, pca_count: int | None
                                 "peak_k": pk["peak_k"], "peak_min": pk["peak_min"], "peak_max": pk["peak_max"],
                                 "error": err, "tol": tol_law if rule.startswith("law") else tol if rule == "online" else None,
                                 "se": se if rule.startswith("law") else None,
-                                "keeps_k": keeps if rule == "online" else None, "cut_at": cut_at})
+                                "keeps_k": keeps if rule == "online" else None, "cut_at": cut_at,
+                                "k_first": k_first, "k_last": int(f["k"].max())})
     return records, fits
 
 

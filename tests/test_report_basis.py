@@ -1,0 +1,69 @@
+"""What the report's two checks rest on, the PCA count at its ceiling, and where a search's best
+came from: report_md's readings on hand-made rule rows, counted by hand."""
+
+from __future__ import annotations
+
+from evomerge.pipelines.scale import report_md
+
+
+def _row(method, target, peak, k_first=1, k_last=10, error=0.0, rule="online", lo=None, hi=None):
+    return {"rule": rule, "method": method, "target": target, "peak_k": float(peak),
+            "peak_min": lo if lo is not None else int(peak), "peak_max": hi if hi is not None else int(peak),
+            "k_first": k_first, "k_last": k_last, "error": error}
+
+
+def test_online_basis_counts_where_the_peaks_lie():
+    rows = [
+        _row("ta", "all", 1, error=1.0),            # first k: stopping at 2 is within +-1
+        _row("ta+rht", "all", 1, error=1.0),
+        _row("emr", "all", 10, error=0.0),          # last k: not firing is within +-1
+        _row("ties", "all", 4, error=1.0),          # inside, met
+        _row("ties", "union", 5, error=-3.0),       # inside, missed
+        _row("dare", "all", 1.5, lo=1, hi=2, error=0.5),  # seeds differ: inside
+    ]
+    text = report_md._online_basis(rows)
+    assert "2 of the 6 rows have every seed's peak at the curve's first k" in text
+    assert "1 at its last k" in text
+    assert "3 a peak inside the curve, the rows that test the rule: within +-1 on 2 of them" in text
+    assert "1 rows are RHT variants" in text and "without them: 4 of 5" in text
+    assert report_md._online_basis([]) == ""
+    # a search curve starts at k = 2: a peak there is at its first k
+    assert "1 of the 1 rows have every seed's peak" in report_md._online_basis([_row("genome", "all", 2, k_first=2)])
+
+
+def test_law_basis_separates_rising_fits_from_late_peaks():
+    law = "law_k<=4"
+    rows = [_row("task_arithmetic", "all", 1, rule=law, error=0.0),
+            _row("task_arithmetic", "all/ce", 1, rule=law, error=0.0),
+            _row("ties", "all", 4, rule=law, error=4.0),
+            _row("ties", "all/ce", 6, rule=law, error=1.0)]
+    fits = [{"method": "task_arithmetic", "target": "all", "points": "k<=4", "A": -1.5},
+            {"method": "task_arithmetic", "target": "all/ce", "points": "k<=4", "A": 0.0},
+            {"method": "ties", "target": "all", "points": "k<=4", "A": 0.05},
+            {"method": "ties", "target": "all/ce", "points": "k<=4", "A": 0.2},
+            {"method": "ties", "target": "all", "points": "all k", "A": -3.0}]  # another fit: not read
+    text = report_md._law_basis(rows, fits, 4)
+    assert "2 of the 4 are fits whose loss does not fall on k <= 4 (A <= 0)" in text
+    assert "(within +-1 on 2)" in text
+    assert "2 have their measured peak at or beyond k = 4" in text and "within +-1 on 1." in text
+
+
+def test_pca_at_ceiling_is_n_minus_one():
+    assert report_md._pca_at_ceiling({"n_experts": 10, "pca_components_95": 9})
+    assert not report_md._pca_at_ceiling({"n_experts": 10, "pca_components_95": 6})
+    assert not report_md._pca_at_ceiling({"n_experts": 10, "pca_components_95": None})
+
+
+def test_started_from_counts_the_seeds_whose_best_is_a_starting_point():
+    s = {"searches": [
+        {"method": "genome", "k": 4, "seed": 0, "best_generation": 5, "best_op": "mutate_coeff"},
+        {"method": "genome", "k": 4, "seed": 1, "best_generation": 0, "best_op": "init_sum"},
+        {"method": "genome", "k": 4, "seed": 2, "best_generation": 0, "best_op": "init_sum"},
+        {"method": "genome", "k": 5, "seed": 0, "best_generation": 3, "best_op": "crossover"},
+        {"method": "swarm", "k": 4, "seed": 0, "best_generation": 0, "best_op": "ties"},
+    ]}
+    text = report_md._started_from(s, "genome", 4)
+    assert text.startswith("; 2 of 3 seeds' best is a starting point (init_sum: a scaled sum")
+    assert report_md._started_from(s, "genome", 5) == "; every seed's best is a step of the search (1 of 1)"
+    assert report_md._started_from(s, "swarm", 4) == "; 1 of 1 seeds' best is a starting point (ties), not a step of the search"
+    assert report_md._started_from(s, "ties", 4) == ""  # a registry merge: nothing to say
