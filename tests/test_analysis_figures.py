@@ -9,7 +9,7 @@ import pytest
 from matplotlib.image import imread
 
 from evomerge.analysis import plot_fitness_vs_k
-from evomerge.analysis.figures import plot_weight_histograms, summarize_by_k
+from evomerge.analysis.figures import histogram_shares, plot_weight_histograms, summarize_by_k
 from evomerge.errors import ConfigError
 from evomerge.theory import fit_fitness_scaling
 
@@ -59,3 +59,36 @@ def test_plot_errors_and_histograms(tmp_path):
     rng = np.random.default_rng(0)
     p = plot_weight_histograms({"a": rng.standard_normal(1000), "b": rng.laplace(size=1000)}, tmp_path / "h.png")
     assert p.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_histogram_shares_compare_samples_of_different_sizes_by_shape():
+    """One sample three times as large as another with the same values: equal shares per bin
+    (counts would differ threefold); each sums to 1 over its finite entries; the grid is
+    symmetric and covers both."""
+    rng = np.random.default_rng(1)
+    one = rng.standard_normal(4100)
+    three = np.concatenate([one, one, one, [np.nan]])
+    edges, shares = histogram_shares({"plain": one, "rht": three}, bins=40)
+    assert edges[0] == -edges[-1] == pytest.approx(-np.abs(one).max())
+    (a, na), (b, nb) = shares["plain"], shares["rht"]
+    assert (na, nb) == (4100, 12300)
+    np.testing.assert_allclose(a, b)
+    assert a.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(a * na, np.histogram(one, bins=edges)[0])
+
+
+def test_scale_figure_starts_at_the_base_only_the_lines_measured_at_k1():
+    """The fitness figure's left panel: registry merges (k = 1..) start at the base model (k = 0);
+    a search (k = 2..) does not get a segment through k = 1, where nothing was measured."""
+    import pandas as pd
+
+    from evomerge.pipelines.scale.figures import with_base_start
+
+    curves = pd.DataFrame([{"label": "ties", "k": k, "fitness": 0.5 + k / 100} for k in (1, 2, 3)]
+                          + [{"label": "genome", "k": k, "fitness": 0.6} for k in (2, 3)])
+    out = with_base_start(curves, pd.Series([0.50, 0.51]))
+    starts = out[out["k"] == 0]
+    assert sorted(starts["label"]) == ["ties", "ties"] and sorted(starts["fitness"]) == [0.50, 0.51]
+    assert out[out["label"] == "genome"]["k"].min() == 2
+    assert len(out) == len(curves) + 2
+    assert with_base_start(curves[curves["label"] == "genome"], pd.Series([0.5])).equals(curves[curves["label"] == "genome"])

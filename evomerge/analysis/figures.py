@@ -83,20 +83,31 @@ def plot_variance_floor(rows: Sequence[Mapping[str, Any]], out_png: str | Path, 
     return _save(fig, out_png)
 
 
-def plot_weight_histograms(samples: Mapping[str, np.ndarray], out_png: str | Path, bins: int = 120) -> Path:
-    """Histograms (log-y) of sampled values, e.g. the uniform merge with and without RHT."""
+def histogram_shares(samples: Mapping[str, np.ndarray], bins: int = 120) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, int]]]:
+    """``(edges, {label: (share of its own finite entries per bin, their number)})`` on one
+    symmetric grid over every sample: samples of different sizes (one cell of a deterministic
+    merge against three seeds of RHT) compare by shape, not by count."""
     if not samples:
         raise ConfigError("plot_weight_histograms needs at least one sample")
-    allv = np.concatenate([np.asarray(s, dtype=float).ravel() for s in samples.values()])
-    lim = float(np.abs(allv[np.isfinite(allv)]).max(initial=0.0)) or 1.0
+    finite = {label: v[np.isfinite(v)] for label, v in ((lab, np.asarray(s, dtype=float).ravel())
+                                                      for lab, s in samples.items())}
+    lim = max((float(np.abs(v).max()) for v in finite.values() if v.size), default=0.0) or 1.0
     edges = np.linspace(-lim, lim, bins + 1)
+    return edges, {label: (np.histogram(v, bins=edges)[0] / max(v.size, 1), int(v.size)) for label, v in finite.items()}
+
+
+def plot_weight_histograms(samples: Mapping[str, np.ndarray], out_png: str | Path, bins: int = 120) -> Path:
+    """Histograms (log-y) of sampled values, e.g. the uniform merge with and without RHT, each as
+    the share of its own entries per bin (:func:`histogram_shares`; its count in the legend)."""
+    edges, shares = histogram_shares(samples, bins)
     fig = Figure(figsize=(5.5, 3.6))
     ax = fig.add_subplot()
-    for label, s in samples.items():
-        ax.hist(np.asarray(s, dtype=float).ravel(), bins=edges, histtype="step", lw=1.3, label=label)
+    for label, (share, n) in shares.items():
+        if n:
+            ax.stairs(share, edges, lw=1.3, label=f"{label} (n = {n})")
     ax.set_yscale("log")
-    ax.set(xlabel="merged task-vector value", ylabel="count (log)", title="merged weights: tails")
-    ax.legend(fontsize=8)
+    ax.set(xlabel="merged task-vector value", ylabel="share of entries per bin (log)", title="merged weights: tails")
+    ax.legend(fontsize=8, loc="upper left")  # (log y: the upper corners are clear of the curves)
     return _save(fig, out_png)
 
 

@@ -31,9 +31,8 @@ def plot_fitness_panels(fitness: pd.DataFrame, out_png: str | Path, *, n_max: in
     for ax, target in zip(axes, ("all", "union")):
         t = f[f["target"] == target]
         merged = t[t["method"].isin(methods)].assign(label=lambda d: d["method"] + d["rht"].map({True: " + RHT", False: ""}))
-        if target == "all" and not base.empty:  # every line starts at the base model (k = 0)
-            starts = [{"label": label, "k": 0, "fitness": v} for label in merged["label"].unique() for v in base]
-            merged = pd.concat([merged, pd.DataFrame(starts)], ignore_index=True)
+        if target == "all" and not base.empty:
+            merged = with_base_start(merged, base)
         if not merged.empty:
             curves = summarize_by_k(merged[["label", "k", "fitness"]], method_col="label")
             order = [f"{m}{r}" for m in methods for r in ("", " + RHT") if f"{m}{r}" in curves]
@@ -57,6 +56,15 @@ def plot_fitness_panels(fitness: pd.DataFrame, out_png: str | Path, *, n_max: in
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
     return save_png_atomic(fig, out_png)
+
+
+def with_base_start(curves: pd.DataFrame, base: pd.Series) -> pd.DataFrame:
+    """The base model's scores as k = 0 points of every line measured at k = 1 (labels in
+    ``label``); a line that starts later (a search, from k = 2) is left to start there: a segment
+    from the base through k = 1 would look like a measured point."""
+    starts = [{"label": label, "k": 0, "fitness": v} for label in curves[curves["k"] == 1]["label"].unique()
+              for v in base]
+    return pd.concat([curves, pd.DataFrame(starts)], ignore_index=True) if starts else curves
 
 
 def _noise_bands(ax, noise: pd.DataFrame | None, split: str, target: str, methods: list[str], colors: dict) -> bool:
