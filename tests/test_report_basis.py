@@ -67,3 +67,15 @@ def test_started_from_counts_the_seeds_whose_best_is_a_starting_point():
     assert report_md._started_from(s, "genome", 5) == "; every seed's best is a step of the search (1 of 1)"
     assert report_md._started_from(s, "swarm", 4) == "; 1 of 1 seeds' best is a starting point (ties), not a step of the search"
     assert report_md._started_from(s, "ties", 4) == ""  # a registry merge: nothing to say
+
+
+def test_theorem1_section_without_a_delta_says_why():
+    """A plan whose relative Delta had no positive first drop (``delta`` None, n_max 1)."""
+    stop = {"sigma2": 0.005, "rho": -0.01, "delta": None, "delta_mode": "relative", "delta_value": 0.1, "n_max": 1,
+            "curve": [{"k": 1, "merged_variance": 1.0, "drop": None, "worth_adding": True},
+                      {"k": 2, "merged_variance": 2.5, "drop": -1.5, "worth_adding": False}]}
+    text = "\n".join(report_md._theorem1_section(stop, {}))
+    assert "no relative Delta" in text and "none is positive" in text and "keeps **1** experts" in text
+    assert "| 1 | 1 | - | yes |" in text and "| 2 | 2.5 | -1.5 | no |" in text
+    with_delta = "\n".join(report_md._theorem1_section({**stop, "delta": 0.0001, "n_max": 4}, {}))
+    assert "Delta = 0.0001 (relative, fraction 0.1 of the first drop); the rule keeps **4**" in with_delta

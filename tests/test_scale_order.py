@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -123,6 +125,34 @@ def test_stop_rule_matches_theory_and_never_cuts_the_registry_merges():
             stop_rule([0.2] * n, _equi(n, 0.1), list(range(n)), cfg, sigma2=0.2, rho=0.1)
     with pytest.raises(ConfigError, match="law_first_k"):
         stop_rule([0.2] * 5, _equi(5, 0.1), list(range(5)), cfg.model_copy(update={"law_first_k": 6}), sigma2=0.2, rho=0.1)
+
+
+def test_a_relative_delta_without_a_positive_drop_keeps_one_expert():
+    """An expert with a far larger task vector second in the order: the uniform merge of two has a
+    larger variance than the first alone (V(2) = (1 + 9) / 4 = 2.5 > V(1) = 1), so a relative (or
+    adaptive) Delta has no positive drop to scale. Theorem 1 keeps one expert (Delta recorded as
+    None; the curve marks no k worth adding); it was a refusal after the pool's statistics. A fixed
+    Delta reads the same curve: the rise is a drop below it."""
+    variances = [1.0, 9.0] + [1.0] * 4
+    corr = np.eye(6)
+    # adaptive: the mean drop (V(1) - V(6)) / 5 is positive here; with every later expert large,
+    # V(6) = (1 + 5 x 9) / 36 = 1.28 > V(1), it is not
+    for mode, var in (("relative", variances), ("adaptive", [1.0] + [9.0] * 5)):
+        cfg = ScaleConfig(methods=["ties"], seeds=[0], delta=mode, k_max=6, law_first_k=3)
+        rule = stop_rule(var, corr, list(range(6)), cfg, sigma2=1.0, rho=0.0)
+        assert (rule.n_max, rule.delta) == (1, None), mode
+        assert [r["worth_adding"] for r in rule.curve] == [True] + [False] * 5
+        assert rule.curve[1]["drop"] == pytest.approx(1.0 - 2.5)
+    adaptive = stop_rule(variances, corr, list(range(6)), ScaleConfig(methods=["ties"], seeds=[0], delta="adaptive",
+                                                                        law_first_k=3), sigma2=1.0, rho=0.0)
+    assert adaptive.n_max == 1 and adaptive.delta > 0
+    fixed = stop_rule(variances, corr, list(range(6)), ScaleConfig(methods=["ties"], seeds=[0], delta=0.01, law_first_k=3),
+                      sigma2=1.0, rho=0.0)
+    assert fixed.n_max == 1 and fixed.delta == 0.01
+    t1 = stop_rule(variances, corr, list(range(6)), ScaleConfig(methods=["ties"], seeds=[0], stop_rule="theorem1",
+                                                                  law_first_k=3), sigma2=1.0, rho=0.0)
+    assert t1.search_k == [2]  # the searches' grid cut at max(2, 1)
+    assert json.loads(json.dumps(t1.to_dict(), allow_nan=False))["delta"] is None  # plan.json stays strict JSON
 
 
 def test_search_grid_covers_every_k():

@@ -57,7 +57,7 @@ class StopRule:
     enabled: bool
     k_end: int
     n_max: int  # theorem1's fired k (uniform weights, first order)
-    delta: float
+    delta: float | None  # None: a relative/adaptive Delta without a positive drop to scale (n_max is 1)
     search_k: list[int] = field(default_factory=list)
     curve: list[dict] = field(default_factory=list)
 
@@ -90,16 +90,25 @@ def stop_rule(variances, corr, order: Sequence[int], cfg: ScaleConfig, *, sigma2
     mode, value = delta_mode(cfg)
     cov = covariance_from(variances, np.asarray(corr))
     v = general_variance_curve(cov, list(order))
-    delta = delta_for(v, mode, value)
-    fire = theorem1_stop(v, delta)
-    curve = [{"k": k + 1, "merged_variance": float(v[k]), "drop": float(v[k - 1] - v[k]) if k else float("nan"),
-              "worth_adding": bool(k == 0 or v[k - 1] - v[k] >= delta * (1 - 1e-9))} for k in range(len(v))]
+    try:
+        delta: float | None = delta_for(v, mode, value)
+        fired_k = theorem1_stop(v, delta).fired_k
+    except ConfigError:
+        if mode == "fixed":
+            raise
+        # a relative (adaptive) Delta scales the first (mean) drop; none is positive: merging the
+        # second expert raises the uniform merge's variance, so Theorem 1 keeps one expert (the
+        # report's theorem1 rows read such a method's own weights the same way)
+        delta, fired_k = None, 1
+    curve = [{"k": k + 1, "merged_variance": float(v[k]), "drop": float(v[k - 1] - v[k]) if k else None,
+              "worth_adding": bool(k == 0 or (delta is not None and v[k - 1] - v[k] >= delta * (1 - 1e-9)))}
+             for k in range(len(v))]
     grid = search_grid(k_hi, cfg.search_k)
     if enabled and cfg.stop_rule == "theorem1":
-        grid = [k for k in grid if k <= max(2, fire.fired_k)]
+        grid = [k for k in grid if k <= max(2, fired_k)]
     return StopRule(
         sigma2=float(sigma2), rho=float(rho), delta_mode=mode, delta_value=value, n_available=n_available,
-        rule=cfg.stop_rule, enabled=bool(enabled), k_end=int(k_hi), n_max=int(fire.fired_k), delta=float(delta),
+        rule=cfg.stop_rule, enabled=bool(enabled), k_end=int(k_hi), n_max=int(fired_k), delta=delta,
         search_k=grid, curve=curve,
     )
 

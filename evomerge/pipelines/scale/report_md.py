@@ -348,9 +348,12 @@ def _law_basis(rows: list[dict], fits: list[dict], m: int) -> str:
 def _theorem1_section(stop, s) -> list[str]:
     L = ["## Theorem 1 (general form, eq. 18)", "",
          f"Pool: mean sigma^2 = {stop['sigma2']:.4g}, mean rho = {stop['rho']:.4f}. Along the first order with uniform "
-         f"weights: Delta = {stop['delta']:.4g} ({stop['delta_mode']}"
-         + (f", fraction {stop['delta_value']:g} of the first drop" if stop["delta_mode"] == "relative" else "")
-         + f"); the rule keeps **{stop['n_max']}** experts. The `theorem1` rows above use each method's own weights "
+         + (f"weights: Delta = {stop['delta']:.4g} ({stop['delta_mode']}"
+            + (f", fraction {stop['delta_value']:g} of the first drop" if stop["delta_mode"] == "relative" else "") + ")"
+            if stop.get("delta") is not None else
+            f"weights: no {stop['delta_mode']} Delta (it scales the first drop, or the mean drop, of the merged "
+            "variance, and none is positive: the second expert raises the uniform merge's variance)")
+         + f"; the rule keeps **{stop['n_max']}** experts. The `theorem1` rows above use each method's own weights "
          "(task arithmetic sums, so its variance rises from the second expert and the rule stops at 1).", ""]
     if stop["delta_mode"] == "adaptive":
         L += ["(Adaptive Delta = the mean drop over the pool: with equal variances and correlations it gives "
