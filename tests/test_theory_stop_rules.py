@@ -197,8 +197,14 @@ def test_law_on_the_first_k_predicts_the_saturation_of_a_power_law():
     # exact gain 0.5 (1/k - 1/(k+1)) = 0.5 / (k (k+1)) < 0.01  <=>  k (k+1) > 50  ->  k = 7
     assert abs(pred.predicted_k - 7) <= 1 and not pred.beyond
     assert pred.fit.n_points == 8
+    # a loss that keeps falling by 0.05 per expert: the law fitted on k <= 4 holds b at its lower
+    # bound (0.05), and its gain falls below tol only late: at the k a plain scan of the fit
+    # gives (10), inside the cap; with the cap below it the law is still gaining there (beyond)
     rising = law_peak(k, 1.0 - 0.05 * k, m=4, tol=tol, k_cap=12)
-    assert rising.beyond and rising.predicted_k == 12
+    scan = next(j for j in range(1, 13) if rising.fit.predict(j) - rising.fit.predict(j + 1) < tol)
+    assert rising.predicted_k == scan >= 10 and not rising.beyond
+    capped = law_peak(k, 1.0 - 0.05 * k, m=4, tol=tol, k_cap=scan - 1)
+    assert capped.beyond and capped.predicted_k == scan - 1
     with pytest.raises(ConfigError, match="law_first_k"):
         law_peak(k, loss, m=2, tol=tol, k_cap=12)
 
