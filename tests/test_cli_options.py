@@ -130,6 +130,14 @@ def test_scale_set_reaches_the_run(monkeypatch, tmp_path) -> None:
     assert cfg.scale.law_first_k == 3 and cfg.seed == 2
 
 
+@pytest.mark.parametrize("flags, progress", [(["-q"], False), (["--no-progress"], False), ([], True)])
+def test_scale_q_is_no_progress(monkeypatch, tmp_path, flags, progress) -> None:
+    """``-q`` as on merge, analyze and zoo build: no progress bars."""
+    seen = _capture(monkeypatch, "evomerge.pipelines.scale.driver", "run_scale")
+    _captured_run(["scale", "--small", "--out", tmp_path / "s", *flags])
+    assert seen["kwargs"]["progress"] is progress
+
+
 def test_tune_set_reaches_the_study(monkeypatch, tmp_path) -> None:
     seen = _capture(monkeypatch, "evomerge.pipelines.tune.run", "run_tune")
     config = tmp_path / "t.yaml"

@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="continue the run in --out with its saved config"),
         no_overlap: bool = typer.Option(False, "--no-overlap", help="run each step after the other: the pool analysis, the searches, then the merge cells (same results; by default they overlap)"),
         overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run in --out"),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bars (--no-progress: none, the libraries' model-loading bars included)"),
+        progress: bool = typer.Option(True, "--progress/--no-progress", " /-q", help="progress bars (--no-progress or -q: none, the libraries' model-loading bars included)"),
         print_default_config: bool = typer.Option(False, "--print-default-config", help="print the built-in config and exit"),
         preset: Optional[str] = typer.Option(None, "--preset", metavar="paper",
                                              help="paper: the seed paper's Table 1 protocol (k = 2, 4, ..., 10, 5 seeds)"),
