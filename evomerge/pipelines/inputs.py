@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -43,14 +43,44 @@ class EvaluatorSpec:
             from evomerge.zoo.zoo import Zoo
 
             return Evaluator.from_zoo(Zoo.open(self.zoo_root), tasks=list(self.tasks), **common)
-        return Evaluator(self.base_dir, {t: _task_splits(t, self.task_files[t]) for t in self.tasks}, **common)
+        return Evaluator(self.base_dir, load_user_tasks(self.task_files, self.tasks), **common)
 
 
-def _task_splits(task: str, path: Path) -> dict[str, Any]:
-    """A user task: a folder with ``validation``/``test`` files, or one file used for validation."""
+#: The splits a run reads of a user's task: validation (every choice; required), test (reported when present).
+TASK_SPLITS = ("validation", "test")
+
+
+def load_user_tasks(task_files: Mapping[str, str | Path], tasks: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+    """``evaluation.task_files`` (all, or those of ``tasks``): a folder per task holding
+    ``validation`` and ``test`` files, or one file used for validation. The one task loader reads
+    and checks them; its errors name the key (``evaluation.task_files.<task>``) and the file."""
     from evomerge.evaluation.task_data import load_task
 
-    return load_task(path, ("validation", "test"), source=f"task `{task}`")
+    names = list(task_files) if tasks is None else list(tasks)
+    return {t: load_task(task_files[t], TASK_SPLITS, source=f"evaluation.task_files.{t}") for t in names}
+
+
+def check_user_tasks(cfg: EvomergeConfig, tasks: Sequence[str] | None = None) -> None:
+    """With your own experts, before any work (evolve: before Ray starts; scale: before its run
+    folder): ``evaluation.task_files`` is given and the files of ``tasks`` (default: those the run
+    evaluates) load, with the loader the evaluators use. The built-in zoo needs none of this."""
+    if not cfg.experts.experts:
+        return
+    ev = cfg.evaluation
+    if not ev.task_files:
+        raise ConfigError("`evaluation.task_files`: a run over your own experts needs its tasks (name -> file or folder)")
+    load_user_tasks(ev.task_files, chosen_tasks(list(ev.task_files), ev.tasks, tasks))
+
+
+def chosen_tasks(all_tasks: list[str], configured: Sequence[str] | None, given: Sequence[str] | None) -> list[str]:
+    """The tasks a run evaluates: ``given`` (the caller's), else ``evaluation.tasks``, else all."""
+    chosen = list(given) if given is not None else list(configured or all_tasks)
+    unknown = [t for t in chosen if t not in all_tasks]
+    if unknown:
+        raise ConfigError(f"`evaluation.tasks`: unknown task(s) {unknown}; available: {', '.join(all_tasks)}")
+    if not chosen:
+        raise ConfigError("`evaluation.tasks`: no tasks to evaluate on (give evaluation.task_files)")
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -120,12 +150,7 @@ def prepare_inputs(
         all_tasks = list(zoo.tasks)
         zoo_root, base_dir = zoo.root, zoo.base_dir
     idx = select(pool.names, experts)
-    chosen = list(tasks) if tasks is not None else list(ev.tasks or all_tasks)
-    unknown = [t for t in chosen if t not in all_tasks]
-    if unknown:
-        raise ConfigError(f"`evaluation.tasks`: unknown task(s) {unknown}; available: {', '.join(all_tasks)}")
-    if not chosen:
-        raise ConfigError("`evaluation.tasks`: no tasks to evaluate on (give evaluation.task_files)")
+    chosen = chosen_tasks(all_tasks, ev.tasks, tasks)
     from evomerge.experts.types import lora_to_ab
 
     weights: dict[str, NumpyDict] = {}

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 from evomerge.config import EvomergeConfig
 from evomerge.pipelines.evolve import records
-from evomerge.pipelines.inputs import EvolveInputs, prepare_inputs
+from evomerge.pipelines.inputs import EvolveInputs, check_user_tasks, prepare_inputs
 from evomerge.errors import ConfigError, OutputExistsError
 from evomerge.io import check_writable, write_json_atomic, write_parquet_atomic
 
@@ -140,11 +140,13 @@ def _read_meta(meta_path: Path) -> dict[str, Any]:
     return old
 
 
-def check_experts(cfg: EvomergeConfig) -> None:
+def check_experts(cfg: EvomergeConfig, tasks: Sequence[str] | None = None) -> None:
     """The config's own experts, before Ray starts (seconds) or the actors load them: they exist,
     are adapters or checkpoints of one kind that fit each other and the base (the pool loader's
     checks of headers, shapes, target modules and base, without reading every value: the actors
-    do as they load), and the base is given. The built-in zoo needs none of this."""
+    do as they load), and the base is given; then the task files of ``tasks`` (default: those the
+    run evaluates), read by the actors' own loader (:func:`~evomerge.pipelines.inputs.check_user_tasks`).
+    The built-in zoo needs none of this."""
     if not cfg.experts.experts:
         return
     from evomerge.experts.pool import load_pool
@@ -154,6 +156,7 @@ def check_experts(cfg: EvomergeConfig) -> None:
               names=[s.name for s in specs], check_finite=False, warn=None)
     if cfg.experts.base is None:
         raise ConfigError("`experts.base`: evolutionary search evaluates merges, so it needs the base model")
+    check_user_tasks(cfg, tasks)
 
 
 def _prepare_out(out_dir: Path, meta: dict[str, Any], resume: bool) -> None:
@@ -198,7 +201,7 @@ def run_evolve(
     # the output checks that need no inputs, before Ray starts (seconds) or anything loads
     _check_out(out_dir, _run_meta(cfg, algo, None, zoo_profile), resume)
     if runtime is None:  # (a runtime given: Ray is up and the inputs are read right away)
-        check_experts(cfg)
+        check_experts(cfg, tasks)
     with contextlib.ExitStack() as stack:
         # connecting checks the request against the cluster: impossible ones fail before any work
         rt = runtime if runtime is not None else stack.enter_context(Runtime(cfg))

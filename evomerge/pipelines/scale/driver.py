@@ -363,11 +363,11 @@ def check_inputs(cfg: EvomergeConfig, spec: PoolSpec) -> None:
 
     if spec.zoo_root is None:
         from evomerge.experts import load_pool
-        from evomerge.pipelines.scale.work import user_tasks
+        from evomerge.pipelines.inputs import check_user_tasks
 
         # headers, shapes and the shared base only: the workers check the values as they load them
         load_pool(spec.paths, spec.base_dir, allow_bin=cfg.experts.allow_bin, names=spec.names, check_finite=False)
-        user_tasks(cfg.evaluation)
+        check_user_tasks(cfg, list(cfg.evaluation.task_files))  # every task file: the workers load them all
     elif cfg.evaluation.tasks:
         unknown = [t for t in cfg.evaluation.tasks if t not in spec.tasks]
         if unknown:
