@@ -85,3 +85,33 @@ def test_evolve_checks_only_the_tasks_it_evaluates(small_zoo, tmp_path):
     check_experts(cfg)
     with pytest.raises(ConfigError, match=r"`evaluation.tasks`: unknown task\(s\) \['nope'\]"):
         check_experts(cfg, ["rev_digits", "nope"])
+
+
+@pytest.mark.parametrize("command", ["evolve", "scale"])
+def test_an_expert_whose_task_has_no_task_file_is_refused(command, small_zoo, tmp_path, capsys):
+    """``brackets`` names its task, which ``evaluation.task_files`` lacks: both commands used to run
+    (exit 0) without it (scale: its gain n/a, yet ranked in the order; evolve: 2 of 3 tasks)."""
+    files = {t: p for t, p in _zoo_tasks(small_zoo).items() if t != "brackets"}
+    line = _refused(command, _config(tmp_path, small_zoo, files), tmp_path / "run", capsys)
+    assert line == ("error: `experts.experts[2]` (brackets): its task `brackets` has no "
+                    "`evaluation.task_files.brackets` (the task files: rev_digits, sort_digits); "
+                    "give that task's file or folder")
+
+
+def test_what_needs_no_task_file_of_its_own(small_zoo, tmp_path):
+    """Refused only where an expert names a task no file serves: an expert without ``task``, a
+    subset in ``evaluation.tasks`` without an expert's task, and the built-in zoo all pass."""
+    from evomerge.config import load_config
+    from evomerge.errors import ConfigError
+    from evomerge.pipelines.inputs import check_user_tasks
+
+    files = {t: str(p) for t, p in _zoo_tasks(small_zoo).items()}
+    no_task = [{"path": str(small_zoo.expert_dirs[t]), "name": t} for t in TASKS]
+    check_user_tasks(load_config(_config(tmp_path, small_zoo, {}, experts={
+        "base": str(small_zoo.base_dir), "experts": no_task}, evaluation={"task_files": {"rev_digits": files["rev_digits"]}})))
+    check_user_tasks(load_config(_config(tmp_path, small_zoo, _zoo_tasks(small_zoo), evaluation={
+        "task_files": files, "tasks": ["rev_digits"]})))
+    check_user_tasks(load_config(None))  # the built-in zoo
+    with pytest.raises(ConfigError, match=r"^`experts.experts\[1\]` \(sort_digits\): its task `sort_digits` has no"):
+        check_user_tasks(load_config(_config(tmp_path, small_zoo, {}, evaluation={
+            "task_files": {"rev_digits": files["rev_digits"], "brackets": files["brackets"]}, "tasks": ["rev_digits"]})))

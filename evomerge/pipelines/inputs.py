@@ -62,13 +62,20 @@ def load_user_tasks(task_files: Mapping[str, str | Path], tasks: Iterable[str] |
 
 def check_user_tasks(cfg: EvomergeConfig, tasks: Sequence[str] | None = None) -> None:
     """With your own experts, before any work (evolve: before Ray starts; scale: before its run
-    folder): ``evaluation.task_files`` is given and the files of ``tasks`` (default: those the run
+    folder): ``evaluation.task_files`` is given, has the task of every expert that names one (an
+    expert without ``task`` serves none), and the files of ``tasks`` (default: those the run
     evaluates) load, with the loader the evaluators use. The built-in zoo needs none of this."""
     if not cfg.experts.experts:
         return
     ev = cfg.evaluation
     if not ev.task_files:
         raise ConfigError("`evaluation.task_files`: a run over your own experts needs its tasks (name -> file or folder)")
+    for i, s in enumerate(cfg.experts.experts):
+        if s.task is not None and s.task not in ev.task_files:
+            # (it would be scored, ordered and searched without its own task: a gain of n/a)
+            raise ConfigError(f"`experts.experts[{i}]` ({s.name or s.path.name}): its task `{s.task}` has no "
+                              f"`evaluation.task_files.{s.task}` (the task files: {', '.join(ev.task_files)}); "
+                              "give that task's file or folder")
     load_user_tasks(ev.task_files, chosen_tasks(list(ev.task_files), ev.tasks, tasks))
 
 
