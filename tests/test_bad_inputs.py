@@ -95,7 +95,7 @@ def test_row02_huge_line_refused_after_reading_the_limit(zoo, tmp_path, capsys) 
 def test_row02_prompt_longer_than_the_context(zoo, tmp_path, capsys) -> None:
     n_pos = json.loads((zoo.base_dir / "config.json").read_text())["max_position_embeddings"]
     f = jsonl(tmp_path / "long.jsonl", [{"prompt": "12", "answer": "21"}, {"prompt": "1" * 8000, "answer": "1"}])
-    bad(capsys, evaluate_task(zoo, f), rf"task `t`.*row 1 is \d+ tokens.*context of {n_pos} positions "
+    bad(capsys, evaluate_task(zoo, f), rf"long\.jsonl \(task `t`\): line 2 is \d+ tokens.*context of {n_pos} positions "
                                        r"\(max_position_embeddings\)", inputs=[f])
 
 
@@ -222,7 +222,7 @@ def test_row10_task_file_content(zoo, tmp_path, capsys) -> None:
     empty_str = jsonl(tmp_path / "emptystr.jsonl", [good, {"prompt": "", "answer": "1"}])
     bad(capsys, evaluate_task(zoo, empty_str), r"emptystr\.jsonl: line 2: `prompt` is empty", inputs=[empty_str])
     oov = jsonl(tmp_path / "oov.jsonl", [good, {"prompt": "12", "answer": "\u00e9\u20ac"}])
-    bad(capsys, evaluate_task(zoo, oov), r"task `t`.*row 1: the answer holds characters outside the tokenizer's "
+    bad(capsys, evaluate_task(zoo, oov), r"oov\.jsonl \(task `t`\): line 2: the answer holds characters outside the tokenizer's "
                                          r"vocabulary \('é', '€'\)", inputs=[oov])
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")

@@ -125,10 +125,10 @@ def test_merge_data_rows_are_encoded_with_the_base_tokenizer(zoo, pair, tmp_path
     for method in ("regmean", "fisher"):
         args = ["merge", "-q", "-e", a, "-e", b, "--base", zoo.base_dir, "--method", method, "--rank", "4"]
         bad(capsys, [*args, "--data", long, "--out", tmp_path / "o"],
-            rf"long\.jsonl \(merge\.data\): row 1 is \d+ tokens .*context of {n_pos} positions",
+            rf"long\.jsonl \(merge\.data\): line 2 is \d+ tokens .*context of {n_pos} positions",
             out=tmp_path / "o", inputs=[long, a, b])
         bad(capsys, [*args, "--data", euro, "--out", tmp_path / "o"],
-            r"euro\.jsonl \(merge\.data\): row 0: the prompt holds characters outside the tokenizer's vocabulary "
+            r"euro\.jsonl \(merge\.data\): line 1: the prompt holds characters outside the tokenizer's vocabulary "
             r"\('€'\)", out=tmp_path / "o", inputs=[euro, a, b])
 
 

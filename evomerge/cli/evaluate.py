@@ -24,11 +24,30 @@ def _task_items(items: list[str]) -> dict[str, str] | None:
     return out or None
 
 
-def _user_tasks(task_files: dict, split: str) -> dict:
-    """``name -> FILE`` (that file is the split) or ``name -> DIR`` (DIR/<split>.parquet|.jsonl)."""
+def _user_tasks(task_files: dict, split: str, sources: dict[str, str]) -> dict:
+    """``name -> DIR`` (DIR/<split>.parquet|.jsonl) or ``name -> FILE``: a single file is the
+    validation split, so another ``split`` of it is refused (``load_task``), never relabelled."""
     from evomerge.evaluation.task_data import load_task
 
-    return {name: load_task(path, (split,), source=f"evaluation.task_files.{name}") for name, path in task_files.items()}
+    return {name: load_task(path, (split,), source=sources[name]) for name, path in task_files.items()}
+
+
+def _check_encoding(base_dir: Path, task_data: dict, max_samples: int | None) -> None:
+    """The rows the evaluator will score, encoded with the base's tokenizer before any model is
+    loaded: a tokenizer without EOS names the base folder; characters outside its vocabulary and
+    rows longer than its context name the task file and the line (as ``merge --data`` is checked)."""
+    from evomerge.evaluation.encoding import base_context_length, check_eos, encode_dataset, load_tokenizer
+    from evomerge.evaluation.evaluator import check_base_dir
+    from evomerge.evaluation.task_data import source_file
+
+    check_base_dir(base_dir)
+    tok = load_tokenizer(base_dir)
+    check_eos(tok)
+    ctx = base_context_length(base_dir)
+    for name, splits in task_data.items():
+        for ds in splits.values():
+            rows = ds if max_samples is None or len(ds) <= max_samples else ds.select(range(max_samples))
+            encode_dataset(tok, rows, f"{source_file(ds) or name} (task `{name}`)", ctx)
 
 
 def _full_task_vector(folder: Path, base_dir: Path, allow_bin: bool) -> dict:
@@ -60,7 +79,7 @@ def evaluate_command(
     base: Optional[Path] = typer.Option(None, "--base", help="HF base model folder (with --task): experts.base"),
     task: list[str] = typer.Option([], "--task", "-t", help="user task name=FILE|DIR (repeatable): evaluation.task_files"),
     tasks: Optional[str] = typer.Option(None, "--tasks", help="comma-separated subset of the zoo's tasks: evaluation.tasks"),
-    split: str = typer.Option("validation", "--split", help="validation (for choices) or test (report only)"),
+    split: str = typer.Option("validation", "--split", help="validation (for choices) or test (report only); a single --task FILE is the validation split"),
     metric: Optional[str] = typer.Option(None, "--metric", help="evaluation.metric (default token_accuracy)"),
     max_samples: Optional[int] = typer.Option(None, "--max-samples", min=1, help="evaluation.max_samples (default 200)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="evaluation.batch_size (default 64)"),
@@ -87,13 +106,14 @@ def evaluate_command(
     cfg = load_config_with_sets(config, sets, {key: value for _, key, value in given},
                                 {key: flag for flag, key, _ in given})
     ev_cfg = cfg.evaluation
+    task_files = dict(ev_cfg.task_files or {})
     if out is not None:  # before any work: a folder, an existing table, an unwritable place, an input
         from evomerge.cli._common import zoo_choice, zoo_folder
         from evomerge.io import check_not_overlapping, check_output_path
 
         check_output_path(out, overwrite, kind="file")
-        zoo_input = None if ev_cfg.task_files else zoo_folder(zoo_choice(zoo, small), "default", cfg.zoo_dir)
-        check_not_overlapping(out, [*experts, cfg.experts.base, *(ev_cfg.task_files or {}).values(), zoo_input, config])
+        zoo_input = None if task_files else zoo_folder(zoo_choice(zoo, small), "default", cfg.zoo_dir)
+        check_not_overlapping(out, [*experts, cfg.experts.base, *task_files.values(), zoo_input, config])
     dev = resolve_device(cfg.device)
     for e in experts:
         detect_kind(e)  # exists, and is an adapter or a checkpoint
@@ -104,12 +124,15 @@ def evaluate_command(
     common = dict(metric=ev_cfg.metric, device=dev, batch_size=ev_cfg.batch_size, max_samples=ev_cfg.max_samples)
     # every expert is read and checked against the base (as `evomerge merge` reads a pool: tensor
     # names and shapes, target modules, finite weights) before the model is loaded
-    if ev_cfg.task_files:
+    if task_files:
         if cfg.experts.base is None:
             raise ConfigError("--task needs --base (the HF model folder the experts were trained from)")
         if zoo is not None or small:
             raise ConfigError("--task scores your own tasks on --base; do not pass --zoo/--small as well")
-        task_data = _user_tasks(ev_cfg.task_files, split)
+        given_tasks = _task_items(task) or {}
+        sources = {t: f"--task {t}" if t in given_tasks else f"evaluation.task_files.{t}" for t in task_files}
+        task_data = _user_tasks(task_files, split, sources)
+        _check_encoding(Path(cfg.experts.base), task_data, ev_cfg.max_samples)
         cands = {"base": {}, **{e.name: _candidate(e, Path(cfg.experts.base), allow_bin) for e in experts}}
         ev = Evaluator(cfg.experts.base, task_data, task_weights=ev_cfg.task_weights, **common)
     else:

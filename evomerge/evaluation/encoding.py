@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 
 from evomerge.errors import DataError
+from evomerge.evaluation.task_data import LINE_COLUMN
 
 IGNORE = -100
 
@@ -109,24 +110,33 @@ def _unknown_chars(tokenizer, text: str) -> list[str]:
     return out
 
 
-def _check_tokens(tokenizer, ids: list[int], text: str, source: str, i: int, what: str) -> None:
+def _check_tokens(tokenizer, ids: list[int], text: str, source: str, where: str, what: str) -> None:
     unk = tokenizer.unk_token_id
     if unk is not None and unk in ids and (tokenizer.unk_token is None or tokenizer.unk_token not in text):
         chars = _unknown_chars(tokenizer, text)
-        raise DataError(f"{source}: row {i}: the {what} holds characters outside the tokenizer's vocabulary "
+        raise DataError(f"{source}: {where}: the {what} holds characters outside the tokenizer's vocabulary "
                         f"({', '.join(repr(c) for c in chars) or 'unknown'}); they would be scored as <unk>")
 
 
+def check_eos(tokenizer) -> None:
+    """Refuse a tokenizer without an EOS token, naming the folder it was loaded from (the base)."""
+    if tokenizer.eos_token_id is None:
+        name = getattr(tokenizer, "name_or_path", "") or "the base model"
+        raise DataError(f"{name}: the tokenizer has no eos_token; evomerge needs one to end answers "
+                        f"(set `eos_token` in its tokenizer_config.json)")
+
+
 def encode_pairs(tokenizer, prompts: Sequence[str], answers: Sequence[str], source: str = "task",
-                 max_len: int | None = None) -> Encoded:
+                 max_len: int | None = None, where: Sequence[str] | None = None) -> Encoded:
     """Tokenize prompts (with the tokenizer's special prefix) and answers (plus EOS).
 
-    Refused with the row named: an empty prompt or answer, characters the tokenizer cannot
-    represent (its unknown token), and a sequence longer than ``max_len`` (the model's
-    ``max_position_embeddings``: positions beyond it are not scored meaningfully).
+    Refused with the row named (``where[i]``, default ``row i+1``): an empty prompt or answer,
+    characters the tokenizer cannot represent (its unknown token), and a sequence longer than
+    ``max_len`` (the model's ``max_position_embeddings``: positions beyond it are not scored
+    meaningfully). A tokenizer without EOS is refused naming its folder (:func:`check_eos`).
     """
-    if tokenizer.eos_token_id is None:
-        raise DataError(f"{source}: the tokenizer has no eos_token; evomerge needs one to end answers")
+    check_eos(tokenizer)
+    where = [f"row {i + 1}" for i in range(len(prompts))] if where is None else list(where)
     pad = pad_id(tokenizer)
     p_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     a_ids = tokenizer(list(answers), add_special_tokens=False)["input_ids"]
@@ -134,14 +144,14 @@ def encode_pairs(tokenizer, prompts: Sequence[str], answers: Sequence[str], sour
     seqs, plens = [], []
     for i, (p, a) in enumerate(zip(p_ids, a_ids)):
         if len(p) <= n_special:
-            raise DataError(f"{source}: row {i} has an empty prompt")
+            raise DataError(f"{source}: {where[i]} has an empty prompt")
         if len(a) == 0:
-            raise DataError(f"{source}: row {i} has an empty answer")
-        _check_tokens(tokenizer, p, prompts[i], source, i, "prompt")
-        _check_tokens(tokenizer, a, answers[i], source, i, "answer")
+            raise DataError(f"{source}: {where[i]} has an empty answer")
+        _check_tokens(tokenizer, p, prompts[i], source, where[i], "prompt")
+        _check_tokens(tokenizer, a, answers[i], source, where[i], "answer")
         seq = list(p) + list(a) + [tokenizer.eos_token_id]
         if max_len is not None and len(seq) > max_len:
-            raise DataError(f"{source}: row {i} is {len(seq)} tokens (prompt {len(p)}, answer {len(a)}, eos), "
+            raise DataError(f"{source}: {where[i]} is {len(seq)} tokens (prompt {len(p)}, answer {len(a)}, eos), "
                             f"longer than the model's context of {max_len} positions (max_position_embeddings)")
         seqs.append(seq)
         plens.append(len(p))
@@ -160,18 +170,23 @@ def encode_pairs(tokenizer, prompts: Sequence[str], answers: Sequence[str], sour
 
 
 def encode_dataset(tokenizer, ds, source: str = "task", max_len: int | None = None) -> Encoded:
-    """Encode a ``datasets.Dataset`` with ``prompt``/``answer`` columns (checks: :func:`encode_pairs`)."""
+    """Encode a ``datasets.Dataset`` with ``prompt``/``answer`` columns (checks: :func:`encode_pairs`).
+
+    Rows are named ``line N`` when the dataset carries :data:`LINE_COLUMN` (a JSONL task file's
+    own line numbers), else ``row N`` (from 1: a Parquet table's or JSON array's row)."""
     missing = [c for c in ("prompt", "answer") if c not in ds.column_names]
     if missing:
         raise DataError(f"{source}: missing column(s) {missing}; a task needs ['prompt', 'answer']")
     if len(ds) == 0:
         raise DataError(f"{source}: the split is empty")
     prompts, answers = ds["prompt"], ds["answer"]
+    where = ([f"line {n}" for n in ds[LINE_COLUMN]] if LINE_COLUMN in ds.column_names
+             else [f"row {i + 1}" for i in range(len(ds))])
     for i, (p, a) in enumerate(zip(prompts, answers)):
         for what, v in (("prompt", p), ("answer", a)):
             if v is None:
-                raise DataError(f"{source}: row {i}: `{what}` is null")
-    return encode_pairs(tokenizer, [str(x) for x in prompts], [str(x) for x in answers], source, max_len)
+                raise DataError(f"{source}: {where[i]}: `{what}` is null")
+    return encode_pairs(tokenizer, [str(x) for x in prompts], [str(x) for x in answers], source, max_len, where)
 
 
 def context_length(model) -> int | None:

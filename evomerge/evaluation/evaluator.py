@@ -20,6 +20,7 @@ from evomerge.evaluation.forward import applied, linear_weights
 from evomerge.evaluation.generate import greedy_generate
 from evomerge.evaluation.head import hidden_out, output_head, scores_by_rows, touches
 from evomerge.evaluation.pages import keep_freed_pages
+from evomerge.evaluation.task_data import source_file
 
 
 @dataclass
@@ -39,13 +40,18 @@ class EvalResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _load_base(base_dir: Path, device: torch.device, dtype: torch.dtype | None):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def check_base_dir(base_dir: Path) -> None:
+    """Refuse a base that is a file, or a folder without ``config.json``, naming it (no weights read)."""
     if base_dir.exists() and not base_dir.is_dir():
         raise ExpertLoadError(f"{base_dir}: is a file, not a folder; the base model is a folder (config.json, weights, tokenizer)")
     if not (base_dir / "config.json").is_file():
         raise ExpertLoadError(f"{base_dir}: base model folder has no config.json")
+
+
+def _load_base(base_dir: Path, device: torch.device, dtype: torch.dtype | None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_base_dir(base_dir)
     try:
         tok = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
         # default: the checkpoint's own dtype on CUDA (a bf16 base stays bf16, as transformers 5
@@ -123,7 +129,9 @@ class Evaluator:
             for split, ds in splits.items():
                 if max_samples is not None and split not in whole_splits and len(ds) > max_samples:
                     ds = ds.select(range(max_samples))
-                enc = encode_dataset(self.tokenizer, ds, f"task `{name}` split `{split}`", context_length(self.model))
+                file = source_file(ds)  # a task file's errors name the file (and its line)
+                where = f"{file} (task `{name}`)" if file else f"task `{name}` split `{split}`"
+                enc = encode_dataset(self.tokenizer, ds, where, context_length(self.model))
                 self.data[name][split] = enc.sorted_by_length().to(self.device)
         self.max_new_tokens = max_new_tokens
         self._pool_cache: dict[str, Encoded] = {}

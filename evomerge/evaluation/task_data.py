@@ -6,6 +6,11 @@ or :func:`load_task` (a file or a task folder). Every row is checked before any 
 that is not UTF-8, a missing, null or empty prompt/answer, a line or file over the size limits
 is refused with the file, the line and the problem. Reading is streamed, so a huge line is
 refused after reading :data:`MAX_LINE_BYTES`, not after filling memory.
+
+Rows are numbered as the user sees the file, from 1: ``line N`` of a JSONL file (blank lines
+count), ``row N`` of a Parquet table or a JSON array. A JSONL dataset carries each example's line
+in the column :data:`LINE_COLUMN`, so that the encoding checks
+(vocabulary, context length) name the same line.
 """
 
 from __future__ import annotations
@@ -21,13 +26,36 @@ REQUIRED_COLUMNS = ("prompt", "answer")
 MAX_LINE_BYTES = 8 << 20
 #: Largest task file accepted.
 MAX_FILE_BYTES = 4 << 30
+#: Column of a JSONL task file's dataset: each example's line in the file (from 1), read by
+#: :func:`evomerge.evaluation.encoding.encode_dataset` to name the line in its errors.
+LINE_COLUMN = "__line__"
 #: Extensions of task files, in the order a task folder is searched.
 TASK_EXTENSIONS = (".parquet", ".jsonl", ".json")
 
 
+_SOURCE_PREFIX = "evomerge task file: "
+
+
+def _info(path: Path):
+    """The dataset's info, recording the file it was read from (kept by ``select``, ``sort``)."""
+    import datasets
+
+    return datasets.DatasetInfo(description=f"{_SOURCE_PREFIX}{path}")
+
+
+def source_file(ds) -> str | None:
+    """The task file a dataset of :func:`load_examples` was read from (``None`` for other datasets)."""
+    desc = getattr(getattr(ds, "info", None), "description", None) or ""
+    return desc[len(_SOURCE_PREFIX):] if desc.startswith(_SOURCE_PREFIX) else None
+
+
 def _check_file(path: Path) -> str:
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a task file (a .jsonl or .parquet file of prompt/answer rows)")
+    if not path.exists():
+        raise DataError(f"{path}: task file not found")
     if not path.is_file():
-        raise DataError(f"{path}: task file not found" + (" (it is a folder)" if path.is_dir() else ""))
+        raise DataError(f"{path}: is not a regular file; a task file is a .jsonl or .parquet file")
     suffix = path.suffix.lower()
     if suffix not in TASK_EXTENSIONS:
         raise DataError(f"{path}: unsupported task file type {suffix!r} (use .jsonl or .parquet)")
@@ -77,11 +105,14 @@ def _jsonl_rows(path: Path) -> Iterable[tuple[int, Any]]:
                 raise DataError(f"{path}: line {n}: not valid JSON ({err.msg} at column {err.colno})") from None
 
 
+def _is_json_array(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(64).lstrip().startswith(b"[")
+
+
 def _json_rows(path: Path) -> Iterable[tuple[int, Any]]:
     """A ``.json`` file: a JSON array of objects, or JSON Lines."""
-    with open(path, "rb") as fh:
-        head = fh.read(64).lstrip()
-    if not head.startswith(b"["):
+    if not _is_json_array(path):
         yield from _jsonl_rows(path)
         return
     try:
@@ -98,7 +129,9 @@ def _read_json(path: Path, suffix: str, limit: int | None):
 
     prompts: list[str] = []
     answers: list[str] = []
-    unit = "line" if suffix == ".jsonl" else "row"
+    lines: list[int] = []
+    jsonl = suffix == ".jsonl" or not _is_json_array(path)
+    unit = "line" if jsonl else "row"
     rows = _jsonl_rows(path) if suffix == ".jsonl" else _json_rows(path)
     for n, row in rows:
         where = f"{unit} {n}"
@@ -109,11 +142,15 @@ def _read_json(path: Path, suffix: str, limit: int | None):
             raise DataError(f"{path}: {where}: missing column(s) {missing}; a task file needs {list(REQUIRED_COLUMNS)}")
         prompts.append(_text(row["prompt"], path, where, "prompt"))
         answers.append(_text(row["answer"], path, where, "answer"))
+        lines.append(n)
         if limit is not None and len(prompts) >= limit:
             break
     if not prompts:
         raise DataError(f"{path}: no examples (only blank lines)")
-    return datasets.Dataset.from_dict({"prompt": prompts, "answer": answers})
+    columns = {"prompt": prompts, "answer": answers}
+    if jsonl:  # rows of a JSON array are numbered as a table's, from 1
+        columns[LINE_COLUMN] = lines
+    return datasets.Dataset.from_dict(columns, info=_info(path))
 
 
 def _read_parquet(path: Path, limit: int | None):
@@ -135,7 +172,7 @@ def _read_parquet(path: Path, limit: int | None):
     for column in REQUIRED_COLUMNS:
         for i, value in enumerate(table.column(column).to_pylist()):
             _text(value, path, f"row {i + 1}", column)
-    return datasets.Dataset(table)
+    return datasets.Dataset(table, info=_info(path))
 
 
 def load_examples(path: str | Path, *, limit: int | None = None):
@@ -147,28 +184,39 @@ def load_examples(path: str | Path, *, limit: int | None = None):
     return _read_json(path, suffix, limit)
 
 
+#: The split a single task file is (a task folder holds one file per split).
+FILE_SPLIT = "validation"
+
+
 def find_split(folder: Path, split: str) -> Path | None:
-    """``folder/<split>.parquet|.jsonl|.json``, the first that exists."""
+    """``folder/<split>.parquet|.jsonl|.json``, the first that exists (a folder of that name is
+    found too, and refused as a folder by :func:`load_examples`)."""
     for ext in TASK_EXTENSIONS:
-        if (folder / f"{split}{ext}").is_file():
+        if (folder / f"{split}{ext}").exists():
             return folder / f"{split}{ext}"
     return None
 
 
 def load_task(path: str | Path, splits: Sequence[str] = ("validation",), *, required: Sequence[str] | None = None,
               source: str | None = None) -> dict[str, Any]:
-    """A task's splits: a file is the first split's data; a folder holds ``<split>.parquet|.jsonl``.
+    """A task's splits: a folder holds ``<split>.parquet|.jsonl``; a single file is the
+    :data:`FILE_SPLIT` (validation) split, and nothing else.
 
-    Splits of ``required`` (default: the first) must exist; others are loaded when present.
+    Splits of ``required`` (default: the first) must exist: a required split other than
+    validation is refused for a single file, naming the file, rather than read from it.
     ``source`` names the setting in errors (e.g. ``evaluation.task_files.qa``).
     """
     path = Path(path)
     where = f"{source}: " if source else ""
+    required = list(splits[:1]) if required is None else list(required)
     if not path.exists():
         raise DataError(f"{where}{path}: task file or folder not found")
-    if path.is_file():
-        return {splits[0]: load_examples(path)}
-    required = list(splits[:1]) if required is None else list(required)
+    if not path.is_dir():
+        other = [s for s in required if s != FILE_SPLIT]
+        if other:
+            raise DataError(f"{where}{path}: a single task file is the {FILE_SPLIT} split; the {other[0]} split needs "
+                            f"a task folder holding {other[0]}.jsonl or {other[0]}.parquet")
+        return {FILE_SPLIT: load_examples(path)} if FILE_SPLIT in splits else {}
     out = {}
     for split in splits:
         found = find_split(path, split)
