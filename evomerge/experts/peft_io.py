@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -39,12 +39,24 @@ _UNSUPPORTED = {
 
 @dataclass(frozen=True)
 class PeftAdapter:
-    """A loaded adapter: modules keyed by base weight name, its config and its weights file."""
+    """A loaded adapter: modules keyed by base weight name, its config and its weights file
+    (``file_keys``: ``(base weight name, "A" | "B")`` -> the tensor's key in that file)."""
 
     path: Path
     weights_file: Path
     config: dict[str, Any]
     modules: dict[str, LoraModule]
+    file_keys: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+def check_adapter_finite(ad: PeftAdapter) -> None:
+    """A NaN/inf value in the adapter's factors raises naming its weights file and tensor key."""
+    for name, m in ad.modules.items():
+        for part, t in (("A", m.A), ("B", m.B)):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                bad = "NaN" if bool(torch.isnan(t).any()) else "inf"
+                key = ad.file_keys.get((name, part)) or weight_to_peft_key(name, part)
+                raise ExpertLoadError(f"{ad.weights_file}: tensor `{key}` contains {bad} values")
 
 
 def is_peft_dir(path: Path) -> bool:
@@ -139,7 +151,8 @@ def read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
 def load_peft_adapter(folder: str | Path, allow_bin: bool = False, check_finite: bool = True) -> PeftAdapter:
     """Load a peft LoRA adapter folder into ``{base weight name: LoraModule}``.
 
-    With ``check_finite``, a NaN/inf value raises naming the file and the tensor key.
+    With ``check_finite``, a NaN/inf value raises naming the file and the tensor key
+    (:func:`check_adapter_finite`; without it, a caller may run that check later).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -148,13 +161,11 @@ def load_peft_adapter(folder: str | Path, allow_bin: bool = False, check_finite:
     wfile = adapter_weights_file(folder, allow_bin)
     sd = read_tensor_file(wfile)
     factors: dict[str, dict[str, torch.Tensor]] = {}
+    file_keys: dict[tuple[str, str], str] = {}
     for key, t in sd.items():
         for marker, what in _UNSUPPORTED.items():
             if f".{marker}" in key or key.startswith(marker):
                 raise ExpertLoadError(f"{wfile}: tensor `{key}`: {what} is not supported")
-        if check_finite and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            bad = "NaN" if bool(torch.isnan(t).any()) else "inf"
-            raise ExpertLoadError(f"{wfile}: tensor `{key}` contains {bad} values")
         try:
             name, part = peft_key_to_weight(key)
         except ValueError:
@@ -162,6 +173,7 @@ def load_peft_adapter(folder: str | Path, allow_bin: bool = False, check_finite:
         if part in factors.setdefault(name, {}):
             raise ExpertLoadError(f"{wfile}: two tensors for lora_{part} of `{name}` (several adapters in one file?)")
         factors[name][part] = t
+        file_keys[(name, part)] = key
     if not factors:
         raise ExpertLoadError(f"{wfile}: no LoRA tensors found")
     use_rslora = bool(cfg.get("use_rslora", False))
@@ -188,7 +200,10 @@ def load_peft_adapter(folder: str | Path, allow_bin: bool = False, check_finite:
         ak = match_pattern(alpha_pattern, module)
         alpha = float(alpha_pattern[ak]) if ak is not None else float(cfg["lora_alpha"])
         modules[name] = LoraModule(A=a, B=b, scale=lora_scale(alpha, r, use_rslora), fan_in_fan_out=fan)
-    return PeftAdapter(path=folder, weights_file=wfile, config=cfg, modules=modules)
+    ad = PeftAdapter(path=folder, weights_file=wfile, config=cfg, modules=modules, file_keys=file_keys)
+    if check_finite:
+        check_adapter_finite(ad)
+    return ad
 
 
 def build_adapter_config(

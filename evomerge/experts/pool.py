@@ -1,9 +1,12 @@
 """A validated pool of experts of one base model, read per tensor.
 
 ``load_pool`` checks everything it can before any merge work starts (kinds, base model, shapes,
-target modules, finite weights, readable files) and names the file at fault. The pool then
-serves task vectors one tensor at a time (``stacked``), so full fine-tunes are never all in
-memory at once.
+target modules, finite weights, readable files) and names the file at fault, in two passes: the
+headers and configs (cheap), then every value (the NaN/inf scan and the search for identical
+experts: a full read of every expert). ``load_pool(..., values=False)`` stops after the first, so
+a caller can make its own cheap refusals before :meth:`ExpertPool.check_values` runs the second.
+The pool then serves task vectors one tensor at a time (``stacked``), so full fine-tunes are
+never all in memory at once.
 """
 
 from __future__ import annotations
@@ -19,10 +22,15 @@ import torch
 
 from evomerge.errors import ExpertLoadError
 from evomerge.experts.checkpoint_io import ARCH_FIELDS, CheckpointReader, is_checkpoint_dir, read_config
-from evomerge.experts.peft_io import PeftAdapter, is_peft_dir, load_peft_adapter
+from evomerge.experts.peft_io import PeftAdapter, check_adapter_finite, is_peft_dir, load_peft_adapter
 from evomerge.experts.types import LoraModule, TensorDict
 
 KINDS = ("lora", "full")
+_WARNED: set[tuple[Any, str, str]] = set()
+
+
+def warn_stderr(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -160,6 +168,34 @@ class ExpertPool:
             lines.append("  " + " ".join(cells))
         return "\n".join(lines)
 
+    # --- the value pass ----------------------------------------------------------------------
+    def check_values(
+        self, check_finite: bool = True, progress: bool = False, warn: Callable[[str], None] | None = warn_stderr
+    ) -> None:
+        """Read every value once: a NaN/inf raises naming the file and tensor (``check_finite``), and
+        experts with identical weights are listed in ``duplicates`` and reported through ``warn``
+        (once per process and pair; None: silent). For full fine-tunes this reads every expert."""
+        if self.kind == "lora":
+            if check_finite:
+                for ad in self.adapters:
+                    check_adapter_finite(ad)
+            n = len(self.adapters)
+            self.duplicates = [(i, j) for i in range(n) for j in range(i + 1, n)
+                               if _same_lora(self.adapters[i], self.adapters[j])]
+        else:
+            self.duplicates = _scan_full(self.base, self.readers, self._keys, check_finite, progress)
+        if warn is None:
+            return
+        for i, j in self.duplicates:
+            said = (warn, str(self.paths[i].resolve()), str(self.paths[j].resolve()))
+            if said in _WARNED:  # once per process (the scale run loads its pool several times)
+                continue
+            _WARNED.add(said)
+            warn(
+                f"experts `{self.names[i]}` ({self.paths[i]}) and `{self.names[j]}` ({self.paths[j]}) have identical "
+                "weights (a copy under another name?): the pool counts one expert twice"
+            )
+
     def _need(self, kind: str, what: str) -> None:
         if self.kind != kind:
             raise ExpertLoadError(f"{what} needs a {kind} pool; this pool holds {self.kind} experts")
@@ -207,13 +243,6 @@ def _check_finite(t: torch.Tensor, file: Path, key: str) -> None:
         raise ExpertLoadError(f"{file}: tensor `{key}` contains {bad} values")
 
 
-_WARNED: set[tuple[Any, str, str]] = set()
-
-
-def warn_stderr(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
 def load_pool(
     paths: Sequence[str | Path],
     base: str | Path | None = None,
@@ -222,12 +251,17 @@ def load_pool(
     check_finite: bool = True,
     progress: bool = False,
     warn: Callable[[str], None] | None = warn_stderr,
+    values: bool = True,
 ) -> ExpertPool:
     """Load and validate a pool of experts; raises :class:`ExpertLoadError` naming the culprit.
 
     Experts with identical weights under different names or folders (a copy of another expert)
     are kept, listed in ``pool.duplicates`` and reported through ``warn`` (``warning: ...`` on
-    stderr by default; None: silent): merged, such a pair counts one expert twice."""
+    stderr by default; None: silent): merged, such a pair counts one expert twice.
+
+    ``values=False``: only the checks of headers and configs (kinds, base model, shapes, target
+    modules, readable files); no value of a full fine-tune is read, NaN/inf is not looked for and
+    ``duplicates`` stays empty until the caller runs :meth:`ExpertPool.check_values`."""
     paths = [Path(p) for p in paths]
     if not paths:
         raise ExpertLoadError("empty pool: no experts given (pass --expert PATH or experts.experts in the config)")
@@ -244,19 +278,11 @@ def load_pool(
     if base_reader is not None:
         base_reader.check_readable()
     if kinds[0] == "lora":
-        pool = _load_lora(paths, names, base_path, base_reader, allow_bin, check_finite)
+        pool = _load_lora(paths, names, base_path, base_reader, allow_bin)
     else:
-        pool = _load_full(paths, names, base_path, base_reader, allow_bin, check_finite, progress)
-    if warn is not None:
-        for i, j in pool.duplicates:
-            said = (warn, str(pool.paths[i].resolve()), str(pool.paths[j].resolve()))
-            if said in _WARNED:  # once per process (the scale run loads its pool several times)
-                continue
-            _WARNED.add(said)
-            warn(
-                f"experts `{pool.names[i]}` ({pool.paths[i]}) and `{pool.names[j]}` ({pool.paths[j]}) have identical "
-                "weights (a copy under another name?): the pool counts one expert twice"
-            )
+        pool = _load_full(paths, names, base_path, base_reader, allow_bin)
+    if values:
+        pool.check_values(check_finite=check_finite, progress=progress, warn=warn)
     return pool
 
 
@@ -331,8 +357,8 @@ def _names(paths: list[Path], names: Sequence[str | None] | None) -> list[str]:
     return out
 
 
-def _load_lora(paths, names, base_path, base_reader, allow_bin, check_finite) -> ExpertPool:
-    adapters = [load_peft_adapter(p, allow_bin=allow_bin, check_finite=check_finite) for p in paths]
+def _load_lora(paths, names, base_path, base_reader, allow_bin) -> ExpertPool:
+    adapters = [load_peft_adapter(p, allow_bin=allow_bin, check_finite=False) for p in paths]  # values: check_values
     for ad in adapters:
         _check_target_modules(ad)
     first = adapters[0]
@@ -373,10 +399,9 @@ def _load_lora(paths, names, base_path, base_reader, allow_bin, check_finite) ->
                     f"{first.weights_file}: `{k}` adapts shape {shapes[k]} but the base {base_path} has "
                     f"{tuple(base_reader.shape(k))} (different base model?)"
                 )
-    dups = [(i, j) for i in range(len(adapters)) for j in range(i + 1, len(adapters)) if _same_lora(adapters[i], adapters[j])]
     return ExpertPool(
         kind="lora", names=names, paths=paths, base_path=base_path, adapters=adapters,
-        base=base_reader, _keys=keys, _shapes=shapes, duplicates=dups,
+        base=base_reader, _keys=keys, _shapes=shapes,
     )
 
 
@@ -421,7 +446,7 @@ def _delta_shape(m: LoraModule) -> tuple[int, ...]:
     return (inp, out) if m.fan_in_fan_out else (out, inp)
 
 
-def _load_full(paths, names, base_path, base_reader, allow_bin, check_finite, progress=False) -> ExpertPool:
+def _load_full(paths, names, base_path, base_reader, allow_bin) -> ExpertPool:
     if base_reader is None:
         raise ExpertLoadError(
             f"{paths[0]}: full fine-tuned experts need the base checkpoint to form task vectors; pass --base PATH"
@@ -453,6 +478,15 @@ def _load_full(paths, names, base_path, base_reader, allow_bin, check_finite, pr
         for k in keys:
             if tuple(r.shape(k)) != shapes[k]:
                 raise ExpertLoadError(f"{r.file_of(k)}: tensor `{k}` has shape {tuple(r.shape(k))}, base has {shapes[k]}")
+    return ExpertPool(
+        kind="full", names=names, paths=paths, base_path=base_path, readers=readers,
+        base=base_reader, _keys=keys, _shapes=shapes,
+    )
+
+
+def _scan_full(base_reader, readers, keys, check_finite, progress) -> list[tuple[int, int]]:
+    """The value pass over full fine-tunes: NaN/inf (``check_finite``) and the pairs of experts
+    with identical weights, one tensor of every expert at a time."""
     # pairs that may hold identical weights (equal file sizes); each tensor read drops the pairs it tells apart
     sizes = [sum(f.stat().st_size for f in r.files()) for r in readers]
     dups = [(i, j) for i in range(len(readers)) for j in range(i + 1, len(readers)) if sizes[i] == sizes[j]]
@@ -472,7 +506,4 @@ def _load_full(paths, names, base_path, base_reader, allow_bin, check_finite, pr
                     if check_finite:
                         _check_finite(got[i], r.file_of(k), k)
             dups = [(i, j) for i, j in dups if got[i].dtype == got[j].dtype and torch.equal(got[i], got[j])]
-    return ExpertPool(
-        kind="full", names=names, paths=paths, base_path=base_path, readers=readers,
-        base=base_reader, _keys=keys, _shapes=shapes, duplicates=dups,
-    )
+    return dups

@@ -136,13 +136,18 @@ def run_merge(
     dev = resolve_device(device or cfg.device)
     method = get_merge_method(cfg.merge.method)
     params = method.resolve(cfg.merge.params)
+    # headers and configs first: every refusal they (and the config) decide comes before the value scan,
+    # which reads every expert (seconds to minutes for full fine-tunes)
     pool = load_pool(
         [s.path for s in specs], base=cfg.experts.base, allow_bin=cfg.experts.allow_bin, names=[s.name for s in specs],
-        progress=progress,
+        values=False,
     )
     weights = _weights(cfg, len(pool))
     fmt = plan_output(cfg, pool, method)
-    _check_data(cfg, pool)
+    if fmt == "emr":
+        emr_task_names(cfg, pool)
+    _check_data(cfg, pool, method)
+    pool.check_values(progress=progress)  # NaN/inf, identical experts (warned)
     pool_stats = pool.stats()
     log(pool.summary(pool_stats))
     inputs = _input_hashes(cfg, pool)
@@ -194,21 +199,39 @@ def run_merge(
     return out
 
 
-def _check_data(cfg, pool) -> None:
-    """Every ``merge.data`` row the statistics read is checked before any work: the file (as
-    ``load_examples`` reads it) and, with a base, its encoding as ``evaluate --task`` checks it
-    (characters outside the tokenizer's vocabulary, rows longer than the base's context)."""
+def _check_data(cfg, pool, method) -> None:
+    """Before any value is read: a method with statistics has one task file per expert (or one
+    shared) and the base, and every ``merge.data`` row the statistics read is checked: the file
+    (as ``load_examples`` reads it) and, with a base, its encoding as ``evaluate --task`` checks it
+    (characters outside the tokenizer's vocabulary, rows longer than the base's context).
+    (:func:`~evomerge.experts.statistics.pool_statistics` refuses the same counts, after the scan.)"""
     from evomerge.evaluation.task_data import load_examples
 
     files = list(cfg.merge.data)
+    if method.needs:
+        needs, names = sorted(method.needs), pool.names
+        if not files:
+            raise ConfigError(
+                f"merge.data: this merge method needs data statistics ({', '.join(needs)}) and no expert has task data "
+                f"(experts {', '.join(f'`{n}`' for n in names)}); give task files with merge.data "
+                "(--data FILE, one per expert or one shared)"
+            )
+        if len(files) not in (1, len(pool)):
+            missing = names[len(files):]
+            why = (f"no task file for expert {', '.join(f'`{n}`' for n in missing)}" if missing
+                   else f"{len(files) - len(pool)} more than the experts")
+            raise ConfigError(f"merge.data: give one task file per expert ({len(pool)}) or one shared file; got "
+                              f"{len(files)}: {why}")
     if not files:
         return
     for i, f in enumerate(files):
         if not Path(f).is_file():
             whose = f" (expert `{pool.names[i]}`)" if len(files) == len(pool) > 1 else ""
             raise ConfigError(f"{f}: merge.data task file not found{whose}")
+    if method.needs:
+        pool.require_base("data statistics")
     tok = ctx = None
-    if pool.base_path is not None:  # without a base the statistics are refused later (they need it)
+    if pool.base_path is not None:  # without a base: refused above when a method reads these files
         from evomerge.evaluation.encoding import base_context_length, load_tokenizer
 
         tok, ctx = load_tokenizer(pool.base_path), base_context_length(pool.base_path)
