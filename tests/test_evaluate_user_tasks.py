@@ -1,5 +1,9 @@
 """``evomerge evaluate`` with the user's own base and task files (``--base``, ``--task``).
 
+* ``--base`` (``experts.base``) scores the user's own tasks: without ``--task``
+  (``evaluation.task_files``) it is refused, never replaced by the zoo's base.
+* ``--tasks`` (``evaluation.tasks``) selects among the ``--task`` tasks (or the zoo's); a name
+  that is not there is refused naming the tasks there are.
 * A single task file is the validation split: ``--split test`` of it is refused, not relabelled.
 * Task-file errors name the file and its line (1-based, blank lines counted; ``row N`` of a
   Parquet table), a tokenizer without EOS names the base folder, a folder where a file belongs
@@ -44,6 +48,49 @@ def refused(args, capsys, match: str, inputs=()) -> str:
 @pytest.fixture(scope="module")
 def base(small_zoo) -> Path:
     return small_zoo.base_dir
+
+
+# --- 1. --base needs --task ------------------------------------------------------------------------------
+def test_base_without_tasks_is_refused_not_replaced_by_the_zoo(small_zoo, base, tmp_path, capsys) -> None:
+    # before: exit 0 scoring the shipped zoo's base and experts under the label "base"
+    line = refused(["evaluate", "--base", base, "--max-samples", "2"], capsys,
+                   rf"^error: --base {re.escape(str(base))}: a base model scores your own tasks and needs them: "
+                   r"give --task name=FILE\|DIR \(evaluation\.task_files\)")
+    assert "drop --base" in line
+    # before: an error naming the zoo's base as --base, which the user never passed
+    expert = small_zoo.expert_dirs["brackets"]
+    refused(["evaluate", "--base", base, "-e", expert, "--max-samples", "2"], capsys,
+            r"^error: --base .*needs them: give --task")
+    refused(["evaluate", "--base", base, "--small", "--max-samples", "2"], capsys, r"^error: --base .*needs them")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"experts:\n  base: {base}\n")
+    refused(["evaluate", "-c", cfg, "--max-samples", "2"], capsys, rf"^error: experts\.base {re.escape(str(base))}: ")
+
+
+# --- 2. --tasks selects among the user's tasks -------------------------------------------------------------
+def test_tasks_selects_among_the_given_tasks(base, tmp_path, capsys) -> None:
+    a, b = jsonl(tmp_path / "a.jsonl", GOOD), jsonl(tmp_path / "b.jsonl", GOOD[:2])
+    table = tmp_path / "scores.parquet"
+    args = ["evaluate", "--base", base, "--task", f"a={a}", "--task", f"b={b}", "--max-samples", "3"]
+    code, out, err = run_cli([*args, "--tasks", "b", "--out", table], capsys)
+    assert code == 0, err
+    header = out.splitlines()[1].split()
+    assert header == ["candidate", "b", "fitness"], out  # before: a and b
+    assert set(pq.read_table(table).column("task").to_pylist()) == {"b"}
+    # weights of a task left out are dropped with it (the Evaluator refuses only unknown names)
+    code, out, err = run_cli([*args, "--tasks", "a", "--set", "evaluation.task_weights={a: 1, b: 3}"], capsys)
+    assert code == 0 and out.splitlines()[1].split() == ["candidate", "a", "fitness"], err
+    # before: exit 0 scoring both
+    refused([*args, "--tasks", "a,bb"], capsys,
+            r"^error: --tasks: unknown task\(s\) bb; the tasks given \(--task, evaluation\.task_files\): a, b$")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("evaluation:\n  tasks: [c]\n")
+    refused([*args, "-c", cfg], capsys, r"^error: evaluation\.tasks: unknown task\(s\) c; the tasks given")
+
+
+def test_tasks_typo_on_the_zoo_names_the_flag_and_the_zoos_tasks(small_zoo, capsys) -> None:
+    refused(["evaluate", "--small", "--tasks", "brackets,nope", "--max-samples", "2"], capsys,
+            rf"^error: --tasks: unknown task\(s\) nope; the tasks of the zoo .*: {', '.join(small_zoo.tasks)}$")
 
 
 # --- 3. a single file is the validation split --------------------------------------------------------------

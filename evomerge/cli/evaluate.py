@@ -24,6 +24,17 @@ def _task_items(items: list[str]) -> dict[str, str] | None:
     return out or None
 
 
+def _select(names: list[str] | None, known: list[str], flag: str, what: str) -> list[str]:
+    """The tasks ``--tasks`` (``evaluation.tasks``) names, in its order; all of ``known`` without
+    it. A name that is not among ``known`` is refused naming the tasks there are."""
+    if names is None:
+        return list(known)
+    unknown = [t for t in names if t not in known]
+    if unknown:
+        raise ConfigError(f"{flag}: unknown task(s) {', '.join(unknown)}; {what}: {', '.join(known)}")
+    return list(dict.fromkeys(names))
+
+
 def _user_tasks(task_files: dict, split: str, sources: dict[str, str]) -> dict:
     """``name -> DIR`` (DIR/<split>.parquet|.jsonl) or ``name -> FILE``: a single file is the
     validation split, so another ``split`` of it is refused (``load_task``), never relabelled."""
@@ -76,9 +87,9 @@ def evaluate_command(
     zoo: Optional[str] = zoo_option(),
     small: bool = small_option(),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (evaluation:, experts.base, device)"),
-    base: Optional[Path] = typer.Option(None, "--base", help="HF base model folder (with --task): experts.base"),
+    base: Optional[Path] = typer.Option(None, "--base", help="HF base model folder of your own tasks (needs --task): experts.base"),
     task: list[str] = typer.Option([], "--task", "-t", help="user task name=FILE|DIR (repeatable): evaluation.task_files"),
-    tasks: Optional[str] = typer.Option(None, "--tasks", help="comma-separated subset of the zoo's tasks: evaluation.tasks"),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="comma-separated subset of the tasks (the zoo's, or those given with --task): evaluation.tasks"),
     split: str = typer.Option("validation", "--split", help="validation (for choices) or test (report only); a single --task FILE is the validation split"),
     metric: Optional[str] = typer.Option(None, "--metric", help="evaluation.metric (default token_accuracy)"),
     max_samples: Optional[int] = typer.Option(None, "--max-samples", min=1, help="evaluation.max_samples (default 200)"),
@@ -106,7 +117,18 @@ def evaluate_command(
     cfg = load_config_with_sets(config, sets, {key: value for _, key, value in given},
                                 {key: flag for flag, key, _ in given})
     ev_cfg = cfg.evaluation
+    if cfg.experts.base is not None and not ev_cfg.task_files:
+        # the zoo brings its own base: scoring it under a --base the user named would be a lie
+        raise ConfigError(f"{'--base' if base is not None else 'experts.base'} {cfg.experts.base}: a base model scores "
+                          "your own tasks and needs them: give --task name=FILE|DIR (evaluation.task_files); to "
+                          "score a zoo (--zoo/--small) drop --base, the zoo has its own base")
+    tasks_flag = "--tasks" if names is not None else "evaluation.tasks"
     task_files = dict(ev_cfg.task_files or {})
+    weights = dict(ev_cfg.task_weights or {})
+    if task_files:
+        chosen = _select(ev_cfg.tasks, list(task_files), tasks_flag, "the tasks given (--task, evaluation.task_files)")
+        weights = {t: w for t, w in weights.items() if t in chosen or t not in task_files}  # unknown: refused below
+        task_files = {t: task_files[t] for t in chosen}
     if out is not None:  # before any work: a folder, an existing table, an unwritable place, an input
         from evomerge.cli._common import zoo_choice, zoo_folder
         from evomerge.io import check_not_overlapping, check_output_path
@@ -134,13 +156,15 @@ def evaluate_command(
         task_data = _user_tasks(task_files, split, sources)
         _check_encoding(Path(cfg.experts.base), task_data, ev_cfg.max_samples)
         cands = {"base": {}, **{e.name: _candidate(e, Path(cfg.experts.base), allow_bin) for e in experts}}
-        ev = Evaluator(cfg.experts.base, task_data, task_weights=ev_cfg.task_weights, **common)
+        ev = Evaluator(cfg.experts.base, task_data, task_weights=weights, **common)
     else:
         from evomerge.cli._common import open_zoo, zoo_choice
 
         z = open_zoo(zoo_choice(zoo, small), "default", cfg.zoo_dir)
+        chosen = _select(ev_cfg.tasks, list(z.tasks), tasks_flag, f"the tasks of the zoo {z.root}")
+        weights = {t: w for t, w in weights.items() if t in chosen or t not in z.tasks}
         cands = {"base": {}, **{e.name: _candidate(e, z.base_dir, allow_bin) for e in experts}}
-        ev = Evaluator.from_zoo(z, tasks=ev_cfg.tasks, task_weights=ev_cfg.task_weights, **common)
+        ev = Evaluator.from_zoo(z, tasks=chosen, task_weights=weights, **common)
         if not experts:
             cands.update({t: load_peft_adapter(d).modules for t, d in z.expert_dirs.items()})
     metric, max_samples = ev_cfg.metric, ev_cfg.max_samples
