@@ -12,6 +12,7 @@ never all in memory at once.
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -365,10 +366,13 @@ def _load_lora(paths, names, base_path, base_reader, allow_bin) -> ExpertPool:
     base_name = first.config.get("base_model_name_or_path")
     for ad in adapters[1:]:
         other = ad.config.get("base_model_name_or_path")
-        if other != base_name:
+        if _base_identity(other) != _base_identity(base_name):
+            unread = [n for n in (other, base_name) if _is_relative_path(n) and _base_identity(n) == n]
+            hint = (f"; a relative path is read from the working folder ({Path.cwd()}), where {unread[0]!r} "
+                    "is no folder") if unread else ""
             raise ExpertLoadError(
                 f"{ad.path / 'adapter_config.json'}: base_model_name_or_path {other!r} differs from "
-                f"{base_name!r} in {first.path / 'adapter_config.json'} (experts must share one base model)"
+                f"{base_name!r} in {first.path / 'adapter_config.json'} (experts must share one base model{hint})"
             )
     keys = sorted(first.modules)
     shapes = {k: _delta_shape(m) for k, m in first.modules.items()}
@@ -403,6 +407,28 @@ def _load_lora(paths, names, base_path, base_reader, allow_bin) -> ExpertPool:
         kind="lora", names=names, paths=paths, base_path=base_path, adapters=adapters,
         base=base_reader, _keys=keys, _shapes=shapes,
     )
+
+
+def _is_relative_path(name: Any) -> bool:
+    """``name`` is written as a path relative to some folder (``./x``, ``../x``)."""
+    return isinstance(name, str) and (name in (".", "..") or name.startswith(("./", "../")))
+
+
+def _base_identity(name: Any) -> Any:
+    """What an adapter's ``base_model_name_or_path`` names, for comparing two adapters' bases: a
+    local folder (a relative path read from the working folder, as peft and transformers read it
+    when they load the adapter's base) is its resolved path, so a trailing slash, ``..`` or a link
+    make no difference; an absolute path that is no folder here (trained on another machine) is
+    normalised as text (``/x/base/`` is ``/x/base``); anything else (a hub id, a relative path that
+    names nothing here) is compared as written."""
+    if not isinstance(name, str) or not name:
+        return name
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    if path.is_absolute():
+        return Path(os.path.normpath(path))
+    return name
 
 
 def _check_adapter_base(ad: PeftAdapter, base_path: Path, base_reader: CheckpointReader) -> None:
