@@ -24,7 +24,7 @@ from evomerge.interrupts import caused_by_stop
 from evomerge.io import write_json_atomic
 from evomerge.pipelines.scale.plan import Cell, StopRule, load_cells
 from evomerge.pipelines.scale.planning import expert_gains, make_plan
-from evomerge.pipelines.scale.rundir import check_same_plan, discard_unstarted, prepare_run_dir
+from evomerge.pipelines.scale.rundir import check_same_plan, discard_unstarted, input_fingerprint, prepare_run_dir
 from evomerge.pipelines.scale.slots import cpu_only, search_slots
 from evomerge.pipelines.scale.store import CellStore
 from evomerge.pipelines.scale.work import ScaleContext
@@ -110,10 +110,11 @@ def run_scale(
     run_dir = Path(run_dir)
     spec = pool_spec(cfg, zoo)
     check_inputs(cfg, spec)
+    inputs = input_fingerprint(spec, cfg.evaluation.task_files)  # a resume of changed files is refused
     existed = run_dir.is_dir()
-    resumed = prepare_run_dir(run_dir, cfg, overwrite)
+    resumed = prepare_run_dir(run_dir, cfg, overwrite, inputs)
     try:
-        return _run(cfg, run_dir, spec, resumed, t0, progress=progress, analyze=analyze, report=report,
+        return _run(cfg, run_dir, spec, resumed, t0, inputs, progress=progress, analyze=analyze, report=report,
                     on_cell_done=on_cell_done, overlap=overlap)
     except EvomergeError:
         if not resumed:  # refused before its first cell: no folder is left behind
@@ -121,8 +122,8 @@ def run_scale(
         raise
 
 
-def _run(cfg: EvomergeConfig, run_dir: Path, spec: PoolSpec, resumed: bool, t0: float, *, progress: bool,
-         analyze: bool, report: bool, on_cell_done, overlap: bool) -> ScaleResult:
+def _run(cfg: EvomergeConfig, run_dir: Path, spec: PoolSpec, resumed: bool, t0: float, inputs: dict, *,
+         progress: bool, analyze: bool, report: bool, on_cell_done, overlap: bool) -> ScaleResult:
     """:func:`run_scale` once its folder is ready."""
     from tqdm.auto import tqdm
 
@@ -155,7 +156,7 @@ def _run(cfg: EvomergeConfig, run_dir: Path, spec: PoolSpec, resumed: bool, t0: 
             started_ray = connect(cfg.ray)
             if cfg.scale.search and cpu_only(cfg):
                 early = outer.enter_context(RayCellRunner(ctx, cfg.ray, share=True))
-        plan = make_plan(cfg, spec, run_dir, ctx)
+        plan = {**make_plan(cfg, spec, run_dir, ctx), "inputs": inputs}
         import torch
 
         # the driver's torch work from here on: one thread, as measuring the gains sets it (a

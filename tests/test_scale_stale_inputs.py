@@ -1,0 +1,153 @@
+"""``evomerge scale`` on the ``--out`` of a finished run reuses its cells only when the input
+files are the ones it read (``plan.json``'s ``inputs``: sha256 of the base, each expert and each
+task file). An expert's weights scaled in place used to give ``0 cells run, 6 already done``: the
+report mixed the old scores with the new pool's statistics. One real run over a copied pool of
+the small zoo's experts; each test changes a file and puts it back."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from _cli_helpers import run_cli
+
+pytestmark = pytest.mark.ray  # the fixture's run scores its cells on Ray actors
+
+TASKS = ("rev_digits", "sort_digits", "brackets", "majority")
+RAY_STARTED = "Started a local Ray instance"
+
+
+@pytest.fixture(scope="module")
+def run(small_zoo, tmp_path_factory):
+    """A finished run (task arithmetic only) over copies of 4 experts and their task folders."""
+    from evomerge.config import load_config
+    from evomerge.pipelines.scale.driver import run_scale
+
+    root = tmp_path_factory.mktemp("stale")
+    for t in TASKS:
+        shutil.copytree(small_zoo.expert_dirs[t], root / "pool" / t)
+        shutil.copytree(small_zoo.root / "tasks" / t, root / "tasks" / t)
+    data = {"experts": {"base": str(small_zoo.base_dir),
+                        "experts": [{"path": str(root / "pool" / t), "name": t, "task": t} for t in TASKS]},
+            "evaluation": {"task_files": {t: str(root / "tasks" / t) for t in TASKS}, "max_samples": 8},
+            "scale": {"methods": ["task_arithmetic"], "search": [], "seeds": [0], "law_first_k": 3,
+                      "with_rht": False, "order": "given"},
+            "ray": {"num_actors": 1}}
+    cfg = root / "scale.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    out = root / "run"
+    run_scale(load_config(cfg), out, progress=False, analyze=False, report=False)
+    return root, cfg, out
+
+
+@pytest.fixture
+def changed(run):
+    """``change(path)``: multiply a float of ``path``'s tensors / rewrite a task file; put back after."""
+    saved = {}
+
+    def change(path):
+        saved[path] = path.read_bytes()
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file, save_file
+
+            tensors = load_file(str(path))
+            save_file({k: 2 * v for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
+        else:
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+            pq.write_table(table.slice(1), path)  # the first row dropped
+        return path
+
+    yield change
+    for path, data in saved.items():
+        path.write_bytes(data)
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _rerun_refused(cfg, out, capsys):
+    import ray
+
+    before = _snapshot(out)
+    code, stdout, err = run_cli(["scale", "--config", cfg, "--out", out, "--no-progress"], capsys)
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in stdout + err, err[-3000:]
+    assert RAY_STARTED not in stdout + err and not ray.is_initialized()
+    assert _snapshot(out) == before  # nothing of the run is touched
+    return lines[0]
+
+
+def test_the_plan_records_the_inputs_and_the_same_inputs_resume(run):
+    from evomerge.config import load_config
+    from evomerge.pipelines.scale.driver import run_scale
+
+    root, cfg, out = run
+    inputs = json.loads((out / "plan.json").read_text())["inputs"]
+    assert sorted(inputs) == ["base", "experts", "tasks"]
+    assert sorted(inputs["experts"]) == sorted(TASKS) == sorted(inputs["tasks"])
+    assert len(set(inputs["experts"].values())) == len(TASKS)
+    res = run_scale(load_config(cfg), out, progress=False, analyze=False, report=False)
+    assert res.cells_run == 0 and res.cells_skipped == res.cells_total > 0
+
+
+def test_an_expert_changed_in_place_is_refused(run, changed, capsys):
+    root, cfg, out = run
+    changed(root / "pool" / "sort_digits" / "adapter_model.safetensors")
+    line = _rerun_refused(cfg, out, capsys)
+    assert line == (f"error: {out}: the earlier run read other input files (expert `sort_digits` changed since: "
+                    "sha256 differs from plan.json); its finished cells would be mixed with the new ones: pass "
+                    "--overwrite to replace it, or use another --out")
+
+
+def test_a_task_file_changed_in_place_is_refused(run, changed, capsys):
+    root, cfg, out = run
+    changed(root / "tasks" / "brackets" / "validation.parquet")
+    line = _rerun_refused(cfg, out, capsys)
+    assert "task file `brackets` changed" in line and "--overwrite" in line
+
+
+def test_a_run_from_before_the_fingerprint_still_resumes(run, changed):
+    """No ``inputs`` in plan.json: nothing to compare; the resumed run records them."""
+    from evomerge.config import load_config
+    from evomerge.pipelines.scale.driver import run_scale
+
+    root, cfg, out = run
+    plan_path = out / "plan.json"
+    plan = json.loads(plan_path.read_text())
+    try:
+        plan_path.write_text(json.dumps({k: v for k, v in plan.items() if k != "inputs"}))
+        changed(root / "pool" / "majority" / "adapter_model.safetensors")
+        res = run_scale(load_config(cfg), out, progress=False, analyze=False, report=False)
+        assert res.cells_run == 0
+        now = json.loads(plan_path.read_text())["inputs"]
+        assert now["experts"]["majority"] != plan["inputs"]["experts"]["majority"]
+        assert {k: v for k, v in now["experts"].items() if k != "majority"} == \
+               {k: v for k, v in plan["inputs"]["experts"].items() if k != "majority"}
+    finally:
+        plan_path.write_text(json.dumps(plan))
+
+
+def test_the_zoo_fingerprint_is_the_content_of_its_files(small_zoo):
+    """The built-in zoo's comes from its manifest (no file read again): it equals the same digest
+    over the files' own sha256, and tells the experts apart."""
+    from evomerge.config import load_config
+    from evomerge.pipelines.scale.driver import pool_spec
+    from evomerge.pipelines.scale import rundir
+    from evomerge.zoo.zoo import file_hashes
+
+    spec = pool_spec(load_config(None), small_zoo)
+    got = rundir.input_fingerprint(spec, {})
+    assert sorted(got["experts"]) == sorted(small_zoo.tasks) == sorted(got["tasks"])
+    assert len(set(got["experts"].values())) == len(small_zoo.tasks)
+    real = small_zoo.manifest["files"]
+    try:
+        small_zoo.manifest["files"] = file_hashes(small_zoo.root)
+        assert rundir.input_fingerprint(spec, {}) == got
+    finally:
+        small_zoo.manifest["files"] = real
