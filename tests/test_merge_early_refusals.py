@@ -119,3 +119,18 @@ def test_check_values_finds_duplicates_as_load_pool_did(zoo, tmp_path, capsys):
     pool.check_values()
     assert pool.duplicates == [(0, 1)]
     assert "warning: experts `f1`" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "emr"])
+def test_data_for_a_method_that_reads_none_is_refused(zoo, tmp_path, capsys, method):
+    """``--data`` is read only by the methods with statistics; with any other it would be checked,
+    recorded in the manifest and never used, so it is refused (as ``--rank`` is where nothing has a rank)."""
+    rank = [] if method == "emr" else ["--rank", "4"]
+    _refused(zoo, tmp_path, capsys, ["-e", zoo / "l1", "-e", zoo / "l2", "--method", method, *rank,
+                                     "--data", zoo / "d.jsonl"],
+             rf"^error: merge\.data: merge method `{method}` takes no data \(only fisher, regmean read task files\); "
+             r"drop --data")
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text(json.dumps({"merge": {"method": method, "data": [str(zoo / "d.jsonl")]}}))
+    _refused(zoo, tmp_path, capsys, ["--config", cfg, "-e", zoo / "l1", "-e", zoo / "l2", *rank],
+             rf"merge\.data: merge method `{method}` takes no data")

@@ -136,6 +136,7 @@ def run_merge(
     dev = resolve_device(device or cfg.device)
     method = get_merge_method(cfg.merge.method)
     params = method.resolve(cfg.merge.params)
+    _check_data_is_used(cfg, method)
     # headers and configs first: every refusal they (and the config) decide comes before the value scan,
     # which reads every expert (seconds to minutes for full fine-tunes)
     pool = load_pool(
@@ -197,6 +198,17 @@ def run_merge(
 
         write_json_atomic(tmp / MANIFEST, manifest)
     return out
+
+
+def _check_data_is_used(cfg, method) -> None:
+    """``merge.data`` given to a method without statistics would be read, checked and recorded in
+    the manifest, then never used: refused, as ``--rank`` is where the output has no rank."""
+    if cfg.merge.data and not method.needs:
+        from evomerge.merging.registry import all_methods
+
+        readers = sorted(name for name, m in all_methods().items() if m.needs)
+        raise ConfigError(f"merge.data: merge method `{method.name}` takes no data (only {', '.join(readers)} read "
+                          "task files); drop --data")
 
 
 def _check_data(cfg, pool, method) -> None:
