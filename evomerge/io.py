@@ -358,13 +358,16 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def sha256_tree(path: str | os.PathLike) -> str:
-    """Content hash of a file, or of every file under a directory (names included)."""
+def sha256_tree(path: str | os.PathLike, recursive: bool = True) -> str:
+    """Content hash of a file, or of every file under a directory (names included).
+    ``recursive=False``: only the files directly in the directory, the ones a model, adapter or
+    task loader reads (a trainer's ``checkpoint-*/`` subfolders, gigabytes of optimizer state, are
+    never read, so not hashed); equal to the recursive hash for a folder without subfolders."""
     path = Path(path)
     if path.is_file():
         return sha256_file(path)
     h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+    for f in sorted(p for p in (path.rglob("*") if recursive else path.iterdir()) if p.is_file()):
         h.update(str(f.relative_to(path)).encode())
         h.update(sha256_file(f).encode())
     return h.hexdigest()

@@ -151,3 +151,31 @@ def test_the_zoo_fingerprint_is_the_content_of_its_files(small_zoo):
         assert rundir.input_fingerprint(spec, {}) == got
     finally:
         small_zoo.manifest["files"] = real
+
+
+def test_the_fingerprint_reads_what_the_loaders_read(tmp_path):
+    """A folder's files are hashed, its subfolders (a trainer's checkpoint-*/) are not: a change
+    there does not block a resume, a change of a file the loader reads does; for a folder without
+    subfolders the hash is the recursive one (merge's manifest and earlier plans agree)."""
+    from evomerge.io import sha256_tree
+
+    folder = tmp_path / "expert"
+    folder.mkdir()
+    (folder / "adapter_model.safetensors").write_bytes(b"weights")
+    (folder / "adapter_config.json").write_text("{}")
+    flat = sha256_tree(folder, recursive=False)
+    assert flat == sha256_tree(folder)
+    (folder / "checkpoint-500").mkdir()
+    (folder / "checkpoint-500" / "optimizer.pt").write_bytes(b"x" * 1000)
+    assert sha256_tree(folder, recursive=False) == flat != sha256_tree(folder)
+    (folder / "adapter_model.safetensors").write_bytes(b"other weights")
+    assert sha256_tree(folder, recursive=False) != flat
+    # the run's fingerprint of that expert: the files directly in the folder
+    from evomerge.pipelines.scale.driver import PoolSpec
+    from evomerge.pipelines.scale.rundir import input_fingerprint
+
+    spec = PoolSpec(paths=[folder], names=["e"], tasks=[None], base_dir=None, zoo_root=None)
+    before = input_fingerprint(spec, {})
+    (folder / "checkpoint-500" / "optimizer.pt").write_bytes(b"y" * 1000)
+    assert input_fingerprint(spec, {}) == before == {"base": None, "experts": {"e": sha256_tree(folder, recursive=False)},
+                                                     "tasks": {}}

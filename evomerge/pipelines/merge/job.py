@@ -377,10 +377,11 @@ def _input_hashes(cfg, pool) -> dict[str, Any]:
 
     experts = []
     for spec, name, path in zip(cfg.experts.experts, pool.names, pool.paths):
-        experts.append({"name": name, "task": spec.task, "path": str(path.resolve()), "sha256": sha256_tree(path)})
+        experts.append({"name": name, "task": spec.task, "path": str(path.resolve()),
+                        "sha256": sha256_tree(path, recursive=False)})
     base = None
     if pool.base_path is not None:
-        base = {"path": str(pool.base_path.resolve()), "sha256": sha256_tree(pool.base_path)}
+        base = {"path": str(pool.base_path.resolve()), "sha256": sha256_tree(pool.base_path, recursive=False)}
     data = [{"path": str(Path(f).resolve()), "sha256": sha256_tree(f)} for f in cfg.merge.data]
     return {"base": base, "experts": experts, "data": data}
 

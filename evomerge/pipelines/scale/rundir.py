@@ -92,7 +92,8 @@ def check_same_plan(path: Path, plan: dict[str, Any]) -> None:
 def input_fingerprint(spec: PoolSpec, task_files: Mapping[str, str | Path]) -> dict[str, Any]:
     """What the run reads, by content (``plan.json``'s ``inputs``): ``{"base": sha256, "experts":
     {name: sha256}, "tasks": {task: sha256}}``. Your own folders and files are hashed as ``evomerge
-    merge`` records its inputs (:func:`evomerge.io.sha256_tree`); the built-in zoo's come from its
+    merge`` records its inputs (:func:`evomerge.io.sha256_tree` of the files a loader reads, those
+    directly in the folder); the built-in zoo's come from its
     manifest, which every file was checked against when the zoo was opened (``ensure_zoo``)."""
     if spec.zoo_root is not None:
         from evomerge.zoo import Zoo
@@ -109,7 +110,10 @@ def input_fingerprint(spec: PoolSpec, task_files: Mapping[str, str | Path]) -> d
 
         tasks: Mapping[str, str | Path] = {t: zoo.root / "tasks" / t for t in zoo.tasks}
     else:
-        from evomerge.io import sha256_tree as digest
+        from evomerge.io import sha256_tree
+
+        def digest(path: str | Path) -> str:  # what the loaders read: the files directly in a folder
+            return sha256_tree(path, recursive=False)
 
         tasks = task_files
     return {
