@@ -16,9 +16,8 @@ import torch
 from evomerge.config.sections import EvaluationConfig, RHTConfig
 from evomerge.experts.types import TensorDict
 from evomerge.merging.types import PerTaskMerge, derive_seed
+from evomerge.pipelines.inputs import TASK_SPLITS as SPLITS, load_user_tasks
 from evomerge.pipelines.scale.plan import Cell
-
-SPLITS = ("validation", "test")
 
 
 @dataclass(frozen=True)
@@ -292,15 +291,4 @@ def make_evaluator(ctx: ScaleContext):
         from evomerge.zoo import Zoo
 
         return Evaluator.from_zoo(Zoo.open(ctx.zoo_root), tasks=ev.tasks, **kwargs)
-    return Evaluator(ctx.base_dir, user_tasks(ev), task_weights=ev.task_weights, **kwargs)
-
-
-def user_tasks(ev: EvaluationConfig) -> dict[str, dict[str, Any]]:
-    """``evaluation.task_files``: a folder per task holding ``validation`` and ``test`` files
-    (.jsonl or .parquet), or a single file (validation only: no test scores are reported)."""
-    from evomerge.evaluation.task_data import load_task
-    from evomerge.errors import ConfigError
-
-    if not ev.task_files:
-        raise ConfigError("evaluation.task_files: a scale run over your own experts needs its tasks (name -> file or folder)")
-    return {name: load_task(path, SPLITS, source=f"evaluation.task_files.{name}") for name, path in ev.task_files.items()}
+    return Evaluator(ctx.base_dir, load_user_tasks(ev.task_files), task_weights=ev.task_weights, **kwargs)
