@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from evomerge.io import sha256_tree
-from tests._cli_helpers import one_error, run_cli
+from _cli_helpers import one_error, run_cli
 
 GOOD = [{"prompt": "12", "answer": "21"}, {"prompt": "345", "answer": "543"}, {"prompt": "6", "answer": "6"}]
 

@@ -180,13 +180,23 @@ def encode_dataset(tokenizer, ds, source: str = "task", max_len: int | None = No
     if len(ds) == 0:
         raise DataError(f"{source}: the split is empty")
     prompts, answers = ds["prompt"], ds["answer"]
-    where = ([f"line {n}" for n in ds[LINE_COLUMN]] if LINE_COLUMN in ds.column_names
-             else [f"row {i + 1}" for i in range(len(ds))])
+    where = row_names(ds)
     for i, (p, a) in enumerate(zip(prompts, answers)):
         for what, v in (("prompt", p), ("answer", a)):
             if v is None:
                 raise DataError(f"{source}: {where[i]}: `{what}` is null")
     return encode_pairs(tokenizer, [str(x) for x in prompts], [str(x) for x in answers], source, max_len, where)
+
+
+def row_names(rows) -> list[str]:
+    """How errors name a task file's rows: ``line N`` where the rows carry :data:`LINE_COLUMN` (a
+    JSONL file's own line numbers), else ``row N`` from 1. ``rows``: a ``datasets.Dataset`` or a
+    list of row dicts."""
+    if hasattr(rows, "column_names"):
+        if LINE_COLUMN in rows.column_names:
+            return [f"line {n}" for n in rows[LINE_COLUMN]]
+        return [f"row {i + 1}" for i in range(len(rows))]
+    return [f"line {r[LINE_COLUMN]}" if LINE_COLUMN in r else f"row {i + 1}" for i, r in enumerate(rows)]
 
 
 def context_length(model) -> int | None:

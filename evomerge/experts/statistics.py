@@ -23,18 +23,21 @@ from evomerge.experts.types import TensorDict
 
 
 def encode_examples(tokenizer, examples, n: int | None = None, source: str = "data") -> list[tuple[torch.Tensor, int]]:
-    """``[(ids[T], prompt_len)]`` for up to ``n`` rows with ``prompt``/``answer`` fields."""
-    if tokenizer.eos_token_id is None:
-        raise DataError(f"{source}: the tokenizer has no eos_token; evomerge needs one to end answers")
+    """``[(ids[T], prompt_len)]`` for up to ``n`` rows with ``prompt``/``answer`` fields; rows are
+    named in errors as the evaluator names them (``line N`` of a JSONL file, else ``row N``)."""
+    from evomerge.evaluation.encoding import check_eos, row_names
+
+    check_eos(tokenizer)  # (blames the base folder's tokenizer, not the data)
     rows = list(examples)[: n if n is not None else None]
     if not rows:
         raise DataError(f"{source}: no examples")
+    where = row_names(rows)
     out = []
     for i, row in enumerate(rows):
         p = tokenizer(row["prompt"], add_special_tokens=True)["input_ids"]
         a = tokenizer(row["answer"], add_special_tokens=False)["input_ids"]
         if not p:
-            raise DataError(f"{source}: row {i} has an empty prompt")
+            raise DataError(f"{source}: {where[i]} has an empty prompt")
         out.append((torch.tensor(list(p) + list(a) + [tokenizer.eos_token_id], dtype=torch.long), len(p)))
     return out
 
@@ -161,6 +164,24 @@ def load_model_and_tokenizer(base_dir, device: str | torch.device = "cpu"):
     return model, tok
 
 
+def check_data_files(needs: Iterable[str], names: Sequence[str], data_files: Sequence) -> None:
+    """The task files statistics read: one per expert (``names``) or one shared by all."""
+    from evomerge.errors import ConfigError
+
+    if not data_files:
+        raise ConfigError(
+            f"merge.data: this merge method needs data statistics ({', '.join(sorted(needs))}) and no expert has task "
+            f"data (experts {', '.join(f'`{n}`' for n in names)}); give task files with merge.data "
+            "(--data FILE, one per expert or one shared)"
+        )
+    if len(data_files) not in (1, len(names)):
+        missing = list(names)[len(data_files):]
+        why = (f"no task file for expert {', '.join(f'`{n}`' for n in missing)}" if missing
+               else f"{len(data_files) - len(names)} more than the experts")
+        raise ConfigError(f"merge.data: give one task file per expert ({len(names)}) or one shared file; got "
+                          f"{len(data_files)}: {why}")
+
+
 def pool_statistics(
     pool,
     needs: Iterable[str],
@@ -183,18 +204,7 @@ def pool_statistics(
     if unknown:
         raise ConfigError(f"cannot compute statistics {unknown}; known: fisher, gram")
     names = list(getattr(pool, "names", None) or [f"#{i}" for i in range(len(pool))])
-    if not data_files:
-        raise ConfigError(
-            f"merge.data: this merge method needs data statistics ({', '.join(needs)}) and no expert has task data "
-            f"(experts {', '.join(f'`{n}`' for n in names)}); give task files with merge.data "
-            "(--data FILE, one per expert or one shared)"
-        )
-    if len(data_files) not in (1, len(pool)):
-        missing = names[len(data_files):]
-        why = (f"no task file for expert {', '.join(f'`{n}`' for n in missing)}" if missing
-               else f"{len(data_files) - len(pool)} more than the experts")
-        raise ConfigError(f"merge.data: give one task file per expert ({len(pool)}) or one shared file; got "
-                          f"{len(data_files)}: {why}")
+    check_data_files(needs, names, data_files)
     files = list(data_files) * len(pool) if len(data_files) == 1 else list(data_files)
     pool.require_base("data statistics")
     model, tok = load_model_and_tokenizer(pool.base_path, device)

@@ -216,30 +216,20 @@ def _check_data(cfg, pool, method) -> None:
     shared) and the base, and every ``merge.data`` row the statistics read is checked: the file
     (as ``load_examples`` reads it) and, with a base, its encoding as ``evaluate --task`` checks it
     (characters outside the tokenizer's vocabulary, rows longer than the base's context).
-    (:func:`~evomerge.experts.statistics.pool_statistics` refuses the same counts, after the scan.)"""
+    (the counts: :func:`~evomerge.experts.statistics.check_data_files`, which the statistics run too)."""
     from evomerge.evaluation.task_data import load_examples
+    from evomerge.experts.statistics import check_data_files
 
     files = list(cfg.merge.data)
     if method.needs:
-        needs, names = sorted(method.needs), pool.names
-        if not files:
-            raise ConfigError(
-                f"merge.data: this merge method needs data statistics ({', '.join(needs)}) and no expert has task data "
-                f"(experts {', '.join(f'`{n}`' for n in names)}); give task files with merge.data "
-                "(--data FILE, one per expert or one shared)"
-            )
-        if len(files) not in (1, len(pool)):
-            missing = names[len(files):]
-            why = (f"no task file for expert {', '.join(f'`{n}`' for n in missing)}" if missing
-                   else f"{len(files) - len(pool)} more than the experts")
-            raise ConfigError(f"merge.data: give one task file per expert ({len(pool)}) or one shared file; got "
-                              f"{len(files)}: {why}")
+        check_data_files(method.needs, pool.names, files)
     if not files:
         return
     for i, f in enumerate(files):
         if not Path(f).is_file():
             whose = f" (expert `{pool.names[i]}`)" if len(files) == len(pool) > 1 else ""
-            raise ConfigError(f"{f}: merge.data task file not found{whose}")
+            what = "is a folder, not a task file" if Path(f).is_dir() else "task file not found"
+            raise ConfigError(f"{f}: merge.data {what}{whose}")
     if method.needs:
         pool.require_base("data statistics")
     tok = ctx = None
