@@ -153,7 +153,7 @@ def check_experts(cfg: EvomergeConfig, tasks: Sequence[str] | None = None) -> No
 
     specs = cfg.experts.experts
     load_pool([s.path for s in specs], base=cfg.experts.base, allow_bin=cfg.experts.allow_bin,
-              names=[s.name for s in specs], check_finite=False, warn=None)
+              names=[s.name for s in specs], values=False)  # (the values: as the actors load them)
     if cfg.experts.base is None:
         raise ConfigError("`experts.base`: evolutionary search evaluates merges, so it needs the base model")
     check_user_tasks(cfg, tasks)
