@@ -61,9 +61,12 @@ def best_config(base: EvomergeConfig, params: dict[str, Any], spec) -> EvomergeC
     data.pop("tune", None)
     if base.tune.objective != "merge" and not base.experts.experts:
         return config_from_dict(data, "best config")
+    # an expert's task as the user gave it (the run's spec names a task after the expert when none
+    # was given; written out, that name would be a task the pool's task files may not have)
+    tasks = [s.task for s in base.experts.experts] if base.experts.experts else list(spec.tasks)
     data["experts"]["experts"] = [
         {"path": str(p), "name": n, **({"task": t} if t else {})}
-        for p, n, t in list(zip(spec.paths, spec.names, spec.tasks))[:k]
+        for p, n, t in list(zip(spec.paths, spec.names, tasks))[:k]
     ]
     if spec.base_dir is not None:
         data["experts"]["base"] = str(spec.base_dir)
