@@ -12,8 +12,6 @@ never all in memory at once.
 from __future__ import annotations
 
 import math
-import os
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,13 @@ from typing import Any, Callable, Sequence
 import torch
 
 from evomerge.errors import ExpertLoadError
+from evomerge.experts.adapter_checks import (
+    base_identity,
+    check_adapter_base,
+    check_target_modules,
+    is_relative_path,
+    same_lora,
+)
 from evomerge.experts.checkpoint_io import ARCH_FIELDS, CheckpointReader, is_checkpoint_dir, read_config
 from evomerge.experts.peft_io import PeftAdapter, check_adapter_finite, is_peft_dir, load_peft_adapter
 from evomerge.experts.types import LoraModule, TensorDict
@@ -182,7 +187,7 @@ class ExpertPool:
                     check_adapter_finite(ad)
             n = len(self.adapters)
             self.duplicates = [(i, j) for i in range(n) for j in range(i + 1, n)
-                               if _same_lora(self.adapters[i], self.adapters[j])]
+                               if same_lora(self.adapters[i], self.adapters[j])]
         else:
             self.duplicates = _scan_full(self.base, self.readers, self._keys, check_finite, progress)
         if warn is None:
@@ -287,59 +292,6 @@ def load_pool(
     return pool
 
 
-def _same_lora(a: PeftAdapter, b: PeftAdapter) -> bool:
-    """The two adapters have the same modules with equal factors, scales and layout."""
-    if set(a.modules) != set(b.modules):
-        return False
-    for k, m in a.modules.items():
-        o = b.modules[k]
-        if m.scale != o.scale or m.fan_in_fan_out != o.fan_in_fan_out or m.A.shape != o.A.shape or m.B.shape != o.B.shape:
-            return False
-        if not (torch.equal(m.A, o.A) and torch.equal(m.B, o.B)):
-            return False
-    return True
-
-
-def _matches_modules(spec: Any, module: str) -> bool:
-    """peft's rule for ``target_modules`` / ``exclude_modules``: a string is a regex that must match
-    the whole module name; a list names modules exactly or by their last dotted parts."""
-    if isinstance(spec, str):
-        return re.fullmatch(spec, module) is not None
-    return module in spec or any(module.endswith(f".{t}") for t in spec)
-
-
-def _check_target_modules(ad: PeftAdapter) -> None:
-    """The modules the adapter's weights hold must be the ones its ``adapter_config.json`` targets
-    (``target_modules``: a list of names / name suffixes or a regex, peft's semantics) and not
-    ones it excludes (``exclude_modules``). ``all-linear`` and ``layers_to_transform`` are not checked."""
-    cfg_file = ad.path / "adapter_config.json"
-    targets = ad.config.get("target_modules")
-    excluded = ad.config.get("exclude_modules")
-    modules = sorted(k[: -len(".weight")] for k in ad.modules)
-    for key, spec in (("target_modules", targets), ("exclude_modules", excluded)):
-        if isinstance(spec, str):
-            try:
-                re.compile(spec)
-            except re.error as err:
-                raise ExpertLoadError(f"{cfg_file}: {key} {spec!r} is not a valid regex ({err})") from None
-        elif spec is not None and not (isinstance(spec, (list, tuple)) and all(isinstance(t, str) for t in spec)):
-            raise ExpertLoadError(f"{cfg_file}: {key} must be a list of module names or a regex string. Got {spec!r} instead.")
-    if targets is not None and targets != "all-linear":
-        stray = [m for m in modules if not _matches_modules(targets, m)]
-        if stray:
-            raise ExpertLoadError(
-                f"{cfg_file}: target_modules {targets!r} does not name {len(stray)} of the {len(modules)} modules whose "
-                f"LoRA factors {ad.weights_file.name} holds (e.g. {stray[:3]}); the config and the weights disagree"
-            )
-    if excluded:
-        hit = [m for m in modules if _matches_modules(excluded, m)]
-        if hit:
-            raise ExpertLoadError(
-                f"{cfg_file}: exclude_modules {excluded!r} excludes {len(hit)} module(s) whose LoRA factors "
-                f"{ad.weights_file.name} holds (e.g. {hit[:3]}); the config and the weights disagree"
-            )
-
-
 def _names(paths: list[Path], names: Sequence[str | None] | None) -> list[str]:
     if names is not None and len(names) != len(paths):
         raise ExpertLoadError(f"{len(names)} names given for {len(paths)} experts")
@@ -361,13 +313,13 @@ def _names(paths: list[Path], names: Sequence[str | None] | None) -> list[str]:
 def _load_lora(paths, names, base_path, base_reader, allow_bin) -> ExpertPool:
     adapters = [load_peft_adapter(p, allow_bin=allow_bin, check_finite=False) for p in paths]  # values: check_values
     for ad in adapters:
-        _check_target_modules(ad)
+        check_target_modules(ad)
     first = adapters[0]
     base_name = first.config.get("base_model_name_or_path")
     for ad in adapters[1:]:
         other = ad.config.get("base_model_name_or_path")
-        if _base_identity(other) != _base_identity(base_name):
-            unread = [n for n in (other, base_name) if _is_relative_path(n) and _base_identity(n) == n]
+        if base_identity(other) != base_identity(base_name):
+            unread = [n for n in (other, base_name) if is_relative_path(n) and base_identity(n) == n]
             hint = (f"; a relative path is read from the working folder ({Path.cwd()}), where {unread[0]!r} "
                     "is no folder") if unread else ""
             raise ExpertLoadError(
@@ -394,7 +346,7 @@ def _load_lora(paths, names, base_path, base_reader, allow_bin) -> ExpertPool:
                 raise ExpertLoadError(f"{ad.path}: fan_in_fan_out differs from {first.path}")
     if base_reader is not None:
         for ad in adapters:
-            _check_adapter_base(ad, base_path, base_reader)
+            check_adapter_base(ad, base_path, base_reader)
         for k in keys:
             if k not in base_reader:
                 raise ExpertLoadError(f"{first.weights_file}: adapts `{k}`, which the base {base_path} does not have")
@@ -407,58 +359,6 @@ def _load_lora(paths, names, base_path, base_reader, allow_bin) -> ExpertPool:
         kind="lora", names=names, paths=paths, base_path=base_path, adapters=adapters,
         base=base_reader, _keys=keys, _shapes=shapes,
     )
-
-
-def _is_relative_path(name: Any) -> bool:
-    """``name`` is written as a path relative to some folder (``./x``, ``../x``)."""
-    return isinstance(name, str) and (name in (".", "..") or name.startswith(("./", "../")))
-
-
-def _base_identity(name: Any) -> Any:
-    """What an adapter's ``base_model_name_or_path`` names, for comparing two adapters' bases: a
-    local folder (a relative path read from the working folder, as peft and transformers read it
-    when they load the adapter's base) is its resolved path, so a trailing slash, ``..`` or a link
-    make no difference; an absolute path that is no folder here (trained on another machine) is
-    normalised as text (``/x/base/`` is ``/x/base``); anything else (a hub id, a relative path that
-    names nothing here) is compared as written."""
-    if not isinstance(name, str) or not name:
-        return name
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path.resolve()
-    if path.is_absolute():
-        return Path(os.path.normpath(path))
-    return name
-
-
-def _check_adapter_base(ad: PeftAdapter, base_path: Path, base_reader: CheckpointReader) -> None:
-    """The adapter's own claims about its base must fit ``--base``: a local ``base_model_name_or_path``
-    of another architecture, or a ``target_modules`` entry naming no module of the base, is refused.
-    (A hub name cannot be checked offline; the tensor shapes are checked by the caller.)"""
-    cfg_file = ad.path / "adapter_config.json"
-    name = ad.config.get("base_model_name_or_path")
-    named = Path(str(name)).expanduser() if name else None
-    if named is not None and named.is_dir() and named.resolve() != base_path.resolve() and (named / "config.json").is_file():
-        theirs, ours = read_config(named), read_config(base_path)
-        for f in ARCH_FIELDS:
-            if (f in theirs or f in ours) and theirs.get(f) != ours.get(f):
-                raise ExpertLoadError(
-                    f"{cfg_file}: base_model_name_or_path {name!r} is another model than --base {base_path} "
-                    f"(`{f}`: {theirs.get(f)!r} there, {ours.get(f)!r} in the base)"
-                )
-    modules = [k[: -len(".weight")] for k in base_reader.keys() if k.endswith(".weight")]
-    targets = ad.config.get("target_modules")
-    if isinstance(targets, str):
-        try:
-            matched = any(re.fullmatch(targets, m) for m in modules)
-        except re.error as err:
-            raise ExpertLoadError(f"{cfg_file}: target_modules {targets!r} is not a valid regex ({err})") from None
-        if not matched:
-            raise ExpertLoadError(f"{cfg_file}: target_modules {targets!r} matches no module of the base {base_path}")
-    elif isinstance(targets, (list, tuple)):
-        for t in targets:
-            if not any(m == t or m.endswith(f".{t}") for m in modules):
-                raise ExpertLoadError(f"{cfg_file}: target_modules entry {t!r} names no module of the base {base_path}")
 
 
 def _lora_delta(m: LoraModule, device) -> torch.Tensor:
