@@ -166,3 +166,35 @@ def test_bad_init_merges_entry_names_what_is_accepted_and_its_source(tmp_path, c
 def test_init_merges_set_on_the_command_line_blames_set(tmp_path, capsys):
     _refused_early(["--algo", "genome", "--small", "--out", tmp_path / "run", "--generations", "2",
                     "--set", "genome.init_merges=[linear]"], capsys, "error: --set: `genome.init_merges`")
+
+
+def test_resume_over_changed_expert_files_is_refused_before_ray(tmp_path, capsys, small_zoo):
+    """A run over your own experts records their sha256 in run.json; an expert's weights changed
+    in place since are refused on --resume before Ray starts (the checkpointed population was
+    scored on the old ones). The same files pass that check; a record without them (older runs)
+    is not compared."""
+    import shutil
+
+    from evomerge.config import load_config
+    from evomerge.pipelines.evolve.run import _check_same_files, _run_meta
+    from evomerge.pipelines.fingerprint import config_fingerprint
+
+    experts = [Path(shutil.copytree(small_zoo.expert_dirs[t], tmp_path / t)) for t in ("rev_digits", "sort_digits")]
+    data = {"experts": {"base": str(small_zoo.base_dir), "experts": [{"path": str(e), "task": e.name} for e in experts]},
+            "evaluation": {"task_files": {e.name: str(small_zoo.root / "tasks" / e.name) for e in experts}},
+            "genome": {"population": 2}}
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(data))
+    cfg = load_config(cfg_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    record = _run_meta(cfg, "genome", None, "small", config_fingerprint(cfg))
+    assert sorted(record["inputs"]["experts"]) == ["rev_digits", "sort_digits"]
+    (run / "run.json").write_text(json.dumps(record))
+    _check_same_files(run, config_fingerprint(cfg))  # the same files: no refusal
+    weights = experts[1] / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")  # one byte of a value changed in place
+    _refused_early(["--algo", "genome", "--config", cfg_path, "--out", run, "--resume"], capsys,
+                   f"{run / 'run.json'}: cannot resume", "expert `sort_digits` changed since")
+    (run / "run.json").write_text(json.dumps({k: v for k, v in record.items() if k != "inputs"}))
+    _check_same_files(run, config_fingerprint(cfg))  # a record from before: not compared

@@ -138,17 +138,17 @@ def test_the_zoo_fingerprint_is_the_content_of_its_files(small_zoo):
     over the files' own sha256, and tells the experts apart."""
     from evomerge.config import load_config
     from evomerge.pipelines.scale.driver import pool_spec
-    from evomerge.pipelines.scale import rundir
+    from evomerge.pipelines import fingerprint
     from evomerge.zoo.zoo import file_hashes
 
     spec = pool_spec(load_config(None), small_zoo)
-    got = rundir.input_fingerprint(spec, {})
+    got = fingerprint.input_fingerprint(spec, {})
     assert sorted(got["experts"]) == sorted(small_zoo.tasks) == sorted(got["tasks"])
     assert len(set(got["experts"].values())) == len(small_zoo.tasks)
     real = small_zoo.manifest["files"]
     try:
         small_zoo.manifest["files"] = file_hashes(small_zoo.root)
-        assert rundir.input_fingerprint(spec, {}) == got
+        assert fingerprint.input_fingerprint(spec, {}) == got
     finally:
         small_zoo.manifest["files"] = real
 
@@ -172,7 +172,7 @@ def test_the_fingerprint_reads_what_the_loaders_read(tmp_path):
     assert sha256_tree(folder, recursive=False) != flat
     # the run's fingerprint of that expert: the files directly in the folder
     from evomerge.pipelines.scale.driver import PoolSpec
-    from evomerge.pipelines.scale.rundir import input_fingerprint
+    from evomerge.pipelines.fingerprint import input_fingerprint
 
     spec = PoolSpec(paths=[folder], names=["e"], tasks=[None], base_dir=None, zoo_root=None)
     before = input_fingerprint(spec, {})

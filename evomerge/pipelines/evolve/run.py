@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 from evomerge.config import EvomergeConfig
 from evomerge.pipelines.evolve import records
+from evomerge.pipelines.fingerprint import config_fingerprint
 from evomerge.pipelines.inputs import EvolveInputs, check_user_tasks, prepare_inputs
 from evomerge.errors import ConfigError, OutputExistsError
 from evomerge.io import check_writable, write_json_atomic, write_parquet_atomic
@@ -83,16 +84,20 @@ def make_searches(cfg: EvomergeConfig, algo: str, n_experts: int) -> list[Any]:
     return [make_search(algo, cfg, n_experts, cfg.seed + 7919 * i, prefix=f"i{i}/" if n > 1 else "") for i in range(n)]
 
 
-def _run_meta(cfg: EvomergeConfig, algo: str, inputs: EvolveInputs | None, zoo_profile: str) -> dict[str, Any]:
+def _run_meta(cfg: EvomergeConfig, algo: str, inputs: EvolveInputs | None, zoo_profile: str,
+              fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
     """What must match for a resume (the Ray placement, e.g. actors or address, may change);
     without ``inputs`` (not resolved yet) the experts and tasks are left out. The built-in zoo's
     profile (no experts in the config) is recorded so that another ``--zoo`` is refused before
-    Ray starts."""
+    Ray starts; your own files' sha256 (``fingerprint``) so that changed files are
+    (:func:`_check_same_files`)."""
     search_cfg = cfg.model_dump(mode="json", exclude={"ray", "output"})
     search_cfg["islands"] = {"n": cfg.ray.islands, "migration_interval": cfg.ray.migration_interval}
     meta = {"algo": algo, "config": search_cfg}
     if not cfg.experts.experts:
         meta["zoo"] = zoo_profile
+    if fingerprint is not None:
+        meta["inputs"] = fingerprint
     if inputs is not None:
         meta.update(experts=inputs.names, tasks=inputs.tasks)
     return meta
@@ -127,6 +132,23 @@ def _check_out(out_dir: Path, meta: dict[str, Any], resume: bool) -> None:
     # a place the run cannot write (under /proc or /sys, read-only): the folder itself when it
     # exists (a resume writes into it), else the nearest existing folder above it
     check_writable(out_dir / "run.json" if out_dir.is_dir() else out_dir)
+
+
+def _check_same_files(out_dir: Path, fingerprint: dict[str, Any] | None) -> None:
+    """A resume over your own experts, base or task files changed since the run began is refused:
+    its checkpointed population was scored on the old ones. A record without ``inputs`` (a run
+    from before they were recorded) is not compared."""
+    from evomerge.pipelines.fingerprint import changed_inputs
+
+    meta_path = out_dir / "run.json"
+    old = _read_meta(meta_path).get("inputs") if meta_path.is_file() else None
+    if fingerprint is None or not isinstance(old, dict):
+        return
+    changed = changed_inputs(old, fingerprint)
+    if changed:
+        raise ConfigError(f"{meta_path}: cannot resume: the interrupted run read other input files "
+                          f"({', '.join(changed[:6])} changed since: sha256 differs from run.json); "
+                          "start a new run in another --out")
 
 
 def _read_meta(meta_path: Path) -> dict[str, Any]:
@@ -200,15 +222,20 @@ def run_evolve(
     check_static(cfg, algo, known)
     # the output checks that need no inputs, before Ray starts (seconds) or anything loads
     _check_out(out_dir, _run_meta(cfg, algo, None, zoo_profile), resume)
-    if runtime is None:  # (a runtime given: Ray is up and the inputs are read right away)
+    fingerprint = None
+    if runtime is None:  # (a runtime given: Ray is up and the inputs are read right away; scale's
+        # search cells, whose run records its own fingerprint)
         check_experts(cfg, tasks)
+        fingerprint = config_fingerprint(cfg)
+        if resume:
+            _check_same_files(out_dir, fingerprint)
     with contextlib.ExitStack() as stack:
         # connecting checks the request against the cluster: impossible ones fail before any work
         rt = runtime if runtime is not None else stack.enter_context(Runtime(cfg))
         inputs = prepare_inputs(cfg, experts=experts, tasks=tasks, zoo_profile=zoo_profile,
                                 space=getattr(cfg, algo).space)
         searches = make_searches(cfg, algo, len(inputs.names))
-        _prepare_out(out_dir, _run_meta(cfg, algo, inputs, zoo_profile), resume)
+        _prepare_out(out_dir, _run_meta(cfg, algo, inputs, zoo_profile, fingerprint), resume)
         per_candidate = cfg.rht if (cfg.rht.enabled and cfg.rht.apply_to == "candidate") else None
         try:
             rt.start(inputs, rht=per_candidate).on_dispatch = on_dispatch

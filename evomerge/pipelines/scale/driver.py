@@ -24,7 +24,8 @@ from evomerge.interrupts import caused_by_stop
 from evomerge.io import write_json_atomic
 from evomerge.pipelines.scale.plan import Cell, StopRule, load_cells
 from evomerge.pipelines.scale.planning import expert_gains, make_plan
-from evomerge.pipelines.scale.rundir import check_same_plan, discard_unstarted, input_fingerprint, prepare_run_dir
+from evomerge.pipelines.fingerprint import input_fingerprint
+from evomerge.pipelines.scale.rundir import check_same_plan, discard_unstarted, prepare_run_dir
 from evomerge.pipelines.scale.slots import cpu_only, search_slots
 from evomerge.pipelines.scale.store import CellStore
 from evomerge.pipelines.scale.work import ScaleContext

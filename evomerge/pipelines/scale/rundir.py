@@ -3,17 +3,13 @@ input files (resume)."""
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any
 
 from evomerge.config import EvomergeConfig, dump_config
 from evomerge.errors import OutputExistsError
-
-if TYPE_CHECKING:
-    from evomerge.pipelines.scale.driver import PoolSpec
-
+from evomerge.pipelines.fingerprint import changed_inputs
 
 # Keys that only change how far a run goes: a run may be continued with other values (e.g.
 # `--no-stop` on a run that stopped at n_max computes just the extra k).
@@ -29,7 +25,8 @@ def _comparable(cfg: EvomergeConfig) -> dict[str, Any]:
 
 def prepare_run_dir(run_dir: Path, cfg: EvomergeConfig, overwrite: bool, inputs: dict[str, Any] | None = None) -> bool:
     """Create or reopen ``run_dir``; True when it holds an earlier run of the same config and,
-    where its plan recorded them, the same ``inputs`` (:func:`input_fingerprint`)."""
+    where its plan recorded them, the same ``inputs``
+    (:func:`evomerge.pipelines.fingerprint.input_fingerprint`)."""
     saved = run_dir / "config.yaml"
     if run_dir.exists() and overwrite:
         shutil.rmtree(run_dir)
@@ -89,40 +86,6 @@ def check_same_plan(path: Path, plan: dict[str, Any]) -> None:
             )
 
 
-def input_fingerprint(spec: PoolSpec, task_files: Mapping[str, str | Path]) -> dict[str, Any]:
-    """What the run reads, by content (``plan.json``'s ``inputs``): ``{"base": sha256, "experts":
-    {name: sha256}, "tasks": {task: sha256}}``. Your own folders and files are hashed as ``evomerge
-    merge`` records its inputs (:func:`evomerge.io.sha256_tree` of the files a loader reads, those
-    directly in the folder); the built-in zoo's come from its
-    manifest, which every file was checked against when the zoo was opened (``ensure_zoo``)."""
-    if spec.zoo_root is not None:
-        from evomerge.zoo import Zoo
-
-        zoo = Zoo.open(spec.zoo_root)
-        listed = zoo.manifest.get("files") or {}
-
-        def digest(path: str | Path) -> str:
-            prefix = Path(path).relative_to(zoo.root).as_posix() + "/"
-            h = hashlib.sha256()
-            for rel in sorted(r for r in listed if r.startswith(prefix)):
-                h.update(f"{rel}\0{listed[rel]}\n".encode())
-            return h.hexdigest()
-
-        tasks: Mapping[str, str | Path] = {t: zoo.root / "tasks" / t for t in zoo.tasks}
-    else:
-        from evomerge.io import sha256_tree
-
-        def digest(path: str | Path) -> str:  # what the loaders read: the files directly in a folder
-            return sha256_tree(path, recursive=False)
-
-        tasks = task_files
-    return {
-        "base": digest(spec.base_dir) if spec.base_dir is not None else None,
-        "experts": {name: digest(path) for name, path in zip(spec.names, spec.paths)},
-        "tasks": {t: digest(path) for t, path in tasks.items()},
-    }
-
-
 def check_same_inputs(path: Path, inputs: dict[str, Any]) -> None:
     """Refuse to resume a run whose saved plan (``path``) recorded other input files (an expert's
     weights changed in place, say): its finished cells would be mixed with the new pool. A plan
@@ -134,10 +97,7 @@ def check_same_inputs(path: Path, inputs: dict[str, Any]) -> None:
     old = json.loads(path.read_text()).get("inputs")
     if not isinstance(old, dict):
         return
-    changed = [] if old.get("base") == inputs["base"] else ["the base model"]
-    for section, what in (("experts", "expert"), ("tasks", "task file")):
-        was, now = old.get(section) or {}, inputs[section]
-        changed += [f"{what} `{name}`" for name in sorted(set(was) | set(now)) if was.get(name) != now.get(name)]
+    changed = changed_inputs(old, inputs)
     if changed:
         raise OutputExistsError(
             f"{path.parent}: the earlier run read other input files ({', '.join(changed[:6])} changed since: "
