@@ -172,3 +172,27 @@ def test_a_folder_where_a_task_file_belongs_says_it_is_a_folder(base, tmp_path, 
     with pytest.raises(DataError, match=r"nope\.jsonl: task file not found$"):
         load_examples(tmp_path / "nope.jsonl")
 
+
+
+def test_config_experts_are_scored_under_their_names(small_zoo, base, tmp_path, capsys) -> None:
+    """``-c`` with ``experts.experts`` and no ``--expert``: those experts are the candidates, named
+    by their ``name`` (before: only the base was scored); ``--expert`` replaces them; two with
+    one name are refused naming the entry."""
+    import yaml
+
+    task = jsonl(tmp_path / "t.jsonl", GOOD)
+    d = small_zoo.expert_dirs
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"experts": {"base": str(base), "experts": [
+        {"path": str(d["brackets"]), "name": "one"}, {"path": str(d["majority"])}]},
+        "evaluation": {"task_files": {"t": str(task)}, "max_samples": 3}}))
+    code, out, err = run_cli(["evaluate", "-c", cfg], capsys)
+    assert code == 0, err
+    assert [line.split()[0] for line in out.splitlines()[2:]] == ["base", "one", "majority"], out
+    code, out, err = run_cli(["evaluate", "-c", cfg, "-e", d["brackets"]], capsys)
+    assert code == 0 and [line.split()[0] for line in out.splitlines()[2:]] == ["base", "brackets"], out
+    cfg.write_text(yaml.safe_dump({"experts": {"base": str(base), "experts": [
+        {"path": str(d["brackets"]), "name": "x"}, {"path": str(d["majority"]), "name": "x"}]},
+        "evaluation": {"task_files": {"t": str(task)}}}))
+    refused(["evaluate", "-c", cfg], capsys,
+            r"^error: experts\.experts\[1\] \(.*majority\): a candidate named `x` is already given; give it another `name`$")

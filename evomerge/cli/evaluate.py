@@ -86,7 +86,7 @@ def evaluate_command(
     experts: list[Path] = typer.Option([], "--expert", "-e", help="expert folder to score: a peft adapter or a full fine-tune (HF checkpoint of the base); repeatable"),
     zoo: Optional[str] = zoo_option(),
     small: bool = small_option(),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (evaluation:, experts.base, device)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (evaluation:, experts.base, experts.experts when no --expert is given, device)"),
     base: Optional[Path] = typer.Option(None, "--base", help="HF base model folder of your own tasks (needs --task): experts.base"),
     task: list[str] = typer.Option([], "--task", "-t", help="user task name=FILE|DIR (repeatable): evaluation.task_files"),
     tasks: Optional[str] = typer.Option(None, "--tasks", help="comma-separated subset of the tasks (the zoo's, or those given with --task): evaluation.tasks"),
@@ -117,6 +117,11 @@ def evaluate_command(
     cfg = load_config_with_sets(config, sets, {key: value for _, key, value in given},
                                 {key: flag for flag, key, _ in given})
     ev_cfg = cfg.evaluation
+    # the candidates: the --expert folders (named by folder), else the config's experts (by their name)
+    named = ([(e.name, e, f"--expert {e}") for e in experts] if experts else
+             [(sp.name or Path(sp.path).name, Path(sp.path), f"experts.experts[{i}] ({sp.path})")
+              for i, sp in enumerate(cfg.experts.experts)])
+    experts = [path for _, path, _ in named]
     if cfg.experts.base is not None and not ev_cfg.task_files:
         # the zoo brings its own base: scoring it under a --base the user named would be a lie
         raise ConfigError(f"{'--base' if base is not None else 'experts.base'} {cfg.experts.base}: a base model scores "
@@ -139,10 +144,11 @@ def evaluate_command(
     dev = resolve_device(cfg.device)
     for e in experts:
         detect_kind(e)  # exists, and is an adapter or a checkpoint
-    seen = [e.name for e in experts]
-    dup = next((e for i, e in enumerate(experts) if e.name in ("base", *seen[:i])), None)
+    seen = [name for name, _, _ in named]
+    dup = next(((name, where) for i, (name, _, where) in enumerate(named) if name in ("base", *seen[:i])), None)
     if dup is not None:
-        raise ConfigError(f"--expert {dup}: a candidate named `{dup.name}` is already given; rename the folder")
+        fix = "rename the folder" if dup[1].startswith("--expert") else "give it another `name`"
+        raise ConfigError(f"{dup[1]}: a candidate named `{dup[0]}` is already given; {fix}")
     common = dict(metric=ev_cfg.metric, device=dev, batch_size=ev_cfg.batch_size, max_samples=ev_cfg.max_samples)
     # every expert is read and checked against the base (as `evomerge merge` reads a pool: tensor
     # names and shapes, target modules, finite weights) before the model is loaded
@@ -155,7 +161,7 @@ def evaluate_command(
         sources = {t: f"--task {t}" if t in given_tasks else f"evaluation.task_files.{t}" for t in task_files}
         task_data = _user_tasks(task_files, split, sources)
         _check_encoding(Path(cfg.experts.base), task_data, ev_cfg.max_samples)
-        cands = {"base": {}, **{e.name: _candidate(e, Path(cfg.experts.base), allow_bin) for e in experts}}
+        cands = {"base": {}, **{name: _candidate(e, Path(cfg.experts.base), allow_bin) for name, e, _ in named}}
         ev = Evaluator(cfg.experts.base, task_data, task_weights=weights, **common)
     else:
         from evomerge.cli._common import open_zoo, zoo_choice
@@ -163,7 +169,7 @@ def evaluate_command(
         z = open_zoo(zoo_choice(zoo, small), "default", cfg.zoo_dir)
         chosen = _select(ev_cfg.tasks, list(z.tasks), tasks_flag, f"the tasks of the zoo {z.root}")
         weights = {t: w for t, w in weights.items() if t in chosen or t not in z.tasks}
-        cands = {"base": {}, **{e.name: _candidate(e, z.base_dir, allow_bin) for e in experts}}
+        cands = {"base": {}, **{name: _candidate(e, z.base_dir, allow_bin) for name, e, _ in named}}
         ev = Evaluator.from_zoo(z, tasks=chosen, task_weights=weights, **common)
         if not experts:
             cands.update({t: load_peft_adapter(d).modules for t, d in z.expert_dirs.items()})
