@@ -62,6 +62,17 @@ def test_a_parquet_file_without_answers_is_named_before_ray(command, small_zoo, 
     assert line == f"error: {bad}: missing column(s) ['answer']; a task file needs ['prompt', 'answer']"
 
 
+@pytest.mark.parametrize("command", ["evolve", "scale"])
+def test_a_row_the_tokenizer_cannot_encode_is_named_before_ray(command, small_zoo, tmp_path, capsys):
+    """A character outside the base tokenizer's vocabulary: refused naming the file and its line
+    before Ray starts (it failed inside the actors / workers)."""
+    bad = tmp_path / "brackets.jsonl"
+    bad.write_text('{"prompt": "(()", "answer": ")"}\n{"prompt": "(\u20ac", "answer": ")"}\n')
+    files = {**_zoo_tasks(small_zoo), "brackets": bad}
+    line = _refused(command, _config(tmp_path, small_zoo, files), tmp_path / "run", capsys)
+    assert line.startswith(f"error: {bad} (task `brackets`): line 2: the prompt holds characters outside the tokenizer"), line
+
+
 def test_a_task_folder_without_validation_is_named_before_ray(small_zoo, tmp_path, capsys):
     """evolve's objective is validation: a folder with only a train split is refused, naming the key."""
     folder = tmp_path / "brackets"

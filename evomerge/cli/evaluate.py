@@ -43,24 +43,6 @@ def _user_tasks(task_files: dict, split: str, sources: dict[str, str]) -> dict:
     return {name: load_task(path, (split,), source=sources[name]) for name, path in task_files.items()}
 
 
-def _check_encoding(base_dir: Path, task_data: dict, max_samples: int | None) -> None:
-    """The rows the evaluator will score, encoded with the base's tokenizer before any model is
-    loaded: a tokenizer without EOS names the base folder; characters outside its vocabulary and
-    rows longer than its context name the task file and the line (as ``merge --data`` is checked)."""
-    from evomerge.evaluation.encoding import base_context_length, check_eos, encode_dataset, load_tokenizer
-    from evomerge.evaluation.evaluator import check_base_dir
-    from evomerge.evaluation.task_data import source_file
-
-    check_base_dir(base_dir)
-    tok = load_tokenizer(base_dir)
-    check_eos(tok)
-    ctx = base_context_length(base_dir)
-    for name, splits in task_data.items():
-        for ds in splits.values():
-            rows = ds if max_samples is None or len(ds) <= max_samples else ds.select(range(max_samples))
-            encode_dataset(tok, rows, f"{source_file(ds) or name} (task `{name}`)", ctx)
-
-
 def _full_task_vector(folder: Path, base_dir: Path, allow_bin: bool) -> dict:
     """A full fine-tune's task vector against ``base_dir``, read and checked as ``evomerge merge``
     reads a pool (same architecture, tensor names and shapes, finite weights); the tensors it
@@ -160,7 +142,9 @@ def evaluate_command(
         given_tasks = _task_items(task) or {}
         sources = {t: f"--task {t}" if t in given_tasks else f"evaluation.task_files.{t}" for t in task_files}
         task_data = _user_tasks(task_files, split, sources)
-        _check_encoding(Path(cfg.experts.base), task_data, ev_cfg.max_samples)
+        from evomerge.evaluation.encoding import check_task_encoding
+
+        check_task_encoding(cfg.experts.base, task_data, ev_cfg.max_samples)
         cands = {"base": {}, **{name: _candidate(e, Path(cfg.experts.base), allow_bin) for name, e, _ in named}}
         ev = Evaluator(cfg.experts.base, task_data, task_weights=weights, **common)
     else:

@@ -229,3 +229,25 @@ def base_context_length(base_dir) -> int | None:
     except Exception:  # an unreadable config is reported by whoever loads the model
         return None
     return context_length(SimpleNamespace(config=cfg))
+
+
+def check_task_encoding(base_dir, task_data, max_samples: int | None, whole_splits: Sequence[str] = ()) -> None:
+    """The rows an evaluator will score (``max_samples`` per split, every row of ``whole_splits``),
+    encoded with the base's tokenizer before any model is loaded: a tokenizer without EOS names
+    the base folder; characters outside its vocabulary and rows longer than its context name the
+    task file and the line (as ``merge --data`` is checked). ``task_data``: ``{task: {split: Dataset}}``."""
+    from pathlib import Path
+
+    from evomerge.evaluation.evaluator import check_base_dir
+    from evomerge.evaluation.task_data import source_file
+
+    base_dir = Path(base_dir)
+    check_base_dir(base_dir)
+    tok = load_tokenizer(base_dir)
+    check_eos(tok)
+    ctx = base_context_length(base_dir)
+    for name, splits in task_data.items():
+        for split, ds in splits.items():
+            whole = max_samples is None or split in whole_splits or len(ds) <= max_samples
+            rows = ds if whole else ds.select(range(max_samples))
+            encode_dataset(tok, rows, f"{source_file(ds) or name} (task `{name}`)", ctx)

@@ -60,11 +60,14 @@ def load_user_tasks(task_files: Mapping[str, str | Path], tasks: Iterable[str] |
     return {t: load_task(task_files[t], TASK_SPLITS, source=f"evaluation.task_files.{t}") for t in names}
 
 
-def check_user_tasks(cfg: EvomergeConfig, tasks: Sequence[str] | None = None) -> None:
+def check_user_tasks(cfg: EvomergeConfig, tasks: Sequence[str] | None = None, whole_splits: Sequence[str] = ()) -> None:
     """With your own experts, before any work (evolve: before Ray starts; scale: before its run
     folder): ``evaluation.task_files`` is given, has the task of every expert that names one (an
     expert without ``task`` serves none), and the files of ``tasks`` (default: those the run
-    evaluates) load, with the loader the evaluators use. The built-in zoo needs none of this."""
+    evaluates) load, with the loader the evaluators use, and encode with the base's tokenizer
+    (the rows the evaluators score: ``evaluation.max_samples`` per split, every row of
+    ``whole_splits``; characters outside its vocabulary, rows longer than its context). The
+    built-in zoo needs none of this."""
     if not cfg.experts.experts:
         return
     ev = cfg.evaluation
@@ -76,7 +79,11 @@ def check_user_tasks(cfg: EvomergeConfig, tasks: Sequence[str] | None = None) ->
             raise ConfigError(f"`experts.experts[{i}]` ({s.name or s.path.name}): its task `{s.task}` has no "
                               f"`evaluation.task_files.{s.task}` (the task files: {', '.join(ev.task_files)}); "
                               "give that task's file or folder")
-    load_user_tasks(ev.task_files, chosen_tasks(list(ev.task_files), ev.tasks, tasks))
+    data = load_user_tasks(ev.task_files, chosen_tasks(list(ev.task_files), ev.tasks, tasks))
+    if cfg.experts.base is not None:  # (no base: refused by the caller, naming experts.base)
+        from evomerge.evaluation.encoding import check_task_encoding
+
+        check_task_encoding(cfg.experts.base, data, ev.max_samples, whole_splits)
 
 
 def chosen_tasks(all_tasks: list[str], configured: Sequence[str] | None, given: Sequence[str] | None) -> list[str]:

@@ -367,9 +367,10 @@ def check_inputs(cfg: EvomergeConfig, spec: PoolSpec) -> None:
         from evomerge.experts import load_pool
         from evomerge.pipelines.inputs import check_user_tasks
 
-        # headers, shapes and the shared base only: the workers check the values as they load them
+        # headers, shapes, the shared base and identical experts (a warning); NaN/inf: the workers, as they load
         load_pool(spec.paths, spec.base_dir, allow_bin=cfg.experts.allow_bin, names=spec.names, check_finite=False)
-        check_user_tasks(cfg, list(cfg.evaluation.task_files))  # every task file: the workers load them all
+        # every task file (the workers load them all); the test split is scored on every row
+        check_user_tasks(cfg, list(cfg.evaluation.task_files), whole_splits=("test",))
     elif cfg.evaluation.tasks:
         unknown = [t for t in cfg.evaluation.tasks if t not in spec.tasks]
         if unknown:
