@@ -75,7 +75,10 @@ def test_theorem1_section_without_a_delta_says_why():
             "curve": [{"k": 1, "merged_variance": 1.0, "drop": None, "worth_adding": True},
                       {"k": 2, "merged_variance": 2.5, "drop": -1.5, "worth_adding": False}]}
     text = "\n".join(report_md._theorem1_section(stop, {}))
-    assert "no relative Delta" in text and "none is positive" in text and "keeps **1** experts" in text
+    assert "no relative Delta (the first drop of the merged variance, which it scales, is not positive" in text
+    assert "keeps **1** experts" in text
+    adaptive = "\n".join(report_md._theorem1_section({**stop, "delta_mode": "adaptive"}, {}))
+    assert "no adaptive Delta (the mean drop of the merged variance" in adaptive
     assert "| 1 | 1 | - | yes |" in text and "| 2 | 2.5 | -1.5 | no |" in text
     with_delta = "\n".join(report_md._theorem1_section({**stop, "delta": 0.0001, "n_max": 4}, {}))
     assert "Delta = 0.0001 (relative, fraction 0.1 of the first drop); the rule keeps **4**" in with_delta

@@ -130,8 +130,8 @@ def test_stop_rule_matches_theory_and_never_cuts_the_registry_merges():
 def test_a_relative_delta_without_a_positive_drop_keeps_one_expert():
     """An expert with a far larger task vector second in the order: the uniform merge of two has a
     larger variance than the first alone (V(2) = (1 + 9) / 4 = 2.5 > V(1) = 1), so a relative (or
-    adaptive) Delta has no positive drop to scale. Theorem 1 keeps one expert (Delta recorded as
-    None; the curve marks no k worth adding); it was a refusal after the pool's statistics. A fixed
+    adaptive) Delta has no positive drop to scale. Theorem 1 keeps experts while the variance falls
+    (Delta recorded as None): here one; it was a refusal after the pool's statistics. A fixed
     Delta reads the same curve: the rise is a drop below it."""
     variances = [1.0, 9.0] + [1.0] * 4
     corr = np.eye(6)
@@ -141,11 +141,23 @@ def test_a_relative_delta_without_a_positive_drop_keeps_one_expert():
         cfg = ScaleConfig(methods=["ties"], seeds=[0], delta=mode, k_max=6, law_first_k=3)
         rule = stop_rule(var, corr, list(range(6)), cfg, sigma2=1.0, rho=0.0)
         assert (rule.n_max, rule.delta) == (1, None), mode
-        assert [r["worth_adding"] for r in rule.curve] == [True] + [False] * 5
+        # each row: is its drop positive (Delta -> 0); V(k) = sum of the first k variances / k^2
+        vk = [sum(var[:k]) / k**2 for k in range(1, 7)]
+        assert [r["worth_adding"] for r in rule.curve] == [True] + [vk[k - 1] > vk[k] for k in range(1, 6)]
+        assert rule.curve[1]["worth_adding"] is False
         assert rule.curve[1]["drop"] == pytest.approx(1.0 - 2.5)
     adaptive = stop_rule(variances, corr, list(range(6)), ScaleConfig(methods=["ties"], seeds=[0], delta="adaptive",
                                                                         law_first_k=3), sigma2=1.0, rho=0.0)
     assert adaptive.n_max == 1 and adaptive.delta > 0
+    # adaptive, a positive first drop but no positive mean drop: V = 1, 0.275, 0.233, 0.925, ...
+    # (variances 1, 0.1, 0.1 then large): kept while the variance falls, up to k = 3
+    large = [1.0, 0.1, 0.1, 20.0, 20.0, 20.0]
+    v = [sum(large[:k]) / k**2 for k in range(1, 7)]
+    assert v[1] < v[0] and v[2] < v[1] and v[3] > v[2] and v[5] > v[0]
+    rule = stop_rule(large, corr, list(range(6)), ScaleConfig(methods=["ties"], seeds=[0], delta="adaptive",
+                                                             law_first_k=3), sigma2=1.0, rho=0.0)
+    assert (rule.n_max, rule.delta) == (3, None)
+    assert [r["worth_adding"] for r in rule.curve] == [True, True, True, False, v[4] < v[3], v[5] < v[4]]
     fixed = stop_rule(variances, corr, list(range(6)), ScaleConfig(methods=["ties"], seeds=[0], delta=0.01, law_first_k=3),
                       sigma2=1.0, rho=0.0)
     assert fixed.n_max == 1 and fixed.delta == 0.01

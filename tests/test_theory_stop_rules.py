@@ -256,3 +256,28 @@ def test_law_with_a_fixed_exponent_fits_two_parameters():
     assert (free.n_k, free.n_params) == (4, 3)
     with pytest.raises(ConfigError, match="b_fixed"):
         fit_scaling_law(k, 0.3 + 0.5 / k, b_fixed=0.0)
+
+
+def test_theorem1_rule_without_a_positive_drop_keeps_experts_while_the_variance_falls():
+    """theorem1_rule: with a positive relative / adaptive Delta it is delta_for + theorem1_stop; when
+    the drop it would scale is not positive, Delta is None and the rule fires before the first
+    drop that is not positive (by hand below); the other refusals stand."""
+    from evomerge.theory import delta_for, theorem1_rule, theorem1_stop
+
+    falling = [1.0, 0.6, 0.45, 0.4, 0.38]
+    for mode, value in (("relative", 0.1), ("adaptive", None), ("fixed", 0.02)):
+        delta, fire = theorem1_rule(falling, mode, value)
+        assert delta == delta_for(falling, mode, value) and fire == theorem1_stop(falling, delta)
+    rises_first = [1.0, 2.5, 1.2, 0.8]  # relative: first drop -1.5
+    delta, fire = theorem1_rule(rises_first, "relative", 0.1)
+    assert (delta, fire.fired_k, fire.fired) == (None, 1, True)
+    late_rise = [1.0, 0.3, 0.25, 0.9, 1.4]  # adaptive: mean drop (1 - 1.4) / 4 < 0; drops .7, .05, -.65
+    delta, fire = theorem1_rule(late_rise, "adaptive")
+    assert (delta, fire.fired_k, fire.fired) == (None, 3, True)
+    assert theorem1_rule(late_rise, "relative", 0.1)[0] == pytest.approx(0.07)  # its first drop is positive
+    with pytest.raises(ConfigError, match="delta_fraction"):
+        theorem1_rule(rises_first, "relative", 1.5)
+    with pytest.raises(ConfigError, match="fixed Delta"):
+        theorem1_rule(rises_first, "fixed", -1.0)
+    with pytest.raises(ConfigError, match="at least 2 experts"):
+        theorem1_rule([1.0], "relative", 0.1)

@@ -139,7 +139,8 @@ def _scale(out: Path, config: Optional[Path], small: bool, zoo_arg: Optional[str
     typer.echo(
         f"scale: {result.cells_run} cells run, {result.cells_skipped} already done, {result.evaluations} evaluations, "
         f"{result.seconds / 60:.1f} min; sigma2={s.sigma2:.3g} rho={s.rho:.3f}; Theorem 1 (eq. 18, {s.delta_mode} "
-        + (f"Delta={s.delta:.3g}) keeps {s.n_max}" if s.delta is not None else "Delta: no positive drop) keeps 1")
+        + (f"Delta={s.delta:.3g}) keeps {s.n_max}" if s.delta is not None
+           else f"Delta: none, no positive drop to scale; while the variance falls) keeps {s.n_max}")
         + ((f"; searches stopped by the {s.rule} rule" + ("" if s.enabled else " (not applied: --no-stop)"))
            if cfg.scale.search else "; no searches")
     )

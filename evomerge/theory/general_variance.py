@@ -126,3 +126,25 @@ def theorem1_stop(curve: Sequence[float], delta: float) -> Theorem1Fire:
         if d < delta * (1 - 1e-9):
             return Theorem1Fire(j + 1, True, float(delta), v.tolist(), drops)
     return Theorem1Fire(int(v.size), False, float(delta), v.tolist(), drops)
+
+
+def theorem1_rule(curve: Sequence[float], mode: DeltaMode, value: float | None = None) -> tuple[float | None, Theorem1Fire]:
+    """``(Delta, where the rule fires)`` along a variance curve. A relative Delta scales the first
+    drop and an adaptive one the mean drop; when that drop is not positive (a second expert that
+    raises the merged variance, summed weights, a pool whose later experts are far larger) there
+    is no positive Delta: Delta is None and the rule keeps adding experts while the variance still
+    falls (its limit Delta -> 0: the last k before the first drop that is not positive). Every other
+    refusal of :func:`delta_for` (a fixed Delta not > 0, a fraction outside (0, 1), one expert)
+    stands."""
+    v = np.asarray(curve, dtype=np.float64)
+    if mode in ("relative", "adaptive") and v.size >= 2:
+        if mode == "relative" and (value is None or not 0.0 < value < 1.0):
+            delta_for(v, mode, value)  # (the fraction's own refusal)
+        scaled = (v[0] - v[1]) if mode == "relative" else (v[0] - v[-1]) / (v.size - 1)
+        if not scaled > 0:
+            drops = (v[:-1] - v[1:]).tolist()
+            j = next((i for i, d in enumerate(drops) if not d > 0), None)
+            fired_k = int(v.size) if j is None else j + 1
+            return None, Theorem1Fire(fired_k, j is not None, float("nan"), v.tolist(), drops)
+    delta = delta_for(v, mode, value)
+    return delta, theorem1_stop(v, delta)

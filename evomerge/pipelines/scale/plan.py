@@ -13,7 +13,7 @@ from typing import Literal, Sequence
 
 from evomerge.config.sections import ScaleConfig
 from evomerge.errors import ConfigError
-from evomerge.theory.general_variance import covariance_from, delta_for, general_variance_curve, theorem1_stop
+from evomerge.theory.general_variance import covariance_from, general_variance_curve, theorem1_rule
 
 
 def delta_mode(cfg: ScaleConfig) -> tuple[str, float | None]:
@@ -57,7 +57,7 @@ class StopRule:
     enabled: bool
     k_end: int
     n_max: int  # theorem1's fired k (uniform weights, first order)
-    delta: float | None  # None: a relative/adaptive Delta without a positive drop to scale (n_max is 1)
+    delta: float | None  # None: a relative/adaptive Delta without a positive drop to scale (theorem1_rule)
     search_k: list[int] = field(default_factory=list)
     curve: list[dict] = field(default_factory=list)
 
@@ -90,18 +90,11 @@ def stop_rule(variances, corr, order: Sequence[int], cfg: ScaleConfig, *, sigma2
     mode, value = delta_mode(cfg)
     cov = covariance_from(variances, np.asarray(corr))
     v = general_variance_curve(cov, list(order))
-    try:
-        delta: float | None = delta_for(v, mode, value)
-        fired_k = theorem1_stop(v, delta).fired_k
-    except ConfigError:
-        if mode == "fixed":
-            raise
-        # a relative (adaptive) Delta scales the first (mean) drop; none is positive: merging the
-        # second expert raises the uniform merge's variance, so Theorem 1 keeps one expert (the
-        # report's theorem1 rows read such a method's own weights the same way)
-        delta, fired_k = None, 1
+    delta, fire = theorem1_rule(v, mode, value)  # (None: no positive drop to scale; rules.py reads it so too)
+    fired_k = fire.fired_k
     curve = [{"k": k + 1, "merged_variance": float(v[k]), "drop": float(v[k - 1] - v[k]) if k else None,
-              "worth_adding": bool(k == 0 or (delta is not None and v[k - 1] - v[k] >= delta * (1 - 1e-9)))}
+              "worth_adding": bool(k == 0 or (v[k - 1] - v[k] >= delta * (1 - 1e-9) if delta is not None
+                                                else v[k - 1] - v[k] > 0))}
              for k in range(len(v))]
     grid = search_grid(k_hi, cfg.search_k)
     if enabled and cfg.stop_rule == "theorem1":

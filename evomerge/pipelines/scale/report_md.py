@@ -351,8 +351,9 @@ def _theorem1_section(stop, s) -> list[str]:
          + (f"weights: Delta = {stop['delta']:.4g} ({stop['delta_mode']}"
             + (f", fraction {stop['delta_value']:g} of the first drop" if stop["delta_mode"] == "relative" else "") + ")"
             if stop.get("delta") is not None else
-            f"weights: no {stop['delta_mode']} Delta (it scales the first drop, or the mean drop, of the merged "
-            "variance, and none is positive: the second expert raises the uniform merge's variance)")
+            f"weights: no {stop['delta_mode']} Delta (the {'first' if stop['delta_mode'] == 'relative' else 'mean'} "
+            "drop of the merged variance, which it scales, is not positive: the rule keeps adding experts while the "
+            "variance still falls)")
          + f"; the rule keeps **{stop['n_max']}** experts. The `theorem1` rows above use each method's own weights "
          "(task arithmetic sums, so its variance rises from the second expert and the rule stops at 1).", ""]
     if stop["delta_mode"] == "adaptive":

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from evomerge.errors import EvomergeError
-from evomerge.theory.general_variance import covariance_from, delta_for, general_variance_curve, theorem1_stop
+from evomerge.theory.general_variance import covariance_from, general_variance_curve, theorem1_rule
 from evomerge.theory.online_rule import law_peak, law_tolerance, online_stop, online_tolerance, step_se
 from evomerge.theory.scaling_law import fit_scaling_law
 
@@ -65,17 +65,11 @@ def theorem1_fired(plan: dict, method: str, params: dict[str, Any], k_end: int) 
     per_seed, fired_any, deltas = [], False, []
     for _, order in sorted(_orders(plan).items()):
         v = general_variance_curve(cov, order[:k_end], lambda k: method_weights(method, params, k))
-        try:
-            delta = delta_for(v, stop["delta_mode"], stop["delta_value"])
-        except EvomergeError:  # e.g. no positive first drop (a sum adds variance): stops at once
-            per_seed.append(1)
-            fired_any = True
-            deltas.append(float("nan"))
-            continue
-        fire = theorem1_stop(v, delta)
+        # (a sum adds variance from the second expert: no positive drop to scale, it stops at 1)
+        delta, fire = theorem1_rule(v, stop["delta_mode"], stop["delta_value"])
         per_seed.append(fire.fired_k)
         fired_any |= fire.fired
-        deltas.append(delta)
+        deltas.append(float("nan") if delta is None else delta)
     return {"fired_k": float(np.mean(per_seed)), "per_seed": per_seed, "fired": fired_any, "delta": deltas}
 
 
