@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -133,24 +134,39 @@ def test_a_run_from_before_the_fingerprint_still_resumes(run, changed):
         plan_path.write_text(json.dumps(plan))
 
 
-def test_the_zoo_fingerprint_is_the_content_of_its_files(small_zoo):
-    """The built-in zoo's comes from its manifest (no file read again): it equals the same digest
-    over the files' own sha256, and tells the experts apart."""
+def test_the_zoo_fingerprint_is_the_content_of_its_files(small_zoo, tmp_path):
+    """A zoo's fingerprint comes from its manifest once every file is checked against it: each
+    expert's equals a digest computed here from the files' bytes (hashlib, not evomerge's
+    hashing), the experts differ; a copy of the zoo whose expert file changed in place (the
+    manifest left as it was) is refused, naming the file, instead of keeping its fingerprint."""
+    import hashlib
+
     from evomerge.config import load_config
-    from evomerge.pipelines.scale.driver import pool_spec
+    from evomerge.errors import ExpertLoadError
     from evomerge.pipelines import fingerprint
-    from evomerge.zoo.zoo import file_hashes
+    from evomerge.pipelines.scale.driver import pool_spec
+    from evomerge.zoo import Zoo
+
+    def by_hand(folder):
+        h = hashlib.sha256()
+        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+            rel = f.relative_to(small_zoo.root).as_posix()
+            h.update(f"{rel}\0{hashlib.sha256(f.read_bytes()).hexdigest()}\n".encode())
+        return h.hexdigest()
 
     spec = pool_spec(load_config(None), small_zoo)
     got = fingerprint.input_fingerprint(spec, {})
     assert sorted(got["experts"]) == sorted(small_zoo.tasks) == sorted(got["tasks"])
+    assert got["experts"] == {t: by_hand(small_zoo.expert_dirs[t]) for t in small_zoo.tasks}
+    assert got["base"] == by_hand(small_zoo.base_dir)
     assert len(set(got["experts"].values())) == len(small_zoo.tasks)
-    real = small_zoo.manifest["files"]
-    try:
-        small_zoo.manifest["files"] = file_hashes(small_zoo.root)
-        assert fingerprint.input_fingerprint(spec, {}) == got
-    finally:
-        small_zoo.manifest["files"] = real
+    copy = Path(shutil.copytree(small_zoo.root, tmp_path / "zoo"))
+    spec_copy = pool_spec(load_config(None), Zoo.open(copy))  # a zoo given as a folder: opened unverified
+    assert fingerprint.input_fingerprint(spec_copy, {})["experts"] == got["experts"]
+    weights = next((copy / "experts" / "brackets").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x01")
+    with pytest.raises(ExpertLoadError, match="brackets"):
+        fingerprint.input_fingerprint(spec_copy, {})
 
 
 def test_the_fingerprint_reads_what_the_loaders_read(tmp_path):

@@ -15,12 +15,12 @@ def input_fingerprint(spec, task_files: Mapping[str, str | Path]) -> dict[str, A
     or anything with its ``zoo_root``, ``base_dir``, ``names`` and ``paths``): ``{"base": sha256, "experts":
     {name: sha256}, "tasks": {task: sha256}}``. Your own folders and files are hashed as ``evomerge
     merge`` records its inputs (:func:`evomerge.io.sha256_tree` of the files a loader reads, those
-    directly in the folder); the built-in zoo's come from its
-    manifest, which every file was checked against when the zoo was opened (``ensure_zoo``)."""
+    directly in the folder); a zoo's come from its manifest, after every file is checked against it
+    (so a zoo folder changed in place is refused, naming the file)."""
     if spec.zoo_root is not None:
         from evomerge.zoo import Zoo
 
-        zoo = Zoo.open(spec.zoo_root)
+        zoo = Zoo.open(spec.zoo_root, verify=True)  # (a zoo given as a folder is opened unverified)
         listed = zoo.manifest.get("files") or {}
 
         def digest(path: str | Path) -> str:
