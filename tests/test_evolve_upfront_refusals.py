@@ -176,8 +176,12 @@ def test_resume_over_changed_expert_files_is_refused_before_ray(tmp_path, capsys
     import shutil
 
     from evomerge.config import load_config
-    from evomerge.pipelines.evolve.run import _check_same_files, _run_meta
-    from evomerge.pipelines.fingerprint import config_fingerprint
+    from evomerge.errors import ConfigError
+    from evomerge.pipelines.evolve.run import _run_meta
+    from evomerge.pipelines.fingerprint import check_unchanged, config_fingerprint
+
+    def same_files(run):  # the check a resume makes (raises when they differ)
+        check_unchanged(run / "run.json", config_fingerprint(cfg), where="run", error=ConfigError, advice="-")
 
     experts = [Path(shutil.copytree(small_zoo.expert_dirs[t], tmp_path / t)) for t in ("rev_digits", "sort_digits")]
     data = {"experts": {"base": str(small_zoo.base_dir), "experts": [{"path": str(e), "task": e.name} for e in experts]},
@@ -191,10 +195,10 @@ def test_resume_over_changed_expert_files_is_refused_before_ray(tmp_path, capsys
     record = _run_meta(cfg, "genome", None, "small", config_fingerprint(cfg))
     assert sorted(record["inputs"]["experts"]) == ["rev_digits", "sort_digits"]
     (run / "run.json").write_text(json.dumps(record))
-    _check_same_files(run, config_fingerprint(cfg))  # the same files: no refusal
+    same_files(run)  # the same files: no refusal
     weights = experts[1] / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")  # one byte of a value changed in place
     _refused_early(["--algo", "genome", "--config", cfg_path, "--out", run, "--resume"], capsys,
                    f"{run / 'run.json'}: cannot resume", "expert `sort_digits` changed since")
     (run / "run.json").write_text(json.dumps({k: v for k, v in record.items() if k != "inputs"}))
-    _check_same_files(run, config_fingerprint(cfg))  # a record from before: not compared
+    same_files(run)  # a record from before: not compared

@@ -5,6 +5,7 @@ refused instead of mixing results of two pools."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Mapping
@@ -52,6 +53,23 @@ def changed_inputs(old: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
         was, new = old.get(section) or {}, now.get(section) or {}
         changed += [f"{what} `{name}`" for name in sorted(set(was) | set(new)) if was.get(name) != new.get(name)]
     return changed
+
+
+def check_unchanged(record: Path, now: Mapping[str, Any] | None, *, where: str, error: type[Exception],
+                    advice: str) -> None:
+    """Refuse to continue a run whose ``record`` (its ``plan.json`` / ``run.json``) holds ``inputs``
+    other than ``now``: its results were computed on the old files. A record without ``inputs``
+    (a run from before they were recorded), or no fingerprint now, is not compared."""
+    if now is None or not record.is_file():
+        return
+    try:
+        old = json.loads(record.read_text()).get("inputs")
+    except (OSError, ValueError, AttributeError):  # (a damaged record is the caller's own refusal)
+        return
+    changed = changed_inputs(old, now) if isinstance(old, dict) else []
+    if changed:
+        raise error(f"{where}: the earlier run read other input files ({', '.join(changed[:6])} changed since: "
+                    f"sha256 differs from {record.name}); {advice}")
 
 
 def config_fingerprint(cfg) -> dict[str, Any] | None:

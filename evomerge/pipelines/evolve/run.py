@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 from evomerge.config import EvomergeConfig
 from evomerge.pipelines.evolve import records
-from evomerge.pipelines.fingerprint import config_fingerprint
+from evomerge.pipelines.fingerprint import check_unchanged, config_fingerprint
 from evomerge.pipelines.inputs import EvolveInputs, check_user_tasks, prepare_inputs
 from evomerge.errors import ConfigError, OutputExistsError
 from evomerge.io import check_writable, write_json_atomic, write_parquet_atomic
@@ -90,7 +90,7 @@ def _run_meta(cfg: EvomergeConfig, algo: str, inputs: EvolveInputs | None, zoo_p
     without ``inputs`` (not resolved yet) the experts and tasks are left out. The built-in zoo's
     profile (no experts in the config) is recorded so that another ``--zoo`` is refused before
     Ray starts; your own files' sha256 (``fingerprint``) so that changed files are
-    (:func:`_check_same_files`)."""
+    (:func:`~evomerge.pipelines.fingerprint.check_unchanged`)."""
     search_cfg = cfg.model_dump(mode="json", exclude={"ray", "output"})
     search_cfg["islands"] = {"n": cfg.ray.islands, "migration_interval": cfg.ray.migration_interval}
     meta = {"algo": algo, "config": search_cfg}
@@ -132,23 +132,6 @@ def _check_out(out_dir: Path, meta: dict[str, Any], resume: bool) -> None:
     # a place the run cannot write (under /proc or /sys, read-only): the folder itself when it
     # exists (a resume writes into it), else the nearest existing folder above it
     check_writable(out_dir / "run.json" if out_dir.is_dir() else out_dir)
-
-
-def _check_same_files(out_dir: Path, fingerprint: dict[str, Any] | None) -> None:
-    """A resume over your own experts, base or task files changed since the run began is refused:
-    its checkpointed population was scored on the old ones. A record without ``inputs`` (a run
-    from before they were recorded) is not compared."""
-    from evomerge.pipelines.fingerprint import changed_inputs
-
-    meta_path = out_dir / "run.json"
-    old = _read_meta(meta_path).get("inputs") if meta_path.is_file() else None
-    if fingerprint is None or not isinstance(old, dict):
-        return
-    changed = changed_inputs(old, fingerprint)
-    if changed:
-        raise ConfigError(f"{meta_path}: cannot resume: the interrupted run read other input files "
-                          f"({', '.join(changed[:6])} changed since: sha256 differs from run.json); "
-                          "start a new run in another --out")
 
 
 def _read_meta(meta_path: Path) -> dict[str, Any]:
@@ -227,8 +210,10 @@ def run_evolve(
         # search cells, whose run records its own fingerprint)
         check_experts(cfg, tasks)
         fingerprint = config_fingerprint(cfg)
-        if resume:
-            _check_same_files(out_dir, fingerprint)
+        if resume:  # (the record itself was checked above)
+            check_unchanged(out_dir / "run.json", fingerprint, where=f"{out_dir / 'run.json'}: cannot resume",
+                            error=ConfigError, advice="its checkpointed population was scored on the old ones: "
+                                                      "start a new run in another --out")
     with contextlib.ExitStack() as stack:
         # connecting checks the request against the cluster: impossible ones fail before any work
         rt = runtime if runtime is not None else stack.enter_context(Runtime(cfg))

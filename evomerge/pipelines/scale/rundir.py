@@ -9,7 +9,7 @@ from typing import Any
 
 from evomerge.config import EvomergeConfig, dump_config
 from evomerge.errors import OutputExistsError
-from evomerge.pipelines.fingerprint import changed_inputs
+from evomerge.pipelines.fingerprint import check_unchanged
 
 # Keys that only change how far a run goes: a run may be continued with other values (e.g.
 # `--no-stop` on a run that stopped at n_max computes just the extra k).
@@ -40,8 +40,9 @@ def prepare_run_dir(run_dir: Path, cfg: EvomergeConfig, overwrite: bool, inputs:
                 f"{run_dir}: holds a scale run with a different config (differs in: {', '.join(diff[:8])}); "
                 "pass --overwrite to replace it, or use another --out"
             )
-        if inputs is not None:
-            check_same_inputs(run_dir / "plan.json", inputs)
+        check_unchanged(run_dir / "plan.json", inputs, where=str(run_dir), error=OutputExistsError,
+                        advice="its finished cells would be mixed with the new ones: pass --overwrite to replace it, "
+                               "or use another --out")
         dump_config(cfg, saved)  # it may extend the earlier run (EXTENDABLE keys)
         return True
     elif run_dir.exists() and any(run_dir.iterdir()):
@@ -84,23 +85,3 @@ def check_same_plan(path: Path, plan: dict[str, Any]) -> None:
                 f"{path.parent}: the earlier run used a different pool or plan (`{key}` differs: e.g. another zoo); "
                 "pass --overwrite to replace it, or use another --out"
             )
-
-
-def check_same_inputs(path: Path, inputs: dict[str, Any]) -> None:
-    """Refuse to resume a run whose saved plan (``path``) recorded other input files (an expert's
-    weights changed in place, say): its finished cells would be mixed with the new pool. A plan
-    without ``inputs`` (a run from before they were recorded) is not compared."""
-    import json
-
-    if not path.is_file():
-        return
-    old = json.loads(path.read_text()).get("inputs")
-    if not isinstance(old, dict):
-        return
-    changed = changed_inputs(old, inputs)
-    if changed:
-        raise OutputExistsError(
-            f"{path.parent}: the earlier run read other input files ({', '.join(changed[:6])} changed since: "
-            "sha256 differs from plan.json); its finished cells would be mixed with the new ones: pass --overwrite "
-            "to replace it, or use another --out"
-        )
