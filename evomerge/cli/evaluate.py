@@ -101,7 +101,7 @@ def evaluate_command(
     ev_cfg = cfg.evaluation
     # the candidates: the --expert folders (named by folder), else the config's experts (by their name)
     named = ([(e.name, e, f"--expert {e}") for e in experts] if experts else
-             [(sp.name or Path(sp.path).name, Path(sp.path), f"experts.experts[{i}] ({sp.path})")
+             [(sp.label, Path(sp.path), f"experts.experts[{i}] ({sp.path})")
               for i, sp in enumerate(cfg.experts.experts)])
     experts = [path for _, path, _ in named]
     if cfg.experts.base is not None and not ev_cfg.task_files:

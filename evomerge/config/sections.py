@@ -18,6 +18,12 @@ class ExpertSpec(Section):
     name: str | None = None
     task: str | None = Field(default=None, description="task this expert was trained for (for per-task serving)")
 
+    @property
+    def label(self) -> str:
+        """The expert's name in tables and messages: ``name``, else its folder's name (as the pool
+        loader names it)."""
+        return self.name or Path(self.path).name
+
 
 class ExpertsConfig(Section):
     """Where the pool lives. With no experts given, the built-in zoo is used."""

@@ -79,5 +79,5 @@ def config_fingerprint(cfg) -> dict[str, Any] | None:
     if not specs:
         return None
     pool = SimpleNamespace(zoo_root=None, base_dir=cfg.experts.base, paths=[Path(s.path) for s in specs],
-                           names=[s.name or Path(s.path).name for s in specs])
+                           names=[s.label for s in specs])
     return input_fingerprint(pool, cfg.evaluation.task_files)

@@ -63,7 +63,8 @@ def load_user_tasks(task_files: Mapping[str, str | Path], tasks: Iterable[str] |
 def check_user_tasks(cfg: EvomergeConfig, tasks: Sequence[str] | None = None, whole_splits: Sequence[str] = ()) -> None:
     """With your own experts, before any work (evolve: before Ray starts; scale: before its run
     folder): ``evaluation.task_files`` is given, has the task of every expert that names one (an
-    expert without ``task`` serves none), and the files of ``tasks`` (default: those the run
+    expert without ``task`` is not checked: scale reads it as serving the task of its name when a
+    task file has that name, evolve as serving none), and the files of ``tasks`` (default: those the run
     evaluates) load, with the loader the evaluators use, and encode with the base's tokenizer
     (the rows the evaluators score: ``evaluation.max_samples`` per split, every row of
     ``whole_splits``; characters outside its vocabulary, rows longer than its context). The
@@ -76,7 +77,7 @@ def check_user_tasks(cfg: EvomergeConfig, tasks: Sequence[str] | None = None, wh
     for i, s in enumerate(cfg.experts.experts):
         if s.task is not None and s.task not in ev.task_files:
             # (it would be scored, ordered and searched without its own task: a gain of n/a)
-            raise ConfigError(f"`experts.experts[{i}]` ({s.name or s.path.name}): its task `{s.task}` has no "
+            raise ConfigError(f"`experts.experts[{i}]` ({s.label}): its task `{s.task}` has no "
                               f"`evaluation.task_files.{s.task}` (the task files: {', '.join(ev.task_files)}); "
                               "give that task's file or folder")
     data = load_user_tasks(ev.task_files, chosen_tasks(list(ev.task_files), ev.tasks, tasks))

@@ -62,8 +62,8 @@ def pool_spec(cfg: EvomergeConfig, zoo=None) -> PoolSpec:
     if cfg.experts.experts:
         specs = cfg.experts.experts
         return PoolSpec(
-            paths=[s.path for s in specs], names=[s.name or s.path.name for s in specs],
-            tasks=[s.task or s.name or s.path.name for s in specs], base_dir=cfg.experts.base, zoo_root=None,
+            paths=[s.path for s in specs], names=[s.label for s in specs],
+            tasks=[s.task or s.label for s in specs], base_dir=cfg.experts.base, zoo_root=None,
         )
     if zoo is None:
         from evomerge.zoo import ensure_zoo
