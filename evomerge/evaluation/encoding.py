@@ -239,7 +239,6 @@ def check_task_encoding(base_dir, task_data, max_samples: int | None, whole_spli
     from pathlib import Path
 
     from evomerge.evaluation.evaluator import check_base_dir
-    from evomerge.evaluation.task_data import source_file
 
     base_dir = Path(base_dir)
     check_base_dir(base_dir)
@@ -248,6 +247,21 @@ def check_task_encoding(base_dir, task_data, max_samples: int | None, whole_spli
     ctx = base_context_length(base_dir)
     for name, splits in task_data.items():
         for split, ds in splits.items():
-            whole = max_samples is None or split in whole_splits or len(ds) <= max_samples
-            rows = ds if whole else ds.select(range(max_samples))
-            encode_dataset(tok, rows, f"{source_file(ds) or name} (task `{name}`)", ctx)
+            rows = scored_rows(ds, split, max_samples, whole_splits)
+            encode_dataset(tok, rows, task_source(ds, name, split), ctx)
+
+
+def scored_rows(ds, split: str, max_samples: int | None, whole_splits: Sequence[str] = ()):
+    """The rows of a split an evaluator scores: the first ``max_samples``, or all of a split in
+    ``whole_splits`` (scale scores the test split whole)."""
+    if max_samples is None or split in whole_splits or len(ds) <= max_samples:
+        return ds
+    return ds.select(range(max_samples))
+
+
+def task_source(ds, name: str, split: str) -> str:
+    """How a task's errors name it: its file (the rows' lines follow), else the task and split."""
+    from evomerge.evaluation.task_data import source_file
+
+    file = source_file(ds)
+    return f"{file} (task `{name}`)" if file else f"task `{name}` split `{split}`"

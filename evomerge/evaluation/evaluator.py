@@ -15,12 +15,11 @@ from evomerge.devices import resolve_device
 from evomerge.errors import ConfigError, DataError, ExpertLoadError
 from evomerge.evaluation import metrics as M
 from evomerge.evaluation.candidates import Candidate, PerTask, to_deltas
-from evomerge.evaluation.encoding import Encoded, context_length, encode_dataset, pad_id, pool
+from evomerge.evaluation.encoding import Encoded, context_length, encode_dataset, pad_id, pool, scored_rows, task_source
 from evomerge.evaluation.forward import applied, linear_weights
 from evomerge.evaluation.generate import greedy_generate
 from evomerge.evaluation.head import hidden_out, output_head, scores_by_rows, touches
 from evomerge.evaluation.pages import keep_freed_pages
-from evomerge.evaluation.task_data import source_file
 
 
 @dataclass
@@ -127,11 +126,8 @@ class Evaluator:
         for name, splits in tasks.items():
             self.data[name] = {}
             for split, ds in splits.items():
-                if max_samples is not None and split not in whole_splits and len(ds) > max_samples:
-                    ds = ds.select(range(max_samples))
-                file = source_file(ds)  # a task file's errors name the file (and its line)
-                where = f"{file} (task `{name}`)" if file else f"task `{name}` split `{split}`"
-                enc = encode_dataset(self.tokenizer, ds, where, context_length(self.model))
+                rows = scored_rows(ds, split, max_samples, whole_splits)
+                enc = encode_dataset(self.tokenizer, rows, task_source(ds, name, split), context_length(self.model))
                 self.data[name][split] = enc.sorted_by_length().to(self.device)
         self.max_new_tokens = max_new_tokens
         self._pool_cache: dict[str, Encoded] = {}

@@ -28,7 +28,7 @@ from evomerge.pipelines.fingerprint import input_fingerprint
 from evomerge.pipelines.scale.rundir import check_same_plan, discard_unstarted, prepare_run_dir
 from evomerge.pipelines.scale.slots import cpu_only, search_slots
 from evomerge.pipelines.scale.store import CellStore
-from evomerge.pipelines.scale.work import ScaleContext
+from evomerge.pipelines.scale.work import WHOLE_SPLITS, ScaleContext
 
 
 @dataclass
@@ -369,8 +369,8 @@ def check_inputs(cfg: EvomergeConfig, spec: PoolSpec) -> None:
 
         # headers, shapes, the shared base and identical experts (a warning); NaN/inf: the workers, as they load
         load_pool(spec.paths, spec.base_dir, allow_bin=cfg.experts.allow_bin, names=spec.names, check_finite=False)
-        # every task file (the workers load them all); the test split is scored on every row
-        check_user_tasks(cfg, list(cfg.evaluation.task_files), whole_splits=("test",))
+        # every task file (the workers load them all), their rows as the workers score them
+        check_user_tasks(cfg, list(cfg.evaluation.task_files), whole_splits=WHOLE_SPLITS)
     elif cfg.evaluation.tasks:
         unknown = [t for t in cfg.evaluation.tasks if t not in spec.tasks]
         if unknown:

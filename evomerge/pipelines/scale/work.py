@@ -19,6 +19,9 @@ from evomerge.merging.types import PerTaskMerge, derive_seed
 from evomerge.pipelines.inputs import TASK_SPLITS as SPLITS, load_user_tasks
 from evomerge.pipelines.scale.plan import Cell
 
+#: The splits a scale cell scores on every row (test: only reported, never chosen on)
+WHOLE_SPLITS = ("test",)
+
 
 @dataclass(frozen=True)
 class ScaleContext:
@@ -286,7 +289,7 @@ def make_evaluator(ctx: ScaleContext):
 
     ev = ctx.evaluation
     kwargs = dict(metric=ev.metric, device=ctx.device, batch_size=ev.batch_size, max_samples=ev.max_samples,
-                  max_rows=ev.rows_per_pass, whole_splits=("test",))
+                  max_rows=ev.rows_per_pass, whole_splits=WHOLE_SPLITS)
     if ctx.zoo_root is not None:
         from evomerge.zoo import Zoo
 
