@@ -214,35 +214,28 @@ def _check_data_is_used(cfg, method) -> None:
 def _check_data(cfg, pool, method) -> None:
     """Before any value is read: a method with statistics has one task file per expert (or one
     shared) and the base, and every ``merge.data`` row the statistics read is checked: the file
-    (as ``load_examples`` reads it) and, with a base, its encoding as ``evaluate --task`` checks it
-    (characters outside the tokenizer's vocabulary, rows longer than the base's context).
-    (the counts: :func:`~evomerge.experts.statistics.check_data_files`, which the statistics run too)."""
+    (as ``load_examples`` reads it) and its encoding as ``evaluate --task`` checks it (a tokenizer
+    without EOS, characters outside its vocabulary, rows longer than the base's context). The
+    counts: :func:`~evomerge.experts.statistics.check_data_files`, which the statistics run too;
+    data for a method that reads none was refused before (:func:`_check_data_is_used`)."""
+    from evomerge.evaluation.encoding import base_context_length, check_eos, encode_dataset, load_tokenizer
     from evomerge.evaluation.task_data import load_examples
     from evomerge.experts.statistics import check_data_files
 
-    files = list(cfg.merge.data)
-    if method.needs:
-        check_data_files(method.needs, pool.names, files)
-    if not files:
+    if not method.needs:
         return
+    files = list(cfg.merge.data)
+    check_data_files(method.needs, pool.names, files)
     for i, f in enumerate(files):
         if not Path(f).is_file():
             whose = f" (expert `{pool.names[i]}`)" if len(files) == len(pool) > 1 else ""
             what = "is a folder, not a task file" if Path(f).is_dir() else "task file not found"
             raise ConfigError(f"{f}: merge.data {what}{whose}")
-    if method.needs:
-        pool.require_base("data statistics")
-    tok = ctx = None
-    if pool.base_path is not None:  # without a base: refused above when a method reads these files
-        from evomerge.evaluation.encoding import base_context_length, load_tokenizer
-
-        tok, ctx = load_tokenizer(pool.base_path), base_context_length(pool.base_path)
+    pool.require_base("data statistics")
+    tok, ctx = load_tokenizer(pool.base_path), base_context_length(pool.base_path)
+    check_eos(tok)
     for f in files:
-        ds = load_examples(f, limit=cfg.merge.data_samples)
-        if tok is not None:
-            from evomerge.evaluation.encoding import encode_dataset
-
-            encode_dataset(tok, ds, f"{f} (merge.data)", ctx)
+        encode_dataset(tok, load_examples(f, limit=cfg.merge.data_samples), f"{f} (merge.data)", ctx)
 
 
 def _effective_rank(modules) -> int | None:
