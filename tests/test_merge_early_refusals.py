@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -134,3 +135,14 @@ def test_data_for_a_method_that_reads_none_is_refused(zoo, tmp_path, capsys, met
     cfg.write_text(json.dumps({"merge": {"method": method, "data": [str(zoo / "d.jsonl")]}}))
     _refused(zoo, tmp_path, capsys, ["--config", cfg, "-e", zoo / "l1", "-e", zoo / "l2", *rank],
              rf"merge\.data: merge method `{method}` takes no data")
+
+
+def test_a_base_tokenizer_without_eos_comes_before_the_value_scan(zoo, tmp_path, capsys):
+    """RegMean's data is encoded with the base's tokenizer before any expert value is read: a base
+    without EOS is named, not the NaN of `fnan` (a guard of the order encode_dataset gives)."""
+    noeos = Path(shutil.copytree(zoo / "base", tmp_path / "noeos"))
+    tok_cfg = json.loads((noeos / "tokenizer_config.json").read_text())
+    tok_cfg.pop("eos_token", None)
+    (noeos / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
+    _refused(zoo, tmp_path, capsys, ["--base", noeos, "-e", zoo / "f1", "-e", zoo / "fnan", "--method", "regmean",
+                                     "--data", zoo / "d.jsonl"], rf"^error: {re.escape(str(noeos))}: the tokenizer has no eos_token")

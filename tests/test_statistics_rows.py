@@ -63,17 +63,3 @@ def test_merge_data_naming_a_folder_says_it_is_a_folder(small_zoo, tmp_path, cap
     assert line == f"error: {folder}: merge.data is a folder, not a task file", line
     assert not (tmp_path / "o").exists()
 
-
-def test_merge_data_with_a_base_without_eos_is_refused_before_the_scan(small_zoo, tmp_path, capsys) -> None:
-    """RegMean's data is encoded with the base's tokenizer before any expert value is read: a base
-    without EOS is named (it was found by the statistics, after the NaN/inf scan)."""
-    noeos = Path(shutil.copytree(small_zoo.base_dir, tmp_path / "noeos"))
-    cfg = json.loads((noeos / "tokenizer_config.json").read_text())
-    cfg.pop("eos_token")
-    (noeos / "tokenizer_config.json").write_text(json.dumps(cfg))
-    data = tmp_path / "d.jsonl"
-    data.write_text(json.dumps({"prompt": "12", "answer": "21"}) + "\n")
-    line = one_error(["merge", "-e", small_zoo.expert_dirs["brackets"], "-e", small_zoo.expert_dirs["majority"],
-                      "--base", noeos, "--method", "regmean", "--data", data, "--rank", "4", "--out", tmp_path / "o"],
-                     capsys)
-    assert line.startswith(f"error: {noeos}: the tokenizer has no eos_token"), line

@@ -215,10 +215,11 @@ def _check_data(cfg, pool, method) -> None:
     """Before any value is read: a method with statistics has one task file per expert (or one
     shared) and the base, and every ``merge.data`` row the statistics read is checked: the file
     (as ``load_examples`` reads it) and its encoding as ``evaluate --task`` checks it (a tokenizer
-    without EOS, characters outside its vocabulary, rows longer than the base's context). The
+    without EOS, characters outside its vocabulary, rows longer than the base's context:
+    :func:`~evomerge.evaluation.encoding.encode_dataset`). The
     counts: :func:`~evomerge.experts.statistics.check_data_files`, which the statistics run too;
     data for a method that reads none was refused before (:func:`_check_data_is_used`)."""
-    from evomerge.evaluation.encoding import base_context_length, check_eos, encode_dataset, load_tokenizer
+    from evomerge.evaluation.encoding import base_context_length, encode_dataset, load_tokenizer
     from evomerge.evaluation.task_data import load_examples
     from evomerge.experts.statistics import check_data_files
 
@@ -233,7 +234,6 @@ def _check_data(cfg, pool, method) -> None:
             raise ConfigError(f"{f}: merge.data {what}{whose}")
     pool.require_base("data statistics")
     tok, ctx = load_tokenizer(pool.base_path), base_context_length(pool.base_path)
-    check_eos(tok)
     for f in files:
         encode_dataset(tok, load_examples(f, limit=cfg.merge.data_samples), f"{f} (merge.data)", ctx)
 
