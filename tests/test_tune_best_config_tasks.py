@@ -26,3 +26,16 @@ def test_best_config_of_a_zoo_merge_study_names_the_zoos_tasks(small_zoo) -> Non
     spec = pool_spec(base, small_zoo)
     out = best_config(base, {}, spec)
     assert [e.task for e in out.experts.experts] == list(small_zoo.tasks)
+
+
+def test_best_config_drops_data_the_chosen_method_does_not_read(small_zoo, tmp_path) -> None:
+    """A study over [fisher, ties] with merge.data: a best TIES config keeps no data (merge refuses
+    data for a method that reads none); a best Fisher config keeps it."""
+    d = small_zoo.expert_dirs
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "1", "answer": "1"}\n')
+    base = config_from_dict({"experts": {"base": str(small_zoo.base_dir), "experts": [str(d["brackets"]), str(d["majority"])]},
+                             "merge": {"method": "fisher", "data": [str(data)]}})
+    spec = pool_spec(base)
+    assert best_config(base, {"merge.method": "ties"}, spec).merge.data == []
+    assert [str(p) for p in best_config(base, {"merge.method": "fisher"}, spec).merge.data] == [str(data)]

@@ -72,6 +72,10 @@ def best_config(base: EvomergeConfig, params: dict[str, Any], spec) -> EvomergeC
         data["experts"]["base"] = str(spec.base_dir)
     if data["merge"].get("weights"):
         data["merge"]["weights"] = data["merge"]["weights"][:k]
+    from evomerge.merging.registry import get_merge_method
+
+    if data["merge"].get("data") and not get_merge_method(cfg.merge.method).needs:
+        data["merge"].pop("data")  # the chosen method reads no task files: `evomerge merge` would refuse them
     return config_from_dict(data, "best config")
 
 
