@@ -261,7 +261,7 @@ def test_zoo_folder_and_agreeing_profile_are_one_zoo(small_zoo, capsys) -> None:
     assert code == 0 and out.startswith("OK: "), err
 
 
-def test_zoo_missing_folder_isone_error(tmp_path, capsys) -> None:
+def test_zoo_missing_folder_is_one_error(tmp_path, capsys) -> None:
     code, _, err = run_cli(["zoo", "info", "--zoo", tmp_path / "nope"], capsys)
     assert code == 2 and str(tmp_path / "nope") in err and len(err.strip().splitlines()) == 1, err
 

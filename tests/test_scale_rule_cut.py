@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from evomerge.config import EvomergeConfig
-from evomerge.pipelines.scale.report_md import rule_verdicts
+from evomerge.pipelines.scale.report_verdicts import rule_verdicts
 from evomerge.pipelines.scale.rules import cut_searches, judge
 
 TASKS = ["t0", "t1", "t2", "t3", "t4", "t5"]

@@ -192,7 +192,8 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, side, f
     summary = _summary(plan, fitness, pk_all, pk_union, records, fits, pairs, pca, figures, run_dir)
     summary["searches"] = searches
     summary.update(_noise_summary(noise, reference, comparisons))
-    from evomerge.pipelines.scale.report_md import markdown, rule_verdicts
+    from evomerge.pipelines.scale.report_md import markdown
+    from evomerge.pipelines.scale.report_verdicts import rule_verdicts
 
     summary["verdicts"] = rule_verdicts(summary["rules"], f"law_k<={cfg.scale.law_first_k}")
     write_json_atomic(run_dir / "report.json", jsonable(summary))

@@ -5,6 +5,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from evomerge.pipelines.scale.report_verdicts import (
+    law_basis,
+    online_basis,
+    pca_at_ceiling,
+    rule_verdicts,
+    started_from,
+)
 from evomerge.theory.scaling_law import B_BOUNDS
 
 
@@ -19,25 +26,6 @@ def _k(x: Any) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
     return f"{x:.2f}".rstrip("0").rstrip(".") if isinstance(x, float) else str(x)
-
-
-def rule_verdicts(rules: list[dict], law_rule: str) -> dict[str, Any]:
-    """The issue's checks on the rule table: the online rule within +-1 of the peak for >= 80% of
-    (method, target) pairs and never more than 2 past it; the law on the first k within +-1 for
-    task arithmetic and TIES."""
-    # rows without an error are not judged (no peak measured, or a search curve the stop cut)
-    online = [r for r in rules if r["rule"] == "online" and r["error"] is not None]
-    within = [r for r in online if abs(r["error"]) <= 1]
-    past = max((r["error"] for r in online), default=None)
-    law = [r for r in rules if r["rule"] == law_rule and r["method"] in ("task_arithmetic", "ties") and r["error"] is not None]
-    return {
-        "online_pairs": len(online), "online_within_1": len(within),
-        "online_share_within_1": len(within) / len(online) if online else None,
-        "online_max_past_peak": past,
-        "online_ok": bool(online) and len(within) >= 0.8 * len(online) and past is not None and past <= 2,
-        "law_pairs": len(law), "law_within_1": sum(abs(r["error"]) <= 1 for r in law),
-        "law_ok": bool(law) and all(abs(r["error"]) <= 1 for r in law),
-    }
 
 
 def markdown(plan, cfg, s, pk_all, pk_union, figures, run_dir) -> str:
@@ -198,29 +186,11 @@ def _noise_section(s) -> list[str]:
                 reading = f"{c['method']} {'above' if c['difference'] > 0 else 'below'} {ref} beyond the noise"
             else:
                 reading = "the interval contains 0: the data cannot tell them apart"
-            reading += _started_from(s, c["method"], c["k"])
+            reading += started_from(s, c["method"], c["k"])
             L.append(f"| {c['method']} - {ref} | {c['k']} | {c['difference']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] "
                      f"| {reading} |")
         L.append("")
     return L
-
-
-def _started_from(s, method: str, k: int) -> str:
-    """For a search: how many seeds' best individual at ``k`` is one of its starting points (a
-    scaled sum of ``init_sums`` is task arithmetic with its scale chosen on validation), not a
-    step of the search; nothing for a registry merge."""
-    rows = [r for r in s.get("searches") or [] if r["method"] == method and r["k"] == k
-            and r.get("best_generation") is not None]
-    if not rows:
-        return ""
-    initial = [r for r in rows if r["best_generation"] == 0]
-    ops = sorted({str(r.get("best_op")) for r in initial})
-    if not initial:
-        return f"; every seed's best is a step of the search ({len(rows)} of {len(rows)})"
-    return (f"; {len(initial)} of {len(rows)} seeds' best is a starting point ({', '.join(ops)}"
-            + (": a scaled sum of the experts, i.e. task arithmetic with its scale chosen on validation"
-               if ops == ["init_sum"] else "")
-            + "), not a step of the search")
 
 
 def _law_noise_text(s, sc) -> str:
@@ -251,13 +221,13 @@ def _rules_section(s, sc) -> list[str]:
          f"`pca95` (principal components for 95% of the pool's variance: {_k(s.get('pca_components_95'))}"
          + (f"; **at its ceiling**: {s['n_experts']} centred experts span at most {s['n_experts'] - 1} directions, "
             "so the count can be no larger and says nothing about this pool's structure; its rows below measure "
-            "nothing" if _pca_at_ceiling(s) else "") + "). "
+            "nothing" if pca_at_ceiling(s) else "") + "). "
          "Targets: `all` / `union` on the metric, `all/ce` on cross-entropy.", "",
          "| rule | method | target | fired k | measured peak k [seeds' range] | error |", "|---|---|---|---|---|---|"]
     for r in sorted(s["rules_detail"], key=lambda r: (r["target"], r["method"], r["rule"])):
         rng = f" [{r['peak_min']}-{r['peak_max']}]" if r["peak_min"] is not None else ""
         fired = _fired_k(r, " (did not fire)")
-        if r["rule"] == "pca95" and _pca_at_ceiling(s):
+        if r["rule"] == "pca95" and pca_at_ceiling(s):
             fired += " (ceiling)"
         err = "n/a" if r["error"] is None else f"{r['error']:+.2f}"
         peak = f"{_k(r['peak_k'])}{rng}"
@@ -275,13 +245,13 @@ def _rules_section(s, sc) -> list[str]:
         L += ["", f"Online rule: within +-1 of the measured peak for {v['online_within_1']} of {v['online_pairs']} "
               f"judged (method, target) pairs ({v['online_share_within_1']:.0%}; target >= 80%); at most "
               f"{v['online_max_past_peak']:+.2f} past the peak (target <= 2): **{'met' if v['online_ok'] else 'missed'}**."
-              + _online_basis([r for r in s["rules_detail"] if r["rule"] == "online" and r["error"] is not None])]
+              + online_basis([r for r in s["rules_detail"] if r["rule"] == "online" and r["error"] is not None])]
     if v["law_pairs"]:
         law = [r for r in s["rules_detail"] if r["rule"] == law_rule and r["error"] is not None
                and r["method"] in ("task_arithmetic", "ties")]
         L += [f"Law on k <= {sc.law_first_k}: within +-1 for {v['law_within_1']} of {v['law_pairs']} task arithmetic / "
               f"TIES (method, target) pairs: **{'met' if v['law_ok'] else 'missed'}**."
-              + _law_basis(law, s.get("scaling_fits") or [], sc.law_first_k)]
+              + law_basis(law, s.get("scaling_fits") or [], sc.law_first_k)]
     stop_info = s.get("search_stop")
     if stop_info and stop_info.get("methods"):
         read = {"all": "the validation fitness of each search's best on all the pool's tasks",
@@ -291,58 +261,6 @@ def _rules_section(s, sc) -> list[str]:
               + "; ".join(f"{m}: ran k = {d.get('ks_run')}, " + (f"stopped at k = {d['k']}" if d.get("fired") else "did not fire")
                           for m, d in stop_info["methods"].items()) + "."]
     return L + [""]
-
-
-def _pca_at_ceiling(s) -> bool:
-    """The PCA count equals n - 1 for n experts: centred, they span at most n - 1 directions, so
-    95% of the variance needing all of them is what any pool without a low-rank structure gives."""
-    n, c = s.get("n_experts"), s.get("pca_components_95")
-    return n is not None and c is not None and int(c) >= int(n) - 1
-
-
-def _peak_place(r: dict) -> str:
-    """Where a row's measured peak lies on its curve: every seed's at the ``first`` measured k, at
-    the ``last``, or ``inside`` (rows of runs made before ``k_first`` was recorded: ``inside``)."""
-    if r.get("k_first") is not None and r["peak_max"] == r["k_first"]:
-        return "first"
-    if r.get("k_last") is not None and r["peak_min"] == r["k_last"]:
-        return "last"
-    return "inside"
-
-
-def _online_basis(rows: list[dict]) -> str:
-    """What the online check rests on: a peak at a curve's first k is met by stopping at the
-    second, one at its last k by not firing; only the rows with a peak inside test the rule. The
-    RHT variants repeat their methods' rows when RHT moves no curve."""
-    if not rows:
-        return ""
-    place = [_peak_place(r) for r in rows]
-    inside = [r for r, p in zip(rows, place) if p == "inside"]
-    plain = [r for r in rows if not str(r["method"]).endswith("+rht")]
-    text = (f" What it rests on: {place.count('first')} of the {len(rows)} rows have every seed's peak at the "
-            f"curve's first k (stopping at the next k is within +-1), {place.count('last')} at its last k (not firing "
-            f"is), and {len(inside)} a peak inside the curve, the rows that test the rule: within +-1 on "
-            f"{sum(abs(r['error']) <= 1 for r in inside)} of them.")
-    if len(plain) < len(rows):
-        text += (f" {len(rows) - len(plain)} rows are RHT variants (`+rht`) of methods judged without RHT too; "
-                 f"without them: {sum(abs(r['error']) <= 1 for r in plain)} of {len(plain)}.")
-    return text
-
-
-def _law_basis(rows: list[dict], fits: list[dict], m: int) -> str:
-    """What the law check rests on: a fit whose loss does not fall on k <= m (A <= 0) predicts
-    the first k whatever the curve does later; the rows whose peak lies at or beyond m (the
-    fit's last point) are the ones that ask the law to see a turn it was not shown."""
-    if not rows:
-        return ""
-    a = {(f["method"], f["target"]): f["A"] for f in fits if f.get("points") == f"k<={m}"}
-    flat = [r for r in rows if a.get((r["method"], r["target"])) is not None and a[(r["method"], r["target"])] <= 0]
-    late = [r for r in rows if r["peak_k"] is not None and r["peak_k"] >= m]
-    return (f" What it rests on: {len(flat)} of the {len(rows)} are fits whose loss does not fall on k <= {m} (A <= 0), "
-            f"which predict the first k whatever the curve does later (within +-1 on "
-            f"{sum(abs(r['error']) <= 1 for r in flat)}); {len(late)} have their measured peak at or beyond k = {m}, "
-            f"the fit's last point, so the law must predict a turn it was not shown: within +-1 on "
-            f"{sum(abs(r['error']) <= 1 for r in late)}.")
 
 
 def _theorem1_section(stop, s) -> list[str]:
