@@ -33,6 +33,9 @@ def test_rows_are_named_by_their_line_and_eos_is_the_bases(small_zoo, tmp_path) 
     assert row_names(rows) == row_names(list(rows)) == ["line 1", "line 3"]
     assert row_names([{"prompt": "1", "answer": "1"}, {"prompt": "2", "answer": "2"}]) == ["row 1", "row 2"]
     assert row_names([{"prompt": "1", "answer": "1", LINE_COLUMN: 4}]) == ["line 4"]
+    array = tmp_path / "t.json"  # a JSON array: rows numbered as a table's, from 1
+    array.write_text(json.dumps([{"prompt": "12", "answer": "21"}, {"prompt": "3", "answer": "1"}]))
+    assert row_names(load_examples(array)) == ["row 1", "row 2"]
     noeos = Path(shutil.copytree(small_zoo.base_dir, tmp_path / "noeos"))
     cfg = json.loads((noeos / "tokenizer_config.json").read_text())
     cfg.pop("eos_token")
