@@ -92,6 +92,22 @@ def make_full(base_dir: Path, out: Path, seed: int, scale: float = 0.01, max_sha
     return model
 
 
+def copy_with_nan(src: Path, dst: Path, file: str, key_index: int = 0, at: int = 0) -> str:
+    """A copy of expert ``src`` at ``dst`` whose ``file`` holds a NaN at flat position ``at`` of its
+    ``key_index``-th tensor (in key order); that tensor's key."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    sd = load_file(str(dst / file))
+    k = sorted(sd)[key_index]
+    sd[k] = sd[k].clone()
+    sd[k].view(-1)[at] = float("nan")
+    save_file(sd, str(dst / file), metadata={"format": "pt"})
+    return k
+
+
 def state_dict_of(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

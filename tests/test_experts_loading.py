@@ -13,7 +13,7 @@ from evomerge.errors import ExpertLoadError
 from evomerge.experts.checkpoint_io import CheckpointReader
 from evomerge.experts.peft_io import load_peft_adapter, peft_key_to_weight, weight_to_peft_key
 from evomerge.experts.pool import load_pool
-from test_experts_fixtures import load_base, make_base, make_full, make_lora, state_dict_of
+from test_experts_fixtures import copy_with_nan, load_base, make_base, make_full, make_lora, state_dict_of
 
 torch.set_num_threads(1)
 
@@ -164,18 +164,6 @@ def _corrupt(src, dst, file):
     return dst
 
 
-def _with_nan(src, dst, file):
-    from safetensors.torch import load_file, save_file
-
-    shutil.copytree(src, dst)
-    sd = load_file(str(dst / file))
-    k = sorted(sd)[1]
-    sd[k] = sd[k].clone()
-    sd[k].view(-1)[3] = float("nan")
-    save_file(sd, str(dst / file), metadata={"format": "pt"})
-    return dst, k
-
-
 def test_bad_lora_inputs(zoo, tmp_path):
     with pytest.raises(ExpertLoadError, match="empty pool"):
         load_pool([])
@@ -184,7 +172,8 @@ def test_bad_lora_inputs(zoo, tmp_path):
     bad = _corrupt(zoo / "l1", tmp_path / "corrupt", "adapter_model.safetensors")
     with pytest.raises(ExpertLoadError, match=r"corrupt/adapter_model\.safetensors.*corrupt"):
         load_pool([zoo / "l2", bad])
-    nan, k = _with_nan(zoo / "l1", tmp_path / "nan", "adapter_model.safetensors")
+    nan = tmp_path / "nan"
+    k = copy_with_nan(zoo / "l1", nan, "adapter_model.safetensors", key_index=1, at=3)
     with pytest.raises(ExpertLoadError, match=rf"nan/adapter_model\.safetensors: tensor `{k}` contains NaN"):
         load_pool([zoo / "l2", nan])
     make_lora(zoo / "base", tmp_path / "qk", seed=5, targets=("q_proj", "k_proj"))
@@ -219,7 +208,8 @@ def test_bad_full_inputs(zoo, tmp_path):
     (miss / shard).unlink()
     with pytest.raises(ExpertLoadError, match=rf"missing/{shard}: shard listed .* not found"):
         load_pool([miss], base=zoo / "base")
-    nan, k = _with_nan(zoo / "f1", tmp_path / "nan", "model.safetensors")
+    nan = tmp_path / "nan"
+    k = copy_with_nan(zoo / "f1", nan, "model.safetensors", key_index=1, at=3)
     with pytest.raises(ExpertLoadError, match=rf"nan/model\.safetensors: tensor `{k}` contains NaN"):
         load_pool([zoo / "f2", nan], base=zoo / "base")
     diff = tmp_path / "diff"

@@ -12,25 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from _cli_helpers import one_error
 from evomerge.errors import ExpertLoadError
 from evomerge.experts.pool import load_pool
-from test_experts_fixtures import make_base, make_full, make_lora
+from test_experts_fixtures import copy_with_nan, make_base, make_full, make_lora
 
 torch.set_num_threads(1)
-
-
-def _poison(src, dst, file):
-    """A copy of expert ``src`` whose first tensor (in key order) of ``file`` holds a NaN; its key."""
-    shutil.copytree(src, dst)
-    sd = load_file(str(dst / file))
-    k = sorted(sd)[0]
-    sd[k] = sd[k].clone()
-    sd[k].view(-1)[0] = float("nan")
-    save_file(sd, str(dst / file), metadata={"format": "pt"})
-    return k
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +29,8 @@ def zoo(tmp_path_factory):
     make_full(root / "base", root / "f2", seed=2)
     make_lora(root / "base", root / "l1", seed=1)
     make_lora(root / "base", root / "l2", seed=2)
-    keys = {"fnan": _poison(root / "f2", root / "fnan", "model.safetensors"),
-            "lnan": _poison(root / "l2", root / "lnan", "adapter_model.safetensors")}
+    keys = {"fnan": copy_with_nan(root / "f2", root / "fnan", "model.safetensors"),
+            "lnan": copy_with_nan(root / "l2", root / "lnan", "adapter_model.safetensors")}
     (root / "d.jsonl").write_text(json.dumps({"prompt": "12", "answer": "21"}) + "\n")
     (root / "keys.json").write_text(json.dumps(keys))
     return root
