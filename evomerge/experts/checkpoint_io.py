@@ -36,6 +36,13 @@ ARCH_FIELDS = (
 DTYPE_SIZES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2, torch.float64: 8}
 
 
+def check_finite_tensor(t: torch.Tensor, file: Path, key: str) -> None:
+    """A NaN/inf value in a stored tensor raises naming its file and key (adapters and checkpoints alike)."""
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        bad = "NaN" if bool(torch.isnan(t).any()) else "inf"
+        raise ExpertLoadError(f"{file}: tensor `{key}` contains {bad} values")
+
+
 def is_checkpoint_dir(path: Path) -> bool:
     path = Path(path)
     return any((path / f).is_file() for f in (SAFE_SINGLE, SAFE_INDEX, BIN_SINGLE, BIN_INDEX))

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import torch
 
 from evomerge.errors import ExpertLoadError
-from evomerge.experts.checkpoint_io import read_json_object
+from evomerge.experts.checkpoint_io import check_finite_tensor, read_json_object
 from evomerge.experts.types import LoraModule
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -53,10 +53,7 @@ def check_adapter_finite(ad: PeftAdapter) -> None:
     """A NaN/inf value in the adapter's factors raises naming its weights file and tensor key."""
     for name, m in ad.modules.items():
         for part, t in (("A", m.A), ("B", m.B)):
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                bad = "NaN" if bool(torch.isnan(t).any()) else "inf"
-                key = ad.file_keys.get((name, part)) or weight_to_peft_key(name, part)
-                raise ExpertLoadError(f"{ad.weights_file}: tensor `{key}` contains {bad} values")
+            check_finite_tensor(t, ad.weights_file, ad.file_keys.get((name, part)) or weight_to_peft_key(name, part))
 
 
 def is_peft_dir(path: Path) -> bool:

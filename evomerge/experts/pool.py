@@ -27,7 +27,7 @@ from evomerge.experts.adapter_checks import (
     is_relative_path,
     same_lora,
 )
-from evomerge.experts.checkpoint_io import ARCH_FIELDS, CheckpointReader, is_checkpoint_dir, read_config
+from evomerge.experts.checkpoint_io import ARCH_FIELDS, CheckpointReader, check_finite_tensor, is_checkpoint_dir, read_config
 from evomerge.experts.peft_io import PeftAdapter, check_adapter_finite, is_peft_dir, load_peft_adapter
 from evomerge.experts.types import LoraModule, TensorDict
 
@@ -243,12 +243,6 @@ def detect_kind(path: Path) -> str:
     )
 
 
-def _check_finite(t: torch.Tensor, file: Path, key: str) -> None:
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        bad = "NaN" if bool(torch.isnan(t).any()) else "inf"
-        raise ExpertLoadError(f"{file}: tensor `{key}` contains {bad} values")
-
-
 def load_pool(
     paths: Sequence[str | Path],
     base: str | Path | None = None,
@@ -424,12 +418,12 @@ def _scan_full(base_reader, readers, keys, check_finite, progress) -> list[tuple
             if not check_finite and not dups:
                 break
             if check_finite:
-                _check_finite(base_reader.get(k), base_reader.file_of(k), k)
+                check_finite_tensor(base_reader.get(k), base_reader.file_of(k), k)
             got: dict[int, torch.Tensor] = {}
             for i, r in enumerate(readers):
                 if check_finite or any(i in p for p in dups):
                     got[i] = r.get(k)
                     if check_finite:
-                        _check_finite(got[i], r.file_of(k), k)
+                        check_finite_tensor(got[i], r.file_of(k), k)
             dups = [(i, j) for i, j in dups if got[i].dtype == got[j].dtype and torch.equal(got[i], got[j])]
     return dups
