@@ -242,8 +242,7 @@ def check_task_encoding(base_dir, task_data, max_samples: int | None, whole_spli
 
     base_dir = Path(base_dir)
     check_base_dir(base_dir)
-    tok = load_tokenizer(base_dir)
-    check_eos(tok)
+    tok = load_tokenizer(base_dir)  # (encode_pairs refuses one without EOS, naming the base folder)
     ctx = base_context_length(base_dir)
     for name, splits in task_data.items():
         for split, ds in splits.items():
