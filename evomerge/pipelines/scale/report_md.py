@@ -6,6 +6,8 @@ import math
 from typing import Any
 
 from evomerge.pipelines.scale.report_verdicts import (
+    LAW_METHODS,
+    judged,
     law_basis,
     online_basis,
     pca_at_ceiling,
@@ -245,10 +247,9 @@ def _rules_section(s, sc) -> list[str]:
         L += ["", f"Online rule: within +-1 of the measured peak for {v['online_within_1']} of {v['online_pairs']} "
               f"judged (method, target) pairs ({v['online_share_within_1']:.0%}; target >= 80%); at most "
               f"{v['online_max_past_peak']:+.2f} past the peak (target <= 2): **{'met' if v['online_ok'] else 'missed'}**."
-              + online_basis([r for r in s["rules_detail"] if r["rule"] == "online" and r["error"] is not None])]
+              + online_basis(judged(s["rules_detail"], "online"))]
     if v["law_pairs"]:
-        law = [r for r in s["rules_detail"] if r["rule"] == law_rule and r["error"] is not None
-               and r["method"] in ("task_arithmetic", "ties")]
+        law = judged(s["rules_detail"], law_rule, LAW_METHODS)
         L += [f"Law on k <= {sc.law_first_k}: within +-1 for {v['law_within_1']} of {v['law_pairs']} task arithmetic / "
               f"TIES (method, target) pairs: **{'met' if v['law_ok'] else 'missed'}**."
               + law_basis(law, s.get("scaling_fits") or [], sc.law_first_k)]

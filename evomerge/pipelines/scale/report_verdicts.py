@@ -8,15 +8,24 @@ from __future__ import annotations
 from typing import Any
 
 
+def judged(rules: list[dict], rule: str, methods: tuple[str, ...] | None = None) -> list[dict]:
+    """The rows of ``rule`` a check judges (those of ``methods`` only, when given): rows without an
+    error are not judged (no peak measured, or a search curve the stop cut)."""
+    return [r for r in rules if r["rule"] == rule and r["error"] is not None and (methods is None or r["method"] in methods)]
+
+
+#: The methods the law check (on the first k) is about.
+LAW_METHODS = ("task_arithmetic", "ties")
+
+
 def rule_verdicts(rules: list[dict], law_rule: str) -> dict[str, Any]:
     """The issue's checks on the rule table: the online rule within +-1 of the peak for >= 80% of
     (method, target) pairs and never more than 2 past it; the law on the first k within +-1 for
     task arithmetic and TIES."""
-    # rows without an error are not judged (no peak measured, or a search curve the stop cut)
-    online = [r for r in rules if r["rule"] == "online" and r["error"] is not None]
+    online = judged(rules, "online")
     within = [r for r in online if abs(r["error"]) <= 1]
     past = max((r["error"] for r in online), default=None)
-    law = [r for r in rules if r["rule"] == law_rule and r["method"] in ("task_arithmetic", "ties") and r["error"] is not None]
+    law = judged(rules, law_rule, LAW_METHODS)
     return {
         "online_pairs": len(online), "online_within_1": len(within),
         "online_share_within_1": len(within) / len(online) if online else None,
