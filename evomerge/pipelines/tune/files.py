@@ -11,10 +11,6 @@ SQLITE_SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
 OPTUNA_DB_SIDE_FILES = tuple(OPTUNA_DB + suffix for suffix in SQLITE_SIDE_SUFFIXES)
 #: ``jobs/tune.py``'s workers' own folders in ``--out``: ``worker-<i>``
 WORKER_DIR = re.compile(r"worker-\d+")
-
-
-def worker_dir(i: int) -> str:
-    return f"worker-{i}"
 SUMMARY = "summary.json"
 TRIALS_TABLE = "trials.parquet"
 BEST_CONFIG = "best_config.yaml"
@@ -25,6 +21,11 @@ HISTORY_FIGURE, IMPORTANCE_FIGURE = FIGURES = ("optimization_history", "param_im
 
 def figure_file(name: str) -> str:
     return f"{name}.png"
+
+
+def worker_dir(i: int) -> str:
+    """The folder of ``jobs/tune.py``'s worker ``i`` (matches :data:`WORKER_DIR`)."""
+    return f"worker-{i}"
 
 
 #: what ``evomerge tune`` writes into ``--out`` (``jobs/tune.py`` adds ``worker-<i>``): a folder
