@@ -4,7 +4,8 @@
   (``evaluation.task_files``) it is refused, never replaced by the zoo's base.
 * ``--tasks`` (``evaluation.tasks``) selects among the ``--task`` tasks (or the zoo's); a name
   that is not there is refused naming the tasks there are.
-* A single task file is the validation split: ``--split test`` of it is refused, not relabelled.
+* A single task file is the validation split: ``--split test`` of it is refused, not relabelled,
+  and a single file named ``test.jsonl`` (or ``train``) is refused rather than read as validation.
 * Task-file errors name the file and its line (1-based, blank lines counted; ``row N`` of a
   Parquet table), a tokenizer without EOS names the base folder, a folder where a file belongs
   says it is a folder.
@@ -114,6 +115,19 @@ def test_a_single_file_is_the_validation_split(base, tmp_path, capsys) -> None:
     assert float(out.splitlines()[2].split()[1]) == on_test
     code, out, err = run_cli([*common, "--task", f"t={val}"], capsys)
     assert code == 0 and float(out.splitlines()[2].split()[1]) != on_test, err
+
+
+def test_a_single_file_named_test_is_not_read_as_validation(base, tmp_path, capsys) -> None:
+    """``test.jsonl`` alone was scored under the label validation (and would drive a run's choices)."""
+    test = jsonl(tmp_path / "t" / "test.jsonl", GOOD)
+    for split in ("validation", "test"):
+        refused(["evaluate", "--base", base, "--task", f"t={test}", "--split", split, "--max-samples", "5"], capsys,
+                rf"^error: --task t: {re.escape(str(test))}: a single task file is read as the validation split, "
+                r"where every choice is made, but this one is named as the test split; give the task folder",
+                inputs=[test.parent])
+    code, out, err = run_cli(["evaluate", "--base", base, "--task", f"t={test.parent}", "--split", "test",
+                              "--max-samples", "5"], capsys)
+    assert code == 0 and out.splitlines()[0].startswith("token_accuracy on test"), err
 
 
 # --- 4. task-file errors: the file, its line, the base folder ----------------------------------------------

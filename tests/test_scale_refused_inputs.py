@@ -141,3 +141,24 @@ def test_only_slerp_refuses_a_pool_size():
             except ConfigError:
                 refused.add((name, n))
     assert refused == {("slerp", n) for n in range(1, 11) if n != 2} | {("consensus", 1)}
+
+
+@pytest.mark.parametrize("split", ["test", "train"])
+def test_a_single_task_file_named_as_another_split_is_refused(small_zoo, tmp_path, capsys, split):
+    """A single task file is the validation split, where every choice is made; one named
+    ``test.jsonl`` was read as validation, so the peaks and the stop rules were chosen on test data."""
+    cfg, dirs = _user_pool(small_zoo, tmp_path)
+    task = small_zoo.tasks[0]
+    named = tmp_path / "data" / f"{split}.jsonl"
+    named.parent.mkdir()
+    shutil.copy(small_zoo.task_files(task)["test"], named)
+    data = yaml.safe_load(cfg.read_text())
+    data["evaluation"]["task_files"][task] = str(named)
+    cfg.write_text(yaml.safe_dump(data))
+    before = _sha(tmp_path / "data")
+    out = tmp_path / "run"
+    code, errors = _refused(["--config", str(cfg), "--out", str(out)], capsys)
+    assert code == 2 and len(errors) == 1, errors
+    assert f"evaluation.task_files.{task}: {named}: a single task file is read as the validation split" in errors[0]
+    assert f"named as the {split} split" in errors[0]
+    assert not out.exists() and _sha(tmp_path / "data") == before

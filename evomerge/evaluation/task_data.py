@@ -186,6 +186,9 @@ def load_examples(path: str | Path, *, limit: int | None = None):
 
 #: The split a single task file is (a task folder holds one file per split).
 FILE_SPLIT = "validation"
+#: Names of a single file that say it is another split: read as validation, every choice of a
+#: run (the searches' fitness, the stop rules, the peaks) would be made on that data.
+OTHER_SPLIT_NAMES = ("test", "train")
 
 
 def find_split(folder: Path, split: str) -> Path | None:
@@ -203,7 +206,9 @@ def load_task(path: str | Path, splits: Sequence[str] = ("validation",), *, requ
     :data:`FILE_SPLIT` (validation) split, and nothing else.
 
     Splits of ``required`` (default: the first) must exist: a required split other than
-    validation is refused for a single file, naming the file, rather than read from it.
+    validation is refused for a single file, naming the file, rather than read from it; so is a
+    single file named as another split (``test.jsonl``, ``train.parquet``), which would
+    otherwise be read as validation.
     ``source`` names the setting in errors (e.g. ``evaluation.task_files.qa``).
     """
     path = Path(path)
@@ -212,6 +217,11 @@ def load_task(path: str | Path, splits: Sequence[str] = ("validation",), *, requ
     if not path.exists():
         raise DataError(f"{where}{path}: task file or folder not found")
     if not path.is_dir():
+        named = path.stem.lower()
+        if named in OTHER_SPLIT_NAMES:
+            raise DataError(f"{where}{path}: a single task file is read as the {FILE_SPLIT} split, where every choice "
+                            f"is made, but this one is named as the {named} split; give the task folder holding "
+                            f"{FILE_SPLIT}.jsonl and {named}.jsonl (or rename the file if it holds {FILE_SPLIT} data)")
         other = [s for s in required if s != FILE_SPLIT]
         if other:
             raise DataError(f"{where}{path}: a single task file is the {FILE_SPLIT} split; the {other[0]} split needs "
