@@ -195,3 +195,27 @@ def test_the_fingerprint_reads_what_the_loaders_read(tmp_path):
     (folder / "checkpoint-500" / "optimizer.pt").write_bytes(b"y" * 1000)
     assert input_fingerprint(spec, {}) == before == {"base": None, "experts": {"e": sha256_tree(folder, recursive=False)},
                                                      "tasks": {}}
+
+
+def test_a_run_stopped_before_its_plan_starts_again(run, tmp_path):
+    """Interrupted before ``plan.json`` (no cell finished), a run left its config, the experts'
+    own scores and the pool analysis, made from the files as they were then and not recorded:
+    the resume used them unchecked. It now starts again, as a fresh run."""
+    from evomerge.config import load_config
+    from evomerge.pipelines.scale.driver import run_scale
+    from evomerge.pipelines.scale.gains import FILE
+
+    root, cfg, out = run
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    shutil.copy(out / "config.yaml", cut / "config.yaml")
+    measured = json.loads((out / FILE).read_text())
+    stale = json.loads(json.dumps(measured))
+    stale["gain"] = {name: 0.5 for name in stale["gain"]}  # scores of files that have changed since
+    (cut / FILE).write_text(json.dumps(stale))
+    (cut / "analysis").mkdir()
+    (cut / "analysis" / "summary.json").write_text("{}")
+    res = run_scale(load_config(cfg), cut, progress=False, analyze=False, report=False)
+    assert res.cells_run == res.cells_total > 0
+    assert json.loads((cut / FILE).read_text()) == measured
+    assert not (cut / "analysis").exists() and "inputs" in json.loads((cut / "plan.json").read_text())

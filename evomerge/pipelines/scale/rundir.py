@@ -26,7 +26,8 @@ def _comparable(cfg: EvomergeConfig) -> dict[str, Any]:
 def prepare_run_dir(run_dir: Path, cfg: EvomergeConfig, overwrite: bool, inputs: dict[str, Any] | None = None) -> bool:
     """Create or reopen ``run_dir``; True when it holds an earlier run of the same config and,
     where its plan recorded them, the same ``inputs``
-    (:func:`evomerge.pipelines.fingerprint.input_fingerprint`)."""
+    (:func:`evomerge.pipelines.fingerprint.input_fingerprint`). A run stopped before its
+    ``plan.json`` was written is started again (False)."""
     saved = run_dir / "config.yaml"
     if run_dir.exists() and overwrite:
         shutil.rmtree(run_dir)
@@ -40,6 +41,14 @@ def prepare_run_dir(run_dir: Path, cfg: EvomergeConfig, overwrite: bool, inputs:
                 f"{run_dir}: holds a scale run with a different config (differs in: {', '.join(diff[:8])}); "
                 "pass --overwrite to replace it, or use another --out"
             )
+        if not (run_dir / "plan.json").is_file():
+            # stopped before its plan: no cell ran, and what it wrote (the experts' own scores, the
+            # pool analysis) came from the input files as they were then, which nothing recorded
+            # to compare: it starts again, as a fresh run
+            shutil.rmtree(run_dir)
+            run_dir.mkdir(parents=True)
+            dump_config(cfg, saved)
+            return False
         check_unchanged(run_dir / "plan.json", inputs, where=str(run_dir), error=OutputExistsError,
                         advice="its finished cells would be mixed with the new ones: pass --overwrite to replace it, "
                                "or use another --out")
