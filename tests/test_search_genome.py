@@ -252,9 +252,14 @@ def test_genome_plus_personal_best_not_aliased():
         assert float(flat(out[r.id + "/v"]).abs().sum()) > 0  # cognitive term p - x is non-zero
 
 
-def test_referenced_ids_are_enough_to_continue():
+@pytest.mark.parametrize("mutation", ["gauss", "coeff"])
+@pytest.mark.parametrize("succession", [False, True])
+def test_referenced_ids_are_enough_to_continue(mutation, succession):
+    """Freeing all but ``referenced_ids()`` after every round changes nothing; the coefficient
+    mutation (the default in delta space) reads every expert, which were once left out."""
     store, fit = make_problem()
-    cfg = CFG.model_copy(update={"succession": True, "max_population": 10})
+    cfg = CFG.model_copy(update={"succession": succession, "max_population": 10 if succession else None,
+                                 "mutation": mutation})
     kept, full = Genome(cfg, 6, seed=4), Genome(cfg, 6, seed=4)
     final = run(kept, store, fit, gc=True)
     run(full, store, fit)

@@ -124,6 +124,8 @@ class Genome(AskTell):
                 refs.add(velocity_key(p.id))
         refs.update(x for x in (self.best_id, self.top_id if self.cfg.succession else None,
                                 self.worst_id if self.cfg.succession else None) if x)
+        if self.phase != Phase.DONE and resolve_mutation(self.cfg.mutation, self.cfg.space) == "coeff":
+            refs.update(expert_id(i) for i in range(self.n_experts))  # every coefficient mutation reads them
         return refs
 
     def immigrate(self, results: dict[str, float]) -> None:
