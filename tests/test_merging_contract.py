@@ -85,9 +85,10 @@ def test_opposite_weights_on_identical_experts(name):
     if stats:  # identical experts have identical statistics
         stats = {k: torch.stack([v[0], v[0]]) for k, v in stats.items()}
     w = torch.tensor([1.0, -1.0])
-    if name in REJECTS_NEGATIVE:
-        with pytest.raises(ConfigError, match=name):
-            _call(name, d, w, stats=stats)
+    if name in REJECTS_NEGATIVE:  # named as negative, not only as weights summing to 0
+        for bad in (w, torch.tensor([2.0, -1.0])):
+            with pytest.raises(ConfigError, match=rf"`{name}`: `weights` must be >= 0"):
+                _call(name, d, bad, stats=stats)
     elif name in CANCELS:
         out = _call(name, d, w, stats=stats)
         assert torch.allclose(_as_tensor(out), torch.zeros_like(one), atol=1e-6)

@@ -17,7 +17,7 @@ def weight_average(deltas: torch.Tensor, weights: torch.Tensor | None, *, genera
     All-zero weights give a zero delta (the base model); other weights must not sum to 0.
     """
     st.check_deltas("weight_average", deltas)
-    w = st.prepare_weights("weight_average", weights, deltas)
+    w = st.prepare_weights("weight_average", weights, deltas, nonnegative=True)
     total = float(w.sum())
     if total == 0.0:
         if bool((w == 0).all()):
