@@ -168,6 +168,15 @@ def test_init_merges_set_on_the_command_line_blames_set(tmp_path, capsys):
                     "--set", "genome.init_merges=[linear]"], capsys, "error: --set: `genome.init_merges`")
 
 
+@pytest.mark.parametrize("algo", ["genome", "swarm"])
+def test_a_start_the_registry_cannot_merge_for_the_zoo_is_refused_before_ray(tmp_path, capsys, algo):
+    """slerp merges exactly 2 experts: as a start over the small zoo's 6 it failed when its recipe
+    was first materialized (after Ray's start); the built-in zoo's size is known from its profile."""
+    _refused_early(["--algo", algo, "--small", "--out", tmp_path / "run", "--set", f"{algo}.init_merges=[slerp]"],
+                   capsys, f"error: {algo}.init_merges: slerp: merge method `slerp` merges exactly 2 experts. Got 6")
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_over_changed_expert_files_is_refused_before_ray(tmp_path, capsys, small_zoo):
     """A run over your own experts records their sha256 in run.json; an expert's weights changed
     in place since are refused on --resume before Ray starts (the checkpointed population was

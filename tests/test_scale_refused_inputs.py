@@ -127,6 +127,16 @@ def test_a_method_that_cannot_merge_every_k_is_refused_before_any_work(small_zoo
     assert not out.exists()
 
 
+def test_a_search_start_that_cannot_merge_every_k_is_refused_before_any_work(small_zoo, tmp_path, capsys):
+    """A search starting from slerp (exactly 2 experts) failed in its actor at k = 3."""
+    out = tmp_path / "run"
+    code, errors = _refused(["--small", "--out", str(out), "--set", "scale.search=[swarm]",
+                             "--set", "swarm.init_merges=[ties, slerp]"], capsys)
+    assert code == 2 and len(errors) == 1, errors
+    assert errors[0].startswith("error: `swarm.init_merges`: `slerp` cannot start the search of the first k = 3 experts")
+    assert not out.exists()
+
+
 def test_only_slerp_refuses_a_pool_size():
     """Which registry methods a scale run can use on every k: all but slerp (2 experts only) and
     consensus at k = 1 (its default ``k`` = 2 masks must agree; one expert would merge to the base)."""

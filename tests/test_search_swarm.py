@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from evomerge.config.sections import SwarmConfig
+from evomerge.config.sections import GenomeConfig, SwarmConfig
 from evomerge.errors import ConfigError
-from evomerge.search import Swarm, expert_id, materialize, velocity_key
+from evomerge.search import Genome, Swarm, expert_id, materialize, velocity_key
 
 from _search_helpers import flat, make_problem, run
 
@@ -194,3 +194,12 @@ def test_swarm_preset_and_init_merges_refusals_name_the_key():
         SwarmConfig(init_merges=["no_such_method"])
     s = Swarm(SwarmConfig(init_sums=[1.0], init_merges=["ties"]), 3, seed=0)
     assert [r.op for r in s.ask()] == ["expert"] * 3 + ["init_sum", "init_merge"]
+
+
+@pytest.mark.parametrize("cls, cfg", [(Swarm, SwarmConfig), (Genome, GenomeConfig)])
+def test_a_start_the_registry_cannot_merge_is_refused_at_construction(cls, cfg):
+    """search_api.md: constructors refuse what the registry rejects; slerp of 4 experts failed at
+    its first materialize instead."""
+    with pytest.raises(ConfigError, match=r"^(swarm|genome)\.init_merges: slerp: merge method `slerp` merges exactly 2"):
+        cls(cfg(init_merges=["slerp"]), 4, 0)
+    assert cls(cfg(init_merges=["slerp"]), 2, 0).n_experts == 2

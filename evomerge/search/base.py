@@ -39,6 +39,18 @@ class AskTell:
         self.worst_fitness: float | None = None
         self._pending: list[Recipe] = []
         self._counter = 0  # recipes made in the current generation (ids and seeds)
+        self._check_init_merges()
+
+    def _check_init_merges(self) -> None:
+        """A start the registry cannot merge for this pool (slerp of other than 2 experts) is
+        refused now, naming the key, not when its recipe is first materialized."""
+        from evomerge.merging import get_merge_method
+
+        for name in getattr(self.cfg, "init_merges", None) or ():
+            try:
+                get_merge_method(name).check_pool_size(self.n_experts)
+            except ConfigError as err:
+                raise ConfigError(f"{self.kind}.init_merges: {name}: {err}") from None
 
     # ------------------------------------------------------------------ public
     @property

@@ -389,6 +389,16 @@ def check_inputs(cfg: EvomergeConfig, spec: PoolSpec) -> None:
     too_big = [k for k in cfg.scale.search_k or () if k > len(spec.names)]
     if too_big:
         raise ConfigError(f"`scale.search_k` asks for k = {too_big}, more experts than the pool's {len(spec.names)}")
+    for algo in cfg.scale.search:  # each search starts from its init_merges of the first k experts
+        from evomerge.pipelines.scale.plan import search_grid
+
+        for name in getattr(cfg, algo).init_merges:
+            for k in search_grid(k_end, cfg.scale.search_k):
+                try:
+                    get_merge_method(name).check_pool_size(k)
+                except ConfigError as err:
+                    raise ConfigError(f"`{algo}.init_merges`: `{name}` cannot start the search of the first k = {k} "
+                                      f"experts ({err})") from None
     if needed(cfg.scale.methods):
         train_files(spec.names, spec.tasks, spec.zoo_root, cfg.evaluation.task_files)
 
