@@ -262,12 +262,14 @@ class PopulationActor:
     # ---------------------------------------------------------------- helpers
     def _rebuildable(self, recipe: Any) -> bool:
         """Held as a recipe: one output made by an elementwise operator (linear combinations,
-        BLX, mutations: about one pass over the inputs), rebuilt in at most ``MAX_REBUILD``
+        BLX, mutations: about one pass over the inputs; not an "ab"-space sum, which factorises
+        each layer), rebuilt in at most ``MAX_REBUILD``
         materialisations; a coefficient move (one weighted sum of its basis per output) too.
         Registry merges (TIES, DARE) and moves on weights (GENOME+) keep weights."""
         from evomerge.search.recipe import Op
 
-        cheap = recipe.op in (Op.EXPERT, Op.PAD, Op.INIT_SUM, Op.MUTATE, Op.MUTATE_COEFF) or (
+        cheap = (recipe.op in (Op.EXPERT, Op.PAD, Op.INIT_SUM, Op.MUTATE, Op.MUTATE_COEFF)
+                 and not recipe.is_low_rank_sum) or (
             recipe.op in (Op.INIT_PAIR, Op.CROSSOVER) and recipe.params.get("method", "linear") in ("linear", "blx"))
         return ((recipe.is_coefficient_move or (cheap and recipe.output_keys() == (recipe.id,)))
                 and 1 + sum(self._cost(k) for k in recipe.input_keys()) <= MAX_REBUILD)

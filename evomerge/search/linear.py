@@ -40,8 +40,9 @@ def basis_of(*coefs: Mapping[str, float]) -> list[str]:
 
 def init_coefficients(recipe: Recipe, known: Mapping[str, Coef]) -> Coef | None:
     """Coefficients of an initial individual: expert copies, paddings, sums and linear pairs are
-    combinations of their parents (experts are ``{e_i: 1}``); anything else is None (a basis entry)."""
-    linear = recipe.op in (Op.EXPERT, Op.PAD, Op.INIT_SUM, Op.MUTATE_COEFF) or (
+    combinations of their parents (experts are ``{e_i: 1}``); anything else is None (a basis
+    entry), an "ab"-space sum among them (its factors are not a combination of the experts')."""
+    linear = (recipe.op in (Op.EXPERT, Op.PAD, Op.INIT_SUM, Op.MUTATE_COEFF) and not recipe.is_low_rank_sum) or (
         recipe.op in (Op.INIT_PAIR, Op.CROSSOVER) and recipe.params.get("method", "linear") == "linear")
     if not linear or any(p not in known for p in recipe.parents):
         return None

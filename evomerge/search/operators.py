@@ -50,6 +50,29 @@ def blx_alpha(tensors: Sequence[torch.Tensor], alpha: float, generator: torch.Ge
     return (lo + u * (hi - lo)).to(tensors[0].dtype)
 
 
+def low_rank_sum(factors: Sequence[tuple[torch.Tensor, torch.Tensor]], weights: Sequence[float],
+                 rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """LoRA factors ``(A, B)`` of rank ``rank`` whose product ``B @ A`` is the best rank-``rank``
+    approximation (Frobenius) of ``sum_i w_i B_i A_i``, the singular values split evenly
+    (``sqrt`` on each factor); zero rows/columns pad a product of lower rank.
+
+    The sum's own rank is at most ``sum_i rank_i``: it is factorised through thin QRs of the
+    stacked factors and the SVD of their small core, never forming the dense product."""
+    a0 = factors[0][0]
+    b_cat = torch.cat([_work(b) * float(w) for (_, b), w in zip(factors, weights)], dim=1)  # out x sum r_i
+    a_cat = torch.cat([_work(a) for a, _ in factors], dim=0)  # sum r_i x in
+    qb, rb = torch.linalg.qr(b_cat)
+    qa, ra = torch.linalg.qr(a_cat.T)
+    u, s, vh = torch.linalg.svd(rb @ ra.T, full_matrices=False)
+    k = min(int(rank), s.numel())
+    root = s[:k].sqrt()
+    b = torch.zeros(b_cat.shape[0], rank, dtype=b_cat.dtype, device=b_cat.device)
+    a = torch.zeros(rank, a_cat.shape[1], dtype=a_cat.dtype, device=a_cat.device)
+    b[:, :k] = qb @ (u[:, :k] * root)
+    a[:k] = (root[:, None] * vh[:k]) @ qa.T
+    return a.to(a0.dtype), b.to(factors[0][1].dtype)
+
+
 def mutate_tensor(x: torch.Tensor, sigma: float, rate: float, generator: torch.Generator) -> torch.Tensor:
     """Add ``N(0, sigma^2)`` to each coordinate independently with probability ``rate``."""
     w = _work(x)
@@ -167,6 +190,28 @@ def _pad(recipe: Recipe, store: Mapping[str, TensorDict]) -> dict[str, TensorDic
     return {recipe.id: {k: linear_combine([p[k] for p in parents], recipe.weights) for k in parents[0]}}
 
 
+def _init_sum(recipe: Recipe, store: Mapping[str, TensorDict]) -> dict[str, TensorDict]:
+    """``lambda * sum_i e_i``; in "ab" space per LoRA layer :func:`low_rank_sum` at the first
+    expert's rank (tensors that are no factor pair are summed)."""
+    if not recipe.is_low_rank_sum:
+        return _pad(recipe, store)
+    from evomerge.experts.types import AB_SUFFIX_A, AB_SUFFIX_B
+
+    parents = _parents(recipe, store)
+    out: TensorDict = {}
+    for key, first in parents[0].items():
+        if key in out:
+            continue
+        if key.endswith(AB_SUFFIX_A) or key.endswith(AB_SUFFIX_B):
+            name = key[: -len(AB_SUFFIX_A if key.endswith(AB_SUFFIX_A) else AB_SUFFIX_B)]
+            ka, kb = name + AB_SUFFIX_A, name + AB_SUFFIX_B
+            a_first = parents[0][ka]
+            out[ka], out[kb] = low_rank_sum([(p[ka], p[kb]) for p in parents], recipe.weights, a_first.shape[0])
+        else:
+            out[key] = linear_combine([p[key] for p in parents], recipe.weights)
+    return {recipe.id: {k: out[k] for k in parents[0]}}
+
+
 def _pair(recipe: Recipe, store: Mapping[str, TensorDict]) -> dict[str, TensorDict]:
     return {recipe.id: _combine(recipe, _parents(recipe, store))}
 
@@ -185,7 +230,7 @@ def _mutate(recipe: Recipe, store: Mapping[str, TensorDict]) -> dict[str, Tensor
 
 
 _MATERIALIZE = {
-    Op.EXPERT: _expert, Op.PAD: _pad, Op.INIT_SUM: _pad, Op.INIT_MERGE: _init_merge, Op.INIT_PAIR: _pair,
+    Op.EXPERT: _expert, Op.PAD: _pad, Op.INIT_SUM: _init_sum, Op.INIT_MERGE: _init_merge, Op.INIT_PAIR: _pair,
     Op.CROSSOVER: _pair, Op.MUTATE: _mutate, Op.MUTATE_COEFF: _pad, Op.PSO_MOVE: _move,
 }
 

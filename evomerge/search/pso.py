@@ -106,9 +106,11 @@ def velocity_ref(mode: str, i: int, particles: list[Particle], gbest: str, rng: 
 
 def sum_recipes(search: Any, scales: Sequence[float], tag: str) -> list[Recipe]:
     """Initial individuals ``lambda * sum_i expert_i``, one per ``lambda`` in ``scales``: the
-    task-arithmetic points a search can start from (weighted means of experts never reach them)."""
+    task-arithmetic points a search can start from (weighted means of experts never reach them).
+    In "ab" space each is the nearest point of the experts' rank (:func:`~evomerge.search.operators.low_rank_sum`)."""
     parents = tuple(expert_id(i) for i in range(search.n_experts))
-    return [search._new(Op.INIT_SUM, parents, (float(lam),) * len(parents), {}, tag) for lam in scales]
+    params = {"space": "ab"} if getattr(search.cfg, "space", "delta") == "ab" else {}
+    return [search._new(Op.INIT_SUM, parents, (float(lam),) * len(parents), dict(params), tag) for lam in scales]
 
 
 def merge_recipes(search: Any, methods: Sequence[str], tag: str) -> list[Recipe]:

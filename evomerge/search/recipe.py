@@ -27,7 +27,8 @@ class Op(StrEnum):
     EXPERT = "expert"  # a copy of one expert
     PAD = "pad"  # Model Swarms padding: w*p1 + (1-w)*p2
     INIT_PAIR = "init_pair"
-    INIT_SUM = "init_sum"  # lambda * (sum of every expert): a task-arithmetic point
+    INIT_SUM = "init_sum"  # lambda * (sum of every expert): a task-arithmetic point (in "ab" space its
+    # nearest point of the experts' LoRA rank: params {"space": "ab"})
     INIT_MERGE = "init_merge"  # a merge-registry method of every expert at its defaults (TIES, DARE-TIES)
     CROSSOVER = "crossover"
     MUTATE = "mutate"
@@ -108,6 +109,13 @@ class Recipe:
     def is_coefficient_move(self) -> bool:
         """A PSO move carrying its inputs as coefficients over ``params["basis"]`` (search/linear.py)."""
         return self.op == Op.PSO_MOVE and "basis" in self.params
+
+    @property
+    def is_low_rank_sum(self) -> bool:
+        """An ``init_sum`` in "ab" space: the best rank-r factors of ``lambda * sum_i B_i A_i``
+        (summing the factors themselves would give ``lambda^2 * sum_ij B_i A_j``); not linear in
+        its parents."""
+        return self.op == Op.INIT_SUM and self.params.get("space") == "ab"
 
     def input_keys(self) -> tuple[str, ...]:
         """Store keys :func:`materialize` reads (parents, and for a move its velocity or the
