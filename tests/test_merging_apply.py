@@ -108,3 +108,29 @@ def test_task_vector_leaves_the_pools_stacked_deltas_alone(small_zoo):
     pool.task_vector(0)
     for k, v in pool.iter_stacked():
         assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_a_cuda_device_without_cuda_names_the_parameter_before_any_tensor():
+    def stream():
+        raise AssertionError("a tensor was read")
+        yield  # pragma: no cover
+
+    with pytest.raises(ConfigError, match=r"^merge_task_vectors: `device` cuda: CUDA is not available"):
+        merge_task_vectors("ties", stream(), device="cuda")
+    with pytest.raises(ConfigError, match=r"^merge_task_vectors: `device`: unknown device 'gpu'"):
+        merge_task_vectors("ties", stream(), device="gpu")
+
+
+@pytest.mark.parametrize("space", ["ab", "concat"])
+def test_merge_lora_refuses_a_rank_it_would_ignore(space):
+    """``rank`` compresses a delta-space merge; in ab/concat it returned full-rank factors silently."""
+    from evomerge.experts.types import LoraModule
+    from evomerge.merging.apply import merge_lora
+
+    g = torch.Generator().manual_seed(0)
+    experts = [{"w": LoraModule(A=torch.randn(4, 6, generator=g), B=torch.randn(5, 4, generator=g), scale=1.0)}
+               for _ in range(2)]
+    with pytest.raises(ConfigError, match=rf"`rank` \(2\) compresses a merge of the deltas .*space `{space}`"):
+        merge_lora("task_arithmetic", experts, space=space, rank=2)
+    assert merge_lora("task_arithmetic", experts, space="delta", rank=2)["w"].A.shape[0] == 2

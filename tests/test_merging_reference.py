@@ -187,7 +187,7 @@ def _lora(rank, d_out=8, d_in=6, scale=2.0, seed=0, fan=False):
 @pytest.mark.parametrize("method,params", [("task_arithmetic", {"lambda": 0.7}), ("weight_average", {})])
 def test_lora_concat_is_exact_with_different_ranks(method, params):
     experts = [{"m.weight": _lora(r, scale=s, seed=i)} for i, (r, s) in enumerate([(2, 2.0), (4, 0.5), (3, 1.0)])]
-    w = [0.5, -1.0, 2.0]
+    w = [0.5, 1.0, 2.0] if method == "weight_average" else [0.5, -1.0, 2.0]  # importances are >= 0
     out = merge_lora(method, experts, w, params, space="concat")["m.weight"]
     assert out.rank == 9 and out.scale == 1.0
     c = torch.tensor(w) * params.get("lambda", 1.0)

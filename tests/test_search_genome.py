@@ -424,3 +424,10 @@ def test_coeff_mutation_moves_along_the_experts():
     ab.tell({r.id: 0.5 for r in ab.ask()})
     assert {r.op for r in ab.ask()} == {"mutate"}
     assert GenomeConfig(preset="paper").mutation == "gauss"
+
+
+def test_max_population_without_succession_is_refused():
+    """It only sizes GENOME+'s growth; without succession it was ignored silently."""
+    with pytest.raises(ConfigError, match=r"`genome.max_population` is GENOME\+'s .* Got 20 without succession"):
+        GenomeConfig(max_population=20)
+    assert Genome(GenomeConfig(max_population=20, succession=True), 4, seed=0).target_size == 20

@@ -90,6 +90,10 @@ def merge_task_vectors(
     """
     m = _method(method)
     m.resolve(params)  # fail before reading any tensor
+    if not (isinstance(device, str) and device == "cpu"):
+        from evomerge.devices import resolve_device
+
+        resolve_device(device, "merge_task_vectors: `device`")
     if m.needs and stats is None:
         raise ConfigError(
             f"merge method `{m.name}` needs {', '.join(sorted(m.needs))} statistics computed on data; "
@@ -215,6 +219,10 @@ def merge_lora(
         return {k: svd_to_lora(v, rank, _check_fan(experts, k)) for k, v in merged.items()}
     if space not in ("ab", "concat"):
         raise ConfigError(f"merge_lora: `space` must be one of ['delta', 'ab', 'concat']. Got {space!r} instead.")
+    if rank is not None:
+        raise ConfigError(f"merge_lora: `rank` ({rank}) compresses a merge of the deltas (space `delta`, truncated "
+                          f"SVD); space `{space}` " + ("keeps the experts' rank." if space == "ab"
+                                                       else "stacks every expert's factors (the sum of their ranks)."))
     if m.per_task or m.needs:
         raise ConfigError(f"merge method `{m.name}` works on full deltas only; use space `delta`.")
     if space == "concat":
