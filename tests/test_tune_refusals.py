@@ -287,6 +287,12 @@ def test_best_config_has_no_tune_section_and_a_relative_sqlite_url_prints_absolu
 
     best = yaml.safe_load((tmp_path / "run" / "best_config.yaml").read_text())
     assert "tune" not in best  # was: a `tune:` section of defaults
+    # the zoo's files by reference, not by this machine's path (a job's zoo copy goes with its session)
+    assert best["experts"]["base"] == "zoo:small/base"
+    assert [e["path"] for e in best["experts"]["experts"]] == [f"zoo:small/experts/{n}" for n in
+                                                                [e["name"] for e in best["experts"]["experts"]]]
     loaded = load_config(tmp_path / "run" / "best_config.yaml")  # a valid config, as the docs promise
     assert loaded.merge.method == "task_arithmetic" and len(loaded.experts.experts) > 0
+    assert loaded.experts.base == small_zoo.base_dir
+    assert [s.path for s in loaded.experts.experts] == [small_zoo.expert_dirs[s.name] for s in loaded.experts.experts]
     assert loaded.tune == config_from_dict({}).tune

@@ -85,13 +85,20 @@ def load_config(path: str | Path | None, sets: dict[str, Any] | None = None) -> 
     return config_from_dict(data, source)
 
 
-def dump_config(cfg: EvomergeConfig, path: str | Path, *, exclude: set[str] | None = None) -> None:
+def dump_config(cfg: EvomergeConfig, path: str | Path, *, exclude: set[str] | None = None,
+                zoo_refs: bool = False) -> None:
     """``cfg`` as YAML at ``path`` (atomically); ``exclude``: top-level sections left out of the file
-    (it still loads as a config: they come back at their defaults)."""
+    (it still loads as a config: they come back at their defaults); ``zoo_refs``: a built-in zoo's
+    files named ``zoo:<profile>/...`` (a config for other machines: :mod:`evomerge.zoo.refs`)."""
     from evomerge.io import atomic_file
 
+    data = cfg.model_dump(mode="json", exclude_none=True, exclude=exclude)
+    if zoo_refs:
+        from evomerge.zoo.refs import with_zoo_refs
+
+        data = with_zoo_refs(data)
     with atomic_file(path, "w") as fh:
-        yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True, exclude=exclude), fh, sort_keys=False)
+        yaml.safe_dump(data, fh, sort_keys=False)
 
 
 __all__ = [

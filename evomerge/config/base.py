@@ -19,6 +19,8 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif e["type"] == "value_error":  # a validator's own message: pydantic's "Value error, " adds nothing
+            msg = msg.removeprefix("Value error, ")
         got = e.get("input")
         got_s = "" if e["type"] in ("extra_forbidden", "missing") else f" Got {got!r} instead."
         lines.append(f"{source}: `{loc}`: {msg}.{got_s}")

@@ -14,9 +14,16 @@ from evomerge.config.base import Section
 
 
 class ExpertSpec(Section):
-    path: Path
+    path: Path = Field(description="the expert's folder; `zoo:<profile>/<path>` names one of a built-in zoo")
     name: str | None = None
     task: str | None = Field(default=None, description="task this expert was trained for (for per-task serving)")
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _zoo_ref(cls, v: Any) -> Any:
+        from evomerge.zoo.refs import resolve_zoo_ref
+
+        return resolve_zoo_ref(v)
 
     @property
     def label(self) -> str:
@@ -28,9 +35,16 @@ class ExpertSpec(Section):
 class ExpertsConfig(Section):
     """Where the pool lives. With no experts given, the built-in zoo is used."""
 
-    base: Path | None = None
+    base: Path | None = Field(default=None, description="the base model's folder (`zoo:<profile>/base`: a built-in zoo's)")
     experts: list[ExpertSpec] = Field(default_factory=list)
     allow_bin: bool = Field(default=False, description="allow pickle .bin files (loaded with weights_only=True)")
+
+    @field_validator("base", mode="before")
+    @classmethod
+    def _zoo_ref(cls, v: Any) -> Any:
+        from evomerge.zoo.refs import resolve_zoo_ref
+
+        return resolve_zoo_ref(v)
 
     @field_validator("experts", mode="before")
     @classmethod

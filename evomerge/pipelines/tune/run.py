@@ -358,7 +358,9 @@ def finish(study, cfg: EvomergeConfig, spec, out_dir: Path, shown: str, ran: int
         best_value, best_params, best_test = best.value, dict(best.params), best.user_attrs.get("test_fitness")
         best_experts = list(spec.names[: expert_count(best_params) or len(spec.names)])
         # without `tune:` (docs/tuning.md: a config to merge or evolve with, not another study)
-        dump_config(best_config(cfg, best_params, spec), out_dir / BEST_CONFIG, exclude={"tune"})
+        # a built-in zoo's experts as `zoo:<profile>/...`: a job's copy of the zoo lies in Ray's
+        # package folder, gone with its session; the reference is found wherever the config is used
+        dump_config(best_config(cfg, best_params, spec), out_dir / BEST_CONFIG, exclude={"tune"}, zoo_refs=True)
         files["best_config"] = str(out_dir / BEST_CONFIG)
     else:  # none yet: no best config from an earlier study may stay beside this summary
         (out_dir / BEST_CONFIG).unlink(missing_ok=True)
