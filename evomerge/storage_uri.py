@@ -40,8 +40,12 @@ def resolve(location: str | os.PathLike):
 SHOWN_QUERY_KEYS = frozenset({"sslmode", "connect_timeout", "application_name", "target_session_attrs", "charset",
                               "timeout", "region", "endpoint_override", "scheme"})
 _USERINFO_PASSWORD = re.compile(r"(://[^/:@\s]*:)\S*?@(?=[^@/\s]*(?:[/?#;\s]|$))")
-_DSN_PASSWORD = re.compile(r"\b(password|passwd|pwd)(\s*=\s*)(?!\$\{)[^\s&;]+", re.IGNORECASE)
-_QUERY_ITEM = re.compile(r"([?&;])([^=&;#\s?]+)=([^&;#\s]*)")
+# a value ends where a URI cannot go on: whitespace and the characters RFC 3986 never allows
+# unencoded (`"<>\\^|` and the backtick), which quote a URL in messages; `'`, `,` and `)` are
+# legal in a password, so they are masked with it ({ } too: a `${VAR}` is shown as it is)
+_NOT_IN_URI = r"\s`\"<>\\^|"
+_DSN_PASSWORD = re.compile(rf"\b(password|passwd|pwd)(\s*=\s*)(?!\$\{{)[^&;{_NOT_IN_URI}]+", re.IGNORECASE)
+_QUERY_ITEM = re.compile(rf"([?&;])([^=&;#?{_NOT_IN_URI}]+)=([^&;#{_NOT_IN_URI}]*)")
 
 
 def mask_uri(url: str, secrets: dict[str, str] | None = None) -> str:

@@ -57,6 +57,18 @@ def test_unreachable_storage_fails_fast_with_masked_message(tmp_path) -> None:
         open_storage("optuna.db")
 
 
+@pytest.mark.parametrize("quote", ["`", '"', "<", "|"])
+def test_masking_stops_where_a_url_cannot_go_on(quote) -> None:
+    """A query password followed by the message's closing backtick lost the backtick to the mask."""
+    url = "postgresql://u@127.0.0.1:1/x?password=abc&sslmode=require"
+    shown = "postgresql://u@127.0.0.1:1/x?password=***&sslmode=require"
+    assert mask_uri(f"storage {quote}{url}{quote} cannot be reached") == f"storage {quote}{shown}{quote} cannot be reached"
+    assert mask_uri(f"dsn {quote}password=abc{quote}") == f"dsn {quote}password=***{quote}"
+    # characters a password may hold unencoded are masked with it; a ${VAR} is shown
+    assert mask_uri("x?password=a'b,c) end") == "x?password=*** end"
+    assert mask_uri("x?password=${PGPASS}`") == "x?password=${PGPASS}`"
+
+
 def test_postgres_url_gets_an_installed_driver() -> None:
     import importlib.util
 
