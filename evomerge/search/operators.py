@@ -199,16 +199,16 @@ def _init_sum(recipe: Recipe, store: Mapping[str, TensorDict]) -> dict[str, Tens
 
     parents = _parents(recipe, store)
     out: TensorDict = {}
-    for key, first in parents[0].items():
+    for key in parents[0]:
         if key in out:
             continue
-        if key.endswith(AB_SUFFIX_A) or key.endswith(AB_SUFFIX_B):
-            name = key[: -len(AB_SUFFIX_A if key.endswith(AB_SUFFIX_A) else AB_SUFFIX_B)]
-            ka, kb = name + AB_SUFFIX_A, name + AB_SUFFIX_B
-            a_first = parents[0][ka]
-            out[ka], out[kb] = low_rank_sum([(p[ka], p[kb]) for p in parents], recipe.weights, a_first.shape[0])
-        else:
+        suffix = next((s for s in (AB_SUFFIX_A, AB_SUFFIX_B) if key.endswith(s)), None)
+        if suffix is None:
             out[key] = linear_combine([p[key] for p in parents], recipe.weights)
+            continue
+        ka, kb = key[: -len(suffix)] + AB_SUFFIX_A, key[: -len(suffix)] + AB_SUFFIX_B
+        rank = parents[0][ka].shape[0]
+        out[ka], out[kb] = low_rank_sum([(p[ka], p[kb]) for p in parents], recipe.weights, rank)
     return {recipe.id: {k: out[k] for k in parents[0]}}
 
 
