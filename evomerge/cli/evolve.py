@@ -102,21 +102,24 @@ def register(app: typer.Typer) -> None:
         config: Optional[Path] = typer.Option(None, "--config", help="YAML config (default: built-in small zoo)"),
         algo: str = typer.Option("genome", "--algo", help="search algorithm: genome | swarm"),
         actors: Optional[str] = typer.Option(None, "--actors",
-                                             help="comma-separated actor counts (default: 1, 2, 4, ... up to the cluster)"),
+                                             help="comma-separated actor counts (default: 1, 2, 4, ... up to as many "
+                                                  "actors as the cluster holds, ray.cpus_per_actor CPUs or a GPU each)"),
         overwrite: bool = typer.Option(False, "--overwrite", help="replace existing results in --out"),
         zoo: Optional[str] = zoo_option(),
         small: bool = small_option(),
         sets: list[str] = set_option(),
     ) -> None:
-        """Run the same evolve run (same seed, same work) with 1, 2, 4, ... population actors (one per
-        node) and write speedup and parallel efficiency (scaling.parquet, scaling.png)."""
+        """Run the same evolve run (same seed, same work) with 1, 2, 4, ... population actors (spread
+        over the nodes) and write speedup and parallel efficiency (scaling.parquet, scaling.png).
+
+        Every count is checked against the cluster (as ``evolve`` checks ``ray.num_actors``) before
+        the first run; a refused or failed measurement leaves no output folder behind."""
         import shutil
 
         from evomerge.cli._common import load_config_with_sets, zoo_choice, zoo_settings
-        from evomerge.distributed.cluster import ray_session
         from evomerge.errors import ConfigError
-        from evomerge.io import check_output_path
-        from evomerge.pipelines.evolve.scaling import default_counts, measure_scaling, write_scaling
+        from evomerge.io import check_output_path, removed_if_failed
+        from evomerge.pipelines.evolve.scaling import measure_scaling, write_scaling
         from evomerge.search import check_search_name
 
         check_search_name(algo, "--algo")
@@ -129,8 +132,10 @@ def register(app: typer.Typer) -> None:
         profile, cfg = zoo_settings(zoo_choice(zoo, small), load_config_with_sets(config, sets), "small")
         for name in ("scaling.parquet", "scaling.png"):
             check_output_path(out / name, overwrite, kind="file")
-        with ray_session(cfg.ray):
-            rows = measure_scaling(cfg, counts or default_counts(), algo, profile, out / "runs", log=typer.echo)
-        shutil.rmtree(out / "runs", ignore_errors=True)
-        files = write_scaling(rows, out)
+        with removed_if_failed(out):
+            try:  # the runs in flight; their folder goes, whether the measurement ends or fails
+                rows = measure_scaling(cfg, counts, algo, profile, out / "runs", log=typer.echo)
+            finally:
+                shutil.rmtree(out / "runs", ignore_errors=True)
+            files = write_scaling(rows, out)
         typer.echo(f"table: {files['table']}\nfigure: {files['figure']}")

@@ -3,8 +3,10 @@ actors (one per node): ``evomerge evolve-scaling`` and ``benchmarks/cluster_scal
 
 The same run (same seed, so the same work) once per actor count, written as ``scaling.parquet``
 (one row per count) and ``scaling.png`` (speedup and efficiency). Actors are placed with a SPREAD
-placement group, one per node (one per GPU on GPU nodes), so on a cluster "more actors" means
-"more nodes". Per-actor busy times are kept to show imbalance on heterogeneous nodes.
+placement group, one per node where the nodes allow (one per GPU on GPU nodes), so on a cluster
+"more actors" means "more nodes". Every count is checked against the cluster before the first
+run (:func:`scaling_counts`). Per-actor busy times are kept to show imbalance on heterogeneous
+nodes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Mapping
 
 COLUMNS = ("n_actors", "n_nodes", "evaluations", "eval_seconds", "total_seconds", "evals_per_s",
            "speedup", "efficiency", "e2e_speedup", "best_fitness", "actor_busy_s")
@@ -58,17 +61,56 @@ def measure_one(cfg, n: int, algo: str, zoo_profile: str, work_dir: Path) -> dic
             "best_fitness": float(res.best_fitness), "actor_busy_s": json.dumps(busy)}
 
 
-def measure_scaling(cfg, actor_counts: list[int], algo: str = "genome", zoo_profile: str = "small",
+def measure_scaling(cfg, actor_counts: list[int] | None, algo: str = "genome", zoo_profile: str = "small",
                     work_dir: Path | None = None, log=print) -> list[dict]:
-    """Rows for every actor count, with speedup/efficiency relative to the smallest count."""
-    work = Path(work_dir or tempfile.mkdtemp(prefix="evomerge-scaling-"))
-    rows = []
-    for n in sorted(set(actor_counts)):
-        row = measure_one(cfg, n, algo, zoo_profile, work)
-        log(f"{n} actor(s): {row['evaluations']} evaluations in {row['eval_seconds']:.2f} s "
-            f"({row['evals_per_s']:.2f}/s), end to end {row['total_seconds']:.2f} s")
-        rows.append(row)
+    """Rows for every actor count (None: :func:`scaling_counts`' default), with speedup/efficiency
+    relative to the smallest count.
+
+    Connects to Ray (``cfg.ray``; an existing connection is reused) and checks every count
+    against the cluster before the first run, so an impossible count costs no measurement.
+    ``work_dir`` (default: a new temporary folder) holds the runs in flight; a folder this call
+    made is removed again, also when a run fails."""
+    from evomerge.distributed.cluster import cluster_resources, ray_session
+
+    with ray_session(cfg.ray):
+        counts = scaling_counts(cfg, actor_counts, cluster_resources())
+        work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="evomerge-scaling-"))
+        made = work_dir is None or not work.exists()
+        rows = []
+        try:
+            for n in counts:
+                row = measure_one(cfg, n, algo, zoo_profile, work)
+                log(f"{n} actor(s): {row['evaluations']} evaluations in {row['eval_seconds']:.2f} s "
+                    f"({row['evals_per_s']:.2f}/s), end to end {row['total_seconds']:.2f} s")
+                rows.append(row)
+        finally:
+            if made:
+                shutil.rmtree(work, ignore_errors=True)
     return add_speedups(rows)
+
+
+def scaling_counts(cfg, requested: list[int] | None, resources: Mapping[str, float]) -> list[int]:
+    """The actor counts to measure on a cluster offering ``resources``, smallest first.
+
+    Each count is checked by the check ``evomerge evolve`` makes on connect
+    (:func:`~evomerge.distributed.cluster.plan_actors`: ``ray.cpus_per_actor`` CPUs, and a GPU or
+    ``ray.gpus_per_actor`` on a GPU cluster, per actor), so a count the cluster cannot hold is
+    refused (:class:`~evomerge.errors.ConfigError`, naming it) before any run. ``requested`` None:
+    1, 2, 4, ... up to as many actors as that check lets the cluster hold (``ray.num_actors`` of
+    the config is ignored, as for explicit counts)."""
+    from evomerge.distributed.cluster import plan_actors
+    from evomerge.errors import ConfigError
+
+    if requested is None:
+        most = plan_actors(with_actors(cfg, None).ray, resources).n_actors
+        return [2 ** i for i in range(most.bit_length())]
+    counts = sorted(set(requested))
+    for n in counts:
+        try:
+            plan_actors(with_actors(cfg, n).ray, resources)
+        except ConfigError as err:
+            raise ConfigError(f"--actors {n}: {err}") from None
+    return counts
 
 
 def add_speedups(rows: list[dict]) -> list[dict]:
@@ -113,16 +155,3 @@ def write_scaling(rows: list[dict], out_dir: Path, title: str = "evomerge scalin
     save_png_atomic(fig, out_dir / "scaling.png", tight_bbox=False)
     plt.close(fig)
     return {"table": out_dir / "scaling.parquet", "figure": out_dir / "scaling.png"}
-
-
-def default_counts() -> list[int]:
-    """1, 2, 4, ... up to the number of population slots (GPUs, else evomerge_node resources, else CPUs)."""
-    import ray
-
-    res = ray.cluster_resources()
-    slots = int(res.get("GPU", 0)) or int(res.get("evomerge_node", 0)) or int(res.get("CPU", 1))
-    out, n = [], 1
-    while n <= slots:
-        out.append(n)
-        n *= 2
-    return out
