@@ -90,7 +90,7 @@ def merge_task_vectors(
     """
     m = _method(method)
     m.resolve(params)  # fail before reading any tensor
-    if not (isinstance(device, str) and device == "cpu"):
+    if str(device).startswith("cuda"):  # (other devices, e.g. `meta` for shapes only, as torch takes them)
         from evomerge.devices import resolve_device
 
         resolve_device(device, "merge_task_vectors: `device`")
