@@ -13,4 +13,4 @@ import sys
 import _common
 
 if __name__ == "__main__":
-    sys.exit(_common.run("scale", sys.argv[1:]))
+    _common.exit_job(_common.run("scale", sys.argv[1:]))

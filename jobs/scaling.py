@@ -14,4 +14,4 @@ import sys
 import _common
 
 if __name__ == "__main__":
-    sys.exit(_common.run("evolve-scaling", sys.argv[1:]))
+    _common.exit_job(_common.run("evolve-scaling", sys.argv[1:]))

@@ -41,23 +41,51 @@ def _worker(args: list[str], folder: str) -> int:
 
 
 def _stop_workers(refs) -> None:
-    """Cancel the study workers (a KeyboardInterrupt in each: ``evomerge tune`` records its trial
-    in flight as failed and enqueues it again) and wait for them a little; a local Ray stopped
-    next ends any still running."""
+    """Cancel the study workers, all at once (a KeyboardInterrupt in each: ``evomerge tune``
+    records its trial in flight as failed and enqueues it again, and the worker removes its
+    folder), wait for them at most :data:`WORKER_STOP_WAIT_S`, then kill those still running
+    (``force``: a worker that swallowed the interrupt, or one slow to unwind). Bounded by
+    :data:`WORKER_STOP_WAIT_S` + :data:`WORKER_KILL_WAIT_S` (1.5 s), well inside the 3 s that
+    ``ray job stop`` gives a job before SIGKILL (``RAY_JOB_STOP_WAIT_TIME_S``): a killed worker's
+    trial stays RUNNING in the study, and ``--resume`` enqueues it again (its folder is removed
+    by the job). Without a wait here the job would leave the workers running on a cluster it
+    joined."""
     import ray
 
-    for ref in refs:
+    def cancel(pending, force: bool) -> None:
+        for ref in pending:
+            try:
+                ray.cancel(ref, force=force)
+            except Exception:  # noqa: BLE001 - finished already, or Ray going away
+                pass
+
+    def wait(pending, timeout: float) -> list:
         try:
-            ray.cancel(ref)
-        except Exception:  # noqa: BLE001 - finished already, or Ray going away
-            pass
-    try:
-        ray.wait(refs, num_returns=len(refs), timeout=WORKER_STOP_WAIT_S)
-    except Exception:  # noqa: BLE001
-        pass
+            return ray.wait(pending, num_returns=len(pending), timeout=timeout)[1]
+        except Exception:  # noqa: BLE001 - Ray going away
+            return []
+
+    cancel(refs, force=False)
+    pending = wait(list(refs), WORKER_STOP_WAIT_S)
+    if pending:
+        cancel(pending, force=True)
+        wait(pending, WORKER_KILL_WAIT_S)
 
 
-WORKER_STOP_WAIT_S = 5.0
+def _gather(refs) -> list:
+    """``ray.get(refs)``, waiting in short steps: a SIGTERM reaches the job between two of them
+    (within :data:`POLL_S`), where a blocked ``ray.get`` notices it up to a second late."""
+    import ray
+
+    pending = list(refs)
+    while pending:
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_S)
+    return ray.get(refs)
+
+
+POLL_S = 0.1
+WORKER_STOP_WAIT_S = 1.2  # for the cancelled workers to record their trial and end (0.4-1.1 s measured)
+WORKER_KILL_WAIT_S = 0.3  # then for those killed
 
 
 def fan_out(workers: int, cpus_per_worker: float):
@@ -103,7 +131,7 @@ def fan_out(workers: int, cpus_per_worker: float):
                     for i in range(workers)
                 ]
                 try:
-                    codes = ray.get(refs)
+                    codes = _gather(refs)
                 except KeyboardInterrupt:
                     _stop_workers(refs)  # on a cluster it joined, the workers would run on
                     raise
@@ -188,7 +216,18 @@ def job_options(argv: list[str]) -> tuple[int, float, list[str]]:
     return n, c, rest
 
 
+OWN_OPTIONS = (
+    ("--workers", "N", "study workers (Ray tasks), at least 1 (default 2)"),
+    ("--cpus-per-worker", "C", "CPUs each worker asks Ray for, above 0 (0.5: two share a CPU; default 1)"),
+)
+
+
 def main(argv: list[str]) -> int:
+    if _common.wants_help(argv):
+        _common.print_help("tune", own=OWN_OPTIONS, hidden=("worker",), about=(
+            "Ray job: `evomerge tune` run by --workers study workers sharing one Optuna study; the study's "
+            "tables and figures are written to --out at the end (docs/distributed.md, Jobs)."))
+        return 0
     try:
         n, c, rest = job_options(argv)
     except _common.JobError as err:
@@ -198,4 +237,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    _common.exit_job(main(sys.argv[1:]))
