@@ -370,7 +370,9 @@ def run(command: str, argv: Sequence[str], runner: Callable[[str, list[str]], in
                 before, cli_common.RESUME_COMMAND = cli_common.RESUME_COMMAND, lambda: resume_cmd
                 loc.start()
                 try:
-                    rc = runner(command, [*rest, "--out", str(loc.local)])
+                    with (printed_as(str(loc.local), loc.shown()) if loc.mirror is not None
+                          else contextlib.nullcontext()):
+                        rc = runner(command, [*rest, "--out", str(loc.local)])
                 finally:
                     cli_common.RESUME_COMMAND = before
             except KeyboardInterrupt as err:  # a runner of its own (jobs/tune.py), or while resolving --out
@@ -407,6 +409,39 @@ def run(command: str, argv: Sequence[str], runner: Callable[[str, list[str]], in
     finally:
         if loc is not None:
             loc.release(done=done)
+
+
+class Rewriting:
+    """A text stream that writes to ``stream`` what it is given with ``edit`` applied to each
+    write (a ``print`` is one write; a path split across two writes is not caught)."""
+
+    def __init__(self, stream, edit: Callable[[str], str]) -> None:
+        self._stream, self._edit = stream, edit
+
+    def write(self, text: str) -> int:
+        self._stream.write(self._edit(text))
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def printed_as(local: str, final: str):
+    """While the command runs, what it prints names ``final`` (the URI its run is copied to)
+    where it names ``local`` (the scratch folder, removed after a success): ``history: ...``,
+    ``best adapter: ...``. A path inside a URL (``sqlite:///LOCAL/optuna.db``) is left alone."""
+    pattern = re.compile(rf"(?<!sqlite:///){re.escape(local)}")
+
+    def edit(text: str) -> str:
+        return pattern.sub(lambda m: final, text) if local in text else text
+
+    before = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = Rewriting(sys.stdout, edit), Rewriting(sys.stderr, edit)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = before
 
 
 def exit_job(code: int) -> None:

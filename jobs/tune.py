@@ -23,21 +23,46 @@ import sys
 import _common
 
 
-def _worker(args: list[str], folder: str) -> int:
+def _worker(args: list[str], folder: str, resume_cmd: str | None = None) -> int:
     """One study worker (a Ray task): ``evomerge tune ARGS --out FOLDER`` in the task's process
     (which imports evomerge from the job's working directory, not this folder's ``_common``).
     ``FOLDER`` is the worker's workspace (its GENOME/Swarm trials' run folders, its copy of the
     study's tables and figures): nobody needs it once the worker ends (the study is in the
     storage, a cut trial starts afresh, and the job writes the study's outputs to ``--out``), so
-    the worker removes it, on whichever node it ran."""
+    the worker removes it, on whichever node it ran. So its lines naming ``FOLDER`` (``results in
+    FOLDER``, ``best config: FOLDER/...``) are not printed (the job prints the study's at the
+    end), and an interrupted worker's line gives ``resume_cmd``, the job's resume command."""
+    import contextlib
     import shutil
+    import sys
 
+    from evomerge.cli import _common as cli_common
     from evomerge.cli import main
 
+    if resume_cmd is not None:
+        cli_common.RESUME_COMMAND = lambda: resume_cmd
+    hidden = (f"results in {folder}", f"best config: {folder}")
+    quiet = _Dropping(sys.stdout, hidden)
     try:
-        return main(["tune", *args, "--out", folder])
+        with contextlib.redirect_stdout(quiet):
+            return main(["tune", *args, "--out", folder])
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+class _Dropping:
+    """``stream`` without the writes that start with one of ``prefixes`` (a line is one write)."""
+
+    def __init__(self, stream, prefixes) -> None:
+        self._stream, self._prefixes = stream, tuple(prefixes)
+
+    def write(self, text: str) -> int:
+        if not text.startswith(self._prefixes):
+            self._stream.write(text)
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def _stop_workers(refs) -> None:
@@ -121,13 +146,17 @@ def fan_out(workers: int, cpus_per_worker: float):
         storage = ["--storage", url] if mask_uri(url) == url else ([] if p["storage"] is None else ["--storage", p["storage"]])
         import ray
 
+        from evomerge.cli import _common as cli_common
+
+        resume_cmd = cli_common.RESUME_COMMAND() if cli_common.RESUME_COMMAND is not None else None
         state["study"] = True  # from here on, --resume continues the study
+        _remove_workspaces(out)  # those of an earlier job killed before it could remove them
         try:
             with ray_session(cfg.ray, log_to_driver=True):  # keeps the job's SIGTERM handler (cluster.connect)
                 task = ray.remote(num_cpus=cpus_per_worker, max_retries=0)(_worker)
                 refs = [
                     task.remote([*rest, *storage, "--study-name", name, "--resume", "--worker", str(i)],
-                                str(out / worker_dir(i)))
+                                str(out / worker_dir(i)), resume_cmd)
                     for i in range(workers)
                 ]
                 try:
@@ -144,6 +173,7 @@ def fan_out(workers: int, cpus_per_worker: float):
         res = write_outputs(cfg, out, storage=url, study_name=name, small=small)
         print(f"best validation fitness {res.best_value} (default config {res.default_fitness}); states {res.states}",
               flush=True)
+        print(f"best config: {res.files.get('best_config', '(no complete trial)')}", flush=True)
         return 0
 
     runner.resumable = lambda: state["study"]  # what an interrupted job says (jobs/_common.run)

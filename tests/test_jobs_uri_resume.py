@@ -90,7 +90,8 @@ def test_interrupted_evolve_job_leaves_its_run_at_the_uri_and_its_resume_command
     [local] = scratch_runs(scratch)
     line = check_stopped(proc, seen, seconds, err, 130, local)
     resume = shlex.join(["python", "jobs/evolve.py", *map(str, args), "--resume"])
-    assert line == f"interrupted: evomerge evolve (the finished rounds stay in {local}); resume with: {resume}"
+    # the job prints the URI where the CLI names its scratch folder (removed after a success)
+    assert line == f"interrupted: evomerge evolve (the finished rounds stay in fake://runs/evo1); resume with: {resume}"
     assert "evomerge job results: fake://runs/evo1" in out
     at_stop = stored(store, "runs/evo1")
     assert "run.json" in at_stop and not [f for f in at_stop if ".tmp-" in f]

@@ -1,0 +1,76 @@
+"""What a job prints names what exists when it ends.
+
+Before the fix a ``jobs/tune.py`` worker printed ``results in OUT/worker-0 ...`` and ``best config:
+OUT/worker-0/best_config.yaml`` (and, interrupted, ``resume with: ... --out OUT/worker-1``), folders
+the job removes; a job at a URI printed the CLI's ``history:`` / ``best adapter:`` lines inside its
+scratch folder, removed after a success."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "jobs"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import _common  # noqa: E402
+from test_jobs_uri_publish import store  # noqa: E402,F401 - the fake object store fixture
+
+TUNE = {"seed": 0, "merge": {"method": "task_arithmetic", "params": {"lambda": 1.0}},
+        "evaluation": {"max_samples": 8, "batch_size": 8},
+        "tune": {"space": {"merge.params.lambda": {"low": 0.2, "high": 1.2}}, "sampler": "random"}}
+
+
+def printing(*lines: str, rc: int = 0):
+    """A command that writes ``history.parquet`` and prints ``lines`` (``{out}``: its --out)."""
+
+    def runner(command, args):
+        out = Path(args[args.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "history.parquet").write_text("x")
+        for line in lines:
+            print(line.format(out=out), flush=True)
+        return rc
+
+    return runner
+
+
+def test_a_uri_jobs_lines_name_the_uri_not_its_scratch_folder(store, capsys) -> None:  # noqa: F811
+    rc = _common.run("evolve", ["--algo", "genome", "--out", "fake://runs/e1"], runner=printing(
+        "history: {out}/history.parquet", "best adapter: {out}/best_adapter", "study in sqlite:///{out}/optuna.db"))
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "history: fake://runs/e1/history.parquet" in out
+    assert "best adapter: fake://runs/e1/best_adapter" in out
+    assert re.search(r"study in sqlite:///\S+/run/optuna.db", out), "a path inside a URL is left alone"
+    assert out.strip().splitlines()[-1] == "evomerge job results: fake://runs/e1"
+    assert (store / "runs" / "e1" / "history.parquet").is_file()
+
+
+def test_the_rewrite_ends_with_the_command(store, capsys) -> None:  # noqa: F811
+    before = sys.stdout
+    _common.run("evolve", ["--out", "fake://e3"], runner=printing("history: {out}/history.parquet", rc=1))
+    assert sys.stdout is before
+    err = capsys.readouterr().err
+    assert "error" not in err
+
+
+@pytest.mark.ray
+def test_tune_job_prints_no_worker_folder_and_its_best_config(tmp_path, small_zoo) -> None:
+    cfg = tmp_path / "tune.yaml"
+    cfg.write_text(yaml.safe_dump(TUNE))
+    out = tmp_path / "study"
+    res = subprocess.run([sys.executable, "jobs/tune.py", "--workers", "2", "--config", str(cfg), "--small",
+                          "--n-trials", "2", "--out", str(out)], cwd=ROOT, text=True, capture_output=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "worker-" not in res.stdout + res.stderr, res.stdout
+    assert f"best config: {out / 'best_config.yaml'}" in res.stdout.splitlines()
+    assert (out / "best_config.yaml").is_file()
+    for path in re.findall(r"(?:results in|best config:) (\S+?);?$", res.stdout, re.M):
+        assert Path(path).exists(), path
