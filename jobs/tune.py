@@ -164,6 +164,9 @@ def fan_out(workers: int, cpus_per_worker: float):
                 except KeyboardInterrupt:
                     _stop_workers(refs)  # on a cluster it joined, the workers would run on
                     raise
+        except EvomergeError as err:  # e.g. `ray.address` unreachable: one line, as before the study
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            return 2
         finally:
             _remove_workspaces(out)  # those of workers ended before they could (a local Ray stopped above)
         for i, rc in enumerate(codes):

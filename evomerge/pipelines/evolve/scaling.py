@@ -1,10 +1,10 @@
 """How evaluation throughput and end-to-end time of one evolutionary run scale with population
-actors (one per node): ``evomerge evolve-scaling`` and ``benchmarks/cluster_scaling.py``.
+actors: ``evomerge evolve-scaling`` and ``benchmarks/cluster_scaling.py``.
 
 The same run (same seed, so the same work) once per actor count, written as ``scaling.parquet``
-(one row per count) and ``scaling.png`` (speedup and efficiency). Actors are placed with a SPREAD
-placement group, one per node where the nodes allow (one per GPU on GPU nodes), so on a cluster
-"more actors" means "more nodes". Every count is checked against the cluster before the first
+(one row per count, with the nodes its actors used) and ``scaling.png`` (speedup and efficiency).
+Actors are placed with a SPREAD placement group, over as many nodes as the count allows (several
+on a node once there are more actors than nodes). Every count is checked against the cluster before the first
 run (:func:`scaling_counts`). Per-actor busy times are kept to show imbalance on heterogeneous
 nodes.
 """
@@ -140,13 +140,13 @@ def write_scaling(rows: list[dict], out_dir: Path, title: str = "evomerge scalin
     a1.plot(n, n, "k--", lw=1, label="ideal")
     a1.plot(n, [r["speedup"] for r in rows], "o-", label="evaluation throughput")
     a1.plot(n, [r["e2e_speedup"] for r in rows], "s-", label="end to end")
-    a1.set_xlabel("population actors (one per node)")
+    a1.set_xlabel("population actors")
     a1.set_ylabel("speedup")
     a1.legend()
     a2.plot(n, [r["efficiency"] for r in rows], "o-")
     a2.axhline(1.0, color="k", ls="--", lw=1)
     a2.set_ylim(0, 1.2)
-    a2.set_xlabel("population actors (one per node)")
+    a2.set_xlabel("population actors")
     for ax in (a1, a2):
         ax.set_xticks(n)
     a2.set_ylabel("parallel efficiency")
