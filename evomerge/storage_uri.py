@@ -40,12 +40,12 @@ def resolve(location: str | os.PathLike):
 SHOWN_QUERY_KEYS = frozenset({"sslmode", "connect_timeout", "application_name", "target_session_attrs", "charset",
                               "timeout", "region", "endpoint_override", "scheme"})
 _USERINFO_PASSWORD = re.compile(r"(://[^/:@\s]*:)\S*?@(?=[^@/\s]*(?:[/?#;\s]|$))")
-# a value ends where a URI cannot go on: whitespace and the characters RFC 3986 never allows
-# unencoded (`"<>\\^|` and the backtick), which quote a URL in messages; `'`, `,` and `)` are
-# legal in a password, so they are masked with it ({ } too: a `${VAR}` is shown as it is)
-_NOT_IN_URI = r"\s`\"<>\\^|"
-_DSN_PASSWORD = re.compile(rf"\b(password|passwd|pwd)(\s*=\s*)(?!\$\{{)[^&;{_NOT_IN_URI}]+", re.IGNORECASE)
-_QUERY_ITEM = re.compile(rf"([?&;])([^=&;#?{_NOT_IN_URI}]+)=([^&;#{_NOT_IN_URI}]*)")
+_DSN_PASSWORD = re.compile(r"\b(password|passwd|pwd)(\s*=\s*)(?!\$\{)[^\s&;]+", re.IGNORECASE)
+_QUERY_ITEM = re.compile(r"([?&;])([^=&;#\s?]+)=([^&;#\s]*)")
+# a quoted run of text (a URL a message shows as `URL`): masked inside its quotes, so that a
+# value running to the closing quote does not take the quote with it; the value itself is masked
+# to its end whatever characters it holds (a password may hold any)
+_QUOTED = re.compile(r"([`\"'])(\S+)\1(?=\s|$|[.,;:)\]])")
 
 
 def mask_uri(url: str, secrets: dict[str, str] | None = None) -> str:
@@ -68,6 +68,13 @@ def mask_uri(url: str, secrets: dict[str, str] | None = None) -> str:
             return m.group(0)
         return f"{m.group(1)}{key}=***"
 
-    text = _QUERY_ITEM.sub(query, text)
-    return _DSN_PASSWORD.sub(lambda m: m.group(0) if m.group(0).endswith("***")
-                             else f"{m.group(1)}{m.group(2)}***", text)
+    def values(part: str) -> str:
+        part = _QUERY_ITEM.sub(query, part)
+        return _DSN_PASSWORD.sub(lambda m: m.group(0) if m.group(0).endswith("***")
+                                 else f"{m.group(1)}{m.group(2)}***", part)
+
+    out, at = [], 0
+    for m in _QUOTED.finditer(text):  # quoted runs inside their quotes, the text between them as it is
+        out += [values(text[at:m.start()]), f"{m.group(1)}{values(m.group(2))}{m.group(1)}"]
+        at = m.end()
+    return "".join(out) + values(text[at:])
