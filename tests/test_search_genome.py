@@ -426,8 +426,8 @@ def test_coeff_mutation_moves_along_the_experts():
     assert GenomeConfig(preset="paper").mutation == "gauss"
 
 
-def test_max_population_without_succession_is_refused():
-    """It only sizes GENOME+'s growth; without succession it was ignored silently."""
-    with pytest.raises(ConfigError, match=r"`genome.max_population` is GENOME\+'s .* Got 20 without succession"):
-        GenomeConfig(max_population=20)
+def test_max_population_sizes_only_genome_plus():
+    """Without succession nothing grows: the population is selected back to `population` (a tune
+    space may switch succession off over a config that sets max_population)."""
     assert Genome(GenomeConfig(max_population=20, succession=True), 4, seed=0).target_size == 20
+    assert Genome(GenomeConfig(max_population=20), 4, seed=0).target_size == GenomeConfig().population

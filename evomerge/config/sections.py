@@ -237,10 +237,6 @@ class GenomeConfig(Section):
                 raise key_error("genome.init_merge", "`genome.init_merge` cannot be blx (it ignores the pair's weights); "
                                 "use linear or a registry method")
             check_search_operator("genome", "init_merge", self.init_merge)
-        if self.max_population is not None and not self.succession:
-            raise key_error("genome.max_population", "`genome.max_population` is GENOME+'s (the population grows to "
-                            "it between selections): set `genome.succession: true`, or drop it. Got "
-                            f"{self.max_population} without succession.")
         if self.max_population is not None and self.max_population < self.population:
             from evomerge.errors import ConfigError
 
