@@ -44,9 +44,11 @@ def prepare_run_dir(run_dir: Path, cfg: EvomergeConfig, overwrite: bool, inputs:
         if not (run_dir / "plan.json").is_file():
             # stopped before its plan: no cell ran, and what it wrote (the experts' own scores, the
             # pool analysis) came from the input files as they were then, which nothing recorded
-            # to compare: it starts again, as a fresh run
-            shutil.rmtree(run_dir)
-            run_dir.mkdir(parents=True)
+            # to compare: those are removed and it starts again, as a fresh run
+            from evomerge.pipelines.scale.gains import FILE as GAINS
+
+            (run_dir / GAINS).unlink(missing_ok=True)
+            shutil.rmtree(run_dir / "analysis", ignore_errors=True)
             dump_config(cfg, saved)
             return False
         check_unchanged(run_dir / "plan.json", inputs, where=str(run_dir), error=OutputExistsError,
