@@ -431,7 +431,7 @@ def printed_as(local: str, final: str):
     """While the command runs, what it prints names ``final`` (the URI its run is copied to)
     where it names ``local`` (the scratch folder, removed after a success): ``history: ...``,
     ``best adapter: ...``. A path inside a URL (``sqlite:///LOCAL/optuna.db``) is left alone."""
-    pattern = re.compile(rf"(?<!sqlite:///){re.escape(local)}")
+    pattern = re.compile(rf"(?<!sqlite:///){re.escape(local)}(?![^/\s'\"`:;,)\]])")  # the folder, not a longer name
 
     def edit(text: str) -> str:
         return pattern.sub(lambda m: final, text) if local in text else text

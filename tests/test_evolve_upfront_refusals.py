@@ -211,3 +211,13 @@ def test_resume_over_changed_expert_files_is_refused_before_ray(tmp_path, capsys
                    f"{run / 'run.json'}: cannot resume", "expert `sort_digits` changed since")
     (run / "run.json").write_text(json.dumps({k: v for k, v in record.items() if k != "inputs"}))
     same_files(run)  # a record from before: not compared
+
+
+def test_the_zoos_size_comes_from_its_profile_only_without_zoo_dir(tmp_path):
+    """A ``zoo_dir`` may hold a zoo of any profile: its size is not taken from the profile (a
+    population that fits its pairs would have been refused against the profile's)."""
+    from evomerge.config import config_from_dict
+    from evomerge.pipelines.evolve.run import _zoo_size
+
+    assert _zoo_size(config_from_dict({}), "small") == 6
+    assert _zoo_size(config_from_dict({"zoo_dir": str(tmp_path)}), "small") is None

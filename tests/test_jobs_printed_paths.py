@@ -74,3 +74,17 @@ def test_tune_job_prints_no_worker_folder_and_its_best_config(tmp_path, small_zo
     assert (out / "best_config.yaml").is_file()
     for path in re.findall(r"(?:results in|best config:) (\S+?);?$", res.stdout, re.M):
         assert Path(path).exists(), path
+
+
+def test_the_rewrite_names_the_folder_not_a_longer_name(capsys) -> None:
+    """``LOCAL2`` or ``LOCAL.lock`` are other files: only the folder itself (and what is in it) is
+    printed as the URI; a path inside a ``sqlite:///`` URL stays."""
+    local = "/tmp/evomerge-jobs/evolve-ab/run"
+    with _common.printed_as(local, "s3://b/run"):
+        print(f"history: {local}/history.parquet")
+        print(f"in `{local}`, beside {local}2/x and {local}.lock")
+        print(f"study in sqlite:///{local}/optuna.db")
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["history: s3://b/run/history.parquet",
+                   f"in `s3://b/run`, beside {local}2/x and {local}.lock",
+                   f"study in sqlite:///{local}/optuna.db"]

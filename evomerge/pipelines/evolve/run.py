@@ -73,11 +73,12 @@ def check_static(cfg: EvomergeConfig, algo: str, n_experts: int | None = None) -
         make_searches(cfg, algo, n_experts)
 
 
-def _zoo_size(profile: str) -> int | None:
-    """The number of experts of a built-in zoo, from its profile (nothing is read)."""
+def _zoo_size(cfg: EvomergeConfig, profile: str) -> int | None:
+    """The number of experts of the built-in zoo, from its profile (nothing is read); None for a
+    zoo in ``zoo_dir``, which may be of any profile (its checks come once it is opened)."""
     from evomerge.zoo.model import PROFILES
 
-    return len(PROFILES[profile].tasks) if profile in PROFILES else None
+    return len(PROFILES[profile].tasks) if cfg.zoo_dir is None and profile in PROFILES else None
 
 
 def make_searches(cfg: EvomergeConfig, algo: str, n_experts: int) -> list[Any]:
@@ -208,7 +209,7 @@ def run_evolve(
     from evomerge.distributed.runtime import Runtime
 
     out_dir = Path(out_dir)
-    known = len(experts) if experts is not None else (len(cfg.experts.experts) or _zoo_size(zoo_profile))
+    known = len(experts) if experts is not None else (len(cfg.experts.experts) or _zoo_size(cfg, zoo_profile))
     check_static(cfg, algo, known)
     # the output checks that need no inputs, before Ray starts (seconds) or anything loads
     _check_out(out_dir, _run_meta(cfg, algo, None, zoo_profile), resume)
