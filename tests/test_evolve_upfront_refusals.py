@@ -173,7 +173,8 @@ def test_a_start_the_registry_cannot_merge_for_the_zoo_is_refused_before_ray(tmp
     """slerp merges exactly 2 experts: as a start over the small zoo's 6 it failed when its recipe
     was first materialized (after Ray's start); the built-in zoo's size is known from its profile."""
     _refused_early(["--algo", algo, "--small", "--out", tmp_path / "run", "--set", f"{algo}.init_merges=[slerp]"],
-                   capsys, f"error: {algo}.init_merges: slerp: merge method `slerp` merges exactly 2 experts. Got 6")
+                   capsys, f"error: `{algo}.init_merges`: `slerp` cannot start a search of 6 experts (merge method `slerp` "
+                   "merges exactly 2 experts. Got 6")
     assert not (tmp_path / "run").exists()
 
 

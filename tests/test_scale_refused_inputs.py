@@ -133,7 +133,7 @@ def test_a_search_start_that_cannot_merge_every_k_is_refused_before_any_work(sma
     code, errors = _refused(["--small", "--out", str(out), "--set", "scale.search=[swarm]",
                              "--set", "swarm.init_merges=[ties, slerp]"], capsys)
     assert code == 2 and len(errors) == 1, errors
-    assert errors[0].startswith("error: `swarm.init_merges`: `slerp` cannot start the search of the first k = 3 experts")
+    assert errors[0].startswith("error: `swarm.init_merges`: `slerp` cannot start a search of 3 experts (merge method")
     assert not out.exists()
 
 

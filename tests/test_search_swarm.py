@@ -200,6 +200,6 @@ def test_swarm_preset_and_init_merges_refusals_name_the_key():
 def test_a_start_the_registry_cannot_merge_is_refused_at_construction(cls, cfg):
     """search_api.md: constructors refuse what the registry rejects; slerp of 4 experts failed at
     its first materialize instead."""
-    with pytest.raises(ConfigError, match=r"^(swarm|genome)\.init_merges: slerp: merge method `slerp` merges exactly 2"):
+    with pytest.raises(ConfigError, match=r"^`(swarm|genome)\.init_merges`: `slerp` cannot start a search of 4 experts"):
         cls(cfg(init_merges=["slerp"]), 4, 0)
     assert cls(cfg(init_merges=["slerp"]), 2, 0).n_experts == 2

@@ -9,6 +9,20 @@ from evomerge.errors import ConfigError
 from evomerge.search.recipe import STREAM_RECIPE, Phase, Recipe, derive_seed
 
 
+def check_init_merges_fit(section: str, names, n_experts: int) -> None:
+    """A start the registry cannot merge for a search of ``n_experts`` (slerp of other than 2) is
+    refused before any work, naming the key, not when its recipe is first materialized (the
+    searches' constructors, and scale for every k of its grid)."""
+    from evomerge.merging import get_merge_method
+
+    for name in names:
+        try:
+            get_merge_method(name).check_pool_size(n_experts)
+        except ConfigError as err:
+            raise ConfigError(f"`{section}.init_merges`: `{name}` cannot start a search of {n_experts} experts "
+                              f"({err})") from None
+
+
 class AskTell:
     """Base of :class:`Genome` and :class:`Swarm`.
 
@@ -42,15 +56,7 @@ class AskTell:
         self._check_init_merges()
 
     def _check_init_merges(self) -> None:
-        """A start the registry cannot merge for this pool (slerp of other than 2 experts) is
-        refused now, naming the key, not when its recipe is first materialized."""
-        from evomerge.merging import get_merge_method
-
-        for name in getattr(self.cfg, "init_merges", None) or ():
-            try:
-                get_merge_method(name).check_pool_size(self.n_experts)
-            except ConfigError as err:
-                raise ConfigError(f"{self.kind}.init_merges: {name}: {err}") from None
+        check_init_merges_fit(self.kind, getattr(self.cfg, "init_merges", None) or (), self.n_experts)
 
     # ------------------------------------------------------------------ public
     @property

@@ -391,14 +391,10 @@ def check_inputs(cfg: EvomergeConfig, spec: PoolSpec) -> None:
         raise ConfigError(f"`scale.search_k` asks for k = {too_big}, more experts than the pool's {len(spec.names)}")
     for algo in cfg.scale.search:  # each search starts from its init_merges of the first k experts
         from evomerge.pipelines.scale.plan import search_grid
+        from evomerge.search.base import check_init_merges_fit
 
-        for name in getattr(cfg, algo).init_merges:
-            for k in search_grid(k_end, cfg.scale.search_k):
-                try:
-                    get_merge_method(name).check_pool_size(k)
-                except ConfigError as err:
-                    raise ConfigError(f"`{algo}.init_merges`: `{name}` cannot start the search of the first k = {k} "
-                                      f"experts ({err})") from None
+        for k in search_grid(k_end, cfg.scale.search_k):
+            check_init_merges_fit(algo, getattr(cfg, algo).init_merges, k)
     if needed(cfg.scale.methods):
         train_files(spec.names, spec.tasks, spec.zoo_root, cfg.evaluation.task_files)
 
