@@ -3,17 +3,13 @@
 Before the fix a ``jobs/tune.py`` worker printed ``results in OUT/worker-0 ...`` and ``best config:
 OUT/worker-0/best_config.yaml`` (and, interrupted, ``resume with: ... --out OUT/worker-1``), folders
 the job removes; a job at a URI printed the CLI's ``history:`` / ``best adapter:`` lines inside its
-scratch folder, removed after a success."""
+scratch folder, removed after a success. The tune job's own lines: tests/test_jobs_tune_outputs.py."""
 
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from pathlib import Path
-
-import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "jobs"))
@@ -21,10 +17,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import _common  # noqa: E402
 from test_jobs_uri_publish import store  # noqa: E402,F401 - the fake object store fixture
-
-TUNE = {"seed": 0, "merge": {"method": "task_arithmetic", "params": {"lambda": 1.0}},
-        "evaluation": {"max_samples": 8, "batch_size": 8},
-        "tune": {"space": {"merge.params.lambda": {"low": 0.2, "high": 1.2}}, "sampler": "random"}}
 
 
 def printing(*lines: str, rc: int = 0):
@@ -59,21 +51,6 @@ def test_the_rewrite_ends_with_the_command(store, capsys) -> None:  # noqa: F811
     assert sys.stdout is before
     err = capsys.readouterr().err
     assert "error" not in err
-
-
-@pytest.mark.ray
-def test_tune_job_prints_no_worker_folder_and_its_best_config(tmp_path, small_zoo) -> None:
-    cfg = tmp_path / "tune.yaml"
-    cfg.write_text(yaml.safe_dump(TUNE))
-    out = tmp_path / "study"
-    res = subprocess.run([sys.executable, "jobs/tune.py", "--workers", "2", "--config", str(cfg), "--small",
-                          "--n-trials", "2", "--out", str(out)], cwd=ROOT, text=True, capture_output=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "worker-" not in res.stdout + res.stderr, res.stdout
-    assert f"best config: {out / 'best_config.yaml'}" in res.stdout.splitlines()
-    assert (out / "best_config.yaml").is_file()
-    for path in re.findall(r"(?:results in|best config:) (\S+?);?$", res.stdout, re.M):
-        assert Path(path).exists(), path
 
 
 def test_the_rewrite_names_the_folder_not_a_longer_name(capsys) -> None:

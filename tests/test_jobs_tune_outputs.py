@@ -6,6 +6,7 @@ GENOME/Swarm trials' run folders) and removes it when it ends. Before the fix ``
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,3 +33,9 @@ def test_tune_job_leaves_the_study_outputs_and_no_worker_folders(tmp_path, small
         "best_config.yaml", "optimization_history.png", "optuna.db", "param_importances.png", "summary.json",
         "trials.parquet"]
     assert json.loads((out / "summary.json").read_text())["states"].get("COMPLETE", 0) >= 2
+    # what it prints names what exists: no worker folder (workers printed `results in OUT/worker-0`,
+    # `best config: OUT/worker-0/...`), the job's best config once
+    assert "worker-" not in res.stdout + res.stderr, res.stdout
+    assert f"best config: {out / 'best_config.yaml'}" in res.stdout.splitlines()
+    for path in re.findall(r"(?:results in|best config:) (\S+?);?$", res.stdout, re.M):
+        assert Path(path).exists(), path
