@@ -6,24 +6,27 @@ Constraints live on the fields, so the CLI, ``jobs/`` and Optuna all get the sam
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from evomerge.config.base import Section
 
 
+def _zoo_ref(value: Any) -> Any:
+    from evomerge.zoo.refs import resolve_zoo_ref
+
+    return resolve_zoo_ref(value)
+
+
+#: A folder that may be given as ``zoo:<profile>/<path>``: a built-in zoo's, found on any machine.
+ZooPath = Annotated[Path, BeforeValidator(_zoo_ref)]
+
+
 class ExpertSpec(Section):
-    path: Path = Field(description="the expert's folder; `zoo:<profile>/<path>` names one of a built-in zoo")
+    path: ZooPath = Field(description="the expert's folder; `zoo:<profile>/<path>` names one of a built-in zoo")
     name: str | None = None
     task: str | None = Field(default=None, description="task this expert was trained for (for per-task serving)")
-
-    @field_validator("path", mode="before")
-    @classmethod
-    def _zoo_ref(cls, v: Any) -> Any:
-        from evomerge.zoo.refs import resolve_zoo_ref
-
-        return resolve_zoo_ref(v)
 
     @property
     def label(self) -> str:
@@ -35,16 +38,9 @@ class ExpertSpec(Section):
 class ExpertsConfig(Section):
     """Where the pool lives. With no experts given, the built-in zoo is used."""
 
-    base: Path | None = Field(default=None, description="the base model's folder (`zoo:<profile>/base`: a built-in zoo's)")
+    base: ZooPath | None = Field(default=None, description="the base model's folder (`zoo:<profile>/base`: a built-in zoo's)")
     experts: list[ExpertSpec] = Field(default_factory=list)
     allow_bin: bool = Field(default=False, description="allow pickle .bin files (loaded with weights_only=True)")
-
-    @field_validator("base", mode="before")
-    @classmethod
-    def _zoo_ref(cls, v: Any) -> Any:
-        from evomerge.zoo.refs import resolve_zoo_ref
-
-        return resolve_zoo_ref(v)
 
     @field_validator("experts", mode="before")
     @classmethod
