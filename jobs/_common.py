@@ -411,21 +411,6 @@ def run(command: str, argv: Sequence[str], runner: Callable[[str, list[str]], in
             loc.release(done=done)
 
 
-class Rewriting:
-    """A text stream that writes to ``stream`` what it is given with ``edit`` applied to each
-    write (a ``print`` is one write; a path split across two writes is not caught)."""
-
-    def __init__(self, stream, edit: Callable[[str], str]) -> None:
-        self._stream, self._edit = stream, edit
-
-    def write(self, text: str) -> int:
-        self._stream.write(self._edit(text))
-        return len(text)
-
-    def __getattr__(self, name: str):
-        return getattr(self._stream, name)
-
-
 @contextlib.contextmanager
 def printed_as(local: str, final: str):
     """While the command runs, what it prints names ``final`` (the URI its run is copied to)
@@ -436,8 +421,10 @@ def printed_as(local: str, final: str):
     def edit(text: str) -> str:
         return pattern.sub(lambda m: final, text) if local in text else text
 
+    from evomerge.cli._common import EditedStream
+
     before = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = Rewriting(sys.stdout, edit), Rewriting(sys.stderr, edit)
+    sys.stdout, sys.stderr = EditedStream(sys.stdout, edit), EditedStream(sys.stderr, edit)
     try:
         yield
     finally:
@@ -451,12 +438,9 @@ def exit_job(code: int) -> None:
     its 3 s before SIGKILL."""
     if code not in (130, 143):
         sys.exit(code)
-    import logging
+    from evomerge.cli import exit_now
 
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_now(code)
 
 
 def _end_leftovers(seen: dict) -> None:

@@ -42,27 +42,12 @@ def _worker(args: list[str], folder: str, resume_cmd: str | None = None) -> int:
     if resume_cmd is not None:
         cli_common.RESUME_COMMAND = lambda: resume_cmd
     hidden = (f"results in {folder}", f"best config: {folder}")
-    quiet = _Dropping(sys.stdout, hidden)
+    quiet = cli_common.EditedStream(sys.stdout, lambda text: "" if text.startswith(hidden) else text)
     try:
         with contextlib.redirect_stdout(quiet):
             return main(["tune", *args, "--out", folder])
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-class _Dropping:
-    """``stream`` without the writes that start with one of ``prefixes`` (a line is one write)."""
-
-    def __init__(self, stream, prefixes) -> None:
-        self._stream, self._prefixes = stream, tuple(prefixes)
-
-    def write(self, text: str) -> int:
-        if not text.startswith(self._prefixes):
-            self._stream.write(text)
-        return len(text)
-
-    def __getattr__(self, name: str):
-        return getattr(self._stream, name)
 
 
 def _stop_workers(refs) -> None:

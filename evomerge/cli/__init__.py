@@ -73,7 +73,7 @@ def _main(argv: list[str] | None, fired: list[int]) -> int:
         if rv == 130:  # a command without a line of its own: typer swallowed the KeyboardInterrupt
             raise _common.Interrupted(_interrupted_line(), interrupts.exit_code(KeyboardInterrupt(), fired))
         if argv is None and _common.FAST_EXIT and rv in (None, 0):
-            _exit_now()
+            exit_now()
     except _common.Interrupted as err:  # the command has cleaned up
         if argv is None:  # the program: whatever still runs below it is the run's (a cleanup cut short)
             from evomerge.pipelines.scale.interrupt import descendants, end_survivors
@@ -81,7 +81,7 @@ def _main(argv: list[str] | None, fired: list[int]) -> int:
             end_survivors(descendants())
         print(_common.interrupted_line(err.message), file=sys.stderr)
         if argv is None and _common.FAST_EXIT:
-            _exit_now(err.code)
+            exit_now(err.code)
         return err.code
     except EvomergeError as err:
         _print_error(str(err))
@@ -114,11 +114,12 @@ def _interrupted_line() -> str:
     return f"interrupted: evomerge {' '.join(words[:2])} stopped before it finished; nothing to resume (run it again)"
 
 
-def _exit_now(code: int = 0) -> None:
+def exit_now(code: int = 0) -> None:
     """End the program at once, skipping the interpreter's teardown (about 1 s with torch and
     Ray loaded): for a command whose outputs are all written and closed, whose child processes
     have all exited and that has stopped the Ray it started (it asked with
-    ``_common.FAST_EXIT``). Only when run as the program (``main()`` without ``argv``)."""
+    ``_common.FAST_EXIT``; only when run as the program, ``main()`` without ``argv``), or a
+    cluster job that has cleaned up after an interrupt (``jobs/_common.exit_job``)."""
     import logging
     import os
 

@@ -272,3 +272,19 @@ def zoo_settings(choice: Optional[str], cfg: Any, default: str) -> tuple[str, An
 
     zoo = open_zoo(choice)
     return zoo.profile, override(cfg, {"zoo_dir": str(zoo.root)}, "--zoo")
+
+
+class EditedStream:
+    """A text stream that writes to ``stream`` each write with ``edit`` applied (a ``print`` is
+    one write, its newline another; an edit returning ``""`` drops the write): what a cluster
+    job's command prints, with paths it removes rewritten or left out (``jobs/``)."""
+
+    def __init__(self, stream, edit) -> None:
+        self._stream, self._edit = stream, edit
+
+    def write(self, text: str) -> int:
+        self._stream.write(self._edit(text))
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
