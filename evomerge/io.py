@@ -174,6 +174,20 @@ def output_lock_path(path: Path) -> Path:
     return path.parent / f".{path.name}.lock"
 
 
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike, command: str) -> Iterator[None]:
+    """Hold the output lock of the run folder ``run_dir`` for a run that writes it piece by piece
+    (``scale`` cell by cell, ``evolve`` round by round, so :func:`atomic_dir` cannot guard it): a
+    second run into the same folder is refused at once instead of mixing its files with the first's.
+    """
+    run_dir = _absolute(Path(run_dir))
+    lock = output_lock_path(run_dir)
+    with file_lock(lock, blocking=False, busy=(
+            f"{run_dir}: another `evomerge {command}` is writing this run now (it holds {lock}); "
+            "wait for it to end, or use another --out")):
+        yield
+
+
 def clean_stale(path: Path) -> list[Path]:
     """Remove what killed writers of ``path`` left beside it (call with its output lock held).
 

@@ -207,6 +207,7 @@ def run_evolve(
         ``best_task_vector/`` and skips it).
     """
     from evomerge.distributed.runtime import Runtime
+    from evomerge.io import run_lock
 
     out_dir = Path(out_dir)
     known = len(experts) if experts is not None else (len(cfg.experts.experts) or _zoo_size(cfg, zoo_profile))
@@ -223,6 +224,8 @@ def run_evolve(
                             error=ConfigError, advice="its checkpointed population was scored on the old ones: "
                                                       "start a new run in another --out")
     with contextlib.ExitStack() as stack:
+        if runtime is None:  # (scale's search cells: the scale run holds its folder's lock)
+            stack.enter_context(run_lock(out_dir, "evolve"))
         # connecting checks the request against the cluster: impossible ones fail before any work
         rt = runtime if runtime is not None else stack.enter_context(Runtime(cfg))
         inputs = prepare_inputs(cfg, experts=experts, tasks=tasks, zoo_profile=zoo_profile,

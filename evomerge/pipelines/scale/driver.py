@@ -104,6 +104,7 @@ def run_scale(
     beside the searches (CPU plans). Same results; ``False`` runs each step after the other.
     """
     from evomerge.errors import EvomergeError
+    from evomerge.io import run_lock
 
     t0 = time.perf_counter()
     if stop is not None and stop != cfg.scale.stop:
@@ -112,15 +113,16 @@ def run_scale(
     spec = pool_spec(cfg, zoo)
     check_inputs(cfg, spec)
     inputs = input_fingerprint(spec, cfg.evaluation.task_files)  # a resume of changed files is refused
-    existed = run_dir.is_dir()
-    resumed = prepare_run_dir(run_dir, cfg, overwrite, inputs)
-    try:
-        return _run(cfg, run_dir, spec, resumed, t0, inputs, progress=progress, analyze=analyze, report=report,
-                    on_cell_done=on_cell_done, overlap=overlap)
-    except EvomergeError:
-        if not resumed:  # refused before its first cell: no folder is left behind
-            discard_unstarted(run_dir, keep_folder=existed and not overwrite)
-        raise
+    with run_lock(run_dir, "scale"):
+        existed = run_dir.is_dir()
+        resumed = prepare_run_dir(run_dir, cfg, overwrite, inputs)
+        try:
+            return _run(cfg, run_dir, spec, resumed, t0, inputs, progress=progress, analyze=analyze, report=report,
+                        on_cell_done=on_cell_done, overlap=overlap)
+        except EvomergeError:
+            if not resumed:  # refused before its first cell: no folder is left behind
+                discard_unstarted(run_dir, keep_folder=existed and not overwrite)
+            raise
 
 
 def _run(cfg: EvomergeConfig, run_dir: Path, spec: PoolSpec, resumed: bool, t0: float, inputs: dict, *,
