@@ -127,6 +127,33 @@ def test_lora_ab_space_merges_factors(zoo, tmp_path, capsys):
     assert float((lin - delta[k]).abs().max()) > 1e-3
 
 
+@pytest.mark.parametrize("space", ["ab", "concat"])
+def test_factor_spaces_with_rht_on_deltas_and_a_rank(zoo, tmp_path, capsys, space):
+    """``--space ab|concat --rht --rank R`` (docs/merging.md): the LoRA factors are merged as they
+    are, RHT (domain delta) makes the result dense, and ``--rank`` is its truncated SVD. Checked
+    against the same steps by hand: the merged factors' delta, RHT of it, then the exact SVD
+    (rank 32 covers the tiny model's matrices). It was refused: the rank reached the factor merge."""
+    from evomerge.config.sections import RHTConfig
+    from evomerge.merging.rht import apply_rht
+
+    out = tmp_path / space
+    experts = ["-e", zoo / "l1", "-e", zoo / ("l4" if space == "ab" else "l2")]
+    code, _, err = _merge([*experts, "--space", space, "--weights", "0.6,0.4", "--rht", "--rank", "32",
+                           "--out", out], capsys)
+    assert code == 0, err
+    if space == "ab":
+        f1, f4 = _factors(zoo, "l1", 8 / 4), _factors(zoo, "l4", 16 / 4)
+        delta = {k: (0.6 * f1[k][1] + 0.4 * f4[k][1]) @ (0.6 * f1[k][0] + 0.4 * f4[k][0]) for k in f1}
+    else:
+        d1, d2 = _peft_delta(zoo, "l1"), _peft_delta(zoo, "l2")
+        delta = {k: 0.6 * d1[k] + 0.4 * d2[k] for k in d1}
+    want = with_delta(load_base(zoo / "base"), apply_rht(delta, RHTConfig(enabled=True), 0), IDS)
+    torch.testing.assert_close(_peft_logits(zoo, out), want, atol=2e-5, rtol=1e-4)
+    man = json.loads((out / "evomerge_manifest.json").read_text())
+    assert man["space"] == space and man["rank_requested"] == 32 and man["rht"]["enabled"] is True
+    assert man["data_samples"] is None  # no statistics read
+
+
 def test_full_finetunes_to_checkpoint(zoo, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
@@ -211,6 +238,7 @@ def test_regmean_with_data_and_config_file(zoo, tmp_path, capsys):
     assert code == 0, err
     man = json.loads((out / "evomerge_manifest.json").read_text())
     assert man["params"] == {"alpha": 0.8} and len(man["inputs"]["data"]) == 2
+    assert man["data_samples"] == 128  # how many rows of each file the statistics read (the default)
     pool = load_pool([zoo / "l1", zoo / "l2"], base=zoo / "base")
     stats = pool_statistics(pool, {"gram"}, [zoo / "d1.jsonl", zoo / "d2.jsonl"], 128)
     rm = get_merge_method("regmean")

@@ -11,7 +11,7 @@ Outputs (all written inside one :func:`evomerge.io.atomic_dir`, so a failure lea
   shapes, rescalers per task and tensor). :func:`load_emr_task` rebuilds one task's vector.
 * always ``evomerge_manifest.json``: method, resolved parameters, space, the written adapter's
   rank (``--rank`` capped by the matrix sizes; ``rank_requested`` is ``--rank``), seed, weights,
-  RHT, version, and every input with its sha256 content hash.
+  ``data_samples`` (statistics methods), RHT, version, and every input with its sha256 content hash.
 """
 
 from __future__ import annotations
@@ -253,7 +253,9 @@ def _merge_lora_factors(cfg, pool, method, params, weights) -> dict[str, LoraMod
     from evomerge.merging.apply import merge_lora
 
     experts = [pool.lora(i) for i in range(len(pool))]
-    return merge_lora(method, experts, weights, params, cfg.merge.space, cfg.seed, cfg.merge.rank)
+    # (merge.rank here is the truncated SVD of the RHT'd dense result, after this merge: the factors
+    # themselves are merged as they are)
+    return merge_lora(method, experts, weights, params, cfg.merge.space, cfg.seed)
 
 
 def _write(fmt, cfg, pool, modules, merged, tmp: Path, progress: bool) -> None:
@@ -380,6 +382,7 @@ def _manifest(cfg, pool, method, params, weights, fmt, inputs, pool_stats, tmp: 
         "space": cfg.merge.space,
         "rank": rank,  # the written adapter's rank (--rank capped by each matrix's size); None: no adapter
         "rank_requested": cfg.merge.rank,
+        "data_samples": cfg.merge.data_samples if method.needs else None,  # rows of merge.data the statistics read
         "seed": cfg.seed,
         "weights": None if weights is None else [float(x) for x in weights],
         "rht": cfg.rht.model_dump(mode="json"),
