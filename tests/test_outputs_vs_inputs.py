@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,20 @@ def test_evaluate_refuses_an_output_that_overlaps_an_input(zoo, pair, tmp_path, 
     shutil.copy(zoo.root / "tasks" / "brackets" / "validation.parquet", task)
     bad(capsys, ["evaluate", "--base", zoo.base_dir, "--task", f"b={task}", "--max-samples", "2",
                  "--out", task, "--overwrite"], rf"{task}: the output overlaps the input {task}", inputs=[task])
+
+
+def test_the_overlap_is_refused_before_the_output_is_probed(pair, capsys) -> None:
+    """The overlap check comes before the writability probe (a temporary folder made and removed
+    where the output would go): an ``--out`` inside an input leaves the input folder's entries and
+    modification time as they were (the probe used to create and remove one in it)."""
+    a, b = pair
+    before = a.stat().st_mtime_ns
+    time.sleep(0.05)  # a change would show in the nanosecond mtime
+    bad(capsys, ["analyze", "-q", "-e", a, "-e", b, "--out", a / "sub"],
+        rf"{a}/sub: the output overlaps the input {a}", out=a / "sub", inputs=[a, b])
+    bad(capsys, ["merge", "-q", "-e", a, "-e", b, "--space", "concat", "--out", a / "sub"],
+        rf"{a}/sub: the output overlaps the input {a}", out=a / "sub", inputs=[a, b])
+    assert a.stat().st_mtime_ns == before
 
 
 def test_an_output_inside_a_zoo_read_as_input_is_refused(zoo_copy, capsys) -> None:

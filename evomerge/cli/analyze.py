@@ -42,13 +42,14 @@ def analyze_command(
     from evomerge.io import check_not_overlapping, check_output_path
 
     cfg = load_config_with_sets(config, sets)
-    check_output_path(out, overwrite)  # before the pool is read
     paths = list(expert) or [s.path for s in cfg.experts.experts]
     names = None if expert else [s.name for s in cfg.experts.experts]
     if not paths:
         raise ConfigError("no experts: pass --experts PATH (repeat) or list them under experts.experts in --config")
     base_dir = base if base is not None else cfg.experts.base
+    # the overlap first: the writability probe of check_output_path would create an entry in an input
     check_not_overlapping(out, [*paths, base_dir, config])  # --overwrite would delete an input
+    check_output_path(out, overwrite)  # before the pool is read
     pool = load_pool(paths, base_dir, allow_bin=allow_bin or cfg.experts.allow_bin, names=names)
     d = _delta(delta) if delta is not None else (cfg.scale.delta if config is not None or sets else None)
     result = analyze_pool(pool, out, delta=d, delta_fraction=cfg.scale.delta_fraction, rht_cfg=cfg.rht, seed=cfg.seed if seed is None else seed,

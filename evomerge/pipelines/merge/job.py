@@ -130,9 +130,10 @@ def run_merge(
     from evomerge.merging.registry import get_merge_method
 
     log = log or (lambda s: None)
-    out = check_output_path(out, overwrite)
     specs = cfg.experts.experts
+    # the overlap first: the writability probe of check_output_path would create an entry in an input
     check_not_overlapping(out, [*(s.path for s in specs), cfg.experts.base, *cfg.merge.data])
+    out = check_output_path(out, overwrite)
     dev = resolve_device(device or cfg.device)
     method = get_merge_method(cfg.merge.method)
     params = method.resolve(cfg.merge.params)
