@@ -41,3 +41,13 @@ def os_error_message(err: OSError, path: object = None) -> str:
     where = err.filename if err.filename is not None else path
     reason = err.strerror or type(err).__name__
     return f"{where}: {reason}" if where is not None else reason
+
+
+def cause_text(err: BaseException, limit: int = 600) -> str:
+    """A library's error message for one ``error:`` line: on one line, and when longer than
+    ``limit`` cut at a word boundary with `` ...`` (not mid-word, where it reads as the end)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0]
+    return f"{cut} ..."

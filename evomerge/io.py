@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from evomerge.errors import ConfigError, OutputError, OutputExistsError, os_error_message
+from evomerge.errors import ConfigError, OutputError, OutputExistsError, cause_text, os_error_message
 
 #: errno values that mean "the destination cannot take this output" (reported as OutputError).
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
@@ -352,7 +352,7 @@ def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict | No
         raise _as_output_error(err, Path(path)) from None
     except Exception as err:  # safetensors wraps I/O errors in its own type
         if "os error" in str(err).lower() or "ioerror" in str(err).lower():
-            raise OutputError(f"{path}: cannot write the output ({' '.join(str(err).split())[:300]})") from None
+            raise OutputError(f"{path}: cannot write the output ({cause_text(err)})") from None
         raise
 
 

@@ -210,12 +210,12 @@ def load_tokenizer(base_dir):
     """The tokenizer of a local base model folder, as the evaluator loads it (refused naming the folder)."""
     from transformers import AutoTokenizer
 
-    from evomerge.errors import ExpertLoadError
+    from evomerge.errors import ExpertLoadError, cause_text
 
     try:
         return AutoTokenizer.from_pretrained(str(base_dir), local_files_only=True)
     except Exception as err:  # OSError, ValueError, ...
-        raise ExpertLoadError(f"{base_dir}: cannot load the tokenizer ({' '.join(str(err).split())[:300]})") from None
+        raise ExpertLoadError(f"{base_dir}: cannot load the tokenizer ({cause_text(err)})") from None
 
 
 def base_context_length(base_dir) -> int | None:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from evomerge.devices import resolve_device
-from evomerge.errors import ConfigError, DataError, ExpertLoadError
+from evomerge.errors import ConfigError, DataError, ExpertLoadError, cause_text
 from evomerge.evaluation import metrics as M
 from evomerge.evaluation.candidates import Candidate, PerTask, to_deltas
 from evomerge.evaluation.encoding import Encoded, context_length, encode_dataset, pad_id, pool, scored_rows, task_source
@@ -59,7 +59,7 @@ def _load_base(base_dir: Path, device: torch.device, dtype: torch.dtype | None):
         auto = "auto" if device.type == "cuda" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype or auto, local_files_only=True)
     except Exception as err:  # OSError, ValueError, safetensors' own error for a truncated file, ...
-        raise ExpertLoadError(f"{base_dir}: cannot load base model/tokenizer ({' '.join(str(err).split())[:300]})") from None
+        raise ExpertLoadError(f"{base_dir}: cannot load base model/tokenizer ({cause_text(err)})") from None
     model.to(device).eval().requires_grad_(False)
     return model, tok
 
