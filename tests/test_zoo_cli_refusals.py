@@ -138,6 +138,22 @@ def test_small_and_the_small_zoo_folder_agree(small_zoo, tmp_path, capsys):
     assert code == 2 and "--small" in err and str(other) in err and "disagree" in err, err
 
 
+def test_build_into_a_folder_of_other_files_does_not_suggest_overwrite(builds, tmp_path, capsys):
+    """A non-empty folder without zoo.json (a user's model, a thesis) is not a zoo to rebuild:
+    the refusal asks for another --out (--overwrite would delete its files), before any work;
+    a broken zoo (zoo.json there) is still offered --overwrite."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    code, _, err = run_cli(["zoo", "build", "--profile", "tiny", "--out", out], capsys)
+    assert code == 2 and err.strip() == (f"error: {out}: is not empty and holds no zoo (zoo.json missing); "
+                                         "build the zoo into a new or empty folder (another --out)"), err
+    assert "--overwrite" not in err and builds == [] and (out / "thesis.tex").read_text() == "years of work"
+    (out / "zoo.json").write_text("{not json")
+    code, _, err = run_cli(["zoo", "build", "--profile", "tiny", "--out", out], capsys)
+    assert code == 2 and "pass --overwrite to rebuild it" in err and builds == [], err
+
+
 # --- 3. --seed ----------------------------------------------------------------------------------
 
 def test_build_negative_seed_is_refused_before_any_work(builds, tmp_path, capsys):

@@ -80,6 +80,11 @@ def build_command(
     if refusal is not None:
         raise ConfigError(refusal)
     if open_error is not None:
+        from evomerge.zoo.zoo import MANIFEST
+
+        if root.is_dir() and not (root / MANIFEST).is_file():  # not a zoo: --overwrite would delete the user's files
+            raise ExpertLoadError(f"{root}: is not empty and holds no zoo ({MANIFEST} missing); "
+                                  "build the zoo into a new or empty folder (another --out)")
         raise ExpertLoadError(f"{open_error} (pass --overwrite to rebuild it)") from None
     if existing is not None:
         raise ExpertLoadError(
