@@ -23,10 +23,23 @@ def test_cut_searches_reads_the_stop_file():
         "swarm": {"fired": True, "k": 6, "ks_run": [2, 3, 4, 5, 6]},  # fired at the last k: nothing cut
         "other": {"fired": False, "k": 4, "ks_run": [2, 3, 4]},    # never fired: not cut by the rule
     }}
-    assert cut_searches(stop, [2, 3, 4, 5, 6]) == {"genome": 3}
-    assert cut_searches({**stop, "enforced": False}, [2, 3, 4, 5, 6]) == {}
-    assert cut_searches(None, [2, 3]) == {}
-    assert cut_searches(stop, []) == {}
+    online = {"rule": "online", "enabled": True, "search_k": [2, 3, 4, 5, 6]}
+    searches = ["genome", "swarm", "other"]
+    assert cut_searches(stop, online, [2, 3, 4, 5, 6], searches) == {"genome": 3}
+    assert cut_searches({**stop, "enforced": False}, online, [2, 3, 4, 5, 6], searches) == {}
+    assert cut_searches(None, online, [2, 3], searches) == {}
+    assert cut_searches(stop, online, [], searches) == {}
+
+
+def test_cut_searches_reads_a_theorem1_cut_from_the_plan():
+    """``scale.stop_rule: theorem1`` cuts the searches' grid when the run is planned (no
+    search_stop.json decision): every search's curve ends at the cut grid's last k. It used to
+    be judged as a whole curve, so the rule that cut it was credited +0 against its own cut."""
+    never = {"enforced": False, "methods": {}}
+    plan_stop = {"rule": "theorem1", "enabled": True, "search_k": [2, 3]}
+    assert cut_searches(never, plan_stop, [2, 3, 4, 5, 6], ["genome", "swarm"]) == {"genome": 3, "swarm": 3}
+    assert cut_searches(never, {**plan_stop, "search_k": [2, 3, 4, 5, 6]}, [2, 3, 4, 5, 6], ["genome"]) == {}
+    assert cut_searches(never, {**plan_stop, "enabled": False}, [2, 3, 4, 5, 6], ["genome"]) == {}
 
 
 def _plan() -> dict:

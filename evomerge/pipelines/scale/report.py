@@ -153,7 +153,10 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, side, f
         noise = noise_tables(scores[mine], None if examples is None else examples[~examples["split"].isin(SIDE_SPLITS)],
                              fitness)
     reference = reference_method(pk_all, list(cfg.scale.methods))
-    cut = cut_searches(_read_json(run_dir / "search_stop.json"), stop.get("search_k"))
+    from evomerge.pipelines.scale.plan import search_grid
+
+    cut = cut_searches(_read_json(run_dir / "search_stop.json"), stop,
+                       search_grid(int(stop["k_end"]), cfg.scale.search_k), list(cfg.scale.search))
     from evomerge.pipelines.scale.law_noise import law_step_ses  # the law's noise tolerance (analytic, k <= m only)
 
     law_ses = law_step_ses(scores, examples, cfg.scale.law_first_k)

@@ -46,7 +46,7 @@ def markdown(plan, cfg, s, pk_all, pk_union, figures, run_dir) -> str:
           f"seeds: {sc.seeds}; expert order `{sc.order}`"
           + (f" ({' > '.join(first)})" if sc.order != "random" else " (a new order per seed)")
           + f"; metric `{cfg.evaluation.metric}`. Registry merges run to k = {stop['k_end']}"
-          + (f"; searches on the grid k = {stop['search_k']}" + _searches_ran(s.get("search_stop")) if sc.search
+          + (f"; searches on the grid k = {stop['search_k']}" + _searches_ran(s.get("search_stop"), stop, s) if sc.search
              else "; no searches") + ".", ""]
     if s.get("gains"):
         L += ["Own-task validation gain of each expert alone over the base: "
@@ -77,8 +77,12 @@ def _fired_k(r: dict, not_fired: str) -> str:
             + (f" (keeps {keeps})" if keeps is not None and keeps != r["fired_k"] else ""))
 
 
-def _searches_ran(search_stop: dict | None) -> str:
-    """``, cut by the stop rule: genome ran k = 2-5, ...`` when the enforced rule cut a search's grid."""
+def _searches_ran(search_stop: dict | None, stop: dict, s) -> str:
+    """``, cut by the stop rule: genome ran k = 2-5, ...`` when the enforced rule cut a search's grid
+    (Theorem 1 cuts it when the run is planned: the grid is already the cut one)."""
+    if stop.get("enabled") and stop.get("rule") == "theorem1":
+        cut = sorted({r["cut_at"] for r in s.get("rules_detail") or [] if r.get("cut_at") is not None})
+        return f", cut there by the stop rule (Theorem 1, n_max = {stop['n_max']})" if cut else ""
     if not search_stop or not search_stop.get("enforced") or not search_stop.get("skipped"):
         return ""
     ran = [f"{m} ran k = {min(d['ks_run'])}-{max(d['ks_run'])}" for m, d in (search_stop.get("methods") or {}).items()

@@ -103,15 +103,22 @@ def _base_value(fitness: pd.DataFrame, gains: dict | None, first_tasks: list, va
     return float(b[value].mean()) if not b.empty else float("nan")
 
 
-def cut_searches(search_stop: dict | None, search_k: list[int] | None) -> dict[str, int]:
+def cut_searches(search_stop: dict | None, stop: dict, full_grid: list[int],
+                 search_methods: list[str]) -> dict[str, int]:
     """Search method -> the last k it ran, for the searches whose grid the enforced stop rule
-    cut before its end (``search_stop.json`` and the plan's search grid)."""
-    if not search_stop or not search_stop.get("enforced") or not search_k:
+    cut before its end: the online rule while they ran (``search_stop.json``), or Theorem 1 in
+    the plan (``stop["search_k"]`` shorter than ``full_grid``, the grid without the rule)."""
+    if stop.get("enabled") and stop.get("rule") == "theorem1":
+        ran = stop.get("search_k") or []
+        if ran and full_grid and max(ran) < max(full_grid):
+            return {m: int(max(ran)) for m in search_methods}
+        return {}
+    if not search_stop or not search_stop.get("enforced") or not full_grid:
         return {}
     out = {}
     for method, d in (search_stop.get("methods") or {}).items():
         ran = d.get("ks_run") or []
-        if d.get("fired") and ran and max(ran) < max(search_k):
+        if d.get("fired") and ran and max(ran) < max(full_grid):
             out[method] = int(max(ran))
     return out
 
