@@ -92,6 +92,47 @@ def test_cut_rows_are_kept_but_not_judged():
     assert rule_verdicts(uncut, f"law_k<={scale.law_first_k}")["online_pairs"] > v["online_pairs"]
 
 
+def test_rows_whose_seeds_peaks_lie_far_apart_are_not_judged():
+    """Seed 0 peaks at k = 2, seed 1 at k = 6: their mean, 4, is the bottom of both curves'
+    dip, yet a rule firing at 4 was credited error +0. Such rows (peaks more than 2 apart: no k
+    within +-1 of both) keep the measured values and leave the verdicts; peaks 3 and 5 (the mean
+    4 is within +-1 of each) are still judged."""
+    base = [{"cell": "k000-base-plain-s0", "kind": "base", "k": 0, "method": "base", "rht": False, "seed": 0,
+             "experts": "", "split": "validation", "target": "all", "fitness": 0.30, "n_tasks": 6,
+             "cross_entropy": 1.7}]
+
+    def rows(method, curves):
+        out = []
+        for seed, curve in curves.items():
+            for k, level in curve.items():
+                for target in ("all", "union"):
+                    out.append({"cell": f"k{k:03d}-{method}-plain-s{seed}", "kind": "merge", "k": k, "method": method,
+                                "rht": False, "seed": seed, "experts": ",".join(TASKS[:k]), "split": "validation",
+                                "target": target, "fitness": level, "n_tasks": k, "cross_entropy": 2.0 - level})
+        return out
+
+    far = {0: {1: 0.40, 2: 0.60, 3: 0.50, 4: 0.45, 5: 0.50, 6: 0.55},
+           1: {1: 0.40, 2: 0.50, 3: 0.48, 4: 0.45, 5: 0.55, 6: 0.60}}
+    near = {0: {1: 0.40, 2: 0.45, 3: 0.55, 4: 0.52, 5: 0.50, 6: 0.45},
+            1: {1: 0.40, 2: 0.45, 3: 0.50, 4: 0.52, 5: 0.55, 6: 0.45}}
+    fitness = pd.DataFrame(base + rows("ties", far) + rows("task_arithmetic", near))
+    scale = EvomergeConfig().scale
+    records, _ = judge(_plan(), fitness, scale_cfg=scale, pca_count=3, gains=None)
+    far_rows = [r for r in records if r["method"] == "ties"]
+    near_rows = [r for r in records if r["method"] == "task_arithmetic"]
+    assert far_rows and near_rows
+    for r in far_rows:
+        assert (r["peak_min"], r["peak_max"], r["peak_k"]) == (2, 6, 4.0)
+        assert r["peaks_split"] is True and r["error"] is None
+    for r in near_rows:
+        assert (r["peak_min"], r["peak_max"], r["peak_k"]) == (3, 5, 4.0)
+        assert r["peaks_split"] is False
+        if r["fired_k"] is not None:
+            assert r["error"] == r["fired_k"] - 4.0
+    v = rule_verdicts(records, f"law_k<={scale.law_first_k}")
+    assert v["online_pairs"] == sum(r["rule"] == "online" and r["error"] is not None for r in near_rows)
+
+
 # --- the law's noise tolerance on a real small run (the judge reads the per-example scores) -----------------
 
 @pytest.fixture(scope="module")

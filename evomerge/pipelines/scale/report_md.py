@@ -240,6 +240,9 @@ def _rules_section(s, sc) -> list[str]:
         if r.get("cut_at") is not None:
             peak += f" (curve cut at {r['cut_at']} by the stop)"
             err = "not judged"
+        elif r.get("peaks_split"):
+            peak += " (the seeds' peaks disagree)"
+            err = "not judged"
         L.append(f"| {r['rule']} | {r['method']} | {r['target']} | {fired} | {peak} | {err} |")
     v = s.get("verdicts") or rule_verdicts(s["rules"], law_rule)
     cut = sorted({r["method"] for r in s["rules_detail"] if r.get("cut_at") is not None})
@@ -247,6 +250,12 @@ def _rules_section(s, sc) -> list[str]:
         L += ["", f"Not judged: {', '.join(cut)}. The enforced stop rule cut these searches' k grid, so their curves "
               "end where the rule fired and a rule compared with their best k cannot miss; `evomerge scale --out RUN "
               "--resume --no-stop` measures them to the end."]
+    split = sorted({f"{r['method']} {r['target']}" for r in s["rules_detail"]
+                    if r.get("peaks_split") and r.get("cut_at") is None})
+    if split:
+        L += ["", f"Not judged either: {', '.join(split)}. The seeds' peaks lie more than 2 apart there, so no k is "
+              "within +-1 of every seed's peak and their mean is no measured peak (a rule firing at the mean would be "
+              "credited for a k no seed's curve has at its top); more seeds or evaluation examples would settle it."]
     if v["online_pairs"]:
         L += ["", f"Online rule: within +-1 of the measured peak for {v['online_within_1']} of {v['online_pairs']} "
               f"judged (method, target) pairs ({v['online_share_within_1']:.0%}; target >= 80%); at most "

@@ -88,6 +88,13 @@ def seed_peaks(f: pd.DataFrame, value: str) -> dict[str, Any]:
     return {"peak_k": float(np.mean(ks)), "peak_min": min(ks), "peak_max": max(ks), "n_seeds": len(ks)}
 
 
+def peaks_split(pk: dict[str, Any]) -> bool:
+    """The seeds' peaks lie more than 2 apart (e.g. 2 and 6): no k is within +-1 of every seed's
+    peak, so their mean (4) is no measured peak, and a rule firing there would be credited for a k
+    that no seed's curve has at its top. Such rows are not judged."""
+    return pk["peak_min"] is not None and pk["peak_max"] - pk["peak_min"] > 2
+
+
 def _loss(f: pd.DataFrame, value: str) -> np.ndarray:
     v = f[value].to_numpy(float)
     return v if value == "cross_entropy" else -v
@@ -130,7 +137,8 @@ def judge(plan: dict, fitness: pd.DataFrame, *, scale_cfg, pca_count: int | None
     fired_k, fired, peak_k, peak_min, peak_max, error, cut_at, tol, se, k_first, k_last}`` (the
     last two: the curve's first and last measured k) and the law's fits (all
     k and k <= m). ``cut``: method -> the k where the enforced stop cut its curve
-    (:func:`cut_searches`); those rows get ``error`` None (not judged). ``law_ses``:
+    (:func:`cut_searches`); those rows get ``error`` None (not judged), as do rows whose seeds'
+    peaks lie more than 2 apart (``peaks_split``: :func:`peaks_split`). ``law_ses``:
     ``(method, rht, target)`` -> the paired SEs of the consecutive steps on k <= m
     (:func:`evomerge.pipelines.scale.law_noise.law_step_ses`; None or missing: a run without
     per-example scores); the law's tolerance is then ``max(tol, scale.law_noise_z x SE)`` and
@@ -175,15 +183,17 @@ def judge(plan: dict, fitness: pd.DataFrame, *, scale_cfg, pca_count: int | None
                 except EvomergeError:
                     pass
             cut_at = cut.get(method)
+            split = peaks_split(pk)
             for rule, (fired_k, fired) in rows.items():
                 err = (fired_k - pk["peak_k"]) if fired_k is not None and math.isfinite(pk["peak_k"]) else None
-                if cut_at is not None:
+                if cut_at is not None or split:
                     err = None
                 records.append({"rule": rule, "method": label, "target": tname, "fired_k": fired_k, "fired": bool(fired),
                                 "peak_k": pk["peak_k"], "peak_min": pk["peak_min"], "peak_max": pk["peak_max"],
                                 "error": err, "tol": tol_law if rule.startswith("law") else tol if rule == "online" else None,
                                 "se": se if rule.startswith("law") else None,
                                 "keeps_k": keeps if rule == "online" else None, "cut_at": cut_at,
+                                "peaks_split": split,
                                 "k_first": k_first, "k_last": int(f["k"].max())})
     return records, fits
 
