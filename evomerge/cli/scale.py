@@ -141,7 +141,8 @@ def _scale(out: Path, config: Optional[Path], small: bool, zoo_arg: Optional[str
         f"{result.seconds / 60:.1f} min; sigma2={s.sigma2:.3g} rho={s.rho:.3f}; Theorem 1 (eq. 18, {s.delta_mode} "
         + (f"Delta={s.delta:.3g}) keeps {s.n_max}" if s.delta is not None
            else f"Delta: none, no positive drop to scale; while the variance falls) keeps {s.n_max}")
-        + ((f"; searches stopped by the {s.rule} rule" + ("" if s.enabled else " (not applied: --no-stop)"))
+        + ((f"; the searches' k grid under the {s.rule} rule" if s.enabled else
+            f"; the searches' k grid not cut (scale.stop false, set by --no-stop: the {s.rule} rule is only recorded)")
            if cfg.scale.search else "; no searches")
     )
     typer.echo(f"report: {result.report}")
