@@ -116,6 +116,32 @@ def test_print_default_config_needs_no_out(capsys):
     assert main(["scale"]) == 2 and "Missing option '--out'" in capsys.readouterr().err
 
 
+def test_print_config_prints_what_the_options_give_and_runs_nothing(tmp_path, capsys):
+    """``--print-config``: the config a preset, --config and --set give (it loads back as the same
+    config); ``--print-default-config`` with such options is refused, as it would ignore them
+    (it printed the plain built-in config for ``--preset paper``)."""
+    from evomerge.config import config_from_dict, load_config
+
+    assert main(["scale", "--preset", "paper", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    data = yaml.safe_load(printed)
+    assert data["scale"]["search_k"] == [2, 4, 6, 8, 10] and data["scale"]["order"] == "given"
+    assert len(data["scale"]["seeds"]) == 5
+    (tmp_path / "p.yaml").write_text(printed)
+    assert load_config(tmp_path / "p.yaml") == config_from_dict(data, "printed")
+    assert main(["scale", "--config", tmp_path / "p.yaml", "--print-config"]) == 0
+    assert capsys.readouterr().out == printed  # it loads back as the same config
+
+    assert main(["scale", "--print-config", "--set", "scale.seeds=[4]"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["scale"]["seeds"] == [4]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.yaml"]  # nothing ran, nothing written
+
+    assert main(["scale", "--preset", "paper", "--print-default-config"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("error: --print-default-config prints the built-in config, which --preset would not "
+                           "change; --print-config prints the config they give")
+
+
 def test_a_method_that_cannot_merge_every_k_is_refused_before_any_work(small_zoo, tmp_path, capsys):
     """slerp merges exactly 2 experts: the curve's k = 1 (and 3 ..) cannot be run. It used to fail
     at its first cell, after Ray, the analysis and the expert cell had run, leaving the folder."""

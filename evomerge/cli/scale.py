@@ -24,6 +24,7 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run in --out"),
         progress: bool = typer.Option(True, "--progress/--no-progress", " /-q", help="progress bars (--no-progress or -q: none, the libraries' model-loading bars included)"),
         print_default_config: bool = typer.Option(False, "--print-default-config", help="print the built-in config and exit"),
+        print_config: bool = typer.Option(False, "--print-config", help="print the config these options give (--preset, --config, --set, --zoo; --resume: the run's) and exit; nothing runs"),
         preset: Optional[str] = typer.Option(None, "--preset", metavar="paper",
                                              help="paper: the seed paper's Table 1 protocol (k = 2, 4, ..., 10, 5 seeds)"),
     ) -> None:
@@ -36,9 +37,25 @@ def register(app: typer.Typer) -> None:
         if print_default_config:
             import yaml
 
+            from evomerge.errors import ConfigError
             from evomerge.pipelines.scale.defaults import DEFAULT_SCALE_CONFIG
 
+            given = [flag for flag, v in (("--config", config), ("--preset", preset), ("--set", sets),
+                                          ("--small", small), ("--zoo", zoo_arg), ("--resume", resume)) if v]
+            if given:
+                raise ConfigError(f"--print-default-config prints the built-in config, which {', '.join(given)} "
+                                  "would not change; --print-config prints the config they give")
             typer.echo(yaml.safe_dump(DEFAULT_SCALE_CONFIG, sort_keys=False))
+            return
+        if print_config:
+            import yaml
+
+            if resume and out is None:
+                import click
+
+                raise click.MissingParameter(param_hint="'--out'", param_type="option")
+            _, _, cfg = _resolve_config(out, config, small, zoo_arg, sets, resume, preset)
+            typer.echo(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False))
             return
         if out is None:  # required, but not to print the config
             import click
@@ -88,8 +105,43 @@ def interrupted_message(out: Path) -> str:
 
 def _scale(out: Path, config: Optional[Path], small: bool, zoo_arg: Optional[str], sets: list[str], no_stop: bool,
            resume: bool, no_overlap: bool, overwrite: bool, progress: bool, preset: Optional[str]) -> None:
-    from evomerge.config import load_config
+    from evomerge.errors import ConfigError
     from evomerge.pipelines.scale.driver import run_scale
+
+    profile, asked, cfg = _resolve_config(out, config, small, zoo_arg, sets, resume, preset)
+    zoo = None
+    if not cfg.experts.experts:
+        from evomerge.zoo import ensure_zoo
+
+        if resume:  # continue on the zoo the run started with
+            from evomerge.pipelines.scale.interrupt import recorded_zoo
+
+            recorded = recorded_zoo(out)
+            if asked is not None and recorded is not None and profile != recorded:
+                raise ConfigError(f"--resume: the run in {out} was started on the `{recorded}` zoo, not `{profile}`; "
+                                  "drop --zoo / --small to continue it, or use another --out")
+            profile = recorded or profile
+        zoo = ensure_zoo(profile, cfg.zoo_dir, progress=progress)
+    result = run_scale(cfg, out, zoo=zoo, stop=False if no_stop else None, overwrite=overwrite, progress=progress,
+                       overlap=not no_overlap)
+    s = result.stop
+    typer.echo(
+        f"scale: {result.cells_run} cells run, {result.cells_skipped} already done, {result.evaluations} evaluations, "
+        f"{result.seconds / 60:.1f} min; sigma2={s.sigma2:.3g} rho={s.rho:.3f}; Theorem 1 (eq. 18, {s.delta_mode} "
+        + (f"Delta={s.delta:.3g}) keeps {s.n_max}" if s.delta is not None
+           else f"Delta: none, no positive drop to scale; while the variance falls) keeps {s.n_max}")
+        + ((f"; the searches' k grid under the {s.rule} rule" if s.enabled else
+            f"; the searches' k grid not cut (scale.stop false, set by --no-stop: the {s.rule} rule is only recorded)")
+           if cfg.scale.search else "; no searches")
+    )
+    typer.echo(f"report: {result.report}")
+
+
+def _resolve_config(out: Optional[Path], config: Optional[Path], small: bool, zoo_arg: Optional[str], sets: list[str],
+                    resume: bool, preset: Optional[str]):
+    """``(zoo profile, the zoo asked for or None, config)`` of the options: the run's saved config
+    (``--resume``), a preset, or the built-in config / ``--config`` with ``--set`` laid over it."""
+    from evomerge.config import load_config
     from evomerge.errors import ConfigError
     from evomerge.pipelines.scale.defaults import default_config
 
@@ -120,29 +172,4 @@ def _scale(out: Path, config: Optional[Path], small: bool, zoo_arg: Optional[str
 
     asked = zoo_choice(zoo_arg, small)
     profile, cfg = zoo_settings(asked, cfg, "default")
-    zoo = None
-    if not cfg.experts.experts:
-        from evomerge.zoo import ensure_zoo
-
-        if resume:  # continue on the zoo the run started with
-            from evomerge.pipelines.scale.interrupt import recorded_zoo
-
-            recorded = recorded_zoo(out)
-            if asked is not None and recorded is not None and profile != recorded:
-                raise ConfigError(f"--resume: the run in {out} was started on the `{recorded}` zoo, not `{profile}`; "
-                                  "drop --zoo / --small to continue it, or use another --out")
-            profile = recorded or profile
-        zoo = ensure_zoo(profile, cfg.zoo_dir, progress=progress)
-    result = run_scale(cfg, out, zoo=zoo, stop=False if no_stop else None, overwrite=overwrite, progress=progress,
-                       overlap=not no_overlap)
-    s = result.stop
-    typer.echo(
-        f"scale: {result.cells_run} cells run, {result.cells_skipped} already done, {result.evaluations} evaluations, "
-        f"{result.seconds / 60:.1f} min; sigma2={s.sigma2:.3g} rho={s.rho:.3f}; Theorem 1 (eq. 18, {s.delta_mode} "
-        + (f"Delta={s.delta:.3g}) keeps {s.n_max}" if s.delta is not None
-           else f"Delta: none, no positive drop to scale; while the variance falls) keeps {s.n_max}")
-        + ((f"; the searches' k grid under the {s.rule} rule" if s.enabled else
-            f"; the searches' k grid not cut (scale.stop false, set by --no-stop: the {s.rule} rule is only recorded)")
-           if cfg.scale.search else "; no searches")
-    )
-    typer.echo(f"report: {result.report}")
+    return profile, asked, cfg
