@@ -103,7 +103,7 @@ def test_a_single_file_is_the_validation_split(base, tmp_path, capsys) -> None:
     # before: "token_accuracy on test" printed with validation.jsonl's score
     refused([*common, "--task", f"t={val}", "--split", "test"], capsys,
             rf"^error: --task t: {re.escape(str(val))}: a single task file is the validation split; the test split "
-            r"needs a task folder holding test\.jsonl or test\.parquet$", inputs=[folder])
+            r"needs a task folder holding test\.parquet, test\.jsonl or test\.json$", inputs=[folder])
     code, out, err = run_cli([*common, "--task", f"t={folder}", "--split", "test"], capsys)
     assert code == 0, err
     assert out.splitlines()[0].startswith("token_accuracy on test")

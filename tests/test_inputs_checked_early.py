@@ -80,7 +80,7 @@ def test_a_task_folder_without_validation_is_named_before_ray(small_zoo, tmp_pat
     (folder / "train.jsonl").write_text('{"prompt": "(", "answer": ")"}\n')
     files = {**_zoo_tasks(small_zoo), "brackets": folder}
     line = _refused("evolve", _config(tmp_path, small_zoo, files), tmp_path / "run", capsys)
-    assert "evaluation.task_files.brackets" in line and "no validation.parquet or validation.jsonl" in line
+    assert "evaluation.task_files.brackets" in line and "no validation.parquet, validation.jsonl or validation.json in this task folder" in line
 
 
 def test_evolve_checks_only_the_tasks_it_evaluates(small_zoo, tmp_path):

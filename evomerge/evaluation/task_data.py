@@ -1,4 +1,4 @@
-"""Task data: prompt/answer examples from local JSONL or Parquet files, as ``datasets.Dataset``.
+"""Task data: prompt/answer examples from local JSONL, JSON or Parquet files, as ``datasets.Dataset``.
 
 The one loader of task files: users' own tasks (``evaluate --task``, ``evaluation.task_files``,
 ``merge.data``) and the built-in zoo's tasks all load through :func:`load_examples` (one file)
@@ -6,6 +6,15 @@ or :func:`load_task` (a file or a task folder). Every row is checked before any 
 that is not UTF-8, a missing, null or empty prompt/answer, a line or file over the size limits
 is refused with the file, the line and the problem. Reading is streamed, so a huge line is
 refused after reading :data:`MAX_LINE_BYTES`, not after filling memory.
+
+Values (the same rule for every format): a prompt or answer is a string. An integer is accepted
+as its decimal text, as written in a JSON file (``5``, ``-0``, any number of digits) or from a
+Parquet integer column, which is lossless. Anything else is refused, naming the file, the row
+and the column: a float (``3.10`` would silently become ``"3.1"``), ``NaN``/``Infinity`` (which
+Python's ``json`` accepts), a boolean, null, a list or an object; quote it to keep it as text.
+
+A task folder holds one file per split, ``<split>`` plus one of :data:`TASK_EXTENSIONS`; two
+files of one split (``validation.parquet`` and ``validation.jsonl``) are refused as ambiguous.
 
 Rows are numbered as the user sees the file, from 1: ``line N`` of a JSONL file (blank lines
 count), ``row N`` of a Parquet table or a JSON array. A JSONL dataset carries each example's line
@@ -29,8 +38,23 @@ MAX_FILE_BYTES = 4 << 30
 #: Column of a JSONL task file's dataset: each example's line in the file (from 1), read by
 #: :func:`evomerge.evaluation.encoding.encode_dataset` to name the line in its errors.
 LINE_COLUMN = "__line__"
-#: Extensions of task files, in the order a task folder is searched.
+#: Extensions of task files: the one place that says which formats are read (errors list them).
 TASK_EXTENSIONS = (".parquet", ".jsonl", ".json")
+
+
+def _one_of(names: Sequence[str], word: str = "or") -> str:
+    """``a, b or c``."""
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {word} {names[-1]}"
+
+
+def _split_names(split: str, word: str = "or") -> str:
+    """``validation.parquet, validation.jsonl or validation.json``: the files a split may be."""
+    return _one_of([f"{split}{ext}" for ext in TASK_EXTENSIONS], word)
+
+
+#: ``.parquet, .jsonl or .json``: the task file types, as errors list them.
+FILE_TYPES = _one_of(TASK_EXTENSIONS)
 
 
 _SOURCE_PREFIX = "evomerge task file: "
@@ -51,14 +75,14 @@ def source_file(ds) -> str | None:
 
 def _check_file(path: Path) -> str:
     if path.is_dir():
-        raise DataError(f"{path}: is a folder, not a task file (a .jsonl or .parquet file of prompt/answer rows)")
+        raise DataError(f"{path}: is a folder, not a task file (a {FILE_TYPES} file of prompt/answer rows)")
     if not path.exists():
         raise DataError(f"{path}: task file not found")
     if not path.is_file():
-        raise DataError(f"{path}: is not a regular file; a task file is a .jsonl or .parquet file")
+        raise DataError(f"{path}: is not a regular file; a task file is a {FILE_TYPES} file")
     suffix = path.suffix.lower()
     if suffix not in TASK_EXTENSIONS:
-        raise DataError(f"{path}: unsupported task file type {suffix!r} (use .jsonl or .parquet)")
+        raise DataError(f"{path}: unsupported task file type {suffix!r} (use {FILE_TYPES})")
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise DataError(f"{path}: {size / 2**30:.1f} GiB is over the {MAX_FILE_BYTES >> 30} GiB limit for a task file")
@@ -67,13 +91,46 @@ def _check_file(path: Path) -> str:
     return suffix
 
 
+class _JsonInt(str):
+    """A JSON integer, kept as written (``json.loads(parse_int=...)``): accepted as its text."""
+
+
+class _JsonNonText(str):
+    """A JSON float literal (``3.10``) or constant (``NaN``, ``Infinity``), kept as written to be
+    refused by :func:`_text` naming it as the user wrote it."""
+
+
+def _json_loads(text: str) -> Any:
+    """``json.loads`` keeping numbers as written: no float rounding, no ``int`` conversion (whose
+    4300-digit limit would raise a ValueError), and ``NaN``/``Infinity`` marked for refusal."""
+    return json.loads(text, parse_int=_JsonInt, parse_float=_JsonNonText, parse_constant=_JsonNonText)
+
+
+def _not_text(value: Any) -> str:
+    """What a refused prompt/answer value is, in the user's terms."""
+    if isinstance(value, _JsonNonText):
+        if value in ("NaN", "Infinity", "-Infinity"):
+            return f"{value} instead"
+        return f"the number {value} instead: only integers are read as text; quote it (\"{value}\") to keep it as written"
+    if isinstance(value, bool):
+        return f"the boolean {json.dumps(value)} instead"
+    if isinstance(value, float):
+        return f"the float {value!r} instead: store the column as strings"
+    if isinstance(value, (list, tuple)):
+        return "a list instead"
+    if isinstance(value, dict):
+        return "an object instead"
+    return f"a {type(value).__name__} instead"
+
+
 def _text(value: Any, path: Path, where: str, column: str) -> str:
-    """A prompt/answer value as text; null, empty, or non-scalar values are refused."""
+    """A prompt/answer value as text: a string, or an integer as its decimal text (a JSON integer
+    as written). Null, empty, floats (NaN/Infinity too), booleans, lists, objects are refused."""
     if value is None:
         raise DataError(f"{path}: {where}: `{column}` is null")
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise DataError(f"{path}: {where}: `{column}` must be text. Got {type(value).__name__} instead.")
-    text = value if isinstance(value, str) else str(value)
+    if isinstance(value, _JsonNonText) or isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DataError(f"{path}: {where}: `{column}` must be a string (or an integer). Got {_not_text(value)}.")
+    text = str(value)  # a plain str, also of a JSON integer (a str subclass)
     if len(text) > MAX_LINE_BYTES:
         raise DataError(f"{path}: {where}: `{column}` is longer than the {MAX_LINE_BYTES >> 20} MiB limit for one example")
     if not text.strip():
@@ -99,10 +156,17 @@ def _jsonl_rows(path: Path) -> Iterable[tuple[int, Any]]:
                                 f"{err.start + 1}); save the file as UTF-8") from None
             if not line.strip():
                 continue
+            line = line.rstrip("\r\n")  # so that json's position is a column of this line
             try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}: line {n}: not valid JSON ({err.msg} at column {err.colno})") from None
+                row = _json_loads(line)
+            except json.JSONDecodeError as err:  # err.pos: the character of this line, from 0
+                at = f"column {err.pos + 1}"
+                if err.pos >= len(line.rstrip()):
+                    at = f"the end of the line ({at})"
+                raise DataError(f"{path}: line {n}: not valid JSON: {err.msg} at {at}") from None
+            except RecursionError:
+                raise DataError(f"{path}: line {n}: JSON nested too deeply to read") from None
+            yield n, row
 
 
 def _is_json_array(path: Path) -> bool:
@@ -116,11 +180,13 @@ def _json_rows(path: Path) -> Iterable[tuple[int, Any]]:
         yield from _jsonl_rows(path)
         return
     try:
-        rows = json.loads(path.read_bytes().decode("utf-8"))
+        rows = _json_loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text (byte offset {err.start}); save the file as UTF-8") from None
     except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        raise DataError(f"{path}: not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to read") from None
     yield from ((i, r) for i, r in enumerate(rows, 1))
 
 
@@ -172,6 +238,11 @@ def _read_parquet(path: Path, limit: int | None):
     for column in REQUIRED_COLUMNS:
         for i, value in enumerate(table.column(column).to_pylist()):
             _text(value, path, f"row {i + 1}", column)
+        kind = table.schema.field(column).type
+        if pa.types.is_integer(kind.value_type if pa.types.is_dictionary(kind) else kind):
+            # read as its decimal text, as a JSON integer is (the encoders and statistics take strings)
+            i = table.schema.get_field_index(column)
+            table = table.set_column(i, column, table.column(column).cast(pa.string()))
     return datasets.Dataset(table, info=_info(path))
 
 
@@ -191,24 +262,34 @@ FILE_SPLIT = "validation"
 OTHER_SPLIT_NAMES = ("test", "train")
 
 
-def find_split(folder: Path, split: str) -> Path | None:
-    """``folder/<split>.parquet|.jsonl|.json``, the first that exists (a folder of that name is
-    found too, and refused as a folder by :func:`load_examples`)."""
-    for ext in TASK_EXTENSIONS:
-        if (folder / f"{split}{ext}").exists():
-            return folder / f"{split}{ext}"
-    return None
+def split_files(folder: Path, split: str) -> list[Path]:
+    """Every ``folder/<split><ext>`` of :data:`TASK_EXTENSIONS` that exists (a folder of that
+    name too: it is refused as a folder by :func:`load_examples`)."""
+    return [folder / f"{split}{ext}" for ext in TASK_EXTENSIONS if (folder / f"{split}{ext}").exists()]
+
+
+def find_split(folder: Path, split: str, where: str = "") -> Path | None:
+    """The file of ``split`` in a task folder, ``None`` if there is none. Two files of the split
+    (``validation.parquet`` and ``validation.jsonl``) are refused: which one is the split is not
+    for the reader to guess. ``where`` prefixes the error (e.g. the setting that names the folder)."""
+    found = split_files(folder, split)
+    if len(found) > 1:
+        raise DataError(f"{where}{folder}: ambiguous {split} split: this task folder holds "
+                        f"{_one_of([f.name for f in found], 'and')}; keep one")
+    return found[0] if found else None
 
 
 def load_task(path: str | Path, splits: Sequence[str] = ("validation",), *, required: Sequence[str] | None = None,
               source: str | None = None) -> dict[str, Any]:
-    """A task's splits: a folder holds ``<split>.parquet|.jsonl``; a single file is the
-    :data:`FILE_SPLIT` (validation) split, and nothing else.
+    """A task's splits: a folder holds one ``<split>`` file of :data:`TASK_EXTENSIONS` per split
+    (two of one split are refused); a single file is the :data:`FILE_SPLIT` (validation) split,
+    and nothing else.
 
     Splits of ``required`` (default: the first) must exist: a required split other than
     validation is refused for a single file, naming the file, rather than read from it; so is a
     single file named as another split (``test.jsonl``, ``train.parquet``), which would
-    otherwise be read as validation.
+    otherwise be read as validation. Every split's file is found (and a missing or ambiguous
+    one refused) before any is read.
     ``source`` names the setting in errors (e.g. ``evaluation.task_files.qa``).
     """
     path = Path(path)
@@ -225,13 +306,13 @@ def load_task(path: str | Path, splits: Sequence[str] = ("validation",), *, requ
         other = [s for s in required if s != FILE_SPLIT]
         if other:
             raise DataError(f"{where}{path}: a single task file is the {FILE_SPLIT} split; the {other[0]} split needs "
-                            f"a task folder holding {other[0]}.jsonl or {other[0]}.parquet")
+                            f"a task folder holding {_split_names(other[0])}")
         return {FILE_SPLIT: load_examples(path)} if FILE_SPLIT in splits else {}
-    out = {}
+    files = {}
     for split in splits:
-        found = find_split(path, split)
+        found = find_split(path, split, where)
         if found is not None:
-            out[split] = load_examples(found)
+            files[split] = found
         elif split in required:
-            raise DataError(f"{where}{path}: no {split}.parquet or {split}.jsonl in this task folder")
-    return out
+            raise DataError(f"{where}{path}: no {_split_names(split)} in this task folder")
+    return {split: load_examples(found) for split, found in files.items()}
