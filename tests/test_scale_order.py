@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from evomerge.config.sections import ScaleConfig
-from evomerge.errors import ConfigError
+from evomerge.errors import ConfigError, DataError
 from evomerge.pipelines.scale.ordering import low_correlation_order, order_experts
 from evomerge.pipelines.scale.plan import build_cells, search_grid, stop_rule
 from evomerge.theory import estimate_sigma_rho, n_max
@@ -263,3 +263,11 @@ def test_fisher_regmean_need_a_train_split_per_expert(tmp_path):
         train_files(["x"], ["mine"], None, {"mine": str(folder)})
     (folder / "train.jsonl").write_text("")
     assert train_files(["x"], ["mine"], None, {"mine": str(folder)}) == [folder / "train.jsonl"]
+    # the same file rule as evaluation's task folders: .json too, and two files of the split refused
+    (folder / "train.jsonl").unlink()
+    (folder / "train.json").write_text("[]")
+    assert train_files(["x"], ["mine"], None, {"mine": str(folder)}) == [folder / "train.json"]
+    (folder / "train.parquet").write_bytes(b"")
+    with pytest.raises(DataError, match=r"^evaluation\.task_files\.mine: .*mine: ambiguous train split: "
+                                        r"this task folder holds train\.parquet and train\.json; keep one$"):
+        train_files(["x"], ["mine"], None, {"mine": str(folder)})

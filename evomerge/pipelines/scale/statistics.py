@@ -26,8 +26,11 @@ def needed(methods: Iterable[str]) -> list[str]:
 
 def train_files(names: Sequence[str], tasks: Sequence[str | None], zoo_root: str | Path | None,
                 task_files: dict[str, str | Path] | None) -> list[Path]:
-    """Each expert's train split: the zoo's ``tasks/<task>/train.parquet``, or a ``train.jsonl`` /
-    ``train.parquet`` in the expert task's folder of ``evaluation.task_files``."""
+    """Each expert's train split: the zoo's ``tasks/<task>/train.parquet``, or the ``train`` file
+    (one of :data:`~evomerge.evaluation.task_data.TASK_EXTENSIONS`; two are refused) in the expert
+    task's folder of ``evaluation.task_files``."""
+    from evomerge.evaluation.task_data import find_split
+
     out = []
     for name, task in zip(names, tasks):
         found = None
@@ -35,8 +38,7 @@ def train_files(names: Sequence[str], tasks: Sequence[str | None], zoo_root: str
             p = Path(zoo_root) / "tasks" / task / "train.parquet"
             found = p if p.is_file() else None
         elif task is not None and task_files and task in task_files and Path(task_files[task]).is_dir():
-            folder = Path(task_files[task])
-            found = next((p for p in (folder / "train.jsonl", folder / "train.parquet") if p.is_file()), None)
+            found = find_split(Path(task_files[task]), "train", where=f"evaluation.task_files.{task}: ")
         if found is None:
             raise ConfigError(f"scale: Fisher/RegMean need task data for expert `{name}` (task {task!r}): "
                               "no train split found (zoo tasks/<task>/train.parquet or evaluation.task_files/<task>/train.*)")
