@@ -28,7 +28,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from evomerge.errors import DataError
+from evomerge.errors import DataError, cause_text
 
 REQUIRED_COLUMNS = ("prompt", "answer")
 #: Longest JSONL line (one example) accepted.
@@ -227,7 +227,7 @@ def _read_parquet(path: Path, limit: int | None):
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as err:
-        raise DataError(f"{path}: cannot read the Parquet file ({' '.join(str(err).split())[:300]})") from None
+        raise DataError(f"{path}: cannot read the Parquet file ({cause_text(err)})") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; a task file needs {list(REQUIRED_COLUMNS)}")
