@@ -53,15 +53,18 @@ def _full_task_vector(folder: Path, base_dir: Path, allow_bin: bool) -> dict:
             if bool(v.any())}
 
 
-def _candidate(folder: Path, base_dir: Path, allow_bin: bool) -> dict:
-    """An expert as the evaluator applies it: a full fine-tune's task vector (:func:`_full_task_vector`)
-    or a LoRA adapter's modules, both read and checked against ``base_dir`` by the pool loader
-    (an adapter of another base is refused naming its adapter file, before any model is loaded)."""
-    from evomerge.experts.pool import detect_kind, load_pool
+def _candidates(named: list[tuple[str, Path, str]], base_dir: Path, allow_bin: bool) -> dict:
+    """The experts as the evaluator applies them, by name: a full fine-tune's task vector
+    (:func:`_full_task_vector`) or a LoRA adapter's modules. The adapters are read together under
+    the base rule of `evomerge merge` (:func:`evomerge.experts.pool.read_adapters`: each against
+    ``base_dir``, then one base named by all; an adapter of another base is refused naming its
+    adapter file), before any model is loaded; unlike a merge pool, they may adapt other modules."""
+    from evomerge.experts.pool import detect_kind, read_adapters
 
-    if detect_kind(folder) == "full":
-        return _full_task_vector(folder, base_dir, allow_bin)
-    return load_pool([folder], base=base_dir, allow_bin=allow_bin).lora(0)
+    lora = [(name, folder) for name, folder, _ in named if detect_kind(folder) == "lora"]
+    adapters = dict(zip((name for name, _ in lora), read_adapters([f for _, f in lora], base_dir, allow_bin)))
+    return {name: (dict(adapters[name].modules) if name in adapters else _full_task_vector(folder, base_dir, allow_bin))
+            for name, folder, _ in named}
 
 
 def evaluate_command(
@@ -145,7 +148,7 @@ def evaluate_command(
         from evomerge.evaluation.encoding import check_task_encoding
 
         check_task_encoding(cfg.experts.base, task_data, ev_cfg.max_samples)
-        cands = {"base": {}, **{name: _candidate(e, Path(cfg.experts.base), allow_bin) for name, e, _ in named}}
+        cands = {"base": {}, **_candidates(named, Path(cfg.experts.base), allow_bin)}
         ev = Evaluator(cfg.experts.base, task_data, task_weights=weights, **common)
     else:
         from evomerge.cli._common import open_zoo, zoo_choice
@@ -153,7 +156,7 @@ def evaluate_command(
         z = open_zoo(zoo_choice(zoo, small), "default", cfg.zoo_dir)
         chosen = _select(ev_cfg.tasks, list(z.tasks), tasks_flag, f"the tasks of the zoo {z.root}")
         weights = {t: w for t, w in weights.items() if t in chosen or t not in z.tasks}
-        cands = {"base": {}, **{name: _candidate(e, z.base_dir, allow_bin) for name, e, _ in named}}
+        cands = {"base": {}, **_candidates(named, z.base_dir, allow_bin)}
         ev = Evaluator.from_zoo(z, tasks=chosen, task_weights=weights, **common)
         if not experts:
             cands.update({t: load_peft_adapter(d).modules for t, d in z.expert_dirs.items()})

@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from evomerge.errors import ExpertLoadError
 from evomerge.experts.checkpoint_io import ARCH_FIELDS, CheckpointReader, read_config
 from evomerge.experts.peft_io import PeftAdapter
+from evomerge.experts.types import LoraModule
 
 
 def same_lora(a: PeftAdapter, b: PeftAdapter) -> bool:
@@ -70,9 +71,28 @@ def check_target_modules(ad: PeftAdapter) -> None:
             )
 
 
-def is_relative_path(name: Any) -> bool:
-    """``name`` is written as a path relative to some folder (``./x``, ``../x``)."""
-    return isinstance(name, str) and (name in (".", "..") or name.startswith(("./", "../")))
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9_.-]+)?")
+
+
+def known_base_name(name: Any) -> Any:
+    """``base_model_name_or_path`` as a claim: ``None`` when it names nothing (missing, null, an empty
+    or blank string: the base is unknown, and the adapter defers to the others and to ``--base``)."""
+    if name is None or (isinstance(name, str) and not name.strip()):
+        return None
+    return name
+
+
+def is_hub_id(name: Any) -> bool:
+    """``name`` has the form of a hub id (``name`` or ``org/name``), which a relative path may have too."""
+    return (isinstance(name, str) and _HUB_ID.fullmatch(name) is not None and ".." not in name
+            and "--" not in name and not name.endswith("."))
+
+
+def is_relative_name(name: Any) -> bool:
+    """A name that peft and transformers read as a path relative to the working folder when it is a
+    folder there: any string that is not an absolute path (``./x``, ``../x``, ``a/b/c``; and ``base``
+    or ``org/name`` too, which are read as hub ids only when no such folder is there)."""
+    return isinstance(name, str) and bool(name.strip()) and not Path(name).expanduser().is_absolute()
 
 
 def base_identity(name: Any) -> Any:
@@ -81,8 +101,9 @@ def base_identity(name: Any) -> Any:
     when they load the adapter's base) is its resolved path, so a trailing slash, ``..`` or a link
     make no difference; an absolute path that is no folder here (trained on another machine) is
     normalised as text (``/x/base/`` is ``/x/base``); anything else (a hub id, a relative path that
-    names nothing here) is compared as written."""
-    if not isinstance(name, str) or not name:
+    names nothing here) is compared as written. An unknown name (:func:`known_base_name`) is None."""
+    name = known_base_name(name)
+    if not isinstance(name, str):
         return name
     path = Path(name).expanduser()
     if path.is_dir():
@@ -92,21 +113,115 @@ def base_identity(name: Any) -> Any:
     return name
 
 
+def _near_adapter(name: str, adapter_dir: Path) -> Path | None:
+    """The model folder ``name`` names relative to the adapter's folder or one of its parents (where
+    a training run that wrote a relative name may have run), if there is one."""
+    here = Path(adapter_dir).resolve()
+    for folder in (here, *here.parents):
+        cand = folder / name
+        if (cand / "config.json").is_file():
+            return folder
+    return None
+
+
+def where_name_points(name: Any, adapter_dir: Path) -> str:
+    """How a relative ``base_model_name_or_path`` is read, for an error message: from the working
+    folder (as peft and transformers read it), what it names there, and the folder near the adapter
+    it would name if the adapter was trained from there. Empty for other names."""
+    if not is_relative_name(name):
+        return ""
+    cwd = Path.cwd()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return f"{name!r} is read from the working folder {cwd}: {path.resolve()}"
+    near = _near_adapter(name, adapter_dir)
+    if is_hub_id(name):
+        if near is None:
+            return ""  # a hub id, as far as anything here tells
+        text = f"{name!r} is no folder in the working folder {cwd}, so it is read as a hub id"
+    else:
+        text = f"a relative path is read from the working folder ({cwd}), where {name!r} is no folder"
+    if near is not None:
+        text += (f"; read from {near} (the adapter's folder or one above it) it is the model folder "
+                 f"{(near / name).resolve()}: run evomerge from {near}, or write that absolute path into "
+                 f"{Path(adapter_dir) / 'adapter_config.json'}")
+    return text
+
+
+def check_one_base(adapters: Sequence[PeftAdapter]) -> None:
+    """The adapters must name one base (:func:`base_identity`); an adapter that names none defers to
+    the others. Two different names are refused naming both ``adapter_config.json`` files."""
+    named = [(ad, ad.config.get("base_model_name_or_path")) for ad in adapters]
+    named = [(ad, n) for ad, n in named if known_base_name(n) is not None]
+    if not named:
+        return
+    first, base_name = named[0]
+    for ad, other in named[1:]:
+        if base_identity(other) != base_identity(base_name):
+            hints = [h for h in (where_name_points(other, ad.path), where_name_points(base_name, first.path)) if h]
+            hint = "".join(f"; {h}" for h in hints)
+            raise ExpertLoadError(
+                f"{ad.path / 'adapter_config.json'}: base_model_name_or_path {other!r} differs from "
+                f"{base_name!r} in {first.path / 'adapter_config.json'} (experts must share one base model{hint})"
+            )
+
+
+def delta_shape(m: LoraModule) -> tuple[int, ...]:
+    """The shape of the base weight a LoRA module adapts."""
+    out, inp = int(m.B.shape[0]), int(m.A.shape[1])
+    return (inp, out) if m.fan_in_fan_out else (out, inp)
+
+
+def _other_model(named: Path, ours: CheckpointReader) -> str | None:
+    """Why the checkpoint folder ``named`` holds another model than the base ``ours`` (same architecture
+    fields assumed), from the tensors both hold: another shape, or other values in the first or the
+    last row (a copy of the base matches, also one saved in another dtype, compared at the lower
+    precision; a fine-tune or a freshly initialised model differs in nearly every tensor). None
+    when they agree or ``named`` holds no weights this can read (the shapes are checked anyway)."""
+    try:
+        theirs = CheckpointReader(named, allow_bin=ours.allow_bin)
+        keys = sorted(set(theirs.keys()) & set(ours.keys()))  # a tied lm_head saved or not is no other model
+        for k in keys:
+            if tuple(theirs.shape(k)) != tuple(ours.shape(k)):
+                return f"tensor `{k}`: shape {tuple(theirs.shape(k))} there, {tuple(ours.shape(k))} in the base"
+        for k in keys:
+            a, b = theirs.edge_rows(k), ours.edge_rows(k)
+            if a.dtype != b.dtype:  # compared at the lower precision (of two 16-bit types: bfloat16's)
+                low = min((a.dtype, b.dtype),
+                          key=lambda d: (torch.empty((), dtype=d).element_size(), d != torch.bfloat16))
+                a, b = a.to(low), b.to(low)
+            if not torch.equal(a, b):
+                return f"tensor `{k}` holds other values"
+    except ExpertLoadError:
+        return None
+    return None
+
+
 def check_adapter_base(ad: PeftAdapter, base_path: Path, base_reader: CheckpointReader) -> None:
     """The adapter's own claims about its base must fit ``--base``: a local ``base_model_name_or_path``
-    of another architecture, or a ``target_modules`` entry naming no module of the base, is refused.
-    (A hub name cannot be checked offline; the tensor shapes are checked by the caller.)"""
+    that holds another model (other architecture fields, tensors or weights; a copy of the base
+    passes), or a ``target_modules`` entry naming no module of the base, is refused; then every
+    weight it adapts must be one of the base's, of the shape its factors make. (A hub name cannot be
+    checked offline; an unknown name defers to ``--base``.)"""
     cfg_file = ad.path / "adapter_config.json"
-    name = ad.config.get("base_model_name_or_path")
-    named = Path(str(name)).expanduser() if name else None
+    name = known_base_name(ad.config.get("base_model_name_or_path"))
+    named = Path(name).expanduser() if isinstance(name, str) else None
     if named is not None and named.is_dir() and named.resolve() != base_path.resolve() and (named / "config.json").is_file():
+        where = where_name_points(name, ad.path)
+        said = f"{name!r} ({where})" if where else repr(name)
         theirs, ours = read_config(named), read_config(base_path)
         for f in ARCH_FIELDS:
             if (f in theirs or f in ours) and theirs.get(f) != ours.get(f):
                 raise ExpertLoadError(
-                    f"{cfg_file}: base_model_name_or_path {name!r} is another model than --base {base_path} "
+                    f"{cfg_file}: base_model_name_or_path {said} is another model than --base {base_path} "
                     f"(`{f}`: {theirs.get(f)!r} there, {ours.get(f)!r} in the base)"
                 )
+        why = _other_model(named, base_reader)
+        if why is not None:
+            raise ExpertLoadError(
+                f"{cfg_file}: base_model_name_or_path {said} is another model than --base {base_path} ({why}; "
+                "the adapter was trained on that model: give it as --base, or merge adapters of --base)"
+            )
     modules = [k[: -len(".weight")] for k in base_reader.keys() if k.endswith(".weight")]
     targets = ad.config.get("target_modules")
     if isinstance(targets, str):
@@ -120,3 +235,25 @@ def check_adapter_base(ad: PeftAdapter, base_path: Path, base_reader: Checkpoint
         for t in targets:
             if not any(m == t or m.endswith(f".{t}") for m in modules):
                 raise ExpertLoadError(f"{cfg_file}: target_modules entry {t!r} names no module of the base {base_path}")
+    for k, m in sorted(ad.modules.items()):
+        if k not in base_reader:
+            raise ExpertLoadError(f"{ad.weights_file}: adapts `{k}`, which the base {base_path} does not have")
+        if tuple(base_reader.shape(k)) != delta_shape(m):
+            raise ExpertLoadError(
+                f"{ad.weights_file}: `{k}` adapts shape {delta_shape(m)} but the base {base_path} has "
+                f"{tuple(base_reader.shape(k))} (different base model?)"
+            )
+
+
+def check_lora_bases(
+    adapters: Sequence[PeftAdapter], base_path: Path | None = None, base_reader: CheckpointReader | None = None
+) -> None:
+    """The base rule of every command that reads adapters (``merge``, ``analyze``, ``scale``,
+    ``evolve`` through :func:`evomerge.experts.pool.load_pool`, and ``evaluate``): with ``--base``,
+    each adapter is checked against it first (:func:`check_adapter_base`, so a refusal names the
+    adapter at fault, not a healthy one compared with it), then the adapters must name one base
+    (:func:`check_one_base`)."""
+    if base_reader is not None:
+        for ad in adapters:
+            check_adapter_base(ad, Path(base_path), base_reader)
+    check_one_base(adapters)

@@ -12,6 +12,7 @@ never all in memory at once.
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +22,10 @@ import torch
 
 from evomerge.errors import ExpertLoadError
 from evomerge.experts.adapter_checks import (
-    base_identity,
-    check_adapter_base,
+    check_lora_bases,
     check_target_modules,
-    is_relative_path,
+    delta_shape,
+    known_base_name,
     same_lora,
 )
 from evomerge.experts.checkpoint_io import ARCH_FIELDS, CheckpointReader, check_finite_tensor, is_checkpoint_dir, read_config
@@ -74,8 +75,11 @@ class ExpertPool:
         return dict(self.adapters[i].config)
 
     def base_model_name(self) -> str | None:
+        """The base the adapters name (the first that names one, as written; None: they name none),
+        or ``--base`` of full fine-tunes."""
         if self.kind == "lora":
-            return self.adapters[0].config.get("base_model_name_or_path")
+            names = (known_base_name(a.config.get("base_model_name_or_path")) for a in self.adapters)
+            return next((n for n in names if n is not None), None)
         return str(self.base_path) if self.base_path else None
 
     def require_base(self, why: str) -> CheckpointReader:
@@ -172,6 +176,8 @@ class ExpertPool:
             if self.kind == "lora":
                 cells += [f"{','.join(map(str, r['ranks'])):>12}", f"{','.join(f'{s:g}' for s in r['scales'])[:12]:>12}"]
             lines.append("  " + " ".join(cells))
+        if self.kind == "full":  # a LoRA's norm follows its rank, alpha and training, not its base
+            lines += [f"  warning: {w}" for w in norm_outliers(stats)]
         return "\n".join(lines)
 
     # --- the value pass ----------------------------------------------------------------------
@@ -205,6 +211,40 @@ class ExpertPool:
     def _need(self, kind: str, what: str) -> None:
         if self.kind != kind:
             raise ExpertLoadError(f"{what} needs a {kind} pool; this pool holds {self.kind} experts")
+
+
+#: a task-vector norm this many times above or below the pool's median is pointed out in the summary
+NORM_OUTLIER_RATIO = 5.0
+
+
+def norm_outliers(stats: list[dict[str, Any]], ratio: float = NORM_OUTLIER_RATIO) -> list[str]:
+    """Warnings for full fine-tunes whose task-vector norm is more than ``ratio`` times above or
+    below the others' (the pool's median; of two experts, the other one): a fine-tune of another
+    base model with the same ``config.json`` passes every check of names and shapes, and its task
+    vector (the difference of two unrelated models) shows only here. Merged all the same: a
+    warning, not a refusal."""
+    norms = [float(r["norm"]) for r in stats]
+    why = "a fine-tune of another base model with the same config.json?"
+    if len(norms) < 2:
+        return []
+    if len(norms) == 2:
+        (a, b), (na, nb) = norms, (stats[0]["name"], stats[1]["name"])
+        lo, hi = sorted(norms)
+        if hi > ratio * lo:
+            return [f"the task-vector norms of `{na}` ({a:.4g}) and `{nb}` ({b:.4g}) differ {_times(hi, lo)}: {why}"]
+        return []
+    med = statistics.median(norms)
+    out = []
+    for r, n in zip(stats, norms):
+        if n > ratio * med or ratio * n < med:
+            side = "above" if n > med else "below"
+            out.append(f"`{r['name']}`: task-vector norm {n:.4g} is {_times(max(n, med), min(n, med))} {side} the "
+                       f"pool's median {med:.4g}: {why}")
+    return out
+
+
+def _times(hi: float, lo: float) -> str:
+    return f"{hi / lo:.1f}x" if lo > 0 else "infinitely"
 
 
 class StackedStream:
@@ -304,51 +344,57 @@ def _names(paths: list[Path], names: Sequence[str | None] | None) -> list[str]:
     return out
 
 
-def _load_lora(paths, names, base_path, base_reader, allow_bin) -> ExpertPool:
-    adapters = [load_peft_adapter(p, allow_bin=allow_bin, check_finite=False) for p in paths]  # values: check_values
+def read_adapters(
+    paths: Sequence[str | Path], base: str | Path | None = None, allow_bin: bool = False, check_finite: bool = True,
+    base_reader: CheckpointReader | None = None,
+) -> list[PeftAdapter]:
+    """LoRA adapters read and checked as :func:`load_pool` checks a LoRA pool's, each on its own
+    (its config against its weights, NaN/inf with ``check_finite``) and all under one base rule
+    (:func:`evomerge.experts.adapter_checks.check_lora_bases`: each against ``base`` first, then one
+    base named by all), but not against each other's modules: what ``evaluate`` scores one by one."""
+    adapters = [load_peft_adapter(p, allow_bin=allow_bin, check_finite=False) for p in paths]
     for ad in adapters:
         check_target_modules(ad)
+    if base is not None and base_reader is None and adapters:
+        base_reader = CheckpointReader(base, allow_bin=allow_bin)
+        base_reader.check_readable()
+    check_lora_bases(adapters, None if base is None else Path(base), base_reader)
+    if check_finite:
+        for ad in adapters:
+            check_adapter_finite(ad)
+    return adapters
+
+
+def _listed(items: list[str]) -> str:
+    """A few names of a list, with its length when some are left out."""
+    if not items:
+        return "none"
+    return f"{items}" if len(items) <= 5 else f"{items[:3]} ... ({len(items)} in all)"
+
+
+def _load_lora(paths, names, base_path, base_reader, allow_bin) -> ExpertPool:
+    # each adapter against its own config, then against --base (so a refusal names the adapter at fault),
+    # then against each other; the values (NaN/inf): check_values
+    adapters = read_adapters(paths, base_path, allow_bin, check_finite=False, base_reader=base_reader)
     first = adapters[0]
-    base_name = first.config.get("base_model_name_or_path")
-    for ad in adapters[1:]:
-        other = ad.config.get("base_model_name_or_path")
-        if base_identity(other) != base_identity(base_name):
-            unread = [n for n in (other, base_name) if is_relative_path(n) and base_identity(n) == n]
-            hint = (f"; a relative path is read from the working folder ({Path.cwd()}), where {unread[0]!r} "
-                    "is no folder") if unread else ""
-            raise ExpertLoadError(
-                f"{ad.path / 'adapter_config.json'}: base_model_name_or_path {other!r} differs from "
-                f"{base_name!r} in {first.path / 'adapter_config.json'} (experts must share one base model{hint})"
-            )
     keys = sorted(first.modules)
-    shapes = {k: _delta_shape(m) for k, m in first.modules.items()}
+    shapes = {k: delta_shape(m) for k, m in first.modules.items()}
     for ad in adapters[1:]:
         if set(ad.modules) != set(keys):
-            extra = sorted(set(ad.modules) - set(keys))[:3]
-            missing = sorted(set(keys) - set(ad.modules))[:3]
+            extra = sorted(set(ad.modules) - set(keys))
+            missing = sorted(set(keys) - set(ad.modules))
             raise ExpertLoadError(
                 f"{ad.weights_file}: target modules differ from {first.weights_file} "
-                f"(extra: {extra or 'none'}; missing: {missing or 'none'})"
+                f"(extra: {_listed(extra)}; missing: {_listed(missing)})"
             )
         for k, m in ad.modules.items():
-            if _delta_shape(m) != shapes[k]:
+            if delta_shape(m) != shapes[k]:
                 raise ExpertLoadError(
-                    f"{ad.weights_file}: `{k}` adapts a weight of shape {_delta_shape(m)}, "
+                    f"{ad.weights_file}: `{k}` adapts a weight of shape {delta_shape(m)}, "
                     f"but {first.weights_file} adapts shape {shapes[k]}"
                 )
             if m.fan_in_fan_out != first.modules[k].fan_in_fan_out:
                 raise ExpertLoadError(f"{ad.path}: fan_in_fan_out differs from {first.path}")
-    if base_reader is not None:
-        for ad in adapters:
-            check_adapter_base(ad, base_path, base_reader)
-        for k in keys:
-            if k not in base_reader:
-                raise ExpertLoadError(f"{first.weights_file}: adapts `{k}`, which the base {base_path} does not have")
-            if tuple(base_reader.shape(k)) != shapes[k]:
-                raise ExpertLoadError(
-                    f"{first.weights_file}: `{k}` adapts shape {shapes[k]} but the base {base_path} has "
-                    f"{tuple(base_reader.shape(k))} (different base model?)"
-                )
     return ExpertPool(
         kind="lora", names=names, paths=paths, base_path=base_path, adapters=adapters,
         base=base_reader, _keys=keys, _shapes=shapes,
@@ -359,11 +405,6 @@ def _lora_delta(m: LoraModule, device) -> torch.Tensor:
     """``scale * B @ A`` in fp32, computed on ``device`` (the factors are small to move)."""
     d = (m.B.to(device, torch.float32) @ m.A.to(device, torch.float32)) * m.scale
     return d.T if m.fan_in_fan_out else d
-
-
-def _delta_shape(m: LoraModule) -> tuple[int, ...]:
-    out, inp = int(m.B.shape[0]), int(m.A.shape[1])
-    return (inp, out) if m.fan_in_fan_out else (out, inp)
 
 
 def _load_full(paths, names, base_path, base_reader, allow_bin) -> ExpertPool:
