@@ -379,3 +379,19 @@ def test_python_m_evomerge_subprocess(zoo, tmp_path):
                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "error:" in res.stderr and "nope" in res.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_merged_adapter_names_its_base(small_zoo, tmp_path, capsys):
+    """The zoo's adapters name no base (``base_model_name_or_path: null``): a merge of them with
+    ``--base`` writes that base into the merged adapter's config (it copied the first expert's
+    null); without ``--base`` nothing is known and it stays null."""
+    experts = ["-e", small_zoo.expert_dirs["brackets"], "-e", small_zoo.expert_dirs["majority"]]
+    assert json.loads((small_zoo.expert_dirs["brackets"] / "adapter_config.json").read_text())[
+        "base_model_name_or_path"] is None
+    code, _, err = _merge([*experts, "--space", "concat", "--base", small_zoo.base_dir, "--out", tmp_path / "b"], capsys)
+    assert code == 0, err
+    cfg = json.loads((tmp_path / "b" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == str(small_zoo.base_dir.resolve())
+    code, _, err = _merge([*experts, "--space", "concat", "--out", tmp_path / "n"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "n" / "adapter_config.json").read_text())["base_model_name_or_path"] is None

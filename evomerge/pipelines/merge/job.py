@@ -264,7 +264,11 @@ def _write(fmt, cfg, pool, modules, merged, tmp: Path, progress: bool) -> None:
     from evomerge.experts.peft_io import write_peft_adapter
 
     if fmt == "peft":
-        template = pool.adapter_config(0) if pool.kind == "lora" else {}
+        template = dict(pool.adapter_config(0)) if pool.kind == "lora" else {}
+        # the base the experts name (the first expert may name none, as the zoo's do), else --base
+        named = pool.base_model_name() or (str(pool.base_path.resolve()) if pool.base_path else None)
+        if named is not None:
+            template["base_model_name_or_path"] = named
         write_peft_adapter(modules, tmp, template)
         return
     if merged is None:  # a merged LoRA written as a full checkpoint
