@@ -88,6 +88,8 @@ def test_the_overlap_is_refused_before_the_output_is_probed(pair, capsys) -> Non
         rf"{a}/sub: the output overlaps the input {a}", out=a / "sub", inputs=[a, b])
     bad(capsys, ["merge", "-q", "-e", a, "-e", b, "--space", "concat", "--out", a / "sub"],
         rf"{a}/sub: the output overlaps the input {a}", out=a / "sub", inputs=[a, b])
+    bad(capsys, ["evaluate", "--small", "-e", a, "--max-samples", "2", "--out", a / "scores.parquet"],
+        rf"{a}/scores.parquet: the output overlaps the input {a}", out=a / "scores.parquet", inputs=[a])
     assert a.stat().st_mtime_ns == before
 
 

@@ -36,7 +36,7 @@ def _select(names: list[str] | None, known: list[str], flag: str, what: str) -> 
 
 
 def _user_tasks(task_files: dict, split: str, sources: dict[str, str]) -> dict:
-    """``name -> DIR`` (DIR/<split>.parquet|.jsonl) or ``name -> FILE``: a single file is the
+    """``name -> DIR`` (DIR/<split>.parquet|.jsonl|.json) or ``name -> FILE``: a single file is the
     validation split, so another ``split`` of it is refused (``load_task``), never relabelled."""
     from evomerge.evaluation.task_data import load_task
 
@@ -123,9 +123,10 @@ def evaluate_command(
         from evomerge.cli._common import zoo_choice, zoo_folder
         from evomerge.io import check_not_overlapping, check_output_path
 
-        check_output_path(out, overwrite, kind="file")
         zoo_input = None if task_files else zoo_folder(zoo_choice(zoo, small), "default", cfg.zoo_dir)
+        # the overlap first: the writability probe of check_output_path would create an entry in an input
         check_not_overlapping(out, [*experts, cfg.experts.base, *task_files.values(), zoo_input, config])
+        check_output_path(out, overwrite, kind="file")
     dev = resolve_device(cfg.device)
     for e in experts:
         detect_kind(e)  # exists, and is an adapter or a checkpoint
