@@ -165,9 +165,10 @@ def evaluate_command(
     results = ev.evaluate_many(list(cands.values()), split=split)
     width = max(10, *(len(t) for t in ev.tasks))
     typer.echo(f"{metric} on {split} ({max_samples} samples max per task)")
-    typer.echo(f"{'candidate':16s} " + " ".join(f"{t[:width]:>{width}s}" for t in ev.tasks) + f" {'fitness':>9s}")
+    first = max([16, *(len(n) for n in cands)])  # whole names: two long ones cut alike would read as one
+    typer.echo(f"{'candidate':{first}s} " + " ".join(f"{t[:width]:>{width}s}" for t in ev.tasks) + f" {'fitness':>9s}")
     for name, r in zip(cands, results):
-        typer.echo(f"{name[:16]:16s} " + " ".join(f"{r.per_task[t]:{width}.3f}" for t in ev.tasks) + f" {r.fitness:9.3f}")
+        typer.echo(f"{name:{first}s} " + " ".join(f"{r.per_task[t]:{width}.3f}" for t in ev.tasks) + f" {r.fitness:9.3f}")
     if out is not None:
         import pyarrow as pa
 

@@ -170,9 +170,10 @@ class ExpertPool:
             of = ", base not given (the adapters name none)"
         head = f"pool: {len(self)} {self.kind} expert(s){of}; {len(self._keys)} tensors"
         cols = ["name", "norm", "max|x|", "sparsity"] + (["ranks", "scale"] if self.kind == "lora" else [])
-        lines = [head, "  " + " ".join(f"{c:>12}" if j else f"{c:<20}" for j, c in enumerate(cols))]
+        first = max([20, *(len(r["name"]) for r in stats)])  # whole names: two long ones cut alike would read as one
+        lines = [head, "  " + " ".join(f"{c:>12}" if j else f"{c:<{first}}" for j, c in enumerate(cols))]
         for r in stats:
-            cells = [f"{r['name'][:20]:<20}", f"{r['norm']:>12.4g}", f"{r['max_abs']:>12.4g}", f"{r['sparsity']:>12.3f}"]
+            cells = [f"{r['name']:<{first}}", f"{r['norm']:>12.4g}", f"{r['max_abs']:>12.4g}", f"{r['sparsity']:>12.3f}"]
             if self.kind == "lora":
                 cells += [f"{','.join(map(str, r['ranks'])):>12}", f"{','.join(f'{s:g}' for s in r['scales'])[:12]:>12}"]
             lines.append("  " + " ".join(cells))
