@@ -46,8 +46,8 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> EvomergeCo
         return EvomergeConfig.model_validate(data or {})
     except ValidationError as err:
         raise_config_error(err, source)
-    except ConfigError as err:
-        raise ConfigError(f"{source}: {err}") from None
+    except ConfigError as err:  # a check across keys: every problem it found, one line each
+        raise ConfigError("\n".join(f"{source}: {line}" for line in str(err).splitlines())) from None
 
 
 def load_config_data(path: str | Path) -> dict[str, Any]:

@@ -32,6 +32,20 @@ def parse_sets(items: list[str], flag: str = "--set") -> dict[str, Any]:
     return out
 
 
+def flat_keys(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The dotted keys of the values in ``data``, a nested mapping or ``--set`` values (whose keys
+    are dotted already): ``{"scale": {"seeds": [0]}}`` and ``{"scale.seeds": [0]}`` both give
+    ``{"scale.seeds": [0]}``. A mapping is followed down to its values (an empty one is kept as
+    it is); anything else is a value, lists included."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, Mapping) and v:
+            out.update(flat_keys(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def override_data(data: dict[str, Any], values: Mapping[str, Any], source: str = "--set") -> dict[str, Any]:
     """``data`` (a raw or dumped config mapping) with the dotted ``values`` set; a new dict."""
     import copy

@@ -36,14 +36,12 @@ def apply_preset(section: str, presets: Mapping[str, Mapping[str, Any]], data: A
     if not isinstance(data, Mapping) or data.get("preset") is None:
         return data
     name = data["preset"]
-    if name not in presets:
+    if not isinstance(name, str) or name not in presets:
         raise ConfigError(f"`{section}.preset` must be one of {sorted(presets)}. Got {name!r} instead.")
     out = dict(data)
-    for key, value in presets[name].items():
-        if key in out and out[key] != value:
-            raise ConfigError(
-                f"`{section}.{key}` is {out[key]!r} but `{section}.preset: {name}` sets it to {value!r}; "
-                f"remove one of them"
-            )
-        out[key] = value
+    problems = [f"`{section}.{key}` is {out[key]!r} but `{section}.preset: {name}` sets it to {value!r}; remove one of them"
+                for key, value in presets[name].items() if key in out and out[key] != value]
+    if problems:  # every contradicting key, one line each
+        raise ConfigError("\n".join(problems))
+    out.update(presets[name])
     return out

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from evomerge.config.base import Section
 
@@ -37,6 +38,7 @@ class ExpertSpec(Section):
 
 class ExpertsConfig(Section):
     """Where the pool lives. With no experts given, the built-in zoo is used."""
+    SECTION: ClassVar[str] = "experts"
 
     base: ZooPath | None = Field(default=None, description="the base model's folder (`zoo:<profile>/base`: a built-in zoo's)")
     experts: list[ExpertSpec] = Field(default_factory=list)
@@ -54,6 +56,7 @@ class RHTConfig(Section):
     """Reparameterized Heavy-Tailed post-processing (evomerge.merging.rht; docs/merging.md). The transform
     is the paper's; centre, units, norm restoration, domain and the constants' defaults are
     evomerge's choices."""
+    SECTION: ClassVar[str] = "rht"
 
     enabled: bool = False
     centre: Literal["mean", "absolute"] = Field(
@@ -79,6 +82,7 @@ class RHTConfig(Section):
 
 
 class MergeConfig(Section):
+    SECTION: ClassVar[str] = "merge"
     method: str = "task_arithmetic"
     params: dict[str, Any] = Field(default_factory=dict)
     space: Literal["delta", "ab", "concat"] = Field(
@@ -111,6 +115,7 @@ class MergeConfig(Section):
 
 
 class EvaluationConfig(Section):
+    SECTION: ClassVar[str] = "evaluation"
     tasks: list[str] | None = Field(default=None, description="task names to score (default: all tasks of the pool)")
     task_files: dict[str, Path] = Field(default_factory=dict, description="user tasks: name -> JSONL/Parquet file")
     task_weights: dict[str, float] | None = None
@@ -183,6 +188,7 @@ def check_search_operator(section: str, key: str, name: str) -> None:
 
 
 class GenomeConfig(Section):
+    SECTION: ClassVar[str] = "genome"
     preset: Literal["paper"] | None = Field(
         default=None, description="'paper': the settings of the paper's runs; explicit keys may not contradict it")
     population: int = Field(default=10, ge=2)
@@ -243,6 +249,7 @@ class GenomeConfig(Section):
 
 
 class SwarmConfig(Section):
+    SECTION: ClassVar[str] = "swarm"
     preset: Literal["paper"] | None = Field(
         default=None, description="'paper': Model Swarms' defaults; explicit keys may not contradict it")
     max_particles: int | None = Field(default=None, ge=2, description="pad the swarm to this many particles")
@@ -278,6 +285,7 @@ class SwarmConfig(Section):
 
 
 class RayConfig(Section):
+    SECTION: ClassVar[str] = "ray"
     address: str | None = Field(default=None, description="None: start a local Ray; 'auto': join a cluster")
     num_actors: int | None = Field(default=None, ge=1, description="default: one per GPU, else one per CPU")
     gpus_per_actor: float | None = Field(
@@ -298,6 +306,8 @@ class ScaleConfig(Section):
     # (methods, seeds, the k grid, RHT, searches, order, merge parameters, the stop that cut the
     # searches: the plan and search_stop.json recorded what it did), so the report refuses it.
     REPORT_KEYS: ClassVar[frozenset[str]] = frozenset({"online_tol", "online_window", "law_first_k", "law_noise_z"})
+    SECTION: ClassVar[str] = "scale"
+    ACCEPTS: ClassVar[dict[str, str]] = {"delta": "a positive finite number, 'relative' or 'adaptive'"}
 
     methods: list[str] = Field(default_factory=lambda: ["task_arithmetic", "ties", "dare_ties", "emr"])
     search: list[SearchName] = Field(default_factory=list)
@@ -309,7 +319,7 @@ class ScaleConfig(Section):
     k_max: int | None = Field(default=None, ge=1)
     delta: float | Literal["adaptive", "relative"] = Field(
         default="relative", description="Theorem 1's Delta: a number (fixed), 'relative' (delta_fraction of the first drop) or 'adaptive'")
-    delta_fraction: float = Field(default=0.1, description="with delta: relative, Delta = this fraction (in (0, 1)) of the first drop")
+    delta_fraction: float = Field(default=0.1, description="with delta: relative, Delta = this fraction (in (0, 1)) of the first drop; another value with another delta is refused")
     stop: bool = True
     stop_rule: Literal["online", "theorem1"] = Field(
         default="online", description="the rule that stops the searches' k grid (registry merges always run to the pool size)")
@@ -326,30 +336,100 @@ class ScaleConfig(Section):
     method_params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="merge method -> its parameters")
     hist_samples: int = Field(default=4096, ge=0, description="merged-weight entries kept per cell for histograms")
 
-    @model_validator(mode="after")
-    def _check_scale(self) -> "ScaleConfig":
+    @field_validator("methods")
+    @classmethod
+    def _check_methods(cls, v: list[str]) -> list[str]:
         from evomerge.errors import ConfigError
         from evomerge.merging.registry import get_merge_method
 
-        if isinstance(self.delta, float) and not self.delta > 0:
-            raise ConfigError(f"`scale.delta` must be > 0, 'relative' or 'adaptive'. Got {self.delta!r} instead.")
-        if not 0.0 < self.delta_fraction < 1.0:
-            raise ConfigError(f"`scale.delta_fraction` must be in (0, 1). Got {self.delta_fraction!r} instead.")
-        if self.search_k is not None and any(k < 2 for k in self.search_k):
-            raise ConfigError(f"`scale.search_k`: a search merges at least 2 experts. Got {self.search_k!r}.")
-        for name in self.methods:
-            get_merge_method(name)
+        if not v:
+            raise ValueError("must list at least one merge-registry method: the report compares every curve with "
+                             "the best registry merge (its reference)")
+        _check_distinct(v, "method")
+        for name in v:
+            try:
+                get_merge_method(name)
+            except ConfigError as err:
+                raise ValueError(str(err)) from None
+        return v
+
+    @field_validator("search")
+    @classmethod
+    def _check_search(cls, v: list[str]) -> list[str]:
+        _check_distinct(v, "search")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _check_seeds(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("must be a non-empty list of distinct non-negative integers (every cell runs once per seed)")
+        negative = [s for s in v if s < 0]
+        if negative:
+            raise ValueError(f"must be a non-empty list of distinct non-negative integers ({negative[0]} is negative)")
+        _check_distinct(v, "seed", "must be a non-empty list of distinct non-negative integers")
+        return v
+
+    @field_validator("delta")
+    @classmethod
+    def _check_delta(cls, v: float | str) -> float | str:
+        if isinstance(v, float) and not v > 0:
+            raise PydanticCustomError("config_value", f"Input should be {cls.ACCEPTS['delta']}")
+        return v
+
+    @field_validator("delta_fraction")
+    @classmethod
+    def _check_delta_fraction(cls, v: float) -> float:
+        if not 0.0 < v < 1.0:
+            raise ValueError("must be in (0, 1)")
+        return v
+
+    @field_validator("search_k")
+    @classmethod
+    def _check_search_k(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(k < 2 for k in v):
+            raise ValueError("a search merges at least 2 experts: every k must be >= 2")
+        return v
+
+    @model_validator(mode="after")
+    def _check_scale(self) -> "ScaleConfig":
+        """The checks that read several keys together; every problem found is reported, one line each."""
+        from evomerge.errors import ConfigError
+        from evomerge.merging.registry import get_merge_method
+
+        problems = []
+        if self.delta != "relative" and "delta_fraction" in self.model_fields_set \
+                and self.delta_fraction != type(self).model_fields["delta_fraction"].default:
+            problems.append(f"`scale.delta_fraction` ({self.delta_fraction!r}) applies only to `scale.delta: relative`, "
+                            f"but `scale.delta` is {self.delta!r}; remove one of them")
+        if self.search and self.search_k == []:
+            problems.append(f"`scale.search_k` is empty, so the searches of `scale.search` {self.search} would run at "
+                            "no k; list the k values, leave it out (every k from 2) or empty `scale.search`")
         for name, params in self.method_params.items():
             if name not in self.methods:
-                raise ConfigError(f"`scale.method_params.{name}`: `{name}` is not in `scale.methods` {self.methods}")
-            get_merge_method(name).resolve(params)
+                problems.append(f"`scale.method_params.{name}`: `{name}` is not in `scale.methods` {self.methods}")
+                continue
+            try:
+                get_merge_method(name).resolve(params)
+            except ConfigError as err:
+                problems.append(f"`scale.method_params.{name}`: {err}")
         if self.k_max is not None and self.k_max < self.k_min:
-            raise ConfigError(f"`scale.k_max` ({self.k_max}) must be >= `scale.k_min` ({self.k_min})")
+            problems.append(f"`scale.k_max` ({self.k_max}) must be >= `scale.k_min` ({self.k_min})")
         if self.k_max is not None and self.law_first_k >= self.k_max:
-            raise ConfigError(f"`scale.law_first_k` ({self.law_first_k}) must be below `scale.k_max` ({self.k_max}): "
-                              "the law fitted on k <= law_first_k predicts the k beyond it, and fitted on every k "
-                              "the run measures it would predict nothing")
+            problems.append(f"`scale.law_first_k` ({self.law_first_k}) must be below `scale.k_max` ({self.k_max}): "
+                            "the law fitted on k <= law_first_k predicts the k beyond it, and fitted on every k "
+                            "the run measures it would predict nothing")
+        if problems:
+            raise ConfigError("\n".join(problems))
         return self
+
+
+def _check_distinct(values: list[Any], what: str, prefix: str = "must not list a value twice") -> None:
+    seen = set()
+    for v in values:
+        if v in seen:
+            raise ValueError(f"{prefix} ({what} {v!r} is listed twice)")
+        seen.add(v)
 
 
 class SearchSpaceParam(Section):
@@ -363,6 +443,7 @@ class SearchSpaceParam(Section):
 
 
 class TuneConfig(Section):
+    SECTION: ClassVar[str] = "tune"
     space: dict[str, SearchSpaceParam] = Field(
         default_factory=dict, description="dotted config names (merge.params.density, rht.gamma, experts.count) -> range"
     )

@@ -68,31 +68,87 @@ def default_config():
     return config_from_dict(DEFAULT_SCALE_CONFIG, "built-in scale config")
 
 
-def _flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        if isinstance(v, Mapping):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
+def preset_keys(name: str) -> dict[str, tuple[Any, str]]:
+    """Every dotted key ``--preset name`` fixes -> (its value, what fixes it): its own keys, and
+    the keys of a section preset it names (``genome.preset: paper`` fixes ``genome.population``...)."""
+    from evomerge.config.overrides import flat_keys
+    from evomerge.config.presets import GENOME_PRESETS, SWARM_PRESETS
+
+    out = {key: (value, f"--preset {name}") for key, value in flat_keys(PRESETS[name]).items()}
+    for section, presets in (("genome", GENOME_PRESETS), ("swarm", SWARM_PRESETS)):
+        inner = PRESETS[name].get(section, {}).get("preset")
+        for key, value in (presets.get(inner) or {}).items():
+            out.setdefault(f"{section}.{key}", (value, f"--preset {name} (`{section}.preset: {inner}`)"))
     return out
 
 
-def preset_data(name: str, user: Mapping[str, Any] | None = None, sets: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The raw config of ``--preset name``: the default config, then the user's config, then the
-    preset's keys. A key the user's config or ``--set`` gives another value is refused, naming it."""
-    from evomerge.config.overrides import override_data
+def preset_data(name: str, user: Mapping[str, Any] | None = None, sets: Mapping[str, Any] | None = None,
+                user_source: str = "--config") -> dict[str, Any]:
+    """The raw config of ``--preset name``: the default config (or the user's config), ``--set``
+    values, then the preset's keys over them. A key the user's config or ``--set`` gives another
+    value than the preset does is refused, naming it and where it was set (``user_source``: the
+    config file's name), one line per key; a section given whole (``--set 'scale={seeds: [0]}'``)
+    is read key by key, so it contradicts the preset as the same keys set one by one would, and
+    the preset's keys it leaves out keep the preset's values. The result is validated, a refused
+    value naming where it was set (the user's config, ``--set``, or the preset)."""
+    from evomerge.config.overrides import flat_keys, override_data
 
     if name not in PRESETS:
         raise ConfigError(f"--preset must be one of {sorted(PRESETS)}. Got {name!r} instead.")
-    preset = _flat(PRESETS[name])
-    given = {**_flat(user or {}), **dict(sets or {})}
-    for key, value in given.items():
-        if key in preset and preset[key] != value:
-            raise ConfigError(f"`{key}` is {value!r} but --preset {name} sets it to {preset[key]!r}; remove one of them")
-    base = copy.deepcopy(DEFAULT_SCALE_CONFIG) if user is None else copy.deepcopy(dict(user))
-    data = override_data(base, {k: v for k, v in preset.items()}, f"--preset {name}")
+    fixed = preset_keys(name)
+    given = {key: (value, user_source) for key, value in flat_keys(user or {}).items()}
+    given.update({key: (value, "--set") for key, value in flat_keys(dict(sets or {})).items()})
+    problems = [f"{source}: `{key}` is {value!r} but {who} sets it to {fixed[key][0]!r}; remove one of them"
+                for key, (value, source) in given.items() if key in fixed and fixed[key][0] != value
+                for who in (fixed[key][1],)]
+    if problems:
+        raise ConfigError("\n".join(problems))
+    data = copy.deepcopy(DEFAULT_SCALE_CONFIG) if user is None else copy.deepcopy(dict(user))
     for section in ("genome", "swarm"):  # the preset replaces the default's small search budgets
         if user is None or section not in user:
-            data[section] = dict(PRESETS[name].get(section, {}))
-    return override_data(data, dict(sets or {}))
+            data.pop(section, None)
+    data = override_data(data, dict(sets or {}))
+    data = override_data(data, flat_keys(PRESETS[name]), f"--preset {name}")
+    _check(data, name, user or {}, dict(sets or {}), user_source)
+    return data
+
+
+def _check(data: dict[str, Any], name: str, user: Mapping[str, Any], sets: Mapping[str, Any], user_source: str) -> None:
+    """Validate the preset's config, each refused key named with where it was set."""
+    from pydantic import ValidationError
+
+    from evomerge.config import EvomergeConfig
+    from evomerge.config.base import error_line
+
+    fixed = preset_keys(name)
+
+    def source(loc: str) -> str:
+        if any(loc == k or loc.startswith(k + ".") or k.startswith(loc + ".") for k in sets):
+            return "--set"
+        node: Any = user
+        for part in loc.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if node is not None:
+            return user_source
+        return f"--preset {name}" if loc in fixed else "defaults"
+
+    try:
+        EvomergeConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError("\n".join(error_line(e, source(".".join(map(str, e["loc"])))) for e in err.errors())) from None
+    except ConfigError as err:  # a check across keys: the sources of the keys it names, else of its section
+        keys = getattr(err, "key", None) or ()
+        keys = (keys,) if isinstance(keys, str) else tuple(keys)
+        text = str(err)
+        if not keys:
+            keys = tuple(sorted({m for m in _named_keys(text)})) or tuple(data)
+        who = list(dict.fromkeys(source(k) for k in keys))
+        who = " + ".join([w for w in who if w != "defaults"] or who)
+        raise ConfigError("\n".join(f"{who}: {line}" for line in text.splitlines())) from None
+
+
+def _named_keys(text: str) -> list[str]:
+    """The dotted config keys a message names in backquotes (`` `scale.k_max` ``)."""
+    import re
+
+    return re.findall(r"`([a-z_]+\.[a-z_.]+)`", text)
