@@ -211,7 +211,8 @@ def load_config_with_sets(config: Optional[Path], sets: list[str], flags: dict[s
     except ConfigError as err:  # a check across keys (a method and its parameters): the section's sources,
         # or the sources of the one key whose value it refuses (``err.key``, config.sections.key_error)
         where = getattr(err, "key", None) or _failing_section(merged)
-        raise ConfigError(f"{_sources(where, base, data, layers)}: {err}") from None
+        prefix = _sources(where, base, data, layers)  # on every line: a check may report several problems
+        raise ConfigError("\n".join(f"{prefix}: {line}" for line in str(err).splitlines())) from None
 
 
 def _sources(loc: str | tuple[str, ...], base: str, data: dict[str, Any],

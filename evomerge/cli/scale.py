@@ -81,9 +81,11 @@ def _run(out: Path, config: Optional[Path], small: bool, zoo_arg: Optional[str],
     if not progress:
         _common.quiet_progress_bars()  # before the prewarmed child and Ray start: they inherit it
     try:
+        # the config first (a refusal in a fraction of a second, before torch is imported or a child started)
+        resolved = _resolve_config(out, config, small, zoo_arg, sets, resume, preset)
         if not resume and not no_overlap and (overwrite or not (out / "config.yaml").is_file()):
             prewarm_analysis()  # a fresh run: the analysis's child does its imports beside ours
-        _scale(out, config, small, zoo_arg, sets, no_stop, resume, no_overlap, overwrite, progress, preset)
+        _scale(out, resolved, no_stop, resume, no_overlap, overwrite, progress)
     finally:
         discard_prewarmed()
         ray = sys.modules.get("ray")
@@ -103,12 +105,11 @@ def interrupted_message(out: Path) -> str:
     return "interrupted before the run directory was written; nothing to resume (start the run again)"
 
 
-def _scale(out: Path, config: Optional[Path], small: bool, zoo_arg: Optional[str], sets: list[str], no_stop: bool,
-           resume: bool, no_overlap: bool, overwrite: bool, progress: bool, preset: Optional[str]) -> None:
+def _scale(out: Path, resolved, no_stop: bool, resume: bool, no_overlap: bool, overwrite: bool, progress: bool) -> None:
     from evomerge.errors import ConfigError
     from evomerge.pipelines.scale.driver import run_scale
 
-    profile, asked, cfg = _resolve_config(out, config, small, zoo_arg, sets, resume, preset)
+    profile, asked, cfg = resolved
     zoo = None
     if not cfg.experts.experts:
         from evomerge.zoo import ensure_zoo
@@ -162,7 +163,8 @@ def _resolve_config(out: Optional[Path], config: Optional[Path], small: bool, zo
         from evomerge.pipelines.scale.defaults import preset_data
 
         user = load_config_data(config) if config is not None else None
-        cfg = config_from_dict(preset_data(preset, user, parse_sets(sets)), f"--preset {preset}")
+        cfg = config_from_dict(preset_data(preset, user, parse_sets(sets), user_source=str(config)),
+                               f"--preset {preset}")
     else:
         from evomerge.config.overrides import override, parse_sets
 
