@@ -105,3 +105,12 @@ def test_a_section_preset_lists_every_contradicting_key():
         "g.yaml: `genome.population` is 3 but `genome.preset: paper` sets it to 10; remove one of them",
         "g.yaml: `genome.generations` is 2 but `genome.preset: paper` sets it to 10; remove one of them",
     ]
+
+
+def test_a_whole_section_keeps_the_config_files_other_keys():
+    """``--config mine.yaml --set 'scale={pairs: false}'`` under the preset: the section sets its
+    key, and the file's other scale keys stay (the section given whole replaced the file's)."""
+    user = {"scale": {"k_max": 8, "online_tol": 0.05}}
+    cfg = config_from_dict(preset_data("paper", user, {"scale": {"pairs": False}}, user_source="mine.yaml"))
+    assert cfg.scale.k_max == 8 and cfg.scale.online_tol == 0.05 and cfg.scale.pairs is False
+    assert cfg.scale.search_k == [2, 4, 6, 8, 10]  # the preset's keys stay over both

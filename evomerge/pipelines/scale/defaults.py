@@ -107,7 +107,7 @@ def preset_data(name: str, user: Mapping[str, Any] | None = None, sets: Mapping[
     for section in ("genome", "swarm"):  # the preset replaces the default's small search budgets
         if user is None or section not in user:
             data.pop(section, None)
-    data = override_data(data, dict(sets or {}))
+    data = override_data(data, flat_keys(dict(sets or {})))  # a section given whole: key by key, the rest kept
     data = override_data(data, flat_keys(PRESETS[name]), f"--preset {name}")
     _check(data, name, user or {}, dict(sets or {}), user_source)
     return data
