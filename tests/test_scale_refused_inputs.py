@@ -132,9 +132,15 @@ def test_print_config_prints_what_the_options_give_and_runs_nothing(tmp_path, ca
     assert main(["scale", "--config", tmp_path / "p.yaml", "--print-config"]) == 0
     assert capsys.readouterr().out == printed  # it loads back as the same config
 
-    assert main(["scale", "--print-config", "--set", "scale.seeds=[4]"]) == 0
+    assert main(["scale", "--print-config", "--set", "scale.seeds=[4]", "--out", tmp_path / "run"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["scale"]["seeds"] == [4]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.yaml"]  # nothing ran, nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.yaml"]  # nothing ran, no --out written
+
+    # what the options add outside the config: --no-stop as run_scale lays it over, the built-in zoo as a comment
+    assert main(["scale", "--print-config", "--small", "--no-stop"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0] == "# runs on the built-in `small` zoo: pass --zoo small with this config"
+    assert yaml.safe_load(printed)["scale"]["stop"] is False
 
     assert main(["scale", "--preset", "paper", "--print-default-config"]) == 2
     err = capsys.readouterr().err
@@ -198,3 +204,17 @@ def test_a_single_task_file_named_as_another_split_is_refused(small_zoo, tmp_pat
     assert f"evaluation.task_files.{task}: {named}: a single task file is read as the validation split" in errors[0]
     assert f"named as the {split} split" in errors[0]
     assert not out.exists() and _sha(tmp_path / "data") == before
+
+
+def test_the_closing_line_names_no_stop_only_when_it_was_given():
+    """The closing line of a run whose searches' grid was not cut: ``--no-stop`` when given, else
+    the config's ``scale.stop: false`` (``--preset paper`` sets it, as may a config or a resumed
+    run's saved config)."""
+    from evomerge.cli.scale import closing_stop_text
+
+    assert closing_stop_text("online", True, False, True) == "; the searches' k grid under the online rule"
+    assert closing_stop_text("online", False, True, True) == (
+        "; the searches' k grid not cut (--no-stop: the online rule is only recorded)")
+    assert closing_stop_text("theorem1", False, False, True) == (
+        "; the searches' k grid not cut (scale.stop: false: the theorem1 rule is only recorded)")
+    assert closing_stop_text("online", True, False, False) == "; no searches"

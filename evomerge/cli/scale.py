@@ -41,7 +41,8 @@ def register(app: typer.Typer) -> None:
             from evomerge.pipelines.scale.defaults import DEFAULT_SCALE_CONFIG
 
             given = [flag for flag, v in (("--config", config), ("--preset", preset), ("--set", sets),
-                                          ("--small", small), ("--zoo", zoo_arg), ("--resume", resume)) if v]
+                                          ("--small", small), ("--zoo", zoo_arg), ("--resume", resume),
+                                          ("--no-stop", no_stop), ("--print-config", print_config)) if v]
             if given:
                 raise ConfigError(f"--print-default-config prints the built-in config, which {', '.join(given)} "
                                   "would not change; --print-config prints the config they give")
@@ -54,7 +55,17 @@ def register(app: typer.Typer) -> None:
                 import click
 
                 raise click.MissingParameter(param_hint="'--out'", param_type="option")
-            _, _, cfg = _resolve_config(out, config, small, zoo_arg, sets, resume, preset)
+            profile, _, cfg = _resolve_config(out, config, small, zoo_arg, sets, resume, preset)
+            if no_stop:  # as run_scale lays it over the config
+                from evomerge.config.overrides import override
+
+                cfg = override(cfg, {"scale.stop": False}, "--no-stop")
+            if not cfg.experts.experts and cfg.zoo_dir is None:  # the built-in zoo is no key of the config
+                if resume:
+                    from evomerge.pipelines.scale.interrupt import recorded_zoo
+
+                    profile = recorded_zoo(out) or profile
+                typer.echo(f"# runs on the built-in `{profile}` zoo: pass --zoo {profile} with this config")
             typer.echo(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False))
             return
         if out is None:  # required, but not to print the config
@@ -131,11 +142,21 @@ def _scale(out: Path, resolved, no_stop: bool, resume: bool, no_overlap: bool, o
         f"{result.seconds / 60:.1f} min; sigma2={s.sigma2:.3g} rho={s.rho:.3f}; Theorem 1 (eq. 18, {s.delta_mode} "
         + (f"Delta={s.delta:.3g}) keeps {s.n_max}" if s.delta is not None
            else f"Delta: none, no positive drop to scale; while the variance falls) keeps {s.n_max}")
-        + ((f"; the searches' k grid under the {s.rule} rule" if s.enabled else
-            f"; the searches' k grid not cut (scale.stop false, set by --no-stop: the {s.rule} rule is only recorded)")
-           if cfg.scale.search else "; no searches")
+        + closing_stop_text(s.rule, s.enabled, no_stop, bool(cfg.scale.search))
     )
     typer.echo(f"report: {result.report}")
+
+
+def closing_stop_text(rule: str, enabled: bool, no_stop: bool, searches: bool) -> str:
+    """What the closing line says of the searches' stop: the rule, or why the grid was not cut
+    (``--no-stop`` only when it was given: a preset, a config or a resumed run's saved config sets
+    ``scale.stop: false`` too)."""
+    if not searches:
+        return "; no searches"
+    if enabled:
+        return f"; the searches' k grid under the {rule} rule"
+    why = "--no-stop" if no_stop else "scale.stop: false"
+    return f"; the searches' k grid not cut ({why}: the {rule} rule is only recorded)"
 
 
 def _resolve_config(out: Optional[Path], config: Optional[Path], small: bool, zoo_arg: Optional[str], sets: list[str],
