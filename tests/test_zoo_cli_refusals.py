@@ -140,7 +140,8 @@ def test_small_and_the_small_zoo_folder_agree(small_zoo, tmp_path, capsys):
 
 def test_build_into_a_folder_of_other_files_does_not_suggest_overwrite(builds, tmp_path, capsys):
     """A non-empty folder without zoo.json (a user's model, a thesis) is not a zoo to rebuild:
-    the refusal asks for another --out (--overwrite would delete its files), before any work;
+    the refusal asks for another --out, with or without --overwrite (which would delete its
+    files), before any work;
     a broken zoo (zoo.json there) is still offered --overwrite."""
     out = tmp_path / "mine"
     out.mkdir()
@@ -149,6 +150,8 @@ def test_build_into_a_folder_of_other_files_does_not_suggest_overwrite(builds, t
     assert code == 2 and err.strip() == (f"error: {out}: is not empty and holds no zoo (zoo.json missing); "
                                          "build the zoo into a new or empty folder (another --out)"), err
     assert "--overwrite" not in err and builds == [] and (out / "thesis.tex").read_text() == "years of work"
+    code, _, err2 = run_cli(["zoo", "build", "--profile", "tiny", "--out", out, "--overwrite"], capsys)
+    assert code == 2 and err2 == err and builds == []  # not even with --overwrite: it is no zoo to rebuild
     (out / "zoo.json").write_text("{not json")
     code, _, err = run_cli(["zoo", "build", "--profile", "tiny", "--out", out], capsys)
     assert code == 2 and "pass --overwrite to rebuild it" in err and builds == [], err

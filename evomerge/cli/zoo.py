@@ -67,6 +67,12 @@ def build_command(
         raise ConfigError(f"--threads and --workers must be >= 1. Got {threads} and {workers} instead.")
     root = out if out is not None else default_zoo_root(profile, seed)
     refusal = build_out_refusal(root, profile, seed)
+    from evomerge.zoo.zoo import MANIFEST
+
+    if refusal is None and root.is_dir() and any(root.iterdir()) and not (root / MANIFEST).is_file():
+        # not a zoo: --overwrite would delete the user's files there (ensure_zoo refuses it too)
+        refusal = (f"{root}: is not empty and holds no zoo ({MANIFEST} missing); "
+                   "build the zoo into a new or empty folder (another --out)")
     existing, open_error = None, None
     if not overwrite and root.exists() and (not root.is_dir() or any(root.iterdir())):
         try:
@@ -80,11 +86,6 @@ def build_command(
     if refusal is not None:
         raise ConfigError(refusal)
     if open_error is not None:
-        from evomerge.zoo.zoo import MANIFEST
-
-        if root.is_dir() and not (root / MANIFEST).is_file():  # not a zoo: --overwrite would delete the user's files
-            raise ExpertLoadError(f"{root}: is not empty and holds no zoo ({MANIFEST} missing); "
-                                  "build the zoo into a new or empty folder (another --out)")
         raise ExpertLoadError(f"{open_error} (pass --overwrite to rebuild it)") from None
     if existing is not None:
         raise ExpertLoadError(
