@@ -392,6 +392,8 @@ def test_a_merged_adapter_names_its_base(small_zoo, tmp_path, capsys):
     assert code == 0, err
     cfg = json.loads((tmp_path / "b" / "adapter_config.json").read_text())
     assert cfg["base_model_name_or_path"] == str(small_zoo.base_dir.resolve())
+    man = json.loads((tmp_path / "b" / "evomerge_manifest.json").read_text())
+    assert man["base_model_name_or_path"] == cfg["base_model_name_or_path"]  # one answer for both
     code, _, err = _merge([*experts, "--space", "concat", "--out", tmp_path / "n"], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "n" / "adapter_config.json").read_text())["base_model_name_or_path"] is None

@@ -93,7 +93,8 @@ def test_merge_cli_accepts_a_relative_and_an_absolute_name_of_its_base(root, tmp
                             "--rank", "4", "--out", tmp_path / "m"], capsys)
     assert code == 0, err
     manifest = json.loads((tmp_path / "m" / "evomerge_manifest.json").read_text())
-    assert manifest["base_model_name_or_path"] == f"{root}/base/"  # the first expert's, as it wrote it
+    # --base, resolved: the experts' three spellings of it were checked against it (merged_base_name)
+    assert manifest["base_model_name_or_path"] == str((root / "base").resolve())
     line = one_error(["merge", "-q", "--base", root / "base", "-e", e / "abs", "-e", e / "other", "--rank", "4",
                       "--out", tmp_path / "o"], capsys)
     assert "other/adapter_config.json: base_model_name_or_path" in line and not (tmp_path / "o").exists()

@@ -259,14 +259,22 @@ def _merge_lora_factors(cfg, pool, method, params, weights) -> dict[str, LoraMod
     return merge_lora(method, experts, weights, params, cfg.merge.space, cfg.seed)
 
 
+def merged_base_name(pool) -> str | None:
+    """The base a merge names (its adapter's ``base_model_name_or_path``, the manifest's): ``--base``
+    resolved, which the experts were checked against; else the first base an expert names, as
+    written (the zoo's adapters name none); None when nothing is known."""
+    if pool.base_path is not None:
+        return str(Path(pool.base_path).resolve())
+    return pool.base_model_name()
+
+
 def _write(fmt, cfg, pool, modules, merged, tmp: Path, progress: bool) -> None:
     from evomerge.experts.checkpoint_io import write_full_checkpoint
     from evomerge.experts.peft_io import write_peft_adapter
 
     if fmt == "peft":
         template = dict(pool.adapter_config(0)) if pool.kind == "lora" else {}
-        # the base the experts name (the first expert may name none, as the zoo's do), else --base
-        named = pool.base_model_name() or (str(pool.base_path.resolve()) if pool.base_path else None)
+        named = merged_base_name(pool)
         if named is not None:
             template["base_model_name_or_path"] = named
         write_peft_adapter(modules, tmp, template)
@@ -393,7 +401,7 @@ def _manifest(cfg, pool, method, params, weights, fmt, inputs, pool_stats, tmp: 
         "rht": cfg.rht.model_dump(mode="json"),
         "output_format": fmt,
         "expert_kind": pool.kind,
-        "base_model_name_or_path": pool.base_model_name(),
+        "base_model_name_or_path": merged_base_name(pool),
         "device": str(dev),
         "inputs": inputs,
         "pool_stats": pool_stats,
