@@ -49,5 +49,6 @@ def cause_text(err: BaseException, limit: int = 600) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
     if len(text) <= limit:
         return text
-    cut = text[:limit].rsplit(" ", 1)[0]
+    head = text[:limit + 1]  # (a space just past the limit ends a whole word)
+    cut = head.rsplit(" ", 1)[0] if " " in head else text[:limit]  # one long word: cut it
     return f"{cut} ..."

@@ -180,7 +180,7 @@ def run_lock(run_dir: str | os.PathLike, command: str) -> Iterator[None]:
     (``scale`` cell by cell, ``evolve`` round by round, so :func:`atomic_dir` cannot guard it): a
     second run into the same folder is refused at once instead of mixing its files with the first's.
     """
-    run_dir = _absolute(Path(run_dir))
+    run_dir = Path(run_dir).expanduser().resolve()  # one lock whatever the spelling (a symlink, ..)
     lock = output_lock_path(run_dir)
     with file_lock(lock, blocking=False, busy=(
             f"{run_dir}: another `evomerge {command}` is writing this run now (it holds {lock}); "

@@ -22,6 +22,10 @@ def test_long_messages_are_cut_between_words_and_marked() -> None:
     assert got.endswith(" ...")
     kept = got[:-4].split(" ")
     assert kept == words[:len(kept)] and len(got[:-4]) <= 102 and len(kept) == 20
+    # a limit that ends exactly on a word keeps that word (20 words are 99 characters)
+    assert cause_text(RuntimeError(" ".join(words)), limit=99) == " ".join(words[:20]) + " ..."
+    # one long word is cut where it must be
+    assert cause_text(RuntimeError("x" * 1000), limit=50) == "x" * 50 + " ..."
 
 
 def test_the_tokenizer_error_of_a_base_without_tokenizer_files_is_quoted_whole(small_zoo, tmp_path) -> None:
