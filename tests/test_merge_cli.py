@@ -152,6 +152,19 @@ def test_factor_spaces_with_rht_on_deltas_and_a_rank(zoo, tmp_path, capsys, spac
     man = json.loads((out / "evomerge_manifest.json").read_text())
     assert man["space"] == space and man["rank_requested"] == 32 and man["rht"]["enabled"] is True
     assert man["data_samples"] is None  # no statistics read
+    # below full rank the order shows: factor merge, RHT of the dense result, then its truncated SVD
+    low = tmp_path / f"{space}-r2"
+    code, _, err = _merge([*experts, "--space", space, "--weights", "0.6,0.4", "--rht", "--rank", "2",
+                           "--out", low], capsys)
+    assert code == 0, err
+
+    def top2(m):
+        u, sv, vh = torch.linalg.svd(m.double(), full_matrices=False)
+        return ((u[:, :2] * sv[:2]) @ vh[:2]).float()
+
+    rht = apply_rht(delta, RHTConfig(enabled=True), 0)
+    want = with_delta(load_base(zoo / "base"), {k: top2(v) for k, v in rht.items()}, IDS)
+    torch.testing.assert_close(_peft_logits(zoo, low), want, atol=2e-5, rtol=1e-4)
 
 
 def test_full_finetunes_to_checkpoint(zoo, tmp_path, capsys):

@@ -92,7 +92,7 @@ class MergeConfig(Section):
     weights: list[float] | None = None
     rank: int | None = Field(default=None, gt=0, description="LoRA rank of the written adapter for space=delta (SVD)")
     output_format: Literal["auto", "peft", "full"] = "auto"
-    data: list[Path] = Field(default_factory=list, description="local task files (JSONL/Parquet) for Fisher/RegMean")
+    data: list[Path] = Field(default_factory=list, description="local task files (.parquet, .jsonl or .json) for Fisher/RegMean")
     data_samples: int = Field(default=128, gt=0)
 
     @model_validator(mode="after")
@@ -117,7 +117,7 @@ class MergeConfig(Section):
 class EvaluationConfig(Section):
     SECTION: ClassVar[str] = "evaluation"
     tasks: list[str] | None = Field(default=None, description="task names to score (default: all tasks of the pool)")
-    task_files: dict[str, Path] = Field(default_factory=dict, description="user tasks: name -> JSONL/Parquet file")
+    task_files: dict[str, Path] = Field(default_factory=dict, description="user tasks: name -> a task folder (one file per split) or a .parquet, .jsonl or .json file (validation)")
     task_weights: dict[str, float] | None = None
     metric: Literal["token_accuracy", "exact_match", "token_f1", "rouge_l", "bleu", "neg_cross_entropy"] = "token_accuracy"
     max_samples: int = Field(default=200, gt=0)

@@ -10,7 +10,8 @@ from typing import Any
 
 def judged(rules: list[dict], rule: str, methods: tuple[str, ...] | None = None) -> list[dict]:
     """The rows of ``rule`` a check judges (those of ``methods`` only, when given): rows without an
-    error are not judged (no peak measured, or a search curve the stop cut)."""
+    error are not judged (no peak measured, a search curve the stop cut, or seeds' peaks more than
+    2 apart: ``peaks_split``)."""
     return [r for r in rules if r["rule"] == rule and r["error"] is not None and (methods is None or r["method"] in methods)]
 
 
