@@ -73,49 +73,37 @@ def _refused_busy(args, run: Path, command: str, capsys) -> None:
     assert RAY_STARTED not in out + err and not ray.is_initialized()
 
 
-def test_scale_into_a_folder_being_written_is_refused_and_resume_leaves_it_alone(small_zoo, tmp_path, capsys):
-    cfg, run = _config(tmp_path), tmp_path / "run"
-    args = ["scale", "--small", "--no-progress", "--config", cfg, "--out", run]
-
-    holder = Holder(run, "scale", tmp_path)
+def _check(command: str, run: Path, args: list, resume_args: list, finished: str, tmp_path, capsys) -> None:
+    """While another process holds the lock, ``args`` is refused and writes nothing; once it is
+    free the run goes ahead (leaving no lock file); held again, ``resume_args`` is refused and the
+    finished run's files stay as they were."""
+    holder = Holder(run, command, tmp_path)
     try:
-        _refused_busy(args, run, "scale", capsys)
-        assert not run.exists()
-    finally:
-        holder.release()
-
-    code, out, err = run_cli(args, capsys)  # free again: the run goes ahead, and leaves no lock file
-    assert code == 0, err[-3000:]
-    assert (run / "report.md").is_file() and not output_lock_path(run).exists()
-
-    before = sha256_tree(run)
-    holder = Holder(run, "scale", tmp_path)
-    try:
-        _refused_busy(["scale", "--no-progress", "--out", run, "--resume"], run, "scale", capsys)
-    finally:
-        holder.release()
-    assert sha256_tree(run) == before
-
-
-def test_evolve_into_a_folder_being_written_is_refused(small_zoo, tmp_path, capsys):
-    cfg, run = _config(tmp_path), tmp_path / "evolve"
-    args = ["evolve", "--small", "--algo", "genome", "--config", cfg, "--out", run]
-
-    holder = Holder(run, "evolve", tmp_path)
-    try:
-        _refused_busy(args, run, "evolve", capsys)
+        _refused_busy(args, run, command, capsys)
         assert not run.exists()
     finally:
         holder.release()
 
     code, out, err = run_cli(args, capsys)
     assert code == 0, err[-3000:]
-    assert (run / "run.json").is_file() and not output_lock_path(run).exists()
+    assert (run / finished).is_file() and not output_lock_path(run).exists()
 
     before = sha256_tree(run)
-    holder = Holder(run, "evolve", tmp_path)
+    holder = Holder(run, command, tmp_path)
     try:
-        _refused_busy([*args, "--resume"], run, "evolve", capsys)
+        _refused_busy(resume_args, run, command, capsys)
     finally:
         holder.release()
     assert sha256_tree(run) == before
+
+
+def test_scale_into_a_folder_being_written_is_refused_and_resume_leaves_it_alone(small_zoo, tmp_path, capsys):
+    cfg, run = _config(tmp_path), tmp_path / "run"
+    args = ["scale", "--small", "--no-progress", "--config", cfg, "--out", run]
+    _check("scale", run, args, ["scale", "--no-progress", "--out", run, "--resume"], "report.md", tmp_path, capsys)
+
+
+def test_evolve_into_a_folder_being_written_is_refused(small_zoo, tmp_path, capsys):
+    cfg, run = _config(tmp_path), tmp_path / "evolve"
+    args = ["evolve", "--small", "--algo", "genome", "--config", cfg, "--out", run]
+    _check("evolve", run, args, [*args, "--resume"], "run.json", tmp_path, capsys)
