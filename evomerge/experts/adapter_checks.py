@@ -197,12 +197,15 @@ def _other_model(named: Path, ours: CheckpointReader) -> str | None:
     return None
 
 
-def check_adapter_base(ad: PeftAdapter, base_path: Path, base_reader: CheckpointReader) -> None:
+def check_adapter_base(ad: PeftAdapter, base_path: Path, base_reader: CheckpointReader,
+                       compared: dict[Path, str | None] | None = None) -> None:
     """The adapter's own claims about its base must fit ``--base``: a local ``base_model_name_or_path``
     that holds another model (other architecture fields, tensors or weights; a copy of the base
     passes), or a ``target_modules`` entry naming no module of the base, is refused; then every
     weight it adapts must be one of the base's, of the shape its factors make. (A hub name cannot be
-    checked offline; an unknown name defers to ``--base``.)"""
+    checked offline; an unknown name defers to ``--base``.) ``compared``: the folders already
+    compared with the base (folder -> :func:`_other_model`'s answer), so adapters naming one
+    folder read its tensors once."""
     cfg_file = ad.path / "adapter_config.json"
     name = known_base_name(ad.config.get("base_model_name_or_path"))
     named = Path(name).expanduser() if isinstance(name, str) else None
@@ -216,7 +219,10 @@ def check_adapter_base(ad: PeftAdapter, base_path: Path, base_reader: Checkpoint
                     f"{cfg_file}: base_model_name_or_path {said} is another model than --base {base_path} "
                     f"(`{f}`: {theirs.get(f)!r} there, {ours.get(f)!r} in the base)"
                 )
-        why = _other_model(named, base_reader)
+        compared = {} if compared is None else compared
+        if named.resolve() not in compared:
+            compared[named.resolve()] = _other_model(named, base_reader)
+        why = compared[named.resolve()]
         if why is not None:
             raise ExpertLoadError(
                 f"{cfg_file}: base_model_name_or_path {said} is another model than --base {base_path} ({why}; "
@@ -254,6 +260,7 @@ def check_lora_bases(
     adapter at fault, not a healthy one compared with it), then the adapters must name one base
     (:func:`check_one_base`)."""
     if base_reader is not None:
+        compared: dict[Path, str | None] = {}  # adapters naming one local folder: its tensors read once
         for ad in adapters:
-            check_adapter_base(ad, Path(base_path), base_reader)
+            check_adapter_base(ad, Path(base_path), base_reader, compared)
     check_one_base(adapters)
