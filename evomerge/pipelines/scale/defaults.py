@@ -109,18 +109,18 @@ def preset_data(name: str, user: Mapping[str, Any] | None = None, sets: Mapping[
             data.pop(section, None)
     data = override_data(data, flat_keys(dict(sets or {})))  # a section given whole: key by key, the rest kept
     data = override_data(data, flat_keys(PRESETS[name]), f"--preset {name}")
-    _check(data, name, user or {}, dict(sets or {}), user_source)
+    _check(data, name, fixed, user or {}, dict(sets or {}), user_source)
     return data
 
 
-def _check(data: dict[str, Any], name: str, user: Mapping[str, Any], sets: Mapping[str, Any], user_source: str) -> None:
-    """Validate the preset's config, each refused key named with where it was set."""
+def _check(data: dict[str, Any], name: str, fixed: Mapping[str, tuple[Any, str]], user: Mapping[str, Any],
+           sets: Mapping[str, Any], user_source: str) -> None:
+    """Validate the preset's config, each refused key named with where it was set (``fixed``: the
+    keys the preset fixes, :func:`preset_keys`)."""
     from pydantic import ValidationError
 
     from evomerge.config import EvomergeConfig
     from evomerge.config.base import error_line
-
-    fixed = preset_keys(name)
 
     def source(loc: str) -> str:
         if any(loc == k or loc.startswith(k + ".") or k.startswith(loc + ".") for k in sets):
@@ -141,7 +141,7 @@ def _check(data: dict[str, Any], name: str, user: Mapping[str, Any], sets: Mappi
         keys = (keys,) if isinstance(keys, str) else tuple(keys)
         text = str(err)
         if not keys:
-            keys = tuple(sorted({m for m in _named_keys(text)})) or tuple(data)
+            keys = tuple(sorted(set(_named_keys(text)))) or tuple(data)
         who = list(dict.fromkeys(source(k) for k in keys))
         who = " + ".join([w for w in who if w != "defaults"] or who)
         raise ConfigError("\n".join(f"{who}: {line}" for line in text.splitlines())) from None
