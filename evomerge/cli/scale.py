@@ -55,16 +55,13 @@ def register(app: typer.Typer) -> None:
                 import click
 
                 raise click.MissingParameter(param_hint="'--out'", param_type="option")
-            profile, _, cfg = _resolve_config(out, config, small, zoo_arg, sets, resume, preset)
+            profile, asked, cfg = _resolve_config(out, config, small, zoo_arg, sets, resume, preset)
             if no_stop:  # as run_scale lays it over the config
                 from evomerge.config.overrides import override
 
                 cfg = override(cfg, {"scale.stop": False}, "--no-stop")
             if not cfg.experts.experts and cfg.zoo_dir is None:  # the built-in zoo is no key of the config
-                if resume:
-                    from evomerge.pipelines.scale.interrupt import recorded_zoo
-
-                    profile = recorded_zoo(out) or profile
+                profile = _zoo_profile(out, resume, asked, profile)
                 typer.echo(f"# runs on the built-in `{profile}` zoo: pass --zoo {profile} with this config")
             typer.echo(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False))
             return
@@ -117,7 +114,6 @@ def interrupted_message(out: Path) -> str:
 
 
 def _scale(out: Path, resolved, no_stop: bool, resume: bool, no_overlap: bool, overwrite: bool, progress: bool) -> None:
-    from evomerge.errors import ConfigError
     from evomerge.pipelines.scale.driver import run_scale
 
     profile, asked, cfg = resolved
@@ -125,15 +121,7 @@ def _scale(out: Path, resolved, no_stop: bool, resume: bool, no_overlap: bool, o
     if not cfg.experts.experts:
         from evomerge.zoo import ensure_zoo
 
-        if resume:  # continue on the zoo the run started with
-            from evomerge.pipelines.scale.interrupt import recorded_zoo
-
-            recorded = recorded_zoo(out)
-            if asked is not None and recorded is not None and profile != recorded:
-                raise ConfigError(f"--resume: the run in {out} was started on the `{recorded}` zoo, not `{profile}`; "
-                                  "drop --zoo / --small to continue it, or use another --out")
-            profile = recorded or profile
-        zoo = ensure_zoo(profile, cfg.zoo_dir, progress=progress)
+        zoo = ensure_zoo(_zoo_profile(out, resume, asked, profile), cfg.zoo_dir, progress=progress)
     result = run_scale(cfg, out, zoo=zoo, stop=False if no_stop else None, overwrite=overwrite, progress=progress,
                        overlap=not no_overlap)
     s = result.stop
@@ -145,6 +133,22 @@ def _scale(out: Path, resolved, no_stop: bool, resume: bool, no_overlap: bool, o
         + closing_stop_text(s.rule, s.enabled, no_stop, bool(cfg.scale.search))
     )
     typer.echo(f"report: {result.report}")
+
+
+def _zoo_profile(out: Path, resume: bool, asked: Optional[str], profile: str) -> str:
+    """The built-in zoo a run uses: ``profile``, or on ``--resume`` the one the run started with
+    (another asked for with --zoo / --small is refused)."""
+    from evomerge.errors import ConfigError
+
+    if not resume:
+        return profile
+    from evomerge.pipelines.scale.interrupt import recorded_zoo
+
+    recorded = recorded_zoo(out)
+    if asked is not None and recorded is not None and profile != recorded:
+        raise ConfigError(f"--resume: the run in {out} was started on the `{recorded}` zoo, not `{profile}`; "
+                          "drop --zoo / --small to continue it, or use another --out")
+    return recorded or profile
 
 
 def closing_stop_text(rule: str, enabled: bool, no_stop: bool, searches: bool) -> str:
