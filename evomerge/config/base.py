@@ -145,11 +145,20 @@ def _wrong_kind(tp: Any, value: Any) -> str | None:
         if isinstance(value, bool) and bool not in members and any(_numeric(m) for m in members):
             return "bool"
         return _wrong_kind(members[0], value) if len(members) == 1 else None
+    inner = _elements(tp, value)
+    if inner is None:
+        return None
+    return next((w for w in (_wrong_kind(inner[0], v) for v in inner[1]) if w is not None), None)
+
+
+def _elements(tp: Any, value: Any) -> tuple[Any, Any] | None:
+    """``(element type, elements)`` of a list, tuple or set value of a list-like type, or of a
+    mapping's values of a ``dict`` type; None for any other type or value."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (list, tuple, set, frozenset) and args and isinstance(value, (list, tuple, set, frozenset)):
-        return next((w for w in (_wrong_kind(args[0], v) for v in value) if w is not None), None)
+        return args[0], value
     if origin is dict and len(args) == 2 and isinstance(value, dict):
-        return next((w for w in (_wrong_kind(args[1], v) for v in value.values()) if w is not None), None)
+        return args[1], value.values()
     return None
 
 
@@ -167,12 +176,8 @@ def _non_finite(tp: Any, value: Any) -> bool:
     members = _union_members(tp)
     if members is not None:
         return len(members) == 1 and _non_finite(members[0], value)
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (list, tuple, set, frozenset) and args and isinstance(value, (list, tuple, set, frozenset)):
-        return any(_non_finite(args[0], v) for v in value)
-    if origin is dict and len(args) == 2 and isinstance(value, dict):
-        return any(_non_finite(args[1], v) for v in value.values())
-    return False
+    inner = _elements(tp, value)
+    return inner is not None and any(_non_finite(inner[0], v) for v in inner[1])
 
 
 def format_validation_error(err: ValidationError, source: str, section: str = "") -> str:
