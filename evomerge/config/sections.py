@@ -362,12 +362,13 @@ class ScaleConfig(Section):
     @field_validator("seeds")
     @classmethod
     def _check_seeds(cls, v: list[int]) -> list[int]:
+        rule = "must be a non-empty list of distinct non-negative integers"
         if not v:
-            raise ValueError("must be a non-empty list of distinct non-negative integers (every cell runs once per seed)")
+            raise ValueError(f"{rule} (every cell runs once per seed)")
         negative = [s for s in v if s < 0]
         if negative:
-            raise ValueError(f"must be a non-empty list of distinct non-negative integers ({negative[0]} is negative)")
-        _check_distinct(v, "seed", "must be a non-empty list of distinct non-negative integers")
+            raise ValueError(f"{rule} ({negative[0]} is negative)")
+        _check_distinct(v, "seed", rule)
         return v
 
     @field_validator("delta")
