@@ -56,8 +56,9 @@ def test_methods_empty_or_twice(tmp_path, capsys):
 
 def test_an_empty_search_grid_with_searches(tmp_path, capsys):
     assert _refused(tmp_path, capsys, "scale.search_k=[]") == (
-        "error: --set: `scale.search_k` is empty, so the searches of `scale.search` ['genome', 'swarm'] would run at "
-        "no k; list the k values, leave it out (every k from 2) or empty `scale.search`")
+        "error: the built-in config + --set: `scale.search_k` is empty, so the searches of `scale.search` "
+        "['genome', 'swarm'] would run at no k; list the k values, leave it out (every k from 2) or empty "
+        "`scale.search`")  # the searches are the built-in config's, the empty grid --set's
     # without searches there is nothing to run on the grid: accepted
     cfg = config_from_dict({"scale": {"search": [], "search_k": []}})
     assert cfg.scale.search_k == []

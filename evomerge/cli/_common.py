@@ -176,18 +176,14 @@ def zoo_folder(choice: Optional[str], default: str = "default", zoo_dir: Path | 
 
 
 def load_config_with_sets(config: Optional[Path], sets: list[str], flags: dict[str, Any] | None = None,
-                          names: dict[str, str] | None = None):
-    """The config file (or the defaults) with ``--set`` values and then the command's own flags
+                          names: dict[str, str] | None = None, defaults: dict[str, Any] | None = None):
+    """The config file (or the defaults: the schema's, or the command's own ``defaults``) with ``--set`` values and then the command's own flags
     (as dotted keys; ``names`` gives each key's flag, e.g. ``{"merge.method": "--method"}``)
     applied, validated once. A refused value is reported naming where it came from: the file,
-    ``--set`` or the flag (:func:`_sources`)."""
-    from pydantic import ValidationError
+    ``--set`` or the flag (:func:`evomerge.config.sources.load_layered`)."""
+    from evomerge.config.overrides import parse_sets
+    from evomerge.config.sources import load_layered
 
-    from evomerge.config import EvomergeConfig, format_validation_error, load_config_data
-    from evomerge.config.overrides import override_data, parse_sets
-
-    data = load_config_data(config) if config is not None else {}
-    base = str(config) if config is not None else "defaults"
     layers: list[tuple[str, dict[str, Any]]] = [("--set", parse_sets(sets))]
     for key, value in (flags or {}).items():
         if value is not None:
@@ -195,73 +191,7 @@ def load_config_with_sets(config: Optional[Path], sets: list[str], flags: dict[s
             if layers[-1][0] != label:
                 layers.append((label, {}))
             layers[-1][1][key] = value
-    checked = data
-    for label, layer in layers:  # a key that cannot be set (under a value that is no section): its layer named
-        checked = override_data(checked, layer, label)
-    values = {k: v for _, layer in layers for k, v in layer.items()}
-    merged = override_data(data, values, " + ".join(label for label, layer in layers if layer))
-    try:
-        return EvomergeConfig.model_validate(merged)
-    except ValidationError as err:
-        lines = format_validation_error(err, "").splitlines()
-        if len(lines) != len(err.errors()):  # (one line per error, as format_validation_error writes them)
-            raise ConfigError(format_validation_error(err, _sources("", base, data, layers))) from None
-        raise ConfigError("\n".join(_sources(".".join(map(str, e["loc"])), base, data, layers) + line
-                                     for e, line in zip(err.errors(), lines))) from None
-    except ConfigError as err:  # a check across keys (a method and its parameters): the section's sources,
-        # or the sources of the one key whose value it refuses (``err.key``, config.sections.key_error)
-        where = getattr(err, "key", None) or _failing_section(merged)
-        prefix = _sources(where, base, data, layers)  # on every line: a check may report several problems
-        raise ConfigError("\n".join(f"{prefix}: {line}" for line in str(err).splitlines())) from None
-
-
-def _sources(loc: str | tuple[str, ...], base: str, data: dict[str, Any],
-             layers: list[tuple[str, dict[str, Any]]]) -> str:
-    """Who set the value at the dotted ``loc`` ("" = the whole config): the last layer that set it
-    or a section above it (else the file, or the defaults), plus the later layers that set keys
-    inside it; e.g. ``--set`` or ``merge.yaml + --method``. Several keys (a check that reads them
-    together): each one's sources in order, each named once, the defaults only if nothing else."""
-    who: list[str] = []
-    for key in (loc,) if isinstance(loc, str) else loc:
-        who += [label for label in _key_sources(key, base, data, layers) if label not in who]
-    return " + ".join([w for w in who if w != "defaults"] or who)
-
-
-def _key_sources(loc: str, base: str, data: dict[str, Any], layers: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    def above(key: str) -> bool:
-        return bool(loc) and (loc == key or loc.startswith(key + "."))
-
-    node: Any = data
-    for part in loc.split(".") if loc else []:
-        node = node.get(part) if isinstance(node, dict) else None
-    who = [base] if node not in (None, {}) else []
-    for label, layer in layers:
-        for key in layer:
-            if above(key):
-                who = [label]
-            elif (not loc or key.startswith(loc + ".")) and label not in who:
-                who.append(label)
-    return who or [base]
-
-
-def _failing_section(data: dict[str, Any]) -> str:
-    """The top-level section of ``data`` whose own check fails ("" if none does on its own)."""
-    from pydantic import ValidationError
-
-    from evomerge.config import EvomergeConfig
-    from evomerge.config.base import Section
-
-    for name, value in data.items():
-        model = EvomergeConfig.model_fields.get(name)
-        kind = model.annotation if model is not None else None
-        if isinstance(kind, type) and issubclass(kind, Section) and isinstance(value, dict):
-            try:
-                kind.model_validate(value)
-            except ConfigError:
-                return name
-            except ValidationError:  # a problem of its own keys, not the check that failed across keys
-                continue
-    return ""
+    return load_layered(config, layers, defaults)
 
 
 def zoo_settings(choice: Optional[str], cfg: Any, default: str) -> tuple[str, Any]:

@@ -169,7 +169,6 @@ def _resolve_config(out: Optional[Path], config: Optional[Path], small: bool, zo
     (``--resume``), a preset, or the built-in config / ``--config`` with ``--set`` laid over it."""
     from evomerge.config import load_config
     from evomerge.errors import ConfigError
-    from evomerge.pipelines.scale.defaults import default_config
 
     if resume:
         if preset is not None:
@@ -191,10 +190,10 @@ def _resolve_config(out: Optional[Path], config: Optional[Path], small: bool, zo
         cfg = config_from_dict(preset_data(preset, user, parse_sets(sets), user_source=str(config)),
                                f"--preset {preset}")
     else:
-        from evomerge.config.overrides import override, parse_sets
+        from evomerge.cli._common import load_config_with_sets
+        from evomerge.pipelines.scale.defaults import DEFAULT_SCALE_CONFIG
 
-        cfg = load_config(config) if config is not None else default_config()
-        cfg = override(cfg, parse_sets(sets)) if sets else cfg
+        cfg = load_config_with_sets(config, sets, defaults=DEFAULT_SCALE_CONFIG)
     from evomerge.cli._common import zoo_choice, zoo_settings
 
     asked = zoo_choice(zoo_arg, small)

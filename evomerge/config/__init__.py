@@ -74,15 +74,11 @@ def load_config_data(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None, sets: dict[str, Any] | None = None) -> EvomergeConfig:
-    """Load and validate a YAML config (``None``: the defaults), with dotted ``sets`` applied first."""
-    from evomerge.config.overrides import override_data
+    """Load and validate a YAML config (``None``: the defaults), with dotted ``sets`` applied first
+    (a refused value named with where it was set: the file, ``--set`` or the defaults)."""
+    from evomerge.config.sources import load_layered
 
-    data = {} if path is None else load_config_data(path)
-    source = "config" if path is None else str(path)
-    if sets:
-        data = override_data(data, sets, f"{source} + --set" if path is not None else "--set")
-        source = f"{source} + --set" if path is not None else "--set"
-    return config_from_dict(data, source)
+    return load_layered(path, [("--set", dict(sets))] if sets else [])
 
 
 def dump_config(cfg: EvomergeConfig, path: str | Path, *, exclude: set[str] | None = None,

@@ -39,9 +39,12 @@ def apply_preset(section: str, presets: Mapping[str, Mapping[str, Any]], data: A
     if not isinstance(name, str) or name not in presets:
         raise ConfigError(f"`{section}.preset` must be one of {sorted(presets)}. Got {name!r} instead.")
     out = dict(data)
-    problems = [f"`{section}.{key}` is {out[key]!r} but `{section}.preset: {name}` sets it to {value!r}; remove one of them"
+    problems = [((f"{section}.{key}", f"{section}.preset"),
+                 f"`{section}.{key}` is {out[key]!r} but `{section}.preset: {name}` sets it to {value!r}; remove one of them")
                 for key, value in presets[name].items() if key in out and out[key] != value]
-    if problems:  # every contradicting key, one line each
-        raise ConfigError("\n".join(problems))
+    if problems:  # every contradicting key, one line each, blamed on where it and the preset were set
+        from evomerge.config.sections import key_errors
+
+        raise key_errors(problems)
     out.update(presets[name])
     return out

@@ -149,11 +149,19 @@ SELECT_MARGIN_HELP = ("the returned individual is the best initial one unless a 
 def key_error(key: str | tuple[str, ...], message: str):
     """A :class:`ConfigError` of one key's value (dotted, e.g. ``swarm.init_merges``), or of a few
     keys read together (a method's parameters and the method): the CLI blames where those keys
-    were set, not everything that set a key of their section."""
+    were set, not everything that set a key of their section (:mod:`evomerge.config.sources`)."""
+    return key_errors([(key, message)])
+
+
+def key_errors(problems: list[tuple[str | tuple[str, ...], str]]):
+    """One :class:`ConfigError` of several problems, each (its keys, its message) on its own
+    line(s), each line blamed on where its own keys were set."""
     from evomerge.errors import ConfigError
 
-    err = ConfigError(message)
-    err.key = key
+    err = ConfigError("\n".join(message for _, message in problems))
+    err.keys_by_line = list(problems)
+    if len(problems) == 1:
+        err.key = problems[0][0]
     return err
 
 
@@ -240,11 +248,9 @@ class GenomeConfig(Section):
                                 "use linear or a registry method")
             check_search_operator("genome", "init_merge", self.init_merge)
         if self.max_population is not None and self.max_population < self.population:
-            from evomerge.errors import ConfigError
-
-            raise ConfigError(
-                f"genome: `max_population` must be >= `population` ({self.population}). Got {self.max_population} instead."
-            )
+            raise key_error(("genome.max_population", "genome.population"),
+                            f"genome: `max_population` must be >= `population` ({self.population}). "
+                            f"Got {self.max_population} instead.")
         return self
 
 
@@ -398,30 +404,35 @@ class ScaleConfig(Section):
         from evomerge.errors import ConfigError
         from evomerge.merging.registry import get_merge_method
 
-        problems = []
+        problems: list[tuple[tuple[str, ...], str]] = []
         if self.delta != "relative" and "delta_fraction" in self.model_fields_set \
                 and self.delta_fraction != type(self).model_fields["delta_fraction"].default:
-            problems.append(f"`scale.delta_fraction` ({self.delta_fraction!r}) applies only to `scale.delta: relative`, "
-                            f"but `scale.delta` is {self.delta!r}; remove one of them")
+            problems.append((("scale.delta_fraction", "scale.delta"),
+                             f"`scale.delta_fraction` ({self.delta_fraction!r}) applies only to `scale.delta: relative`, "
+                             f"but `scale.delta` is {self.delta!r}; remove one of them"))
         if self.search and self.search_k == []:
-            problems.append(f"`scale.search_k` is empty, so the searches of `scale.search` {self.search} would run at "
-                            "no k; list the k values, leave it out (every k from 2) or empty `scale.search`")
+            problems.append((("scale.search_k", "scale.search"),
+                             f"`scale.search_k` is empty, so the searches of `scale.search` {self.search} would run at "
+                             "no k; list the k values, leave it out (every k from 2) or empty `scale.search`"))
         for name, params in self.method_params.items():
+            keys = (f"scale.method_params.{name}", "scale.methods")
             if name not in self.methods:
-                problems.append(f"`scale.method_params.{name}`: `{name}` is not in `scale.methods` {self.methods}")
+                problems.append((keys, f"`scale.method_params.{name}`: `{name}` is not in `scale.methods` {self.methods}"))
                 continue
             try:
                 get_merge_method(name).resolve(params)
             except ConfigError as err:
-                problems.append(f"`scale.method_params.{name}`: {err}")
+                problems.append((keys[:1], f"`scale.method_params.{name}`: {err}"))
         if self.k_max is not None and self.k_max < self.k_min:
-            problems.append(f"`scale.k_max` ({self.k_max}) must be >= `scale.k_min` ({self.k_min})")
+            problems.append((("scale.k_max", "scale.k_min"),
+                             f"`scale.k_max` ({self.k_max}) must be >= `scale.k_min` ({self.k_min})"))
         if self.k_max is not None and self.law_first_k >= self.k_max:
-            problems.append(f"`scale.law_first_k` ({self.law_first_k}) must be below `scale.k_max` ({self.k_max}): "
-                            "the law fitted on k <= law_first_k predicts the k beyond it, and fitted on every k "
-                            "the run measures it would predict nothing")
+            problems.append((("scale.law_first_k", "scale.k_max"),
+                             f"`scale.law_first_k` ({self.law_first_k}) must be below `scale.k_max` ({self.k_max}): "
+                             "the law fitted on k <= law_first_k predicts the k beyond it, and fitted on every k "
+                             "the run measures it would predict nothing"))
         if problems:
-            raise ConfigError("\n".join(problems))
+            raise key_errors(problems)
         return self
 
 

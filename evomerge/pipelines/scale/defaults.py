@@ -68,17 +68,27 @@ def default_config():
     return config_from_dict(DEFAULT_SCALE_CONFIG, "built-in scale config")
 
 
-def preset_keys(name: str) -> dict[str, tuple[Any, str]]:
-    """Every dotted key ``--preset name`` fixes -> (its value, what fixes it): its own keys, and
-    the keys of a section preset it names (``genome.preset: paper`` fixes ``genome.population``...)."""
+def preset_layers(name: str) -> list[tuple[str, dict[str, Any]]]:
+    """What ``--preset name`` sets, as (who sets it, its dotted keys -> values): its own keys, then
+    the keys of each section preset it names (``genome.preset: paper`` sets ``genome.population``...)."""
     from evomerge.config.overrides import flat_keys
     from evomerge.config.presets import GENOME_PRESETS, SWARM_PRESETS
 
-    out = {key: (value, f"--preset {name}") for key, value in flat_keys(PRESETS[name]).items()}
+    layers = [(f"--preset {name}", flat_keys(PRESETS[name]))]
     for section, presets in (("genome", GENOME_PRESETS), ("swarm", SWARM_PRESETS)):
         inner = PRESETS[name].get(section, {}).get("preset")
-        for key, value in (presets.get(inner) or {}).items():
-            out.setdefault(f"{section}.{key}", (value, f"--preset {name} (`{section}.preset: {inner}`)"))
+        if inner in presets:
+            layers.append((f"--preset {name} (`{section}.preset: {inner}`)",
+                           {f"{section}.{key}": value for key, value in presets[inner].items()}))
+    return layers
+
+
+def preset_keys(name: str) -> dict[str, tuple[Any, str]]:
+    """Every dotted key ``--preset name`` fixes -> (its value, what fixes it) (:func:`preset_layers`)."""
+    out: dict[str, tuple[Any, str]] = {}
+    for who, keys in preset_layers(name):
+        for key, value in keys.items():
+            out.setdefault(key, (value, who))
     return out
 
 
@@ -109,46 +119,19 @@ def preset_data(name: str, user: Mapping[str, Any] | None = None, sets: Mapping[
             data.pop(section, None)
     data = override_data(data, flat_keys(dict(sets or {})))  # a section given whole: key by key, the rest kept
     data = override_data(data, flat_keys(PRESETS[name]), f"--preset {name}")
-    _check(data, name, fixed, user or {}, dict(sets or {}), user_source)
+    _validate(data, name, user, dict(sets or {}), user_source)
     return data
 
 
-def _check(data: dict[str, Any], name: str, fixed: Mapping[str, tuple[Any, str]], user: Mapping[str, Any],
-           sets: Mapping[str, Any], user_source: str) -> None:
-    """Validate the preset's config, each refused key named with where it was set (``fixed``: the
-    keys the preset fixes, :func:`preset_keys`)."""
-    from pydantic import ValidationError
+def _validate(data: dict[str, Any], name: str, user: Mapping[str, Any] | None, sets: Mapping[str, Any],
+              user_source: str) -> None:
+    """Validate the preset's config, each refused key named with where it was set: the user's
+    config (else the built-in config), ``--set``, the preset, or a section preset it names."""
+    from evomerge.config.overrides import flat_keys
+    from evomerge.config.sources import validate_layered
 
-    from evomerge.config import EvomergeConfig
-    from evomerge.config.base import error_line
-
-    def source(loc: str) -> str:
-        if any(loc == k or loc.startswith(k + ".") or k.startswith(loc + ".") for k in sets):
-            return "--set"
-        node: Any = user
-        for part in loc.split("."):
-            node = node.get(part) if isinstance(node, Mapping) else None
-        if node is not None:
-            return user_source
-        return f"--preset {name}" if loc in fixed else "defaults"
-
-    try:
-        EvomergeConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError("\n".join(error_line(e, source(".".join(map(str, e["loc"])))) for e in err.errors())) from None
-    except ConfigError as err:  # a check across keys: the sources of the keys it names, else of its section
-        keys = getattr(err, "key", None) or ()
-        keys = (keys,) if isinstance(keys, str) else tuple(keys)
-        text = str(err)
-        if not keys:
-            keys = tuple(sorted(set(_named_keys(text)))) or tuple(data)
-        who = list(dict.fromkeys(source(k) for k in keys))
-        who = " + ".join([w for w in who if w != "defaults"] or who)
-        raise ConfigError("\n".join(f"{who}: {line}" for line in text.splitlines())) from None
-
-
-def _named_keys(text: str) -> list[str]:
-    """The dotted config keys a message names in backquotes (`` `scale.k_max` ``)."""
-    import re
-
-    return re.findall(r"`([a-z_]+\.[a-z_.]+)`", text)
+    layers = [("--set", flat_keys(sets)), *preset_layers(name)]
+    if user is None:
+        validate_layered(data, "the built-in config", DEFAULT_SCALE_CONFIG, layers)
+    else:
+        validate_layered(data, user_source, user, layers)
