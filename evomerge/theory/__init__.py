@@ -6,6 +6,7 @@ from evomerge.theory.general_variance import (
     delta_for,
     general_merged_variance,
     general_variance_curve,
+    reaches_delta,
     theorem1_rule,
     theorem1_stop,
 )
@@ -42,7 +43,7 @@ from evomerge.theory.width import (
 
 __all__ = [
     "LawPeak", "OnlineFire", "Theorem1Fire", "covariance_from", "delta_for", "gain_scale", "general_merged_variance",
-    "general_variance_curve", "law_peak", "online_stop", "theorem1_rule", "theorem1_stop",
+    "general_variance_curve", "law_peak", "online_stop", "reaches_delta", "theorem1_rule", "theorem1_stop",
     "GramAccumulator", "ScalingFit", "adaptive_delta", "ellipsoid_width", "ellipsoid_width_mc",
     "estimate_sigma_rho", "excess_kurtosis", "fit_fitness_scaling", "fit_scaling_law", "gaussian_width_mc",
     "gram_of", "hill_tail_index", "lora_singular_values", "lora_subspace_angles", "merged_variance", "n_components_for", "n_max",

@@ -37,6 +37,17 @@ from evomerge.errors import ConfigError
 
 DeltaMode = Literal["fixed", "relative", "adaptive"]
 
+DELTA_RTOL = 1e-9
+
+
+def reaches_delta(drop: float, delta: float) -> bool:
+    """Whether a variance drop is worth an expert: ``drop >= delta``, with a drop equal to
+    ``delta`` up to rounding (within ``DELTA_RTOL`` relative) counting as reaching it. Ties are
+    built in: a relative Delta of f = 0.1 equals the equicorrelated drop at k = 5,
+    ``sigma^2 (1 - rho) / 20``, and the adaptive one the drop at n whenever N = n (n - 1); the
+    two sides are computed along different float paths. The one comparison every rule uses."""
+    return drop >= delta * (1.0 - DELTA_RTOL)
+
 
 def covariance_from(variances: Sequence[float], corr: np.ndarray) -> np.ndarray:
     """``C_ij = rho_ij s_i s_j`` from per-expert variances ``s_i^2`` and the correlation matrix."""
@@ -116,14 +127,14 @@ class Theorem1Fire:
 
 
 def theorem1_stop(curve: Sequence[float], delta: float) -> Theorem1Fire:
-    """The first k whose next drop falls below ``delta`` (a rise counts as a drop below it).
-    A drop within 1e-9 (relative) of ``delta`` counts as reaching it (float rounding)."""
+    """The first k whose next drop falls below ``delta`` (a rise counts as a drop below it;
+    a drop equal to ``delta`` up to rounding reaches it: :func:`reaches_delta`)."""
     if not delta > 0:
         raise ConfigError(f"Delta must be > 0. Got {delta!r} instead.")
     v = np.asarray(curve, dtype=np.float64)
     drops = (v[:-1] - v[1:]).tolist()
     for j, d in enumerate(drops):
-        if d < delta * (1 - 1e-9):
+        if not reaches_delta(d, delta):
             return Theorem1Fire(j + 1, True, float(delta), v.tolist(), drops)
     return Theorem1Fire(int(v.size), False, float(delta), v.tolist(), drops)
 

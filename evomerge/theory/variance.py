@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from evomerge.errors import ConfigError
+from evomerge.theory.general_variance import reaches_delta
 from evomerge.theory.moments import GramAccumulator, gram_of
 
 
@@ -62,10 +63,13 @@ def variance_drop(sigma2: float, rho: float, n: int) -> float:
 
 
 def n_max(sigma2: float, rho: float, delta: float) -> int:
-    """Largest n whose drop ``variance_drop(n)`` is still >= ``delta`` (1 if none is).
+    """Largest n whose drop ``variance_drop(n)`` is still >= ``delta`` (1 if none is); a drop
+    equal to ``delta`` up to rounding counts (:func:`~evomerge.theory.general_variance.reaches_delta`).
 
     Closed form ``floor(sqrt(sigma2 (1 - rho) / delta + 1/4) + 1/2)``, then nudged by one step
-    where floating point rounding put it on the wrong side of an exact boundary.
+    where floating point rounding put it on the wrong side of an exact boundary. A relative
+    Delta (fraction f of the first drop) gives ``floor(sqrt(2 / f + 1/4) + 1/2)`` (5 at f = 0.1)
+    and the adaptive one ``floor(sqrt(N + 1/4) + 1/2)``, whatever ``sigma2`` and ``rho``.
     With ``rho == 1`` or ``sigma2 == 0`` no expert after the first lowers the variance: 1, for
     every ``delta >= 0`` (the adaptive Delta ``sigma2 (1 - rho) / N`` is 0 there: identical
     experts add nothing). Otherwise ``delta`` must be > 0.
@@ -81,9 +85,9 @@ def n_max(sigma2: float, rho: float, delta: float) -> int:
     if not math.isfinite(c) or c > 1e30:
         raise ConfigError(f"delta={delta} is too small relative to sigma2*(1-rho)={sigma2 * (1 - rho)}: n_max overflows")
     n = max(1, int(math.floor(math.sqrt(c + 0.25) + 0.5)))
-    while variance_drop(sigma2, rho, n + 1) >= delta:
+    while reaches_delta(variance_drop(sigma2, rho, n + 1), delta):
         n += 1
-    while n > 1 and variance_drop(sigma2, rho, n) < delta:
+    while n > 1 and not reaches_delta(variance_drop(sigma2, rho, n), delta):
         n -= 1
     return n
 
@@ -115,7 +119,7 @@ def stop_index(sigma2: float, rho: float, delta: float, n_available: int) -> int
 
 def variance_curve(sigma2: float, rho: float, k_max: int, delta: float | None = None) -> list[dict[str, float]]:
     """Rows ``k, merged_variance, drop`` (drop from k-1 to k; NaN at k=1) and
-    ``worth_adding`` (drop >= delta, and drop > 0: an expert that lowers nothing is never worth
+    ``worth_adding`` (drop >= delta as :func:`n_max` compares, and drop > 0: an expert that lowers nothing is never worth
     adding, as :func:`n_max` counts with a zero Delta) for k = 1..k_max."""
     k_max = _check_n(k_max, "k_max")
     rows = []
@@ -125,7 +129,7 @@ def variance_curve(sigma2: float, rho: float, k_max: int, delta: float | None = 
             "k": k,
             "merged_variance": uniform_merged_variance(sigma2, rho, k),
             "drop": drop,
-            "worth_adding": bool(k == 1 or (delta is not None and drop >= delta and drop > 0)),
+            "worth_adding": bool(k == 1 or (delta is not None and drop > 0 and reaches_delta(drop, delta))),
         })
     return rows
 
