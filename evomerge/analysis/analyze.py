@@ -212,15 +212,16 @@ def _write_outputs(tmp: Path, view, stats: PoolStats, delta, rht_status: str, rh
     for name, table in tables.items():
         write_parquet_atomic(tmp / f"{name}.parquet", table)
 
+    corr_lim = figures.symmetric_limit(corr)
     figs = [
         figures.plot_pca_cumulative(cum, tmp / "pca_cumulative.png", PCA_THRESHOLD),
         figures.plot_heatmap(corr, names, tmp / "correlation.png", title="Pearson correlation of task vectors",
-                             label="correlation", vmin=-1, vmax=1, cmap="coolwarm"),
+                             label="correlation", fmt=".2f", vmin=-corr_lim, vmax=corr_lim, cmap="coolwarm"),
         figures.plot_variance_floor(curve, tmp / "variance_floor.png", n_stop=stop_k, delta=delta_v, floor=sigma2 * max(rho, 0.0)),
     ]
     if stats.angle_rows:
         figs.append(figures.plot_heatmap(angles, names, tmp / "principal_angles.png", vmin=0, vmax=90,
-                                         title="mean principal angle (degrees)", label="degrees"))
+                                         title="mean principal angle (degrees)", label="degrees", fmt=".0f"))
     hist = {"uniform merge": stats.sample.values[n].numpy()}
     if stats.has_rht:
         hist["uniform merge + RHT"] = stats.sample.values[n + 1].numpy()

@@ -38,25 +38,48 @@ def plot_pca_cumulative(cum: Sequence[float], out_png: str | Path, threshold: fl
     return _save(fig, out_png)
 
 
-def plot_heatmap(matrix: np.ndarray, names: Sequence[str], out_png: str | Path, *, title: str,
-                 label: str, vmin: float | None = None, vmax: float | None = None, cmap: str = "viridis") -> Path:
-    """Annotated expert x expert heatmap (e.g. mean principal angle in degrees)."""
+def heatmap_figure(matrix: np.ndarray, names: Sequence[str], *, title: str, label: str, fmt: str,
+                   vmin: float | None = None, vmax: float | None = None, cmap: str = "viridis",
+                   marks: Mapping[str, float] | None = None) -> Figure:
+    """Annotated expert x expert heatmap: each cell's value in ``fmt`` (e.g. ``.2f`` for a
+    correlation, ``.0f`` for degrees), dark text on light cells and white on dark ones.
+    ``marks``: labelled values drawn as lines on the colour bar (e.g. a reference level)."""
     m = np.asarray(matrix, dtype=float)
     n = m.shape[0]
     size = max(4.0, 0.55 * n + 2)
     fig = Figure(figsize=(size, size * 0.85))
     ax = fig.add_subplot()
     im = ax.imshow(m, vmin=vmin, vmax=vmax, cmap=cmap)
-    fig.colorbar(im, ax=ax, label=label)
+    bar = fig.colorbar(im, ax=ax, label=label)
+    for text, value in (marks or {}).items():
+        bar.ax.axhline(value, color="k", lw=1.5, ls="--")
+        bar.ax.text(1.05, value, text, transform=bar.ax.get_yaxis_transform(), va="bottom", ha="left", fontsize=7)
     ax.set_xticks(range(n), [s[:14] for s in names], rotation=60, ha="right")
     ax.set_yticks(range(n), [s[:14] for s in names])
     if n <= 16:
         for i in range(n):
             for j in range(n):
                 if np.isfinite(m[i, j]):
-                    ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=7, color="w")
+                    r, g, b, _ = im.cmap(im.norm(m[i, j]))
+                    dark_text = 0.299 * r + 0.587 * g + 0.114 * b > 0.5  # (perceived luminance of the cell)
+                    ax.text(j, i, format(m[i, j], fmt), ha="center", va="center", fontsize=7,
+                            color="k" if dark_text else "w")
     ax.set_title(title)
-    return _save(fig, out_png)
+    return fig
+
+
+def plot_heatmap(matrix: np.ndarray, names: Sequence[str], out_png: str | Path, **kwargs: Any) -> Path:
+    """:func:`heatmap_figure`, written to ``out_png``."""
+    return _save(heatmap_figure(matrix, names, **kwargs), out_png)
+
+
+def symmetric_limit(matrix: np.ndarray) -> float:
+    """The largest |off-diagonal| finite entry (1 if there is none): a colour range symmetric
+    around 0 that shows a correlation matrix's spread (its unit diagonal then sits at the top)."""
+    m = np.asarray(matrix, dtype=float)
+    off = np.abs(m[~np.eye(m.shape[0], dtype=bool)])
+    off = off[np.isfinite(off)]
+    return float(off.max()) if off.size and off.max() > 0 else 1.0
 
 
 def plot_variance_floor(rows: Sequence[Mapping[str, Any]], out_png: str | Path, *, n_stop: int,
