@@ -104,7 +104,7 @@ def fan_out(workers: int, cpus_per_worker: float):
     def runner(command: str, args: list[str]) -> int:
         from pathlib import Path
 
-        from evomerge.cli.tune import tune_config
+        from evomerge.cli.tune import space_error, tune_config
         from evomerge.distributed.cluster import ray_session
         from evomerge.errors import EvomergeError
         from evomerge.storage_uri import mask_uri
@@ -119,8 +119,8 @@ def fan_out(workers: int, cpus_per_worker: float):
             _check_fits(cfg, cpus_per_worker)
             url, name = create_or_check_study(cfg, out, storage=p["storage"], study_name=p["study_name"],
                                               resume=p["resume"], small=small)
-        except EvomergeError as err:
-            print(f"error: {err}", file=sys.stderr, flush=True)
+        except EvomergeError as err:  # (a refused dimension named with where it was set, as evomerge tune does)
+            print(f"error: {space_error(err, p['config'], p['sets'])}", file=sys.stderr, flush=True)
             return 2
         print(f"study `{name}` in {mask_uri(url)}; {workers} worker(s)", flush=True)
         rest = list(args)

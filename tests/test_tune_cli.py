@@ -75,6 +75,7 @@ def test_a_bad_space_dimension_set_on_the_command_line_is_named(tmp_path, capsys
     assert rc == 2 and "unknown key" not in err
     lines = err.strip().splitlines()
     assert len(lines) == 2, err
-    assert lines[0].startswith("error: tune.space.`rht.gamma`: value 3.0 is not allowed")
-    assert lines[1].startswith("error: tune.space.`genome.sigmaa`: unknown parameter `sigmaa`")
+    # each line names where its dimension was set (here --set, as a refused config value is named)
+    assert lines[0].startswith("error: --set: tune.space.`rht.gamma`: value 3.0 is not allowed")
+    assert lines[1].startswith("error: --set: tune.space.`genome.sigmaa`: unknown parameter `sigmaa`")
     assert not (tmp_path / "out" / "optuna.db").exists()

@@ -172,11 +172,12 @@ def test_a_dimension_no_trial_reads_is_refused_before_any_work(extra, space, fra
     data = {**base, **{k: v for k, v in extra.items() if k != "tune"}}
     data["tune"] = {**base["tune"], **extra.get("tune", {}), "space": space}
     out = tmp_path / "out"
-    code, _, err = run_cli(["tune", "--config", _config(tmp_path, data), "--small", "--out", out], capsys)
+    path = _config(tmp_path, data)
+    code, _, err = run_cli(["tune", "--config", path, "--small", "--out", out], capsys)
     assert code == 2, err
     name = next(iter(space))
     line = _error_line(err)
-    assert line.startswith(f"error: tune.space.`{name}`: has no effect: ") and fragment in line, line
+    assert line.startswith(f"error: {path}: tune.space.`{name}`: has no effect: ") and fragment in line, line
     assert not out.exists()
 
 

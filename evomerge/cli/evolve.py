@@ -21,6 +21,36 @@ def flag_values(algo: str, *, ray_address: str | None = None, actors: int | None
             ("genome.generations" if algo == "genome" else "swarm.max_iter"): generations}
 
 
+def blamed(err: Exception, config: Optional[Path], sets: list[str], flags: dict[str, Any] | None = None,
+           names: dict[str, str] | None = None, keys: str = "") -> Exception:
+    """``err`` with each line prefixed by where its keys were set (the config file, ``--set``, a
+    flag: :func:`evomerge.config.sources.sources`, as a refused value of the config itself reads),
+    for a check that needs more than the config (the pool's size) and so runs after it loaded.
+    Only a :class:`ConfigError` that says its keys (``keys_by_line``), all under ``keys``, is
+    rewritten; anything else comes back as it is.
+
+    The layers are those :func:`evomerge.cli._common.load_config_with_sets` lays over the file
+    (``--set``, then the flags in order)."""
+    from evomerge.config import load_config_data
+    from evomerge.config.overrides import parse_sets
+    from evomerge.config.sources import sources
+    from evomerge.errors import ConfigError
+
+    by_line = getattr(err, "keys_by_line", None) if isinstance(err, ConfigError) else None
+    if not by_line or not all(k.startswith(keys) for ks, _ in by_line for k in ((ks,) if isinstance(ks, str) else ks)):
+        return err
+    layers: list[tuple[str, dict[str, Any]]] = [("--set", parse_sets(sets))]
+    for key, value in (flags or {}).items():
+        if value is not None:
+            label = (names or {}).get(key, "flags")
+            if layers[-1][0] != label:
+                layers.append((label, {}))
+            layers[-1][1][key] = value
+    base, data = (str(config), load_config_data(config)) if config is not None else ("defaults", {})
+    return ConfigError("\n".join(f"{sources(ks, base, data, layers)}: {line}"
+                                  for ks, text in by_line for line in text.splitlines()))
+
+
 def interrupted_message(out: Path) -> str:
     """An interrupted run keeps its checkpointed rounds (``run.json`` and the checkpoint are
     written atomically; the round in flight runs again on resume)."""
@@ -69,12 +99,17 @@ def register(app: typer.Typer) -> None:
         from evomerge.io import removed_if_failed
         from evomerge.search import check_search_name
 
+        from evomerge.errors import ConfigError
+
         check_search_name(algo, "--algo")
-        cfg = load_config_with_sets(config, sets, flag_values(algo, ray_address=ray_address, actors=actors,
-                                                              generations=generations, seed=seed), FLAG_NAMES)
+        flags = flag_values(algo, ray_address=ray_address, actors=actors, generations=generations, seed=seed)
+        cfg = load_config_with_sets(config, sets, flags, FLAG_NAMES)
         profile, cfg = zoo_settings(zoo_choice(zoo, small), cfg, "small")
         with interruptible(lambda: interrupted_message(out)), removed_if_failed(out):
-            res = run_evolve(cfg, algo, out, resume=resume, zoo_profile=profile, progress=True)
+            try:
+                res = run_evolve(cfg, algo, out, resume=resume, zoo_profile=profile, progress=True)
+            except ConfigError as err:  # a check that needs the pool's size, e.g. genome.population
+                raise blamed(err, config, sets, flags, FLAG_NAMES) from None
         typer.echo(f"best {res.best_id}: validation fitness {res.best_fitness:.4f}")
         if res.expert_fitness:
             name, fit = max(res.expert_fitness.items(), key=lambda kv: kv[1])

@@ -22,6 +22,15 @@ def tune_config(config: Path, sets: list[str], zoo: Optional[str], small: bool, 
     return zoo_settings(zoo_choice(zoo, small), cfg, "default")
 
 
+def space_error(err: Exception, config: Optional[Path], sets: list[str]) -> Exception:
+    """A refused ``tune.space`` dimension (checked once the config has loaded: against the merge
+    registry, the schema, the pool's size) with each line prefixed by where that dimension was set:
+    the config file or ``--set`` (no flag sets one); any other error as it is."""
+    from evomerge.cli.evolve import blamed
+
+    return blamed(err, config, sets, keys="tune.space.")
+
+
 @contextlib.contextmanager
 def _no_interrupt_traceback() -> Iterator[None]:
     """Optuna logs the trial an interrupt cut as failed, with the KeyboardInterrupt's traceback:
@@ -112,6 +121,7 @@ def register(app: typer.Typer) -> None:
 
         Without experts in the config, the built-in zoo (``--zoo``, default: default) is used."""
         from evomerge.cli._common import interruptible
+        from evomerge.errors import ConfigError
         from evomerge.io import removed_if_failed
         from evomerge.pipelines.tune.run import run_tune
 
@@ -121,8 +131,11 @@ def register(app: typer.Typer) -> None:
             profile, cfg = tune_config(config, sets, zoo, small, timeout=timeout)
             opened.append(cfg)
             with removed_if_failed(out):
-                res = run_tune(
-                    cfg, out, storage=storage, study_name=study_name, n_trials=n_trials, timeout=None,  # in cfg
-                    resume=resume, small=profile == "small", worker=worker, log=lambda m: typer.echo(m, err=False),
-                )
+                try:
+                    res = run_tune(
+                        cfg, out, storage=storage, study_name=study_name, n_trials=n_trials, timeout=None,  # in cfg
+                        resume=resume, small=profile == "small", worker=worker, log=lambda m: typer.echo(m, err=False),
+                    )
+                except ConfigError as err:  # a refused dimension: named with where it was set
+                    raise space_error(err, config, sets) from None
         typer.echo(f"best config: {res.files.get('best_config', '(no complete trial)')}")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from evomerge.config.sections import GenomeConfig, SwarmConfig
+from evomerge.config.sections import GenomeConfig, SwarmConfig, key_error
 from evomerge.errors import ConfigError
 from evomerge.search.base import AskTell
 from evomerge.search.operators import merge_spec
@@ -50,7 +50,8 @@ def init_population(cfg: GenomeConfig, n_experts: int) -> int:
         return cfg.population
     if cfg.preset == "paper":
         return pairs
-    raise ConfigError(
+    raise key_error(  # (the CLI names where the two keys were set)
+        ("genome.population", "genome.init_pairs"),
         f"`genome.population` ({cfg.population}) is larger than the {pairs} pairs of {n_experts} experts, and "
         "`genome.init_pairs: coverage` never reuses a pair; lower it or use init_pairs: coverage_reuse"
     )

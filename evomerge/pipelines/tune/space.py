@@ -263,13 +263,18 @@ def build_space(tune: TuneConfig, base: EvomergeConfig, n_experts: int | None = 
     """Resolve and check ``tune.space`` against the schema, the merge registry and the objective.
 
     Every invalid dimension is reported, one line each (one :class:`ConfigError` whose message
-    has a line per problem, as the config loader reports several invalid keys)."""
+    has a line per problem, as the config loader reports several invalid keys; its
+    ``keys_by_line`` gives each line's key, ``tune.space.<name>``, so that the CLI names where the
+    dimension was set)."""
     from evomerge.merging.registry import get_merge_method
+
+    from evomerge.config.sections import key_errors
 
     if not tune.space:
         raise ConfigError("tune.space is empty: declare at least one parameter to search (e.g. `merge.params.density`)")
     dims: list[Dim] = []
-    problems: list[str] = []
+    # (the dimension's key, its message): the CLI names where each key was set (the file, --set)
+    problems: list[tuple[str | tuple[str, ...], str]] = []
     methods: list[str] | None = [base.merge.method]
     mutations = _mutations(tune, base)
     spec_method = tune.space.get("merge.method")
@@ -278,16 +283,20 @@ def build_space(tune: TuneConfig, base: EvomergeConfig, n_experts: int | None = 
             if not spec_method.choices:
                 raise ConfigError(f"{_where('merge.method')}: give `choices` (merge method names)")
             for m in spec_method.choices:
-                get_merge_method(str(m))
+                try:
+                    get_merge_method(str(m))
+                except ConfigError as err:  # (the registry's message names the method, not the key)
+                    raise ConfigError(f"{_where('merge.method')}: {err}") from None
             methods = [str(m) for m in spec_method.choices]
             _check_used("merge.method", tune, base, mutations)
             dims.append(Dim("merge.method", "categorical", choices=tuple(methods)))
         except ConfigError as err:
-            problems.append(str(err))
+            problems.append((_key("merge.method"), str(err)))
             methods = None  # the merge.params.* dimensions cannot be checked against unknown methods
     counts = [n for n in tune.space if n in COUNT_NAMES]
     if len(counts) > 1:
-        problems.append("tune.space: `experts.count` and `scale.k` are the same dimension; give one of them")
+        problems.append((tuple(_key(n) for n in counts),
+                         "tune.space: `experts.count` and `scale.k` are the same dimension; give one of them"))
     for name, spec in tune.space.items():
         if name == "merge.method":
             continue
@@ -303,10 +312,16 @@ def build_space(tune: TuneConfig, base: EvomergeConfig, n_experts: int | None = 
                 dims.append(_field_dim(name, spec, base))
                 _check_used(name, tune, base, mutations)
         except ConfigError as err:
-            problems.append(str(err))
+            problems.append((_key(name), str(err)))
     if problems:
-        raise ConfigError("\n".join(problems))
+        raise key_errors(problems)
     return dims
+
+
+def _key(name: str) -> str:
+    """The dotted config key of dimension ``name`` (``tune.space.rht.gamma``), for
+    :func:`evomerge.config.sources.sources`, which matches the dimension's dotted name whole."""
+    return f"tune.space.{name}"
 
 
 def space_fingerprint(dims: list[Dim], objective: str) -> str:
