@@ -92,8 +92,10 @@ class Opened:
 
 def open_tune_study(cfg: EvomergeConfig, out_dir: Path, *, storage: str | None, study_name: str | None,
                     resume: bool, small: bool, worker: int = 0, log=None) -> Opened:
-    """Check the space, reach the storage, create/join the study; nothing expensive runs before these checks
-    (except building the built-in zoo, which is needed to know the pool size)."""
+    """Check the space (against the pool's size too), then make ``out_dir``, reach the storage and
+    create/join the study: a refused space leaves no folder and no storage file behind. Nothing
+    expensive runs before these checks (except building the built-in zoo, which is needed to know
+    the pool size)."""
     import optuna
 
     from evomerge.pipelines.tune.space import build_space, space_fingerprint
@@ -102,14 +104,14 @@ def open_tune_study(cfg: EvomergeConfig, out_dir: Path, *, storage: str | None, 
 
     tune = cfg.tune
     name = study_name_of(cfg, study_name)
-    out_dir.mkdir(parents=True, exist_ok=True)
     build_space(tune, cfg)  # cheap checks first (names, ranges), before the zoo is built
     url = resolve_storage_url(storage, tune.storage, out_dir)
     shown = shown_url(url)
+    spec = _pool_spec(cfg, small)
+    dims = build_space(tune, cfg, n_experts=len(spec.paths))  # e.g. experts.count's `high` vs the pool
+    out_dir.mkdir(parents=True, exist_ok=True)  # (the default storage lies in it)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     store = open_storage(url)
-    spec = _pool_spec(cfg, small)
-    dims = build_space(tune, cfg, n_experts=len(spec.paths))
     max_steps = cfg.genome.generations if tune.objective == "genome" else cfg.swarm.max_iter
     study = open_study(
         store, name, space_fingerprint(dims, tune.objective), resume=resume,
@@ -298,7 +300,6 @@ def run_tune(
 
         cfg = override(cfg, {"tune.timeout": timeout}, "timeout")
     check_out_dir(cfg, out_dir, storage=storage, study_name=study_name, resume=resume)
-    out_dir.mkdir(parents=True, exist_ok=True)
     total = n_trials or cfg.tune.n_trials
     timeout = cfg.tune.timeout
     o = open_tune_study(cfg, out_dir, storage=storage, study_name=study_name, resume=resume, small=small,
