@@ -48,6 +48,10 @@ def test_cli_analyze_prints_and_writes_consistent_numbers(adapters, capsys):
     assert len(angles) == len(pool.keys()) * 6  # 4 experts -> 6 pairs per adapted weight
     # independent random adapters of rank 4 in a 32/16-dim space: angles well away from 0
     assert 20 < summary["mean_principal_angle"] < 90
+    # ... at the level of random subspaces of these shapes (rank 4 in 32 / 16 dimensions), printed beside it
+    random_level = summary["principal_angle_random_deg"]
+    assert 40 < random_level < 80 and abs(summary["mean_principal_angle"] - random_level) < 5
+    assert f"(random subspaces of the same shapes: {random_level:.1f} deg)" in printed
     # refuses to overwrite, then does with --overwrite
     assert main(argv) == 2
     assert "already exists" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from evomerge.analysis.source import pool_view
 from evomerge.errors import ConfigError
 from evomerge.experts.types import LoraModule
 from evomerge.io import atomic_dir, jsonable, write_json_atomic, write_parquet_atomic
-from evomerge.theory.geometry import n_components_for, pca_cumulative_variance
+from evomerge.theory.geometry import n_components_for, pca_cumulative_variance, random_subspace_mean_angle
 from evomerge.theory.tails import hill_tail_index, kurtosis_from_moments
 from evomerge.theory.variance import adaptive_delta, n_max, sigma_rho_from_gram, stop_index, variance_curve
 
@@ -102,6 +102,26 @@ def _mean_angle_matrix(rows: list[dict[str, Any]], n: int) -> np.ndarray:
     return m
 
 
+def _pool_mean_angle(rows: list[dict[str, Any]], n: int) -> float:
+    """The summary's mean principal angle: per pair the mean over its weights, then over pairs."""
+    if not rows:
+        return float("nan")
+    return float(np.nanmean(_mean_angle_matrix(rows, n)[np.triu_indices(n, 1)]))
+
+
+def _random_angle_level(rows: list[dict[str, Any]], n: int, seed: int) -> float:
+    """What :func:`_pool_mean_angle` would be for independent uniformly random subspaces of the
+    compared shapes (each row's ambient dimension and two ranks): the level of "unrelated"."""
+    levels: dict[tuple[int, int, int], float] = {}
+    random_rows = []
+    for r in rows:
+        shape = (r["dim"], *sorted((r["rank_i"], r["rank_j"])))
+        if shape not in levels:
+            levels[shape] = random_subspace_mean_angle(*shape, seed=seed)[0]
+        random_rows.append({**r, "mean_angle": levels[shape]})
+    return _pool_mean_angle(random_rows, n)
+
+
 def _check_delta(delta: float | str | None, fraction: float) -> None:
     """Fail before the pass over the pool, not after it."""
     if not 0.0 < fraction < 1.0:
@@ -184,7 +204,8 @@ def _write_outputs(tmp: Path, view, stats: PoolStats, delta, rht_status: str, rh
     n95 = n_components_for(cum, PCA_THRESHOLD)
     angles = _mean_angle_matrix(stats.angle_rows, n)
     iu = np.triu_indices(n, 1)
-    mean_angle = float(np.nanmean(angles[iu])) if stats.angle_rows else float("nan")
+    mean_angle = _pool_mean_angle(stats.angle_rows, n)
+    random_angle = _random_angle_level(stats.angle_rows, n, seed)
 
     tables: dict[str, pa.Table] = {}
     tables["experts"] = pa.Table.from_pylist([
@@ -200,7 +221,8 @@ def _write_outputs(tmp: Path, view, stats: PoolStats, delta, rht_status: str, rh
         {"component": c + 1, "explained_ratio": float(ratio[c]), "cumulative": float(cum[c])} for c in range(cum.size)
     ])
     angle_schema = pa.schema([("key", pa.string()), ("layer", pa.int64()), ("expert_i", pa.int64()), ("expert_j", pa.int64()),
-                              ("name_i", pa.string()), ("name_j", pa.string()), ("n_angles", pa.int64()),
+                              ("name_i", pa.string()), ("name_j", pa.string()), ("dim", pa.int64()), ("rank_i", pa.int64()),
+                              ("rank_j", pa.int64()), ("n_angles", pa.int64()),
                               ("mean_angle", pa.float64()), ("min_angle", pa.float64()), ("max_angle", pa.float64())])
     tables["layer_angles"] = pa.Table.from_pylist(stats.angle_rows, schema=angle_schema)
     curve = variance_curve(sigma2, rho, n, delta_v)
@@ -220,8 +242,9 @@ def _write_outputs(tmp: Path, view, stats: PoolStats, delta, rht_status: str, rh
         figures.plot_variance_floor(curve, tmp / "variance_floor.png", n_stop=stop_k, delta=delta_v, floor=sigma2 * max(rho, 0.0)),
     ]
     if stats.angle_rows:
-        figs.append(figures.plot_heatmap(angles, names, tmp / "principal_angles.png", vmin=0, vmax=90,
-                                         title="mean principal angle (degrees)", label="degrees", fmt=".0f"))
+        figs.append(figures.plot_heatmap(angles, names, tmp / "principal_angles.png", vmin=0, vmax=90, fmt=".0f",
+                                         title=f"mean principal angle (degrees); random subspaces: {random_angle:.1f}",
+                                         label="degrees", marks={"random": random_angle}))
     hist = {"uniform merge": stats.sample.values[n].numpy()}
     if stats.has_rht:
         hist["uniform merge + RHT"] = stats.sample.values[n + 1].numpy()
@@ -243,6 +266,7 @@ def _write_outputs(tmp: Path, view, stats: PoolStats, delta, rht_status: str, rh
         "pca_threshold": PCA_THRESHOLD,
         "pca_components": n95,
         "mean_principal_angle": None if math.isnan(mean_angle) else mean_angle,
+        "principal_angle_random_deg": None if math.isnan(random_angle) else random_angle,
         "mean_abs_cosine": float(np.abs(cos[iu]).mean()),
         "rht": rht_status,
         "rht_config": rht_cfg.model_dump(mode="json") if hasattr(rht_cfg, "model_dump") else rht_cfg,

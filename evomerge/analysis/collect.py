@@ -163,7 +163,8 @@ def collect(
                     if ang.size:
                         angle_rows.append({
                             "key": key, "layer": layer_index(key), "expert_i": i, "expert_j": j,
-                            "name_i": view.names[i], "name_j": view.names[j], "n_angles": int(ang.size),
+                            "name_i": view.names[i], "name_j": view.names[j], "dim": int(bases[i].shape[0]),
+                            "rank_i": int(bases[i].shape[1]), "rank_j": int(bases[j].shape[1]), "n_angles": int(ang.size),
                             "mean_angle": float(ang.mean()), "min_angle": float(ang.min()),
                             "max_angle": float(ang.max()),
                         })

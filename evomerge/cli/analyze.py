@@ -56,6 +56,8 @@ def analyze_command(
                           overwrite=overwrite, progress=not quiet)
     s = result.summary
     angle = "n/a" if s["mean_principal_angle"] is None else f"{s['mean_principal_angle']:.1f} deg"
+    if s["principal_angle_random_deg"] is not None:
+        angle += f"   (random subspaces of the same shapes: {s['principal_angle_random_deg']:.1f} deg)"
     typer.echo(f"experts:            {s['n_experts']} {s['kind']} ({s['n_params']} task-vector entries)")
     typer.echo(f"sigma^2:            {s['sigma2']:.4g}")
     typer.echo(f"rho:                {s['rho']:.4f}   (variance floor sigma^2 max(rho, 0) = {s['variance_floor']:.4g})")

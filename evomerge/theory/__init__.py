@@ -16,6 +16,7 @@ from evomerge.theory.geometry import (
     pairwise_cosine,
     pca_cumulative_variance,
     principal_angles,
+    random_subspace_mean_angle,
 )
 from evomerge.theory.moments import GramAccumulator, gram_of
 from evomerge.theory.online_rule import LawPeak, OnlineFire, gain_scale, law_peak, online_stop
@@ -47,7 +48,7 @@ __all__ = [
     "GramAccumulator", "ScalingFit", "adaptive_delta", "ellipsoid_width", "ellipsoid_width_mc",
     "estimate_sigma_rho", "excess_kurtosis", "fit_fitness_scaling", "fit_scaling_law", "gaussian_width_mc",
     "gram_of", "hill_tail_index", "lora_singular_values", "lora_subspace_angles", "merged_variance", "n_components_for", "n_max",
-    "pairwise_cosine", "pca_cumulative_variance", "principal_angles", "redundancy_rhs", "redundancy_threshold",
+    "pairwise_cosine", "pca_cumulative_variance", "principal_angles", "random_subspace_mean_angle", "redundancy_rhs", "redundancy_threshold",
     "sigma_rho_from_gram", "singular_value_tail", "spectrum_summary", "stop_index", "uniform_merged_variance", "variance_curve", "variance_drop",
     "width_curve",
 ]

@@ -10,6 +10,7 @@ import torch
 
 from evomerge.errors import ConfigError
 from evomerge.experts.types import LoraModule
+from evomerge.seeding import derive_rng
 from evomerge.theory.moments import GramAccumulator, gram_of
 
 
@@ -76,6 +77,32 @@ def angles_between_bases(qa: np.ndarray, qb: np.ndarray) -> np.ndarray:
         return np.zeros(0)
     s = np.clip(np.linalg.svd(qa.T @ qb, compute_uv=False), 0.0, 1.0)
     return np.sort(np.degrees(np.arccos(s)))
+
+
+def random_subspace_mean_angle(dim: int, p: int, q: int, *, seed: int, trials: int = 256) -> tuple[float, float]:
+    """``(mean, standard error)``, in degrees, of the mean principal angle between independent
+    uniformly random p- and q-dimensional subspaces of ``R^dim``: the level of "unrelated"
+    subspaces of these shapes (Monte-Carlo over ``trials`` draws, seeded from ``seed`` and the
+    shape). Not 90: random rank-32 subspaces of R^256 sit near 72 degrees, of R^512 near 78; two
+    lines in the plane at 45, in R^3 at 1 rad; a subspace that fills the space at 0.
+
+    By rotation invariance one subspace can be the span of the first q axes; the cosines of the
+    angles are then the singular values of the first q rows of a Haar-random orthonormal basis
+    (QR of a Gaussian matrix) of the other."""
+    for name, v, low in (("dim", dim, 1), ("p", p, 1), ("q", q, 1), ("trials", trials, 2)):
+        if isinstance(v, bool) or int(v) != v or v < low:
+            raise ConfigError(f"{name} must be an integer >= {low}, got {v!r}")
+    if p > dim or q > dim:
+        raise ConfigError(f"subspaces of dimension {p} and {q} do not fit in R^{dim}")
+    rng = derive_rng("random-subspace-angles", seed, dim, p, q)
+    means = []
+    for start in range(0, trials, 128):  # batches bound the memory of the stacked QR
+        g = rng.standard_normal((min(128, trials - start), dim, p))
+        basis = np.linalg.qr(g)[0]
+        cos = np.clip(np.linalg.svd(basis[:, :q, :], compute_uv=False), 0.0, 1.0)
+        means.append(np.degrees(np.arccos(cos)).mean(axis=1))
+    m = np.concatenate(means)
+    return float(m.mean()), float(m.std(ddof=1) / np.sqrt(m.size))
 
 
 def _rank_rtol(m) -> float:
