@@ -119,6 +119,16 @@ def histogram_shares(samples: Mapping[str, np.ndarray], bins: int = 120) -> tupl
     return edges, {label: (np.histogram(v, bins=edges)[0] / max(v.size, 1), int(v.size)) for label, v in finite.items()}
 
 
+def same_size(samples: Mapping[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Each sample's finite entries, the larger ones subsampled (without replacement, ``rng``) to
+    the smallest one's count: a sample three times as large reaches further into the tails by
+    its size alone (the largest of 3n draws beats the largest of n three times in four)."""
+    finite = {label: v[np.isfinite(v)] for label, v in ((lab, np.asarray(s, dtype=float).ravel())
+                                                      for lab, s in samples.items())}
+    n = min((v.size for v in finite.values()), default=0)
+    return {label: v if v.size == n else v[np.sort(rng.choice(v.size, n, replace=False))] for label, v in finite.items()}
+
+
 def plot_weight_histograms(samples: Mapping[str, np.ndarray], out_png: str | Path, bins: int = 120) -> Path:
     """Histograms (log-y) of sampled values, e.g. the uniform merge with and without RHT, each as
     the share of its own entries per bin (:func:`histogram_shares`; its count in the legend)."""

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from evomerge.analysis.figures import plot_weight_histograms
+from evomerge.analysis.figures import plot_weight_histograms, same_size
 from evomerge.pipelines.scale.plan import load_cells  # (torch, through the theory: imported while warm)
 from evomerge.pipelines.scale.report import load_plan
 from evomerge.pipelines.scale.store import CellStore
 from evomerge.pipelines.scale.figures import plot_fitness_panels
+from evomerge.seeding import derive_rng
 
 
 def fitness_figure(plan: dict, fitness: pd.DataFrame, fig_dir: Path, metric: str,
@@ -31,13 +32,16 @@ def fitness_figure(plan: dict, fitness: pd.DataFrame, fig_dir: Path, metric: str
 
 
 def weight_histograms(samples: pd.DataFrame, fig_dir: Path) -> dict[str, str]:
-    """Per method: entries of the merged task vector at the largest k, without and with RHT."""
+    """Per method: entries of the merged task vector at the largest k, without and with RHT, each
+    curve from the same number of entries (:func:`~evomerge.analysis.figures.same_size`, seeded
+    by the method: RHT has one cell per seed, a deterministic merge one cell in all)."""
     out = {}
     for method, s in samples.groupby("method"):
         k = int(s["k"].max())
         s = s[s["k"] == k]
         hist = {f"{method} k={k}" + (" + RHT" if rht else ""): g["value"].to_numpy()
                 for rht, g in s.groupby("rht")}
+        hist = same_size(hist, derive_rng("weight-hist", str(method), k))
         path = plot_weight_histograms(hist, fig_dir / f"weight_hist_{method}.png")
         out[f"weight_hist_{method}"] = f"figures/{path.name}"
     return out
