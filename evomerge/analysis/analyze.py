@@ -17,7 +17,7 @@ from evomerge.analysis.source import pool_view
 from evomerge.errors import ConfigError
 from evomerge.experts.types import LoraModule
 from evomerge.io import atomic_dir, jsonable, write_json_atomic, write_parquet_atomic
-from evomerge.theory.geometry import n_components_for, pca_cumulative_variance, random_subspace_mean_angle
+from evomerge.theory.geometry import n_components_for, pca_at_ceiling, pca_cumulative_variance, random_subspace_mean_angle
 from evomerge.theory.tails import hill_tail_index, kurtosis_from_moments
 from evomerge.theory.variance import adaptive_delta, n_max, sigma_rho_from_gram, stop_index, variance_curve
 
@@ -46,18 +46,22 @@ class AnalysisResult:
         return self.summary["n_max"]
 
 
+RHT_COMPARED = ("compared: the uniform merge's tails without and with RHT (rht_config's constants; "
+                "its enabled flag is the merges' setting, not this comparison's)")
+
+
 def _rht_fn(rht_cfg: Any) -> tuple[RhtFn | None, str]:
     """The RHT applied to the uniform merge (seeded by ``rht_cfg.seed`` as ``evomerge merge``
-    does), or None with the reason."""
+    does), or None; and what the summary's ``rht`` says was done."""
     try:
         from evomerge.merging.rht import apply_rht
     except ImportError as err:
-        return None, f"evomerge.merging.rht not importable ({err})"
+        return None, f"not compared: evomerge.merging.rht not importable ({err})"
 
     def fn(key: str, merged: torch.Tensor) -> torch.Tensor:
         return apply_rht({key: merged}, rht_cfg, rht_cfg.seed)[key]
 
-    return fn, "applied"
+    return fn, RHT_COMPARED
 
 
 def _tail_stats(stats: PoolStats, row: int, k_frac: float) -> dict[str, float]:
@@ -265,6 +269,7 @@ def _write_outputs(tmp: Path, view, stats: PoolStats, delta, rht_status: str, rh
         "stop_k": stop_k,
         "pca_threshold": PCA_THRESHOLD,
         "pca_components": n95,
+        "pca_at_ceiling": pca_at_ceiling(n95, n),
         "mean_principal_angle": None if math.isnan(mean_angle) else mean_angle,
         "principal_angle_random_deg": None if math.isnan(random_angle) else random_angle,
         "mean_abs_cosine": float(np.abs(cos[iu]).mean()),

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from evomerge.errors import ConfigError
 from evomerge.io import save_png_atomic
+from evomerge.theory.geometry import pca_ceiling_note
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
@@ -21,7 +22,8 @@ def _save(fig: Figure, path: str | Path) -> Path:
 
 
 def plot_pca_cumulative(cum: Sequence[float], out_png: str | Path, threshold: float = 0.95) -> Path:
-    """Cumulative explained variance vs number of components, with the threshold line."""
+    """Cumulative explained variance vs number of components (one entry per expert), with the
+    threshold line; the title says when the count is the n - 1 ceiling."""
     cum = np.asarray(cum, dtype=float)
     fig = Figure(figsize=(5, 3.6))
     ax = fig.add_subplot()
@@ -29,10 +31,13 @@ def plot_pca_cumulative(cum: Sequence[float], out_png: str | Path, threshold: fl
     ax.plot(comps, cum, marker="o")
     ax.axhline(threshold, color="tab:red", ls="--", lw=1, label=f"{threshold:.0%}")
     hits = np.flatnonzero(cum >= threshold - 1e-12)
+    title = "PCA of task vectors"
     if hits.size:
         ax.axvline(hits[0] + 1, color="tab:gray", ls=":", lw=1, label=f"{hits[0] + 1} components")
+        note = pca_ceiling_note(int(hits[0] + 1), cum.size)  # (one entry per expert)
+        title += f"\n{threshold:.0%} needs {hits[0] + 1}: {note}" if note else ""
     ax.set(xlabel="principal components (experts as samples)", ylabel="cumulative explained variance",
-           ylim=(0, 1.02), title="PCA of task vectors")
+           ylim=(0, 1.02), title=title)
     ax.set_xticks(comps)
     ax.legend(loc="lower right")
     return _save(fig, out_png)

@@ -40,6 +40,7 @@ def analyze_command(
     from evomerge.cli._common import load_config_with_sets
     from evomerge.experts.pool import load_pool
     from evomerge.io import check_not_overlapping, check_output_path
+    from evomerge.theory.geometry import pca_ceiling_note
 
     cfg = load_config_with_sets(config, sets)
     paths = list(expert) or [s.path for s in cfg.experts.experts]
@@ -63,7 +64,8 @@ def analyze_command(
     typer.echo(f"rho:                {s['rho']:.4f}   (variance floor sigma^2 max(rho, 0) = {s['variance_floor']:.4g})")
     typer.echo(f"Delta:              {s['delta']:.4g}   ({s['delta_mode']})")
     typer.echo(f"n_max:              {s['n_max']}   (merge {s['stop_k']} of {s['n_experts']})")
-    typer.echo(f"PCA 95% components: {s['pca_components']}")
+    note = pca_ceiling_note(s["pca_components"], s["n_experts"])
+    typer.echo(f"PCA 95% components: {s['pca_components']}" + (f"   ({note}: no low-rank structure shown)" if note else ""))
     typer.echo(f"mean principal angle: {angle}")
     typer.echo(f"results:            {out}")
     from evomerge.cli import _common

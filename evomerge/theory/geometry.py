@@ -43,6 +43,19 @@ def n_components_for(cum: np.ndarray, threshold: float = 0.95) -> int:
     return int(hits[0] + 1) if hits.size else int(cum.size)
 
 
+def pca_at_ceiling(n_components: int, n_experts: int) -> bool:
+    """Whether a PCA count is the most n experts allow: centred on their mean they span at most
+    n - 1 directions, so a count of n - 1 is what any pool without a low-rank structure gives."""
+    return n_experts >= 2 and n_components >= n_experts - 1
+
+
+def pca_ceiling_note(n_components: int, n_experts: int) -> str:
+    """A few words saying the count is at the ceiling (empty when it is not)."""
+    if not pca_at_ceiling(n_components, n_experts):
+        return ""
+    return f"the ceiling: {n_experts} centred experts span at most {n_experts - 1} directions"
+
+
 def _np64(m) -> np.ndarray:
     return m.detach().cpu().to(torch.float64).numpy() if isinstance(m, torch.Tensor) else np.asarray(m, dtype=np.float64)
 
