@@ -220,6 +220,19 @@ def test_rayjob_runs_an_evomerge_job_with_a_pinned_runtime() -> None:
         assert limits["nvidia.com/gpu"] == "1"
 
 
+def test_rayjob_working_dir_is_a_placeholder_explained_in_the_file() -> None:
+    """No made-up project URL (none exists: no remote, none in pyproject): an unmistakable
+    placeholder that never resolves, and the instruction to replace it in the manifest itself."""
+    text = (CLUSTERS / "kuberay" / "rayjob.yaml").read_text()
+    job = next(d for _, d in _kuberay_docs() if d["kind"] == "RayJob")["spec"]
+    working_dir = yaml.safe_load(job["runtimeEnvYAML"])["working_dir"]
+    assert working_dir.startswith("https://REPLACE-ME.invalid/")  # (.invalid: a reserved name, RFC 2606)
+    assert "BEFORE APPLYING: replace the placeholder `working_dir`" in text
+    for path in CLUSTERS.rglob("*"):
+        if path.is_file():
+            assert "github.com/evomerge/evomerge" not in path.read_text(), path
+
+
 def test_no_secrets_in_cluster_files() -> None:
     import re
 
