@@ -47,7 +47,7 @@ def test_cli_analyze_prints_and_writes_consistent_numbers(adapters, capsys):
     flat = np.concatenate([pool.stacked(k).double().reshape(4, -1).numpy() for k in pool.keys()], axis=1)
     sv2 = np.linalg.svd(flat - flat.mean(0), compute_uv=False) ** 2
     assert summary["pca_components"] == int(np.searchsorted(np.cumsum(sv2) / sv2.sum(), 0.95 - 1e-12) + 1) == 3
-    assert ("PCA 95% components: 3   (the ceiling: 4 centred experts span at most 3 directions: "
+    assert ("PCA 95% components: 3   (the ceiling: 4 centred experts span at most 3 directions; "
             "no low-rank structure shown)") in printed
     angles = pq.read_table(out / "layer_angles.parquet").to_pylist()
     assert {r["layer"] for r in angles} == {0, 1}

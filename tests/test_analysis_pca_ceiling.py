@@ -33,7 +33,7 @@ def test_random_pool_sits_at_the_ceiling(tmp_path, titles):
     assert want == 5  # 6 independent experts: every centred direction carries about a fifth
     assert res.summary["pca_components"] == want and res.summary["pca_at_ceiling"] is True
     pca_title = next(t for t in titles if t.startswith("PCA of task vectors"))
-    assert "95% needs 5: the ceiling: 6 centred experts span at most 5 directions" in pca_title
+    assert "95% needs 5, the ceiling: 6 centred experts span at most 5 directions" in pca_title
 
 
 def test_low_rank_pool_is_not_at_the_ceiling(tmp_path, titles):

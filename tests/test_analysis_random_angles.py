@@ -66,7 +66,7 @@ def test_random_level_averaged_like_the_measured_angle(tmp_path, monkeypatch):
     # the experts' B are independent Gaussian matrices: the measured mean sits at the random level
     assert res.summary["mean_principal_angle"] == pytest.approx(got, abs=3.0)
     assert not any("90" in t for t in titles)
-    assert any(t.startswith("mean principal angle") and f"random subspaces: {got:.1f}" in t for t in titles)
+    assert any(t.startswith("mean principal angle") and f"random subspaces of these shapes: {got:.1f}" in t for t in titles)
 
 
 def test_no_angles_no_level(tmp_path):

@@ -247,8 +247,9 @@ def _write_outputs(tmp: Path, view, stats: PoolStats, delta, rht_status: str, rh
     ]
     if stats.angle_rows:
         figs.append(figures.plot_heatmap(angles, names, tmp / "principal_angles.png", vmin=0, vmax=90, fmt=".0f",
-                                         title=f"mean principal angle (degrees); random subspaces: {random_angle:.1f}",
-                                         label="degrees", marks={"random": random_angle}))
+                                         title=f"mean principal angle (degrees)\nrandom subspaces of these shapes: "
+                                               f"{random_angle:.1f} (dashed on the scale)",
+                                         label="degrees", marks=[random_angle]))
     hist = {"uniform merge": stats.sample.values[n].numpy()}
     if stats.has_rht:
         hist["uniform merge + RHT"] = stats.sample.values[n + 1].numpy()

@@ -35,7 +35,7 @@ def plot_pca_cumulative(cum: Sequence[float], out_png: str | Path, threshold: fl
     if hits.size:
         ax.axvline(hits[0] + 1, color="tab:gray", ls=":", lw=1, label=f"{hits[0] + 1} components")
         note = pca_ceiling_note(int(hits[0] + 1), cum.size)  # (one entry per expert)
-        title += f"\n{threshold:.0%} needs {hits[0] + 1}: {note}" if note else ""
+        title += f"\n{threshold:.0%} needs {hits[0] + 1}, {note}" if note else ""
     ax.set(xlabel="principal components (experts as samples)", ylabel="cumulative explained variance",
            ylim=(0, 1.02), title=title)
     ax.set_xticks(comps)
@@ -45,10 +45,11 @@ def plot_pca_cumulative(cum: Sequence[float], out_png: str | Path, threshold: fl
 
 def heatmap_figure(matrix: np.ndarray, names: Sequence[str], *, title: str, label: str, fmt: str,
                    vmin: float | None = None, vmax: float | None = None, cmap: str = "viridis",
-                   marks: Mapping[str, float] | None = None) -> Figure:
+                   marks: Sequence[float] = ()) -> Figure:
     """Annotated expert x expert heatmap: each cell's value in ``fmt`` (e.g. ``.2f`` for a
     correlation, ``.0f`` for degrees), dark text on light cells and white on dark ones.
-    ``marks``: labelled values drawn as lines on the colour bar (e.g. a reference level)."""
+    ``marks``: values drawn as dashed lines across the colour bar (e.g. a reference level the
+    title names)."""
     m = np.asarray(matrix, dtype=float)
     n = m.shape[0]
     size = max(4.0, 0.55 * n + 2)
@@ -56,9 +57,8 @@ def heatmap_figure(matrix: np.ndarray, names: Sequence[str], *, title: str, labe
     ax = fig.add_subplot()
     im = ax.imshow(m, vmin=vmin, vmax=vmax, cmap=cmap)
     bar = fig.colorbar(im, ax=ax, label=label)
-    for text, value in (marks or {}).items():
+    for value in marks:
         bar.ax.axhline(value, color="k", lw=1.5, ls="--")
-        bar.ax.text(1.05, value, text, transform=bar.ax.get_yaxis_transform(), va="bottom", ha="left", fontsize=7)
     ax.set_xticks(range(n), [s[:14] for s in names], rotation=60, ha="right")
     ax.set_yticks(range(n), [s[:14] for s in names])
     if n <= 16:

@@ -65,7 +65,7 @@ def analyze_command(
     typer.echo(f"Delta:              {s['delta']:.4g}   ({s['delta_mode']})")
     typer.echo(f"n_max:              {s['n_max']}   (merge {s['stop_k']} of {s['n_experts']})")
     note = pca_ceiling_note(s["pca_components"], s["n_experts"])
-    typer.echo(f"PCA 95% components: {s['pca_components']}" + (f"   ({note}: no low-rank structure shown)" if note else ""))
+    typer.echo(f"PCA 95% components: {s['pca_components']}" + (f"   ({note}; no low-rank structure shown)" if note else ""))
     typer.echo(f"mean principal angle: {angle}")
     typer.echo(f"results:            {out}")
     from evomerge.cli import _common
