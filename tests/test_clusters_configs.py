@@ -251,3 +251,24 @@ def test_local_start_script_is_valid_bash() -> None:
     subprocess.run(["bash", "-n", str(script)], check=True)
     out = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, check=True).stdout
     assert "--dashboard-port" in out
+
+
+def test_local_start_script_defaults_to_token_authentication_whatever_the_shell_exports() -> None:
+    """`RAY_AUTH_MODE=disabled` exported in the shell (advised for local tests) must not open the
+    head: only `--auth disabled` does (--dry-run prints the chosen settings and starts nothing)."""
+    script = CLUSTERS / "local" / "start_head.sh"
+
+    def dry(*args: str, mode: str | None) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+        if mode is not None:
+            env["RAY_AUTH_MODE"] = mode
+        return subprocess.run(["bash", str(script), "--dry-run", *args], capture_output=True, text=True, env=env,
+                              check=True)
+
+    for mode in (None, "token", "disabled"):
+        res = dry(mode=mode)
+        assert res.stdout.startswith("auth=token "), (mode, res.stdout)  # was: auth=disabled for "disabled"
+    assert "does not choose the head's mode" in dry(mode="disabled").stderr
+    assert dry("--auth", "disabled", mode=None).stdout.startswith("auth=disabled ")
+    assert dry("--auth", "disabled", mode="disabled").stderr == ""
+

@@ -3,9 +3,10 @@
 #
 #   clusters/local/start_head.sh [--port 6379] [--dashboard-port 8265] [--temp-dir DIR]
 #                                [--num-cpus N] [--num-gpus N] [--auth token|disabled]
-#                                [--runs-dir DIR] [--free-ports]
+#                                [--runs-dir DIR] [--free-ports] [--dry-run]
 #
-# --auth token (default): Ray's token authentication. The token is read from $RAY_AUTH_TOKEN,
+# --auth token (default; only --auth chooses the mode: a RAY_AUTH_MODE=disabled exported in the
+#   shell, as advised for local tests, does NOT turn authentication off): Ray's token authentication. The token is read from $RAY_AUTH_TOKEN,
 #   the file $RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token, which this script creates (mode 600)
 #   when none exists. Clients and worker nodes need the same token (see clusters/local/README.md).
 # --auth disabled: no authentication at all. Ray's GCS, raylet and object manager listen on
@@ -17,6 +18,8 @@
 # --free-ports: free ports for the head's helper services too (dashboard agent, runtime-env
 #   agent, metrics, Ray client...), so a second Ray instance on a shared machine does not collide
 #   with the first one's defaults (52365, 10001, ...).
+# --dry-run: check the options, print the settings the head would start with (auth=..., ports,
+#   folders) and exit, starting nothing and creating no token.
 #
 # Stop it with clusters/local/stop_head.sh --temp-dir DIR (stops every process this head
 # started, and only those); `ray stop` stops EVERY Ray instance of this user on the machine.
@@ -27,7 +30,9 @@ dash_port=8265
 temp_dir="${TMPDIR:-/tmp}/ray-evomerge"
 num_cpus=""
 num_gpus=""
-auth="${RAY_AUTH_MODE:-token}"
+auth=token  # never taken from $RAY_AUTH_MODE: an exported `disabled` must not silently open the head
+auth_given=0
+dry_run=0
 runs_dir="${EVOMERGE_RUNS_DIR:-$HOME/evomerge-runs}"
 free_ports=0
 
@@ -38,10 +43,11 @@ while [ $# -gt 0 ]; do
     --temp-dir) temp_dir="$2"; shift 2 ;;
     --num-cpus) num_cpus="$2"; shift 2 ;;
     --num-gpus) num_gpus="$2"; shift 2 ;;
-    --auth) auth="$2"; shift 2 ;;
+    --auth) auth="$2"; auth_given=1; shift 2 ;;
     --runs-dir) runs_dir="$2"; shift 2 ;;
     --free-ports) free_ports=1; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    --dry-run) dry_run=1; shift ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "error: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -49,6 +55,13 @@ done
 case "$auth" in token|disabled) ;; *) echo "error: --auth must be token or disabled, not '$auth'" >&2; exit 2 ;; esac
 case "$runs_dir" in /*) ;; *) echo "error: --runs-dir '$runs_dir' must be an absolute path (jobs run in Ray's temporary package folder)" >&2; exit 2 ;; esac
 case "$temp_dir" in /*) ;; *) temp_dir="$PWD/$temp_dir" ;; esac
+if [ "$auth_given" = 0 ] && [ -n "${RAY_AUTH_MODE:-}" ] && [ "${RAY_AUTH_MODE}" != token ]; then
+  echo "note: RAY_AUTH_MODE=${RAY_AUTH_MODE} in this shell does not choose the head's mode: starting it with token authentication (pass --auth disabled for none)" >&2
+fi
+if [ "$dry_run" = 1 ]; then
+  echo "auth=$auth port=$port dashboard_port=$dash_port temp_dir=$temp_dir runs_dir=$runs_dir"
+  exit 0
+fi
 command -v ray >/dev/null 2>&1 || { echo "error: the 'ray' command is not on PATH (pip install 'ray[default]')" >&2; exit 2; }
 
 # Resources: every core, every visible GPU (one population actor per GPU), and a custom
