@@ -22,6 +22,15 @@ from evomerge.evaluation.head import hidden_out, output_head, scores_by_rows, to
 from evomerge.evaluation.pages import keep_freed_pages
 
 
+#: Splits that are only reported, never used to choose (a search's fitness, a study's objective, a
+#: stop rule read validation): a returned model's score on them is over every row of the split,
+#: whatever ``evaluation.max_samples`` (the budget of the rows the choices read), so that evolve,
+#: tune (every objective) and scale report one test score, the one ``evomerge evaluate --split test``
+#: gives with ``--max-samples`` at the split's size. The evaluators that report them are built with
+#: ``whole_splits=REPORTED_SPLITS``.
+REPORTED_SPLITS: tuple[str, ...] = ("test",)
+
+
 @dataclass
 class EvalResult:
     """Scores of one candidate on one split.
@@ -115,6 +124,7 @@ class Evaluator:
         self.vocab = len(self.tokenizer)
         self.linears = linear_weights(self.model)
         self.tasks = list(tasks)
+        self.whole_splits = tuple(whole_splits)  # scored on every row (else the first max_samples)
         weights = dict(task_weights or {})
         unknown = sorted(set(weights) - set(self.tasks))
         if unknown:

@@ -169,7 +169,9 @@ def check_experts(cfg: EvomergeConfig, tasks: Sequence[str] | None = None) -> No
               names=[s.name for s in specs], values=False)  # (the values: as the actors load them)
     if cfg.experts.base is None:
         raise ConfigError("`experts.base`: evolutionary search evaluates merges, so it needs the base model")
-    check_user_tasks(cfg, tasks)
+    from evomerge.evaluation.evaluator import REPORTED_SPLITS
+
+    check_user_tasks(cfg, tasks, whole_splits=REPORTED_SPLITS)  # (the rows the actors will encode)
 
 
 def _prepare_out(out_dir: Path, meta: dict[str, Any], resume: bool) -> None:
@@ -228,8 +230,11 @@ def run_evolve(
             stack.enter_context(run_lock(out_dir, "evolve"))
         # connecting checks the request against the cluster: impossible ones fail before any work
         rt = runtime if runtime is not None else stack.enter_context(Runtime(cfg))
-        inputs = prepare_inputs(cfg, experts=experts, tasks=tasks, zoo_profile=zoo_profile,
-                                space=getattr(cfg, algo).space)
+        from evomerge.pipelines.evolve.final import reporting_inputs
+
+        # (the actors' evaluators score test, reported only, on every row: final.ReportingEvaluatorSpec)
+        inputs = reporting_inputs(prepare_inputs(cfg, experts=experts, tasks=tasks, zoo_profile=zoo_profile,
+                                                 space=getattr(cfg, algo).space))
         searches = make_searches(cfg, algo, len(inputs.names))
         _prepare_out(out_dir, _run_meta(cfg, algo, inputs, zoo_profile, fingerprint), resume)
         per_candidate = cfg.rht if (cfg.rht.enabled and cfg.rht.apply_to == "candidate") else None

@@ -3,6 +3,8 @@
 After every round the run's best validation fitness is reported to Optuna
 (``trial.report(best, step)``); when the pruner says the trial is hopeless the callback raises
 :class:`optuna.TrialPruned`, which stops the run (its actors are released by the runtime).
+A trial's ``test_fitness`` is the run's own final test score: over every test row, as a merge
+trial's and ``evomerge evolve``'s (:mod:`evomerge.pipelines.evolve.final`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 The pool and the evaluator are loaded once per worker process (by the scale driver's
 :class:`~evomerge.pipelines.scale.work.CellWorker`, so a trial merges exactly as ``evomerge scale`` does)
 and reused by every trial. Test scores are stored on the trial as user attributes and never
-returned to Optuna.
+returned to Optuna; like every reported test score (evolve's, a genome/swarm trial's, scale's) they
+are over every test row (:data:`~evomerge.evaluation.evaluator.REPORTED_SPLITS`: the worker's
+evaluator scores test whole), while validation, the objective, keeps ``evaluation.max_samples`` rows.
 """
 
 from __future__ import annotations
