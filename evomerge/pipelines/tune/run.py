@@ -48,10 +48,12 @@ def best_config(base: EvomergeConfig, params: dict[str, Any], spec) -> EvomergeC
     """The best trial as a ready config: overrides applied, ``tune:`` back at its defaults (a config
     always has the section; :func:`finish` leaves it out of the file).
 
-    For merge studies (and pools given in the config) the experts are written out explicitly (the
-    first ``experts.count`` of the pool when that was tuned), so ``evomerge merge`` runs it as is.
-    Evolutionary studies on the built-in zoo keep the zoo (the evolve runner evaluates on its
-    tasks); the expert subset is then reported in summary.json.
+    Whatever the objective, the experts the trials used are written out explicitly (the first
+    ``experts.count`` of the pool when that was tuned), with the base, so ``evomerge merge`` and
+    ``evomerge evolve`` run it on that pool as is, whichever zoo their own defaults would pick. A
+    built-in zoo's tasks are written as ``evaluation.task_files`` (every task of the zoo, each its
+    ``tasks/<task>`` folder; ``evaluation.tasks`` still picks among them as in the trials): a run
+    over listed experts evaluates the task files, and a genome/swarm trial evaluated the zoo's tasks.
     """
     from evomerge.pipelines.tune.space import apply_overrides, expert_count
 
@@ -59,8 +61,6 @@ def best_config(base: EvomergeConfig, params: dict[str, Any], spec) -> EvomergeC
     k = expert_count(params) or len(spec.paths)
     data = cfg.model_dump(mode="json", exclude_none=True)
     data.pop("tune", None)
-    if base.tune.objective != "merge" and not base.experts.experts:
-        return config_from_dict(data, "best config")
     # an expert's task as the user gave it (the run's spec names a task after the expert when none
     # was given; written out, that name would be a task the pool's task files may not have)
     tasks = [s.task for s in base.experts.experts] if base.experts.experts else list(spec.tasks)
@@ -70,6 +70,11 @@ def best_config(base: EvomergeConfig, params: dict[str, Any], spec) -> EvomergeC
     ]
     if spec.base_dir is not None:
         data["experts"]["base"] = str(spec.base_dir)
+    if not base.experts.experts and spec.zoo_root is not None:  # the built-in zoo's tasks, all of them
+        from evomerge.zoo.zoo import Zoo
+
+        zoo = Zoo.open(spec.zoo_root)
+        data["evaluation"]["task_files"] = {t: str(zoo.root / "tasks" / t) for t in zoo.tasks}
     if data["merge"].get("weights"):
         data["merge"]["weights"] = data["merge"]["weights"][:k]
     from evomerge.merging.registry import get_merge_method
