@@ -181,8 +181,16 @@ def load_config_with_sets(config: Optional[Path], sets: list[str], flags: dict[s
     (as dotted keys; ``names`` gives each key's flag, e.g. ``{"merge.method": "--method"}``)
     applied, validated once. A refused value is reported naming where it came from: the file,
     ``--set`` or the flag (:func:`evomerge.config.sources.load_layered`)."""
-    from evomerge.config.overrides import parse_sets
     from evomerge.config.sources import load_layered
+
+    return load_layered(config, cli_layers(sets, flags, names), defaults)
+
+
+def cli_layers(sets: list[str], flags: dict[str, Any] | None = None,
+               names: dict[str, str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """What a command lays over its config file, in order: ``--set``, then its flags (dotted key ->
+    value, ``None`` = not given), each run of keys labelled by its flag (``names``)."""
+    from evomerge.config.overrides import parse_sets
 
     layers: list[tuple[str, dict[str, Any]]] = [("--set", parse_sets(sets))]
     for key, value in (flags or {}).items():
@@ -191,7 +199,7 @@ def load_config_with_sets(config: Optional[Path], sets: list[str], flags: dict[s
             if layers[-1][0] != label:
                 layers.append((label, {}))
             layers[-1][1][key] = value
-    return load_layered(config, layers, defaults)
+    return layers
 
 
 def zoo_settings(choice: Optional[str], cfg: Any, default: str) -> tuple[str, Any]:

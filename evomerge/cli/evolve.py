@@ -23,32 +23,13 @@ def flag_values(algo: str, *, ray_address: str | None = None, actors: int | None
 
 def blamed(err: Exception, config: Optional[Path], sets: list[str], flags: dict[str, Any] | None = None,
            names: dict[str, str] | None = None, keys: str = "") -> Exception:
-    """``err`` with each line prefixed by where its keys were set (the config file, ``--set``, a
-    flag: :func:`evomerge.config.sources.sources`, as a refused value of the config itself reads),
-    for a check that needs more than the config (the pool's size) and so runs after it loaded.
-    Only a :class:`ConfigError` that says its keys (``keys_by_line``), all under ``keys``, is
-    rewritten; anything else comes back as it is.
+    """``err`` with each line prefixed by where its keys (all under ``keys``) were set, the layers
+    being those :func:`evomerge.cli._common.load_config_with_sets` lays over the file, for a check
+    that needs more than the config (the pool's size) (:func:`evomerge.config.sources.blame_layered`)."""
+    from evomerge.cli._common import cli_layers
+    from evomerge.config.sources import blame_layered
 
-    The layers are those :func:`evomerge.cli._common.load_config_with_sets` lays over the file
-    (``--set``, then the flags in order)."""
-    from evomerge.config import load_config_data
-    from evomerge.config.overrides import parse_sets
-    from evomerge.config.sources import sources
-    from evomerge.errors import ConfigError
-
-    by_line = getattr(err, "keys_by_line", None) if isinstance(err, ConfigError) else None
-    if not by_line or not all(k.startswith(keys) for ks, _ in by_line for k in ((ks,) if isinstance(ks, str) else ks)):
-        return err
-    layers: list[tuple[str, dict[str, Any]]] = [("--set", parse_sets(sets))]
-    for key, value in (flags or {}).items():
-        if value is not None:
-            label = (names or {}).get(key, "flags")
-            if layers[-1][0] != label:
-                layers.append((label, {}))
-            layers[-1][1][key] = value
-    base, data = (str(config), load_config_data(config)) if config is not None else ("defaults", {})
-    return ConfigError("\n".join(f"{sources(ks, base, data, layers)}: {line}"
-                                  for ks, text in by_line for line in text.splitlines()))
+    return blame_layered(err, config, cli_layers(sets, flags, names), under=keys)
 
 
 def interrupted_message(out: Path) -> str:

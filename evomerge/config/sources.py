@@ -21,17 +21,38 @@ def load_layered(path: str | Path | None, layers: Sequence[Layer], defaults: Map
     schema's defaults) with each layer's dotted keys set in turn, validated once
     (:func:`validate_layered`). A key that cannot be set (under a value that is no section) is
     refused naming its layer."""
-    from evomerge.config import load_config_data
     from evomerge.config.overrides import override_data
 
-    data = load_config_data(path) if path is not None else copy.deepcopy(dict(defaults or {}))
-    base = str(path) if path is not None else ("the built-in config" if defaults else "defaults")
+    base, data = _base(path, defaults)
     checked = data
     for label, layer in layers:
         checked = override_data(checked, layer, label)
     values = {k: v for _, layer in layers for k, v in layer.items()}
     merged = override_data(data, values, " + ".join(label for label, layer in layers if layer))
     return validate_layered(merged, base, data, layers)
+
+
+def blame_layered(err: Exception, path: str | Path | None, layers: Sequence[Layer],
+                  defaults: Mapping[str, Any] | None = None, under: str = "") -> Exception:
+    """``err`` with each line prefixed by where its keys were set in the config :func:`load_layered`
+    built from the same arguments, for a check that needs more than the config (a pool's size) and
+    so runs after it loaded. Only a :class:`ConfigError` that says its keys line by line
+    (``keys_by_line``), all under ``under``, is rewritten; anything else comes back as it is."""
+    by_line = getattr(err, "keys_by_line", None) if isinstance(err, ConfigError) else None
+    if not by_line or not all(k.startswith(under) for ks, _ in by_line for k in ((ks,) if isinstance(ks, str) else ks)):
+        return err
+    base, data = _base(path, defaults)
+    return ConfigError("\n".join(f"{sources(ks, base, data, layers)}: {line}"
+                                  for ks, text in by_line for line in text.splitlines()))
+
+
+def _base(path: str | Path | None, defaults: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """(its label, its raw data) of what the layers are laid over: the file, else ``defaults``."""
+    from evomerge.config import load_config_data
+
+    if path is not None:
+        return str(path), load_config_data(path)
+    return ("the built-in config" if defaults else "defaults"), copy.deepcopy(dict(defaults or {}))
 
 
 def validate_layered(merged: dict[str, Any], base: str, data: Mapping[str, Any], layers: Sequence[Layer]):
