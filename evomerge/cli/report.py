@@ -14,7 +14,8 @@ def register(app: typer.Typer) -> None:
         "scale.law_noise_z, scale.online_tol, scale.online_window only. Every other key describes the cells "
         "already run (methods, seeds, k grid, RHT, searches, ...) and is refused.\n\n"
         "A cell file that cannot be read is refused by name; `evomerge scale --out RUN --resume` computes that "
-        "cell again."))
+        "cell again. So is any other file of the run the report reads (plan.json, expert_gains.json, "
+        "search_stop.json, timing.json, analysis/summary.json, a search's result.json or history.parquet)."))
     def report(
         run_dir: Path = typer.Argument(..., help="a scale run directory (evomerge scale --out)"),
         sets: list[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE",

@@ -2,12 +2,14 @@
 
 ``write_report(run_dir)`` needs only what the run left on disk (``plan.json``, ``cells/``,
 ``samples/``, ``analysis/``), so ``evomerge report RUN_DIR`` regenerates it at any time,
-including for a run that was interrupted.
+including for a run that was interrupted. Every file it reads is read through a checked reader
+(:func:`~evomerge.pipelines.scale.store.read_json_file`,
+:func:`~evomerge.pipelines.scale.store.read_parquet_file`, :class:`CellStore` for the cells'
+files) before any work: one that cannot be read is refused by name.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ import pyarrow as pa
 from evomerge.errors import ConfigError, DataError
 from evomerge.io import atomic_file, jsonable, write_json_atomic, write_parquet_atomic
 from evomerge.pipelines.scale.noise import LEVEL, REPLICATES, SEED, compare_to_reference, noise_tables, reference_method
-from evomerge.pipelines.scale.store import CellStore
+from evomerge.pipelines.scale.store import CellStore, read_json_file, read_parquet_file
 from evomerge.pipelines.scale.tables import fitness_table, peaks
 
 NOISE_SCHEMA = pa.schema([("method", pa.string()), ("rht", pa.bool_()), ("target", pa.string()), ("split", pa.string()),
@@ -40,14 +42,67 @@ def load_run(run_dir: str | Path, *, samples: bool = True,
     return plan, scores, load_samples(run_dir, plan) if samples else None
 
 
-def load_plan(run_dir: Path) -> dict[str, Any]:
+#: The keys of ``plan.json`` the report reads.
+PLAN_KEYS = ("cells", "stop", "experts", "orders")
+
+
+def load_plan(run_dir: Path, keys: tuple[str, ...] = ("cells",)) -> dict[str, Any]:
+    """``plan.json`` of a run (:class:`~evomerge.pipelines.scale.store.DamagedRunFile` when it
+    cannot be read or lacks one of ``keys``)."""
     plan_path = run_dir / "plan.json"
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such folder (the scale run's --out)" if not run_dir.exists()
                           else f"{run_dir}: not a folder (the scale run's --out)")
     if not plan_path.is_file():
         raise ConfigError(f"{run_dir}: not a scale run directory (plan.json missing)")
-    return json.loads(plan_path.read_text())
+    return read_json_file(plan_path, "the run's plan, written when it started: the report cannot be built without "
+                          "it (restore the file from a copy of the run, or run `evomerge scale` again into another --out)",
+                          keys=keys)
+
+
+#: The way on for each file the report reads besides the cells' (``{run}``: the run folder,
+#: ``{cell}``: a search cell's id).
+REMEDY = {
+    "expert_gains.json": "remove it: `evomerge scale --out {run} --resume` scores the experts alone again",
+    "search_stop.json": "remove it: `evomerge scale --out {run} --resume` writes it again (the finished searches "
+                        "are reused)",
+    "timing.json": "remove it: it holds only the run's wall times, which the report then leaves out",
+    "analysis": "remove `{run}/analysis`: `evomerge scale --out {run} --resume` runs the pool analysis again",
+    "search": "remove `{run}/search/{cell}` and `{run}/cells/{cell}.parquet`: `evomerge scale --out {run} --resume` "
+              "runs that search again",
+}
+#: The columns of a search's ``history.parquet`` the report reads.
+HISTORY_COLUMNS = ["id", "op", "generation", "fitness"]
+
+
+def read_run_files(run_dir: Path, plan: dict[str, Any]) -> dict[str, Any]:
+    """Every JSON and Parquet file of the run the report reads besides the cells' files, read
+    and checked before any work (:class:`~evomerge.pipelines.scale.store.DamagedRunFile` names
+    one that cannot be read): ``gains``, ``search_stop``, ``timing``, ``analysis`` (summary.json)
+    (each None when the file is absent) and ``histories`` (search cell id -> its history table)."""
+    from evomerge.pipelines.scale.plan import load_cells
+    from evomerge.pipelines.scale.search_cells import search_dir
+
+    def read(path: Path, remedy: str, kind: type = dict) -> Any:
+        return read_json_file(path, remedy.format(run=run_dir), kind=kind) if path.is_file() else None
+
+    out = {"gains": read(run_dir / "expert_gains.json", REMEDY["expert_gains.json"]),
+           "search_stop": read(run_dir / "search_stop.json", REMEDY["search_stop.json"]),
+           "timing": read(run_dir / "timing.json", REMEDY["timing.json"], list),
+           "analysis": read(run_dir / "analysis" / "summary.json", REMEDY["analysis"]),
+           "histories": {}}
+    for cell in load_cells(plan):
+        d = search_dir(run_dir, cell)
+        if cell.kind != "search" or not d.is_dir():
+            continue
+        remedy = REMEDY["search"].format(run=run_dir, cell=cell.id)
+        # (search_scores reads them again, knowing they can be read)
+        for name in ("result.json", "population_test.json"):
+            if (d / name).is_file():
+                read_json_file(d / name, remedy)
+        if (d / "history.parquet").is_file():
+            out["histories"][cell.id] = read_parquet_file(d / "history.parquet", remedy, HISTORY_COLUMNS).to_pandas()
+    return out
 
 
 def load_samples(run_dir: Path, plan: dict[str, Any]) -> pd.DataFrame:
@@ -64,10 +119,6 @@ def _plan_cells(plan: dict[str, Any]) -> set[str]:
 
 def _fmt(x: float, nd: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{nd}f}"
-
-
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def write_report(run_dir: str | Path, overrides: dict[str, Any] | None = None, *, side=None, files=None) -> Path:
@@ -117,7 +168,7 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, side, f
     if overrides:
         check_report_sets(overrides)  # before any work
     run_dir = Path(run_dir)
-    plan, scores, samples = load_run(run_dir, samples=side is None, files=files)  # the side job reads them itself
+    plan = load_plan(run_dir, PLAN_KEYS)
     cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
     if cfg is None:
         raise ConfigError(f"{run_dir}: config.yaml missing (not a scale run directory)")
@@ -125,6 +176,7 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, side, f
         from evomerge.config.overrides import override
 
         cfg = override(cfg, overrides, "--set")
+    inputs = read_run_files(run_dir, plan)  # every other file, checked before any work
     metric = cfg.evaluation.metric
     stop = plan["stop"]
     if cfg.scale.law_first_k >= stop["k_end"]:
@@ -136,9 +188,10 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, side, f
                 else "the law needs 3 points and a k beyond them")
         raise ConfigError(f"{source}: the law must be fitted on fewer k than the run measured ({stop['k_end']}) "
                           f"to predict the rest ({hint})")
+    plan, scores, samples = load_run(run_dir, samples=side is None, files=files)  # the side job reads them itself
     tables, figs = run_dir / "tables", run_dir / "figures"
-    gains = _read_json(run_dir / "expert_gains.json")
-    analysis_summary = _read_json(run_dir / "analysis" / "summary.json") or {}
+    gains = inputs["gains"]
+    analysis_summary = inputs["analysis"] or {}
     pca = analysis_summary.get("pca_components")
 
     fitness = fitness_table(scores)
@@ -155,7 +208,7 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, side, f
     reference = reference_method(pk_all, list(cfg.scale.methods))
     from evomerge.pipelines.scale.plan import search_grid
 
-    cut = cut_searches(_read_json(run_dir / "search_stop.json"), stop,
+    cut = cut_searches(inputs["search_stop"], stop,
                        search_grid(int(stop["k_end"]), cfg.scale.search_k), list(cfg.scale.search))
     from evomerge.pipelines.scale.law_noise import law_step_ses  # the law's noise tolerance (analytic, k <= m only)
 
@@ -192,7 +245,7 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, side, f
         if (analysis / f"{name}.png").is_file():
             figures[name] = f"analysis/{name}.png"
 
-    summary = _summary(plan, fitness, pk_all, pk_union, records, fits, pairs, pca, figures, run_dir)
+    summary = _summary(plan, fitness, pk_all, pk_union, records, fits, pairs, pca, figures, inputs)
     summary["searches"] = searches
     summary.update(_noise_summary(noise, reference, comparisons))
     from evomerge.pipelines.scale.report_md import markdown
@@ -253,15 +306,15 @@ def _base_all(fitness: pd.DataFrame, split: str) -> float:
     return float(b["fitness"].mean()) if not b.empty else float("nan")
 
 
-def _summary(plan, fitness, pk_all, pk_union, records, fits, pairs, pca, figures, run_dir) -> dict[str, Any]:
+def _summary(plan, fitness, pk_all, pk_union, records, fits, pairs, pca, figures, inputs) -> dict[str, Any]:
     stop = plan["stop"]
     ks = sorted(int(k) for k in fitness["k"].unique()) if not fitness.empty else []
-    timing = _read_json(run_dir / "timing.json") or []
+    timing = inputs["timing"] or []
     return {
         "n_experts": len(plan["experts"]),
         "sigma2": stop["sigma2"], "rho": stop["rho"], "delta": stop["delta"], "delta_mode": stop["delta_mode"],
         "n_max": stop["n_max"], "stop_enabled": stop["enabled"], "stop_rule": stop["rule"], "k_end": stop["k_end"],
-        "search_k": stop["search_k"], "search_stop": _read_json(run_dir / "search_stop.json"),
+        "search_k": stop["search_k"], "search_stop": inputs["search_stop"],
         "k_measured_max": max(ks) if ks else 0,
         "cells_done": int(fitness["cell"].nunique()) if not fitness.empty else 0,
         "cells_planned": len(plan["cells"]),

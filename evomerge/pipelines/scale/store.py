@@ -5,6 +5,12 @@ state: a rerun skips every cell whose file exists, and the report concatenates t
 cannot be read (a disk fault, a copy cut short, a file replaced by hand) is refused by name
 (:class:`DamagedCellFile`); a resumed run removes it and computes its cell again
 (:meth:`CellStore.drop_damaged`).
+
+Every other file of a run the report reads (``plan.json``, ``expert_gains.json``,
+``search_stop.json``, ``timing.json``, ``analysis/summary.json``, a search's ``result.json`` and
+``history.parquet``) goes through the same kind of checked reader (:func:`read_json_file`,
+:func:`read_parquet_file`): one that cannot be read is refused as :class:`DamagedRunFile`, one
+line naming it, the problem and the way on.
 """
 
 from __future__ import annotations
@@ -62,6 +68,57 @@ SAMPLE_SCHEMA = pa.schema(
         ("value", pa.float32()),
     ]
 )
+
+
+class DamagedRunFile(DataError):
+    """A file of a run that cannot be read: ``PATH: not readable JSON|Parquet (problem); remedy``."""
+
+    def __init__(self, path: Path, kind: str, problem: str, remedy: str):
+        self.path, self.problem = path, problem
+        super().__init__(f"{path}: not readable {kind} ({problem}); {remedy}")
+
+
+def read_json_file(path: Path, remedy: str, *, kind: type = dict, keys: tuple[str, ...] = ()) -> Any:
+    """The JSON value of ``path`` (a ``kind``: an object, or a list; with ``keys``), or
+    :class:`DamagedRunFile` naming it and ``remedy`` (the way on) when it cannot be read."""
+    import json
+
+    try:
+        value = json.loads(Path(path).read_bytes())
+    except (OSError, UnicodeDecodeError, ValueError) as err:  # (json.JSONDecodeError is a ValueError)
+        raise DamagedRunFile(path, "JSON", _json_problem(err), remedy) from None
+    if not isinstance(value, kind):
+        raise DamagedRunFile(path, "JSON", f"{_json_type(value)}, not {_json_type(kind())}", remedy)
+    lacking = [k for k in keys if k not in value]
+    if lacking:
+        raise DamagedRunFile(path, "JSON", f"no key {', '.join(f'`{k}`' for k in lacking)}", remedy)
+    return value
+
+
+def read_parquet_file(path: Path, remedy: str, columns: list[str] | None = None) -> pa.Table:
+    """The table of ``path`` (only ``columns``, which it must have), or :class:`DamagedRunFile`
+    naming it and ``remedy`` when it cannot be read (not Parquet, cut short, a column missing)."""
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        raise DamagedRunFile(path, "Parquet", damage(err), remedy) from None
+    lacking = [c for c in columns or () if c not in table.column_names]
+    if lacking:
+        raise DamagedRunFile(path, "Parquet", f"no column {', '.join(lacking)}", remedy)
+    return table.select(columns) if columns else table
+
+
+def _json_problem(err: Exception) -> str:
+    if isinstance(err, OSError):
+        return err.strerror or type(err).__name__
+    if isinstance(err, UnicodeDecodeError):
+        return "not UTF-8 text"
+    return str(err).strip() or type(err).__name__
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(
+        type(value), "a number")
 
 
 class DamagedCellFile(DataError):
