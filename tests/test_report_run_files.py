@@ -3,7 +3,10 @@ with and without RHT, GENOME and Model Swarms, two seeds, the pool analysis):
 
 * every file the report reads besides the cells' (plan.json, expert_gains.json, search_stop.json,
   timing.json, analysis/summary.json, a search's result.json and history.parquet) that cannot be
-  read is one `error:` line naming it, exit code 2, nothing written.
+  read is one `error:` line naming it, exit code 2, nothing written;
+* a planned cell without its file, not skipped by the stop rule, is named in the header and
+  report.json, and its curve is left out of the peaks, the rule table and the fits; a cell the
+  stop rule skipped is not missing.
 """
 
 from __future__ import annotations
@@ -92,3 +95,56 @@ def test_a_run_file_that_cannot_be_read_is_one_line_naming_it(copy, capsys, name
         assert f"remove `{copy}/search/{SEARCH}` and `{copy}/cells/{SEARCH}.parquet`" in line, line
         assert f"`evomerge scale --out {copy} --resume` runs that search again" in line, line
     assert _files(copy) == before  # nothing written, nothing left behind
+
+
+def test_intact_run_has_no_cell_missing(run):
+    report = _report(run)
+    assert report["cells_missing"] == [] and report["curves_left_out"] == []
+    assert "Incomplete run" not in (run / "report.md").read_text()
+
+
+@pytest.mark.parametrize("cell,curves", [
+    ("k001-task_arithmetic-rht-s0", ["task_arithmetic+rht"]),
+    (SEARCH, ["genome", "genome+rht"]),  # one search cell holds both variants
+])
+def test_a_missing_cell_is_named_and_its_curve_left_out(run, copy, capsys, cell, curves):
+    (copy / "cells" / f"{cell}.parquet").unlink()
+    code, _, err = run_cli(["report", copy], capsys)
+    assert code == 0
+    assert f"report: warning: 1 planned cell(s) of {copy} have no file ({cell})" in err, err
+    assert f"`evomerge scale --out {copy} --resume` computes them" in err
+    report, full = _report(copy), _report(run)
+    assert report["cells_missing"] == [cell]
+    assert report["curves_left_out"] == [{"method": m, "missing": [cell]} for m in curves]
+    assert report["cells_done"] == full["cells_done"] - 1
+    md = (copy / "report.md").read_text()
+    assert f"**Incomplete run: 1 planned cell has no file in `cells/`**" in md and f"`{cell}`" in md
+    assert f"Left out of the peaks, the rule table and the fits: {', '.join(curves)}" in md
+    # the curve is on no row of the peaks, the rule table and the fits; every other row is the full run's
+    for key in ("rules_detail", "scaling_fits"):
+        kept = [r for r in full[key] if r["method"] not in curves]
+        assert report[key] == kept and len(kept) < len(full[key]), key
+    for key in ("peaks_all", "peaks_union"):
+        assert report[key] == [r for r in full[key] if r["label"] not in curves]
+    for c in curves:
+        assert not [line for line in md.splitlines() if line.startswith(f"| online | {c} |")]
+
+
+def test_a_cell_the_stop_rule_skipped_is_not_missing(copy, capsys):
+    """The online rule fired on GENOME at k = 3 (made so here): its k = 4 cells were planned and not
+    run, which search_stop.json records; the report counts them as skipped, not missing."""
+    stop = json.loads((copy / "search_stop.json").read_text())
+    skipped = ["k004-genome-s0", "k004-genome-s1"]
+    for c in skipped:
+        (copy / "cells" / f"{c}.parquet").unlink()
+    stop["enforced"] = True
+    stop["methods"]["genome"].update(fired=True, k=3, ks_run=[2, 3])
+    stop["skipped"] = skipped
+    (copy / "search_stop.json").write_text(json.dumps(stop))
+    code, _, err = run_cli(["report", copy], capsys)
+    assert code == 0 and "warning" not in err, err
+    report = _report(copy)
+    assert report["cells_missing"] == [] and report["curves_left_out"] == []
+    md = (copy / "report.md").read_text()
+    assert "(2 search cells skipped by the stop rule)" in md and "Incomplete run" not in md
+    assert {r["cut_at"] for r in report["rules_detail"] if r["method"] in ("genome", "genome+rht")} == {3}

@@ -6,6 +6,12 @@ including for a run that was interrupted. Every file it reads is read through a 
 (:func:`~evomerge.pipelines.scale.store.read_json_file`,
 :func:`~evomerge.pipelines.scale.store.read_parquet_file`, :class:`CellStore` for the cells'
 files) before any work: one that cannot be read is refused by name.
+
+A cell of the plan without its file that the stop rule did not skip (``search_stop.json``) is
+*missing*: the run was interrupted, or a file was lost. The report names those cells in its
+header (and ``report.json``'s ``cells_missing``) and leaves the curves they belong to out of the
+peaks, the rule table and the fits: such a curve lacks a k on some seed (or on all), so its
+measured peak would be another curve's. ``evomerge scale --out RUN --resume`` computes them.
 """
 
 from __future__ import annotations
@@ -105,6 +111,46 @@ def read_run_files(run_dir: Path, plan: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def missing_cells(run_dir: Path, plan: dict[str, Any], search_stop: dict | None) -> list:
+    """The plan's cells without their file in ``cells/`` that the stop rule did not skip
+    (``search_stop.json``'s ``skipped``): a run interrupted, or a file lost."""
+    from evomerge.pipelines.scale.plan import load_cells
+
+    done = CellStore(run_dir).done()
+    skipped = set((search_stop or {}).get("skipped") or [])
+    return [c for c in load_cells(plan) if c.id not in done and c.id not in skipped]
+
+
+def left_out_curves(missing: list, plan: dict[str, Any]) -> dict[tuple[str, bool], list[str]]:
+    """``(method, rht)`` -> the missing cells of that curve: a merge cell is on its variant's
+    curve, a search cell on both of its variants'; without the base cell every curve is left
+    out (each rule's tolerance is measured from the base model)."""
+    from evomerge.pipelines.scale.plan import load_cells
+
+    out: dict[tuple[str, bool], list[str]] = {}
+    base = [c.id for c in missing if c.kind == "base"]
+    curves = sorted({(c.method, rht) for c in load_cells(plan) if c.kind in ("merge", "search")
+                     for rht in ((False, True) if c.kind == "search" and c.rht else (c.rht,))})
+    for c in missing:
+        if c.kind == "merge":
+            out.setdefault((c.method, c.rht), []).append(c.id)
+        elif c.kind == "search":
+            for rht in (False, True) if c.rht else (False,):
+                out.setdefault((c.method, rht), []).append(c.id)
+    if base:
+        out = {key: base + out.get(key, []) for key in curves}
+    return out
+
+
+def _without_curves(fitness: pd.DataFrame, curves) -> pd.DataFrame:
+    """``fitness`` without the rows of the merge and search curves ``curves`` ((method, rht) keys)."""
+    if not curves:
+        return fitness
+    key = pd.MultiIndex.from_arrays([fitness["method"].astype(str), fitness["rht"].astype(bool)])
+    drop = key.isin(list(curves)) & fitness["kind"].isin(["merge", "search"]).to_numpy()
+    return fitness[~drop]
+
+
 def load_samples(run_dir: Path, plan: dict[str, Any]) -> pd.DataFrame:
     """The weight samples of the plan's cells."""
     return CellStore(run_dir).samples(_plan_cells(plan)).to_pandas()
@@ -193,9 +239,12 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, side, f
     gains = inputs["gains"]
     analysis_summary = inputs["analysis"] or {}
     pca = analysis_summary.get("pca_components")
+    missing = missing_cells(run_dir, plan, inputs["search_stop"])
+    left_out = left_out_curves(missing, plan)
 
     fitness = fitness_table(scores)
-    pk_all, pk_union = peaks(fitness, target="all"), peaks(fitness, target="union")
+    judged_fitness = _without_curves(fitness, left_out)  # a curve with a missing cell has no measured peak
+    pk_all, pk_union = peaks(judged_fitness, target="all"), peaks(judged_fitness, target="union")
     examples = split_examples(run_dir, scores, files)
     if side is None:
         noise = noise_tables(scores, examples, fitness)
@@ -213,8 +262,9 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, side, f
     from evomerge.pipelines.scale.law_noise import law_step_ses  # the law's noise tolerance (analytic, k <= m only)
 
     law_ses = law_step_ses(scores, examples, cfg.scale.law_first_k)
-    records, fits = (judge(plan, fitness, scale_cfg=cfg.scale, pca_count=pca, gains=gains, cut=cut, law_ses=law_ses)
-                     if not fitness.empty else ([], []))
+    records, fits = (judge(plan, judged_fitness, scale_cfg=cfg.scale, pca_count=pca, gains=gains, cut=cut,
+                           law_ses=law_ses)
+                     if not judged_fitness.empty else ([], []))
     pairs = pair_summary(fitness, plan, gains) if not fitness.empty else []
     from evomerge.pipelines.scale.plan import load_cells
     from evomerge.pipelines.scale.search_cells import search_scores
@@ -223,6 +273,7 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, side, f
     side_out = side.result() if side is not None else None
     if side_out is not None:
         noise = merge_noise([noise, side_out["noise"]])
+    _no_choices(noise, left_out)
     comparisons = compare_to_reference(noise, pk_all, reference)
     write_parquet_atomic(tables / "scores.parquet", pa.Table.from_pandas(scores, preserve_index=False))
     write_parquet_atomic(tables / "fitness.parquet", pa.Table.from_pandas(fitness, preserve_index=False))
@@ -247,6 +298,9 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, side, f
 
     summary = _summary(plan, fitness, pk_all, pk_union, records, fits, pairs, pca, figures, inputs)
     summary["searches"] = searches
+    summary["cells_missing"] = [c.id for c in missing]
+    summary["curves_left_out"] = [{"method": f"{m}+rht" if rht else m, "missing": ids}
+                                  for (m, rht), ids in sorted(left_out.items())]
     summary.update(_noise_summary(noise, reference, comparisons))
     from evomerge.pipelines.scale.report_md import markdown
     from evomerge.pipelines.scale.report_verdicts import rule_verdicts
@@ -304,6 +358,17 @@ def _search_tests(fitness: pd.DataFrame) -> dict[str, float]:
 def _base_all(fitness: pd.DataFrame, split: str) -> float:
     b = fitness[(fitness["method"] == "base") & (fitness["target"] == "all") & (fitness["split"] == split)]
     return float(b["fitness"].mean()) if not b.empty else float("nan")
+
+
+def _no_choices(noise, curves) -> None:
+    """No ``p_best`` / ``within_noise`` on the curves left out (a missing cell: their best k is not measured)."""
+    if not curves or noise.table.empty:
+        return
+    t = noise.table
+    key = pd.MultiIndex.from_arrays([t["method"].astype(str), t["rht"].astype(bool)])
+    off = key.isin(list(curves))
+    t.loc[off, "p_best"] = float("nan")
+    t.loc[off, "within_noise"] = None
 
 
 def _summary(plan, fitness, pk_all, pk_union, records, fits, pairs, pca, figures, inputs) -> dict[str, Any]:

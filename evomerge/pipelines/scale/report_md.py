@@ -40,6 +40,7 @@ def markdown(plan, cfg, s, pk_all, pk_union, figures, run_dir) -> str:
              if (s.get("search_stop") or {}).get("skipped") else "")
           + f"; wall time {s['wall_seconds'] / 60:.1f} min"
           + (f", CPU time {s['cpu_seconds'] / 60:.1f} min." if s.get("cpu_seconds") else "."), ""]
+    L += _missing_header(s, run_dir)
     orders = plan["orders"]
     first = next(iter(orders.values())) if orders else []
     L += [f"Methods: {', '.join(sc.methods + list(sc.search))}; RHT variants: {'yes' if sc.with_rht else 'no'}; "
@@ -67,6 +68,28 @@ def markdown(plan, cfg, s, pk_all, pk_union, figures, run_dir) -> str:
           "95% evaluation-noise interval, p_best and within_noise on validation); `report.json` holds the rule table as "
           "`rules` ({rule, method, target, fired_k, peak_k, error}).", ""]
     return "\n".join(L)
+
+
+#: How many missing cells the header lists by name (report.json's ``cells_missing`` has them all).
+MISSING_LISTED = 12
+
+
+def _missing_header(s, run_dir) -> list[str]:
+    """The header's lines on what the run lacks: cells of the plan without their file (and the
+    curves left out for them)."""
+    L = []
+    missing = s.get("cells_missing") or []
+    if missing:
+        names = ", ".join(f"`{c}`" for c in missing[:MISSING_LISTED]) + (
+            f" and {len(missing) - MISSING_LISTED} more (report.json `cells_missing`)" if len(missing) > MISSING_LISTED else "")
+        left = [c["method"] for c in s.get("curves_left_out") or []]
+        L += [f"**Incomplete run: {len(missing)} planned cell{'s' if len(missing) > 1 else ''} "
+              f"{'have' if len(missing) > 1 else 'has'} no file in `cells/`** (not skipped by the stop rule: the run "
+              f"was interrupted, or the file{'s were' if len(missing) > 1 else ' was'} lost): {names}. "
+              + (f"Left out of the peaks, the rule table and the fits: {', '.join(left)} (a curve with a missing cell "
+                 "lacks a k on some seed or all, so its best measured k is not its peak). " if left else "")
+              + f"`evomerge scale --out {run_dir} --resume` computes the missing cells.", ""]
+    return L
 
 
 def _fired_k(r: dict, not_fired: str) -> str:
@@ -244,6 +267,7 @@ def _rules_section(s, sc) -> list[str]:
             peak += " (the seeds' peaks disagree)"
             err = "not judged"
         L.append(f"| {r['rule']} | {r['method']} | {r['target']} | {fired} | {peak} | {err} |")
+    L += _left_out_text(s)
     v = s.get("verdicts") or rule_verdicts(s["rules"], law_rule)
     cut = sorted({r["method"] for r in s["rules_detail"] if r.get("cut_at") is not None})
     if cut:
@@ -275,6 +299,18 @@ def _rules_section(s, sc) -> list[str]:
               + "; ".join(f"{m}: ran k = {d.get('ks_run')}, " + (f"stopped at k = {d['k']}" if d.get("fired") else "did not fire")
                           for m, d in stop_info["methods"].items()) + "."]
     return L + [""]
+
+
+def _left_out_text(s) -> list[str]:
+    """The curves left out of the peaks, the rule table and the fits, and why."""
+    left = s.get("curves_left_out") or []
+    if not left:
+        return []
+    return ["", "Left out (cells missing): " + "; ".join(
+        f"{c['method']} (no file for {', '.join(f'`{i}`' for i in c['missing'])})" for c in left)
+        + ". A curve with a missing cell lacks a k on some seed (or on all), so its seeds' curves do not cover the "
+        "same k and its best measured k is not its peak: it is neither peaked nor judged until `evomerge scale "
+        "--resume` computes the cells."]
 
 
 def _theorem1_section(stop, s) -> list[str]:
@@ -313,7 +349,7 @@ def _peaks_section(s, pk_all, pk_union) -> list[str]:
           "| method | peak k | validation (mean ± sd) | test at peak | largest k run |", "|---|---|---|---|---|"]
     for r in pk_union.itertuples():
         L.append(f"| {r.label} | {r.peak_k} | {r.val_mean:.3f} ± {r.val_std:.3f} | {_fmt(r.test_mean)} | {r.k_max_run} |")
-    return L + [""]
+    return L + _left_out_text(s) + [""]
 
 
 def _fits_section(s) -> list[str]:
