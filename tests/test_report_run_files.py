@@ -6,7 +6,8 @@ with and without RHT, GENOME and Model Swarms, two seeds, the pool analysis):
   read is one `error:` line naming it, exit code 2, nothing written;
 * a planned cell without its file, not skipped by the stop rule, is named in the header and
   report.json, and its curve is left out of the peaks, the rule table and the fits; a cell the
-  stop rule skipped is not missing.
+  stop rule skipped is not missing;
+* without `analysis/` the pca95 rows say the analysis is missing (not "did not fire").
 """
 
 from __future__ import annotations
@@ -148,3 +149,25 @@ def test_a_cell_the_stop_rule_skipped_is_not_missing(copy, capsys):
     md = (copy / "report.md").read_text()
     assert "(2 search cells skipped by the stop rule)" in md and "Incomplete run" not in md
     assert {r["cut_at"] for r in report["rules_detail"] if r["method"] in ("genome", "genome+rht")} == {3}
+
+
+@pytest.mark.parametrize("remove,reason", [
+    ("analysis", "`analysis/` not found in the run"),
+    ("analysis/summary.json", "`analysis/summary.json` not found in the run"),
+])
+def test_without_the_analysis_the_pca_rows_say_it_is_missing(run, copy, capsys, remove, reason):
+    assert _report(run)["analysis_missing"] is None and "analysis missing" not in (run / "report.md").read_text()
+    target = copy / remove
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    code, _, _ = run_cli(["report", copy], capsys)
+    assert code == 0
+    report = _report(copy)
+    assert report["analysis_missing"] == reason
+    pca = [r for r in report["rules_detail"] if r["rule"] == "pca95"]
+    assert pca and all(r["unavailable"] == reason and r["fired_k"] is None for r in pca)
+    md = (copy / "report.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| pca95 |")]
+    assert rows and all(f"| analysis missing ({reason}) |" in line for line in rows), rows
+    assert "did not fire" not in " ".join(rows)
+    assert f"**Pool analysis missing** ({reason})" in md
+    assert f"`variance_floor`, `merged_weight_hist`): analysis missing ({reason})." in md

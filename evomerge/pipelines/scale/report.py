@@ -239,6 +239,7 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, side, f
     gains = inputs["gains"]
     analysis_summary = inputs["analysis"] or {}
     pca = analysis_summary.get("pca_components")
+    analysis_missing = _analysis_missing(run_dir, inputs["analysis"], pca)
     missing = missing_cells(run_dir, plan, inputs["search_stop"])
     left_out = left_out_curves(missing, plan)
 
@@ -263,7 +264,7 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, side, f
 
     law_ses = law_step_ses(scores, examples, cfg.scale.law_first_k)
     records, fits = (judge(plan, judged_fitness, scale_cfg=cfg.scale, pca_count=pca, gains=gains, cut=cut,
-                           law_ses=law_ses)
+                           law_ses=law_ses, pca_missing=analysis_missing)
                      if not judged_fitness.empty else ([], []))
     pairs = pair_summary(fitness, plan, gains) if not fitness.empty else []
     from evomerge.pipelines.scale.plan import load_cells
@@ -301,6 +302,7 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, side, f
     summary["cells_missing"] = [c.id for c in missing]
     summary["curves_left_out"] = [{"method": f"{m}+rht" if rht else m, "missing": ids}
                                   for (m, rht), ids in sorted(left_out.items())]
+    summary["analysis_missing"] = analysis_missing
     summary.update(_noise_summary(noise, reference, comparisons))
     from evomerge.pipelines.scale.report_md import markdown
     from evomerge.pipelines.scale.report_verdicts import rule_verdicts
@@ -358,6 +360,17 @@ def _search_tests(fitness: pd.DataFrame) -> dict[str, float]:
 def _base_all(fitness: pd.DataFrame, split: str) -> float:
     b = fitness[(fitness["method"] == "base") & (fitness["target"] == "all") & (fitness["split"] == split)]
     return float(b["fitness"].mean()) if not b.empty else float("nan")
+
+
+def _analysis_missing(run_dir: Path, summary: dict | None, pca: Any) -> str | None:
+    """Why the run has no pool analysis to report (None: it has one)."""
+    if not (run_dir / "analysis").is_dir():
+        return "`analysis/` not found in the run"
+    if summary is None:
+        return "`analysis/summary.json` not found in the run"
+    if pca is None:
+        return "`analysis/summary.json` has no `pca_components`"
+    return None
 
 
 def _no_choices(noise, curves) -> None:

@@ -60,7 +60,7 @@ def markdown(plan, cfg, s, pk_all, pk_union, figures, run_dir) -> str:
     L += _fits_section(s)
     L += _pairs_section(s)
     L += _search_section(s)
-    L += _figures_section(figures)
+    L += _figures_section(figures, s.get("analysis_missing"))
     L += ["## Tables", "",
           "`tables/scores.parquet` (one row per k, method, rht, seed, task, split; metric and cross-entropy), "
           "`tables/fitness.parquet` (mean per target), `tables/peaks.parquet`, `tables/rules.parquet` (the rule "
@@ -76,7 +76,7 @@ MISSING_LISTED = 12
 
 def _missing_header(s, run_dir) -> list[str]:
     """The header's lines on what the run lacks: cells of the plan without their file (and the
-    curves left out for them)."""
+    curves left out for them), the pool analysis."""
     L = []
     missing = s.get("cells_missing") or []
     if missing:
@@ -89,12 +89,17 @@ def _missing_header(s, run_dir) -> list[str]:
               + (f"Left out of the peaks, the rule table and the fits: {', '.join(left)} (a curve with a missing cell "
                  "lacks a k on some seed or all, so its best measured k is not its peak). " if left else "")
               + f"`evomerge scale --out {run_dir} --resume` computes the missing cells.", ""]
+    if s.get("analysis_missing"):
+        L += [f"**Pool analysis missing** ({s['analysis_missing']}): no `pca95` rule and no analysis figures; "
+              f"`evomerge scale --out {run_dir} --resume` runs the pool analysis again.", ""]
     return L
 
 
 def _fired_k(r: dict, not_fired: str) -> str:
     """A rule record's k as the tables print it: ``not_fired`` when the rule never fired, and the
-    k the online rule keeps where it differs."""
+    k the online rule keeps where it differs; why a rule has no k (``unavailable``)."""
+    if r.get("unavailable"):
+        return f"{'analysis missing' if r['rule'] == 'pca95' else 'unavailable'} ({r['unavailable']})"
     keeps = r.get("keeps_k")
     return (_k(r["fired_k"]) + ("" if r["fired"] else not_fired)
             + (f" (keeps {keeps})" if keeps is not None and keeps != r["fired_k"] else ""))
@@ -247,7 +252,8 @@ def _rules_section(s, sc) -> list[str]:
          f"run's order with the method's weights, Delta {s['delta_mode']}), `online` (after each k from the second, predict "
          f"the next expert's gain from L(k) = L_inf + A/k^b: b = 1 through two points, fitted from three; stop when the predicted and the measured gain per expert are both < {sc.online_tol:g} x the "
          f"first point's gain over the base, or when the measured gain of the last step is below minus that (the curve turned); \"keeps\" = the best k measured up to there), `{law_rule}` (the law fitted on k <= {sc.law_first_k} only{_law_noise_text(s, sc)}), "
-         f"`pca95` (principal components for 95% of the pool's variance: {_k(s.get('pca_components_95'))}"
+         f"`pca95` (principal components for 95% of the pool's variance: "
+         + (f"analysis missing ({s['analysis_missing']})" if s.get("analysis_missing") else _k(s.get('pca_components_95')))
          + (f"; **at its ceiling**: {s['n_experts']} centred experts span at most {s['n_experts'] - 1} directions, "
             "so the count can be no larger and says nothing about this pool's structure; its rows below measure "
             "nothing" if pca_at_ceiling(s) else "") + "). "
@@ -418,7 +424,11 @@ CAPTIONS = {
 }
 
 
-def _figures_section(figures) -> list[str]:
+#: The pool analysis's figures (``analysis/NAME.png``).
+ANALYSIS_FIGURES = ("pca_cumulative", "principal_angles", "correlation", "variance_floor", "merged_weight_hist")
+
+
+def _figures_section(figures, analysis_missing: str | None = None) -> list[str]:
     L = ["## Figures", ""]
     for name, rel in figures.items():
         cap = CAPTIONS.get(name) or (f"Merged task-vector entries at the largest k run, without and with RHT "
@@ -426,6 +436,9 @@ def _figures_section(figures) -> list[str]:
                                      "entries per bin (n in the legend: a deterministic merge has one cell, RHT one "
                                      "per seed), so the curves compare by shape, not by count.")
         L += [f"![{name}]({rel})", "", cap, ""]
+    if analysis_missing:
+        L += [f"The pool analysis's figures ({', '.join(f'`{n}`' for n in ANALYSIS_FIGURES)}): analysis missing "
+              f"({analysis_missing}).", ""]
     return L
 
 

@@ -132,7 +132,8 @@ def cut_searches(search_stop: dict | None, stop: dict, full_grid: list[int],
 
 def judge(plan: dict, fitness: pd.DataFrame, *, scale_cfg, pca_count: int | None, gains: dict | None,
           cut: dict[str, int] | None = None,
-          law_ses: dict[tuple[str, bool, str], list[float]] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+          law_ses: dict[tuple[str, bool, str], list[float]] | None = None,
+          pca_missing: str | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(records, fits)``: one record per (rule, method, target) ``{rule, method, target,
     fired_k, fired, peak_k, peak_min, peak_max, error, cut_at, tol, se, k_first, k_last}`` (the
     last two: the curve's first and last measured k) and the law's fits (all
@@ -142,7 +143,10 @@ def judge(plan: dict, fitness: pd.DataFrame, *, scale_cfg, pca_count: int | None
     ``(method, rht, target)`` -> the paired SEs of the consecutive steps on k <= m
     (:func:`evomerge.pipelines.scale.law_noise.law_step_ses`; None or missing: a run without
     per-example scores); the law's tolerance is then ``max(tol, scale.law_noise_z x SE)`` and
-    its rows carry the SE (``se``: NaN where unknown; None on the other rules)."""
+    its rows carry the SE (``se``: NaN where unknown; None on the other rules).
+
+    ``unavailable``: why a rule has no k at all (``pca_missing``: the run has no pool analysis),
+    else None."""
     cut = cut or {}
     z = float(scale_cfg.law_noise_z)
     records, fits = [], []
@@ -188,7 +192,9 @@ def judge(plan: dict, fitness: pd.DataFrame, *, scale_cfg, pca_count: int | None
                 err = (fired_k - pk["peak_k"]) if fired_k is not None and math.isfinite(pk["peak_k"]) else None
                 if cut_at is not None or split:
                     err = None
-                records.append({"rule": rule, "method": label, "target": tname, "fired_k": fired_k, "fired": bool(fired),
+                records.append({"rule": rule, "method": label, "target": tname, "fired_k": fired_k,
+                                "unavailable": pca_missing if rule == "pca95" and pca_count is None else None,
+                                "fired": bool(fired),
                                 "peak_k": pk["peak_k"], "peak_min": pk["peak_min"], "peak_max": pk["peak_max"],
                                 "error": err, "tol": tol_law if rule.startswith("law") else tol if rule == "online" else None,
                                 "se": se if rule.startswith("law") else None,
