@@ -7,7 +7,9 @@ with and without RHT, GENOME and Model Swarms, two seeds, the pool analysis):
 * a planned cell without its file, not skipped by the stop rule, is named in the header and
   report.json, and its curve is left out of the peaks, the rule table and the fits; a cell the
   stop rule skipped is not missing;
-* without `analysis/` the pca95 rows say the analysis is missing (not "did not fire").
+* without `analysis/` the pca95 rows say the analysis is missing (not "did not fire");
+* the search table states `select_margin` and counts the initial individuals it kept, as the
+  histories show.
 """
 
 from __future__ import annotations
@@ -171,3 +173,46 @@ def test_without_the_analysis_the_pca_rows_say_it_is_missing(run, copy, capsys, 
     assert "did not fire" not in " ".join(rows)
     assert f"**Pool analysis missing** ({reason})" in md
     assert f"`variance_floor`, `merged_weight_hist`): analysis missing ({reason})." in md
+
+
+def _margin_counts(run_dir):
+    """From each search's own files: (searches returning a generation-0 individual, those of them
+    with a later individual scored higher on validation, i.e. kept by the margin)."""
+    initial, kept = 0, []
+    for d in sorted((run_dir / "search").iterdir()):
+        res = json.loads((d / "result.json").read_text())
+        h = pq.read_table(d / "history.parquet").to_pandas()
+        best = h[h["id"] == res["best_id"]].iloc[0]
+        if best["generation"] == 0:
+            initial += 1
+            if h["fitness"].max() > best["fitness"]:
+                kept.append(d.name)
+    return initial, kept
+
+
+def test_the_search_table_states_the_margin_and_counts_what_it_kept(copy, capsys):
+    """A later individual of one search that returned an initial one is given a validation fitness
+    above the returned one's, within the margin (select_margin 0.005): the report counts it kept."""
+    report = _report(copy)
+    rows = {f"k{r['k']:03d}-{r['method']}-s{r['seed']}": r for r in report["searches"]}
+    cell = next(c for c, r in sorted(rows.items()) if r["best_generation"] == 0)
+    path = copy / "search" / cell / "history.parquet"
+    h = pq.read_table(path).to_pandas()
+    later = h.index[h["generation"] > 0][0]
+    h.loc[later, "fitness"] = rows[cell]["validation"] + 0.0025
+    pq.write_table(pa.Table.from_pandas(h, preserve_index=False), path)
+
+    assert run_cli(["report", copy], capsys)[0] == 0
+    initial, kept = _margin_counts(copy)
+    assert cell in kept
+    report = _report(copy)
+    assert sorted(f"k{r['k']:03d}-{r['method']}-s{r['seed']}" for r in report["searches"] if r["kept_by_margin"]) == kept
+    assert {r["select_margin"] for r in report["searches"]} == {0.005}
+    md = " ".join((copy / "report.md").read_text().split())
+    assert ("A search returns its best initial individual (generation 0) unless a later one beats it on validation by "
+            "more than `select_margin` (this run: genome 0.005, swarm 0.005;") in md
+    assert (f"{initial} of {len(rows)} searches returned an individual of their initial population, {len(kept)} of "
+            f"them kept by `select_margin`") in md
+    r = next(r for c, r in rows.items() if c == cell)
+    assert f"k = {r['k']} {r['method']} seed {r['seed']}: {h.loc[later, 'id']} (gen {int(h.loc[later, 'generation'])})" in md
+    assert "is the test score of the individual with the best validation fitness" not in md

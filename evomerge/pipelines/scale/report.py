@@ -271,6 +271,7 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, side, f
     from evomerge.pipelines.scale.search_cells import search_scores
 
     searches = search_scores(run_dir, load_cells(plan), _search_tests(fitness))
+    margin_kept(searches, inputs["histories"], cfg)
     side_out = side.result() if side is not None else None
     if side_out is not None:
         noise = merge_noise([noise, side_out["noise"]])
@@ -371,6 +372,26 @@ def _analysis_missing(run_dir: Path, summary: dict | None, pca: Any) -> str | No
     if pca is None:
         return "`analysis/summary.json` has no `pca_components`"
     return None
+
+
+def margin_kept(searches: list[dict], histories: dict[str, pd.DataFrame], cfg) -> None:
+    """Add to each search row (:func:`~evomerge.pipelines.scale.search_cells.search_scores`) the
+    run's ``select_margin`` of its method and, from its history, the best validation fitness the
+    search scored (``top_id``, ``top_fitness``, ``top_generation``) and ``kept_by_margin``: the
+    search returned an individual of its initial population although a later one scored higher,
+    by no more than the margin (a search returns its best initial individual unless a later one
+    beats it by more than ``select_margin``; None where the history is not known)."""
+    for r in searches:
+        section = getattr(cfg, str(r["method"]), None)
+        r["select_margin"] = float(section.select_margin) if hasattr(section, "select_margin") else None
+        h = histories.get(f"k{int(r['k']):03d}-{r['method']}-s{int(r['seed'])}")
+        r.update(top_id=None, top_fitness=None, top_generation=None, kept_by_margin=None)
+        if h is None or h.empty or r.get("validation") is None or h["fitness"].isna().all():
+            continue
+        top = h.loc[h["fitness"].idxmax()]  # (the first of equals: the earliest scored)
+        r.update(top_id=str(top["id"]), top_fitness=float(top["fitness"]), top_generation=int(top["generation"]))
+        if r.get("best_generation") is not None:
+            r["kept_by_margin"] = bool(r["best_generation"] == 0 and float(top["fitness"]) > float(r["validation"]))
 
 
 def _no_choices(noise, curves) -> None:

@@ -458,10 +458,11 @@ def _search_section(s) -> list[str]:
     flagged = any(r["test_best_in_population"] is not None for r in rows)
     L = ["## Searches: the paper's Table 1 numbers", "",
          "Each search optimises the validation fitness on its k experts' tasks. `test (validation-selected)` is the test "
-         "score of the individual with the best validation fitness: the honest number."
+         "score of the individual the search returned, chosen on validation only: the honest number. "
+         + _returned_rule(rows)
          + (" `best test in final population` is the paper's own number: the best *test* score over the final "
             "population, which selects on the test set (**test-set selection: not a fair estimate**)." if flagged else "")
-         + " `best made by`: the operation that made each seed's best individual; generation 0 (marked *) is the "
+         + " `best made by`: the operation that made each seed's returned individual; generation 0 (marked *) is the "
          "search's initial population (the experts, the scaled sums of `init_sums`, the registry merges of "
          "`init_merges`), later generations are the search's own steps.",
          "", "| k | method | validation | test (validation-selected) | best made by |"
@@ -478,7 +479,8 @@ def _search_section(s) -> list[str]:
     known = [r for r in rows if r.get("best_generation") is not None]
     if known:
         initial = sum(r["best_generation"] == 0 for r in known)
-        L += ["", f"{initial} of {len(known)} searches returned an individual of their initial population; "
+        L += ["", f"{initial} of {len(known)} searches returned an individual of their initial population"
+              f"{_kept_text(known)}; "
               f"{len(known) - initial} one their own steps made. A scaled sum of the initial population "
               "(`init_sum`) is task arithmetic whose scale the search chose on validation: where it is the best, "
               "the search's advantage over a registry merge is that choice, not its own steps."]
@@ -489,3 +491,32 @@ def _made_by(r: dict) -> str:
     if r.get("best_op") is None:
         return "n/a"
     return f"{r['best_op']}*" if r.get("best_generation") == 0 else f"{r['best_op']} (gen {r['best_generation']})"
+
+
+def _returned_rule(rows: list[dict]) -> str:
+    """Which individual a search returns, with the run's margins (``select_margin`` per method)."""
+    margins = {r["method"]: r["select_margin"] for r in rows if r.get("select_margin") is not None}
+    if not margins:
+        return "It is the individual with the best validation fitness the search scored."
+    if not any(margins.values()):
+        return ("It is the individual with the best validation fitness the search scored (`select_margin` 0 in this "
+                "run).")
+    return ("A search returns its best initial individual (generation 0) unless a later one beats it on validation by "
+            "more than `select_margin` (this run: " + ", ".join(f"{m} {v:g}" for m, v in sorted(margins.items()))
+            + "; config `genome.select_margin` / `swarm.select_margin`, docs/search.md), so the returned individual "
+            "is not always the best validation fitness the search scored; `validation` is the returned one's.")
+
+
+def _kept_text(rows: list[dict]) -> str:
+    """`` (N of them kept by `select_margin`: ...)``: the searches that returned an initial
+    individual although a later one scored higher on validation, within the margin."""
+    known = [r for r in rows if r.get("kept_by_margin") is not None]
+    if not known:
+        return ""
+    kept = sorted((r for r in known if r["kept_by_margin"]), key=lambda r: (r["k"], r["method"], r["seed"]))
+    if not kept:
+        return ", none of them kept by `select_margin` (no later individual scored higher on validation)"
+    return (f", {len(kept)} of them kept by `select_margin` (a later individual scored higher on validation, by no more "
+            "than the margin: " + "; ".join(
+                f"k = {r['k']} {r['method']} seed {r['seed']}: {r['top_id']} (gen {r['top_generation']}) "
+                f"{r['top_fitness']:.5f} against the returned {r['validation']:.5f}" for r in kept) + ")")
