@@ -9,7 +9,8 @@ with and without RHT, GENOME and Model Swarms, two seeds, the pool analysis):
   stop rule skipped is not missing;
 * without `analysis/` the pca95 rows say the analysis is missing (not "did not fire");
 * the search table states `select_margin` and counts the initial individuals it kept, as the
-  histories show.
+  histories show;
+* every k in report.json is an int (or null).
 """
 
 from __future__ import annotations
@@ -216,3 +217,33 @@ def test_the_search_table_states_the_margin_and_counts_what_it_kept(copy, capsys
     r = next(r for c, r in rows.items() if c == cell)
     assert f"k = {r['k']} {r['method']} seed {r['seed']}: {h.loc[later, 'id']} (gen {int(h.loc[later, 'generation'])})" in md
     assert "is the test score of the individual with the best validation fitness" not in md
+
+
+def _ks(obj, where=""):
+    """Every (path, value) of report.json under a key that holds a k (or a list of k)."""
+    means = {"peak_k", "fired_k_mean"}  # means over seeds: floats
+    if isinstance(obj, dict):
+        for key, v in obj.items():
+            if key in means or key == "figures":  # (figures: file names, `fitness_vs_k` among them)
+                continue
+            if key in ("search_k", "ks_run", "fired_k_seeds") and isinstance(v, list):
+                yield from ((f"{where}.{key}[]", x) for x in v)
+            elif key in ("k", "cut_at", "keeps_k", "k_first", "k_last", "peak_min", "peak_max", "reference_k",
+                       "k_end", "k_max_run", "k_measured_max", "n_max", "top_generation", "best_generation",
+                       "pca_components_95") or key.endswith("_k"):
+                yield f"{where}.{key}", v
+            else:
+                yield from _ks(v, f"{where}.{key}")
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _ks(v, f"{where}[]")
+
+
+def test_every_k_in_report_json_is_an_int(run):
+    report = _report(run)
+    found = list(_ks(report))
+    assert {".rules[].fired_k", ".rules_detail[].fired_k", ".rules_detail[].keeps_k", ".noise[].k"} <= {p for p, _ in found}
+    bad = [(p, v) for p, v in found if v is not None and type(v) is not int]
+    assert not bad, bad[:5]
+    assert any(r["rule"] == "theorem1" and type(r["fired_k"]) is int for r in report["rules"])
+    assert all(type(r["peak_k"]) is float for r in report["rules"] if r["peak_k"] is not None)

@@ -97,12 +97,17 @@ def _missing_header(s, run_dir) -> list[str]:
 
 def _fired_k(r: dict, not_fired: str) -> str:
     """A rule record's k as the tables print it: ``not_fired`` when the rule never fired, and the
-    k the online rule keeps where it differs; why a rule has no k (``unavailable``)."""
+    k the online rule keeps where it differs; why a rule has no k (``unavailable``); Theorem 1's
+    seeds' mean where their orders fire at different k."""
     if r.get("unavailable"):
         return f"{'analysis missing' if r['rule'] == 'pca95' else 'unavailable'} ({r['unavailable']})"
     keeps = r.get("keeps_k")
-    return (_k(r["fired_k"]) + ("" if r["fired"] else not_fired)
-            + (f" (keeps {keeps})" if keeps is not None and keeps != r["fired_k"] else ""))
+    k = r["fired_k"]
+    text = _k(k)
+    if k is None and r.get("fired_k_seeds"):
+        text = f"{_k(r.get('fired_k_mean'))} (seeds: {', '.join(map(str, r['fired_k_seeds']))})"
+    return (text + ("" if r["fired"] else not_fired)
+            + (f" (keeps {keeps})" if keeps is not None and keeps != k else ""))
 
 
 def _searches_ran(search_stop: dict | None, stop: dict, s) -> str:
@@ -140,7 +145,7 @@ def _glance_section(s, sc, pk_all) -> list[str]:
 
     def fired(rule: str, method: str) -> str:
         r = rules.get((rule, method))
-        if r is None or r["fired_k"] is None:
+        if r is None or (r["fired_k"] is None and not r.get("fired_k_seeds")):
             return "-"
         return _fired_k(r, " (not fired)")
 

@@ -70,7 +70,17 @@ def theorem1_fired(plan: dict, method: str, params: dict[str, Any], k_end: int) 
         per_seed.append(fire.fired_k)
         fired_any |= fire.fired
         deltas.append(float("nan") if delta is None else delta)
+    per_seed = [int(k) for k in per_seed]
     return {"fired_k": float(np.mean(per_seed)), "per_seed": per_seed, "fired": fired_any, "delta": deltas}
+
+
+def as_k(k: Any) -> int | None:
+    """A k as report.json and rules.parquet hold it: an int (a whole number of experts), or None."""
+    if k is None or (isinstance(k, float) and not math.isfinite(k)):
+        return None
+    if float(k) != int(k):
+        raise ValueError(f"not a whole k: {k!r}")
+    return int(k)
 
 
 def seed_peaks(f: pd.DataFrame, value: str) -> dict[str, Any]:
@@ -145,8 +155,11 @@ def judge(plan: dict, fitness: pd.DataFrame, *, scale_cfg, pca_count: int | None
     per-example scores); the law's tolerance is then ``max(tol, scale.law_noise_z x SE)`` and
     its rows carry the SE (``se``: NaN where unknown; None on the other rules).
 
-    ``unavailable``: why a rule has no k at all (``pca_missing``: the run has no pool analysis),
-    else None."""
+    Every k of a record (``fired_k``, ``keeps_k``, ``k_first``, ...) is an int or None;
+    ``theorem1``'s rows also carry ``fired_k_seeds`` (each seed's order's k), and when the seeds'
+    orders fire at different k (``scale.order: random``) their ``fired_k`` is None and the error
+    is taken from the seeds' mean (``fired_k_mean``), a mean as ``peak_k`` is. ``unavailable``:
+    why a rule has no k at all (``pca_missing``: the run has no pool analysis), else None."""
     cut = cut or {}
     z = float(scale_cfg.law_noise_z)
     records, fits = [], []
@@ -170,6 +183,7 @@ def judge(plan: dict, fitness: pd.DataFrame, *, scale_cfg, pca_count: int | None
             tol = online_tolerance(scale_cfg.online_tol, f[f["k"] == k_first][value].to_numpy(float), base)
             x, y = f["k"].to_numpy(float), _loss(f, value)
             rows = {"theorem1": (t1["fired_k"], t1["fired"]), "pca95": (pca_count, pca_count is not None)}
+            one_k = len(set(t1["per_seed"])) == 1
             keeps = None
             if x.size and np.unique(x).size >= 2:
                 on = online_stop(x, y, tol=tol, window=scale_cfg.online_window)
@@ -192,13 +206,17 @@ def judge(plan: dict, fitness: pd.DataFrame, *, scale_cfg, pca_count: int | None
                 err = (fired_k - pk["peak_k"]) if fired_k is not None and math.isfinite(pk["peak_k"]) else None
                 if cut_at is not None or split:
                     err = None
-                records.append({"rule": rule, "method": label, "target": tname, "fired_k": fired_k,
+                t1_row = rule == "theorem1"
+                records.append({"rule": rule, "method": label, "target": tname,
+                                "fired_k": None if t1_row and not one_k else as_k(fired_k),
+                                "fired_k_seeds": t1["per_seed"] if t1_row else None,
+                                "fired_k_mean": t1["fired_k"] if t1_row else None,
                                 "unavailable": pca_missing if rule == "pca95" and pca_count is None else None,
                                 "fired": bool(fired),
                                 "peak_k": pk["peak_k"], "peak_min": pk["peak_min"], "peak_max": pk["peak_max"],
                                 "error": err, "tol": tol_law if rule.startswith("law") else tol if rule == "online" else None,
                                 "se": se if rule.startswith("law") else None,
-                                "keeps_k": keeps if rule == "online" else None, "cut_at": cut_at,
+                                "keeps_k": as_k(keeps) if rule == "online" else None, "cut_at": as_k(cut_at),
                                 "peaks_split": split,
                                 "k_first": k_first, "k_last": int(f["k"].max())})
     return records, fits
