@@ -10,7 +10,8 @@ with and without RHT, GENOME and Model Swarms, two seeds, the pool analysis):
 * without `analysis/` the pca95 rows say the analysis is missing (not "did not fire");
 * the search table states `select_margin` and counts the initial individuals it kept, as the
   histories show;
-* every k in report.json is an int (or null).
+* every k in report.json is an int (or null);
+* `--set` overrides are recorded in the header and in report.json.
 """
 
 from __future__ import annotations
@@ -247,3 +248,17 @@ def test_every_k_in_report_json_is_an_int(run):
     assert not bad, bad[:5]
     assert any(r["rule"] == "theorem1" and type(r["fired_k"]) is int for r in report["rules"])
     assert all(type(r["peak_k"]) is float for r in report["rules"] if r["peak_k"] is not None)
+
+
+def test_report_set_is_recorded_in_the_header_and_report_json(copy, capsys):
+    assert run_cli(["report", copy, "--set", "scale.law_noise_z=2"], capsys)[0] == 0
+    report = _report(copy)
+    assert report["report_overrides"] == {"scale.law_noise_z": 2.0}
+    assert report["run_settings"] == {"scale.law_noise_z": 0.0}
+    head = (copy / "report.md").read_text().split("## ")[0]
+    assert ("**Judged with `evomerge report --set`**, not the run's own settings "
+            f"({copy}/config.yaml): scale.law_noise_z = 2.0 (the run's: 0.0).") in head
+    # the run's own settings again: nothing recorded
+    assert run_cli(["report", copy], capsys)[0] == 0
+    assert _report(copy)["report_overrides"] == {}
+    assert "Judged with" not in (copy / "report.md").read_text()

@@ -218,6 +218,7 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, side, f
     cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
     if cfg is None:
         raise ConfigError(f"{run_dir}: config.yaml missing (not a scale run directory)")
+    run_cfg = cfg
     if overrides:
         from evomerge.config.overrides import override
 
@@ -304,6 +305,8 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, side, f
     summary["curves_left_out"] = [{"method": f"{m}+rht" if rht else m, "missing": ids}
                                   for (m, rht), ids in sorted(left_out.items())]
     summary["analysis_missing"] = analysis_missing
+    summary["report_overrides"] = {k: _scale_value(cfg, k) for k in sorted(overrides or {})}
+    summary["run_settings"] = {k: _scale_value(run_cfg, k) for k in sorted(overrides or {})}
     summary.update(_noise_summary(noise, reference, comparisons))
     from evomerge.pipelines.scale.report_md import markdown
     from evomerge.pipelines.scale.report_verdicts import rule_verdicts
@@ -361,6 +364,12 @@ def _search_tests(fitness: pd.DataFrame) -> dict[str, float]:
 def _base_all(fitness: pd.DataFrame, split: str) -> float:
     b = fitness[(fitness["method"] == "base") & (fitness["target"] == "all") & (fitness["split"] == split)]
     return float(b["fitness"].mean()) if not b.empty else float("nan")
+
+
+def _scale_value(cfg, key: str) -> Any:
+    """The value of a dotted ``--set`` key (``scale.NAME``: the report's keys) in ``cfg``."""
+    section, _, name = key.partition(".")
+    return getattr(getattr(cfg, section), name)
 
 
 def _analysis_missing(run_dir: Path, summary: dict | None, pca: Any) -> str | None:

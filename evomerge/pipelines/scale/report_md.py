@@ -41,6 +41,7 @@ def markdown(plan, cfg, s, pk_all, pk_union, figures, run_dir) -> str:
           + f"; wall time {s['wall_seconds'] / 60:.1f} min"
           + (f", CPU time {s['cpu_seconds'] / 60:.1f} min." if s.get("cpu_seconds") else "."), ""]
     L += _missing_header(s, run_dir)
+    L += _overrides_header(s, run_dir)
     orders = plan["orders"]
     first = next(iter(orders.values())) if orders else []
     L += [f"Methods: {', '.join(sc.methods + list(sc.search))}; RHT variants: {'yes' if sc.with_rht else 'no'}; "
@@ -93,6 +94,17 @@ def _missing_header(s, run_dir) -> list[str]:
         L += [f"**Pool analysis missing** ({s['analysis_missing']}): no `pca95` rule and no analysis figures; "
               f"`evomerge scale --out {run_dir} --resume` runs the pool analysis again.", ""]
     return L
+
+
+def _overrides_header(s, run_dir) -> list[str]:
+    """The header's line on the ``evomerge report --set`` values this report was judged with."""
+    over = s.get("report_overrides") or {}
+    if not over:
+        return []
+    run = s.get("run_settings") or {}
+    return [f"**Judged with `evomerge report --set`**, not the run's own settings ({run_dir}/config.yaml): "
+            + "; ".join(f"{k} = {v}" + (f" (the run's: {run[k]})" if k in run else "") for k, v in over.items())
+            + ". report.json records them as `report_overrides`.", ""]
 
 
 def _fired_k(r: dict, not_fired: str) -> str:
