@@ -14,6 +14,7 @@ import numpy as np
 from evomerge.config import EvomergeConfig
 from evomerge.distributed.actors import td_to_numpy
 from evomerge.errors import ConfigError
+from evomerge.evaluation.evaluator import REPORTED_SPLITS
 
 NumpyDict = dict[str, np.ndarray]
 
@@ -31,12 +32,14 @@ class EvaluatorSpec:
     batch_size: int = 64
     rows_per_pass: int | None = None
     task_weights: dict[str, float] | None = None
+    #: scored on every row (the rest keep ``max_samples``, the search's budget): the reported splits
+    whole_splits: tuple[str, ...] = REPORTED_SPLITS
 
     def __call__(self, device: str) -> Any:
         from evomerge.evaluation.evaluator import Evaluator
 
         common = dict(metric=self.metric, device=device, batch_size=self.batch_size,
-                      max_samples=self.max_samples, max_rows=self.rows_per_pass)
+                      max_samples=self.max_samples, max_rows=self.rows_per_pass, whole_splits=self.whole_splits)
         if self.task_weights is not None:
             common["task_weights"] = self.task_weights
         if self.zoo_root is not None:

@@ -5,7 +5,6 @@ task vector for full fine-tunes (and for LoRA results that are dense)."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -13,41 +12,7 @@ import torch
 
 from evomerge.config import EvomergeConfig
 from evomerge.distributed.actors import numpy_to_td
-from evomerge.evaluation.evaluator import REPORTED_SPLITS
-from evomerge.pipelines.inputs import EvaluatorSpec, EvolveInputs, load_user_tasks
-
-
-@dataclasses.dataclass(frozen=True)
-class ReportingEvaluatorSpec(EvaluatorSpec):
-    """The run's evaluator recipe, with the reported splits (test) scored on every row: the
-    search's fitness (validation) keeps ``evaluation.max_samples`` rows, its budget; the test
-    score a run reports of the model it returns is the one ``evomerge evaluate`` gives on the
-    whole split, and the one ``scale`` reports (its evaluator scores the same rows)."""
-
-    whole_splits: tuple[str, ...] = REPORTED_SPLITS
-
-    def __call__(self, device: str) -> Any:
-        from evomerge.evaluation.evaluator import Evaluator
-
-        common = dict(metric=self.metric, device=device, batch_size=self.batch_size, max_samples=self.max_samples,
-                      max_rows=self.rows_per_pass, whole_splits=self.whole_splits)
-        if self.task_weights is not None:
-            common["task_weights"] = self.task_weights
-        if self.zoo_root is not None:
-            from evomerge.zoo.zoo import Zoo
-
-            return Evaluator.from_zoo(Zoo.open(self.zoo_root), tasks=list(self.tasks), **common)
-        return Evaluator(self.base_dir, load_user_tasks(self.task_files, self.tasks), **common)
-
-
-def reporting_inputs(inputs: EvolveInputs) -> EvolveInputs:
-    """``inputs`` whose evaluators (the population actors') score the reported splits on every
-    row (:class:`ReportingEvaluatorSpec`); what every run's final test score goes through."""
-    spec = inputs.evaluator
-    if isinstance(spec, ReportingEvaluatorSpec):
-        return inputs
-    fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
-    return dataclasses.replace(inputs, evaluator=ReportingEvaluatorSpec(**fields))
+from evomerge.pipelines.inputs import EvolveInputs
 
 
 def finalize(cfg: EvomergeConfig, inputs: EvolveInputs, search: Any, rt: Any, out_dir: Path,

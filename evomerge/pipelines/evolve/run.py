@@ -230,11 +230,8 @@ def run_evolve(
             stack.enter_context(run_lock(out_dir, "evolve"))
         # connecting checks the request against the cluster: impossible ones fail before any work
         rt = runtime if runtime is not None else stack.enter_context(Runtime(cfg))
-        from evomerge.pipelines.evolve.final import reporting_inputs
-
-        # (the actors' evaluators score test, reported only, on every row: final.ReportingEvaluatorSpec)
-        inputs = reporting_inputs(prepare_inputs(cfg, experts=experts, tasks=tasks, zoo_profile=zoo_profile,
-                                                 space=getattr(cfg, algo).space))
+        # (the actors' evaluators score test, reported only, on every row: inputs.EvaluatorSpec.whole_splits)
+        inputs = prepare_inputs(cfg, experts=experts, tasks=tasks, zoo_profile=zoo_profile, space=getattr(cfg, algo).space)
         searches = make_searches(cfg, algo, len(inputs.names))
         _prepare_out(out_dir, _run_meta(cfg, algo, inputs, zoo_profile, fingerprint), resume)
         per_candidate = cfg.rht if (cfg.rht.enabled and cfg.rht.apply_to == "candidate") else None

@@ -14,13 +14,14 @@ from typing import Any
 import torch
 
 from evomerge.config.sections import EvaluationConfig, RHTConfig
+from evomerge.evaluation.evaluator import REPORTED_SPLITS
 from evomerge.experts.types import TensorDict
 from evomerge.merging.types import PerTaskMerge, derive_seed
 from evomerge.pipelines.inputs import TASK_SPLITS as SPLITS, load_user_tasks
 from evomerge.pipelines.scale.plan import Cell
 
 #: The splits a scale cell scores on every row (test: only reported, never chosen on)
-WHOLE_SPLITS = ("test",)
+WHOLE_SPLITS = REPORTED_SPLITS
 
 
 @dataclass(frozen=True)
