@@ -48,14 +48,20 @@ def test_a_config_written_with_references_loads_on_a_machine_whose_zoo_lies_else
     with monkeypatch.context() as m:
         m.setattr(zoo_module, "SHIPPED", copy)
         cfg = config_from_dict({"experts": {"base": str(copy / "small" / "base"),
-                                            "experts": [str(copy / "small" / "experts" / "majority"), str(own)]}})
+                                            "experts": [str(copy / "small" / "experts" / "majority"), str(own)]},
+                                "evaluation": {"task_files": {"majority": str(copy / "small" / "tasks" / "majority"),
+                                                              "mine": str(own / "task.jsonl")}}})
         dump_config(cfg, tmp_path / "best.yaml", zoo_refs=True)
     shutil.rmtree(tmp_path / "ray_pkg")  # the job's session is over
     text = (tmp_path / "best.yaml").read_text()
     assert "ray_pkg" not in text and "zoo:small/base" in text and "zoo:small/experts/majority" in text
+    assert "zoo:small/tasks/majority" in text  # a tune study's best config names the zoo's tasks too
     loaded = load_config(tmp_path / "best.yaml")
     assert loaded.experts.base == small_zoo.base_dir
     assert [s.path for s in loaded.experts.experts] == [small_zoo.expert_dirs["majority"], own]
+    assert loaded.evaluation.task_files == {"majority": small_zoo.root / "tasks" / "majority", "mine": own / "task.jsonl"}
+    assert (loaded.evaluation.task_files["majority"] / "validation.parquet").is_file() or \
+        any(loaded.evaluation.task_files["majority"].iterdir())
 
 
 def test_without_references_a_dump_keeps_the_paths(small_zoo, tmp_path):

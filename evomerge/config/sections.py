@@ -117,7 +117,7 @@ class MergeConfig(Section):
 class EvaluationConfig(Section):
     SECTION: ClassVar[str] = "evaluation"
     tasks: list[str] | None = Field(default=None, description="task names to score (default: all tasks of the pool)")
-    task_files: dict[str, Path] = Field(default_factory=dict, description="user tasks: name -> a task folder (one file per split) or a .parquet, .jsonl or .json file (validation)")
+    task_files: dict[str, ZooPath] = Field(default_factory=dict, description="user tasks: name -> a task folder (one file per split) or a .parquet, .jsonl or .json file (validation); `zoo:<profile>/tasks/<task>` names a built-in zoo's")
     task_weights: dict[str, float] | None = None
     metric: Literal["token_accuracy", "exact_match", "token_f1", "rouge_l", "bleu", "neg_cross_entropy"] = "token_accuracy"
     max_samples: int = Field(default=200, gt=0)

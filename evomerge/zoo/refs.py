@@ -48,13 +48,19 @@ def zoo_ref(path: str | Path) -> str | None:
 
 
 def with_zoo_refs(data: dict[str, Any]) -> dict[str, Any]:
-    """A dumped config (``model_dump(mode="json")``) whose ``experts.base`` and expert paths in a
-    built-in zoo are written as ``zoo:`` references (a copy; other paths unchanged)."""
+    """A dumped config (``model_dump(mode="json")``) whose ``experts.base``, expert paths and
+    ``evaluation.task_files`` in a built-in zoo are written as ``zoo:`` references (a copy; other
+    paths unchanged)."""
+    data = dict(data)
     experts = data.get("experts")
-    if not isinstance(experts, dict):
-        return data
-    experts = dict(experts)
-    if experts.get("base"):
-        experts["base"] = zoo_ref(experts["base"]) or experts["base"]
-    experts["experts"] = [{**e, "path": zoo_ref(e["path"]) or e["path"]} for e in experts.get("experts", [])]
-    return {**data, "experts": experts}
+    if isinstance(experts, dict):
+        experts = dict(experts)
+        if experts.get("base"):
+            experts["base"] = zoo_ref(experts["base"]) or experts["base"]
+        experts["experts"] = [{**e, "path": zoo_ref(e["path"]) or e["path"]} for e in experts.get("experts", [])]
+        data["experts"] = experts
+    evaluation = data.get("evaluation")
+    if isinstance(evaluation, dict) and evaluation.get("task_files"):
+        files = {task: zoo_ref(path) or path for task, path in evaluation["task_files"].items()}
+        data["evaluation"] = {**evaluation, "task_files": files}
+    return data
