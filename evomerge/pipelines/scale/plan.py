@@ -13,7 +13,7 @@ from typing import Literal, Sequence
 
 from evomerge.config.sections import ScaleConfig
 from evomerge.errors import ConfigError
-from evomerge.theory.general_variance import covariance_from, general_variance_curve, theorem1_rule
+from evomerge.theory.general_variance import covariance_from, general_variance_curve, reaches_delta, theorem1_rule
 
 
 def delta_mode(cfg: ScaleConfig) -> tuple[str, float | None]:
@@ -93,7 +93,7 @@ def stop_rule(variances, corr, order: Sequence[int], cfg: ScaleConfig, *, sigma2
     delta, fire = theorem1_rule(v, mode, value)  # (None: no positive drop to scale; rules.py reads it so too)
     fired_k = fire.fired_k
     curve = [{"k": k + 1, "merged_variance": float(v[k]), "drop": float(v[k - 1] - v[k]) if k else None,
-              "worth_adding": bool(k == 0 or (v[k - 1] - v[k] >= delta * (1 - 1e-9) if delta is not None
+              "worth_adding": bool(k == 0 or (reaches_delta(v[k - 1] - v[k], delta) if delta is not None
                                                 else v[k - 1] - v[k] > 0))}
              for k in range(len(v))]
     grid = search_grid(k_hi, cfg.search_k)
