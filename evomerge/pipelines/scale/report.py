@@ -305,6 +305,7 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, side, f
     summary["curves_left_out"] = [{"method": f"{m}+rht" if rht else m, "missing": ids}
                                   for (m, rht), ids in sorted(left_out.items())]
     summary["analysis_missing"] = analysis_missing
+    summary["principal_angle_random_deg"] = analysis_summary.get("principal_angle_random_deg")  # (the figure's level)
     summary["report_overrides"] = {k: _scale_value(cfg, k) for k in sorted(overrides or {})}
     summary["run_settings"] = {k: _scale_value(run_cfg, k) for k in sorted(overrides or {})}
     summary.update(_noise_summary(noise, reference, comparisons))

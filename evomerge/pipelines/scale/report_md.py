@@ -61,7 +61,7 @@ def markdown(plan, cfg, s, pk_all, pk_union, figures, run_dir) -> str:
     L += _fits_section(s)
     L += _pairs_section(s)
     L += _search_section(s)
-    L += _figures_section(figures, s.get("analysis_missing"))
+    L += _figures_section(figures, s.get("analysis_missing"), s.get("principal_angle_random_deg"))
     L += ["## Tables", "",
           "`tables/scores.parquet` (one row per k, method, rht, seed, task, split; metric and cross-entropy), "
           "`tables/fitness.parquet` (mean per target), `tables/peaks.parquet`, `tables/rules.parquet` (the rule "
@@ -433,7 +433,9 @@ CAPTIONS = {
                     "without RHT, dashed = with RHT, star = the first expert alone, red dotted line = Theorem 1's "
                     "k (uniform weights).",
     "pca_cumulative": "PCA of the expert task vectors: cumulative explained variance.",
-    "principal_angles": "Mean principal angle between the experts' LoRA subspaces (90 = unrelated).",
+    "principal_angles": "Mean principal angle between the experts' LoRA subspaces (0 = shared directions); the "
+                        "dashed line on the scale is the level of independent random subspaces of the same shapes "
+                        "(`principal_angle_random_deg` in analysis/summary.json{random}), not 90.",
     "correlation": "Pearson correlation of the task vectors (drives the low-correlation order).",
     "variance_floor": "Equicorrelated Theorem 1: merged variance and its drop per added expert against Delta.",
     "merged_weight_hist": "Entries of the uniform merge of the whole pool, without and with RHT (each curve the share "
@@ -445,13 +447,15 @@ CAPTIONS = {
 ANALYSIS_FIGURES = ("pca_cumulative", "principal_angles", "correlation", "variance_floor", "merged_weight_hist")
 
 
-def _figures_section(figures, analysis_missing: str | None = None) -> list[str]:
+def _figures_section(figures, analysis_missing: str | None = None, random_angle: float | None = None) -> list[str]:
     L = ["## Figures", ""]
     for name, rel in figures.items():
         cap = CAPTIONS.get(name) or (f"Merged task-vector entries at the largest k run, without and with RHT "
                                      f"({name.removeprefix('weight_hist_')}); each curve is the share of its own "
-                                     "entries per bin (n in the legend: a deterministic merge has one cell, RHT one "
-                                     "per seed), so the curves compare by shape, not by count.")
+                                     "entries per bin, both from the same number of entries (n in the legend: RHT's "
+                                     "cells, one per seed, are subsampled with a fixed seed to the plain merge's "
+                                     "count), so a longer tail is not an artefact of a larger sample.")
+        cap = cap.replace("{random}", f": {random_angle:.1f} degrees on this pool" if random_angle is not None else "")
         L += [f"![{name}]({rel})", "", cap, ""]
     if analysis_missing:
         L += [f"The pool analysis's figures ({', '.join(f'`{n}`' for n in ANALYSIS_FIGURES)}): analysis missing "
