@@ -38,10 +38,11 @@ def rule_verdicts(rules: list[dict], law_rule: str) -> dict[str, Any]:
 
 
 def pca_at_ceiling(s) -> bool:
-    """The PCA count equals n - 1 for n experts: centred, they span at most n - 1 directions, so
-    95% of the variance needing all of them is what any pool without a low-rank structure gives."""
+    """The report's PCA count is at the n - 1 ceiling of its n experts (:func:`evomerge.theory.geometry.pca_at_ceiling`)."""
+    from evomerge.theory.geometry import pca_at_ceiling as at_ceiling
+
     n, c = s.get("n_experts"), s.get("pca_components_95")
-    return n is not None and c is not None and int(c) >= int(n) - 1
+    return n is not None and c is not None and at_ceiling(int(c), int(n))
 
 
 def peak_place(r: dict) -> str:
