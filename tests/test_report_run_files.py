@@ -272,3 +272,12 @@ def test_the_angle_figures_caption_gives_the_pools_random_level(run):
     assert 45 < random < 90 and _report(run)["principal_angle_random_deg"] == random
     text = (run / "report.md").read_text()
     assert f"{random:.1f} degrees on this pool" in text and "90 = unrelated" not in text
+
+
+def test_a_search_cell_is_scored_on_test_once_by_the_run(run):
+    """A search cell's test score is the run's own (every row, the cell's file); the search does
+    not score its result on test itself as well (that doubled the default run's search phase)."""
+    results = sorted((run / "search").glob("*/result.json"))
+    assert results and all(json.loads(p.read_text())["best_test_fitness"] is None for p in results)
+    rows = _report(run)["searches"]
+    assert rows and all(r["test_val_selected"] is not None for r in rows)

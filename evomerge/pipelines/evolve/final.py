@@ -16,12 +16,12 @@ from evomerge.pipelines.inputs import EvolveInputs
 
 
 def finalize(cfg: EvomergeConfig, inputs: EvolveInputs, search: Any, rt: Any, out_dir: Path,
-             write_adapter: bool = True, svd_adapter: bool = True) -> dict[str, Any]:
+             write_adapter: bool = True, svd_adapter: bool = True, report_test: bool = True) -> dict[str, Any]:
     best_id = search.best_id
     weights = {best_id: rt.pool.snapshot[best_id]}
     rht = cfg.rht if cfg.rht.enabled else None  # per candidate or final: the result is RHT'd
     val = rt.evaluate_weights(weights, "validation", rht)[0]
-    splits = _splits(inputs)
+    splits = _splits(inputs) if report_test else ["validation"]
     test = rt.evaluate_weights(weights, "test", rht)[0] if "test" in splits else None
     ensemble = None
     if hasattr(search, "ensemble_ids"):

@@ -192,6 +192,7 @@ def run_evolve(
     zoo_profile: str = "small",
     write_adapter: bool = True,
     svd_adapter: bool = True,
+    report_test: bool = True,
     on_generation: Callable[[RoundInfo], None] | None = None,
     on_dispatch: Callable[[int, Any], None] | None = None,
     runtime: Any = None,
@@ -207,6 +208,8 @@ def run_evolve(
     write_adapter: write the best individual at all; svd_adapter: also turn a dense LoRA result
         into ``best_adapter/`` (an SVD and one more evaluation; the scale driver reads the exact
         ``best_task_vector/`` and skips it).
+    report_test: score the returned model (and GENOME's ensemble) on test, every row; the scale
+        driver scores each search cell's result itself and skips it (``best_test_fitness`` null).
     """
     from evomerge.distributed.runtime import Runtime
     from evomerge.io import run_lock
@@ -244,7 +247,7 @@ def run_evolve(
         loop = _Loop(cfg, inputs, searches, rt, out_dir, progress, on_generation)
         loop.start(resume)
         loop.run()
-        return loop.finish(write_adapter, svd_adapter)
+        return loop.finish(write_adapter, svd_adapter, report_test)
 
 
 class _Loop:
@@ -342,13 +345,13 @@ class _Loop:
                          n_evaluated=sum(len(a) for a in asked.values()), seconds=seconds)
 
     # ---------------------------------------------------------------- final
-    def finish(self, write_adapter: bool, svd_adapter: bool = True) -> EvolveResult:
+    def finish(self, write_adapter: bool, svd_adapter: bool = True, report_test: bool = True) -> EvolveResult:
         from evomerge.pipelines.evolve.final import finalize
 
         island = max(range(len(self.searches)), key=lambda i: (self.searches[i].best_fitness, -i))
         search = self.searches[island]
         stats = {**self.pool.stats(), "actor_info": list(self.rt.infos)}
-        fin = finalize(self.cfg, self.inputs, search, self.rt, self.out_dir, write_adapter, svd_adapter)
+        fin = finalize(self.cfg, self.inputs, search, self.rt, self.out_dir, write_adapter, svd_adapter, report_test)
         table = records.read_history(self.out_dir)
         history_path = self.out_dir / "history.parquet"
         if table is not None:

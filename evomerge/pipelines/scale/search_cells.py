@@ -57,6 +57,7 @@ def run_search(cell: Cell, cfg: EvomergeConfig, run_dir: Path, *, names: list[st
         resume=(out / "run.json").is_file(), experts=[names[i] for i in cell.experts],
         tasks=subset_tasks or None, progress=progress, zoo_profile=zoo_profile, runtime=runtime,
         svd_adapter=False,  # the cell is scored on the exact result
+        report_test=False,  # (as is its test score, on every row: the search's own would repeat it)
     )
     found = best_path(run_dir, cell)
     if found is None:
