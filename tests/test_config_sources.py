@@ -68,3 +68,28 @@ def test_a_section_presets_contradiction_names_the_key_and_the_preset(tmp_path, 
                       "--set", "genome.preset=paper"], capsys)
     assert line == (f"error: {cfg} + --set: `genome.population` is 4 but `genome.preset: paper` sets it to 10; "
                     "remove one of them")
+
+
+def test_a_key_below_a_short_form_value_is_blamed_on_the_file(tmp_path):
+    """An expert given as its path string; the refusal names `experts.experts.0.path`, a key the
+    file holds only in short: the file set it (not the schema's defaults)."""
+    cfg = tmp_path / "e.yaml"
+    cfg.write_text('experts:\n  experts: ["zoo:nope/x"]\n')
+    line = _refusal(load_config, cfg)[0]
+    assert line.startswith(f"{cfg}: `experts.experts.0.path`") and "unknown zoo profile 'nope'" in line
+
+
+def test_a_check_after_loading_is_blamed_only_for_its_own_keys(tmp_path):
+    """`blame_layered` rewrites a refusal that says its keys (all under `under`) and passes any
+    other error through unchanged."""
+    from evomerge.config.sections import key_errors
+    from evomerge.config.sources import blame_layered
+
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text("genome:\n  population: 40\n")
+    err = key_errors([(("genome.population", "genome.init_pairs"), "`genome.population` (40) is too large")])
+    assert str(blame_layered(err, cfg, [("--set", {"genome.init_pairs": "coverage"})])) == (
+        f"{cfg} + --set: `genome.population` (40) is too large")
+    assert blame_layered(err, cfg, [], under="tune.space.") is err
+    plain = ConfigError("no keys")
+    assert blame_layered(plain, cfg, []) is plain

@@ -202,6 +202,16 @@ def cli_layers(sets: list[str], flags: dict[str, Any] | None = None,
     return layers
 
 
+def blamed(err: Exception, config: Optional[Path], sets: list[str], flags: dict[str, Any] | None = None,
+           names: dict[str, str] | None = None, keys: str = "") -> Exception:
+    """``err`` with each line prefixed by where its keys (all under ``keys``) were set, the layers
+    being those :func:`evomerge.cli._common.load_config_with_sets` lays over the file, for a check
+    that needs more than the config (the pool's size) (:func:`evomerge.config.sources.blame_layered`)."""
+    from evomerge.config.sources import blame_layered
+
+    return blame_layered(err, config, cli_layers(sets, flags, names), under=keys)
+
+
 def zoo_settings(choice: Optional[str], cfg: Any, default: str) -> tuple[str, Any]:
     """``(profile, cfg)`` for a command whose runner takes a profile name: a zoo folder given to
     ``--zoo`` becomes its profile with ``zoo_dir`` set to the folder."""

@@ -21,17 +21,6 @@ def flag_values(algo: str, *, ray_address: str | None = None, actors: int | None
             ("genome.generations" if algo == "genome" else "swarm.max_iter"): generations}
 
 
-def blamed(err: Exception, config: Optional[Path], sets: list[str], flags: dict[str, Any] | None = None,
-           names: dict[str, str] | None = None, keys: str = "") -> Exception:
-    """``err`` with each line prefixed by where its keys (all under ``keys``) were set, the layers
-    being those :func:`evomerge.cli._common.load_config_with_sets` lays over the file, for a check
-    that needs more than the config (the pool's size) (:func:`evomerge.config.sources.blame_layered`)."""
-    from evomerge.cli._common import cli_layers
-    from evomerge.config.sources import blame_layered
-
-    return blame_layered(err, config, cli_layers(sets, flags, names), under=keys)
-
-
 def interrupted_message(out: Path) -> str:
     """An interrupted run keeps its checkpointed rounds (``run.json`` and the checkpoint are
     written atomically; the round in flight runs again on resume)."""
@@ -75,7 +64,7 @@ def register(app: typer.Typer) -> None:
         PeftModel.from_pretrained on the base); in delta space (the default) also as the exact dense
         task vector (best_task_vector/), the adapter being its truncated SVD at the sum of the
         experts' ranks. Full fine-tunes give best_task_vector/."""
-        from evomerge.cli._common import interruptible, load_config_with_sets, zoo_choice, zoo_settings
+        from evomerge.cli._common import blamed, interruptible, load_config_with_sets, zoo_choice, zoo_settings
         from evomerge.pipelines.evolve.run import run_evolve
         from evomerge.io import removed_if_failed
         from evomerge.search import check_search_name

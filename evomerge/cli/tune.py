@@ -26,7 +26,7 @@ def space_error(err: Exception, config: Optional[Path], sets: list[str]) -> Exce
     """A refused ``tune.space`` dimension (checked once the config has loaded: against the merge
     registry, the schema, the pool's size) with each line prefixed by where that dimension was set:
     the config file or ``--set`` (no flag sets one); any other error as it is."""
-    from evomerge.cli.evolve import blamed
+    from evomerge.cli._common import blamed
 
     return blamed(err, config, sets, keys="tune.space.")
 

@@ -15,6 +15,9 @@ from evomerge.errors import ConfigError
 
 Layer = tuple[str, Mapping[str, Any]]  # (its label, e.g. "--set"; its dotted keys -> values)
 
+#: the label of a command's own built-in config (``evomerge scale``'s), what its layers are laid over
+BUILT_IN = "the built-in config"
+
 
 def load_layered(path: str | Path | None, layers: Sequence[Layer], defaults: Mapping[str, Any] | None = None):
     """The config file at ``path`` (else ``defaults``: a command's built-in config, else the
@@ -52,7 +55,7 @@ def _base(path: str | Path | None, defaults: Mapping[str, Any] | None) -> tuple[
 
     if path is not None:
         return str(path), load_config_data(path)
-    return ("the built-in config" if defaults else "defaults"), copy.deepcopy(dict(defaults or {}))
+    return (BUILT_IN if defaults else "defaults"), copy.deepcopy(dict(defaults or {}))
 
 
 def validate_layered(merged: dict[str, Any], base: str, data: Mapping[str, Any], layers: Sequence[Layer]):
@@ -122,9 +125,11 @@ _MISSING = object()
 
 
 def _lookup(data: Any, parts: list[str]) -> Any:
-    """The value at the dotted key's ``parts`` in raw config data, else ``_MISSING``: list items by
-    index (``merge.weights.0``), and keys that hold dots themselves (``tune.space`` dimensions are
-    named ``rht.gamma``) matched whole, the longest first."""
+    """The value at the dotted key's ``parts`` in raw config data: list items by index
+    (``merge.weights.0``), and keys that hold dots themselves (``tune.space`` dimensions are named
+    ``rht.gamma``) matched whole, the longest first. A key below a value given in short (an expert
+    given as its path string, the error at ``experts.experts.0.path``) is that value; a key that
+    is not there at all is ``_MISSING``."""
     node, i = data, 0
     while i < len(parts):
         if isinstance(node, Mapping):
@@ -134,10 +139,12 @@ def _lookup(data: Any, parts: list[str]) -> Any:
                     break
             else:
                 return _MISSING
-        elif isinstance(node, list) and parts[i].isdigit() and int(parts[i]) < len(node):
+        elif isinstance(node, list):
+            if not (parts[i].isdigit() and int(parts[i]) < len(node)):
+                return _MISSING
             node, i = node[int(parts[i])], i + 1
         else:
-            return _MISSING
+            return node  # (a short form of what the key lies in: set where it was)
     return node
 
 

@@ -128,10 +128,10 @@ def _validate(data: dict[str, Any], name: str, user: Mapping[str, Any] | None, s
     """Validate the preset's config, each refused key named with where it was set: the user's
     config (else the built-in config), ``--set``, the preset, or a section preset it names."""
     from evomerge.config.overrides import flat_keys
-    from evomerge.config.sources import validate_layered
+    from evomerge.config.sources import BUILT_IN, validate_layered
 
     layers = [("--set", flat_keys(sets)), *preset_layers(name)]
     if user is None:
-        validate_layered(data, "the built-in config", DEFAULT_SCALE_CONFIG, layers)
+        validate_layered(data, BUILT_IN, DEFAULT_SCALE_CONFIG, layers)
     else:
         validate_layered(data, user_source, user, layers)
