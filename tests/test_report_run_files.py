@@ -88,7 +88,7 @@ def _no_fitness(path):
     ("analysis/summary.json", _truncated, "not readable JSON (Expecting property name"),
     (f"search/{SEARCH}/result.json", _truncated, "not readable JSON (Expecting property name"),
     (f"search/{SEARCH}/history.parquet", _garbage, "not readable Parquet (Parquet magic bytes not found in footer)"),
-    (f"search/{SEARCH}/history.parquet", _no_fitness, "not readable Parquet (no column fitness)"),
+    (f"search/{SEARCH}/history.parquet", _no_fitness, "not readable Parquet (no column `fitness`)"),
 ])
 def test_a_run_file_that_cannot_be_read_is_one_line_naming_it(copy, capsys, name, damage, problem):
     path = copy / name
@@ -281,3 +281,19 @@ def test_a_search_cell_is_scored_on_test_once_by_the_run(run):
     assert results and all(json.loads(p.read_text())["best_test_fitness"] is None for p in results)
     rows = _report(run)["searches"]
     assert rows and all(r["test_val_selected"] is not None for r in rows)
+
+
+@pytest.mark.parametrize("top,kept", [(0.703, True), (0.71, False), (0.70, False)])
+def test_kept_by_margin_only_within_the_margin(top, kept):
+    """A returned initial individual is 'kept by the margin' only if the later best is above it by
+    more than 0 and at most select_margin (above the margin the search should have returned it)."""
+    import pandas as pd
+
+    from evomerge.config import config_from_dict
+    from evomerge.pipelines.scale.report import margin_kept
+
+    cfg = config_from_dict({"genome": {"select_margin": 0.005}})
+    rows = [{"cell": "k002-genome-s0", "k": 2, "method": "genome", "seed": 0, "validation": 0.70, "best_generation": 0}]
+    history = pd.DataFrame({"id": ["g0.1", "g2.3"], "generation": [0, 2], "fitness": [0.70, top]})
+    margin_kept(rows, {"k002-genome-s0": history}, cfg)
+    assert rows[0]["kept_by_margin"] is kept and rows[0]["top_fitness"] == top

@@ -15,7 +15,8 @@ def register(app: typer.Typer) -> None:
         "already run (methods, seeds, k grid, RHT, searches, ...) and is refused.\n\n"
         "A cell file that cannot be read is refused by name; `evomerge scale --out RUN --resume` computes that "
         "cell again. So is any other file of the run the report reads (plan.json, expert_gains.json, "
-        "search_stop.json, timing.json, analysis/summary.json, a search's result.json or history.parquet).\n\n"
+        "search_stop.json, timing.json, analysis/summary.json, a search's result.json, population_test.json or "
+        "history.parquet).\n\n"
         "A run with planned cells that have no file (interrupted, or a file lost; cells the stop rule skipped "
         "are not missing) is reported with those cells named in the header and the curves they belong to "
         "left out of the peaks, the rule table and the fits."))

@@ -394,14 +394,16 @@ def margin_kept(searches: list[dict], histories: dict[str, pd.DataFrame], cfg) -
     for r in searches:
         section = getattr(cfg, str(r["method"]), None)
         r["select_margin"] = float(section.select_margin) if hasattr(section, "select_margin") else None
-        h = histories.get(f"k{int(r['k']):03d}-{r['method']}-s{int(r['seed'])}")
+        h = histories.get(r["cell"])
         r.update(top_id=None, top_fitness=None, top_generation=None, kept_by_margin=None)
         if h is None or h.empty or r.get("validation") is None or h["fitness"].isna().all():
             continue
         top = h.loc[h["fitness"].idxmax()]  # (the first of equals: the earliest scored)
         r.update(top_id=str(top["id"]), top_fitness=float(top["fitness"]), top_generation=int(top["generation"]))
         if r.get("best_generation") is not None:
-            r["kept_by_margin"] = bool(r["best_generation"] == 0 and float(top["fitness"]) > float(r["validation"]))
+            above = float(top["fitness"]) - float(r["validation"])
+            margin = r["select_margin"] if r["select_margin"] is not None else float("inf")
+            r["kept_by_margin"] = bool(r["best_generation"] == 0 and 0 < above <= margin + 1e-12)
 
 
 def _no_choices(noise, curves) -> None:

@@ -319,7 +319,8 @@ def search_scores(run_dir: Path, cells: list[Cell], test: dict[str, float] | Non
             row = next((r for r in h if r["id"] == res["best_id"]), None)
             if row is not None:
                 best_op, best_gen = row["op"], int(row["generation"])
-        rows.append({"k": cell.k, "method": cell.method, "seed": cell.seed, "validation": res.get("best_fitness"),
+        rows.append({"cell": cell.id, "k": cell.k, "method": cell.method, "seed": cell.seed,
+                     "validation": res.get("best_fitness"),
                      "test_val_selected": test.get(cell.id, res.get("best_test_fitness")),
                      "test_best_in_population": max(pop.values()) if pop else None,
                      "best_op": best_op, "best_generation": best_gen})

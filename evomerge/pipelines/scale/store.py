@@ -7,8 +7,8 @@ cannot be read (a disk fault, a copy cut short, a file replaced by hand) is refu
 (:meth:`CellStore.drop_damaged`).
 
 Every other file of a run the report reads (``plan.json``, ``expert_gains.json``,
-``search_stop.json``, ``timing.json``, ``analysis/summary.json``, a search's ``result.json`` and
-``history.parquet``) goes through the same kind of checked reader (:func:`read_json_file`,
+``search_stop.json``, ``timing.json``, ``analysis/summary.json``, a search's ``result.json``,
+``population_test.json`` and ``history.parquet``) goes through the same kind of checked reader (:func:`read_json_file`,
 :func:`read_parquet_file`): one that cannot be read is refused as :class:`DamagedRunFile`, one
 line naming it, the problem and the way on.
 """
@@ -104,7 +104,7 @@ def read_parquet_file(path: Path, remedy: str, columns: list[str] | None = None)
         raise DamagedRunFile(path, "Parquet", damage(err), remedy) from None
     lacking = [c for c in columns or () if c not in table.column_names]
     if lacking:
-        raise DamagedRunFile(path, "Parquet", f"no column {', '.join(lacking)}", remedy)
+        raise DamagedRunFile(path, "Parquet", f"no column {', '.join(f'`{c}`' for c in lacking)}", remedy)
     return table.select(columns) if columns else table
 
 
