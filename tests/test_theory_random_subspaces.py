@@ -69,3 +69,19 @@ def test_reproducible_and_refusals():
         random_subspace_mean_angle(3, 4, 1, seed=0)
     with pytest.raises(ConfigError, match="p must be"):
         random_subspace_mean_angle(3, 0, 1, seed=0)
+
+
+def test_large_shapes_are_drawn_in_small_batches_with_the_same_result():
+    """A shape whose 128 draws would not fit in 32 MB is drawn one at a time; the draws, and so
+    the level, are those of drawing every trial at once (computed here in one batch)."""
+    import numpy as np
+
+    from evomerge.seeding import derive_rng
+    from evomerge.theory.geometry import random_subspace_mean_angle
+
+    dim, p, q, trials = 32768, 129, 3, 3  # dim * p > 2**22: one draw per batch
+    g = derive_rng("random-subspace-angles", 5, dim, p, q).standard_normal((trials, dim, p))
+    cos = np.clip(np.linalg.svd(np.linalg.qr(g)[0][:, :q, :], compute_uv=False), 0.0, 1.0)
+    m = np.degrees(np.arccos(cos)).mean(axis=1)
+    mean, se = random_subspace_mean_angle(dim, p, q, seed=5, trials=trials)
+    assert mean == float(m.mean()) and se == float(m.std(ddof=1) / np.sqrt(trials))

@@ -109,8 +109,10 @@ def random_subspace_mean_angle(dim: int, p: int, q: int, *, seed: int, trials: i
         raise ConfigError(f"subspaces of dimension {p} and {q} do not fit in R^{dim}")
     rng = derive_rng("random-subspace-angles", seed, dim, p, q)
     means = []
-    for start in range(0, trials, 128):  # batches bound the memory of the stacked QR
-        g = rng.standard_normal((min(128, trials - start), dim, p))
+    batch = max(1, min(128, 2**22 // (dim * p)))  # draws per batch: <= 32 MB of Gaussians (a real model's
+    # B of 14336 x 64 would take 0.9 GB per 128); the draws, and so the result, do not depend on it
+    for start in range(0, trials, batch):
+        g = rng.standard_normal((min(batch, trials - start), dim, p))
         basis = np.linalg.qr(g)[0]
         cos = np.clip(np.linalg.svd(basis[:, :q, :], compute_uv=False), 0.0, 1.0)
         means.append(np.degrees(np.arccos(cos)).mean(axis=1))
