@@ -11,6 +11,7 @@ like an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import sys
@@ -233,8 +234,11 @@ def run_evolve(
             stack.enter_context(run_lock(out_dir, "evolve"))
         # connecting checks the request against the cluster: impossible ones fail before any work
         rt = runtime if runtime is not None else stack.enter_context(Runtime(cfg))
-        # (the actors' evaluators score test, reported only, on every row: inputs.EvaluatorSpec.whole_splits)
+        # (the actors' evaluators score test, reported only, on every row: inputs.EvaluatorSpec.whole_splits;
+        # not at all here without report_test, so they need not hold every test row)
         inputs = prepare_inputs(cfg, experts=experts, tasks=tasks, zoo_profile=zoo_profile, space=getattr(cfg, algo).space)
+        if not report_test:
+            inputs = dataclasses.replace(inputs, evaluator=dataclasses.replace(inputs.evaluator, whole_splits=()))
         searches = make_searches(cfg, algo, len(inputs.names))
         _prepare_out(out_dir, _run_meta(cfg, algo, inputs, zoo_profile, fingerprint), resume)
         per_candidate = cfg.rht if (cfg.rht.enabled and cfg.rht.apply_to == "candidate") else None
