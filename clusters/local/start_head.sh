@@ -6,7 +6,8 @@
 #                                [--runs-dir DIR] [--free-ports] [--dry-run]
 #
 # --auth token (default; only --auth chooses the mode: a RAY_AUTH_MODE=disabled exported in the
-#   shell, as advised for local tests, does NOT turn authentication off): Ray's token authentication. The token is read from $RAY_AUTH_TOKEN,
+#   shell, as advised for local tests, does NOT turn authentication off): Ray's token
+#   authentication. The token is read from $RAY_AUTH_TOKEN,
 #   the file $RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token, which this script creates (mode 600)
 #   when none exists. Clients and worker nodes need the same token (see clusters/local/README.md).
 # --auth disabled: no authentication at all. Ray's GCS, raylet and object manager listen on
@@ -18,7 +19,7 @@
 # --free-ports: free ports for the head's helper services too (dashboard agent, runtime-env
 #   agent, metrics, Ray client...), so a second Ray instance on a shared machine does not collide
 #   with the first one's defaults (52365, 10001, ...).
-# --dry-run: check the options, print the settings the head would start with (auth=..., ports,
+# --dry-run: check --auth and --runs-dir, print the settings the head would start with (auth=..., ports,
 #   folders) and exit, starting nothing and creating no token.
 #
 # Stop it with clusters/local/stop_head.sh --temp-dir DIR (stops every process this head
