@@ -297,3 +297,20 @@ def test_kept_by_margin_only_within_the_margin(top, kept):
     history = pd.DataFrame({"id": ["g0.1", "g2.3"], "generation": [0, 2], "fitness": [0.70, top]})
     margin_kept(rows, {"k002-genome-s0": history}, cfg)
     assert rows[0]["kept_by_margin"] is kept and rows[0]["top_fitness"] == top
+
+
+def test_without_the_base_cell_every_curve_is_left_out(run):
+    """Every rule's tolerance is measured from the base model: a missing base cell leaves out every
+    curve the run measured (each merge method and search, plain and RHT, as the scores table has them)."""
+    import pandas as pd
+
+    from evomerge.pipelines.scale.plan import load_cells
+    from evomerge.pipelines.scale.report import left_out_curves
+
+    plan = json.loads((run / "plan.json").read_text())
+    base = [c for c in load_cells(plan) if c.kind == "base"]
+    scores = pd.read_parquet(run / "tables" / "scores.parquet")
+    measured = {(m, bool(r)) for m, r in scores[scores["kind"].isin(["merge", "search"])][["method", "rht"]]
+                .drop_duplicates().itertuples(index=False)}
+    out = left_out_curves(base, plan)
+    assert set(out) == measured and all(ids == [base[0].id] for ids in out.values())
