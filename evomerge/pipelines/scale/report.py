@@ -26,7 +26,7 @@ import pyarrow as pa
 from evomerge.errors import ConfigError, DataError
 from evomerge.io import atomic_file, jsonable, write_json_atomic, write_parquet_atomic
 from evomerge.pipelines.scale.noise import LEVEL, REPLICATES, SEED, compare_to_reference, noise_tables, reference_method
-from evomerge.pipelines.scale.store import CellStore, read_json_file, read_parquet_file
+from evomerge.pipelines.scale.store import CellStore, read_json_file
 from evomerge.pipelines.scale.tables import fitness_table, peaks
 
 NOISE_SCHEMA = pa.schema([("method", pa.string()), ("rht", pa.bool_()), ("target", pa.string()), ("split", pa.string()),
@@ -66,49 +66,34 @@ def load_plan(run_dir: Path, keys: tuple[str, ...] = ("cells",)) -> dict[str, An
                           keys=keys)
 
 
-#: The way on for each file the report reads besides the cells' (``{run}``: the run folder,
-#: ``{cell}``: a search cell's id).
+#: The way on for each file the report reads besides the cells' and the searches' (``{run}``:
+#: the run folder; a search's: :data:`~evomerge.pipelines.scale.search_cells.SEARCH_REMEDY`).
 REMEDY = {
     "expert_gains.json": "remove it: `evomerge scale --out {run} --resume` scores the experts alone again",
     "search_stop.json": "remove it: `evomerge scale --out {run} --resume` writes it again (the finished searches "
                         "are reused)",
     "timing.json": "remove it: it holds only the run's wall times, which the report then leaves out",
     "analysis": "remove `{run}/analysis`: `evomerge scale --out {run} --resume` runs the pool analysis again",
-    "search": "remove `{run}/search/{cell}` and `{run}/cells/{cell}.parquet`: `evomerge scale --out {run} --resume` "
-              "runs that search again",
 }
-#: The columns of a search's ``history.parquet`` the report reads.
-HISTORY_COLUMNS = ["id", "op", "generation", "fitness"]
 
 
 def read_run_files(run_dir: Path, plan: dict[str, Any]) -> dict[str, Any]:
     """Every JSON and Parquet file of the run the report reads besides the cells' files, read
     and checked before any work (:class:`~evomerge.pipelines.scale.store.DamagedRunFile` names
     one that cannot be read): ``gains``, ``search_stop``, ``timing``, ``analysis`` (summary.json)
-    (each None when the file is absent) and ``histories`` (search cell id -> its history table)."""
+    (each None when the file is absent) and ``search_files`` (the searches' result, population
+    test and history, :func:`~evomerge.pipelines.scale.search_cells.read_search_files`)."""
     from evomerge.pipelines.scale.plan import load_cells
-    from evomerge.pipelines.scale.search_cells import search_dir
+    from evomerge.pipelines.scale.search_cells import read_search_files
 
     def read(path: Path, remedy: str, kind: type = dict) -> Any:
         return read_json_file(path, remedy.format(run=run_dir), kind=kind) if path.is_file() else None
 
-    out = {"gains": read(run_dir / "expert_gains.json", REMEDY["expert_gains.json"]),
-           "search_stop": read(run_dir / "search_stop.json", REMEDY["search_stop.json"]),
-           "timing": read(run_dir / "timing.json", REMEDY["timing.json"], list),
-           "analysis": read(run_dir / "analysis" / "summary.json", REMEDY["analysis"]),
-           "histories": {}}
-    for cell in load_cells(plan):
-        d = search_dir(run_dir, cell)
-        if cell.kind != "search" or not d.is_dir():
-            continue
-        remedy = REMEDY["search"].format(run=run_dir, cell=cell.id)
-        # (search_scores reads them again, knowing they can be read)
-        for name in ("result.json", "population_test.json"):
-            if (d / name).is_file():
-                read_json_file(d / name, remedy)
-        if (d / "history.parquet").is_file():
-            out["histories"][cell.id] = read_parquet_file(d / "history.parquet", remedy, HISTORY_COLUMNS).to_pandas()
-    return out
+    return {"gains": read(run_dir / "expert_gains.json", REMEDY["expert_gains.json"]),
+            "search_stop": read(run_dir / "search_stop.json", REMEDY["search_stop.json"]),
+            "timing": read(run_dir / "timing.json", REMEDY["timing.json"], list),
+            "analysis": read(run_dir / "analysis" / "summary.json", REMEDY["analysis"]),
+            "search_files": read_search_files(run_dir, load_cells(plan))}
 
 
 def missing_cells(run_dir: Path, plan: dict[str, Any], search_stop: dict | None) -> list:
@@ -142,13 +127,16 @@ def left_out_curves(missing: list, plan: dict[str, Any]) -> dict[tuple[str, bool
     return out
 
 
+def _on_curves(frame: pd.DataFrame, curves) -> Any:
+    """Which rows of ``frame`` belong to the curves ``curves`` ((method, rht) keys)."""
+    return pd.MultiIndex.from_arrays([frame["method"].astype(str), frame["rht"].astype(bool)]).isin(list(curves))
+
+
 def _without_curves(fitness: pd.DataFrame, curves) -> pd.DataFrame:
     """``fitness`` without the rows of the merge and search curves ``curves`` ((method, rht) keys)."""
     if not curves:
         return fitness
-    key = pd.MultiIndex.from_arrays([fitness["method"].astype(str), fitness["rht"].astype(bool)])
-    drop = key.isin(list(curves)) & fitness["kind"].isin(["merge", "search"]).to_numpy()
-    return fitness[~drop]
+    return fitness[~(_on_curves(fitness, curves) & fitness["kind"].isin(["merge", "search"]).to_numpy())]
 
 
 def load_samples(run_dir: Path, plan: dict[str, Any]) -> pd.DataFrame:
@@ -271,8 +259,8 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, side, f
     from evomerge.pipelines.scale.plan import load_cells
     from evomerge.pipelines.scale.search_cells import search_scores
 
-    searches = search_scores(run_dir, load_cells(plan), _search_tests(fitness))
-    margin_kept(searches, inputs["histories"], cfg)
+    searches = search_scores(run_dir, load_cells(plan), _search_tests(fitness), inputs["search_files"])
+    margin_kept(searches, inputs["search_files"]["histories"], cfg)
     side_out = side.result() if side is not None else None
     if side_out is not None:
         noise = merge_noise([noise, side_out["noise"]])
@@ -411,8 +399,7 @@ def _no_choices(noise, curves) -> None:
     if not curves or noise.table.empty:
         return
     t = noise.table
-    key = pd.MultiIndex.from_arrays([t["method"].astype(str), t["rht"].astype(bool)])
-    off = key.isin(list(curves))
+    off = _on_curves(t, curves)
     t.loc[off, "p_best"] = float("nan")
     t.loc[off, "within_noise"] = None
 

@@ -291,7 +291,37 @@ def final_population(run_dir: Path, cell: Cell) -> dict[str, dict]:
     return out
 
 
-def search_scores(run_dir: Path, cells: list[Cell], test: dict[str, float] | None = None) -> list[dict]:
+#: The way on for a search's file that cannot be read (``{run}``: the run folder, ``{cell}``: its id).
+SEARCH_REMEDY = ("remove `{run}/search/{cell}` and `{run}/cells/{cell}.parquet`: `evomerge scale --out {run} --resume` "
+                 "runs that search again")
+#: The columns of a search's ``history.parquet`` the report reads.
+HISTORY_COLUMNS = ["id", "op", "generation", "fitness"]
+
+
+def read_search_files(run_dir: Path, cells: list[Cell]) -> dict[str, dict]:
+    """Each finished search cell's files, read and checked
+    (:class:`~evomerge.pipelines.scale.store.DamagedRunFile` names one that cannot be read):
+    ``results`` (cell id -> ``result.json``), ``population_tests`` (-> ``population_test.json``)
+    and ``histories`` (-> ``history.parquet``'s :data:`HISTORY_COLUMNS`, a DataFrame), each
+    holding the cells whose file exists."""
+    from evomerge.pipelines.scale.store import read_json_file, read_parquet_file
+
+    out: dict[str, dict] = {"results": {}, "population_tests": {}, "histories": {}}
+    for cell in cells:
+        d = search_dir(run_dir, cell)
+        if cell.kind != "search" or not d.is_dir():
+            continue
+        remedy = SEARCH_REMEDY.format(run=run_dir, cell=cell.id)
+        for key, name in (("results", "result.json"), ("population_tests", "population_test.json")):
+            if (d / name).is_file():
+                out[key][cell.id] = read_json_file(d / name, remedy)
+        if (d / "history.parquet").is_file():
+            out["histories"][cell.id] = read_parquet_file(d / "history.parquet", remedy, HISTORY_COLUMNS).to_pandas()
+    return out
+
+
+def search_scores(run_dir: Path, cells: list[Cell], test: dict[str, float] | None = None,
+                  files: dict[str, dict] | None = None) -> list[dict]:
     """Per finished search cell: its validation fitness, the test score of the validation-selected
     best, and (when recorded) the best test score over its final population (test-set selection).
 
@@ -300,25 +330,22 @@ def search_scores(run_dir: Path, cells: list[Cell], test: dict[str, float] | Non
     own end-of-run test score. ``best_op`` / ``best_generation``: the operation that made the
     best individual and its generation (``history.parquet``): generation 0 is the initial
     population (the experts, the scaled sums, the registry merges), so they say whether the
-    search's own steps beat its starting points."""
-    import json
-
-    import pyarrow.parquet as pq
-
+    search's own steps beat its starting points. ``files``: what :func:`read_search_files` read
+    of the run (read here when not given)."""
     test = test or {}
+    files = files if files is not None else read_search_files(run_dir, cells)
     rows = []
     for cell in cells:
-        d = search_dir(run_dir, cell)
-        if cell.kind != "search" or not (d / "result.json").is_file():
+        res = files["results"].get(cell.id)
+        if cell.kind != "search" or res is None:
             continue
-        res = json.loads((d / "result.json").read_text())
-        pop = json.loads((d / "population_test.json").read_text()) if (d / "population_test.json").is_file() else None
+        pop = files["population_tests"].get(cell.id)
         best_op, best_gen = None, None
-        if (d / "history.parquet").is_file() and res.get("best_id") is not None:
-            h = pq.read_table(d / "history.parquet", columns=["id", "op", "generation"]).to_pylist()
-            row = next((r for r in h if r["id"] == res["best_id"]), None)
-            if row is not None:
-                best_op, best_gen = row["op"], int(row["generation"])
+        h = files["histories"].get(cell.id)
+        if h is not None and res.get("best_id") is not None:
+            row = h[h["id"] == res["best_id"]]
+            if not row.empty:
+                best_op, best_gen = row["op"].iloc[0], int(row["generation"].iloc[0])
         rows.append({"cell": cell.id, "k": cell.k, "method": cell.method, "seed": cell.seed,
                      "validation": res.get("best_fitness"),
                      "test_val_selected": test.get(cell.id, res.get("best_test_fitness")),
