@@ -34,12 +34,13 @@ NOISE_SCHEMA = pa.schema([("method", pa.string()), ("rht", pa.bool_()), ("target
                           ("p_best", pa.float64()), ("within_noise", pa.bool_())])
 
 
-def load_run(run_dir: str | Path, *, samples: bool = True,
-             files=None) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame | None]:
+def load_run(run_dir: str | Path, *, samples: bool = True, files=None,
+             plan: dict[str, Any] | None = None) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame | None]:
     """(plan, per-task scores, weight samples) of a run directory (``samples=False``: None for them;
-    ``files``: a :class:`~evomerge.pipelines.scale.report_side.RunFiles` that has read files ahead)."""
+    ``files``: a :class:`~evomerge.pipelines.scale.report_side.RunFiles` that has read files ahead;
+    ``plan``: the run's plan when already read)."""
     run_dir = Path(run_dir)
-    plan = load_plan(run_dir)
+    plan = plan if plan is not None else load_plan(run_dir)
     # only the plan's cells are read: an unreadable file of an older plan's cell does not matter
     scores = (files or CellStore(run_dir)).scores(_plan_cells(plan)).to_pandas()
     if scores.empty:
@@ -223,7 +224,7 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, side, f
                 else "the law needs 3 points and a k beyond them")
         raise ConfigError(f"{source}: the law must be fitted on fewer k than the run measured ({stop['k_end']}) "
                           f"to predict the rest ({hint})")
-    plan, scores, samples = load_run(run_dir, samples=side is None, files=files)  # the side job reads them itself
+    _, scores, samples = load_run(run_dir, samples=side is None, files=files, plan=plan)  # (the side job reads samples itself)
     tables, figs = run_dir / "tables", run_dir / "figures"
     gains = inputs["gains"]
     analysis_summary = inputs["analysis"] or {}
