@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 from evomerge.errors import ConfigError
 from evomerge.io import save_png_atomic
-from evomerge.theory.geometry import pca_ceiling_note
+from evomerge.theory.geometry import n_components_for, pca_ceiling_note
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
@@ -30,12 +30,12 @@ def plot_pca_cumulative(cum: Sequence[float], out_png: str | Path, threshold: fl
     comps = np.arange(1, cum.size + 1)
     ax.plot(comps, cum, marker="o")
     ax.axhline(threshold, color="tab:red", ls="--", lw=1, label=f"{threshold:.0%}")
-    hits = np.flatnonzero(cum >= threshold - 1e-12)
+    count = n_components_for(cum, threshold)
     title = "PCA of task vectors"
-    if hits.size:
-        ax.axvline(hits[0] + 1, color="tab:gray", ls=":", lw=1, label=f"{hits[0] + 1} components")
-        note = pca_ceiling_note(int(hits[0] + 1), cum.size)  # (one entry per expert)
-        title += f"\n{threshold:.0%} needs {hits[0] + 1}, {note}" if note else ""
+    if count and cum[count - 1] >= threshold - 1e-12:  # the threshold is reached (not a flat pool)
+        ax.axvline(count, color="tab:gray", ls=":", lw=1, label=f"{count} components")
+        note = pca_ceiling_note(count, cum.size)  # (one entry per expert)
+        title += f"\n{threshold:.0%} needs {count}, {note}" if note else ""
     ax.set(xlabel="principal components (experts as samples)", ylabel="cumulative explained variance",
            ylim=(0, 1.02), title=title)
     ax.set_xticks(comps)
