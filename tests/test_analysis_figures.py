@@ -92,3 +92,22 @@ def test_scale_figure_starts_at_the_base_only_the_lines_measured_at_k1():
     assert out[out["label"] == "genome"]["k"].min() == 2
     assert len(out) == len(curves) + 2
     assert with_base_start(curves[curves["label"] == "genome"], pd.Series([0.5])).equals(curves[curves["label"] == "genome"])
+
+
+def test_scale_figure_draws_a_curve_with_missing_cells_as_points_only(tmp_path, monkeypatch):
+    """A curve the report leaves out (cells missing) is drawn without a line: a line would join
+    k = 1 and k = 3 across the k = 2 that was not measured; the other curves keep theirs."""
+    from evomerge.pipelines.scale import figures as scale_figures
+
+    drawn = []
+    monkeypatch.setattr(scale_figures, "save_png_atomic", lambda fig, path: drawn.append(fig) or path)
+    rows = [{"method": m, "rht": False, "k": k, "seed": 0, "split": "validation", "target": t, "kind": "merge",
+             "fitness": 0.5 + k / 100} for m, ks in (("ties", (1, 2, 3)), ("task_arithmetic", (1, 3)))
+            for k in ks for t in ("all", "union")]
+    scale_figures.plot_fitness_panels(pd.DataFrame(rows), tmp_path / "f.png", n_max=3,
+                                      incomplete=[("task_arithmetic", False)])
+    lines = {line.get_label(): line for line in drawn[0].axes[0].get_lines()}
+    assert lines["ties"].get_linestyle() == "-"
+    gap = lines["task_arithmetic (cells missing)"]
+    assert gap.get_linestyle() == "None" and list(gap.get_xdata()) == [1, 3] and gap.get_marker() == "o"
+    assert "task_arithmetic" not in lines

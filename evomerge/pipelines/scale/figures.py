@@ -6,6 +6,7 @@ interval of the curves without RHT (where the run kept per-example scores), the 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Collection
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -18,9 +19,11 @@ TITLES = {"all": "all tasks of the pool", "union": "tasks of the k merged expert
 
 def plot_fitness_panels(fitness: pd.DataFrame, out_png: str | Path, *, n_max: int,
                         split: str = "validation", ylabel: str = "mean task score",
-                        noise: pd.DataFrame | None = None) -> Path:
+                        noise: pd.DataFrame | None = None, incomplete: Collection[tuple[str, bool]] = ()) -> Path:
     """``noise``: the rows of tables/noise.parquet; where given, each curve without RHT gets its
-    95% evaluation-noise interval as a light band (with RHT the curves lie on top of these)."""
+    95% evaluation-noise interval as a light band (with RHT the curves lie on top of these).
+    ``incomplete``: the ``(method, rht)`` curves with missing cells, drawn as points without a
+    line (a line would join the measured k across the ones that are not)."""
     f = fitness[fitness["split"] == split]
     methods = sorted(m for m in f["method"].unique() if m not in ("base", "expert"))
     cmap = [f"C{i}" for i in range(10)]
@@ -38,7 +41,12 @@ def plot_fitness_panels(fitness: pd.DataFrame, out_png: str | Path, *, n_max: in
             order = [f"{m}{r}" for m in methods for r in ("", " + RHT") if f"{m}{r}" in curves]
             styles = {lab: {"color": colors[lab.removesuffix(" + RHT")], "ls": "--" if lab.endswith("RHT") else "-",
                             "ms": 3, "band_alpha": 0.08 if lab.endswith("RHT") else 0.15} for lab in order}
-            draw_fitness_curves(ax, {lab: curves[lab] for lab in order}, styles)
+            broken = {f"{m}{' + RHT' if rht else ''}" for m, rht in incomplete}
+            shown = {lab: f"{lab} (cells missing)" if lab in broken else lab for lab in order}
+            for lab in broken & set(order):
+                styles[lab]["ls"] = "none"
+            draw_fitness_curves(ax, {shown[lab]: curves[lab] for lab in order},
+                                {shown[lab]: styles[lab] for lab in order})
             if _noise_bands(ax, noise, split, target, methods, colors) and target == "all":
                 ax.fill_between([], [], [], color="0.5", alpha=0.12, lw=0, label="95% evaluation-noise interval")
         single = t[t["method"] == "expert"]

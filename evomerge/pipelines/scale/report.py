@@ -26,6 +26,7 @@ import pyarrow as pa
 from evomerge.errors import ConfigError, DataError
 from evomerge.io import atomic_file, jsonable, write_json_atomic, write_parquet_atomic
 from evomerge.pipelines.scale.noise import LEVEL, REPLICATES, SEED, compare_to_reference, noise_tables, reference_method
+from evomerge.pipelines.scale.report_md import ANALYSIS_FIGURES
 from evomerge.pipelines.scale.store import CellStore, read_json_file
 from evomerge.pipelines.scale.tables import fitness_table, peaks
 
@@ -279,12 +280,12 @@ def _write_report(run_dir: str | Path, overrides: dict[str, Any] | None, side, f
     from evomerge.pipelines.scale.report_figures import fitness_figure, weight_histograms
 
     if side_out is None:
-        figures = fitness_figure(plan, fitness, figs, metric, noise.table)
+        figures = fitness_figure(plan, fitness, figs, metric, noise.table, incomplete=left_out)
         figures.update(weight_histograms(samples, figs))
     else:
         figures = {**side_out["fitness_figure"], **side_out["histograms"]}
     analysis = run_dir / "analysis"
-    for name in ("pca_cumulative", "principal_angles", "correlation", "variance_floor", "merged_weight_hist"):
+    for name in ANALYSIS_FIGURES:
         if (analysis / f"{name}.png").is_file():
             figures[name] = f"analysis/{name}.png"
 

@@ -8,6 +8,7 @@ every cell is; ``evomerge report`` draws everything in its own process. Same fil
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Collection
 
 import pandas as pd
 
@@ -20,14 +21,14 @@ from evomerge.seeding import derive_rng
 
 
 def fitness_figure(plan: dict, fitness: pd.DataFrame, fig_dir: Path, metric: str,
-                   noise: pd.DataFrame | None = None) -> dict[str, str]:
+                   noise: pd.DataFrame | None = None, incomplete: Collection[tuple[str, bool]] = ()) -> dict[str, str]:
     """``figures/fitness_vs_k.png`` (none without scores), with the validation curves' 95%
-    evaluation-noise bands where ``noise`` (tables/noise.parquet) has them; ``{name: path
-    relative to RUN}``."""
+    evaluation-noise bands where ``noise`` (tables/noise.parquet) has them, the ``incomplete``
+    curves (``(method, rht)``, cells missing) as points only; ``{name: path relative to RUN}``."""
     if fitness.empty:
         return {}
     plot_fitness_panels(fitness[fitness["kind"] != "pair"], fig_dir / "fitness_vs_k.png", n_max=plan["stop"]["n_max"],
-                        ylabel=f"{metric} (mean over tasks)", noise=noise)
+                        ylabel=f"{metric} (mean over tasks)", noise=noise, incomplete=incomplete)
     return {"fitness_vs_k": "figures/fitness_vs_k.png"}
 
 
