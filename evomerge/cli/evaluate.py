@@ -11,6 +11,10 @@ from evomerge.cli._common import set_option, small_option, zoo_option
 from evomerge.errors import ConfigError
 
 
+#: the splits ``--split`` takes: validation for every choice, test for reports
+SPLITS = ("validation", "test")
+
+
 def _task_items(items: list[str]) -> dict[str, str] | None:
     """``--task name=FILE|DIR`` items as ``evaluation.task_files``."""
     out: dict[str, str] = {}
@@ -92,6 +96,8 @@ def evaluate_command(
     from evomerge.experts.peft_io import load_peft_adapter
     from evomerge.experts.pool import detect_kind
 
+    if split not in SPLITS:  # before the config, the zoo and the model: a typo would load them all first
+        raise ConfigError(f"--split {split}: not a split evaluate scores; use {' or '.join(SPLITS)}")
     names = [t for t in (tasks or "").split(",") if t] or None
     given = [  # (flag, config key, value)
         ("--base", "experts.base", None if base is None else str(base)), ("--task", "evaluation.task_files", _task_items(task)),
