@@ -279,6 +279,13 @@ def detect_kind(path: Path) -> str:
         return "lora"
     if is_checkpoint_dir(path):
         return "full"
+    if (path / "emr_tasks.json").is_file():  # evomerge.pipelines.merge.job.EMR_TASKS: what `merge --method emr` writes
+        raise ExpertLoadError(
+            f"{path}: an EMR merge output (emr_tasks.json: one unified vector and a mask per task), not an expert: "
+            f"each task has its own task vector, evomerge.pipelines.merge.job.load_emr_task('{path}', TASK); "
+            "score them in Python as Evaluator.evaluate(PerTask({task: load_emr_task(...), ...})) "
+            "(docs/zoo.md#fitness-evaluation)"
+        )
     raise ExpertLoadError(
         f"{path}: neither a peft adapter (adapter_config.json) nor a checkpoint (model.safetensors[.index.json])"
     )
