@@ -410,3 +410,32 @@ def test_a_merged_adapter_names_its_base(small_zoo, tmp_path, capsys):
     code, _, err = _merge([*experts, "--space", "concat", "--out", tmp_path / "n"], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "n" / "adapter_config.json").read_text())["base_model_name_or_path"] is None
+
+
+def test_experts_of_one_name_from_two_bases_get_the_real_refusal(zoo, small_zoo, tmp_path, capsys):
+    """Two `brackets` adapters of bases of different widths: the shape mismatch is the refusal (before:
+    "duplicate expert name(s)", and renaming would only have led to it)."""
+    mine = tmp_path / "narrow" / "brackets"  # width 32, on the small zoo's modules (width 64)
+    make_lora(zoo / "base", mine, seed=3, targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                   "down_proj"), base_name="")
+    code, _, err = _merge(["-e", mine, "-e", small_zoo.expert_dirs["brackets"], "--method", "ties", "--rank", "4",
+                           "--out", tmp_path / "o"], capsys)
+    assert code == 2 and err.startswith(f"error: {small_zoo.expert_dirs['brackets'] / 'adapter_model.safetensors'}: "), err
+    assert "adapts a weight of shape" in err and "duplicate" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_duplicate_names_say_how_to_name_experts(small_zoo, tmp_path, capsys):
+    """Two mergeable folders of one name: the refusal gives the config form that names them, which works."""
+    other = tmp_path / "mine" / "brackets"  # the zoo's majority adapter, in a folder named like another expert
+    shutil.copytree(small_zoo.expert_dirs["majority"], other)
+    code, _, err = _merge(["-e", other, "-e", small_zoo.expert_dirs["brackets"], "--rank", "4", "--out", tmp_path / "o"],
+                          capsys)
+    assert code == 2 and err.startswith("error: duplicate expert name(s) ['brackets']: "), err
+    assert "`experts: {experts: [{path: DIR, name: NAME}, ...]}` (docs/merging.md, `evomerge merge`)" in err
+    cfg = tmp_path / "merge.yaml"
+    cfg.write_text(f"experts:\n  experts: [{{path: {other}, name: mine}}, {{path: {small_zoo.expert_dirs['brackets']}, "
+                   "name: zoo}]\n")
+    code, out, err = _merge(["-c", cfg, "--rank", "4", "--out", tmp_path / "o"], capsys)
+    assert code == 0, err
+    assert [r["name"] for r in json.loads((tmp_path / "o" / "evomerge_manifest.json").read_text())["pool_stats"]] == ["mine", "zoo"]

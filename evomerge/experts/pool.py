@@ -308,8 +308,10 @@ def load_pool(
     stderr by default; None: silent): merged, such a pair counts one expert twice.
 
     ``values=False``: only the checks of headers and configs (kinds, base model, shapes, target
-    modules, readable files); no value of a full fine-tune is read, NaN/inf is not looked for and
-    ``duplicates`` stays empty until the caller runs :meth:`ExpertPool.check_values`."""
+    modules, readable files, then distinct names: two experts that cannot be merged are refused as
+    such, not as a name clash that renaming would not mend); no value of a full fine-tune is read,
+    NaN/inf is not looked for and ``duplicates`` stays empty until the caller runs
+    :meth:`ExpertPool.check_values`."""
     paths = [Path(p) for p in paths]
     if not paths:
         raise ExpertLoadError("empty pool: no experts given (pass --expert PATH or experts.experts in the config)")
@@ -329,6 +331,7 @@ def load_pool(
         pool = _load_lora(paths, names, base_path, base_reader, allow_bin)
     else:
         pool = _load_full(paths, names, base_path, base_reader, allow_bin)
+    _check_distinct(names)  # after the checks of shapes and bases: renaming experts that cannot merge would not help
     if values:
         pool.check_values(check_finite=check_finite, progress=progress, warn=warn)
     return pool
@@ -343,13 +346,17 @@ def _names(paths: list[Path], names: Sequence[str | None] | None) -> list[str]:
         if rp in seen_paths:
             raise ExpertLoadError(f"{p}: the same expert is listed twice")
         seen_paths[rp] = p
-    out = [(n or p.name) for p, n in zip(paths, names or [None] * len(paths))]
-    dup = sorted({n for n in out if out.count(n) > 1})
+    return [(n or p.name) for p, n in zip(paths, names or [None] * len(paths))]
+
+
+def _check_distinct(names: list[str]) -> None:
+    dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ExpertLoadError(
-            f"duplicate expert name(s) {dup}: give each expert a distinct `name` (experts.experts[].name)"
+            f"duplicate expert name(s) {dup}: an expert given without a name (--expert, or a config entry without "
+            "`name`) is named by its folder; name them in a config, `experts: {experts: [{path: DIR, name: NAME}, "
+            "...]}` (docs/merging.md, `evomerge merge`)"
         )
-    return out
 
 
 def read_adapters(
