@@ -439,3 +439,27 @@ def test_duplicate_names_say_how_to_name_experts(small_zoo, tmp_path, capsys):
     code, out, err = _merge(["-c", cfg, "--rank", "4", "--out", tmp_path / "o"], capsys)
     assert code == 0, err
     assert [r["name"] for r in json.loads((tmp_path / "o" / "evomerge_manifest.json").read_text())["pool_stats"]] == ["mine", "zoo"]
+
+
+def test_replacing_the_adapters_base_name_is_warned(small_zoo, tmp_path, capsys):
+    """Adapters naming a hub base merged with `--base DIR`: the merged adapter names DIR, and one
+    `warning:` line says which name it replaced (before: silently); none when they name DIR itself."""
+    experts = []
+    for t in ("brackets", "majority"):
+        shutil.copytree(small_zoo.expert_dirs[t], tmp_path / t)
+        c = json.loads((tmp_path / t / "adapter_config.json").read_text())
+        c["base_model_name_or_path"] = "meta-llama/Llama-2-7b-hf"
+        (tmp_path / t / "adapter_config.json").write_text(json.dumps(c))
+        experts += ["-e", tmp_path / t]
+    code, _, err = _merge([*experts, "--base", small_zoo.base_dir, "--rank", "4", "--out", tmp_path / "o"], capsys)
+    base = str(small_zoo.base_dir.resolve())
+    assert code == 0, err
+    assert err.splitlines() == [f"warning: the merged adapter's base_model_name_or_path is --base {base}, not "
+                                "'meta-llama/Llama-2-7b-hf' as the experts' adapter_config.json name it"], err
+    assert json.loads((tmp_path / "o" / "adapter_config.json").read_text())["base_model_name_or_path"] == base
+    for t in ("brackets", "majority"):  # naming the base folder itself: nothing replaced, nothing said
+        c = json.loads((tmp_path / t / "adapter_config.json").read_text())
+        c["base_model_name_or_path"] = str(small_zoo.base_dir) + "/"
+        (tmp_path / t / "adapter_config.json").write_text(json.dumps(c))
+    code, _, err = _merge([*experts, "--base", small_zoo.base_dir, "--rank", "4", "--out", tmp_path / "p"], capsys)
+    assert code == 0 and err == "", err

@@ -146,6 +146,8 @@ def run_merge(
     )
     weights = _weights(cfg, len(pool))
     fmt = plan_output(cfg, pool, method)
+    if fmt == "peft":
+        warn_renamed_base(pool)
     if fmt == "emr":
         emr_task_names(cfg, pool)
     _check_data(cfg, pool, method)
@@ -266,6 +268,18 @@ def merged_base_name(pool) -> str | None:
     if pool.base_path is not None:
         return str(Path(pool.base_path).resolve())
     return pool.base_model_name()
+
+
+def warn_renamed_base(pool) -> None:
+    """A ``warning:`` on stderr when the written adapter will name ``--base`` where the experts named
+    another base (e.g. a hub id): :func:`merged_base_name` replaces it, which peft then loads."""
+    from evomerge.experts.adapter_checks import base_identity
+    from evomerge.experts.pool import warn_stderr
+
+    named, written = pool.base_model_name(), merged_base_name(pool)
+    if pool.kind == "lora" and pool.base_path is not None and named is not None and base_identity(named) != Path(written):
+        warn_stderr(f"the merged adapter's base_model_name_or_path is --base {written}, not {named!r} as the "
+                    "experts' adapter_config.json name it")
 
 
 def _write(fmt, cfg, pool, modules, merged, tmp: Path, progress: bool) -> None:
