@@ -22,6 +22,11 @@ METRICS = TEACHER_FORCED + TEXT_METRICS
 def teacher_forced(logits: torch.Tensor, labels: torch.Tensor, chunk_elems: int = 1 << 22) -> dict[str, torch.Tensor]:
     """Per-example token accuracy, exact match and mean cross-entropy over answer tokens.
 
+    An example's scored positions are its answer's tokens and the closing EOS (the labels that are
+    not ``IGNORE``); its token accuracy and cross-entropy are means over those. The evaluator
+    averages these per-example values over a task's examples (each example weighs the same,
+    whatever its length), so a task's score is not a mean pooled over all its tokens.
+
     ``labels`` are pre-shifted (``labels[:, t]`` is predicted from position ``t``), ``IGNORE``
     elsewhere. Exact match here means every answer token *and* the closing EOS is the argmax
     prediction given the correct prefix, which is exactly when greedy decoding reproduces the
