@@ -1,8 +1,9 @@
-"""What docs/zoo.md says of the evaluation holds, measured:
+"""What docs/zoo.md says of the evaluation and the zoos holds, measured:
 
 * ``token_accuracy`` and ``neg_cross_entropy`` of a task are means over its examples of each
   example's value over its answer tokens and the closing EOS (not pooled over all tokens),
-  recomputed here with transformers alone on the small zoo's base.
+  recomputed here with transformers alone on the small zoo's base;
+* full fine-tunes come with the ``default`` and ``small`` profiles, not with ``tiny``.
 """
 
 from __future__ import annotations
@@ -52,3 +53,14 @@ def test_teacher_forced_metrics_are_means_of_per_example_values(small_zoo, tmp_p
     assert abs(got["token_accuracy"] - hits / n) > 1e-3 and abs(got["neg_cross_entropy"] + nll / n) > 1e-3  # not pooled
     assert ("Both are means of per-example values, not pooled over tokens: an example's token accuracy is the share "
             "of its scored positions (the answer's tokens and the closing EOS)") in _flat(DOC)
+
+
+def test_which_profiles_have_full_finetunes() -> None:
+    from evomerge.zoo.model import PROFILES
+
+    with_full = sorted(name for name, prof in PROFILES.items() if prof.full_steps > 0)
+    assert with_full == ["default", "small"]
+    doc = _flat(DOC)
+    assert "one LoRA expert and (in the `default` and `small` zoos, both shipped) one full fine-tune" in doc
+    assert "The `tiny` profile, which builds in seconds (the example below), has LoRA experts only: no `full/` folder." in doc
+    assert "one LoRA expert and one full fine-tune" not in doc  # what the page said of every zoo
