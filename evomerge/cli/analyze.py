@@ -32,15 +32,6 @@ def _stop_note(n_max: int, stop_k: int, n: int) -> str:
     return f"merge {stop_k} of the {n}: the next would lower the merged variance by < Delta"
 
 
-def _ceiling_note(components: int, n: int) -> str:
-    """A few words when the PCA count is at its ceiling (empty when it is not)."""
-    from evomerge.theory.geometry import pca_at_ceiling
-
-    if not pca_at_ceiling(components, n):
-        return ""
-    return f"the ceiling: {n} centred experts span at most {n - 1} direction{'' if n == 2 else 's'}"
-
-
 def analyze_command(
     expert: list[Path] = typer.Option([], "--experts", "--expert", "-e", help="expert folder (peft adapter or HF checkpoint); repeat"),
     base: Optional[Path] = typer.Option(None, "--base", help="base model checkpoint (needed for full fine-tunes)"),
@@ -58,6 +49,7 @@ def analyze_command(
     from evomerge.cli._common import load_config_with_sets
     from evomerge.experts.pool import load_pool
     from evomerge.io import check_not_overlapping, check_output_path
+    from evomerge.theory.geometry import pca_ceiling_note
 
     cfg = load_config_with_sets(config, sets)
     paths = list(expert) or [s.path for s in cfg.experts.experts]
@@ -81,7 +73,7 @@ def analyze_command(
     typer.echo(f"rho:                {s['rho']:.4f}   (variance floor sigma^2 max(rho, 0) = {s['variance_floor']:.4g})")
     typer.echo(f"Delta:              {s['delta']:.4g}   ({s['delta_mode']})")
     typer.echo(f"n_max:              {s['n_max']}   ({_stop_note(s['n_max'], s['stop_k'], s['n_experts'])})")
-    note = _ceiling_note(s["pca_components"], s["n_experts"])
+    note = pca_ceiling_note(s["pca_components"], s["n_experts"])
     typer.echo(f"PCA 95% components: {s['pca_components']}" + (f"   ({note}; no low-rank structure shown)" if note else ""))
     typer.echo(f"mean principal angle: {angle}")
     typer.echo(f"results:            {out}")

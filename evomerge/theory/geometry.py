@@ -53,7 +53,7 @@ def pca_ceiling_note(n_components: int, n_experts: int) -> str:
     """A few words saying the count is at the ceiling (empty when it is not)."""
     if not pca_at_ceiling(n_components, n_experts):
         return ""
-    return f"the ceiling: {n_experts} centred experts span at most {n_experts - 1} directions"
+    return f"the ceiling: {n_experts} centred experts span at most {n_experts - 1} direction{'' if n_experts == 2 else 's'}"
 
 
 def _np64(m) -> np.ndarray:
