@@ -31,3 +31,29 @@ def zoo_experts(small_zoo):
     from evomerge.experts.peft_io import load_peft_adapter
 
     return {t: load_peft_adapter(d).modules for t, d in small_zoo.expert_dirs.items()}
+
+
+@pytest.fixture(scope="session")
+def shared_scale_run(small_zoo, tmp_path_factory):
+    """One small real scale run (tests/_shared_scale.py says what it holds) shared by
+    test_report_run_files.py, test_report_noise.py and test_scale_rows.py: ``(run directory, every
+    Parquet the cell store wrote as "<folder>/<stem>", in the order written)``. Read only: a test
+    that changes a file works on a copy."""
+    from evomerge.config import config_from_dict
+    from evomerge.pipelines.scale import store as store_mod
+    from evomerge.pipelines.scale.driver import run_scale
+
+    from _shared_scale import SHARED_SCALE
+
+    out = tmp_path_factory.mktemp("shared_scale") / "run"
+    written: list[str] = []
+    real = store_mod.write_parquet_atomic
+
+    def record(path, table, *a, **kw):
+        real(path, table, *a, **kw)
+        written.append(f"{path.parent.name}/{path.stem}")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(store_mod, "write_parquet_atomic", record)
+        run_scale(config_from_dict(SHARED_SCALE), out, zoo=small_zoo, progress=False)
+    return out, written

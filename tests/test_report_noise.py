@@ -1,6 +1,7 @@
 """Evaluation noise in the scale report, on a real tiny scale run of the small zoo (merges with
-and without RHT, one search holding both variants in one cell): the noise table against the
-fitness table and against a bootstrap recomputed here from the examples files, report.md and
+and without RHT, one search holding both variants in one cell, correlated pairs on no curve; the
+run tests/conftest.py shares with test_report_run_files.py and test_scale_rows.py): the noise
+table against the fitness table and against a bootstrap recomputed here from the examples files, report.md and
 report.json against the table, `evomerge report` regenerating it, and a run directory without
 per-example scores."""
 
@@ -16,7 +17,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from evomerge.config import config_from_dict
 from evomerge.evaluation.bootstrap import resample_counts
 from evomerge.pipelines.scale.tables import curve
 
@@ -26,19 +26,10 @@ B, LEVEL = 2000, 0.95
 
 
 @pytest.fixture(scope="module")
-def run(small_zoo, tmp_path_factory):
-    from evomerge.pipelines.scale.driver import run_scale
-
-    cfg = config_from_dict({
-        "evaluation": {"max_samples": 12, "batch_size": 12},
-        "scale": {"methods": ["task_arithmetic", "ties"], "search": ["genome"], "seeds": [0, 1], "with_rht": True,
-                  "k_max": 4, "law_first_k": 3, "pairs": False, "order": "given", "hist_samples": 50},
-        "genome": {"population": 3, "generations": 1, "early_stop_iter": 1},
-        "ray": {"num_actors": 2},
-    })
-    out = tmp_path_factory.mktemp("noise") / "run"
-    run_scale(cfg, out, zoo=small_zoo, progress=False, analyze=False)
-    return out
+def run(shared_scale_run):
+    """The shared small run (tests/conftest.py, SHARED_SCALE: task arithmetic, TIES and EMR with and
+    without RHT, GENOME and Model Swarms, seeds 0 and 1, k up to 4)."""
+    return shared_scale_run[0]
 
 
 def _noise(out) -> pd.DataFrame:
@@ -85,7 +76,8 @@ def _by_hand(out, split, key, rep_counts):
     redrawn mean, the mean over the target's tasks, then over the point's seed rows."""
     method, rht, target, k = key
     scores = pq.read_table(out / "tables" / "scores.parquet").to_pandas()
-    s = scores[(scores["method"] == method) & (scores["rht"] == rht) & (scores["k"] == k) & (scores["split"] == split)]
+    s = scores[(scores["method"] == method) & (scores["rht"] == rht) & (scores["k"] == k) & (scores["split"] == split)
+               & (scores["kind"] != "pair")]  # the correlated-pair cells are on no curve (tables.curve)
     ex = _examples(out, split)
     col = "cross_entropy" if target == "all/ce" else "score"
     per_row = []  # one entry per (cell, seed) row of the fitness table

@@ -1,5 +1,6 @@
 """`evomerge report` on damaged or incomplete copies of one small real scale run (registry merges
-with and without RHT, GENOME and Model Swarms, two seeds, the pool analysis):
+with and without RHT, GENOME and Model Swarms, two seeds, the pool analysis; the run tests/conftest.py
+shares with test_report_noise.py and test_scale_rows.py):
 
 * every file the report reads besides the cells' (plan.json, expert_gains.json, search_stop.json,
   timing.json, analysis/summary.json, a search's result.json and history.parquet) that cannot be
@@ -27,25 +28,14 @@ from _cli_helpers import one_error, run_cli
 
 pytestmark = pytest.mark.ray
 
-CFG = {
-    "evaluation": {"max_samples": 12, "batch_size": 12},
-    "scale": {"methods": ["task_arithmetic"], "search": ["genome", "swarm"], "seeds": [0, 1], "with_rht": True,
-              "k_max": 4, "law_first_k": 3, "pairs": False, "order": "given", "hist_samples": 20},
-    "genome": {"population": 3, "generations": 2, "early_stop_iter": 1},
-    "swarm": {"max_iter": 2},
-    "ray": {"num_actors": 2},
-}
 SEARCH = "k003-genome-s1"
 
 
 @pytest.fixture(scope="module")
-def run(small_zoo, tmp_path_factory):
-    from evomerge.config import config_from_dict
-    from evomerge.pipelines.scale.driver import run_scale
-
-    out = tmp_path_factory.mktemp("report_run_files") / "run"
-    run_scale(config_from_dict(CFG), out, zoo=small_zoo, progress=False)
-    return out
+def run(shared_scale_run):
+    """The shared small run (tests/conftest.py, SHARED_SCALE: task arithmetic, TIES and EMR with and
+    without RHT, pairs, GENOME and Model Swarms, seeds 0 and 1, k up to 4, the analysis and the report)."""
+    return shared_scale_run[0]
 
 
 @pytest.fixture

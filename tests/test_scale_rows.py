@@ -12,44 +12,21 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from evomerge.config import config_from_dict
 from evomerge.errors import OutputError
 from evomerge.pipelines.scale.store import EXAMPLE_SCHEMA, CellStore
 
-MAX_SAMPLES = 8
+from _shared_scale import SHARED_SCALE
+
+MAX_SAMPLES = SHARED_SCALE["evaluation"]["max_samples"]
 BATCH = 64  # test rows are all scored (200 per task): 19 forward passes per cell and variant, not 150
 
 
-def _cfg():
-    return config_from_dict({
-        "evaluation": {"max_samples": MAX_SAMPLES, "batch_size": BATCH},
-        "scale": {"methods": ["task_arithmetic", "emr"], "search": ["genome", "swarm"], "seeds": [0],
-                  "with_rht": True, "k_max": 4, "law_first_k": 3, "pairs": True, "order": "given",
-                  "hist_samples": 20, "stop_target": "all"},
-        "genome": {"population": 3, "generations": 1, "early_stop_iter": 1},
-        "swarm": {"max_iter": 1, "patience": 1},
-        "ray": {"num_actors": 2},
-    })
-
-
 @pytest.fixture(scope="module")
-def run(small_zoo, tmp_path_factory):
-    """The run's directory and every Parquet path the store wrote, in the order written."""
-    from evomerge.pipelines.scale import store as store_mod
-    from evomerge.pipelines.scale.driver import run_scale
-
-    out = tmp_path_factory.mktemp("rows") / "run"
-    written: list[str] = []
-    real = store_mod.write_parquet_atomic
-
-    def record(path, table, *a, **kw):
-        real(path, table, *a, **kw)
-        written.append(f"{path.parent.name}/{path.stem}")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(store_mod, "write_parquet_atomic", record)
-        run_scale(_cfg(), out, zoo=small_zoo, progress=False, analyze=False, report=False)
-    return out, written
+def run(shared_scale_run):
+    """The run's directory and every Parquet path the store wrote, in the order written: the
+    shared small run (tests/conftest.py, SHARED_SCALE: task arithmetic, TIES and EMR with and
+    without RHT, pairs, GENOME and Model Swarms, seeds 0 and 1)."""
+    return shared_scale_run
 
 
 @pytest.mark.ray
