@@ -48,7 +48,8 @@ def _trials(url, states):
     return [t for t in study.get_trials(deepcopy=False) if t.state.name in states]
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+# SIGTERM to a job in the default suite: test_evolve_job_interrupted_gives_the_jobs_resume_command
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)])
 def test_tune_job_interrupted_gives_one_line_and_leaves_no_ray(tmp_path, small_zoo, sig, code):
     """Signalled while its two workers run trials: the job's line and resume command, and Ray's
     processes (GCS, raylet, dashboard and runtime-env agents, workers) gone with it."""
