@@ -25,7 +25,7 @@ def _cfg(target: str | None, tol: float = 0.02):
     if target is not None:
         scale["stop_target"] = target
     return config_from_dict({
-        "evaluation": {"max_samples": 8, "batch_size": 8},
+        "evaluation": {"max_samples": 8, "batch_size": 64},  # test: all 200 rows a task, 4 forward passes, not 25
         "scale": scale,
         "genome": {"population": 3, "generations": 1, "early_stop_iter": 1},
         "swarm": {"max_iter": 1, "patience": 1},
