@@ -21,7 +21,7 @@ from evomerge.cli import main
 pytestmark = pytest.mark.ray
 
 SMALL = {
-    "evaluation": {"max_samples": 16, "batch_size": 16},
+    "evaluation": {"max_samples": 16, "batch_size": 64},  # test: all 200 rows a task, 4 passes, not 13
     "scale": {"methods": ["task_arithmetic"], "with_rht": False, "seeds": [0], "order": "given", "k_max": 4,
               "law_first_k": 3, "pairs": False, "hist_samples": 50},
     "ray": {"num_actors": 1},

@@ -52,7 +52,7 @@ class Holder:
 
 def _config(tmp_path: Path) -> Path:
     """A small run on the built-in small zoo (``--small``): one cheap method, one seed."""
-    data = {"evaluation": {"max_samples": 8, "batch_size": 8},
+    data = {"evaluation": {"max_samples": 8, "batch_size": 64},  # scale scores all 200 test rows a task
             "genome": {"population": 2, "generations": 1},
             "scale": {"methods": ["task_arithmetic"], "search": [], "seeds": [0], "with_rht": False,
                       "pairs": False, "k_max": 4, "law_first_k": 3},

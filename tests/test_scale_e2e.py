@@ -21,7 +21,7 @@ from evomerge.cli import main
 pytestmark = pytest.mark.ray
 
 TINY = {
-    "evaluation": {"max_samples": 24, "batch_size": 24},
+    "evaluation": {"max_samples": 24, "batch_size": 64},  # test: all 200 rows a task, 4 passes, not 9
     "scale": {
         "methods": ["task_arithmetic", "dare_ties", "fisher", "regmean"],
         "with_rht": False,

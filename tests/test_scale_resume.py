@@ -13,7 +13,7 @@ from evomerge.pipelines.scale.store import CellStore
 pytestmark = pytest.mark.ray
 
 CFG = {
-    "evaluation": {"max_samples": 16, "batch_size": 16},
+    "evaluation": {"max_samples": 16, "batch_size": 64},  # test: all 200 rows a task, 4 passes, not 13
     "scale": {
         "methods": ["task_arithmetic", "dare_ties"],
         "with_rht": True,

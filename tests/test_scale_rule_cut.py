@@ -141,7 +141,7 @@ def noisy_run(small_zoo, tmp_path_factory):
     from evomerge.pipelines.scale.driver import run_scale
 
     cfg = config_from_dict({
-        "evaluation": {"max_samples": 12, "batch_size": 12},
+        "evaluation": {"max_samples": 12, "batch_size": 64},  # test: all 200 rows a task, 4 passes, not 17
         "scale": {"methods": ["task_arithmetic", "ties"], "search": [], "seeds": [0, 1], "with_rht": False, "k_max": 4,
                   "law_first_k": 3, "law_noise_z": 2.0, "pairs": False, "order": "given", "hist_samples": 20},
         "ray": {"num_actors": 2},

@@ -18,7 +18,7 @@ def _run(small_zoo, out, actors: int, overlap: bool = True, analyze: bool = Fals
     from evomerge.pipelines.scale.driver import run_scale
 
     cfg = config_from_dict({
-        "evaluation": {"max_samples": 12, "batch_size": 12},
+        "evaluation": {"max_samples": 12, "batch_size": 64},  # test: all 200 rows a task, 4 passes, not 17
         "scale": {"methods": ["task_arithmetic"], "search": ["genome", "swarm"], "seeds": [0, 1],
                   "with_rht": False, "k_max": 4, "law_first_k": 3, "pairs": False, "order": "given",
                   "hist_samples": 50},
