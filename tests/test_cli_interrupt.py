@@ -144,8 +144,10 @@ def _agent_started(seen):
 
 
 @pytest.mark.ray
+# each signal and each moment keeps a default variant; SIGINT once the agents run is under -m slow
 @pytest.mark.parametrize("sig,code,moment", [(signal.SIGINT, 130, "gcs"), (signal.SIGTERM, 143, "gcs"),
-                                             (signal.SIGINT, 130, "agents"), (signal.SIGTERM, 143, "agents")])
+                                             pytest.param(signal.SIGINT, 130, "agents", marks=pytest.mark.slow),
+                                             (signal.SIGTERM, 143, "agents")])
 def test_evolve_interrupted_during_ray_start_has_nothing_to_resume(tmp_path, small_zoo, sig, code, moment):
     """Ctrl-C or SIGTERM while ``ray.init`` starts Ray (its GCS up, or its agents too):
     before the run directory is written; no Ray process is left (the half-started GCS, raylet

@@ -92,6 +92,8 @@ def test_scale_stops_cleanly_on_sigterm_to_its_group(tmp_path, small_zoo):
     assert line == f"interrupted; resume with: evomerge scale --out {out} --resume"
 
 
+@pytest.mark.slow  # default suite: the group's SIGTERM in test_scale_stops_cleanly_on_sigterm_to_its_group (the same
+# cluster.connect start, Ray in a session of its own) and evolve's SIGTERM in test_cli_interrupt.py and test_jobs_interrupt.py
 def test_evolve_stops_cleanly_on_sigterm_to_its_group(tmp_path, small_zoo):
     cfg = tmp_path / "evolve.yaml"
     cfg.write_text(yaml.safe_dump({"evaluation": {"max_samples": 8, "batch_size": 8},
