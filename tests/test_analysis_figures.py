@@ -96,18 +96,34 @@ def test_scale_figure_starts_at_the_base_only_the_lines_measured_at_k1():
 
 def test_scale_figure_draws_a_curve_with_missing_cells_as_points_only(tmp_path, monkeypatch):
     """A curve the report leaves out (cells missing) is drawn without a line: a line would join
-    k = 1 and k = 3 across the k = 2 that was not measured; the other curves keep theirs."""
+    k = 1 and k = 3 across the k = 2 that was not measured; nor do its seed band and its noise
+    band join them; its RHT variant has open markers (no line style tells it from the plain one).
+    The other curves keep their lines and bands."""
+    from matplotlib.collections import PolyCollection
+    from matplotlib.colors import to_rgba
+
     from evomerge.pipelines.scale import figures as scale_figures
 
     drawn = []
     monkeypatch.setattr(scale_figures, "save_png_atomic", lambda fig, path: drawn.append(fig) or path)
-    rows = [{"method": m, "rht": False, "k": k, "seed": 0, "split": "validation", "target": t, "kind": "merge",
-             "fitness": 0.5 + k / 100} for m, ks in (("ties", (1, 2, 3)), ("task_arithmetic", (1, 3)))
-            for k in ks for t in ("all", "union")]
-    scale_figures.plot_fitness_panels(pd.DataFrame(rows), tmp_path / "f.png", n_max=3,
-                                      incomplete=[("task_arithmetic", False)])
-    lines = {line.get_label(): line for line in drawn[0].axes[0].get_lines()}
-    assert lines["ties"].get_linestyle() == "-"
-    gap = lines["task_arithmetic (cells missing)"]
-    assert gap.get_linestyle() == "None" and list(gap.get_xdata()) == [1, 3] and gap.get_marker() == "o"
-    assert "task_arithmetic" not in lines
+    rows = [{"method": m, "rht": rht, "k": k, "seed": seed, "split": "validation", "target": t, "kind": "merge",
+             "fitness": 0.5 + k / 100 + seed / 50} for m, ks in (("ties", (1, 2, 3)), ("task_arithmetic", (1, 3)))
+            for rht in (False, True) for k in ks for seed in (0, 1) for t in ("all", "union")]
+    noise = pd.DataFrame([{"method": m, "rht": False, "k": k, "split": "validation", "target": t, "value": 0.5,
+                           "low": 0.45, "high": 0.55} for m, ks in (("ties", (1, 2, 3)), ("task_arithmetic", (1, 3)))
+                          for k in ks for t in ("all", "union")])
+    scale_figures.plot_fitness_panels(pd.DataFrame(rows), tmp_path / "f.png", n_max=3, noise=noise,
+                                      incomplete=[("task_arithmetic", False), ("task_arithmetic", True)])
+    for ax in drawn[0].axes:
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        assert lines["ties"].get_linestyle() == "-" and lines["ties + RHT"].get_linestyle() == "--"
+        gap, gap_rht = lines["task_arithmetic (cells missing)"], lines["task_arithmetic + RHT (cells missing)"]
+        for g in (gap, gap_rht):
+            assert g.get_linestyle() == "None" and list(g.get_xdata()) == [1, 3] and g.get_marker() == "o"
+        assert "task_arithmetic" not in lines and "task_arithmetic + RHT" not in lines
+        assert gap.get_markerfacecolor() == gap.get_color() and gap_rht.get_markerfacecolor() == "none"
+        assert lines["ties + RHT"].get_markerfacecolor() == lines["ties + RHT"].get_color()
+        # bands (seeds' and noise's): the two ties curves' and the noise band of ties, none of task_arithmetic
+        bands = [tuple(c.get_facecolor()[0][:3]) for c in ax.collections
+                 if isinstance(c, PolyCollection) and c.get_label().startswith("_")]  # (not the legend's entry)
+        assert sorted(bands) == [to_rgba(lines["ties"].get_color())[:3]] * 3, bands

@@ -185,15 +185,16 @@ def summarize_by_k(df_or_rows: Any, *, k_col: str = "k", value_col: str = "fitne
 def draw_fitness_curves(ax, curves: Mapping[str, Mapping[str, np.ndarray]],
                         styles: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, str]:
     """Draw :func:`summarize_by_k` curves on ``ax``: the mean as a line with markers, the
-    min-max spread over seeds as a band. ``styles[label]`` may set ``color``, ``ls`` and
-    ``band_alpha``. Returns each label's colour."""
+    min-max spread over seeds as a band. ``styles[label]`` may set ``band_alpha`` (0: no band)
+    and keywords of ``Axes.plot`` (``color``, ``ls``, ``ms``, ``mfc``, ...). Returns each label's colour."""
     colors = {}
     for label, c in curves.items():
         style = dict((styles or {}).get(label, {}))
         band_alpha = style.pop("band_alpha", 0.18)
         line, = ax.plot(c["k"], c["mean"], marker="o", ms=style.pop("ms", 4), label=label, **style)
         colors[label] = line.get_color()
-        ax.fill_between(c["k"], c["min"], c["max"], color=colors[label], alpha=band_alpha, lw=0)
+        if band_alpha:
+            ax.fill_between(c["k"], c["min"], c["max"], color=colors[label], alpha=band_alpha, lw=0)
     return colors
 
 

@@ -23,7 +23,8 @@ def plot_fitness_panels(fitness: pd.DataFrame, out_png: str | Path, *, n_max: in
     """``noise``: the rows of tables/noise.parquet; where given, each curve without RHT gets its
     95% evaluation-noise interval as a light band (with RHT the curves lie on top of these).
     ``incomplete``: the ``(method, rht)`` curves with missing cells, drawn as points without a
-    line (a line would join the measured k across the ones that are not)."""
+    line, a seed band or a noise band (each would join the measured k across the ones that are
+    not); the points of such a curve with RHT are open."""
     f = fitness[fitness["split"] == split]
     methods = sorted(m for m in f["method"].unique() if m not in ("base", "expert"))
     cmap = [f"C{i}" for i in range(10)]
@@ -43,11 +44,14 @@ def plot_fitness_panels(fitness: pd.DataFrame, out_png: str | Path, *, n_max: in
                             "ms": 3, "band_alpha": 0.08 if lab.endswith("RHT") else 0.15} for lab in order}
             broken = {f"{m}{' + RHT' if rht else ''}" for m, rht in incomplete}
             shown = {lab: f"{lab} (cells missing)" if lab in broken else lab for lab in order}
-            for lab in broken & set(order):
-                styles[lab]["ls"] = "none"
+            for lab in broken & set(order):  # points only: no line, no band joining the measured k across a missing one
+                styles[lab].update(ls="none", band_alpha=0)
+                if lab.endswith(" + RHT"):  # open markers: without the line style, plain and RHT would look alike
+                    styles[lab]["mfc"] = "none"
             draw_fitness_curves(ax, {shown[lab]: curves[lab] for lab in order},
                                 {shown[lab]: styles[lab] for lab in order})
-            if _noise_bands(ax, noise, split, target, methods, colors) and target == "all":
+            banded = [m for m in methods if m not in broken]  # (the noise bands are the curves without RHT)
+            if _noise_bands(ax, noise, split, target, banded, colors) and target == "all":
                 ax.fill_between([], [], [], color="0.5", alpha=0.12, lw=0, label="95% evaluation-noise interval")
         single = t[t["method"] == "expert"]
         if not single.empty:

@@ -207,5 +207,8 @@ def report_part(run_dir: Path, files: RunFiles) -> dict[str, Any]:
     ex_side = None if examples is None else examples[examples["split"].isin(SIDE_SPLITS)]
     noise = noise_tables(scores[side], ex_side, fitness)
     metric = load_config(run_dir / "config.yaml").evaluation.metric
+    # no `incomplete=`: this runs once the driver closed the input (SideJob.close_input), after every
+    # cell it expects is on disk (the searches' stop skipped the rest, as search_stop.json says), and
+    # the report uses the result only then (else it stops the job): no curve has a cell missing
     figure = fitness_figure(plan, fitness, run_dir / "figures", metric, noise.table)
     return {"noise": noise, "fitness_figure": figure}
