@@ -192,8 +192,8 @@ def test_bad_lora_inputs(zoo, tmp_path):
         load_pool([zoo / "l1", zoo / "f1"], base=zoo / "base")
     with pytest.raises(ExpertLoadError, match="listed twice"):
         load_pool([zoo / "l1", zoo / "l1"])
-    with pytest.raises(ExpertLoadError, match="duplicate expert name"):
-        load_pool([zoo / "l1", zoo / "l2"], names=["a", "a"])
+    with pytest.raises(ExpertLoadError, match=r"^duplicate expert name\(s\) \['a'\]: give each expert a distinct name "):
+        load_pool([zoo / "l1", zoo / "l2"], names=["a", "a"])  # names given, not folders': the fix leads
 
 
 def test_bad_full_inputs(zoo, tmp_path):

@@ -139,8 +139,10 @@ def evaluate_command(
     seen = [name for name, _, _ in named]
     dup = next(((name, where) for i, (name, _, where) in enumerate(named) if name in ("base", *seen[:i])), None)
     if dup is not None:
-        fix = ("an --expert is named by its folder: to name the candidates, list them in a config, "
-               "`experts: {experts: [{path: DIR, name: NAME}, ...]}`, and pass it with -c and no --expert"
+        from evomerge.experts.pool import NAMED_EXPERTS_FORM
+
+        fix = (f"an --expert is named by its folder: to name the candidates, list them in a config, "
+               f"{NAMED_EXPERTS_FORM}, and pass it with -c and no --expert"
                if dup[1].startswith("--expert") else "give it another `name`")
         raise ConfigError(f"{dup[1]}: a candidate named `{dup[0]}` is already given; {fix}")
     common = dict(metric=ev_cfg.metric, device=dev, batch_size=ev_cfg.batch_size, max_samples=ev_cfg.max_samples)

@@ -349,13 +349,17 @@ def _names(paths: list[Path], names: Sequence[str | None] | None) -> list[str]:
     return [(n or p.name) for p, n in zip(paths, names or [None] * len(paths))]
 
 
+#: the config form that names experts, as the refusals of two experts of one name give it
+NAMED_EXPERTS_FORM = "`experts: {experts: [{path: DIR, name: NAME}, ...]}`"
+
+
 def _check_distinct(names: list[str]) -> None:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ExpertLoadError(
-            f"duplicate expert name(s) {dup}: an expert given without a name (--expert, or a config entry without "
-            "`name`) is named by its folder; name them in a config, `experts: {experts: [{path: DIR, name: NAME}, "
-            "...]}` (docs/merging.md, `evomerge merge`)"
+            f"duplicate expert name(s) {dup}: give each expert a distinct name (one given without a name, by "
+            f"--expert or a config entry without `name`, is named by its folder); in a config, {NAMED_EXPERTS_FORM} "
+            "(docs/merging.md, `evomerge merge`)"
         )
 
 
