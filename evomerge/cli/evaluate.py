@@ -11,10 +11,6 @@ from evomerge.cli._common import set_option, small_option, zoo_option
 from evomerge.errors import ConfigError
 
 
-#: the splits ``--split`` takes: validation for every choice, test for reports
-SPLITS = ("validation", "test")
-
-
 def _task_items(items: list[str]) -> dict[str, str] | None:
     """``--task name=FILE|DIR`` items as ``evaluation.task_files``."""
     out: dict[str, str] = {}
@@ -95,9 +91,10 @@ def evaluate_command(
     from evomerge.evaluation import Evaluator
     from evomerge.experts.peft_io import load_peft_adapter
     from evomerge.experts.pool import detect_kind
+    from evomerge.pipelines.inputs import TASK_SPLITS  # the splits a task has: validation for choices, test for reports
 
-    if split not in SPLITS:  # before the config, the zoo and the model: a typo would load them all first
-        raise ConfigError(f"--split {split}: not a split evaluate scores; use {' or '.join(SPLITS)}")
+    if split not in TASK_SPLITS:  # before the config, the zoo and the model: a typo would load them all first
+        raise ConfigError(f"--split {split}: not a split evaluate scores; use {' or '.join(TASK_SPLITS)}")
     names = [t for t in (tasks or "").split(",") if t] or None
     given = [  # (flag, config key, value)
         ("--base", "experts.base", None if base is None else str(base)), ("--task", "evaluation.task_files", _task_items(task)),
