@@ -17,9 +17,23 @@ import yaml
 from _cli_helpers import one_error, run_cli
 
 
-def test_an_unknown_split_is_refused_before_the_model_loads(capsys) -> None:
-    # before: the model loaded (a progress bar), then "task `rev_digits` has no split `tests`"
-    line = one_error(["evaluate", "--small", "--max-samples", "5", "--split", "tests"], capsys)
+def test_an_unknown_split_is_refused_before_the_model_loads(tmp_path, monkeypatch, capsys) -> None:
+    """Before: the model loaded (a progress bar), then "task `rev_digits` has no split `tests`". Now
+    the split is the first thing checked: a config that is refused when read, an --expert that is
+    not there, and a zoo that fails when opened are not reached."""
+    from evomerge.cli import _common
+
+    def no_zoo(*a, **kw):
+        raise AssertionError("the zoo was opened")
+
+    monkeypatch.setattr(_common, "open_zoo", no_zoo)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("evaluation: {metric: no_such_metric}\n")
+    args = ["evaluate", "--small", "-c", broken, "-e", tmp_path / "absent", "--max-samples", "5"]
+    # with a split evaluate scores, each is refused when reached: the check below has teeth
+    assert "no_such_metric" in one_error([*args, "--split", "validation"], capsys)
+    assert "absent: expert not found" in one_error([*args[:2], *args[4:], "--split", "test"], capsys)
+    line = one_error([*args, "--split", "tests"], capsys)
     assert line == "error: --split tests: not a split evaluate scores; use validation or test"
 
 
