@@ -451,6 +451,10 @@ def test_replacing_the_adapters_base_name_is_warned(small_zoo, tmp_path, capsys)
         c["base_model_name_or_path"] = "meta-llama/Llama-2-7b-hf"
         (tmp_path / t / "adapter_config.json").write_text(json.dumps(c))
         experts += ["-e", tmp_path / t]
+    # refused after the pool is read (a data file that is not there): no warning about an adapter never written
+    code, _, err = _merge([*experts, "--base", small_zoo.base_dir, "--method", "fisher", "--rank", "4", "--data",
+                           tmp_path / "none.jsonl", "--out", tmp_path / "o"], capsys)
+    assert code == 2 and err.splitlines() == [f"error: {tmp_path / 'none.jsonl'}: merge.data task file not found"], err
     code, _, err = _merge([*experts, "--base", small_zoo.base_dir, "--rank", "4", "--out", tmp_path / "o"], capsys)
     base = str(small_zoo.base_dir.resolve())
     assert code == 0, err

@@ -146,8 +146,6 @@ def run_merge(
     )
     weights = _weights(cfg, len(pool))
     fmt = plan_output(cfg, pool, method)
-    if fmt == "peft":
-        warn_renamed_base(pool)
     if fmt == "emr":
         emr_task_names(cfg, pool)
     _check_data(cfg, pool, method)
@@ -162,6 +160,8 @@ def run_merge(
 
         stats = pool_statistics(pool, method.needs, cfg.merge.data, cfg.merge.data_samples, dev, progress)
 
+    if fmt == "peft":  # after every check: a merge refused writes no adapter to warn about
+        warn_renamed_base(pool)
     modules = None
     with atomic_dir(out, overwrite=overwrite) as tmp:
         if fmt == "emr":
