@@ -23,13 +23,23 @@ def _delta(text: Optional[str]) -> float | str | None:
     return value
 
 
-def _stop_note(n_max: int, stop_k: int, n: int) -> str:
-    """What the pool's ``n_max`` means for it: ``stop_k`` = min(n_max, n) experts to merge."""
+def _stop_note(summary: dict) -> str:
+    """What the pool's ``n_max`` means for it (``summary``: :func:`~evomerge.analysis.analyze_pool`'s):
+    ``stop_k`` = min(n_max, n) experts to merge. ``n_max`` (:func:`evomerge.theory.variance.n_max`)
+    is the largest k whose drop from k - 1 to k reaches Delta
+    (:func:`~evomerge.theory.general_variance.reaches_delta`), 1 when none does: the experts that
+    each lower the variance are the 2nd to the n_max-th (the first lowers nothing). With
+    sigma^2 (1 - rho) = 0 no expert after the first lowers it at all, and Delta may be 0 too."""
+    n_max, stop_k, n = summary["n_max"], summary["stop_k"], summary["n_experts"]
+    merge_all = "merge all" if n > 1 else "merge it"
     if n_max > n:  # the count is the theorem's, for a pool of experts like these of any size
-        return f"up to {n_max} experts like these each lower the merged variance by >= Delta; this pool has {n}: merge all"
+        return (f"growing a merge of experts like these from 1 to {n_max}, each one added lowers the merged "
+                f"variance by >= Delta; this pool has {n}: {merge_all}")
     if stop_k == n:
-        return "merge all" if n > 1 else "merge it"
-    return f"merge {stop_k} of the {n}: the next would lower the merged variance by < Delta"
+        return merge_all
+    if summary["sigma2"] * (1.0 - summary["rho"]) <= 0:  # as n_max tests it: every drop is 0
+        return f"merge {stop_k} of the {n}: no expert after the first lowers the merged variance (sigma^2 (1 - rho) = 0)"
+    return f"merge {stop_k} of the {n}: the next would lower the merged variance by less than Delta"
 
 
 def analyze_command(
@@ -72,7 +82,7 @@ def analyze_command(
     typer.echo(f"sigma^2:            {s['sigma2']:.4g}")
     typer.echo(f"rho:                {s['rho']:.4f}   (variance floor sigma^2 max(rho, 0) = {s['variance_floor']:.4g})")
     typer.echo(f"Delta:              {s['delta']:.4g}   ({s['delta_mode']})")
-    typer.echo(f"n_max:              {s['n_max']}   ({_stop_note(s['n_max'], s['stop_k'], s['n_experts'])})")
+    typer.echo(f"n_max:              {s['n_max']}   ({_stop_note(s)})")
     note = pca_ceiling_note(s["pca_components"], s["n_experts"])
     typer.echo(f"PCA 95% components: {s['pca_components']}" + (f"   ({note}; no low-rank structure shown)" if note else ""))
     typer.echo(f"mean principal angle: {angle}")
