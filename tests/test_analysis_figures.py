@@ -127,3 +127,17 @@ def test_scale_figure_draws_a_curve_with_missing_cells_as_points_only(tmp_path, 
         bands = [tuple(c.get_facecolor()[0][:3]) for c in ax.collections
                  if isinstance(c, PolyCollection) and c.get_label().startswith("_")]  # (not the legend's entry)
         assert sorted(bands) == [to_rgba(lines["ties"].get_color())[:3]] * 3, bands
+
+
+def test_pca_figure_marks_the_count_only_where_the_threshold_is_reached(tmp_path, monkeypatch):
+    """The vertical line and the title's count where the threshold is reached (geometry's
+    threshold_reached_at); none for a pool without variance, whose count is 0."""
+    from evomerge.analysis import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or path)
+    figures.plot_pca_cumulative([0.6, 1.0, 1.0], tmp_path / "p.png")
+    figures.plot_pca_cumulative([0.0, 0.0, 0.0], tmp_path / "q.png")
+    reached, flat = ({line.get_label() for line in f.axes[0].get_lines()} for f in drawn)
+    assert "2 components" in reached and "95% needs 2" in drawn[0].axes[0].get_title()
+    assert not any(label.endswith("components") for label in flat) and "needs" not in drawn[1].axes[0].get_title()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from evomerge.errors import ConfigError
 from evomerge.experts.types import LoraModule
 from evomerge.theory import (
     gram_of,
@@ -17,7 +18,7 @@ from evomerge.theory import (
     pca_cumulative_variance,
     principal_angles,
 )
-from evomerge.theory.geometry import layer_index
+from evomerge.theory.geometry import layer_index, threshold_reached_at
 
 
 def test_pca_known_rank():
@@ -49,6 +50,12 @@ def test_n_components_for_threshold():
     assert n_components_for(np.array([0.5, 0.9, 0.96, 1.0]), 0.95) == 3
     assert n_components_for(np.array([0.5, 0.9, 0.95, 1.0]), 0.95) == 3
     assert n_components_for(np.zeros(3), 0.95) == 0
+    # where the threshold is first reached: None where it is not (the count is then all of them, or 0 flat)
+    assert threshold_reached_at(np.array([0.5, 0.9, 0.95 - 1e-13, 1.0]), 0.95) == 3
+    assert threshold_reached_at(np.array([0.5, 0.9]), 0.95) is None and n_components_for(np.array([0.5, 0.9]), 0.95) == 2
+    assert threshold_reached_at(np.zeros(3), 0.95) is None and threshold_reached_at(np.array([]), 0.95) is None
+    with pytest.raises(ConfigError, match="threshold"):
+        threshold_reached_at(np.array([1.0]), 0.0)
 
 
 def test_principal_angles_rotated_basis():

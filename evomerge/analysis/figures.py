@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 from evomerge.errors import ConfigError
 from evomerge.io import save_png_atomic
-from evomerge.theory.geometry import n_components_for, pca_ceiling_note
+from evomerge.theory.geometry import pca_ceiling_note, threshold_reached_at
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
@@ -30,9 +30,9 @@ def plot_pca_cumulative(cum: Sequence[float], out_png: str | Path, threshold: fl
     comps = np.arange(1, cum.size + 1)
     ax.plot(comps, cum, marker="o")
     ax.axhline(threshold, color="tab:red", ls="--", lw=1, label=f"{threshold:.0%}")
-    count = n_components_for(cum, threshold)
+    count = threshold_reached_at(cum, threshold)
     title = "PCA of task vectors"
-    if count and cum[count - 1] >= threshold - 1e-12:  # the threshold is reached (not a flat pool)
+    if count is not None:  # the threshold is reached (not a flat pool)
         ax.axvline(count, color="tab:gray", ls=":", lw=1, label=f"{count} components")
         note = pca_ceiling_note(count, cum.size)  # (one entry per expert)
         title += f"\n{threshold:.0%} needs {count}, {note}" if note else ""

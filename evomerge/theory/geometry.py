@@ -32,15 +32,26 @@ def pca_cumulative_variance(x: torch.Tensor | GramAccumulator | np.ndarray) -> n
     return np.minimum(np.cumsum(eig) / total, 1.0)
 
 
-def n_components_for(cum: np.ndarray, threshold: float = 0.95) -> int:
-    """Smallest number of components whose cumulative ratio reaches ``threshold``."""
+def threshold_reached_at(cum: np.ndarray, threshold: float = 0.95) -> int | None:
+    """Smallest number of components whose cumulative ratio reaches ``threshold`` (within
+    1e-12), or None where none does (a pool without variance included)."""
     if not 0.0 < threshold <= 1.0:
         raise ConfigError(f"threshold must be in (0, 1], got {threshold}")
     cum = np.asarray(cum, dtype=np.float64)
     if cum.size == 0 or cum[-1] <= 0:
-        return 0
+        return None
     hits = np.flatnonzero(cum >= threshold - 1e-12)
-    return int(hits[0] + 1) if hits.size else int(cum.size)
+    return int(hits[0] + 1) if hits.size else None
+
+
+def n_components_for(cum: np.ndarray, threshold: float = 0.95) -> int:
+    """Smallest number of components whose cumulative ratio reaches ``threshold``
+    (:func:`threshold_reached_at`); all of them where none does, 0 for a pool without variance."""
+    at = threshold_reached_at(cum, threshold)
+    if at is not None:
+        return at
+    cum = np.asarray(cum, dtype=np.float64)
+    return 0 if cum.size == 0 or cum[-1] <= 0 else int(cum.size)
 
 
 def pca_at_ceiling(n_components: int, n_experts: int) -> bool:
