@@ -270,6 +270,11 @@ class StackedStream:
 # --- loading and validation ------------------------------------------------------------------
 
 
+#: the file that marks an EMR merge output (``merge --method emr``, evomerge.pipelines.merge.job, writes it;
+#: defined here, in the library, which imports nothing of the pipelines)
+EMR_TASKS = "emr_tasks.json"
+
+
 def detect_kind(path: Path) -> str:
     if not path.exists():
         raise ExpertLoadError(f"{path}: expert not found")
@@ -279,9 +284,9 @@ def detect_kind(path: Path) -> str:
         return "lora"
     if is_checkpoint_dir(path):
         return "full"
-    if (path / "emr_tasks.json").is_file():  # evomerge.pipelines.merge.job.EMR_TASKS: what `merge --method emr` writes
+    if (path / EMR_TASKS).is_file():
         raise ExpertLoadError(
-            f"{path}: an EMR merge output (emr_tasks.json: one unified vector and a mask per task), not an expert: "
+            f"{path}: an EMR merge output ({EMR_TASKS}: one unified vector and a mask per task), not an expert: "
             f"each task has its own task vector, evomerge.pipelines.merge.job.load_emr_task('{path}', TASK); "
             "score them in Python as Evaluator.evaluate(PerTask({task: load_emr_task(...), ...})) "
             "(docs/zoo.md#fitness-evaluation)"

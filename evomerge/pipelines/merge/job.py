@@ -26,12 +26,12 @@ import torch
 
 from evomerge.errors import ConfigError, ExpertLoadError
 from evomerge.devices import resolve_device  # noqa: F401 (re-exported: callers import it from here)
+from evomerge.experts.pool import EMR_TASKS  # (the expert loader refuses a folder holding it)
 from evomerge.experts.types import LoraModule, TensorDict, ab_to_lora, lora_to_ab
 
 MANIFEST = "evomerge_manifest.json"
 EMR_UNIFIED = "emr_unified.safetensors"
 EMR_MASKS = "emr_masks.safetensors"
-EMR_TASKS = "emr_tasks.json"
 
 
 def plan_output(cfg, pool, method) -> str:
