@@ -18,7 +18,7 @@ from evomerge.pipelines.scale.store import EXAMPLE_SCHEMA, CellStore
 from _shared_scale import SHARED_SCALE
 
 MAX_SAMPLES = SHARED_SCALE["evaluation"]["max_samples"]
-BATCH = 64  # test rows are all scored (200 per task): 19 forward passes per cell and variant, not 150
+BATCH = SHARED_SCALE["evaluation"]["batch_size"]  # the run's, for this test's own evaluator of the split files
 
 
 @pytest.fixture(scope="module")
