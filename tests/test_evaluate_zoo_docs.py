@@ -51,7 +51,7 @@ def test_teacher_forced_metrics_are_means_of_per_example_values(small_zoo, tmp_p
     assert got["token_accuracy"] == pytest.approx(sum(acc) / len(acc), abs=1e-9)
     assert got["neg_cross_entropy"] == pytest.approx(-sum(ce) / len(ce), rel=1e-4)
     assert abs(got["token_accuracy"] - hits / n) > 1e-3 and abs(got["neg_cross_entropy"] + nll / n) > 1e-3  # not pooled
-    assert ("Both are means of per-example values, not pooled over tokens: an example's token accuracy is the share "
+    assert ("Token accuracy and cross-entropy are means of per-example values, not pooled over tokens: an example's token accuracy is the share "
             "of its scored positions (the answer's tokens and the closing EOS)") in _flat(DOC)
 
 
